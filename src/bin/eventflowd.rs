@@ -1,0 +1,224 @@
+//! `eventflowd`: the Eventflow broker.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use eventflow::config::{available_cores, parse_cores, parse_fsync, BrokerConfig};
+
+/// A thread-per-core, io_uring, log-based message broker with Kafka's data model.
+///
+/// Prints one line `eventflowd ready listen=ADDR direct=ADDR,… shards=N` on stdout once
+/// every shard serves; logs go to stderr (level from RUST_LOG, default info).
+#[derive(Parser, Debug)]
+#[command(name = "eventflowd", version)]
+struct Args {
+    /// Address of the shared listener (every shard accepts on it).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    listen: SocketAddr,
+
+    /// Where topics, segments and metadata live.
+    #[arg(long, default_value = "./eventflow-data")]
+    data_dir: PathBuf,
+
+    /// Cores to run shards on: a count (`2`: the first two this process may use) or a list
+    /// (`0,2-3`). Default: every core this process may use.
+    #[arg(long)]
+    cores: Option<String>,
+
+    /// Do not pin shard threads to their cores.
+    #[arg(long)]
+    no_pin: bool,
+
+    /// When appended data is fdatasync'ed: `always` (before acknowledging), `never` (left
+    /// to the OS), or `interval=<ms>`.
+    #[arg(long, default_value = "always")]
+    fsync: String,
+
+    /// Extra microseconds a partition's flush waits to gather more batches into one write
+    /// and one fdatasync.
+    #[arg(long, default_value_t = 0)]
+    group_commit_us: u64,
+
+    /// Largest record batch accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_batch_bytes: usize,
+
+    /// Largest request frame accepted, in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_request_bytes: usize,
+
+    /// Slots in each inter-shard ring (rounded up to a power of two).
+    #[arg(long, default_value_t = 1024)]
+    ring_capacity: usize,
+
+    /// Submission queue entries of each shard's io_uring.
+    #[arg(long, default_value_t = 1024)]
+    uring_entries: u32,
+
+    /// Use a kernel submission-polling thread per shard (IORING_SETUP_SQPOLL).
+    #[arg(long)]
+    sqpoll: bool,
+
+    /// Port of shard 0's direct listener; shard i listens on this + i. Default: listen
+    /// port + 1 (an ephemeral port per shard when --listen has port 0).
+    #[arg(long)]
+    direct_port_base: Option<u16>,
+
+    /// Do not open per-shard direct listeners.
+    #[arg(long, conflicts_with = "direct_port_base")]
+    no_direct_ports: bool,
+
+    /// Default segment size for new topics, in bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    segment_bytes: u64,
+
+    /// Default time retention for new topics, in ms (-1: keep forever).
+    #[arg(long, default_value_t = 7 * 24 * 3600 * 1000, allow_hyphen_values = true)]
+    retention_ms: i64,
+
+    /// Default size retention per partition for new topics, in bytes (-1: no limit).
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    retention_bytes: i64,
+
+    /// Seconds between two retention checks.
+    #[arg(long, default_value_t = 30)]
+    retention_check_secs: u64,
+
+    /// Connections served at once, across all shards.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+
+    /// Requests one connection may have in flight before the broker stops reading it.
+    #[arg(long, default_value_t = 128)]
+    max_in_flight: usize,
+}
+
+fn config_from(args: Args) -> anyhow::Result<BrokerConfig> {
+    let mut config = BrokerConfig::new(args.listen, args.data_dir);
+    let available = available_cores();
+    if let Some(spec) = &args.cores {
+        config.cores = parse_cores(spec, &available)
+            .map_err(anyhow::Error::msg)
+            .context("--cores")?;
+    }
+    config.pin = !args.no_pin;
+    config.fsync = parse_fsync(&args.fsync)
+        .map_err(anyhow::Error::msg)
+        .context("--fsync")?;
+    config.group_commit = Duration::from_micros(args.group_commit_us);
+    if args.max_batch_bytes < 61 {
+        bail!("--max-batch-bytes must be at least 61 (one batch header)");
+    }
+    config.max_batch_bytes = args.max_batch_bytes;
+    if args.max_request_bytes < 1024 {
+        bail!("--max-request-bytes must be at least 1024");
+    }
+    config.max_request_bytes = args.max_request_bytes;
+    if args.ring_capacity < 2 {
+        bail!("--ring-capacity must be at least 2");
+    }
+    config.ring_capacity = args.ring_capacity;
+    if !(8..=32768).contains(&args.uring_entries) {
+        bail!("--uring-entries must be between 8 and 32768");
+    }
+    config.uring_entries = args.uring_entries;
+    config.sqpoll = args.sqpoll;
+    if args.no_direct_ports {
+        config.direct_port_base = None;
+    } else if let Some(base) = args.direct_port_base {
+        config.direct_port_base = Some(base);
+    }
+    if args.segment_bytes < 1024 {
+        bail!("--segment-bytes must be at least 1024");
+    }
+    config.segment_bytes = args.segment_bytes;
+    config.retention_ms = match args.retention_ms {
+        -1 => None,
+        v if v > 0 => Some(v),
+        v => bail!("--retention-ms must be -1 or positive, not {v}"),
+    };
+    config.retention_bytes = match args.retention_bytes {
+        -1 => None,
+        v if v > 0 => Some(v as u64),
+        v => bail!("--retention-bytes must be -1 or positive, not {v}"),
+    };
+    config.retention_check = Duration::from_secs(args.retention_check_secs.max(1));
+    if args.max_connections == 0 || args.max_in_flight == 0 {
+        bail!("--max-connections and --max-in-flight must be at least 1");
+    }
+    config.max_connections = args.max_connections;
+    config.max_in_flight_per_connection = args.max_in_flight;
+    Ok(config)
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and so in every thread it spawns afterwards),
+/// so that they can be taken synchronously with `sigwait` instead of interrupting a shard.
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: plain libc calls on a sigset_t we own; pthread_sigmask only changes this
+    // thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
+    let mut signal = 0;
+    // SAFETY: `set` is a valid, initialised signal set; `signal` is a valid out pointer.
+    unsafe { libc::sigwait(set, &mut signal) };
+    signal
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = config_from(Args::parse())?;
+    let signals = block_stop_signals();
+    tracing::info!(
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        cores = ?config.cores,
+        fsync = ?config.fsync,
+        "starting"
+    );
+    let broker = eventflow::server::start(config).context("cannot start the broker")?;
+    let direct: Vec<String> = broker
+        .direct_addrs()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "eventflowd ready listen={} direct={} shards={}",
+            broker.addr(),
+            direct.join(","),
+            broker.shard_count()
+        )?;
+        out.flush()?;
+    }
+    let trigger = broker.shutdown_trigger();
+    let waiter = std::thread::spawn(move || {
+        let signal = wait_for_stop_signal(&signals);
+        tracing::info!(signal, "stopping: finishing in-flight requests");
+        trigger();
+    });
+    broker.join().context("broker stopped with an error")?;
+    drop(waiter);
+    tracing::info!("stopped");
+    Ok(())
+}

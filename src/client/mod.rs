@@ -1,0 +1,439 @@
+//! A small blocking client for the native protocol: admin, produce, fetch, list offsets.
+//!
+//! It depends on [`crate::protocol`] only. One [`Client`] is one TCP connection; requests
+//! can be pipelined with [`Client::send`] and [`Client::receive`] (responses carry their
+//! correlation id and may arrive in any order), or made one at a time with the typed
+//! helpers. The producer/consumer library grows from here.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::protocol::api::*;
+use crate::protocol::frame::{self, DecodeError, Decoder, ResponseHeader};
+use crate::protocol::{ErrorCode, WireError};
+
+/// Largest response frame the client accepts.
+const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
+/// What can go wrong in a client call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The connection failed (broker unreachable, reset, closed).
+    #[error("connection to {addr}: {source}")]
+    Io {
+        /// Broker address.
+        addr: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The broker answered with an error.
+    #[error("broker error: {0}")]
+    Broker(#[from] WireError),
+    /// The broker's bytes could not be decoded.
+    #[error("cannot decode the broker's response: {0}")]
+    Decode(#[from] DecodeError),
+    /// The broker answered something this call did not expect.
+    #[error("unexpected response: {0}")]
+    Unexpected(String),
+}
+
+impl ClientError {
+    /// The broker's error code, if the broker reported one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Broker(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+/// A response as received: its correlation id and either the body or the broker's
+/// request-level error.
+pub type Received = (u32, Result<Response, WireError>);
+
+/// One connection to a broker.
+pub struct Client {
+    stream: TcpStream,
+    addr: String,
+    next_correlation_id: u32,
+    /// API of each request awaiting its response, by correlation id.
+    awaiting: HashMap<u32, ApiKey>,
+    buf: BytesMut,
+}
+
+impl Client {
+    /// Connects (TCP_NODELAY on).
+    pub fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|source| ClientError::Io {
+                addr: "?".into(),
+                source,
+            })?
+            .collect();
+        let label = addrs
+            .first()
+            .map_or_else(|| "?".to_string(), |a| a.to_string());
+        let stream = TcpStream::connect(&addrs[..]).map_err(|source| ClientError::Io {
+            addr: label.clone(),
+            source,
+        })?;
+        let io_err = |source| ClientError::Io {
+            addr: label.clone(),
+            source,
+        };
+        stream.set_nodelay(true).map_err(io_err)?;
+        Ok(Client {
+            stream,
+            addr: label,
+            next_correlation_id: 1,
+            awaiting: HashMap::new(),
+            buf: BytesMut::with_capacity(64 * 1024),
+        })
+    }
+
+    /// Limits how long a blocking read may wait (None: forever).
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        self.stream
+            .set_read_timeout(timeout)
+            .map_err(|e| self.io(e))
+    }
+
+    fn io(&self, source: io::Error) -> ClientError {
+        ClientError::Io {
+            addr: self.addr.clone(),
+            source,
+        }
+    }
+
+    /// Sends a request without waiting; returns its correlation id. Produce with
+    /// [`Acks::None`] gets no response and is not awaited.
+    pub fn send(&mut self, request: Request) -> Result<u32, ClientError> {
+        let id = self.next_correlation_id;
+        self.next_correlation_id = self.next_correlation_id.wrapping_add(1).max(1);
+        let api = request.api_key();
+        let no_response = matches!(&request, Request::Produce(p) if p.acks == Acks::None);
+        let chunks = request.encode(id);
+        let slices: Vec<io::IoSlice<'_>> = chunks.iter().map(|c| io::IoSlice::new(c)).collect();
+        write_all_vectored(&mut self.stream, slices).map_err(|e| self.io(e))?;
+        if !no_response {
+            self.awaiting.insert(id, api);
+        }
+        Ok(id)
+    }
+
+    /// Writes raw bytes to the connection (for tests of malformed input).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.stream.write_all(bytes).map_err(|e| self.io(e))
+    }
+
+    /// Reads the next response frame's payload.
+    fn read_frame(&mut self) -> Result<BytesMut, ClientError> {
+        loop {
+            if let Some(payload) = frame::split_frame(&mut self.buf, MAX_RESPONSE_BYTES)? {
+                return Ok(payload);
+            }
+            let want = frame::peek_frame_len(&self.buf)
+                .map_or(64 * 1024, |n| {
+                    (n + frame::LENGTH_PREFIX).saturating_sub(self.buf.len())
+                })
+                .max(64 * 1024);
+            let start = self.buf.len();
+            self.buf.resize(start + want, 0);
+            match self.stream.read(&mut self.buf[start..]) {
+                Ok(0) => {
+                    self.buf.truncate(start);
+                    return Err(self.io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the broker closed the connection",
+                    )));
+                }
+                Ok(n) => self.buf.truncate(start + n),
+                Err(e) => {
+                    self.buf.truncate(start);
+                    return Err(self.io(e));
+                }
+            }
+        }
+    }
+
+    /// Receives the next response, whichever request it answers.
+    pub fn receive(&mut self) -> Result<Received, ClientError> {
+        let payload = self.read_frame()?;
+        let mut d = Decoder::new(payload);
+        let header = ResponseHeader::decode(&mut d)?;
+        let api = self.awaiting.remove(&header.correlation_id);
+        if header.error != ErrorCode::None {
+            return Ok((
+                header.correlation_id,
+                Err(WireError::new(header.error, header.message)),
+            ));
+        }
+        let api = api.ok_or_else(|| {
+            ClientError::Unexpected(format!(
+                "response to unknown correlation id {}",
+                header.correlation_id
+            ))
+        })?;
+        let response = decode_response(api, &mut d)?;
+        d.finish()?;
+        Ok((header.correlation_id, Ok(response)))
+    }
+
+    /// Sends a request and waits for its response (other responses received meanwhile are
+    /// an error: use send/receive to pipeline).
+    pub fn call(&mut self, request: Request) -> Result<Response, ClientError> {
+        let id = self.send(request)?;
+        let (got, result) = self.receive()?;
+        if got != id {
+            return Err(ClientError::Unexpected(format!(
+                "expected the response to {id}, got {got}"
+            )));
+        }
+        Ok(result?)
+    }
+
+    /// Handshake.
+    pub fn api_versions(&mut self) -> Result<ApiVersionsResponse, ClientError> {
+        match self.call(Request::ApiVersions(ApiVersionsRequest {
+            client_name: "eventflow-client".into(),
+        }))? {
+            Response::ApiVersions(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Metadata for the named topics (all when empty).
+    pub fn metadata(&mut self, topics: &[&str]) -> Result<MetadataResponse, ClientError> {
+        match self.call(Request::Metadata(MetadataRequest {
+            topics: topics.iter().map(|s| s.to_string()).collect(),
+        }))? {
+            Response::Metadata(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Creates a topic.
+    pub fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        configs: &[(&str, &str)],
+    ) -> Result<(), ClientError> {
+        self.call(Request::CreateTopic(CreateTopicRequest {
+            name: name.into(),
+            partitions,
+            configs: configs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }))
+        .map(drop)
+    }
+
+    /// Deletes a topic.
+    pub fn delete_topic(&mut self, name: &str) -> Result<(), ClientError> {
+        self.call(Request::DeleteTopic(DeleteTopicRequest {
+            name: name.into(),
+        }))
+        .map(drop)
+    }
+
+    /// Lists topics.
+    pub fn list_topics(&mut self) -> Result<Vec<TopicListing>, ClientError> {
+        match self.call(Request::ListTopics)? {
+            Response::ListTopics(r) => Ok(r.topics),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Describes a topic.
+    pub fn describe_topic(&mut self, name: &str) -> Result<DescribeTopicResponse, ClientError> {
+        match self.call(Request::DescribeTopic(DescribeTopicRequest {
+            name: name.into(),
+        }))? {
+            Response::DescribeTopic(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sets topic configs.
+    pub fn alter_topic_config(
+        &mut self,
+        name: &str,
+        configs: &[(&str, &str)],
+    ) -> Result<(), ClientError> {
+        self.call(Request::AlterTopicConfig(AlterTopicConfigRequest {
+            name: name.into(),
+            configs: configs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }))
+        .map(drop)
+    }
+
+    /// Appends one or more concatenated record batches to one partition and returns the
+    /// (first, last) offsets assigned. With [`Acks::None`] nothing comes back: returns
+    /// `(-1, -1)`.
+    pub fn produce(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        records: BytesMut,
+        acks: Acks,
+    ) -> Result<(i64, i64), ClientError> {
+        let request = produce_request(topic, partition, records, acks);
+        if acks == Acks::None {
+            self.send(request)?;
+            return Ok((-1, -1));
+        }
+        match self.call(request)? {
+            Response::Produce(r) => {
+                let p = r
+                    .topics
+                    .into_iter()
+                    .next()
+                    .and_then(|t| t.partitions.into_iter().next())
+                    .ok_or_else(|| ClientError::Unexpected("empty produce response".into()))?;
+                if p.error != ErrorCode::None {
+                    return Err(WireError::new(p.error, p.message).into());
+                }
+                Ok((p.base_offset, p.last_offset))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Fetches from one partition. Returns the partition's entry (its `error` is checked:
+    /// an error becomes `Err`).
+    pub fn fetch(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        max_bytes: u32,
+        max_wait: Duration,
+        min_bytes: u32,
+    ) -> Result<FetchPartitionResponse, ClientError> {
+        match self.call(fetch_request(
+            topic, partition, offset, max_bytes, max_wait, min_bytes,
+        ))? {
+            Response::Fetch(r) => {
+                let p = r
+                    .topics
+                    .into_iter()
+                    .next()
+                    .and_then(|t| t.partitions.into_iter().next())
+                    .ok_or_else(|| ClientError::Unexpected("empty fetch response".into()))?;
+                if p.error != ErrorCode::None {
+                    return Err(WireError::new(p.error, p.message).into());
+                }
+                Ok(p)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Looks up an offset: [`offset_spec::LATEST`], [`offset_spec::EARLIEST`] or a
+    /// timestamp (ms). -1 when no batch is at or after the timestamp.
+    pub fn list_offset(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<i64, ClientError> {
+        match self.call(Request::ListOffsets(ListOffsetsRequest {
+            topics: vec![ListOffsetsTopic {
+                topic: topic.into(),
+                partitions: vec![ListOffsetsPartition {
+                    partition,
+                    timestamp,
+                }],
+            }],
+        }))? {
+            Response::ListOffsets(r) => {
+                let p = r
+                    .topics
+                    .into_iter()
+                    .next()
+                    .and_then(|t| t.partitions.into_iter().next())
+                    .ok_or_else(|| ClientError::Unexpected("empty list-offsets response".into()))?;
+                if p.error != ErrorCode::None {
+                    return Err(WireError::new(p.error, p.message).into());
+                }
+                Ok(p.offset)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// A produce request for one partition.
+pub fn produce_request(topic: &str, partition: u32, records: BytesMut, acks: Acks) -> Request {
+    Request::Produce(ProduceRequest {
+        acks,
+        timeout_ms: 30_000,
+        topics: vec![ProduceTopic {
+            topic: topic.into(),
+            partitions: vec![ProducePartition { partition, records }],
+        }],
+    })
+}
+
+/// A fetch request for one partition.
+pub fn fetch_request(
+    topic: &str,
+    partition: u32,
+    offset: i64,
+    max_bytes: u32,
+    max_wait: Duration,
+    min_bytes: u32,
+) -> Request {
+    Request::Fetch(FetchRequest {
+        max_wait_ms: max_wait.as_millis().min(u128::from(u32::MAX)) as u32,
+        min_bytes,
+        max_bytes,
+        topics: vec![FetchTopic {
+            topic: topic.into(),
+            partitions: vec![FetchPartition {
+                partition,
+                offset,
+                max_bytes,
+            }],
+        }],
+    })
+}
+
+fn unexpected(response: Response) -> ClientError {
+    ClientError::Unexpected(format!("{response:?}").chars().take(200).collect())
+}
+
+fn write_all_vectored(stream: &mut TcpStream, mut slices: Vec<io::IoSlice<'_>>) -> io::Result<()> {
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        let n = stream.write_vectored(slices)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "socket closed"));
+        }
+        io::IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
+/// Splits fetched bytes into whole batches (a fetch never returns a partial batch).
+pub fn split_batches(records: &Bytes) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    for item in crate::protocol::batch::batches(records) {
+        match item {
+            Ok((start, header)) => out.push(records.slice(start..start + header.total_len())),
+            Err(_) => break,
+        }
+    }
+    out
+}

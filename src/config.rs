@@ -1,0 +1,212 @@
+//! Broker configuration: what `eventflowd`'s flags set, in one value every shard shares.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::storage::FsyncPolicy;
+
+/// Everything a broker needs to start.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Shared listener address (every shard accepts on it through SO_REUSEPORT).
+    pub listen: SocketAddr,
+    /// Root of all data: `meta/` and one directory per topic.
+    pub data_dir: PathBuf,
+    /// CPU ids to run shards on, one shard each, in shard order.
+    pub cores: Vec<usize>,
+    /// Pin each shard thread to its core.
+    pub pin: bool,
+    /// When appended data is fdatasync'ed.
+    pub fsync: FsyncPolicy,
+    /// Extra time a partition's flusher waits to gather more batches into one write and one
+    /// fdatasync.
+    pub group_commit: Duration,
+    /// Largest record batch accepted.
+    pub max_batch_bytes: usize,
+    /// Largest request frame accepted.
+    pub max_request_bytes: usize,
+    /// Slots in each inter-shard ring.
+    pub ring_capacity: usize,
+    /// Submission queue entries of each shard's io_uring.
+    pub uring_entries: u32,
+    /// Use a kernel submission-polling thread per shard (`IORING_SETUP_SQPOLL`).
+    pub sqpoll: bool,
+    /// Port of shard 0's direct listener; shard `i` listens on `base + i`. `None`: no direct
+    /// listeners. `Some(0)`: an ephemeral port per shard.
+    pub direct_port_base: Option<u16>,
+    /// Defaults for new topics: segment size.
+    pub segment_bytes: u64,
+    /// Defaults for new topics: segment age before a roll.
+    pub segment_ms: Option<u64>,
+    /// Defaults for new topics: time retention (`None`: keep forever).
+    pub retention_ms: Option<i64>,
+    /// Defaults for new topics: size retention per partition (`None`: no limit).
+    pub retention_bytes: Option<u64>,
+    /// How often each shard enforces retention.
+    pub retention_check: Duration,
+    /// Connections accepted at once, across all shards.
+    pub max_connections: usize,
+    /// Requests one connection may have in flight before the broker stops reading from it.
+    pub max_in_flight_per_connection: usize,
+}
+
+impl BrokerConfig {
+    /// The defaults of `eventflowd` for a given listen address and data directory, on the
+    /// cores this process may use.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        BrokerConfig {
+            listen,
+            data_dir,
+            cores: available_cores(),
+            pin: true,
+            fsync: FsyncPolicy::Always,
+            group_commit: Duration::ZERO,
+            max_batch_bytes: 1 << 20,
+            max_request_bytes: 16 << 20,
+            ring_capacity: 1024,
+            uring_entries: 1024,
+            sqpoll: false,
+            direct_port_base: if listen.port() == 0 {
+                Some(0)
+            } else {
+                listen.port().checked_add(1)
+            },
+            segment_bytes: 1 << 30,
+            segment_ms: Some(7 * 24 * 3600 * 1000),
+            retention_ms: Some(7 * 24 * 3600 * 1000),
+            retention_bytes: None,
+            retention_check: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_in_flight_per_connection: 128,
+        }
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> u16 {
+        self.cores.len() as u16
+    }
+}
+
+/// The CPU ids this process may run on (its affinity mask), read before anything is pinned.
+pub fn available_cores() -> Vec<usize> {
+    let mut ids: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    if ids.is_empty() {
+        ids.push(0);
+    }
+    ids.sort_unstable();
+    ids
+}
+
+/// Parses `--cores`: a count (`2`) takes the first N available cores; a list (`0,2-3`) names
+/// them. Every named core must be one this process may use.
+pub fn parse_cores(spec: &str, available: &[usize]) -> Result<Vec<usize>, String> {
+    let spec = spec.trim();
+    if spec.is_empty() {
+        return Err("empty core list".into());
+    }
+    let is_list = spec.contains(',') || spec.contains('-');
+    if !is_list {
+        let n: usize = spec
+            .parse()
+            .map_err(|_| format!("`{spec}` is neither a core count nor a core list"))?;
+        if n == 0 {
+            return Err("core count must be at least 1".into());
+        }
+        if n > available.len() {
+            return Err(format!(
+                "asked for {n} cores but this process may use only {} ({:?})",
+                available.len(),
+                available
+            ));
+        }
+        return Ok(available[..n].to_vec());
+    }
+    let mut cores = Vec::new();
+    for part in spec.split(',') {
+        let part = part.trim();
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let lo: usize = lo
+            .parse()
+            .map_err(|_| format!("bad core id `{lo}` in `{spec}`"))?;
+        let hi: usize = hi
+            .parse()
+            .map_err(|_| format!("bad core id `{hi}` in `{spec}`"))?;
+        if lo > hi {
+            return Err(format!("bad core range `{part}`"));
+        }
+        for id in lo..=hi {
+            if !available.contains(&id) {
+                return Err(format!(
+                    "core {id} is not available to this process (available: {available:?})"
+                ));
+            }
+            if cores.contains(&id) {
+                return Err(format!("core {id} is listed twice"));
+            }
+            cores.push(id);
+        }
+    }
+    Ok(cores)
+}
+
+/// Parses `--fsync`: `always`, `never` or `interval=<ms>`.
+pub fn parse_fsync(spec: &str) -> Result<FsyncPolicy, String> {
+    match spec {
+        "always" => Ok(FsyncPolicy::Always),
+        "never" => Ok(FsyncPolicy::Never),
+        _ => {
+            let ms = spec
+                .strip_prefix("interval=")
+                .ok_or_else(|| format!("`{spec}`: expected always, never or interval=<ms>"))?;
+            let ms: u64 = ms
+                .parse()
+                .map_err(|_| format!("`{ms}` is not a number of milliseconds"))?;
+            if ms == 0 {
+                return Err("interval must be at least 1 ms".into());
+            }
+            Ok(FsyncPolicy::Interval(Duration::from_millis(ms)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_specs() {
+        let avail = [0, 1, 2, 3];
+        assert_eq!(parse_cores("2", &avail).unwrap(), vec![0, 1]);
+        assert_eq!(parse_cores("0,2-3", &avail).unwrap(), vec![0, 2, 3]);
+        assert_eq!(parse_cores("3-3", &avail).unwrap(), vec![3]);
+        assert!(parse_cores("5", &avail).is_err());
+        assert!(
+            parse_cores("0", &avail).is_err(),
+            "a bare number is a count"
+        );
+        assert!(parse_cores("4-5", &avail).is_err());
+        assert!(parse_cores("1,1", &avail).is_err());
+        assert!(parse_cores("x", &avail).is_err());
+        assert!(parse_cores("1", &[]).is_err());
+    }
+
+    #[test]
+    fn fsync_specs() {
+        assert_eq!(parse_fsync("always"), Ok(FsyncPolicy::Always));
+        assert_eq!(parse_fsync("never"), Ok(FsyncPolicy::Never));
+        assert_eq!(
+            parse_fsync("interval=50"),
+            Ok(FsyncPolicy::Interval(Duration::from_millis(50)))
+        );
+        assert!(parse_fsync("interval=0").is_err());
+        assert!(parse_fsync("sometimes").is_err());
+    }
+}

@@ -1,0 +1,25 @@
+//! Eventflow: a single-node, log-based message broker with Kafka's data model, built
+//! thread-per-core on io_uring.
+//!
+//! The modules follow the data path and depend on each other in one direction only:
+//! `protocol` ← `storage` ← `shard` ← `server`; the `client` depends on `protocol` alone.
+//!
+//! - [`protocol`]: frames, API messages, error codes and the RecordBatch v2 format. Pure and
+//!   sans-I/O: bytes in, values or bytes out.
+//! - [`storage`]: the segmented partition log, its indexes, recovery and retention, and the
+//!   durable topic catalog.
+//! - [`shard`]: pinned per-core threads, partition ownership and the inter-shard rings.
+//! - [`server`]: listeners, connections and request dispatch on each shard.
+//! - [`local`]: oneshot and notify primitives for tasks of one shard.
+//! - [`client`]: a small blocking client for admin, produce and fetch.
+
+#![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod client;
+pub mod config;
+pub mod local;
+pub mod protocol;
+pub mod server;
+pub mod shard;
+pub mod storage;

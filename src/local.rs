@@ -1,0 +1,192 @@
+//! Wake-up primitives for tasks that live on one shard.
+//!
+//! A shard is a single thread running one compio runtime, so the tasks it hosts never race:
+//! these primitives are `Rc` + `Cell`/`RefCell`, with no atomics and no locks. They must not
+//! cross threads (they are `!Send` by construction); crossing shards is the job of
+//! [`crate::shard::mesh`].
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+/// Creates a single-use channel between two tasks of the same shard.
+pub fn oneshot<T>() -> (OneshotSender<T>, OneshotReceiver<T>) {
+    let slot = Rc::new(OneshotSlot {
+        value: RefCell::new(None),
+        waker: RefCell::new(None),
+        closed: Cell::new(false),
+    });
+    (
+        OneshotSender { slot: slot.clone() },
+        OneshotReceiver { slot },
+    )
+}
+
+struct OneshotSlot<T> {
+    value: RefCell<Option<T>>,
+    waker: RefCell<Option<Waker>>,
+    /// Set when the sender is gone, with or without a value.
+    closed: Cell<bool>,
+}
+
+/// The sending half of [`oneshot`].
+pub struct OneshotSender<T> {
+    slot: Rc<OneshotSlot<T>>,
+}
+
+impl<T> OneshotSender<T> {
+    /// Delivers `value`. If the receiver is gone the value is dropped.
+    pub fn send(self, value: T) {
+        *self.slot.value.borrow_mut() = Some(value);
+        // Drop runs next and wakes the receiver.
+    }
+}
+
+impl<T> Drop for OneshotSender<T> {
+    fn drop(&mut self) {
+        self.slot.closed.set(true);
+        if let Some(waker) = self.slot.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+/// The receiving half of [`oneshot`]: resolves to the value, or to [`Canceled`] if the sender
+/// was dropped without sending.
+pub struct OneshotReceiver<T> {
+    slot: Rc<OneshotSlot<T>>,
+}
+
+/// The sender of a [`oneshot`] went away without sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Canceled;
+
+impl<T> Future for OneshotReceiver<T> {
+    type Output = Result<T, Canceled>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(value) = self.slot.value.borrow_mut().take() {
+            return Poll::Ready(Ok(value));
+        }
+        if self.slot.closed.get() {
+            return Poll::Ready(Err(Canceled));
+        }
+        *self.slot.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Wakes every task waiting on it when [`Notify::notify_all`] is called: "the log grew", "a
+/// ring has room". A waiter registered after a notification waits for the next one.
+#[derive(Default)]
+pub struct Notify {
+    generation: Cell<u64>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Notify {
+    /// Creates a notifier with no waiters.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Wakes every current waiter.
+    pub fn notify_all(&self) {
+        self.generation.set(self.generation.get().wrapping_add(1));
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        for waker in waiters {
+            waker.wake();
+        }
+    }
+
+    /// A future that resolves at the next [`Notify::notify_all`] after this call.
+    pub fn notified(&self) -> Notified<'_> {
+        Notified {
+            notify: self,
+            generation: self.generation.get(),
+        }
+    }
+}
+
+/// Future returned by [`Notify::notified`].
+pub struct Notified<'a> {
+    notify: &'a Notify,
+    generation: u64,
+}
+
+impl Future for Notified<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.notify.generation.get() != self.generation {
+            return Poll::Ready(());
+        }
+        let mut waiters = self.notify.waiters.borrow_mut();
+        // A task polled again without being woken re-registers: replace its old waker rather
+        // than letting the list grow.
+        if let Some(existing) = waiters.iter_mut().find(|w| w.will_wake(cx.waker())) {
+            existing.clone_from(cx.waker());
+        } else {
+            waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// Yields once to the shard's executor so other ready tasks run (a task that drains a
+/// queue in budgets calls this between budgets).
+pub async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oneshot_delivers_and_cancels() {
+        compio::runtime::Runtime::new().unwrap().block_on(async {
+            let (tx, rx) = oneshot();
+            compio::runtime::spawn(async move { tx.send(7u32) }).detach();
+            assert_eq!(rx.await, Ok(7));
+
+            let (tx, rx) = oneshot::<u32>();
+            drop(tx);
+            assert_eq!(rx.await, Err(Canceled));
+        });
+    }
+
+    #[test]
+    fn notify_wakes_waiters_registered_before_it() {
+        compio::runtime::Runtime::new().unwrap().block_on(async {
+            let notify = Rc::new(Notify::new());
+            let woken = Rc::new(Cell::new(0));
+            for _ in 0..3 {
+                let (notify, woken) = (notify.clone(), woken.clone());
+                compio::runtime::spawn(async move {
+                    notify.notified().await;
+                    woken.set(woken.get() + 1);
+                })
+                .detach();
+            }
+            // Let the three tasks register.
+            compio::time::sleep(std::time::Duration::from_millis(5)).await;
+            assert_eq!(woken.get(), 0);
+            notify.notify_all();
+            compio::time::sleep(std::time::Duration::from_millis(5)).await;
+            assert_eq!(woken.get(), 3);
+        });
+    }
+}

@@ -1,0 +1,1149 @@
+//! The native API messages: one request and one response type per API, each with its encoder
+//! and decoder. The layout of every message is documented in `docs/PROTOCOL.md`; the tests at
+//! the bottom pin each round trip.
+//!
+//! Every API is at version 0. A broker answers a version it does not support with
+//! `UnsupportedVersion`, so clients and brokers can evolve independently.
+
+use bytes::{Bytes, BytesMut};
+
+use super::error::ErrorCode;
+use super::frame::{DecodeError, Decoder, Encoder, RequestHeader};
+
+/// API keys. Numbers are stable and never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ApiKey {
+    /// Handshake: broker version, supported APIs, shard count.
+    ApiVersions = 0,
+    /// Topics → partitions → owning shard, and each shard's direct port.
+    Metadata = 1,
+    /// Create a topic.
+    CreateTopic = 2,
+    /// Delete a topic and its data.
+    DeleteTopic = 3,
+    /// Names and partition counts of all topics.
+    ListTopics = 4,
+    /// Partitions, offsets and configs of one topic.
+    DescribeTopic = 5,
+    /// Change topic configs.
+    AlterTopicConfig = 6,
+    /// Append record batches.
+    Produce = 7,
+    /// Read record batches, with long-poll.
+    Fetch = 8,
+    /// Earliest, latest or by-timestamp offsets.
+    ListOffsets = 9,
+}
+
+impl ApiKey {
+    /// Every API, in numeric order.
+    pub const ALL: [ApiKey; 10] = [
+        ApiKey::ApiVersions,
+        ApiKey::Metadata,
+        ApiKey::CreateTopic,
+        ApiKey::DeleteTopic,
+        ApiKey::ListTopics,
+        ApiKey::DescribeTopic,
+        ApiKey::AlterTopicConfig,
+        ApiKey::Produce,
+        ApiKey::Fetch,
+        ApiKey::ListOffsets,
+    ];
+
+    /// The key for a number, if known.
+    pub fn from_u16(key: u16) -> Option<ApiKey> {
+        ApiKey::ALL.get(key as usize).copied()
+    }
+
+    /// Highest version this build speaks.
+    pub fn max_version(self) -> u16 {
+        0
+    }
+}
+
+/// `acks` of a produce request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// No response at all; the producer does not wait.
+    None,
+    /// Respond once the owning shard has appended the batch.
+    Leader,
+    /// Respond once the batch is as durable as the broker's `--fsync` policy makes it
+    /// (with `--fsync always`: after fdatasync).
+    All,
+}
+
+impl Acks {
+    /// Wire value: 0, 1 or -1, as in Kafka.
+    pub fn as_i16(self) -> i16 {
+        match self {
+            Acks::None => 0,
+            Acks::Leader => 1,
+            Acks::All => -1,
+        }
+    }
+
+    /// Parses the wire value.
+    pub fn from_i16(v: i16) -> Option<Acks> {
+        match v {
+            0 => Some(Acks::None),
+            1 => Some(Acks::Leader),
+            -1 => Some(Acks::All),
+            _ => None,
+        }
+    }
+}
+
+/// Special timestamps of [`ListOffsetsRequest`].
+pub mod offset_spec {
+    /// The next offset to be written (the high watermark).
+    pub const LATEST: i64 = -1;
+    /// The first offset still stored.
+    pub const EARLIEST: i64 = -2;
+}
+
+/// A decoded request.
+#[derive(Debug)]
+pub enum Request {
+    /// See [`ApiVersionsRequest`].
+    ApiVersions(ApiVersionsRequest),
+    /// See [`MetadataRequest`].
+    Metadata(MetadataRequest),
+    /// See [`CreateTopicRequest`].
+    CreateTopic(CreateTopicRequest),
+    /// See [`DeleteTopicRequest`].
+    DeleteTopic(DeleteTopicRequest),
+    /// No body.
+    ListTopics,
+    /// See [`DescribeTopicRequest`].
+    DescribeTopic(DescribeTopicRequest),
+    /// See [`AlterTopicConfigRequest`].
+    AlterTopicConfig(AlterTopicConfigRequest),
+    /// See [`ProduceRequest`].
+    Produce(ProduceRequest),
+    /// See [`FetchRequest`].
+    Fetch(FetchRequest),
+    /// See [`ListOffsetsRequest`].
+    ListOffsets(ListOffsetsRequest),
+}
+
+impl Request {
+    /// The API of this request.
+    pub fn api_key(&self) -> ApiKey {
+        match self {
+            Request::ApiVersions(_) => ApiKey::ApiVersions,
+            Request::Metadata(_) => ApiKey::Metadata,
+            Request::CreateTopic(_) => ApiKey::CreateTopic,
+            Request::DeleteTopic(_) => ApiKey::DeleteTopic,
+            Request::ListTopics => ApiKey::ListTopics,
+            Request::DescribeTopic(_) => ApiKey::DescribeTopic,
+            Request::AlterTopicConfig(_) => ApiKey::AlterTopicConfig,
+            Request::Produce(_) => ApiKey::Produce,
+            Request::Fetch(_) => ApiKey::Fetch,
+            Request::ListOffsets(_) => ApiKey::ListOffsets,
+        }
+    }
+
+    /// Decodes a request body (the payload after its [`RequestHeader`]).
+    pub fn decode(header: &RequestHeader, body: BytesMut) -> Result<Request, DecodeError> {
+        let api =
+            ApiKey::from_u16(header.api_key).ok_or(DecodeError::UnknownApi(header.api_key))?;
+        if header.api_version > api.max_version() {
+            return Err(DecodeError::UnsupportedVersion {
+                api: header.api_key,
+                version: header.api_version,
+            });
+        }
+        let mut d = Decoder::new(body);
+        let request = match api {
+            ApiKey::ApiVersions => Request::ApiVersions(ApiVersionsRequest {
+                client_name: d.string("client_name")?,
+            }),
+            ApiKey::Metadata => Request::Metadata(MetadataRequest {
+                topics: strings(&mut d, "topics")?,
+            }),
+            ApiKey::CreateTopic => Request::CreateTopic(CreateTopicRequest {
+                name: d.string("name")?,
+                partitions: d.u32("partitions")?,
+                configs: configs(&mut d)?,
+            }),
+            ApiKey::DeleteTopic => Request::DeleteTopic(DeleteTopicRequest {
+                name: d.string("name")?,
+            }),
+            ApiKey::ListTopics => Request::ListTopics,
+            ApiKey::DescribeTopic => Request::DescribeTopic(DescribeTopicRequest {
+                name: d.string("name")?,
+            }),
+            ApiKey::AlterTopicConfig => Request::AlterTopicConfig(AlterTopicConfigRequest {
+                name: d.string("name")?,
+                configs: configs(&mut d)?,
+            }),
+            ApiKey::Produce => Request::Produce(ProduceRequest::decode_body(&mut d)?),
+            ApiKey::Fetch => Request::Fetch(FetchRequest::decode_body(&mut d)?),
+            ApiKey::ListOffsets => Request::ListOffsets(ListOffsetsRequest::decode_body(&mut d)?),
+        };
+        d.finish()?;
+        Ok(request)
+    }
+
+    /// Encodes the whole request frame (header included). Consumes the request so record
+    /// batches become frame chunks without a copy.
+    pub fn encode(self, correlation_id: u32) -> Vec<Bytes> {
+        let mut e = Encoder::with_capacity(128);
+        e.put_u16(self.api_key() as u16);
+        e.put_u16(0);
+        e.put_u32(correlation_id);
+        match &self {
+            Request::ApiVersions(r) => e.put_string(&r.client_name),
+            Request::Metadata(r) => put_strings(&mut e, &r.topics),
+            Request::CreateTopic(r) => {
+                e.put_string(&r.name);
+                e.put_u32(r.partitions);
+                put_configs(&mut e, &r.configs);
+            }
+            Request::DeleteTopic(r) => e.put_string(&r.name),
+            Request::ListTopics => {}
+            Request::DescribeTopic(r) => e.put_string(&r.name),
+            Request::AlterTopicConfig(r) => {
+                e.put_string(&r.name);
+                put_configs(&mut e, &r.configs);
+            }
+            Request::Produce(_) => {}
+            Request::Fetch(r) => r.encode_body(&mut e),
+            Request::ListOffsets(r) => r.encode_body(&mut e),
+        }
+        if let Request::Produce(r) = self {
+            r.encode_body(&mut e);
+        }
+        e.finish()
+    }
+}
+
+/// Handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiVersionsRequest {
+    /// Free-form client name for the broker's logs.
+    pub client_name: String,
+}
+
+/// One API a broker supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiVersionRange {
+    /// API key.
+    pub api_key: u16,
+    /// Lowest version.
+    pub min_version: u16,
+    /// Highest version.
+    pub max_version: u16,
+}
+
+/// Handshake answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiVersionsResponse {
+    /// The broker's version string.
+    pub broker_version: String,
+    /// Number of shards (cores) serving.
+    pub shard_count: u16,
+    /// Supported APIs.
+    pub apis: Vec<ApiVersionRange>,
+}
+
+/// Metadata for some topics (empty list: all topics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataRequest {
+    /// Topic names; empty for all.
+    pub topics: Vec<String>,
+}
+
+/// One shard's direct listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardEndpoint {
+    /// Shard index.
+    pub shard: u16,
+    /// Host to connect to.
+    pub host: String,
+    /// Port of the shard's own listener (0 if it has none).
+    pub port: u16,
+}
+
+/// Partitions of a topic and the shard owning each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMetadata {
+    /// Topic name.
+    pub name: String,
+    /// `UnknownTopicOrPartition` if the topic does not exist.
+    pub error: ErrorCode,
+    /// `owners[p]` is the shard owning partition `p`.
+    pub owners: Vec<u16>,
+}
+
+/// Metadata answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataResponse {
+    /// Every shard's direct endpoint.
+    pub shards: Vec<ShardEndpoint>,
+    /// The requested topics.
+    pub topics: Vec<TopicMetadata>,
+}
+
+/// A topic config entry.
+pub type ConfigEntry = (String, String);
+
+/// Create a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateTopicRequest {
+    /// Topic name.
+    pub name: String,
+    /// Number of partitions.
+    pub partitions: u32,
+    /// Config overrides (`retention.ms`, `retention.bytes`, `segment.bytes`, `segment.ms`).
+    pub configs: Vec<ConfigEntry>,
+}
+
+/// Delete a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteTopicRequest {
+    /// Topic name.
+    pub name: String,
+}
+
+/// Describe a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescribeTopicRequest {
+    /// Topic name.
+    pub name: String,
+}
+
+/// Set topic configs (entries not named keep their values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlterTopicConfigRequest {
+    /// Topic name.
+    pub name: String,
+    /// Entries to set.
+    pub configs: Vec<ConfigEntry>,
+}
+
+/// One line of [`ListTopicsResponse`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicListing {
+    /// Topic name.
+    pub name: String,
+    /// Partition count.
+    pub partitions: u32,
+}
+
+/// All topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListTopicsResponse {
+    /// Topics sorted by name.
+    pub topics: Vec<TopicListing>,
+}
+
+/// State of one partition in [`DescribeTopicResponse`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionDescription {
+    /// Partition index.
+    pub partition: u32,
+    /// Owning shard.
+    pub shard: u16,
+    /// First stored offset.
+    pub log_start_offset: i64,
+    /// Next offset to be written.
+    pub high_watermark: i64,
+    /// Bytes on disk.
+    pub size_bytes: u64,
+}
+
+/// A topic's partitions and effective configs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescribeTopicResponse {
+    /// Topic name.
+    pub name: String,
+    /// Partitions in index order.
+    pub partitions: Vec<PartitionDescription>,
+    /// Effective configs (overrides and broker defaults).
+    pub configs: Vec<ConfigEntry>,
+}
+
+/// Record batches for one partition of a produce request.
+#[derive(Debug)]
+pub struct ProducePartition {
+    /// Partition index.
+    pub partition: u32,
+    /// One or more whole RecordBatch v2, concatenated. Decoded as a handle into the
+    /// request buffer: the broker writes these very bytes to its log.
+    pub records: BytesMut,
+}
+
+/// Partitions of one topic in a produce request.
+#[derive(Debug)]
+pub struct ProduceTopic {
+    /// Topic name.
+    pub topic: String,
+    /// Its partitions.
+    pub partitions: Vec<ProducePartition>,
+}
+
+/// Append record batches.
+#[derive(Debug)]
+pub struct ProduceRequest {
+    /// Acknowledgement mode.
+    pub acks: Acks,
+    /// How long the broker may take before answering `Timeout` (advisory).
+    pub timeout_ms: u32,
+    /// What to append.
+    pub topics: Vec<ProduceTopic>,
+}
+
+impl ProduceRequest {
+    fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+        let acks_raw = d.i16("acks")?;
+        let acks = Acks::from_i16(acks_raw).ok_or(DecodeError::InvalidValue {
+            field: "acks",
+            value: acks_raw.into(),
+        })?;
+        let timeout_ms = d.u32("timeout_ms")?;
+        let n = d.array_len("topics", 6)?;
+        let mut topics = Vec::with_capacity(n);
+        for _ in 0..n {
+            let topic = d.string("topic")?;
+            let np = d.array_len("partitions", 8)?;
+            let mut partitions = Vec::with_capacity(np);
+            for _ in 0..np {
+                partitions.push(ProducePartition {
+                    partition: d.u32("partition")?,
+                    records: d.bytes("records")?,
+                });
+            }
+            topics.push(ProduceTopic { topic, partitions });
+        }
+        Ok(ProduceRequest {
+            acks,
+            timeout_ms,
+            topics,
+        })
+    }
+
+    fn encode_body(self, e: &mut Encoder) {
+        e.put_i16(self.acks.as_i16());
+        e.put_u32(self.timeout_ms);
+        e.put_array_len(self.topics.len());
+        for t in self.topics {
+            e.put_string(&t.topic);
+            e.put_array_len(t.partitions.len());
+            for p in t.partitions {
+                e.put_u32(p.partition);
+                e.put_shared(p.records.freeze());
+            }
+        }
+    }
+}
+
+/// Outcome for one partition of a produce request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducePartitionResponse {
+    /// Partition index.
+    pub partition: u32,
+    /// Outcome.
+    pub error: ErrorCode,
+    /// Explanation when `error` is set.
+    pub message: String,
+    /// Offset assigned to the first record of the first batch (-1 on error).
+    pub base_offset: i64,
+    /// Offset of the last record appended (-1 on error).
+    pub last_offset: i64,
+}
+
+/// Produce outcomes of one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProduceTopicResponse {
+    /// Topic name.
+    pub topic: String,
+    /// One entry per requested partition.
+    pub partitions: Vec<ProducePartitionResponse>,
+}
+
+/// Produce answer (not sent for `acks = 0`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProduceResponse {
+    /// One entry per requested topic.
+    pub topics: Vec<ProduceTopicResponse>,
+}
+
+/// One partition of a fetch request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchPartition {
+    /// Partition index.
+    pub partition: u32,
+    /// First offset wanted.
+    pub offset: i64,
+    /// At most this many bytes for this partition (a first batch larger than this is still
+    /// returned whole, so a consumer always makes progress).
+    pub max_bytes: u32,
+}
+
+/// Partitions of one topic in a fetch request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchTopic {
+    /// Topic name.
+    pub topic: String,
+    /// Its partitions.
+    pub partitions: Vec<FetchPartition>,
+}
+
+/// Read record batches. The broker answers as soon as at least `min_bytes` are available
+/// across the requested partitions, or when `max_wait_ms` has passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchRequest {
+    /// Longest wait for `min_bytes` to become available.
+    pub max_wait_ms: u32,
+    /// Bytes that make the broker answer before `max_wait_ms`.
+    pub min_bytes: u32,
+    /// Limit for the whole response.
+    pub max_bytes: u32,
+    /// What to read.
+    pub topics: Vec<FetchTopic>,
+}
+
+impl FetchRequest {
+    fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+        let max_wait_ms = d.u32("max_wait_ms")?;
+        let min_bytes = d.u32("min_bytes")?;
+        let max_bytes = d.u32("max_bytes")?;
+        let n = d.array_len("topics", 6)?;
+        let mut topics = Vec::with_capacity(n);
+        for _ in 0..n {
+            let topic = d.string("topic")?;
+            let np = d.array_len("partitions", 16)?;
+            let mut partitions = Vec::with_capacity(np);
+            for _ in 0..np {
+                partitions.push(FetchPartition {
+                    partition: d.u32("partition")?,
+                    offset: d.i64("offset")?,
+                    max_bytes: d.u32("partition_max_bytes")?,
+                });
+            }
+            topics.push(FetchTopic { topic, partitions });
+        }
+        Ok(FetchRequest {
+            max_wait_ms,
+            min_bytes,
+            max_bytes,
+            topics,
+        })
+    }
+
+    fn encode_body(&self, e: &mut Encoder) {
+        e.put_u32(self.max_wait_ms);
+        e.put_u32(self.min_bytes);
+        e.put_u32(self.max_bytes);
+        e.put_array_len(self.topics.len());
+        for t in &self.topics {
+            e.put_string(&t.topic);
+            e.put_array_len(t.partitions.len());
+            for p in &t.partitions {
+                e.put_u32(p.partition);
+                e.put_i64(p.offset);
+                e.put_u32(p.max_bytes);
+            }
+        }
+    }
+}
+
+/// Fetched data of one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchPartitionResponse {
+    /// Partition index.
+    pub partition: u32,
+    /// Outcome.
+    pub error: ErrorCode,
+    /// Explanation when `error` is set.
+    pub message: String,
+    /// Next offset to be written.
+    pub high_watermark: i64,
+    /// First stored offset.
+    pub log_start_offset: i64,
+    /// Whole stored record batches, byte for byte as on disk.
+    pub records: Bytes,
+}
+
+/// Fetched data of one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchTopicResponse {
+    /// Topic name.
+    pub topic: String,
+    /// One entry per requested partition.
+    pub partitions: Vec<FetchPartitionResponse>,
+}
+
+/// Fetch answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchResponse {
+    /// One entry per requested topic.
+    pub topics: Vec<FetchTopicResponse>,
+}
+
+/// One partition of a list-offsets request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListOffsetsPartition {
+    /// Partition index.
+    pub partition: u32,
+    /// [`offset_spec::LATEST`], [`offset_spec::EARLIEST`], or a timestamp in ms: the first
+    /// batch whose max timestamp is at or after it.
+    pub timestamp: i64,
+}
+
+/// Partitions of one topic in a list-offsets request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListOffsetsTopic {
+    /// Topic name.
+    pub topic: String,
+    /// Its partitions.
+    pub partitions: Vec<ListOffsetsPartition>,
+}
+
+/// Look up offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListOffsetsRequest {
+    /// What to look up.
+    pub topics: Vec<ListOffsetsTopic>,
+}
+
+impl ListOffsetsRequest {
+    fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+        let n = d.array_len("topics", 6)?;
+        let mut topics = Vec::with_capacity(n);
+        for _ in 0..n {
+            let topic = d.string("topic")?;
+            let np = d.array_len("partitions", 12)?;
+            let mut partitions = Vec::with_capacity(np);
+            for _ in 0..np {
+                partitions.push(ListOffsetsPartition {
+                    partition: d.u32("partition")?,
+                    timestamp: d.i64("timestamp")?,
+                });
+            }
+            topics.push(ListOffsetsTopic { topic, partitions });
+        }
+        Ok(ListOffsetsRequest { topics })
+    }
+
+    fn encode_body(&self, e: &mut Encoder) {
+        e.put_array_len(self.topics.len());
+        for t in &self.topics {
+            e.put_string(&t.topic);
+            e.put_array_len(t.partitions.len());
+            for p in &t.partitions {
+                e.put_u32(p.partition);
+                e.put_i64(p.timestamp);
+            }
+        }
+    }
+}
+
+/// Offset found for one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListOffsetsPartitionResponse {
+    /// Partition index.
+    pub partition: u32,
+    /// Outcome.
+    pub error: ErrorCode,
+    /// Explanation when `error` is set.
+    pub message: String,
+    /// The offset, or -1 when no batch has a timestamp at or after the one asked for.
+    pub offset: i64,
+}
+
+/// Offsets of one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListOffsetsTopicResponse {
+    /// Topic name.
+    pub topic: String,
+    /// One entry per requested partition.
+    pub partitions: Vec<ListOffsetsPartitionResponse>,
+}
+
+/// List-offsets answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListOffsetsResponse {
+    /// One entry per requested topic.
+    pub topics: Vec<ListOffsetsTopicResponse>,
+}
+
+/// A response body, by API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// Handshake answer.
+    ApiVersions(ApiVersionsResponse),
+    /// Metadata answer.
+    Metadata(MetadataResponse),
+    /// Topic created (no body).
+    CreateTopic,
+    /// Topic deleted (no body).
+    DeleteTopic,
+    /// Topic list.
+    ListTopics(ListTopicsResponse),
+    /// Topic description.
+    DescribeTopic(DescribeTopicResponse),
+    /// Configs changed (no body).
+    AlterTopicConfig,
+    /// Produce outcomes.
+    Produce(ProduceResponse),
+    /// Fetched data.
+    Fetch(FetchResponse),
+    /// Offsets.
+    ListOffsets(ListOffsetsResponse),
+}
+
+/// Encodes a successful response frame.
+pub fn encode_response(correlation_id: u32, response: &Response) -> Vec<Bytes> {
+    let mut e = Encoder::with_capacity(128);
+    e.put_u32(correlation_id);
+    e.put_u16(ErrorCode::None.as_u16());
+    e.put_string("");
+    match response {
+        Response::ApiVersions(r) => {
+            e.put_string(&r.broker_version);
+            e.put_u16(r.shard_count);
+            e.put_array_len(r.apis.len());
+            for a in &r.apis {
+                e.put_u16(a.api_key);
+                e.put_u16(a.min_version);
+                e.put_u16(a.max_version);
+            }
+        }
+        Response::Metadata(r) => {
+            e.put_array_len(r.shards.len());
+            for s in &r.shards {
+                e.put_u16(s.shard);
+                e.put_string(&s.host);
+                e.put_u16(s.port);
+            }
+            e.put_array_len(r.topics.len());
+            for t in &r.topics {
+                e.put_string(&t.name);
+                e.put_u16(t.error.as_u16());
+                e.put_array_len(t.owners.len());
+                for o in &t.owners {
+                    e.put_u16(*o);
+                }
+            }
+        }
+        Response::CreateTopic | Response::DeleteTopic | Response::AlterTopicConfig => {}
+        Response::ListTopics(r) => {
+            e.put_array_len(r.topics.len());
+            for t in &r.topics {
+                e.put_string(&t.name);
+                e.put_u32(t.partitions);
+            }
+        }
+        Response::DescribeTopic(r) => {
+            e.put_string(&r.name);
+            e.put_array_len(r.partitions.len());
+            for p in &r.partitions {
+                e.put_u32(p.partition);
+                e.put_u16(p.shard);
+                e.put_i64(p.log_start_offset);
+                e.put_i64(p.high_watermark);
+                e.put_u64(p.size_bytes);
+            }
+            put_configs(&mut e, &r.configs);
+        }
+        Response::Produce(r) => {
+            e.put_array_len(r.topics.len());
+            for t in &r.topics {
+                e.put_string(&t.topic);
+                e.put_array_len(t.partitions.len());
+                for p in &t.partitions {
+                    e.put_u32(p.partition);
+                    e.put_u16(p.error.as_u16());
+                    e.put_string(&p.message);
+                    e.put_i64(p.base_offset);
+                    e.put_i64(p.last_offset);
+                }
+            }
+        }
+        Response::Fetch(r) => {
+            e.put_array_len(r.topics.len());
+            for t in &r.topics {
+                e.put_string(&t.topic);
+                e.put_array_len(t.partitions.len());
+                for p in &t.partitions {
+                    e.put_u32(p.partition);
+                    e.put_u16(p.error.as_u16());
+                    e.put_string(&p.message);
+                    e.put_i64(p.high_watermark);
+                    e.put_i64(p.log_start_offset);
+                    e.put_shared(p.records.clone());
+                }
+            }
+        }
+        Response::ListOffsets(r) => {
+            e.put_array_len(r.topics.len());
+            for t in &r.topics {
+                e.put_string(&t.topic);
+                e.put_array_len(t.partitions.len());
+                for p in &t.partitions {
+                    e.put_u32(p.partition);
+                    e.put_u16(p.error.as_u16());
+                    e.put_string(&p.message);
+                    e.put_i64(p.offset);
+                }
+            }
+        }
+    }
+    e.finish()
+}
+
+/// Encodes a request-level error response frame (no body).
+pub fn encode_error_response(correlation_id: u32, code: ErrorCode, message: &str) -> Vec<Bytes> {
+    let mut e = Encoder::with_capacity(16 + message.len());
+    e.put_u32(correlation_id);
+    e.put_u16(code.as_u16());
+    e.put_string(message);
+    e.finish()
+}
+
+/// Decodes a response body for `api`, after its header reported success.
+pub fn decode_response(api: ApiKey, d: &mut Decoder) -> Result<Response, DecodeError> {
+    let response = match api {
+        ApiKey::ApiVersions => {
+            let broker_version = d.string("broker_version")?;
+            let shard_count = d.u16("shard_count")?;
+            let n = d.array_len("apis", 6)?;
+            let mut apis = Vec::with_capacity(n);
+            for _ in 0..n {
+                apis.push(ApiVersionRange {
+                    api_key: d.u16("api_key")?,
+                    min_version: d.u16("min_version")?,
+                    max_version: d.u16("max_version")?,
+                });
+            }
+            Response::ApiVersions(ApiVersionsResponse {
+                broker_version,
+                shard_count,
+                apis,
+            })
+        }
+        ApiKey::Metadata => {
+            let n = d.array_len("shards", 6)?;
+            let mut shards = Vec::with_capacity(n);
+            for _ in 0..n {
+                shards.push(ShardEndpoint {
+                    shard: d.u16("shard")?,
+                    host: d.string("host")?,
+                    port: d.u16("port")?,
+                });
+            }
+            let n = d.array_len("topics", 8)?;
+            let mut topics = Vec::with_capacity(n);
+            for _ in 0..n {
+                let name = d.string("name")?;
+                let error = ErrorCode::from_u16(d.u16("error")?);
+                let np = d.array_len("owners", 2)?;
+                let mut owners = Vec::with_capacity(np);
+                for _ in 0..np {
+                    owners.push(d.u16("owner")?);
+                }
+                topics.push(TopicMetadata {
+                    name,
+                    error,
+                    owners,
+                });
+            }
+            Response::Metadata(MetadataResponse { shards, topics })
+        }
+        ApiKey::CreateTopic => Response::CreateTopic,
+        ApiKey::DeleteTopic => Response::DeleteTopic,
+        ApiKey::AlterTopicConfig => Response::AlterTopicConfig,
+        ApiKey::ListTopics => {
+            let n = d.array_len("topics", 6)?;
+            let mut topics = Vec::with_capacity(n);
+            for _ in 0..n {
+                topics.push(TopicListing {
+                    name: d.string("name")?,
+                    partitions: d.u32("partitions")?,
+                });
+            }
+            Response::ListTopics(ListTopicsResponse { topics })
+        }
+        ApiKey::DescribeTopic => {
+            let name = d.string("name")?;
+            let n = d.array_len("partitions", 30)?;
+            let mut partitions = Vec::with_capacity(n);
+            for _ in 0..n {
+                partitions.push(PartitionDescription {
+                    partition: d.u32("partition")?,
+                    shard: d.u16("shard")?,
+                    log_start_offset: d.i64("log_start_offset")?,
+                    high_watermark: d.i64("high_watermark")?,
+                    size_bytes: d.u64("size_bytes")?,
+                });
+            }
+            let configs = configs(d)?;
+            Response::DescribeTopic(DescribeTopicResponse {
+                name,
+                partitions,
+                configs,
+            })
+        }
+        ApiKey::Produce => {
+            let n = d.array_len("topics", 6)?;
+            let mut topics = Vec::with_capacity(n);
+            for _ in 0..n {
+                let topic = d.string("topic")?;
+                let np = d.array_len("partitions", 24)?;
+                let mut partitions = Vec::with_capacity(np);
+                for _ in 0..np {
+                    partitions.push(ProducePartitionResponse {
+                        partition: d.u32("partition")?,
+                        error: ErrorCode::from_u16(d.u16("error")?),
+                        message: d.string("message")?,
+                        base_offset: d.i64("base_offset")?,
+                        last_offset: d.i64("last_offset")?,
+                    });
+                }
+                topics.push(ProduceTopicResponse { topic, partitions });
+            }
+            Response::Produce(ProduceResponse { topics })
+        }
+        ApiKey::Fetch => {
+            let n = d.array_len("topics", 6)?;
+            let mut topics = Vec::with_capacity(n);
+            for _ in 0..n {
+                let topic = d.string("topic")?;
+                let np = d.array_len("partitions", 28)?;
+                let mut partitions = Vec::with_capacity(np);
+                for _ in 0..np {
+                    partitions.push(FetchPartitionResponse {
+                        partition: d.u32("partition")?,
+                        error: ErrorCode::from_u16(d.u16("error")?),
+                        message: d.string("message")?,
+                        high_watermark: d.i64("high_watermark")?,
+                        log_start_offset: d.i64("log_start_offset")?,
+                        records: d.bytes("records")?.freeze(),
+                    });
+                }
+                topics.push(FetchTopicResponse { topic, partitions });
+            }
+            Response::Fetch(FetchResponse { topics })
+        }
+        ApiKey::ListOffsets => {
+            let n = d.array_len("topics", 6)?;
+            let mut topics = Vec::with_capacity(n);
+            for _ in 0..n {
+                let topic = d.string("topic")?;
+                let np = d.array_len("partitions", 16)?;
+                let mut partitions = Vec::with_capacity(np);
+                for _ in 0..np {
+                    partitions.push(ListOffsetsPartitionResponse {
+                        partition: d.u32("partition")?,
+                        error: ErrorCode::from_u16(d.u16("error")?),
+                        message: d.string("message")?,
+                        offset: d.i64("offset")?,
+                    });
+                }
+                topics.push(ListOffsetsTopicResponse { topic, partitions });
+            }
+            Response::ListOffsets(ListOffsetsResponse { topics })
+        }
+    };
+    Ok(response)
+}
+
+fn strings(d: &mut Decoder, field: &'static str) -> Result<Vec<String>, DecodeError> {
+    let n = d.array_len(field, 2)?;
+    (0..n).map(|_| d.string(field)).collect()
+}
+
+fn put_strings(e: &mut Encoder, xs: &[String]) {
+    e.put_array_len(xs.len());
+    for s in xs {
+        e.put_string(s);
+    }
+}
+
+fn configs(d: &mut Decoder) -> Result<Vec<ConfigEntry>, DecodeError> {
+    let n = d.array_len("configs", 4)?;
+    (0..n)
+        .map(|_| Ok((d.string("config_key")?, d.string("config_value")?)))
+        .collect()
+}
+
+fn put_configs(e: &mut Encoder, configs: &[ConfigEntry]) {
+    e.put_array_len(configs.len());
+    for (k, v) in configs {
+        e.put_string(k);
+        e.put_string(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::{split_frame, ResponseHeader};
+
+    fn contiguous(chunks: Vec<Bytes>) -> BytesMut {
+        let mut out = BytesMut::new();
+        for c in chunks {
+            out.extend_from_slice(&c);
+        }
+        out
+    }
+
+    fn request_round_trip(request: Request) -> Request {
+        let api = request.api_key();
+        let mut wire = contiguous(request.encode(42));
+        let mut payload = split_frame(&mut wire, usize::MAX).unwrap().unwrap();
+        assert!(wire.is_empty());
+        let header = RequestHeader::decode(&mut payload).unwrap();
+        assert_eq!(header.correlation_id, 42);
+        assert_eq!(header.api_key, api as u16);
+        Request::decode(&header, payload).unwrap()
+    }
+
+    fn response_round_trip(api: ApiKey, response: Response) {
+        let mut wire = contiguous(encode_response(9, &response));
+        let payload = split_frame(&mut wire, usize::MAX).unwrap().unwrap();
+        let mut d = Decoder::new(payload);
+        let header = ResponseHeader::decode(&mut d).unwrap();
+        assert_eq!(header.correlation_id, 9);
+        assert_eq!(header.error, ErrorCode::None);
+        assert_eq!(decode_response(api, &mut d).unwrap(), response);
+        d.finish().unwrap();
+    }
+
+    #[test]
+    fn produce_request_round_trips_records_untouched() {
+        let records = BytesMut::from(&b"batch-bytes-here"[..]);
+        let request = Request::Produce(ProduceRequest {
+            acks: Acks::All,
+            timeout_ms: 1000,
+            topics: vec![ProduceTopic {
+                topic: "orders".into(),
+                partitions: vec![ProducePartition {
+                    partition: 3,
+                    records,
+                }],
+            }],
+        });
+        match request_round_trip(request) {
+            Request::Produce(p) => {
+                assert_eq!(p.acks, Acks::All);
+                assert_eq!(p.topics[0].topic, "orders");
+                assert_eq!(p.topics[0].partitions[0].partition, 3);
+                assert_eq!(&p.topics[0].partitions[0].records[..], b"batch-bytes-here");
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn admin_requests_round_trip() {
+        let r = request_round_trip(Request::CreateTopic(CreateTopicRequest {
+            name: "t".into(),
+            partitions: 4,
+            configs: vec![("retention.ms".into(), "1000".into())],
+        }));
+        assert!(matches!(r, Request::CreateTopic(c) if c.partitions == 4 && c.configs.len() == 1));
+        let r = request_round_trip(Request::ListTopics);
+        assert!(matches!(r, Request::ListTopics));
+        let fetch = FetchRequest {
+            max_wait_ms: 500,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            topics: vec![FetchTopic {
+                topic: "t".into(),
+                partitions: vec![FetchPartition {
+                    partition: 1,
+                    offset: 77,
+                    max_bytes: 4096,
+                }],
+            }],
+        };
+        let r = request_round_trip(Request::Fetch(fetch.clone()));
+        assert!(matches!(r, Request::Fetch(f) if f == fetch));
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        response_round_trip(
+            ApiKey::Fetch,
+            Response::Fetch(FetchResponse {
+                topics: vec![FetchTopicResponse {
+                    topic: "t".into(),
+                    partitions: vec![FetchPartitionResponse {
+                        partition: 0,
+                        error: ErrorCode::None,
+                        message: String::new(),
+                        high_watermark: 10,
+                        log_start_offset: 0,
+                        records: Bytes::from_static(b"abc"),
+                    }],
+                }],
+            }),
+        );
+        response_round_trip(
+            ApiKey::Metadata,
+            Response::Metadata(MetadataResponse {
+                shards: vec![ShardEndpoint {
+                    shard: 0,
+                    host: "127.0.0.1".into(),
+                    port: 9093,
+                }],
+                topics: vec![TopicMetadata {
+                    name: "t".into(),
+                    error: ErrorCode::None,
+                    owners: vec![0, 1, 0],
+                }],
+            }),
+        );
+        response_round_trip(
+            ApiKey::DescribeTopic,
+            Response::DescribeTopic(DescribeTopicResponse {
+                name: "t".into(),
+                partitions: vec![PartitionDescription {
+                    partition: 0,
+                    shard: 1,
+                    log_start_offset: 5,
+                    high_watermark: 9,
+                    size_bytes: 1234,
+                }],
+                configs: vec![("segment.bytes".into(), "1024".into())],
+            }),
+        );
+    }
+
+    #[test]
+    fn unknown_api_and_version_are_typed_errors() {
+        let header = RequestHeader {
+            api_key: 999,
+            api_version: 0,
+            correlation_id: 1,
+        };
+        let err = Request::decode(&header, BytesMut::new()).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::UnsupportedApi);
+        let header = RequestHeader {
+            api_key: ApiKey::Fetch as u16,
+            api_version: 7,
+            correlation_id: 1,
+        };
+        let err = Request::decode(&header, BytesMut::new()).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::UnsupportedVersion);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn request_decode_never_panics(key in 0u16..12, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let header = RequestHeader { api_key: key, api_version: 0, correlation_id: 1 };
+            let _ = Request::decode(&header, BytesMut::from(&body[..]));
+        }
+
+        #[test]
+        fn response_decode_never_panics(key in 0u16..10, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let mut d = Decoder::new(BytesMut::from(&body[..]));
+            let _ = decode_response(ApiKey::from_u16(key).unwrap(), &mut d);
+        }
+    }
+}

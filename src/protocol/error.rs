@@ -1,0 +1,169 @@
+//! Stable wire error codes.
+//!
+//! Clients match on these numbers, so a code is never renumbered or reused: a retired code
+//! stays reserved in this list forever. New codes are appended.
+
+use std::fmt;
+
+/// An error code as carried in responses (`u16`, big-endian). `None` (0) means success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// Success.
+    None = 0,
+    /// An unexpected broker-side failure; the message says more.
+    Unknown = 1,
+    /// The frame could not be decoded; the broker closes the connection after this response.
+    CorruptFrame = 2,
+    /// The API key is not one this broker knows.
+    UnsupportedApi = 3,
+    /// The API is known but not at the requested version.
+    UnsupportedVersion = 4,
+    /// The frame is larger than `--max-request-bytes`; the connection is closed.
+    RequestTooLarge = 5,
+    /// The topic or partition does not exist.
+    UnknownTopicOrPartition = 6,
+    /// A topic with that name already exists.
+    TopicAlreadyExists = 7,
+    /// The topic name is not valid (1–249 characters of `[A-Za-z0-9._-]`, not `.` or `..`).
+    InvalidTopic = 8,
+    /// The partition count is not valid (1..=10000).
+    InvalidPartitions = 9,
+    /// A config key is unknown or its value is not valid.
+    InvalidConfig = 10,
+    /// The fetch offset is outside `[log start, high watermark]`.
+    OffsetOutOfRange = 11,
+    /// A record batch failed validation (magic, length, CRC32C).
+    CorruptBatch = 12,
+    /// A record batch is larger than `--max-batch-bytes`.
+    BatchTooLarge = 13,
+    /// The request decoded but its content is not acceptable (bad acks, empty records…).
+    InvalidRequest = 14,
+    /// The data device is full.
+    NotEnoughDisk = 15,
+    /// The log could not be read or written.
+    StorageError = 16,
+    /// The broker is shutting down and takes no new requests.
+    ShuttingDown = 17,
+    /// The broker already serves `--max-connections` connections.
+    TooManyConnections = 18,
+    /// The request did not complete within its timeout.
+    Timeout = 19,
+}
+
+impl ErrorCode {
+    /// Every code, in numeric order (documentation and tests use it).
+    pub const ALL: [ErrorCode; 20] = [
+        ErrorCode::None,
+        ErrorCode::Unknown,
+        ErrorCode::CorruptFrame,
+        ErrorCode::UnsupportedApi,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::RequestTooLarge,
+        ErrorCode::UnknownTopicOrPartition,
+        ErrorCode::TopicAlreadyExists,
+        ErrorCode::InvalidTopic,
+        ErrorCode::InvalidPartitions,
+        ErrorCode::InvalidConfig,
+        ErrorCode::OffsetOutOfRange,
+        ErrorCode::CorruptBatch,
+        ErrorCode::BatchTooLarge,
+        ErrorCode::InvalidRequest,
+        ErrorCode::NotEnoughDisk,
+        ErrorCode::StorageError,
+        ErrorCode::ShuttingDown,
+        ErrorCode::TooManyConnections,
+        ErrorCode::Timeout,
+    ];
+
+    /// The numeric code.
+    pub fn as_u16(self) -> u16 {
+        self as u16
+    }
+
+    /// The code for a number; codes this build does not know map to [`ErrorCode::Unknown`].
+    pub fn from_u16(code: u16) -> ErrorCode {
+        ErrorCode::ALL
+            .get(code as usize)
+            .copied()
+            .unwrap_or(ErrorCode::Unknown)
+    }
+
+    /// Whether a client may retry the same request unchanged and hope for success.
+    pub fn is_retriable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::NotEnoughDisk | ErrorCode::Timeout | ErrorCode::ShuttingDown
+        )
+    }
+
+    /// A short lower-case name, as used in logs and docs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::None => "none",
+            ErrorCode::Unknown => "unknown",
+            ErrorCode::CorruptFrame => "corrupt frame",
+            ErrorCode::UnsupportedApi => "unsupported api",
+            ErrorCode::UnsupportedVersion => "unsupported version",
+            ErrorCode::RequestTooLarge => "request too large",
+            ErrorCode::UnknownTopicOrPartition => "unknown topic or partition",
+            ErrorCode::TopicAlreadyExists => "topic already exists",
+            ErrorCode::InvalidTopic => "invalid topic",
+            ErrorCode::InvalidPartitions => "invalid partitions",
+            ErrorCode::InvalidConfig => "invalid config",
+            ErrorCode::OffsetOutOfRange => "offset out of range",
+            ErrorCode::CorruptBatch => "corrupt batch",
+            ErrorCode::BatchTooLarge => "batch too large",
+            ErrorCode::InvalidRequest => "invalid request",
+            ErrorCode::NotEnoughDisk => "not enough disk",
+            ErrorCode::StorageError => "storage error",
+            ErrorCode::ShuttingDown => "shutting down",
+            ErrorCode::TooManyConnections => "too many connections",
+            ErrorCode::Timeout => "timeout",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name(), self.as_u16())
+    }
+}
+
+/// An error code with the broker's explanation, as sent on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct WireError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    pub message: String,
+}
+
+impl WireError {
+    /// Creates an error with a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        WireError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_dense_and_stable() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(code.as_u16() as usize, i);
+            assert_eq!(ErrorCode::from_u16(i as u16), *code);
+        }
+        // Pinned numbers: clients depend on them.
+        assert_eq!(ErrorCode::UnknownTopicOrPartition.as_u16(), 6);
+        assert_eq!(ErrorCode::CorruptBatch.as_u16(), 12);
+        assert_eq!(ErrorCode::Timeout.as_u16(), 19);
+        assert_eq!(ErrorCode::from_u16(60_000), ErrorCode::Unknown);
+    }
+}

@@ -1,0 +1,10 @@
+//! The wire and disk formats, free of I/O: frames, API messages, error codes and Kafka's
+//! RecordBatch v2. Everything here takes bytes and returns values (or the reverse), so it is
+//! unit-tested, property-tested and fuzzed without a socket or a runtime.
+
+pub mod api;
+pub mod batch;
+pub mod error;
+pub mod frame;
+
+pub use error::{ErrorCode, WireError};

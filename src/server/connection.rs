@@ -1,0 +1,232 @@
+//! One client connection, served entirely by the shard that accepted it.
+//!
+//! The reader splits frames off one growing buffer: a request's record batches stay handles
+//! into that buffer all the way to the log file. Requests are pipelined: each runs as its own
+//! task and its response is queued when ready (responses carry the correlation id, so they
+//! may overtake each other). The writer gathers every queued response into one vectored
+//! write. Memory per connection is bounded: the reader stops reading while
+//! `max_in_flight_per_connection` requests are unanswered, and a frame larger than
+//! `max_request_bytes` is refused before its bytes are read.
+
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+
+use bytes::{Bytes, BytesMut};
+use compio::buf::{BufResult, IntoInner, IoBufMut};
+use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use compio::net::TcpStream;
+use futures_util::future::Either;
+
+use super::context::{first, ShardContext};
+use super::handlers;
+use crate::protocol::api::{encode_error_response, encode_response, Request};
+use crate::protocol::frame::{self, RequestHeader, LENGTH_PREFIX, REQUEST_HEADER_LEN};
+use crate::protocol::ErrorCode;
+
+/// Smallest read the reader asks the kernel for.
+const READ_CHUNK: usize = 64 * 1024;
+/// Most iovecs in one write (the kernel's IOV_MAX is 1024).
+const MAX_IOVECS: usize = 1024;
+
+struct ConnectionState {
+    /// Encoded responses waiting for the writer.
+    outbox: RefCell<Vec<Bytes>>,
+    outbox_ready: crate::local::Notify,
+    in_flight: Cell<usize>,
+    request_done: crate::local::Notify,
+    /// No more requests will be read; the writer exits once the outbox is empty and nothing
+    /// is in flight.
+    closing: Cell<bool>,
+    /// The socket failed; stop everything.
+    broken: Cell<bool>,
+}
+
+impl ConnectionState {
+    fn push(&self, chunks: Vec<Bytes>) {
+        self.outbox.borrow_mut().extend(chunks);
+        self.outbox_ready.notify_all();
+    }
+}
+
+/// Serves `stream` until the client leaves, the connection breaks, or the broker stops.
+pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
+    let peer = stream.peer_addr().ok();
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(?peer, "set_nodelay: {e}");
+    }
+    let state = Rc::new(ConnectionState {
+        outbox: RefCell::new(Vec::new()),
+        outbox_ready: crate::local::Notify::new(),
+        in_flight: Cell::new(0),
+        request_done: crate::local::Notify::new(),
+        closing: Cell::new(false),
+        broken: Cell::new(false),
+    });
+    let (reader, writer) = stream.into_split();
+    let writer_task = compio::runtime::spawn(write_loop(writer, state.clone()));
+    read_loop(&ctx, reader, &state).await;
+    state.closing.set(true);
+    state.outbox_ready.notify_all();
+    let _ = writer_task.await;
+    tracing::debug!(?peer, "connection closed");
+}
+
+async fn write_loop(mut stream: TcpStream, state: Rc<ConnectionState>) {
+    loop {
+        let ready = state.outbox_ready.notified();
+        let batch: Vec<Bytes> = {
+            let mut outbox = state.outbox.borrow_mut();
+            if outbox.len() <= MAX_IOVECS {
+                std::mem::take(&mut *outbox)
+            } else {
+                outbox.drain(..MAX_IOVECS).collect()
+            }
+        };
+        if batch.is_empty() {
+            if state.broken.get() || (state.closing.get() && state.in_flight.get() == 0) {
+                break;
+            }
+            ready.await;
+            continue;
+        }
+        let BufResult(result, _) = stream.write_vectored_all(batch).await;
+        if let Err(e) = result {
+            tracing::debug!("write failed, dropping connection: {e}");
+            state.broken.set(true);
+            state.request_done.notify_all();
+            break;
+        }
+    }
+    let _ = stream.shutdown().await;
+}
+
+async fn read_loop(ctx: &Rc<ShardContext>, mut stream: TcpStream, state: &Rc<ConnectionState>) {
+    let max_payload = ctx.config.max_request_bytes;
+    let max_in_flight = ctx.config.max_in_flight_per_connection.max(1);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        // Answer every complete frame already buffered.
+        loop {
+            match frame::split_frame(&mut buf, max_payload) {
+                Ok(Some(payload)) => {
+                    if !start_request(ctx, state, payload).await {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // The stream cannot be resynchronised: answer, then close.
+                    let correlation_id = if buf.len() >= LENGTH_PREFIX + REQUEST_HEADER_LEN {
+                        RequestHeader::peek_correlation_id(&buf[LENGTH_PREFIX..])
+                    } else {
+                        0
+                    };
+                    tracing::debug!("refusing frame: {e}");
+                    state.push(encode_error_response(
+                        correlation_id,
+                        e.code(),
+                        &e.to_string(),
+                    ));
+                    return;
+                }
+            }
+        }
+        // Backpressure: stop reading while too many requests are unanswered.
+        while state.in_flight.get() >= max_in_flight && !state.broken.get() {
+            state.request_done.notified().await;
+        }
+        if state.broken.get() {
+            return;
+        }
+        // Room for at least the rest of the frame being received, and a decent read.
+        let wanted = frame::peek_frame_len(&buf)
+            .map(|len| (LENGTH_PREFIX + len).saturating_sub(buf.len()))
+            .unwrap_or(0)
+            .max(READ_CHUNK);
+        if buf.capacity() - buf.len() < wanted {
+            buf.reserve(wanted);
+        }
+        let read = stream.read(buf.uninit());
+        match first(read, ctx.shutdown.notified()).await {
+            Either::Left(BufResult(Ok(0), _)) => return,
+            Either::Left(BufResult(Ok(_), slice)) => buf = slice.into_inner(),
+            Either::Left(BufResult(Err(e), _)) => {
+                tracing::debug!("read failed: {e}");
+                return;
+            }
+            Either::Right(()) => return,
+        }
+        if ctx.is_shutting_down() {
+            return;
+        }
+    }
+}
+
+/// Decodes one request and starts it. Returns false if the connection must close.
+async fn start_request(
+    ctx: &Rc<ShardContext>,
+    state: &Rc<ConnectionState>,
+    mut payload: BytesMut,
+) -> bool {
+    let correlation_id = RequestHeader::peek_correlation_id(&payload);
+    let header = match RequestHeader::decode(&mut payload) {
+        Ok(h) => h,
+        Err(e) => {
+            state.push(encode_error_response(
+                correlation_id,
+                ErrorCode::CorruptFrame,
+                &e.to_string(),
+            ));
+            return false;
+        }
+    };
+    let request = match Request::decode(&header, payload) {
+        Ok(r) => r,
+        Err(e) => {
+            let code = e.code();
+            state.push(encode_error_response(correlation_id, code, &e.to_string()));
+            // An unknown API or version still had a well-formed frame: the stream is in sync
+            // and the connection can go on. Anything else cannot be trusted.
+            return matches!(
+                code,
+                ErrorCode::UnsupportedApi | ErrorCode::UnsupportedVersion
+            );
+        }
+    };
+    state.in_flight.set(state.in_flight.get() + 1);
+    let mut task: Pin<Box<dyn Future<Output = ()>>> = Box::pin({
+        let ctx = ctx.clone();
+        let state = state.clone();
+        async move {
+            if let Some(outcome) = handlers::handle(&ctx, request).await {
+                let chunks = match outcome {
+                    Ok(response) => encode_response(correlation_id, &response),
+                    Err(e) => encode_error_response(correlation_id, e.code, &e.message),
+                };
+                state.push(chunks);
+            }
+            state.in_flight.set(state.in_flight.get() - 1);
+            state.request_done.notify_all();
+            state.outbox_ready.notify_all();
+        }
+    });
+    // Poll once right here: everything a handler does before its first wait (routing a
+    // batch into a ring, queueing it on a local partition) happens in the order requests
+    // arrived. Only what is left runs as its own task.
+    let finished = poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx).is_ready())).await;
+    if !finished {
+        compio::runtime::spawn(task).detach();
+    }
+    true
+}
+
+/// Refuses a connection over the limit with an error frame, then closes it.
+pub(crate) async fn refuse(mut stream: TcpStream, code: ErrorCode, message: &str) {
+    let _ = stream.set_nodelay(true);
+    let chunks = encode_error_response(0, code, message);
+    let _ = stream.write_vectored_all(chunks).await;
+    let _ = stream.shutdown().await;
+}

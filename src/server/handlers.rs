@@ -1,0 +1,536 @@
+//! What each API does, on the shard that owns the client's connection. Partition work is
+//! routed to the owning shard with [`ShardContext::call`]; everything else (catalog reads,
+//! metadata) is answered here.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::{join_all, select_all};
+
+use super::context::{first, unknown_partition, PartitionRef, ShardContext, ShardOp, ShardReply};
+use crate::protocol::api::*;
+use crate::protocol::batch::{self, BatchError};
+use crate::protocol::{ErrorCode, WireError};
+use crate::storage::catalog::{describe_config, CatalogError, TopicMeta};
+
+/// Largest fetch response, whatever the client asks for: bounds the memory one request can
+/// pin.
+pub const MAX_FETCH_BYTES: usize = 64 << 20;
+/// Longest long-poll a fetch may ask for.
+pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(60);
+
+/// Handles one decoded request. `None` means no response is sent (produce with acks = 0).
+pub(crate) async fn handle(
+    ctx: &Rc<ShardContext>,
+    request: Request,
+) -> Option<Result<Response, WireError>> {
+    if ctx.is_shutting_down() {
+        return Some(Err(WireError::new(
+            ErrorCode::ShuttingDown,
+            "the broker is shutting down",
+        )));
+    }
+    Some(match request {
+        Request::ApiVersions(_) => Ok(Response::ApiVersions(ApiVersionsResponse {
+            broker_version: env!("CARGO_PKG_VERSION").to_string(),
+            shard_count: ctx.shard_count,
+            apis: ApiKey::ALL
+                .iter()
+                .map(|k| ApiVersionRange {
+                    api_key: *k as u16,
+                    min_version: 0,
+                    max_version: k.max_version(),
+                })
+                .collect(),
+        })),
+        Request::Metadata(r) => Ok(metadata(ctx, r)),
+        Request::CreateTopic(r) => create_topic(ctx, r).await,
+        Request::DeleteTopic(r) => delete_topic(ctx, r).await,
+        Request::ListTopics => {
+            let catalog = ctx.catalog.snapshot();
+            Ok(Response::ListTopics(ListTopicsResponse {
+                topics: catalog
+                    .topics
+                    .values()
+                    .map(|t| TopicListing {
+                        name: t.name.clone(),
+                        partitions: t.partitions,
+                    })
+                    .collect(),
+            }))
+        }
+        Request::DescribeTopic(r) => describe_topic(ctx, r).await,
+        Request::AlterTopicConfig(r) => alter_topic(ctx, r).await,
+        Request::Produce(r) => {
+            let acks = r.acks;
+            let response = produce(ctx, r).await;
+            if acks == Acks::None {
+                return None;
+            }
+            Ok(response)
+        }
+        Request::Fetch(r) => Ok(fetch(ctx, r).await),
+        Request::ListOffsets(r) => Ok(list_offsets(ctx, r).await),
+    })
+}
+
+fn catalog_error(e: CatalogError) -> WireError {
+    let code = match &e {
+        CatalogError::UnknownTopic(_) => ErrorCode::UnknownTopicOrPartition,
+        CatalogError::AlreadyExists(_) => ErrorCode::TopicAlreadyExists,
+        CatalogError::InvalidName { .. } => ErrorCode::InvalidTopic,
+        CatalogError::InvalidPartitions(_) => ErrorCode::InvalidPartitions,
+        CatalogError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
+        CatalogError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+            ErrorCode::NotEnoughDisk
+        }
+        CatalogError::Io { .. } | CatalogError::Corrupt { .. } => ErrorCode::StorageError,
+    };
+    WireError::new(code, e.to_string())
+}
+
+fn metadata(ctx: &ShardContext, r: MetadataRequest) -> Response {
+    let catalog = ctx.catalog.snapshot();
+    let describe = |t: &TopicMeta| TopicMetadata {
+        name: t.name.clone(),
+        error: ErrorCode::None,
+        owners: (0..t.partitions).map(|p| ctx.owner(&t.name, p)).collect(),
+    };
+    let topics = if r.topics.is_empty() {
+        catalog.topics.values().map(|t| describe(t)).collect()
+    } else {
+        r.topics
+            .iter()
+            .map(|name| match catalog.topics.get(name) {
+                Some(t) => describe(t),
+                None => TopicMetadata {
+                    name: name.clone(),
+                    error: ErrorCode::UnknownTopicOrPartition,
+                    owners: Vec::new(),
+                },
+            })
+            .collect()
+    };
+    Response::Metadata(MetadataResponse {
+        shards: ctx.endpoints.as_ref().clone(),
+        topics,
+    })
+}
+
+/// Sends `op` for the topic to every shard and waits for all to finish.
+async fn broadcast(ctx: &Rc<ShardContext>, make: impl Fn() -> ShardOp) -> Result<(), WireError> {
+    let calls = (0..ctx.shard_count).map(|shard| ctx.call(shard, make()));
+    for reply in join_all(calls).await {
+        if let ShardReply::Done(Err(e)) = reply {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+async fn create_topic(
+    ctx: &Rc<ShardContext>,
+    r: CreateTopicRequest,
+) -> Result<Response, WireError> {
+    let topic = ctx
+        .catalog
+        .create(&r.name, r.partitions, &r.configs, &ctx.log_defaults)
+        .map_err(catalog_error)?;
+    tracing::info!(topic = %topic.name, partitions = topic.partitions, "topic created");
+    broadcast(ctx, || ShardOp::OpenTopic {
+        topic: topic.clone(),
+    })
+    .await?;
+    Ok(Response::CreateTopic)
+}
+
+async fn delete_topic(
+    ctx: &Rc<ShardContext>,
+    r: DeleteTopicRequest,
+) -> Result<Response, WireError> {
+    let topic = ctx.catalog.delete(&r.name).map_err(catalog_error)?;
+    // Move the directory aside first: a topic created again under this name starts empty
+    // even while the old files are still being closed and removed.
+    let dir = ctx.config.data_dir.join(&topic.name);
+    let trash = ctx
+        .config
+        .data_dir
+        .join(format!(".deleted-{}-{}", topic.name, topic.id));
+    let moved = match std::fs::rename(&dir, &trash) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => {
+            tracing::warn!(topic = %topic.name, "cannot move deleted topic aside: {e}");
+            false
+        }
+    };
+    broadcast(ctx, || ShardOp::DropTopic {
+        topic: topic.clone(),
+    })
+    .await?;
+    let doomed = if moved { trash } else { dir };
+    if let Err(e) = std::fs::remove_dir_all(&doomed) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %doomed.display(), "cannot remove deleted topic data: {e}");
+        }
+    }
+    tracing::info!(topic = %topic.name, "topic deleted");
+    Ok(Response::DeleteTopic)
+}
+
+async fn alter_topic(
+    ctx: &Rc<ShardContext>,
+    r: AlterTopicConfigRequest,
+) -> Result<Response, WireError> {
+    let topic = ctx
+        .catalog
+        .alter(&r.name, &r.configs, &ctx.log_defaults)
+        .map_err(catalog_error)?;
+    broadcast(ctx, || ShardOp::Reconfigure {
+        topic: topic.clone(),
+    })
+    .await?;
+    Ok(Response::AlterTopicConfig)
+}
+
+async fn describe_topic(
+    ctx: &Rc<ShardContext>,
+    r: DescribeTopicRequest,
+) -> Result<Response, WireError> {
+    let topic = ctx.catalog.get(&r.name).ok_or_else(|| {
+        WireError::new(
+            ErrorCode::UnknownTopicOrPartition,
+            format!("topic `{}` does not exist", r.name),
+        )
+    })?;
+    let calls = (0..topic.partitions).map(|partition| {
+        let at = PartitionRef {
+            topic: topic.clone(),
+            partition,
+        };
+        ctx.call(ctx.owner(&topic.name, partition), ShardOp::Describe { at })
+    });
+    let mut partitions = Vec::with_capacity(topic.partitions as usize);
+    for reply in join_all(calls).await {
+        match reply {
+            ShardReply::Described(Ok(d)) => partitions.push(d),
+            ShardReply::Described(Err(e)) | ShardReply::Done(Err(e)) => return Err(e),
+            _ => return Err(unexpected()),
+        }
+    }
+    Ok(Response::DescribeTopic(DescribeTopicResponse {
+        name: topic.name.clone(),
+        partitions,
+        configs: describe_config(&topic.log_config(&ctx.log_defaults)),
+    }))
+}
+
+fn unexpected() -> WireError {
+    WireError::new(ErrorCode::Unknown, "unexpected reply between shards")
+}
+
+fn lookup(ctx: &ShardContext, topic: &str, partition: u32) -> Result<PartitionRef, WireError> {
+    let meta = ctx
+        .catalog
+        .get(topic)
+        .ok_or_else(|| unknown_partition(topic, partition))?;
+    if partition >= meta.partitions {
+        return Err(unknown_partition(topic, partition));
+    }
+    Ok(PartitionRef {
+        topic: meta,
+        partition,
+    })
+}
+
+/// Splits a produce request's records into single batches and validates each (header and
+/// CRC32C). The batches stay handles into the request buffer.
+fn split_batches(
+    mut records: BytesMut,
+    max_batch_bytes: usize,
+) -> Result<Vec<BytesMut>, WireError> {
+    let mut batches = Vec::new();
+    while !records.is_empty() {
+        let header = batch::BatchHeader::parse(&records).map_err(batch_error)?;
+        let len = header.total_len();
+        if len > max_batch_bytes {
+            return Err(batch_error(BatchError::TooLarge {
+                size: len,
+                limit: max_batch_bytes,
+            }));
+        }
+        if len > records.len() {
+            return Err(batch_error(BatchError::Truncated {
+                needed: len,
+                available: records.len(),
+            }));
+        }
+        let one = records.split_to(len);
+        batch::validate(&one, max_batch_bytes).map_err(batch_error)?;
+        batches.push(one);
+    }
+    if batches.is_empty() {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            "a produce partition entry carries no record batch",
+        ));
+    }
+    Ok(batches)
+}
+
+fn batch_error(e: BatchError) -> WireError {
+    let code = match e {
+        BatchError::TooLarge { .. } => ErrorCode::BatchTooLarge,
+        _ => ErrorCode::CorruptBatch,
+    };
+    WireError::new(code, e.to_string())
+}
+
+async fn produce(ctx: &Rc<ShardContext>, r: ProduceRequest) -> Response {
+    // Every partition's append is started in request order before any is awaited, so the
+    // batches of pipelined requests reach each partition in the order they were sent.
+    let mut shape = Vec::with_capacity(r.topics.len());
+    let mut calls = Vec::new();
+    let mut early: Vec<Option<WireError>> = Vec::new();
+    for topic in r.topics {
+        let mut parts = Vec::with_capacity(topic.partitions.len());
+        for p in topic.partitions {
+            parts.push(p.partition);
+            let prepared = lookup(ctx, &topic.topic, p.partition).and_then(|at| {
+                split_batches(p.records, ctx.config.max_batch_bytes).map(|batches| (at, batches))
+            });
+            match prepared {
+                Ok((at, batches)) => {
+                    let owner = ctx.owner(&topic.topic, p.partition);
+                    calls.push(Box::pin(ctx.call(owner, ShardOp::Append { at, batches })));
+                    early.push(None);
+                }
+                Err(e) => early.push(Some(e)),
+            }
+        }
+        shape.push((topic.topic, parts));
+    }
+    let mut replies = join_all(calls).await.into_iter();
+    let mut early = early.into_iter();
+    let topics = shape
+        .into_iter()
+        .map(|(topic, parts)| ProduceTopicResponse {
+            topic,
+            partitions: parts
+                .into_iter()
+                .map(|partition| {
+                    let outcome = match early.next().flatten() {
+                        Some(e) => Err(e),
+                        None => match replies.next() {
+                            Some(ShardReply::Appended(r)) => r,
+                            Some(ShardReply::Done(Err(e))) => Err(e),
+                            _ => Err(unexpected()),
+                        },
+                    };
+                    match outcome {
+                        Ok(a) => ProducePartitionResponse {
+                            partition,
+                            error: ErrorCode::None,
+                            message: String::new(),
+                            base_offset: a.base_offset,
+                            last_offset: a.last_offset,
+                        },
+                        Err(e) => ProducePartitionResponse {
+                            partition,
+                            error: e.code,
+                            message: e.message,
+                            base_offset: -1,
+                            last_offset: -1,
+                        },
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    Response::Produce(ProduceResponse { topics })
+}
+
+struct FetchSlot {
+    topic_index: usize,
+    partition: u32,
+    offset: i64,
+    max_bytes: usize,
+    at: Result<PartitionRef, WireError>,
+}
+
+/// Reads every requested partition once, in order, within the response's byte budget.
+async fn read_all(
+    ctx: &Rc<ShardContext>,
+    slots: &[FetchSlot],
+    max_bytes: usize,
+) -> (Vec<FetchPartitionResponse>, usize) {
+    let mut out = Vec::with_capacity(slots.len());
+    let mut total = 0usize;
+    for slot in slots {
+        let budget = slot.max_bytes.min(max_bytes.saturating_sub(total));
+        let result = match &slot.at {
+            Err(e) => Err(e.clone()),
+            // The response is full: later partitions get nothing this time (a first
+            // non-empty partition always gets at least one batch).
+            // (high watermark -1: not read this time).
+            Ok(_) if budget == 0 && total > 0 => Ok((Bytes::new(), -1, -1)),
+            Ok(at) => {
+                let op = ShardOp::Read {
+                    at: at.clone(),
+                    offset: slot.offset,
+                    max_bytes: budget.max(1),
+                };
+                match ctx
+                    .call(ctx.owner(&at.topic.name, slot.partition), op)
+                    .await
+                {
+                    ShardReply::Read(r) => {
+                        r.map(|o| (o.records, o.high_watermark, o.log_start_offset))
+                    }
+                    ShardReply::Done(Err(e)) => Err(e),
+                    _ => Err(unexpected()),
+                }
+            }
+        };
+        out.push(match result {
+            Ok((records, hwm, start)) => {
+                total += records.len();
+                FetchPartitionResponse {
+                    partition: slot.partition,
+                    error: ErrorCode::None,
+                    message: String::new(),
+                    high_watermark: hwm,
+                    log_start_offset: start,
+                    records,
+                }
+            }
+            Err(e) => FetchPartitionResponse {
+                partition: slot.partition,
+                error: e.code,
+                message: e.message,
+                high_watermark: -1,
+                log_start_offset: -1,
+                records: Bytes::new(),
+            },
+        });
+    }
+    (out, total)
+}
+
+async fn fetch(ctx: &Rc<ShardContext>, r: FetchRequest) -> Response {
+    let deadline =
+        Instant::now() + Duration::from_millis(u64::from(r.max_wait_ms)).min(MAX_FETCH_WAIT);
+    let max_bytes = (r.max_bytes as usize).min(MAX_FETCH_BYTES);
+    let mut names = Vec::with_capacity(r.topics.len());
+    let mut slots = Vec::new();
+    for (topic_index, t) in r.topics.into_iter().enumerate() {
+        for p in &t.partitions {
+            slots.push(FetchSlot {
+                topic_index,
+                partition: p.partition,
+                offset: p.offset,
+                max_bytes: p.max_bytes as usize,
+                at: lookup(ctx, &t.topic, p.partition),
+            });
+        }
+        names.push(t.topic);
+    }
+    let min_bytes = r.min_bytes as usize;
+    loop {
+        let (parts, total) = read_all(ctx, &slots, max_bytes).await;
+        let errors = parts.iter().any(|p| p.error != ErrorCode::None);
+        if total >= min_bytes || errors || Instant::now() >= deadline || ctx.is_shutting_down() {
+            return fetch_response(names, &slots, parts);
+        }
+        // Long-poll: ask each owner to tell us when its partition has more than we saw,
+        // and read again when the first one does (or at the deadline).
+        let waits: Vec<_> = slots
+            .iter()
+            .zip(&parts)
+            .filter_map(|(slot, part)| {
+                let at = slot.at.as_ref().ok()?.clone();
+                let owner = ctx.owner(&at.topic.name, slot.partition);
+                let op = ShardOp::WaitForData {
+                    at,
+                    offset: slot.offset,
+                    seen: part.records.len() as u64,
+                    deadline,
+                };
+                Some(Box::pin(ctx.call(owner, op)))
+            })
+            .collect();
+        if waits.is_empty() {
+            compio::time::sleep_until(deadline).await;
+            continue;
+        }
+        let stop = ctx.shutdown.notified();
+        let _ = first(
+            select_all(waits),
+            first(compio::time::sleep_until(deadline), stop),
+        )
+        .await;
+    }
+}
+
+fn fetch_response(
+    names: Vec<String>,
+    slots: &[FetchSlot],
+    parts: Vec<FetchPartitionResponse>,
+) -> Response {
+    let mut topics: Vec<FetchTopicResponse> = names
+        .into_iter()
+        .map(|topic| FetchTopicResponse {
+            topic,
+            partitions: Vec::new(),
+        })
+        .collect();
+    for (slot, part) in slots.iter().zip(parts) {
+        topics[slot.topic_index].partitions.push(part);
+    }
+    Response::Fetch(FetchResponse { topics })
+}
+
+async fn list_offsets(ctx: &Rc<ShardContext>, r: ListOffsetsRequest) -> Response {
+    let mut topics = Vec::with_capacity(r.topics.len());
+    for t in r.topics {
+        let calls = t.partitions.iter().map(|p| {
+            let ctx = ctx.clone();
+            let topic = t.topic.clone();
+            let (partition, timestamp) = (p.partition, p.timestamp);
+            async move {
+                let at = lookup(&ctx, &topic, partition)?;
+                let owner = ctx.owner(&topic, partition);
+                match ctx.call(owner, ShardOp::ListOffset { at, timestamp }).await {
+                    ShardReply::Offset(r) => r,
+                    ShardReply::Done(Err(e)) => Err(e),
+                    _ => Err(unexpected()),
+                }
+            }
+        });
+        let results = join_all(calls).await;
+        topics.push(ListOffsetsTopicResponse {
+            topic: t.topic,
+            partitions: t
+                .partitions
+                .iter()
+                .zip(results)
+                .map(|(p, r)| match r {
+                    Ok(offset) => ListOffsetsPartitionResponse {
+                        partition: p.partition,
+                        error: ErrorCode::None,
+                        message: String::new(),
+                        offset,
+                    },
+                    Err(e) => ListOffsetsPartitionResponse {
+                        partition: p.partition,
+                        error: e.code,
+                        message: e.message,
+                        offset: -1,
+                    },
+                })
+                .collect(),
+        });
+    }
+    Response::ListOffsets(ListOffsetsResponse { topics })
+}

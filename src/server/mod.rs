@@ -1,0 +1,454 @@
+//! The broker: listeners, connections and request dispatch on every shard.
+//!
+//! [`start`] prepares everything that must happen once (data directory, catalog, sockets,
+//! the ring mesh), then starts one shard thread per configured core. Each shard opens and
+//! recovers the partitions it owns, then accepts connections on the shared port (every
+//! shard has its own SO_REUSEPORT socket on it, so the kernel spreads connections) and on
+//! its direct port. [`BrokerHandle::shutdown`] stops accepting, lets in-flight requests
+//! finish, syncs and closes every log.
+
+mod connection;
+mod context;
+mod handlers;
+
+pub use handlers::{MAX_FETCH_BYTES, MAX_FETCH_WAIT};
+
+use std::cell::Cell;
+use std::io;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use futures_util::future::Either;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::BrokerConfig;
+use crate::protocol::api::ShardEndpoint;
+use crate::protocol::ErrorCode;
+use crate::shard::mesh::{mesh, MeshRemote, ShardLinks};
+use crate::shard::thread::{spawn_shard, ShardThreadConfig};
+use crate::shard::ShardId;
+use crate::storage::catalog::{validate_topic_name, CatalogStore};
+use crate::storage::FsyncPolicy;
+use context::{first, Envelope, Global, ShardContext};
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A socket could not be created or bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The data directory or catalog is unusable.
+    #[error("data directory {path}: {reason}")]
+    DataDir {
+        /// Directory.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A shard thread failed to start or to open its partitions.
+    #[error("shard {shard}: {reason}")]
+    Shard {
+        /// Which shard.
+        shard: ShardId,
+        /// Why.
+        reason: String,
+    },
+    /// The configuration is not usable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// A running broker.
+pub struct BrokerHandle {
+    addr: SocketAddr,
+    direct: Vec<SocketAddr>,
+    global: Arc<Global>,
+    remote: MeshRemote,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+}
+
+impl BrokerHandle {
+    /// The shared listen address (with the real port when 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Number of shards serving.
+    pub fn shard_count(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Each shard's direct listen address, by shard index (empty if disabled).
+    pub fn direct_addrs(&self) -> &[SocketAddr] {
+        &self.direct
+    }
+
+    /// Stops accepting, lets in-flight requests finish, syncs and closes every log, and
+    /// waits for the shard threads to end.
+    pub fn shutdown(self) -> io::Result<()> {
+        self.shutdown_trigger()();
+        self.join()
+    }
+
+    /// Waits for the shard threads to end (after [`BrokerHandle::shutdown`] was requested
+    /// elsewhere, or forever).
+    pub fn join(self) -> io::Result<()> {
+        let mut result = Ok(());
+        for t in self.threads {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(_) => result = Err(io::Error::other("a shard thread panicked")),
+            }
+        }
+        result
+    }
+
+    /// A function that starts a graceful shutdown from any thread (signal handlers).
+    pub fn shutdown_trigger(&self) -> impl Fn() + Send + Sync + 'static {
+        let global = self.global.clone();
+        let remote = self.remote.clone();
+        move || {
+            global.shutdown.store(true, Ordering::SeqCst);
+            remote.signal_all();
+        }
+    }
+}
+
+/// Starts a broker and returns once every shard serves.
+pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
+    if config.cores.is_empty() {
+        return Err(StartError::Config("at least one core is needed".into()));
+    }
+    if config.cores.len() > usize::from(u16::MAX) {
+        return Err(StartError::Config("too many cores".into()));
+    }
+    let data_err = |reason: String| StartError::DataDir {
+        path: config.data_dir.clone(),
+        reason,
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| data_err(e.to_string()))?;
+    let catalog =
+        Arc::new(CatalogStore::open(&config.data_dir).map_err(|e| data_err(e.to_string()))?);
+    remove_orphans(&config.data_dir, &catalog);
+
+    let shards = config.shard_count();
+    // Sockets: the shared port (one SO_REUSEPORT socket per shard) and the direct ports.
+    let first_shared = bind(config.listen, true)?;
+    let addr = first_shared
+        .local_addr()
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let mut shared = vec![first_shared];
+    for _ in 1..shards {
+        shared.push(bind(addr, true)?);
+    }
+    let mut direct = Vec::new();
+    if let Some(base) = config.direct_port_base {
+        for i in 0..shards {
+            let port = if base == 0 {
+                0
+            } else {
+                base.checked_add(i).ok_or_else(|| {
+                    StartError::Config(format!("direct port {base} + {i} is out of range"))
+                })?
+            };
+            direct.push(bind(SocketAddr::new(addr.ip(), port), false)?);
+        }
+    }
+    let direct_addrs: Vec<SocketAddr> = direct
+        .iter()
+        .map(|l| l.local_addr().expect("bound socket has an address"))
+        .collect();
+    let endpoints: Arc<Vec<ShardEndpoint>> = Arc::new(
+        (0..shards)
+            .map(|i| ShardEndpoint {
+                shard: i,
+                host: addr.ip().to_string(),
+                port: direct_addrs.get(i as usize).map_or(0, |a| a.port()),
+            })
+            .collect(),
+    );
+
+    let config = Arc::new(config);
+    let global = Arc::new(Global::new());
+    let links = mesh::<Envelope>(shards, config.ring_capacity);
+    let remote = links[0].remote();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<ShardId, (ShardId, String)>>();
+    let mut direct = direct.into_iter().map(Some).collect::<Vec<_>>();
+    direct.resize_with(shards as usize, || None);
+    let mut threads = Vec::with_capacity(shards as usize);
+    for ((links, shared), direct) in links.into_iter().zip(shared).zip(direct) {
+        let id = links.id();
+        let thread_config = ShardThreadConfig {
+            id,
+            core: config.pin.then(|| config.cores[id as usize]),
+            uring_entries: config.uring_entries,
+            sqpoll_idle: config.sqpoll.then_some(Duration::from_millis(10)),
+        };
+        let (config, catalog, endpoints, global, ready) = (
+            config.clone(),
+            catalog.clone(),
+            endpoints.clone(),
+            global.clone(),
+            ready_tx.clone(),
+        );
+        let thread = spawn_shard(thread_config, move || {
+            shard_main(
+                links, config, catalog, endpoints, global, shared, direct, ready,
+            )
+        })
+        .map_err(|e| StartError::Shard {
+            shard: id,
+            reason: e.to_string(),
+        })?;
+        threads.push(thread);
+    }
+    drop(ready_tx);
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err((shard, reason))) => {
+                global.shutdown.store(true, Ordering::SeqCst);
+                remote.signal_all();
+                return Err(StartError::Shard { shard, reason });
+            }
+            Err(_) => {
+                // A thread ended without reporting: its runtime could not start.
+                global.shutdown.store(true, Ordering::SeqCst);
+                remote.signal_all();
+                let reason = threads
+                    .into_iter()
+                    .filter_map(|t| match t.join() {
+                        Ok(Err(e)) => Some(e.to_string()),
+                        _ => None,
+                    })
+                    .next()
+                    .unwrap_or_else(|| "shard thread ended during start-up".into());
+                return Err(StartError::Shard { shard: 0, reason });
+            }
+        }
+    }
+    Ok(BrokerHandle {
+        addr,
+        direct: direct_addrs,
+        global,
+        remote,
+        threads,
+    })
+}
+
+fn bind(addr: SocketAddr, reuse_port: bool) -> Result<StdListener, StartError> {
+    let err = |source| StartError::Listen { addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(err)?;
+    }
+    socket.set_tcp_nodelay(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(1024).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    Ok(socket.into())
+}
+
+/// Removes data left by a topic deletion that did not finish (the catalog no longer names
+/// the topic), and any directory moved aside for deletion.
+fn remove_orphans(data_dir: &Path, catalog: &CatalogStore) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    let topics = catalog.snapshot();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if !path.is_dir() || name == "meta" {
+            continue;
+        }
+        let orphan = name.starts_with(".deleted-")
+            || (validate_topic_name(&name).is_ok() && !topics.topics.contains_key(&name));
+        if orphan {
+            tracing::warn!(path = %path.display(), "removing data of a deleted topic");
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                tracing::warn!(path = %path.display(), "cannot remove: {e}");
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn shard_main(
+    links: ShardLinks<Envelope>,
+    config: Arc<BrokerConfig>,
+    catalog: Arc<CatalogStore>,
+    endpoints: Arc<Vec<ShardEndpoint>>,
+    global: Arc<Global>,
+    shared: StdListener,
+    direct: Option<StdListener>,
+    ready: mpsc::Sender<Result<ShardId, (ShardId, String)>>,
+) {
+    let ctx = ShardContext::new(
+        links,
+        config.clone(),
+        catalog.clone(),
+        endpoints,
+        global.clone(),
+    );
+    let id = ctx.id;
+    let stop_mesh = Rc::new(Cell::new(false));
+    // The mesh loop runs from the start: opening partitions needs nothing from other
+    // shards, but other shards may already send us requests once they serve.
+    let mesh_task = compio::runtime::spawn(ctx.clone().run_mesh(stop_mesh.clone()));
+
+    // Recover every partition this shard owns before serving.
+    let started = Instant::now();
+    for topic in catalog.snapshot().topics.values() {
+        if let Err(e) = ctx.open_topic(topic).await {
+            let _ = ready.send(Err((id, format!("topic `{}`: {}", topic.name, e.message))));
+            return;
+        }
+    }
+    let partitions = ctx.all_logs().len();
+    let listeners = (|| -> io::Result<_> {
+        let shared = compio::net::TcpListener::from_std(shared)?;
+        let direct = direct.map(compio::net::TcpListener::from_std).transpose()?;
+        Ok((shared, direct))
+    })();
+    let (shared, direct) = match listeners {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err((id, format!("listener: {e}"))));
+            return;
+        }
+    };
+    tracing::info!(
+        shard = id,
+        partitions,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "shard serving"
+    );
+    let _ = ready.send(Ok(id));
+
+    compio::runtime::spawn(accept_loop(ctx.clone(), shared)).detach();
+    if let Some(direct) = direct {
+        compio::runtime::spawn(accept_loop(ctx.clone(), direct)).detach();
+    }
+    compio::runtime::spawn(maintenance(ctx.clone())).detach();
+
+    // Run until shutdown, then wait for this shard's connections to finish.
+    while !ctx.is_shutting_down() {
+        ctx.shutdown.notified().await;
+    }
+    let grace = Instant::now() + Duration::from_secs(10);
+    while ctx.connections.get() > 0 && Instant::now() < grace {
+        let closed = ctx.connection_closed.notified();
+        let _ = first(closed, compio::time::sleep(Duration::from_millis(50))).await;
+    }
+    // Other shards may still route requests to our partitions until they are quiet too.
+    global.quiesced.fetch_add(1, Ordering::SeqCst);
+    ctx.signal_all();
+    while global.quiesced.load(Ordering::SeqCst) < usize::from(ctx.shard_count) {
+        compio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for log in ctx.all_logs() {
+        if let Err(e) = log.close().await {
+            tracing::warn!(shard = id, "closing a partition: {e}");
+        }
+    }
+    stop_mesh.set(true);
+    ctx.signal_all();
+    let _ = mesh_task.await;
+    tracing::info!(shard = id, "shard stopped");
+}
+
+async fn accept_loop(ctx: Rc<ShardContext>, listener: compio::net::TcpListener) {
+    loop {
+        let accepted = match first(listener.accept(), ctx.shutdown.notified()).await {
+            Either::Left(a) => a,
+            Either::Right(()) => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(shard = ctx.id, "accept failed: {e}");
+                compio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let open = ctx.global.connections.fetch_add(1, Ordering::SeqCst);
+        if open >= ctx.config.max_connections {
+            ctx.global.connections.fetch_sub(1, Ordering::SeqCst);
+            let message = format!(
+                "the broker serves its maximum of {} connections",
+                ctx.config.max_connections
+            );
+            compio::runtime::spawn(async move {
+                connection::refuse(stream, ErrorCode::TooManyConnections, &message).await
+            })
+            .detach();
+            continue;
+        }
+        ctx.connections.set(ctx.connections.get() + 1);
+        let ctx2 = ctx.clone();
+        compio::runtime::spawn(async move {
+            connection::serve(ctx2.clone(), stream).await;
+            ctx2.global.connections.fetch_sub(1, Ordering::SeqCst);
+            ctx2.connections.set(ctx2.connections.get() - 1);
+            ctx2.connection_closed.notify_all();
+        })
+        .detach();
+    }
+}
+
+/// Periodic work: retention, and fdatasync for `--fsync interval=…`.
+async fn maintenance(ctx: Rc<ShardContext>) {
+    let sync_every = match ctx.config.fsync {
+        FsyncPolicy::Interval(d) => Some(d),
+        _ => None,
+    };
+    let retention_every = ctx.config.retention_check;
+    let tick = sync_every.map_or(retention_every, |s| s.min(retention_every));
+    let mut next_retention = Instant::now();
+    loop {
+        if let Either::Right(()) = first(compio::time::sleep(tick), ctx.shutdown.notified()).await {
+            return;
+        }
+        if sync_every.is_some() {
+            for log in ctx.all_logs() {
+                if let Err(e) = log.sync().await {
+                    tracing::error!(shard = ctx.id, "interval fsync failed: {e}");
+                }
+            }
+        }
+        if Instant::now() >= next_retention {
+            next_retention = Instant::now() + retention_every;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            for log in ctx.all_logs() {
+                match log.enforce_retention(now_ms).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(shard = ctx.id, segments = n, "retention deleted segments")
+                    }
+                    Err(e) => tracing::warn!(shard = ctx.id, "retention failed: {e}"),
+                }
+            }
+        }
+    }
+}

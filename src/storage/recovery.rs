@@ -1,0 +1,444 @@
+//! Bringing a partition directory back to a consistent log after a crash or a clean stop.
+//!
+//! The log files are the truth and the index files are hints. Invariant after recovery:
+//! every segment holds only whole batches with dense offsets starting at its base offset, the
+//! last segment holds only CRC-valid batches, and every index entry points at the start of a
+//! batch. A torn or corrupt tail is truncated (with a warning saying how much and why) and a
+//! damaged index is rebuilt from the log, so a bad batch is never served.
+//!
+//! This runs once per partition on the owning shard before it serves traffic, so it uses
+//! blocking `std::fs` I/O: simpler, and nothing else on the thread is waiting yet.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use tracing::{info, warn};
+
+use super::config::LogConfig;
+use super::error::StorageError;
+use super::index::{IndexPlanner, OffsetIndex, TimeIndex};
+use super::segment::{SegmentFiles, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+use crate::protocol::batch::{self, BatchHeader, BATCH_HEADER_LEN};
+
+/// Read size of the recovery scan.
+const SCAN_CHUNK: usize = 1 << 20;
+
+/// Largest batch recovery will load to check its CRC, unless the configured maximum is
+/// higher: a corrupt length field must not make recovery allocate a whole segment.
+const MIN_RECOVERY_BATCH_LIMIT: usize = 64 << 20;
+
+/// The state of one segment as found on disk, repaired.
+#[derive(Debug)]
+pub(crate) struct RecoveredSegment {
+    /// Offset of the segment's first batch (from its file name).
+    pub(crate) base_offset: i64,
+    /// Bytes of whole batches in the log.
+    pub(crate) size: u64,
+    /// Offset after the segment's last batch.
+    pub(crate) next_offset: i64,
+    /// The offset index, consistent with the log.
+    pub(crate) index: OffsetIndex,
+    /// The time index, consistent with the log.
+    pub(crate) time_index: TimeIndex,
+    /// Where index planning continues on the next append.
+    pub(crate) planner: IndexPlanner,
+}
+
+/// Finds, checks and repairs the segments of the partition in `dir` (created if missing).
+/// Returns them sorted by base offset; empty if the directory holds no log yet.
+pub(crate) fn recover_dir(
+    dir: &Path,
+    config: &LogConfig,
+) -> Result<Vec<RecoveredSegment>, StorageError> {
+    fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+    let mut logs = Vec::new();
+    let mut index_files = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| StorageError::io(dir, e))? {
+        let entry = entry.map_err(|e| StorageError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some((stem, suffix)) = name.split_once('.') else {
+            continue;
+        };
+        let Some(base) = parse_base(stem) else {
+            continue;
+        };
+        match suffix {
+            LOG_SUFFIX => logs.push(base),
+            INDEX_SUFFIX | TIME_INDEX_SUFFIX => index_files.push((base, entry.path())),
+            _ => {}
+        }
+    }
+    logs.sort_unstable();
+
+    // Index files without their log are leftovers of a deletion cut short by a crash
+    // (retention removes the log first).
+    for (base, path) in index_files {
+        if logs.binary_search(&base).is_err() {
+            warn!(path = %path.display(), "removing an index file whose log is gone");
+            fs::remove_file(&path).map_err(|e| StorageError::io(&path, e))?;
+        }
+    }
+
+    let mut segments: Vec<RecoveredSegment> = Vec::with_capacity(logs.len());
+    for (i, &base) in logs.iter().enumerate() {
+        let is_last = i + 1 == logs.len();
+        let segment = recover_segment(dir, base, is_last, config)?;
+        if let Some(prev) = segments.last() {
+            if prev.next_offset > base {
+                let path = SegmentFiles::new(dir, prev.base_offset).log;
+                return Err(StorageError::corrupt(
+                    &path,
+                    format!(
+                        "holds offsets up to {} but the next segment starts at {base}",
+                        prev.next_offset - 1
+                    ),
+                ));
+            }
+            if prev.next_offset < base {
+                warn!(
+                    dir = %dir.display(),
+                    missing_from = prev.next_offset,
+                    missing_to = base - 1,
+                    "offsets missing between two segments"
+                );
+            }
+        }
+        segments.push(segment);
+    }
+    Ok(segments)
+}
+
+/// Parses a 20-digit base offset file stem.
+fn parse_base(stem: &str) -> Option<i64> {
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// Reads a whole file, `None` if it does not exist.
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StorageError::io(path, e)),
+    }
+}
+
+/// Checks and repairs one segment. The last (active) segment has every batch after its last
+/// index entry CRC-checked; older ones are trusted if their index is sane, and only their
+/// tail headers are read (for the offset range and the newest timestamp).
+fn recover_segment(
+    dir: &Path,
+    base: i64,
+    is_last: bool,
+    config: &LogConfig,
+) -> Result<RecoveredSegment, StorageError> {
+    let files = SegmentFiles::new(dir, base);
+    let log = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&files.log)
+        .map_err(|e| StorageError::io(&files.log, e))?;
+    let log_len = log
+        .metadata()
+        .map_err(|e| StorageError::io(&files.log, e))?
+        .len();
+    let index_on_disk = read_optional(&files.index)?;
+    let time_on_disk = read_optional(&files.time_index)?;
+
+    // Decide what of the indexes can be used.
+    let mut rebuild: Option<String> = None;
+    let mut index = match &index_on_disk {
+        None => {
+            rebuild = Some("the offset index is missing".into());
+            OffsetIndex::default()
+        }
+        Some(bytes) if is_last => match OffsetIndex::decode(bytes, u64::MAX) {
+            // Entries past the end of the active segment are expected after a crash: the
+            // index write reached the disk, the log write did not.
+            Ok(mut index) => {
+                index.truncate_to_position(log_len);
+                index
+            }
+            Err(reason) => {
+                rebuild = Some(format!("the offset index is damaged: {reason}"));
+                OffsetIndex::default()
+            }
+        },
+        Some(bytes) => OffsetIndex::decode(bytes, log_len).unwrap_or_else(|reason| {
+            rebuild = Some(format!("the offset index is damaged: {reason}"));
+            OffsetIndex::default()
+        }),
+    };
+    let mut time_index = match &time_on_disk {
+        None if rebuild.is_none() => {
+            rebuild = Some("the time index is missing".into());
+            TimeIndex::default()
+        }
+        None => TimeIndex::default(),
+        Some(bytes) => TimeIndex::decode(bytes).unwrap_or_else(|reason| {
+            if rebuild.is_none() {
+                rebuild = Some(format!("the time index is damaged: {reason}"));
+            }
+            TimeIndex::default()
+        }),
+    };
+    if rebuild.is_some() {
+        index = OffsetIndex::default();
+        time_index = TimeIndex::default();
+    }
+    // Time entries are written with offset entries; ones beyond the last offset entry lost
+    // their partner and are derived again by the scan.
+    match index.last() {
+        Some(last) => time_index.truncate_after_offset(last.relative_offset),
+        None => time_index = TimeIndex::default(),
+    }
+
+    let verify = is_last;
+    let batch_limit = config.max_batch_bytes.max(MIN_RECOVERY_BATCH_LIMIT);
+    let interval = config.index_interval_bytes;
+    let mut scan = LogScan {
+        file: &log,
+        path: &files.log,
+        log_len,
+        base,
+        verify,
+        batch_limit,
+        interval,
+    };
+    let mut planner = IndexPlanner::resume(
+        index.last(),
+        time_index.last(),
+        time_index.last().map_or(i64::MIN, |t| t.timestamp),
+    );
+    let (start, expected) = match index.last() {
+        Some(e) => (u64::from(e.position), base + i64::from(e.relative_offset)),
+        None => (0, base),
+    };
+    let mut end = scan.run(start, expected, &mut planner, &mut index, &mut time_index)?;
+    if end.problem.is_some() && end.valid_end == start && start > 0 {
+        // The newest index entry does not point at the batch it claims: distrust the index.
+        rebuild = Some(format!(
+            "its last entry points at a bad batch ({})",
+            end.problem.as_deref().unwrap_or_default()
+        ));
+        index = OffsetIndex::default();
+        time_index = TimeIndex::default();
+        planner = IndexPlanner::new();
+        end = scan.run(0, base, &mut planner, &mut index, &mut time_index)?;
+    }
+    if let Some(reason) = &rebuild {
+        warn!(
+            path = %files.index.display(),
+            entries = index.len(),
+            "rebuilt the segment's indexes from its log because {reason}"
+        );
+    }
+
+    if let Some(problem) = &end.problem {
+        let dropped = log_len - end.valid_end;
+        warn!(
+            path = %files.log.display(),
+            dropped_bytes = dropped,
+            kept_bytes = end.valid_end,
+            next_offset = end.next_offset,
+            "truncating the log tail: {problem}"
+        );
+        log.set_len(end.valid_end)
+            .map_err(|e| StorageError::io(&files.log, e))?;
+        log.sync_all()
+            .map_err(|e| StorageError::io(&files.log, e))?;
+        index.truncate_to_position(end.valid_end);
+        let cut = end.next_offset - base;
+        match u32::try_from(cut) {
+            Ok(cut) if cut > 0 => time_index.truncate_after_offset(cut - 1),
+            _ => time_index = TimeIndex::default(),
+        }
+    } else if is_last && log_len > 0 {
+        info!(
+            path = %files.log.display(),
+            bytes = log_len,
+            next_offset = end.next_offset,
+            "recovered the active segment"
+        );
+    }
+
+    // Write back indexes that differ from the files.
+    rewrite_if_changed(&files.index, index_on_disk.as_deref(), &index.encode())?;
+    rewrite_if_changed(
+        &files.time_index,
+        time_on_disk.as_deref(),
+        &time_index.encode(),
+    )?;
+
+    Ok(RecoveredSegment {
+        base_offset: base,
+        size: end.valid_end,
+        next_offset: end.next_offset,
+        index,
+        time_index,
+        planner,
+    })
+}
+
+fn rewrite_if_changed(path: &PathBuf, old: Option<&[u8]>, new: &[u8]) -> Result<(), StorageError> {
+    if old == Some(new) {
+        return Ok(());
+    }
+    fs::write(path, new).map_err(|e| StorageError::io(path, e))?;
+    let file = fs::File::open(path).map_err(|e| StorageError::io(path, e))?;
+    file.sync_all().map_err(|e| StorageError::io(path, e))
+}
+
+/// Where a scan stopped.
+#[derive(Debug)]
+struct ScanEnd {
+    /// End of the last good batch.
+    valid_end: u64,
+    /// Offset after the last good batch.
+    next_offset: i64,
+    /// Why the scan stopped before the end of the file, if it did.
+    problem: Option<String>,
+}
+
+/// A forward scan of one segment's log.
+struct LogScan<'a> {
+    file: &'a fs::File,
+    path: &'a Path,
+    log_len: u64,
+    base: i64,
+    /// Check each batch's CRC and header fully, not just its framing.
+    verify: bool,
+    batch_limit: usize,
+    interval: u32,
+}
+
+impl LogScan<'_> {
+    /// Walks batches from `start` (where the batch with base offset `expected` must begin) to
+    /// the end of the log or the first bad batch, adding the index entries they earn.
+    fn run(
+        &mut self,
+        start: u64,
+        expected: i64,
+        planner: &mut IndexPlanner,
+        index: &mut OffsetIndex,
+        time_index: &mut TimeIndex,
+    ) -> Result<ScanEnd, StorageError> {
+        let mut window = Window::default();
+        let mut pos = start;
+        let mut next = expected;
+        let stop = |pos: u64, next: i64, problem: String| ScanEnd {
+            valid_end: pos,
+            next_offset: next,
+            problem: Some(problem),
+        };
+        while pos < self.log_len {
+            let remaining = self.log_len - pos;
+            if remaining < BATCH_HEADER_LEN as u64 {
+                return Ok(stop(
+                    pos,
+                    next,
+                    format!("only {remaining} bytes after the last batch, a torn header"),
+                ));
+            }
+            let head = window.get(self, pos, BATCH_HEADER_LEN)?;
+            let header = match BatchHeader::parse(head) {
+                Ok(header) => header,
+                Err(e) => return Ok(stop(pos, next, format!("bad header at byte {pos}: {e}"))),
+            };
+            let total = header.total_len() as u64;
+            if total > remaining {
+                return Ok(stop(
+                    pos,
+                    next,
+                    format!(
+                        "the batch at byte {pos} needs {total} bytes but only {remaining} \
+                         remain, a torn write"
+                    ),
+                ));
+            }
+            if header.base_offset != next {
+                return Ok(stop(
+                    pos,
+                    next,
+                    format!(
+                        "the batch at byte {pos} has base offset {}, expected {next}",
+                        header.base_offset
+                    ),
+                ));
+            }
+            if header.last_offset_delta < 0 {
+                return Ok(stop(
+                    pos,
+                    next,
+                    format!("the batch at byte {pos} has a negative last offset delta"),
+                ));
+            }
+            let relative_last = header.last_offset() - self.base;
+            if header.last_offset() < header.base_offset || relative_last > i64::from(u32::MAX) {
+                return Ok(stop(
+                    pos,
+                    next,
+                    format!("the batch at byte {pos} overflows the segment's offset range"),
+                ));
+            }
+            if self.verify {
+                if total as usize > self.batch_limit {
+                    return Ok(stop(
+                        pos,
+                        next,
+                        format!("the batch at byte {pos} claims an implausible {total} bytes"),
+                    ));
+                }
+                let bytes = window.get(self, pos, total as usize)?;
+                if let Err(e) = batch::validate(bytes, self.batch_limit) {
+                    return Ok(stop(pos, next, format!("the batch at byte {pos}: {e}")));
+                }
+            }
+            let relative = (header.base_offset - self.base) as u32;
+            let (entry, time_entry) =
+                planner.observe(self.interval, pos, total, relative, header.max_timestamp);
+            if let Some(entry) = entry {
+                index.push(entry);
+            }
+            if let Some(entry) = time_entry {
+                time_index.push(entry);
+            }
+            pos += total;
+            next = header.last_offset() + 1;
+        }
+        Ok(ScanEnd {
+            valid_end: pos,
+            next_offset: next,
+            problem: None,
+        })
+    }
+}
+
+/// A read buffer over the log file.
+#[derive(Default)]
+struct Window {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+impl Window {
+    /// `len` bytes at `pos`, which the caller knows are inside the file.
+    fn get(&mut self, scan: &LogScan<'_>, pos: u64, len: usize) -> Result<&[u8], StorageError> {
+        let have = pos >= self.start && pos + len as u64 <= self.start + self.bytes.len() as u64;
+        if !have {
+            let want = (len.max(SCAN_CHUNK) as u64).min(scan.log_len - pos) as usize;
+            self.bytes.resize(want, 0);
+            self.start = pos;
+            scan.file
+                .read_exact_at(&mut self.bytes, pos)
+                .map_err(|e| StorageError::io(scan.path, e))?;
+        }
+        let at = (pos - self.start) as usize;
+        Ok(&self.bytes[at..at + len])
+    }
+}

@@ -1,0 +1,712 @@
+//! End-to-end tests of the partition log on a real file system, inside a compio runtime.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::BytesMut;
+
+use super::segment::SegmentFiles;
+use super::{FsyncPolicy, LogConfig, PartitionLog, StorageError};
+use crate::protocol::batch::{self, BatchBuilder, BatchHeader};
+
+fn run<F: std::future::Future<Output = ()>>(test: F) {
+    compio::runtime::Runtime::new().unwrap().block_on(test);
+}
+
+/// A batch of `records` records of `value_len` bytes, timestamps `ts`, `ts + 1`, ...
+fn make_batch(records: usize, ts: i64, value_len: usize) -> BytesMut {
+    let mut builder = BatchBuilder::new();
+    for i in 0..records {
+        let value = vec![(i % 251) as u8; value_len];
+        builder.push(ts + i as i64, Some(b"key"), Some(&value), &[]);
+    }
+    builder.finish()
+}
+
+fn config() -> LogConfig {
+    LogConfig {
+        fsync: FsyncPolicy::Never,
+        ..LogConfig::default()
+    }
+}
+
+/// The headers of the batches in `records`, checking they are whole and CRC-valid.
+fn headers(records: &[u8]) -> Vec<BatchHeader> {
+    batch::batches(records)
+        .map(|item| {
+            let (start, header) = item.expect("whole batches");
+            batch::validate(&records[start..start + header.total_len()], usize::MAX)
+                .expect("valid batch");
+            header
+        })
+        .collect()
+}
+
+/// Reads everything from `from` to the high watermark, one call per segment.
+async fn read_all(log: &PartitionLog, from: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut next = from;
+    while next < log.high_watermark() {
+        let read = log.read(next, 1 << 20).await.unwrap();
+        let hs = headers(&read.records);
+        assert!(!hs.is_empty(), "no progress at offset {next}");
+        next = hs.last().unwrap().last_offset() + 1;
+        out.extend_from_slice(&read.records);
+    }
+    out
+}
+
+fn log_files(dir: &Path) -> Vec<PathBuf> {
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    logs
+}
+
+/// Appends `count` batches of 2 records each; returns the stored bytes.
+async fn append_batches(
+    log: &Rc<PartitionLog>,
+    count: usize,
+    ts: i64,
+    value_len: usize,
+) -> Vec<u8> {
+    let mut expected = Vec::new();
+    for i in 0..count {
+        let mut batch = make_batch(2, ts + i as i64, value_len);
+        let outcome = log.append(vec![batch.clone()]).await.unwrap();
+        batch::set_base_offset(&mut batch, outcome.base_offset);
+        expected.extend_from_slice(&batch);
+    }
+    expected
+}
+
+#[test]
+fn append_then_read_round_trips_bytes_and_offsets() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Rc::new(
+            PartitionLog::open(dir.path().join("p0"), LogConfig::default())
+                .await
+                .unwrap(),
+        );
+        assert_eq!((log.log_start_offset(), log.high_watermark()), (0, 0));
+
+        let first = log.append(vec![make_batch(3, 1000, 10)]).await.unwrap();
+        assert_eq!((first.base_offset, first.last_offset), (0, 2));
+        let second = log
+            .append(vec![make_batch(1, 2000, 5), make_batch(4, 3000, 7)])
+            .await
+            .unwrap();
+        assert_eq!((second.base_offset, second.last_offset), (3, 7));
+        assert_eq!(log.high_watermark(), 8);
+
+        let mut expected = Vec::new();
+        for (base, batch) in [
+            (0, make_batch(3, 1000, 10)),
+            (3, make_batch(1, 2000, 5)),
+            (4, make_batch(4, 3000, 7)),
+        ] {
+            let mut batch = batch;
+            batch::set_base_offset(&mut batch, base);
+            expected.extend_from_slice(&batch);
+        }
+        let read = log.read(0, 1 << 20).await.unwrap();
+        assert_eq!(&read.records[..], &expected[..]);
+        assert_eq!((read.high_watermark, read.log_start_offset), (8, 0));
+        let bases: Vec<i64> = headers(&read.records)
+            .iter()
+            .map(|h| h.base_offset)
+            .collect();
+        assert_eq!(bases, vec![0, 3, 4]);
+
+        // From the middle of a batch: that whole batch first.
+        let read = log.read(5, 1 << 20).await.unwrap();
+        assert_eq!(headers(&read.records)[0].base_offset, 4);
+        assert_eq!(log.size_bytes(), expected.len() as u64);
+        assert_eq!(log.bytes_available_from(0), expected.len() as u64);
+        assert_eq!(log.bytes_available_from(8), 0);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn empty_read_at_high_watermark_and_out_of_range_errors() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Rc::new(
+            PartitionLog::open(dir.path().to_path_buf(), config())
+                .await
+                .unwrap(),
+        );
+        let read = log.read(0, 100).await.unwrap();
+        assert!(read.records.is_empty());
+        log.append(vec![make_batch(2, 1, 1)]).await.unwrap();
+        assert!(log.read(2, 100).await.unwrap().records.is_empty());
+        match log.read(3, 100).await {
+            Err(StorageError::OffsetOutOfRange {
+                requested: 3,
+                log_start: 0,
+                high_watermark: 2,
+            }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            log.read(-1, 100).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+    });
+}
+
+#[test]
+fn max_bytes_limits_reads_but_a_big_first_batch_comes_whole() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Rc::new(
+            PartitionLog::open(dir.path().to_path_buf(), config())
+                .await
+                .unwrap(),
+        );
+        append_batches(&log, 10, 0, 100).await;
+        let one = make_batch(2, 0, 100).len();
+        let read = log.read(0, one * 3 + 10).await.unwrap();
+        assert_eq!(headers(&read.records).len(), 3);
+        let read = log.read(4, 1).await.unwrap();
+        let hs = headers(&read.records);
+        assert_eq!((hs.len(), hs[0].base_offset), (1, 4));
+    });
+}
+
+#[test]
+fn concurrent_appends_get_dense_offsets_and_share_flushes() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Rc::new(
+            PartitionLog::open(
+                dir.path().to_path_buf(),
+                LogConfig {
+                    fsync: FsyncPolicy::Always,
+                    ..LogConfig::default()
+                },
+            )
+            .await
+            .unwrap(),
+        );
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let log = Rc::clone(&log);
+                compio::runtime::spawn(async move {
+                    log.append(vec![make_batch(3, i, 20)]).await.unwrap()
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap());
+        }
+        outcomes.sort_by_key(|o| o.base_offset);
+        for (i, o) in outcomes.iter().enumerate() {
+            assert_eq!(
+                (o.base_offset, o.last_offset),
+                (i as i64 * 3, i as i64 * 3 + 2)
+            );
+        }
+        assert_eq!(log.high_watermark(), 60);
+        assert!(
+            log.flush_count() < 20,
+            "{} flushes for 20 appends",
+            log.flush_count()
+        );
+        let stored = read_all(&log, 0).await;
+        let bases: Vec<i64> = headers(&stored).iter().map(|h| h.base_offset).collect();
+        assert_eq!(bases, (0..20).map(|i| i * 3).collect::<Vec<i64>>());
+    });
+}
+
+#[test]
+fn waiters_are_notified_when_the_high_watermark_moves() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Rc::new(
+            PartitionLog::open(dir.path().to_path_buf(), config())
+                .await
+                .unwrap(),
+        );
+        let waiter = {
+            let log = Rc::clone(&log);
+            compio::runtime::spawn(async move {
+                log.appended().notified().await;
+                log.high_watermark()
+            })
+        };
+        compio::time::sleep(std::time::Duration::from_millis(5)).await;
+        log.append(vec![make_batch(2, 0, 1)]).await.unwrap();
+        assert_eq!(waiter.await.unwrap(), 2);
+    });
+}
+
+#[test]
+fn segments_roll_by_size_and_reads_cross_them() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            segment_bytes: 1000,
+            index_interval_bytes: 256,
+            ..config()
+        };
+        let log = Rc::new(
+            PartitionLog::open(dir.path().to_path_buf(), cfg)
+                .await
+                .unwrap(),
+        );
+        let expected = append_batches(&log, 30, 0, 50).await;
+        let logs = log_files(dir.path());
+        assert!(logs.len() > 3, "only {} segments", logs.len());
+        for path in &logs {
+            assert!(std::fs::metadata(path).unwrap().len() <= 1000);
+        }
+        assert_eq!(read_all(&log, 0).await, expected);
+        assert_eq!(log.size_bytes(), expected.len() as u64);
+        // A read starting inside a later segment.
+        let read = log.read(41, 1 << 20).await.unwrap();
+        assert_eq!(headers(&read.records)[0].base_offset, 40);
+    });
+}
+
+#[test]
+fn a_group_larger_than_a_segment_is_split_across_segments() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            segment_bytes: 1000,
+            ..config()
+        };
+        let log = Rc::new(
+            PartitionLog::open(dir.path().to_path_buf(), cfg)
+                .await
+                .unwrap(),
+        );
+        let batches: Vec<BytesMut> = (0..12).map(|i| make_batch(1, i, 100)).collect();
+        let outcome = log.append(batches).await.unwrap();
+        assert_eq!((outcome.base_offset, outcome.last_offset), (0, 11));
+        assert!(log_files(dir.path()).len() >= 2);
+        let stored = read_all(&log, 0).await;
+        assert_eq!(headers(&stored).len(), 12);
+    });
+}
+
+#[test]
+fn reopen_keeps_everything_and_continues_offsets() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            segment_bytes: 2000,
+            index_interval_bytes: 300,
+            ..config()
+        };
+        let log = Rc::new(
+            PartitionLog::open(dir.path().to_path_buf(), cfg.clone())
+                .await
+                .unwrap(),
+        );
+        let mut expected = append_batches(&log, 25, 0, 60).await;
+        log.close().await.unwrap();
+        assert!(matches!(log.read(0, 10).await, Err(StorageError::Closed)));
+        assert!(matches!(
+            log.append(vec![make_batch(1, 0, 1)]).await,
+            Err(StorageError::Closed)
+        ));
+        let index_before: Vec<Vec<u8>> = log_files(dir.path())
+            .iter()
+            .map(|p| std::fs::read(p.with_extension("index")).unwrap())
+            .collect();
+
+        let log = Rc::new(
+            PartitionLog::open(dir.path().to_path_buf(), cfg)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(log.high_watermark(), 50);
+        assert_eq!(read_all(&log, 0).await, expected);
+        // A clean reopen leaves the indexes as appends wrote them.
+        let index_after: Vec<Vec<u8>> = log_files(dir.path())
+            .iter()
+            .map(|p| std::fs::read(p.with_extension("index")).unwrap())
+            .collect();
+        assert_eq!(index_before, index_after);
+        let outcome = log.append(vec![make_batch(2, 0, 60)]).await.unwrap();
+        assert_eq!(outcome.base_offset, 50);
+        let mut batch = make_batch(2, 0, 60);
+        batch::set_base_offset(&mut batch, 50);
+        expected.extend_from_slice(&batch);
+        assert_eq!(read_all(&log, 0).await, expected);
+    });
+}
+
+/// Writes 20 batches, closes, damages the files with `damage`, reopens; returns the log and
+/// the bytes of the batches written.
+async fn reopen_after(
+    damage: impl FnOnce(&Path, &[u8]),
+) -> (tempfile::TempDir, Rc<PartitionLog>, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        index_interval_bytes: 200,
+        ..config()
+    };
+    let log = Rc::new(
+        PartitionLog::open(dir.path().to_path_buf(), cfg.clone())
+            .await
+            .unwrap(),
+    );
+    let expected = append_batches(&log, 20, 0, 40).await;
+    log.close().await.unwrap();
+    damage(dir.path(), &expected);
+    let log = Rc::new(
+        PartitionLog::open(dir.path().to_path_buf(), cfg)
+            .await
+            .unwrap(),
+    );
+    (dir, log, expected)
+}
+
+fn active_files(dir: &Path) -> SegmentFiles {
+    SegmentFiles::new(dir, 0)
+}
+
+#[test]
+fn recovery_truncates_a_torn_last_batch() {
+    run(async {
+        let one = make_batch(2, 0, 40).len() as u64;
+        let (_dir, log, expected) = reopen_after(|dir, expected| {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(active_files(dir).log)
+                .unwrap();
+            file.set_len(expected.len() as u64 - one / 2).unwrap();
+        })
+        .await;
+        assert_eq!(log.high_watermark(), 38);
+        let kept = &expected[..expected.len() - one as usize];
+        assert_eq!(read_all(&log, 0).await, kept);
+        let outcome = log.append(vec![make_batch(2, 0, 40)]).await.unwrap();
+        assert_eq!(outcome.base_offset, 38);
+        assert_eq!(headers(&read_all(&log, 0).await).len(), 20);
+    });
+}
+
+#[test]
+fn recovery_truncates_a_corrupt_last_batch() {
+    run(async {
+        let one = make_batch(2, 0, 40).len();
+        let (_dir, log, expected) = reopen_after(|dir, expected| {
+            let path = active_files(dir).log;
+            let mut bytes = std::fs::read(&path).unwrap();
+            let at = expected.len() - one / 3;
+            bytes[at] ^= 0xff;
+            std::fs::write(&path, bytes).unwrap();
+        })
+        .await;
+        assert_eq!(log.high_watermark(), 38);
+        assert_eq!(read_all(&log, 0).await, &expected[..expected.len() - one]);
+        assert_eq!(
+            std::fs::metadata(active_files(_dir.path()).log)
+                .unwrap()
+                .len(),
+            (expected.len() - one) as u64
+        );
+    });
+}
+
+#[test]
+fn recovery_drops_garbage_after_the_last_batch() {
+    run(async {
+        let (_dir, log, expected) = reopen_after(|dir, _| {
+            let path = active_files(dir).log;
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes.extend_from_slice(&[0u8; 100]);
+            std::fs::write(&path, bytes).unwrap();
+        })
+        .await;
+        assert_eq!(log.high_watermark(), 40);
+        assert_eq!(read_all(&log, 0).await, expected);
+    });
+}
+
+#[test]
+fn recovery_rebuilds_a_missing_index() {
+    run(async {
+        let mut original = Vec::new();
+        let (dir, log, expected) = reopen_after(|dir, _| {
+            let files = active_files(dir);
+            original = std::fs::read(&files.index).unwrap();
+            assert!(original.len() >= 16, "the test needs index entries");
+            std::fs::remove_file(&files.index).unwrap();
+            std::fs::remove_file(&files.time_index).unwrap();
+        })
+        .await;
+        assert_eq!(
+            std::fs::read(active_files(dir.path()).index).unwrap(),
+            original
+        );
+        assert_eq!(log.high_watermark(), 40);
+        assert_eq!(read_all(&log, 0).await, expected);
+        let read = log.read(27, 1 << 20).await.unwrap();
+        assert_eq!(headers(&read.records)[0].base_offset, 26);
+    });
+}
+
+#[test]
+fn recovery_rebuilds_a_garbage_index() {
+    run(async {
+        let mut original = Vec::new();
+        let (dir, log, expected) = reopen_after(|dir, _| {
+            let files = active_files(dir);
+            original = std::fs::read(&files.index).unwrap();
+            // Ragged size.
+            std::fs::write(&files.index, [7u8; 13]).unwrap();
+        })
+        .await;
+        assert_eq!(
+            std::fs::read(active_files(dir.path()).index).unwrap(),
+            original
+        );
+        assert_eq!(read_all(&log, 0).await, expected);
+        log.close().await.unwrap();
+
+        // Whole entries, but pointing into the middle of a batch.
+        let files = active_files(dir.path());
+        let mut bogus = Vec::new();
+        bogus.extend_from_slice(&1u32.to_be_bytes());
+        bogus.extend_from_slice(&7u32.to_be_bytes());
+        std::fs::write(&files.index, &bogus).unwrap();
+        let log = PartitionLog::open(dir.path().to_path_buf(), config())
+            .await
+            .unwrap();
+        assert_eq!(log.high_watermark(), 40);
+        assert_eq!(read_all(&log, 0).await, expected);
+    });
+}
+
+#[test]
+fn older_segments_get_their_index_rebuilt() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            segment_bytes: 1500,
+            index_interval_bytes: 200,
+            ..config()
+        };
+        let log = Rc::new(
+            PartitionLog::open(dir.path().to_path_buf(), cfg.clone())
+                .await
+                .unwrap(),
+        );
+        let expected = append_batches(&log, 30, 0, 40).await;
+        log.close().await.unwrap();
+        let first = SegmentFiles::new(dir.path(), 0);
+        let original = std::fs::read(&first.index).unwrap();
+        std::fs::write(&first.index, [0xffu8; 16]).unwrap();
+        let log = PartitionLog::open(dir.path().to_path_buf(), cfg)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&first.index).unwrap(), original);
+        assert_eq!(read_all(&log, 0).await, expected);
+    });
+}
+
+#[test]
+fn retention_by_bytes_deletes_oldest_segments() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            segment_bytes: 1000,
+            retention_ms: None,
+            ..config()
+        };
+        let log = Rc::new(
+            PartitionLog::open(dir.path().to_path_buf(), cfg.clone())
+                .await
+                .unwrap(),
+        );
+        append_batches(&log, 40, 0, 50).await;
+        let segments_before = log_files(dir.path()).len();
+        let size_before = log.size_bytes();
+        assert_eq!(log.enforce_retention(0).await.unwrap(), 0);
+
+        log.set_config(LogConfig {
+            retention_bytes: Some(2500),
+            ..cfg
+        });
+        let deleted = log.enforce_retention(0).await.unwrap();
+        assert!(deleted > 0);
+        assert_eq!(log_files(dir.path()).len(), segments_before - deleted);
+        assert!(log.size_bytes() >= 2500 && log.size_bytes() < size_before);
+        let start = log.log_start_offset();
+        assert!(start > 0);
+        let first = log_files(dir.path())[0].clone();
+        assert_eq!(first, SegmentFiles::new(dir.path(), start).log);
+        assert!(matches!(
+            log.read(0, 100).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(
+            headers(&log.read(start, 100).await.unwrap().records)[0].base_offset,
+            start
+        );
+        let outcome = log.append(vec![make_batch(2, 0, 50)]).await.unwrap();
+        assert_eq!(outcome.base_offset, 80);
+        // No index file outlives its log.
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, log_files(dir.path()).len() * 3);
+    });
+}
+
+#[test]
+fn retention_by_time_deletes_old_segments_and_keeps_the_active_one() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            segment_bytes: 1000,
+            retention_ms: Some(1000),
+            ..config()
+        };
+        let log = Rc::new(
+            PartitionLog::open(dir.path().to_path_buf(), cfg)
+                .await
+                .unwrap(),
+        );
+        append_batches(&log, 20, 10_000, 50).await; // old
+        let old_hwm = log.high_watermark();
+        append_batches(&log, 20, 1_000_000, 50).await; // recent
+        let deleted = log.enforce_retention(1_000_500).await.unwrap();
+        assert!(deleted > 0);
+        assert!(log.log_start_offset() > 0 && log.log_start_offset() <= old_hwm);
+        // Everything ages out but the active segment.
+        log.enforce_retention(i64::MAX).await.unwrap();
+        assert_eq!(log_files(dir.path()).len(), 1);
+        let hwm = log.high_watermark();
+        assert!(log.log_start_offset() <= hwm);
+        let outcome = log.append(vec![make_batch(1, 0, 1)]).await.unwrap();
+        assert_eq!(outcome.base_offset, hwm);
+        drop(log);
+        // Reopening keeps the log start where retention left it.
+        let log = PartitionLog::open(dir.path().to_path_buf(), config())
+            .await
+            .unwrap();
+        assert_eq!(log.high_watermark(), hwm + 1);
+        assert!(log.log_start_offset() > 0);
+    });
+}
+
+#[test]
+fn offset_for_timestamp_finds_the_first_batch_at_or_after() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            segment_bytes: 1500,
+            index_interval_bytes: 150,
+            ..config()
+        };
+        let log = Rc::new(
+            PartitionLog::open(dir.path().to_path_buf(), cfg)
+                .await
+                .unwrap(),
+        );
+        // Batch i (offsets 2i, 2i+1) has timestamps 100i and 100i+1.
+        for i in 0..40 {
+            log.append(vec![make_batch(2, 100 * i, 30)]).await.unwrap();
+        }
+        assert_eq!(log.offset_for_timestamp(i64::MIN).await.unwrap(), Some(0));
+        assert_eq!(log.offset_for_timestamp(0).await.unwrap(), Some(0));
+        assert_eq!(log.offset_for_timestamp(1).await.unwrap(), Some(0));
+        assert_eq!(log.offset_for_timestamp(2).await.unwrap(), Some(2));
+        assert_eq!(log.offset_for_timestamp(1750).await.unwrap(), Some(36));
+        assert_eq!(log.offset_for_timestamp(3901).await.unwrap(), Some(78));
+        assert_eq!(log.offset_for_timestamp(3902).await.unwrap(), None);
+        for ts in (0..4000).step_by(37) {
+            let expected = (0..40).find(|i| 100 * i + 1 >= ts).map(|i| 2 * i);
+            assert_eq!(
+                log.offset_for_timestamp(ts).await.unwrap(),
+                expected,
+                "ts {ts}"
+            );
+        }
+    });
+}
+
+#[test]
+fn sync_and_close_are_safe_to_repeat() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            fsync: FsyncPolicy::Interval(std::time::Duration::from_millis(10)),
+            ..LogConfig::default()
+        };
+        let log = Rc::new(
+            PartitionLog::open(dir.path().to_path_buf(), cfg)
+                .await
+                .unwrap(),
+        );
+        log.sync().await.unwrap();
+        log.append(vec![make_batch(2, 0, 1)]).await.unwrap();
+        log.sync().await.unwrap();
+        log.sync().await.unwrap();
+        log.close().await.unwrap();
+        log.close().await.unwrap();
+        assert!(matches!(log.sync().await, Err(StorageError::Closed)));
+    });
+}
+
+#[test]
+fn empty_dir_can_start_at_an_initial_offset() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Rc::new(
+            PartitionLog::open_at(dir.path().to_path_buf(), config(), 500)
+                .await
+                .unwrap(),
+        );
+        assert_eq!((log.log_start_offset(), log.high_watermark()), (500, 500));
+        let outcome = log.append(vec![make_batch(1, 0, 1)]).await.unwrap();
+        assert_eq!(outcome.base_offset, 500);
+        assert_eq!(
+            headers(&log.read(500, 100).await.unwrap().records)[0].base_offset,
+            500
+        );
+        assert!(matches!(
+            log.read(499, 100).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+    });
+}
+
+#[test]
+fn malformed_append_is_rejected_without_harming_others() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Rc::new(
+            PartitionLog::open(dir.path().to_path_buf(), config())
+                .await
+                .unwrap(),
+        );
+        let bad = {
+            let log = Rc::clone(&log);
+            compio::runtime::spawn(async move {
+                log.append(vec![BytesMut::from(&b"not a batch"[..])]).await
+            })
+        };
+        let good = log.append(vec![make_batch(2, 0, 1)]).await.unwrap();
+        assert!(matches!(
+            bad.await.unwrap(),
+            Err(StorageError::InvalidBatch(_))
+        ));
+        assert!(matches!(
+            log.append(Vec::new()).await,
+            Err(StorageError::InvalidBatch(_))
+        ));
+        assert_eq!(good.base_offset, 0);
+        assert_eq!(log.high_watermark(), 2);
+    });
+}
