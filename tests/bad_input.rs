@@ -1,0 +1,226 @@
+//! Bad input gets its error code, loses nothing, and never hurts other connections.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use common::{batch, now_ms, read_all, values, Broker};
+use eventflow::client::{produce_request, Client};
+use eventflow::protocol::api::{Acks, Response};
+use eventflow::protocol::ErrorCode;
+
+/// A healthy producer on its own connection, running until stopped; returns how many
+/// batches it had acknowledged.
+fn healthy_producer(broker: &Broker, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    let mut c = broker.client();
+    c.create_topic("healthy", 1, &[]).unwrap();
+    std::thread::spawn(move || {
+        let mut n = 0;
+        while !stop.load(Ordering::SeqCst) || n == 0 {
+            let (base, _) = c
+                .produce(
+                    "healthy",
+                    0,
+                    batch(&format!("h{n}"), 5, 20, now_ms()),
+                    Acks::All,
+                )
+                .expect("the healthy client is unaffected");
+            assert_eq!(base, n as i64 * 5);
+            n += 1;
+        }
+        n
+    })
+}
+
+/// Reads one response frame from a raw socket, then expects the broker to close it.
+fn error_then_close(mut raw: TcpStream) -> (u32, ErrorCode, String) {
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut all = Vec::new();
+    raw.read_to_end(&mut all)
+        .expect("the broker closes the connection");
+    assert!(
+        all.len() >= 10,
+        "an error response came before the close: {all:?}"
+    );
+    let len = u32::from_be_bytes(all[0..4].try_into().unwrap()) as usize;
+    assert_eq!(all.len(), 4 + len, "exactly one frame, then EOF");
+    let correlation = u32::from_be_bytes(all[4..8].try_into().unwrap());
+    let code = ErrorCode::from_u16(u16::from_be_bytes(all[8..10].try_into().unwrap()));
+    let msg_len = u16::from_be_bytes(all[10..12].try_into().unwrap()) as usize;
+    let message = String::from_utf8_lossy(&all[12..12 + msg_len]).into_owned();
+    (correlation, code, message)
+}
+
+#[test]
+fn malformed_frames_are_answered_then_closed_and_others_carry_on() {
+    let broker = Broker::start(&["--cores", "2", "--max-request-bytes", "65536"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let healthy = healthy_producer(&broker, stop.clone());
+
+    // A frame over --max-request-bytes: refused before its body is read.
+    let mut raw = TcpStream::connect(broker.addr).unwrap();
+    let mut frame = BytesMut::new();
+    frame.put_u32(10_000_000);
+    frame.put_u16(7);
+    frame.put_u16(0);
+    frame.put_u32(77);
+    std::io::Write::write_all(&mut raw, &frame).unwrap();
+    let (correlation, code, message) = error_then_close(raw);
+    assert_eq!(code, ErrorCode::RequestTooLarge, "{message}");
+    assert_eq!(correlation, 77);
+
+    // Garbage bytes: a plausible length with a body that is not a request.
+    let mut raw = TcpStream::connect(broker.addr).unwrap();
+    let mut frame = BytesMut::new();
+    frame.put_u32(12);
+    frame.put_u16(7); // produce
+    frame.put_u16(0);
+    frame.put_u32(5);
+    frame.put_slice(b"\xff\xff\xff\xff");
+    std::io::Write::write_all(&mut raw, &frame).unwrap();
+    let (correlation, code, message) = error_then_close(raw);
+    assert_eq!(code, ErrorCode::CorruptFrame, "{message}");
+    assert_eq!(correlation, 5);
+
+    // Pure noise: read as an absurd length.
+    let mut raw = TcpStream::connect(broker.addr).unwrap();
+    std::io::Write::write_all(&mut raw, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let (_, code, _) = error_then_close(raw);
+    assert_eq!(code, ErrorCode::RequestTooLarge);
+
+    // A frame too short to hold a request header.
+    let mut raw = TcpStream::connect(broker.addr).unwrap();
+    std::io::Write::write_all(&mut raw, &[0, 0, 0, 2, 0, 1]).unwrap();
+    let (_, code, _) = error_then_close(raw);
+    assert_eq!(code, ErrorCode::CorruptFrame);
+
+    stop.store(true, Ordering::SeqCst);
+    let acked = healthy.join().unwrap();
+    let mut c = broker.client();
+    let got: Vec<String> = read_all(&mut c, "healthy", 0, 0)
+        .iter()
+        .flat_map(values)
+        .collect();
+    assert_eq!(
+        got.len(),
+        acked * 5,
+        "nothing the healthy client was acked for is lost"
+    );
+}
+
+#[test]
+fn unknown_api_and_version_get_errors_and_the_connection_goes_on() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let mut c = broker.client();
+    for (api, version, expected) in [
+        (999u16, 0u16, ErrorCode::UnsupportedApi),
+        (1, 9, ErrorCode::UnsupportedVersion),
+    ] {
+        let mut frame = BytesMut::new();
+        frame.put_u32(8);
+        frame.put_u16(api);
+        frame.put_u16(version);
+        frame.put_u32(4242);
+        c.send_raw(&frame).unwrap();
+        let (id, result) = c.receive().unwrap();
+        assert_eq!(id, 4242);
+        assert_eq!(result.unwrap_err().code, expected);
+    }
+    // Same connection still works.
+    assert_eq!(c.api_versions().unwrap().shard_count, 2);
+}
+
+#[test]
+fn bad_batches_and_unknown_topics_get_partition_errors() {
+    let broker = Broker::start(&["--cores", "2", "--max-batch-bytes", "4096"]);
+    let mut c = broker.client();
+    c.create_topic("t", 2, &[]).unwrap();
+
+    // Bad CRC: one flipped byte in the records.
+    let mut bad = batch("crc", 3, 10, now_ms());
+    let at = bad.len() - 3;
+    bad[at] ^= 0x01;
+    let err = c.produce("t", 0, bad, Acks::All).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::CorruptBatch), "{err}");
+
+    // A good batch followed by a torn one: the whole partition entry is refused.
+    let mut two = batch("ok", 2, 10, now_ms());
+    let torn = batch("torn", 2, 10, now_ms());
+    two.extend_from_slice(&torn[..torn.len() - 5]);
+    let err = c.produce("t", 0, two, Acks::All).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::CorruptBatch), "{err}");
+
+    // Over --max-batch-bytes.
+    let err = c
+        .produce("t", 0, batch("big", 10, 1000, now_ms()), Acks::All)
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BatchTooLarge), "{err}");
+
+    // Empty records.
+    let err = c.produce("t", 0, BytesMut::new(), Acks::All).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidRequest), "{err}");
+
+    // Unknown topic and partition.
+    let err = c
+        .produce("nope", 0, batch("x", 1, 1, now_ms()), Acks::All)
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownTopicOrPartition));
+    let err = c
+        .produce("t", 7, batch("x", 1, 1, now_ms()), Acks::All)
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownTopicOrPartition));
+    let err = c.fetch("nope", 0, 0, 1024, Duration::ZERO, 0).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownTopicOrPartition));
+    let err = c.fetch("t", 0, 5, 1024, Duration::ZERO, 0).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::OffsetOutOfRange));
+
+    // One request, one good and one bad partition: each gets its own outcome, and nothing
+    // of the bad one was written.
+    let mut request = produce_request("t", 0, batch("good", 1, 10, now_ms()), Acks::All);
+    if let eventflow::protocol::api::Request::Produce(p) = &mut request {
+        let mut bad = batch("bad", 1, 10, now_ms());
+        let n = bad.len();
+        bad[n - 1] ^= 0xff;
+        p.topics[0]
+            .partitions
+            .push(eventflow::protocol::api::ProducePartition {
+                partition: 1,
+                records: bad,
+            });
+    }
+    let Response::Produce(r) = c.call(request).unwrap() else {
+        panic!("not a produce response")
+    };
+    let parts = &r.topics[0].partitions;
+    assert_eq!(parts[0].error, ErrorCode::None);
+    assert_eq!(parts[0].base_offset, 0);
+    assert_eq!(parts[1].error, ErrorCode::CorruptBatch);
+    assert!(read_all(&mut c, "t", 1, 0).is_empty());
+    assert_eq!(values(&read_all(&mut c, "t", 0, 0)[0]), vec!["good-0"]);
+}
+
+#[test]
+fn connections_over_the_limit_are_refused_with_a_reason() {
+    let broker = Broker::start(&["--cores", "2", "--max-connections", "2"]);
+    let mut a = broker.client();
+    let mut b = broker.client();
+    a.api_versions().unwrap();
+    b.api_versions().unwrap();
+    let raw = TcpStream::connect(broker.addr).unwrap();
+    let (correlation, code, _) = error_then_close(raw);
+    assert_eq!((correlation, code), (0, ErrorCode::TooManyConnections));
+    drop(a);
+    // The freed slot is usable again.
+    assert!(common::eventually(Duration::from_secs(10), || {
+        Client::connect(broker.addr)
+            .ok()
+            .and_then(|mut c| c.api_versions().ok())
+            .is_some()
+    }));
+    b.api_versions().unwrap();
+}
