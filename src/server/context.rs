@@ -76,7 +76,7 @@ pub(crate) enum ShardOp {
         max_bytes: usize,
     },
     /// Answer as soon as more than `seen` bytes are readable from `offset` (or the offset
-    /// is no longer valid), or at `deadline`.
+    /// is no longer valid), or at `deadline`. `seen` is what the last read found readable.
     WaitForData {
         at: PartitionRef,
         offset: i64,
@@ -98,7 +98,8 @@ pub(crate) enum ShardOp {
 /// The owner's answer to a [`ShardOp`].
 pub(crate) enum ShardReply {
     Appended(Result<AppendOutcome, WireError>),
-    Read(Result<ReadOutcome, WireError>),
+    /// The batches read, and the bytes that were readable from the offset.
+    Read(Result<(ReadOutcome, u64), WireError>),
     DataReady,
     Offset(Result<i64, WireError>),
     Described(Result<PartitionDescription, WireError>),
@@ -277,7 +278,13 @@ impl ShardContext {
                 offset,
                 max_bytes,
             } => ShardReply::Read(match self.log(&at).await {
-                Ok(log) => log.read(offset, max_bytes).await.map_err(storage_error),
+                Ok(log) => {
+                    let available = log.bytes_available_from(offset);
+                    log.read(offset, max_bytes)
+                        .await
+                        .map(|o| (o, available))
+                        .map_err(storage_error)
+                }
                 Err(e) => Err(e),
             }),
             ShardOp::WaitForData {

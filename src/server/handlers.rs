@@ -359,13 +359,19 @@ struct FetchSlot {
     at: Result<PartitionRef, WireError>,
 }
 
+/// One pass over the requested partitions.
+struct FetchPass {
+    parts: Vec<FetchPartitionResponse>,
+    /// Bytes readable from each slot's offset when it was read (what a long-poll waits to
+    /// see grow).
+    available: Vec<u64>,
+    total: usize,
+}
+
 /// Reads every requested partition once, in order, within the response's byte budget.
-async fn read_all(
-    ctx: &Rc<ShardContext>,
-    slots: &[FetchSlot],
-    max_bytes: usize,
-) -> (Vec<FetchPartitionResponse>, usize) {
+async fn read_all(ctx: &Rc<ShardContext>, slots: &[FetchSlot], max_bytes: usize) -> FetchPass {
     let mut out = Vec::with_capacity(slots.len());
+    let mut available = Vec::with_capacity(slots.len());
     let mut total = 0usize;
     for slot in slots {
         let budget = slot.max_bytes.min(max_bytes.saturating_sub(total));
@@ -374,7 +380,7 @@ async fn read_all(
             // The response is full: later partitions get nothing this time (a first
             // non-empty partition always gets at least one batch).
             // (high watermark -1: not read this time).
-            Ok(_) if budget == 0 && total > 0 => Ok((Bytes::new(), -1, -1)),
+            Ok(_) if budget == 0 && total > 0 => Ok((Bytes::new(), -1, -1, 0)),
             Ok(at) => {
                 let op = ShardOp::Read {
                     at: at.clone(),
@@ -385,16 +391,17 @@ async fn read_all(
                     .call(ctx.owner(&at.topic.name, slot.partition), op)
                     .await
                 {
-                    ShardReply::Read(r) => {
-                        r.map(|o| (o.records, o.high_watermark, o.log_start_offset))
-                    }
+                    ShardReply::Read(r) => r.map(|(o, available)| {
+                        (o.records, o.high_watermark, o.log_start_offset, available)
+                    }),
                     ShardReply::Done(Err(e)) => Err(e),
                     _ => Err(unexpected()),
                 }
             }
         };
+        available.push(result.as_ref().map_or(0, |r| r.3));
         out.push(match result {
-            Ok((records, hwm, start)) => {
+            Ok((records, hwm, start, _)) => {
                 total += records.len();
                 FetchPartitionResponse {
                     partition: slot.partition,
@@ -415,7 +422,11 @@ async fn read_all(
             },
         });
     }
-    (out, total)
+    FetchPass {
+        parts: out,
+        available,
+        total,
+    }
 }
 
 async fn fetch(ctx: &Rc<ShardContext>, r: FetchRequest) -> Response {
@@ -438,23 +449,32 @@ async fn fetch(ctx: &Rc<ShardContext>, r: FetchRequest) -> Response {
     }
     let min_bytes = r.min_bytes as usize;
     loop {
-        let (parts, total) = read_all(ctx, &slots, max_bytes).await;
+        let FetchPass {
+            parts,
+            available,
+            total,
+        } = read_all(ctx, &slots, max_bytes).await;
         let errors = parts.iter().any(|p| p.error != ErrorCode::None);
-        if total >= min_bytes || errors || Instant::now() >= deadline || ctx.is_shutting_down() {
+        // (min_bytes above the response budget could never be met: the budget counts.)
+        if total >= min_bytes.min(max_bytes)
+            || errors
+            || Instant::now() >= deadline
+            || ctx.is_shutting_down()
+        {
             return fetch_response(names, &slots, parts);
         }
         // Long-poll: ask each owner to tell us when its partition has more than we saw,
         // and read again when the first one does (or at the deadline).
         let waits: Vec<_> = slots
             .iter()
-            .zip(&parts)
-            .filter_map(|(slot, part)| {
+            .zip(&available)
+            .filter_map(|(slot, seen)| {
                 let at = slot.at.as_ref().ok()?.clone();
                 let owner = ctx.owner(&at.topic.name, slot.partition);
                 let op = ShardOp::WaitForData {
                     at,
                     offset: slot.offset,
-                    seen: part.records.len() as u64,
+                    seen: *seen,
                     deadline,
                 };
                 Some(Box::pin(ctx.call(owner, op)))
