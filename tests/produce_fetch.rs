@@ -34,7 +34,7 @@ fn round_trip_is_byte_identical_across_shards_and_ports() {
 
     // Each partition gets batches through the shared port, its owner's direct port and the
     // other shard's direct port (a hop through the rings).
-    let mut clients = vec![
+    let mut clients = [
         broker.client(),
         broker.direct_client(0),
         broker.direct_client(1),
