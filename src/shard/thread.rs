@@ -26,6 +26,42 @@ pub struct ShardThreadConfig {
     pub sqpoll_idle: Option<Duration>,
 }
 
+/// Keeps the kernel's io-wq workers of this shard's ring on the shard's core.
+///
+/// Buffered file writes that cannot complete inline are punted by io_uring to io-wq worker
+/// threads, which by default may run on any core: on a machine where every core runs a
+/// shard they would preempt another shard. `IORING_REGISTER_IOWQ_AFF` (Linux 5.14) confines
+/// them to the core whose shard submitted the work.
+fn bind_io_workers(runtime: &compio::runtime::Runtime, core: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const IORING_REGISTER_IOWQ_AFF: libc::c_uint = 17;
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it for any
+    // core id below CPU_SETSIZE, which we check.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if core >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::other("core id beyond CPU_SETSIZE"));
+        }
+        libc::CPU_SET(core, &mut set);
+        set
+    };
+    // SAFETY: the ring fd is valid for the runtime's lifetime; the kernel reads
+    // `size_of::<cpu_set_t>()` bytes from `set`, which lives across the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            runtime.as_raw_fd(),
+            IORING_REGISTER_IOWQ_AFF,
+            &set as *const libc::cpu_set_t,
+            std::mem::size_of::<libc::cpu_set_t>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Spawns the shard thread and runs `main` to completion on its runtime.
 ///
 /// `main` is built on the new thread (it may capture `Send` values only, and create
@@ -67,6 +103,11 @@ where
                 }
             }
             let runtime = RuntimeBuilder::new().with_proactor(proactor).build()?;
+            if let Some(core) = config.core {
+                if let Err(e) = bind_io_workers(&runtime, core) {
+                    tracing::warn!(shard = config.id, core, "cannot bind io-wq workers: {e}");
+                }
+            }
             Ok(runtime.block_on(main()))
         })
 }
