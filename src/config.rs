@@ -35,13 +35,14 @@ pub struct BrokerConfig {
     /// Port of shard 0's direct listener; shard `i` listens on `base + i`. `None`: no direct
     /// listeners. `Some(0)`: an ephemeral port per shard.
     pub direct_port_base: Option<u16>,
-    /// Defaults for new topics: segment size.
+    /// Segment size of topics without a `segment.bytes` override.
     pub segment_bytes: u64,
-    /// Defaults for new topics: segment age before a roll.
+    /// Segment age before a roll, for topics without a `segment.ms` override.
     pub segment_ms: Option<u64>,
-    /// Defaults for new topics: time retention (`None`: keep forever).
+    /// Time retention of topics without a `retention.ms` override (`None`: forever).
     pub retention_ms: Option<i64>,
-    /// Defaults for new topics: size retention per partition (`None`: no limit).
+    /// Size retention per partition of topics without a `retention.bytes` override (`None`:
+    /// no limit).
     pub retention_bytes: Option<u64>,
     /// How often each shard enforces retention.
     pub retention_check: Duration,

@@ -131,6 +131,19 @@ fn unknown_api_and_version_get_errors_and_the_connection_goes_on() {
         assert_eq!(id, 4242);
         assert_eq!(result.unwrap_err().code, expected);
     }
+    // A well-formed produce with acks = 5: invalid request, the connection goes on.
+    let mut frame = BytesMut::new();
+    frame.put_u32(8 + 2 + 4 + 4);
+    frame.put_u16(7);
+    frame.put_u16(0);
+    frame.put_u32(4343);
+    frame.put_i16(5);
+    frame.put_u32(1000);
+    frame.put_u32(0);
+    c.send_raw(&frame).unwrap();
+    let (id, result) = c.receive().unwrap();
+    assert_eq!(id, 4343);
+    assert_eq!(result.unwrap_err().code, ErrorCode::InvalidRequest);
     // Same connection still works.
     assert_eq!(c.api_versions().unwrap().shard_count, 2);
 }

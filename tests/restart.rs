@@ -26,9 +26,14 @@ fn clean_restart_keeps_topics_and_data() {
     drop(c);
     let status = broker.terminate();
     assert!(status.success(), "SIGTERM exits 0, got {status:?}");
+    // A directory the broker did not create is never touched.
+    let foreign = broker.data_dir.join("data").join("notes");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("todo.txt"), "keep me").unwrap();
     assert!(broker.log().contains("stopped"));
 
     broker.restart();
+    assert!(foreign.join("todo.txt").exists());
     let mut c = broker.client();
     let d = c.describe_topic("keep").unwrap();
     assert_eq!(d.partitions.len(), 3);

@@ -72,15 +72,16 @@ struct Args {
     #[arg(long, conflicts_with = "direct_port_base")]
     no_direct_ports: bool,
 
-    /// Default segment size for new topics, in bytes.
+    /// Segment size of topics that do not override `segment.bytes`, in bytes.
     #[arg(long, default_value_t = 1 << 30)]
     segment_bytes: u64,
 
-    /// Default time retention for new topics, in ms (-1: keep forever).
+    /// Time retention of topics that do not override `retention.ms`, in ms (-1: forever).
     #[arg(long, default_value_t = 7 * 24 * 3600 * 1000, allow_hyphen_values = true)]
     retention_ms: i64,
 
-    /// Default size retention per partition for new topics, in bytes (-1: no limit).
+    /// Size retention per partition of topics that do not override `retention.bytes`, in
+    /// bytes (-1: no limit).
     #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
     retention_bytes: i64,
 

@@ -66,6 +66,7 @@ impl DecodeError {
             DecodeError::FrameTooLarge { .. } => ErrorCode::RequestTooLarge,
             DecodeError::UnknownApi(_) => ErrorCode::UnsupportedApi,
             DecodeError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            DecodeError::InvalidValue { .. } => ErrorCode::InvalidRequest,
             _ => ErrorCode::CorruptFrame,
         }
     }

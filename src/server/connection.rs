@@ -10,6 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
@@ -65,9 +66,10 @@ pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
         closing: Cell::new(false),
         broken: Cell::new(false),
     });
+    let local_ip = stream.local_addr().ok().map(|a| a.ip());
     let (reader, writer) = stream.into_split();
     let writer_task = compio::runtime::spawn(write_loop(writer, state.clone()));
-    read_loop(&ctx, reader, &state).await;
+    read_loop(&ctx, reader, &state, local_ip).await;
     state.closing.set(true);
     state.outbox_ready.notify_all();
     let _ = writer_task.await;
@@ -103,7 +105,12 @@ async fn write_loop(mut stream: TcpStream, state: Rc<ConnectionState>) {
     let _ = stream.shutdown().await;
 }
 
-async fn read_loop(ctx: &Rc<ShardContext>, mut stream: TcpStream, state: &Rc<ConnectionState>) {
+async fn read_loop(
+    ctx: &Rc<ShardContext>,
+    mut stream: TcpStream,
+    state: &Rc<ConnectionState>,
+    local_ip: Option<IpAddr>,
+) {
     let max_payload = ctx.config.max_request_bytes;
     let max_in_flight = ctx.config.max_in_flight_per_connection.max(1);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -112,7 +119,7 @@ async fn read_loop(ctx: &Rc<ShardContext>, mut stream: TcpStream, state: &Rc<Con
         loop {
             match frame::split_frame(&mut buf, max_payload) {
                 Ok(Some(payload)) => {
-                    if !start_request(ctx, state, payload).await {
+                    if !start_request(ctx, state, payload, local_ip).await {
                         return;
                     }
                 }
@@ -170,6 +177,7 @@ async fn start_request(
     ctx: &Rc<ShardContext>,
     state: &Rc<ConnectionState>,
     mut payload: BytesMut,
+    local_ip: Option<IpAddr>,
 ) -> bool {
     let correlation_id = RequestHeader::peek_correlation_id(&payload);
     let header = match RequestHeader::decode(&mut payload) {
@@ -188,11 +196,14 @@ async fn start_request(
         Err(e) => {
             let code = e.code();
             state.push(encode_error_response(correlation_id, code, &e.to_string()));
-            // An unknown API or version still had a well-formed frame: the stream is in sync
-            // and the connection can go on. Anything else cannot be trusted.
+            // An unknown API or version, or a well-formed field with a value out of its
+            // domain, leaves the stream in sync: the connection goes on. A body that does
+            // not parse cannot be trusted: close.
             return matches!(
                 code,
-                ErrorCode::UnsupportedApi | ErrorCode::UnsupportedVersion
+                ErrorCode::UnsupportedApi
+                    | ErrorCode::UnsupportedVersion
+                    | ErrorCode::InvalidRequest
             );
         }
     };
@@ -201,7 +212,7 @@ async fn start_request(
         let ctx = ctx.clone();
         let state = state.clone();
         async move {
-            if let Some(outcome) = handlers::handle(&ctx, request).await {
+            if let Some(outcome) = handlers::handle(&ctx, request, local_ip).await {
                 let chunks = match outcome {
                     Ok(response) => encode_response(correlation_id, &response),
                     Err(e) => encode_error_response(correlation_id, e.code, &e.message),

@@ -7,7 +7,7 @@
 //! the ring back. Work for a partition owned here runs the same `execute` inline.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -128,8 +128,12 @@ pub(crate) struct ShardContext {
     pub(crate) global: Arc<Global>,
     links: RefCell<ShardLinks<Envelope>>,
     waiter: InboxWaiter<Envelope>,
-    /// Notified when a ring we found full may have room.
-    ring_room: Notify,
+    /// Envelopes for shard `j` that found its ring full, oldest first. Sending goes through
+    /// here whenever it is non-empty, so messages to one shard keep their order (a produce
+    /// pipelined behind a blocked one cannot overtake it). Its size is bounded by the
+    /// connections' in-flight limits: a connection with that many unanswered requests is not
+    /// read.
+    overflow: RefCell<Vec<VecDeque<Envelope>>>,
     pending: RefCell<HashMap<u64, OneshotSender<ShardReply>>>,
     next_token: Cell<u64>,
     topics: RefCell<HashMap<String, OwnedTopic>>,
@@ -150,6 +154,7 @@ impl ShardContext {
         global: Arc<Global>,
     ) -> Rc<Self> {
         let log_defaults = log_defaults(&config);
+        let links_count = links.shard_count() as usize;
         Rc::new(ShardContext {
             id: links.id(),
             shard_count: links.shard_count(),
@@ -160,7 +165,7 @@ impl ShardContext {
             global,
             waiter: links.waiter(),
             links: RefCell::new(links),
-            ring_room: Notify::new(),
+            overflow: RefCell::new((0..links_count).map(|_| VecDeque::new()).collect()),
             pending: RefCell::new(HashMap::new()),
             next_token: Cell::new(0),
             topics: RefCell::new(HashMap::new()),
@@ -190,7 +195,7 @@ impl ShardContext {
         self.next_token.set(token.wrapping_add(1));
         let (tx, rx) = oneshot();
         self.pending.borrow_mut().insert(token, tx);
-        self.send(owner, Envelope::Request { token, op }).await;
+        self.send(owner, Envelope::Request { token, op });
         match rx.await {
             Ok(reply) => reply,
             Err(_) => ShardReply::Done(Err(WireError::new(
@@ -200,18 +205,30 @@ impl ShardContext {
         }
     }
 
-    /// Pushes into the ring to `to`, waiting while it is full (backpressure).
-    async fn send(&self, to: ShardId, mut envelope: Envelope) {
-        loop {
-            // The room notification is taken before trying, so a signal that arrives between
-            // a failed push and the wait is not missed.
-            let room = self.ring_room.notified();
-            let pushed = self.links.borrow_mut().try_send(to, envelope);
-            match pushed {
+    /// Pushes into the ring to `to`, or behind the envelopes already waiting for room in it.
+    fn send(&self, to: ShardId, envelope: Envelope) {
+        let mut overflow = self.overflow.borrow_mut();
+        let queue = &mut overflow[to as usize];
+        if queue.is_empty() {
+            match self.links.borrow_mut().try_send(to, envelope) {
                 Ok(()) => return,
-                Err(back) => {
-                    envelope = back;
-                    room.await;
+                Err(back) => queue.push_back(back),
+            }
+        } else {
+            queue.push_back(envelope);
+        }
+    }
+
+    /// Moves waiting envelopes into rings that have room again, in order.
+    fn flush_overflow(&self) {
+        let mut overflow = self.overflow.borrow_mut();
+        let mut links = self.links.borrow_mut();
+        for (to, queue) in overflow.iter_mut().enumerate() {
+            while let Some(envelope) = queue.pop_front() {
+                if let Err(back) = links.try_send(to as ShardId, envelope) {
+                    // Still full: the consumer signals us when it frees room.
+                    queue.push_front(back);
+                    break;
                 }
             }
         }
@@ -226,7 +243,7 @@ impl ShardContext {
                 .links
                 .borrow_mut()
                 .drain(BUDGET, |from, envelope| self.dispatch(from, envelope));
-            self.ring_room.notify_all();
+            self.flush_overflow();
             if self.global.shutdown.load(Ordering::SeqCst) && !self.shutting_down.get() {
                 self.shutting_down.set(true);
                 self.shutdown.notify_all();
@@ -254,7 +271,7 @@ impl ShardContext {
                 let ctx = self.clone();
                 compio::runtime::spawn(async move {
                     let reply = ctx.execute(op).await;
-                    ctx.send(from, Envelope::Reply { token, reply }).await;
+                    ctx.send(from, Envelope::Reply { token, reply });
                 })
                 .detach();
             }

@@ -2,17 +2,18 @@
 //! routed to the owning shard with [`ShardContext::call`]; everything else (catalog reads,
 //! metadata) is answered here.
 
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::future::{join_all, select_all};
+use futures_util::future::{join_all, select_all, Either};
 
 use super::context::{first, unknown_partition, PartitionRef, ShardContext, ShardOp, ShardReply};
 use crate::protocol::api::*;
 use crate::protocol::batch::{self, BatchError};
 use crate::protocol::{ErrorCode, WireError};
-use crate::storage::catalog::{describe_config, CatalogError, TopicMeta};
+use crate::storage::catalog::{describe_config, CatalogError, TopicMeta, DELETED_PREFIX};
 
 /// Largest fetch response, whatever the client asks for: bounds the memory one request can
 /// pin.
@@ -21,9 +22,12 @@ pub const MAX_FETCH_BYTES: usize = 64 << 20;
 pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(60);
 
 /// Handles one decoded request. `None` means no response is sent (produce with acks = 0).
+/// `local_ip` is the broker address the client reached (advertised in metadata when the
+/// broker listens on an unspecified address such as 0.0.0.0).
 pub(crate) async fn handle(
     ctx: &Rc<ShardContext>,
     request: Request,
+    local_ip: Option<IpAddr>,
 ) -> Option<Result<Response, WireError>> {
     if ctx.is_shutting_down() {
         return Some(Err(WireError::new(
@@ -32,19 +36,22 @@ pub(crate) async fn handle(
         )));
     }
     Some(match request {
-        Request::ApiVersions(_) => Ok(Response::ApiVersions(ApiVersionsResponse {
-            broker_version: env!("CARGO_PKG_VERSION").to_string(),
-            shard_count: ctx.shard_count,
-            apis: ApiKey::ALL
-                .iter()
-                .map(|k| ApiVersionRange {
-                    api_key: *k as u16,
-                    min_version: 0,
-                    max_version: k.max_version(),
-                })
-                .collect(),
-        })),
-        Request::Metadata(r) => Ok(metadata(ctx, r)),
+        Request::ApiVersions(r) => {
+            tracing::debug!(client = %r.client_name, "handshake");
+            Ok(Response::ApiVersions(ApiVersionsResponse {
+                broker_version: env!("CARGO_PKG_VERSION").to_string(),
+                shard_count: ctx.shard_count,
+                apis: ApiKey::ALL
+                    .iter()
+                    .map(|k| ApiVersionRange {
+                        api_key: *k as u16,
+                        min_version: 0,
+                        max_version: k.max_version(),
+                    })
+                    .collect(),
+            }))
+        }
+        Request::Metadata(r) => Ok(metadata(ctx, r, local_ip)),
         Request::CreateTopic(r) => create_topic(ctx, r).await,
         Request::DeleteTopic(r) => delete_topic(ctx, r).await,
         Request::ListTopics => {
@@ -90,7 +97,7 @@ fn catalog_error(e: CatalogError) -> WireError {
     WireError::new(code, e.to_string())
 }
 
-fn metadata(ctx: &ShardContext, r: MetadataRequest) -> Response {
+fn metadata(ctx: &ShardContext, r: MetadataRequest, local_ip: Option<IpAddr>) -> Response {
     let catalog = ctx.catalog.snapshot();
     let describe = |t: &TopicMeta| TopicMetadata {
         name: t.name.clone(),
@@ -112,10 +119,15 @@ fn metadata(ctx: &ShardContext, r: MetadataRequest) -> Response {
             })
             .collect()
     };
-    Response::Metadata(MetadataResponse {
-        shards: ctx.endpoints.as_ref().clone(),
-        topics,
-    })
+    let mut shards = ctx.endpoints.as_ref().clone();
+    if ctx.config.listen.ip().is_unspecified() {
+        if let Some(ip) = local_ip {
+            for s in &mut shards {
+                s.host = ip.to_string();
+            }
+        }
+    }
+    Response::Metadata(MetadataResponse { shards, topics })
 }
 
 /// Sends `op` for the topic to every shard and waits for all to finish.
@@ -149,30 +161,41 @@ async fn delete_topic(
     ctx: &Rc<ShardContext>,
     r: DeleteTopicRequest,
 ) -> Result<Response, WireError> {
-    let topic = ctx.catalog.delete(&r.name).map_err(catalog_error)?;
-    // Move the directory aside first: a topic created again under this name starts empty
-    // even while the old files are still being closed and removed.
+    let Some(topic) = ctx.catalog.get(&r.name) else {
+        return Err(catalog_error(CatalogError::UnknownTopic(r.name)));
+    };
+    // Move the directory aside before the catalog forgets the topic: a crash in between
+    // leaves a topic whose data is gone (it was being deleted), never files that no topic
+    // owns; and a topic created again under this name starts empty even while the old
+    // files are still being closed. Start-up removes whatever was moved aside.
     let dir = ctx.config.data_dir.join(&topic.name);
     let trash = ctx
         .config
         .data_dir
-        .join(format!(".deleted-{}-{}", topic.name, topic.id));
+        .join(format!("{DELETED_PREFIX}{}-{}", topic.name, topic.id));
     let moved = match std::fs::rename(&dir, &trash) {
         Ok(()) => true,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => {
-            tracing::warn!(topic = %topic.name, "cannot move deleted topic aside: {e}");
-            false
+            return Err(WireError::new(
+                ErrorCode::StorageError,
+                format!("cannot move {} aside: {e}", dir.display()),
+            ))
         }
     };
+    if let Err(e) = ctx.catalog.delete(&r.name) {
+        if moved {
+            let _ = std::fs::rename(&trash, &dir);
+        }
+        return Err(catalog_error(e));
+    }
     broadcast(ctx, || ShardOp::DropTopic {
         topic: topic.clone(),
     })
     .await?;
-    let doomed = if moved { trash } else { dir };
-    if let Err(e) = std::fs::remove_dir_all(&doomed) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(path = %doomed.display(), "cannot remove deleted topic data: {e}");
+    if moved {
+        if let Err(e) = std::fs::remove_dir_all(&trash) {
+            tracing::warn!(path = %trash.display(), "cannot remove deleted topic data: {e}");
         }
     }
     tracing::info!(topic = %topic.name, "topic deleted");
@@ -311,7 +334,26 @@ async fn produce(ctx: &Rc<ShardContext>, r: ProduceRequest) -> Response {
         }
         shape.push((topic.topic, parts));
     }
-    let mut replies = join_all(calls).await.into_iter();
+    let all = join_all(calls);
+    let replies = if r.timeout_ms == 0 {
+        all.await
+    } else {
+        let limit = Duration::from_millis(u64::from(r.timeout_ms));
+        match first(all, compio::time::sleep(limit)).await {
+            Either::Left(replies) => replies,
+            // The appends go on and may still land; the producer learns it waited too long
+            // (as with Kafka's request timeout, a retry may duplicate).
+            Either::Right(()) => (0..early.iter().filter(|e| e.is_none()).count())
+                .map(|_| {
+                    ShardReply::Appended(Err(WireError::new(
+                        ErrorCode::Timeout,
+                        format!("not acknowledged within {} ms", r.timeout_ms),
+                    )))
+                })
+                .collect(),
+        }
+    };
+    let mut replies = replies.into_iter();
     let mut early = early.into_iter();
     let topics = shape
         .into_iter()

@@ -32,7 +32,7 @@ use crate::protocol::ErrorCode;
 use crate::shard::mesh::{mesh, MeshRemote, ShardLinks};
 use crate::shard::thread::{spawn_shard, ShardThreadConfig};
 use crate::shard::ShardId;
-use crate::storage::catalog::{validate_topic_name, CatalogStore};
+use crate::storage::catalog::{CatalogStore, DELETED_PREFIX};
 use crate::storage::FsyncPolicy;
 use context::{first, Envelope, Global, ShardContext};
 
@@ -141,7 +141,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| data_err(e.to_string()))?;
     let catalog =
         Arc::new(CatalogStore::open(&config.data_dir).map_err(|e| data_err(e.to_string()))?);
-    remove_orphans(&config.data_dir, &catalog);
+    remove_deleted_topics(&config.data_dir);
 
     let shards = config.shard_count();
     // Sockets: the shared port (one SO_REUSEPORT socket per shard) and the direct ports.
@@ -266,22 +266,16 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> Result<StdListener, StartError> {
     Ok(socket.into())
 }
 
-/// Removes data left by a topic deletion that did not finish (the catalog no longer names
-/// the topic), and any directory moved aside for deletion.
-fn remove_orphans(data_dir: &Path, catalog: &CatalogStore) {
+/// Removes topic directories that a deletion moved aside (`.deleted-<name>-<id>`) but did
+/// not finish removing. Nothing else under the data directory is ever deleted at start-up.
+fn remove_deleted_topics(data_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(data_dir) else {
         return;
     };
-    let topics = catalog.snapshot();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
-        if !path.is_dir() || name == "meta" {
-            continue;
-        }
-        let orphan = name.starts_with(".deleted-")
-            || (validate_topic_name(&name).is_ok() && !topics.topics.contains_key(&name));
-        if orphan {
+        if path.is_dir() && name.starts_with(DELETED_PREFIX) {
             tracing::warn!(path = %path.display(), "removing data of a deleted topic");
             if let Err(e) = std::fs::remove_dir_all(&path) {
                 tracing::warn!(path = %path.display(), "cannot remove: {e}");

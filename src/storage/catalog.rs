@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use super::LogConfig;
 
+/// Prefix of a topic directory moved aside for deletion; no topic name may start with it.
+pub const DELETED_PREFIX: &str = ".deleted-";
+
 /// Most partitions a topic may have.
 pub const MAX_PARTITIONS: u32 = 10_000;
 
@@ -243,7 +246,8 @@ impl CatalogStore {
     }
 }
 
-/// Kafka's rule: 1–249 characters of ASCII letters, digits, `.`, `_`, `-`; not `.` or `..`.
+/// Kafka's rule: 1–249 characters of ASCII letters, digits, `.`, `_`, `-`; not `.` or `..`;
+/// plus the broker's own reserved names (`meta`, the `.deleted-` prefix).
 pub fn validate_topic_name(name: &str) -> Result<(), CatalogError> {
     let bad = |reason| {
         Err(CatalogError::InvalidName {
@@ -262,6 +266,9 @@ pub fn validate_topic_name(name: &str) -> Result<(), CatalogError> {
     }
     if name == "meta" {
         return bad("`meta` is the broker's own directory");
+    }
+    if name.starts_with(DELETED_PREFIX) {
+        return bad("names starting with `.deleted-` are reserved");
     }
     if !name
         .bytes()
@@ -329,11 +336,13 @@ pub fn apply_config(config: &mut LogConfig, key: &str, value: &str) -> Result<()
             config.segment_bytes = v as u64;
         }
         "segment.ms" => {
-            let v = int(value)?;
-            if v <= 0 {
-                return Err("must be a positive number of ms".into());
-            }
-            config.segment_ms = Some(v as u64);
+            config.segment_ms = match int(value)? {
+                -1 => None,
+                v if v > 0 => Some(v as u64),
+                _ => {
+                    return Err("must be -1 (no time-based roll) or a positive number of ms".into())
+                }
+            };
         }
         _ => {
             return Err(format!(
@@ -415,7 +424,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = LogConfig::default();
         let store = CatalogStore::open(dir.path()).unwrap();
-        for name in ["", ".", "..", "a/b", "meta", "spa ce", &"x".repeat(250)] {
+        for name in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "meta",
+            ".deleted-x-1",
+            "spa ce",
+            &"x".repeat(250),
+        ] {
             assert!(store.create(name, 1, &[], &d).is_err(), "{name:?}");
         }
         assert!(store.create("t", 0, &[], &d).is_err());

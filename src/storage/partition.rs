@@ -168,7 +168,12 @@ impl PartitionLog {
         if recovered.is_empty() {
             segments.push(Segment::create(&dir, initial_offset.max(0), now).await?);
             if config.fsync != FsyncPolicy::Never {
+                // The new segment's entry, and the entries that make the partition directory
+                // and its topic directory reachable (`<data>/<topic>/<partition>`).
                 sync_dir(&dir).await?;
+                for ancestor in dir.ancestors().skip(1).take(2) {
+                    sync_dir(ancestor).await?;
+                }
             }
         } else {
             for r in recovered {
