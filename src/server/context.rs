@@ -209,13 +209,10 @@ impl ShardContext {
     fn send(&self, to: ShardId, envelope: Envelope) {
         let mut overflow = self.overflow.borrow_mut();
         let queue = &mut overflow[to as usize];
-        if queue.is_empty() {
-            match self.links.borrow_mut().try_send(to, envelope) {
-                Ok(()) => return,
-                Err(back) => queue.push_back(back),
-            }
-        } else {
+        if !queue.is_empty() {
             queue.push_back(envelope);
+        } else if let Err(back) = self.links.borrow_mut().try_send(to, envelope) {
+            queue.push_back(back);
         }
     }
 
