@@ -201,3 +201,55 @@ fn topics_admin_and_list_offsets() {
     assert_eq!(c.list_offset("a", 2, offset_spec::LATEST).unwrap(), 0);
     assert!(!broker.data_dir.join("data").join(".deleted-a-0").exists());
 }
+
+#[test]
+fn order_holds_while_the_ring_to_the_owner_is_full() {
+    // Two-slot rings: pipelined produces through shard 0 to partitions of shard 1 keep
+    // finding the ring full and queue behind it.
+    let broker = Broker::start(&["--cores", "2", "--ring-capacity", "2", "--fsync", "never"]);
+    let mut admin = broker.client();
+    admin.create_topic("hop", 4, &[]).unwrap();
+    let owners = admin.metadata(&["hop"]).unwrap().topics[0].owners.clone();
+    let remote: Vec<u32> = (0..4).filter(|p| owners[*p as usize] == 1).collect();
+    assert!(!remote.is_empty());
+    let mut client = broker.direct_client(0);
+    const N: usize = 500;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        for p in &remote {
+            let req = produce_request(
+                "hop",
+                *p,
+                batch(&format!("m{i}"), 1, 10, now_ms()),
+                Acks::Leader,
+            );
+            ids.push((client.send(req).unwrap(), *p));
+        }
+    }
+    let mut offsets = std::collections::HashMap::new();
+    for _ in 0..ids.len() {
+        let (id, response) = client.receive().unwrap();
+        let Response::Produce(r) = response.unwrap() else {
+            panic!("not a produce response")
+        };
+        assert_eq!(r.topics[0].partitions[0].error, ErrorCode::None);
+        offsets.insert(id, r.topics[0].partitions[0].base_offset);
+    }
+    for p in &remote {
+        let in_send_order: Vec<i64> = ids
+            .iter()
+            .filter(|(_, q)| q == p)
+            .map(|(id, _)| offsets[id])
+            .collect();
+        assert_eq!(
+            in_send_order,
+            (0..N as i64).collect::<Vec<_>>(),
+            "partition {p}"
+        );
+        let all: Vec<String> = read_all(&mut admin, "hop", *p, 0)
+            .iter()
+            .flat_map(values)
+            .collect();
+        assert_eq!(all, (0..N).map(|i| format!("m{i}-0")).collect::<Vec<_>>());
+    }
+}
