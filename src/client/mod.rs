@@ -295,15 +295,8 @@ impl Client {
         }
         match self.call(request)? {
             Response::Produce(r) => {
-                let p = r
-                    .topics
-                    .into_iter()
-                    .next()
-                    .and_then(|t| t.partitions.into_iter().next())
-                    .ok_or_else(|| ClientError::Unexpected("empty produce response".into()))?;
-                if p.error != ErrorCode::None {
-                    return Err(WireError::new(p.error, p.message).into());
-                }
+                let p = only_partition(r.topics, |t| t.partitions, "produce")?;
+                check(p.error, &p.message)?;
                 Ok((p.base_offset, p.last_offset))
             }
             other => Err(unexpected(other)),
@@ -325,15 +318,8 @@ impl Client {
             topic, partition, offset, max_bytes, max_wait, min_bytes,
         ))? {
             Response::Fetch(r) => {
-                let p = r
-                    .topics
-                    .into_iter()
-                    .next()
-                    .and_then(|t| t.partitions.into_iter().next())
-                    .ok_or_else(|| ClientError::Unexpected("empty fetch response".into()))?;
-                if p.error != ErrorCode::None {
-                    return Err(WireError::new(p.error, p.message).into());
-                }
+                let p = only_partition(r.topics, |t| t.partitions, "fetch")?;
+                check(p.error, &p.message)?;
                 Ok(p)
             }
             other => Err(unexpected(other)),
@@ -358,15 +344,8 @@ impl Client {
             }],
         }))? {
             Response::ListOffsets(r) => {
-                let p = r
-                    .topics
-                    .into_iter()
-                    .next()
-                    .and_then(|t| t.partitions.into_iter().next())
-                    .ok_or_else(|| ClientError::Unexpected("empty list-offsets response".into()))?;
-                if p.error != ErrorCode::None {
-                    return Err(WireError::new(p.error, p.message).into());
-                }
+                let p = only_partition(r.topics, |t| t.partitions, "list-offsets")?;
+                check(p.error, &p.message)?;
                 Ok(p.offset)
             }
             other => Err(unexpected(other)),
@@ -408,6 +387,28 @@ pub fn fetch_request(
             }],
         }],
     })
+}
+
+/// The one partition entry of a response to a one-partition request.
+fn only_partition<T, P>(
+    topics: Vec<T>,
+    partitions: impl FnOnce(T) -> Vec<P>,
+    what: &str,
+) -> Result<P, ClientError> {
+    topics
+        .into_iter()
+        .next()
+        .and_then(|t| partitions(t).into_iter().next())
+        .ok_or_else(|| ClientError::Unexpected(format!("empty {what} response")))
+}
+
+/// A partition-level error code as a `Result`.
+fn check(error: ErrorCode, message: &str) -> Result<(), ClientError> {
+    if error == ErrorCode::None {
+        Ok(())
+    } else {
+        Err(WireError::new(error, message).into())
+    }
 }
 
 fn unexpected(response: Response) -> ClientError {

@@ -404,20 +404,17 @@ impl ProduceRequest {
             value: acks_raw.into(),
         })?;
         let timeout_ms = d.u32("timeout_ms")?;
-        let n = d.array_len("topics", 6)?;
-        let mut topics = Vec::with_capacity(n);
-        for _ in 0..n {
-            let topic = d.string("topic")?;
-            let np = d.array_len("partitions", 8)?;
-            let mut partitions = Vec::with_capacity(np);
-            for _ in 0..np {
-                partitions.push(ProducePartition {
-                    partition: d.u32("partition")?,
-                    records: d.bytes("records")?,
-                });
-            }
-            topics.push(ProduceTopic { topic, partitions });
-        }
+        let topics = d.array("topics", 6, |d| {
+            Ok(ProduceTopic {
+                topic: d.string("topic")?,
+                partitions: d.array("partitions", 8, |d| {
+                    Ok(ProducePartition {
+                        partition: d.u32("partition")?,
+                        records: d.bytes("records")?,
+                    })
+                })?,
+            })
+        })?;
         Ok(ProduceRequest {
             acks,
             timeout_ms,
@@ -428,15 +425,13 @@ impl ProduceRequest {
     fn encode_body(self, e: &mut Encoder) {
         e.put_i16(self.acks.as_i16());
         e.put_u32(self.timeout_ms);
-        e.put_array_len(self.topics.len());
-        for t in self.topics {
+        e.put_array(self.topics.into_iter(), |e, t| {
             e.put_string(&t.topic);
-            e.put_array_len(t.partitions.len());
-            for p in t.partitions {
+            e.put_array(t.partitions.into_iter(), |e, p| {
                 e.put_u32(p.partition);
                 e.put_shared(p.records.freeze());
-            }
-        }
+            });
+        });
     }
 }
 
@@ -511,21 +506,18 @@ impl FetchRequest {
         let max_wait_ms = d.u32("max_wait_ms")?;
         let min_bytes = d.u32("min_bytes")?;
         let max_bytes = d.u32("max_bytes")?;
-        let n = d.array_len("topics", 6)?;
-        let mut topics = Vec::with_capacity(n);
-        for _ in 0..n {
-            let topic = d.string("topic")?;
-            let np = d.array_len("partitions", 16)?;
-            let mut partitions = Vec::with_capacity(np);
-            for _ in 0..np {
-                partitions.push(FetchPartition {
-                    partition: d.u32("partition")?,
-                    offset: d.i64("offset")?,
-                    max_bytes: d.u32("partition_max_bytes")?,
-                });
-            }
-            topics.push(FetchTopic { topic, partitions });
-        }
+        let topics = d.array("topics", 6, |d| {
+            Ok(FetchTopic {
+                topic: d.string("topic")?,
+                partitions: d.array("partitions", 16, |d| {
+                    Ok(FetchPartition {
+                        partition: d.u32("partition")?,
+                        offset: d.i64("offset")?,
+                        max_bytes: d.u32("partition_max_bytes")?,
+                    })
+                })?,
+            })
+        })?;
         Ok(FetchRequest {
             max_wait_ms,
             min_bytes,
@@ -538,16 +530,14 @@ impl FetchRequest {
         e.put_u32(self.max_wait_ms);
         e.put_u32(self.min_bytes);
         e.put_u32(self.max_bytes);
-        e.put_array_len(self.topics.len());
-        for t in &self.topics {
+        e.put_array(self.topics.iter(), |e, t| {
             e.put_string(&t.topic);
-            e.put_array_len(t.partitions.len());
-            for p in &t.partitions {
+            e.put_array(t.partitions.iter(), |e, p| {
                 e.put_u32(p.partition);
                 e.put_i64(p.offset);
                 e.put_u32(p.max_bytes);
-            }
-        }
+            });
+        });
     }
 }
 
@@ -612,33 +602,28 @@ pub struct ListOffsetsRequest {
 
 impl ListOffsetsRequest {
     fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
-        let n = d.array_len("topics", 6)?;
-        let mut topics = Vec::with_capacity(n);
-        for _ in 0..n {
-            let topic = d.string("topic")?;
-            let np = d.array_len("partitions", 12)?;
-            let mut partitions = Vec::with_capacity(np);
-            for _ in 0..np {
-                partitions.push(ListOffsetsPartition {
-                    partition: d.u32("partition")?,
-                    timestamp: d.i64("timestamp")?,
-                });
-            }
-            topics.push(ListOffsetsTopic { topic, partitions });
-        }
+        let topics = d.array("topics", 6, |d| {
+            Ok(ListOffsetsTopic {
+                topic: d.string("topic")?,
+                partitions: d.array("partitions", 12, |d| {
+                    Ok(ListOffsetsPartition {
+                        partition: d.u32("partition")?,
+                        timestamp: d.i64("timestamp")?,
+                    })
+                })?,
+            })
+        })?;
         Ok(ListOffsetsRequest { topics })
     }
 
     fn encode_body(&self, e: &mut Encoder) {
-        e.put_array_len(self.topics.len());
-        for t in &self.topics {
+        e.put_array(self.topics.iter(), |e, t| {
             e.put_string(&t.topic);
-            e.put_array_len(t.partitions.len());
-            for p in &t.partitions {
+            e.put_array(t.partitions.iter(), |e, p| {
                 e.put_u32(p.partition);
                 e.put_i64(p.timestamp);
-            }
-        }
+            });
+        });
     }
 }
 
@@ -751,46 +736,40 @@ pub fn encode_response(correlation_id: u32, response: &Response) -> Vec<Bytes> {
             put_configs(&mut e, &r.configs);
         }
         Response::Produce(r) => {
-            e.put_array_len(r.topics.len());
-            for t in &r.topics {
+            e.put_array(r.topics.iter(), |e, t| {
                 e.put_string(&t.topic);
-                e.put_array_len(t.partitions.len());
-                for p in &t.partitions {
+                e.put_array(t.partitions.iter(), |e, p| {
                     e.put_u32(p.partition);
                     e.put_u16(p.error.as_u16());
                     e.put_string(&p.message);
                     e.put_i64(p.base_offset);
                     e.put_i64(p.last_offset);
-                }
-            }
+                });
+            });
         }
         Response::Fetch(r) => {
-            e.put_array_len(r.topics.len());
-            for t in &r.topics {
+            e.put_array(r.topics.iter(), |e, t| {
                 e.put_string(&t.topic);
-                e.put_array_len(t.partitions.len());
-                for p in &t.partitions {
+                e.put_array(t.partitions.iter(), |e, p| {
                     e.put_u32(p.partition);
                     e.put_u16(p.error.as_u16());
                     e.put_string(&p.message);
                     e.put_i64(p.high_watermark);
                     e.put_i64(p.log_start_offset);
                     e.put_shared(p.records.clone());
-                }
-            }
+                });
+            });
         }
         Response::ListOffsets(r) => {
-            e.put_array_len(r.topics.len());
-            for t in &r.topics {
+            e.put_array(r.topics.iter(), |e, t| {
                 e.put_string(&t.topic);
-                e.put_array_len(t.partitions.len());
-                for p in &t.partitions {
+                e.put_array(t.partitions.iter(), |e, p| {
                     e.put_u32(p.partition);
                     e.put_u16(p.error.as_u16());
                     e.put_string(&p.message);
                     e.put_i64(p.offset);
-                }
-            }
+                });
+            });
         }
     }
     e.finish()
@@ -811,15 +790,13 @@ pub fn decode_response(api: ApiKey, d: &mut Decoder) -> Result<Response, DecodeE
         ApiKey::ApiVersions => {
             let broker_version = d.string("broker_version")?;
             let shard_count = d.u16("shard_count")?;
-            let n = d.array_len("apis", 6)?;
-            let mut apis = Vec::with_capacity(n);
-            for _ in 0..n {
-                apis.push(ApiVersionRange {
+            let apis = d.array("apis", 6, |d| {
+                Ok(ApiVersionRange {
                     api_key: d.u16("api_key")?,
                     min_version: d.u16("min_version")?,
                     max_version: d.u16("max_version")?,
-                });
-            }
+                })
+            })?;
             Response::ApiVersions(ApiVersionsResponse {
                 broker_version,
                 shard_count,
@@ -827,60 +804,45 @@ pub fn decode_response(api: ApiKey, d: &mut Decoder) -> Result<Response, DecodeE
             })
         }
         ApiKey::Metadata => {
-            let n = d.array_len("shards", 6)?;
-            let mut shards = Vec::with_capacity(n);
-            for _ in 0..n {
-                shards.push(ShardEndpoint {
+            let shards = d.array("shards", 6, |d| {
+                Ok(ShardEndpoint {
                     shard: d.u16("shard")?,
                     host: d.string("host")?,
                     port: d.u16("port")?,
-                });
-            }
-            let n = d.array_len("topics", 8)?;
-            let mut topics = Vec::with_capacity(n);
-            for _ in 0..n {
-                let name = d.string("name")?;
-                let error = ErrorCode::from_u16(d.u16("error")?);
-                let np = d.array_len("owners", 2)?;
-                let mut owners = Vec::with_capacity(np);
-                for _ in 0..np {
-                    owners.push(d.u16("owner")?);
-                }
-                topics.push(TopicMetadata {
-                    name,
-                    error,
-                    owners,
-                });
-            }
+                })
+            })?;
+            let topics = d.array("topics", 8, |d| {
+                Ok(TopicMetadata {
+                    name: d.string("name")?,
+                    error: ErrorCode::from_u16(d.u16("error")?),
+                    owners: d.array("owners", 2, |d| d.u16("owner"))?,
+                })
+            })?;
             Response::Metadata(MetadataResponse { shards, topics })
         }
         ApiKey::CreateTopic => Response::CreateTopic,
         ApiKey::DeleteTopic => Response::DeleteTopic,
         ApiKey::AlterTopicConfig => Response::AlterTopicConfig,
         ApiKey::ListTopics => {
-            let n = d.array_len("topics", 6)?;
-            let mut topics = Vec::with_capacity(n);
-            for _ in 0..n {
-                topics.push(TopicListing {
+            let topics = d.array("topics", 6, |d| {
+                Ok(TopicListing {
                     name: d.string("name")?,
                     partitions: d.u32("partitions")?,
-                });
-            }
+                })
+            })?;
             Response::ListTopics(ListTopicsResponse { topics })
         }
         ApiKey::DescribeTopic => {
             let name = d.string("name")?;
-            let n = d.array_len("partitions", 30)?;
-            let mut partitions = Vec::with_capacity(n);
-            for _ in 0..n {
-                partitions.push(PartitionDescription {
+            let partitions = d.array("partitions", 30, |d| {
+                Ok(PartitionDescription {
                     partition: d.u32("partition")?,
                     shard: d.u16("shard")?,
                     log_start_offset: d.i64("log_start_offset")?,
                     high_watermark: d.i64("high_watermark")?,
                     size_bytes: d.u64("size_bytes")?,
-                });
-            }
+                })
+            })?;
             let configs = configs(d)?;
             Response::DescribeTopic(DescribeTopicResponse {
                 name,
@@ -889,63 +851,54 @@ pub fn decode_response(api: ApiKey, d: &mut Decoder) -> Result<Response, DecodeE
             })
         }
         ApiKey::Produce => {
-            let n = d.array_len("topics", 6)?;
-            let mut topics = Vec::with_capacity(n);
-            for _ in 0..n {
-                let topic = d.string("topic")?;
-                let np = d.array_len("partitions", 24)?;
-                let mut partitions = Vec::with_capacity(np);
-                for _ in 0..np {
-                    partitions.push(ProducePartitionResponse {
-                        partition: d.u32("partition")?,
-                        error: ErrorCode::from_u16(d.u16("error")?),
-                        message: d.string("message")?,
-                        base_offset: d.i64("base_offset")?,
-                        last_offset: d.i64("last_offset")?,
-                    });
-                }
-                topics.push(ProduceTopicResponse { topic, partitions });
-            }
+            let topics = d.array("topics", 6, |d| {
+                Ok(ProduceTopicResponse {
+                    topic: d.string("topic")?,
+                    partitions: d.array("partitions", 24, |d| {
+                        Ok(ProducePartitionResponse {
+                            partition: d.u32("partition")?,
+                            error: ErrorCode::from_u16(d.u16("error")?),
+                            message: d.string("message")?,
+                            base_offset: d.i64("base_offset")?,
+                            last_offset: d.i64("last_offset")?,
+                        })
+                    })?,
+                })
+            })?;
             Response::Produce(ProduceResponse { topics })
         }
         ApiKey::Fetch => {
-            let n = d.array_len("topics", 6)?;
-            let mut topics = Vec::with_capacity(n);
-            for _ in 0..n {
-                let topic = d.string("topic")?;
-                let np = d.array_len("partitions", 28)?;
-                let mut partitions = Vec::with_capacity(np);
-                for _ in 0..np {
-                    partitions.push(FetchPartitionResponse {
-                        partition: d.u32("partition")?,
-                        error: ErrorCode::from_u16(d.u16("error")?),
-                        message: d.string("message")?,
-                        high_watermark: d.i64("high_watermark")?,
-                        log_start_offset: d.i64("log_start_offset")?,
-                        records: d.bytes("records")?.freeze(),
-                    });
-                }
-                topics.push(FetchTopicResponse { topic, partitions });
-            }
+            let topics = d.array("topics", 6, |d| {
+                Ok(FetchTopicResponse {
+                    topic: d.string("topic")?,
+                    partitions: d.array("partitions", 28, |d| {
+                        Ok(FetchPartitionResponse {
+                            partition: d.u32("partition")?,
+                            error: ErrorCode::from_u16(d.u16("error")?),
+                            message: d.string("message")?,
+                            high_watermark: d.i64("high_watermark")?,
+                            log_start_offset: d.i64("log_start_offset")?,
+                            records: d.bytes("records")?.freeze(),
+                        })
+                    })?,
+                })
+            })?;
             Response::Fetch(FetchResponse { topics })
         }
         ApiKey::ListOffsets => {
-            let n = d.array_len("topics", 6)?;
-            let mut topics = Vec::with_capacity(n);
-            for _ in 0..n {
-                let topic = d.string("topic")?;
-                let np = d.array_len("partitions", 16)?;
-                let mut partitions = Vec::with_capacity(np);
-                for _ in 0..np {
-                    partitions.push(ListOffsetsPartitionResponse {
-                        partition: d.u32("partition")?,
-                        error: ErrorCode::from_u16(d.u16("error")?),
-                        message: d.string("message")?,
-                        offset: d.i64("offset")?,
-                    });
-                }
-                topics.push(ListOffsetsTopicResponse { topic, partitions });
-            }
+            let topics = d.array("topics", 6, |d| {
+                Ok(ListOffsetsTopicResponse {
+                    topic: d.string("topic")?,
+                    partitions: d.array("partitions", 16, |d| {
+                        Ok(ListOffsetsPartitionResponse {
+                            partition: d.u32("partition")?,
+                            error: ErrorCode::from_u16(d.u16("error")?),
+                            message: d.string("message")?,
+                            offset: d.i64("offset")?,
+                        })
+                    })?,
+                })
+            })?;
             Response::ListOffsets(ListOffsetsResponse { topics })
         }
     };
@@ -953,8 +906,7 @@ pub fn decode_response(api: ApiKey, d: &mut Decoder) -> Result<Response, DecodeE
 }
 
 fn strings(d: &mut Decoder, field: &'static str) -> Result<Vec<String>, DecodeError> {
-    let n = d.array_len(field, 2)?;
-    (0..n).map(|_| d.string(field)).collect()
+    d.array(field, 2, |d| d.string(field))
 }
 
 fn put_strings(e: &mut Encoder, xs: &[String]) {
@@ -965,10 +917,9 @@ fn put_strings(e: &mut Encoder, xs: &[String]) {
 }
 
 fn configs(d: &mut Decoder) -> Result<Vec<ConfigEntry>, DecodeError> {
-    let n = d.array_len("configs", 4)?;
-    (0..n)
-        .map(|_| Ok((d.string("config_key")?, d.string("config_value")?)))
-        .collect()
+    d.array("configs", 4, |d| {
+        Ok((d.string("config_key")?, d.string("config_value")?))
+    })
 }
 
 fn put_configs(e: &mut Encoder, configs: &[ConfigEntry]) {

@@ -226,6 +226,22 @@ impl Decoder {
         Ok(n)
     }
 
+    /// Reads an array: a count (checked with [`Decoder::array_len`]), then `element` once
+    /// per element.
+    pub fn array<T>(
+        &mut self,
+        field: &'static str,
+        min_element_bytes: usize,
+        mut element: impl FnMut(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<Vec<T>, DecodeError> {
+        let n = self.array_len(field, min_element_bytes)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(element(self)?);
+        }
+        Ok(out)
+    }
+
     /// Bytes not read yet.
     pub fn remaining(&self) -> usize {
         self.buf.len()
@@ -359,6 +375,18 @@ impl Encoder {
     /// Writes an array count.
     pub fn put_array_len(&mut self, n: usize) {
         self.put_u32(n as u32);
+    }
+
+    /// Writes an array: its count, then `element` for each item.
+    pub fn put_array<T>(
+        &mut self,
+        items: impl ExactSizeIterator<Item = T>,
+        mut element: impl FnMut(&mut Self, T),
+    ) {
+        self.put_array_len(items.len());
+        for item in items {
+            element(self, item);
+        }
     }
 
     /// Payload bytes written so far.

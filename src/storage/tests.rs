@@ -31,6 +31,15 @@ fn config() -> LogConfig {
 }
 
 /// The headers of the batches in `records`, checking they are whole and CRC-valid.
+/// Opens (creating) a log in `dir` with the tests' config.
+async fn open_default(dir: &tempfile::TempDir) -> Rc<PartitionLog> {
+    Rc::new(
+        PartitionLog::open(dir.path().to_path_buf(), config())
+            .await
+            .unwrap(),
+    )
+}
+
 fn headers(records: &[u8]) -> Vec<BatchHeader> {
     batch::batches(records)
         .map(|item| {
@@ -136,11 +145,7 @@ fn append_then_read_round_trips_bytes_and_offsets() {
 fn empty_read_at_high_watermark_and_out_of_range_errors() {
     run(async {
         let dir = tempfile::tempdir().unwrap();
-        let log = Rc::new(
-            PartitionLog::open(dir.path().to_path_buf(), config())
-                .await
-                .unwrap(),
-        );
+        let log = open_default(&dir).await;
         let read = log.read(0, 100).await.unwrap();
         assert!(read.records.is_empty());
         log.append(vec![make_batch(2, 1, 1)]).await.unwrap();
@@ -164,11 +169,7 @@ fn empty_read_at_high_watermark_and_out_of_range_errors() {
 fn max_bytes_limits_reads_but_a_big_first_batch_comes_whole() {
     run(async {
         let dir = tempfile::tempdir().unwrap();
-        let log = Rc::new(
-            PartitionLog::open(dir.path().to_path_buf(), config())
-                .await
-                .unwrap(),
-        );
+        let log = open_default(&dir).await;
         append_batches(&log, 10, 0, 100).await;
         let one = make_batch(2, 0, 100).len();
         let read = log.read(0, one * 3 + 10).await.unwrap();
@@ -229,11 +230,7 @@ fn concurrent_appends_get_dense_offsets_and_share_flushes() {
 fn waiters_are_notified_when_the_high_watermark_moves() {
     run(async {
         let dir = tempfile::tempdir().unwrap();
-        let log = Rc::new(
-            PartitionLog::open(dir.path().to_path_buf(), config())
-                .await
-                .unwrap(),
-        );
+        let log = open_default(&dir).await;
         let waiter = {
             let log = Rc::clone(&log);
             compio::runtime::spawn(async move {
@@ -686,11 +683,7 @@ fn empty_dir_can_start_at_an_initial_offset() {
 fn malformed_append_is_rejected_without_harming_others() {
     run(async {
         let dir = tempfile::tempdir().unwrap();
-        let log = Rc::new(
-            PartitionLog::open(dir.path().to_path_buf(), config())
-                .await
-                .unwrap(),
-        );
+        let log = open_default(&dir).await;
         let bad = {
             let log = Rc::clone(&log);
             compio::runtime::spawn(async move {
