@@ -87,3 +87,32 @@ fn kill_9_keeps_every_acknowledged_batch() {
         );
     }
 }
+
+#[test]
+fn shutdown_answers_a_parked_long_poll_and_exits_zero() {
+    let mut broker = Broker::start(&["--cores", "2"]);
+    let mut c = broker.client();
+    c.create_topic("parked", 1, &[]).unwrap();
+    let addr = broker.addr;
+    let consumer = std::thread::spawn(move || {
+        let mut c = eventflow::client::Client::connect(addr).unwrap();
+        let started = std::time::Instant::now();
+        let result = c.fetch(
+            "parked",
+            0,
+            0,
+            1 << 20,
+            std::time::Duration::from_secs(50),
+            1,
+        );
+        (started.elapsed(), result)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let status = broker.terminate();
+    assert!(status.success(), "{status:?}");
+    let (elapsed, result) = consumer.join().unwrap();
+    // The parked fetch is answered (empty) rather than cut off, long before its max-wait.
+    let p = result.expect("the long-poll gets its response before the connection closes");
+    assert!(p.records.is_empty());
+    assert!(elapsed < std::time::Duration::from_secs(40), "{elapsed:?}");
+}
