@@ -253,3 +253,62 @@ fn order_holds_while_the_ring_to_the_owner_is_full() {
         assert_eq!(all, (0..N).map(|i| format!("m{i}-0")).collect::<Vec<_>>());
     }
 }
+
+#[test]
+fn fetch_on_the_owning_shard_sends_file_bytes_and_may_end_mid_batch() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let mut admin = broker.client();
+    admin.create_topic("spliced", 2, &[]).unwrap();
+    let owners = admin.metadata(&["spliced"]).unwrap().topics[0]
+        .owners
+        .clone();
+    for partition in 0..2u32 {
+        let owner = owners[partition as usize] as usize;
+        let mut sent = Vec::new();
+        for i in 0..20 {
+            let b = batch(&format!("s{partition}-{i}"), 10, 100, now_ms());
+            let (base, _) = admin
+                .produce("spliced", partition, b.clone(), Acks::All)
+                .unwrap();
+            let mut stored = b.to_vec();
+            rb::set_base_offset(&mut stored, base);
+            sent.push(Bytes::from(stored));
+        }
+        let batch_len = sent[0].len() as u32;
+        // On the owner's direct port the range is cut at max_bytes, inside a batch; the
+        // other shard's port returns whole batches read through the ring.
+        for (shard, expect_cut) in [(owner, true), (1 - owner, false)] {
+            let mut c = broker.direct_client(shard);
+            let max = batch_len * 2 + batch_len / 2;
+            let p = c
+                .fetch("spliced", partition, 0, max, Duration::ZERO, 0)
+                .unwrap();
+            if expect_cut {
+                assert_eq!(p.records.len(), max as usize, "cut at max_bytes");
+            } else {
+                assert_eq!(
+                    p.records.len(),
+                    2 * batch_len as usize,
+                    "whole batches only"
+                );
+            }
+            assert_eq!(
+                eventflow::client::split_batches(&p.records),
+                sent[..2].to_vec()
+            );
+            // A consumer that drops the partial tail and fetches on reads everything.
+            let mut got = Vec::new();
+            let mut offset = 0;
+            while offset < 200 {
+                let p = c
+                    .fetch("spliced", partition, offset, max, Duration::ZERO, 0)
+                    .unwrap();
+                for b in eventflow::client::split_batches(&p.records) {
+                    offset = BatchHeader::parse(&b).unwrap().last_offset() + 1;
+                    got.push(b);
+                }
+            }
+            assert_eq!(got, sent);
+        }
+    }
+}

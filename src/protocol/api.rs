@@ -8,7 +8,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::error::ErrorCode;
-use super::frame::{DecodeError, Decoder, Encoder, RequestHeader};
+use super::frame::{DecodeError, Decoder, Encoder, Part, RequestHeader};
 
 /// API keys. Numbers are stable and never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -747,19 +747,7 @@ pub fn encode_response(correlation_id: u32, response: &Response) -> Vec<Bytes> {
                 });
             });
         }
-        Response::Fetch(r) => {
-            e.put_array(r.topics.iter(), |e, t| {
-                e.put_string(&t.topic);
-                e.put_array(t.partitions.iter(), |e, p| {
-                    e.put_u32(p.partition);
-                    e.put_u16(p.error.as_u16());
-                    e.put_string(&p.message);
-                    e.put_i64(p.high_watermark);
-                    e.put_i64(p.log_start_offset);
-                    e.put_shared(p.records.clone());
-                });
-            });
-        }
+        Response::Fetch(r) => put_fetch_body(&mut e, r, &mut |_| None),
         Response::ListOffsets(r) => {
             e.put_array(r.topics.iter(), |e, t| {
                 e.put_string(&t.topic);
@@ -773,6 +761,46 @@ pub fn encode_response(correlation_id: u32, response: &Response) -> Vec<Bytes> {
         }
     }
     e.finish()
+}
+
+/// Encodes a successful fetch response whose records may come from elsewhere: for the
+/// `i`-th partition entry (counting across topics, in order), `external(i)` returns the
+/// length of records the writer sends itself (from a file, with splice); `None` takes the
+/// entry's `records` bytes.
+pub fn encode_fetch_response_parts(
+    correlation_id: u32,
+    response: &FetchResponse,
+    external: &mut dyn FnMut(usize) -> Option<usize>,
+) -> Vec<Part> {
+    let mut e = Encoder::with_capacity(128);
+    e.put_u32(correlation_id);
+    e.put_u16(ErrorCode::None.as_u16());
+    e.put_string("");
+    put_fetch_body(&mut e, response, external);
+    e.finish_parts()
+}
+
+fn put_fetch_body(
+    e: &mut Encoder,
+    r: &FetchResponse,
+    external: &mut dyn FnMut(usize) -> Option<usize>,
+) {
+    let mut index = 0;
+    e.put_array(r.topics.iter(), |e, t| {
+        e.put_string(&t.topic);
+        e.put_array(t.partitions.iter(), |e, p| {
+            e.put_u32(p.partition);
+            e.put_u16(p.error.as_u16());
+            e.put_string(&p.message);
+            e.put_i64(p.high_watermark);
+            e.put_i64(p.log_start_offset);
+            match external(index) {
+                Some(len) => e.put_external(len),
+                None => e.put_shared(p.records.clone()),
+            }
+            index += 1;
+        });
+    });
 }
 
 /// Encodes a request-level error response frame (no body).

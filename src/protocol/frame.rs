@@ -257,14 +257,23 @@ impl Decoder {
     }
 }
 
+/// A piece of an encoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    /// Bytes to write as they are.
+    Bytes(Bytes),
+    /// This many payload bytes that the writer takes from elsewhere (a file range).
+    External(usize),
+}
+
 /// Builds one frame. Small fields go into a growing head buffer; large payloads added with
 /// [`Encoder::put_shared`] become separate chunks so they are written without being copied.
 pub struct Encoder {
     /// The first chunk, holding the length prefix, once a shared payload has split it off.
     /// Kept mutable so the prefix is patched in place at the end.
     head: Option<BytesMut>,
-    /// Finished chunks after the head, in order.
-    chunks: Vec<Bytes>,
+    /// Finished parts after the head, in order.
+    chunks: Vec<Part>,
     /// The chunk being filled.
     current: BytesMut,
     /// Payload bytes so far (everything after the prefix).
@@ -363,13 +372,31 @@ impl Encoder {
             return;
         }
         self.len += b.len();
+        self.close_current();
+        self.chunks.push(Part::Bytes(b));
+    }
+
+    /// Writes a byte field's length (u32) and leaves its `len` payload bytes to the caller:
+    /// [`Encoder::finish_parts`] returns a [`Part::External`] where they belong. The broker
+    /// uses it to send stored batches from the file with splice.
+    pub fn put_external(&mut self, len: usize) {
+        self.put_u32(len as u32);
+        if len == 0 {
+            return;
+        }
+        self.len += len;
+        self.close_current();
+        self.chunks.push(Part::External(len));
+    }
+
+    /// Ends the chunk of small fields being filled (the first one keeps the prefix).
+    fn close_current(&mut self) {
         let filled = self.current.split();
         if self.head.is_none() {
             self.head = Some(filled);
-        } else {
-            self.chunks.push(filled.freeze());
+        } else if !filled.is_empty() {
+            self.chunks.push(Part::Bytes(filled.freeze()));
         }
-        self.chunks.push(b);
     }
 
     /// Writes an array count.
@@ -394,25 +421,41 @@ impl Encoder {
         self.len
     }
 
-    /// Finishes the frame: patches the length prefix and returns the chunks to write in order.
-    pub fn finish(mut self) -> Vec<Bytes> {
+    /// Finishes the frame: patches the length prefix and returns the parts to write in
+    /// order, external payloads included as placeholders.
+    pub fn finish_parts(mut self) -> Vec<Part> {
         let len = (self.len as u32).to_be_bytes();
         let mut out = Vec::with_capacity(self.chunks.len() + 2);
         match self.head {
             Some(mut head) => {
                 head[..LENGTH_PREFIX].copy_from_slice(&len);
-                out.push(head.freeze());
+                out.push(Part::Bytes(head.freeze()));
                 out.append(&mut self.chunks);
                 if !self.current.is_empty() {
-                    out.push(self.current.freeze());
+                    out.push(Part::Bytes(self.current.freeze()));
                 }
             }
             None => {
                 self.current[..LENGTH_PREFIX].copy_from_slice(&len);
-                out.push(self.current.freeze());
+                out.push(Part::Bytes(self.current.freeze()));
             }
         }
         out
+    }
+
+    /// Finishes a frame that has no external payload: patches the length prefix and returns
+    /// the chunks to write in order.
+    ///
+    /// # Panics
+    /// If [`Encoder::put_external`] was used (a bug in the caller: use `finish_parts`).
+    pub fn finish(self) -> Vec<Bytes> {
+        self.finish_parts()
+            .into_iter()
+            .map(|part| match part {
+                Part::Bytes(b) => b,
+                Part::External(_) => panic!("a frame with external parts needs finish_parts"),
+            })
+            .collect()
     }
 
     /// Finishes the frame into one contiguous buffer (copies shared chunks; for clients and
@@ -474,6 +517,32 @@ mod tests {
         assert_eq!(d.u16("a").unwrap(), 7);
         assert_eq!(&d.bytes("b").unwrap()[..], b"stored batch bytes");
         assert_eq!(d.i64("c").unwrap(), -1);
+        d.finish().unwrap();
+    }
+
+    #[test]
+    fn external_parts_stand_where_their_payload_goes() {
+        let mut e = Encoder::new();
+        e.put_u16(1);
+        e.put_external(5);
+        e.put_u16(2);
+        e.put_external(0);
+        let parts = e.finish_parts();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[1], Part::External(5));
+        // Filling the placeholder gives the frame a reader decodes.
+        let mut wire = BytesMut::new();
+        for part in parts {
+            match part {
+                Part::Bytes(b) => wire.extend_from_slice(&b),
+                Part::External(n) => wire.extend_from_slice(&b"hello"[..n]),
+            }
+        }
+        let mut d = Decoder::new(split_frame(&mut wire, 1 << 10).unwrap().unwrap());
+        assert_eq!(d.u16("a").unwrap(), 1);
+        assert_eq!(&d.bytes("b").unwrap()[..], b"hello");
+        assert_eq!(d.u16("c").unwrap(), 2);
+        assert!(d.bytes("d").unwrap().is_empty());
         d.finish().unwrap();
     }
 

@@ -9,6 +9,7 @@
 //! `max_request_bytes` is refused before its bytes are read.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -23,9 +24,14 @@ use futures_util::future::Either;
 
 use super::context::{first, ShardContext};
 use super::handlers;
-use crate::protocol::api::{encode_error_response, encode_response, Request};
+use super::handlers::Reply;
+use crate::protocol::api::{
+    encode_error_response, encode_fetch_response_parts, encode_response, Request,
+};
+use crate::protocol::frame::Part;
 use crate::protocol::frame::{self, RequestHeader, LENGTH_PREFIX, REQUEST_HEADER_LEN};
 use crate::protocol::ErrorCode;
+use crate::storage::FileRange;
 
 /// Smallest read the reader asks the kernel for.
 const READ_CHUNK: usize = 64 * 1024;
@@ -34,7 +40,7 @@ const MAX_IOVECS: usize = 1024;
 
 struct ConnectionState {
     /// Encoded responses waiting for the writer.
-    outbox: RefCell<Vec<Bytes>>,
+    outbox: RefCell<VecDeque<OutChunk>>,
     outbox_ready: crate::local::Notify,
     in_flight: Cell<usize>,
     request_done: crate::local::Notify,
@@ -46,10 +52,116 @@ struct ConnectionState {
 }
 
 impl ConnectionState {
-    fn push(&self, chunks: Vec<Bytes>) {
+    fn push(&self, chunks: impl IntoIterator<Item = OutChunk>) {
         self.outbox.borrow_mut().extend(chunks);
         self.outbox_ready.notify_all();
     }
+
+    fn push_bytes(&self, chunks: Vec<Bytes>) {
+        self.push(chunks.into_iter().map(OutChunk::Bytes));
+    }
+}
+
+/// A piece of the byte stream to the client.
+enum OutChunk {
+    /// Encoded response bytes (and fetched batches read on another shard).
+    Bytes(Bytes),
+    /// Stored batches sent straight from the segment file with splice.
+    File(FileRange),
+}
+
+/// The response chunks of a handler's reply.
+fn encode_reply(correlation_id: u32, reply: Reply) -> Vec<OutChunk> {
+    match reply {
+        Reply::Plain(response) => encode_response(correlation_id, &response)
+            .into_iter()
+            .map(OutChunk::Bytes)
+            .collect(),
+        Reply::Fetch(response, files) => {
+            let parts = encode_fetch_response_parts(correlation_id, &response, &mut |i| {
+                files.get(i).and_then(|f| f.as_ref()).map(|f| f.len)
+            });
+            let mut files = files.into_iter().flatten();
+            parts
+                .into_iter()
+                .filter_map(|part| match part {
+                    Part::Bytes(b) => Some(OutChunk::Bytes(b)),
+                    // Placeholders come in the order of the ranges that made them.
+                    Part::External(_) => files.next().map(OutChunk::File),
+                })
+                .collect()
+        }
+    }
+}
+
+/// A pipe for splicing file ranges to this connection's socket, made on first use.
+struct SplicePipe {
+    rx: compio::fs::pipe::Receiver,
+    tx: compio::fs::pipe::Sender,
+    capacity: usize,
+}
+
+impl SplicePipe {
+    /// The kernel's default pipe holds 64 KiB; ask for 1 MiB (the default
+    /// `/proc/sys/fs/pipe-max-size`) so a fetch moves in few splices.
+    async fn new() -> std::io::Result<SplicePipe> {
+        use std::os::fd::AsRawFd;
+        let (rx, tx) = compio::fs::pipe::anonymous().await?;
+        // SAFETY: fcntl on a pipe fd we own; F_SETPIPE_SZ takes an int and fails cleanly
+        // (EPERM, EBUSY) if the size is not allowed, leaving the pipe as it was.
+        let size = unsafe { libc::fcntl(tx.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+        // SAFETY: as above; F_GETPIPE_SZ only reads the pipe's size.
+        let size = if size > 0 {
+            size
+        } else {
+            unsafe { libc::fcntl(tx.as_raw_fd(), libc::F_GETPIPE_SZ) }
+        };
+        Ok(SplicePipe {
+            rx,
+            tx,
+            capacity: usize::try_from(size).unwrap_or(0).max(4096),
+        })
+    }
+}
+
+/// Sends a file range to the socket: file → pipe → socket, without the bytes entering user
+/// space.
+async fn splice_range(
+    stream: &TcpStream,
+    pipe: &mut Option<SplicePipe>,
+    range: &FileRange,
+) -> std::io::Result<()> {
+    use compio::fs::pipe::splice;
+    use std::io::{Error, ErrorKind};
+    if pipe.is_none() {
+        *pipe = Some(SplicePipe::new().await?);
+    }
+    let pipe = pipe.as_ref().expect("created above");
+    let mut sent = 0usize;
+    while sent < range.len {
+        let want = (range.len - sent).min(pipe.capacity);
+        let offset = i64::try_from(range.position + sent as u64)
+            .map_err(|_| Error::new(ErrorKind::InvalidInput, "file offset out of range"))?;
+        let filled = splice(&range.file, &pipe.tx, want)
+            .offset_in(offset)
+            .await?;
+        if filled == 0 {
+            return Err(Error::new(
+                ErrorKind::UnexpectedEof,
+                "the segment ended before the range the index promised",
+            ));
+        }
+        let mut in_pipe = filled;
+        while in_pipe > 0 {
+            let moved = splice(&pipe.rx, stream, in_pipe).await?;
+            if moved == 0 {
+                return Err(Error::new(ErrorKind::WriteZero, "the socket took nothing"));
+            }
+            in_pipe -= moved;
+        }
+        sent += filled;
+    }
+    Ok(())
 }
 
 /// Serves `stream` until the client leaves, the connection breaks, or the broker stops.
@@ -59,7 +171,7 @@ pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
         tracing::debug!(?peer, "set_nodelay: {e}");
     }
     let state = Rc::new(ConnectionState {
-        outbox: RefCell::new(Vec::new()),
+        outbox: RefCell::new(VecDeque::new()),
         outbox_ready: crate::local::Notify::new(),
         in_flight: Cell::new(0),
         request_done: crate::local::Notify::new(),
@@ -77,24 +189,42 @@ pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
 }
 
 async fn write_loop(mut stream: TcpStream, state: Rc<ConnectionState>) {
+    let mut pipe: Option<SplicePipe> = None;
     loop {
         let ready = state.outbox_ready.notified();
-        let batch: Vec<Bytes> = {
+        // Everything queued, up to the first file range: one gathered write. A file range
+        // at the front: one splice.
+        let (bytes, file): (Vec<Bytes>, Option<FileRange>) = {
             let mut outbox = state.outbox.borrow_mut();
-            if outbox.len() <= MAX_IOVECS {
-                std::mem::take(&mut *outbox)
-            } else {
-                outbox.drain(..MAX_IOVECS).collect()
+            let mut bytes = Vec::new();
+            let mut file = None;
+            while bytes.len() < MAX_IOVECS {
+                match outbox.pop_front() {
+                    Some(OutChunk::Bytes(b)) => bytes.push(b),
+                    Some(OutChunk::File(f)) if bytes.is_empty() => {
+                        file = Some(f);
+                        break;
+                    }
+                    Some(chunk @ OutChunk::File(_)) => {
+                        outbox.push_front(chunk);
+                        break;
+                    }
+                    None => break,
+                }
             }
+            (bytes, file)
         };
-        if batch.is_empty() {
+        let result = if let Some(range) = file {
+            splice_range(&stream, &mut pipe, &range).await
+        } else if !bytes.is_empty() {
+            stream.write_vectored_all(bytes).await.0
+        } else {
             if state.broken.get() || (state.closing.get() && state.in_flight.get() == 0) {
                 break;
             }
             ready.await;
             continue;
-        }
-        let BufResult(result, _) = stream.write_vectored_all(batch).await;
+        };
         if let Err(e) = result {
             tracing::debug!("write failed, dropping connection: {e}");
             state.broken.set(true);
@@ -132,7 +262,7 @@ async fn read_loop(
                         0
                     };
                     tracing::debug!("refusing frame: {e}");
-                    state.push(encode_error_response(
+                    state.push_bytes(encode_error_response(
                         correlation_id,
                         e.code(),
                         &e.to_string(),
@@ -183,7 +313,7 @@ async fn start_request(
     let header = match RequestHeader::decode(&mut payload) {
         Ok(h) => h,
         Err(e) => {
-            state.push(encode_error_response(
+            state.push_bytes(encode_error_response(
                 correlation_id,
                 ErrorCode::CorruptFrame,
                 &e.to_string(),
@@ -195,7 +325,7 @@ async fn start_request(
         Ok(r) => r,
         Err(e) => {
             let code = e.code();
-            state.push(encode_error_response(correlation_id, code, &e.to_string()));
+            state.push_bytes(encode_error_response(correlation_id, code, &e.to_string()));
             // An unknown API or version, or a well-formed field with a value out of its
             // domain, leaves the stream in sync: the connection goes on. A body that does
             // not parse cannot be trusted: close.
@@ -214,8 +344,11 @@ async fn start_request(
         async move {
             if let Some(outcome) = handlers::handle(&ctx, request, local_ip).await {
                 let chunks = match outcome {
-                    Ok(response) => encode_response(correlation_id, &response),
-                    Err(e) => encode_error_response(correlation_id, e.code, &e.message),
+                    Ok(reply) => encode_reply(correlation_id, reply),
+                    Err(e) => encode_error_response(correlation_id, e.code, &e.message)
+                        .into_iter()
+                        .map(OutChunk::Bytes)
+                        .collect(),
                 };
                 state.push(chunks);
             }

@@ -24,7 +24,9 @@ use crate::protocol::{ErrorCode, WireError};
 use crate::shard::mesh::{InboxWaiter, ShardLinks};
 use crate::shard::{owner_of, ShardId};
 use crate::storage::catalog::{CatalogStore, TopicMeta};
-use crate::storage::{AppendOutcome, LogConfig, PartitionLog, ReadOutcome, StorageError};
+use crate::storage::{
+    AppendOutcome, FileRange, LogConfig, PartitionLog, ReadOutcome, StorageError,
+};
 
 /// State shared by every shard of one broker (atomics only; nothing here is on the data
 /// path except the connection counter at accept time).
@@ -356,6 +358,23 @@ impl ShardContext {
                 ShardReply::Done(Ok(()))
             }
         }
+    }
+
+    /// Locates the bytes of a fetch from a partition this shard owns (see
+    /// [`PartitionLog::read_range`]), with the readable-bytes estimate a long-poll needs.
+    pub(crate) async fn read_range(
+        &self,
+        at: &PartitionRef,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<(Option<FileRange>, i64, i64, u64), WireError> {
+        let log = self.log(at).await?;
+        let available = log.bytes_available_from(offset);
+        let (range, hwm, start) = log
+            .read_range(offset, max_bytes)
+            .await
+            .map_err(storage_error)?;
+        Ok((range, hwm, start, available))
     }
 
     async fn wait_for_data(

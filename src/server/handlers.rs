@@ -14,12 +14,22 @@ use crate::protocol::api::*;
 use crate::protocol::batch::{self, BatchError};
 use crate::protocol::{ErrorCode, WireError};
 use crate::storage::catalog::{describe_config, CatalogError, TopicMeta, DELETED_PREFIX};
+use crate::storage::FileRange;
 
 /// Largest fetch response, whatever the client asks for: bounds the memory one request can
 /// pin.
 pub const MAX_FETCH_BYTES: usize = 64 << 20;
 /// Longest long-poll a fetch may ask for.
 pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(60);
+
+/// What a handler answers.
+pub(crate) enum Reply {
+    /// A response encoded as it is.
+    Plain(Response),
+    /// A fetch response; entry `i` of the ranges (partition entries in encoding order), when
+    /// set, replaces that partition's records with bytes spliced from the file.
+    Fetch(FetchResponse, Vec<Option<FileRange>>),
+}
 
 /// Handles one decoded request. `None` means no response is sent (produce with acks = 0).
 /// `local_ip` is the broker address the client reached (advertised in metadata when the
@@ -28,13 +38,26 @@ pub(crate) async fn handle(
     ctx: &Rc<ShardContext>,
     request: Request,
     local_ip: Option<IpAddr>,
-) -> Option<Result<Response, WireError>> {
+) -> Option<Result<Reply, WireError>> {
     if ctx.is_shutting_down() {
         return Some(Err(WireError::new(
             ErrorCode::ShuttingDown,
             "the broker is shutting down",
         )));
     }
+    match request {
+        Request::Fetch(r) => Some(Ok(fetch(ctx, r).await)),
+        other => handle_plain(ctx, other, local_ip)
+            .await
+            .map(|r| r.map(Reply::Plain)),
+    }
+}
+
+async fn handle_plain(
+    ctx: &Rc<ShardContext>,
+    request: Request,
+    local_ip: Option<IpAddr>,
+) -> Option<Result<Response, WireError>> {
     Some(match request {
         Request::ApiVersions(r) => {
             tracing::debug!(client = %r.client_name, "handshake");
@@ -77,7 +100,10 @@ pub(crate) async fn handle(
             }
             Ok(response)
         }
-        Request::Fetch(r) => Ok(fetch(ctx, r).await),
+        Request::Fetch(_) => Err(WireError::new(
+            ErrorCode::Unknown,
+            "fetch is answered by `handle`",
+        )),
         Request::ListOffsets(r) => Ok(list_offsets(ctx, r).await),
     })
 }
@@ -404,6 +430,9 @@ struct FetchSlot {
 /// One pass over the requested partitions.
 struct FetchPass {
     parts: Vec<FetchPartitionResponse>,
+    /// For partitions this shard owns: the file range the writer sends with splice instead
+    /// of `records`.
+    files: Vec<Option<FileRange>>,
     /// Bytes readable from each slot's offset when it was read (what a long-poll waits to
     /// see grow).
     available: Vec<u64>,
@@ -413,9 +442,11 @@ struct FetchPass {
 /// Reads every requested partition once, in order, within the response's byte budget.
 async fn read_all(ctx: &Rc<ShardContext>, slots: &[FetchSlot], max_bytes: usize) -> FetchPass {
     let mut out = Vec::with_capacity(slots.len());
+    let mut files = Vec::with_capacity(slots.len());
     let mut available = Vec::with_capacity(slots.len());
     let mut total = 0usize;
     for slot in slots {
+        let mut file = None;
         let budget = slot.max_bytes.min(max_bytes.saturating_sub(total));
         let result = match &slot.at {
             Err(e) => Err(e.clone()),
@@ -423,6 +454,15 @@ async fn read_all(ctx: &Rc<ShardContext>, slots: &[FetchSlot], max_bytes: usize)
             // non-empty partition always gets at least one batch).
             // (high watermark -1: not read this time).
             Ok(_) if budget == 0 && total > 0 => Ok((Bytes::new(), -1, -1, 0)),
+            // Owned here: locate the bytes; the connection's writer splices them from the
+            // file to the socket.
+            Ok(at) if ctx.owner(&at.topic.name, slot.partition) == ctx.id => ctx
+                .read_range(at, slot.offset, budget.max(1))
+                .await
+                .map(|(range, hwm, start, available)| {
+                    file = range;
+                    (Bytes::new(), hwm, start, available)
+                }),
             Ok(at) => {
                 let op = ShardOp::Read {
                     at: at.clone(),
@@ -442,6 +482,8 @@ async fn read_all(ctx: &Rc<ShardContext>, slots: &[FetchSlot], max_bytes: usize)
             }
         };
         available.push(result.as_ref().map_or(0, |r| r.3));
+        total += file.as_ref().map_or(0, |f| f.len);
+        files.push(file);
         out.push(match result {
             Ok((records, hwm, start, _)) => {
                 total += records.len();
@@ -466,12 +508,13 @@ async fn read_all(ctx: &Rc<ShardContext>, slots: &[FetchSlot], max_bytes: usize)
     }
     FetchPass {
         parts: out,
+        files,
         available,
         total,
     }
 }
 
-async fn fetch(ctx: &Rc<ShardContext>, r: FetchRequest) -> Response {
+async fn fetch(ctx: &Rc<ShardContext>, r: FetchRequest) -> Reply {
     let deadline =
         Instant::now() + Duration::from_millis(u64::from(r.max_wait_ms)).min(MAX_FETCH_WAIT);
     let max_bytes = (r.max_bytes as usize).min(MAX_FETCH_BYTES);
@@ -493,6 +536,7 @@ async fn fetch(ctx: &Rc<ShardContext>, r: FetchRequest) -> Response {
     loop {
         let FetchPass {
             parts,
+            files,
             available,
             total,
         } = read_all(ctx, &slots, max_bytes).await;
@@ -503,7 +547,7 @@ async fn fetch(ctx: &Rc<ShardContext>, r: FetchRequest) -> Response {
             || Instant::now() >= deadline
             || ctx.is_shutting_down()
         {
-            return fetch_response(names, &slots, parts);
+            return fetch_response(names, &slots, parts, files);
         }
         // Long-poll: ask each owner to tell us when its partition has more than we saw,
         // and read again when the first one does (or at the deadline).
@@ -535,11 +579,14 @@ async fn fetch(ctx: &Rc<ShardContext>, r: FetchRequest) -> Response {
     }
 }
 
+/// Groups the partition entries under their topics. Slots were made topic by topic, so
+/// their order is the encoding order and `files` stays aligned with it.
 fn fetch_response(
     names: Vec<String>,
     slots: &[FetchSlot],
     parts: Vec<FetchPartitionResponse>,
-) -> Response {
+    files: Vec<Option<FileRange>>,
+) -> Reply {
     let mut topics: Vec<FetchTopicResponse> = names
         .into_iter()
         .map(|topic| FetchTopicResponse {
@@ -550,7 +597,7 @@ fn fetch_response(
     for (slot, part) in slots.iter().zip(parts) {
         topics[slot.topic_index].partitions.push(part);
     }
-    Response::Fetch(FetchResponse { topics })
+    Reply::Fetch(FetchResponse { topics }, files)
 }
 
 async fn list_offsets(ctx: &Rc<ShardContext>, r: ListOffsetsRequest) -> Response {

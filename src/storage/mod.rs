@@ -19,7 +19,7 @@ mod segment;
 
 pub use config::{FsyncPolicy, LogConfig};
 pub use error::StorageError;
-pub use partition::{AppendOutcome, PartitionLog, ReadOutcome};
+pub use partition::{AppendOutcome, FileRange, PartitionLog, ReadOutcome};
 
 #[cfg(test)]
 mod tests;

@@ -59,6 +59,18 @@ pub struct ReadOutcome {
     pub log_start_offset: i64,
 }
 
+/// A byte range of a segment file, to be sent as it is (see [`PartitionLog::read_range`]).
+/// The file handle keeps the segment readable even if retention deletes it meanwhile.
+#[derive(Debug, Clone)]
+pub struct FileRange {
+    /// The segment's log file.
+    pub file: File,
+    /// First byte.
+    pub position: u64,
+    /// Bytes to send.
+    pub len: usize,
+}
+
 /// A caller waiting in the group-commit queue.
 struct PendingAppend {
     batches: Vec<BytesMut>,
@@ -559,6 +571,96 @@ impl PartitionLog {
                 buf.truncate(stop);
                 let _skipped = buf.split_to(at);
                 return Ok(outcome(buf.freeze()));
+            }
+        }
+    }
+
+    /// Locates what [`PartitionLog::read`] would return without reading it: the file and
+    /// byte range to send, starting at the batch that contains `offset`. Only the batch
+    /// headers between the nearest index entry and that batch are read (about one index
+    /// interval). The range covers at most `max_bytes` — or the whole first batch if that is
+    /// larger — within one segment, and may end inside a batch: a consumer drops a partial
+    /// last batch and fetches it again from its offset, as Kafka consumers do. `None`
+    /// means nothing to send (`offset` is the high watermark).
+    pub async fn read_range(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<(Option<FileRange>, i64, i64), StorageError> {
+        if self.closed.get() {
+            return Err(StorageError::Closed);
+        }
+        let high_watermark = self.high_watermark.get();
+        let log_start = self.log_start.get();
+        if offset < log_start || offset > high_watermark {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: offset,
+                log_start,
+                high_watermark,
+            });
+        }
+        let done = |range| Ok((range, high_watermark, log_start));
+        if offset == high_watermark {
+            return done(None);
+        }
+        let interval = u64::from(self.config.borrow().index_interval_bytes);
+        let mut after_base: Option<i64> = None;
+        loop {
+            let (log, path, mut position, end) = {
+                let segments = self.segments.borrow();
+                let index = match after_base {
+                    None => segments
+                        .partition_point(|s| s.base_offset <= offset)
+                        .saturating_sub(1),
+                    Some(base) => segments.partition_point(|s| s.base_offset <= base),
+                };
+                let Some(segment) = segments.get(index) else {
+                    return done(None);
+                };
+                after_base = Some(segment.base_offset);
+                (
+                    segment.log.clone(),
+                    segment.files.log.clone(),
+                    segment.position_for(offset),
+                    segment.size,
+                )
+            };
+            while position + BATCH_HEADER_LEN as u64 <= end {
+                // Headers only: a window of one index interval holds the target's header
+                // or lets us skip ahead by whole batches.
+                let want = (interval + BATCH_HEADER_LEN as u64).min(end - position);
+                let buf = segment::read_exact(&log, &path, position, want as usize).await?;
+                let mut at = 0usize;
+                let mut found = None;
+                while at + BATCH_HEADER_LEN <= buf.len() {
+                    let header = parse_stored(&buf[at..], &path, position + at as u64)?;
+                    if header.last_offset() >= offset {
+                        found = Some(header);
+                        break;
+                    }
+                    at += header.total_len();
+                }
+                let Some(first) = found else {
+                    position += at as u64;
+                    continue;
+                };
+                if first.base_offset >= high_watermark {
+                    return done(None);
+                }
+                let start = position + at as u64;
+                let first_len = first.total_len() as u64;
+                if start + first_len > end {
+                    return Err(StorageError::corrupt(
+                        &path,
+                        format!("the batch at byte {start} runs past the segment end {end}"),
+                    ));
+                }
+                let len = (max_bytes as u64).min(end - start).max(first_len);
+                return done(Some(FileRange {
+                    file: log,
+                    position: start,
+                    len: len as usize,
+                }));
             }
         }
     }

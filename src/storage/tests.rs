@@ -703,3 +703,32 @@ fn malformed_append_is_rejected_without_harming_others() {
         assert_eq!(log.high_watermark(), 2);
     });
 }
+
+#[test]
+fn read_range_points_at_the_bytes_read_returns() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_default(&dir).await;
+        let stored = append_batches(&log, 200, 0, 300).await;
+        for (offset, max_bytes) in [(0, 1 << 20), (1, 1000), (77, 5000), (150, 1), (399, 64)] {
+            let read = log.read(offset, max_bytes).await.unwrap();
+            let (range, hwm, start) = log.read_range(offset, max_bytes).await.unwrap();
+            assert_eq!((hwm, start), (400, 0));
+            let range = range.expect("data below the high watermark");
+            let from = range.position as usize;
+            let bytes = &stored[from..from + range.len];
+            // The range starts where the whole-batch read starts, covers it, and stays
+            // within max_bytes unless the first batch alone is larger.
+            assert!(bytes.starts_with(&read.records), "offset {offset}");
+            assert!(range.len <= max_bytes.max(read.records.len()));
+            let first = BatchHeader::parse(bytes).unwrap();
+            assert!(first.base_offset <= offset && offset <= first.last_offset());
+        }
+        let (range, _, _) = log.read_range(400, 1 << 20).await.unwrap();
+        assert!(range.is_none(), "nothing at the high watermark");
+        assert!(matches!(
+            log.read_range(401, 10).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+    });
+}
