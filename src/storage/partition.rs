@@ -862,7 +862,11 @@ impl PartitionLog {
                 time_index_file,
                 ..
             } = segment;
-            for file in [log, index_file, time_index_file] {
+            // The log file may still be shared with a fetch being spliced to a slow consumer
+            // (`FileRange`); `close()` would wait for that. Dropped, its descriptor closes
+            // with the last holder. Everything was synced above.
+            drop(log);
+            for file in [index_file, time_index_file] {
                 // A close error after a successful sync loses nothing.
                 let _ = file.close().await;
             }
