@@ -2,10 +2,12 @@
 //! (Real measurements come from `bench-harness/`.)
 //!
 //! Start a broker, then:
-//! `cargo run --release --example produce_fetch_loop -- [ADDR] [BATCHES] [WINDOW] [ACKS]`
+//! `cargo run --release --example produce_fetch_loop -- [ADDR] [BATCHES] [WINDOW] [ACKS] [owner|other]`
 //! Defaults: 127.0.0.1:9092, 2000 batches of 1,000 records of 100 bytes, 16 requests in
 //! flight, acks all (-1; also 1 or 0). It produces every batch to a fresh one-partition
-//! topic through the owning shard's direct port, then fetches the partition from the start
+//! topic through the owning shard's direct port (or, with `other`, another shard's, so
+//! every request hops through the rings and fetches are read rather than spliced), then
+//! fetches the partition from the start
 //! to the end (4 MiB per fetch), and prints records/s and MB/s for each phase.
 
 use std::time::{Duration, Instant};
@@ -28,6 +30,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "1" => Acks::Leader,
         _ => Acks::All,
     };
+    // `owner` (default): the owning shard's direct port; `other`: another shard's direct
+    // port, so every request hops through the rings (and fetches are read, not spliced).
+    let via_other = args.get(4).is_some_and(|s| s == "other");
     let mut admin = Client::connect(addr)?;
     let topic = format!("loop-{}", std::process::id());
     admin.create_topic(&topic, 1, &[])?;
@@ -38,7 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut client = match metadata
         .shards
         .iter()
-        .find(|s| s.shard == owner && s.port != 0)
+        .find(|s| (s.shard == owner) != via_other && s.port != 0)
     {
         Some(s) => Client::connect((s.host.as_str(), s.port))?,
         None => Client::connect(addr)?,
@@ -95,11 +100,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if p.error != ErrorCode::None {
             return Err(format!("fetch: {}", p.message).into());
         }
-        bytes += p.records.len();
-        // Walk batch headers only: the loop measures the broker, not record decoding.
-        for b in eventflow::protocol::batch::batches(&p.records) {
-            let (_, header) = b?;
+        // Walk batch headers only: the loop measures the broker, not record decoding. A
+        // partial last batch ends the walk (and is not counted); the next fetch starts
+        // with it.
+        for (_, header) in eventflow::protocol::batch::batches(&p.records).map_while(Result::ok) {
             offset = header.last_offset() + 1;
+            bytes += header.total_len();
         }
     }
     report("fetch", started.elapsed(), end as usize, bytes);
