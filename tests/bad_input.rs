@@ -237,3 +237,49 @@ fn connections_over_the_limit_are_refused_with_a_reason() {
     }));
     b.api_versions().unwrap();
 }
+
+#[test]
+fn random_bytes_on_many_connections_never_take_the_broker_down() {
+    let broker = Broker::start(&["--cores", "2", "--max-request-bytes", "65536"]);
+    let mut c = broker.client();
+    c.create_topic("survivor", 2, &[]).unwrap();
+    // A fixed-seed generator: the same inputs on every run.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..60 {
+        let mut raw = TcpStream::connect(broker.addr).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut bytes = BytesMut::new();
+        // Half the rounds start with a plausible frame header so the body decoders see it.
+        if round % 2 == 0 {
+            let body_len = (next() % 200) as u32;
+            bytes.put_u32(8 + body_len);
+            bytes.put_u16((next() % 12) as u16);
+            bytes.put_u16(0);
+            bytes.put_u32(round);
+            for _ in 0..body_len {
+                bytes.put_u8(next() as u8);
+            }
+        } else {
+            for _ in 0..(next() % 300) {
+                bytes.put_u8(next() as u8);
+            }
+        }
+        let _ = std::io::Write::write_all(&mut raw, &bytes);
+        let _ = std::io::Write::flush(&mut raw);
+        // Whatever the broker answers, it answers or closes; it does not hang or die.
+        let mut sink = Vec::new();
+        let _ = raw.shutdown(std::net::Shutdown::Write);
+        let _ = raw.read_to_end(&mut sink);
+    }
+    let (base, _) = c
+        .produce("survivor", 1, batch("alive", 1, 10, now_ms()), Acks::All)
+        .expect("the broker still serves");
+    assert_eq!(base, 0);
+    assert_eq!(c.list_topics().unwrap().len(), 1);
+}

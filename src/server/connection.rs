@@ -4,7 +4,8 @@
 //! into that buffer all the way to the log file. Requests are pipelined: each runs as its own
 //! task and its response is queued when ready (responses carry the correlation id, so they
 //! may overtake each other). The writer gathers every queued response into one vectored
-//! write. Memory per connection is bounded: the reader stops reading while
+//! write, and sends the records of partitions this shard owns straight from the segment
+//! file with splice (through one pipe per connection). Memory per connection is bounded: the reader stops reading while
 //! `max_in_flight_per_connection` requests are unanswered, and a frame larger than
 //! `max_request_bytes` is refused before its bytes are read.
 
@@ -28,8 +29,7 @@ use super::handlers::Reply;
 use crate::protocol::api::{
     encode_error_response, encode_fetch_response_parts, encode_response, Request,
 };
-use crate::protocol::frame::Part;
-use crate::protocol::frame::{self, RequestHeader, LENGTH_PREFIX, REQUEST_HEADER_LEN};
+use crate::protocol::frame::{self, Part, RequestHeader, LENGTH_PREFIX, REQUEST_HEADER_LEN};
 use crate::protocol::ErrorCode;
 use crate::storage::FileRange;
 
