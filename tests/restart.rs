@@ -93,26 +93,33 @@ fn shutdown_answers_a_parked_long_poll_and_exits_zero() {
     let mut broker = Broker::start(&["--cores", "2"]);
     let mut c = broker.client();
     c.create_topic("parked", 1, &[]).unwrap();
-    let addr = broker.addr;
-    let consumer = std::thread::spawn(move || {
-        let mut c = eventflow::client::Client::connect(addr).unwrap();
-        let started = std::time::Instant::now();
-        let result = c.fetch(
+    // The request is on the wire before the signal; only its answer is awaited in the thread.
+    let mut consumer = broker.client();
+    let started = std::time::Instant::now();
+    consumer
+        .send(eventflow::client::fetch_request(
             "parked",
             0,
             0,
             1 << 20,
             std::time::Duration::from_secs(50),
             1,
-        );
+        ))
+        .unwrap();
+    let consumer = std::thread::spawn(move || {
+        let result = consumer.receive();
         (started.elapsed(), result)
     });
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let status = broker.terminate();
     assert!(status.success(), "{status:?}");
     let (elapsed, result) = consumer.join().unwrap();
     // The parked fetch is answered (empty) rather than cut off, long before its max-wait.
-    let p = result.expect("the long-poll gets its response before the connection closes");
-    assert!(p.records.is_empty());
+    let (_, response) =
+        result.expect("the long-poll gets its response before the connection closes");
+    let eventflow::protocol::api::Response::Fetch(r) = response.unwrap() else {
+        panic!("not a fetch response")
+    };
+    assert!(r.topics[0].partitions[0].records.is_empty());
     assert!(elapsed < std::time::Duration::from_secs(40), "{elapsed:?}");
 }
