@@ -5,6 +5,9 @@
 //! correlation id and may arrive in any order), or made one at a time with the typed
 //! helpers. The producer/consumer library grows from here.
 
+pub mod accumulator;
+pub mod partitioner;
+
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
