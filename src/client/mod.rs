@@ -7,6 +7,7 @@
 
 pub mod accumulator;
 pub mod partitioner;
+pub mod producer;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};

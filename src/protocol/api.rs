@@ -423,16 +423,55 @@ impl ProduceRequest {
     }
 
     fn encode_body(self, e: &mut Encoder) {
-        e.put_i16(self.acks.as_i16());
-        e.put_u32(self.timeout_ms);
-        e.put_array(self.topics.into_iter(), |e, t| {
-            e.put_string(&t.topic);
-            e.put_array(t.partitions.into_iter(), |e, p| {
-                e.put_u32(p.partition);
-                e.put_shared(p.records.freeze());
-            });
-        });
+        let topics: Vec<ProduceTopicBatches> = self
+            .topics
+            .into_iter()
+            .map(|t| {
+                let partitions = t
+                    .partitions
+                    .into_iter()
+                    .map(|p| (p.partition, vec![p.records.freeze()]))
+                    .collect();
+                (t.topic, partitions)
+            })
+            .collect();
+        put_produce_body(e, self.acks, self.timeout_ms, &topics);
     }
+}
+
+/// One topic of a produce request built from shared bytes: its partitions, each with the
+/// batches sent back to back in its `records` field.
+pub type ProduceTopicBatches = (String, Vec<(u32, Vec<Bytes>)>);
+
+/// Every topic of a produce request built from shared bytes.
+pub type ProduceBatches = [ProduceTopicBatches];
+
+fn put_produce_body(e: &mut Encoder, acks: Acks, timeout_ms: u32, topics: &ProduceBatches) {
+    e.put_i16(acks.as_i16());
+    e.put_u32(timeout_ms);
+    e.put_array(topics.iter(), |e, (topic, partitions)| {
+        e.put_string(topic);
+        e.put_array(partitions.iter(), |e, (partition, batches)| {
+            e.put_u32(*partition);
+            e.put_shared_concat(batches);
+        });
+    });
+}
+
+/// Encodes a whole produce request frame from shared batch bytes (a producer keeps them
+/// for retries, so they are not moved into the request).
+pub fn encode_produce_request(
+    correlation_id: u32,
+    acks: Acks,
+    timeout_ms: u32,
+    topics: &ProduceBatches,
+) -> Vec<Bytes> {
+    let mut e = Encoder::with_capacity(128);
+    e.put_u16(ApiKey::Produce as u16);
+    e.put_u16(0);
+    e.put_u32(correlation_id);
+    put_produce_body(&mut e, acks, timeout_ms, topics);
+    e.finish()
 }
 
 /// Outcome for one partition of a produce request.

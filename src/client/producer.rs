@@ -1,0 +1,771 @@
+//! The producer: `send` a record, get a delivery future with its partition and offset.
+//!
+//! Records go into per-partition batches ([`Accumulator`]) under a lock held for
+//! microseconds; one I/O thread takes the batches that are full or have lingered, groups them
+//! by owning shard into one produce request per shard, and writes it on that shard's direct
+//! port (shard-aware routing: no hop between shards). One reader thread per connection
+//! completes the deliveries as responses arrive, so requests are pipelined up to
+//! `max_in_flight` per connection. Delivery results are futures that need no particular
+//! executor (any async runtime can await them) and can also be waited on from plain threads.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::accumulator::{Accumulator, AccumulatorConfig, AppendError, ReadyBatch, TopicPartition};
+use super::partitioner::{partition_for_key, StickyPartitioner};
+use super::{Client, ClientError};
+use crate::protocol::api::*;
+use crate::protocol::frame::{self, Decoder, ResponseHeader};
+use crate::protocol::{ErrorCode, WireError};
+
+/// Producer settings (Kafka's names in brackets).
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// Any broker address; metadata gives the shards' direct ports.
+    pub bootstrap: String,
+    /// Acknowledgement mode (`acks`).
+    pub acks: Acks,
+    /// Batch size in bytes (`batch.size`).
+    pub batch_bytes: usize,
+    /// How long a batch may wait for more records (`linger.ms`).
+    pub linger: Duration,
+    /// Bytes buffered before `send` blocks or fails (`buffer.memory`).
+    pub buffer_bytes: usize,
+    /// When the buffer is full: block `send` (true, like `max.block.ms` without limit) or
+    /// fail it with `BufferFull`.
+    pub block_when_full: bool,
+    /// Produce requests in flight per connection
+    /// (`max.in.flight.requests.per.connection`).
+    pub max_in_flight: usize,
+    /// Times a batch is sent again after a retriable error (`retries`).
+    pub retries: u32,
+    /// Pause before a retry (`retry.backoff.ms`).
+    pub retry_backoff: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        let batching = AccumulatorConfig::default();
+        ProducerConfig {
+            bootstrap: "127.0.0.1:9092".into(),
+            acks: Acks::All,
+            batch_bytes: batching.batch_bytes,
+            linger: batching.linger,
+            buffer_bytes: batching.buffer_bytes,
+            block_when_full: true,
+            max_in_flight: 5,
+            retries: 5,
+            retry_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// One record to send.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Record<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// A fixed partition; `None` lets the partitioner choose (murmur2 of the key, or sticky
+    /// for unkeyed records).
+    pub partition: Option<u32>,
+    /// Key.
+    pub key: Option<&'a [u8]>,
+    /// Value.
+    pub value: Option<&'a [u8]>,
+    /// Headers.
+    pub headers: &'a [(&'a [u8], Option<&'a [u8]>)],
+    /// Milliseconds since the epoch; `None`: now.
+    pub timestamp: Option<i64>,
+}
+
+/// Where a record was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Partition.
+    pub partition: u32,
+    /// Offset (-1 with `acks = 0`).
+    pub offset: i64,
+}
+
+type DeliveryResult = Result<Delivery, ClientError>;
+
+#[derive(Default)]
+struct Slot {
+    state: Mutex<(Option<DeliveryResult>, Option<Waker>)>,
+    done: Condvar,
+}
+
+impl Slot {
+    fn complete(&self, result: DeliveryResult) {
+        let mut state = lock(&self.state);
+        state.0 = Some(result);
+        if let Some(waker) = state.1.take() {
+            waker.wake();
+        }
+        self.done.notify_all();
+    }
+}
+
+/// The outcome of one `send`: a future, or [`DeliveryFuture::wait`] from a thread.
+pub struct DeliveryFuture {
+    slot: Arc<Slot>,
+}
+
+impl DeliveryFuture {
+    /// Blocks the calling thread until the record is acknowledged or failed.
+    pub fn wait(self) -> DeliveryResult {
+        let mut state = lock(&self.slot.state);
+        loop {
+            if let Some(result) = state.0.take() {
+                return result;
+            }
+            state = self
+                .slot
+                .done
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Future for DeliveryFuture {
+    type Output = DeliveryResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DeliveryResult> {
+        let mut state = lock(&self.slot.state);
+        match state.0.take() {
+            Some(result) => Poll::Ready(result),
+            None => {
+                state.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Clone)]
+struct TopicInfo {
+    owners: Vec<u16>,
+}
+
+struct State {
+    batches: Accumulator<Arc<Slot>>,
+    sticky: StickyPartitioner,
+    topics: HashMap<String, TopicInfo>,
+    endpoints: Vec<ShardEndpoint>,
+    /// Records handed to `send` and not yet completed.
+    pending: usize,
+    /// Flushes waiting: send everything now.
+    flushing: usize,
+    /// Batches to send now (closed full) or again after a retriable error (not before
+    /// their instant).
+    retry: Vec<(Outgoing, Instant)>,
+    closed: bool,
+}
+
+struct Shared {
+    config: ProducerConfig,
+    state: Mutex<State>,
+    /// The I/O thread waits here for work.
+    work: Condvar,
+    /// `send` (buffer full) and `flush` wait here.
+    progress: Condvar,
+    /// For metadata requests from `send`.
+    admin: Mutex<Client>,
+}
+
+/// A producer. Cheap to share between threads (`&Producer` is enough to send).
+pub struct Producer {
+    shared: Arc<Shared>,
+    io: Option<JoinHandle<()>>,
+}
+
+impl Producer {
+    /// Connects to the bootstrap broker and starts the I/O thread.
+    pub fn new(config: ProducerConfig) -> Result<Producer, ClientError> {
+        let mut admin = Client::connect(config.bootstrap.as_str())?;
+        let endpoints = admin.metadata(&[])?.shards;
+        let batching = AccumulatorConfig {
+            batch_bytes: config.batch_bytes.max(64),
+            linger: config.linger,
+            buffer_bytes: config.buffer_bytes.max(1024),
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                batches: Accumulator::new(batching),
+                sticky: StickyPartitioner::new(),
+                topics: HashMap::new(),
+                endpoints,
+                pending: 0,
+                flushing: 0,
+                retry: Vec::new(),
+                closed: false,
+            }),
+            config,
+            work: Condvar::new(),
+            progress: Condvar::new(),
+            admin: Mutex::new(admin),
+        });
+        let io_shared = shared.clone();
+        let io = std::thread::Builder::new()
+            .name("eventflow-producer".into())
+            .spawn(move || io_loop(io_shared))
+            .map_err(|source| ClientError::Io {
+                addr: "producer thread".into(),
+                source,
+            })?;
+        Ok(Producer {
+            shared,
+            io: Some(io),
+        })
+    }
+
+    /// Queues a record. Errors now for an unknown topic or partition, a full buffer (when
+    /// not blocking) or a closed producer; everything else arrives through the future.
+    pub fn send(&self, record: Record<'_>) -> Result<DeliveryFuture, ClientError> {
+        let info = self.topic(record.topic)?;
+        let partitions = info.owners.len() as u32;
+        let timestamp = record.timestamp.unwrap_or_else(now_ms);
+        let slot = Arc::new(Slot::default());
+        let mut state = lock(&self.shared.state);
+        let partition = match (record.partition, record.key) {
+            (Some(p), _) if p < partitions => p,
+            (Some(p), _) => {
+                return Err(WireError::new(
+                    ErrorCode::UnknownTopicOrPartition,
+                    format!("topic `{}` has no partition {p}", record.topic),
+                )
+                .into())
+            }
+            (None, Some(key)) => partition_for_key(key, partitions),
+            (None, None) => state.sticky.partition(record.topic, partitions),
+        };
+        let to = TopicPartition {
+            topic: record.topic.to_string(),
+            partition,
+        };
+        let mut token = slot.clone();
+        loop {
+            if state.closed {
+                return Err(closed());
+            }
+            let appended = state.batches.append(
+                &to,
+                timestamp,
+                record.key,
+                record.value,
+                record.headers,
+                token,
+                Instant::now(),
+            );
+            match appended {
+                Ok(closed_batches) => {
+                    state.pending += 1;
+                    if !closed_batches.is_empty() {
+                        if record.key.is_none() && record.partition.is_none() {
+                            state
+                                .sticky
+                                .batch_closed(record.topic, partition, partitions);
+                        }
+                        // Full batches are picked up by the I/O thread at once.
+                        let now = Instant::now();
+                        for b in closed_batches {
+                            state.retry.push((Outgoing::new(b), now));
+                        }
+                    }
+                    self.shared.work.notify_one();
+                    return Ok(DeliveryFuture { slot });
+                }
+                Err((AppendError::BufferFull { .. }, back))
+                    if self.shared.config.block_when_full =>
+                {
+                    token = back;
+                    self.shared.work.notify_one();
+                    state = self
+                        .shared
+                        .progress
+                        .wait(state)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+                Err((e, _)) => {
+                    return Err(ClientError::Unexpected(e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Sends everything queued and waits until every record sent so far is acknowledged
+    /// or failed.
+    pub fn flush(&self) -> Result<(), ClientError> {
+        let mut state = lock(&self.shared.state);
+        state.flushing += 1;
+        self.shared.work.notify_one();
+        while state.pending > 0 && !state.closed {
+            state = self
+                .shared
+                .progress
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        state.flushing -= 1;
+        Ok(())
+    }
+
+    /// Partition count of a topic (from metadata, fetched on first use).
+    pub fn partitions(&self, topic: &str) -> Result<u32, ClientError> {
+        Ok(self.topic(topic)?.owners.len() as u32)
+    }
+
+    fn topic(&self, topic: &str) -> Result<TopicInfo, ClientError> {
+        if let Some(info) = lock(&self.shared.state).topics.get(topic) {
+            return Ok(info.clone());
+        }
+        let metadata = lock(&self.shared.admin).metadata(&[topic])?;
+        let t = metadata
+            .topics
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Unexpected("empty metadata response".into()))?;
+        if t.error != ErrorCode::None || t.owners.is_empty() {
+            return Err(WireError::new(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("topic `{topic}` does not exist"),
+            )
+            .into());
+        }
+        let info = TopicInfo { owners: t.owners };
+        let mut state = lock(&self.shared.state);
+        state.endpoints = metadata.shards;
+        state.topics.insert(topic.to_string(), info.clone());
+        Ok(info)
+    }
+}
+
+impl Drop for Producer {
+    /// Flushes what is queued, then stops the I/O thread.
+    fn drop(&mut self) {
+        let _ = self.flush();
+        lock(&self.shared.state).closed = true;
+        self.shared.work.notify_all();
+        if let Some(io) = self.io.take() {
+            let _ = io.join();
+        }
+    }
+}
+
+fn closed() -> ClientError {
+    ClientError::Unexpected("the producer is closed".into())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A closed batch on its way: its bytes (kept for retries), its records' futures and the
+/// attempts made so far.
+struct Outgoing {
+    to: TopicPartition,
+    bytes: Bytes,
+    tokens: Vec<Arc<Slot>>,
+    accounted: usize,
+    attempt: u32,
+}
+
+impl Outgoing {
+    fn new(mut batch: ReadyBatch<Arc<Slot>>) -> Outgoing {
+        Outgoing {
+            bytes: std::mem::take(&mut batch.records).freeze(),
+            to: batch.to,
+            tokens: batch.tokens,
+            accounted: batch.accounted,
+            attempt: 0,
+        }
+    }
+}
+
+/// Requests in flight on one connection, by correlation id.
+struct InFlight {
+    batches: Mutex<HashMap<u32, Vec<Outgoing>>>,
+    changed: Condvar,
+    broken: AtomicBool,
+}
+
+struct Connection {
+    stream: TcpStream,
+    addr: String,
+    in_flight: Arc<InFlight>,
+    next_id: u32,
+}
+
+fn io_loop(shared: Arc<Shared>) {
+    let mut connections: HashMap<u16, Connection> = HashMap::new();
+    loop {
+        let (batches, endpoints, owners) = {
+            let mut state = lock(&shared.state);
+            loop {
+                let now = Instant::now();
+                let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut state.retry)
+                    .into_iter()
+                    .partition(|r| r.1 <= now);
+                state.retry = later;
+                let mut batches: Vec<Outgoing> = due.into_iter().map(|(o, _)| o).collect();
+                let fresh = if state.flushing > 0 || state.closed {
+                    state.batches.drain()
+                } else {
+                    state.batches.ready(now)
+                };
+                batches.extend(fresh.into_iter().map(Outgoing::new));
+                if !batches.is_empty() {
+                    let owners: HashMap<String, Vec<u16>> = state
+                        .topics
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.owners.clone()))
+                        .collect();
+                    break (batches, state.endpoints.clone(), owners);
+                }
+                if state.closed && state.pending == 0 {
+                    return;
+                }
+                let deadline = [
+                    state.batches.next_deadline(),
+                    state.retry.iter().map(|r| r.1).min(),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
+                state = match deadline {
+                    Some(d) => {
+                        shared
+                            .work
+                            .wait_timeout(state, d.saturating_duration_since(now))
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
+                    }
+                    None => shared.work.wait(state).unwrap_or_else(|p| p.into_inner()),
+                };
+            }
+        };
+        // One request per owning shard, holding all its batches.
+        let mut by_shard: HashMap<u16, Vec<Outgoing>> = HashMap::new();
+        for batch in batches {
+            let owner = owners
+                .get(&batch.to.topic)
+                .and_then(|o| o.get(batch.to.partition as usize))
+                .copied()
+                .unwrap_or(0);
+            by_shard.entry(owner).or_default().push(batch);
+        }
+        for (shard, batches) in by_shard {
+            let connection = match connections.get(&shard) {
+                Some(c) if !c.in_flight.broken.load(Ordering::SeqCst) => {
+                    connections.get_mut(&shard)
+                }
+                _ => {
+                    let addr = endpoints
+                        .iter()
+                        .find(|e| e.shard == shard && e.port != 0)
+                        .map_or_else(
+                            || shared.config.bootstrap.clone(),
+                            |e| format!("{}:{}", e.host, e.port),
+                        );
+                    match connect(&shared, addr) {
+                        Ok(c) => {
+                            connections.insert(shard, c);
+                            connections.get_mut(&shard)
+                        }
+                        Err(e) => {
+                            for batch in batches {
+                                finish(&shared, batch, Err(replicate(&e)));
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            let connection = connection.expect("inserted above");
+            if let Err(e) = send_batches(&shared, connection, batches) {
+                tracing::debug!("produce write failed: {e}");
+            }
+        }
+    }
+}
+
+fn connect(shared: &Arc<Shared>, addr: String) -> Result<Connection, ClientError> {
+    let io_err = |source| ClientError::Io {
+        addr: addr.clone(),
+        source,
+    };
+    let stream = TcpStream::connect(addr.as_str()).map_err(io_err)?;
+    stream.set_nodelay(true).map_err(io_err)?;
+    let reader = stream.try_clone().map_err(io_err)?;
+    let in_flight = Arc::new(InFlight {
+        batches: Mutex::new(HashMap::new()),
+        changed: Condvar::new(),
+        broken: AtomicBool::new(false),
+    });
+    let (reader_shared, reader_in_flight, reader_addr) =
+        (shared.clone(), in_flight.clone(), addr.clone());
+    std::thread::Builder::new()
+        .name("eventflow-producer-reader".into())
+        .spawn(move || read_loop(reader_shared, reader, reader_in_flight, reader_addr))
+        .map_err(io_err)?;
+    Ok(Connection {
+        stream,
+        addr,
+        in_flight,
+        next_id: 1,
+    })
+}
+
+fn send_batches(
+    shared: &Arc<Shared>,
+    connection: &mut Connection,
+    batches: Vec<Outgoing>,
+) -> io::Result<()> {
+    let acks = shared.config.acks;
+    let id = connection.next_id;
+    connection.next_id = connection.next_id.wrapping_add(1).max(1);
+    // Group by topic and partition, keeping order: several batches of one partition travel
+    // in one entry (one append on the broker). The batch bytes are shared, not copied.
+    let mut topics: Vec<ProduceTopicBatches> = Vec::new();
+    for batch in &batches {
+        let partitions = match topics.iter_mut().position(|(t, _)| *t == batch.to.topic) {
+            Some(i) => &mut topics[i].1,
+            None => {
+                topics.push((batch.to.topic.clone(), Vec::new()));
+                &mut topics.last_mut().expect("just pushed").1
+            }
+        };
+        match partitions
+            .iter_mut()
+            .find(|(p, _)| *p == batch.to.partition)
+        {
+            Some((_, bytes)) => bytes.push(batch.bytes.clone()),
+            None => partitions.push((batch.to.partition, vec![batch.bytes.clone()])),
+        }
+    }
+    let chunks = encode_produce_request(id, acks, 30_000, &topics);
+    if acks == Acks::None {
+        // No response will come: the records are done once written.
+        let written = write_chunks(&mut connection.stream, &chunks);
+        for batch in batches {
+            let partition = batch.to.partition;
+            let result = match &written {
+                Ok(()) => Ok(Delivery {
+                    partition,
+                    offset: -1,
+                }),
+                Err(e) => Err(ClientError::Io {
+                    addr: connection.addr.clone(),
+                    source: io::Error::new(e.kind(), e.to_string()),
+                }),
+            };
+            finish(shared, batch, result);
+        }
+        return written;
+    }
+    // Backpressure: at most max_in_flight unanswered requests on this connection.
+    let mut map = lock(&connection.in_flight.batches);
+    while map.len() >= shared.config.max_in_flight.max(1)
+        && !connection.in_flight.broken.load(Ordering::SeqCst)
+    {
+        map = connection
+            .in_flight
+            .changed
+            .wait(map)
+            .unwrap_or_else(|p| p.into_inner());
+    }
+    map.insert(id, batches);
+    drop(map);
+    write_chunks(&mut connection.stream, &chunks)
+        .inspect_err(|e| fail_all(shared, &connection.in_flight, &connection.addr, e))
+}
+
+fn write_chunks(stream: &mut TcpStream, chunks: &[bytes::Bytes]) -> io::Result<()> {
+    for c in chunks {
+        stream.write_all(c)?;
+    }
+    Ok(())
+}
+
+/// Completes every record of a batch: offsets `base + index` on success.
+fn finish(shared: &Arc<Shared>, batch: Outgoing, result: Result<Delivery, ClientError>) {
+    let n = batch.tokens.len();
+    for (i, slot) in batch.tokens.into_iter().enumerate() {
+        slot.complete(match &result {
+            Ok(d) if d.offset >= 0 => Ok(Delivery {
+                partition: d.partition,
+                offset: d.offset + i as i64,
+            }),
+            Ok(d) => Ok(*d),
+            Err(e) => Err(replicate(e)),
+        });
+    }
+    let mut state = lock(&shared.state);
+    state.batches.release(batch.accounted);
+    state.pending = state.pending.saturating_sub(n);
+    shared.progress.notify_all();
+}
+
+/// A copy of an error for each record of a batch (`io::Error` is not `Clone`).
+fn replicate(e: &ClientError) -> ClientError {
+    match e {
+        ClientError::Io { addr, source } => ClientError::Io {
+            addr: addr.clone(),
+            source: io::Error::new(source.kind(), source.to_string()),
+        },
+        ClientError::Broker(w) => ClientError::Broker(w.clone()),
+        ClientError::Decode(d) => ClientError::Decode(d.clone()),
+        ClientError::Unexpected(s) => ClientError::Unexpected(s.clone()),
+    }
+}
+
+fn fail_all(shared: &Arc<Shared>, in_flight: &InFlight, addr: &str, e: &io::Error) {
+    in_flight.broken.store(true, Ordering::SeqCst);
+    let all: Vec<_> = lock(&in_flight.batches).drain().collect();
+    in_flight.changed.notify_all();
+    for (_, batches) in all {
+        for batch in batches {
+            finish(
+                shared,
+                batch,
+                Err(ClientError::Io {
+                    addr: addr.to_string(),
+                    source: io::Error::new(e.kind(), e.to_string()),
+                }),
+            );
+        }
+    }
+}
+
+fn read_loop(shared: Arc<Shared>, mut stream: TcpStream, in_flight: Arc<InFlight>, addr: String) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let payload = loop {
+            match frame::split_frame(&mut buf, 64 << 20) {
+                Ok(Some(p)) => break Ok(p),
+                Ok(None) => {}
+                Err(e) => break Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+            }
+            let start = buf.len();
+            buf.resize(start + 64 * 1024, 0);
+            match stream.read(&mut buf[start..]) {
+                Ok(0) => {
+                    buf.truncate(start);
+                    break Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the broker closed the connection",
+                    ));
+                }
+                Ok(n) => buf.truncate(start + n),
+                Err(e) => {
+                    buf.truncate(start);
+                    break Err(e);
+                }
+            }
+        };
+        let payload = match payload {
+            Ok(p) => p,
+            Err(e) => {
+                fail_all(&shared, &in_flight, &addr, &e);
+                return;
+            }
+        };
+        let mut d = Decoder::new(payload);
+        let Ok(header) = ResponseHeader::decode(&mut d) else {
+            fail_all(
+                &shared,
+                &in_flight,
+                &addr,
+                &io::Error::new(io::ErrorKind::InvalidData, "bad response header"),
+            );
+            return;
+        };
+        let Some(batches) = lock(&in_flight.batches).remove(&header.correlation_id) else {
+            continue;
+        };
+        in_flight.changed.notify_all();
+        let outcomes: HashMap<(String, u32), (ErrorCode, String, i64)> =
+            if header.error != ErrorCode::None {
+                batches
+                    .iter()
+                    .map(|b| {
+                        let outcome = (header.error, header.message.clone(), -1);
+                        ((b.to.topic.clone(), b.to.partition), outcome)
+                    })
+                    .collect()
+            } else {
+                match decode_response(ApiKey::Produce, &mut d) {
+                    Ok(Response::Produce(r)) => r
+                        .topics
+                        .into_iter()
+                        .flat_map(|t| {
+                            let topic = t.topic;
+                            t.partitions.into_iter().map(move |p| {
+                                (
+                                    (topic.clone(), p.partition),
+                                    (p.error, p.message, p.base_offset),
+                                )
+                            })
+                        })
+                        .collect(),
+                    _ => HashMap::new(),
+                }
+            };
+        let mut retry = Vec::new();
+        // A partition's batches went in one entry: they hold consecutive offsets from its
+        // base offset, in the order they were sent.
+        let mut next_offset: HashMap<(String, u32), i64> = HashMap::new();
+        for mut batch in batches {
+            let key = (batch.to.topic.clone(), batch.to.partition);
+            let (code, message, base) = outcomes.get(&key).cloned().unwrap_or((
+                ErrorCode::Unknown,
+                "no outcome for this partition".into(),
+                -1,
+            ));
+            if code == ErrorCode::None {
+                let partition = batch.to.partition;
+                let offset = next_offset.entry(key).or_insert(base);
+                let first = *offset;
+                *offset += batch.tokens.len() as i64;
+                finish(
+                    &shared,
+                    batch,
+                    Ok(Delivery {
+                        partition,
+                        offset: first,
+                    }),
+                );
+            } else if code.is_retriable() && batch.attempt < shared.config.retries {
+                batch.attempt += 1;
+                retry.push((batch, Instant::now() + shared.config.retry_backoff));
+            } else {
+                if code == ErrorCode::UnknownTopicOrPartition {
+                    // The topic changed: look it up again on the next send.
+                    lock(&shared.state).topics.remove(&batch.to.topic);
+                }
+                finish(&shared, batch, Err(WireError::new(code, message).into()));
+            }
+        }
+        if !retry.is_empty() {
+            lock(&shared.state).retry.extend(retry);
+            shared.work.notify_one();
+        }
+    }
+}

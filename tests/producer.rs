@@ -1,0 +1,294 @@
+//! The producer library against a real broker: delivery results, partitioning, batching,
+//! the buffer bound and errors.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{read_all, Broker};
+use eventflow::client::partitioner::partition_for_key;
+use eventflow::client::producer::{Producer, ProducerConfig, Record};
+use eventflow::client::ClientError;
+use eventflow::protocol::api::Acks;
+use eventflow::protocol::batch::{records, BatchHeader};
+use eventflow::protocol::ErrorCode;
+
+fn config(broker: &Broker) -> ProducerConfig {
+    ProducerConfig {
+        bootstrap: broker.addr.to_string(),
+        ..ProducerConfig::default()
+    }
+}
+
+/// Every stored record of a partition as (offset, key, value).
+fn stored(broker: &Broker, topic: &str, partition: u32) -> Vec<(i64, Vec<u8>, Vec<u8>)> {
+    let mut c = broker.client();
+    let mut out = Vec::new();
+    for b in read_all(&mut c, topic, partition, 0) {
+        for r in records(&b).unwrap() {
+            let r = r.unwrap();
+            out.push((
+                r.offset,
+                r.key.unwrap_or_default().to_vec(),
+                r.value.unwrap_or_default().to_vec(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn deliveries_report_the_offsets_records_were_stored_at() {
+    let broker = Broker::start(&["--cores", "2"]);
+    broker.client().create_topic("orders", 4, &[]).unwrap();
+    let producer = Producer::new(config(&broker)).unwrap();
+    let mut futures = Vec::new();
+    for i in 0..2000 {
+        let key = format!("customer-{}", i % 37);
+        let value = format!("order-{i}");
+        let f = producer
+            .send(Record {
+                topic: "orders",
+                key: Some(key.as_bytes()),
+                value: Some(value.as_bytes()),
+                ..Record::default()
+            })
+            .unwrap();
+        futures.push((key, value, f));
+    }
+    producer.flush().unwrap();
+    let mut by_partition: HashMap<u32, HashMap<i64, (Vec<u8>, Vec<u8>)>> = HashMap::new();
+    for p in 0..4 {
+        for (offset, k, v) in stored(&broker, "orders", p) {
+            by_partition.entry(p).or_default().insert(offset, (k, v));
+        }
+    }
+    let mut used = std::collections::HashSet::new();
+    for (key, value, f) in futures {
+        let d = f.wait().unwrap();
+        // Keyed records land where Kafka's partitioner puts them.
+        assert_eq!(d.partition, partition_for_key(key.as_bytes(), 4));
+        let (k, v) = &by_partition[&d.partition][&d.offset];
+        assert_eq!(
+            (k.as_slice(), v.as_slice()),
+            (key.as_bytes(), value.as_bytes())
+        );
+        assert!(
+            used.insert((d.partition, d.offset)),
+            "two records at one offset"
+        );
+    }
+    assert_eq!(used.len(), 2000);
+    // Partitions on both shards were written.
+    assert!(by_partition.len() == 4 && by_partition.values().all(|m| !m.is_empty()));
+}
+
+#[test]
+fn delivery_futures_work_in_async_code() {
+    let broker = Broker::start(&["--cores", "2"]);
+    broker.client().create_topic("async", 2, &[]).unwrap();
+    let producer = Producer::new(config(&broker)).unwrap();
+    let f = producer
+        .send(Record {
+            topic: "async",
+            partition: Some(1),
+            value: Some(b"v"),
+            ..Record::default()
+        })
+        .unwrap();
+    // Any executor: here compio's.
+    let d = compio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(f)
+        .unwrap();
+    assert_eq!((d.partition, d.offset), (1, 0));
+}
+
+#[test]
+fn batches_respect_batch_bytes_and_linger() {
+    let broker = Broker::start(&["--cores", "2"]);
+    broker.client().create_topic("batched", 1, &[]).unwrap();
+    let producer = Producer::new(ProducerConfig {
+        batch_bytes: 2000,
+        linger: Duration::from_secs(60),
+        ..config(&broker)
+    })
+    .unwrap();
+    let value = [b'x'; 100];
+    let futures: Vec<_> = (0..100)
+        .map(|_| {
+            producer
+                .send(Record {
+                    topic: "batched",
+                    value: Some(&value),
+                    ..Record::default()
+                })
+                .unwrap()
+        })
+        .collect();
+    // Full batches go out without waiting for the (long) linger.
+    let first = futures.into_iter().next().unwrap().wait().unwrap();
+    assert_eq!(first.offset, 0);
+    producer.flush().unwrap();
+    let mut c = broker.client();
+    let batches = read_all(&mut c, "batched", 0, 0);
+    assert!(batches.len() >= 5, "{} batches", batches.len());
+    for b in &batches {
+        assert!(b.len() <= 2000, "batch of {} bytes", b.len());
+    }
+    let total: i64 = batches
+        .iter()
+        .map(|b| BatchHeader::parse(b).unwrap().records_count as i64)
+        .sum();
+    assert_eq!(total, 100);
+
+    // A lone record waits for linger, not longer.
+    let lingering = Producer::new(ProducerConfig {
+        linger: Duration::from_millis(300),
+        ..config(&broker)
+    })
+    .unwrap();
+    let started = Instant::now();
+    lingering
+        .send(Record {
+            topic: "batched",
+            value: Some(b"late"),
+            ..Record::default()
+        })
+        .unwrap()
+        .wait()
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(waited < Duration::from_secs(20), "{waited:?}");
+}
+
+#[test]
+fn the_buffer_bound_fails_or_blocks_sends() {
+    let broker = Broker::start(&["--cores", "2"]);
+    broker.client().create_topic("bounded", 1, &[]).unwrap();
+    let value = [b'y'; 500];
+    let record = Record {
+        topic: "bounded",
+        value: Some(&value),
+        ..Record::default()
+    };
+    // Failing mode: a long linger keeps the batch open, so the buffer fills.
+    let failing = Producer::new(ProducerConfig {
+        buffer_bytes: 4096,
+        batch_bytes: 1 << 20,
+        linger: Duration::from_secs(60),
+        block_when_full: false,
+        ..config(&broker)
+    })
+    .unwrap();
+    let mut accepted = Vec::new();
+    let err = loop {
+        match failing.send(record) {
+            Ok(f) => accepted.push(f),
+            Err(e) => break e,
+        }
+        assert!(accepted.len() < 100, "the bound never applied");
+    };
+    assert!(err.to_string().contains("buffer full"), "{err}");
+    failing.flush().unwrap();
+    for f in accepted {
+        f.wait().unwrap();
+    }
+    // Blocking mode: sends wait for acknowledgements to free room, and all complete.
+    let blocking = Producer::new(ProducerConfig {
+        buffer_bytes: 4096,
+        batch_bytes: 1024,
+        linger: Duration::from_millis(1),
+        ..config(&broker)
+    })
+    .unwrap();
+    let futures: Vec<_> = (0..200).map(|_| blocking.send(record).unwrap()).collect();
+    for f in futures {
+        f.wait().unwrap();
+    }
+}
+
+#[test]
+fn errors_are_typed() {
+    let broker = Broker::start(&["--cores", "2", "--max-batch-bytes", "4096"]);
+    broker.client().create_topic("small", 2, &[]).unwrap();
+    let producer = Producer::new(config(&broker)).unwrap();
+    // Unknown topic and partition: refused at send.
+    let err = producer
+        .send(Record {
+            topic: "nope",
+            value: Some(b"v"),
+            ..Record::default()
+        })
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownTopicOrPartition));
+    let err = producer
+        .send(Record {
+            topic: "small",
+            partition: Some(9),
+            value: Some(b"v"),
+            ..Record::default()
+        })
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownTopicOrPartition));
+    // A record over the broker's batch limit: the delivery fails with BatchTooLarge.
+    let big = vec![b'z'; 10_000];
+    let err = producer
+        .send(Record {
+            topic: "small",
+            value: Some(&big),
+            ..Record::default()
+        })
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BatchTooLarge), "{err}");
+    // Broker down.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let err = Producer::new(ProducerConfig {
+        bootstrap: format!("127.0.0.1:{port}"),
+        ..ProducerConfig::default()
+    })
+    .err()
+    .unwrap();
+    assert!(matches!(err, ClientError::Io { .. }), "{err}");
+}
+
+#[test]
+fn acks_zero_and_one_deliver_too() {
+    let broker = Broker::start(&["--cores", "2"]);
+    broker.client().create_topic("quick", 1, &[]).unwrap();
+    for acks in [Acks::None, Acks::Leader] {
+        let producer = Producer::new(ProducerConfig {
+            acks,
+            ..config(&broker)
+        })
+        .unwrap();
+        let fs: Vec<_> = (0..50)
+            .map(|_| {
+                producer
+                    .send(Record {
+                        topic: "quick",
+                        value: Some(b"q"),
+                        ..Record::default()
+                    })
+                    .unwrap()
+            })
+            .collect();
+        producer.flush().unwrap();
+        for f in fs {
+            let d = f.wait().unwrap();
+            assert_eq!(d.offset >= 0, acks != Acks::None);
+        }
+    }
+    assert!(common::eventually(Duration::from_secs(10), || {
+        stored(&broker, "quick", 0).len() == 100
+    }));
+}
