@@ -58,7 +58,8 @@ fn deliveries_report_the_offsets_records_were_stored_at() {
         futures.push((key, value, f));
     }
     producer.flush().unwrap();
-    let mut by_partition: HashMap<u32, HashMap<i64, (Vec<u8>, Vec<u8>)>> = HashMap::new();
+    type KeyValue = (Vec<u8>, Vec<u8>);
+    let mut by_partition: HashMap<u32, HashMap<i64, KeyValue>> = HashMap::new();
     for p in 0..4 {
         for (offset, k, v) in stored(&broker, "orders", p) {
             by_partition.entry(p).or_default().insert(offset, (k, v));

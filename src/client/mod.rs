@@ -6,6 +6,7 @@
 //! helpers. The producer/consumer library grows from here.
 
 pub mod accumulator;
+pub mod consumer;
 pub mod partitioner;
 pub mod producer;
 

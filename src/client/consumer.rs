@@ -1,0 +1,824 @@
+//! The consumer: reads assigned partitions from their owning shards, with the next fetch
+//! always on the wire while the application works on the previous records.
+//!
+//! **Shard-aware.** Metadata names the shard that owns each partition and that shard's direct
+//! port; the consumer keeps one connection per shard endpoint and fetches every partition
+//! from its owner, so the broker splices the bytes straight from the segment file and no
+//! fetch hops between shards. A broker without direct ports (port 0) is reached through the
+//! bootstrap address.
+//!
+//! **One fetch in flight per connection.** Each connection has a worker thread that owns its
+//! [`Client`]: it takes one fetch request at a time from a channel, sends it, waits for the
+//! answer and passes it to the consumer over one shared reply channel. A request carries all
+//! of the connection's fetchable partitions (the partition order rotates from one request to
+//! the next, so the response budget is shared fairly); the broker long-polls it with
+//! `max_wait`/`min_bytes`, so an idle consumer waits on the broker, never in a loop. Memory is
+//! bounded by one response of at most `max_bytes` (plus one batch) per connection.
+//!
+//! **Pipelining.** [`Consumer::poll`] decodes a response, moves the positions past its last
+//! complete batch and sends the connection's next fetch *before* it returns the records, so
+//! the broker works while the application does. A response is only ever applied to a
+//! partition whose position is still the offset it was fetched from: a [`Consumer::seek`]
+//! made meanwhile makes it stale and it is dropped.
+//!
+//! **What comes back.** The first batch of a fetch may start below the position: those
+//! records are skipped. The last batch may be cut short: it is dropped and fetched again
+//! from its start. Records are zero-copy slices of the fetched buffer. A partition error
+//! (say `OffsetOutOfRange`) or a batch that fails its CRC (with `check_crcs`) is returned
+//! from `poll` as an error, after any records already decoded; the partition keeps its
+//! position and sits out fetches until the error is returned, and is fetched again on the
+//! next `poll` (the same error again, unless the application seeks): nothing is reset or
+//! skipped silently.
+//!
+//! Dropping the consumer closes the channels; each worker ends when its in-flight fetch
+//! returns (within `max_wait`).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{Client, ClientError};
+use crate::protocol::api::{
+    offset_spec, FetchPartition, FetchRequest, FetchResponse, FetchTopic, Request, Response,
+    ShardEndpoint,
+};
+use crate::protocol::batch::{self, BatchError};
+use crate::protocol::{ErrorCode, WireError};
+
+/// How long a metadata or list-offsets call may take, and how much longer than `max_wait`
+/// a fetch may take, before the connection counts as broken.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The broker caps a fetch's `max_wait_ms` at this.
+const MAX_WAIT_CAP: Duration = Duration::from_secs(60);
+
+/// Where a newly assigned partition starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// The first offset still stored.
+    Earliest,
+    /// The high watermark: only records produced after the assignment.
+    Latest,
+    /// This offset (records below it in its batch are skipped).
+    Offset(i64),
+    /// The first batch whose max timestamp is at or after this time (ms since the epoch);
+    /// the high watermark if there is none.
+    Timestamp(i64),
+}
+
+/// Consumer settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerConfig {
+    /// Any broker address (`host:port`); the shards' direct ports are learned from it.
+    pub bootstrap: String,
+    /// How long the broker holds a fetch that has less than `min_bytes` to return.
+    pub max_wait: Duration,
+    /// Bytes that make the broker answer a fetch before `max_wait`. With 0 (or a zero
+    /// `max_wait`) the broker answers at once, so an idle `poll` becomes a loop of round
+    /// trips until its timeout.
+    pub min_bytes: u32,
+    /// Budget of one fetch (per connection, and per partition within it). The broker may
+    /// exceed it by one batch so that a consumer always makes progress.
+    pub max_bytes: u32,
+    /// Check every fetched batch's CRC-32C before decoding it.
+    pub check_crcs: bool,
+}
+
+impl Default for ConsumerConfig {
+    /// A local broker, a 500 ms long-poll that answers on the first byte, 4 MiB fetches.
+    fn default() -> Self {
+        ConsumerConfig {
+            bootstrap: "127.0.0.1:9092".into(),
+            max_wait: Duration::from_millis(500),
+            min_bytes: 1,
+            max_bytes: 4 << 20,
+            check_crcs: false,
+        }
+    }
+}
+
+/// One consumed record. Key, value and headers share the fetched buffer (no copy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerRecord {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Partition index.
+    pub partition: u32,
+    /// The record's offset.
+    pub offset: i64,
+    /// The record's timestamp (ms).
+    pub timestamp: i64,
+    /// The key, `None` when null.
+    pub key: Option<Bytes>,
+    /// The value, `None` when null (a tombstone).
+    pub value: Option<Bytes>,
+    /// Headers in wire order: key and value (`None` when null).
+    pub headers: Vec<(Bytes, Option<Bytes>)>,
+}
+
+/// An assigned partition.
+#[derive(Debug)]
+struct PartitionState {
+    /// The next offset to return.
+    position: i64,
+    /// Address of the owning shard's connection.
+    endpoint: Arc<str>,
+    /// An error for this partition waits to be returned; it is not fetched meanwhile.
+    paused: bool,
+}
+
+/// A topic and partition index.
+type PartitionKey = (Arc<str>, u32);
+
+/// A partition in an in-flight fetch and the offset it was fetched from.
+type Fetched = (Arc<str>, u32, i64);
+
+/// The consumer's side of one shard connection.
+struct Connection {
+    /// Tells replies of this connection apart from those of one it replaced.
+    token: u64,
+    /// Requests for the worker thread.
+    requests: Sender<Request>,
+    /// The partitions of the fetch on the wire, if one is.
+    in_flight: Option<Vec<Fetched>>,
+    /// Rotates the partition order of successive requests.
+    rotation: usize,
+}
+
+/// A worker's answer to one request.
+struct Reply {
+    token: u64,
+    result: Result<Result<Response, WireError>, ClientError>,
+}
+
+/// A blocking consumer of assigned partitions; see the module docs for how it works.
+pub struct Consumer {
+    config: ConsumerConfig,
+    /// For metadata and list offsets; reconnected after an I/O error.
+    bootstrap: Option<Client>,
+    assignment: HashMap<Arc<str>, HashMap<u32, PartitionState>>,
+    connections: HashMap<Arc<str>, Connection>,
+    /// Kept so the reply channel never disconnects; workers get clones.
+    replies_tx: Sender<Reply>,
+    replies: Receiver<Reply>,
+    next_token: u64,
+    /// Errors not returned yet, with the partition they stopped (if any).
+    errors: VecDeque<(Option<PartitionKey>, ClientError)>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("bootstrap", &self.config.bootstrap)
+            .field("assignment", &self.assignment)
+            .field("connections", &self.connections.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// Connects to the bootstrap broker (no partitions assigned yet).
+    pub fn new(config: ConsumerConfig) -> Result<Consumer, ClientError> {
+        let mut bootstrap = connect(&config.bootstrap, REQUEST_TIMEOUT)?;
+        bootstrap.api_versions()?;
+        let (replies_tx, replies) = mpsc::channel();
+        Ok(Consumer {
+            config,
+            bootstrap: Some(bootstrap),
+            assignment: HashMap::new(),
+            connections: HashMap::new(),
+            replies_tx,
+            replies,
+            next_token: 1,
+            errors: VecDeque::new(),
+        })
+    }
+
+    /// Adds partitions of `topic` to the assignment (or restarts ones already in it) at
+    /// `start`. Nothing is assigned if any partition is unknown
+    /// (`UnknownTopicOrPartition`) or a start offset cannot be resolved.
+    pub fn assign(
+        &mut self,
+        topic: &str,
+        partitions: &[u32],
+        start: StartAt,
+    ) -> Result<(), ClientError> {
+        let metadata = self.with_bootstrap(|c| c.metadata(&[topic]))?;
+        let owners = match metadata.topics.into_iter().find(|t| t.name == topic) {
+            Some(t) if t.error == ErrorCode::None => t.owners,
+            Some(t) => return Err(WireError::new(t.error, format!("topic {topic}")).into()),
+            None => {
+                return Err(ClientError::Unexpected(format!(
+                    "metadata response without topic {topic}"
+                )))
+            }
+        };
+        let mut resolved = Vec::with_capacity(partitions.len());
+        for &partition in partitions {
+            let owner = owners
+                .get(partition as usize)
+                .copied()
+                .ok_or_else(|| unknown_partition(topic, partition, owners.len()))?;
+            let endpoint = shard_endpoint(&metadata.shards, owner, &self.config.bootstrap);
+            let position = self.resolve(topic, partition, start)?;
+            resolved.push((partition, Arc::<str>::from(endpoint), position));
+        }
+        let topic = match self.assignment.get_key_value(topic) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(topic),
+        };
+        let states = self.assignment.entry(topic.clone()).or_default();
+        for (partition, endpoint, position) in resolved {
+            states.insert(
+                partition,
+                PartitionState {
+                    position,
+                    endpoint,
+                    paused: false,
+                },
+            );
+            self.errors
+                .retain(|(key, _)| key.as_ref() != Some(&(topic.clone(), partition)));
+        }
+        Ok(())
+    }
+
+    /// Moves an assigned partition to `offset`. A fetch in flight for it is dropped when it
+    /// returns, and an error waiting to be returned for it is discarded.
+    pub fn seek(&mut self, topic: &str, partition: u32, offset: i64) -> Result<(), ClientError> {
+        if offset < 0 {
+            return Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                format!("cannot seek {topic}/{partition} to negative offset {offset}"),
+            )
+            .into());
+        }
+        let state = self
+            .assignment
+            .get_mut(topic)
+            .and_then(|states| states.get_mut(&partition))
+            .ok_or_else(|| not_assigned(topic, partition))?;
+        state.position = offset;
+        state.paused = false;
+        self.errors
+            .retain(|(k, _)| k.as_ref().map(|(t, p)| (&**t, *p)) != Some((topic, partition)));
+        Ok(())
+    }
+
+    /// The next offset `poll` will return for an assigned partition.
+    pub fn position(&self, topic: &str, partition: u32) -> Option<i64> {
+        Some(self.assignment.get(topic)?.get(&partition)?.position)
+    }
+
+    /// Returns the records available now, or waits up to `timeout` for some (an empty `Vec`
+    /// on timeout). Never busy-loops: waiting is the broker's long-poll. Records of one
+    /// partition come in offset order.
+    pub fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>, ClientError> {
+        // None: a timeout too long to add to a clock reading means "wait forever".
+        let deadline = Instant::now().checked_add(timeout);
+        let mut records = Vec::new();
+        loop {
+            if let Some(err) = self.take_error() {
+                return Err(err);
+            }
+            self.fetch_all()?;
+            let remaining = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            let reply = match self.replies.recv_timeout(remaining) {
+                Ok(reply) => reply,
+                Err(RecvTimeoutError::Timeout) => return Ok(records),
+                Err(RecvTimeoutError::Disconnected) => {
+                    unreachable!("the consumer holds a sender of its reply channel")
+                }
+            };
+            self.handle(reply, &mut records);
+            while let Ok(reply) = self.replies.try_recv() {
+                self.handle(reply, &mut records);
+            }
+            if !records.is_empty() {
+                return Ok(records);
+            }
+        }
+    }
+
+    /// Runs a call on the bootstrap connection, reconnecting first if an earlier call broke
+    /// it.
+    fn with_bootstrap<T>(
+        &mut self,
+        call: impl FnOnce(&mut Client) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let client = match &mut self.bootstrap {
+            Some(client) => client,
+            None => self
+                .bootstrap
+                .insert(connect(&self.config.bootstrap, REQUEST_TIMEOUT)?),
+        };
+        let result = call(client);
+        if matches!(result, Err(ClientError::Io { .. })) {
+            self.bootstrap = None;
+        }
+        result
+    }
+
+    /// The offset `start` means for one partition.
+    fn resolve(&mut self, topic: &str, partition: u32, start: StartAt) -> Result<i64, ClientError> {
+        let list = |c: &mut Client, spec| c.list_offset(topic, partition, spec);
+        match start {
+            StartAt::Earliest => self.with_bootstrap(|c| list(c, offset_spec::EARLIEST)),
+            StartAt::Latest => self.with_bootstrap(|c| list(c, offset_spec::LATEST)),
+            StartAt::Offset(offset) if offset >= 0 => Ok(offset),
+            StartAt::Timestamp(ts) if ts >= 0 => self.with_bootstrap(|c| match list(c, ts)? {
+                -1 => list(c, offset_spec::LATEST),
+                offset => Ok(offset),
+            }),
+            StartAt::Offset(_) | StartAt::Timestamp(_) => Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                format!("{topic}/{partition}: start {start:?} is negative"),
+            )
+            .into()),
+        }
+    }
+
+    /// The oldest error not returned yet; its partition becomes fetchable again.
+    fn take_error(&mut self) -> Option<ClientError> {
+        let (key, err) = self.errors.pop_front()?;
+        if let Some((topic, partition)) = key {
+            if let Some(state) = self
+                .assignment
+                .get_mut(&topic)
+                .and_then(|t| t.get_mut(&partition))
+            {
+                state.paused = false;
+            }
+        }
+        Some(err)
+    }
+
+    /// Sends a fetch on every connection that has fetchable partitions and none in flight.
+    fn fetch_all(&mut self) -> Result<(), ClientError> {
+        let mut endpoints: Vec<Arc<str>> = self
+            .assignment
+            .values()
+            .flat_map(|t| t.values())
+            .filter(|s| !s.paused)
+            .map(|s| s.endpoint.clone())
+            .collect();
+        endpoints.sort_unstable();
+        endpoints.dedup();
+        for endpoint in endpoints {
+            self.fetch(&endpoint)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the next fetch of one connection (connecting first if needed), unless one is
+    /// in flight or none of its partitions is fetchable.
+    fn fetch(&mut self, endpoint: &Arc<str>) -> Result<(), ClientError> {
+        if self
+            .connections
+            .get(endpoint)
+            .is_some_and(|c| c.in_flight.is_some())
+        {
+            return Ok(());
+        }
+        let mut wanted: Vec<Fetched> = self
+            .assignment
+            .iter()
+            .flat_map(|(topic, states)| {
+                states
+                    .iter()
+                    .filter(|(_, s)| !s.paused && s.endpoint == *endpoint)
+                    .map(|(&p, s)| (topic.clone(), p, s.position))
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        if !self.connections.contains_key(endpoint) {
+            let connection = self.open(endpoint)?;
+            self.connections.insert(endpoint.clone(), connection);
+        }
+        let Some(connection) = self.connections.get_mut(endpoint) else {
+            return Ok(());
+        };
+        wanted.sort_unstable();
+        let len = wanted.len();
+        wanted.rotate_left(connection.rotation % len);
+        connection.rotation = connection.rotation.wrapping_add(1);
+        let request = fetch_request(&wanted, &self.config);
+        if connection.requests.send(request).is_err() {
+            self.connections.remove(endpoint);
+            return Err(ClientError::Unexpected(format!(
+                "the connection worker for {endpoint} has stopped"
+            )));
+        }
+        connection.in_flight = Some(wanted);
+        Ok(())
+    }
+
+    /// Connects to a shard and starts its worker thread.
+    fn open(&mut self, endpoint: &str) -> Result<Connection, ClientError> {
+        let timeout = self.config.max_wait.min(MAX_WAIT_CAP) + REQUEST_TIMEOUT;
+        let client = connect(endpoint, timeout)?;
+        let token = self.next_token;
+        self.next_token += 1;
+        let (requests, incoming) = mpsc::channel();
+        let replies = self.replies_tx.clone();
+        thread::Builder::new()
+            .name(format!("eventflow-consumer {endpoint}"))
+            .spawn(move || run_connection(client, token, incoming, replies))
+            .map_err(|source| ClientError::Io {
+                addr: endpoint.to_string(),
+                source,
+            })?;
+        Ok(Connection {
+            token,
+            requests,
+            in_flight: None,
+            rotation: 0,
+        })
+    }
+
+    /// Applies one worker reply: decodes its records into `out`, moves positions, queues
+    /// errors, and puts the connection's next fetch on the wire.
+    fn handle(&mut self, reply: Reply, out: &mut Vec<ConsumerRecord>) {
+        let Some((endpoint, connection)) = self
+            .connections
+            .iter_mut()
+            .find(|(_, c)| c.token == reply.token)
+        else {
+            return; // from a connection that has been replaced
+        };
+        let endpoint = endpoint.clone();
+        let fetched = connection.in_flight.take().unwrap_or_default();
+        match reply.result {
+            Err(err) => {
+                // The worker has stopped; the next poll reconnects.
+                self.connections.remove(&endpoint);
+                self.errors.push_back((None, err));
+                return;
+            }
+            Ok(Err(wire)) => self.errors.push_back((None, wire.into())),
+            Ok(Ok(Response::Fetch(response))) => self.apply(response, &fetched, out),
+            Ok(Ok(other)) => self.errors.push_back((
+                None,
+                ClientError::Unexpected(format!("expected a fetch response, got {other:?}")),
+            )),
+        }
+        if let Err(err) = self.fetch(&endpoint) {
+            self.errors.push_back((None, err));
+        }
+    }
+
+    /// Applies a fetch response to the partitions still at the offsets it was fetched from.
+    fn apply(
+        &mut self,
+        response: FetchResponse,
+        fetched: &[Fetched],
+        out: &mut Vec<ConsumerRecord>,
+    ) {
+        for topic in response.topics {
+            let Some((name, states)) = self
+                .assignment
+                .iter_mut()
+                .find(|(name, _)| ***name == *topic.topic)
+            else {
+                continue;
+            };
+            for p in topic.partitions {
+                let requested = fetched
+                    .iter()
+                    .find(|(t, partition, _)| **t == *topic.topic && *partition == p.partition);
+                let (Some((_, _, offset)), Some(state)) = (requested, states.get_mut(&p.partition))
+                else {
+                    continue;
+                };
+                if state.position != *offset {
+                    continue; // seeked while the fetch was on the wire
+                }
+                if p.error != ErrorCode::None {
+                    state.paused = true;
+                    let message =
+                        format!("{name}/{} at offset {offset}: {}", p.partition, p.message);
+                    self.errors.push_back((
+                        Some((name.clone(), p.partition)),
+                        WireError::new(p.error, message).into(),
+                    ));
+                    continue;
+                }
+                let (position, err) = decode_fetched(
+                    name,
+                    p.partition,
+                    state.position,
+                    &p.records,
+                    self.config.check_crcs,
+                    out,
+                );
+                state.position = position;
+                if let Some(err) = err {
+                    state.paused = true;
+                    self.errors
+                        .push_back((Some((name.clone(), p.partition)), err));
+                }
+            }
+        }
+    }
+}
+
+/// A worker: sends each request it is given, waits for the answer, passes it on. Ends when
+/// the consumer is gone or the connection fails.
+fn run_connection(
+    mut client: Client,
+    token: u64,
+    requests: Receiver<Request>,
+    replies: Sender<Reply>,
+) {
+    while let Ok(request) = requests.recv() {
+        let result = client.send(request).and_then(|id| {
+            let (got, result) = client.receive()?;
+            if got == id {
+                Ok(result)
+            } else {
+                Err(ClientError::Unexpected(format!(
+                    "expected the response to {id}, got {got}"
+                )))
+            }
+        });
+        let failed = result.is_err();
+        if replies.send(Reply { token, result }).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// One fetch request for the given partitions, grouped by topic in order of first
+/// appearance.
+fn fetch_request(partitions: &[Fetched], config: &ConsumerConfig) -> Request {
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for (topic, partition, offset) in partitions {
+        let entry = FetchPartition {
+            partition: *partition,
+            offset: *offset,
+            max_bytes: config.max_bytes,
+        };
+        match topics.iter_mut().find(|t| *t.topic == **topic) {
+            Some(t) => t.partitions.push(entry),
+            None => topics.push(FetchTopic {
+                topic: topic.to_string(),
+                partitions: vec![entry],
+            }),
+        }
+    }
+    Request::Fetch(FetchRequest {
+        max_wait_ms: config.max_wait.min(MAX_WAIT_CAP).as_millis() as u32,
+        min_bytes: config.min_bytes,
+        max_bytes: config.max_bytes,
+        topics,
+    })
+}
+
+/// Decodes the records at or after `position` in the complete batches of one partition's
+/// fetched bytes into `out`. Returns the next position (after the last batch decoded) and
+/// the error that stopped decoding, if any; a cut-short last batch just ends the walk.
+fn decode_fetched(
+    topic: &Arc<str>,
+    partition: u32,
+    mut position: i64,
+    records: &Bytes,
+    check_crcs: bool,
+    out: &mut Vec<ConsumerRecord>,
+) -> (i64, Option<ClientError>) {
+    let corrupt = |offset: i64, err: BatchError| {
+        ClientError::Unexpected(format!(
+            "{topic}/{partition}: batch at offset {offset}: {err}"
+        ))
+    };
+    for item in batch::batches(records) {
+        let (start, header) = match item {
+            Ok(found) => found,
+            Err(BatchError::Truncated { .. }) => break,
+            Err(err) => return (position, Some(corrupt(position, err))),
+        };
+        if header.last_offset() < position {
+            continue;
+        }
+        let bytes = records.slice(start..start + header.total_len());
+        if check_crcs {
+            if let Err(err) = batch::validate(&bytes, usize::MAX) {
+                return (position, Some(corrupt(header.base_offset, err)));
+            }
+        }
+        let decoded = match batch::records(&bytes) {
+            Ok(decoded) => decoded,
+            Err(err) => return (position, Some(corrupt(header.base_offset, err))),
+        };
+        let mark = out.len();
+        for record in decoded {
+            let record = match record {
+                Ok(record) => record,
+                Err(err) => {
+                    out.truncate(mark);
+                    return (position, Some(corrupt(header.base_offset, err)));
+                }
+            };
+            if record.offset < position {
+                continue;
+            }
+            let slice = |s: &[u8]| bytes.slice_ref(s);
+            out.push(ConsumerRecord {
+                topic: topic.clone(),
+                partition,
+                offset: record.offset,
+                timestamp: record.timestamp,
+                key: record.key.map(slice),
+                value: record.value.map(slice),
+                headers: record
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (slice(k), v.map(slice)))
+                    .collect(),
+            });
+        }
+        position = header.last_offset() + 1;
+    }
+    (position, None)
+}
+
+/// Connects with a read timeout.
+fn connect(addr: &str, timeout: Duration) -> Result<Client, ClientError> {
+    let client = Client::connect(addr)?;
+    client.set_read_timeout(Some(timeout))?;
+    Ok(client)
+}
+
+/// The address of a shard's direct listener, or the bootstrap address when it has none.
+fn shard_endpoint(shards: &[ShardEndpoint], shard: u16, bootstrap: &str) -> String {
+    let Some(endpoint) = shards.iter().find(|s| s.shard == shard && s.port != 0) else {
+        return bootstrap.to_string();
+    };
+    let host = match endpoint.host.parse::<IpAddr>() {
+        // A wildcard listen address: the shard is on the bootstrap's host.
+        Ok(ip) if ip.is_unspecified() => bootstrap
+            .rsplit_once(':')
+            .map_or(bootstrap, |(host, _)| host)
+            .to_string(),
+        Ok(IpAddr::V6(ip)) => format!("[{ip}]"),
+        _ => endpoint.host.clone(),
+    };
+    format!("{host}:{}", endpoint.port)
+}
+
+fn unknown_partition(topic: &str, partition: u32, count: usize) -> ClientError {
+    WireError::new(
+        ErrorCode::UnknownTopicOrPartition,
+        format!("topic {topic} has {count} partitions, no partition {partition}"),
+    )
+    .into()
+}
+
+fn not_assigned(topic: &str, partition: u32) -> ClientError {
+    WireError::new(
+        ErrorCode::UnknownTopicOrPartition,
+        format!("{topic}/{partition} is not assigned to this consumer"),
+    )
+    .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::batch::BatchBuilder;
+
+    /// Batches of `sizes[i]` records each, with base offsets filled in, concatenated.
+    fn log(sizes: &[usize]) -> Bytes {
+        let mut out = Vec::new();
+        let mut offset = 0i64;
+        for &n in sizes {
+            let mut b = BatchBuilder::new();
+            for i in 0..n {
+                let value = format!("v{}", offset + i as i64);
+                b.push(
+                    1_000,
+                    Some(b"k"),
+                    Some(value.as_bytes()),
+                    &[(b"h".as_slice(), Some(b"x".as_slice()))],
+                );
+            }
+            let mut batch = b.finish();
+            batch::set_base_offset(&mut batch, offset);
+            out.extend_from_slice(&batch);
+            offset += n as i64;
+        }
+        Bytes::from(out)
+    }
+
+    fn decode(position: i64, records: &Bytes, check_crcs: bool) -> (i64, Vec<i64>, bool) {
+        let mut out = Vec::new();
+        let topic: Arc<str> = Arc::from("t");
+        let (next, err) = decode_fetched(&topic, 3, position, records, check_crcs, &mut out);
+        (next, out.iter().map(|r| r.offset).collect(), err.is_some())
+    }
+
+    #[test]
+    fn skips_records_below_the_position() {
+        let bytes = log(&[4, 4]);
+        assert_eq!(decode(2, &bytes, true), (8, vec![2, 3, 4, 5, 6, 7], false));
+        assert_eq!(decode(5, &bytes, true), (8, vec![5, 6, 7], false));
+    }
+
+    #[test]
+    fn a_cut_short_last_batch_is_fetched_again() {
+        let bytes = log(&[3, 3, 3]);
+        for cut in [1, 30, 61, 62, 100] {
+            let short = bytes.slice(..bytes.len() - cut);
+            assert_eq!(decode(0, &short, true), (6, vec![0, 1, 2, 3, 4, 5], false));
+        }
+        assert_eq!(decode(0, &Bytes::new(), true), (0, vec![], false));
+    }
+
+    #[test]
+    fn records_are_slices_of_the_fetched_buffer() {
+        let bytes = log(&[2]);
+        let mut out = Vec::new();
+        decode_fetched(&Arc::from("t"), 0, 0, &bytes, false, &mut out);
+        let range = bytes.as_ptr() as usize..bytes.as_ptr() as usize + bytes.len();
+        let r = &out[1];
+        assert_eq!(r.value.as_deref(), Some(b"v1".as_slice()));
+        assert_eq!(r.key.as_deref(), Some(b"k".as_slice()));
+        assert_eq!(r.timestamp, 1_000);
+        assert_eq!(r.headers.len(), 1);
+        for part in [
+            r.key.as_ref().unwrap(),
+            r.value.as_ref().unwrap(),
+            &r.headers[0].0,
+        ] {
+            assert!(range.contains(&(part.as_ptr() as usize)));
+        }
+    }
+
+    #[test]
+    fn a_crc_mismatch_stops_at_the_bad_batch_when_checked() {
+        let good = log(&[2, 2, 2]);
+        let mut bad = good.to_vec();
+        let last = bad.len() - 1; // inside the third batch's last record
+        bad[last] ^= 0xff;
+        let bad = Bytes::from(bad);
+        assert_eq!(decode(0, &bad, true), (4, vec![0, 1, 2, 3], true));
+        let mut out = Vec::new();
+        let (_, err) = decode_fetched(&Arc::from("t"), 3, 0, &bad, true, &mut out);
+        let message = err.unwrap().to_string();
+        assert!(
+            message.contains("t/3") && message.contains("offset 4"),
+            "{message}"
+        );
+        // Unchecked, the flipped byte goes unnoticed.
+        assert_eq!(decode(0, &bad, false).0, 6);
+    }
+
+    #[test]
+    fn a_fetch_request_groups_partitions_by_topic() {
+        let a: Arc<str> = Arc::from("a");
+        let b: Arc<str> = Arc::from("b");
+        let wanted = vec![(a.clone(), 1, 10), (b.clone(), 0, 5), (a.clone(), 0, 7)];
+        let Request::Fetch(r) = fetch_request(&wanted, &ConsumerConfig::default()) else {
+            panic!("not a fetch");
+        };
+        assert_eq!(r.max_wait_ms, 500);
+        assert_eq!(r.topics.len(), 2);
+        assert_eq!(r.topics[0].topic, "a");
+        let offsets: Vec<_> = r.topics[0].partitions.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, vec![10, 7]);
+    }
+
+    #[test]
+    fn shard_endpoints() {
+        let shards = vec![
+            ShardEndpoint {
+                shard: 0,
+                host: "127.0.0.1".into(),
+                port: 7001,
+            },
+            ShardEndpoint {
+                shard: 1,
+                host: "0.0.0.0".into(),
+                port: 7002,
+            },
+            ShardEndpoint {
+                shard: 2,
+                host: "127.0.0.1".into(),
+                port: 0,
+            },
+        ];
+        let boot = "localhost:9092";
+        assert_eq!(shard_endpoint(&shards, 0, boot), "127.0.0.1:7001");
+        assert_eq!(shard_endpoint(&shards, 1, boot), "localhost:7002");
+        assert_eq!(shard_endpoint(&shards, 2, boot), boot);
+        assert_eq!(shard_endpoint(&shards, 9, boot), boot);
+    }
+}

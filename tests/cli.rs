@@ -1,0 +1,234 @@
+//! The `eventflow` command line against a real broker: Kafka's quickstart, redone.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use common::Broker;
+use eventflow::client::partitioner::partition_for_key;
+
+fn eventflow(broker: &Broker, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eventflow"))
+        .args(args)
+        .env("EVENTFLOW_BOOTSTRAP", broker.addr.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run eventflow");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}, stderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn kafka_quickstart_with_our_tools() {
+    let broker = Broker::start(&["--cores", "2"]);
+    // Step 1: create a topic, then describe it.
+    let out = ok(eventflow(
+        &broker,
+        &["topic", "create", "quickstart-events", "--partitions", "3"],
+        None,
+    ));
+    assert_eq!(out, "created topic quickstart-events with 3 partitions\n");
+    let out = ok(eventflow(
+        &broker,
+        &["topic", "describe", "quickstart-events"],
+        None,
+    ));
+    assert!(
+        out.starts_with("topic quickstart-events  partitions 3\n"),
+        "{out}"
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with("\t0\t0\t0")).count(),
+        3,
+        "{out}"
+    );
+    assert_eq!(
+        ok(eventflow(&broker, &["topic", "list"], None)),
+        "quickstart-events\t3\n"
+    );
+
+    // Step 2: write events, one per line.
+    let produced = eventflow(
+        &broker,
+        &["produce", "quickstart-events", "--partition", "0"],
+        Some("This is my first event\nThis is my second event\n"),
+    );
+    let stderr = String::from_utf8_lossy(&produced.stderr).into_owned();
+    ok(produced);
+    assert!(stderr.contains("produced 2 of 2 records"), "{stderr}");
+
+    // Step 3: read them back from the beginning.
+    let out = ok(eventflow(
+        &broker,
+        &[
+            "consume",
+            "quickstart-events",
+            "--from-beginning",
+            "--timeout-ms",
+            "1000",
+        ],
+        None,
+    ));
+    assert_eq!(out, "This is my first event\nThis is my second event\n");
+
+    // Keyed lines land on the partition murmur2 says, like Kafka's console producer with
+    // parse.key=true.
+    let keys = ["alice", "bob", "carol", "dave", "erin", "frank"];
+    let lines: String = keys.iter().map(|k| format!("{k}:hello {k}\n")).collect();
+    ok(eventflow(
+        &broker,
+        &[
+            "produce",
+            "quickstart-events",
+            "--key-separator",
+            ":",
+            "--header",
+            "app=cli",
+        ],
+        Some(&lines),
+    ));
+    for key in keys {
+        let p = partition_for_key(key.as_bytes(), 3);
+        let out = ok(eventflow(
+            &broker,
+            &[
+                "consume",
+                "quickstart-events",
+                "--partition",
+                &p.to_string(),
+                "--from-beginning",
+                "--timeout-ms",
+                "1000",
+                "--format",
+                "%k|%v|%h\\n",
+            ],
+            None,
+        ));
+        assert!(
+            out.lines()
+                .any(|l| l == format!("{key}|hello {key}|app=cli")),
+            "{key} not on partition {p}: {out}"
+        );
+    }
+
+    // --format and --json output, exact.
+    let out = ok(eventflow(
+        &broker,
+        &[
+            "consume",
+            "quickstart-events",
+            "--partition",
+            "0",
+            "--offset",
+            "0",
+            "--max-messages",
+            "2",
+            "--format",
+            "%t %p %o [%k] %v\\n",
+        ],
+        None,
+    ));
+    assert_eq!(
+        out,
+        "quickstart-events 0 0 [] This is my first event\nquickstart-events 0 1 [] This is my second event\n"
+    );
+    let out = ok(eventflow(
+        &broker,
+        &[
+            "consume",
+            "quickstart-events",
+            "--partition",
+            "0",
+            "--offset",
+            "1",
+            "--max-messages",
+            "1",
+            "--json",
+        ],
+        None,
+    ));
+    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(json["topic"], "quickstart-events");
+    assert_eq!(json["partition"], 0);
+    assert_eq!(json["offset"], 1);
+    assert_eq!(json["key"], serde_json::Value::Null);
+    assert_eq!(json["value"], "This is my second event");
+    assert!(json["timestamp"].as_i64().unwrap() > 0);
+    assert_eq!(json["headers"], serde_json::json!({}));
+
+    // Alter, then delete.
+    ok(eventflow(
+        &broker,
+        &[
+            "topic",
+            "alter",
+            "quickstart-events",
+            "--config",
+            "retention.ms=60000",
+        ],
+        None,
+    ));
+    let out = ok(eventflow(
+        &broker,
+        &["topic", "describe", "quickstart-events"],
+        None,
+    ));
+    assert!(out.contains("  retention.ms=60000\n"), "{out}");
+    ok(eventflow(
+        &broker,
+        &["topic", "delete", "quickstart-events"],
+        None,
+    ));
+    assert_eq!(ok(eventflow(&broker, &["topic", "list"], None)), "");
+}
+
+#[test]
+fn errors_are_one_line_with_a_non_zero_exit() {
+    let broker = Broker::start(&["--cores", "2"]);
+    for (args, needle) in [
+        (vec!["topic", "describe", "missing"], "unknown topic"),
+        (vec!["topic", "create", "bad/name"], "invalid topic"),
+        (vec!["produce", "missing"], "does not exist"),
+        (
+            vec!["consume", "missing", "--timeout-ms", "100"],
+            "unknown topic",
+        ),
+        (
+            vec!["topic", "create", "x", "--config", "nonsense"],
+            "KEY=VALUE",
+        ),
+    ] {
+        let out = eventflow(&broker, &args, Some("a line\n"));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.starts_with("eventflow: error: "),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_eventflow"))
+        .args(["--bootstrap", "127.0.0.1:1", "topic", "list"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the broker"));
+}
