@@ -11,15 +11,25 @@
 //! - [`shard`]: pinned per-core threads, partition ownership and the inter-shard rings.
 //! - [`server`]: listeners, connections and request dispatch on each shard.
 //! - [`local`]: oneshot and notify primitives for tasks of one shard.
-//! - [`client`]: a small blocking client for admin, produce and fetch.
+//! - [`client`]: the client library — admin, producer, consumer — and what the `eventflow`
+//!   CLI is built on.
+//!
+//! The broker modules (`config`, `local`, `storage`, `shard`, `server`) need the `server`
+//! feature, on by default; without it the crate is the client library alone, with no
+//! io_uring runtime or storage engine.
 
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod client;
+#[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
 pub mod local;
 pub mod protocol;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod shard;
+#[cfg(feature = "server")]
 pub mod storage;
