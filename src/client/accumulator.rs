@@ -85,10 +85,11 @@ struct OpenBatch<T> {
     accounted: usize,
 }
 
-/// Open batches by partition.
+/// Open batches by topic, then partition (two levels, so that appending to an open batch
+/// looks it up by `&str` without allocating).
 pub struct Accumulator<T> {
     config: AccumulatorConfig,
-    open: HashMap<TopicPartition, OpenBatch<T>>,
+    open: HashMap<String, HashMap<u32, OpenBatch<T>>>,
     buffered: usize,
 }
 
@@ -107,13 +108,23 @@ impl<T> Accumulator<T> {
         self.buffered
     }
 
-    /// Adds a record to the open batch of `to`. Returns the batches this closed: the
-    /// previous open batch if the record did not fit in it, and the new one if the record
-    /// filled it. On [`AppendError::BufferFull`] the token comes back untouched.
+    fn open_batch(&self, topic: &str, partition: u32) -> Option<&OpenBatch<T>> {
+        self.open.get(topic)?.get(&partition)
+    }
+
+    /// Whether `partition` of `topic` has an open batch.
+    pub fn has_open(&self, topic: &str, partition: u32) -> bool {
+        self.open_batch(topic, partition).is_some()
+    }
+
+    /// Adds a record to the open batch of `partition` of `topic`. Returns the batches this
+    /// closed: the previous open batch if the record did not fit in it, and the new one if
+    /// the record filled it. On [`AppendError::BufferFull`] the token comes back untouched.
     #[allow(clippy::too_many_arguments)]
     pub fn append(
         &mut self,
-        to: &TopicPartition,
+        topic: &str,
+        partition: u32,
         timestamp: i64,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
@@ -129,11 +140,12 @@ impl<T> Accumulator<T> {
                 .map(|(k, v)| 10 + k.len() + v.map_or(0, <[u8]>::len))
                 .sum::<usize>();
         let mut closed = Vec::new();
-        let fits = self.open.get(to).is_none_or(|b| {
+        let current = self.open_batch(topic, partition);
+        let fits = current.is_none_or(|b| {
             b.builder.is_empty() || b.builder.size_bytes() + estimate <= self.config.batch_bytes
         });
         let needed = estimate
-            + if fits && self.open.contains_key(to) {
+            + if fits && current.is_some() {
                 0
             } else {
                 BATCH_HEADER_LEN
@@ -149,65 +161,93 @@ impl<T> Accumulator<T> {
             ));
         }
         if !fits {
-            closed.extend(self.close(to));
+            closed.extend(self.close(topic, partition));
         }
-        let batch = self.open.entry(to.clone()).or_insert_with(|| OpenBatch {
-            builder: BatchBuilder::with_capacity(self.config.batch_bytes.min(1 << 20)),
-            tokens: Vec::new(),
-            created: now,
-            accounted: 0,
-        });
+        if !self.open.contains_key(topic) {
+            self.open.insert(topic.to_string(), HashMap::new());
+        }
+        let capacity = self.config.batch_bytes.min(1 << 20);
+        let batch = self
+            .open
+            .get_mut(topic)
+            .expect("inserted above")
+            .entry(partition)
+            .or_insert_with(|| OpenBatch {
+                builder: BatchBuilder::with_capacity(capacity),
+                tokens: Vec::new(),
+                created: now,
+                accounted: 0,
+            });
         let before = batch.builder.size_bytes();
         batch.builder.push(timestamp, key, value, headers);
         batch.tokens.push(token);
         let added = batch.builder.size_bytes() - before;
         batch.accounted += added;
+        let full = batch.builder.size_bytes() >= self.config.batch_bytes;
         self.buffered += added;
-        if batch.builder.size_bytes() >= self.config.batch_bytes {
-            closed.extend(self.close(to));
+        if full {
+            closed.extend(self.close(topic, partition));
         }
         Ok(closed)
     }
 
-    fn close(&mut self, to: &TopicPartition) -> Option<ReadyBatch<T>> {
-        let batch = self.open.remove(to)?;
+    fn close(&mut self, topic: &str, partition: u32) -> Option<ReadyBatch<T>> {
+        let batch = self.open.get_mut(topic)?.remove(&partition)?;
         if batch.tokens.is_empty() {
             return None;
         }
         Some(ReadyBatch {
-            to: to.clone(),
+            to: TopicPartition {
+                topic: topic.to_string(),
+                partition,
+            },
             records: batch.builder.finish(),
             tokens: batch.tokens,
             accounted: batch.accounted,
         })
     }
 
+    fn close_all(&mut self, mut which: Vec<(String, u32)>) -> Vec<ReadyBatch<T>> {
+        which.sort();
+        which
+            .iter()
+            .filter_map(|(topic, partition)| self.close(topic, *partition))
+            .collect()
+    }
+
     /// Closes and returns every batch that has lingered long enough.
     pub fn ready(&mut self, now: Instant) -> Vec<ReadyBatch<T>> {
         let linger = self.config.linger;
-        let mut due: Vec<TopicPartition> = self
+        let due = self
             .open
             .iter()
-            .filter(|(_, b)| now.saturating_duration_since(b.created) >= linger)
-            .map(|(tp, _)| tp.clone())
+            .flat_map(|(topic, parts)| {
+                parts
+                    .iter()
+                    .filter(move |(_, b)| now.saturating_duration_since(b.created) >= linger)
+                    .map(move |(p, _)| (topic.clone(), *p))
+            })
             .collect();
-        due.sort();
-        due.iter().filter_map(|tp| self.close(tp)).collect()
+        self.close_all(due)
     }
 
     /// When the oldest open batch becomes ready (None when nothing is open).
     pub fn next_deadline(&self) -> Option<Instant> {
         self.open
             .values()
+            .flat_map(HashMap::values)
             .map(|b| b.created + self.config.linger)
             .min()
     }
 
     /// Closes and returns every open batch (flush).
     pub fn drain(&mut self) -> Vec<ReadyBatch<T>> {
-        let mut all: Vec<TopicPartition> = self.open.keys().cloned().collect();
-        all.sort();
-        all.iter().filter_map(|tp| self.close(tp)).collect()
+        let all = self
+            .open
+            .iter()
+            .flat_map(|(topic, parts)| parts.keys().map(move |p| (topic.clone(), *p)))
+            .collect();
+        self.close_all(all)
     }
 
     /// Gives back a completed batch's bytes to the buffer.
@@ -244,7 +284,7 @@ mod tests {
         let mut closed = Vec::new();
         for i in 0..25u32 {
             closed.extend(
-                acc.append(&tp(0), 1, None, Some(&value), &[], i, now)
+                acc.append("t", 0, 1, None, Some(&value), &[], i, now)
                     .unwrap(),
             );
         }
@@ -270,7 +310,7 @@ mod tests {
         let now = Instant::now();
         let big = [1u8; 500];
         let closed = acc
-            .append(&tp(0), 1, None, Some(&big), &[], 0, now)
+            .append("t", 0, 1, None, Some(&big), &[], 0, now)
             .unwrap();
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].tokens, vec![0]);
@@ -281,10 +321,11 @@ mod tests {
     fn linger_makes_partial_batches_ready() {
         let mut acc = Accumulator::new(config(1 << 20, 5, 1 << 20));
         let t0 = Instant::now();
-        acc.append(&tp(0), 1, Some(b"k"), Some(b"v"), &[], 'a', t0)
+        acc.append("t", 0, 1, Some(b"k"), Some(b"v"), &[], 'a', t0)
             .unwrap();
         acc.append(
-            &tp(1),
+            "t",
+            1,
             1,
             None,
             Some(b"w"),
@@ -309,12 +350,12 @@ mod tests {
         let mut acc = Accumulator::new(config(1 << 20, 5, 600));
         let now = Instant::now();
         let value = [0u8; 200];
-        acc.append(&tp(0), 1, None, Some(&value), &[], 1, now)
+        acc.append("t", 0, 1, None, Some(&value), &[], 1, now)
             .unwrap();
-        acc.append(&tp(0), 1, None, Some(&value), &[], 2, now)
+        acc.append("t", 0, 1, None, Some(&value), &[], 2, now)
             .unwrap();
         let (err, token) = acc
-            .append(&tp(0), 1, None, Some(&value), &[], 3, now)
+            .append("t", 0, 1, None, Some(&value), &[], 3, now)
             .unwrap_err();
         assert!(
             matches!(err, AppendError::BufferFull { limit: 600, .. }),
@@ -325,11 +366,11 @@ mod tests {
         assert_eq!(sent.len(), 1);
         // Still held until the produce completes.
         assert!(acc
-            .append(&tp(0), 1, None, Some(&value), &[], 3, now)
+            .append("t", 0, 1, None, Some(&value), &[], 3, now)
             .is_err());
         acc.release(sent[0].accounted);
         assert_eq!(acc.buffered(), 0);
-        acc.append(&tp(0), 1, None, Some(&value), &[], 3, now)
+        acc.append("t", 0, 1, None, Some(&value), &[], 3, now)
             .unwrap();
     }
 }

@@ -157,7 +157,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-#[derive(Clone)]
 struct TopicInfo {
     owners: Vec<u16>,
 }
@@ -165,7 +164,7 @@ struct TopicInfo {
 struct State {
     batches: Accumulator<Arc<Slot>>,
     sticky: StickyPartitioner,
-    topics: HashMap<String, TopicInfo>,
+    topics: HashMap<String, Arc<TopicInfo>>,
     endpoints: Vec<ShardEndpoint>,
     /// Records handed to `send` and not yet completed.
     pending: usize,
@@ -254,17 +253,15 @@ impl Producer {
             (None, Some(key)) => partition_for_key(key, partitions),
             (None, None) => state.sticky.partition(record.topic, partitions),
         };
-        let to = TopicPartition {
-            topic: record.topic.to_string(),
-            partition,
-        };
         let mut token = slot.clone();
         loop {
             if state.closed {
                 return Err(closed());
             }
+            let opens_batch = !state.batches.has_open(record.topic, partition);
             let appended = state.batches.append(
-                &to,
+                record.topic,
+                partition,
                 timestamp,
                 record.key,
                 record.value,
@@ -275,6 +272,9 @@ impl Producer {
             match appended {
                 Ok(closed_batches) => {
                     state.pending += 1;
+                    // Wake the I/O thread only when it has something new to do: a closed
+                    // batch to send, or a new batch whose linger deadline it must watch.
+                    let wake = opens_batch || !closed_batches.is_empty();
                     if !closed_batches.is_empty() {
                         if record.key.is_none() && record.partition.is_none() {
                             state
@@ -287,7 +287,9 @@ impl Producer {
                             state.retry.push((Outgoing::new(b), now));
                         }
                     }
-                    self.shared.work.notify_one();
+                    if wake {
+                        self.shared.work.notify_one();
+                    }
                     return Ok(DeliveryFuture { slot });
                 }
                 Err((AppendError::BufferFull { .. }, back))
@@ -330,7 +332,7 @@ impl Producer {
         Ok(self.topic(topic)?.owners.len() as u32)
     }
 
-    fn topic(&self, topic: &str) -> Result<TopicInfo, ClientError> {
+    fn topic(&self, topic: &str) -> Result<Arc<TopicInfo>, ClientError> {
         if let Some(info) = lock(&self.shared.state).topics.get(topic) {
             return Ok(info.clone());
         }
@@ -347,7 +349,7 @@ impl Producer {
             )
             .into());
         }
-        let info = TopicInfo { owners: t.owners };
+        let info = Arc::new(TopicInfo { owners: t.owners });
         let mut state = lock(&self.shared.state);
         state.endpoints = metadata.shards;
         state.topics.insert(topic.to_string(), info.clone());
