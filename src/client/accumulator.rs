@@ -7,7 +7,7 @@
 //! batches sent but not yet acknowledged; the caller [`Accumulator::release`]s a batch's
 //! bytes when its produce completes.
 
-use std::collections::HashMap;
+use super::fasthash::FastMap;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -89,7 +89,7 @@ struct OpenBatch<T> {
 /// looks it up by `&str` without allocating).
 pub struct Accumulator<T> {
     config: AccumulatorConfig,
-    open: HashMap<String, HashMap<u32, OpenBatch<T>>>,
+    open: FastMap<String, FastMap<u32, OpenBatch<T>>>,
     buffered: usize,
 }
 
@@ -98,7 +98,7 @@ impl<T> Accumulator<T> {
     pub fn new(config: AccumulatorConfig) -> Self {
         Accumulator {
             config,
-            open: HashMap::new(),
+            open: FastMap::default(),
             buffered: 0,
         }
     }
@@ -139,6 +139,26 @@ impl<T> Accumulator<T> {
                 .iter()
                 .map(|(k, v)| 10 + k.len() + v.map_or(0, <[u8]>::len))
                 .sum::<usize>();
+        // Fast path: the record fits in the open batch (one lookup, no allocation).
+        if let Some(batch) = self
+            .open
+            .get_mut(topic)
+            .and_then(|parts| parts.get_mut(&partition))
+        {
+            let fits = batch.builder.size_bytes() + estimate <= self.config.batch_bytes;
+            if fits && self.buffered + estimate <= self.config.buffer_bytes {
+                let before = batch.builder.size_bytes();
+                batch.builder.push(timestamp, key, value, headers);
+                batch.tokens.push(token);
+                let added = batch.builder.size_bytes() - before;
+                batch.accounted += added;
+                self.buffered += added;
+                if batch.builder.size_bytes() >= self.config.batch_bytes {
+                    return Ok(self.close(topic, partition).into_iter().collect());
+                }
+                return Ok(Vec::new());
+            }
+        }
         let mut closed = Vec::new();
         let current = self.open_batch(topic, partition);
         let fits = current.is_none_or(|b| {
@@ -164,7 +184,7 @@ impl<T> Accumulator<T> {
             closed.extend(self.close(topic, partition));
         }
         if !self.open.contains_key(topic) {
-            self.open.insert(topic.to_string(), HashMap::new());
+            self.open.insert(topic.to_string(), FastMap::default());
         }
         let capacity = self.config.batch_bytes.min(1 << 20);
         let batch = self
@@ -235,7 +255,7 @@ impl<T> Accumulator<T> {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.open
             .values()
-            .flat_map(HashMap::values)
+            .flat_map(|parts| parts.values())
             .map(|b| b.created + self.config.linger)
             .min()
     }

@@ -7,6 +7,7 @@
 
 pub mod accumulator;
 pub mod consumer;
+mod fasthash;
 pub mod partitioner;
 pub mod producer;
 

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::accumulator::{Accumulator, AccumulatorConfig, AppendError, ReadyBatch, TopicPartition};
+use super::fasthash::FastMap;
 use super::partitioner::{partition_for_key, StickyPartitioner};
 use super::{Client, ClientError};
 use crate::protocol::api::*;
@@ -99,20 +100,35 @@ pub struct Delivery {
 
 type DeliveryResult = Result<Delivery, ClientError>;
 
+/// Where a record's result lands: read by its future (waker) or a waiting thread.
 #[derive(Default)]
 struct Slot {
-    state: Mutex<(Option<DeliveryResult>, Option<Waker>)>,
+    state: Mutex<SlotState>,
     done: Condvar,
+}
+
+#[derive(Default)]
+struct SlotState {
+    result: Option<DeliveryResult>,
+    waker: Option<Waker>,
+    /// A thread sleeps in `wait`; only then is the condvar signalled (a signal is a
+    /// syscall, and most results are read without anyone blocked).
+    waiting: bool,
 }
 
 impl Slot {
     fn complete(&self, result: DeliveryResult) {
         let mut state = lock(&self.state);
-        state.0 = Some(result);
-        if let Some(waker) = state.1.take() {
+        state.result = Some(result);
+        let waker = state.waker.take();
+        let waiting = state.waiting;
+        drop(state);
+        if let Some(waker) = waker {
             waker.wake();
         }
-        self.done.notify_all();
+        if waiting {
+            self.done.notify_all();
+        }
     }
 }
 
@@ -126,9 +142,10 @@ impl DeliveryFuture {
     pub fn wait(self) -> DeliveryResult {
         let mut state = lock(&self.slot.state);
         loop {
-            if let Some(result) = state.0.take() {
+            if let Some(result) = state.result.take() {
                 return result;
             }
+            state.waiting = true;
             state = self
                 .slot
                 .done
@@ -143,10 +160,10 @@ impl Future for DeliveryFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DeliveryResult> {
         let mut state = lock(&self.slot.state);
-        match state.0.take() {
+        match state.result.take() {
             Some(result) => Poll::Ready(result),
             None => {
-                state.1 = Some(cx.waker().clone());
+                state.waker = Some(cx.waker().clone());
                 Poll::Pending
             }
         }
@@ -164,7 +181,9 @@ struct TopicInfo {
 struct State {
     batches: Accumulator<Arc<Slot>>,
     sticky: StickyPartitioner,
-    topics: HashMap<String, Arc<TopicInfo>>,
+    topics: FastMap<String, Arc<TopicInfo>>,
+    /// When the newest batch was opened (reused as "now" for appends to open batches).
+    last_open: Instant,
     endpoints: Vec<ShardEndpoint>,
     /// Records handed to `send` and not yet completed.
     pending: usize,
@@ -207,7 +226,8 @@ impl Producer {
             state: Mutex::new(State {
                 batches: Accumulator::new(batching),
                 sticky: StickyPartitioner::new(),
-                topics: HashMap::new(),
+                topics: FastMap::default(),
+                last_open: Instant::now(),
                 endpoints,
                 pending: 0,
                 flushing: 0,
@@ -236,11 +256,19 @@ impl Producer {
     /// Queues a record. Errors now for an unknown topic or partition, a full buffer (when
     /// not blocking) or a closed producer; everything else arrives through the future.
     pub fn send(&self, record: Record<'_>) -> Result<DeliveryFuture, ClientError> {
-        let info = self.topic(record.topic)?;
-        let partitions = info.owners.len() as u32;
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
         let slot = Arc::new(Slot::default());
         let mut state = lock(&self.shared.state);
+        let partitions = match state.topics.get(record.topic) {
+            Some(info) => info.owners.len() as u32,
+            None => {
+                // First record of this topic: ask the broker, without holding the lock.
+                drop(state);
+                let partitions = self.topic(record.topic)?.owners.len() as u32;
+                state = lock(&self.shared.state);
+                partitions
+            }
+        };
         let partition = match (record.partition, record.key) {
             (Some(p), _) if p < partitions => p,
             (Some(p), _) => {
@@ -259,6 +287,13 @@ impl Producer {
                 return Err(closed());
             }
             let opens_batch = !state.batches.has_open(record.topic, partition);
+            // The clock is read only for a new batch (its linger starts now).
+            let now = if opens_batch {
+                Instant::now()
+            } else {
+                state.last_open
+            };
+            state.last_open = now;
             let appended = state.batches.append(
                 record.topic,
                 partition,
@@ -267,7 +302,7 @@ impl Producer {
                 record.value,
                 record.headers,
                 token,
-                Instant::now(),
+                now,
             );
             match appended {
                 Ok(closed_batches) => {
