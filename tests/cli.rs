@@ -232,3 +232,79 @@ fn errors_are_one_line_with_a_non_zero_exit() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the broker"));
 }
+
+#[test]
+fn produce_from_a_file_and_failed_records_exit_non_zero() {
+    let broker = Broker::start(&["--cores", "2", "--max-batch-bytes", "2048"]);
+    ok(eventflow(
+        &broker,
+        &["topic", "create", "files", "--partitions", "1"],
+        None,
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lines.txt");
+    std::fs::write(&path, "one\ntwo\nthree\n").unwrap();
+    let out = eventflow(
+        &broker,
+        &[
+            "produce",
+            "files",
+            "--file",
+            path.to_str().unwrap(),
+            "--acks",
+            "1",
+        ],
+        None,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("produced 3 of 3"));
+    ok(out);
+    let out = ok(eventflow(
+        &broker,
+        &[
+            "consume",
+            "files",
+            "--from-beginning",
+            "--max-messages",
+            "3",
+        ],
+        None,
+    ));
+    assert_eq!(out, "one\ntwo\nthree\n");
+    // A line longer than the broker's batch limit fails (small batches keep it apart
+    // from its neighbour, which lands); exit code 1.
+    let long = "x".repeat(5000);
+    let out = eventflow(
+        &broker,
+        &["produce", "files", "--batch-size", "100"],
+        Some(&format!("ok\n{long}\n")),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("produced 1 of 2"), "{stderr}");
+    assert!(stderr.contains("batch too large"), "{stderr}");
+}
+
+#[test]
+fn ctrl_c_stops_a_consumer_and_prints_the_count() {
+    let broker = Broker::start(&["--cores", "2"]);
+    ok(eventflow(
+        &broker,
+        &["topic", "create", "live", "--partitions", "2"],
+        None,
+    ));
+    ok(eventflow(&broker, &["produce", "live"], Some("a\nb\nc\n")));
+    let child = Command::new(env!("CARGO_BIN_EXE_eventflow"))
+        .args(["consume", "live", "--from-beginning"])
+        .env("EVENTFLOW_BOOTSTRAP", broker.addr.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("consumed 3 records"));
+}

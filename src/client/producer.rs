@@ -578,23 +578,36 @@ fn send_batches(
     let acks = shared.config.acks;
     let id = connection.next_id;
     connection.next_id = connection.next_id.wrapping_add(1).max(1);
-    // Group by topic and partition, keeping order: several batches of one partition travel
-    // in one entry (one append on the broker). The batch bytes are shared, not copied.
+    // One entry per batch, grouped by topic (order of first appearance), in send order
+    // within a topic. The broker appends the entries in this order and answers each one
+    // separately, so a bad batch fails alone, as with Kafka. `batches` is put in the same
+    // order so that responses match by position. The bytes are shared, not copied.
+    let mut batches = batches;
+    let mut topic_order: Vec<&str> = Vec::new();
+    for b in &batches {
+        if !topic_order.contains(&b.to.topic.as_str()) {
+            topic_order.push(&b.to.topic);
+        }
+    }
+    let rank: Vec<usize> = batches
+        .iter()
+        .map(|b| {
+            topic_order
+                .iter()
+                .position(|t| *t == b.to.topic)
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..batches.len()).collect();
+    order.sort_by_key(|i| rank[*i]);
+    let mut slots: Vec<Option<Outgoing>> = batches.drain(..).map(Some).collect();
+    let batches: Vec<Outgoing> = order.iter().filter_map(|i| slots[*i].take()).collect();
     let mut topics: Vec<ProduceTopicBatches> = Vec::new();
     for batch in &batches {
-        let partitions = match topics.iter_mut().position(|(t, _)| *t == batch.to.topic) {
-            Some(i) => &mut topics[i].1,
-            None => {
-                topics.push((batch.to.topic.clone(), Vec::new()));
-                &mut topics.last_mut().expect("just pushed").1
-            }
-        };
-        match partitions
-            .iter_mut()
-            .find(|(p, _)| *p == batch.to.partition)
-        {
-            Some((_, bytes)) => bytes.push(batch.bytes.clone()),
-            None => partitions.push((batch.to.partition, vec![batch.bytes.clone()])),
+        let entry = (batch.to.partition, vec![batch.bytes.clone()]);
+        match topics.last_mut() {
+            Some((topic, partitions)) if *topic == batch.to.topic => partitions.push(entry),
+            _ => topics.push((batch.to.topic.clone(), vec![entry])),
         }
     }
     let chunks = encode_produce_request(id, acks, 30_000, &topics);
@@ -738,49 +751,34 @@ fn read_loop(shared: Arc<Shared>, mut stream: TcpStream, in_flight: Arc<InFlight
             continue;
         };
         in_flight.changed.notify_all();
-        let outcomes: HashMap<(String, u32), (ErrorCode, String, i64)> =
-            if header.error != ErrorCode::None {
-                batches
-                    .iter()
-                    .map(|b| {
-                        let outcome = (header.error, header.message.clone(), -1);
-                        ((b.to.topic.clone(), b.to.partition), outcome)
-                    })
-                    .collect()
-            } else {
-                match decode_response(ApiKey::Produce, &mut d) {
-                    Ok(Response::Produce(r)) => r
-                        .topics
-                        .into_iter()
-                        .flat_map(|t| {
-                            let topic = t.topic;
-                            t.partitions.into_iter().map(move |p| {
-                                (
-                                    (topic.clone(), p.partition),
-                                    (p.error, p.message, p.base_offset),
-                                )
-                            })
-                        })
-                        .collect(),
-                    _ => HashMap::new(),
-                }
-            };
+        // One outcome per entry, in request order, which is the order of `batches`.
+        let outcomes: Vec<(ErrorCode, String, i64)> = if header.error != ErrorCode::None {
+            batches
+                .iter()
+                .map(|_| (header.error, header.message.clone(), -1))
+                .collect()
+        } else {
+            match decode_response(ApiKey::Produce, &mut d) {
+                Ok(Response::Produce(r)) => r
+                    .topics
+                    .into_iter()
+                    .flat_map(|t| t.partitions)
+                    .map(|p| (p.error, p.message, p.base_offset))
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        let mut outcomes = outcomes.into_iter();
         let mut retry = Vec::new();
-        // A partition's batches went in one entry: they hold consecutive offsets from its
-        // base offset, in the order they were sent.
-        let mut next_offset: HashMap<(String, u32), i64> = HashMap::new();
         for mut batch in batches {
-            let key = (batch.to.topic.clone(), batch.to.partition);
-            let (code, message, base) = outcomes.get(&key).cloned().unwrap_or((
+            let (code, message, base) = outcomes.next().unwrap_or((
                 ErrorCode::Unknown,
-                "no outcome for this partition".into(),
+                "no outcome for this batch".into(),
                 -1,
             ));
             if code == ErrorCode::None {
                 let partition = batch.to.partition;
-                let offset = next_offset.entry(key).or_insert(base);
-                let first = *offset;
-                *offset += batch.tokens.len() as i64;
+                let first = base;
                 finish(
                     &shared,
                     batch,
