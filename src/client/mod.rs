@@ -1,9 +1,37 @@
-//! A small blocking client for the native protocol: admin, produce, fetch, list offsets.
+//! The client library: an admin and raw-request [`Client`], the [`producer`] and the
+//! [`consumer`]. It depends on [`crate::protocol`] only, and builds without the broker
+//! (`default-features = false`).
 //!
-//! It depends on [`crate::protocol`] only. One [`Client`] is one TCP connection; requests
-//! can be pipelined with [`Client::send`] and [`Client::receive`] (responses carry their
-//! correlation id and may arrive in any order), or made one at a time with the typed
-//! helpers. The producer/consumer library grows from here.
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use eventflow::client::consumer::{Consumer, ConsumerConfig, StartAt};
+//! use eventflow::client::producer::{Producer, ProducerConfig, Record};
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let producer = Producer::new(ProducerConfig::default())?; // 127.0.0.1:9092, acks=all
+//!     let delivery = producer.send(Record {
+//!         topic: "quickstart-events",
+//!         key: Some(b"alice"),
+//!         value: Some(b"hello"),
+//!         ..Record::default()
+//!     })?;
+//!     // A future for async code (any executor), or wait() from a thread.
+//!     let stored = delivery.wait()?;
+//!     println!("stored at partition {} offset {}", stored.partition, stored.offset);
+//!
+//!     let mut consumer = Consumer::new(ConsumerConfig::default())?;
+//!     consumer.assign("quickstart-events", &[stored.partition], StartAt::Offset(stored.offset))?;
+//!     for record in consumer.poll(Duration::from_secs(1))? {
+//!         println!("{} {:?}", record.offset, record.value);
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
+//! One [`Client`] is one TCP connection; requests can be pipelined with [`Client::send`]
+//! and [`Client::receive`] (responses carry their correlation id and may arrive in any
+//! order), or made one at a time with the typed helpers.
 
 pub mod accumulator;
 pub mod consumer;
