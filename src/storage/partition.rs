@@ -495,25 +495,11 @@ impl PartitionLog {
         loop {
             // The segment to look in: the one holding `offset`, or the next one if an
             // earlier attempt found nothing.
-            let (log, path, mut position, end) = {
-                let segments = self.segments.borrow();
-                let index = match after_base {
-                    None => segments
-                        .partition_point(|s| s.base_offset <= offset)
-                        .saturating_sub(1),
-                    Some(base) => segments.partition_point(|s| s.base_offset <= base),
-                };
-                let Some(segment) = segments.get(index) else {
-                    return Ok(outcome(Bytes::new()));
-                };
-                after_base = Some(segment.base_offset);
-                (
-                    segment.log.clone(),
-                    segment.files.log.clone(),
-                    segment.position_for(offset),
-                    segment.size,
-                )
+            let Some((log, path, mut position, end, base)) = self.segment_from(offset, after_base)
+            else {
+                return Ok(outcome(Bytes::new()));
             };
+            after_base = Some(base);
             let mut at_least = 0u64;
             while position + BATCH_HEADER_LEN as u64 <= end {
                 let want = (max_bytes as u64)
@@ -522,16 +508,7 @@ impl PartitionLog {
                     .max(BATCH_HEADER_LEN as u64)
                     .min(end - position);
                 let mut buf = segment::read_exact(&log, &path, position, want as usize).await?;
-                let mut at = 0usize;
-                let mut first = None;
-                while at + BATCH_HEADER_LEN <= buf.len() {
-                    let header = parse_stored(&buf[at..], &path, position + at as u64)?;
-                    if header.last_offset() >= offset {
-                        first = Some(header);
-                        break;
-                    }
-                    at += header.total_len();
-                }
+                let (at, first) = find_batch(&buf, &path, position, offset)?;
                 let Some(first) = first else {
                     position += at as u64;
                     continue;
@@ -575,6 +552,31 @@ impl PartitionLog {
         }
     }
 
+    /// The segment to read `offset` from: the one holding it, or (`after_base` set) the
+    /// segment after the one with that base, when the earlier one had nothing more. Returns
+    /// its log file, path, the index position to start scanning at, its size and its base.
+    fn segment_from(
+        &self,
+        offset: i64,
+        after_base: Option<i64>,
+    ) -> Option<(File, PathBuf, u64, u64, i64)> {
+        let segments = self.segments.borrow();
+        let index = match after_base {
+            None => segments
+                .partition_point(|s| s.base_offset <= offset)
+                .saturating_sub(1),
+            Some(base) => segments.partition_point(|s| s.base_offset <= base),
+        };
+        let segment = segments.get(index)?;
+        Some((
+            segment.log.clone(),
+            segment.files.log.clone(),
+            segment.position_for(offset),
+            segment.size,
+            segment.base_offset,
+        ))
+    }
+
     /// Locates what [`PartitionLog::read`] would return without reading it: the file and
     /// byte range to send, starting at the batch that contains `offset`. Only the batch
     /// headers between the nearest index entry and that batch are read (about one index
@@ -606,41 +608,18 @@ impl PartitionLog {
         let interval = u64::from(self.config.borrow().index_interval_bytes);
         let mut after_base: Option<i64> = None;
         loop {
-            let (log, path, mut position, end) = {
-                let segments = self.segments.borrow();
-                let index = match after_base {
-                    None => segments
-                        .partition_point(|s| s.base_offset <= offset)
-                        .saturating_sub(1),
-                    Some(base) => segments.partition_point(|s| s.base_offset <= base),
-                };
-                let Some(segment) = segments.get(index) else {
-                    return done(None);
-                };
-                after_base = Some(segment.base_offset);
-                (
-                    segment.log.clone(),
-                    segment.files.log.clone(),
-                    segment.position_for(offset),
-                    segment.size,
-                )
+            let Some((log, path, mut position, end, base)) = self.segment_from(offset, after_base)
+            else {
+                return done(None);
             };
+            after_base = Some(base);
             while position + BATCH_HEADER_LEN as u64 <= end {
                 // Headers only: a window of one index interval holds the target's header
                 // or lets us skip ahead by whole batches.
                 let want = (interval + BATCH_HEADER_LEN as u64).min(end - position);
                 let buf = segment::read_exact(&log, &path, position, want as usize).await?;
-                let mut at = 0usize;
-                let mut found = None;
-                while at + BATCH_HEADER_LEN <= buf.len() {
-                    let header = parse_stored(&buf[at..], &path, position + at as u64)?;
-                    if header.last_offset() >= offset {
-                        found = Some(header);
-                        break;
-                    }
-                    at += header.total_len();
-                }
-                let Some(first) = found else {
+                let (at, first) = find_batch(&buf, &path, position, offset)?;
+                let Some(first) = first else {
                     position += at as u64;
                     continue;
                 };
@@ -887,6 +866,26 @@ impl PartitionLog {
 }
 
 /// Parses the header of a batch the log already holds.
+/// Walks the batch headers in `buf` (read from file `position`) to the batch holding
+/// `offset`. Returns where the walk stopped and that batch's header, or `None` if it lies
+/// beyond `buf` (continue reading at the returned position).
+fn find_batch(
+    buf: &[u8],
+    path: &Path,
+    position: u64,
+    offset: i64,
+) -> Result<(usize, Option<BatchHeader>), StorageError> {
+    let mut at = 0usize;
+    while at + BATCH_HEADER_LEN <= buf.len() {
+        let header = parse_stored(&buf[at..], path, position + at as u64)?;
+        if header.last_offset() >= offset {
+            return Ok((at, Some(header)));
+        }
+        at += header.total_len();
+    }
+    Ok((at, None))
+}
+
 fn parse_stored(buf: &[u8], path: &Path, position: u64) -> Result<BatchHeader, StorageError> {
     BatchHeader::parse(buf).map_err(|e| {
         StorageError::corrupt(path, format!("bad batch header at byte {position}: {e}"))
