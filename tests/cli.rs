@@ -82,7 +82,7 @@ fn kafka_quickstart_with_our_tools() {
             "quickstart-events",
             "--from-beginning",
             "--timeout-ms",
-            "1000",
+            "2500",
         ],
         None,
     ));
@@ -115,7 +115,7 @@ fn kafka_quickstart_with_our_tools() {
                 &p.to_string(),
                 "--from-beginning",
                 "--timeout-ms",
-                "1000",
+                "2500",
                 "--format",
                 "%k|%v|%h\\n",
             ],
@@ -293,18 +293,21 @@ fn ctrl_c_stops_a_consumer_and_prints_the_count() {
         None,
     ));
     ok(eventflow(&broker, &["produce", "live"], Some("a\nb\nc\n")));
-    let child = Command::new(env!("CARGO_BIN_EXE_eventflow"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eventflow"))
         .args(["consume", "live", "--from-beginning"])
         .env("EVENTFLOW_BOOTSTRAP", broker.addr.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Interrupt once the three records are out (a consumer left alone runs forever).
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let got: Vec<String> = (0..3).map(|_| lines.next().unwrap().unwrap()).collect();
+    assert_eq!(got.len(), 3);
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{:?}", out.status);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    assert!(lines.next().is_none(), "nothing after the interrupt");
     assert!(String::from_utf8_lossy(&out.stderr).contains("consumed 3 records"));
 }
