@@ -594,10 +594,11 @@ fn decode_fetched(
     check_crcs: bool,
     out: &mut Vec<ConsumerRecord>,
 ) -> (i64, Option<ClientError>) {
-    let corrupt = |offset: i64, err: BatchError| {
-        ClientError::Unexpected(format!(
-            "{topic}/{partition}: batch at offset {offset}: {err}"
-        ))
+    let corrupt = |offset: i64, err: BatchError| ClientError::CorruptBatch {
+        topic: topic.to_string(),
+        partition,
+        offset,
+        reason: err.to_string(),
     };
     for item in batch::batches(records) {
         let (start, header) = match item {

@@ -74,6 +74,18 @@ pub enum ClientError {
     /// The broker answered something this call did not expect.
     #[error("unexpected response: {0}")]
     Unexpected(String),
+    /// A fetched batch failed the client's checks (CRC, header or record encoding).
+    #[error("corrupt batch in {topic}/{partition} at offset {offset}: {reason}")]
+    CorruptBatch {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Offset of the batch (or of the position, if its header did not parse).
+        offset: i64,
+        /// What failed.
+        reason: String,
+    },
 }
 
 impl ClientError {

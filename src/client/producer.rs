@@ -683,6 +683,17 @@ fn replicate(e: &ClientError) -> ClientError {
         ClientError::Broker(w) => ClientError::Broker(w.clone()),
         ClientError::Decode(d) => ClientError::Decode(d.clone()),
         ClientError::Unexpected(s) => ClientError::Unexpected(s.clone()),
+        ClientError::CorruptBatch {
+            topic,
+            partition,
+            offset,
+            reason,
+        } => ClientError::CorruptBatch {
+            topic: topic.clone(),
+            partition: *partition,
+            offset: *offset,
+            reason: reason.clone(),
+        },
     }
 }
 
