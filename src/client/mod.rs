@@ -165,8 +165,7 @@ impl Client {
         let api = request.api_key();
         let no_response = matches!(&request, Request::Produce(p) if p.acks == Acks::None);
         let chunks = request.encode(id);
-        let slices: Vec<io::IoSlice<'_>> = chunks.iter().map(|c| io::IoSlice::new(c)).collect();
-        write_all_vectored(&mut self.stream, slices).map_err(|e| self.io(e))?;
+        write_frame(&mut self.stream, &chunks).map_err(|e| self.io(e))?;
         if !no_response {
             self.awaiting.insert(id, api);
         }
@@ -180,32 +179,7 @@ impl Client {
 
     /// Reads the next response frame's payload.
     fn read_frame(&mut self) -> Result<BytesMut, ClientError> {
-        loop {
-            if let Some(payload) = frame::split_frame(&mut self.buf, MAX_RESPONSE_BYTES)? {
-                return Ok(payload);
-            }
-            let want = frame::peek_frame_len(&self.buf)
-                .map_or(64 * 1024, |n| {
-                    (n + frame::LENGTH_PREFIX).saturating_sub(self.buf.len())
-                })
-                .max(64 * 1024);
-            let start = self.buf.len();
-            self.buf.resize(start + want, 0);
-            match self.stream.read(&mut self.buf[start..]) {
-                Ok(0) => {
-                    self.buf.truncate(start);
-                    return Err(self.io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the broker closed the connection",
-                    )));
-                }
-                Ok(n) => self.buf.truncate(start + n),
-                Err(e) => {
-                    self.buf.truncate(start);
-                    return Err(self.io(e));
-                }
-            }
-        }
+        read_frame(&mut self.stream, &mut self.buf).map_err(|e| self.io(e))
     }
 
     /// Receives the next response, whichever request it answers.
@@ -461,7 +435,9 @@ fn unexpected(response: Response) -> ClientError {
     ClientError::Unexpected(format!("{response:?}").chars().take(200).collect())
 }
 
-fn write_all_vectored(stream: &mut TcpStream, mut slices: Vec<io::IoSlice<'_>>) -> io::Result<()> {
+/// Writes a frame's chunks with gathered writes (`writev`), not one write per chunk.
+pub(crate) fn write_frame(stream: &mut impl Write, chunks: &[Bytes]) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> = chunks.iter().map(|c| io::IoSlice::new(c)).collect();
     let mut slices = &mut slices[..];
     while !slices.is_empty() {
         let n = stream.write_vectored(slices)?;
@@ -473,7 +449,39 @@ fn write_all_vectored(stream: &mut TcpStream, mut slices: Vec<io::IoSlice<'_>>) 
     Ok(())
 }
 
-/// Splits fetched bytes into whole batches (a fetch never returns a partial batch).
+/// Reads from `stream` into `buf` until a whole response frame is there, and returns its
+/// payload (what follows stays in `buf`). A frame over 256 MiB is `InvalidData`.
+pub(crate) fn read_frame(stream: &mut impl Read, buf: &mut BytesMut) -> io::Result<BytesMut> {
+    loop {
+        match frame::split_frame(buf, MAX_RESPONSE_BYTES) {
+            Ok(Some(payload)) => return Ok(payload),
+            Ok(None) => {}
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
+        let want = frame::peek_frame_len(buf)
+            .map_or(0, |n| (n + frame::LENGTH_PREFIX).saturating_sub(buf.len()))
+            .max(64 * 1024);
+        let start = buf.len();
+        buf.resize(start + want, 0);
+        match stream.read(&mut buf[start..]) {
+            Ok(0) => {
+                buf.truncate(start);
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the broker closed the connection",
+                ));
+            }
+            Ok(n) => buf.truncate(start + n),
+            Err(e) => {
+                buf.truncate(start);
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Splits fetched bytes into their complete batches; a partial last batch (a fetch may end
+/// inside one) is left out.
 pub fn split_batches(records: &Bytes) -> Vec<Bytes> {
     let mut out = Vec::new();
     for item in crate::protocol::batch::batches(records) {

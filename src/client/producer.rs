@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::TcpStream;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,9 +24,9 @@ use bytes::{Bytes, BytesMut};
 use super::accumulator::{Accumulator, AccumulatorConfig, AppendError, ReadyBatch, TopicPartition};
 use super::fasthash::FastMap;
 use super::partitioner::{partition_for_key, StickyPartitioner};
-use super::{Client, ClientError};
+use super::{read_frame, write_frame, Client, ClientError};
 use crate::protocol::api::*;
-use crate::protocol::frame::{self, Decoder, ResponseHeader};
+use crate::protocol::frame::{Decoder, ResponseHeader};
 use crate::protocol::{ErrorCode, WireError};
 
 /// Producer settings (Kafka's names in brackets).
@@ -604,7 +604,7 @@ fn send_batches(
     let batches: Vec<Outgoing> = order.iter().filter_map(|i| slots[*i].take()).collect();
     let mut topics: Vec<ProduceTopicBatches> = Vec::new();
     for batch in &batches {
-        let entry = (batch.to.partition, vec![batch.bytes.clone()]);
+        let entry = (batch.to.partition, batch.bytes.clone());
         match topics.last_mut() {
             Some((topic, partitions)) if *topic == batch.to.topic => partitions.push(entry),
             _ => topics.push((batch.to.topic.clone(), vec![entry])),
@@ -613,7 +613,7 @@ fn send_batches(
     let chunks = encode_produce_request(id, acks, 30_000, &topics);
     if acks == Acks::None {
         // No response will come: the records are done once written.
-        let written = write_chunks(&mut connection.stream, &chunks);
+        let written = write_frame(&mut connection.stream, &chunks);
         for batch in batches {
             let partition = batch.to.partition;
             let result = match &written {
@@ -643,15 +643,8 @@ fn send_batches(
     }
     map.insert(id, batches);
     drop(map);
-    write_chunks(&mut connection.stream, &chunks)
+    write_frame(&mut connection.stream, &chunks)
         .inspect_err(|e| fail_all(shared, &connection.in_flight, &connection.addr, e))
-}
-
-fn write_chunks(stream: &mut TcpStream, chunks: &[bytes::Bytes]) -> io::Result<()> {
-    for c in chunks {
-        stream.write_all(c)?;
-    }
-    Ok(())
 }
 
 /// Completes every record of a batch: offsets `base + index` on success.
@@ -718,30 +711,7 @@ fn fail_all(shared: &Arc<Shared>, in_flight: &InFlight, addr: &str, e: &io::Erro
 fn read_loop(shared: Arc<Shared>, mut stream: TcpStream, in_flight: Arc<InFlight>, addr: String) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
-        let payload = loop {
-            match frame::split_frame(&mut buf, 64 << 20) {
-                Ok(Some(p)) => break Ok(p),
-                Ok(None) => {}
-                Err(e) => break Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
-            }
-            let start = buf.len();
-            buf.resize(start + 64 * 1024, 0);
-            match stream.read(&mut buf[start..]) {
-                Ok(0) => {
-                    buf.truncate(start);
-                    break Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the broker closed the connection",
-                    ));
-                }
-                Ok(n) => buf.truncate(start + n),
-                Err(e) => {
-                    buf.truncate(start);
-                    break Err(e);
-                }
-            }
-        };
-        let payload = match payload {
+        let payload = match read_frame(&mut stream, &mut buf) {
             Ok(p) => p,
             Err(e) => {
                 fail_all(&shared, &in_flight, &addr, &e);

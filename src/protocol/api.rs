@@ -404,17 +404,17 @@ impl ProduceRequest {
             value: acks_raw.into(),
         })?;
         let timeout_ms = d.u32("timeout_ms")?;
-        let topics = d.array("topics", 6, |d| {
-            Ok(ProduceTopic {
-                topic: d.string("topic")?,
-                partitions: d.array("partitions", 8, |d| {
-                    Ok(ProducePartition {
-                        partition: d.u32("partition")?,
-                        records: d.bytes("records")?,
-                    })
-                })?,
-            })
-        })?;
+        let topics = topic_array(
+            d,
+            8,
+            |d| {
+                Ok(ProducePartition {
+                    partition: d.u32("partition")?,
+                    records: d.bytes("records")?,
+                })
+            },
+            |topic, partitions| ProduceTopic { topic, partitions },
+        )?;
         Ok(ProduceRequest {
             acks,
             timeout_ms,
@@ -430,7 +430,7 @@ impl ProduceRequest {
                 let partitions = t
                     .partitions
                     .into_iter()
-                    .map(|p| (p.partition, vec![p.records.freeze()]))
+                    .map(|p| (p.partition, p.records.freeze()))
                     .collect();
                 (t.topic, partitions)
             })
@@ -439,9 +439,9 @@ impl ProduceRequest {
     }
 }
 
-/// One topic of a produce request built from shared bytes: its partitions, each with the
-/// batches sent back to back in its `records` field.
-pub type ProduceTopicBatches = (String, Vec<(u32, Vec<Bytes>)>);
+/// One topic of a produce request built from shared bytes: its partition entries, each
+/// with its record batches.
+pub type ProduceTopicBatches = (String, Vec<(u32, Bytes)>);
 
 /// Every topic of a produce request built from shared bytes.
 pub type ProduceBatches = [ProduceTopicBatches];
@@ -451,9 +451,9 @@ fn put_produce_body(e: &mut Encoder, acks: Acks, timeout_ms: u32, topics: &Produ
     e.put_u32(timeout_ms);
     e.put_array(topics.iter(), |e, (topic, partitions)| {
         e.put_string(topic);
-        e.put_array(partitions.iter(), |e, (partition, batches)| {
+        e.put_array(partitions.iter(), |e, (partition, records)| {
             e.put_u32(*partition);
-            e.put_shared_concat(batches);
+            e.put_shared(records.clone());
         });
     });
 }
@@ -545,18 +545,18 @@ impl FetchRequest {
         let max_wait_ms = d.u32("max_wait_ms")?;
         let min_bytes = d.u32("min_bytes")?;
         let max_bytes = d.u32("max_bytes")?;
-        let topics = d.array("topics", 6, |d| {
-            Ok(FetchTopic {
-                topic: d.string("topic")?,
-                partitions: d.array("partitions", 16, |d| {
-                    Ok(FetchPartition {
-                        partition: d.u32("partition")?,
-                        offset: d.i64("offset")?,
-                        max_bytes: d.u32("partition_max_bytes")?,
-                    })
-                })?,
-            })
-        })?;
+        let topics = topic_array(
+            d,
+            16,
+            |d| {
+                Ok(FetchPartition {
+                    partition: d.u32("partition")?,
+                    offset: d.i64("offset")?,
+                    max_bytes: d.u32("partition_max_bytes")?,
+                })
+            },
+            |topic, partitions| FetchTopic { topic, partitions },
+        )?;
         Ok(FetchRequest {
             max_wait_ms,
             min_bytes,
@@ -641,17 +641,17 @@ pub struct ListOffsetsRequest {
 
 impl ListOffsetsRequest {
     fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
-        let topics = d.array("topics", 6, |d| {
-            Ok(ListOffsetsTopic {
-                topic: d.string("topic")?,
-                partitions: d.array("partitions", 12, |d| {
-                    Ok(ListOffsetsPartition {
-                        partition: d.u32("partition")?,
-                        timestamp: d.i64("timestamp")?,
-                    })
-                })?,
-            })
-        })?;
+        let topics = topic_array(
+            d,
+            12,
+            |d| {
+                Ok(ListOffsetsPartition {
+                    partition: d.u32("partition")?,
+                    timestamp: d.i64("timestamp")?,
+                })
+            },
+            |topic, partitions| ListOffsetsTopic { topic, partitions },
+        )?;
         Ok(ListOffsetsRequest { topics })
     }
 
@@ -918,58 +918,74 @@ pub fn decode_response(api: ApiKey, d: &mut Decoder) -> Result<Response, DecodeE
             })
         }
         ApiKey::Produce => {
-            let topics = d.array("topics", 6, |d| {
-                Ok(ProduceTopicResponse {
-                    topic: d.string("topic")?,
-                    partitions: d.array("partitions", 24, |d| {
-                        Ok(ProducePartitionResponse {
-                            partition: d.u32("partition")?,
-                            error: ErrorCode::from_u16(d.u16("error")?),
-                            message: d.string("message")?,
-                            base_offset: d.i64("base_offset")?,
-                            last_offset: d.i64("last_offset")?,
-                        })
-                    })?,
-                })
-            })?;
+            let topics = topic_array(
+                d,
+                24,
+                |d| {
+                    Ok(ProducePartitionResponse {
+                        partition: d.u32("partition")?,
+                        error: ErrorCode::from_u16(d.u16("error")?),
+                        message: d.string("message")?,
+                        base_offset: d.i64("base_offset")?,
+                        last_offset: d.i64("last_offset")?,
+                    })
+                },
+                |topic, partitions| ProduceTopicResponse { topic, partitions },
+            )?;
             Response::Produce(ProduceResponse { topics })
         }
         ApiKey::Fetch => {
-            let topics = d.array("topics", 6, |d| {
-                Ok(FetchTopicResponse {
-                    topic: d.string("topic")?,
-                    partitions: d.array("partitions", 28, |d| {
-                        Ok(FetchPartitionResponse {
-                            partition: d.u32("partition")?,
-                            error: ErrorCode::from_u16(d.u16("error")?),
-                            message: d.string("message")?,
-                            high_watermark: d.i64("high_watermark")?,
-                            log_start_offset: d.i64("log_start_offset")?,
-                            records: d.bytes("records")?.freeze(),
-                        })
-                    })?,
-                })
-            })?;
+            let topics = topic_array(
+                d,
+                28,
+                |d| {
+                    Ok(FetchPartitionResponse {
+                        partition: d.u32("partition")?,
+                        error: ErrorCode::from_u16(d.u16("error")?),
+                        message: d.string("message")?,
+                        high_watermark: d.i64("high_watermark")?,
+                        log_start_offset: d.i64("log_start_offset")?,
+                        records: d.bytes("records")?.freeze(),
+                    })
+                },
+                |topic, partitions| FetchTopicResponse { topic, partitions },
+            )?;
             Response::Fetch(FetchResponse { topics })
         }
         ApiKey::ListOffsets => {
-            let topics = d.array("topics", 6, |d| {
-                Ok(ListOffsetsTopicResponse {
-                    topic: d.string("topic")?,
-                    partitions: d.array("partitions", 16, |d| {
-                        Ok(ListOffsetsPartitionResponse {
-                            partition: d.u32("partition")?,
-                            error: ErrorCode::from_u16(d.u16("error")?),
-                            message: d.string("message")?,
-                            offset: d.i64("offset")?,
-                        })
-                    })?,
-                })
-            })?;
+            let topics = topic_array(
+                d,
+                16,
+                |d| {
+                    Ok(ListOffsetsPartitionResponse {
+                        partition: d.u32("partition")?,
+                        error: ErrorCode::from_u16(d.u16("error")?),
+                        message: d.string("message")?,
+                        offset: d.i64("offset")?,
+                    })
+                },
+                |topic, partitions| ListOffsetsTopicResponse { topic, partitions },
+            )?;
             Response::ListOffsets(ListOffsetsResponse { topics })
         }
     };
     Ok(response)
+}
+
+/// Reads the `topics` array shared by produce, fetch and list offsets: each topic name is
+/// followed by its partition entries, read by `partition` (at least `min_partition_bytes`
+/// each) and assembled by `topic`.
+fn topic_array<P, T>(
+    d: &mut Decoder,
+    min_partition_bytes: usize,
+    mut partition: impl FnMut(&mut Decoder) -> Result<P, DecodeError>,
+    topic: impl Fn(String, Vec<P>) -> T,
+) -> Result<Vec<T>, DecodeError> {
+    d.array("topics", 6, |d| {
+        let name = d.string("topic")?;
+        let partitions = d.array("partitions", min_partition_bytes, &mut partition)?;
+        Ok(topic(name, partitions))
+    })
 }
 
 fn strings(d: &mut Decoder, field: &'static str) -> Result<Vec<String>, DecodeError> {

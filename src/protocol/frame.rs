@@ -376,18 +376,6 @@ impl Encoder {
         self.chunks.push(Part::Bytes(b));
     }
 
-    /// Writes one byte field made of several payloads back to back (u32 total length, then
-    /// each payload as its own chunk), without copying them.
-    pub fn put_shared_concat(&mut self, parts: &[Bytes]) {
-        let total: usize = parts.iter().map(Bytes::len).sum();
-        self.put_u32(total as u32);
-        for part in parts.iter().filter(|p| !p.is_empty()) {
-            self.len += part.len();
-            self.close_current();
-            self.chunks.push(Part::Bytes(part.clone()));
-        }
-    }
-
     /// Writes a byte field's length (u32) and leaves its `len` payload bytes to the caller:
     /// [`Encoder::finish_parts`] returns a [`Part::External`] where they belong. The broker
     /// uses it to send stored batches from the file with splice.
