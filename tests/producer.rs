@@ -293,3 +293,52 @@ fn acks_zero_and_one_deliver_too() {
         stored(&broker, "quick", 0).len() == 100
     }));
 }
+
+#[test]
+fn tagged_sends_report_to_the_callback_once_each() {
+    use std::sync::{Arc, Mutex};
+    let broker = Broker::start(&[]);
+    broker.client().create_topic("tagged", 2, &[]).unwrap();
+    let seen: Arc<Mutex<HashMap<u64, (u32, i64)>>> = Arc::default();
+    let sink = seen.clone();
+    let producer = Producer::with_callback(
+        config(&broker),
+        Arc::new(move |tag, outcome| {
+            let d = outcome.as_ref().expect("delivered");
+            let previous = sink.lock().unwrap().insert(tag, (d.partition, d.offset));
+            assert!(previous.is_none(), "tag {tag} reported twice");
+        }),
+    )
+    .unwrap();
+    for i in 0..1000u64 {
+        let value = i.to_be_bytes();
+        let record = Record {
+            topic: "tagged",
+            partition: Some((i % 2) as u32),
+            value: Some(&value),
+            ..Record::default()
+        };
+        producer.send_tagged(record, i).unwrap();
+    }
+    producer.flush().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1000);
+    // Each tag's reported place holds that record's value.
+    for partition in 0..2 {
+        for (offset, _, value) in stored(&broker, "tagged", partition) {
+            let tag = u64::from_be_bytes(value.try_into().unwrap());
+            assert_eq!(seen[&tag], (partition, offset));
+        }
+    }
+    // A producer without a callback refuses tagged sends.
+    let plain = Producer::new(config(&broker)).unwrap();
+    let record = Record {
+        topic: "tagged",
+        value: Some(b"x"),
+        ..Record::default()
+    };
+    assert!(matches!(
+        plain.send_tagged(record, 1),
+        Err(ClientError::Unexpected(_))
+    ));
+}

@@ -132,6 +132,17 @@ impl Slot {
     }
 }
 
+/// Called once per record sent with [`Producer::send_tagged`], on a producer thread, with
+/// the record's tag and its outcome. It should return quickly: the next responses wait.
+pub type DeliveryCallback = Arc<dyn Fn(u64, &DeliveryResult) + Send + Sync>;
+
+/// How a record's outcome is reported: through its future, or to the producer's callback
+/// with the caller's tag (no allocation per record).
+enum Token {
+    Future(Arc<Slot>),
+    Tagged(u64),
+}
+
 /// The outcome of one `send`: a future, or [`DeliveryFuture::wait`] from a thread.
 pub struct DeliveryFuture {
     slot: Arc<Slot>,
@@ -179,7 +190,7 @@ struct TopicInfo {
 }
 
 struct State {
-    batches: Accumulator<Arc<Slot>>,
+    batches: Accumulator<Token>,
     sticky: StickyPartitioner,
     topics: FastMap<String, Arc<TopicInfo>>,
     /// When the newest batch was opened (reused as "now" for appends to open batches).
@@ -197,6 +208,8 @@ struct State {
 
 struct Shared {
     config: ProducerConfig,
+    /// Receives the outcomes of tagged records.
+    callback: Option<DeliveryCallback>,
     state: Mutex<State>,
     /// The I/O thread waits here for work.
     work: Condvar,
@@ -215,6 +228,22 @@ pub struct Producer {
 impl Producer {
     /// Connects to the bootstrap broker and starts the I/O thread.
     pub fn new(config: ProducerConfig) -> Result<Producer, ClientError> {
+        Producer::start(config, None)
+    }
+
+    /// Like [`Producer::new`], with a callback that receives the outcome of every record
+    /// sent with [`Producer::send_tagged`] (librdkafka's delivery report callback).
+    pub fn with_callback(
+        config: ProducerConfig,
+        callback: DeliveryCallback,
+    ) -> Result<Producer, ClientError> {
+        Producer::start(config, Some(callback))
+    }
+
+    fn start(
+        config: ProducerConfig,
+        callback: Option<DeliveryCallback>,
+    ) -> Result<Producer, ClientError> {
         let mut admin = Client::connect(config.bootstrap.as_str())?;
         let endpoints = admin.metadata(&[])?.shards;
         let batching = AccumulatorConfig {
@@ -235,6 +264,7 @@ impl Producer {
                 closed: false,
             }),
             config,
+            callback,
             work: Condvar::new(),
             progress: Condvar::new(),
             admin: Mutex::new(admin),
@@ -256,8 +286,24 @@ impl Producer {
     /// Queues a record. Errors now for an unknown topic or partition, a full buffer (when
     /// not blocking) or a closed producer; everything else arrives through the future.
     pub fn send(&self, record: Record<'_>) -> Result<DeliveryFuture, ClientError> {
-        let timestamp = record.timestamp.unwrap_or_else(now_ms);
         let slot = Arc::new(Slot::default());
+        self.enqueue(record, Token::Future(slot.clone()))?;
+        Ok(DeliveryFuture { slot })
+    }
+
+    /// Queues a record whose outcome goes to the producer's callback with `tag`. Errors
+    /// like [`Producer::send`], and also when the producer was made without a callback.
+    pub fn send_tagged(&self, record: Record<'_>, tag: u64) -> Result<(), ClientError> {
+        if self.shared.callback.is_none() {
+            return Err(ClientError::Unexpected(
+                "send_tagged needs a producer made with Producer::with_callback".into(),
+            ));
+        }
+        self.enqueue(record, Token::Tagged(tag))
+    }
+
+    fn enqueue(&self, record: Record<'_>, mut token: Token) -> Result<(), ClientError> {
+        let timestamp = record.timestamp.unwrap_or_else(now_ms);
         let mut state = lock(&self.shared.state);
         let partitions = match state.topics.get(record.topic) {
             Some(info) => info.owners.len() as u32,
@@ -281,7 +327,6 @@ impl Producer {
             (None, Some(key)) => partition_for_key(key, partitions),
             (None, None) => state.sticky.partition(record.topic, partitions),
         };
-        let mut token = slot.clone();
         loop {
             if state.closed {
                 return Err(closed());
@@ -325,7 +370,7 @@ impl Producer {
                     if wake {
                         self.shared.work.notify_one();
                     }
-                    return Ok(DeliveryFuture { slot });
+                    return Ok(());
                 }
                 Err((AppendError::BufferFull { .. }, back))
                     if self.shared.config.block_when_full =>
@@ -419,13 +464,13 @@ fn now_ms() -> i64 {
 struct Outgoing {
     to: TopicPartition,
     bytes: Bytes,
-    tokens: Vec<Arc<Slot>>,
+    tokens: Vec<Token>,
     accounted: usize,
     attempt: u32,
 }
 
 impl Outgoing {
-    fn new(mut batch: ReadyBatch<Arc<Slot>>) -> Outgoing {
+    fn new(mut batch: ReadyBatch<Token>) -> Outgoing {
         Outgoing {
             bytes: std::mem::take(&mut batch.records).freeze(),
             to: batch.to,
@@ -650,15 +695,23 @@ fn send_batches(
 /// Completes every record of a batch: offsets `base + index` on success.
 fn finish(shared: &Arc<Shared>, batch: Outgoing, result: Result<Delivery, ClientError>) {
     let n = batch.tokens.len();
-    for (i, slot) in batch.tokens.into_iter().enumerate() {
-        slot.complete(match &result {
+    for (i, token) in batch.tokens.into_iter().enumerate() {
+        let outcome = match &result {
             Ok(d) if d.offset >= 0 => Ok(Delivery {
                 partition: d.partition,
                 offset: d.offset + i as i64,
             }),
             Ok(d) => Ok(*d),
             Err(e) => Err(replicate(e)),
-        });
+        };
+        match token {
+            Token::Future(slot) => slot.complete(outcome),
+            Token::Tagged(tag) => {
+                if let Some(callback) = &shared.callback {
+                    callback(tag, &outcome);
+                }
+            }
+        }
     }
     let mut state = lock(&shared.state);
     state.batches.release(batch.accounted);
