@@ -1,4 +1,4 @@
-//! `eventflow-bench`: the load generator. The harness issue fills it in; until then it says so.
+//! `eventflow-bench`: the load generator (being written).
 
 fn main() {
     eprintln!("eventflow-bench: not built yet; see the bench-harness issue");

@@ -1,0 +1,1 @@
+//! Reports: markdown tables and SVG charts from saved results (being written).

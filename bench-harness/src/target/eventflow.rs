@@ -1,0 +1,202 @@
+//! The `eventflow://` target: Eventflow's own client library.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use eventflow::client::consumer::{Consumer, ConsumerConfig, StartAt};
+use eventflow::client::producer::{Producer, ProducerConfig, Record};
+use eventflow::client::{Client, ClientError};
+use eventflow::protocol::api::{offset_spec, Acks};
+use eventflow::protocol::ErrorCode;
+
+use super::{AckSink, ConsumerWorker, ProducerWorker, Target};
+use crate::workload::{self, Workload};
+
+/// Client buffer per producer: enough to keep several full batches per partition queued.
+const BUFFER_BYTES: usize = 64 << 20;
+
+pub struct Eventflow {
+    addr: String,
+    url: String,
+    admin: Mutex<Client>,
+}
+
+impl Eventflow {
+    pub fn new(addr: &str) -> Result<Eventflow> {
+        let mut admin =
+            Client::connect(addr).with_context(|| format!("connecting to eventflow://{addr}"))?;
+        admin.api_versions()?;
+        Ok(Eventflow {
+            addr: addr.to_string(),
+            url: format!("eventflow://{addr}"),
+            admin: Mutex::new(admin),
+        })
+    }
+
+    fn admin(&self) -> std::sync::MutexGuard<'_, Client> {
+        self.admin.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn acks(a: workload::Acks) -> Acks {
+    match a {
+        workload::Acks::None => Acks::None,
+        workload::Acks::Leader => Acks::Leader,
+        workload::Acks::All => Acks::All,
+    }
+}
+
+fn producer_config(addr: &str, w: &Workload) -> ProducerConfig {
+    ProducerConfig {
+        bootstrap: addr.to_string(),
+        acks: acks(w.acks),
+        batch_bytes: w.batch_bytes,
+        linger: Duration::from_micros(w.linger_us),
+        buffer_bytes: BUFFER_BYTES.max(w.batch_bytes * 4),
+        block_when_full: true,
+        ..ProducerConfig::default()
+    }
+}
+
+impl Target for Eventflow {
+    fn kind(&self) -> &'static str {
+        "eventflow"
+    }
+
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn prepare_topic(&self, w: &Workload) -> Result<()> {
+        let mut admin = self.admin();
+        if w.create_topic {
+            match admin.delete_topic(&w.topic) {
+                Ok(()) => {}
+                Err(e) if e.code() == Some(ErrorCode::UnknownTopicOrPartition) => {}
+                Err(e) => return Err(e).context(format!("deleting topic {}", w.topic)),
+            }
+            admin
+                .create_topic(&w.topic, w.partitions, &[])
+                .with_context(|| format!("creating topic {}", w.topic))?;
+            return Ok(());
+        }
+        let described = admin
+            .describe_topic(&w.topic)
+            .with_context(|| format!("topic {} (use --create-topic to create it)", w.topic))?;
+        let have = described.partitions.len() as u32;
+        if have < w.partitions {
+            bail!(
+                "topic {} has {have} partitions, the workload needs {}",
+                w.topic,
+                w.partitions
+            );
+        }
+        Ok(())
+    }
+
+    fn end_offsets(&self, w: &Workload) -> Result<Vec<i64>> {
+        let mut admin = self.admin();
+        (0..w.partitions)
+            .map(|p| {
+                admin
+                    .list_offset(&w.topic, p, offset_spec::LATEST)
+                    .with_context(|| format!("end offset of {}/{p}", w.topic))
+            })
+            .collect()
+    }
+
+    fn producer(&self, w: &Workload, sink: Arc<dyn AckSink>) -> Result<Box<dyn ProducerWorker>> {
+        let callback = Arc::new(move |tag: u64, outcome: &Result<_, ClientError>| {
+            sink.acked(tag, outcome.is_ok());
+        });
+        let producer = Producer::with_callback(producer_config(&self.addr, w), callback)
+            .with_context(|| format!("producer for {}", self.url))?;
+        Ok(Box::new(EventflowProducer {
+            producer,
+            topic: w.topic.clone(),
+        }))
+    }
+
+    fn consumer(&self, w: &Workload, index: u32, start: &[i64]) -> Result<Box<dyn ConsumerWorker>> {
+        if let Some(group) = &w.consumer_group {
+            bail!(
+                "--consumer-group {group}: this Eventflow build has no consumer groups yet; \
+                 run without it to assign partitions"
+            );
+        }
+        let mut consumer = Consumer::new(ConsumerConfig {
+            bootstrap: self.addr.clone(),
+            max_wait: Duration::from_millis(100),
+            min_bytes: 1,
+            max_bytes: 8 << 20,
+            check_crcs: false,
+        })
+        .with_context(|| format!("consumer for {}", self.url))?;
+        for p in w.consumer_partitions(index) {
+            let at = start.get(p as usize).copied().unwrap_or(0);
+            consumer
+                .assign(&w.topic, &[p], StartAt::Offset(at))
+                .with_context(|| format!("assigning {}/{p}", w.topic))?;
+        }
+        Ok(Box::new(EventflowConsumer { consumer }))
+    }
+
+    fn client_settings(&self, w: &Workload) -> Vec<(String, String)> {
+        let c = producer_config(&self.addr, w);
+        vec![
+            ("client".into(), "eventflow (Rust, this repository)".into()),
+            ("acks".into(), w.acks.as_str().into()),
+            ("batch_bytes".into(), c.batch_bytes.to_string()),
+            ("linger".into(), format!("{:?}", c.linger)),
+            ("buffer_bytes".into(), c.buffer_bytes.to_string()),
+            ("max_in_flight".into(), c.max_in_flight.to_string()),
+            ("fetch max_bytes".into(), (8u32 << 20).to_string()),
+            ("fetch max_wait".into(), "100ms".into()),
+        ]
+    }
+}
+
+struct EventflowProducer {
+    producer: Producer,
+    topic: String,
+}
+
+impl ProducerWorker for EventflowProducer {
+    fn send(
+        &mut self,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: &[u8],
+        tag: u64,
+    ) -> Result<()> {
+        let record = Record {
+            topic: &self.topic,
+            partition,
+            key,
+            value: Some(value),
+            ..Record::default()
+        };
+        self.producer.send_tagged(record, tag)?;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.producer.flush()?;
+        Ok(())
+    }
+}
+
+struct EventflowConsumer {
+    consumer: Consumer,
+}
+
+impl ConsumerWorker for EventflowConsumer {
+    fn poll(&mut self, timeout: Duration, on_value: &mut dyn FnMut(&[u8])) -> Result<usize> {
+        let records = self.consumer.poll(timeout)?;
+        for r in &records {
+            on_value(r.value.as_deref().unwrap_or_default());
+        }
+        Ok(records.len())
+    }
+}

@@ -1,0 +1,128 @@
+//! What the harness drives: a broker reached through one client library. `eventflow://` uses
+//! Eventflow's own client; `kafka://` (cargo feature `kafka`) uses librdkafka through the
+//! `rdkafka` crate. Both get the same workload knobs, mapped to their own settings.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::workload::Workload;
+
+mod eventflow;
+#[cfg(feature = "kafka")]
+mod kafka;
+
+/// Receives the outcome of each record a producer worker sent, on a client thread.
+pub trait AckSink: Send + Sync {
+    /// The record sent with `tag` was acknowledged (`ok`) or failed.
+    fn acked(&self, tag: u64, ok: bool);
+}
+
+/// One producer client, used by one harness thread.
+pub trait ProducerWorker: Send {
+    /// Queues one record; its outcome reaches the [`AckSink`] with `tag`. May block while
+    /// the client's buffer is full (that time shows up as publish delay).
+    fn send(&mut self, partition: Option<u32>, key: Option<&[u8]>, value: &[u8], tag: u64)
+        -> Result<()>;
+    /// Waits until every record sent so far has an outcome.
+    fn flush(&mut self) -> Result<()>;
+}
+
+/// One consumer client, used by one harness thread.
+pub trait ConsumerWorker: Send {
+    /// Waits up to `timeout` for records and calls `on_value` with each record's value;
+    /// returns how many records it saw.
+    fn poll(&mut self, timeout: Duration, on_value: &mut dyn FnMut(&[u8])) -> Result<usize>;
+}
+
+/// A broker and the client library that speaks to it.
+pub trait Target: Send + Sync {
+    /// `eventflow` or `kafka`.
+    fn kind(&self) -> &'static str;
+    /// The address as given (`eventflow://127.0.0.1:9092`).
+    fn url(&self) -> &str;
+    /// Creates the topic with `w.partitions` (deleting an existing one first) when
+    /// `w.create_topic`; otherwise checks that it exists with at least that many partitions.
+    fn prepare_topic(&self, w: &Workload) -> Result<()>;
+    /// The next offset of each partition `0..w.partitions` (where new records will go).
+    fn end_offsets(&self, w: &Workload) -> Result<Vec<i64>>;
+    /// A producer client with the workload's batching and acks.
+    fn producer(&self, w: &Workload, sink: Arc<dyn AckSink>) -> Result<Box<dyn ProducerWorker>>;
+    /// Consumer `index` of `w.consumers`. Without a consumer group it is assigned
+    /// `w.consumer_partitions(index)`, each starting at `start[p]`; with one it subscribes.
+    fn consumer(&self, w: &Workload, index: u32, start: &[i64]) -> Result<Box<dyn ConsumerWorker>>;
+    /// The client settings the workload maps to, for the report (`batch.size = 262144`).
+    fn client_settings(&self, w: &Workload) -> Vec<(String, String)>;
+}
+
+/// A parsed target address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetUrl {
+    /// `eventflow://host:port`
+    Eventflow(String),
+    /// `kafka://host:port`
+    Kafka(String),
+}
+
+impl TargetUrl {
+    /// Parses `eventflow://HOST:PORT` or `kafka://HOST:PORT`.
+    pub fn parse(s: &str) -> Result<TargetUrl> {
+        let (scheme, addr) = match s.split_once("://") {
+            Some(parts) => parts,
+            None => bail!("target `{s}` needs a scheme: eventflow://HOST:PORT or kafka://HOST:PORT"),
+        };
+        if addr.is_empty() || !addr.contains(':') {
+            bail!("target `{s}`: expected HOST:PORT after `{scheme}://`");
+        }
+        match scheme {
+            "eventflow" => Ok(TargetUrl::Eventflow(addr.to_string())),
+            "kafka" => Ok(TargetUrl::Kafka(addr.to_string())),
+            other => bail!("target `{s}`: unknown scheme `{other}` (eventflow or kafka)"),
+        }
+    }
+
+    /// Connects the client library for this target.
+    pub fn connect(&self) -> Result<Box<dyn Target>> {
+        match self {
+            TargetUrl::Eventflow(addr) => Ok(Box::new(eventflow::Eventflow::new(addr)?)),
+            #[cfg(feature = "kafka")]
+            TargetUrl::Kafka(addr) => Ok(Box::new(kafka::Kafka::new(addr)?)),
+            #[cfg(not(feature = "kafka"))]
+            TargetUrl::Kafka(_) => bail!(
+                "this eventflow-bench was built without Kafka support: rebuild with \
+                 `--features kafka` (needs apt-get install librdkafka-dev pkg-config)"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for TargetUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetUrl::Eventflow(a) => write!(f, "eventflow://{a}"),
+            TargetUrl::Kafka(a) => write!(f, "kafka://{a}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            TargetUrl::parse("eventflow://127.0.0.1:9092").unwrap(),
+            TargetUrl::Eventflow("127.0.0.1:9092".into())
+        );
+        assert_eq!(
+            TargetUrl::parse("kafka://localhost:9093").unwrap().to_string(),
+            "kafka://localhost:9093"
+        );
+        assert!(TargetUrl::parse("127.0.0.1:9092").is_err());
+        assert!(TargetUrl::parse("amqp://h:1").is_err());
+        assert!(TargetUrl::parse("kafka://").is_err());
+    }
+}
