@@ -5,8 +5,14 @@
 //! every worker records into its own HdrHistogram and the histograms are merged, never
 //! averaged. See the crate's README section in the repository README and `tuning/`.
 
+pub mod broker;
+pub mod clock;
+pub mod compare;
 pub mod machine;
+pub mod plan;
 pub mod report;
 pub mod result;
+pub mod run;
+pub mod sweep;
 pub mod target;
 pub mod workload;

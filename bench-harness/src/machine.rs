@@ -58,7 +58,8 @@ fn filesystem_of(path: &Path) -> String {
         .filter_map(|l| {
             let mut fields = l.split_whitespace();
             let (_dev, point, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-            path.starts_with(point).then(|| (point.len(), fstype.to_string()))
+            path.starts_with(point)
+                .then(|| (point.len(), fstype.to_string()))
         })
         .max_by_key(|(len, _)| *len)
         .map_or_else(|| "unknown".into(), |(_, fstype)| fstype)

@@ -1,6 +1,272 @@
-//! `eventflow-bench`: the load generator (being written).
+//! `eventflow-bench`: load generator for Eventflow and Kafka. See `--help` of each
+//! subcommand, the README's harness section and `tuning/`.
 
-fn main() {
-    eprintln!("eventflow-bench: not built yet; see the bench-harness issue");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use eventflow_bench::broker;
+use eventflow_bench::compare::{self, Comparison, Side};
+use eventflow_bench::plan;
+use eventflow_bench::report;
+use eventflow_bench::result;
+use eventflow_bench::run::{self, Kind, RunContext};
+use eventflow_bench::sweep::{self, Sweep};
+use eventflow_bench::target::TargetUrl;
+use eventflow_bench::workload::Workload;
+
+#[derive(Parser)]
+#[command(
+    name = "eventflow-bench",
+    version,
+    about = "Load generator for Eventflow and Kafka"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Producers only: acknowledged records/s and publish latency.
+    Produce(RunArgs),
+    /// Fill a backlog of --messages records, then measure consumers reading it.
+    Consume(RunArgs),
+    /// Producers and consumers at once: end-to-end latency from the send time in each record.
+    E2e(RunArgs),
+    /// The same runs against several targets, alternating, with a report and charts.
+    Compare(CompareArgs),
+    /// Vary knobs and broker flags from a TOML file against fresh eventflowd brokers.
+    Sweep(SweepArgs),
+    /// Redraw the report and charts from saved results.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// eventflow://HOST:PORT or kafka://HOST:PORT.
+    #[arg(long, default_value = "eventflow://127.0.0.1:9092")]
+    target: String,
+    #[command(flatten)]
+    workload: Workload,
+    /// Sample this broker process's CPU time and RSS from /proc.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// The broker's durability setting in words, for the result (e.g. "--fsync always").
+    #[arg(long)]
+    durability: Option<String>,
+    /// Write the result (settings, machine, histograms) as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// Results go to <results-dir>/<name>/.
+    #[arg(long)]
+    name: String,
+    /// Comma-separated targets: `eventflow` (the harness starts eventflowd for every run
+    /// with --eventflowd-flags and a fresh data dir), eventflow://HOST:PORT, kafka://HOST:PORT.
+    #[arg(long, value_delimiter = ',', required = true)]
+    targets: Vec<String>,
+    /// A plan file ([defaults] and [[run]] tables), or `default` for the built-in matrix.
+    #[arg(long, default_value = "default")]
+    plan: String,
+    /// Rounds; each round runs every target once per workload.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// The eventflowd binary for the `eventflow` target (default: next to this binary).
+    #[arg(long)]
+    eventflowd: Option<PathBuf>,
+    /// Flags for a started eventflowd.
+    #[arg(long, default_value = "--fsync always", allow_hyphen_values = true)]
+    eventflowd_flags: String,
+    /// Durability of kafka:// targets, in words, for the report.
+    #[arg(long, default_value = compare::KAFKA_DEFAULT_DURABILITY)]
+    kafka_durability: String,
+    /// Durability of running eventflow:// targets, in words (e.g. "eventflowd --fsync always").
+    #[arg(long)]
+    eventflow_durability: Option<String>,
+    /// PID of the one running (not started) broker, for CPU and RSS.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Parent directory of the results.
+    #[arg(long, default_value = "bench-harness/results")]
+    results_dir: PathBuf,
+    /// Where started brokers keep their data (deleted after each run).
+    #[arg(long, default_value = "target/bench-data")]
+    scratch: PathBuf,
+    /// Override the plan's knobs for every run: `--set duration=2s --set warmup=0s`.
+    #[arg(long = "set", value_name = "KNOB=VALUE")]
+    set: Vec<String>,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    /// The sweep file.
+    file: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// The eventflowd binary (default: next to this binary).
+    #[arg(long)]
+    eventflowd: Option<PathBuf>,
+    /// Where brokers keep their data (deleted after each point).
+    #[arg(long, default_value = "target/bench-data")]
+    scratch: PathBuf,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// A results.json, or a directory holding one.
+    results: PathBuf,
+    /// Where to write report.md and the charts (default: next to the results).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Report title (default: the directory name).
+    #[arg(long)]
+    title: Option<String>,
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("eventflow-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Produce(args) => single(Kind::Produce, args),
+        Command::Consume(args) => single(Kind::Consume, args),
+        Command::E2e(args) => single(Kind::E2e, args),
+        Command::Compare(args) => compare_cmd(args),
+        Command::Sweep(args) => sweep_cmd(args),
+        Command::Report(args) => report_cmd(args),
+    }
+}
+
+fn single(kind: Kind, args: RunArgs) -> Result<()> {
+    let url = TargetUrl::parse(&args.target)?;
+    let target = url.connect()?;
+    let durability = args.durability.unwrap_or_else(|| match url {
+        TargetUrl::Kafka(_) => compare::KAFKA_DEFAULT_DURABILITY.to_string(),
+        TargetUrl::Eventflow(_) => "not stated (pass --durability)".to_string(),
+    });
+    let ctx = RunContext {
+        target: target.as_ref(),
+        broker_pid: args.broker_pid,
+        durability,
+        broker_flags: None,
+        data_dir: None,
+        round: 0,
+        progress: !args.quiet,
+    };
+    let r = run::run(kind, &args.workload, &ctx)?;
+    println!("{}", report::terminal_summary(&r));
+    if let Some(path) = &args.json {
+        result::save(path, std::slice::from_ref(&r))?;
+        println!("result written to {}", path.display());
+    }
+    if r.missing > 0 || r.duplicates > 0 {
+        bail!(
+            "{} records missing and {} duplicated",
+            r.missing,
+            r.duplicates
+        );
+    }
+    Ok(())
+}
+
+fn compare_cmd(args: CompareArgs) -> Result<()> {
+    let binary = args
+        .eventflowd
+        .clone()
+        .unwrap_or_else(broker::default_binary);
+    let sides = args
+        .targets
+        .iter()
+        .map(|t| Side::parse(t.trim(), &binary, &args.eventflowd_flags))
+        .collect::<Result<Vec<_>>>()?;
+    let mut runs = plan::load(&args.plan)?;
+    for set in &args.set {
+        let (key, value) = set
+            .split_once('=')
+            .with_context(|| format!("--set {set}: expected KNOB=VALUE"))?;
+        for r in &mut runs {
+            r.workload = override_knob(&r.workload, key, value)?;
+        }
+    }
+    let path = compare::compare(&Comparison {
+        name: args.name,
+        sides,
+        runs,
+        rounds: args.rounds,
+        kafka_durability: args.kafka_durability,
+        eventflow_durability: args.eventflow_durability,
+        broker_pid: args.broker_pid,
+        results_dir: args.results_dir,
+        scratch: args.scratch,
+        progress: !args.quiet,
+    })?;
+    println!("report written to {}", path.display());
+    Ok(())
+}
+
+/// A workload with one knob set from `KNOB=VALUE` text (TOML value syntax, bare strings
+/// allowed: `duration=2s`).
+fn override_knob(w: &Workload, key: &str, value: &str) -> Result<Workload> {
+    let mut table = toml::Table::try_from(w).context("workload as TOML")?;
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    table.insert(key.replace('-', "_"), parsed);
+    let w = plan::workload_from(table).with_context(|| format!("--set {key}={value}"))?;
+    w.validate()?;
+    Ok(w)
+}
+
+fn sweep_cmd(args: SweepArgs) -> Result<()> {
+    let sweep = Sweep::load(&args.file)?;
+    let binary = args.eventflowd.unwrap_or_else(broker::default_binary);
+    std::fs::create_dir_all(&args.out)?;
+    let path = sweep::run_sweep(&sweep, &binary, &args.out, &args.scratch, !args.quiet)?;
+    println!("sweep written to {}", path.display());
+    Ok(())
+}
+
+fn report_cmd(args: ReportArgs) -> Result<()> {
+    let (json, dir) = if args.results.is_dir() {
+        (args.results.join("results.json"), args.results.clone())
+    } else {
+        let dir = args
+            .results
+            .parent()
+            .map_or_else(|| PathBuf::from("."), PathBuf::from);
+        (args.results.clone(), dir)
+    };
+    let results = result::load(&json)?;
+    let out = args.out.unwrap_or(dir);
+    let title = args.title.unwrap_or_else(|| {
+        out.file_name()
+            .map_or_else(|| "results".into(), |n| n.to_string_lossy().into_owned())
+    });
+    let path = report::write_report(&out, &title, &results)?;
+    println!("report written to {}", path.display());
+    Ok(())
 }

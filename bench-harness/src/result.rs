@@ -198,8 +198,9 @@ pub fn load(path: &Path) -> Result<Vec<RunResult>> {
     if text.trim_start().starts_with('[') {
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     } else {
-        Ok(vec![serde_json::from_str(&text)
-            .with_context(|| format!("parsing {}", path.display()))?])
+        Ok(vec![
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        ])
     }
 }
 

@@ -219,7 +219,8 @@ pub fn human_count(n: f64) -> String {
 
 /// Parses `30s`, `2m`, `500ms`, `1h 5m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration ({e}); try 30s, 2m or 500ms"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); try 30s, 2m or 500ms"))
 }
 
 /// Parses a CPU list: `0,1`, `0-3`, `0-1,3`.
@@ -346,7 +347,9 @@ mod tests {
     fn shares_add_up() {
         for total in [0, 1, 7, 1_000_001] {
             for workers in 1..6 {
-                let sum: u64 = (0..workers).map(|i| Workload::share(total, workers, i)).sum();
+                let sum: u64 = (0..workers)
+                    .map(|i| Workload::share(total, workers, i))
+                    .sum();
                 assert_eq!(sum, total);
             }
         }

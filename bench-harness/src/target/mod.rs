@@ -24,8 +24,13 @@ pub trait AckSink: Send + Sync {
 pub trait ProducerWorker: Send {
     /// Queues one record; its outcome reaches the [`AckSink`] with `tag`. May block while
     /// the client's buffer is full (that time shows up as publish delay).
-    fn send(&mut self, partition: Option<u32>, key: Option<&[u8]>, value: &[u8], tag: u64)
-        -> Result<()>;
+    fn send(
+        &mut self,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: &[u8],
+        tag: u64,
+    ) -> Result<()>;
     /// Waits until every record sent so far has an outcome.
     fn flush(&mut self) -> Result<()>;
 }
@@ -71,7 +76,9 @@ impl TargetUrl {
     pub fn parse(s: &str) -> Result<TargetUrl> {
         let (scheme, addr) = match s.split_once("://") {
             Some(parts) => parts,
-            None => bail!("target `{s}` needs a scheme: eventflow://HOST:PORT or kafka://HOST:PORT"),
+            None => {
+                bail!("target `{s}` needs a scheme: eventflow://HOST:PORT or kafka://HOST:PORT")
+            }
         };
         if addr.is_empty() || !addr.contains(':') {
             bail!("target `{s}`: expected HOST:PORT after `{scheme}://`");
@@ -118,7 +125,9 @@ mod tests {
             TargetUrl::Eventflow("127.0.0.1:9092".into())
         );
         assert_eq!(
-            TargetUrl::parse("kafka://localhost:9093").unwrap().to_string(),
+            TargetUrl::parse("kafka://localhost:9093")
+                .unwrap()
+                .to_string(),
             "kafka://localhost:9093"
         );
         assert!(TargetUrl::parse("127.0.0.1:9092").is_err());

@@ -1,0 +1,988 @@
+//! One run: producers on an open-loop schedule, consumers checking every record, a monitor
+//! that samples rates, CPU and memory, and the merge of everything into a [`RunResult`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
+
+use crate::clock::{self, now_ns, Schedule};
+use crate::machine::{self, Machine};
+use crate::result::{new_histogram, series, BrokerUsage, Latency, RunResult, Sample, Throughput};
+use crate::target::{AckSink, ConsumerWorker, ProducerWorker, Target};
+use crate::workload::{parse_cpus, Keys, Stamp, Workload};
+
+/// What a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Producers only: acknowledged records per second and publish latency.
+    Produce,
+    /// Consumers reading a backlog that producers filled first (not measured).
+    Consume,
+    /// Producers and consumers at once: end-to-end latency from the stamp in each record.
+    E2e,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Produce => "produce",
+            Kind::Consume => "consume",
+            Kind::E2e => "e2e",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Kind> {
+        match s {
+            "produce" => Ok(Kind::Produce),
+            "consume" => Ok(Kind::Consume),
+            "e2e" => Ok(Kind::E2e),
+            other => bail!("unknown run kind `{other}` (produce, consume or e2e)"),
+        }
+    }
+}
+
+/// Everything about a run that is not the workload.
+pub struct RunContext<'a> {
+    pub target: &'a dyn Target,
+    /// The broker's process, for CPU and RSS readings.
+    pub broker_pid: Option<u32>,
+    /// The broker's durability setting in words, for the report.
+    pub durability: String,
+    /// Broker flags, when the harness started the broker.
+    pub broker_flags: Option<String>,
+    /// The broker's data directory, for the filesystem fact.
+    pub data_dir: Option<PathBuf>,
+    /// Round number within a comparison.
+    pub round: u32,
+    /// Draw a progress bar on stderr (hidden anyway when stderr is not a terminal).
+    pub progress: bool,
+}
+
+/// A run stops with an error when no record moves for this long.
+const STALL: Duration = Duration::from_secs(30);
+/// After the producers finish, consumers get this long without progress to catch up.
+const DRAIN: Duration = Duration::from_secs(10);
+/// How often the monitor wakes (progress, RSS).
+const TICK: Duration = Duration::from_millis(100);
+/// Timeline resolution.
+const SAMPLE_EVERY_NS: u64 = 1_000_000_000;
+
+/// Counters every worker adds to; the monitor reads them.
+#[derive(Default)]
+struct Totals {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    consumed: AtomicU64,
+    errors: AtomicU64,
+    /// Set when the run must end now (error, stall, or consumers done).
+    stop: AtomicBool,
+}
+
+/// The measured window: records whose intended send time falls in it count.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start_ns: u64,
+    end_ns: u64,
+}
+
+impl Window {
+    /// Every record counts (a consume run's backlog).
+    const ALL: Window = Window {
+        start_ns: 0,
+        end_ns: u64::MAX,
+    };
+
+    fn contains(&self, t: u64) -> bool {
+        t >= self.start_ns && t < self.end_ns
+    }
+}
+
+/// When the producers' schedule starts and which records count. It is fixed once every
+/// producer is connected, just before the first send, so that connecting does not eat into
+/// the window; acks and consumers read it afterwards.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    start_ns: u64,
+    window: Window,
+}
+
+type SharedTiming = Arc<OnceLock<Timing>>;
+
+/// Which records a producer phase measures.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Filling a backlog: everything counts toward the check, nothing is timed.
+    Fill,
+    /// Measuring after a warm-up, for a duration or until the budget is sent.
+    Measure {
+        warmup: Duration,
+        duration: Option<Duration>,
+    },
+}
+
+/// Delivery tags carry the send times back to the ack callback without a lookup: with a
+/// schedule, the record's index (its intended time follows from it) and how late it was
+/// sent in µs; without one, the send time in µs.
+mod tag {
+    use crate::clock::Schedule;
+
+    const DELAY_BITS: u32 = 24;
+    const DELAY_MAX: u64 = (1 << DELAY_BITS) - 1;
+
+    pub fn encode(schedule: &Schedule, k: u64, intended_ns: u64, sent_ns: u64) -> u64 {
+        if schedule.is_open_loop() {
+            let delay_us = (sent_ns.saturating_sub(intended_ns) / 1000).min(DELAY_MAX);
+            (k << DELAY_BITS) | delay_us
+        } else {
+            sent_ns / 1000
+        }
+    }
+
+    /// (intended, sent) in ns.
+    pub fn decode(schedule: &Schedule, tag: u64) -> (u64, u64) {
+        if schedule.is_open_loop() {
+            let intended = schedule.intended_ns(tag >> DELAY_BITS);
+            (intended, intended + (tag & DELAY_MAX) * 1000)
+        } else {
+            let sent = tag * 1000;
+            (sent, sent)
+        }
+    }
+}
+
+/// One producer's acknowledgements (called on client threads).
+struct ProducerSink {
+    /// This producer's share of the rate.
+    rate: f64,
+    timing: SharedTiming,
+    totals: Arc<Totals>,
+    state: Mutex<SinkState>,
+}
+
+struct SinkState {
+    publish: Histogram<u64>,
+    publish_intended: Histogram<u64>,
+    acked_measured: u64,
+    last_ack_ns: u64,
+}
+
+impl AckSink for ProducerSink {
+    fn acked(&self, tag: u64, ok: bool) {
+        let now = now_ns();
+        if !ok {
+            self.totals.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.totals.acked.fetch_add(1, Ordering::Relaxed);
+        let Some(timing) = self.timing.get() else {
+            return;
+        };
+        let schedule = Schedule::new(timing.start_ns, self.rate);
+        let (intended, sent) = tag::decode(&schedule, tag);
+        if !timing.window.contains(intended) {
+            return;
+        }
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.publish.saturating_record(now.saturating_sub(sent) / 1000);
+        s.publish_intended
+            .saturating_record(now.saturating_sub(intended) / 1000);
+        s.acked_measured += 1;
+        s.last_ack_ns = s.last_ack_ns.max(now);
+    }
+}
+
+/// What a producer thread reports at the end.
+struct ProducerOutcome {
+    delay: Histogram<u64>,
+    /// Records sent per sequence number (for the consumers' check): 0..sent.
+    sent: u64,
+}
+
+/// What a consumer thread reports at the end.
+struct ConsumerOutcome {
+    e2e: Histogram<u64>,
+    e2e_actual: Histogram<u64>,
+    measured: u64,
+    measured_bytes: u64,
+    last_ns: u64,
+    /// Per producer, a bit per sequence number seen.
+    seen: Vec<Vec<u64>>,
+    duplicates: u64,
+    /// Records without the harness's stamp (another writer on the topic).
+    foreign: u64,
+}
+
+/// Runs one workload against one target.
+pub fn run(kind: Kind, w: &Workload, ctx: &RunContext<'_>) -> Result<RunResult> {
+    w.validate()?;
+    if kind == Kind::Consume && w.messages.is_none() && w.duration.is_some() {
+        bail!("consume reads a backlog of --messages records; --duration does not size it");
+    }
+    let cpus = w.cpus.as_deref().map(parse_cpus).transpose()?;
+    ctx.target.prepare_topic(w)?;
+    let start_offsets = ctx.target.end_offsets(w)?;
+    let started_unix_s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let machine = Machine::read(ctx.data_dir.as_deref());
+    let broker_pid = ctx.broker_pid.map(|p| p.to_string());
+    let rss_start_kib = broker_pid.as_deref().and_then(machine::process_rss_kib);
+
+    let totals = Arc::new(Totals::default());
+    let budget = w.message_budget();
+    let mut monitor = Monitor::new(ctx, w, kind, broker_pid.clone());
+
+    // Consume: fill the backlog first, unmeasured, then read it.
+    let mut fill_sent = Vec::new();
+    if kind == Kind::Consume {
+        let fill = Workload {
+            rate: 0,
+            warmup: Duration::ZERO,
+            duration: None,
+            ..w.clone()
+        };
+        let (outcomes, _) = run_producers(
+            ctx,
+            &fill,
+            &cpus,
+            Phase::Fill,
+            &Arc::default(),
+            budget,
+            &totals,
+            &mut monitor,
+            "filling",
+        )?;
+        fill_sent = outcomes.iter().map(|o| o.sent).collect();
+        if totals.errors.load(Ordering::Relaxed) > 0 {
+            bail!(
+                "{} records failed while filling the backlog",
+                totals.errors.load(Ordering::Relaxed)
+            );
+        }
+    }
+
+    let timing = SharedTiming::default();
+    if kind == Kind::Consume {
+        let start_ns = now_ns();
+        let _ = timing.set(Timing {
+            start_ns,
+            window: Window::ALL,
+        });
+        monitor.begin(start_ns, &totals);
+    }
+
+    let mut producers = Vec::new();
+    let mut sinks = Vec::new();
+    let mut consumers = Vec::new();
+    std::thread::scope(|scope| -> Result<()> {
+        let mut consumer_handles = Vec::new();
+        if kind != Kind::Produce {
+            for i in 0..w.consumers {
+                let worker = ctx.target.consumer(w, i, &start_offsets)?;
+                let totals = totals.clone();
+                let timing = timing.clone();
+                let pin = pin_for(&cpus, (w.producers + i) as usize);
+                let record_latency = kind == Kind::E2e;
+                consumer_handles.push(scope.spawn(move || {
+                    pin_current(pin);
+                    consume_loop(worker, &timing, record_latency, &totals)
+                }));
+            }
+        }
+        if kind != Kind::Consume {
+            let (outcomes, s) = run_producers_in(
+                scope,
+                ctx,
+                w,
+                &cpus,
+                Phase::Measure {
+                    warmup: w.warmup,
+                    duration: w.duration,
+                },
+                &timing,
+                budget,
+                &totals,
+                &mut monitor,
+                "measuring",
+            )?;
+            producers = outcomes;
+            sinks = s;
+        } else {
+            producers = fill_sent
+                .iter()
+                .map(|&sent| ProducerOutcome {
+                    delay: new_histogram(),
+                    sent,
+                })
+                .collect();
+        }
+        if !consumer_handles.is_empty() {
+            let expected = totals.acked.load(Ordering::Relaxed);
+            monitor.drain(&totals, expected, &consumer_handles);
+            totals.stop.store(true, Ordering::Relaxed);
+            for h in consumer_handles {
+                consumers.push(
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("a consumer thread panicked"))??,
+                );
+            }
+        }
+        Ok(())
+    })?;
+    monitor.finish();
+    let measure_start_ns = timing
+        .get()
+        .map_or_else(now_ns, |t| t.window.start_ns.max(t.start_ns));
+
+    // Merge.
+    let mut latency = BTreeMap::new();
+    let mut produced = None;
+    let mut last_ns = measure_start_ns;
+    if kind != Kind::Consume {
+        let mut publish = new_histogram();
+        let mut publish_intended = new_histogram();
+        let mut delay = new_histogram();
+        let mut measured = 0;
+        for sink in &sinks {
+            let s = sink.state.lock().unwrap_or_else(|p| p.into_inner());
+            publish.add(&s.publish)?;
+            publish_intended.add(&s.publish_intended)?;
+            measured += s.acked_measured;
+            last_ns = last_ns.max(s.last_ack_ns);
+        }
+        for p in &producers {
+            delay.add(&p.delay)?;
+        }
+        let elapsed_s = (last_ns - measure_start_ns) as f64 / 1e9;
+        produced = Some(Throughput::new(
+            measured,
+            measured * w.message_size as u64,
+            elapsed_s,
+        ));
+        insert(&mut latency, series::PUBLISH, &publish);
+        if w.rate > 0 {
+            insert(&mut latency, series::PUBLISH_INTENDED, &publish_intended);
+            insert(&mut latency, series::PUBLISH_DELAY, &delay);
+        }
+    }
+    let mut consumed = None;
+    let (mut missing, mut duplicates) = (0, 0);
+    if kind != Kind::Produce {
+        let mut e2e = new_histogram();
+        let mut e2e_actual = new_histogram();
+        let (mut n, mut bytes, mut last, mut foreign) = (0, 0, measure_start_ns, 0);
+        for c in &consumers {
+            e2e.add(&c.e2e)?;
+            e2e_actual.add(&c.e2e_actual)?;
+            n += c.measured;
+            bytes += c.measured_bytes;
+            last = last.max(c.last_ns);
+            duplicates += c.duplicates;
+            foreign += c.foreign;
+        }
+        if foreign > 0 {
+            tracing_note(&format!(
+                "{foreign} records without the harness's stamp were skipped"
+            ));
+        }
+        let (m, d) = check_delivery(&producers, &consumers);
+        missing = m;
+        duplicates += d;
+        let elapsed_s = (last - measure_start_ns) as f64 / 1e9;
+        consumed = Some(Throughput::new(n, bytes, elapsed_s));
+        last_ns = last_ns.max(last);
+        if kind == Kind::E2e {
+            insert(&mut latency, series::E2E, &e2e);
+            insert(&mut latency, series::E2E_ACTUAL, &e2e_actual);
+        }
+    }
+    let elapsed_s = (last_ns - measure_start_ns) as f64 / 1e9;
+    let messages = produced.map_or(0, |t| t.messages) + consumed.map_or(0, |t| t.messages);
+    let broker = monitor.broker_usage(ctx.broker_pid, rss_start_kib, messages);
+    let errors = totals.errors.load(Ordering::Relaxed);
+    Ok(RunResult {
+        kind: kind.as_str().into(),
+        label: w.label(kind.as_str()),
+        target_kind: ctx.target.kind().into(),
+        target: ctx.target.url().into(),
+        workload: w.clone(),
+        client_settings: ctx.target.client_settings(w),
+        durability: ctx.durability.clone(),
+        broker_flags: ctx.broker_flags.clone(),
+        machine,
+        round: ctx.round,
+        started_unix_s,
+        elapsed_s,
+        produced,
+        consumed,
+        latency,
+        timeline: std::mem::take(&mut monitor.timeline),
+        harness_cpu_s: monitor.harness_cpu_s(),
+        broker,
+        errors,
+        missing,
+        duplicates,
+    })
+}
+
+fn insert(map: &mut BTreeMap<String, Latency>, name: &str, h: &Histogram<u64>) {
+    if !h.is_empty() {
+        map.insert(name.to_string(), Latency::from_histogram(h));
+    }
+}
+
+fn tracing_note(msg: &str) {
+    eprintln!("eventflow-bench: {msg}");
+}
+
+/// Starts the producers, waits for them and returns their outcomes and ack sinks.
+#[allow(clippy::too_many_arguments)]
+fn run_producers(
+    ctx: &RunContext<'_>,
+    w: &Workload,
+    cpus: &Option<Vec<usize>>,
+    phase: Phase,
+    timing: &SharedTiming,
+    budget: Option<u64>,
+    totals: &Arc<Totals>,
+    monitor: &mut Monitor,
+    label: &str,
+) -> Result<(Vec<ProducerOutcome>, Vec<Arc<ProducerSink>>)> {
+    std::thread::scope(|scope| {
+        run_producers_in(
+            scope, ctx, w, cpus, phase, timing, budget, totals, monitor, label,
+        )
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_producers_in<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    ctx: &RunContext<'_>,
+    w: &'scope Workload,
+    cpus: &Option<Vec<usize>>,
+    phase: Phase,
+    timing: &SharedTiming,
+    budget: Option<u64>,
+    totals: &Arc<Totals>,
+    monitor: &mut Monitor,
+    label: &str,
+) -> Result<(Vec<ProducerOutcome>, Vec<Arc<ProducerSink>>)> {
+    let rate = w.rate as f64 / f64::from(w.producers);
+    let mut workers = Vec::new();
+    let mut sinks = Vec::new();
+    for _ in 0..w.producers {
+        let sink = Arc::new(ProducerSink {
+            rate,
+            timing: timing.clone(),
+            totals: totals.clone(),
+            state: Mutex::new(SinkState {
+                publish: new_histogram(),
+                publish_intended: new_histogram(),
+                acked_measured: 0,
+                last_ack_ns: 0,
+            }),
+        });
+        workers.push(ctx.target.producer(w, sink.clone())?);
+        sinks.push(sink);
+    }
+    // Everyone is connected: the schedule and the window start now.
+    let start_ns = now_ns();
+    let window = match phase {
+        Phase::Fill => Window::ALL,
+        Phase::Measure { warmup, duration } => {
+            let start = start_ns + warmup.as_nanos() as u64;
+            Window {
+                start_ns: start,
+                end_ns: duration.map_or(u64::MAX, |d| start + d.as_nanos() as u64),
+            }
+        }
+    };
+    let _ = timing.set(Timing { start_ns, window });
+    if let Phase::Measure { .. } = phase {
+        monitor.begin(window.start_ns, totals);
+    }
+    let schedule = Schedule::new(start_ns, rate);
+    let mut handles = Vec::new();
+    for (i, worker) in (0..w.producers).zip(workers) {
+        let share = budget.map(|b| Workload::share(b, w.producers, i));
+        let totals = totals.clone();
+        let pin = pin_for(cpus, i as usize);
+        handles.push(scope.spawn(move || {
+            pin_current(pin);
+            let worker = ProducerLoop {
+                worker,
+                index: i as u16,
+                schedule,
+                window,
+                budget: share,
+                keys: w.keys,
+                message_size: w.message_size,
+                totals: &totals,
+            };
+            let outcome = worker.run();
+            if outcome.is_err() {
+                totals.stop.store(true, Ordering::Relaxed);
+            }
+            outcome
+        }));
+    }
+    monitor.watch_producers(label, totals, &handles);
+    let mut outcomes = Vec::new();
+    for h in handles {
+        outcomes.push(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a producer thread panicked"))??,
+        );
+    }
+    if let Some(err) = monitor.failure.take() {
+        return Err(err);
+    }
+    Ok((outcomes, sinks))
+}
+
+struct ProducerLoop<'a> {
+    worker: Box<dyn ProducerWorker>,
+    index: u16,
+    schedule: Schedule,
+    window: Window,
+    /// Records to send inside the window (`None`: until the window ends).
+    budget: Option<u64>,
+    keys: Keys,
+    message_size: usize,
+    totals: &'a Totals,
+}
+
+impl ProducerLoop<'_> {
+    fn run(mut self) -> Result<ProducerOutcome> {
+        // The payload is made once; each send rewrites only its 24-byte stamp.
+        let mut rng = SmallRng::seed_from_u64(0x5eed ^ u64::from(self.index));
+        let mut payload = vec![0u8; self.message_size];
+        rng.fill_bytes(&mut payload);
+        let mut delay = new_histogram();
+        let open_loop = self.schedule.is_open_loop();
+        let mut measured = 0u64;
+        let mut k = 0u64;
+        let mut unreported = 0u64;
+        while !self.totals.stop.load(Ordering::Relaxed) {
+            let intended = if open_loop {
+                let due = self.schedule.intended_ns(k);
+                clock::sleep_until(due);
+                due
+            } else {
+                0
+            };
+            let sent = now_ns();
+            let intended = if open_loop { intended } else { sent };
+            let in_window = intended >= self.window.start_ns;
+            if in_window {
+                if intended >= self.window.end_ns || self.budget.is_some_and(|b| measured >= b) {
+                    break;
+                }
+                measured += 1;
+                if open_loop {
+                    delay.saturating_record((sent - intended) / 1000);
+                }
+            }
+            Stamp {
+                intended_ns: intended,
+                sent_ns: sent,
+                producer: self.index,
+                seq: k,
+            }
+            .write(&mut payload);
+            let key_bytes = match self.keys {
+                Keys::None => None,
+                Keys::Random => Some(rng.next_u64().to_le_bytes()),
+                Keys::Seq => Some(k.to_le_bytes()),
+            };
+            let tag = tag::encode(&self.schedule, k, intended, sent);
+            self.worker
+                .send(None, key_bytes.as_ref().map(|k| &k[..]), &payload, tag)
+                .with_context(|| format!("producer {} sending record {k}", self.index))?;
+            k += 1;
+            unreported += 1;
+            if unreported == 256 {
+                self.totals.sent.fetch_add(unreported, Ordering::Relaxed);
+                unreported = 0;
+            }
+        }
+        self.totals.sent.fetch_add(unreported, Ordering::Relaxed);
+        self.worker.flush()?;
+        Ok(ProducerOutcome { delay, sent: k })
+    }
+}
+
+fn consume_loop(
+    mut worker: Box<dyn ConsumerWorker>,
+    timing: &SharedTiming,
+    record_latency: bool,
+    totals: &Totals,
+) -> Result<ConsumerOutcome> {
+    let mut out = ConsumerOutcome {
+        e2e: new_histogram(),
+        e2e_actual: new_histogram(),
+        measured: 0,
+        measured_bytes: 0,
+        last_ns: 0,
+        seen: Vec::new(),
+        duplicates: 0,
+        foreign: 0,
+    };
+    while !totals.stop.load(Ordering::Relaxed) {
+        let n = worker.poll(Duration::from_millis(100), &mut |value| {
+            let now = now_ns();
+            let Some(stamp) = Stamp::read(value) else {
+                out.foreign += 1;
+                return;
+            };
+            let bits = grow(&mut out.seen, stamp.producer as usize, stamp.seq);
+            let (word, bit) = ((stamp.seq / 64) as usize, 1u64 << (stamp.seq % 64));
+            if bits[word] & bit != 0 {
+                out.duplicates += 1;
+            }
+            bits[word] |= bit;
+            // Set before the first send, so every record of this run finds it set.
+            let window = timing.get().map_or(Window::ALL, |t| t.window);
+            if window.contains(stamp.intended_ns) {
+                out.measured += 1;
+                out.measured_bytes += value.len() as u64;
+                out.last_ns = now;
+                if record_latency {
+                    out.e2e
+                        .saturating_record(now.saturating_sub(stamp.intended_ns) / 1000);
+                    out.e2e_actual
+                        .saturating_record(now.saturating_sub(stamp.sent_ns) / 1000);
+                }
+            }
+        });
+        match n {
+            Ok(n) => {
+                totals.consumed.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                totals.errors.fetch_add(1, Ordering::Relaxed);
+                totals.stop.store(true, Ordering::Relaxed);
+                return Err(e.context("consumer poll"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The bitset of `producer`, long enough to hold `seq`.
+fn grow(seen: &mut Vec<Vec<u64>>, producer: usize, seq: u64) -> &mut Vec<u64> {
+    if seen.len() <= producer {
+        seen.resize_with(producer + 1, Vec::new);
+    }
+    let bits = &mut seen[producer];
+    let words = (seq / 64) as usize + 1;
+    if bits.len() < words {
+        bits.resize(words.next_power_of_two(), 0);
+    }
+    bits
+}
+
+/// (missing, duplicates across consumers): every sequence number a producer sent must be
+/// seen by exactly one consumer.
+fn check_delivery(producers: &[ProducerOutcome], consumers: &[ConsumerOutcome]) -> (u64, u64) {
+    let (mut missing, mut duplicates) = (0, 0);
+    for (p, outcome) in producers.iter().enumerate() {
+        for seq in 0..outcome.sent {
+            let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+            let seen_by = consumers
+                .iter()
+                .filter(|c| {
+                    c.seen
+                        .get(p)
+                        .and_then(|b| b.get(word))
+                        .is_some_and(|w| w & bit != 0)
+                })
+                .count() as u64;
+            match seen_by {
+                0 => missing += 1,
+                n => duplicates += n - 1,
+            }
+        }
+    }
+    (missing, duplicates)
+}
+
+fn pin_for(cpus: &Option<Vec<usize>>, worker: usize) -> Option<usize> {
+    cpus.as_ref().map(|c| c[worker % c.len()])
+}
+
+fn pin_current(cpu: Option<usize>) {
+    if let Some(id) = cpu {
+        core_affinity::set_for_current(core_affinity::CoreId { id });
+    }
+}
+
+/// The run's observer: progress bar, timeline, CPU and RSS readings, stall detection.
+struct Monitor {
+    bar: ProgressBar,
+    broker_pid: Option<String>,
+    measure_start_ns: u64,
+    harness_cpu_start: f64,
+    harness_cpu_end: f64,
+    broker_cpu_start: Option<f64>,
+    broker_cpu_end: Option<f64>,
+    rss_peak_kib: u64,
+    timeline: Vec<Sample>,
+    run_start_ns: u64,
+    last_sample: (u64, u64, u64),
+    failure: Option<anyhow::Error>,
+}
+
+impl Monitor {
+    fn new(ctx: &RunContext<'_>, w: &Workload, kind: Kind, broker_pid: Option<String>) -> Monitor {
+        let bar = if ctx.progress {
+            ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(10))
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {prefix} [{elapsed_precise}] {msg}")
+                .expect("valid template"),
+        );
+        bar.set_prefix(format!("{} {}", ctx.target.kind(), w.label(kind.as_str())));
+        let now = now_ns();
+        Monitor {
+            bar,
+            broker_pid,
+            measure_start_ns: u64::MAX,
+            harness_cpu_start: 0.0,
+            harness_cpu_end: 0.0,
+            broker_cpu_start: None,
+            broker_cpu_end: None,
+            rss_peak_kib: 0,
+            timeline: Vec::new(),
+            run_start_ns: now,
+            last_sample: (now, 0, 0),
+            failure: None,
+        }
+    }
+
+    /// The measured window starts at `t` (possibly after a warm-up still to come).
+    /// The timeline restarts here (a consume run's backlog fill is not part of it).
+    fn begin(&mut self, t: u64, totals: &Totals) {
+        self.measure_start_ns = t;
+        self.harness_cpu_start = f64::NAN;
+        let now = now_ns();
+        self.timeline.clear();
+        self.run_start_ns = now;
+        self.last_sample = (
+            now,
+            totals.acked.load(Ordering::Relaxed),
+            totals.consumed.load(Ordering::Relaxed),
+        );
+    }
+
+    /// Called every tick: readings, progress, the timeline.
+    fn tick(&mut self, phase: &str, totals: &Totals) {
+        let now = now_ns();
+        if self.harness_cpu_start.is_nan() && now >= self.measure_start_ns {
+            self.harness_cpu_start = machine::process_cpu_seconds("self").unwrap_or(0.0);
+            self.broker_cpu_start = self
+                .broker_pid
+                .as_deref()
+                .and_then(machine::process_cpu_seconds);
+        }
+        if let Some(rss) = self
+            .broker_pid
+            .as_deref()
+            .and_then(machine::process_rss_kib)
+        {
+            self.rss_peak_kib = self.rss_peak_kib.max(rss);
+        }
+        let acked = totals.acked.load(Ordering::Relaxed);
+        let consumed = totals.consumed.load(Ordering::Relaxed);
+        let (t0, a0, c0) = self.last_sample;
+        if now - t0 >= SAMPLE_EVERY_NS {
+            let secs = (now - t0) as f64 / 1e9;
+            let sample = Sample {
+                t_s: (now - self.run_start_ns) as f64 / 1e9,
+                produced_per_s: (acked - a0) as f64 / secs,
+                consumed_per_s: (consumed - c0) as f64 / secs,
+            };
+            self.bar.set_message(format!(
+                "{phase}: {} produced/s, {} consumed/s, {} acked, {} consumed",
+                crate::workload::human_count(sample.produced_per_s),
+                crate::workload::human_count(sample.consumed_per_s),
+                acked,
+                consumed
+            ));
+            self.timeline.push(sample);
+            self.last_sample = (now, acked, consumed);
+        }
+        self.bar.tick();
+    }
+
+    /// Ticks until every producer thread ends; stops them on a stall.
+    fn watch_producers<T>(
+        &mut self,
+        phase: &str,
+        totals: &Totals,
+        handles: &[std::thread::ScopedJoinHandle<'_, T>],
+    ) {
+        let mut progress = (
+            totals.sent.load(Ordering::Relaxed),
+            totals.acked.load(Ordering::Relaxed),
+            now_ns(),
+        );
+        while !handles.iter().all(|h| h.is_finished()) {
+            std::thread::sleep(TICK);
+            self.tick(phase, totals);
+            let now = now_ns();
+            let current = (
+                totals.sent.load(Ordering::Relaxed),
+                totals.acked.load(Ordering::Relaxed),
+            );
+            if current != (progress.0, progress.1) {
+                progress = (current.0, current.1, now);
+            } else if now - progress.2 > STALL.as_nanos() as u64 && self.failure.is_none() {
+                self.failure = Some(anyhow::anyhow!(
+                    "no record sent or acknowledged for {STALL:?}: the broker is stuck or gone"
+                ));
+                totals.stop.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Ticks until consumers have `expected` records, or made no progress for [`DRAIN`].
+    fn drain<T>(
+        &mut self,
+        totals: &Totals,
+        expected: u64,
+        handles: &[std::thread::ScopedJoinHandle<'_, T>],
+    ) {
+        let mut last = (totals.consumed.load(Ordering::Relaxed), now_ns());
+        loop {
+            let consumed = totals.consumed.load(Ordering::Relaxed);
+            if consumed >= expected
+                || totals.stop.load(Ordering::Relaxed)
+                || handles.iter().any(|h| h.is_finished())
+            {
+                break;
+            }
+            std::thread::sleep(TICK);
+            self.tick("draining", totals);
+            let now = now_ns();
+            if consumed != last.0 {
+                last = (consumed, now);
+            } else if now - last.1 > DRAIN.as_nanos() as u64 {
+                // What never arrived is counted as missing.
+                break;
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.harness_cpu_end = machine::process_cpu_seconds("self").unwrap_or(0.0);
+        if self.harness_cpu_start.is_nan() {
+            self.harness_cpu_start = self.harness_cpu_end;
+        }
+        self.broker_cpu_end = self
+            .broker_pid
+            .as_deref()
+            .and_then(machine::process_cpu_seconds);
+        if let Some(rss) = self
+            .broker_pid
+            .as_deref()
+            .and_then(machine::process_rss_kib)
+        {
+            self.rss_peak_kib = self.rss_peak_kib.max(rss);
+        }
+        self.bar.finish_and_clear();
+    }
+
+    fn harness_cpu_s(&self) -> f64 {
+        (self.harness_cpu_end - self.harness_cpu_start).max(0.0)
+    }
+
+    fn broker_usage(
+        &self,
+        pid: Option<u32>,
+        rss_start_kib: Option<u64>,
+        messages: u64,
+    ) -> Option<BrokerUsage> {
+        let pid = pid?;
+        let cpu_s = (self.broker_cpu_end? - self.broker_cpu_start?).max(0.0);
+        Some(BrokerUsage {
+            pid,
+            cpu_s,
+            cpu_s_per_million: if messages > 0 {
+                cpu_s / (messages as f64 / 1e6)
+            } else {
+                0.0
+            },
+            rss_start_kib: rss_start_kib.unwrap_or(0),
+            rss_peak_kib: self.rss_peak_kib,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_carry_send_times() {
+        let open = Schedule::new(1_000_000, 1000.0);
+        let intended = open.intended_ns(42);
+        let tag = tag::encode(&open, 42, intended, intended + 3_500_000);
+        assert_eq!(tag::decode(&open, tag), (intended, intended + 3_500_000));
+        let closed = Schedule::new(0, 0.0);
+        let tag = tag::encode(&closed, 7, 123_456_000, 123_456_000);
+        assert_eq!(tag::decode(&closed, tag), (123_456_000, 123_456_000));
+    }
+
+    #[test]
+    fn delivery_check_counts_missing_and_duplicates() {
+        let producer = |sent| ProducerOutcome {
+            delay: new_histogram(),
+            sent,
+        };
+        let consumer = |seqs: &[(usize, u64)]| {
+            let mut c = ConsumerOutcome {
+                e2e: new_histogram(),
+                e2e_actual: new_histogram(),
+                measured: 0,
+                measured_bytes: 0,
+                last_ns: 0,
+                seen: Vec::new(),
+                duplicates: 0,
+                foreign: 0,
+            };
+            for &(p, seq) in seqs {
+                let bits = grow(&mut c.seen, p, seq);
+                bits[(seq / 64) as usize] |= 1 << (seq % 64);
+            }
+            c
+        };
+        let producers = [producer(3), producer(70)];
+        let all: Vec<(usize, u64)> = (0..3)
+            .map(|s| (0, s))
+            .chain((0..70).map(|s| (1, s)))
+            .collect();
+        assert_eq!(check_delivery(&producers, &[consumer(&all)]), (0, 0));
+        let (a, b) = all.split_at(40);
+        assert_eq!(
+            check_delivery(&producers, &[consumer(a), consumer(b)]),
+            (0, 0)
+        );
+        assert_eq!(check_delivery(&producers, &[consumer(&all[1..])]), (1, 0));
+        assert_eq!(
+            check_delivery(&producers, &[consumer(&all), consumer(&all[..2])]),
+            (0, 2)
+        );
+    }
+}

@@ -1,0 +1,340 @@
+//! The harness against a real broker on loopback: bounded produce, consume and end-to-end
+//! runs whose counts must add up, and the command line's JSON, report and compare outputs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use eventflow::config::BrokerConfig;
+use eventflow::server::{self, BrokerHandle};
+use eventflow_bench::result::{self, series};
+use eventflow_bench::run::{self, Kind, RunContext};
+use eventflow_bench::target::TargetUrl;
+use eventflow_bench::workload::Workload;
+
+/// An in-process broker with a temporary data directory.
+struct Broker {
+    handle: Option<BrokerHandle>,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = BrokerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
+        config.pin = false;
+        config.direct_port_base = None;
+        let handle = server::start(config).expect("broker starts");
+        Broker {
+            addr: handle.addr(),
+            handle: Some(handle),
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("eventflow://{}", self.addr)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        // While a failed assertion unwinds, waking compio's shard threads aborts the whole
+        // test binary (compio's scheduler guards against panics that way) and hides the
+        // failure message: leave the broker running then; the process ends soon anyway.
+        if std::thread::panicking() {
+            std::mem::forget(self.handle.take());
+            return;
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.shutdown();
+        }
+    }
+}
+
+fn workload(topic: &str) -> Workload {
+    Workload {
+        topic: topic.into(),
+        create_topic: true,
+        partitions: 2,
+        ..Workload::default()
+    }
+}
+
+fn run(broker: &Broker, kind: Kind, w: &Workload) -> eventflow_bench::result::RunResult {
+    let target = TargetUrl::parse(&broker.url()).unwrap().connect().unwrap();
+    let ctx = RunContext {
+        target: target.as_ref(),
+        broker_pid: Some(std::process::id()),
+        durability: "eventflowd --fsync always".into(),
+        broker_flags: None,
+        data_dir: None,
+        round: 0,
+        progress: false,
+    };
+    run::run(kind, w, &ctx).expect("run succeeds")
+}
+
+#[test]
+fn produce_sends_exactly_the_budget_and_the_broker_stores_it() {
+    let broker = Broker::start();
+    let w = Workload {
+        messages: Some(20_000),
+        producers: 2,
+        ..workload("produce")
+    };
+    let r = run(&broker, Kind::Produce, &w);
+    let produced = r.produced.unwrap();
+    assert_eq!(produced.messages, 20_000);
+    assert_eq!(produced.bytes, 20_000 * 100);
+    assert_eq!(r.errors, 0);
+    assert_eq!(r.latency[series::PUBLISH].count, 20_000);
+    // Max rate: no schedule, so no intended-time series.
+    assert!(!r.latency.contains_key(series::PUBLISH_DELAY));
+    assert!(r.broker.is_some());
+    let target = TargetUrl::parse(&broker.url()).unwrap().connect().unwrap();
+    let stored: i64 = target.end_offsets(&w).unwrap().iter().sum();
+    assert_eq!(stored, 20_000);
+}
+
+#[test]
+fn consume_reads_the_whole_backlog_once() {
+    let broker = Broker::start();
+    let w = Workload {
+        messages: Some(30_000),
+        consumers: 2,
+        message_size: 64,
+        ..workload("consume")
+    };
+    let r = run(&broker, Kind::Consume, &w);
+    let consumed = r.consumed.unwrap();
+    assert_eq!(consumed.messages, 30_000);
+    assert_eq!(consumed.bytes, 30_000 * 64);
+    assert_eq!((r.missing, r.duplicates, r.errors), (0, 0, 0));
+}
+
+#[test]
+fn e2e_follows_the_schedule_and_receives_every_record() {
+    let broker = Broker::start();
+    let w = Workload {
+        rate: 4_000,
+        duration: Some(Duration::from_secs(1)),
+        warmup: Duration::from_millis(250),
+        keys: eventflow_bench::workload::Keys::Seq,
+        ..workload("e2e")
+    };
+    let r = run(&broker, Kind::E2e, &w);
+    // Exactly the records due inside the one-second window count: 4,000.
+    assert_eq!(r.produced.unwrap().messages, 4_000);
+    assert_eq!(r.consumed.unwrap().messages, 4_000);
+    assert_eq!((r.missing, r.duplicates, r.errors), (0, 0, 0));
+    for s in [series::E2E, series::E2E_ACTUAL] {
+        assert_eq!(r.latency[s].count, 4_000, "{s}");
+    }
+    for s in [
+        series::PUBLISH,
+        series::PUBLISH_INTENDED,
+        series::PUBLISH_DELAY,
+    ] {
+        assert_eq!(r.latency[s].count, 4_000, "{s}");
+    }
+    // From the intended time is never shorter than from the actual send.
+    assert!(r.latency[series::E2E].p50_us >= r.latency[series::E2E_ACTUAL].p50_us);
+    let timeline_total: f64 = r.timeline.iter().map(|s| s.produced_per_s).sum();
+    assert!(timeline_total > 0.0);
+}
+
+#[test]
+fn bad_workloads_are_refused_before_sending() {
+    let broker = Broker::start();
+    let target = TargetUrl::parse(&broker.url()).unwrap().connect().unwrap();
+    let ctx = RunContext {
+        target: target.as_ref(),
+        broker_pid: None,
+        durability: String::new(),
+        broker_flags: None,
+        data_dir: None,
+        round: 0,
+        progress: false,
+    };
+    let missing_topic = Workload {
+        topic: "absent".into(),
+        ..Workload::default()
+    };
+    let err = format!(
+        "{:#}",
+        run::run(Kind::Produce, &missing_topic, &ctx).unwrap_err()
+    );
+    assert!(err.contains("absent"), "{err}");
+    let tiny = Workload {
+        message_size: 8,
+        ..workload("tiny")
+    };
+    let err = format!("{:#}", run::run(Kind::Produce, &tiny, &ctx).unwrap_err());
+    assert!(err.contains("at least 24"), "{err}");
+}
+
+fn bench() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_eventflow-bench"))
+}
+
+fn output_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("eventflow-bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn the_command_line_writes_json_and_reports() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("e2e/results.json");
+    let stdout = output_ok(bench().args([
+        "e2e",
+        "--target",
+        &broker.url(),
+        "--topic",
+        "cli",
+        "--create-topic",
+        "--rate",
+        "2000",
+        "--duration",
+        "1s",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]));
+    assert!(stdout.contains("e2e"), "{stdout}");
+    let saved = result::load(&json).unwrap();
+    assert_eq!(saved.len(), 1);
+    assert_eq!(saved[0].consumed.unwrap().messages, 2_000);
+    output_ok(bench().args(["report", json.parent().unwrap().to_str().unwrap()]));
+    let report = std::fs::read_to_string(dir.path().join("e2e/report.md")).unwrap();
+    assert!(report.contains("e2e 100B"), "{report}");
+
+    // Wrong flags are refused with a message, not a panic.
+    let out = bench()
+        .args(["produce", "--target", "http://x:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scheme"));
+}
+
+const TINY_PLAN: &str = r#"
+[defaults]
+create_topic = true
+partitions = 2
+[[run]]
+kind = "produce"
+messages = 5000
+[[run]]
+kind = "e2e"
+rate = 2000
+duration = "500ms"
+"#;
+
+fn compare_in(dir: &Path, targets: &str, extra: &[&str]) -> PathBuf {
+    let plan = dir.join("plan.toml");
+    std::fs::write(&plan, TINY_PLAN).unwrap();
+    let mut cmd = bench();
+    cmd.args([
+        "compare",
+        "--name",
+        "tiny",
+        "--targets",
+        targets,
+        "--plan",
+        plan.to_str().unwrap(),
+        "--rounds",
+        "2",
+        "--quiet",
+        "--results-dir",
+        dir.to_str().unwrap(),
+        "--scratch",
+        dir.join("scratch").to_str().unwrap(),
+    ]);
+    cmd.args(extra);
+    output_ok(&mut cmd);
+    dir.join("tiny")
+}
+
+#[test]
+fn compare_alternates_targets_and_writes_a_report() {
+    let a = Broker::start();
+    let b = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = compare_in(dir.path(), &format!("{},{}", a.url(), b.url()), &[]);
+    let results = result::load(&out.join("results.json")).unwrap();
+    // 2 runs × 2 rounds × 2 targets, alternating targets within each round.
+    assert_eq!(results.len(), 8);
+    let order: Vec<(u32, &str)> = results
+        .iter()
+        .take(4)
+        .map(|r| (r.round, r.target.as_str()))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            (1, a.url().as_str()),
+            (1, b.url().as_str()),
+            (2, a.url().as_str()),
+            (2, b.url().as_str())
+        ]
+    );
+    assert!(results.iter().all(|r| r.missing == 0 && r.errors == 0));
+    assert!(out.join("report.md").exists());
+}
+
+/// `eventflow` as a target: the harness starts eventflowd itself, once per run, with a
+/// fresh data directory. The binary is the workspace's own build.
+#[test]
+fn compare_can_start_eventflowd_itself() {
+    let binary = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("eventflowd");
+    if !binary.exists() {
+        // `cargo test --workspace` builds it; `-p eventflow-bench` alone does not.
+        eprintln!(
+            "skipped: {} not built (run cargo build --bin eventflowd)",
+            binary.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = compare_in(
+        dir.path(),
+        "eventflow",
+        &[
+            "--eventflowd",
+            binary.to_str().unwrap(),
+            "--eventflowd-flags",
+            "--cores 1 --no-pin --fsync never",
+        ],
+    );
+    let results = result::load(&out.join("results.json")).unwrap();
+    assert_eq!(results.len(), 4);
+    for r in &results {
+        assert_eq!(r.durability, "eventflowd --fsync never");
+        assert_eq!(
+            r.broker_flags.as_deref(),
+            Some("--cores 1 --no-pin --fsync never")
+        );
+        assert!(r.broker.unwrap().rss_peak_kib > 0);
+    }
+    // Every broker stopped and its data directory is gone.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("scratch"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
