@@ -342,3 +342,37 @@ fn tagged_sends_report_to_the_callback_once_each() {
         Err(ClientError::Unexpected(_))
     ));
 }
+
+#[test]
+fn requests_stay_under_max_request_bytes() {
+    // The broker refuses frames over 8 KiB; the producer holds 2,000 records (well over
+    // 8 KiB in 1 KiB batches) until the flush and must spread them over several requests.
+    let broker = Broker::start(&["--max-request-bytes", "8192"]);
+    broker.client().create_topic("split", 1, &[]).unwrap();
+    let producer = Producer::new(ProducerConfig {
+        batch_bytes: 1024,
+        linger: Duration::from_secs(60),
+        max_request_bytes: 6 * 1024,
+        ..config(&broker)
+    })
+    .unwrap();
+    let futures: Vec<_> = (0..2000u32)
+        .map(|i| {
+            let value = i.to_be_bytes();
+            producer
+                .send(Record {
+                    topic: "split",
+                    value: Some(&value),
+                    ..Record::default()
+                })
+                .unwrap()
+        })
+        .collect();
+    producer.flush().unwrap();
+    let offsets: Vec<i64> = futures
+        .into_iter()
+        .map(|f| f.wait().unwrap().offset)
+        .collect();
+    assert_eq!(offsets, (0..2000).collect::<Vec<i64>>());
+    assert_eq!(stored(&broker, "split", 0).len(), 2000);
+}

@@ -478,6 +478,7 @@ mod tests {
                 rss_peak_kib: 512 << 10,
             }),
             errors: 0,
+            first_error: None,
             missing: 0,
             duplicates: 0,
         }

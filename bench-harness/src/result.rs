@@ -73,6 +73,9 @@ pub struct RunResult {
     pub broker: Option<BrokerUsage>,
     /// Sends or fetches that failed.
     pub errors: u64,
+    /// The first failure's message.
+    #[serde(default)]
+    pub first_error: Option<String>,
     /// Records sent (and acknowledged) but never consumed (`consume` and `e2e`).
     pub missing: u64,
     /// Records consumed more than once.
@@ -275,6 +278,7 @@ mod tests {
             harness_cpu_s: 0.5,
             broker: None,
             errors: 0,
+            first_error: None,
             missing: 0,
             duplicates: 0,
         };

@@ -82,8 +82,19 @@ struct Totals {
     acked: AtomicU64,
     consumed: AtomicU64,
     errors: AtomicU64,
+    /// The first error's message, for the result.
+    first_error: Mutex<Option<String>>,
     /// Set when the run must end now (error, stall, or consumers done).
     stop: AtomicBool,
+}
+
+impl Totals {
+    /// Counts an error; keeps its message if it is the first.
+    fn error(&self, message: impl FnOnce() -> String) {
+        if self.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+            *self.first_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message());
+        }
+    }
 }
 
 /// The measured window: records whose intended send time falls in it count.
@@ -175,10 +186,10 @@ struct SinkState {
 }
 
 impl AckSink for ProducerSink {
-    fn acked(&self, tag: u64, ok: bool) {
+    fn acked(&self, tag: u64, error: Option<&dyn std::fmt::Display>) {
         let now = now_ns();
-        if !ok {
-            self.totals.errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = error {
+            self.totals.error(|| format!("delivery failed: {e}"));
             return;
         }
         self.totals.acked.fetch_add(1, Ordering::Relaxed);
@@ -408,6 +419,14 @@ pub fn run(kind: Kind, w: &Workload, ctx: &RunContext<'_>) -> Result<RunResult> 
     let messages = produced.map_or(0, |t| t.messages) + consumed.map_or(0, |t| t.messages);
     let broker = monitor.broker_usage(ctx.broker_pid, rss_start_kib, messages);
     let errors = totals.errors.load(Ordering::Relaxed);
+    let first_error = totals
+        .first_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(e) = &first_error {
+        eprintln!("eventflow-bench: {errors} errors; the first: {e}");
+    }
     Ok(RunResult {
         kind: kind.as_str().into(),
         label: w.label(kind.as_str()),
@@ -428,6 +447,7 @@ pub fn run(kind: Kind, w: &Workload, ctx: &RunContext<'_>) -> Result<RunResult> 
         harness_cpu_s: monitor.harness_cpu_s(),
         broker,
         errors,
+        first_error,
         missing,
         duplicates,
     })
@@ -669,7 +689,7 @@ fn consume_loop(
                 totals.consumed.fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(e) => {
-                totals.errors.fetch_add(1, Ordering::Relaxed);
+                totals.error(|| format!("consumer poll: {e:#}"));
                 totals.stop.store(true, Ordering::Relaxed);
                 return Err(e.context("consumer poll"));
             }

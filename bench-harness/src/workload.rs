@@ -87,7 +87,7 @@ pub struct Workload {
     /// Producer batch size in bytes (Kafka: batch.size).
     #[arg(long, default_value_t = 256 * 1024)]
     pub batch_bytes: usize,
-    /// How long a batch may wait for more records, in µs (Kafka: linger.ms, rounded up).
+    /// How long a batch may wait for more records, in µs (Kafka: linger.ms, in fractional ms).
     #[arg(long, default_value_t = 1000)]
     pub linger_us: u64,
     /// Acknowledgement level.

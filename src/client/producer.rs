@@ -48,6 +48,11 @@ pub struct ProducerConfig {
     /// Produce requests in flight per connection
     /// (`max.in.flight.requests.per.connection`).
     pub max_in_flight: usize,
+    /// Largest produce request: ready batches for one shard are split across requests of
+    /// at most this size (`max.request.size`). Keep it under the broker's
+    /// `--max-request-bytes` (16 MiB by default); a single batch larger than it is sent
+    /// alone.
+    pub max_request_bytes: usize,
     /// Times a batch is sent again after a retriable error (`retries`).
     pub retries: u32,
     /// Pause before a retry (`retry.backoff.ms`).
@@ -65,6 +70,7 @@ impl Default for ProducerConfig {
             buffer_bytes: batching.buffer_bytes,
             block_when_full: true,
             max_in_flight: 5,
+            max_request_bytes: 8 << 20,
             retries: 5,
             retry_backoff: Duration::from_millis(100),
         }
@@ -553,7 +559,11 @@ fn io_loop(shared: Arc<Shared>) {
                 .unwrap_or(0);
             by_shard.entry(owner).or_default().push(batch);
         }
-        for (shard, batches) in by_shard {
+        let limit = shared.config.max_request_bytes;
+        for (shard, batches) in by_shard
+            .into_iter()
+            .flat_map(|(shard, batches)| requests(batches, limit).map(move |b| (shard, b)))
+        {
             let connection = match connections.get(&shard) {
                 Some(c) if !c.in_flight.broken.load(Ordering::SeqCst) => {
                     connections.get_mut(&shard)
@@ -586,6 +596,25 @@ fn io_loop(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// Splits one shard's batches into requests of at most `limit` record bytes each, keeping
+/// their order (a batch over the limit goes alone).
+fn requests(batches: Vec<Outgoing>, limit: usize) -> impl Iterator<Item = Vec<Outgoing>> {
+    let mut requests: Vec<Vec<Outgoing>> = Vec::new();
+    let mut size = 0;
+    for batch in batches {
+        let len = batch.bytes.len();
+        match requests.last_mut() {
+            Some(current) if size + len <= limit => current.push(batch),
+            _ => {
+                requests.push(vec![batch]);
+                size = 0;
+            }
+        }
+        size += len;
+    }
+    requests.into_iter()
 }
 
 fn connect(shared: &Arc<Shared>, addr: String) -> Result<Connection, ClientError> {

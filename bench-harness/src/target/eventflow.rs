@@ -13,9 +13,6 @@ use eventflow::protocol::ErrorCode;
 use super::{AckSink, ConsumerWorker, ProducerWorker, Target};
 use crate::workload::{self, Workload};
 
-/// Client buffer per producer: enough to keep several full batches per partition queued.
-const BUFFER_BYTES: usize = 64 << 20;
-
 pub struct Eventflow {
     addr: String,
     url: String,
@@ -53,7 +50,7 @@ fn producer_config(addr: &str, w: &Workload) -> ProducerConfig {
         acks: acks(w.acks),
         batch_bytes: w.batch_bytes,
         linger: Duration::from_micros(w.linger_us),
-        buffer_bytes: BUFFER_BYTES.max(w.batch_bytes * 4),
+        buffer_bytes: super::producer_buffer_bytes(w),
         block_when_full: true,
         ..ProducerConfig::default()
     }
@@ -107,9 +104,12 @@ impl Target for Eventflow {
     }
 
     fn producer(&self, w: &Workload, sink: Arc<dyn AckSink>) -> Result<Box<dyn ProducerWorker>> {
-        let callback = Arc::new(move |tag: u64, outcome: &Result<_, ClientError>| {
-            sink.acked(tag, outcome.is_ok());
-        });
+        let callback = Arc::new(
+            move |tag: u64, outcome: &Result<_, ClientError>| match outcome {
+                Ok(_) => sink.acked(tag, None),
+                Err(e) => sink.acked(tag, Some(e)),
+            },
+        );
         let producer = Producer::with_callback(producer_config(&self.addr, w), callback)
             .with_context(|| format!("producer for {}", self.url))?;
         Ok(Box::new(EventflowProducer {

@@ -14,10 +14,16 @@ mod eventflow;
 #[cfg(feature = "kafka")]
 mod kafka;
 
+/// Bytes a producer client may buffer before `send` blocks: the same for every target, so
+/// that back-pressure starts at the same point (at least four batches).
+pub fn producer_buffer_bytes(w: &Workload) -> usize {
+    (64usize << 20).max(w.batch_bytes * 4)
+}
+
 /// Receives the outcome of each record a producer worker sent, on a client thread.
 pub trait AckSink: Send + Sync {
-    /// The record sent with `tag` was acknowledged (`ok`) or failed.
-    fn acked(&self, tag: u64, ok: bool);
+    /// The record sent with `tag` was acknowledged (`error` is `None`) or failed.
+    fn acked(&self, tag: u64, error: Option<&dyn fmt::Display>);
 }
 
 /// One producer client, used by one harness thread.

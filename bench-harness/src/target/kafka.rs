@@ -1,0 +1,487 @@
+//! The `kafka://` target: librdkafka through the `rdkafka` crate (cargo feature `kafka`).
+//!
+//! Topics are made through the Kafka admin API and end offsets come from ListOffsets, so any
+//! Kafka-compatible broker is driven the same way. No client here may create a topic by
+//! asking for its metadata (`allow.auto.create.topics=false`): on a broker with
+//! `auto.create.topics.enable` the wait for a deleted topic to be gone would otherwise bring
+//! it straight back, with the broker's default partition count.
+//!
+//! The producer hands each record's tag to librdkafka as the delivery opaque itself (a
+//! pointer-sized integer, not a box), so this file allocates nothing per record; librdkafka
+//! copies each record into its queue, and rdkafka 0.33's `send` makes a C string of the
+//! topic name each time.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, Wake, Waker};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::{ClientConfig, FromClientConfig, FromClientConfigAndContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::util::{get_rdkafka_version, Timeout};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+
+use super::{AckSink, ConsumerWorker, ProducerWorker, Target};
+use crate::workload::{self, Workload};
+
+/// Bound on each admin request, metadata fetch and watermark query, and on each wait for the
+/// cluster to show a topic deleted or created.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on a producer flush.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Between two metadata polls while waiting for a topic to go or to get its leaders.
+const METADATA_POLL: Duration = Duration::from_millis(100);
+/// How long `send` sleeps before trying again when the client queue is full.
+const QUEUE_FULL_WAIT: Duration = Duration::from_micros(200);
+const QUEUE_MESSAGES: u64 = 10_000_000;
+/// librdkafka's upper bound for `batch.num.messages`: the byte limit `batch.size` binds first.
+const BATCH_MESSAGES: u64 = 1_000_000;
+/// librdkafka's default and upper bound for `message.max.bytes`.
+const MESSAGE_MAX_BYTES_DEFAULT: usize = 1_000_000;
+const MESSAGE_MAX_BYTES_LIMIT: usize = 1_000_000_000;
+/// Fetch sizes, the same as the eventflow target's consumer.
+const FETCH_BYTES: u32 = 8 << 20;
+/// Records one `poll` drains after the first one, at most.
+const DRAIN_MAX: usize = 10_000;
+/// Consumer group when the workload names none (commits are off, so it only labels us).
+const DEFAULT_GROUP: &str = "eventflow-bench";
+
+pub struct Kafka {
+    addr: String,
+    url: String,
+    admin: AdminClient<DefaultClientContext>,
+}
+
+impl Kafka {
+    pub fn new(addr: &str) -> Result<Kafka> {
+        let url = format!("kafka://{addr}");
+        let admin = AdminClient::from_config(&client_config(&admin_settings(addr)))
+            .with_context(|| format!("admin client for {url}"))?;
+        admin
+            .inner()
+            .fetch_metadata(None, ADMIN_TIMEOUT)
+            .with_context(|| format!("{url} does not answer a metadata request"))?;
+        Ok(Kafka {
+            addr: addr.to_string(),
+            url,
+            admin,
+        })
+    }
+
+    /// The topic's partitions as the cluster reports them: `None` while it does not exist.
+    fn partitions(&self, topic: &str) -> Result<Option<Vec<PartitionState>>> {
+        let metadata = self
+            .admin
+            .inner()
+            .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
+            .with_context(|| format!("metadata of topic {topic} from {}", self.url))?;
+        let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            return Ok(None);
+        };
+        match t.error().map(RDKafkaErrorCode::from) {
+            None => {}
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition) => return Ok(None),
+            // Kafka answers this while a new topic's partitions get their leaders.
+            Some(RDKafkaErrorCode::LeaderNotAvailable) => return Ok(Some(Vec::new())),
+            Some(e) => bail!("metadata of topic {topic} from {}: {e}", self.url),
+        }
+        Ok(Some(
+            t.partitions()
+                .iter()
+                .map(|p| PartitionState {
+                    id: p.id(),
+                    has_leader: p.error().is_none() && p.leader() >= 0,
+                })
+                .collect(),
+        ))
+    }
+
+    /// Polls metadata until `done` holds for the topic's partitions, for [`ADMIN_TIMEOUT`].
+    fn wait_for(
+        &self,
+        topic: &str,
+        what: &str,
+        done: impl Fn(&Option<Vec<PartitionState>>) -> bool,
+    ) -> Result<()> {
+        let deadline = Instant::now() + ADMIN_TIMEOUT;
+        loop {
+            if done(&self.partitions(topic)?) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "topic {topic} on {}: still not {what} after {ADMIN_TIMEOUT:?}",
+                    self.url
+                );
+            }
+            thread::sleep(METADATA_POLL);
+        }
+    }
+
+    fn delete_topic(&self, topic: &str) -> Result<()> {
+        let results = block_on(self.admin.delete_topics(&[topic], &admin_options()))
+            .with_context(|| format!("deleting topic {topic} on {}", self.url))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((_, e)) => bail!("deleting topic {topic} on {}: {e}", self.url),
+            }
+        }
+        self.wait_for(topic, "deleted", |parts| parts.is_none())
+    }
+
+    fn create_topic(&self, topic: &str, partitions: u32) -> Result<()> {
+        let count = i32::try_from(partitions).context("partition count")?;
+        let new_topic = NewTopic::new(topic, count, TopicReplication::Fixed(1));
+        // A deletion can still be finishing on the controller after metadata stopped showing
+        // the topic; creating it meanwhile fails with TopicAlreadyExists, so try again.
+        let deadline = Instant::now() + ADMIN_TIMEOUT;
+        loop {
+            let results = block_on(self.admin.create_topics([&new_topic], &admin_options()))
+                .with_context(|| format!("creating topic {topic} on {}", self.url))?;
+            match results.into_iter().find_map(Result::err) {
+                None => break,
+                Some((_, RDKafkaErrorCode::TopicAlreadyExists)) if Instant::now() < deadline => {
+                    thread::sleep(METADATA_POLL);
+                }
+                Some((_, e)) => bail!("creating topic {topic} on {}: {e}", self.url),
+            }
+        }
+        self.wait_for(topic, "ready with a leader for every partition", |parts| {
+            parts.as_ref().is_some_and(|parts| {
+                (0..count).all(|id| parts.iter().any(|p| p.id == id && p.has_leader))
+            })
+        })
+    }
+}
+
+/// One partition in a metadata answer.
+struct PartitionState {
+    id: i32,
+    has_leader: bool,
+}
+
+fn admin_options() -> AdminOptions {
+    AdminOptions::new()
+        .request_timeout(Some(ADMIN_TIMEOUT))
+        .operation_timeout(Some(ADMIN_TIMEOUT))
+}
+
+/// Settings as (name, value) pairs: what the clients get and what the report shows.
+type Settings = Vec<(&'static str, String)>;
+
+fn client_config(settings: &Settings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (name, value) in settings {
+        config.set(*name, value);
+    }
+    config
+}
+
+fn admin_settings(addr: &str) -> Settings {
+    vec![
+        ("bootstrap.servers", addr.to_string()),
+        ("allow.auto.create.topics", "false".into()),
+    ]
+}
+
+fn acks(a: workload::Acks) -> &'static str {
+    match a {
+        workload::Acks::None => "0",
+        workload::Acks::Leader => "1",
+        workload::Acks::All => "all",
+    }
+}
+
+/// `linger.ms` is a float in librdkafka (it keeps µs), so the workload's µs map exactly:
+/// 1500 µs is `1.5`, 1000 µs is `1`.
+fn linger_ms(us: u64) -> String {
+    let (ms, rest) = (us / 1000, us % 1000);
+    if rest == 0 {
+        return ms.to_string();
+    }
+    format!("{ms}.{rest:03}").trim_end_matches('0').to_string()
+}
+
+fn producer_settings(addr: &str, w: &Workload) -> Settings {
+    // librdkafka caps a batch at the smaller of batch.size and message.max.bytes, and
+    // rejects a single record above message.max.bytes: raise it so batch.size binds.
+    let message_max = MESSAGE_MAX_BYTES_DEFAULT
+        .max(w.batch_bytes)
+        .max(w.message_size + 1024)
+        .min(MESSAGE_MAX_BYTES_LIMIT);
+    vec![
+        ("bootstrap.servers", addr.to_string()),
+        ("acks", acks(w.acks).into()),
+        ("batch.size", w.batch_bytes.to_string()),
+        ("linger.ms", linger_ms(w.linger_us)),
+        ("batch.num.messages", BATCH_MESSAGES.to_string()),
+        ("message.max.bytes", message_max.to_string()),
+        (
+            "queue.buffering.max.kbytes",
+            (super::producer_buffer_bytes(w) / 1024).to_string(),
+        ),
+        ("queue.buffering.max.messages", QUEUE_MESSAGES.to_string()),
+        ("compression.type", "none".into()),
+        ("enable.idempotence", "false".into()),
+    ]
+}
+
+fn consumer_settings(addr: &str, w: &Workload) -> Settings {
+    let group = w.consumer_group.as_deref().unwrap_or(DEFAULT_GROUP);
+    vec![
+        ("bootstrap.servers", addr.to_string()),
+        ("group.id", group.to_string()),
+        ("enable.auto.commit", "false".into()),
+        ("enable.partition.eof", "false".into()),
+        ("auto.offset.reset", "earliest".into()),
+        ("allow.auto.create.topics", "false".into()),
+        ("fetch.wait.max.ms", "100".into()),
+        ("fetch.min.bytes", "1".into()),
+        ("fetch.max.bytes", FETCH_BYTES.to_string()),
+        ("max.partition.fetch.bytes", FETCH_BYTES.to_string()),
+    ]
+}
+
+impl Target for Kafka {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn prepare_topic(&self, w: &Workload) -> Result<()> {
+        if w.create_topic {
+            self.delete_topic(&w.topic)?;
+            return self.create_topic(&w.topic, w.partitions);
+        }
+        let Some(parts) = self.partitions(&w.topic)? else {
+            bail!(
+                "topic {} does not exist on {} (use --create-topic to create it)",
+                w.topic,
+                self.url
+            );
+        };
+        let have = parts.len() as u32;
+        if have < w.partitions {
+            bail!(
+                "topic {} has {have} partitions, the workload needs {}",
+                w.topic,
+                w.partitions
+            );
+        }
+        Ok(())
+    }
+
+    fn end_offsets(&self, w: &Workload) -> Result<Vec<i64>> {
+        (0..w.partitions)
+            .map(|p| {
+                let (_low, high) = self
+                    .admin
+                    .inner()
+                    .fetch_watermarks(&w.topic, p as i32, ADMIN_TIMEOUT)
+                    .with_context(|| format!("end offset of {}/{p}", w.topic))?;
+                Ok(high)
+            })
+            .collect()
+    }
+
+    fn producer(&self, w: &Workload, sink: Arc<dyn AckSink>) -> Result<Box<dyn ProducerWorker>> {
+        let config = client_config(&producer_settings(&self.addr, w));
+        let producer = ThreadedProducer::from_config_and_context(&config, AckContext { sink })
+            .with_context(|| format!("producer for {}", self.url))?;
+        Ok(Box::new(KafkaProducer {
+            producer,
+            topic: w.topic.clone(),
+        }))
+    }
+
+    fn consumer(&self, w: &Workload, index: u32, start: &[i64]) -> Result<Box<dyn ConsumerWorker>> {
+        let config = client_config(&consumer_settings(&self.addr, w));
+        let consumer: BaseConsumer = BaseConsumer::from_config(&config)
+            .with_context(|| format!("consumer for {}", self.url))?;
+        if w.consumer_group.is_some() {
+            consumer
+                .subscribe(&[&w.topic])
+                .with_context(|| format!("subscribing to {}", w.topic))?;
+        } else {
+            let mut assignment = TopicPartitionList::new();
+            for p in w.consumer_partitions(index) {
+                let at = start.get(p as usize).copied().unwrap_or(0);
+                assignment
+                    .add_partition_offset(&w.topic, p as i32, Offset::Offset(at))
+                    .with_context(|| format!("assigning {}/{p}", w.topic))?;
+            }
+            consumer
+                .assign(&assignment)
+                .with_context(|| format!("assigning partitions of {}", w.topic))?;
+        }
+        Ok(Box::new(KafkaConsumer { consumer }))
+    }
+
+    fn client_settings(&self, w: &Workload) -> Vec<(String, String)> {
+        let (_, version) = get_rdkafka_version();
+        let mut settings = vec![(
+            "client".to_string(),
+            format!("librdkafka {version} via rdkafka 0.33.2"),
+        )];
+        let all = producer_settings(&self.addr, w)
+            .into_iter()
+            .chain(consumer_settings(&self.addr, w));
+        for (name, value) in all {
+            if !settings.iter().any(|(n, _)| n == name) {
+                settings.push((name.to_string(), value));
+            }
+        }
+        settings
+    }
+}
+
+/// Reports each delivery to the harness's sink, on librdkafka's polling thread.
+struct AckContext {
+    sink: Arc<dyn AckSink>,
+}
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = usize;
+
+    // Tags travel as `usize`: exact on the 64-bit machines the harness runs on.
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
+        match result {
+            Ok(_) => self.sink.acked(tag as u64, None),
+            Err((e, _)) => self.sink.acked(tag as u64, Some(e)),
+        }
+    }
+}
+
+struct KafkaProducer {
+    producer: ThreadedProducer<AckContext>,
+    topic: String,
+}
+
+impl ProducerWorker for KafkaProducer {
+    fn send(
+        &mut self,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: &[u8],
+        tag: u64,
+    ) -> Result<()> {
+        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(&self.topic, tag as usize)
+            .payload(value);
+        record.key = key;
+        record.partition = partition.map(|p| p as i32);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // The producer's polling thread frees space as it serves delivery
+                    // reports; polling here instead would call the sink on the sending
+                    // thread. The wait counts as publish delay.
+                    record = back;
+                    thread::sleep(QUEUE_FULL_WAIT);
+                }
+                Err((e, _)) => return Err(e).with_context(|| format!("sending to {}", self.topic)),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.producer
+            .flush(Timeout::After(FLUSH_TIMEOUT))
+            .with_context(|| format!("flushing the producer for {}", self.topic))
+    }
+}
+
+struct KafkaConsumer {
+    consumer: BaseConsumer,
+}
+
+impl ConsumerWorker for KafkaConsumer {
+    fn poll(&mut self, timeout: Duration, on_value: &mut dyn FnMut(&[u8])) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        while seen < DRAIN_MAX {
+            // Wait for the first record only; after that take what is already here.
+            let wait = if seen == 0 {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            match self.consumer.poll(wait) {
+                None => break,
+                Some(Ok(m)) => {
+                    on_value(m.payload().unwrap_or_default());
+                    seen += 1;
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    if wait.is_zero() {
+                        break;
+                    }
+                }
+                Some(Err(e)) => return Err(e).context("consuming"),
+            }
+        }
+        Ok(seen)
+    }
+}
+
+/// Runs an admin future to completion on this thread. The admin client's own thread
+/// completes it, and the request and operation timeouts in [`admin_options`] bound it.
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(Thread);
+
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    let waker = Waker::from(Arc::new(Unpark(thread::current())));
+    let mut cx = TaskContext::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linger_keeps_microseconds() {
+        assert_eq!(linger_ms(0), "0");
+        assert_eq!(linger_ms(1000), "1");
+        assert_eq!(linger_ms(1500), "1.5");
+        assert_eq!(linger_ms(250), "0.25");
+        assert_eq!(linger_ms(5), "0.005");
+    }
+
+    #[test]
+    fn batch_size_binds() {
+        let w = Workload {
+            batch_bytes: 4 << 20,
+            ..Workload::default()
+        };
+        let settings = producer_settings("h:1", &w);
+        let get = |name: &str| settings.iter().find(|(n, _)| *n == name).unwrap().1.clone();
+        assert_eq!(get("batch.size"), (4u32 << 20).to_string());
+        assert_eq!(get("message.max.bytes"), (4u32 << 20).to_string());
+        assert_eq!(get("acks"), "all");
+    }
+}
