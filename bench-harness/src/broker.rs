@@ -105,6 +105,14 @@ impl Drop for LocalBroker {
     }
 }
 
+/// Writes every dirty page back (sync(2)) so that a run does not start while the previous
+/// run's data is still being flushed: with `--fsync always` that writeback would otherwise
+/// show up as fdatasync stalls of tens to hundreds of ms in the next run's latency.
+pub fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
 /// A new empty directory under `scratch`.
 fn fresh_dir(scratch: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(scratch).with_context(|| format!("creating {}", scratch.display()))?;

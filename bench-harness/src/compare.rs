@@ -94,6 +94,7 @@ pub fn compare(c: &Comparison) -> Result<PathBuf> {
                     planned.workload.label(planned.kind.as_str()),
                     side.name()
                 );
+                broker::settle();
                 let r = run_once(c, side, durability, planned, round)?;
                 eprintln!("{}", crate::report::terminal_summary(&r));
                 results.push(r);
@@ -149,7 +150,11 @@ fn run_once(
                 round,
                 progress: c.progress,
             };
-            run::run(planned.kind, &planned.workload, &ctx)
+            // Every run gets a new broker on a new port: name the side, not the address,
+            // so that the report puts its rounds together.
+            let mut r = run::run(planned.kind, &planned.workload, &ctx)?;
+            r.target = side.name();
+            Ok(r)
         }
     }
 }

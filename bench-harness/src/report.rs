@@ -89,7 +89,9 @@ HdrHistogram (1 µs to 1 h, 3 significant digits) and the histograms are merged,
 averaged. The warm-up is sent but not measured. In comparisons the targets run in
 alternating rounds (A B A B) so that drift on the machine touches both; throughput figures
 are medians across rounds, and latency percentiles come from the rounds' histograms merged
-per target.
+per target. Before every run the harness calls sync(2), so that one run's writeback does
+not land on the next, and an `eventflowd` the harness starts gets a fresh data directory
+for every run.
 
 ";
 

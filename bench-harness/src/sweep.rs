@@ -214,6 +214,7 @@ pub fn run_sweep(
                 params.join(" "),
                 point.broker_flags
             );
+            crate::broker::settle();
             let broker = LocalBroker::start(binary, &point.broker_flags, scratch)?;
             let target = TargetUrl::Eventflow(broker.addr.clone()).connect()?;
             let ctx = RunContext {

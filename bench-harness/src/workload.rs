@@ -47,6 +47,18 @@ pub enum Keys {
     Seq,
 }
 
+/// Where a `consume` run's records come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backlog {
+    /// Producers write --messages records first (not measured), then consumers read them
+    /// and every one is checked.
+    Fill,
+    /// Read --messages records (at most what is stored) from the earliest offsets of a
+    /// topic filled before, for example by a `produce` run.
+    Existing,
+}
+
 /// One workload. Every field has a flag; in TOML the same names with `_` for `-`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Args)]
 #[serde(default, deny_unknown_fields)]
@@ -96,6 +108,9 @@ pub struct Workload {
     /// Record keys.
     #[arg(long, value_enum, default_value = "none")]
     pub keys: Keys,
+    /// `consume` only: fill the backlog first, or read what the topic already holds.
+    #[arg(long, value_enum, default_value = "fill")]
+    pub backlog: Backlog,
     /// Consume as this consumer group (subscribe) instead of assigning partitions.
     #[arg(long)]
     pub consumer_group: Option<String>,
@@ -121,6 +136,7 @@ impl Default for Workload {
             linger_us: 1000,
             acks: Acks::All,
             keys: Keys::None,
+            backlog: Backlog::Fill,
             consumer_group: None,
             cpus: None,
         }

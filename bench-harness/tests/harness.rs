@@ -11,7 +11,7 @@ use eventflow::server::{self, BrokerHandle};
 use eventflow_bench::result::{self, series};
 use eventflow_bench::run::{self, Kind, RunContext};
 use eventflow_bench::target::TargetUrl;
-use eventflow_bench::workload::Workload;
+use eventflow_bench::workload::{Backlog, Workload};
 
 /// An in-process broker with a temporary data directory.
 struct Broker {
@@ -95,8 +95,32 @@ fn produce_sends_exactly_the_budget_and_the_broker_stores_it() {
     assert!(!r.latency.contains_key(series::PUBLISH_DELAY));
     assert!(r.broker.is_some());
     let target = TargetUrl::parse(&broker.url()).unwrap().connect().unwrap();
-    let stored: i64 = target.end_offsets(&w).unwrap().iter().sum();
+    let stored: i64 = target
+        .watermarks(&w)
+        .unwrap()
+        .iter()
+        .map(|(_, high)| high)
+        .sum();
     assert_eq!(stored, 20_000);
+
+    // What the produce run left is a backlog for `consume --backlog existing`.
+    let read = Workload {
+        create_topic: false,
+        backlog: Backlog::Existing,
+        consumers: 2,
+        ..w.clone()
+    };
+    let r = run(&broker, Kind::Consume, &read);
+    assert_eq!(r.consumed.unwrap().messages, 20_000);
+    assert_eq!((r.missing, r.errors), (0, 0));
+    // Asking for more than is stored reads what is there and reports the rest missing.
+    let more = Workload {
+        messages: Some(25_000),
+        ..read
+    };
+    let r = run(&broker, Kind::Consume, &more);
+    assert_eq!(r.consumed.unwrap().messages, 20_000);
+    assert_eq!(r.missing, 0, "at most what is stored is wanted");
 }
 
 #[test]
@@ -326,6 +350,8 @@ fn compare_can_start_eventflowd_itself() {
     assert_eq!(results.len(), 4);
     for r in &results {
         assert_eq!(r.durability, "eventflowd --fsync never");
+        // One name for the side, whatever port each run's broker had.
+        assert_eq!(r.target, "eventflowd --cores 1 --no-pin --fsync never");
         assert_eq!(
             r.broker_flags.as_deref(),
             Some("--cores 1 --no-pin --fsync never")

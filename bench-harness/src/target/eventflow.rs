@@ -92,13 +92,16 @@ impl Target for Eventflow {
         Ok(())
     }
 
-    fn end_offsets(&self, w: &Workload) -> Result<Vec<i64>> {
+    fn watermarks(&self, w: &Workload) -> Result<Vec<(i64, i64)>> {
         let mut admin = self.admin();
         (0..w.partitions)
             .map(|p| {
-                admin
-                    .list_offset(&w.topic, p, offset_spec::LATEST)
-                    .with_context(|| format!("end offset of {}/{p}", w.topic))
+                let mut offset = |spec| {
+                    admin
+                        .list_offset(&w.topic, p, spec)
+                        .with_context(|| format!("offsets of {}/{p}", w.topic))
+                };
+                Ok((offset(offset_spec::EARLIEST)?, offset(offset_spec::LATEST)?))
             })
             .collect()
     }

@@ -282,15 +282,13 @@ impl Target for Kafka {
         Ok(())
     }
 
-    fn end_offsets(&self, w: &Workload) -> Result<Vec<i64>> {
+    fn watermarks(&self, w: &Workload) -> Result<Vec<(i64, i64)>> {
         (0..w.partitions)
             .map(|p| {
-                let (_low, high) = self
-                    .admin
+                self.admin
                     .inner()
                     .fetch_watermarks(&w.topic, p as i32, ADMIN_TIMEOUT)
-                    .with_context(|| format!("end offset of {}/{p}", w.topic))?;
-                Ok(high)
+                    .with_context(|| format!("offsets of {}/{p}", w.topic))
             })
             .collect()
     }

@@ -57,8 +57,9 @@ pub trait Target: Send + Sync {
     /// Creates the topic with `w.partitions` (deleting an existing one first) when
     /// `w.create_topic`; otherwise checks that it exists with at least that many partitions.
     fn prepare_topic(&self, w: &Workload) -> Result<()>;
-    /// The next offset of each partition `0..w.partitions` (where new records will go).
-    fn end_offsets(&self, w: &Workload) -> Result<Vec<i64>>;
+    /// The earliest stored offset and the next offset to be written (low and high
+    /// watermarks) of each partition `0..w.partitions`.
+    fn watermarks(&self, w: &Workload) -> Result<Vec<(i64, i64)>>;
     /// A producer client with the workload's batching and acks.
     fn producer(&self, w: &Workload, sink: Arc<dyn AckSink>) -> Result<Box<dyn ProducerWorker>>;
     /// Consumer `index` of `w.consumers`. Without a consumer group it is assigned
