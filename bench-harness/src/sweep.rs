@@ -241,7 +241,9 @@ pub fn run_sweep(
     let mut md = String::from("# Sweep\n\n");
     let _ = writeln!(
         md,
-        "Kind: {}. One fresh `eventflowd` per point; medians over {} round(s).\n",
+        "Kind: {}. One fresh `eventflowd` per point; throughput is the median of {} round(s) \
+         (every round is in sweep.csv), latency percentiles come from the rounds' histograms \
+         merged.\n",
         sweep.kind.as_str(),
         sweep.rounds
     );
@@ -252,8 +254,10 @@ pub fn run_sweep(
         }
     }
     for e in experiments {
-        let rows: Vec<&(Point, RunResult)> =
+        let rounds: Vec<&(Point, RunResult)> =
             results.iter().filter(|(p, _)| p.experiment == e).collect();
+        let medians = medians(&rounds)?;
+        let rows: Vec<&(Point, RunResult)> = medians.iter().collect();
         let chart = format!("sweep-{}.svg", slug(e));
         chart_experiment(&out.join(&chart), e, &rows)?;
         let _ = writeln!(md, "## {e}\n\n{}\n![{e}]({chart})\n", table(&rows));
@@ -261,6 +265,37 @@ pub fn run_sweep(
     let path = out.join("sweep.md");
     std::fs::write(&path, md)?;
     Ok(path)
+}
+
+/// One row per point: the round with the median throughput, its latency series replaced by
+/// the rounds' histograms merged (percentiles are never averaged).
+fn medians(rounds: &[&(Point, RunResult)]) -> Result<Vec<(Point, RunResult)>> {
+    let mut out: Vec<(Point, RunResult)> = Vec::new();
+    let mut done: Vec<&Vec<(String, String)>> = Vec::new();
+    for (point, _) in rounds {
+        if done.contains(&&point.params) {
+            continue;
+        }
+        done.push(&point.params);
+        let mut same: Vec<&RunResult> = rounds
+            .iter()
+            .filter(|(p, _)| p.params == point.params)
+            .map(|(_, r)| r)
+            .collect();
+        same.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+        let mut median = same[same.len() / 2].clone();
+        for (name, latency) in median.latency.iter_mut() {
+            let mut merged = result::new_histogram();
+            for r in &same {
+                if let Some(l) = r.latency.get(name) {
+                    merged.add(l.histogram()?)?;
+                }
+            }
+            *latency = result::Latency::from_histogram(&merged);
+        }
+        out.push((point.clone(), median));
+    }
+    Ok(out)
 }
 
 /// The main latency series of a result and its p50/p99/p99.9 in µs.

@@ -364,3 +364,60 @@ fn compare_can_start_eventflowd_itself() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// `sweep`: one experiment, two points, two rounds each, a fresh eventflowd per run.
+#[test]
+fn sweep_runs_every_point_and_summarizes_medians() {
+    let binary = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("eventflowd");
+    if !binary.exists() {
+        eprintln!(
+            "skipped: {} not built (run cargo build --bin eventflowd)",
+            binary.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sweep.toml");
+    std::fs::write(
+        &file,
+        r#"
+kind = "produce"
+broker_flags = "--cores 1 --no-pin --fsync always"
+rounds = 2
+[base]
+create_topic = true
+messages = 3000
+[[experiment]]
+name = "fsync"
+vary_broker.fsync = ["never", "always"]
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    output_ok(bench().args([
+        "sweep",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--eventflowd",
+        binary.to_str().unwrap(),
+        "--scratch",
+        dir.path().join("scratch").to_str().unwrap(),
+        "--quiet",
+    ]));
+    let csv = std::fs::read_to_string(out.join("sweep.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 4, "{csv}");
+    assert!(csv.contains("--cores 1 --no-pin --fsync never"), "{csv}");
+    let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
+    // One row per point in the summary, whatever the rounds.
+    assert_eq!(md.matches("| fsync=").count(), 2, "{md}");
+    assert!(std::fs::read_to_string(out.join("sweep-fsync.svg"))
+        .unwrap()
+        .starts_with("<svg"));
+    assert_eq!(result::load(&out.join("results.json")).unwrap().len(), 4);
+}
