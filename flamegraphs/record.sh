@@ -3,6 +3,7 @@
 # renders one flamegraph SVG per run into flamegraphs/.
 #
 #   flamegraphs/record.sh            # from the repository root or anywhere inside it
+#   BIN_DIR=/path flamegraphs/record.sh   # use eventflowd and eventflow-bench from /path
 #
 # Needs perf (Debian: linux-perf) and inferno's two tools (cargo install inferno); the
 # script installs inferno into target/tools if it is not on PATH. This VM has no hardware
@@ -24,10 +25,14 @@ if ! command -v inferno-flamegraph >/dev/null; then
     export PATH="$PWD/target/tools/bin:$PATH"
 fi
 
-cargo build --release --bin eventflowd -p eventflow-bench
+if [[ -z ${BIN_DIR:-} ]]; then
+    cargo build --release --bin eventflowd -p eventflow-bench
+    BIN_DIR=target/release
+fi
 
+mkdir -p target
 data=$(mktemp -d target/flamegraph-data.XXXXXX)
-./target/release/eventflowd --listen "127.0.0.1:$port" --data-dir "$data/data" \
+"$BIN_DIR/eventflowd" --listen "127.0.0.1:$port" --data-dir "$data/data" \
     --cores 2 --fsync always >"$data/ready" 2>"$data/eventflowd.log" &
 broker=$!
 cleanup() {
@@ -42,7 +47,7 @@ for _ in $(seq 100); do
 done
 grep -q ready "$data/ready"
 
-bench=./target/release/eventflow-bench
+bench="$BIN_DIR/eventflow-bench"
 target="eventflow://127.0.0.1:$port"
 
 # record NAME: samples the broker for $seconds while the harness command that follows runs.
@@ -70,14 +75,14 @@ record produce "$bench" produce --target "$target" --topic fg-produce --create-t
     --partitions 2 --producers 2 --duration $((seconds + 2))s --quiet
 
 # Consume-heavy: fill a 20 M-record backlog first (not recorded), then two consumers read it
-# again and again from the start.
+# from the earliest offsets, again and again.
 "$bench" produce --target "$target" --topic fg-consume --create-topic --partitions 2 \
     --messages 20000000 --quiet >/dev/null
 consume_loop() {
     local end=$((SECONDS + seconds + 2))
     while ((SECONDS < end)); do
         "$bench" consume --target "$target" --topic fg-consume --partitions 2 --consumers 2 \
-            --messages 1 --quiet >/dev/null || true
+            --backlog existing --messages 20000000 --quiet >/dev/null || true
     done
 }
 record consume consume_loop
