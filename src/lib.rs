@@ -25,6 +25,8 @@ pub mod client;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
+pub mod coordinator;
+#[cfg(feature = "server")]
 pub mod local;
 pub mod protocol;
 #[cfg(feature = "server")]

@@ -1,7 +1,6 @@
 //! Facts about where a run happened, and CPU and memory readings from /proc.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +14,7 @@ pub struct Machine {
     pub kernel: String,
     /// Filesystem type under the broker's data directory (or the working directory).
     pub filesystem: String,
-    /// `git rev-parse HEAD` of the harness's checkout, `-dirty` when it has changes.
+    /// The commit the harness was built from (`-dirty` when the checkout had changes).
     pub git_commit: String,
 }
 
@@ -44,7 +43,7 @@ impl Machine {
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|_| "unknown".into()),
             filesystem: filesystem_of(data_dir.unwrap_or(&here)),
-            git_commit: git_commit(),
+            git_commit: env!("EVENTFLOW_BENCH_COMMIT").to_string(),
         }
     }
 }
@@ -63,29 +62,6 @@ fn filesystem_of(path: &Path) -> String {
         })
         .max_by_key(|(len, _)| *len)
         .map_or_else(|| "unknown".into(), |(_, fstype)| fstype)
-}
-
-fn git_commit() -> String {
-    let run = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match run(&["rev-parse", "HEAD"]) {
-        Some(commit) => {
-            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
-            if dirty {
-                format!("{commit}-dirty")
-            } else {
-                commit
-            }
-        }
-        None => "unknown".into(),
-    }
 }
 
 /// Clock ticks per second for /proc CPU times.

@@ -33,7 +33,7 @@
 //! Dropping the consumer closes the channels; each worker ends when its in-flight fetch
 //! returns (within `max_wait`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::group::{GroupConfig, Membership, OffsetReset, RebalanceListener};
 use super::{Client, ClientError};
 use crate::protocol::api::{
     offset_spec, FetchPartition, FetchRequest, FetchResponse, FetchTopic, Request, Response,
@@ -169,6 +170,28 @@ pub struct Consumer {
     next_token: u64,
     /// Errors not returned yet, with the partition they stopped (if any).
     errors: VecDeque<(Option<PartitionKey>, ClientError)>,
+    /// The group this consumer subscribed through, if any.
+    membership: Option<Membership>,
+    listener: Option<Box<dyn RebalanceListener>>,
+    last_commit: Instant,
+}
+
+/// A commit refused because the group moved on (the next heartbeat brings the new
+/// assignment) or forgot this member (the heartbeat joins again).
+fn is_fenced(e: &ClientError) -> bool {
+    matches!(
+        e.code(),
+        Some(ErrorCode::StaleGeneration | ErrorCode::UnknownMember)
+    )
+}
+
+impl Drop for Consumer {
+    /// A subscribed consumer commits (with auto-commit) and leaves its group.
+    fn drop(&mut self) {
+        if let Err(e) = self.leave_group() {
+            tracing::debug!("leaving the group on drop: {e}");
+        }
+    }
 }
 
 impl std::fmt::Debug for Consumer {
@@ -196,6 +219,9 @@ impl Consumer {
             replies,
             next_token: 1,
             errors: VecDeque::new(),
+            membership: None,
+            listener: None,
+            last_commit: Instant::now(),
         })
     }
 
@@ -270,6 +296,210 @@ impl Consumer {
         Ok(())
     }
 
+    /// Removes partitions of `topic` from the assignment (a fetch in flight for them is
+    /// dropped when it returns). Partitions not assigned are ignored.
+    pub fn unassign(&mut self, topic: &str, partitions: &[u32]) {
+        if let Some(states) = self.assignment.get_mut(topic) {
+            for p in partitions {
+                states.remove(p);
+            }
+            if states.is_empty() {
+                self.assignment.remove(topic);
+            }
+        }
+        self.errors.retain(|(key, _)| {
+            !key.as_ref()
+                .is_some_and(|(t, p)| &**t == topic && partitions.contains(p))
+        });
+    }
+
+    /// Joins consumer group `group` for `topics`: the broker assigns partitions to the
+    /// group's members and moves them when members come and go. Positions start at the
+    /// group's committed offsets (or `config.reset`). Not to be mixed with [`assign`].
+    ///
+    /// [`assign`]: Consumer::assign
+    pub fn subscribe(
+        &mut self,
+        group: &str,
+        topics: &[&str],
+        config: GroupConfig,
+    ) -> Result<(), ClientError> {
+        if self.membership.is_some() || !self.assignment.is_empty() {
+            return Err(ClientError::Unexpected(
+                "subscribe needs a consumer without partitions or a group".into(),
+            ));
+        }
+        let topics = topics.iter().map(|t| t.to_string()).collect();
+        let (membership, joined) = Membership::join(&self.config.bootstrap, group, topics, config)?;
+        self.membership = Some(membership);
+        self.last_commit = Instant::now();
+        self.apply_membership(joined)
+    }
+
+    /// Receives revocations and assignments of a subscribed consumer.
+    pub fn set_rebalance_listener(&mut self, listener: impl RebalanceListener + 'static) {
+        self.listener = Some(Box::new(listener));
+    }
+
+    /// The partitions a subscribed consumer holds now, and its generation.
+    pub fn group_assignment(&self) -> Option<(u32, Vec<(String, u32)>)> {
+        let m = self.membership.as_ref()?;
+        Some((m.generation, m.assigned.iter().cloned().collect()))
+    }
+
+    /// Commits the positions of every partition this subscribed consumer holds. Fails
+    /// with `StaleGeneration` when a rebalance has moved the group on; the next `poll`
+    /// adopts the new assignment.
+    pub fn commit(&mut self) -> Result<(), ClientError> {
+        let Some(m) = &self.membership else {
+            return Err(ClientError::Unexpected(
+                "commit needs a consumer that subscribed to a group".into(),
+            ));
+        };
+        let partitions: Vec<(String, u32)> = m.assigned.iter().cloned().collect();
+        let (group, member, generation) = (m.group.clone(), m.member_id.clone(), m.generation);
+        self.commit_positions(&group, &member, generation, &partitions)?;
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    fn commit_positions(
+        &mut self,
+        group: &str,
+        member: &str,
+        generation: u32,
+        partitions: &[(String, u32)],
+    ) -> Result<(), ClientError> {
+        let offsets: Vec<(&str, u32, i64)> = partitions
+            .iter()
+            .filter_map(|(t, p)| Some((t.as_str(), *p, self.position(t, *p)?)))
+            .collect();
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        self.with_bootstrap(|c| c.commit_offsets(group, Some((member, generation)), &offsets))
+    }
+
+    /// Commits (with auto-commit) and leaves the group, so its partitions move to the
+    /// other members at once instead of after the session timeout.
+    pub fn close(mut self) -> Result<(), ClientError> {
+        self.leave_group()
+    }
+
+    fn leave_group(&mut self) -> Result<(), ClientError> {
+        let Some(m) = &self.membership else {
+            return Ok(());
+        };
+        let committed = if m.config.auto_commit.is_some() {
+            // Commit under the newest generation the heartbeat brought back.
+            let adopted = match m.take_update() {
+                Ok(Some(update)) => self.apply_membership(update),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            match adopted.and_then(|()| self.commit()) {
+                // Fenced: the group moved on and the partitions' new owners commit them.
+                Err(e) if is_fenced(&e) => {
+                    tracing::debug!("final commit fenced: {e}");
+                    Ok(())
+                }
+                other => other,
+            }
+        } else {
+            Ok(())
+        };
+        if let Some(mut m) = self.membership.take() {
+            m.leave(&self.config.bootstrap);
+        }
+        committed
+    }
+
+    /// Adopts a membership from the broker: revokes what left the assignment (committing
+    /// it first with auto-commit), assigns what joined it at the committed offsets.
+    fn apply_membership(
+        &mut self,
+        joined: crate::protocol::api::MembershipResponse,
+    ) -> Result<(), ClientError> {
+        let Some(m) = &self.membership else {
+            return Ok(());
+        };
+        let wanted: BTreeSet<(String, u32)> = joined
+            .assignment
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|&p| (t.topic.clone(), p)))
+            .collect();
+        let revoked: Vec<(String, u32)> = m.assigned.difference(&wanted).cloned().collect();
+        let added: Vec<(String, u32)> = wanted.difference(&m.assigned).cloned().collect();
+        let (group, member, generation) = (m.group.clone(), m.member_id.clone(), m.generation);
+        let (auto_commit, reset) = (m.config.auto_commit.is_some(), m.config.reset);
+        if !revoked.is_empty() {
+            if auto_commit {
+                // Under the generation they were held in: refused (fenced) if the group
+                // has moved on, so a late commit never overwrites the new owner's.
+                if let Err(e) = self.commit_positions(&group, &member, generation, &revoked) {
+                    tracing::debug!(%group, "commit of revoked partitions refused: {e}");
+                }
+            }
+            if let Some(l) = self.listener.as_mut() {
+                l.on_revoked(&revoked);
+            }
+            for (topic, partition) in &revoked {
+                self.unassign(topic, &[*partition]);
+            }
+        }
+        if let Some(m) = self.membership.as_mut() {
+            m.member_id = joined.member_id.clone();
+            m.generation = joined.generation;
+            m.assigned = wanted;
+        }
+        if added.is_empty() {
+            return Ok(());
+        }
+        let wanted_offsets: Vec<(&str, u32)> =
+            added.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+        let committed = self.with_bootstrap(|c| c.fetch_offsets(&group, &wanted_offsets))?;
+        for (topic, partition) in &added {
+            let offset = committed
+                .iter()
+                .find(|(t, p, _)| t == topic && p == partition)
+                .map_or(-1, |(_, _, o)| *o);
+            let start = match (offset, reset) {
+                (o, _) if o >= 0 => StartAt::Offset(o),
+                (_, OffsetReset::Earliest) => StartAt::Earliest,
+                (_, OffsetReset::Latest) => StartAt::Latest,
+            };
+            self.assign(topic, &[*partition], start)?;
+        }
+        if let Some(l) = self.listener.as_mut() {
+            l.on_assigned(&added);
+        }
+        Ok(())
+    }
+
+    /// For a subscribed consumer: adopts a new membership and commits when due.
+    fn group_tick(&mut self) -> Result<(), ClientError> {
+        let Some(m) = &self.membership else {
+            return Ok(());
+        };
+        if let Some(update) = m.take_update()? {
+            self.apply_membership(update)?;
+        }
+        let due = self
+            .membership
+            .as_ref()
+            .and_then(|m| m.config.auto_commit)
+            .is_some_and(|every| self.last_commit.elapsed() >= every);
+        if due {
+            if let Err(e) = self.commit() {
+                self.last_commit = Instant::now();
+                if !is_fenced(&e) {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The next offset `poll` will return for an assigned partition.
     pub fn position(&self, topic: &str, partition: u32) -> Option<i64> {
         Some(self.assignment.get(topic)?.get(&partition)?.position)
@@ -286,12 +516,19 @@ impl Consumer {
             if let Some(err) = self.take_error() {
                 return Err(err);
             }
+            self.group_tick()?;
             self.fetch_all()?;
             let remaining = deadline.map_or(Duration::MAX, |d| {
                 d.saturating_duration_since(Instant::now())
             });
-            let reply = match self.replies.recv_timeout(remaining) {
+            // A group member looks for a new assignment at least every heartbeat.
+            let wait = match &self.membership {
+                Some(m) => remaining.min(m.config.heartbeat_interval),
+                None => remaining,
+            };
+            let reply = match self.replies.recv_timeout(wait) {
                 Ok(reply) => reply,
+                Err(RecvTimeoutError::Timeout) if wait < remaining => continue,
                 Err(RecvTimeoutError::Timeout) => return Ok(records),
                 Err(RecvTimeoutError::Disconnected) => {
                     unreachable!("the consumer holds a sender of its reply channel")

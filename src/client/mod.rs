@@ -36,6 +36,7 @@
 pub mod accumulator;
 pub mod consumer;
 mod fasthash;
+pub mod group;
 pub mod partitioner;
 pub mod producer;
 
@@ -141,6 +142,11 @@ impl Client {
             awaiting: HashMap::new(),
             buf: BytesMut::with_capacity(64 * 1024),
         })
+    }
+
+    /// The broker address this client is connected to.
+    pub fn addr(&self) -> &str {
+        &self.addr
     }
 
     /// Limits how long a blocking read may wait (None: forever).
@@ -342,6 +348,117 @@ impl Client {
                 check(p.error, &p.message)?;
                 Ok(p)
             }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every consumer and share group the broker knows.
+    pub fn list_groups(&mut self) -> Result<Vec<GroupListing>, ClientError> {
+        match self.call(Request::ListGroups)? {
+            Response::ListGroups(r) => Ok(r.groups),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A consumer group's members, assignment and committed offsets.
+    pub fn describe_group(&mut self, group: &str) -> Result<DescribeGroupResponse, ClientError> {
+        match self.call(Request::DescribeGroup(GroupRequest {
+            group: group.into(),
+        }))? {
+            Response::DescribeGroup(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes a consumer group without members, and its offsets.
+    pub fn delete_group(&mut self, group: &str) -> Result<(), ClientError> {
+        self.call(Request::DeleteGroup(GroupRequest {
+            group: group.into(),
+        }))
+        .map(drop)
+    }
+
+    /// Commits offsets for a group: as a member (`Some((member_id, generation))`) or from
+    /// outside it (`None`: only while it has no members). Fails on the first partition
+    /// the broker refused.
+    pub fn commit_offsets(
+        &mut self,
+        group: &str,
+        member: Option<(&str, u32)>,
+        offsets: &[(&str, u32, i64)],
+    ) -> Result<(), ClientError> {
+        let mut topics: Vec<TopicOffsets> = Vec::new();
+        for &(topic, partition, offset) in offsets {
+            let entry = PartitionOffset { partition, offset };
+            match topics.iter_mut().find(|t| t.topic == topic) {
+                Some(t) => t.partitions.push(entry),
+                None => topics.push(TopicOffsets {
+                    topic: topic.into(),
+                    partitions: vec![entry],
+                }),
+            }
+        }
+        let (member_id, generation) =
+            member.map_or((String::new(), -1), |(m, g)| (m.to_string(), g as i32));
+        match self.call(Request::CommitOffsets(CommitOffsetsRequest {
+            group: group.into(),
+            member_id,
+            generation,
+            topics,
+        }))? {
+            Response::CommitOffsets(r) => {
+                for t in r.topics {
+                    for p in t.partitions {
+                        check(p.error, &p.message)?;
+                    }
+                }
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A group's committed offsets for these partitions (-1: none), or every committed
+    /// one when `partitions` is empty.
+    pub fn fetch_offsets(
+        &mut self,
+        group: &str,
+        partitions: &[(&str, u32)],
+    ) -> Result<Vec<(String, u32, i64)>, ClientError> {
+        let mut topics: Vec<TopicPartitions> = Vec::new();
+        for &(topic, partition) in partitions {
+            match topics.iter_mut().find(|t| t.topic == topic) {
+                Some(t) => t.partitions.push(partition),
+                None => topics.push(TopicPartitions {
+                    topic: topic.into(),
+                    partitions: vec![partition],
+                }),
+            }
+        }
+        match self.call(Request::FetchOffsets(FetchOffsetsRequest {
+            group: group.into(),
+            topics,
+        }))? {
+            Response::FetchOffsets(r) => Ok(r
+                .topics
+                .into_iter()
+                .flat_map(|t| {
+                    let topic = t.topic;
+                    t.partitions
+                        .into_iter()
+                        .map(move |p| (topic.clone(), p.partition, p.offset))
+                })
+                .collect()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A share group's state per partition.
+    pub fn describe_queue(&mut self, group: &str) -> Result<DescribeQueueResponse, ClientError> {
+        match self.call(Request::DescribeQueue(GroupRequest {
+            group: group.into(),
+        }))? {
+            Response::DescribeQueue(r) => Ok(r),
             other => Err(unexpected(other)),
         }
     }

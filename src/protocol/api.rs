@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::error::ErrorCode;
 use super::frame::{DecodeError, Decoder, Encoder, Part, RequestHeader};
+pub use super::group::*;
 
 /// API keys. Numbers are stable and never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,11 +35,33 @@ pub enum ApiKey {
     Fetch = 8,
     /// Earliest, latest or by-timestamp offsets.
     ListOffsets = 9,
+    /// Join a consumer group; the broker assigns partitions.
+    JoinGroup = 10,
+    /// Stay in a group; learn the current generation and assignment.
+    Heartbeat = 11,
+    /// Leave a group.
+    LeaveGroup = 12,
+    /// Store a group's offsets.
+    CommitOffsets = 13,
+    /// Read a group's offsets.
+    FetchOffsets = 14,
+    /// Every consumer and share group.
+    ListGroups = 15,
+    /// A consumer group's members, assignment and offsets.
+    DescribeGroup = 16,
+    /// Forget a consumer group and its offsets.
+    DeleteGroup = 17,
+    /// Acquire records of a share group (queue).
+    ShareFetch = 18,
+    /// Accept, release, nack or reject acquired records.
+    ShareAck = 19,
+    /// A share group's state per partition.
+    DescribeQueue = 20,
 }
 
 impl ApiKey {
     /// Every API, in numeric order.
-    pub const ALL: [ApiKey; 10] = [
+    pub const ALL: [ApiKey; 21] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopic,
@@ -49,6 +72,17 @@ impl ApiKey {
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::ListOffsets,
+        ApiKey::JoinGroup,
+        ApiKey::Heartbeat,
+        ApiKey::LeaveGroup,
+        ApiKey::CommitOffsets,
+        ApiKey::FetchOffsets,
+        ApiKey::ListGroups,
+        ApiKey::DescribeGroup,
+        ApiKey::DeleteGroup,
+        ApiKey::ShareFetch,
+        ApiKey::ShareAck,
+        ApiKey::DescribeQueue,
     ];
 
     /// The key for a number, if known.
@@ -126,6 +160,28 @@ pub enum Request {
     Fetch(FetchRequest),
     /// See [`ListOffsetsRequest`].
     ListOffsets(ListOffsetsRequest),
+    /// See [`JoinGroupRequest`].
+    JoinGroup(JoinGroupRequest),
+    /// See [`HeartbeatRequest`].
+    Heartbeat(HeartbeatRequest),
+    /// See [`LeaveGroupRequest`].
+    LeaveGroup(LeaveGroupRequest),
+    /// See [`CommitOffsetsRequest`].
+    CommitOffsets(CommitOffsetsRequest),
+    /// See [`FetchOffsetsRequest`].
+    FetchOffsets(FetchOffsetsRequest),
+    /// No body.
+    ListGroups,
+    /// The group to describe.
+    DescribeGroup(GroupRequest),
+    /// The group to delete.
+    DeleteGroup(GroupRequest),
+    /// See [`ShareFetchRequest`].
+    ShareFetch(ShareFetchRequest),
+    /// See [`ShareAckRequest`].
+    ShareAck(ShareAckRequest),
+    /// The share group to describe.
+    DescribeQueue(GroupRequest),
 }
 
 impl Request {
@@ -142,6 +198,17 @@ impl Request {
             Request::Produce(_) => ApiKey::Produce,
             Request::Fetch(_) => ApiKey::Fetch,
             Request::ListOffsets(_) => ApiKey::ListOffsets,
+            Request::JoinGroup(_) => ApiKey::JoinGroup,
+            Request::Heartbeat(_) => ApiKey::Heartbeat,
+            Request::LeaveGroup(_) => ApiKey::LeaveGroup,
+            Request::CommitOffsets(_) => ApiKey::CommitOffsets,
+            Request::FetchOffsets(_) => ApiKey::FetchOffsets,
+            Request::ListGroups => ApiKey::ListGroups,
+            Request::DescribeGroup(_) => ApiKey::DescribeGroup,
+            Request::DeleteGroup(_) => ApiKey::DeleteGroup,
+            Request::ShareFetch(_) => ApiKey::ShareFetch,
+            Request::ShareAck(_) => ApiKey::ShareAck,
+            Request::DescribeQueue(_) => ApiKey::DescribeQueue,
         }
     }
 
@@ -182,6 +249,21 @@ impl Request {
             ApiKey::Produce => Request::Produce(ProduceRequest::decode_body(&mut d)?),
             ApiKey::Fetch => Request::Fetch(FetchRequest::decode_body(&mut d)?),
             ApiKey::ListOffsets => Request::ListOffsets(ListOffsetsRequest::decode_body(&mut d)?),
+            ApiKey::JoinGroup => Request::JoinGroup(JoinGroupRequest::decode_body(&mut d)?),
+            ApiKey::Heartbeat => Request::Heartbeat(HeartbeatRequest::decode_body(&mut d)?),
+            ApiKey::LeaveGroup => Request::LeaveGroup(LeaveGroupRequest::decode_body(&mut d)?),
+            ApiKey::CommitOffsets => {
+                Request::CommitOffsets(CommitOffsetsRequest::decode_body(&mut d)?)
+            }
+            ApiKey::FetchOffsets => {
+                Request::FetchOffsets(FetchOffsetsRequest::decode_body(&mut d)?)
+            }
+            ApiKey::ListGroups => Request::ListGroups,
+            ApiKey::DescribeGroup => Request::DescribeGroup(GroupRequest::decode_body(&mut d)?),
+            ApiKey::DeleteGroup => Request::DeleteGroup(GroupRequest::decode_body(&mut d)?),
+            ApiKey::ShareFetch => Request::ShareFetch(ShareFetchRequest::decode_body(&mut d)?),
+            ApiKey::ShareAck => Request::ShareAck(ShareAckRequest::decode_body(&mut d)?),
+            ApiKey::DescribeQueue => Request::DescribeQueue(GroupRequest::decode_body(&mut d)?),
         };
         d.finish()?;
         Ok(request)
@@ -212,6 +294,17 @@ impl Request {
             Request::Produce(_) => {}
             Request::Fetch(r) => r.encode_body(&mut e),
             Request::ListOffsets(r) => r.encode_body(&mut e),
+            Request::JoinGroup(r) => r.encode_body(&mut e),
+            Request::Heartbeat(r) => r.encode_body(&mut e),
+            Request::LeaveGroup(r) => r.encode_body(&mut e),
+            Request::CommitOffsets(r) => r.encode_body(&mut e),
+            Request::FetchOffsets(r) => r.encode_body(&mut e),
+            Request::ListGroups => {}
+            Request::DescribeGroup(r) | Request::DeleteGroup(r) | Request::DescribeQueue(r) => {
+                r.encode_body(&mut e)
+            }
+            Request::ShareFetch(r) => r.encode_body(&mut e),
+            Request::ShareAck(r) => r.encode_body(&mut e),
         }
         if let Request::Produce(r) = self {
             r.encode_body(&mut e);
@@ -718,6 +811,28 @@ pub enum Response {
     Fetch(FetchResponse),
     /// Offsets.
     ListOffsets(ListOffsetsResponse),
+    /// Membership after a join.
+    JoinGroup(MembershipResponse),
+    /// Membership after a heartbeat.
+    Heartbeat(MembershipResponse),
+    /// Left (no body).
+    LeaveGroup,
+    /// Commit outcomes.
+    CommitOffsets(ResultsResponse),
+    /// Committed offsets.
+    FetchOffsets(OffsetsResponse),
+    /// Groups.
+    ListGroups(ListGroupsResponse),
+    /// Group description.
+    DescribeGroup(DescribeGroupResponse),
+    /// Group deleted (no body).
+    DeleteGroup,
+    /// Acquired records.
+    ShareFetch(ShareFetchResponse),
+    /// Ack outcomes.
+    ShareAck(ResultsResponse),
+    /// Share group state.
+    DescribeQueue(DescribeQueueResponse),
 }
 
 /// Encodes a successful response frame.
@@ -754,7 +869,18 @@ pub fn encode_response(correlation_id: u32, response: &Response) -> Vec<Bytes> {
                 }
             }
         }
-        Response::CreateTopic | Response::DeleteTopic | Response::AlterTopicConfig => {}
+        Response::CreateTopic
+        | Response::DeleteTopic
+        | Response::AlterTopicConfig
+        | Response::LeaveGroup
+        | Response::DeleteGroup => {}
+        Response::JoinGroup(r) | Response::Heartbeat(r) => r.encode_body(&mut e),
+        Response::CommitOffsets(r) | Response::ShareAck(r) => r.encode_body(&mut e),
+        Response::FetchOffsets(r) => r.encode_body(&mut e),
+        Response::ListGroups(r) => r.encode_body(&mut e),
+        Response::DescribeGroup(r) => r.encode_body(&mut e),
+        Response::ShareFetch(r) => r.encode_body(&mut e),
+        Response::DescribeQueue(r) => r.encode_body(&mut e),
         Response::ListTopics(r) => {
             e.put_array_len(r.topics.len());
             for t in &r.topics {
@@ -890,6 +1016,17 @@ pub fn decode_response(api: ApiKey, d: &mut Decoder) -> Result<Response, DecodeE
         ApiKey::CreateTopic => Response::CreateTopic,
         ApiKey::DeleteTopic => Response::DeleteTopic,
         ApiKey::AlterTopicConfig => Response::AlterTopicConfig,
+        ApiKey::JoinGroup => Response::JoinGroup(MembershipResponse::decode_body(d)?),
+        ApiKey::Heartbeat => Response::Heartbeat(MembershipResponse::decode_body(d)?),
+        ApiKey::LeaveGroup => Response::LeaveGroup,
+        ApiKey::CommitOffsets => Response::CommitOffsets(ResultsResponse::decode_body(d)?),
+        ApiKey::FetchOffsets => Response::FetchOffsets(OffsetsResponse::decode_body(d)?),
+        ApiKey::ListGroups => Response::ListGroups(ListGroupsResponse::decode_body(d)?),
+        ApiKey::DescribeGroup => Response::DescribeGroup(DescribeGroupResponse::decode_body(d)?),
+        ApiKey::DeleteGroup => Response::DeleteGroup,
+        ApiKey::ShareFetch => Response::ShareFetch(ShareFetchResponse::decode_body(d)?),
+        ApiKey::ShareAck => Response::ShareAck(ResultsResponse::decode_body(d)?),
+        ApiKey::DescribeQueue => Response::DescribeQueue(DescribeQueueResponse::decode_body(d)?),
         ApiKey::ListTopics => {
             let topics = d.array("topics", 6, |d| {
                 Ok(TopicListing {
@@ -1150,6 +1287,204 @@ mod tests {
     }
 
     #[test]
+    fn group_messages_round_trip() {
+        let assignment = vec![TopicPartitions {
+            topic: "orders".into(),
+            partitions: vec![0, 2, 4],
+        }];
+        let offsets = vec![TopicOffsets {
+            topic: "orders".into(),
+            partitions: vec![PartitionOffset {
+                partition: 2,
+                offset: 41,
+            }],
+        }];
+        for request in [
+            Request::JoinGroup(JoinGroupRequest {
+                group: "g".into(),
+                member_id: String::new(),
+                client_id: "cli".into(),
+                topics: vec!["orders".into(), "audit".into()],
+                session_timeout_ms: 10_000,
+                strategy: "sticky".into(),
+            }),
+            Request::Heartbeat(HeartbeatRequest {
+                group: "g".into(),
+                member_id: "m-1".into(),
+                generation: 7,
+            }),
+            Request::LeaveGroup(LeaveGroupRequest {
+                group: "g".into(),
+                member_id: "m-1".into(),
+            }),
+            Request::CommitOffsets(CommitOffsetsRequest {
+                group: "g".into(),
+                member_id: String::new(),
+                generation: -1,
+                topics: offsets.clone(),
+            }),
+            Request::FetchOffsets(FetchOffsetsRequest {
+                group: "g".into(),
+                topics: assignment.clone(),
+            }),
+            Request::ListGroups,
+            Request::DescribeGroup(GroupRequest { group: "g".into() }),
+            Request::DeleteGroup(GroupRequest { group: "g".into() }),
+            Request::DescribeQueue(GroupRequest { group: "q".into() }),
+            Request::ShareFetch(ShareFetchRequest {
+                group: "q".into(),
+                member_id: "w-3".into(),
+                topics: assignment.clone(),
+                max_records: 500,
+                max_wait_ms: 250,
+                settings: ShareSettings {
+                    lock_ms: 30_000,
+                    max_deliveries: 5,
+                    dead_letter_topic: "orders.dlq".into(),
+                },
+            }),
+            Request::ShareAck(ShareAckRequest {
+                group: "q".into(),
+                member_id: "w-3".into(),
+                topics: vec![TopicAcks {
+                    topic: "orders".into(),
+                    partitions: vec![PartitionAcks {
+                        partition: 1,
+                        ranges: vec![
+                            AckRange {
+                                first: 10,
+                                last: 19,
+                                kind: AckType::Accept,
+                                delay_ms: 0,
+                            },
+                            AckRange {
+                                first: 20,
+                                last: 20,
+                                kind: AckType::Nack,
+                                delay_ms: 1500,
+                            },
+                        ],
+                    }],
+                }],
+            }),
+        ] {
+            let debug = format!("{request:?}");
+            assert_eq!(format!("{:?}", request_round_trip(request)), debug);
+        }
+        let membership = MembershipResponse {
+            member_id: "m-1".into(),
+            generation: 3,
+            assignment: assignment.clone(),
+        };
+        response_round_trip(ApiKey::JoinGroup, Response::JoinGroup(membership.clone()));
+        response_round_trip(ApiKey::Heartbeat, Response::Heartbeat(membership));
+        response_round_trip(
+            ApiKey::CommitOffsets,
+            Response::CommitOffsets(ResultsResponse {
+                topics: vec![TopicResults {
+                    topic: "orders".into(),
+                    partitions: vec![PartitionResult {
+                        partition: 0,
+                        error: ErrorCode::StaleGeneration,
+                        message: "generation 2 is stale".into(),
+                    }],
+                }],
+            }),
+        );
+        response_round_trip(
+            ApiKey::FetchOffsets,
+            Response::FetchOffsets(OffsetsResponse {
+                topics: offsets.clone(),
+            }),
+        );
+        response_round_trip(
+            ApiKey::ListGroups,
+            Response::ListGroups(ListGroupsResponse {
+                groups: vec![GroupListing {
+                    group: "g".into(),
+                    kind: "consumer".into(),
+                    members: 3,
+                }],
+            }),
+        );
+        response_round_trip(
+            ApiKey::DescribeGroup,
+            Response::DescribeGroup(DescribeGroupResponse {
+                group: "g".into(),
+                state: "stable".into(),
+                generation: 4,
+                strategy: "range".into(),
+                members: vec![MemberDescription {
+                    member_id: "m-1".into(),
+                    client_id: "cli".into(),
+                    topics: vec!["orders".into()],
+                    assignment: assignment.clone(),
+                }],
+                offsets,
+            }),
+        );
+        response_round_trip(
+            ApiKey::ShareFetch,
+            Response::ShareFetch(ShareFetchResponse {
+                topics: vec![ShareFetchTopic {
+                    topic: "orders".into(),
+                    partitions: vec![ShareFetchPartition {
+                        partition: 1,
+                        error: ErrorCode::None,
+                        message: String::new(),
+                        acquired: vec![AcquiredRange {
+                            first: 5,
+                            last: 9,
+                            delivery: 2,
+                        }],
+                        records: Bytes::from_static(b"batch"),
+                    }],
+                }],
+            }),
+        );
+        response_round_trip(
+            ApiKey::DescribeQueue,
+            Response::DescribeQueue(DescribeQueueResponse {
+                group: "q".into(),
+                members: vec!["w-1".into()],
+                partitions: vec![SharePartitionState {
+                    topic: "orders".into(),
+                    partition: 0,
+                    start: 10,
+                    next_offset: 30,
+                    log_end: 100,
+                    acquired: 12,
+                    available_again: 3,
+                    done: 5,
+                    dead_lettered: 1,
+                }],
+            }),
+        );
+        // A reversed ack range is refused when decoding.
+        let mut e = Encoder::with_capacity(64);
+        ShareAckRequest {
+            group: "q".into(),
+            member_id: "w".into(),
+            topics: vec![TopicAcks {
+                topic: "t".into(),
+                partitions: vec![PartitionAcks {
+                    partition: 0,
+                    ranges: vec![AckRange {
+                        first: 9,
+                        last: 3,
+                        kind: AckType::Accept,
+                        delay_ms: 0,
+                    }],
+                }],
+            }],
+        }
+        .encode_body(&mut e);
+        let body: Vec<u8> = e.finish().concat();
+        let mut d = Decoder::new(BytesMut::from(&body[..]));
+        assert!(ShareAckRequest::decode_body(&mut d).is_err());
+    }
+
+    #[test]
     fn unknown_api_and_version_are_typed_errors() {
         let header = RequestHeader {
             api_key: 999,
@@ -1169,13 +1504,13 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn request_decode_never_panics(key in 0u16..12, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+        fn request_decode_never_panics(key in 0u16..23, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
             let header = RequestHeader { api_key: key, api_version: 0, correlation_id: 1 };
             let _ = Request::decode(&header, BytesMut::from(&body[..]));
         }
 
         #[test]
-        fn response_decode_never_panics(key in 0u16..10, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+        fn response_decode_never_panics(key in 0u16..21, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
             let mut d = Decoder::new(BytesMut::from(&body[..]));
             let _ = decode_response(ApiKey::from_u16(key).unwrap(), &mut d);
         }

@@ -49,11 +49,29 @@ pub enum ErrorCode {
     TooManyConnections = 18,
     /// The request did not complete within its timeout.
     Timeout = 19,
+    /// No such group.
+    UnknownGroup = 20,
+    /// The member is not (or no longer) in the group: its session expired or it left.
+    /// Join again.
+    UnknownMember = 21,
+    /// The request's generation is not the group's current one: the member was fenced by
+    /// a rebalance. Take the new assignment (heartbeat) and retry.
+    StaleGeneration = 22,
+    /// The group still has members.
+    GroupNotEmpty = 23,
+    /// The session timeout is outside the broker's limits.
+    InvalidSessionTimeout = 24,
+    /// A share acknowledgement named a record the consumer does not hold (never acquired,
+    /// its lock expired, already acknowledged, or held by another consumer).
+    RecordNotHeld = 25,
+    /// The request does not fit the group: another assignment strategy, or a consumer
+    /// group used as a share group (or the reverse).
+    InconsistentGroup = 26,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order (documentation and tests use it).
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::None,
         ErrorCode::Unknown,
         ErrorCode::CorruptFrame,
@@ -74,6 +92,13 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::TooManyConnections,
         ErrorCode::Timeout,
+        ErrorCode::UnknownGroup,
+        ErrorCode::UnknownMember,
+        ErrorCode::StaleGeneration,
+        ErrorCode::GroupNotEmpty,
+        ErrorCode::InvalidSessionTimeout,
+        ErrorCode::RecordNotHeld,
+        ErrorCode::InconsistentGroup,
     ];
 
     /// The numeric code.
@@ -120,6 +145,13 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting down",
             ErrorCode::TooManyConnections => "too many connections",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::UnknownGroup => "unknown group",
+            ErrorCode::UnknownMember => "unknown member",
+            ErrorCode::StaleGeneration => "stale generation",
+            ErrorCode::GroupNotEmpty => "group not empty",
+            ErrorCode::InvalidSessionTimeout => "invalid session timeout",
+            ErrorCode::RecordNotHeld => "record not held",
+            ErrorCode::InconsistentGroup => "inconsistent group",
         }
     }
 }
@@ -164,6 +196,7 @@ mod tests {
         assert_eq!(ErrorCode::UnknownTopicOrPartition.as_u16(), 6);
         assert_eq!(ErrorCode::CorruptBatch.as_u16(), 12);
         assert_eq!(ErrorCode::Timeout.as_u16(), 19);
+        assert_eq!(ErrorCode::StaleGeneration.as_u16(), 22);
         assert_eq!(ErrorCode::from_u16(60_000), ErrorCode::Unknown);
     }
 }

@@ -6,5 +6,6 @@ pub mod api;
 pub mod batch;
 pub mod error;
 pub mod frame;
+pub mod group;
 
 pub use error::{ErrorCode, WireError};

@@ -7,7 +7,7 @@
 //! the ring back. Work for a partition owned here runs the same `execute` inline.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,9 +17,14 @@ use std::time::Instant;
 use bytes::BytesMut;
 use futures_util::future::{select, Either};
 
+use super::groups::{Coordinator, GroupOp};
+use super::queues::{Acquired, Shares};
 use crate::config::BrokerConfig;
 use crate::local::{oneshot, yield_now, Notify, OneshotSender};
-use crate::protocol::api::{offset_spec, PartitionDescription, ShardEndpoint};
+use crate::protocol::api::{
+    offset_spec, AckRange, PartitionDescription, Response, ShardEndpoint, SharePartitionState,
+    ShareSettings,
+};
 use crate::protocol::{ErrorCode, WireError};
 use crate::shard::mesh::{InboxWaiter, ShardLinks};
 use crate::shard::{owner_of, ShardId};
@@ -95,6 +100,27 @@ pub(crate) enum ShardOp {
     DropTopic { topic: Arc<TopicMeta> },
     /// Apply the topic's current configs to its open partitions.
     Reconfigure { topic: Arc<TopicMeta> },
+    /// A consumer-group request, for the group's coordinator.
+    Group(GroupOp),
+    /// Acquire records of a share group on a partition.
+    ShareAcquire {
+        at: PartitionRef,
+        group: String,
+        member: String,
+        max_records: u32,
+        settings: ShareSettings,
+    },
+    /// Acknowledge records of a share group on a partition.
+    ShareAck {
+        at: PartitionRef,
+        group: String,
+        member: String,
+        ranges: Vec<AckRange>,
+    },
+    /// The state of a share group on this shard's partitions.
+    ShareDescribe { group: String },
+    /// The share groups with state on this shard.
+    ShareGroups,
 }
 
 /// The owner's answer to a [`ShardOp`].
@@ -106,6 +132,10 @@ pub(crate) enum ShardReply {
     Offset(Result<i64, WireError>),
     Described(Result<PartitionDescription, WireError>),
     Done(Result<(), WireError>),
+    Group(Result<Response, WireError>),
+    ShareAcquired(Result<Acquired, WireError>),
+    ShareDescribed(Vec<String>, Vec<SharePartitionState>),
+    ShareGroups(BTreeMap<String, usize>),
 }
 
 enum Slot {
@@ -145,6 +175,10 @@ pub(crate) struct ShardContext {
     /// Connections this shard serves; `connection_closed` fires as each one ends.
     pub(crate) connections: Cell<usize>,
     pub(crate) connection_closed: Notify,
+    /// The consumer groups this shard coordinates.
+    pub(crate) coordinator: Coordinator,
+    /// Share-group state of the partitions this shard owns.
+    pub(crate) shares: Shares,
 }
 
 impl ShardContext {
@@ -175,6 +209,8 @@ impl ShardContext {
             shutting_down: Cell::new(false),
             connections: Cell::new(0),
             connection_closed: Notify::new(),
+            coordinator: Coordinator::new(),
+            shares: Shares::new(),
         })
     }
 
@@ -348,8 +384,37 @@ impl ShardContext {
                         tracing::warn!(topic = %topic.name, "closing a deleted partition: {e}");
                     }
                 }
+                self.shares.drop_topic(self, &topic).await;
                 ShardReply::Done(Ok(()))
             }
+            ShardOp::Group(op) => ShardReply::Group(self.coordinator.run(self, op).await),
+            ShardOp::ShareAcquire {
+                at,
+                group,
+                member,
+                max_records,
+                settings,
+            } => ShardReply::ShareAcquired(
+                self.shares
+                    .acquire(self, &at, &group, &member, max_records, &settings)
+                    .await,
+            ),
+            ShardOp::ShareAck {
+                at,
+                group,
+                member,
+                ranges,
+            } => ShardReply::Done(
+                self.shares
+                    .acknowledge(self, &at, &group, &member, &ranges)
+                    .await,
+            ),
+            ShardOp::ShareDescribe { group } => {
+                let logs = |topic: &str, partition: u32| self.log_end(topic, partition);
+                let (members, partitions) = self.shares.describe(&group, &logs);
+                ShardReply::ShareDescribed(members, partitions)
+            }
+            ShardOp::ShareGroups => ShardReply::ShareGroups(self.shares.groups()),
             ShardOp::Reconfigure { topic } => {
                 let config = topic.log_config(&self.log_defaults);
                 for log in self.open_logs_of(&topic.name, topic.id) {
@@ -464,6 +529,28 @@ impl ShardContext {
                 Slot::Opening(_) => None,
             })
             .collect()
+    }
+
+    /// The log of a partition this shard owns (opened on first use).
+    pub(crate) async fn partition_log(
+        &self,
+        at: &PartitionRef,
+    ) -> Result<Rc<PartitionLog>, WireError> {
+        self.log(at).await
+    }
+
+    /// The log end of an open partition this shard owns.
+    fn log_end(&self, topic: &str, partition: u32) -> Option<i64> {
+        match self
+            .topics
+            .borrow()
+            .get(topic)?
+            .partitions
+            .get(&partition)?
+        {
+            Slot::Open(log) => Some(log.high_watermark()),
+            Slot::Opening(_) => None,
+        }
     }
 
     /// The log of a partition this shard owns, opening (and recovering) it on first use.

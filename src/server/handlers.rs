@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_util::future::{join_all, select_all, Either};
 
+use std::collections::BTreeMap;
+
 use super::context::{first, unknown_partition, PartitionRef, ShardContext, ShardOp, ShardReply};
+use super::groups::{coordinator_of, GroupOp};
+use super::queues::Acquired;
 use crate::protocol::api::*;
 use crate::protocol::batch::{self, BatchError};
 use crate::protocol::{ErrorCode, WireError};
@@ -105,7 +109,314 @@ async fn handle_plain(
             "fetch is answered by `handle`",
         )),
         Request::ListOffsets(r) => Ok(list_offsets(ctx, r).await),
+        Request::JoinGroup(r) => group_call(ctx, &r.group.clone(), GroupOp::Join(r)).await,
+        Request::Heartbeat(r) => group_call(ctx, &r.group.clone(), GroupOp::Heartbeat(r)).await,
+        Request::LeaveGroup(r) => group_call(ctx, &r.group.clone(), GroupOp::Leave(r)).await,
+        Request::CommitOffsets(r) => group_call(ctx, &r.group.clone(), GroupOp::Commit(r)).await,
+        Request::FetchOffsets(r) => {
+            group_call(ctx, &r.group.clone(), GroupOp::FetchOffsets(r)).await
+        }
+        Request::DescribeGroup(r) => {
+            group_call(ctx, &r.group, GroupOp::Describe(r.group.clone())).await
+        }
+        Request::DeleteGroup(r) => {
+            group_call(ctx, &r.group, GroupOp::Delete(r.group.clone())).await
+        }
+        Request::ListGroups => list_groups(ctx).await,
+        Request::ShareFetch(r) => share_fetch(ctx, r).await,
+        Request::ShareAck(r) => share_ack(ctx, r).await,
+        Request::DescribeQueue(r) => describe_queue(ctx, &r.group).await,
     })
+}
+
+/// Runs a group request on the group's coordinator shard.
+async fn group_call(
+    ctx: &Rc<ShardContext>,
+    group: &str,
+    op: GroupOp,
+) -> Result<Response, WireError> {
+    if group.is_empty() {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            "the group name is empty",
+        ));
+    }
+    match ctx
+        .call(coordinator_of(group, ctx.shard_count), ShardOp::Group(op))
+        .await
+    {
+        ShardReply::Group(r) => r,
+        _ => Err(unexpected()),
+    }
+}
+
+/// Consumer groups from every coordinator, and share groups from every partition owner.
+async fn list_groups(ctx: &Rc<ShardContext>) -> Result<Response, WireError> {
+    let mut groups: BTreeMap<String, GroupListing> = BTreeMap::new();
+    let shards = 0..ctx.shard_count;
+    for reply in join_all(
+        shards
+            .clone()
+            .map(|s| ctx.call(s, ShardOp::Group(GroupOp::List))),
+    )
+    .await
+    {
+        match reply {
+            ShardReply::Group(Ok(Response::ListGroups(list))) => {
+                for g in list.groups {
+                    groups.insert(g.group.clone(), g);
+                }
+            }
+            ShardReply::Group(Err(e)) => return Err(e),
+            _ => return Err(unexpected()),
+        }
+    }
+    let mut shares: BTreeMap<String, usize> = BTreeMap::new();
+    for reply in join_all(shards.map(|s| ctx.call(s, ShardOp::ShareGroups))).await {
+        if let ShardReply::ShareGroups(found) = reply {
+            for (group, members) in found {
+                let m = shares.entry(group).or_default();
+                *m = (*m).max(members);
+            }
+        }
+    }
+    for (group, members) in shares {
+        groups.entry(group.clone()).or_insert(GroupListing {
+            group,
+            kind: "share".into(),
+            members: members as u32,
+        });
+    }
+    Ok(Response::ListGroups(ListGroupsResponse {
+        groups: groups.into_values().collect(),
+    }))
+}
+
+/// One partition a share fetch or ack addresses.
+struct ShareSlot {
+    topic_index: usize,
+    partition: u32,
+    at: Result<PartitionRef, WireError>,
+}
+
+/// The partitions of a share request: the listed ones, or every partition of a topic
+/// listed without partitions.
+fn share_slots(ctx: &ShardContext, topics: &[TopicPartitions]) -> Vec<ShareSlot> {
+    let mut slots = Vec::new();
+    for (topic_index, t) in topics.iter().enumerate() {
+        let partitions: Vec<u32> = if t.partitions.is_empty() {
+            match ctx.catalog.get(&t.topic) {
+                Some(meta) => (0..meta.partitions).collect(),
+                None => vec![0],
+            }
+        } else {
+            t.partitions.clone()
+        };
+        for partition in partitions {
+            slots.push(ShareSlot {
+                topic_index,
+                partition,
+                at: lookup(ctx, &t.topic, partition),
+            });
+        }
+    }
+    slots
+}
+
+fn check_share_ids(group: &str, member: &str) -> Result<(), WireError> {
+    if group.is_empty() || member.is_empty() {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            "share requests need a group name and a member id",
+        ));
+    }
+    Ok(())
+}
+
+/// Acquires records from every partition asked for; waits (up to `max_wait_ms`) when none
+/// has anything to hand out.
+async fn share_fetch(ctx: &Rc<ShardContext>, r: ShareFetchRequest) -> Result<Response, WireError> {
+    check_share_ids(&r.group, &r.member_id)?;
+    let deadline =
+        Instant::now() + Duration::from_millis(u64::from(r.max_wait_ms)).min(MAX_FETCH_WAIT);
+    let slots = share_slots(ctx, &r.topics);
+    loop {
+        let calls = slots.iter().map(|slot| {
+            let at = slot.at.clone();
+            let group = r.group.clone();
+            let member = r.member_id.clone();
+            let settings = r.settings.clone();
+            async move {
+                let at = at?;
+                let owner = ctx.owner(&at.topic.name, at.partition);
+                let op = ShardOp::ShareAcquire {
+                    at,
+                    group,
+                    member,
+                    max_records: r.max_records,
+                    settings,
+                };
+                match ctx.call(owner, op).await {
+                    ShardReply::ShareAcquired(result) => result,
+                    _ => Err(unexpected()),
+                }
+            }
+        });
+        let results = join_all(calls).await;
+        let got_any = results
+            .iter()
+            .any(|r| r.as_ref().map_or(true, |a| !a.ranges.is_empty()));
+        if got_any || Instant::now() >= deadline || ctx.is_shutting_down() {
+            return Ok(share_fetch_response(&r.topics, &slots, results));
+        }
+        // Nothing to hand out: wait for new records on any partition, and look again every
+        // 100 ms for records whose lock expired or whose nack delay passed.
+        let until = deadline.min(Instant::now() + Duration::from_millis(100));
+        let waits: Vec<_> = slots
+            .iter()
+            .zip(&results)
+            .filter_map(|(slot, result)| {
+                let at = slot.at.as_ref().ok()?.clone();
+                let offset = result.as_ref().ok()?.log_end;
+                let owner = ctx.owner(&at.topic.name, at.partition);
+                let op = ShardOp::WaitForData {
+                    at,
+                    offset,
+                    seen: 0,
+                    deadline: until,
+                };
+                Some(Box::pin(ctx.call(owner, op)))
+            })
+            .collect();
+        let stop = ctx.shutdown.notified();
+        if waits.is_empty() {
+            let _ = first(compio::time::sleep_until(until), stop).await;
+            continue;
+        }
+        let _ = first(
+            select_all(waits),
+            first(compio::time::sleep_until(until), stop),
+        )
+        .await;
+    }
+}
+
+fn share_fetch_response(
+    topics: &[TopicPartitions],
+    slots: &[ShareSlot],
+    results: Vec<Result<Acquired, WireError>>,
+) -> Response {
+    let mut out: Vec<ShareFetchTopic> = topics
+        .iter()
+        .map(|t| ShareFetchTopic {
+            topic: t.topic.clone(),
+            partitions: Vec::new(),
+        })
+        .collect();
+    for (slot, result) in slots.iter().zip(results) {
+        let part = match result {
+            Ok(a) => ShareFetchPartition {
+                partition: slot.partition,
+                error: ErrorCode::None,
+                message: String::new(),
+                acquired: a.ranges,
+                records: a.records,
+            },
+            Err(e) => ShareFetchPartition {
+                partition: slot.partition,
+                error: e.code,
+                message: e.message,
+                acquired: Vec::new(),
+                records: Bytes::new(),
+            },
+        };
+        out[slot.topic_index].partitions.push(part);
+    }
+    Response::ShareFetch(ShareFetchResponse { topics: out })
+}
+
+/// Sends each partition's acknowledgements to its owner.
+async fn share_ack(ctx: &Rc<ShardContext>, r: ShareAckRequest) -> Result<Response, WireError> {
+    check_share_ids(&r.group, &r.member_id)?;
+    let mut calls = Vec::new();
+    for t in &r.topics {
+        for p in &t.partitions {
+            let at = lookup(ctx, &t.topic, p.partition);
+            let (group, member, ranges) = (r.group.clone(), r.member_id.clone(), p.ranges.clone());
+            calls.push(async move {
+                let at = at?;
+                let owner = ctx.owner(&at.topic.name, at.partition);
+                let op = ShardOp::ShareAck {
+                    at,
+                    group,
+                    member,
+                    ranges,
+                };
+                match ctx.call(owner, op).await {
+                    ShardReply::Done(result) => result,
+                    _ => Err(unexpected()),
+                }
+            });
+        }
+    }
+    let mut results = join_all(calls).await.into_iter();
+    let topics = r
+        .topics
+        .iter()
+        .map(|t| TopicResults {
+            topic: t.topic.clone(),
+            partitions: t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let (error, message) = match results.next() {
+                        Some(Ok(())) | None => (ErrorCode::None, String::new()),
+                        Some(Err(e)) => (e.code, e.message),
+                    };
+                    PartitionResult {
+                        partition: p.partition,
+                        error,
+                        message,
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(Response::ShareAck(ResultsResponse { topics }))
+}
+
+/// A share group's state, gathered from every shard.
+async fn describe_queue(ctx: &Rc<ShardContext>, group: &str) -> Result<Response, WireError> {
+    let mut members = Vec::new();
+    let mut partitions = Vec::new();
+    let calls = (0..ctx.shard_count).map(|s| {
+        ctx.call(
+            s,
+            ShardOp::ShareDescribe {
+                group: group.to_string(),
+            },
+        )
+    });
+    for reply in join_all(calls).await {
+        if let ShardReply::ShareDescribed(m, p) = reply {
+            members.extend(m);
+            partitions.extend(p);
+        }
+    }
+    if partitions.is_empty() {
+        return Err(WireError::new(
+            ErrorCode::UnknownGroup,
+            format!("share group `{group}` has no state on this broker"),
+        ));
+    }
+    members.sort();
+    members.dedup();
+    partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    Ok(Response::DescribeQueue(DescribeQueueResponse {
+        group: group.to_string(),
+        members,
+        partitions,
+    }))
 }
 
 fn catalog_error(e: CatalogError) -> WireError {
@@ -167,7 +478,7 @@ async fn broadcast(ctx: &Rc<ShardContext>, make: impl Fn() -> ShardOp) -> Result
     Ok(())
 }
 
-async fn create_topic(
+pub(crate) async fn create_topic(
     ctx: &Rc<ShardContext>,
     r: CreateTopicRequest,
 ) -> Result<Response, WireError> {

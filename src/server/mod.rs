@@ -9,7 +9,10 @@
 
 mod connection;
 mod context;
+mod groups;
 mod handlers;
+mod internal_log;
+mod queues;
 
 pub use handlers::{MAX_FETCH_BYTES, MAX_FETCH_WAIT};
 
@@ -342,6 +345,7 @@ async fn shard_main(
         compio::runtime::spawn(accept_loop(ctx.clone(), direct)).detach();
     }
     compio::runtime::spawn(maintenance(ctx.clone())).detach();
+    compio::runtime::spawn(expire_sessions(ctx.clone())).detach();
 
     // Run until shutdown, then wait for this shard's connections to finish.
     while !ctx.is_shutting_down() {
@@ -363,6 +367,8 @@ async fn shard_main(
             tracing::warn!(shard = id, "closing a partition: {e}");
         }
     }
+    ctx.coordinator.close().await;
+    ctx.shares.close().await;
     stop_mesh.set(true);
     ctx.signal_all();
     let _ = mesh_task.await;
@@ -406,6 +412,17 @@ async fn accept_loop(ctx: Rc<ShardContext>, listener: compio::net::TcpListener) 
             ctx2.connection_closed.notify_all();
         })
         .detach();
+    }
+}
+
+/// Removes group members whose session ended (their partitions go to the others).
+async fn expire_sessions(ctx: Rc<ShardContext>) {
+    loop {
+        let tick = compio::time::sleep(Duration::from_millis(100));
+        if let Either::Right(()) = first(tick, ctx.shutdown.notified()).await {
+            return;
+        }
+        ctx.coordinator.tick(&ctx, Instant::now());
     }
 }
 

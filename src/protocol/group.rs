@@ -1,0 +1,802 @@
+//! Messages of the consumer-group and share-group (queue) APIs. Each type knows its own
+//! body encoding; `api.rs` wires them into [`Request`](super::api::Request) and
+//! [`Response`](super::api::Response). Field by field in docs/PROTOCOL.md.
+
+use bytes::Bytes;
+
+use super::error::ErrorCode;
+use super::frame::{DecodeError, Decoder, Encoder};
+
+/// Partitions of one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPartitions {
+    /// Topic name.
+    pub topic: String,
+    /// Partition indexes, ascending.
+    pub partitions: Vec<u32>,
+}
+
+fn put_assignment(e: &mut Encoder, a: &[TopicPartitions]) {
+    e.put_array(a.iter(), |e, t| {
+        e.put_string(&t.topic);
+        e.put_array(t.partitions.iter(), |e, p| e.put_u32(*p));
+    });
+}
+
+fn assignment(d: &mut Decoder) -> Result<Vec<TopicPartitions>, DecodeError> {
+    d.array("assignment", 6, |d| {
+        Ok(TopicPartitions {
+            topic: d.string("topic")?,
+            partitions: d.array("partitions", 4, |d| d.u32("partition"))?,
+        })
+    })
+}
+
+fn put_strings(e: &mut Encoder, xs: &[String]) {
+    e.put_array(xs.iter(), |e, s| e.put_string(s));
+}
+
+fn strings(d: &mut Decoder, field: &'static str) -> Result<Vec<String>, DecodeError> {
+    d.array(field, 2, |d| d.string(field))
+}
+
+/// Join (or re-join) a consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinGroupRequest {
+    /// Group name.
+    pub group: String,
+    /// Empty for a new member; the id the broker gave otherwise.
+    pub member_id: String,
+    /// Free-form client name, shown by `group describe`.
+    pub client_id: String,
+    /// Topics to subscribe to.
+    pub topics: Vec<String>,
+    /// A member not heard from for this long is removed.
+    pub session_timeout_ms: u32,
+    /// `range`, `roundrobin` or `sticky`; fixed by a group's first member.
+    pub strategy: String,
+}
+
+impl JoinGroupRequest {
+    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+        e.put_string(&self.group);
+        e.put_string(&self.member_id);
+        e.put_string(&self.client_id);
+        put_strings(e, &self.topics);
+        e.put_u32(self.session_timeout_ms);
+        e.put_string(&self.strategy);
+    }
+
+    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(JoinGroupRequest {
+            group: d.string("group")?,
+            member_id: d.string("member_id")?,
+            client_id: d.string("client_id")?,
+            topics: strings(d, "topics")?,
+            session_timeout_ms: d.u32("session_timeout_ms")?,
+            strategy: d.string("strategy")?,
+        })
+    }
+}
+
+/// The answer to a join or a heartbeat: the member's id, the group's generation and the
+/// member's partitions in that generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipResponse {
+    /// The member's id (use it in every later request).
+    pub member_id: String,
+    /// The current generation; commits must carry it.
+    pub generation: u32,
+    /// The member's partitions in this generation.
+    pub assignment: Vec<TopicPartitions>,
+}
+
+impl MembershipResponse {
+    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+        e.put_string(&self.member_id);
+        e.put_u32(self.generation);
+        put_assignment(e, &self.assignment);
+    }
+
+    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(MembershipResponse {
+            member_id: d.string("member_id")?,
+            generation: d.u32("generation")?,
+            assignment: assignment(d)?,
+        })
+    }
+}
+
+/// Keep a membership alive and learn the current generation and assignment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatRequest {
+    /// Group name.
+    pub group: String,
+    /// The member.
+    pub member_id: String,
+    /// The generation the member works in.
+    pub generation: u32,
+}
+
+impl HeartbeatRequest {
+    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+        e.put_string(&self.group);
+        e.put_string(&self.member_id);
+        e.put_u32(self.generation);
+    }
+
+    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(HeartbeatRequest {
+            group: d.string("group")?,
+            member_id: d.string("member_id")?,
+            generation: d.u32("generation")?,
+        })
+    }
+}
+
+/// Leave a group (its partitions go to the others at once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaveGroupRequest {
+    /// Group name.
+    pub group: String,
+    /// The member.
+    pub member_id: String,
+}
+
+impl LeaveGroupRequest {
+    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+        e.put_string(&self.group);
+        e.put_string(&self.member_id);
+    }
+
+    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(LeaveGroupRequest {
+            group: d.string("group")?,
+            member_id: d.string("member_id")?,
+        })
+    }
+}
+
+/// A group name alone: describe, delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRequest {
+    /// Group name.
+    pub group: String,
+}
+
+impl GroupRequest {
+    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+        e.put_string(&self.group);
+    }
+
+    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(GroupRequest {
+            group: d.string("group")?,
+        })
+    }
+}
+
+/// One partition's offset in a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffset {
+    /// Partition index.
+    pub partition: u32,
+    /// The next offset to consume.
+    pub offset: i64,
+}
+
+/// Offsets of one topic's partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicOffsets {
+    /// Topic name.
+    pub topic: String,
+    /// Partition offsets.
+    pub partitions: Vec<PartitionOffset>,
+}
+
+/// Store committed offsets for a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitOffsetsRequest {
+    /// Group name.
+    pub group: String,
+    /// The committing member; empty (with generation -1) for a commit from outside the
+    /// group, allowed only while the group has no members (offset resets, manual
+    /// assignment).
+    pub member_id: String,
+    /// The member's generation, or -1.
+    pub generation: i32,
+    /// What to commit.
+    pub topics: Vec<TopicOffsets>,
+}
+
+impl CommitOffsetsRequest {
+    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+        e.put_string(&self.group);
+        e.put_string(&self.member_id);
+        e.put_i32(self.generation);
+        put_offsets(e, &self.topics);
+    }
+
+    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(CommitOffsetsRequest {
+            group: d.string("group")?,
+            member_id: d.string("member_id")?,
+            generation: d.i32("generation")?,
+            topics: offsets(d)?,
+        })
+    }
+}
+
+fn put_offsets(e: &mut Encoder, topics: &[TopicOffsets]) {
+    e.put_array(topics.iter(), |e, t| {
+        e.put_string(&t.topic);
+        e.put_array(t.partitions.iter(), |e, p| {
+            e.put_u32(p.partition);
+            e.put_i64(p.offset);
+        });
+    });
+}
+
+fn offsets(d: &mut Decoder) -> Result<Vec<TopicOffsets>, DecodeError> {
+    d.array("topics", 6, |d| {
+        Ok(TopicOffsets {
+            topic: d.string("topic")?,
+            partitions: d.array("partitions", 12, |d| {
+                Ok(PartitionOffset {
+                    partition: d.u32("partition")?,
+                    offset: d.i64("offset")?,
+                })
+            })?,
+        })
+    })
+}
+
+/// Per-partition outcome of a commit or an ack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionResult {
+    /// Partition index.
+    pub partition: u32,
+    /// Outcome.
+    pub error: ErrorCode,
+    /// Details of an error.
+    pub message: String,
+}
+
+/// Outcomes of one topic's partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicResults {
+    /// Topic name.
+    pub topic: String,
+    /// Per partition.
+    pub partitions: Vec<PartitionResult>,
+}
+
+/// Per-partition outcomes (commit, share ack).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultsResponse {
+    /// Per topic.
+    pub topics: Vec<TopicResults>,
+}
+
+impl ResultsResponse {
+    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+        e.put_array(self.topics.iter(), |e, t| {
+            e.put_string(&t.topic);
+            e.put_array(t.partitions.iter(), |e, p| {
+                e.put_u32(p.partition);
+                e.put_u16(p.error.as_u16());
+                e.put_string(&p.message);
+            });
+        });
+    }
+
+    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(ResultsResponse {
+            topics: d.array("topics", 6, |d| {
+                Ok(TopicResults {
+                    topic: d.string("topic")?,
+                    partitions: d.array("partitions", 8, |d| {
+                        Ok(PartitionResult {
+                            partition: d.u32("partition")?,
+                            error: ErrorCode::from_u16(d.u16("error")?),
+                            message: d.string("message")?,
+                        })
+                    })?,
+                })
+            })?,
+        })
+    }
+}
+
+/// Read a group's committed offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchOffsetsRequest {
+    /// Group name.
+    pub group: String,
+    /// Which partitions; empty for every committed one.
+    pub topics: Vec<TopicPartitions>,
+}
+
+impl FetchOffsetsRequest {
+    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+        e.put_string(&self.group);
+        put_assignment(e, &self.topics);
+    }
+
+    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(FetchOffsetsRequest {
+            group: d.string("group")?,
+            topics: assignment(d)?,
+        })
+    }
+}
+
+/// Committed offsets; -1 where nothing is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetsResponse {
+    /// Per topic.
+    pub topics: Vec<TopicOffsets>,
+}
+
+impl OffsetsResponse {
+    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+        put_offsets(e, &self.topics);
+    }
+
+    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(OffsetsResponse {
+            topics: offsets(d)?,
+        })
+    }
+}
+
+/// One group in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListing {
+    /// Group name.
+    pub group: String,
+    /// `consumer` or `share`.
+    pub kind: String,
+    /// Members now.
+    pub members: u32,
+}
+
+/// Every group the broker knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListGroupsResponse {
+    /// Groups, sorted by name.
+    pub groups: Vec<GroupListing>,
+}
+
+impl ListGroupsResponse {
+    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+        e.put_array(self.groups.iter(), |e, g| {
+            e.put_string(&g.group);
+            e.put_string(&g.kind);
+            e.put_u32(g.members);
+        });
+    }
+
+    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(ListGroupsResponse {
+            groups: d.array("groups", 8, |d| {
+                Ok(GroupListing {
+                    group: d.string("group")?,
+                    kind: d.string("kind")?,
+                    members: d.u32("members")?,
+                })
+            })?,
+        })
+    }
+}
+
+/// A member as `group describe` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberDescription {
+    /// Member id.
+    pub member_id: String,
+    /// Client name.
+    pub client_id: String,
+    /// Subscribed topics.
+    pub topics: Vec<String>,
+    /// Partitions in the current generation.
+    pub assignment: Vec<TopicPartitions>,
+}
+
+/// A consumer group: state, members, assignment and committed offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescribeGroupResponse {
+    /// Group name.
+    pub group: String,
+    /// `empty` (offsets only) or `stable`.
+    pub state: String,
+    /// Current generation.
+    pub generation: u32,
+    /// Assignment strategy.
+    pub strategy: String,
+    /// Members, by id.
+    pub members: Vec<MemberDescription>,
+    /// Committed offsets.
+    pub offsets: Vec<TopicOffsets>,
+}
+
+impl DescribeGroupResponse {
+    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+        e.put_string(&self.group);
+        e.put_string(&self.state);
+        e.put_u32(self.generation);
+        e.put_string(&self.strategy);
+        e.put_array(self.members.iter(), |e, m| {
+            e.put_string(&m.member_id);
+            e.put_string(&m.client_id);
+            put_strings(e, &m.topics);
+            put_assignment(e, &m.assignment);
+        });
+        put_offsets(e, &self.offsets);
+    }
+
+    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(DescribeGroupResponse {
+            group: d.string("group")?,
+            state: d.string("state")?,
+            generation: d.u32("generation")?,
+            strategy: d.string("strategy")?,
+            members: d.array("members", 12, |d| {
+                Ok(MemberDescription {
+                    member_id: d.string("member_id")?,
+                    client_id: d.string("client_id")?,
+                    topics: strings(d, "topics")?,
+                    assignment: assignment(d)?,
+                })
+            })?,
+            offsets: offsets(d)?,
+        })
+    }
+}
+
+/// Settings of a share group, sent with every share fetch (the latest wins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareSettings {
+    /// How long an acquired record stays locked to its consumer.
+    pub lock_ms: u32,
+    /// Deliveries after which a record goes to the dead-letter topic.
+    pub max_deliveries: u16,
+    /// Where records past `max_deliveries` (or rejected) are copied; empty: nowhere
+    /// (they are archived only).
+    pub dead_letter_topic: String,
+}
+
+/// Take records from partitions shared by any number of consumers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareFetchRequest {
+    /// Share group name.
+    pub group: String,
+    /// The consumer (any stable id of the client's choosing).
+    pub member_id: String,
+    /// Partitions to take from.
+    pub topics: Vec<TopicPartitions>,
+    /// At most this many records per partition.
+    pub max_records: u32,
+    /// Wait up to this long when nothing is available.
+    pub max_wait_ms: u32,
+    /// Group settings.
+    pub settings: ShareSettings,
+}
+
+impl ShareFetchRequest {
+    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+        e.put_string(&self.group);
+        e.put_string(&self.member_id);
+        put_assignment(e, &self.topics);
+        e.put_u32(self.max_records);
+        e.put_u32(self.max_wait_ms);
+        e.put_u32(self.settings.lock_ms);
+        e.put_u16(self.settings.max_deliveries);
+        e.put_string(&self.settings.dead_letter_topic);
+    }
+
+    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(ShareFetchRequest {
+            group: d.string("group")?,
+            member_id: d.string("member_id")?,
+            topics: assignment(d)?,
+            max_records: d.u32("max_records")?,
+            max_wait_ms: d.u32("max_wait_ms")?,
+            settings: ShareSettings {
+                lock_ms: d.u32("lock_ms")?,
+                max_deliveries: d.u16("max_deliveries")?,
+                dead_letter_topic: d.string("dead_letter_topic")?,
+            },
+        })
+    }
+}
+
+/// Offsets `first..=last`, acquired together, delivered for the `delivery`-th time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcquiredRange {
+    /// First offset.
+    pub first: i64,
+    /// Last offset (inclusive).
+    pub last: i64,
+    /// Delivery count, 1 for the first delivery.
+    pub delivery: u16,
+}
+
+/// One partition of a share fetch: the acquired ranges and the batches holding them
+/// (whole batches: records outside the ranges are not the consumer's to process).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareFetchPartition {
+    /// Partition index.
+    pub partition: u32,
+    /// Outcome.
+    pub error: ErrorCode,
+    /// Details of an error.
+    pub message: String,
+    /// What this consumer now holds.
+    pub acquired: Vec<AcquiredRange>,
+    /// RecordBatch v2 bytes covering the acquired ranges.
+    pub records: Bytes,
+}
+
+/// Share fetch results of one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareFetchTopic {
+    /// Topic name.
+    pub topic: String,
+    /// Per partition.
+    pub partitions: Vec<ShareFetchPartition>,
+}
+
+/// The records a share fetch acquired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareFetchResponse {
+    /// Per topic.
+    pub topics: Vec<ShareFetchTopic>,
+}
+
+impl ShareFetchResponse {
+    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+        e.put_array(self.topics.iter(), |e, t| {
+            e.put_string(&t.topic);
+            e.put_array(t.partitions.iter(), |e, p| {
+                e.put_u32(p.partition);
+                e.put_u16(p.error.as_u16());
+                e.put_string(&p.message);
+                e.put_array(p.acquired.iter(), |e, a| {
+                    e.put_i64(a.first);
+                    e.put_i64(a.last);
+                    e.put_u16(a.delivery);
+                });
+                e.put_shared(p.records.clone());
+            });
+        });
+    }
+
+    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(ShareFetchResponse {
+            topics: d.array("topics", 6, |d| {
+                Ok(ShareFetchTopic {
+                    topic: d.string("topic")?,
+                    partitions: d.array("partitions", 16, |d| {
+                        Ok(ShareFetchPartition {
+                            partition: d.u32("partition")?,
+                            error: ErrorCode::from_u16(d.u16("error")?),
+                            message: d.string("message")?,
+                            acquired: d.array("acquired", 18, |d| {
+                                Ok(AcquiredRange {
+                                    first: d.i64("first")?,
+                                    last: d.i64("last")?,
+                                    delivery: d.u16("delivery")?,
+                                })
+                            })?,
+                            records: d.bytes("records")?.freeze(),
+                        })
+                    })?,
+                })
+            })?,
+        })
+    }
+}
+
+/// What a consumer says about records it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckType {
+    /// Processed: never deliver again.
+    Accept,
+    /// Give back now: deliver again (to anyone) at once.
+    Release,
+    /// Could not process: deliver again after `delay_ms`.
+    Nack,
+    /// Never deliver again; copy to the dead-letter topic.
+    Reject,
+}
+
+impl AckType {
+    fn as_u8(self) -> u8 {
+        match self {
+            AckType::Accept => 0,
+            AckType::Release => 1,
+            AckType::Nack => 2,
+            AckType::Reject => 3,
+        }
+    }
+
+    fn from_u8(v: u8) -> Result<AckType, DecodeError> {
+        match v {
+            0 => Ok(AckType::Accept),
+            1 => Ok(AckType::Release),
+            2 => Ok(AckType::Nack),
+            3 => Ok(AckType::Reject),
+            other => Err(DecodeError::InvalidValue {
+                field: "ack_type",
+                value: i64::from(other),
+            }),
+        }
+    }
+}
+
+/// An acknowledgement of offsets `first..=last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckRange {
+    /// First offset.
+    pub first: i64,
+    /// Last offset (inclusive).
+    pub last: i64,
+    /// What happened to them.
+    pub kind: AckType,
+    /// For [`AckType::Nack`]: how long to wait before delivering again.
+    pub delay_ms: u32,
+}
+
+/// Acknowledgements for one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionAcks {
+    /// Partition index.
+    pub partition: u32,
+    /// Ranges, in any order.
+    pub ranges: Vec<AckRange>,
+}
+
+/// Acknowledgements for one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicAcks {
+    /// Topic name.
+    pub topic: String,
+    /// Per partition.
+    pub partitions: Vec<PartitionAcks>,
+}
+
+/// Accept, release, nack or reject records a share fetch handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareAckRequest {
+    /// Share group name.
+    pub group: String,
+    /// The consumer that holds the records.
+    pub member_id: String,
+    /// Per topic.
+    pub topics: Vec<TopicAcks>,
+}
+
+impl ShareAckRequest {
+    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+        e.put_string(&self.group);
+        e.put_string(&self.member_id);
+        e.put_array(self.topics.iter(), |e, t| {
+            e.put_string(&t.topic);
+            e.put_array(t.partitions.iter(), |e, p| {
+                e.put_u32(p.partition);
+                e.put_array(p.ranges.iter(), |e, r| {
+                    e.put_i64(r.first);
+                    e.put_i64(r.last);
+                    e.put_u8(r.kind.as_u8());
+                    e.put_u32(r.delay_ms);
+                });
+            });
+        });
+    }
+
+    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(ShareAckRequest {
+            group: d.string("group")?,
+            member_id: d.string("member_id")?,
+            topics: d.array("topics", 6, |d| {
+                Ok(TopicAcks {
+                    topic: d.string("topic")?,
+                    partitions: d.array("partitions", 8, |d| {
+                        Ok(PartitionAcks {
+                            partition: d.u32("partition")?,
+                            ranges: d.array("ranges", 21, |d| {
+                                let first = d.i64("first")?;
+                                let last = d.i64("last")?;
+                                if first < 0 || last < first {
+                                    return Err(DecodeError::InvalidValue {
+                                        field: "last",
+                                        value: last,
+                                    });
+                                }
+                                Ok(AckRange {
+                                    first,
+                                    last,
+                                    kind: AckType::from_u8(d.u8("ack_type")?)?,
+                                    delay_ms: d.u32("delay_ms")?,
+                                })
+                            })?,
+                        })
+                    })?,
+                })
+            })?,
+        })
+    }
+}
+
+/// The queue state of one partition of a share group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharePartitionState {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: u32,
+    /// Every record below this offset is done.
+    pub start: i64,
+    /// The first offset never handed out.
+    pub next_offset: i64,
+    /// The partition's log end.
+    pub log_end: i64,
+    /// Records locked to a consumer now.
+    pub acquired: u64,
+    /// Records waiting to be delivered again (released, nacked, lock expired).
+    pub available_again: u64,
+    /// Records done between `start` and `next_offset`.
+    pub done: u64,
+    /// Records copied to the dead-letter topic since the broker started.
+    pub dead_lettered: u64,
+}
+
+/// A share group: its settings and the state of every partition it has taken from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescribeQueueResponse {
+    /// Group name.
+    pub group: String,
+    /// Consumers seen recently (their last fetch or ack within the lock duration).
+    pub members: Vec<String>,
+    /// Per partition.
+    pub partitions: Vec<SharePartitionState>,
+}
+
+impl DescribeQueueResponse {
+    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+        e.put_string(&self.group);
+        put_strings(e, &self.members);
+        e.put_array(self.partitions.iter(), |e, p| {
+            e.put_string(&p.topic);
+            e.put_u32(p.partition);
+            e.put_i64(p.start);
+            e.put_i64(p.next_offset);
+            e.put_i64(p.log_end);
+            e.put_u64(p.acquired);
+            e.put_u64(p.available_again);
+            e.put_u64(p.done);
+            e.put_u64(p.dead_lettered);
+        });
+    }
+
+    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(DescribeQueueResponse {
+            group: d.string("group")?,
+            members: strings(d, "members")?,
+            partitions: d.array("partitions", 62, |d| {
+                Ok(SharePartitionState {
+                    topic: d.string("topic")?,
+                    partition: d.u32("partition")?,
+                    start: d.i64("start")?,
+                    next_offset: d.i64("next_offset")?,
+                    log_end: d.i64("log_end")?,
+                    acquired: d.u64("acquired")?,
+                    available_again: d.u64("available_again")?,
+                    done: d.u64("done")?,
+                    dead_lettered: d.u64("dead_lettered")?,
+                })
+            })?,
+        })
+    }
+}

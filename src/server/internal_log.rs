@@ -1,0 +1,148 @@
+//! Logs the broker keeps for itself: committed group offsets and share-group state. Each is
+//! an ordinary [`PartitionLog`] of key/value records under `<data>/meta/`, replayed in full
+//! when it is opened (the last value of a key wins, a null value deletes it). To keep them
+//! bounded, the owner writes a checkpoint (every live key again) after every
+//! [`CHECKPOINT_BYTES`] appended, and retention keeps [`RETAINED_BYTES`], more than the span
+//! between two checkpoints, so the newest value of every live key always survives it.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::protocol::batch::{self, BatchBuilder};
+use crate::protocol::{ErrorCode, WireError};
+use crate::storage::{FsyncPolicy, LogConfig, PartitionLog};
+
+/// Appended bytes between two checkpoints.
+pub(crate) const CHECKPOINT_BYTES: u64 = 16 << 20;
+/// Bytes retention keeps (segments are [`SEGMENT_BYTES`]).
+const RETAINED_BYTES: u64 = 4 * CHECKPOINT_BYTES;
+const SEGMENT_BYTES: u64 = 4 << 20;
+/// Largest read while replaying.
+const REPLAY_READ_BYTES: usize = 4 << 20;
+
+/// An internal key/value log.
+pub(crate) struct InternalLog {
+    log: Rc<PartitionLog>,
+    since_checkpoint: Cell<u64>,
+}
+
+impl InternalLog {
+    /// Opens the log in `dir` and returns it with every live key's last value.
+    pub(crate) async fn open(
+        dir: PathBuf,
+        fsync: FsyncPolicy,
+    ) -> Result<(InternalLog, HashMap<Bytes, Bytes>), WireError> {
+        let config = LogConfig {
+            segment_bytes: SEGMENT_BYTES,
+            segment_ms: None,
+            retention_ms: None,
+            retention_bytes: Some(RETAINED_BYTES),
+            // The interval timer syncs only topic logs: internal records are few and small,
+            // so they are synced before their acknowledgement instead.
+            fsync: match fsync {
+                FsyncPolicy::Never => FsyncPolicy::Never,
+                _ => FsyncPolicy::Always,
+            },
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(dir.clone(), config)
+            .await
+            .map_err(|e| storage(format!("opening {}: {e}", dir.display())))?;
+        let log = Rc::new(log);
+        let mut live = HashMap::new();
+        let mut offset = log.log_start_offset();
+        while offset < log.high_watermark() {
+            let read = log
+                .read(offset, REPLAY_READ_BYTES)
+                .await
+                .map_err(|e| storage(format!("replaying {}: {e}", dir.display())))?;
+            if read.records.is_empty() {
+                break;
+            }
+            for b in batch::batches(&read.records) {
+                let (start, header) =
+                    b.map_err(|e| storage(format!("replaying {}: {e}", dir.display())))?;
+                let b = &read.records[start..start + header.total_len()];
+                let records = batch::records(b)
+                    .map_err(|e| storage(format!("replaying {}: {e}", dir.display())))?;
+                for r in records {
+                    let r = r.map_err(|e| storage(format!("replaying {}: {e}", dir.display())))?;
+                    offset = r.offset + 1;
+                    let Some(key) = r.key else { continue };
+                    match r.value {
+                        Some(v) => {
+                            live.insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(v))
+                        }
+                        None => live.remove(key),
+                    };
+                }
+            }
+        }
+        let internal = InternalLog {
+            log,
+            since_checkpoint: Cell::new(0),
+        };
+        Ok((internal, live))
+    }
+
+    /// Appends records (`None` value: delete the key) and resolves once they are as durable
+    /// as the broker promises. Returns whether a checkpoint is due.
+    pub(crate) async fn append(
+        &self,
+        records: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> Result<bool, WireError> {
+        if records.is_empty() {
+            return Ok(false);
+        }
+        let mut builder = BatchBuilder::new();
+        let now = now_ms();
+        for (key, value) in records {
+            builder.push(now, Some(key), value.as_deref(), &[]);
+        }
+        let batch: BytesMut = builder.finish();
+        let len = batch.len() as u64;
+        self.log
+            .append(vec![batch])
+            .await
+            .map_err(|e| storage(format!("internal log append: {e}")))?;
+        self.since_checkpoint.set(self.since_checkpoint.get() + len);
+        Ok(self.since_checkpoint.get() >= CHECKPOINT_BYTES)
+    }
+
+    /// Writes every live key again, then lets retention drop what the checkpoint made
+    /// redundant.
+    pub(crate) async fn checkpoint(
+        &self,
+        live: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), WireError> {
+        for chunk in live.chunks(4096) {
+            self.append(chunk).await?;
+        }
+        self.since_checkpoint.set(0);
+        self.log
+            .enforce_retention(now_ms())
+            .await
+            .map_err(|e| storage(format!("internal log retention: {e}")))?;
+        Ok(())
+    }
+
+    /// Closes the log (shutdown, or its topic was deleted).
+    pub(crate) async fn close(&self) {
+        let _ = self.log.close().await;
+    }
+}
+
+fn storage(message: String) -> WireError {
+    tracing::error!("{message}");
+    WireError::new(ErrorCode::StorageError, message)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
