@@ -39,6 +39,7 @@ mod fasthash;
 pub mod group;
 pub mod partitioner;
 pub mod producer;
+pub mod queue;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
