@@ -311,3 +311,116 @@ fn ctrl_c_stops_a_consumer_and_prints_the_count() {
     assert!(lines.next().is_none(), "nothing after the interrupt");
     assert!(String::from_utf8_lossy(&out.stderr).contains("consumed 3 records"));
 }
+
+#[test]
+fn consumer_groups_from_the_command_line() {
+    let broker = Broker::start(&["--cores", "2"]);
+    ok(eventflow(
+        &broker,
+        &["topic", "create", "t", "--partitions", "2"],
+        None,
+    ));
+    let lines: String = (0..10).map(|i| format!("line-{i}\n")).collect();
+    ok(eventflow(&broker, &["produce", "t"], Some(&lines)));
+    let group_read = |extra: &[&str]| {
+        let mut args = vec!["consume", "t", "--group", "g", "--timeout-ms", "1500"];
+        args.extend_from_slice(extra);
+        ok(eventflow(&broker, &args, None))
+    };
+    // A new group reads from the beginning and commits as it leaves.
+    let out = group_read(&["--from-beginning", "--max-messages", "10"]);
+    assert_eq!(out.lines().count(), 10, "{out}");
+    let described = ok(eventflow(&broker, &["group", "describe", "g"], None));
+    assert!(described.starts_with("group g  state empty"), "{described}");
+    let rows: Vec<&str> = described.lines().filter(|l| l.starts_with("t\t")).collect();
+    assert_eq!(rows.len(), 2, "{described}");
+    for row in rows {
+        let fields: Vec<&str> = row.split('\t').collect();
+        assert_eq!(fields[2], fields[3], "committed is the log end: {row}");
+        assert_eq!(fields[4], "0", "no lag: {row}");
+    }
+    // Nothing left for the group; a reset brings it all back.
+    assert_eq!(group_read(&["--from-beginning"]).lines().count(), 0);
+    let reset = ok(eventflow(
+        &broker,
+        &[
+            "group",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "t",
+            "--to",
+            "earliest",
+        ],
+        None,
+    ));
+    assert_eq!(reset.lines().count(), 2, "{reset}");
+    assert_eq!(group_read(&["--max-messages", "10"]).lines().count(), 10);
+    let listed = ok(eventflow(&broker, &["group", "list"], None));
+    assert!(listed.contains("g\tconsumer\t0 members"), "{listed}");
+    assert_eq!(
+        ok(eventflow(&broker, &["group", "delete", "g"], None)),
+        "deleted group g\n"
+    );
+    let gone = eventflow(&broker, &["group", "describe", "g"], None);
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("unknown group"));
+    // Flags that make no sense with --group are refused.
+    let bad = eventflow(
+        &broker,
+        &["consume", "t", "--group", "g", "--partition", "0"],
+        None,
+    );
+    assert!(!bad.status.success());
+}
+
+#[test]
+fn queues_from_the_command_line() {
+    let broker = Broker::start(&["--cores", "2"]);
+    ok(eventflow(
+        &broker,
+        &["topic", "create", "jobs", "--partitions", "2"],
+        None,
+    ));
+    let lines: String = (0..10).map(|i| format!("job-{i}\n")).collect();
+    ok(eventflow(&broker, &["produce", "jobs"], Some(&lines)));
+    let take = |extra: &[&str]| {
+        let mut args = vec![
+            "queue",
+            "consume",
+            "jobs",
+            "--group",
+            "q",
+            "--timeout-ms",
+            "1000",
+        ];
+        args.extend_from_slice(extra);
+        ok(eventflow(&broker, &args, None))
+    };
+    // Four are taken and accepted; the rest of what was taken goes back at once.
+    let first = take(&["--max-messages", "4"]);
+    assert_eq!(first.lines().count(), 4, "{first}");
+    let rest = take(&["--ack", "manual"]);
+    assert_eq!(rest.lines().count(), 6, "{rest}");
+    let mut all: Vec<&str> = first.lines().chain(rest.lines()).collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 10);
+    let described = ok(eventflow(&broker, &["queue", "describe", "q"], None));
+    assert!(described.starts_with("share group q"), "{described}");
+    let rows: Vec<&str> = described
+        .lines()
+        .filter(|l| l.starts_with("jobs\t"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{described}");
+    for row in rows {
+        let fields: Vec<&str> = row.split('\t').collect();
+        assert_eq!(fields[5], "0", "backlog drained: {row}");
+    }
+    let bad = eventflow(
+        &broker,
+        &["queue", "consume", "jobs", "--group", "q", "--ack", "later"],
+        None,
+    );
+    assert!(!bad.status.success());
+}

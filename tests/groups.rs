@@ -58,13 +58,16 @@ fn produce(broker: &Broker, topic: &str, n: usize) {
     producer.flush().unwrap();
 }
 
+/// A generation and the partitions held in it.
+type Assignment = (u32, Vec<(String, u32)>);
+
 /// A group member on its own thread, recording what it receives.
 struct Member {
     stop: Arc<AtomicBool>,
     /// (partition, offset, value) of every record received.
     received: Arc<Mutex<Vec<(u32, i64, String)>>>,
     /// Current (generation, partitions).
-    assignment: Arc<Mutex<(u32, Vec<(String, u32)>)>>,
+    assignment: Arc<Mutex<Assignment>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 

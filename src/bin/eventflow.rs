@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use eventflow::client::consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartAt};
+use eventflow::client::group::{GroupConfig, OffsetReset};
 use eventflow::client::producer::{Producer, ProducerConfig, Record};
+use eventflow::client::queue::{AckMode, ShareConsumer, ShareConsumerConfig};
 use eventflow::client::Client;
-use eventflow::protocol::api::Acks;
+use eventflow::protocol::api::{offset_spec, Acks};
 
 /// The Eventflow command-line client.
 #[derive(Parser, Debug)]
@@ -35,8 +37,80 @@ enum Command {
     Topic(TopicCommand),
     /// Produce one record per line of standard input (or of --file).
     Produce(ProduceArgs),
-    /// Print records of a topic.
+    /// Print records of a topic (alone, or as a member of a consumer group).
     Consume(ConsumeArgs),
+    /// List, describe, reset and delete consumer groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Take records from a topic as a work queue (a share group).
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum GroupCommand {
+    /// Consumer and share groups, with their member counts.
+    List,
+    /// Members, assignment, committed offset and lag per partition.
+    Describe {
+        /// Group name.
+        group: String,
+    },
+    /// Set a group's committed offsets (the group must have no members).
+    ResetOffsets {
+        /// Group name.
+        group: String,
+        /// Topic whose offsets to set.
+        #[arg(long)]
+        topic: String,
+        /// `earliest`, `latest`, or an offset.
+        #[arg(long)]
+        to: String,
+        /// Only this partition (default: all).
+        #[arg(long)]
+        partition: Option<u32>,
+    },
+    /// Delete a group without members, and its offsets.
+    Delete {
+        /// Group name.
+        group: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum QueueCommand {
+    /// Print records taken from a share group and acknowledge them.
+    Consume(QueueConsumeArgs),
+    /// A share group's state per partition.
+    Describe {
+        /// Share group name.
+        group: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct QueueConsumeArgs {
+    /// Topic.
+    topic: String,
+    /// Share group.
+    #[arg(long)]
+    group: String,
+    /// `auto`: a batch is accepted once all of it is printed; `manual`: each record is
+    /// accepted once its output is flushed. Either way, records taken but not printed
+    /// (--max-messages reached, Ctrl-C) are released for other consumers.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "manual"])]
+    ack: String,
+    /// How long a taken record stays locked to this consumer, in ms.
+    #[arg(long, default_value_t = 30_000)]
+    lock_ms: u64,
+    /// Deliveries before a record goes to the dead-letter topic.
+    #[arg(long, default_value_t = 5)]
+    max_deliveries: u16,
+    /// Dead-letter topic (default: `<group>.dlq`; created if missing).
+    #[arg(long)]
+    dead_letter_topic: Option<String>,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -118,6 +192,21 @@ struct ConsumeArgs {
     /// Read only this partition (default: all).
     #[arg(long)]
     partition: Option<u32>,
+    /// Consume as a member of this consumer group: the broker assigns the partitions and
+    /// positions are committed. Without a committed offset a partition starts at the
+    /// earliest record with --from-beginning, else at the latest.
+    #[arg(long, conflicts_with_all = ["offset", "from_time", "partition"])]
+    group: Option<String>,
+    /// With --group: a member not heard from for this long is removed, in ms.
+    #[arg(long, default_value_t = 10_000, requires = "group")]
+    session_timeout_ms: u64,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// How records are printed, and when to stop.
+#[derive(Args, Debug)]
+struct OutputArgs {
     /// Exit after this many records.
     #[arg(long)]
     max_messages: Option<u64>,
@@ -167,6 +256,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Topic(cmd) => topic(&cli.bootstrap, cmd).map(|()| ExitCode::SUCCESS),
         Command::Produce(args) => produce(&cli.bootstrap, args),
         Command::Consume(args) => consume(&cli.bootstrap, args).map(|()| ExitCode::SUCCESS),
+        Command::Group(cmd) => group(&cli.bootstrap, cmd).map(|()| ExitCode::SUCCESS),
+        Command::Queue(QueueCommand::Consume(args)) => {
+            queue_consume(&cli.bootstrap, args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Queue(QueueCommand::Describe { group }) => {
+            queue_describe(&cli.bootstrap, &group).map(|()| ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -328,59 +424,326 @@ fn consume(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
             ),
         }
     };
-    let partitions: Vec<u32> = match args.partition {
-        Some(p) => vec![p],
-        None => {
-            let mut client = Client::connect(bootstrap).context("cannot reach the broker")?;
-            let d = client.describe_topic(&args.topic)?;
-            d.partitions.iter().map(|p| p.partition).collect()
-        }
-    };
     let mut consumer = Consumer::new(ConsumerConfig {
         bootstrap: bootstrap.to_string(),
         ..ConsumerConfig::default()
     })
     .context("cannot reach the broker")?;
-    consumer.assign(&args.topic, &partitions, start)?;
-
-    // Ctrl-C stops the loop; the count is printed as the consumer leaves.
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_interrupt as *const () as libc::sighandler_t,
-        )
-    };
-    let template = parse_format(&args.format);
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut count: u64 = 0;
-    let mut last_record = Instant::now();
-    let idle_limit = args.timeout_ms.map(Duration::from_millis);
-    'consume: while !INTERRUPTED.load(Ordering::SeqCst) {
-        let records = consumer.poll(Duration::from_millis(200))?;
-        if records.is_empty() {
-            out.flush()?;
-            if idle_limit.is_some_and(|limit| last_record.elapsed() >= limit) {
-                break;
-            }
-            continue;
+    match &args.group {
+        Some(group) => {
+            let config = GroupConfig {
+                session_timeout: Duration::from_millis(args.session_timeout_ms),
+                heartbeat_interval: Duration::from_millis(args.session_timeout_ms / 5)
+                    .max(Duration::from_millis(100)),
+                reset: if args.from_beginning {
+                    OffsetReset::Earliest
+                } else {
+                    OffsetReset::Latest
+                },
+                client_id: "eventflow-cli".into(),
+                ..GroupConfig::default()
+            };
+            consumer.subscribe(group, &[&args.topic], config)?;
         }
-        last_record = Instant::now();
-        for r in &records {
-            if args.json {
-                writeln!(out, "{}", to_json(r))?;
-            } else {
-                write_formatted(&mut out, &template, r)?;
-            }
-            count += 1;
-            if args.max_messages.is_some_and(|max| count >= max) {
-                break 'consume;
+        None => {
+            let partitions: Vec<u32> = match args.partition {
+                Some(p) => vec![p],
+                None => {
+                    let mut client =
+                        Client::connect(bootstrap).context("cannot reach the broker")?;
+                    let d = client.describe_topic(&args.topic)?;
+                    d.partitions.iter().map(|p| p.partition).collect()
+                }
+            };
+            consumer.assign(&args.topic, &partitions, start)?;
+        }
+    }
+    let mut printer = Printer::new(&args.output);
+    while !printer.done() {
+        let records = consumer.poll(Duration::from_millis(200))?;
+        let printed = printer.print(records.iter())?;
+        if args.group.is_some() {
+            // Stopped inside a batch: each partition's position (and so its commit) goes
+            // back to its first record not printed.
+            for r in &records[printed..] {
+                if consumer.position(&r.topic, r.partition) > Some(r.offset) {
+                    consumer.seek(&r.topic, r.partition, r.offset)?;
+                }
             }
         }
     }
-    out.flush()?;
-    eprintln!("consumed {count} records");
+    if args.group.is_some() {
+        consumer.close()?;
+    }
+    eprintln!("consumed {} records", printer.count);
+    Ok(())
+}
+
+/// Prints records until --max-messages, --timeout-ms or Ctrl-C.
+struct Printer {
+    template: Vec<Piece>,
+    json: bool,
+    out: std::io::BufWriter<std::io::StdoutLock<'static>>,
+    count: u64,
+    max: Option<u64>,
+    idle_limit: Option<Duration>,
+    last_record: Instant,
+}
+
+impl Printer {
+    fn new(args: &OutputArgs) -> Printer {
+        // Ctrl-C stops the loop; the count is printed as the consumer leaves.
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(
+                libc::SIGINT,
+                on_interrupt as *const () as libc::sighandler_t,
+            )
+        };
+        Printer {
+            template: parse_format(&args.format),
+            json: args.json,
+            out: std::io::BufWriter::new(std::io::stdout().lock()),
+            count: 0,
+            max: args.max_messages,
+            idle_limit: args.timeout_ms.map(Duration::from_millis),
+            last_record: Instant::now(),
+        }
+    }
+
+    /// Whether to stop: interrupted, enough records, or idle too long.
+    fn done(&self) -> bool {
+        INTERRUPTED.load(Ordering::SeqCst)
+            || self.max.is_some_and(|max| self.count >= max)
+            || self
+                .idle_limit
+                .is_some_and(|limit| self.last_record.elapsed() >= limit)
+    }
+
+    /// Prints records until done; returns how many it printed (the output is flushed).
+    fn print<'a>(
+        &mut self,
+        records: impl Iterator<Item = &'a ConsumerRecord>,
+    ) -> anyhow::Result<usize> {
+        let mut printed = 0;
+        for r in records {
+            if INTERRUPTED.load(Ordering::SeqCst) || self.max.is_some_and(|max| self.count >= max) {
+                break;
+            }
+            if self.json {
+                writeln!(self.out, "{}", to_json(r))?;
+            } else {
+                write_formatted(&mut self.out, &self.template, r)?;
+            }
+            self.count += 1;
+            printed += 1;
+            self.last_record = Instant::now();
+        }
+        self.out.flush()?;
+        Ok(printed)
+    }
+}
+
+fn group(bootstrap: &str, cmd: GroupCommand) -> anyhow::Result<()> {
+    let mut client = Client::connect(bootstrap).context("cannot reach the broker")?;
+    match cmd {
+        GroupCommand::List => {
+            for g in client.list_groups()? {
+                println!("{}\t{}\t{} members", g.group, g.kind, g.members);
+            }
+        }
+        GroupCommand::Describe { group } => {
+            let d = client.describe_group(&group)?;
+            println!(
+                "group {}  state {}  generation {}  strategy {}  members {}",
+                d.group,
+                d.state,
+                d.generation,
+                if d.strategy.is_empty() {
+                    "-"
+                } else {
+                    &d.strategy
+                },
+                d.members.len()
+            );
+            for m in &d.members {
+                let parts: Vec<String> = m
+                    .assignment
+                    .iter()
+                    .map(|a| format!("{}{:?}", a.topic, a.partitions))
+                    .collect();
+                println!(
+                    "  member {} ({})  {}",
+                    m.member_id,
+                    m.client_id,
+                    parts.join(" ")
+                );
+            }
+            println!("topic\tpartition\tcommitted\tlog end\tlag\tmember");
+            // Every partition of the subscribed topics, committed or not.
+            let mut rows: Vec<(String, u32, i64)> = Vec::new();
+            let mut topics: Vec<String> = d.offsets.iter().map(|t| t.topic.clone()).collect();
+            topics.extend(d.members.iter().flat_map(|m| m.topics.iter().cloned()));
+            topics.sort();
+            topics.dedup();
+            for topic in &topics {
+                let committed = |p: u32| {
+                    d.offsets
+                        .iter()
+                        .filter(|t| &t.topic == topic)
+                        .flat_map(|t| &t.partitions)
+                        .find(|o| o.partition == p)
+                        .map_or(-1, |o| o.offset)
+                };
+                match client.describe_topic(topic) {
+                    Ok(t) => rows.extend(
+                        t.partitions
+                            .iter()
+                            .map(|p| (topic.clone(), p.partition, committed(p.partition))),
+                    ),
+                    Err(_) => rows.extend(
+                        d.offsets
+                            .iter()
+                            .filter(|t| &t.topic == topic)
+                            .flat_map(|t| &t.partitions)
+                            .map(|o| (topic.clone(), o.partition, o.offset)),
+                    ),
+                }
+            }
+            for (topic, partition, committed) in rows {
+                let end = client
+                    .list_offset(&topic, partition, offset_spec::LATEST)
+                    .ok();
+                let owner = d
+                    .members
+                    .iter()
+                    .find(|m| {
+                        m.assignment
+                            .iter()
+                            .any(|a| a.topic == topic && a.partitions.contains(&partition))
+                    })
+                    .map_or("-", |m| m.member_id.as_str());
+                let show =
+                    |v: Option<i64>| v.filter(|v| *v >= 0).map_or("-".into(), |v| v.to_string());
+                let lag = match (end, committed) {
+                    (Some(e), c) if c >= 0 => Some(e - c),
+                    _ => None,
+                };
+                println!(
+                    "{topic}\t{partition}\t{}\t{}\t{}\t{owner}",
+                    show(Some(committed)),
+                    show(end),
+                    show(lag)
+                );
+            }
+        }
+        GroupCommand::ResetOffsets {
+            group,
+            topic,
+            to,
+            partition,
+        } => {
+            let partitions: Vec<u32> = match partition {
+                Some(p) => vec![p],
+                None => client
+                    .describe_topic(&topic)?
+                    .partitions
+                    .iter()
+                    .map(|p| p.partition)
+                    .collect(),
+            };
+            let mut offsets = Vec::new();
+            for p in partitions {
+                let offset = match to.as_str() {
+                    "earliest" => client.list_offset(&topic, p, offset_spec::EARLIEST)?,
+                    "latest" => client.list_offset(&topic, p, offset_spec::LATEST)?,
+                    n => n.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                        anyhow!("--to must be earliest, latest or an offset, not `{n}`")
+                    })?,
+                };
+                offsets.push((topic.as_str(), p, offset));
+            }
+            client.commit_offsets(&group, None, &offsets)?;
+            for (t, p, o) in &offsets {
+                println!("{group}\t{t}\t{p}\t{o}");
+            }
+        }
+        GroupCommand::Delete { group } => {
+            client.delete_group(&group)?;
+            println!("deleted group {group}");
+        }
+    }
+    Ok(())
+}
+
+fn queue_consume(bootstrap: &str, args: QueueConsumeArgs) -> anyhow::Result<()> {
+    let config = ShareConsumerConfig {
+        bootstrap: bootstrap.to_string(),
+        lock: Duration::from_millis(args.lock_ms),
+        max_deliveries: args.max_deliveries,
+        dead_letter_topic: args
+            .dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", args.group)),
+        ack_mode: AckMode::Manual,
+        ..ShareConsumerConfig::new(&args.group)
+    };
+    let mut consumer =
+        ShareConsumer::new(config, &[&args.topic]).context("cannot reach the broker")?;
+    let per_record = args.ack == "manual";
+    let mut printer = Printer::new(&args.output);
+    while !printer.done() {
+        let taken = consumer.poll(Duration::from_millis(200))?;
+        let mut printed = 0;
+        for r in &taken {
+            if printer.print(std::iter::once(&r.record))? == 0 {
+                break;
+            }
+            printed += 1;
+            if per_record {
+                consumer.ack(r);
+                consumer.commit()?;
+            }
+        }
+        for (i, r) in taken.iter().enumerate() {
+            if i < printed {
+                if !per_record {
+                    consumer.ack(r);
+                }
+            } else {
+                consumer.release(r);
+            }
+        }
+        consumer.commit()?;
+    }
+    eprintln!("consumed {} records", printer.count);
+    Ok(())
+}
+
+fn queue_describe(bootstrap: &str, group: &str) -> anyhow::Result<()> {
+    let mut client = Client::connect(bootstrap).context("cannot reach the broker")?;
+    let d = client.describe_queue(group)?;
+    println!("share group {}  consumers {}", d.group, d.members.len());
+    for m in &d.members {
+        println!("  consumer {m}");
+    }
+    println!(
+        "topic\tpartition\tstart\tnext\tlog end\tbacklog\tacquired\tavailable again\tdead-lettered"
+    );
+    for p in &d.partitions {
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            p.topic,
+            p.partition,
+            p.start,
+            p.next_offset,
+            p.log_end,
+            (p.log_end - p.start).max(0),
+            p.acquired,
+            p.available_again,
+            p.dead_lettered
+        );
+    }
     Ok(())
 }
 
