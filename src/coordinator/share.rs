@@ -370,6 +370,12 @@ impl SharePartition {
         std::mem::take(&mut self.rejected)
     }
 
+    /// Applies new settings (a consumer of the group asked for other ones): locks taken
+    /// from now on use the new duration, and acquisitions the new delivery limit.
+    pub fn set_config(&mut self, config: ShareConfig) {
+        self.config = config;
+    }
+
     /// Makes records whose lock or nack delay has run out by `now` available again, delivery
     /// counts kept. Returns how many locks expired. Acquisition calls it first; the server's
     /// timer calls it at [`Self::next_deadline`].

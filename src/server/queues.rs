@@ -307,7 +307,7 @@ impl Shares {
         match entries.get_mut(&key) {
             Some(entry) => {
                 if entry.settings != *settings {
-                    entry.part = SharePartition::restore(config, &entry.part.durable_state()); // SET_CONFIG
+                    entry.part.set_config(config);
                     entry.settings = settings.clone();
                 }
             }
