@@ -116,14 +116,12 @@ impl Shares {
                 delivery: a.delivery,
             })
             .collect();
-        let records = match ranges.iter().map(|r| r.first).min() {
-            Some(first) => {
-                log.read(first, MAX_SHARE_FETCH_BYTES)
-                    .await
-                    .map_err(|e| WireError::new(ErrorCode::StorageError, e.to_string()))?
-                    .records
-            }
-            None => Bytes::new(),
+        let records = match (
+            ranges.iter().map(|r| r.first).min(),
+            ranges.iter().map(|r| r.last).max(),
+        ) {
+            (Some(first), Some(last)) => read_covering(&log, first, last).await?,
+            _ => Bytes::new(),
         };
         Ok(Acquired {
             ranges,
@@ -562,6 +560,37 @@ async fn copy_to_dead_letter_topic(
             "unexpected reply to append",
         )),
     }
+}
+
+/// Whole batches from the one holding `first` through the one holding `last` (or up to
+/// [`MAX_SHARE_FETCH_BYTES`]), read in small steps: acquired records usually span a few
+/// batches, and reading a large fixed budget would copy far more than is sent.
+async fn read_covering(log: &PartitionLog, first: i64, last: i64) -> Result<Bytes, WireError> {
+    const STEP: usize = 64 << 10;
+    let storage =
+        |e: crate::storage::StorageError| WireError::new(ErrorCode::StorageError, e.to_string());
+    let mut out = BytesMut::new();
+    let mut offset = first;
+    while offset <= last && out.len() < MAX_SHARE_FETCH_BYTES {
+        let read = log.read(offset, STEP).await.map_err(storage)?;
+        if read.records.is_empty() {
+            break;
+        }
+        let mut next = offset;
+        for b in batch::batches(&read.records) {
+            let Ok((start, header)) = b else { break };
+            if header.base_offset > last {
+                break;
+            }
+            out.extend_from_slice(&read.records[start..start + header.total_len()]);
+            next = header.last_offset() + 1;
+        }
+        if next == offset {
+            break;
+        }
+        offset = next;
+    }
+    Ok(out.freeze())
 }
 
 /// An owned copy of one record.
