@@ -141,7 +141,7 @@ impl Shares {
     ) -> Result<(), WireError> {
         let key = key(group, at);
         let now = Instant::now();
-        let rejected = {
+        let (applied, refused, rejected) = {
             let mut entries = self.entries.borrow_mut();
             let entry = entries.get_mut(&key).ok_or_else(|| {
                 WireError::new(
@@ -154,6 +154,10 @@ impl Shares {
             })?;
             entry.members.insert(member.to_string(), now);
             entry.part.expire(now);
+            // Ranges apply in order up to the first refused one; what applied is kept (and
+            // made durable below) whatever comes after.
+            let mut applied = 0;
+            let mut refused = None;
             for r in ranges {
                 let kind = match r.kind {
                     AckType::Accept => AckKind::Accept,
@@ -163,19 +167,25 @@ impl Shares {
                         delay: Duration::from_millis(u64::from(r.delay_ms)),
                     },
                 };
-                entry
-                    .part
-                    .acknowledge(member, r.first, r.last, kind, now)
-                    .map_err(|e| share_error(e, at))?;
+                match entry.part.acknowledge(member, r.first, r.last, kind, now) {
+                    Ok(()) => applied += 1,
+                    Err(e) => {
+                        refused = Some(share_error(e, at));
+                        break;
+                    }
+                }
             }
-            entry.part.take_dead_letters()
+            (applied, refused, entry.part.take_dead_letters())
         };
-        let share_log = self.share_log(ctx, at).await?;
-        if !rejected.is_empty() {
-            let log = ctx.partition_log(at).await?;
-            self.dead_letter(ctx, at, group, &log, &rejected).await;
+        if applied > 0 {
+            let share_log = self.share_log(ctx, at).await?;
+            if !rejected.is_empty() {
+                let log = ctx.partition_log(at).await?;
+                self.dead_letter(ctx, at, group, &log, &rejected).await;
+            }
+            self.persist(ctx, at, group, &share_log).await?;
         }
-        self.persist(ctx, at, group, &share_log).await
+        refused.map_or(Ok(()), Err)
     }
 
     /// The state of every partition of `group` this shard holds.
