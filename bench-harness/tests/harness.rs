@@ -421,3 +421,22 @@ vary_broker.fsync = ["never", "always"]
         .starts_with("<svg"));
     assert_eq!(result::load(&out.join("results.json")).unwrap().len(), 4);
 }
+
+/// `--consumer-group`: the consumers subscribe instead of assigning partitions; the group
+/// starts at the run's start offsets and loses nothing.
+#[test]
+fn e2e_through_a_consumer_group() {
+    let broker = Broker::start();
+    let w = Workload {
+        rate: 2_000,
+        duration: Some(Duration::from_secs(1)),
+        consumers: 2,
+        consumer_group: Some("bench-group".into()),
+        ..workload("grouped")
+    };
+    let r = run(&broker, Kind::E2e, &w);
+    assert_eq!(r.produced.unwrap().messages, 2_000);
+    assert_eq!((r.missing, r.errors), (0, 0), "{:?}", r.first_error);
+    // A partition that moves while the second member joins may be read twice.
+    assert!(r.consumed.unwrap().messages >= 2_000);
+}

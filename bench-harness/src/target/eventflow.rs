@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use eventflow::client::consumer::{Consumer, ConsumerConfig, StartAt};
+use eventflow::client::group::{GroupConfig, OffsetReset};
 use eventflow::client::producer::{Producer, ProducerConfig, Record};
 use eventflow::client::{Client, ClientError};
 use eventflow::protocol::api::{offset_spec, Acks};
@@ -122,12 +123,6 @@ impl Target for Eventflow {
     }
 
     fn consumer(&self, w: &Workload, index: u32, start: &[i64]) -> Result<Box<dyn ConsumerWorker>> {
-        if let Some(group) = &w.consumer_group {
-            bail!(
-                "--consumer-group {group}: this Eventflow build has no consumer groups yet; \
-                 run without it to assign partitions"
-            );
-        }
         let mut consumer = Consumer::new(ConsumerConfig {
             bootstrap: self.addr.clone(),
             max_wait: Duration::from_millis(100),
@@ -136,6 +131,32 @@ impl Target for Eventflow {
             check_crcs: false,
         })
         .with_context(|| format!("consumer for {}", self.url))?;
+        if let Some(group) = &w.consumer_group {
+            // Members start where the run starts: the offsets are committed for the group
+            // (while it has no members) before anyone subscribes.
+            if index == 0 {
+                let offsets: Vec<(&str, u32, i64)> = start
+                    .iter()
+                    .enumerate()
+                    .map(|(p, &o)| (w.topic.as_str(), p as u32, o))
+                    .collect();
+                self.admin()
+                    .commit_offsets(group, None, &offsets)
+                    .with_context(|| format!("setting the start offsets of group {group}"))?;
+            }
+            let config = GroupConfig {
+                session_timeout: Duration::from_secs(10),
+                heartbeat_interval: Duration::from_millis(200),
+                auto_commit: Some(Duration::from_secs(1)),
+                reset: OffsetReset::Earliest,
+                client_id: format!("eventflow-bench-{index}"),
+                ..GroupConfig::default()
+            };
+            consumer
+                .subscribe(group, &[&w.topic], config)
+                .with_context(|| format!("joining group {group}"))?;
+            return Ok(Box::new(EventflowConsumer { consumer }));
+        }
         for p in w.consumer_partitions(index) {
             let at = start.get(p as usize).copied().unwrap_or(0);
             consumer
