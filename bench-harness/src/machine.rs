@@ -16,6 +16,9 @@ pub struct Machine {
     pub filesystem: String,
     /// The commit the harness was built from (`-dirty` when the checkout had changes).
     pub git_commit: String,
+    /// The harness's clock: `tsc` (read directly) or `instant` (clock_gettime).
+    #[serde(default)]
+    pub clock: String,
 }
 
 impl Machine {
@@ -44,6 +47,12 @@ impl Machine {
                 .unwrap_or_else(|_| "unknown".into()),
             filesystem: filesystem_of(data_dir.unwrap_or(&here)),
             git_commit: env!("EVENTFLOW_BENCH_COMMIT").to_string(),
+            clock: if crate::clock::uses_tsc() {
+                "tsc"
+            } else {
+                "instant"
+            }
+            .to_string(),
         }
     }
 }

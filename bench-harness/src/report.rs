@@ -115,6 +115,14 @@ fn machine_section(md: &mut String, results: &[RunResult]) {
         ("Kernel", m.kernel.clone()),
         ("Filesystem", m.filesystem.clone()),
         ("Commit", format!("`{}`", m.git_commit)),
+        (
+            "Harness clock",
+            if m.clock.is_empty() {
+                "instant".into()
+            } else {
+                m.clock.clone()
+            },
+        ),
     ] {
         let _ = writeln!(md, "| {fact} | {value} |");
     }
