@@ -120,6 +120,8 @@ impl<T> Accumulator<T> {
     /// Adds a record to the open batch of `partition` of `topic`. Returns the batches this
     /// closed: the previous open batch if the record did not fit in it, and the new one if
     /// the record filled it. On [`AppendError::BufferFull`] the token comes back untouched.
+    /// `now` is called only when a batch is opened (its linger starts then), so appending
+    /// to an open batch reads no clock.
     #[allow(clippy::too_many_arguments)]
     pub fn append(
         &mut self,
@@ -130,7 +132,7 @@ impl<T> Accumulator<T> {
         value: Option<&[u8]>,
         headers: &[(&[u8], Option<&[u8]>)],
         token: T,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
     ) -> Result<Vec<ReadyBatch<T>>, (AppendError, T)> {
         let estimate = RECORD_OVERHEAD
             + key.map_or(0, <[u8]>::len)
@@ -195,7 +197,7 @@ impl<T> Accumulator<T> {
             .or_insert_with(|| OpenBatch {
                 builder: BatchBuilder::with_capacity(capacity),
                 tokens: Vec::new(),
-                created: now,
+                created: now(),
                 accounted: 0,
             });
         let before = batch.builder.size_bytes();
@@ -304,7 +306,7 @@ mod tests {
         let mut closed = Vec::new();
         for i in 0..25u32 {
             closed.extend(
-                acc.append("t", 0, 1, None, Some(&value), &[], i, now)
+                acc.append("t", 0, 1, None, Some(&value), &[], i, || now)
                     .unwrap(),
             );
         }
@@ -330,7 +332,7 @@ mod tests {
         let now = Instant::now();
         let big = [1u8; 500];
         let closed = acc
-            .append("t", 0, 1, None, Some(&big), &[], 0, now)
+            .append("t", 0, 1, None, Some(&big), &[], 0, || now)
             .unwrap();
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].tokens, vec![0]);
@@ -341,18 +343,11 @@ mod tests {
     fn linger_makes_partial_batches_ready() {
         let mut acc = Accumulator::new(config(1 << 20, 5, 1 << 20));
         let t0 = Instant::now();
-        acc.append("t", 0, 1, Some(b"k"), Some(b"v"), &[], 'a', t0)
+        acc.append("t", 0, 1, Some(b"k"), Some(b"v"), &[], 'a', || t0)
             .unwrap();
-        acc.append(
-            "t",
-            1,
-            1,
-            None,
-            Some(b"w"),
-            &[],
-            'b',
-            t0 + Duration::from_millis(3),
-        )
+        acc.append("t", 1, 1, None, Some(b"w"), &[], 'b', || {
+            t0 + Duration::from_millis(3)
+        })
         .unwrap();
         assert_eq!(acc.next_deadline(), Some(t0 + Duration::from_millis(5)));
         assert!(acc.ready(t0 + Duration::from_millis(4)).is_empty());
@@ -370,12 +365,12 @@ mod tests {
         let mut acc = Accumulator::new(config(1 << 20, 5, 600));
         let now = Instant::now();
         let value = [0u8; 200];
-        acc.append("t", 0, 1, None, Some(&value), &[], 1, now)
+        acc.append("t", 0, 1, None, Some(&value), &[], 1, || now)
             .unwrap();
-        acc.append("t", 0, 1, None, Some(&value), &[], 2, now)
+        acc.append("t", 0, 1, None, Some(&value), &[], 2, || now)
             .unwrap();
         let (err, token) = acc
-            .append("t", 0, 1, None, Some(&value), &[], 3, now)
+            .append("t", 0, 1, None, Some(&value), &[], 3, || now)
             .unwrap_err();
         assert!(
             matches!(err, AppendError::BufferFull { limit: 600, .. }),
@@ -386,11 +381,11 @@ mod tests {
         assert_eq!(sent.len(), 1);
         // Still held until the produce completes.
         assert!(acc
-            .append("t", 0, 1, None, Some(&value), &[], 3, now)
+            .append("t", 0, 1, None, Some(&value), &[], 3, || now)
             .is_err());
         acc.release(sent[0].accounted);
         assert_eq!(acc.buffered(), 0);
-        acc.append("t", 0, 1, None, Some(&value), &[], 3, now)
+        acc.append("t", 0, 1, None, Some(&value), &[], 3, || now)
             .unwrap();
     }
 }

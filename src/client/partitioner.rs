@@ -7,7 +7,7 @@
 //! producer closes that partition's batch, then a different partition is picked, so batches
 //! fill up instead of being spread one record each.
 
-use std::collections::HashMap;
+use super::fasthash::FastMap;
 
 /// Kafka's 32-bit murmur2 of `data` (as `org.apache.kafka.common.utils.Utils.murmur2`).
 pub fn murmur2(data: &[u8]) -> i32 {
@@ -46,7 +46,7 @@ pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
 /// Picks partitions for unkeyed records: one partition per topic until told to move on.
 #[derive(Debug)]
 pub struct StickyPartitioner {
-    current: HashMap<String, u32>,
+    current: FastMap<String, u32>,
     /// xorshift state: a different partition each time, no global RNG.
     state: u64,
 }
@@ -69,7 +69,7 @@ impl StickyPartitioner {
     /// A partitioner with a fixed seed (tests).
     pub fn with_seed(seed: u64) -> Self {
         StickyPartitioner {
-            current: HashMap::new(),
+            current: FastMap::default(),
             state: seed | 1,
         }
     }

@@ -199,8 +199,6 @@ struct State {
     batches: Accumulator<Token>,
     sticky: StickyPartitioner,
     topics: FastMap<String, Arc<TopicInfo>>,
-    /// When the newest batch was opened (reused as "now" for appends to open batches).
-    last_open: Instant,
     endpoints: Vec<ShardEndpoint>,
     /// Records handed to `send` and not yet completed.
     pending: usize,
@@ -262,7 +260,6 @@ impl Producer {
                 batches: Accumulator::new(batching),
                 sticky: StickyPartitioner::new(),
                 topics: FastMap::default(),
-                last_open: Instant::now(),
                 endpoints,
                 pending: 0,
                 flushing: 0,
@@ -337,14 +334,8 @@ impl Producer {
             if state.closed {
                 return Err(closed());
             }
-            let opens_batch = !state.batches.has_open(record.topic, partition);
             // The clock is read only for a new batch (its linger starts now).
-            let now = if opens_batch {
-                Instant::now()
-            } else {
-                state.last_open
-            };
-            state.last_open = now;
+            let mut opens_batch = false;
             let appended = state.batches.append(
                 record.topic,
                 partition,
@@ -353,7 +344,10 @@ impl Producer {
                 record.value,
                 record.headers,
                 token,
-                now,
+                || {
+                    opens_batch = true;
+                    Instant::now()
+                },
             );
             match appended {
                 Ok(closed_batches) => {
