@@ -170,9 +170,9 @@ fn nack_waits_its_delay_and_release_comes_back_at_once() {
     assert!(nacked.elapsed() >= Duration::from_millis(550));
     assert_eq!((key(&second[0]), second[0].delivery), (key(&first[0]), 2));
     c.release(&second[0]);
-    let released = Instant::now();
-    let third = take(&mut c, 1, Duration::from_secs(5));
-    assert!(released.elapsed() < Duration::from_millis(500));
+    // Released records come back at once, not when the 30 s lock would have run out.
+    let third = take(&mut c, 1, Duration::from_secs(10));
+    assert_eq!(third.len(), 1, "a released record did not come back");
     assert_eq!(third[0].delivery, 3);
     assert_eq!(third[0].record.value, first[0].record.value);
 }
