@@ -197,7 +197,10 @@ fn a_dead_members_partitions_move_and_resume_from_its_commits() {
     eventually(Duration::from_secs(10), || survivor.partitions().len() == 4);
     // The dead member's 1.5 s session ran out: nothing else moves its partitions.
     let moved_after = started.elapsed();
-    assert!(moved_after < Duration::from_secs(20), "took {moved_after:?}");
+    assert!(
+        moved_after < Duration::from_secs(20),
+        "took {moved_after:?}"
+    );
     eventually(Duration::from_secs(10), || {
         survivor.received.lock().unwrap().len() >= 400 - 46
     });

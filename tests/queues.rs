@@ -137,7 +137,7 @@ fn a_dead_consumers_records_come_back_after_its_lock() {
         .map(key)
         .collect();
     assert_eq!(held.len(), 20);
-    drop(doomed); // manual mode: nothing acknowledged
+    std::mem::forget(doomed); // dies: no acknowledgement, no release
     let died = Instant::now();
     let mut survivor = consumer(
         ShareConsumerConfig {
@@ -153,6 +153,31 @@ fn a_dead_consumers_records_come_back_after_its_lock() {
     );
     assert_eq!(again.iter().map(key).collect::<HashSet<_>>(), held);
     assert!(again.iter().all(|r| r.delivery == 2));
+}
+
+#[test]
+fn closing_a_manual_consumer_releases_what_it_did_not_acknowledge() {
+    let broker = Broker::start(&[]);
+    broker.client().create_topic("jobs", 2, &[]).unwrap();
+    produce(&broker, "jobs", 10);
+    let mut first = consumer(config(&broker, "g"), "jobs");
+    let taken = take(&mut first, 10, Duration::from_secs(5));
+    first.ack(&taken[0]);
+    drop(first);
+    // The nine others are free at once, long before their 30 s locks would end.
+    let mut second = consumer(
+        ShareConsumerConfig {
+            member_id: "second".into(),
+            ..config(&broker, "g")
+        },
+        "jobs",
+    );
+    let again: HashSet<(u32, i64)> = take(&mut second, 9, Duration::from_secs(10))
+        .iter()
+        .map(key)
+        .collect();
+    let expected: HashSet<(u32, i64)> = taken[1..].iter().map(key).collect();
+    assert_eq!(again, expected);
 }
 
 #[test]

@@ -5,9 +5,10 @@
 //! rejected) are copied to the dead-letter topic.
 //!
 //! With [`AckMode::Auto`] every record a `poll` returned is accepted by the next `poll` (or
-//! `commit`, or drop): process the batch, poll again. With [`AckMode::Manual`] the
-//! application says what happened to each record ([`ShareConsumer::ack`], `release`,
-//! `nack`, `reject`); acknowledgements travel with the next `poll` or `commit`.
+//! drop): process the batch, poll again. With [`AckMode::Manual`] the application says
+//! what happened to each record ([`ShareConsumer::ack`], `release`, `nack`, `reject`);
+//! acknowledgements travel with the next `poll` or `commit`, and dropping the consumer
+//! releases the records of its last poll it did not acknowledge.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -93,7 +94,8 @@ pub struct ShareConsumer {
     topics: Vec<String>,
     /// Acknowledgements not sent yet, per (topic, partition).
     pending: BTreeMap<(Arc<str>, u32), Vec<AckRange>>,
-    /// What the last poll returned (auto mode accepts it at the next).
+    /// Records handed out and not settled: in auto mode the last poll's (accepted at the
+    /// next), in manual mode every poll's until the application acknowledges them.
     last_polled: Vec<(Arc<str>, u32, i64)>,
 }
 
@@ -158,10 +160,10 @@ impl ShareConsumer {
             };
             let records = self.decode(response)?;
             if !records.is_empty() || Instant::now() >= deadline {
-                self.last_polled = records
+                let taken = records
                     .iter()
-                    .map(|r| (r.record.topic.clone(), r.record.partition, r.record.offset))
-                    .collect();
+                    .map(|r| (r.record.topic.clone(), r.record.partition, r.record.offset));
+                self.last_polled.extend(taken);
                 return Ok(records);
             }
         }
@@ -323,12 +325,16 @@ fn decode_acquired(
 }
 
 impl Drop for ShareConsumer {
-    /// Sends what is pending (in auto mode, accepting the last poll's records).
+    /// Sends what is pending. In auto mode the last poll's records are accepted; in manual
+    /// mode the ones not acknowledged are released, so other consumers get them at once
+    /// instead of when their locks run out.
     fn drop(&mut self) {
-        if self.config.ack_mode == AckMode::Auto {
-            for (topic, partition, offset) in std::mem::take(&mut self.last_polled) {
-                self.queue(&topic, partition, offset, AckType::Accept, 0);
-            }
+        let kind = match self.config.ack_mode {
+            AckMode::Auto => AckType::Accept,
+            AckMode::Manual => AckType::Release,
+        };
+        for (topic, partition, offset) in std::mem::take(&mut self.last_polled) {
+            self.queue(&topic, partition, offset, kind, 0);
         }
         if let Err(e) = self.commit() {
             tracing::debug!("share consumer's last acknowledgements: {e}");
