@@ -395,7 +395,8 @@ fn chart_experiment(path: &Path, name: &str, rows: &[&(Point, RunResult)]) -> Re
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(80)
-        .build_cartesian_2d((0..rows.len()).into_segmented(), 0.0..max)?;
+        // Integer ranges are inclusive in plotters: 0..n-1 gives n segments, one per bar.
+        .build_cartesian_2d((0..rows.len().saturating_sub(1)).into_segmented(), 0.0..max)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
