@@ -13,6 +13,9 @@ use common::Broker;
 use eventflow::client::consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartAt};
 use eventflow::client::producer::{Producer, ProducerConfig, Record};
 use eventflow::client::queue::{AckMode, ShareConsumer, ShareConsumerConfig, ShareRecord};
+use eventflow::protocol::api::{
+    Request, Response, ShareFetchRequest, ShareSettings, TopicPartitions,
+};
 use eventflow::protocol::ErrorCode;
 
 fn produce(broker: &Broker, topic: &str, n: usize) {
@@ -115,7 +118,6 @@ fn eight_consumers_share_two_partitions_and_each_record_is_accepted_once() {
     for p in &d.partitions {
         assert_eq!((p.start, p.acquired), (p.log_end, 0), "{p:?}");
     }
-    assert!(!d.members.is_empty());
     let groups = broker.client().list_groups().unwrap();
     assert!(groups
         .iter()
@@ -178,6 +180,53 @@ fn closing_a_manual_consumer_releases_what_it_did_not_acknowledge() {
         .collect();
     let expected: HashSet<(u32, i64)> = taken[1..].iter().map(key).collect();
     assert_eq!(again, expected);
+}
+
+/// A consumer whose connection drops (a crash, a kill -9) loses its locks with it: the
+/// broker releases what it held as the connection closes.
+#[test]
+fn a_closed_connection_gives_its_records_back() {
+    let broker = Broker::start(&["--cores", "2"]);
+    broker.client().create_topic("jobs", 2, &[]).unwrap();
+    produce(&broker, "jobs", 10);
+    let mut raw = broker.client();
+    let fetched = match raw
+        .call(Request::ShareFetch(ShareFetchRequest {
+            group: "g".into(),
+            member_id: "crasher".into(),
+            topics: vec![TopicPartitions {
+                topic: "jobs".into(),
+                partitions: Vec::new(),
+            }],
+            max_records: 100,
+            max_wait_ms: 1000,
+            settings: ShareSettings {
+                lock_ms: 60_000,
+                max_deliveries: 5,
+                dead_letter_topic: String::new(),
+            },
+        }))
+        .unwrap()
+    {
+        Response::ShareFetch(r) => r,
+        other => panic!("{other:?}"),
+    };
+    let held: usize = fetched
+        .topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .flat_map(|p| &p.acquired)
+        .map(|a| (a.last - a.first + 1) as usize)
+        .sum();
+    assert_eq!(held, 10);
+    drop(raw);
+    let started = Instant::now();
+    let mut c = consumer(config(&broker, "g"), "jobs");
+    let again = take(&mut c, 10, Duration::from_secs(20));
+    assert_eq!(again.len(), 10);
+    assert!(again.iter().all(|r| r.delivery == 2));
+    // Well before the 60 s locks would have run out.
+    assert!(started.elapsed() < Duration::from_secs(30));
 }
 
 #[test]

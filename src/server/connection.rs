@@ -23,7 +23,7 @@ use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use compio::net::TcpStream;
 use futures_util::future::Either;
 
-use super::context::{first, ShardContext};
+use super::context::{first, ShardContext, ShardOp};
 use super::handlers;
 use super::handlers::Reply;
 use crate::protocol::api::{
@@ -49,6 +49,9 @@ struct ConnectionState {
     closing: Cell<bool>,
     /// The socket failed; stop everything.
     broken: Cell<bool>,
+    /// Share-group consumers (group, member) that fetched on this connection: their locks
+    /// are released when it closes, so others get their records at once.
+    share_members: RefCell<Vec<(String, String)>>,
 }
 
 impl ConnectionState {
@@ -177,6 +180,7 @@ pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
         request_done: crate::local::Notify::new(),
         closing: Cell::new(false),
         broken: Cell::new(false),
+        share_members: RefCell::new(Vec::new()),
     });
     let local_ip = stream.local_addr().ok().map(|a| a.ip());
     let (reader, writer) = stream.into_split();
@@ -185,6 +189,19 @@ pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
     state.closing.set(true);
     state.outbox_ready.notify_all();
     let _ = writer_task.await;
+    let members = state.share_members.take();
+    if !members.is_empty() && !ctx.is_shutting_down() {
+        for (group, member) in members {
+            let releases = (0..ctx.shard_count).map(|shard| {
+                let op = ShardOp::ShareRelease {
+                    group: group.clone(),
+                    member: member.clone(),
+                };
+                ctx.call(shard, op)
+            });
+            futures_util::future::join_all(releases).await;
+        }
+    }
     tracing::debug!(?peer, "connection closed");
 }
 
@@ -337,6 +354,15 @@ async fn start_request(
             );
         }
     };
+    if let Request::ShareFetch(r) = &request {
+        let mut members = state.share_members.borrow_mut();
+        if !members
+            .iter()
+            .any(|(g, m)| *g == r.group && *m == r.member_id)
+        {
+            members.push((r.group.clone(), r.member_id.clone()));
+        }
+    }
     state.in_flight.set(state.in_flight.get() + 1);
     let mut task: Pin<Box<dyn Future<Output = ()>>> = Box::pin({
         let ctx = ctx.clone();

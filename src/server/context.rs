@@ -121,6 +121,8 @@ pub(crate) enum ShardOp {
     ShareDescribe { group: String },
     /// The share groups with state on this shard.
     ShareGroups,
+    /// A share consumer's connection closed: release the records it holds here.
+    ShareRelease { group: String, member: String },
 }
 
 /// The owner's answer to a [`ShardOp`].
@@ -415,6 +417,10 @@ impl ShardContext {
                 ShardReply::ShareDescribed(members, partitions)
             }
             ShardOp::ShareGroups => ShardReply::ShareGroups(self.shares.groups()),
+            ShardOp::ShareRelease { group, member } => {
+                self.shares.release_member(&group, &member);
+                ShardReply::Done(Ok(()))
+            }
             ShardOp::Reconfigure { topic } => {
                 let config = topic.log_config(&self.log_defaults);
                 for log in self.open_logs_of(&topic.name, topic.id) {

@@ -228,6 +228,21 @@ impl Shares {
         (members, partitions)
     }
 
+    /// Makes every record `member` of `group` holds on this shard's partitions available
+    /// again (its connection closed). Nothing durable changes: held records were not done.
+    pub(crate) fn release_member(&self, group: &str, member: &str) {
+        let mut released = 0;
+        for ((g, _, _), entry) in self.entries.borrow_mut().iter_mut() {
+            if g == group {
+                released += entry.part.release_member(member);
+                entry.members.remove(member);
+            }
+        }
+        if released > 0 {
+            tracing::debug!(%group, %member, released, "share consumer gone: records released");
+        }
+    }
+
     /// Names of the share groups with state on this shard, and their recent consumers.
     pub(crate) fn groups(&self) -> BTreeMap<String, usize> {
         let now = Instant::now();
