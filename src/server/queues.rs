@@ -86,7 +86,7 @@ impl Shares {
         let share_log = self.entry(ctx, at, group, settings, &log).await?;
         let key = key(group, at);
         let now = Instant::now();
-        let (acquisition, log_start, log_end) = {
+        let (acquisition, log_end) = {
             let mut entries = self.entries.borrow_mut();
             let entry = entries.get_mut(&key).expect("created by entry()");
             entry.members.insert(member.to_string(), now);
@@ -99,9 +99,8 @@ impl Shares {
                 log_end,
                 now,
             );
-            (acquisition, log_start, log_end)
+            (acquisition, log_end)
         };
-        let _ = log_start;
         if !acquisition.dead_letters.is_empty() {
             self.dead_letter(ctx, at, group, &log, &acquisition.dead_letters)
                 .await;
