@@ -229,6 +229,52 @@ fn a_closed_connection_gives_its_records_back() {
     assert!(started.elapsed() < Duration::from_secs(30));
 }
 
+/// A fetch acquires by count but answers within a byte budget: what does not fit is given
+/// back at once, not left locked to a consumer that never saw it.
+#[test]
+fn records_that_do_not_fit_a_fetch_are_not_left_locked() {
+    let broker = Broker::start(&[]);
+    broker.client().create_topic("big", 1, &[]).unwrap();
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: broker.addr.to_string(),
+        ..ProducerConfig::default()
+    })
+    .unwrap();
+    let value = vec![7u8; 512 * 1024];
+    for _ in 0..30 {
+        producer
+            .send(Record {
+                topic: "big",
+                value: Some(&value),
+                ..Record::default()
+            })
+            .unwrap();
+    }
+    producer.flush().unwrap();
+    // 30 records of 512 KiB: 15 MiB, over the 8 MiB a one-partition fetch returns.
+    let mut first = consumer(
+        ShareConsumerConfig {
+            max_records: 30,
+            ..config(&broker, "g")
+        },
+        "big",
+    );
+    let got = first.poll(Duration::from_secs(5)).unwrap();
+    assert!(!got.is_empty() && got.len() < 30, "{} records", got.len());
+    let mut second = consumer(
+        ShareConsumerConfig {
+            member_id: "second".into(),
+            max_records: 30,
+            ..config(&broker, "g")
+        },
+        "big",
+    );
+    let rest = take(&mut second, 30 - got.len(), Duration::from_secs(10));
+    assert_eq!(rest.len(), 30 - got.len());
+    let all: HashSet<(u32, i64)> = got.iter().chain(&rest).map(key).collect();
+    assert_eq!(all.len(), 30);
+}
+
 #[test]
 fn nack_waits_its_delay_and_release_comes_back_at_once() {
     let broker = Broker::start(&[]);

@@ -97,6 +97,15 @@ impl Totals {
     }
 }
 
+/// Tells every worker to stop when dropped.
+struct StopOnDrop<'a>(&'a Totals);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The measured window: records whose intended send time falls in it count.
 #[derive(Debug, Clone, Copy)]
 struct Window {
@@ -308,6 +317,9 @@ pub fn run(kind: Kind, w: &Workload, ctx: &RunContext<'_>) -> Result<RunResult> 
     let mut sinks = Vec::new();
     let mut consumers = Vec::new();
     std::thread::scope(|scope| -> Result<()> {
+        // However this closure ends (an error, a panicked thread), the threads still
+        // running must stop, or the scope would wait for them forever.
+        let _stop = StopOnDrop(&totals);
         let mut consumer_handles = Vec::new();
         if kind != Kind::Produce {
             for i in 0..w.consumers {

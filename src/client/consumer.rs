@@ -430,16 +430,12 @@ impl Consumer {
             .collect();
         let revoked: Vec<(String, u32)> = m.assigned.difference(&wanted).cloned().collect();
         let added: Vec<(String, u32)> = wanted.difference(&m.assigned).cloned().collect();
-        let (group, member, generation) = (m.group.clone(), m.member_id.clone(), m.generation);
-        let (auto_commit, reset) = (m.config.auto_commit.is_some(), m.config.reset);
+        let group = m.group.clone();
+        let reset = m.config.reset;
+        // The group has moved on by the time a member hears of it, so the revoked
+        // partitions' positions can no longer be committed (the coordinator fences the old
+        // generation): their new owners resume at the last commit.
         if !revoked.is_empty() {
-            if auto_commit {
-                // Under the generation they were held in: refused (fenced) if the group
-                // has moved on, so a late commit never overwrites the new owner's.
-                if let Err(e) = self.commit_positions(&group, &member, generation, &revoked) {
-                    tracing::debug!(%group, "commit of revoked partitions refused: {e}");
-                }
-            }
             if let Some(l) = self.listener.as_mut() {
                 l.on_revoked(&revoked);
             }
@@ -447,31 +443,34 @@ impl Consumer {
                 self.unassign(topic, &[*partition]);
             }
         }
+        if !added.is_empty() {
+            let wanted_offsets: Vec<(&str, u32)> =
+                added.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+            let committed = self.with_bootstrap(|c| c.fetch_offsets(&group, &wanted_offsets))?;
+            for (topic, partition) in &added {
+                let offset = committed
+                    .iter()
+                    .find(|(t, p, _)| t == topic && p == partition)
+                    .map_or(-1, |(_, _, o)| *o);
+                let start = match (offset, reset) {
+                    (o, _) if o >= 0 => StartAt::Offset(o),
+                    (_, OffsetReset::Earliest) => StartAt::Earliest,
+                    (_, OffsetReset::Latest) => StartAt::Latest,
+                };
+                self.assign(topic, &[*partition], start)?;
+            }
+        }
+        // Only now is the membership adopted: if anything above failed, the update is
+        // applied again at the next poll.
         if let Some(m) = self.membership.as_mut() {
             m.member_id = joined.member_id.clone();
             m.generation = joined.generation;
             m.assigned = wanted;
         }
-        if added.is_empty() {
-            return Ok(());
-        }
-        let wanted_offsets: Vec<(&str, u32)> =
-            added.iter().map(|(t, p)| (t.as_str(), *p)).collect();
-        let committed = self.with_bootstrap(|c| c.fetch_offsets(&group, &wanted_offsets))?;
-        for (topic, partition) in &added {
-            let offset = committed
-                .iter()
-                .find(|(t, p, _)| t == topic && p == partition)
-                .map_or(-1, |(_, _, o)| *o);
-            let start = match (offset, reset) {
-                (o, _) if o >= 0 => StartAt::Offset(o),
-                (_, OffsetReset::Earliest) => StartAt::Earliest,
-                (_, OffsetReset::Latest) => StartAt::Latest,
-            };
-            self.assign(topic, &[*partition], start)?;
-        }
-        if let Some(l) = self.listener.as_mut() {
-            l.on_assigned(&added);
+        if !added.is_empty() {
+            if let Some(l) = self.listener.as_mut() {
+                l.on_assigned(&added);
+            }
         }
         Ok(())
     }
@@ -482,7 +481,12 @@ impl Consumer {
             return Ok(());
         };
         if let Some(update) = m.take_update()? {
-            self.apply_membership(update)?;
+            if let Err(e) = self.apply_membership(update.clone()) {
+                if let Some(m) = &self.membership {
+                    m.retry(update);
+                }
+                return Err(e);
+            }
         }
         let due = self
             .membership

@@ -38,7 +38,7 @@ pub struct GroupConfig {
     pub heartbeat_interval: Duration,
     /// `range`, `roundrobin` or `sticky` (`partition.assignment.strategy`).
     pub strategy: String,
-    /// Commit positions this often from `poll`, and before partitions are revoked
+    /// Commit positions this often from `poll`, and when the consumer closes
     /// (`enable.auto.commit`, `auto.commit.interval.ms`); `None` for manual commits only.
     pub auto_commit: Option<Duration>,
     /// Where partitions without a committed offset start (`auto.offset.reset`).
@@ -64,8 +64,9 @@ impl Default for GroupConfig {
 /// Told about partitions that leave and join the consumer's assignment; called from
 /// `poll` on the polling thread, revocations first.
 pub trait RebalanceListener: Send {
-    /// These partitions are no longer this consumer's. With auto-commit their positions
-    /// were committed just before (fenced if the group had moved on already).
+    /// These partitions are no longer this consumer's: the group has already given them
+    /// to others, which resume at the last committed offset (records processed here
+    /// since then are delivered again: at-least-once).
     fn on_revoked(&mut self, _partitions: &[(String, u32)]) {}
     /// These partitions are now this consumer's, positioned at their committed offsets.
     fn on_assigned(&mut self, _partitions: &[(String, u32)]) {}
@@ -154,6 +155,14 @@ impl Membership {
             .filter(|m| m.generation != self.generation || m.member_id != self.member_id))
     }
 
+    /// Puts back an update the consumer could not apply, unless a newer one arrived.
+    pub(crate) fn retry(&self, update: MembershipResponse) {
+        let mut latest = lock(&self.shared.latest);
+        if latest.membership.is_none() {
+            latest.membership = Some(update);
+        }
+    }
+
     /// Stops heartbeating and leaves the group (its partitions go to the others at once).
     pub(crate) fn leave(&mut self, bootstrap: &str) {
         self.shared.stop.store(true, Ordering::SeqCst);
@@ -216,7 +225,12 @@ impl Heartbeat {
                 ))),
                 // Our session ended (we were too slow, or the broker restarted): join
                 // again as a new member.
-                Err(e) if e.code() == Some(ErrorCode::UnknownMember) => {
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        Some(ErrorCode::UnknownMember | ErrorCode::StaleGeneration)
+                    ) =>
+                {
                     tracing::warn!(group = %self.group, member = %self.member_id, "session expired; joining again");
                     join(
                         &mut self.client,

@@ -92,11 +92,14 @@ pub struct ShareConsumer {
     config: ShareConsumerConfig,
     client: Client,
     topics: Vec<String>,
-    /// Acknowledgements not sent yet, per (topic, partition).
-    pending: BTreeMap<(Arc<str>, u32), Vec<AckRange>>,
+    /// Acknowledgements not sent yet, per (topic, partition), with the poll that took
+    /// their records: a range only spans records of one poll, whose locks end together.
+    pending: BTreeMap<(Arc<str>, u32), Vec<(AckRange, u64)>>,
+    /// Polls so far.
+    polls: u64,
     /// Records handed out and not settled: in auto mode the last poll's (accepted at the
     /// next), in manual mode every poll's until the application acknowledges them.
-    last_polled: Vec<(Arc<str>, u32, i64)>,
+    last_polled: Vec<(Arc<str>, u32, i64, u64)>,
 }
 
 impl ShareConsumer {
@@ -117,6 +120,7 @@ impl ShareConsumer {
             client,
             topics: topics.iter().map(|t| t.to_string()).collect(),
             pending: BTreeMap::new(),
+            polls: 0,
             last_polled: Vec::new(),
         })
     }
@@ -124,11 +128,12 @@ impl ShareConsumer {
     /// Sends pending acknowledgements, then waits up to `timeout` for records to take.
     pub fn poll(&mut self, timeout: Duration) -> Result<Vec<ShareRecord>, ClientError> {
         if self.config.ack_mode == AckMode::Auto {
-            for (topic, partition, offset) in std::mem::take(&mut self.last_polled) {
-                self.queue(&topic, partition, offset, AckType::Accept, 0);
+            for (topic, partition, offset, poll) in std::mem::take(&mut self.last_polled) {
+                self.queue(&topic, partition, offset, poll, AckType::Accept, 0);
             }
         }
         self.commit()?;
+        self.polls += 1;
         let deadline = Instant::now() + timeout;
         loop {
             let wait = deadline.saturating_duration_since(Instant::now());
@@ -160,9 +165,15 @@ impl ShareConsumer {
             };
             let records = self.decode(response)?;
             if !records.is_empty() || Instant::now() >= deadline {
-                let taken = records
-                    .iter()
-                    .map(|r| (r.record.topic.clone(), r.record.partition, r.record.offset));
+                let poll = self.polls;
+                let taken = records.iter().map(|r| {
+                    (
+                        r.record.topic.clone(),
+                        r.record.partition,
+                        r.record.offset,
+                        poll,
+                    )
+                });
                 self.last_polled.extend(taken);
                 return Ok(records);
             }
@@ -191,11 +202,17 @@ impl ShareConsumer {
 
     fn settle(&mut self, r: &ShareRecord, kind: AckType, delay: Duration) {
         let (topic, partition, offset) = (&r.record.topic, r.record.partition, r.record.offset);
-        // Settled by hand: auto mode must not accept it again.
-        self.last_polled
-            .retain(|(t, p, o)| !(t == topic && *p == partition && *o == offset));
+        // Settled by hand: auto mode must not accept it again, nor drop release it.
+        let mut poll = self.polls;
+        self.last_polled.retain(|(t, p, o, from)| {
+            let this = t == topic && *p == partition && *o == offset;
+            if this {
+                poll = *from;
+            }
+            !this
+        });
         let delay_ms = delay.as_millis().min(u128::from(u32::MAX)) as u32;
-        self.queue(&topic.clone(), partition, offset, kind, delay_ms);
+        self.queue(&topic.clone(), partition, offset, poll, kind, delay_ms);
     }
 
     fn queue(
@@ -203,20 +220,29 @@ impl ShareConsumer {
         topic: &Arc<str>,
         partition: u32,
         offset: i64,
+        poll: u64,
         kind: AckType,
         delay_ms: u32,
     ) {
         let ranges = self.pending.entry((topic.clone(), partition)).or_default();
         match ranges.last_mut() {
-            Some(r) if r.last + 1 == offset && r.kind == kind && r.delay_ms == delay_ms => {
+            Some((r, from))
+                if r.last + 1 == offset
+                    && *from == poll
+                    && r.kind == kind
+                    && r.delay_ms == delay_ms =>
+            {
                 r.last = offset
             }
-            _ => ranges.push(AckRange {
-                first: offset,
-                last: offset,
-                kind,
-                delay_ms,
-            }),
+            _ => ranges.push((
+                AckRange {
+                    first: offset,
+                    last: offset,
+                    kind,
+                    delay_ms,
+                },
+                poll,
+            )),
         }
     }
 
@@ -229,6 +255,7 @@ impl ShareConsumer {
         }
         let mut topics: Vec<TopicAcks> = Vec::new();
         for ((topic, partition), ranges) in std::mem::take(&mut self.pending) {
+            let ranges = ranges.into_iter().map(|(range, _)| range).collect();
             let entry = PartitionAcks { partition, ranges };
             match topics.iter_mut().find(|t| *t.topic == *topic) {
                 Some(t) => t.partitions.push(entry),
@@ -333,8 +360,8 @@ impl Drop for ShareConsumer {
             AckMode::Auto => AckType::Accept,
             AckMode::Manual => AckType::Release,
         };
-        for (topic, partition, offset) in std::mem::take(&mut self.last_polled) {
-            self.queue(&topic, partition, offset, kind, 0);
+        for (topic, partition, offset, poll) in std::mem::take(&mut self.last_polled) {
+            self.queue(&topic, partition, offset, poll, kind, 0);
         }
         if let Err(e) = self.commit() {
             tracing::debug!("share consumer's last acknowledgements: {e}");

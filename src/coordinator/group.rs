@@ -241,15 +241,26 @@ pub struct Groups {
     /// Members created so far: numbers member ids, so that an id is never handed out twice
     /// and a zombie client cannot pass for a newer member.
     members_created: u64,
+    /// Tells this coordinator's member ids from those of an earlier run (the counter
+    /// starts again with the process); 0 leaves it out.
+    boot: u64,
 }
 
 impl Groups {
     /// No groups yet; members' session timeouts must be within `limits`.
     pub fn new(limits: SessionLimits) -> Groups {
+        Groups::with_boot_id(limits, 0)
+    }
+
+    /// Like [`Groups::new`], with member ids `<client_id>-<boot in hex>-<n>`: a client
+    /// that was a member before the broker restarted cannot be mistaken for a new member
+    /// that got the same number.
+    pub fn with_boot_id(limits: SessionLimits, boot: u64) -> Groups {
         Groups {
             limits,
             groups: BTreeMap::new(),
             members_created: 0,
+            boot,
         }
     }
 
@@ -452,7 +463,10 @@ impl Groups {
         } else {
             client_id
         };
-        format!("{prefix}-{}", self.members_created)
+        match self.boot {
+            0 => format!("{prefix}-{}", self.members_created),
+            boot => format!("{prefix}-{boot:x}-{}", self.members_created),
+        }
     }
 }
 

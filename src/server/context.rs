@@ -108,6 +108,7 @@ pub(crate) enum ShardOp {
         group: String,
         member: String,
         max_records: u32,
+        max_bytes: usize,
         settings: ShareSettings,
     },
     /// Acknowledge records of a share group on a partition.
@@ -395,10 +396,19 @@ impl ShardContext {
                 group,
                 member,
                 max_records,
+                max_bytes,
                 settings,
             } => ShardReply::ShareAcquired(
                 self.shares
-                    .acquire(self, &at, &group, &member, max_records, &settings)
+                    .acquire(
+                        self,
+                        &at,
+                        &group,
+                        &member,
+                        max_records,
+                        max_bytes,
+                        &settings,
+                    )
                     .await,
             ),
             ShardOp::ShareAck {

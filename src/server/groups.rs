@@ -30,6 +30,14 @@ const SESSION_LIMITS: SessionLimits = SessionLimits {
     max: Duration::from_secs(300),
 };
 
+/// Microseconds since the epoch at start: member ids of this run differ from the last's.
+fn boot_id() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+        .max(1)
+}
+
 /// The bucket of a group.
 pub(crate) fn bucket_of(group: &str) -> u16 {
     // FNV-1a, as partition ownership uses: stable across builds and platforms.
@@ -77,7 +85,7 @@ pub(crate) struct Coordinator {
 impl Coordinator {
     pub(crate) fn new() -> Coordinator {
         Coordinator {
-            groups: RefCell::new(Groups::new(SESSION_LIMITS)),
+            groups: RefCell::new(Groups::with_boot_id(SESSION_LIMITS, boot_id())),
             offsets: RefCell::new(HashMap::new()),
             buckets: RefCell::new(HashMap::new()),
         }
@@ -258,7 +266,10 @@ impl Coordinator {
                 partitions,
             });
         }
-        let checkpoint = log.append(&records).await?;
+        // Memory first, then the log: a checkpoint that starts while this append waits then
+        // copies the new values, never older ones that would follow the new in the log.
+        // (If the append fails, the commit is reported failed but its values may still be
+        // written by a later checkpoint; a failed commit is uncertain, as in Kafka.)
         {
             let mut offsets = self.offsets.borrow_mut();
             let group = offsets.entry(r.group.clone()).or_default();
@@ -270,8 +281,12 @@ impl Coordinator {
                 }
             }
         }
+        let checkpoint = log.append(&records).await?;
         if checkpoint {
-            self.checkpoint(ctx, bucket_of(&r.group), &log).await?;
+            // The commit itself is durable already; a failed checkpoint is retried later.
+            if let Err(e) = self.checkpoint(ctx, bucket_of(&r.group), &log).await {
+                tracing::warn!(group = %r.group, "offset log checkpoint failed: {e}");
+            }
         }
         Ok(Response::CommitOffsets(ResultsResponse { topics: results }))
     }
@@ -352,16 +367,17 @@ impl Coordinator {
             Err(e) => return Err(group_error(e)),
         }
         // A tombstone for every committed offset: replay forgets them.
+        // Forgotten in memory before the tombstones are appended, so a checkpoint meanwhile
+        // cannot write the offsets back after them.
         let tombstones: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
             .offsets
-            .borrow()
-            .get(group)
+            .borrow_mut()
+            .remove(group)
             .into_iter()
             .flatten()
-            .map(|((topic, partition), _)| (offset_key(group, topic, *partition), None))
+            .map(|((topic, partition), _)| (offset_key(group, &topic, partition), None))
             .collect();
         log.append(&tombstones).await?;
-        self.offsets.borrow_mut().remove(group);
         tracing::info!(%group, "group deleted");
         Ok(Response::DeleteGroup)
     }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use super::context::{first, unknown_partition, PartitionRef, ShardContext, ShardOp, ShardReply};
 use super::groups::{coordinator_of, GroupOp};
-use super::queues::Acquired;
+use super::queues::{Acquired, MAX_SHARE_FETCH_BYTES, MAX_SHARE_RESPONSE_BYTES};
 use crate::protocol::api::*;
 use crate::protocol::batch::{self, BatchError};
 use crate::protocol::{ErrorCode, WireError};
@@ -240,6 +240,9 @@ async fn share_fetch(ctx: &Rc<ShardContext>, r: ShareFetchRequest) -> Result<Res
     let deadline =
         Instant::now() + Duration::from_millis(u64::from(r.max_wait_ms)).min(MAX_FETCH_WAIT);
     let slots = share_slots(ctx, &r.topics);
+    // The response stays bounded whatever the number of partitions.
+    let max_bytes =
+        (MAX_SHARE_RESPONSE_BYTES / slots.len().max(1)).clamp(16 << 10, MAX_SHARE_FETCH_BYTES);
     loop {
         let calls = slots.iter().map(|slot| {
             let at = slot.at.clone();
@@ -254,6 +257,7 @@ async fn share_fetch(ctx: &Rc<ShardContext>, r: ShareFetchRequest) -> Result<Res
                     group,
                     member,
                     max_records: r.max_records,
+                    max_bytes,
                     settings,
                 };
                 match ctx.call(owner, op).await {

@@ -28,6 +28,8 @@ const REPLAY_READ_BYTES: usize = 4 << 20;
 pub(crate) struct InternalLog {
     log: Rc<PartitionLog>,
     since_checkpoint: Cell<u64>,
+    /// A checkpoint is being written: appends meanwhile do not start another.
+    checkpointing: Cell<bool>,
 }
 
 impl InternalLog {
@@ -85,6 +87,7 @@ impl InternalLog {
         let internal = InternalLog {
             log,
             since_checkpoint: Cell::new(0),
+            checkpointing: Cell::new(false),
         };
         Ok((internal, live))
     }
@@ -110,24 +113,35 @@ impl InternalLog {
             .await
             .map_err(|e| storage(format!("internal log append: {e}")))?;
         self.since_checkpoint.set(self.since_checkpoint.get() + len);
-        Ok(self.since_checkpoint.get() >= CHECKPOINT_BYTES)
+        Ok(self.since_checkpoint.get() >= CHECKPOINT_BYTES && !self.checkpointing.get())
     }
 
     /// Writes every live key again, then lets retention drop what the checkpoint made
-    /// redundant.
+    /// redundant. `live` must be the owner's current values, taken when the checkpoint
+    /// starts (values appended meanwhile come after it in the log, so they still win).
+    /// One checkpoint at a time: a call while one runs returns at once.
     pub(crate) async fn checkpoint(
         &self,
         live: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     ) -> Result<(), WireError> {
-        for chunk in live.chunks(4096) {
-            self.append(chunk).await?;
+        if self.checkpointing.replace(true) {
+            return Ok(());
         }
+        let written = async {
+            for chunk in live.chunks(4096) {
+                self.append(chunk).await?;
+            }
+            self.log
+                .enforce_retention(now_ms())
+                .await
+                .map(drop)
+                .map_err(|e| storage(format!("internal log retention: {e}")))
+        }
+        .await;
+        // The checkpoint's own records do not count towards the next one.
         self.since_checkpoint.set(0);
-        self.log
-            .enforce_retention(now_ms())
-            .await
-            .map_err(|e| storage(format!("internal log retention: {e}")))?;
-        Ok(())
+        self.checkpointing.set(false);
+        written
     }
 
     /// Closes the log (shutdown, or its topic was deleted).

@@ -27,7 +27,9 @@ use crate::storage::catalog::TopicMeta;
 use crate::storage::PartitionLog;
 
 /// Most bytes one share fetch returns per partition.
-const MAX_SHARE_FETCH_BYTES: usize = 8 << 20;
+pub(crate) const MAX_SHARE_FETCH_BYTES: usize = 8 << 20;
+/// Most bytes one share fetch returns in all: shared among its partitions.
+pub(crate) const MAX_SHARE_RESPONSE_BYTES: usize = 64 << 20;
 /// Most records one share fetch acquires per partition.
 pub(crate) const MAX_SHARE_RECORDS: u32 = 10_000;
 
@@ -80,6 +82,7 @@ impl Shares {
         group: &str,
         member: &str,
         max_records: u32,
+        max_bytes: usize,
         settings: &ShareSettings,
     ) -> Result<Acquired, WireError> {
         let log = ctx.partition_log(at).await?;
@@ -106,7 +109,7 @@ impl Shares {
                 .await;
             self.persist(ctx, at, group, &share_log).await?;
         }
-        let ranges: Vec<AcquiredRange> = acquisition
+        let mut ranges: Vec<AcquiredRange> = acquisition
             .records
             .iter()
             .map(|a| AcquiredRange {
@@ -119,7 +122,13 @@ impl Shares {
             ranges.iter().map(|r| r.first).min(),
             ranges.iter().map(|r| r.last).max(),
         ) {
-            (Some(first), Some(last)) => read_covering(&log, first, last).await?,
+            (Some(first), Some(last)) => {
+                let (bytes, covered) = read_covering(&log, first, last, max_bytes).await?;
+                if covered <= last {
+                    self.give_back_uncovered(at, group, member, &mut ranges, covered);
+                }
+                bytes
+            }
             _ => Bytes::new(),
         };
         Ok(Acquired {
@@ -127,6 +136,37 @@ impl Shares {
             records,
             log_end,
         })
+    }
+
+    /// Acquired records beyond what fits in the response (offsets from `covered` on) are
+    /// released at once instead of staying locked to a consumer that never sees them (they
+    /// keep the delivery this acquisition counted).
+    fn give_back_uncovered(
+        &self,
+        at: &PartitionRef,
+        group: &str,
+        member: &str,
+        ranges: &mut Vec<AcquiredRange>,
+        covered: i64,
+    ) {
+        let now = Instant::now();
+        let mut entries = self.entries.borrow_mut();
+        let Some(entry) = entries.get_mut(&key(group, at)) else {
+            return;
+        };
+        for r in ranges.iter_mut() {
+            let from = r.first.max(covered);
+            if from <= r.last {
+                if let Err(e) = entry
+                    .part
+                    .acknowledge(member, from, r.last, AckKind::Release, now)
+                {
+                    tracing::warn!(%group, "releasing records past the response: {e}");
+                }
+                r.last = from - 1;
+            }
+        }
+        ranges.retain(|r| r.first <= r.last);
     }
 
     /// Applies a consumer's acknowledgements for `at` and makes them durable.
@@ -153,8 +193,8 @@ impl Shares {
             })?;
             entry.members.insert(member.to_string(), now);
             entry.part.expire(now);
-            // Ranges apply in order up to the first refused one; what applied is kept (and
-            // made durable below) whatever comes after.
+            // Every range is tried on its own (one whose lock ran out does not hold back the
+            // others); the first refusal is reported, and what applied is made durable.
             let mut applied = 0;
             let mut refused = None;
             for r in ranges {
@@ -169,8 +209,7 @@ impl Shares {
                 match entry.part.acknowledge(member, r.first, r.last, kind, now) {
                     Ok(()) => applied += 1,
                     Err(e) => {
-                        refused = Some(share_error(e, at));
-                        break;
+                        refused.get_or_insert_with(|| share_error(e, at));
                     }
                 }
             }
@@ -437,7 +476,7 @@ impl Shares {
             .append(&[(group.as_bytes().to_vec(), Some(state))])
             .await?;
         if checkpoint {
-            let live: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
+            let mut live: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
                 .entries
                 .borrow()
                 .iter()
@@ -449,6 +488,17 @@ impl Shares {
                     )
                 })
                 .collect();
+            // Groups replayed at start but idle since: their state must survive retention too.
+            if let Some(ShareLog::Loaded(_, idle)) =
+                self.logs.borrow().get(&(at.topic.id, at.partition))
+            {
+                live.extend(idle.iter().map(|(g, state)| {
+                    (
+                        g.as_bytes().to_vec(),
+                        Some(SharePartition::encode_state(state)),
+                    )
+                }));
+            }
             tracing::debug!(shard = ctx.id, topic = %at.topic.name, partition = at.partition, "share log checkpoint");
             log.checkpoint(live).await?;
         }
@@ -586,16 +636,22 @@ async fn copy_to_dead_letter_topic(
     }
 }
 
-/// Whole batches from the one holding `first` through the one holding `last` (or up to
-/// [`MAX_SHARE_FETCH_BYTES`]), read in small steps: acquired records usually span a few
-/// batches, and reading a large fixed budget would copy far more than is sent.
-async fn read_covering(log: &PartitionLog, first: i64, last: i64) -> Result<Bytes, WireError> {
+/// Whole batches from the one holding `first` through the one holding `last` (or about
+/// `max_bytes`), read in small steps: acquired records usually span a few batches, and
+/// reading a large fixed budget would copy far more than is sent.
+/// Returns the bytes and the first offset they do not cover.
+async fn read_covering(
+    log: &PartitionLog,
+    first: i64,
+    last: i64,
+    max_bytes: usize,
+) -> Result<(Bytes, i64), WireError> {
     const STEP: usize = 64 << 10;
     let storage =
         |e: crate::storage::StorageError| WireError::new(ErrorCode::StorageError, e.to_string());
     let mut out = BytesMut::new();
     let mut offset = first;
-    while offset <= last && out.len() < MAX_SHARE_FETCH_BYTES {
+    while offset <= last && out.len() < max_bytes {
         let read = log.read(offset, STEP).await.map_err(storage)?;
         if read.records.is_empty() {
             break;
@@ -614,7 +670,7 @@ async fn read_covering(log: &PartitionLog, first: i64, last: i64) -> Result<Byte
         }
         offset = next;
     }
-    Ok(out.freeze())
+    Ok((out.freeze(), offset))
 }
 
 /// An owned copy of one record.
