@@ -87,6 +87,9 @@ pub struct ShareRecord {
     pub delivery: u16,
 }
 
+/// Acknowledgement ranges per (topic, partition), each with the poll its records came from.
+type PendingAcks = BTreeMap<(Arc<str>, u32), Vec<(AckRange, u64)>>;
+
 /// A consumer of a share group; see the module docs.
 pub struct ShareConsumer {
     config: ShareConsumerConfig,
@@ -94,7 +97,7 @@ pub struct ShareConsumer {
     topics: Vec<String>,
     /// Acknowledgements not sent yet, per (topic, partition), with the poll that took
     /// their records: a range only spans records of one poll, whose locks end together.
-    pending: BTreeMap<(Arc<str>, u32), Vec<(AckRange, u64)>>,
+    pending: PendingAcks,
     /// Polls so far.
     polls: u64,
     /// Records handed out and not settled: in auto mode the last poll's (accepted at the

@@ -74,7 +74,9 @@ impl Shares {
         }
     }
 
-    /// Acquires records of `at` for `member`.
+    /// Acquires up to `max_records` records of `at` for `member`, answering with at most
+    /// about `max_bytes`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn acquire(
         &self,
         ctx: &Rc<ShardContext>,
