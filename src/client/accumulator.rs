@@ -112,11 +112,6 @@ impl<T> Accumulator<T> {
         self.open.get(topic)?.get(&partition)
     }
 
-    /// Whether `partition` of `topic` has an open batch.
-    pub fn has_open(&self, topic: &str, partition: u32) -> bool {
-        self.open_batch(topic, partition).is_some()
-    }
-
     /// Adds a record to the open batch of `partition` of `topic`. Returns the batches this
     /// closed: the previous open batch if the record did not fit in it, and the new one if
     /// the record filled it. On [`AppendError::BufferFull`] the token comes back untouched.

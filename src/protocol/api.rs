@@ -1109,10 +1109,10 @@ pub fn decode_response(api: ApiKey, d: &mut Decoder) -> Result<Response, DecodeE
     Ok(response)
 }
 
-/// Reads the `topics` array shared by produce, fetch and list offsets: each topic name is
-/// followed by its partition entries, read by `partition` (at least `min_partition_bytes`
-/// each) and assembled by `topic`.
-fn topic_array<P, T>(
+/// Reads the `topics` array most APIs share (produce, fetch, list offsets, offsets, share
+/// fetch and ack): each topic name is followed by its partition entries, read by
+/// `partition` (at least `min_partition_bytes` each) and assembled by `topic`.
+pub(crate) fn topic_array<P, T>(
     d: &mut Decoder,
     min_partition_bytes: usize,
     mut partition: impl FnMut(&mut Decoder) -> Result<P, DecodeError>,

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 
+use super::api::topic_array;
 use super::error::ErrorCode;
 use super::frame::{DecodeError, Decoder, Encoder};
 
@@ -238,17 +239,17 @@ fn put_offsets(e: &mut Encoder, topics: &[TopicOffsets]) {
 }
 
 fn offsets(d: &mut Decoder) -> Result<Vec<TopicOffsets>, DecodeError> {
-    d.array("topics", 6, |d| {
-        Ok(TopicOffsets {
-            topic: d.string("topic")?,
-            partitions: d.array("partitions", 12, |d| {
-                Ok(PartitionOffset {
-                    partition: d.u32("partition")?,
-                    offset: d.i64("offset")?,
-                })
-            })?,
-        })
-    })
+    topic_array(
+        d,
+        12,
+        |d| {
+            Ok(PartitionOffset {
+                partition: d.u32("partition")?,
+                offset: d.i64("offset")?,
+            })
+        },
+        |topic, partitions| TopicOffsets { topic, partitions },
+    )
 }
 
 /// Per-partition outcome of a commit or an ack.
@@ -291,20 +292,19 @@ impl ResultsResponse {
     }
 
     pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ResultsResponse {
-            topics: d.array("topics", 6, |d| {
-                Ok(TopicResults {
-                    topic: d.string("topic")?,
-                    partitions: d.array("partitions", 8, |d| {
-                        Ok(PartitionResult {
-                            partition: d.u32("partition")?,
-                            error: ErrorCode::from_u16(d.u16("error")?),
-                            message: d.string("message")?,
-                        })
-                    })?,
+        let topics = topic_array(
+            d,
+            8,
+            |d| {
+                Ok(PartitionResult {
+                    partition: d.u32("partition")?,
+                    error: ErrorCode::from_u16(d.u16("error")?),
+                    message: d.string("message")?,
                 })
-            })?,
-        })
+            },
+            |topic, partitions| TopicResults { topic, partitions },
+        )?;
+        Ok(ResultsResponse { topics })
     }
 }
 
@@ -573,28 +573,27 @@ impl ShareFetchResponse {
     }
 
     pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ShareFetchResponse {
-            topics: d.array("topics", 6, |d| {
-                Ok(ShareFetchTopic {
-                    topic: d.string("topic")?,
-                    partitions: d.array("partitions", 16, |d| {
-                        Ok(ShareFetchPartition {
-                            partition: d.u32("partition")?,
-                            error: ErrorCode::from_u16(d.u16("error")?),
-                            message: d.string("message")?,
-                            acquired: d.array("acquired", 18, |d| {
-                                Ok(AcquiredRange {
-                                    first: d.i64("first")?,
-                                    last: d.i64("last")?,
-                                    delivery: d.u16("delivery")?,
-                                })
-                            })?,
-                            records: d.bytes("records")?.freeze(),
+        let topics = topic_array(
+            d,
+            16,
+            |d| {
+                Ok(ShareFetchPartition {
+                    partition: d.u32("partition")?,
+                    error: ErrorCode::from_u16(d.u16("error")?),
+                    message: d.string("message")?,
+                    acquired: d.array("acquired", 18, |d| {
+                        Ok(AcquiredRange {
+                            first: d.i64("first")?,
+                            last: d.i64("last")?,
+                            delivery: d.u16("delivery")?,
                         })
                     })?,
+                    records: d.bytes("records")?.freeze(),
                 })
-            })?,
-        })
+            },
+            |topic, partitions| ShareFetchTopic { topic, partitions },
+        )?;
+        Ok(ShareFetchResponse { topics })
     }
 }
 
@@ -696,37 +695,42 @@ impl ShareAckRequest {
     }
 
     pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ShareAckRequest {
-            group: d.string("group")?,
-            member_id: d.string("member_id")?,
-            topics: d.array("topics", 6, |d| {
-                Ok(TopicAcks {
-                    topic: d.string("topic")?,
-                    partitions: d.array("partitions", 8, |d| {
-                        Ok(PartitionAcks {
-                            partition: d.u32("partition")?,
-                            ranges: d.array("ranges", 21, |d| {
-                                let first = d.i64("first")?;
-                                let last = d.i64("last")?;
-                                if first < 0 || last < first {
-                                    return Err(DecodeError::InvalidValue {
-                                        field: "last",
-                                        value: last,
-                                    });
-                                }
-                                Ok(AckRange {
-                                    first,
-                                    last,
-                                    kind: AckType::from_u8(d.u8("ack_type")?)?,
-                                    delay_ms: d.u32("delay_ms")?,
-                                })
-                            })?,
-                        })
-                    })?,
+        let group = d.string("group")?;
+        let member_id = d.string("member_id")?;
+        let topics = topic_array(
+            d,
+            8,
+            |d| {
+                Ok(PartitionAcks {
+                    partition: d.u32("partition")?,
+                    ranges: d.array("ranges", 21, ack_range)?,
                 })
-            })?,
+            },
+            |topic, partitions| TopicAcks { topic, partitions },
+        )?;
+        Ok(ShareAckRequest {
+            group,
+            member_id,
+            topics,
         })
     }
+}
+
+fn ack_range(d: &mut Decoder) -> Result<AckRange, DecodeError> {
+    let first = d.i64("first")?;
+    let last = d.i64("last")?;
+    if first < 0 || last < first {
+        return Err(DecodeError::InvalidValue {
+            field: "last",
+            value: last,
+        });
+    }
+    Ok(AckRange {
+        first,
+        last,
+        kind: AckType::from_u8(d.u8("ack_type")?)?,
+        delay_ms: d.u32("delay_ms")?,
+    })
 }
 
 /// The queue state of one partition of a share group.
