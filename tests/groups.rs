@@ -192,15 +192,9 @@ fn a_dead_members_partitions_move_and_resume_from_its_commits() {
 
     // The survivor joins; once the dead member's session ends it holds all four partitions
     // and starts each at the dead member's commit.
-    let started = Instant::now();
     let survivor = Member::start(&broker, "workers", "jobs");
+    // Only the end of the dead member's 1.5 s session can move its partitions.
     eventually(Duration::from_secs(10), || survivor.partitions().len() == 4);
-    // The dead member's 1.5 s session ran out: nothing else moves its partitions.
-    let moved_after = started.elapsed();
-    assert!(
-        moved_after < Duration::from_secs(20),
-        "took {moved_after:?}"
-    );
     eventually(Duration::from_secs(10), || {
         survivor.received.lock().unwrap().len() >= 400 - 46
     });
@@ -326,6 +320,11 @@ fn bad_group_requests_get_clear_errors() {
     assert_eq!(
         code(join(&mut c, 10, "sticky")),
         Some(ErrorCode::InvalidSessionTimeout)
+    );
+    let long = "g".repeat(250);
+    assert_eq!(
+        c.describe_group(&long).unwrap_err().code(),
+        Some(ErrorCode::InvalidRequest)
     );
     assert_eq!(
         code(join(&mut c, 10_000, "fastest")),

@@ -220,13 +220,11 @@ fn a_closed_connection_gives_its_records_back() {
         .sum();
     assert_eq!(held, 10);
     drop(raw);
-    let started = Instant::now();
+    // Within 20 s, well before the 60 s locks would have run out.
     let mut c = consumer(config(&broker, "g"), "jobs");
     let again = take(&mut c, 10, Duration::from_secs(20));
     assert_eq!(again.len(), 10);
     assert!(again.iter().all(|r| r.delivery == 2));
-    // Well before the 60 s locks would have run out.
-    assert!(started.elapsed() < Duration::from_secs(30));
 }
 
 /// A fetch acquires by count but answers within a byte budget: what does not fit is given

@@ -135,12 +135,7 @@ async fn group_call(
     group: &str,
     op: GroupOp,
 ) -> Result<Response, WireError> {
-    if group.is_empty() {
-        return Err(WireError::new(
-            ErrorCode::InvalidRequest,
-            "the group name is empty",
-        ));
-    }
+    check_group_name(group)?;
     match ctx
         .call(coordinator_of(group, ctx.shard_count), ShardOp::Group(op))
         .await
@@ -223,11 +218,25 @@ fn share_slots(ctx: &ShardContext, topics: &[TopicPartitions]) -> Vec<ShareSlot>
     slots
 }
 
-fn check_share_ids(group: &str, member: &str) -> Result<(), WireError> {
-    if group.is_empty() || member.is_empty() {
+/// Longest group name, as for topics (offset keys carry it with a 16-bit length).
+const MAX_GROUP_NAME: usize = 249;
+
+fn check_group_name(group: &str) -> Result<(), WireError> {
+    if group.is_empty() || group.len() > MAX_GROUP_NAME {
         return Err(WireError::new(
             ErrorCode::InvalidRequest,
-            "share requests need a group name and a member id",
+            format!("group names are 1 to {MAX_GROUP_NAME} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_share_ids(group: &str, member: &str) -> Result<(), WireError> {
+    check_group_name(group)?;
+    if member.is_empty() {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            "share requests need a member id",
         ));
     }
     Ok(())

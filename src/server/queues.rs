@@ -639,8 +639,9 @@ async fn copy_to_dead_letter_topic(
 }
 
 /// Whole batches from the one holding `first` through the one holding `last` (or about
-/// `max_bytes`), read in small steps: acquired records usually span a few batches, and
-/// reading a large fixed budget would copy far more than is sent.
+/// `max_bytes`), read in steps: acquired records usually span a few batches, and reading
+/// a large fixed budget would copy far more than is sent. One step usually covers them,
+/// and its bytes are returned as read; only a span over several steps is joined.
 /// Returns the bytes and the first offset they do not cover.
 async fn read_covering(
     log: &PartitionLog,
@@ -648,31 +649,37 @@ async fn read_covering(
     last: i64,
     max_bytes: usize,
 ) -> Result<(Bytes, i64), WireError> {
-    const STEP: usize = 64 << 10;
+    const STEP: usize = 256 << 10;
     let storage =
         |e: crate::storage::StorageError| WireError::new(ErrorCode::StorageError, e.to_string());
-    let mut out = BytesMut::new();
+    let mut pieces: Vec<Bytes> = Vec::new();
+    let mut size = 0;
     let mut offset = first;
-    while offset <= last && out.len() < max_bytes {
+    while offset <= last && size < max_bytes {
         let read = log.read(offset, STEP).await.map_err(storage)?;
-        if read.records.is_empty() {
-            break;
-        }
         let mut next = offset;
+        let mut end = 0;
         for b in batch::batches(&read.records) {
             let Ok((start, header)) = b else { break };
             if header.base_offset > last {
                 break;
             }
-            out.extend_from_slice(&read.records[start..start + header.total_len()]);
+            end = start + header.total_len();
             next = header.last_offset() + 1;
         }
         if next == offset {
             break;
         }
+        size += end;
+        pieces.push(read.records.slice(..end));
         offset = next;
     }
-    Ok((out.freeze(), offset))
+    let bytes = match pieces.len() {
+        0 => Bytes::new(),
+        1 => pieces.pop().expect("one piece"),
+        _ => pieces.concat().into(),
+    };
+    Ok((bytes, offset))
 }
 
 /// An owned copy of one record.

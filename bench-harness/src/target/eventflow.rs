@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use eventflow::client::consumer::{Consumer, ConsumerConfig, StartAt};
 use eventflow::client::group::{GroupConfig, OffsetReset};
 use eventflow::client::producer::{Producer, ProducerConfig, Record};
@@ -82,15 +82,7 @@ impl Target for Eventflow {
         let described = admin
             .describe_topic(&w.topic)
             .with_context(|| format!("topic {} (use --create-topic to create it)", w.topic))?;
-        let have = described.partitions.len() as u32;
-        if have < w.partitions {
-            bail!(
-                "topic {} has {have} partitions, the workload needs {}",
-                w.topic,
-                w.partitions
-            );
-        }
-        Ok(())
+        super::check_partitions(w, described.partitions.len())
     }
 
     fn watermarks(&self, w: &Workload) -> Result<Vec<(i64, i64)>> {

@@ -271,15 +271,7 @@ impl Target for Kafka {
                 self.url
             );
         };
-        let have = parts.len() as u32;
-        if have < w.partitions {
-            bail!(
-                "topic {} has {have} partitions, the workload needs {}",
-                w.topic,
-                w.partitions
-            );
-        }
-        Ok(())
+        super::check_partitions(w, parts.len())
     }
 
     fn watermarks(&self, w: &Workload) -> Result<Vec<(i64, i64)>> {

@@ -20,6 +20,18 @@ pub fn producer_buffer_bytes(w: &Workload) -> usize {
     (64usize << 20).max(w.batch_bytes * 4)
 }
 
+/// An existing topic must have at least the workload's partitions.
+fn check_partitions(w: &Workload, have: usize) -> Result<()> {
+    if (have as u64) < u64::from(w.partitions) {
+        bail!(
+            "topic {} has {have} partitions, the workload needs {}",
+            w.topic,
+            w.partitions
+        );
+    }
+    Ok(())
+}
+
 /// Receives the outcome of each record a producer worker sent, on a client thread.
 pub trait AckSink: Send + Sync {
     /// The record sent with `tag` was acknowledged (`error` is `None`) or failed.
