@@ -128,7 +128,16 @@ impl OffsetIndex {
 
     /// The file image of the whole index.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        self.entries.iter().flat_map(|e| e.encode()).collect()
+        self.encode_from(0)
+    }
+
+    /// The file image of the entries from the `from`th on.
+    pub(crate) fn encode_from(&self, from: usize) -> Vec<u8> {
+        let from = from.min(self.entries.len());
+        self.entries[from..]
+            .iter()
+            .flat_map(|e| e.encode())
+            .collect()
     }
 
     /// The last entry whose relative offset is at most `relative_offset`.
@@ -202,7 +211,16 @@ impl TimeIndex {
 
     /// The file image of the whole index.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        self.entries.iter().flat_map(|e| e.encode()).collect()
+        self.encode_from(0)
+    }
+
+    /// The file image of the entries from the `from`th on.
+    pub(crate) fn encode_from(&self, from: usize) -> Vec<u8> {
+        let from = from.min(self.entries.len());
+        self.entries[from..]
+            .iter()
+            .flat_map(|e| e.encode())
+            .collect()
     }
 
     /// The last entry whose timestamp is below `timestamp`: every batch before its offset is

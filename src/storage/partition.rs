@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use super::config::{FsyncPolicy, LogConfig};
 use super::error::StorageError;
-use super::index::{IndexPlanner, OffsetEntry, TimeEntry, OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
+use super::index::{IndexPlanner, OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
 use super::recovery;
 use super::segment::{self, Segment, SegmentFiles};
 use crate::local::{oneshot, Notify, OneshotSender};
@@ -38,6 +38,12 @@ use crate::protocol::batch::{self, BatchHeader, BATCH_HEADER_LEN};
 
 /// Most buffers one `writev` accepts (Linux's `IOV_MAX`).
 const MAX_IOVECS: usize = 1024;
+
+/// The flush task writes index entries to the index files once this many are pending, and
+/// at a roll or close: the files are hints that recovery checks and completes from the log,
+/// so after a crash the cost is a scan of at most this many index intervals (256 KiB at the
+/// default 4 KiB), while most rounds write the log alone.
+const INDEX_WRITE_ENTRIES: usize = 64;
 
 /// Where a successful append put the caller's batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +109,10 @@ pub struct PartitionLog {
     appended: Notify,
     /// Group-commit rounds run so far.
     flushes: Cell<u64>,
+    /// Notified when a preallocation of the active segment ends.
+    preallocated: Notify,
+    /// Preallocation failed once (say, the file system refuses `O_DIRECT`); not tried again.
+    preallocation_off: Cell<bool>,
 }
 
 impl std::fmt::Debug for PartitionLog {
@@ -213,6 +223,8 @@ impl PartitionLog {
             flush_idle: Notify::new(),
             appended: Notify::new(),
             flushes: Cell::new(0),
+            preallocated: Notify::new(),
+            preallocation_off: Cell::new(false),
         })
     }
 
@@ -256,7 +268,7 @@ impl PartitionLog {
     }
 
     /// One group-commit round.
-    async fn commit_round(&self, work: Vec<PendingAppend>) {
+    async fn commit_round(self: &Rc<Self>, work: Vec<PendingAppend>) {
         struct Caller {
             reply: OneshotSender<Result<AppendOutcome, StorageError>>,
             outcome: AppendOutcome,
@@ -321,7 +333,7 @@ impl PartitionLog {
     /// Writes the round's batches at the end of the log, rolling segments as needed. Returns
     /// the offset after the last batch made durable, and the error that stopped it, if any.
     async fn write_batches(
-        &self,
+        self: &Rc<Self>,
         buffers: Vec<BytesMut>,
         metas: &[BatchMeta],
     ) -> (i64, Option<StorageError>) {
@@ -338,7 +350,7 @@ impl PartitionLog {
             }
 
             // Take a snapshot of the active segment; the flush task is its only writer.
-            let (target, position, index_len, time_len) = {
+            let (target, position, index_len, time_len, index_on_disk, time_on_disk) = {
                 let segments = self.segments.borrow();
                 let Some(active) = segments.last() else {
                     return (committed, Some(StorageError::Closed));
@@ -355,6 +367,8 @@ impl PartitionLog {
                     active.size,
                     active.index.len(),
                     active.time_index.len(),
+                    active.index_on_disk,
+                    active.time_on_disk,
                 )
             };
 
@@ -389,20 +403,43 @@ impl PartitionLog {
                 time_entries.extend(time_entry);
                 at += meta.len;
             }
+            // Index entries go to their files in batches (see INDEX_WRITE_ENTRIES).
+            let write_index = index_len - index_on_disk + entries.len() >= INDEX_WRITE_ENTRIES
+                || time_len - time_on_disk + time_entries.len() >= INDEX_WRITE_ENTRIES;
+            let index_writes = if write_index {
+                let segments = self.segments.borrow();
+                let Some(active) = segments.last() else {
+                    return (committed, Some(StorageError::Closed));
+                };
+                let mut index = active.index.encode_from(index_on_disk);
+                index.extend(entries.iter().flat_map(|e| e.encode()));
+                let mut time = active.time_index.encode_from(time_on_disk);
+                time.extend(time_entries.iter().flat_map(|e| e.encode()));
+                IndexWrites {
+                    index,
+                    index_at: index_on_disk,
+                    time,
+                    time_at: time_on_disk,
+                }
+            } else {
+                IndexWrites::none(index_on_disk, time_on_disk)
+            };
+
+            let always = config.fsync == FsyncPolicy::Always;
+            if always {
+                self.wait_for_preallocation_below(end).await;
+            }
             let chunk: Vec<BytesMut> = buffers.by_ref().take(j - i).collect();
-            let written = target
-                .write(
-                    chunk,
-                    position,
-                    &entries,
-                    index_len,
-                    &time_entries,
-                    time_len,
-                    config.fsync == FsyncPolicy::Always,
-                )
-                .await;
+            let written = target.write(chunk, position, index_writes, always).await;
             if let Err(e) = written {
+                if let Some(active) = self.segments.borrow_mut().last_mut() {
+                    // The cut-back shortened the file below any preallocation.
+                    active.preallocated = active.preallocated.min(position);
+                }
                 return (committed, Some(e));
+            }
+            if always {
+                self.start_preallocation(end);
             }
 
             let last_offset = metas[j - 1].last_offset;
@@ -418,6 +455,10 @@ impl PartitionLog {
                         }
                         for entry in time_entries {
                             active.time_index.push(entry);
+                        }
+                        if write_index {
+                            active.index_on_disk = active.index.len();
+                            active.time_on_disk = active.time_index.len();
                         }
                         // Index files are never synced per append, so there is always
                         // something for the next sync().
@@ -457,6 +498,7 @@ impl PartitionLog {
         config: &LogConfig,
         now: i64,
     ) -> Result<(), StorageError> {
+        self.finish_active().await?;
         let segment = Segment::create(&self.dir, base_offset, now).await?;
         if config.fsync != FsyncPolicy::Never {
             sync_dir(&self.dir).await?;
@@ -464,6 +506,144 @@ impl PartitionLog {
         debug!(dir = %self.dir.display(), base_offset, "rolled a new segment");
         self.segments.borrow_mut().push(segment);
         Ok(())
+    }
+
+    /// Completes the active segment's files before it stops being written to (a roll) or
+    /// the log closes: waits out its preallocation, writes its pending index entries, and
+    /// trims the preallocated zeros from the log file. The flush task or `close` calls it,
+    /// so nothing else writes the segment meanwhile.
+    async fn finish_active(&self) -> Result<(), StorageError> {
+        self.wait_for_preallocation_below(u64::MAX).await;
+        let (files, log, index_file, time_index_file, writes, size) = {
+            let segments = self.segments.borrow();
+            let Some(active) = segments.last() else {
+                return Ok(());
+            };
+            (
+                active.files.clone(),
+                active.log.clone(),
+                active.index_file.clone(),
+                active.time_index_file.clone(),
+                IndexWrites {
+                    index: active.index.encode_from(active.index_on_disk),
+                    index_at: active.index_on_disk,
+                    time: active.time_index.encode_from(active.time_on_disk),
+                    time_at: active.time_on_disk,
+                },
+                active.size,
+            )
+        };
+        let (index_len, time_len) = (
+            (writes.index_at * OFFSET_ENTRY_LEN) as u64,
+            (writes.time_at * TIME_ENTRY_LEN) as u64,
+        );
+        write_at(&index_file, &files.index, writes.index, index_len).await?;
+        write_at(&time_index_file, &files.time_index, writes.time, time_len).await?;
+        let file_len = log
+            .metadata()
+            .await
+            .map_err(|e| StorageError::io(&files.log, e))?
+            .len();
+        if file_len > size {
+            log.set_len(size)
+                .await
+                .map_err(|e| StorageError::io(&files.log, e))?;
+        }
+        if let Some(active) = self.segments.borrow_mut().last_mut() {
+            active.index_on_disk = active.index.len();
+            active.time_on_disk = active.time_index.len();
+            active.preallocated = size;
+            // The trim and the index writes still need a sync.
+            active.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Waits while a preallocation of the active segment is writing zeros anywhere below
+    /// `end`: an append must never share blocks with one.
+    async fn wait_for_preallocation_below(&self, end: u64) {
+        let started = std::time::Instant::now();
+        let mut waited = false;
+        loop {
+            let busy = self
+                .segments
+                .borrow()
+                .last()
+                .and_then(|s| s.preallocating)
+                .is_some_and(|from| from < end);
+            if !busy {
+                if waited && end != u64::MAX {
+                    debug!(
+                        dir = %self.dir.display(),
+                        waited_us = started.elapsed().as_micros() as u64,
+                        "an append waited for the preallocation ahead of it"
+                    );
+                }
+                return;
+            }
+            self.preallocated.notified().await;
+            waited = true;
+        }
+    }
+
+    /// Under `--fsync always`, starts writing a span of zeros ahead of the active segment's
+    /// end `end` when less than two spans are left (see [`segment::preallocate`]). The zeros
+    /// continue where the last preallocation ended; if the appends came within half a span of
+    /// that (or overtook it), they start a span past the end instead, leaving a hole that
+    /// appends fill the slow way. Either way the appends wait for a preallocation only if
+    /// they outrun it by half a span or more.
+    fn start_preallocation(self: &Rc<Self>, end: u64) {
+        if self.preallocation_off.get() {
+            return;
+        }
+        let (path, base, from, to) = {
+            let mut segments = self.segments.borrow_mut();
+            let Some(active) = segments.last_mut() else {
+                return;
+            };
+            let span = segment::preallocate_span(end);
+            if active.preallocating.is_some() || active.preallocated >= end + 2 * span {
+                return;
+            }
+            let from = if active.preallocated >= end + span / 2 {
+                segment::align_up(active.preallocated)
+            } else {
+                segment::align_up(end + span)
+            };
+            active.preallocating = Some(from);
+            (
+                active.files.log.clone(),
+                active.base_offset,
+                from,
+                from + span,
+            )
+        };
+        let log = Rc::clone(self);
+        compio::runtime::spawn(async move {
+            let result = segment::preallocate(&path, from, to).await;
+            if let Some(segment) = log
+                .segments
+                .borrow_mut()
+                .iter_mut()
+                .find(|s| s.base_offset == base)
+            {
+                segment.preallocating = None;
+                if result.is_ok() {
+                    segment.preallocated = segment.preallocated.max(to);
+                    segment::read_ahead(&path, from, to);
+                }
+            }
+            if let Err(e) = result {
+                log.preallocation_off.set(true);
+                warn!(
+                    dir = %log.dir.display(),
+                    error = %e,
+                    "cannot preallocate the log; appends under --fsync always will also sync the file size"
+                );
+            }
+            log.preallocated.notify_all();
+        })
+        .detach();
     }
 
     /// Reads whole batches from the one containing `offset`, at most `max_bytes` of them
@@ -832,7 +1012,8 @@ impl PartitionLog {
         while self.flushing.get() {
             self.flush_idle.notified().await;
         }
-        let synced = self.sync_dirty().await;
+        let finished = self.finish_active().await;
+        let synced = self.sync_dirty().await.and(finished);
         let segments = std::mem::take(&mut *self.segments.borrow_mut());
         for segment in segments {
             let Segment {
@@ -902,45 +1083,61 @@ struct ChunkTarget {
     planner: IndexPlanner,
 }
 
+/// Index entries to write with a chunk: the file images from the entries on disk on.
+struct IndexWrites {
+    index: Vec<u8>,
+    /// Entries already in the index file.
+    index_at: usize,
+    time: Vec<u8>,
+    /// Entries already in the time index file.
+    time_at: usize,
+}
+
+impl IndexWrites {
+    fn none(index_at: usize, time_at: usize) -> IndexWrites {
+        IndexWrites {
+            index: Vec::new(),
+            index_at,
+            time: Vec::new(),
+            time_at,
+        }
+    }
+}
+
 impl ChunkTarget {
-    /// Writes `chunk` at `position` in one gathered write, then the index entries, then
+    /// Writes `chunk` at `position` in one gathered write, then the index entries alongside
     /// (if `sync`) one `fdatasync` of the log. On failure, cuts every file back.
-    #[allow(clippy::too_many_arguments)]
     async fn write(
         &self,
         chunk: Vec<BytesMut>,
         position: u64,
-        entries: &[OffsetEntry],
-        index_len: usize,
-        time_entries: &[TimeEntry],
-        time_len: usize,
+        index: IndexWrites,
         sync: bool,
     ) -> Result<(), StorageError> {
-        let index_at = (index_len * OFFSET_ENTRY_LEN) as u64;
-        let time_at = (time_len * TIME_ENTRY_LEN) as u64;
+        let index_at = (index.index_at * OFFSET_ENTRY_LEN) as u64;
+        let time_at = (index.time_at * TIME_ENTRY_LEN) as u64;
         let result = async {
             let mut log = &self.log;
             let BufResult(written, _chunk) = log.write_vectored_all_at(chunk, position).await;
             written.map_err(|e| StorageError::io(&self.files.log, e))?;
-            if !entries.is_empty() {
-                let bytes: Vec<u8> = entries.iter().flat_map(|e| e.encode()).collect();
-                let mut index = &self.index;
-                let BufResult(written, _) = index.write_all_at(bytes, index_at).await;
-                written.map_err(|e| StorageError::io(&self.files.index, e))?;
-            }
-            if !time_entries.is_empty() {
-                let bytes: Vec<u8> = time_entries.iter().flat_map(|e| e.encode()).collect();
-                let mut time_index = &self.time_index;
-                let BufResult(written, _) = time_index.write_all_at(bytes, time_at).await;
-                written.map_err(|e| StorageError::io(&self.files.time_index, e))?;
-            }
-            if sync {
-                self.log
-                    .sync_data()
-                    .await
-                    .map_err(|e| StorageError::io(&self.files.log, e))?;
-            }
-            Ok(())
+            // The index files are not synced per round, so their writes need not wait for
+            // the log's sync, nor it for them.
+            let IndexWrites { index, time, .. } = index;
+            let indexes = async {
+                write_at(&self.index, &self.files.index, index, index_at).await?;
+                write_at(&self.time_index, &self.files.time_index, time, time_at).await
+            };
+            let log_sync = async {
+                if sync {
+                    self.log
+                        .sync_data()
+                        .await
+                        .map_err(|e| StorageError::io(&self.files.log, e))?;
+                }
+                Ok(())
+            };
+            let (indexes, log_sync) = futures_util::future::join(indexes, log_sync).await;
+            indexes.and(log_sync)
         }
         .await;
         if result.is_err() {
@@ -956,4 +1153,14 @@ impl ChunkTarget {
         }
         result
     }
+}
+
+/// Writes `bytes` (if any) at `at` of `file`.
+async fn write_at(file: &File, path: &Path, bytes: Vec<u8>, at: u64) -> Result<(), StorageError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let mut writer = file;
+    let BufResult(written, _) = writer.write_all_at(bytes, at).await;
+    written.map_err(|e| StorageError::io(path, e))
 }

@@ -241,13 +241,25 @@ fn recover_segment(
 
     if let Some(problem) = &end.problem {
         let dropped = log_len - end.valid_end;
-        warn!(
-            path = %files.log.display(),
-            dropped_bytes = dropped,
-            kept_bytes = end.valid_end,
-            next_offset = end.next_offset,
-            "truncating the log tail: {problem}"
-        );
+        if all_zero(&log, &files.log, end.valid_end, log_len)? {
+            // Zeros written ahead of the appends under `--fsync always`
+            // (`segment::preallocate`), left by a crash or kill: expected, nothing lost.
+            info!(
+                path = %files.log.display(),
+                trimmed_bytes = dropped,
+                kept_bytes = end.valid_end,
+                next_offset = end.next_offset,
+                "trimming preallocated space after the last batch"
+            );
+        } else {
+            warn!(
+                path = %files.log.display(),
+                dropped_bytes = dropped,
+                kept_bytes = end.valid_end,
+                next_offset = end.next_offset,
+                "truncating the log tail: {problem}"
+            );
+        }
         log.set_len(end.valid_end)
             .map_err(|e| StorageError::io(&files.log, e))?;
         log.sync_all()
@@ -283,6 +295,22 @@ fn recover_segment(
         time_index,
         planner,
     })
+}
+
+/// Whether bytes `[from, to)` of the log are all zero.
+fn all_zero(file: &fs::File, path: &Path, from: u64, to: u64) -> Result<bool, StorageError> {
+    let mut buf = vec![0u8; SCAN_CHUNK];
+    let mut at = from;
+    while at < to {
+        let len = (to - at).min(SCAN_CHUNK as u64) as usize;
+        file.read_exact_at(&mut buf[..len], at)
+            .map_err(|e| StorageError::io(path, e))?;
+        if buf[..len].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += len as u64;
+    }
+    Ok(true)
 }
 
 fn rewrite_if_changed(path: &PathBuf, old: Option<&[u8]>, new: &[u8]) -> Result<(), StorageError> {

@@ -732,3 +732,127 @@ fn read_range_points_at_the_bytes_read_returns() {
         ));
     });
 }
+
+/// Copies the regular files of `from` into a new directory: the on-disk state a kill -9
+/// would leave behind at this moment.
+fn snapshot_dir(from: &Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.path().join(path.file_name().unwrap())).unwrap();
+    }
+    to
+}
+
+#[test]
+fn fsync_always_writes_zeros_ahead_which_a_crash_leaves_for_recovery_to_trim() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            fsync: FsyncPolicy::Always,
+            index_interval_bytes: 200,
+            ..config()
+        };
+        let log = Rc::new(
+            PartitionLog::open(dir.path().to_path_buf(), cfg.clone())
+                .await
+                .unwrap(),
+        );
+        let expected = append_batches(&log, 30, 0, 40).await;
+        let size = log.size_bytes();
+        assert_eq!(size, expected.len() as u64);
+        // The preallocation runs beside the appends; give it a moment to land.
+        let path = active_files(dir.path()).log;
+        let mut file_len = 0;
+        for _ in 0..200 {
+            file_len = std::fs::metadata(&path).unwrap().len();
+            if file_len > size {
+                break;
+            }
+            compio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(
+            file_len > size,
+            "no zeros were written past the {size} bytes of batches"
+        );
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(&on_disk[..size as usize], &expected[..]);
+        assert!(on_disk[size as usize..].iter().all(|&b| b == 0));
+
+        // A crash now: the zeros and index files that lag behind the log (fewer than
+        // INDEX_WRITE_ENTRIES entries are pending, so none were written yet).
+        let crashed = snapshot_dir(dir.path());
+        assert_eq!(
+            std::fs::metadata(active_files(crashed.path()).index)
+                .unwrap()
+                .len(),
+            0
+        );
+        let recovered = Rc::new(
+            PartitionLog::open(crashed.path().to_path_buf(), cfg.clone())
+                .await
+                .unwrap(),
+        );
+        assert_eq!(recovered.high_watermark(), 60);
+        assert_eq!(read_all(&recovered, 0).await, expected);
+        let crashed_files = active_files(crashed.path());
+        assert_eq!(std::fs::metadata(&crashed_files.log).unwrap().len(), size);
+        recovered.close().await.unwrap();
+
+        // A clean close trims the zeros and writes the pending index entries: the same
+        // index recovery rebuilt.
+        log.close().await.unwrap();
+        let files = active_files(dir.path());
+        assert_eq!(std::fs::metadata(&files.log).unwrap().len(), size);
+        let index = std::fs::read(&files.index).unwrap();
+        assert!(!index.is_empty());
+        assert_eq!(index, std::fs::read(&crashed_files.index).unwrap());
+        assert_eq!(
+            std::fs::read(&files.time_index).unwrap(),
+            std::fs::read(&crashed_files.time_index).unwrap()
+        );
+    });
+}
+
+#[test]
+fn index_entries_reach_their_files_in_batches_and_at_a_roll() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            index_interval_bytes: 1,
+            segment_bytes: 20_000,
+            ..config()
+        };
+        let log = Rc::new(
+            PartitionLog::open(dir.path().to_path_buf(), cfg.clone())
+                .await
+                .unwrap(),
+        );
+        let index_len = |base: i64| {
+            std::fs::metadata(SegmentFiles::new(dir.path(), base).index)
+                .unwrap()
+                .len()
+        };
+        // An entry per batch: 63 stay pending, the 64th writes them all.
+        append_batches(&log, 63, 0, 40).await;
+        assert_eq!(index_len(0), 0);
+        append_batches(&log, 1, 0, 40).await;
+        assert_eq!(index_len(0), 64 * 8);
+        // A roll writes what is pending for the segment it leaves.
+        let mut rolled = false;
+        for _ in 0..200 {
+            append_batches(&log, 1, 0, 40).await;
+            if log_files(dir.path()).len() > 1 {
+                rolled = true;
+                break;
+            }
+        }
+        assert!(rolled);
+        let first_size = std::fs::metadata(SegmentFiles::new(dir.path(), 0).log)
+            .unwrap()
+            .len();
+        let batch_len = make_batch(2, 0, 40).len() as u64;
+        assert_eq!(index_len(0), first_size / batch_len * 8);
+        log.close().await.unwrap();
+    });
+}
