@@ -50,6 +50,9 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// Requests one connection may have in flight before the broker stops reading from it.
     pub max_in_flight_per_connection: usize,
+    /// Bytes of request frames each shard holds at once, across its connections; a
+    /// connection whose next frame does not fit waits, unread. At least `max_request_bytes`.
+    pub max_queued_request_bytes: usize,
 }
 
 impl BrokerConfig {
@@ -80,6 +83,7 @@ impl BrokerConfig {
             retention_check: Duration::from_secs(30),
             max_connections: 10_000,
             max_in_flight_per_connection: 128,
+            max_queued_request_bytes: 32 << 20,
         }
     }
 

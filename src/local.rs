@@ -110,6 +110,44 @@ impl Notify {
     }
 }
 
+/// A count of bytes that tasks take before holding that much memory and give back when
+/// done: the shard's budget for buffered requests. Waiters are woken on every release and
+/// retry, so a large take may wait behind smaller ones; it still completes once enough is
+/// free, because the caller never asks for more than the whole budget.
+pub struct Budget {
+    available: Cell<usize>,
+    released: Notify,
+}
+
+impl Budget {
+    /// A budget of `total` bytes.
+    pub fn new(total: usize) -> Self {
+        Budget {
+            available: Cell::new(total),
+            released: Notify::new(),
+        }
+    }
+
+    /// Takes `n` bytes, waiting until that much is free.
+    pub async fn take(&self, n: usize) {
+        while self.available.get() < n {
+            self.released.notified().await;
+        }
+        self.available.set(self.available.get() - n);
+    }
+
+    /// Gives back `n` bytes taken earlier.
+    pub fn give(&self, n: usize) {
+        self.available.set(self.available.get() + n);
+        self.released.notify_all();
+    }
+
+    /// Bytes free now.
+    pub fn available(&self) -> usize {
+        self.available.get()
+    }
+}
+
 /// Future returned by [`Notify::notified`].
 pub struct Notified<'a> {
     notify: &'a Notify,
@@ -187,6 +225,27 @@ mod tests {
             notify.notify_all();
             compio::time::sleep(std::time::Duration::from_millis(5)).await;
             assert_eq!(woken.get(), 3);
+        });
+    }
+
+    #[test]
+    fn budget_makes_takers_wait_for_what_others_give_back() {
+        compio::runtime::Runtime::new().unwrap().block_on(async {
+            let budget = Rc::new(Budget::new(10));
+            budget.take(6).await;
+            let done = Rc::new(Cell::new(false));
+            let (b, d) = (budget.clone(), done.clone());
+            compio::runtime::spawn(async move {
+                b.take(8).await;
+                d.set(true);
+            })
+            .detach();
+            compio::time::sleep(std::time::Duration::from_millis(5)).await;
+            assert!(!done.get(), "8 of the 4 left cannot be taken");
+            budget.give(6);
+            compio::time::sleep(std::time::Duration::from_millis(5)).await;
+            assert!(done.get());
+            assert_eq!(budget.available(), 2);
         });
     }
 }

@@ -283,3 +283,65 @@ fn random_bytes_on_many_connections_never_take_the_broker_down() {
     assert_eq!(base, 0);
     assert_eq!(c.list_topics().unwrap().len(), 1);
 }
+
+#[test]
+fn a_request_budget_below_the_largest_request_is_refused_at_start() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_eventflowd"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tempfile::tempdir().unwrap().path())
+        .args(["--max-request-bytes", "65536", "--max-queued-bytes", "4096"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--max-queued-bytes (4096) must be at least --max-request-bytes (65536)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn producers_share_a_request_budget_that_fits_one_request_and_lose_nothing() {
+    // About 40 KB per request against a 64 KiB budget: one request at a time per shard, so
+    // the four connections take turns.
+    let broker = Broker::start(&[
+        "--cores",
+        "1",
+        "--max-request-bytes",
+        "65536",
+        "--max-queued-bytes",
+        "65536",
+    ]);
+    broker.client().create_topic("budget", 1, &[]).unwrap();
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let mut c = broker.client();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    c.produce(
+                        "budget",
+                        0,
+                        batch(&format!("p{p}-{i}"), 40, 1000, now_ms()),
+                        Acks::All,
+                    )
+                    .expect("a request that fits the budget is served");
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    let mut c = broker.client();
+    let got: Vec<String> = read_all(&mut c, "budget", 0, 0)
+        .iter()
+        .flat_map(values)
+        .collect();
+    assert_eq!(got.len(), 4 * 25 * 40);
+    for p in 0..4 {
+        for i in 0..25 {
+            let tag = format!("p{p}-{i}-");
+            assert_eq!(got.iter().filter(|v| v.starts_with(&tag)).count(), 40);
+        }
+    }
+}

@@ -96,6 +96,11 @@ struct Args {
     /// Requests one connection may have in flight before the broker stops reading it.
     #[arg(long, default_value_t = 128)]
     max_in_flight: usize,
+
+    /// Bytes of requests each shard holds in memory at once, across its connections (at
+    /// least --max-request-bytes). Past it, connections wait unread.
+    #[arg(long, default_value_t = 32 << 20)]
+    max_queued_bytes: usize,
 }
 
 fn config_from(args: Args) -> anyhow::Result<BrokerConfig> {
@@ -153,6 +158,15 @@ fn config_from(args: Args) -> anyhow::Result<BrokerConfig> {
     }
     config.max_connections = args.max_connections;
     config.max_in_flight_per_connection = args.max_in_flight;
+    if args.max_queued_bytes < config.max_request_bytes {
+        bail!(
+            "--max-queued-bytes ({}) must be at least --max-request-bytes ({}): a request of \
+             the largest size must fit",
+            args.max_queued_bytes,
+            config.max_request_bytes
+        );
+    }
+    config.max_queued_request_bytes = args.max_queued_bytes;
     Ok(config)
 }
 

@@ -5,9 +5,14 @@
 //! task and its response is queued when ready (responses carry the correlation id, so they
 //! may overtake each other). The writer gathers every queued response into one vectored
 //! write, and sends the records of partitions this shard owns straight from the segment
-//! file with splice (through one pipe per connection). Memory per connection is bounded: the reader stops reading while
-//! `max_in_flight_per_connection` requests are unanswered, and a frame larger than
-//! `max_request_bytes` is refused before its bytes are read.
+//! file with splice (through one pipe per connection).
+//!
+//! Memory is bounded by configuration. A frame larger than `max_request_bytes` is refused
+//! before its bytes are read. The reader stops reading while `max_in_flight_per_connection`
+//! requests are unanswered, or while its next frame does not fit the shard's
+//! `max_queued_request_bytes` (taken when the frame is complete, given back when its
+//! response is queued). So a shard holds at most that budget in requests, plus, per
+//! connection, one frame being received and one read chunk.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -266,7 +271,12 @@ async fn read_loop(
         loop {
             match frame::split_frame(&mut buf, max_payload) {
                 Ok(Some(payload)) => {
-                    if !start_request(ctx, state, payload, local_ip).await {
+                    let cost = LENGTH_PREFIX + payload.len();
+                    match first(ctx.request_budget.take(cost), ctx.shutdown.notified()).await {
+                        Either::Left(()) => {}
+                        Either::Right(()) => return,
+                    }
+                    if !start_request(ctx, state, payload, cost, local_ip).await {
                         return;
                     }
                 }
@@ -320,12 +330,20 @@ async fn read_loop(
 }
 
 /// Decodes one request and starts it. Returns false if the connection must close.
+/// `cost` bytes of the shard's request budget were taken for it: they are given back when
+/// the request is answered.
 async fn start_request(
     ctx: &Rc<ShardContext>,
     state: &Rc<ConnectionState>,
     mut payload: BytesMut,
+    cost: usize,
     local_ip: Option<IpAddr>,
 ) -> bool {
+    // Given back on every path: the decode errors below, or the request's task ending.
+    let taken = BudgetTaken {
+        ctx: ctx.clone(),
+        cost,
+    };
     let correlation_id = RequestHeader::peek_correlation_id(&payload);
     let header = match RequestHeader::decode(&mut payload) {
         Ok(h) => h,
@@ -368,6 +386,7 @@ async fn start_request(
         let ctx = ctx.clone();
         let state = state.clone();
         async move {
+            let _taken = taken;
             if let Some(outcome) = handlers::handle(&ctx, request, local_ip).await {
                 let chunks = match outcome {
                     Ok(reply) => encode_reply(correlation_id, reply),
@@ -391,6 +410,18 @@ async fn start_request(
         compio::runtime::spawn(task).detach();
     }
     true
+}
+
+/// Bytes of the shard's request budget held by one request; given back when dropped.
+struct BudgetTaken {
+    ctx: Rc<ShardContext>,
+    cost: usize,
+}
+
+impl Drop for BudgetTaken {
+    fn drop(&mut self) {
+        self.ctx.request_budget.give(self.cost);
+    }
 }
 
 /// Refuses a connection over the limit with an error frame, then closes it.

@@ -20,11 +20,12 @@ use futures_util::future::{select, Either};
 use super::groups::{Coordinator, GroupOp};
 use super::queues::{Acquired, Shares};
 use crate::config::BrokerConfig;
-use crate::local::{oneshot, yield_now, Notify, OneshotSender};
+use crate::local::{oneshot, yield_now, Budget, Notify, OneshotSender};
 use crate::protocol::api::{
     offset_spec, AckRange, PartitionDescription, Response, ShardEndpoint, SharePartitionState,
     ShareSettings,
 };
+use crate::protocol::frame;
 use crate::protocol::{ErrorCode, WireError};
 use crate::shard::mesh::{InboxWaiter, ShardLinks};
 use crate::shard::{owner_of, ShardId};
@@ -182,6 +183,8 @@ pub(crate) struct ShardContext {
     pub(crate) coordinator: Coordinator,
     /// Share-group state of the partitions this shard owns.
     pub(crate) shares: Shares,
+    /// Bytes of request frames this shard's connections may hold at once.
+    pub(crate) request_budget: Budget,
 }
 
 impl ShardContext {
@@ -194,6 +197,9 @@ impl ShardContext {
     ) -> Rc<Self> {
         let log_defaults = log_defaults(&config);
         let links_count = links.shard_count() as usize;
+        let config_budget = config
+            .max_queued_request_bytes
+            .max(config.max_request_bytes + frame::LENGTH_PREFIX);
         Rc::new(ShardContext {
             id: links.id(),
             shard_count: links.shard_count(),
@@ -214,6 +220,7 @@ impl ShardContext {
             connection_closed: Notify::new(),
             coordinator: Coordinator::new(),
             shares: Shares::new(),
+            request_budget: Budget::new(config_budget),
         })
     }
 
