@@ -85,6 +85,7 @@ use serde::Deserialize;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workload::Acks;
 
     #[test]
     fn the_default_plan_parses() {
@@ -97,6 +98,19 @@ mod tests {
         assert!(runs.iter().any(|r| r.workload.message_size == 1024));
         let cores = std::thread::available_parallelism().unwrap().get() as u32;
         assert!(runs.iter().any(|r| r.workload.partitions == cores));
+    }
+
+    #[test]
+    fn the_target_plans_parse() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads");
+        let never = load(&format!("{dir}/targets-never.toml")).unwrap();
+        assert_eq!(never.len(), 5);
+        assert!(never.iter().all(|r| r.workload.acks == Acks::Leader));
+        assert!(never.iter().any(|r| r.workload.producers == 2));
+        let durable = load(&format!("{dir}/targets-durable.toml")).unwrap();
+        assert!(durable.iter().all(|r| r.workload.acks == Acks::All));
+        let e2e = durable.iter().find(|r| r.kind == Kind::E2e).unwrap();
+        assert_eq!((e2e.workload.rate, e2e.workload.linger_us), (200_000, 0));
     }
 
     #[test]
