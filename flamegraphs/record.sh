@@ -4,6 +4,7 @@
 #
 #   flamegraphs/record.sh            # from the repository root or anywhere inside it
 #   BIN_DIR=/path flamegraphs/record.sh   # use eventflowd and eventflow-bench from /path
+#   RECORD="e2e" flamegraphs/record.sh    # only some of: produce consume e2e
 #
 # Needs perf (Debian: linux-perf) and inferno's two tools (cargo install inferno); the
 # script installs inferno into target/tools if it is not on PATH. This VM has no hardware
@@ -70,14 +71,22 @@ record() {
     echo "wrote $out/$name.svg"
 }
 
+# Which recordings to make (all by default).
+wanted=${RECORD:-produce consume e2e}
+wants() { [[ " $wanted " == *" $1 "* ]]; }
+
 # Produce-heavy: two producers as fast as they go, 100-byte records, 2 partitions, acks=all.
-record produce "$bench" produce --target "$target" --topic fg-produce --create-topic \
-    --partitions 2 --producers 2 --duration $((seconds + 2))s --quiet
+if wants produce; then
+    record produce "$bench" produce --target "$target" --topic fg-produce --create-topic \
+        --partitions 2 --producers 2 --duration $((seconds + 2))s --quiet
+fi
 
 # Consume-heavy: fill a 20 M-record backlog first (not recorded), then two consumers read it
 # from the earliest offsets, again and again.
-"$bench" produce --target "$target" --topic fg-consume --create-topic --partitions 2 \
-    --messages 20000000 --quiet >/dev/null
+if wants consume; then
+    "$bench" produce --target "$target" --topic fg-consume --create-topic --partitions 2 \
+        --messages 20000000 --quiet >/dev/null
+fi
 consume_loop() {
     local end=$((SECONDS + seconds + 2))
     while ((SECONDS < end)); do
@@ -85,4 +94,14 @@ consume_loop() {
             --backlog existing --messages 20000000 --quiet >/dev/null || true
     done
 }
-record consume consume_loop
+if wants consume; then
+    record consume consume_loop
+fi
+
+# Durable end-to-end latency: open-loop at 200 k records/s (the latency target's load), one
+# partition, acks=all, no linger. The broker is mostly waiting here: the graph shows where
+# its 0.4 of a core goes, and how little of it is the sync.
+if wants e2e; then
+    record e2e-durable "$bench" e2e --target "$target" --topic fg-e2e --create-topic \
+        --partitions 1 --rate 200000 --linger-us 0 --duration $((seconds + 2))s --quiet
+fi
