@@ -7,8 +7,10 @@
 //!
 //! Group commit: [`PartitionLog::append`] queues the caller's batches and waits. One flush
 //! task at a time takes everything queued, assigns offsets, writes all of it with one gathered
-//! write (split only at a segment roll or at the kernel's iovec limit), appends the index
-//! entries, and under [`FsyncPolicy::Always`] issues one `fdatasync`. Only then does the high
+//! write (split only at a segment roll or at the kernel's iovec limit), records the index
+//! entries (written to their files 64 at a time), and under [`FsyncPolicy::Always`] issues
+//! one `fdatasync`, into space preallocated ahead of the appends (see
+//! [`segment::preallocate`]). Only then does the high
 //! watermark move and every caller of that round complete; batches queued meanwhile form the
 //! next round. The flush task is spawned (detached) rather than run inside one caller's future,
 //! so a producer that gives up waiting cannot cancel a write other producers depend on.
@@ -425,10 +427,10 @@ impl PartitionLog {
                 IndexWrites::none(index_on_disk, time_on_disk)
             };
 
+            // Also when the policy is no longer `always`: a preallocation started under it
+            // may still be running.
+            self.wait_for_preallocation_below(end).await;
             let always = config.fsync == FsyncPolicy::Always;
-            if always {
-                self.wait_for_preallocation_below(end).await;
-            }
             let chunk: Vec<BytesMut> = buffers.by_ref().take(j - i).collect();
             let written = target.write(chunk, position, index_writes, always).await;
             if let Err(e) = written {

@@ -265,11 +265,12 @@ fn zeros() -> &'static [u8] {
 /// Under `--fsync always` each group-commit round ends in an `fdatasync`. When the round
 /// grew the file, ext4 must also commit the new size and block allocation to its journal;
 /// when the round overwrote blocks that are already allocated and written, the flush is data
-/// only. On this machine that is 138 µs against 78–86 µs per 4 KiB append
-/// (docs/PERFORMANCE.md). So the flush task keeps zeros written ahead of the appends. They
-/// are written with `O_DIRECT`: buffered zeros would be dirty pages that the appends'
-/// own `fdatasync` would then have to write out. (`fallocate` is no help: it leaves
-/// unwritten extents, whose conversion on the first write costs the same journal commit.)
+/// only. On this machine that is about 170 µs against 90–120 µs at the median per 4 KiB
+/// append (`tuning/fdatasync.py`, docs/PERFORMANCE.md). So the flush task keeps zeros
+/// written ahead of the appends. They are written with `O_DIRECT`: buffered zeros would be
+/// dirty pages that the appends' own `fdatasync` would then have to write out.
+/// (`fallocate` is no help: it leaves unwritten extents, whose conversion on the first write
+/// costs the same journal commit.)
 pub(crate) async fn preallocate(path: &Path, from: u64, to: u64) -> Result<(), StorageError> {
     debug_assert!(from.is_multiple_of(DIRECT_ALIGN) && to.is_multiple_of(DIRECT_ALIGN));
     let file = OpenOptions::new()
