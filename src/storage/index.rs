@@ -133,11 +133,7 @@ impl OffsetIndex {
 
     /// The file image of the entries from the `from`th on.
     pub(crate) fn encode_from(&self, from: usize) -> Vec<u8> {
-        let from = from.min(self.entries.len());
-        self.entries[from..]
-            .iter()
-            .flat_map(|e| e.encode())
-            .collect()
+        encode_entries(&self.entries, from, OffsetEntry::encode)
     }
 
     /// The last entry whose relative offset is at most `relative_offset`.
@@ -173,6 +169,18 @@ impl OffsetIndex {
             .partition_point(|e| u64::from(e.position) < position);
         self.entries.truncate(keep);
     }
+}
+
+/// The file image of `entries` from the `from`th on (all of them past the end: none).
+fn encode_entries<E, const N: usize>(
+    entries: &[E],
+    from: usize,
+    encode: impl Fn(&E) -> [u8; N],
+) -> Vec<u8> {
+    entries[from.min(entries.len())..]
+        .iter()
+        .flat_map(encode)
+        .collect()
 }
 
 /// The in-memory time index of one segment; entries strictly increase in both fields.
@@ -216,11 +224,7 @@ impl TimeIndex {
 
     /// The file image of the entries from the `from`th on.
     pub(crate) fn encode_from(&self, from: usize) -> Vec<u8> {
-        let from = from.min(self.entries.len());
-        self.entries[from..]
-            .iter()
-            .flat_map(|e| e.encode())
-            .collect()
+        encode_entries(&self.entries, from, TimeEntry::encode)
     }
 
     /// The last entry whose timestamp is below `timestamp`: every batch before its offset is

@@ -19,7 +19,7 @@
 //! segments), readers see only bytes below the high watermark, and the bytes read are exactly
 //! the bytes appended (with their assigned base offsets).
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 
 use super::config::{FsyncPolicy, LogConfig};
 use super::error::StorageError;
-use super::index::{IndexPlanner, OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
+use super::index::{IndexPlanner, OffsetEntry, TimeEntry, OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
 use super::recovery;
 use super::segment::{self, Segment, SegmentFiles};
 use crate::local::{oneshot, Notify, OneshotSender};
@@ -413,16 +413,7 @@ impl PartitionLog {
                 let Some(active) = segments.last() else {
                     return (committed, Some(StorageError::Closed));
                 };
-                let mut index = active.index.encode_from(index_on_disk);
-                index.extend(entries.iter().flat_map(|e| e.encode()));
-                let mut time = active.time_index.encode_from(time_on_disk);
-                time.extend(time_entries.iter().flat_map(|e| e.encode()));
-                IndexWrites {
-                    index,
-                    index_at: index_on_disk,
-                    time,
-                    time_at: time_on_disk,
-                }
+                IndexWrites::pending(active, &entries, &time_entries)
             } else {
                 IndexWrites::none(index_on_disk, time_on_disk)
             };
@@ -510,6 +501,14 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// The segment that starts at `base`, if the log still has it.
+    fn segment_mut(&self, base: i64) -> Option<RefMut<'_, Segment>> {
+        RefMut::filter_map(self.segments.borrow_mut(), |segments| {
+            segments.iter_mut().find(|s| s.base_offset == base)
+        })
+        .ok()
+    }
+
     /// Completes the active segment's files before it stops being written to (a roll) or
     /// the log closes: waits out its preallocation, writes its pending index entries, and
     /// trims the preallocated zeros from the log file. The flush task or `close` calls it,
@@ -526,12 +525,7 @@ impl PartitionLog {
                 active.log.clone(),
                 active.index_file.clone(),
                 active.time_index_file.clone(),
-                IndexWrites {
-                    index: active.index.encode_from(active.index_on_disk),
-                    index_at: active.index_on_disk,
-                    time: active.time_index.encode_from(active.time_on_disk),
-                    time_at: active.time_on_disk,
-                },
+                IndexWrites::pending(active, &[], &[]),
                 active.size,
             )
         };
@@ -564,8 +558,7 @@ impl PartitionLog {
     /// Waits while a preallocation of the active segment is writing zeros anywhere below
     /// `end`: an append must never share blocks with one.
     async fn wait_for_preallocation_below(&self, end: u64) {
-        let started = std::time::Instant::now();
-        let mut waited = false;
+        let mut waited_since: Option<std::time::Instant> = None;
         loop {
             let busy = self
                 .segments
@@ -574,17 +567,17 @@ impl PartitionLog {
                 .and_then(|s| s.preallocating)
                 .is_some_and(|from| from < end);
             if !busy {
-                if waited && end != u64::MAX {
+                if let Some(since) = waited_since.filter(|_| end != u64::MAX) {
                     debug!(
                         dir = %self.dir.display(),
-                        waited_us = started.elapsed().as_micros() as u64,
+                        waited_us = since.elapsed().as_micros() as u64,
                         "an append waited for the preallocation ahead of it"
                     );
                 }
                 return;
             }
+            waited_since.get_or_insert_with(std::time::Instant::now);
             self.preallocated.notified().await;
-            waited = true;
         }
     }
 
@@ -623,12 +616,7 @@ impl PartitionLog {
         let log = Rc::clone(self);
         compio::runtime::spawn(async move {
             let result = segment::preallocate(&path, from, to).await;
-            if let Some(segment) = log
-                .segments
-                .borrow_mut()
-                .iter_mut()
-                .find(|s| s.base_offset == base)
-            {
+            if let Some(mut segment) = log.segment_mut(base) {
                 segment.preallocating = None;
                 if result.is_ok() {
                     segment.preallocated = segment.preallocated.max(to);
@@ -938,12 +926,7 @@ impl PartitionLog {
             .collect();
         for (base, log, index, time_index, files) in dirty {
             if let Err(e) = Segment::sync_files(&log, &index, &time_index, &files).await {
-                if let Some(s) = self
-                    .segments
-                    .borrow_mut()
-                    .iter_mut()
-                    .find(|s| s.base_offset == base)
-                {
+                if let Some(mut s) = self.segment_mut(base) {
                     s.dirty = true;
                 }
                 return Err(e);
@@ -1096,6 +1079,21 @@ struct IndexWrites {
 }
 
 impl IndexWrites {
+    /// The entries of `segment` not yet in its files, then `entries` and `time_entries` (a
+    /// round's, not yet in its in-memory indexes).
+    fn pending(segment: &Segment, entries: &[OffsetEntry], time_entries: &[TimeEntry]) -> Self {
+        let mut index = segment.index.encode_from(segment.index_on_disk);
+        index.extend(entries.iter().flat_map(|e| e.encode()));
+        let mut time = segment.time_index.encode_from(segment.time_on_disk);
+        time.extend(time_entries.iter().flat_map(|e| e.encode()));
+        IndexWrites {
+            index,
+            index_at: segment.index_on_disk,
+            time,
+            time_at: segment.time_on_disk,
+        }
+    }
+
     fn none(index_at: usize, time_at: usize) -> IndexWrites {
         IndexWrites {
             index: Vec::new(),

@@ -33,11 +33,12 @@ fn config() -> LogConfig {
 /// The headers of the batches in `records`, checking they are whole and CRC-valid.
 /// Opens (creating) a log in `dir` with the tests' config.
 async fn open_default(dir: &tempfile::TempDir) -> Rc<PartitionLog> {
-    Rc::new(
-        PartitionLog::open(dir.path().to_path_buf(), config())
-            .await
-            .unwrap(),
-    )
+    open_with(dir.path(), config()).await
+}
+
+/// Opens (creating) a log in `dir` with `cfg`.
+async fn open_with(dir: &Path, cfg: LogConfig) -> Rc<PartitionLog> {
+    Rc::new(PartitionLog::open(dir.to_path_buf(), cfg).await.unwrap())
 }
 
 fn headers(records: &[u8]) -> Vec<BatchHeader> {
@@ -253,11 +254,7 @@ fn segments_roll_by_size_and_reads_cross_them() {
             index_interval_bytes: 256,
             ..config()
         };
-        let log = Rc::new(
-            PartitionLog::open(dir.path().to_path_buf(), cfg)
-                .await
-                .unwrap(),
-        );
+        let log = open_with(dir.path(), cfg).await;
         let expected = append_batches(&log, 30, 0, 50).await;
         let logs = log_files(dir.path());
         assert!(logs.len() > 3, "only {} segments", logs.len());
@@ -280,11 +277,7 @@ fn a_group_larger_than_a_segment_is_split_across_segments() {
             segment_bytes: 1000,
             ..config()
         };
-        let log = Rc::new(
-            PartitionLog::open(dir.path().to_path_buf(), cfg)
-                .await
-                .unwrap(),
-        );
+        let log = open_with(dir.path(), cfg).await;
         let batches: Vec<BytesMut> = (0..12).map(|i| make_batch(1, i, 100)).collect();
         let outcome = log.append(batches).await.unwrap();
         assert_eq!((outcome.base_offset, outcome.last_offset), (0, 11));
@@ -303,11 +296,7 @@ fn reopen_keeps_everything_and_continues_offsets() {
             index_interval_bytes: 300,
             ..config()
         };
-        let log = Rc::new(
-            PartitionLog::open(dir.path().to_path_buf(), cfg.clone())
-                .await
-                .unwrap(),
-        );
+        let log = open_with(dir.path(), cfg.clone()).await;
         let mut expected = append_batches(&log, 25, 0, 60).await;
         log.close().await.unwrap();
         assert!(matches!(log.read(0, 10).await, Err(StorageError::Closed)));
@@ -320,11 +309,7 @@ fn reopen_keeps_everything_and_continues_offsets() {
             .map(|p| std::fs::read(p.with_extension("index")).unwrap())
             .collect();
 
-        let log = Rc::new(
-            PartitionLog::open(dir.path().to_path_buf(), cfg)
-                .await
-                .unwrap(),
-        );
+        let log = open_with(dir.path(), cfg).await;
         assert_eq!(log.high_watermark(), 50);
         assert_eq!(read_all(&log, 0).await, expected);
         // A clean reopen leaves the indexes as appends wrote them.
@@ -352,19 +337,11 @@ async fn reopen_after(
         index_interval_bytes: 200,
         ..config()
     };
-    let log = Rc::new(
-        PartitionLog::open(dir.path().to_path_buf(), cfg.clone())
-            .await
-            .unwrap(),
-    );
+    let log = open_with(dir.path(), cfg.clone()).await;
     let expected = append_batches(&log, 20, 0, 40).await;
     log.close().await.unwrap();
     damage(dir.path(), &expected);
-    let log = Rc::new(
-        PartitionLog::open(dir.path().to_path_buf(), cfg)
-            .await
-            .unwrap(),
-    );
+    let log = open_with(dir.path(), cfg).await;
     (dir, log, expected)
 }
 
@@ -495,11 +472,7 @@ fn older_segments_get_their_index_rebuilt() {
             index_interval_bytes: 200,
             ..config()
         };
-        let log = Rc::new(
-            PartitionLog::open(dir.path().to_path_buf(), cfg.clone())
-                .await
-                .unwrap(),
-        );
+        let log = open_with(dir.path(), cfg.clone()).await;
         let expected = append_batches(&log, 30, 0, 40).await;
         log.close().await.unwrap();
         let first = SegmentFiles::new(dir.path(), 0);
@@ -522,11 +495,7 @@ fn retention_by_bytes_deletes_oldest_segments() {
             retention_ms: None,
             ..config()
         };
-        let log = Rc::new(
-            PartitionLog::open(dir.path().to_path_buf(), cfg.clone())
-                .await
-                .unwrap(),
-        );
+        let log = open_with(dir.path(), cfg.clone()).await;
         append_batches(&log, 40, 0, 50).await;
         let segments_before = log_files(dir.path()).len();
         let size_before = log.size_bytes();
@@ -569,11 +538,7 @@ fn retention_by_time_deletes_old_segments_and_keeps_the_active_one() {
             retention_ms: Some(1000),
             ..config()
         };
-        let log = Rc::new(
-            PartitionLog::open(dir.path().to_path_buf(), cfg)
-                .await
-                .unwrap(),
-        );
+        let log = open_with(dir.path(), cfg).await;
         append_batches(&log, 20, 10_000, 50).await; // old
         let old_hwm = log.high_watermark();
         append_batches(&log, 20, 1_000_000, 50).await; // recent
@@ -606,11 +571,7 @@ fn offset_for_timestamp_finds_the_first_batch_at_or_after() {
             index_interval_bytes: 150,
             ..config()
         };
-        let log = Rc::new(
-            PartitionLog::open(dir.path().to_path_buf(), cfg)
-                .await
-                .unwrap(),
-        );
+        let log = open_with(dir.path(), cfg).await;
         // Batch i (offsets 2i, 2i+1) has timestamps 100i and 100i+1.
         for i in 0..40 {
             log.append(vec![make_batch(2, 100 * i, 30)]).await.unwrap();
@@ -641,11 +602,7 @@ fn sync_and_close_are_safe_to_repeat() {
             fsync: FsyncPolicy::Interval(std::time::Duration::from_millis(10)),
             ..LogConfig::default()
         };
-        let log = Rc::new(
-            PartitionLog::open(dir.path().to_path_buf(), cfg)
-                .await
-                .unwrap(),
-        );
+        let log = open_with(dir.path(), cfg).await;
         log.sync().await.unwrap();
         log.append(vec![make_batch(2, 0, 1)]).await.unwrap();
         log.sync().await.unwrap();
@@ -753,11 +710,7 @@ fn fsync_always_writes_zeros_ahead_which_a_crash_leaves_for_recovery_to_trim() {
             index_interval_bytes: 200,
             ..config()
         };
-        let log = Rc::new(
-            PartitionLog::open(dir.path().to_path_buf(), cfg.clone())
-                .await
-                .unwrap(),
-        );
+        let log = open_with(dir.path(), cfg.clone()).await;
         let expected = append_batches(&log, 30, 0, 40).await;
         let size = log.size_bytes();
         assert_eq!(size, expected.len() as u64);
@@ -788,11 +741,7 @@ fn fsync_always_writes_zeros_ahead_which_a_crash_leaves_for_recovery_to_trim() {
                 .len(),
             0
         );
-        let recovered = Rc::new(
-            PartitionLog::open(crashed.path().to_path_buf(), cfg.clone())
-                .await
-                .unwrap(),
-        );
+        let recovered = open_with(crashed.path(), cfg.clone()).await;
         assert_eq!(recovered.high_watermark(), 60);
         assert_eq!(read_all(&recovered, 0).await, expected);
         let crashed_files = active_files(crashed.path());
@@ -823,11 +772,7 @@ fn index_entries_reach_their_files_in_batches_and_at_a_roll() {
             segment_bytes: 20_000,
             ..config()
         };
-        let log = Rc::new(
-            PartitionLog::open(dir.path().to_path_buf(), cfg.clone())
-                .await
-                .unwrap(),
-        );
+        let log = open_with(dir.path(), cfg.clone()).await;
         let index_len = |base: i64| {
             std::fs::metadata(SegmentFiles::new(dir.path(), base).index)
                 .unwrap()
