@@ -6,6 +6,7 @@
 //! [`crate::shard::mesh`].
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -111,12 +112,15 @@ impl Notify {
 }
 
 /// A count of bytes that tasks take before holding that much memory and give back when
-/// done: the shard's budget for buffered requests. Waiters are woken on every release and
-/// retry, so a large take may wait behind smaller ones; it still completes once enough is
-/// free, because the caller never asks for more than the whole budget.
+/// done: the shard's budget for buffered requests. Takers that have to wait are served in
+/// the order they came, so a large take is never passed forever by smaller ones; it
+/// completes once enough is free, because no caller asks for more than the whole budget.
 pub struct Budget {
     available: Cell<usize>,
-    released: Notify,
+    /// Tickets of the takers waiting, oldest first.
+    waiting: RefCell<VecDeque<u64>>,
+    next_ticket: Cell<u64>,
+    changed: Notify,
 }
 
 impl Budget {
@@ -124,27 +128,65 @@ impl Budget {
     pub fn new(total: usize) -> Self {
         Budget {
             available: Cell::new(total),
-            released: Notify::new(),
+            waiting: RefCell::new(VecDeque::new()),
+            next_ticket: Cell::new(0),
+            changed: Notify::new(),
         }
     }
 
-    /// Takes `n` bytes, waiting until that much is free.
+    /// Takes `n` bytes, waiting (behind earlier waiters) until that much is free.
     pub async fn take(&self, n: usize) {
-        while self.available.get() < n {
-            self.released.notified().await;
+        if self.waiting.borrow().is_empty() && self.available.get() >= n {
+            self.available.set(self.available.get() - n);
+            return;
         }
-        self.available.set(self.available.get() - n);
+        let ticket = self.next_ticket.get();
+        self.next_ticket.set(ticket.wrapping_add(1));
+        self.waiting.borrow_mut().push_back(ticket);
+        // Leaves the queue if this take is dropped while it waits.
+        let queued = Queued {
+            budget: self,
+            ticket,
+        };
+        loop {
+            let first = self.waiting.borrow().front() == Some(&ticket);
+            if first && self.available.get() >= n {
+                self.available.set(self.available.get() - n);
+                self.waiting.borrow_mut().pop_front();
+                std::mem::forget(queued);
+                // The next waiter may fit too.
+                self.changed.notify_all();
+                return;
+            }
+            self.changed.notified().await;
+        }
     }
 
     /// Gives back `n` bytes taken earlier.
     pub fn give(&self, n: usize) {
         self.available.set(self.available.get() + n);
-        self.released.notify_all();
+        self.changed.notify_all();
     }
 
     /// Bytes free now.
     pub fn available(&self) -> usize {
         self.available.get()
+    }
+}
+
+/// A waiting take's place in the queue.
+struct Queued<'a> {
+    budget: &'a Budget,
+    ticket: u64,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.budget
+            .waiting
+            .borrow_mut()
+            .retain(|&t| t != self.ticket);
+        self.budget.changed.notify_all();
     }
 }
 
@@ -246,6 +288,38 @@ mod tests {
             compio::time::sleep(std::time::Duration::from_millis(5)).await;
             assert!(done.get());
             assert_eq!(budget.available(), 2);
+        });
+    }
+
+    #[test]
+    fn budget_serves_waiters_in_order_and_forgets_a_dropped_one() {
+        compio::runtime::Runtime::new().unwrap().block_on(async {
+            let budget = Rc::new(Budget::new(10));
+            budget.take(10).await;
+            let order = Rc::new(RefCell::new(Vec::new()));
+            // A dropped waiter first: it must not block the others.
+            let dropped = compio::runtime::spawn({
+                let budget = budget.clone();
+                async move { budget.take(1).await }
+            });
+            for (name, n) in [("large", 8usize), ("small", 1)] {
+                let (budget, order) = (budget.clone(), order.clone());
+                compio::runtime::spawn(async move {
+                    budget.take(n).await;
+                    order.borrow_mut().push(name);
+                })
+                .detach();
+            }
+            compio::time::sleep(std::time::Duration::from_millis(5)).await;
+            drop(dropped);
+            // 2 free: the small take would fit, but the large one came first.
+            budget.give(2);
+            compio::time::sleep(std::time::Duration::from_millis(5)).await;
+            assert!(order.borrow().is_empty());
+            budget.give(8);
+            compio::time::sleep(std::time::Duration::from_millis(5)).await;
+            assert_eq!(*order.borrow(), vec!["large", "small"]);
+            assert_eq!(budget.available(), 1);
         });
     }
 }

@@ -430,4 +430,23 @@ fn bad_share_requests_get_clear_errors() {
         broker.client().describe_queue("nobody").unwrap_err().code(),
         Some(ErrorCode::UnknownGroup)
     );
+    // A dead-letter topic that the queue itself reads would feed rejects back in.
+    let mut looping = consumer(
+        ShareConsumerConfig {
+            dead_letter_topic: "jobs".into(),
+            ..config(&broker, "loop")
+        },
+        "jobs",
+    );
+    let err = looping.poll(Duration::from_millis(50)).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidRequest), "{err}");
+    assert!(
+        err.to_string().contains("dead-letter topic `jobs`"),
+        "{err}"
+    );
+    // A partition named twice in one share fetch.
+    let mut twice = ShareConsumer::new(config(&broker, "twice"), &["jobs", "jobs"]).unwrap();
+    let err = twice.poll(Duration::from_millis(50)).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidRequest), "{err}");
+    assert!(err.to_string().contains("named twice"), "{err}");
 }

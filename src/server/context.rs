@@ -153,6 +153,42 @@ struct OwnedTopic {
     partitions: HashMap<u32, Slot>,
 }
 
+/// The claim of the task opening a partition (its `Slot::Opening`), withdrawn if that task
+/// is dropped before it finishes.
+struct OpeningClaim<'a> {
+    ctx: &'a ShardContext,
+    at: &'a PartitionRef,
+    armed: bool,
+}
+
+impl OpeningClaim<'_> {
+    /// The open finished: the opener settles the slot itself.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for OpeningClaim<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let slot = self
+            .ctx
+            .topics
+            .borrow_mut()
+            .get_mut(&self.at.topic.name)
+            .filter(|t| t.id == self.at.topic.id)
+            .and_then(|t| match t.partitions.get(&self.at.partition) {
+                Some(Slot::Opening(_)) => t.partitions.remove(&self.at.partition),
+                _ => None,
+            });
+        if let Some(Slot::Opening(notify)) = slot {
+            notify.notify_all();
+        }
+    }
+}
+
 /// One shard's state.
 pub(crate) struct ShardContext {
     pub(crate) id: ShardId,
@@ -628,10 +664,18 @@ impl ShardContext {
                 }
                 continue;
             }
-            // We are the opener.
+            // We are the opener. If this future is dropped while opening (a produce that
+            // timed out), the guard takes our claim back and wakes the waiters, one of which
+            // then opens.
+            let claim = OpeningClaim {
+                ctx: self,
+                at,
+                armed: true,
+            };
             let dir = self.partition_dir(name, at.partition);
             let config = at.topic.log_config(&self.log_defaults);
             let result = PartitionLog::open(dir, config).await;
+            claim.disarm();
             let mut topics = self.topics.borrow_mut();
             let owned = topics.get_mut(name);
             let slot = owned

@@ -196,8 +196,18 @@ struct ShareSlot {
 
 /// The partitions of a share request: the listed ones, or every partition of a topic
 /// listed without partitions.
-fn share_slots(ctx: &ShardContext, topics: &[TopicPartitions]) -> Vec<ShareSlot> {
+/// Most partitions one share fetch may name: each gets at least 16 KiB of the response's
+/// 64 MiB.
+const MAX_SHARE_SLOTS: usize = MAX_SHARE_RESPONSE_BYTES / MIN_SHARE_SLOT_BYTES;
+const MIN_SHARE_SLOT_BYTES: usize = 16 << 10;
+
+/// The partitions a share fetch names, each once, at most [`MAX_SHARE_SLOTS`] of them.
+fn share_slots(
+    ctx: &ShardContext,
+    topics: &[TopicPartitions],
+) -> Result<Vec<ShareSlot>, WireError> {
     let mut slots = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (topic_index, t) in topics.iter().enumerate() {
         let partitions: Vec<u32> = if t.partitions.is_empty() {
             match ctx.catalog.get(&t.topic) {
@@ -208,6 +218,18 @@ fn share_slots(ctx: &ShardContext, topics: &[TopicPartitions]) -> Vec<ShareSlot>
             t.partitions.clone()
         };
         for partition in partitions {
+            if !seen.insert((t.topic.as_str(), partition)) {
+                return Err(WireError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("{}/{partition} is named twice", t.topic),
+                ));
+            }
+            if slots.len() == MAX_SHARE_SLOTS {
+                return Err(WireError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("a share fetch names at most {MAX_SHARE_SLOTS} partitions"),
+                ));
+            }
             slots.push(ShareSlot {
                 topic_index,
                 partition,
@@ -215,7 +237,7 @@ fn share_slots(ctx: &ShardContext, topics: &[TopicPartitions]) -> Vec<ShareSlot>
             });
         }
     }
-    slots
+    Ok(slots)
 }
 
 /// Longest group name, as for topics (offset keys carry it with a 16-bit length).
@@ -246,12 +268,19 @@ fn check_share_ids(group: &str, member: &str) -> Result<(), WireError> {
 /// has anything to hand out.
 async fn share_fetch(ctx: &Rc<ShardContext>, r: ShareFetchRequest) -> Result<Response, WireError> {
     check_share_ids(&r.group, &r.member_id)?;
+    let dead_letters = &r.settings.dead_letter_topic;
+    if r.topics.iter().any(|t| t.topic == *dead_letters) {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            format!("the dead-letter topic `{dead_letters}` is a topic this queue reads: its records would come back"),
+        ));
+    }
     let deadline =
         Instant::now() + Duration::from_millis(u64::from(r.max_wait_ms)).min(MAX_FETCH_WAIT);
-    let slots = share_slots(ctx, &r.topics);
+    let slots = share_slots(ctx, &r.topics)?;
     // The response stays bounded whatever the number of partitions.
-    let max_bytes =
-        (MAX_SHARE_RESPONSE_BYTES / slots.len().max(1)).clamp(16 << 10, MAX_SHARE_FETCH_BYTES);
+    let max_bytes = (MAX_SHARE_RESPONSE_BYTES / slots.len().max(1))
+        .clamp(MIN_SHARE_SLOT_BYTES, MAX_SHARE_FETCH_BYTES);
     loop {
         let calls = slots.iter().map(|slot| {
             let at = slot.at.clone();

@@ -101,12 +101,7 @@ impl InternalLog {
         if records.is_empty() {
             return Ok(false);
         }
-        let mut builder = BatchBuilder::new();
-        let now = now_ms();
-        for (key, value) in records {
-            builder.push(now, Some(key), value.as_deref(), &[]);
-        }
-        let batch: BytesMut = builder.finish();
+        let batch = batch_of(records);
         let len = batch.len() as u64;
         self.log
             .append(vec![batch])
@@ -128,8 +123,15 @@ impl InternalLog {
             return Ok(());
         }
         let written = async {
-            for chunk in live.chunks(4096) {
-                self.append(chunk).await?;
+            // One append call for every chunk: the log queues them all at once, so a value
+            // appended while the checkpoint is written lands after all of them and wins on
+            // replay (chunk by chunk, a later chunk's older value could follow it).
+            let batches: Vec<BytesMut> = live.chunks(4096).map(batch_of).collect();
+            if !batches.is_empty() {
+                self.log
+                    .append(batches)
+                    .await
+                    .map_err(|e| storage(format!("internal log checkpoint: {e}")))?;
             }
             self.log
                 .enforce_retention(now_ms())
@@ -148,6 +150,16 @@ impl InternalLog {
     pub(crate) async fn close(&self) {
         let _ = self.log.close().await;
     }
+}
+
+/// One batch of key/value records (`None`: delete the key).
+fn batch_of(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> BytesMut {
+    let mut builder = BatchBuilder::new();
+    let now = now_ms();
+    for (key, value) in records {
+        builder.push(now, Some(key), value.as_deref(), &[]);
+    }
+    builder.finish()
 }
 
 fn storage(message: String) -> WireError {

@@ -656,7 +656,11 @@ async fn read_covering(
     let mut size = 0;
     let mut offset = first;
     while offset <= last && size < max_bytes {
-        let read = log.read(offset, STEP).await.map_err(storage)?;
+        // Never past the budget (the first batch comes whole even if it is larger).
+        let read = log
+            .read(offset, STEP.min(max_bytes - size))
+            .await
+            .map_err(storage)?;
         let mut next = offset;
         let mut end = 0;
         for b in batch::batches(&read.records) {
