@@ -158,14 +158,21 @@ mod tests {
 
     #[test]
     fn the_clock_keeps_time_with_instant() {
-        let (c0, i0) = (now_ns(), Instant::now());
-        std::thread::sleep(Duration::from_millis(50));
-        let (c1, i1) = (now_ns(), Instant::now());
-        let clock = (c1 - c0) as f64;
-        let instant = i1.duration_since(i0).as_nanos() as f64;
+        // A pair of readings can be split by preemption on a busy machine, so the scale is
+        // judged by the best of several intervals; a wrong TSC scale is off in every one.
+        let error = (0..5)
+            .map(|_| {
+                let (c0, i0) = (now_ns(), Instant::now());
+                std::thread::sleep(Duration::from_millis(20));
+                let (c1, i1) = (now_ns(), Instant::now());
+                let clock = (c1 - c0) as f64;
+                let instant = i1.duration_since(i0).as_nanos() as f64;
+                (clock / instant - 1.0).abs()
+            })
+            .fold(f64::INFINITY, f64::min);
         assert!(
-            (clock / instant - 1.0).abs() < 0.01,
-            "clock {clock} ns vs Instant {instant} ns (tsc: {})",
+            error < 0.05,
+            "clock off by {error:.3} (tsc: {})",
             uses_tsc()
         );
         let mut last = now_ns();
@@ -177,9 +184,17 @@ mod tests {
     }
 
     #[test]
-    fn sleeping_reaches_the_deadline() {
-        let deadline = now_ns() + 2_000_000;
-        sleep_until(deadline);
-        assert!(now_ns() >= deadline);
+    fn sleeping_waits_for_future_deadlines_only() {
+        // A passed deadline returns without sleeping (no underflowing wait); the bound is
+        // loose so that a preempted test thread does not fail it.
+        let t = Instant::now();
+        sleep_until(0);
+        sleep_until(now_ns() - 1);
+        assert!(t.elapsed() < Duration::from_secs(1));
+        // Checked against Instant, not the clock sleep_until reads: a future deadline is
+        // not left early (5% is the scale error the test above allows).
+        let t = Instant::now();
+        sleep_until(now_ns() + 20_000_000);
+        assert!(t.elapsed() >= Duration::from_millis(19));
     }
 }

@@ -208,7 +208,7 @@ fn compare_cmd(args: CompareArgs) -> Result<()> {
             .split_once('=')
             .with_context(|| format!("--set {set}: expected KNOB=VALUE"))?;
         for r in &mut runs {
-            r.workload = override_knob(&r.workload, key, value)?;
+            r.workload = override_knob(r.kind, &r.workload, key, value)?;
         }
     }
     let path = compare::compare(&Comparison {
@@ -227,9 +227,9 @@ fn compare_cmd(args: CompareArgs) -> Result<()> {
     Ok(())
 }
 
-/// A workload with one knob set from `KNOB=VALUE` text (TOML value syntax, bare strings
-/// allowed: `duration=2s`).
-fn override_knob(w: &Workload, key: &str, value: &str) -> Result<Workload> {
+/// A `kind` run's workload with one knob set from `KNOB=VALUE` text (TOML value syntax, bare
+/// strings allowed: `duration=2s`).
+fn override_knob(kind: Kind, w: &Workload, key: &str, value: &str) -> Result<Workload> {
     let mut table = toml::Table::try_from(w).context("workload as TOML")?;
     let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
         .ok()
@@ -237,7 +237,7 @@ fn override_knob(w: &Workload, key: &str, value: &str) -> Result<Workload> {
         .unwrap_or_else(|| toml::Value::String(value.to_string()));
     table.insert(key.replace('-', "_"), parsed);
     let w = plan::workload_from(table).with_context(|| format!("--set {key}={value}"))?;
-    w.validate()?;
+    w.validate(kind)?;
     Ok(w)
 }
 

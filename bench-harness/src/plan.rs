@@ -64,7 +64,7 @@ fn planned(defaults: &Table, mut run: Table) -> Result<PlannedRun> {
     let mut knobs = defaults.clone();
     knobs.extend(run);
     let workload = workload_from(knobs)?;
-    workload.validate()?;
+    workload.validate(kind)?;
     Ok(PlannedRun { kind, workload })
 }
 

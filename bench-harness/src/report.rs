@@ -17,6 +17,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::result::{series, RunResult};
 use crate::workload::human_count;
+pub(crate) use summary::main_throughput;
 use summary::{latency_series, median, Target, TargetRuns, WorkloadRuns};
 
 /// Writes `dir/report.md` and SVG charts into `dir` for these results (any mix of targets,

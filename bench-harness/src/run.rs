@@ -74,6 +74,8 @@ const DRAIN: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(100);
 /// Timeline resolution.
 const SAMPLE_EVERY_NS: u64 = 1_000_000_000;
+/// Records a producer sends between updates of the shared counters.
+const REPORT_EVERY: u64 = 256;
 
 /// Counters every worker adds to; the monitor reads them.
 #[derive(Default)]
@@ -86,9 +88,20 @@ struct Totals {
     first_error: Mutex<Option<String>>,
     /// Set when the run must end now (error, stall, or consumers done).
     stop: AtomicBool,
+    /// Per producer, a bound on the sequence numbers it has stamped so far, raised before
+    /// each record goes out: a consumer holding a stamp at or above its producer's bound
+    /// (or of a producer the run does not have) got another writer's record.
+    issued: Vec<AtomicU64>,
 }
 
 impl Totals {
+    fn new(producers: u32) -> Totals {
+        Totals {
+            issued: (0..producers).map(|_| AtomicU64::new(0)).collect(),
+            ..Totals::default()
+        }
+    }
+
     /// Counts an error; keeps its message if it is the first.
     fn error(&self, message: impl FnOnce() -> String) {
         if self.errors.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -236,16 +249,14 @@ struct ConsumerOutcome {
     /// Per producer, a bit per sequence number seen.
     seen: Vec<Vec<u64>>,
     duplicates: u64,
-    /// Records without the harness's stamp (another writer on the topic).
+    /// Records without the harness's stamp, or with one no producer of this run wrote
+    /// (another writer on the topic).
     foreign: u64,
 }
 
 /// Runs one workload against one target.
 pub fn run(kind: Kind, w: &Workload, ctx: &RunContext<'_>) -> Result<RunResult> {
-    w.validate()?;
-    if kind == Kind::Consume && w.messages.is_none() && w.duration.is_some() {
-        bail!("consume reads a backlog of --messages records; --duration does not size it");
-    }
+    w.validate(kind)?;
     let cpus = w.cpus.as_deref().map(parse_cpus).transpose()?;
     ctx.target.prepare_topic(w)?;
     let marks = ctx.target.watermarks(w)?;
@@ -270,7 +281,7 @@ pub fn run(kind: Kind, w: &Workload, ctx: &RunContext<'_>) -> Result<RunResult> 
     let broker_pid = ctx.broker_pid.map(|p| p.to_string());
     let rss_start_kib = broker_pid.as_deref().and_then(machine::process_rss_kib);
 
-    let totals = Arc::new(Totals::default());
+    let totals = Arc::new(Totals::new(w.producers));
     let budget = w.message_budget();
     let mut monitor = Monitor::new(ctx, w, kind, broker_pid.clone());
 
@@ -304,15 +315,6 @@ pub fn run(kind: Kind, w: &Workload, ctx: &RunContext<'_>) -> Result<RunResult> 
     }
 
     let timing = SharedTiming::default();
-    if kind == Kind::Consume {
-        let start_ns = now_ns();
-        let _ = timing.set(Timing {
-            start_ns,
-            window: Window::ALL,
-        });
-        monitor.begin(start_ns, &totals);
-    }
-
     let mut producers = Vec::new();
     let mut sinks = Vec::new();
     let mut consumers = Vec::new();
@@ -322,8 +324,20 @@ pub fn run(kind: Kind, w: &Workload, ctx: &RunContext<'_>) -> Result<RunResult> 
         let _stop = StopOnDrop(&totals);
         let mut consumer_handles = Vec::new();
         if kind != Kind::Produce {
-            for i in 0..w.consumers {
-                let worker = ctx.target.consumer(w, i, &start_offsets)?;
+            let workers = (0..w.consumers)
+                .map(|i| ctx.target.consumer(w, i, &start_offsets))
+                .collect::<Result<Vec<_>>>()?;
+            // Like the producers' schedule, a consume run's clock starts once every
+            // consumer is connected (and in its group), so connecting is not measured.
+            if kind == Kind::Consume {
+                let start_ns = now_ns();
+                let _ = timing.set(Timing {
+                    start_ns,
+                    window: Window::ALL,
+                });
+                monitor.begin(start_ns, &totals);
+            }
+            for (i, worker) in (0..w.consumers).zip(workers) {
                 let totals = totals.clone();
                 let timing = timing.clone();
                 let pin = pin_for(&cpus, (w.producers + i) as usize);
@@ -431,7 +445,7 @@ pub fn run(kind: Kind, w: &Workload, ctx: &RunContext<'_>) -> Result<RunResult> 
         }
         if foreign > 0 {
             tracing_note(&format!(
-                "{foreign} records without the harness's stamp were skipped"
+                "{foreign} records the harness's producers did not write were skipped"
             ));
         }
         if existing {
@@ -627,6 +641,8 @@ impl ProducerLoop<'_> {
         let mut measured = 0u64;
         let mut k = 0u64;
         let mut unreported = 0u64;
+        let issued = &self.totals.issued[usize::from(self.index)];
+        let mut bound = 0u64;
         while !self.totals.stop.load(Ordering::Relaxed) {
             let intended = if open_loop {
                 let due = self.schedule.intended_ns(k);
@@ -647,6 +663,11 @@ impl ProducerLoop<'_> {
                     delay.saturating_record((sent - intended) / 1000);
                 }
             }
+            // Raised ahead a batch at a time: one shared store per batch, not per record.
+            if k == bound {
+                bound += REPORT_EVERY;
+                issued.store(bound, Ordering::Relaxed);
+            }
             Stamp {
                 intended_ns: intended,
                 sent_ns: sent,
@@ -665,7 +686,7 @@ impl ProducerLoop<'_> {
                 .with_context(|| format!("producer {} sending record {k}", self.index))?;
             k += 1;
             unreported += 1;
-            if unreported == 256 {
+            if unreported == REPORT_EVERY {
                 self.totals.sent.fetch_add(unreported, Ordering::Relaxed);
                 unreported = 0;
             }
@@ -683,44 +704,14 @@ fn consume_loop(
     check: bool,
     totals: &Totals,
 ) -> Result<ConsumerOutcome> {
-    let mut out = ConsumerOutcome {
-        e2e: new_histogram(),
-        e2e_actual: new_histogram(),
-        measured: 0,
-        measured_bytes: 0,
-        last_ns: 0,
-        seen: Vec::new(),
-        duplicates: 0,
-        foreign: 0,
-    };
+    let mut out = ConsumerOutcome::new();
+    let issued = check.then_some(&totals.issued[..]);
     while !totals.stop.load(Ordering::Relaxed) {
         let n = worker.poll(Duration::from_millis(100), &mut |value| {
             let now = now_ns();
-            let Some(stamp) = Stamp::read(value) else {
-                out.foreign += 1;
-                return;
-            };
-            if check {
-                let bits = grow(&mut out.seen, stamp.producer as usize, stamp.seq);
-                let (word, bit) = ((stamp.seq / 64) as usize, 1u64 << (stamp.seq % 64));
-                if bits[word] & bit != 0 {
-                    out.duplicates += 1;
-                }
-                bits[word] |= bit;
-            }
             // Set before the first send, so every record of this run finds it set.
             let window = timing.get().map_or(Window::ALL, |t| t.window);
-            if window.contains(stamp.intended_ns) {
-                out.measured += 1;
-                out.measured_bytes += value.len() as u64;
-                out.last_ns = now;
-                if record_latency {
-                    out.e2e
-                        .saturating_record(now.saturating_sub(stamp.intended_ns) / 1000);
-                    out.e2e_actual
-                        .saturating_record(now.saturating_sub(stamp.sent_ns) / 1000);
-                }
-            }
+            out.receive(value, now, window, record_latency, issued);
         });
         match n {
             Ok(n) => {
@@ -734,6 +725,72 @@ fn consume_loop(
         }
     }
     Ok(out)
+}
+
+impl ConsumerOutcome {
+    fn new() -> ConsumerOutcome {
+        ConsumerOutcome {
+            e2e: new_histogram(),
+            e2e_actual: new_histogram(),
+            measured: 0,
+            measured_bytes: 0,
+            last_ns: 0,
+            seen: Vec::new(),
+            duplicates: 0,
+            foreign: 0,
+        }
+    }
+
+    /// Takes one record value, received at `now`. With `issued` (the run's per-producer
+    /// bounds) its sequence number is marked seen for the delivery check.
+    fn receive(
+        &mut self,
+        value: &[u8],
+        now: u64,
+        window: Window,
+        record_latency: bool,
+        issued: Option<&[AtomicU64]>,
+    ) {
+        let Some(stamp) = Stamp::read(value) else {
+            self.foreign += 1;
+            return;
+        };
+        if issued.is_some_and(|issued| !self.mark_seen(&stamp, issued)) {
+            self.foreign += 1;
+            return;
+        }
+        if window.contains(stamp.intended_ns) {
+            self.measured += 1;
+            self.measured_bytes += value.len() as u64;
+            self.last_ns = now;
+            if record_latency {
+                self.e2e
+                    .saturating_record(now.saturating_sub(stamp.intended_ns) / 1000);
+                self.e2e_actual
+                    .saturating_record(now.saturating_sub(stamp.sent_ns) / 1000);
+            }
+        }
+    }
+
+    /// Marks the stamp's sequence number seen; false, touching nothing, when no producer of
+    /// this run has stamped it. The bitset grows only up to what a producer has sent, so a
+    /// stray stamp cannot make it huge.
+    fn mark_seen(&mut self, stamp: &Stamp, issued: &[AtomicU64]) -> bool {
+        let producer = usize::from(stamp.producer);
+        let sent = issued
+            .get(producer)
+            .is_some_and(|bound| stamp.seq < bound.load(Ordering::Relaxed));
+        if !sent {
+            return false;
+        }
+        let bits = grow(&mut self.seen, producer, stamp.seq);
+        let (word, bit) = ((stamp.seq / 64) as usize, 1u64 << (stamp.seq % 64));
+        if bits[word] & bit != 0 {
+            self.duplicates += 1;
+        }
+        bits[word] |= bit;
+        true
+    }
 }
 
 /// The bitset of `producer`, long enough to hold `seq`.
@@ -1010,16 +1067,7 @@ mod tests {
             sent,
         };
         let consumer = |seqs: &[(usize, u64)]| {
-            let mut c = ConsumerOutcome {
-                e2e: new_histogram(),
-                e2e_actual: new_histogram(),
-                measured: 0,
-                measured_bytes: 0,
-                last_ns: 0,
-                seen: Vec::new(),
-                duplicates: 0,
-                foreign: 0,
-            };
+            let mut c = ConsumerOutcome::new();
             for &(p, seq) in seqs {
                 let bits = grow(&mut c.seen, p, seq);
                 bits[(seq / 64) as usize] |= 1 << (seq % 64);
@@ -1042,5 +1090,41 @@ mod tests {
             check_delivery(&producers, &[consumer(&all), consumer(&all[..2])]),
             (0, 2)
         );
+    }
+
+    #[test]
+    fn stamps_no_producer_of_the_run_wrote_are_foreign() {
+        // Producer 0 has stamped up to 255, producer 1 up to 511.
+        let issued = [AtomicU64::new(256), AtomicU64::new(512)];
+        let mut c = ConsumerOutcome::new();
+        let mut take = |value: &[u8]| c.receive(value, 1_000, Window::ALL, true, Some(&issued));
+        let stamped = |producer, seq| {
+            let mut value = vec![0u8; 100];
+            Stamp {
+                intended_ns: 10,
+                sent_ns: 20,
+                producer,
+                seq,
+            }
+            .write(&mut value);
+            value
+        };
+        take(&[0xff; 100]);
+        take(b"short");
+        take(&stamped(2, 0));
+        take(&stamped(u16::MAX, 0));
+        take(&stamped(0, 256));
+        take(&stamped(1, (1 << 40) - 1));
+        assert_eq!(c.foreign, 6);
+        assert!(c.seen.is_empty(), "the bitsets grew for foreign stamps");
+        assert_eq!((c.measured, c.duplicates), (0, 0));
+        assert!(c.e2e.is_empty());
+
+        let mut take = |value: &[u8]| c.receive(value, 1_000, Window::ALL, true, Some(&issued));
+        take(&stamped(1, 511));
+        take(&stamped(1, 511));
+        assert_eq!((c.foreign, c.measured, c.duplicates), (6, 2, 1));
+        assert_eq!(c.seen.len(), 2);
+        assert_eq!(c.seen[1].len(), 8);
     }
 }

@@ -30,6 +30,7 @@ use toml::{Table, Value};
 
 use crate::broker::LocalBroker;
 use crate::plan::workload_from;
+use crate::report::main_throughput;
 use crate::result::{self, series, RunResult};
 use crate::run::{self, Kind, RunContext};
 use crate::target::TargetUrl;
@@ -120,7 +121,7 @@ impl Sweep {
                 let workload =
                     workload_from(knobs).with_context(|| format!("experiment {}", e.name))?;
                 workload
-                    .validate()
+                    .validate(kind)
                     .with_context(|| format!("experiment {}", e.name))?;
                 points.push(Point {
                     experiment: e.name.clone(),
@@ -306,8 +307,13 @@ fn main_latency(r: &RunResult) -> Option<(u64, u64, u64)> {
         .map(|l| (l.p50_us, l.p99_us, l.p999_us))
 }
 
+/// Records per second, by the throughput the comparison reports show for the same kind.
 fn rate(r: &RunResult) -> f64 {
-    r.produced.or(r.consumed).map_or(0.0, |t| t.msgs_per_s)
+    main_throughput(r).map_or(0.0, |t| t.msgs_per_s)
+}
+
+fn mb_per_s(r: &RunResult) -> f64 {
+    main_throughput(r).map_or(0.0, |t| t.mb_per_s)
 }
 
 fn csv(results: &[(Point, RunResult)]) -> String {
@@ -325,7 +331,7 @@ fn csv(results: &[(Point, RunResult)]) -> String {
             p.broker_flags,
             r.round,
             rate(r),
-            r.produced.or(r.consumed).map_or(0.0, |t| t.mb_per_s),
+            mb_per_s(r),
             r.broker
                 .map_or(String::new(), |b| format!("{:.3}", b.cpu_s_per_million)),
             r.harness_cpu_s,
@@ -345,7 +351,7 @@ fn table(rows: &[&(Point, RunResult)]) -> String {
             "| {} | {:.0} | {:.1} | {p50} | {p99} | {p999} | {} |",
             params.join(" "),
             rate(r),
-            r.produced.or(r.consumed).map_or(0.0, |t| t.mb_per_s),
+            mb_per_s(r),
             r.broker
                 .map_or("—".into(), |b| format!("{:.2}", b.cpu_s_per_million)),
         );

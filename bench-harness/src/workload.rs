@@ -7,6 +7,8 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::run::Kind;
+
 /// Acknowledgement level, mapped to each target's own setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 pub enum Acks {
@@ -146,34 +148,46 @@ impl Default for Workload {
 /// Records measured when neither --messages nor --duration is given.
 pub const DEFAULT_MESSAGES: u64 = 1_000_000;
 
+/// Most producers, and consumers, a workload may have: a record names its producer in
+/// 16 bits.
+const MAX_CLIENTS: u32 = u16::MAX as u32;
+const MAX_MESSAGE_SIZE: usize = 16 << 20;
+/// Producer clients buffer four batches (`target::producer_buffer_bytes`): this keeps that
+/// buffer at 1 GiB or less.
+const MAX_BATCH_BYTES: usize = 256 << 20;
+
 impl Workload {
-    /// Rejects combinations that cannot run.
-    pub fn validate(&self) -> Result<()> {
+    /// Rejects combinations that cannot run as `kind`, and sizes the harness cannot handle
+    /// (producer indexes are 16 bits in every record; buffers are sized from these knobs).
+    pub fn validate(&self, kind: Kind) -> Result<()> {
         if self.topic.is_empty() {
             bail!("--topic must not be empty");
         }
         if self.partitions == 0 {
             bail!("--partitions must be at least 1");
         }
-        if self.producers == 0 {
-            bail!("--producers must be at least 1");
+        if !(1..=MAX_CLIENTS).contains(&self.producers) {
+            bail!("--producers must be from 1 to {MAX_CLIENTS}");
         }
-        if self.consumers == 0 {
-            bail!("--consumers must be at least 1");
+        if !(1..=MAX_CLIENTS).contains(&self.consumers) {
+            bail!("--consumers must be from 1 to {MAX_CLIENTS}");
         }
         if self.message_size < HEADER_LEN {
             bail!(
                 "--message-size must be at least {HEADER_LEN} bytes (the harness's timestamps and sequence number)"
             );
         }
-        if self.message_size > 16 << 20 {
+        if self.message_size > MAX_MESSAGE_SIZE {
             bail!("--message-size above 16 MiB is not supported");
         }
         if self.messages == Some(0) {
             bail!("--messages must be at least 1");
         }
-        if self.batch_bytes == 0 {
-            bail!("--batch-bytes must be at least 1");
+        if !(1..=MAX_BATCH_BYTES).contains(&self.batch_bytes) {
+            bail!("--batch-bytes must be from 1 to {MAX_BATCH_BYTES} (256 MiB)");
+        }
+        if kind == Kind::Consume && self.messages.is_none() && self.duration.is_some() {
+            bail!("consume reads a backlog of --messages records; --duration does not size it");
         }
         if let Some(cpus) = &self.cpus {
             parse_cpus(cpus)?;
@@ -263,9 +277,17 @@ pub fn parse_cpus(s: &str) -> Result<Vec<usize>> {
 }
 
 /// Bytes at the start of every record value the harness writes: the intended send time and
-/// the actual send time (ns on the harness's clock), then the producer (high 16 bits) and
-/// its sequence number (low 48 bits). The rest is pre-generated random payload.
+/// the actual send time (ns on the harness's clock), then a word holding the harness's mark
+/// (high 8 bits), the producer (next 16) and its sequence number (low 40). The rest is
+/// pre-generated random payload.
 pub const HEADER_LEN: usize = 24;
+
+/// Marks a value as the harness's, so that most records another writer put on the topic are
+/// told apart by their header alone. Changing the layout means changing this byte.
+const STAMP_MAGIC: u64 = 0xEB;
+/// 2^40 records per producer: over a day at 10 M records/s.
+const SEQ_BITS: u32 = 40;
+const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
 
 /// What the harness reads back from a record value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,25 +307,29 @@ impl Stamp {
     pub fn write(&self, value: &mut [u8]) {
         value[0..8].copy_from_slice(&self.intended_ns.to_le_bytes());
         value[8..16].copy_from_slice(&self.sent_ns.to_le_bytes());
-        let id = (u64::from(self.producer) << 48) | (self.seq & SEQ_MASK);
+        let id =
+            (STAMP_MAGIC << 56) | (u64::from(self.producer) << SEQ_BITS) | (self.seq & SEQ_MASK);
         value[16..24].copy_from_slice(&id.to_le_bytes());
     }
 
-    /// Reads a stamp; `None` for a value too short to hold one (not the harness's record).
+    /// Reads a stamp; `None` for a value too short to hold one or without the harness's
+    /// mark (not the harness's record). A stamp read is well formed, not necessarily from
+    /// this run: its producer and sequence number still need checking against the run.
     pub fn read(value: &[u8]) -> Option<Stamp> {
         let header = value.get(..HEADER_LEN)?;
         let word = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().expect("8 bytes"));
         let id = word(16);
+        if id >> 56 != STAMP_MAGIC {
+            return None;
+        }
         Some(Stamp {
             intended_ns: word(0),
             sent_ns: word(8),
-            producer: (id >> 48) as u16,
+            producer: (id >> SEQ_BITS) as u16,
             seq: id & SEQ_MASK,
         })
     }
 }
-
-const SEQ_MASK: u64 = (1 << 48) - 1;
 
 /// Option<Duration> as a humantime string in TOML and JSON.
 mod humantime_serde_opt {
@@ -351,12 +377,95 @@ mod tests {
             intended_ns: 123_456_789,
             sent_ns: 123_999_000,
             producer: 7,
-            seq: (1 << 40) + 5,
+            seq: (1 << 39) + 5,
         };
         let mut value = vec![0u8; 100];
         stamp.write(&mut value);
         assert_eq!(Stamp::read(&value), Some(stamp));
         assert_eq!(Stamp::read(&value[..10]), None);
+        let last = Stamp {
+            producer: u16::MAX,
+            seq: SEQ_MASK,
+            ..stamp
+        };
+        last.write(&mut value);
+        assert_eq!(Stamp::read(&value), Some(last));
+    }
+
+    #[test]
+    fn values_without_the_mark_are_not_stamps() {
+        assert_eq!(Stamp::read(&[0u8; 100]), None);
+        assert_eq!(Stamp::read(&[0xffu8; 100]), None);
+        assert_eq!(Stamp::read(b"{\"user\": 42, \"event\": \"click\"}"), None);
+    }
+
+    #[test]
+    fn sizes_the_harness_cannot_handle_are_refused() {
+        let ok = Workload::default();
+        assert!(ok.validate(Kind::Produce).is_ok());
+        let refused = |w: Workload, kind: Kind, what: &str| {
+            let err = format!("{:#}", w.validate(kind).unwrap_err());
+            assert!(err.contains(what), "{err}");
+        };
+        let max = Workload {
+            producers: 65_535,
+            consumers: 65_535,
+            batch_bytes: 256 << 20,
+            message_size: 16 << 20,
+            ..ok.clone()
+        };
+        assert!(max.validate(Kind::E2e).is_ok());
+        refused(
+            Workload {
+                producers: 65_536,
+                ..ok.clone()
+            },
+            Kind::Produce,
+            "--producers",
+        );
+        refused(
+            Workload {
+                consumers: 70_000,
+                ..ok.clone()
+            },
+            Kind::E2e,
+            "--consumers",
+        );
+        refused(
+            Workload {
+                batch_bytes: (256 << 20) + 1,
+                ..ok.clone()
+            },
+            Kind::Produce,
+            "--batch-bytes",
+        );
+        refused(
+            Workload {
+                batch_bytes: usize::MAX,
+                ..ok.clone()
+            },
+            Kind::Produce,
+            "--batch-bytes",
+        );
+        refused(
+            Workload {
+                message_size: (16 << 20) + 1,
+                ..ok.clone()
+            },
+            Kind::Produce,
+            "--message-size",
+        );
+        let timed = Workload {
+            duration: Some(Duration::from_secs(5)),
+            ..ok.clone()
+        };
+        refused(timed.clone(), Kind::Consume, "--duration");
+        assert!(timed.validate(Kind::E2e).is_ok());
+        let sized = Workload {
+            messages: Some(10),
+            ..timed
+        };
+        assert!(sized.validate(Kind::Consume).is_ok());
     }
 
     #[test]

@@ -126,7 +126,7 @@ fn unique_slug(label: &str, taken: &[String]) -> String {
 
 /// The throughput a workload is about: consumed for `consume` and `e2e` (what arrived),
 /// produced otherwise; the other one when that is missing.
-pub(super) fn main_throughput(run: &RunResult) -> Option<Throughput> {
+pub(crate) fn main_throughput(run: &RunResult) -> Option<Throughput> {
     match run.kind.as_str() {
         "consume" | "e2e" => run.consumed.or(run.produced),
         _ => run.produced.or(run.consumed),

@@ -29,7 +29,7 @@ use rdkafka::util::{get_rdkafka_version, Timeout};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use super::{AckSink, ConsumerWorker, ProducerWorker, Target};
-use crate::workload::{self, Workload};
+use crate::workload::Workload;
 
 /// Bound on each admin request, metadata fetch and watermark query, and on each wait for the
 /// cluster to show a topic deleted or created.
@@ -192,14 +192,6 @@ fn admin_settings(addr: &str) -> Settings {
     ]
 }
 
-fn acks(a: workload::Acks) -> &'static str {
-    match a {
-        workload::Acks::None => "0",
-        workload::Acks::Leader => "1",
-        workload::Acks::All => "all",
-    }
-}
-
 /// `linger.ms` is a float in librdkafka (it keeps µs), so the workload's µs map exactly:
 /// 1500 µs is `1.5`, 1000 µs is `1`.
 fn linger_ms(us: u64) -> String {
@@ -219,7 +211,7 @@ fn producer_settings(addr: &str, w: &Workload) -> Settings {
         .min(MESSAGE_MAX_BYTES_LIMIT);
     vec![
         ("bootstrap.servers", addr.to_string()),
-        ("acks", acks(w.acks).into()),
+        ("acks", w.acks.as_str().into()),
         ("batch.size", w.batch_bytes.to_string()),
         ("linger.ms", linger_ms(w.linger_us)),
         ("batch.num.messages", BATCH_MESSAGES.to_string()),
