@@ -376,3 +376,34 @@ fn requests_stay_under_max_request_bytes() {
     assert_eq!(offsets, (0..2000).collect::<Vec<i64>>());
     assert_eq!(stored(&broker, "split", 0).len(), 2000);
 }
+
+#[test]
+fn a_broker_that_stops_answering_fails_records_after_the_request_timeout() {
+    let broker = Broker::start(&["--cores", "1"]);
+    broker.client().create_topic("frozen", 1, &[]).unwrap();
+    let producer = Producer::new(ProducerConfig {
+        request_timeout: Duration::from_millis(500),
+        retries: 0,
+        linger: Duration::ZERO,
+        ..config(&broker)
+    })
+    .unwrap();
+    let record = Record {
+        topic: "frozen",
+        value: Some(b"v"),
+        ..Record::default()
+    };
+    producer.send(record).unwrap().wait().unwrap();
+
+    broker.signal(libc::SIGSTOP);
+    let result = producer.send(record).unwrap().wait();
+    broker.signal(libc::SIGCONT);
+    let err = result.expect_err("no broker answer, no delivery");
+    assert!(
+        err.to_string().contains("request timeout"),
+        "the error says why: {err}"
+    );
+    // The producer reconnects and carries on once the broker answers again.
+    producer.send(record).unwrap().wait().unwrap();
+    producer.flush().unwrap();
+}

@@ -57,6 +57,10 @@ pub struct ProducerConfig {
     pub retries: u32,
     /// Pause before a retry (`retry.backoff.ms`).
     pub retry_backoff: Duration,
+    /// How long a connection with requests in flight may go without receiving anything
+    /// before they fail and the connection is dropped (`request.timeout.ms`): a broker that
+    /// stops answering cannot make `send` or `flush` wait forever.
+    pub request_timeout: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -73,6 +77,7 @@ impl Default for ProducerConfig {
             max_request_bytes: 8 << 20,
             retries: 5,
             retry_backoff: Duration::from_millis(100),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -619,6 +624,11 @@ fn connect(shared: &Arc<Shared>, addr: String) -> Result<Connection, ClientError
     let stream = TcpStream::connect(addr.as_str()).map_err(io_err)?;
     stream.set_nodelay(true).map_err(io_err)?;
     let reader = stream.try_clone().map_err(io_err)?;
+    reader
+        .set_read_timeout(Some(
+            shared.config.request_timeout.max(Duration::from_millis(1)),
+        ))
+        .map_err(io_err)?;
     let in_flight = Arc::new(InFlight {
         batches: Mutex::new(HashMap::new()),
         changed: Condvar::new(),
@@ -789,7 +799,26 @@ fn read_loop(shared: Arc<Shared>, mut stream: TcpStream, in_flight: Arc<InFlight
     loop {
         let payload = match read_frame(&mut stream, &mut buf) {
             Ok(p) => p,
+            // Nothing received for a whole request timeout: fine while nothing is asked.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) && lock(&in_flight.batches).is_empty() =>
+            {
+                continue;
+            }
             Err(e) => {
+                let e = match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "no response within the request timeout ({:?})",
+                            shared.config.request_timeout
+                        ),
+                    ),
+                    _ => e,
+                };
                 fail_all(&shared, &in_flight, &addr, &e);
                 return;
             }

@@ -61,6 +61,14 @@ impl Broker {
         c
     }
 
+    /// Sends `signal` to the broker process (SIGSTOP freezes it: a broker that answers
+    /// nothing).
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("running");
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    }
+
     /// SIGKILL, no chance to flush anything.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
