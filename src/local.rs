@@ -81,10 +81,18 @@ impl<T> Future for OneshotReceiver<T> {
 
 /// Wakes every task waiting on it when [`Notify::notify_all`] is called: "the log grew", "a
 /// ring has room". A waiter registered after a notification waits for the next one.
+///
+/// A [`Notified`] future that is dropped before it fired takes its waker out again, so the
+/// waiters are only the futures alive now: a notify that fires once per process (shutdown)
+/// or rarely (an idle partition's appends) does not collect a waker from every connection
+/// or long-poll that ever waited on it.
 #[derive(Default)]
 pub struct Notify {
     generation: Cell<u64>,
-    waiters: RefCell<Vec<Waker>>,
+    /// Waiting futures by key. A `BTreeMap` rather than a slab: removal by key is what a
+    /// dropped future needs, and the set is small (the waiters alive now).
+    waiters: RefCell<std::collections::BTreeMap<u64, Waker>>,
+    next_key: Cell<u64>,
 }
 
 impl Notify {
@@ -97,7 +105,7 @@ impl Notify {
     pub fn notify_all(&self) {
         self.generation.set(self.generation.get().wrapping_add(1));
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for waker in waiters {
+        for waker in waiters.into_values() {
             waker.wake();
         }
     }
@@ -107,7 +115,13 @@ impl Notify {
         Notified {
             notify: self,
             generation: self.generation.get(),
+            key: None,
         }
+    }
+
+    /// Futures registered and still waiting (for tests of the no-leak promise).
+    pub fn waiter_count(&self) -> usize {
+        self.waiters.borrow().len()
     }
 }
 
@@ -194,24 +208,46 @@ impl Drop for Queued<'_> {
 pub struct Notified<'a> {
     notify: &'a Notify,
     generation: u64,
+    /// This future's entry among the waiters, once polled.
+    key: Option<u64>,
 }
 
 impl Future for Notified<'_> {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.notify.generation.get() != self.generation {
+            // `notify_all` took every waker, ours included.
+            self.key = None;
             return Poll::Ready(());
         }
-        let mut waiters = self.notify.waiters.borrow_mut();
-        // A task polled again without being woken re-registers: replace its old waker rather
-        // than letting the list grow.
-        if let Some(existing) = waiters.iter_mut().find(|w| w.will_wake(cx.waker())) {
-            existing.clone_from(cx.waker());
-        } else {
-            waiters.push(cx.waker().clone());
+        let notify = self.notify;
+        let mut waiters = notify.waiters.borrow_mut();
+        match self.key {
+            Some(key) => match waiters.get_mut(&key) {
+                Some(existing) if existing.will_wake(cx.waker()) => {}
+                Some(existing) => existing.clone_from(cx.waker()),
+                None => {
+                    waiters.insert(key, cx.waker().clone());
+                }
+            },
+            None => {
+                let key = notify.next_key.get();
+                notify.next_key.set(key.wrapping_add(1));
+                waiters.insert(key, cx.waker().clone());
+                drop(waiters);
+                self.key = Some(key);
+            }
         }
         Poll::Pending
+    }
+}
+
+impl Drop for Notified<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.notify.waiters.borrow_mut().remove(&key);
+        }
     }
 }
 
@@ -268,6 +304,29 @@ mod tests {
             compio::time::sleep(std::time::Duration::from_millis(5)).await;
             assert_eq!(woken.get(), 3);
         });
+    }
+
+    #[test]
+    fn dropped_waiters_leave_nothing_behind() {
+        // A million waits that end another way (a timeout, a closed connection) must not
+        // grow the notifier: each dropped future takes its waker out again.
+        let notify = Notify::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..1_000_000 {
+            let mut waiting = Box::pin(notify.notified());
+            assert!(waiting.as_mut().poll(&mut cx).is_pending());
+            assert!(waiting.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(notify.waiter_count(), 1);
+        }
+        assert_eq!(notify.waiter_count(), 0);
+        // A fired waiter is gone too, and a live one still fires.
+        let mut waiting = Box::pin(notify.notified());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        notify.notify_all();
+        assert_eq!(notify.waiter_count(), 0);
+        assert!(waiting.as_mut().poll(&mut cx).is_ready());
+        drop(waiting);
+        assert_eq!(notify.waiter_count(), 0);
     }
 
     #[test]

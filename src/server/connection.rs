@@ -28,9 +28,9 @@ use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use compio::net::TcpStream;
 use futures_util::future::Either;
 
-use super::context::{first, ShardContext, ShardOp};
-use super::handlers;
-use super::handlers::Reply;
+use super::calls::ShareRelease;
+use super::context::{first, ShardContext};
+use super::native::{self, Reply};
 use crate::protocol::api::{
     encode_error_response, encode_fetch_response_parts, encode_response, Request,
 };
@@ -197,14 +197,11 @@ pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
     let members = state.share_members.take();
     if !members.is_empty() && !ctx.is_shutting_down() {
         for (group, member) in members {
-            let releases = (0..ctx.shard_count).map(|shard| {
-                let op = ShardOp::ShareRelease {
-                    group: group.clone(),
-                    member: member.clone(),
-                };
-                ctx.call(shard, op)
-            });
-            futures_util::future::join_all(releases).await;
+            ctx.call_all(|| ShareRelease {
+                group: group.clone(),
+                member: member.clone(),
+            })
+            .await;
         }
     }
     tracing::debug!(?peer, "connection closed");
@@ -387,7 +384,7 @@ async fn start_request(
         let state = state.clone();
         async move {
             let _taken = taken;
-            if let Some(outcome) = handlers::handle(&ctx, request, local_ip).await {
+            if let Some(outcome) = native::handle(&ctx, request, local_ip).await {
                 let chunks = match outcome {
                     Ok(reply) => encode_reply(correlation_id, reply),
                     Err(e) => encode_error_response(correlation_id, e.code, &e.message)

@@ -9,17 +9,19 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::context::ShardContext;
 use super::internal_log::InternalLog;
+use crate::config::BrokerConfig;
 use crate::coordinator::group::{GroupError, Groups, SessionLimits, Strategy};
 use crate::local::Notify;
 use crate::protocol::api::*;
 use crate::protocol::{ErrorCode, WireError};
 use crate::shard::ShardId;
+use crate::storage::catalog::CatalogStore;
 
 /// Buckets of groups (and offset logs). Fixed: changing it would lose every offset.
 pub(crate) const OFFSET_BUCKETS: u16 = 16;
@@ -77,14 +79,27 @@ type Offsets = BTreeMap<(String, u32), i64>;
 
 /// The consumer groups one shard coordinates.
 pub(crate) struct Coordinator {
+    shard: ShardId,
+    shard_count: u16,
+    config: Arc<BrokerConfig>,
+    catalog: Arc<CatalogStore>,
     groups: RefCell<Groups>,
     offsets: RefCell<HashMap<String, Offsets>>,
     buckets: RefCell<HashMap<u16, Bucket>>,
 }
 
 impl Coordinator {
-    pub(crate) fn new() -> Coordinator {
+    pub(crate) fn new(
+        shard: ShardId,
+        shard_count: u16,
+        config: Arc<BrokerConfig>,
+        catalog: Arc<CatalogStore>,
+    ) -> Coordinator {
         Coordinator {
+            shard,
+            shard_count,
+            config,
+            catalog,
             groups: RefCell::new(Groups::with_boot_id(SESSION_LIMITS, boot_id())),
             offsets: RefCell::new(HashMap::new()),
             buckets: RefCell::new(HashMap::new()),
@@ -92,14 +107,10 @@ impl Coordinator {
     }
 
     /// Runs a group request on its coordinator (this shard).
-    pub(crate) async fn run(
-        &self,
-        ctx: &Rc<ShardContext>,
-        op: GroupOp,
-    ) -> Result<Response, WireError> {
+    pub(crate) async fn run(&self, op: GroupOp) -> Result<Response, WireError> {
         match op {
             GroupOp::Join(r) => {
-                self.bucket(ctx, &r.group).await?;
+                self.bucket(&r.group).await?;
                 let strategy: Strategy = r.strategy.parse().map_err(|_| {
                     WireError::new(
                         ErrorCode::InvalidRequest,
@@ -109,7 +120,7 @@ impl Coordinator {
                         ),
                     )
                 })?;
-                let catalog = ctx.catalog.snapshot();
+                let catalog = self.catalog.snapshot();
                 let partitions = |t: &str| catalog.topics.get(t).map(|m| m.partitions);
                 let member = (!r.member_id.is_empty()).then_some(r.member_id.as_str());
                 let joined = self
@@ -150,19 +161,19 @@ impl Coordinator {
                 tracing::info!(group = %r.group, member = %r.member_id, "member left");
                 Ok(Response::LeaveGroup)
             }
-            GroupOp::Commit(r) => self.commit(ctx, r).await,
+            GroupOp::Commit(r) => self.commit(r).await,
             GroupOp::FetchOffsets(r) => {
-                self.bucket(ctx, &r.group).await?;
+                self.bucket(&r.group).await?;
                 Ok(Response::FetchOffsets(self.fetch_offsets(&r)))
             }
             GroupOp::Describe(group) => {
-                self.bucket(ctx, &group).await?;
+                self.bucket(&group).await?;
                 self.describe(&group).map(Response::DescribeGroup)
             }
-            GroupOp::Delete(group) => self.delete(ctx, &group).await,
+            GroupOp::Delete(group) => self.delete(&group).await,
             GroupOp::List => {
-                for b in (0..OFFSET_BUCKETS).filter(|b| b % ctx.shard_count == ctx.id) {
-                    self.load_bucket(ctx, b).await?;
+                for b in (0..OFFSET_BUCKETS).filter(|b| b % self.shard_count == self.shard) {
+                    self.load_bucket(b).await?;
                 }
                 Ok(Response::ListGroups(self.list()))
             }
@@ -171,24 +182,20 @@ impl Coordinator {
 
     /// Removes members whose session ended (their partitions go to the others), and
     /// rebalances groups whose topics appeared, grew or went away.
-    pub(crate) fn tick(&self, ctx: &ShardContext, now: Instant) {
+    pub(crate) fn tick(&self, now: Instant) {
         let mut groups = self.groups.borrow_mut();
         for (group, member) in groups.expire(now) {
             tracing::info!(%group, %member, "member's session expired");
         }
-        let catalog = ctx.catalog.snapshot();
+        let catalog = self.catalog.snapshot();
         let partitions = |t: &str| catalog.topics.get(t).map(|m| m.partitions);
         for group in groups.refresh_partition_counts(&partitions) {
             tracing::info!(%group, "topics changed: rebalanced");
         }
     }
 
-    async fn commit(
-        &self,
-        ctx: &Rc<ShardContext>,
-        r: CommitOffsetsRequest,
-    ) -> Result<Response, WireError> {
-        let log = self.bucket(ctx, &r.group).await?;
+    async fn commit(&self, r: CommitOffsetsRequest) -> Result<Response, WireError> {
+        let log = self.bucket(&r.group).await?;
         let member = match (r.member_id.as_str(), r.generation) {
             ("", -1) => None,
             (_, g) if g < 0 => {
@@ -221,7 +228,7 @@ impl Coordinator {
                 })
                 .unwrap_or_default()
         });
-        let catalog = ctx.catalog.snapshot();
+        let catalog = self.catalog.snapshot();
         let mut records = Vec::new();
         let mut results = Vec::new();
         for t in &r.topics {
@@ -284,7 +291,7 @@ impl Coordinator {
         let checkpoint = log.append(&records).await?;
         if checkpoint {
             // The commit itself is durable already; a failed checkpoint is retried later.
-            if let Err(e) = self.checkpoint(ctx, bucket_of(&r.group), &log).await {
+            if let Err(e) = self.checkpoint(bucket_of(&r.group), &log).await {
                 tracing::warn!(group = %r.group, "offset log checkpoint failed: {e}");
             }
         }
@@ -358,8 +365,8 @@ impl Coordinator {
         })
     }
 
-    async fn delete(&self, ctx: &Rc<ShardContext>, group: &str) -> Result<Response, WireError> {
-        let log = self.bucket(ctx, group).await?;
+    async fn delete(&self, group: &str) -> Result<Response, WireError> {
+        let log = self.bucket(group).await?;
         let known_offsets = self.offsets.borrow().contains_key(group);
         match self.groups.borrow_mut().delete(group) {
             Ok(()) => {}
@@ -405,20 +412,12 @@ impl Coordinator {
     }
 
     /// The offset log of a group's bucket, loaded on first use.
-    async fn bucket(
-        &self,
-        ctx: &Rc<ShardContext>,
-        group: &str,
-    ) -> Result<Rc<InternalLog>, WireError> {
+    async fn bucket(&self, group: &str) -> Result<Rc<InternalLog>, WireError> {
         // (Names were checked where the request arrived.)
-        self.load_bucket(ctx, bucket_of(group)).await
+        self.load_bucket(bucket_of(group)).await
     }
 
-    async fn load_bucket(
-        &self,
-        ctx: &Rc<ShardContext>,
-        bucket: u16,
-    ) -> Result<Rc<InternalLog>, WireError> {
+    async fn load_bucket(&self, bucket: u16) -> Result<Rc<InternalLog>, WireError> {
         loop {
             let waiting = match self.buckets.borrow().get(&bucket) {
                 Some(Bucket::Loaded(log)) => return Ok(log.clone()),
@@ -439,13 +438,13 @@ impl Coordinator {
         self.buckets
             .borrow_mut()
             .insert(bucket, Bucket::Loading(notify.clone()));
-        let dir = ctx
+        let dir = self
             .config
             .data_dir
             .join("meta")
             .join("offsets")
             .join(bucket.to_string());
-        let opened = InternalLog::open(dir, ctx.config.fsync).await;
+        let opened = InternalLog::open(dir, self.config.fsync).await;
         let result = match opened {
             Ok((log, live)) => {
                 let mut offsets = self.offsets.borrow_mut();
@@ -474,12 +473,7 @@ impl Coordinator {
         result
     }
 
-    async fn checkpoint(
-        &self,
-        ctx: &Rc<ShardContext>,
-        bucket: u16,
-        log: &InternalLog,
-    ) -> Result<(), WireError> {
+    async fn checkpoint(&self, bucket: u16, log: &InternalLog) -> Result<(), WireError> {
         let live: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
             .offsets
             .borrow()
@@ -492,7 +486,7 @@ impl Coordinator {
             })
             .collect();
         tracing::debug!(
-            shard = ctx.id,
+            shard = self.shard,
             bucket,
             keys = live.len(),
             "offset log checkpoint"

@@ -7,14 +7,18 @@
 //! its direct port. [`BrokerHandle::shutdown`] stops accepting, lets in-flight requests
 //! finish, syncs and closes every log.
 
+mod calls;
 mod connection;
 mod context;
 mod groups;
-mod handlers;
 mod internal_log;
+mod native;
+mod partitions;
 mod queues;
+mod rpc;
+mod topics;
 
-pub use handlers::{MAX_FETCH_BYTES, MAX_FETCH_WAIT};
+pub use native::{MAX_FETCH_BYTES, MAX_FETCH_WAIT};
 
 use std::cell::Cell;
 use std::io;
@@ -37,7 +41,8 @@ use crate::shard::thread::{spawn_shard, ShardThreadConfig};
 use crate::shard::ShardId;
 use crate::storage::catalog::{CatalogStore, DELETED_PREFIX};
 use crate::storage::FsyncPolicy;
-use context::{first, Envelope, Global, ShardContext};
+use context::{first, Global, ShardContext};
+use rpc::Envelope;
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -188,7 +193,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
 
     let config = Arc::new(config);
     let global = Arc::new(Global::new());
-    let links = mesh::<Envelope>(shards, config.ring_capacity);
+    let links = mesh::<Envelope<ShardContext>>(shards, config.ring_capacity);
     let remote = links[0].remote();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<ShardId, (ShardId, String)>>();
     let mut direct = direct.into_iter().map(Some).collect::<Vec<_>>();
@@ -289,7 +294,7 @@ fn remove_deleted_topics(data_dir: &Path) {
 
 #[allow(clippy::too_many_arguments)]
 async fn shard_main(
-    links: ShardLinks<Envelope>,
+    links: ShardLinks<Envelope<ShardContext>>,
     config: Arc<BrokerConfig>,
     catalog: Arc<CatalogStore>,
     endpoints: Arc<Vec<ShardEndpoint>>,
@@ -314,12 +319,12 @@ async fn shard_main(
     // Recover every partition this shard owns before serving.
     let started = Instant::now();
     for topic in catalog.snapshot().topics.values() {
-        if let Err(e) = ctx.open_topic(topic).await {
+        if let Err(e) = ctx.partitions.open_topic(topic).await {
             let _ = ready.send(Err((id, format!("topic `{}`: {}", topic.name, e.message))));
             return;
         }
     }
-    let partitions = ctx.all_logs().len();
+    let partitions = ctx.partitions.all_logs().len();
     let listeners = (|| -> io::Result<_> {
         let shared = compio::net::TcpListener::from_std(shared)?;
         let direct = direct.map(compio::net::TcpListener::from_std).transpose()?;
@@ -362,7 +367,7 @@ async fn shard_main(
     while global.quiesced.load(Ordering::SeqCst) < usize::from(ctx.shard_count) {
         compio::time::sleep(Duration::from_millis(5)).await;
     }
-    for log in ctx.all_logs() {
+    for log in ctx.partitions.all_logs() {
         if let Err(e) = log.close().await {
             tracing::warn!(shard = id, "closing a partition: {e}");
         }
@@ -422,7 +427,7 @@ async fn expire_sessions(ctx: Rc<ShardContext>) {
         if let Either::Right(()) = first(tick, ctx.shutdown.notified()).await {
             return;
         }
-        ctx.coordinator.tick(&ctx, Instant::now());
+        ctx.coordinator.tick(Instant::now());
     }
 }
 
@@ -440,7 +445,7 @@ async fn maintenance(ctx: Rc<ShardContext>) {
             return;
         }
         if sync_every.is_some() {
-            for log in ctx.all_logs() {
+            for log in ctx.partitions.all_logs() {
                 if let Err(e) = log.sync().await {
                     tracing::error!(shard = ctx.id, "interval fsync failed: {e}");
                 }
@@ -451,7 +456,7 @@ async fn maintenance(ctx: Rc<ShardContext>) {
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
-            for log in ctx.all_logs() {
+            for log in ctx.partitions.all_logs() {
                 match log.enforce_retention(now_ms).await {
                     Ok(0) => {}
                     Ok(n) => {

@@ -9,13 +9,16 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::context::{PartitionRef, ShardContext, ShardOp, ShardReply};
 use super::internal_log::InternalLog;
+use super::partitions::PartitionRef;
+use crate::config::BrokerConfig;
 use crate::coordinator::share::{
     AckKind, DeadLetter, DurableState, ShareConfig, ShareError, SharePartition,
 };
@@ -23,6 +26,7 @@ use crate::local::Notify;
 use crate::protocol::api::*;
 use crate::protocol::batch::{self, BatchBuilder};
 use crate::protocol::{ErrorCode, WireError};
+use crate::shard::ShardId;
 use crate::storage::catalog::TopicMeta;
 use crate::storage::PartitionLog;
 
@@ -53,9 +57,38 @@ enum ShareLog {
 
 /// The share groups' state on the partitions one shard owns.
 pub(crate) struct Shares {
+    shard: ShardId,
+    config: Arc<BrokerConfig>,
     entries: RefCell<HashMap<ShareKey, ShareEntry>>,
     /// Share logs by (topic incarnation, partition).
     logs: RefCell<HashMap<(u64, u32), ShareLog>>,
+}
+
+/// What the share groups need from the rest of their shard: the logs of the partitions
+/// they serve, and a way to copy records to a dead-letter topic (which may have to be
+/// created first, and whose partition may live on another shard). Passed in rather than
+/// imported, so this module depends on no protocol front end and no call table.
+pub(crate) trait ShareHost {
+    /// The log of a partition this shard owns.
+    fn partition_log(
+        &self,
+        at: &PartitionRef,
+    ) -> impl Future<Output = Result<Rc<PartitionLog>, WireError>>;
+
+    /// Partition `partition` (modulo its partition count) of dead-letter topic `topic`,
+    /// created with one partition if it does not exist.
+    fn dead_letter_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> impl Future<Output = Result<PartitionRef, WireError>>;
+
+    /// Appends one batch to a partition, wherever it lives.
+    fn append(
+        &self,
+        at: PartitionRef,
+        batch: BytesMut,
+    ) -> impl Future<Output = Result<(), WireError>>;
 }
 
 /// What a share fetch got from one partition.
@@ -67,8 +100,10 @@ pub(crate) struct Acquired {
 }
 
 impl Shares {
-    pub(crate) fn new() -> Shares {
+    pub(crate) fn new(shard: ShardId, config: Arc<BrokerConfig>) -> Shares {
         Shares {
+            shard,
+            config,
             entries: RefCell::new(HashMap::new()),
             logs: RefCell::new(HashMap::new()),
         }
@@ -79,7 +114,7 @@ impl Shares {
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn acquire(
         &self,
-        ctx: &Rc<ShardContext>,
+        host: &impl ShareHost,
         at: &PartitionRef,
         group: &str,
         member: &str,
@@ -87,8 +122,8 @@ impl Shares {
         max_bytes: usize,
         settings: &ShareSettings,
     ) -> Result<Acquired, WireError> {
-        let log = ctx.partition_log(at).await?;
-        let share_log = self.entry(ctx, at, group, settings, &log).await?;
+        let log = host.partition_log(at).await?;
+        let share_log = self.entry(at, group, settings, &log).await?;
         let key = key(group, at);
         let now = Instant::now();
         let (acquisition, log_end) = {
@@ -107,9 +142,9 @@ impl Shares {
             (acquisition, log_end)
         };
         if !acquisition.dead_letters.is_empty() {
-            self.dead_letter(ctx, at, group, &log, &acquisition.dead_letters)
+            self.dead_letter(host, at, group, &log, &acquisition.dead_letters)
                 .await;
-            self.persist(ctx, at, group, &share_log).await?;
+            self.persist(at, group, &share_log).await?;
         }
         let mut ranges: Vec<AcquiredRange> = acquisition
             .records
@@ -174,7 +209,7 @@ impl Shares {
     /// Applies a consumer's acknowledgements for `at` and makes them durable.
     pub(crate) async fn acknowledge(
         &self,
-        ctx: &Rc<ShardContext>,
+        host: &impl ShareHost,
         at: &PartitionRef,
         group: &str,
         member: &str,
@@ -218,12 +253,12 @@ impl Shares {
             (applied, refused, entry.part.take_dead_letters())
         };
         if applied > 0 {
-            let share_log = self.share_log(ctx, at).await?;
+            let share_log = self.share_log(at).await?;
             if !rejected.is_empty() {
-                let log = ctx.partition_log(at).await?;
-                self.dead_letter(ctx, at, group, &log, &rejected).await;
+                let log = host.partition_log(at).await?;
+                self.dead_letter(host, at, group, &log, &rejected).await;
             }
-            self.persist(ctx, at, group, &share_log).await?;
+            self.persist(at, group, &share_log).await?;
         }
         refused.map_or(Ok(()), Err)
     }
@@ -308,7 +343,7 @@ impl Shares {
     }
 
     /// Forgets a deleted topic's share state and removes its share logs.
-    pub(crate) async fn drop_topic(&self, ctx: &ShardContext, topic: &TopicMeta) {
+    pub(crate) async fn drop_topic(&self, topic: &TopicMeta) {
         self.entries
             .borrow_mut()
             .retain(|(_, id, _), _| *id != topic.id);
@@ -329,12 +364,20 @@ impl Shares {
         for log in logs {
             log.close().await;
         }
-        let dir = shares_dir(ctx, &topic.name, topic.id);
+        let dir = self.shares_dir(&topic.name, topic.id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(dir = %dir.display(), "cannot remove share state: {e}");
             }
         }
+    }
+
+    fn shares_dir(&self, topic: &str, id: u64) -> std::path::PathBuf {
+        self.config
+            .data_dir
+            .join("meta")
+            .join("shares")
+            .join(format!("{topic}-{id}"))
     }
 
     /// Closes the share logs (shutdown).
@@ -357,13 +400,12 @@ impl Shares {
     /// on first use; `settings` replace the entry's.
     async fn entry(
         &self,
-        ctx: &Rc<ShardContext>,
         at: &PartitionRef,
         group: &str,
         settings: &ShareSettings,
         log: &PartitionLog,
     ) -> Result<Rc<InternalLog>, WireError> {
-        let share_log = self.share_log(ctx, at).await?;
+        let share_log = self.share_log(at).await?;
         let config = share_config(settings);
         let key = key(group, at);
         let mut entries = self.entries.borrow_mut();
@@ -400,11 +442,7 @@ impl Shares {
         Ok(share_log)
     }
 
-    async fn share_log(
-        &self,
-        ctx: &Rc<ShardContext>,
-        at: &PartitionRef,
-    ) -> Result<Rc<InternalLog>, WireError> {
+    async fn share_log(&self, at: &PartitionRef) -> Result<Rc<InternalLog>, WireError> {
         let id = (at.topic.id, at.partition);
         loop {
             let waiting = match self.logs.borrow().get(&id) {
@@ -426,8 +464,10 @@ impl Shares {
         self.logs
             .borrow_mut()
             .insert(id, ShareLog::Loading(notify.clone()));
-        let dir = shares_dir(ctx, &at.topic.name, at.topic.id).join(at.partition.to_string());
-        let result = match InternalLog::open(dir, ctx.config.fsync).await {
+        let dir = self
+            .shares_dir(&at.topic.name, at.topic.id)
+            .join(at.partition.to_string());
+        let result = match InternalLog::open(dir, self.config.fsync).await {
             Ok((log, live)) => {
                 let mut states = HashMap::new();
                 for (group, value) in live {
@@ -465,7 +505,6 @@ impl Shares {
     /// partition when one is due.
     async fn persist(
         &self,
-        ctx: &Rc<ShardContext>,
         at: &PartitionRef,
         group: &str,
         log: &InternalLog,
@@ -501,7 +540,7 @@ impl Shares {
                     )
                 }));
             }
-            tracing::debug!(shard = ctx.id, topic = %at.topic.name, partition = at.partition, "share log checkpoint");
+            tracing::debug!(shard = self.shard, topic = %at.topic.name, partition = at.partition, "share log checkpoint");
             log.checkpoint(live).await?;
         }
         Ok(())
@@ -511,7 +550,7 @@ impl Shares {
     /// from and why. Best effort: a failure is logged, the records stay archived.
     async fn dead_letter(
         &self,
-        ctx: &Rc<ShardContext>,
+        host: &impl ShareHost,
         at: &PartitionRef,
         group: &str,
         log: &PartitionLog,
@@ -527,12 +566,7 @@ impl Shares {
         if target.is_empty() {
             return;
         }
-        // Boxed: appending goes back through `ShardContext::call`, which may run this very
-        // shard's `execute` inline (an async recursion).
-        let copy = Box::pin(copy_to_dead_letter_topic(
-            ctx, at, group, log, letters, &target,
-        ));
-        match copy.await {
+        match copy_to_dead_letter_topic(host, at, group, log, letters, &target).await {
             Ok(()) => tracing::info!(
                 %group,
                 topic = %at.topic.name,
@@ -553,37 +587,13 @@ impl Shares {
 }
 
 async fn copy_to_dead_letter_topic(
-    ctx: &Rc<ShardContext>,
+    host: &impl ShareHost,
     at: &PartitionRef,
     group: &str,
     log: &PartitionLog,
     letters: &[DeadLetter],
     target: &str,
 ) -> Result<(), WireError> {
-    let meta = match ctx.catalog.snapshot().topics.get(target) {
-        Some(meta) => meta.clone(),
-        None => {
-            super::handlers::create_topic(
-                ctx,
-                CreateTopicRequest {
-                    name: target.to_string(),
-                    partitions: 1,
-                    configs: Vec::new(),
-                },
-            )
-            .await
-            .or_else(|e| match e.code {
-                ErrorCode::TopicAlreadyExists => Ok(Response::CreateTopic),
-                _ => Err(e),
-            })?;
-            ctx.catalog
-                .snapshot()
-                .topics
-                .get(target)
-                .cloned()
-                .ok_or_else(|| WireError::new(ErrorCode::UnknownTopicOrPartition, target))?
-        }
-    };
     let mut builder = BatchBuilder::new();
     for letter in letters {
         let read = log
@@ -614,28 +624,8 @@ async fn copy_to_dead_letter_topic(
             &headers,
         );
     }
-    let dlq = PartitionRef {
-        partition: at.partition % meta.partitions,
-        topic: meta,
-    };
-    let owner = ctx.owner(&dlq.topic.name, dlq.partition);
-    let batch: BytesMut = builder.finish();
-    match ctx
-        .call(
-            owner,
-            ShardOp::Append {
-                at: dlq,
-                batches: vec![batch],
-            },
-        )
-        .await
-    {
-        ShardReply::Appended(r) => r.map(drop),
-        _ => Err(WireError::new(
-            ErrorCode::Unknown,
-            "unexpected reply to append",
-        )),
-    }
+    let dlq = host.dead_letter_partition(target, at.partition).await?;
+    host.append(dlq, builder.finish()).await
 }
 
 /// Whole batches from the one holding `first` through the one holding `last` (or about
@@ -723,14 +713,6 @@ fn find_record(batches: &Bytes, offset: i64) -> Result<OwnedRecord, WireError> {
 
 fn key(group: &str, at: &PartitionRef) -> ShareKey {
     (group.to_string(), at.topic.id, at.partition)
-}
-
-fn shares_dir(ctx: &ShardContext, topic: &str, id: u64) -> std::path::PathBuf {
-    ctx.config
-        .data_dir
-        .join("meta")
-        .join("shares")
-        .join(format!("{topic}-{id}"))
 }
 
 fn share_config(s: &ShareSettings) -> ShareConfig {

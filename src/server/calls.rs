@@ -1,0 +1,280 @@
+//! The typed calls of the data path, the group coordinator and the share groups: what one
+//! shard asks of the shard that owns a partition or a group. Each call is a struct with its
+//! reply type (see [`super::rpc`]); topic lifecycle calls are in [`super::topics`].
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use futures_util::future::select;
+
+use super::context::ShardContext;
+use super::groups::GroupOp;
+use super::partitions::{storage_error, PartitionRef};
+use super::queues::{Acquired, ShareHost};
+use super::rpc::ShardCall;
+use super::topics;
+use crate::protocol::api::{offset_spec, AckRange, Response, SharePartitionState, ShareSettings};
+use crate::protocol::{ErrorCode, WireError};
+use crate::storage::{AppendOutcome, FileRange, PartitionLog, ReadOutcome};
+
+/// Appends validated batches.
+pub(crate) struct Append {
+    pub(crate) at: PartitionRef,
+    pub(crate) batches: Vec<BytesMut>,
+}
+
+impl ShardCall<ShardContext> for Append {
+    type Reply = Result<AppendOutcome, WireError>;
+
+    async fn run(self, shard: Rc<ShardContext>) -> Self::Reply {
+        let log = shard.log(&self.at).await?;
+        log.append(self.batches).await.map_err(storage_error)
+    }
+}
+
+/// Reads whole batches from `offset` into a buffer (for a fetch through another shard).
+pub(crate) struct Read {
+    pub(crate) at: PartitionRef,
+    pub(crate) offset: i64,
+    pub(crate) max_bytes: usize,
+}
+
+/// Batches read, and the bytes that were readable from the offset when they were.
+pub(crate) type ReadReply = Result<(ReadOutcome, u64), WireError>;
+
+impl ShardCall<ShardContext> for Read {
+    type Reply = ReadReply;
+
+    async fn run(self, shard: Rc<ShardContext>) -> ReadReply {
+        let log = shard.log(&self.at).await?;
+        let available = log.bytes_available_from(self.offset);
+        let read = log
+            .read(self.offset, self.max_bytes)
+            .await
+            .map_err(storage_error)?;
+        Ok((read, available))
+    }
+}
+
+/// Locates the bytes of a fetch from a partition this shard owns (see
+/// [`PartitionLog::read_range`]), with the readable-bytes estimate a long-poll needs: the
+/// range, the high watermark, the log start and the bytes readable from `offset`.
+pub(crate) async fn read_range(
+    shard: &ShardContext,
+    at: &PartitionRef,
+    offset: i64,
+    max_bytes: usize,
+) -> Result<(Option<FileRange>, i64, i64, u64), WireError> {
+    let log = shard.log(at).await?;
+    let available = log.bytes_available_from(offset);
+    let (range, hwm, start) = log
+        .read_range(offset, max_bytes)
+        .await
+        .map_err(storage_error)?;
+    Ok((range, hwm, start, available))
+}
+
+/// Answers once more than `seen` bytes are readable from `offset` (or the offset is no
+/// longer valid), or at `deadline`, or when the broker starts stopping. `seen` is what the
+/// caller's last read found readable. A caller that goes away cancels the wait.
+pub(crate) struct WaitForData {
+    pub(crate) at: PartitionRef,
+    pub(crate) offset: i64,
+    pub(crate) seen: u64,
+    pub(crate) deadline: Instant,
+}
+
+impl ShardCall<ShardContext> for WaitForData {
+    type Reply = ();
+
+    async fn run(self, shard: Rc<ShardContext>) {
+        let Ok(log) = shard.log(&self.at).await else {
+            return; // the caller's next read reports the error
+        };
+        loop {
+            if self.offset < log.log_start_offset()
+                || self.offset > log.high_watermark()
+                || log.bytes_available_from(self.offset) > self.seen
+            {
+                return;
+            }
+            if shard.is_shutting_down() || Instant::now() >= self.deadline {
+                return;
+            }
+            let appended = log.appended().notified();
+            let stop = shard.shutdown.notified();
+            let timer = compio::time::sleep_until(self.deadline);
+            futures_util::pin_mut!(appended, stop, timer);
+            let _ = select(appended, select(stop, timer)).await;
+        }
+    }
+}
+
+/// The earliest, latest or by-timestamp offset of a partition.
+pub(crate) struct ListOffset {
+    pub(crate) at: PartitionRef,
+    pub(crate) timestamp: i64,
+}
+
+impl ShardCall<ShardContext> for ListOffset {
+    type Reply = Result<i64, WireError>;
+
+    async fn run(self, shard: Rc<ShardContext>) -> Self::Reply {
+        let log = shard.log(&self.at).await?;
+        match self.timestamp {
+            offset_spec::LATEST => Ok(log.high_watermark()),
+            offset_spec::EARLIEST => Ok(log.log_start_offset()),
+            ts if ts >= 0 => log
+                .offset_for_timestamp(ts)
+                .await
+                .map(|o| o.unwrap_or(-1))
+                .map_err(storage_error),
+            other => Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                format!("timestamp {other} is neither -1, -2 nor a time in ms"),
+            )),
+        }
+    }
+}
+
+/// A consumer-group request, run by the group's coordinator.
+pub(crate) struct GroupCall(pub(crate) GroupOp);
+
+impl ShardCall<ShardContext> for GroupCall {
+    type Reply = Result<Response, WireError>;
+
+    async fn run(self, shard: Rc<ShardContext>) -> Self::Reply {
+        shard.coordinator.run(self.0).await
+    }
+}
+
+/// Acquires records of a share group on a partition.
+pub(crate) struct ShareAcquire {
+    pub(crate) at: PartitionRef,
+    pub(crate) group: String,
+    pub(crate) member: String,
+    pub(crate) max_records: u32,
+    pub(crate) max_bytes: usize,
+    pub(crate) settings: ShareSettings,
+}
+
+impl ShardCall<ShardContext> for ShareAcquire {
+    type Reply = Result<Acquired, WireError>;
+
+    async fn run(self, shard: Rc<ShardContext>) -> Self::Reply {
+        shard
+            .shares
+            .acquire(
+                &shard,
+                &self.at,
+                &self.group,
+                &self.member,
+                self.max_records,
+                self.max_bytes,
+                &self.settings,
+            )
+            .await
+    }
+}
+
+/// Acknowledges records of a share group on a partition.
+pub(crate) struct ShareAck {
+    pub(crate) at: PartitionRef,
+    pub(crate) group: String,
+    pub(crate) member: String,
+    pub(crate) ranges: Vec<AckRange>,
+}
+
+impl ShardCall<ShardContext> for ShareAck {
+    type Reply = Result<(), WireError>;
+
+    async fn run(self, shard: Rc<ShardContext>) -> Self::Reply {
+        shard
+            .shares
+            .acknowledge(&shard, &self.at, &self.group, &self.member, &self.ranges)
+            .await
+    }
+}
+
+/// The members and partition states of a share group on the shard.
+pub(crate) struct ShareDescribe {
+    pub(crate) group: String,
+}
+
+impl ShardCall<ShardContext> for ShareDescribe {
+    type Reply = (Vec<String>, Vec<SharePartitionState>);
+
+    async fn run(self, shard: Rc<ShardContext>) -> Self::Reply {
+        let logs = |topic: &str, partition: u32| shard.partitions.log_end(topic, partition);
+        shard.shares.describe(&self.group, &logs)
+    }
+}
+
+/// The share groups with state on the shard, with their member counts.
+pub(crate) struct ShareGroups;
+
+impl ShardCall<ShardContext> for ShareGroups {
+    type Reply = BTreeMap<String, usize>;
+
+    async fn run(self, shard: Rc<ShardContext>) -> Self::Reply {
+        shard.shares.groups()
+    }
+}
+
+/// Releases what a share-group member holds on the shard (its connection closed).
+pub(crate) struct ShareRelease {
+    pub(crate) group: String,
+    pub(crate) member: String,
+}
+
+impl ShardCall<ShardContext> for ShareRelease {
+    type Reply = ();
+
+    async fn run(self, shard: Rc<ShardContext>) {
+        shard.shares.release_member(&self.group, &self.member);
+    }
+}
+
+impl ShareHost for Rc<ShardContext> {
+    async fn partition_log(&self, at: &PartitionRef) -> Result<Rc<PartitionLog>, WireError> {
+        self.log(at).await
+    }
+
+    async fn dead_letter_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<PartitionRef, WireError> {
+        let meta = match self.catalog.get(topic) {
+            Some(meta) => meta,
+            None => match topics::create(self, topic, 1, &[]).await {
+                Ok(meta) => meta,
+                // Another consumer's dead letters created it meanwhile.
+                Err(e) if e.code == ErrorCode::TopicAlreadyExists => self
+                    .catalog
+                    .get(topic)
+                    .ok_or_else(|| WireError::new(ErrorCode::UnknownTopicOrPartition, topic))?,
+                Err(e) => return Err(e),
+            },
+        };
+        Ok(PartitionRef {
+            partition: partition % meta.partitions,
+            topic: meta,
+        })
+    }
+
+    async fn append(&self, at: PartitionRef, batch: BytesMut) -> Result<(), WireError> {
+        let owner = self.owner_of(&at);
+        self.call(
+            owner,
+            Append {
+                at,
+                batches: vec![batch],
+            },
+        )
+        .await?
+        .map(drop)
+    }
+}

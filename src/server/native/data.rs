@@ -1,0 +1,394 @@
+//! The data path's requests: produce, fetch (with long-poll) and list offsets.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::{select_all, Either};
+
+use crate::protocol::api::*;
+use crate::protocol::batch::{self, BatchError};
+use crate::protocol::{ErrorCode, WireError};
+use crate::server::calls::{read_range, Append, ListOffset, Read, WaitForData};
+use crate::server::context::{first, ShardContext};
+use crate::server::partitions::PartitionRef;
+use crate::server::topics;
+use crate::storage::FileRange;
+
+/// Largest fetch response, whatever the client asks for: bounds the memory one request can
+/// pin.
+pub const MAX_FETCH_BYTES: usize = 64 << 20;
+/// Longest long-poll a fetch may ask for.
+pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(60);
+
+/// What a handler answers.
+pub(crate) enum Reply {
+    /// A response encoded as it is.
+    Plain(Response),
+    /// A fetch response; entry `i` of the ranges (partition entries in encoding order), when
+    /// set, replaces that partition's records with bytes spliced from the file.
+    Fetch(FetchResponse, Vec<Option<FileRange>>),
+}
+
+/// Splits a produce request's records into single batches and validates each (header and
+/// CRC32C). The batches stay handles into the request buffer.
+fn split_batches(
+    mut records: BytesMut,
+    max_batch_bytes: usize,
+) -> Result<Vec<BytesMut>, WireError> {
+    let mut batches = Vec::new();
+    while !records.is_empty() {
+        let header = batch::BatchHeader::parse(&records).map_err(batch_error)?;
+        let len = header.total_len();
+        if len > max_batch_bytes {
+            return Err(batch_error(BatchError::TooLarge {
+                size: len,
+                limit: max_batch_bytes,
+            }));
+        }
+        if len > records.len() {
+            return Err(batch_error(BatchError::Truncated {
+                needed: len,
+                available: records.len(),
+            }));
+        }
+        let one = records.split_to(len);
+        batch::validate(&one, max_batch_bytes).map_err(batch_error)?;
+        batches.push(one);
+    }
+    if batches.is_empty() {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            "a produce partition entry carries no record batch",
+        ));
+    }
+    Ok(batches)
+}
+
+fn batch_error(e: BatchError) -> WireError {
+    let code = match e {
+        BatchError::TooLarge { .. } => ErrorCode::BatchTooLarge,
+        _ => ErrorCode::CorruptBatch,
+    };
+    WireError::new(code, e.to_string())
+}
+
+pub(super) async fn produce(ctx: &Rc<ShardContext>, r: ProduceRequest) -> Response {
+    // Every partition's append is started in request order before any is awaited, so the
+    // batches of pipelined requests reach each partition in the order they were sent.
+    let mut shape = Vec::with_capacity(r.topics.len());
+    let mut appends = Vec::new();
+    let mut early: Vec<Option<WireError>> = Vec::new();
+    for topic in r.topics {
+        let mut parts = Vec::with_capacity(topic.partitions.len());
+        for p in topic.partitions {
+            parts.push(p.partition);
+            let prepared = topics::lookup(ctx, &topic.topic, p.partition).and_then(|at| {
+                split_batches(p.records, ctx.config.max_batch_bytes).map(|batches| (at, batches))
+            });
+            match prepared {
+                Ok((at, batches)) => {
+                    appends.push((ctx.owner_of(&at), Append { at, batches }));
+                    early.push(None);
+                }
+                Err(e) => early.push(Some(e)),
+            }
+        }
+        shape.push((topic.topic, parts));
+    }
+    // One envelope per owning shard; each runs its appends in request order.
+    let all = ctx.call_grouped(appends);
+    let replies = if r.timeout_ms == 0 {
+        all.await
+    } else {
+        let limit = Duration::from_millis(u64::from(r.timeout_ms));
+        match first(all, compio::time::sleep(limit)).await {
+            Either::Left(replies) => replies,
+            // The appends go on and may still land; the producer learns it waited too long
+            // (as with Kafka's request timeout, a retry may duplicate).
+            Either::Right(()) => (0..early.iter().filter(|e| e.is_none()).count())
+                .map(|_| {
+                    Ok(Err(WireError::new(
+                        ErrorCode::Timeout,
+                        format!("not acknowledged within {} ms", r.timeout_ms),
+                    )))
+                })
+                .collect(),
+        }
+    };
+    let mut replies = replies.into_iter();
+    let mut early = early.into_iter();
+    let topics = shape
+        .into_iter()
+        .map(|(topic, parts)| ProduceTopicResponse {
+            topic,
+            partitions: parts
+                .into_iter()
+                .map(|partition| {
+                    let outcome = match early.next().flatten() {
+                        Some(e) => Err(e),
+                        None => replies
+                            .next()
+                            .unwrap_or_else(|| Ok(Err(missing_reply())))
+                            .and_then(|r| r),
+                    };
+                    match outcome {
+                        Ok(a) => ProducePartitionResponse {
+                            partition,
+                            error: ErrorCode::None,
+                            message: String::new(),
+                            base_offset: a.base_offset,
+                            last_offset: a.last_offset,
+                        },
+                        Err(e) => ProducePartitionResponse {
+                            partition,
+                            error: e.code,
+                            message: e.message,
+                            base_offset: -1,
+                            last_offset: -1,
+                        },
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    Response::Produce(ProduceResponse { topics })
+}
+
+struct FetchSlot {
+    topic_index: usize,
+    partition: u32,
+    offset: i64,
+    max_bytes: usize,
+    at: Result<PartitionRef, WireError>,
+}
+
+/// One pass over the requested partitions.
+struct FetchPass {
+    parts: Vec<FetchPartitionResponse>,
+    /// For partitions this shard owns: the file range the writer sends with splice instead
+    /// of `records`.
+    files: Vec<Option<FileRange>>,
+    /// Bytes readable from each slot's offset when it was read (what a long-poll waits to
+    /// see grow).
+    available: Vec<u64>,
+    total: usize,
+}
+
+/// Reads every requested partition once, in order, within the response's byte budget.
+async fn read_all(ctx: &Rc<ShardContext>, slots: &[FetchSlot], max_bytes: usize) -> FetchPass {
+    let mut out = Vec::with_capacity(slots.len());
+    let mut files = Vec::with_capacity(slots.len());
+    let mut available = Vec::with_capacity(slots.len());
+    let mut total = 0usize;
+    for slot in slots {
+        let mut file = None;
+        let budget = slot.max_bytes.min(max_bytes.saturating_sub(total));
+        let result = match &slot.at {
+            Err(e) => Err(e.clone()),
+            // The response is full: later partitions get nothing this time (a first
+            // non-empty partition always gets at least one batch).
+            // (high watermark -1: not read this time).
+            Ok(_) if budget == 0 && total > 0 => Ok((Bytes::new(), -1, -1, 0)),
+            // Owned here: locate the bytes; the connection's writer splices them from the
+            // file to the socket.
+            Ok(at) if ctx.owner_of(at) == ctx.id => read_range(ctx, at, slot.offset, budget.max(1))
+                .await
+                .map(|(range, hwm, start, available)| {
+                    file = range;
+                    (Bytes::new(), hwm, start, available)
+                }),
+            Ok(at) => {
+                let call = Read {
+                    at: at.clone(),
+                    offset: slot.offset,
+                    max_bytes: budget.max(1),
+                };
+                ctx.call(ctx.owner_of(at), call)
+                    .await
+                    .and_then(|r| r)
+                    .map(|(o, available)| {
+                        (o.records, o.high_watermark, o.log_start_offset, available)
+                    })
+            }
+        };
+        available.push(result.as_ref().map_or(0, |r| r.3));
+        total += file.as_ref().map_or(0, |f| f.len);
+        files.push(file);
+        out.push(match result {
+            Ok((records, hwm, start, _)) => {
+                total += records.len();
+                FetchPartitionResponse {
+                    partition: slot.partition,
+                    error: ErrorCode::None,
+                    message: String::new(),
+                    high_watermark: hwm,
+                    log_start_offset: start,
+                    records,
+                }
+            }
+            Err(e) => FetchPartitionResponse {
+                partition: slot.partition,
+                error: e.code,
+                message: e.message,
+                high_watermark: -1,
+                log_start_offset: -1,
+                records: Bytes::new(),
+            },
+        });
+    }
+    FetchPass {
+        parts: out,
+        files,
+        available,
+        total,
+    }
+}
+
+pub(super) async fn fetch(ctx: &Rc<ShardContext>, r: FetchRequest) -> Reply {
+    let deadline =
+        Instant::now() + Duration::from_millis(u64::from(r.max_wait_ms)).min(MAX_FETCH_WAIT);
+    let max_bytes = (r.max_bytes as usize).min(MAX_FETCH_BYTES);
+    let mut names = Vec::with_capacity(r.topics.len());
+    let mut slots = Vec::new();
+    for (topic_index, t) in r.topics.into_iter().enumerate() {
+        for p in &t.partitions {
+            slots.push(FetchSlot {
+                topic_index,
+                partition: p.partition,
+                offset: p.offset,
+                max_bytes: p.max_bytes as usize,
+                at: topics::lookup(ctx, &t.topic, p.partition),
+            });
+        }
+        names.push(t.topic);
+    }
+    let min_bytes = r.min_bytes as usize;
+    loop {
+        let FetchPass {
+            parts,
+            files,
+            available,
+            total,
+        } = read_all(ctx, &slots, max_bytes).await;
+        let errors = parts.iter().any(|p| p.error != ErrorCode::None);
+        // (min_bytes above the response budget could never be met: the budget counts.)
+        if total >= min_bytes.min(max_bytes)
+            || errors
+            || Instant::now() >= deadline
+            || ctx.is_shutting_down()
+        {
+            return fetch_response(names, &slots, parts, files);
+        }
+        // Long-poll: ask each owner to tell us when its partition has more than we saw,
+        // and read again when the first one does (or at the deadline).
+        let waits: Vec<_> = slots
+            .iter()
+            .zip(&available)
+            .filter_map(|(slot, seen)| {
+                let at = slot.at.as_ref().ok()?.clone();
+                let owner = ctx.owner_of(&at);
+                let call = WaitForData {
+                    at,
+                    offset: slot.offset,
+                    seen: *seen,
+                    deadline,
+                };
+                Some(Box::pin(ctx.call(owner, call)))
+            })
+            .collect();
+        if waits.is_empty() {
+            compio::time::sleep_until(deadline).await;
+            continue;
+        }
+        let stop = ctx.shutdown.notified();
+        let _ = first(
+            select_all(waits),
+            first(compio::time::sleep_until(deadline), stop),
+        )
+        .await;
+    }
+}
+
+/// Groups the partition entries under their topics. Slots were made topic by topic, so
+/// their order is the encoding order and `files` stays aligned with it.
+fn fetch_response(
+    names: Vec<String>,
+    slots: &[FetchSlot],
+    parts: Vec<FetchPartitionResponse>,
+    files: Vec<Option<FileRange>>,
+) -> Reply {
+    let mut topics: Vec<FetchTopicResponse> = names
+        .into_iter()
+        .map(|topic| FetchTopicResponse {
+            topic,
+            partitions: Vec::new(),
+        })
+        .collect();
+    for (slot, part) in slots.iter().zip(parts) {
+        topics[slot.topic_index].partitions.push(part);
+    }
+    Reply::Fetch(FetchResponse { topics }, files)
+}
+
+pub(super) async fn list_offsets(ctx: &Rc<ShardContext>, r: ListOffsetsRequest) -> Response {
+    // Every lookup of the request first, then one envelope per owning shard.
+    let mut calls = Vec::new();
+    let mut early = Vec::new();
+    for t in &r.topics {
+        for p in &t.partitions {
+            match topics::lookup(ctx, &t.topic, p.partition) {
+                Ok(at) => {
+                    let timestamp = p.timestamp;
+                    calls.push((ctx.owner_of(&at), ListOffset { at, timestamp }));
+                    early.push(None);
+                }
+                Err(e) => early.push(Some(e)),
+            }
+        }
+    }
+    let mut replies = ctx.call_grouped(calls).await.into_iter();
+    let mut early = early.into_iter();
+    let topics = r
+        .topics
+        .into_iter()
+        .map(|t| ListOffsetsTopicResponse {
+            partitions: t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let result = match early.next().flatten() {
+                        Some(e) => Err(e),
+                        None => replies
+                            .next()
+                            .unwrap_or_else(|| Ok(Err(missing_reply())))
+                            .and_then(|r| r),
+                    };
+                    match result {
+                        Ok(offset) => ListOffsetsPartitionResponse {
+                            partition: p.partition,
+                            error: ErrorCode::None,
+                            message: String::new(),
+                            offset,
+                        },
+                        Err(e) => ListOffsetsPartitionResponse {
+                            partition: p.partition,
+                            error: e.code,
+                            message: e.message,
+                            offset: -1,
+                        },
+                    }
+                })
+                .collect(),
+            topic: t.topic,
+        })
+        .collect();
+    Response::ListOffsets(ListOffsetsResponse { topics })
+}
+
+/// A reply missing from a grouped call's answer: cannot happen, since the replies come
+/// back one per call; logged if it ever does.
+fn missing_reply() -> WireError {
+    tracing::error!("a grouped call answered fewer replies than it had calls");
+    WireError::new(ErrorCode::Unknown, "internal error: a reply went missing")
+}

@@ -1,0 +1,77 @@
+//! The native protocol's front end: each handler decodes nothing itself (the codec in
+//! `protocol/` did), calls the services (topics, the typed partition, group and share
+//! calls), and builds the response. Nothing here owns state.
+//!
+//! - `admin`: API versions, metadata, topic create/delete/alter/describe/list.
+//! - `data`: produce, fetch (with long-poll), list offsets.
+//! - `groups`: consumer-group requests, forwarded to the group's coordinator shard.
+//! - `shares`: share-group (queue) fetch, acknowledge and describe.
+
+mod admin;
+mod data;
+mod groups;
+mod shares;
+
+pub(crate) use data::Reply;
+pub use data::{MAX_FETCH_BYTES, MAX_FETCH_WAIT};
+
+use std::net::IpAddr;
+use std::rc::Rc;
+
+use super::context::ShardContext;
+use super::groups::GroupOp;
+use crate::protocol::api::*;
+use crate::protocol::{ErrorCode, WireError};
+
+/// Handles one decoded request. `None` means no response is sent (produce with acks = 0).
+/// `local_ip` is the broker address the client reached (advertised in metadata when the
+/// broker listens on an unspecified address such as 0.0.0.0).
+pub(crate) async fn handle(
+    ctx: &Rc<ShardContext>,
+    request: Request,
+    local_ip: Option<IpAddr>,
+) -> Option<Result<Reply, WireError>> {
+    if ctx.is_shutting_down() {
+        return Some(Err(WireError::new(
+            ErrorCode::ShuttingDown,
+            "the broker is shutting down",
+        )));
+    }
+    let plain = match request {
+        Request::Fetch(r) => return Some(Ok(data::fetch(ctx, r).await)),
+        Request::ApiVersions(r) => Ok(admin::api_versions(ctx, r)),
+        Request::Metadata(r) => Ok(admin::metadata(ctx, r, local_ip)),
+        Request::CreateTopic(r) => admin::create_topic(ctx, r).await,
+        Request::DeleteTopic(r) => admin::delete_topic(ctx, r).await,
+        Request::ListTopics => Ok(admin::list_topics(ctx)),
+        Request::DescribeTopic(r) => admin::describe_topic(ctx, r).await,
+        Request::AlterTopicConfig(r) => admin::alter_topic(ctx, r).await,
+        Request::Produce(r) => {
+            let acks = r.acks;
+            let response = data::produce(ctx, r).await;
+            if acks == Acks::None {
+                return None;
+            }
+            Ok(response)
+        }
+        Request::ListOffsets(r) => Ok(data::list_offsets(ctx, r).await),
+        Request::JoinGroup(r) => groups::call(ctx, &r.group.clone(), GroupOp::Join(r)).await,
+        Request::Heartbeat(r) => groups::call(ctx, &r.group.clone(), GroupOp::Heartbeat(r)).await,
+        Request::LeaveGroup(r) => groups::call(ctx, &r.group.clone(), GroupOp::Leave(r)).await,
+        Request::CommitOffsets(r) => groups::call(ctx, &r.group.clone(), GroupOp::Commit(r)).await,
+        Request::FetchOffsets(r) => {
+            groups::call(ctx, &r.group.clone(), GroupOp::FetchOffsets(r)).await
+        }
+        Request::DescribeGroup(r) => {
+            groups::call(ctx, &r.group, GroupOp::Describe(r.group.clone())).await
+        }
+        Request::DeleteGroup(r) => {
+            groups::call(ctx, &r.group, GroupOp::Delete(r.group.clone())).await
+        }
+        Request::ListGroups => groups::list(ctx).await,
+        Request::ShareFetch(r) => shares::fetch(ctx, r).await,
+        Request::ShareAck(r) => shares::ack(ctx, r).await,
+        Request::DescribeQueue(r) => shares::describe(ctx, &r.group).await,
+    };
+    Some(plain.map(Reply::Plain))
+}

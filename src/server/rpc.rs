@@ -1,0 +1,323 @@
+//! Typed calls between shards.
+//!
+//! Work for a partition (or group, or topic) another shard owns is a value of a type that
+//! implements [`ShardCall`]: the call says what runs on the owner and what it answers, so a
+//! caller of [`Rpc::call`] gets exactly `C::Reply` back and cannot be handed another
+//! operation's answer. A call to this shard runs inline, without boxing; a call to another
+//! shard is boxed into an [`Envelope`], pushed into the ring to the owner, run there as its
+//! own task, and its reply comes back through the ring the other way.
+//!
+//! Cancellation is part of every call: a caller whose future is dropped before the answer
+//! (a long-poll whose client went away, a produce past its timeout) sends the owner a
+//! cancel, and the owner drops the running call at its next wait, so nothing keeps waiting
+//! for a caller that is gone.
+//!
+//! Several calls to one shard from one request travel as one envelope: a `Vec<C>` is itself
+//! a call, whose reply is the vector of replies (see [`Rpc::call_grouped`]).
+//!
+//! The module is generic over the shard's state `S`, so it imports nothing of the services
+//! that implement calls.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use futures_util::future::{join_all, select, Either};
+
+use crate::local::{oneshot, OneshotReceiver, OneshotSender};
+use crate::shard::mesh::{InboxWaiter, ShardLinks};
+use crate::shard::ShardId;
+
+/// The state of a shard that runs calls: it knows its own [`Rpc`], through which a call
+/// running on it answers.
+pub(crate) trait MeshShard: Sized + 'static {
+    /// This shard's side of the mesh.
+    fn rpc(&self) -> &Rpc<Self>;
+}
+
+/// An operation one shard runs for another.
+pub(crate) trait ShardCall<S>: Send + 'static {
+    /// What the owner answers.
+    type Reply: Send + 'static;
+
+    /// Runs on the owning shard.
+    fn run(self, shard: Rc<S>) -> impl Future<Output = Self::Reply>;
+}
+
+/// Calls to one shard gathered into one envelope; the replies keep the calls' order.
+impl<S: 'static, C: ShardCall<S>> ShardCall<S> for Vec<C> {
+    type Reply = Vec<C::Reply>;
+
+    async fn run(self, shard: Rc<S>) -> Vec<C::Reply> {
+        join_all(self.into_iter().map(|call| call.run(shard.clone()))).await
+    }
+}
+
+/// The owner of a call went away without answering (its shard is stopping). Reaches a
+/// client as an internal error, with a log line on the caller's shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lost;
+
+type BoxedReply = Box<dyn Any + Send>;
+type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// A call with its type erased, so calls of every type share the rings.
+trait ErasedCall<S>: Send {
+    fn run(self: Box<Self>, shard: Rc<S>) -> LocalBoxFuture<BoxedReply>;
+}
+
+impl<S: 'static, C: ShardCall<S>> ErasedCall<S> for C {
+    fn run(self: Box<Self>, shard: Rc<S>) -> LocalBoxFuture<BoxedReply> {
+        Box::pin(async move { Box::new((*self).run(shard).await) as BoxedReply })
+    }
+}
+
+/// What travels in the rings.
+pub(crate) struct Envelope<S>(Message<S>);
+
+enum Message<S> {
+    /// Run `call` and answer with the same token.
+    Call {
+        token: u64,
+        call: Box<dyn ErasedCall<S>>,
+    },
+    /// The answer to an earlier call of ours.
+    Reply { token: u64, reply: BoxedReply },
+    /// The caller of `token` is gone: stop working on it.
+    Cancel { token: u64 },
+}
+
+/// One shard's side of the mesh: its rings, the calls it awaits answers for and the calls
+/// it runs for others.
+pub(crate) struct Rpc<S> {
+    id: ShardId,
+    links: RefCell<ShardLinks<Envelope<S>>>,
+    waiter: InboxWaiter<Envelope<S>>,
+    /// Envelopes for shard `j` that found its ring full, oldest first. Sending goes through
+    /// here whenever it is non-empty, so messages to one shard keep their order (a produce
+    /// pipelined behind a blocked one cannot overtake it). Its size is bounded by the
+    /// connections' in-flight limits: a connection with that many unanswered requests is not
+    /// read.
+    overflow: RefCell<Vec<VecDeque<Envelope<S>>>>,
+    /// Our calls awaiting an answer, by token.
+    pending: RefCell<HashMap<u64, OneshotSender<BoxedReply>>>,
+    next_token: Cell<u64>,
+    /// Calls running here for other shards, by (caller, token): dropping the sender cancels
+    /// the call.
+    running: RefCell<HashMap<(ShardId, u64), OneshotSender<()>>>,
+}
+
+impl<S: MeshShard> Rpc<S> {
+    pub(crate) fn new(links: ShardLinks<Envelope<S>>) -> Rpc<S> {
+        let shards = links.shard_count();
+        Rpc {
+            id: links.id(),
+            waiter: links.waiter(),
+            links: RefCell::new(links),
+            overflow: RefCell::new((0..shards).map(|_| VecDeque::new()).collect()),
+            pending: RefCell::new(HashMap::new()),
+            next_token: Cell::new(0),
+            running: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Runs `call` on shard `owner`: inline if that is this shard, else through the rings.
+    pub(crate) async fn call<C: ShardCall<S>>(
+        &self,
+        shard: &Rc<S>,
+        owner: ShardId,
+        call: C,
+    ) -> Result<C::Reply, Lost> {
+        if owner == self.id {
+            return Ok(call.run(shard.clone()).await);
+        }
+        let (token, rx) = self.send_call(owner, Box::new(call));
+        let waiting = Waiting {
+            rpc: self,
+            owner,
+            token,
+            answered: false,
+        };
+        let reply = rx.await;
+        waiting.answered();
+        match reply.map(|r| r.downcast::<C::Reply>()) {
+            Ok(Ok(reply)) => Ok(*reply),
+            Ok(Err(_)) => {
+                // Cannot happen: the token names the call whose reply this is.
+                tracing::error!(shard = self.id, owner, "a reply of the wrong type");
+                Err(Lost)
+            }
+            Err(_) => Err(Lost),
+        }
+    }
+
+    /// Runs calls on their owners, one envelope per owner, and returns the replies in the
+    /// order of `calls`.
+    pub(crate) async fn call_grouped<C: ShardCall<S>>(
+        &self,
+        shard: &Rc<S>,
+        calls: Vec<(ShardId, C)>,
+    ) -> Vec<Result<C::Reply, Lost>> {
+        let mut by_owner: Vec<(ShardId, Vec<usize>, Vec<C>)> = Vec::new();
+        let count = calls.len();
+        for (i, (owner, call)) in calls.into_iter().enumerate() {
+            match by_owner.iter_mut().find(|(o, _, _)| *o == owner) {
+                Some((_, index, group)) => {
+                    index.push(i);
+                    group.push(call);
+                }
+                None => by_owner.push((owner, vec![i], vec![call])),
+            }
+        }
+        let (owners, groups): (Vec<_>, Vec<_>) = by_owner
+            .into_iter()
+            .map(|(owner, index, group)| ((owner, index), group))
+            .unzip();
+        let replies = join_all(
+            owners
+                .iter()
+                .zip(groups)
+                .map(|((owner, _), group)| self.call(shard, *owner, group)),
+        )
+        .await;
+        let mut out: Vec<Option<Result<C::Reply, Lost>>> = (0..count).map(|_| None).collect();
+        for ((_, index), reply) in owners.into_iter().zip(replies) {
+            match reply {
+                Ok(replies) => {
+                    for (i, r) in index.into_iter().zip(replies) {
+                        out[i] = Some(Ok(r));
+                    }
+                }
+                Err(Lost) => {
+                    for i in index {
+                        out[i] = Some(Err(Lost));
+                    }
+                }
+            }
+        }
+        out.into_iter().map(|r| r.unwrap_or(Err(Lost))).collect()
+    }
+
+    fn send_call(
+        &self,
+        owner: ShardId,
+        call: Box<dyn ErasedCall<S>>,
+    ) -> (u64, OneshotReceiver<BoxedReply>) {
+        let token = self.next_token.get();
+        self.next_token.set(token.wrapping_add(1));
+        let (tx, rx) = oneshot();
+        self.pending.borrow_mut().insert(token, tx);
+        self.send(owner, Envelope(Message::Call { token, call }));
+        (token, rx)
+    }
+
+    /// Pushes into the ring to `to`, or behind the envelopes already waiting for room in it.
+    fn send(&self, to: ShardId, envelope: Envelope<S>) {
+        let mut overflow = self.overflow.borrow_mut();
+        let queue = &mut overflow[to as usize];
+        if !queue.is_empty() {
+            queue.push_back(envelope);
+        } else if let Err(back) = self.links.borrow_mut().try_send(to, envelope) {
+            queue.push_back(back);
+        }
+    }
+
+    /// Moves waiting envelopes into rings that have room again, in order.
+    pub(crate) fn flush_overflow(&self) {
+        let mut overflow = self.overflow.borrow_mut();
+        let mut links = self.links.borrow_mut();
+        for (to, queue) in overflow.iter_mut().enumerate() {
+            while let Some(envelope) = queue.pop_front() {
+                if let Err(back) = links.try_send(to as ShardId, envelope) {
+                    // Still full: the consumer signals us when it frees room.
+                    queue.push_front(back);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Takes up to `budget` envelopes from the incoming rings: answers complete our calls,
+    /// calls from others start as tasks of this shard. Returns how many were taken.
+    pub(crate) fn drain(&self, shard: &Rc<S>, budget: usize) -> usize {
+        let mut incoming = Vec::new();
+        let handled = self
+            .links
+            .borrow_mut()
+            .drain(budget, |from, envelope| incoming.push((from, envelope)));
+        for (from, Envelope(message)) in incoming {
+            match message {
+                Message::Reply { token, reply } => {
+                    if let Some(tx) = self.pending.borrow_mut().remove(&token) {
+                        tx.send(reply);
+                    }
+                }
+                Message::Cancel { token } => {
+                    // Dropping the sender ends the call's task at its next wait.
+                    self.running.borrow_mut().remove(&(from, token));
+                }
+                Message::Call { token, call } => self.start(shard, from, token, call),
+            }
+        }
+        handled
+    }
+
+    fn start(&self, shard: &Rc<S>, from: ShardId, token: u64, call: Box<dyn ErasedCall<S>>) {
+        let (cancel, canceled) = oneshot::<()>();
+        self.running.borrow_mut().insert((from, token), cancel);
+        let work = call.run(shard.clone());
+        let shard = shard.clone();
+        compio::runtime::spawn(async move {
+            let reply = match select(work, canceled).await {
+                Either::Left((reply, _)) => Some(reply),
+                // The caller is gone: nobody waits for an answer.
+                Either::Right(_) => None,
+            };
+            let rpc = shard.rpc();
+            rpc.running.borrow_mut().remove(&(from, token));
+            if let Some(reply) = reply {
+                rpc.send(from, Envelope(Message::Reply { token, reply }));
+            }
+        })
+        .detach();
+    }
+
+    /// Wakes every shard (to start shutdown or to report quiescence).
+    pub(crate) fn signal_all(&self) {
+        self.links.borrow().signal_all();
+    }
+
+    /// Sleeps until an incoming ring has something (or a signal came).
+    pub(crate) async fn wait(&self) {
+        self.waiter.wait(&self.links).await;
+    }
+}
+
+/// A call sent and not yet answered: if the caller drops it, the owner is told to stop.
+struct Waiting<'a, S: MeshShard> {
+    rpc: &'a Rpc<S>,
+    owner: ShardId,
+    token: u64,
+    answered: bool,
+}
+
+impl<S: MeshShard> Waiting<'_, S> {
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl<S: MeshShard> Drop for Waiting<'_, S> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        if self.rpc.pending.borrow_mut().remove(&self.token).is_some() {
+            self.rpc
+                .send(self.owner, Envelope(Message::Cancel { token: self.token }));
+        }
+    }
+}
