@@ -6,8 +6,9 @@
 //! [`crate::shard::mesh`].
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::hash::Hash;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -251,6 +252,168 @@ impl Drop for Notified<'_> {
     }
 }
 
+/// Values opened on first use, once: a partition's log, a group bucket's offsets log, a
+/// partition's share-state log. The first task that asks for a key claims it and runs the
+/// open; tasks asking meanwhile wait for that open and take its value. If the opening task
+/// is dropped before it finishes (a request that timed out), its claim is withdrawn and a
+/// waiter opens instead; if the open fails, the key stays absent and the next ask tries
+/// again. A key removed while it is being opened stays removed: the opener gets its value,
+/// the map does not keep it.
+pub struct OnceMap<K, V> {
+    slots: RefCell<HashMap<K, OnceSlot<V>>>,
+}
+
+enum OnceSlot<V> {
+    Opening(Rc<Notify>),
+    Ready(V),
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Default for OnceMap<K, V> {
+    fn default() -> Self {
+        OnceMap {
+            slots: RefCell::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> OnceMap<K, V> {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The value of `key` if it is open.
+    pub fn get(&self, key: &K) -> Option<V> {
+        match self.slots.borrow().get(key) {
+            Some(OnceSlot::Ready(v)) => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    /// The value of `key`, opened with `open` if no task has opened it yet.
+    pub async fn get_or_open<E, F, Fut>(&self, key: &K, open: F) -> Result<V, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        loop {
+            let opening = match self.slots.borrow().get(key) {
+                Some(OnceSlot::Ready(v)) => return Ok(v.clone()),
+                Some(OnceSlot::Opening(n)) => Some(n.clone()),
+                None => None,
+            };
+            match opening {
+                // Registered before we look again, so the opener's notify is not missed.
+                Some(notify) => {
+                    let opened = notify.notified();
+                    let still_opening = matches!(
+                        self.slots.borrow().get(key),
+                        Some(OnceSlot::Opening(n)) if Rc::ptr_eq(n, &notify)
+                    );
+                    if still_opening {
+                        opened.await;
+                    }
+                }
+                None => break,
+            }
+        }
+        let notify = Rc::new(Notify::new());
+        self.slots
+            .borrow_mut()
+            .insert(key.clone(), OnceSlot::Opening(notify.clone()));
+        let claim = Claim {
+            map: self,
+            key,
+            notify: &notify,
+        };
+        let result = open().await;
+        std::mem::forget(claim);
+        {
+            let mut slots = self.slots.borrow_mut();
+            let ours = matches!(
+                slots.get(key),
+                Some(OnceSlot::Opening(n)) if Rc::ptr_eq(n, &notify)
+            );
+            if ours {
+                match &result {
+                    Ok(v) => {
+                        slots.insert(key.clone(), OnceSlot::Ready(v.clone()));
+                    }
+                    Err(_) => {
+                        slots.remove(key);
+                    }
+                }
+            }
+        }
+        notify.notify_all();
+        result
+    }
+
+    /// Removes `key` (open or being opened) and returns its value if it was open.
+    pub fn remove(&self, key: &K) -> Option<V> {
+        let slot = self.slots.borrow_mut().remove(key);
+        match slot {
+            Some(OnceSlot::Ready(v)) => Some(v),
+            Some(OnceSlot::Opening(n)) => {
+                n.notify_all();
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Removes every key that `doomed` picks and returns the open values among them.
+    pub fn remove_where(&self, doomed: impl Fn(&K) -> bool) -> Vec<V> {
+        let keys: Vec<K> = self
+            .slots
+            .borrow()
+            .keys()
+            .filter(|k| doomed(k))
+            .cloned()
+            .collect();
+        keys.iter().filter_map(|k| self.remove(k)).collect()
+    }
+
+    /// The open values whose key `pick` accepts.
+    pub fn values_where(&self, pick: impl Fn(&K) -> bool) -> Vec<V> {
+        self.slots
+            .borrow()
+            .iter()
+            .filter_map(|(k, slot)| match slot {
+                OnceSlot::Ready(v) if pick(k) => Some(v.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every open value.
+    pub fn values(&self) -> Vec<V> {
+        self.values_where(|_| true)
+    }
+}
+
+/// An opener's claim on its key, withdrawn (and the waiters woken) if the opener is dropped.
+struct Claim<'a, K: Eq + Hash + Clone, V: Clone> {
+    map: &'a OnceMap<K, V>,
+    key: &'a K,
+    notify: &'a Rc<Notify>,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Drop for Claim<'_, K, V> {
+    fn drop(&mut self) {
+        let mut slots = self.map.slots.borrow_mut();
+        let ours = matches!(
+            slots.get(self.key),
+            Some(OnceSlot::Opening(n)) if Rc::ptr_eq(n, self.notify)
+        );
+        if ours {
+            slots.remove(self.key);
+        }
+        drop(slots);
+        self.notify.notify_all();
+    }
+}
+
 /// Yields once to the shard's executor so other ready tasks run (a task that drains a
 /// queue in budgets calls this between budgets).
 pub async fn yield_now() {
@@ -327,6 +490,44 @@ mod tests {
         assert!(waiting.as_mut().poll(&mut cx).is_ready());
         drop(waiting);
         assert_eq!(notify.waiter_count(), 0);
+    }
+
+    #[test]
+    fn once_map_opens_once_and_a_dropped_opener_hands_over() {
+        compio::runtime::Runtime::new().unwrap().block_on(async {
+            let map: Rc<OnceMap<u32, u32>> = Rc::new(OnceMap::new());
+            let opens = Rc::new(Cell::new(0));
+            let gate = Rc::new(Notify::new());
+            let open = |map: Rc<OnceMap<u32, u32>>, opens: Rc<Cell<u32>>, gate: Rc<Notify>| async move {
+                map.get_or_open(&1, || async {
+                    opens.set(opens.get() + 1);
+                    gate.notified().await;
+                    Ok::<u32, ()>(opens.get() * 10)
+                })
+                .await
+            };
+            // The first opener is dropped while it opens; the waiter takes over.
+            let first = compio::runtime::spawn(open(map.clone(), opens.clone(), gate.clone()));
+            compio::time::sleep(std::time::Duration::from_millis(5)).await;
+            let second = compio::runtime::spawn(open(map.clone(), opens.clone(), gate.clone()));
+            let third = compio::runtime::spawn(open(map.clone(), opens.clone(), gate.clone()));
+            compio::time::sleep(std::time::Duration::from_millis(5)).await;
+            assert_eq!(opens.get(), 1);
+            drop(first);
+            compio::time::sleep(std::time::Duration::from_millis(5)).await;
+            assert_eq!(opens.get(), 2, "a waiter opens once the first opener is gone");
+            gate.notify_all();
+            assert_eq!(second.await.unwrap(), Ok(20));
+            assert_eq!(third.await.unwrap(), Ok(20));
+            assert_eq!(map.get(&1), Some(20));
+            assert_eq!(opens.get(), 2);
+            // A failed open leaves the key absent for the next try.
+            let failed: Result<u32, &str> = map.get_or_open(&2, || async { Err("no") }).await;
+            assert_eq!(failed, Err("no"));
+            assert_eq!(map.get(&2), None);
+            assert_eq!(map.remove_where(|k| *k == 1), vec![20]);
+            assert!(map.values().is_empty());
+        });
     }
 
     #[test]

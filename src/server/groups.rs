@@ -17,7 +17,7 @@ use bytes::Bytes;
 use super::internal_log::InternalLog;
 use crate::config::BrokerConfig;
 use crate::coordinator::group::{GroupError, Groups, SessionLimits, Strategy};
-use crate::local::Notify;
+use crate::local::OnceMap;
 use crate::protocol::api::*;
 use crate::protocol::{ErrorCode, WireError};
 use crate::shard::ShardId;
@@ -69,11 +69,6 @@ pub(crate) enum GroupOp {
     List,
 }
 
-enum Bucket {
-    Loading(Rc<Notify>),
-    Loaded(Rc<InternalLog>),
-}
-
 /// Committed offsets of one group: (topic, partition) → next offset to consume.
 type Offsets = BTreeMap<(String, u32), i64>;
 
@@ -85,7 +80,8 @@ pub(crate) struct Coordinator {
     catalog: Arc<CatalogStore>,
     groups: RefCell<Groups>,
     offsets: RefCell<HashMap<String, Offsets>>,
-    buckets: RefCell<HashMap<u16, Bucket>>,
+    /// The offsets log of each bucket this shard coordinates.
+    buckets: OnceMap<u16, Rc<InternalLog>>,
 }
 
 impl Coordinator {
@@ -102,7 +98,7 @@ impl Coordinator {
             catalog,
             groups: RefCell::new(Groups::with_boot_id(SESSION_LIMITS, boot_id())),
             offsets: RefCell::new(HashMap::new()),
-            buckets: RefCell::new(HashMap::new()),
+            buckets: OnceMap::new(),
         }
     }
 
@@ -172,9 +168,7 @@ impl Coordinator {
             }
             GroupOp::Delete(group) => self.delete(&group).await,
             GroupOp::List => {
-                for b in (0..OFFSET_BUCKETS).filter(|b| b % self.shard_count == self.shard) {
-                    self.load_bucket(b).await?;
-                }
+                self.recover().await?;
                 Ok(Response::ListGroups(self.list()))
             }
         }
@@ -418,35 +412,15 @@ impl Coordinator {
     }
 
     async fn load_bucket(&self, bucket: u16) -> Result<Rc<InternalLog>, WireError> {
-        loop {
-            let waiting = match self.buckets.borrow().get(&bucket) {
-                Some(Bucket::Loaded(log)) => return Ok(log.clone()),
-                Some(Bucket::Loading(notify)) => Some(notify.clone()),
-                None => None,
-            };
-            match waiting {
-                Some(notify) => {
-                    let loaded = notify.notified();
-                    if matches!(self.buckets.borrow().get(&bucket), Some(Bucket::Loading(_))) {
-                        loaded.await;
-                    }
-                }
-                None => break,
-            }
-        }
-        let notify = Rc::new(Notify::new());
         self.buckets
-            .borrow_mut()
-            .insert(bucket, Bucket::Loading(notify.clone()));
-        let dir = self
-            .config
-            .data_dir
-            .join("meta")
-            .join("offsets")
-            .join(bucket.to_string());
-        let opened = InternalLog::open(dir, self.config.fsync).await;
-        let result = match opened {
-            Ok((log, live)) => {
+            .get_or_open(&bucket, || async {
+                let dir = self
+                    .config
+                    .data_dir
+                    .join("meta")
+                    .join("offsets")
+                    .join(bucket.to_string());
+                let (log, live) = InternalLog::open(dir, self.config.fsync).await?;
                 let mut offsets = self.offsets.borrow_mut();
                 for (key, value) in live {
                     if let (Some((group, topic, partition)), Ok(v)) =
@@ -458,19 +432,18 @@ impl Coordinator {
                             .insert((topic, partition), i64::from_be_bytes(v));
                     }
                 }
-                let log = Rc::new(log);
-                self.buckets
-                    .borrow_mut()
-                    .insert(bucket, Bucket::Loaded(log.clone()));
-                Ok(log)
-            }
-            Err(e) => {
-                self.buckets.borrow_mut().remove(&bucket);
-                Err(e)
-            }
-        };
-        notify.notify_all();
-        result
+                Ok(Rc::new(log))
+            })
+            .await
+    }
+
+    /// Opens (and replays) the offsets log of every bucket this shard coordinates: run
+    /// before the shard serves, so no request waits for a replay.
+    pub(crate) async fn recover(&self) -> Result<(), WireError> {
+        for bucket in (0..OFFSET_BUCKETS).filter(|b| b % self.shard_count == self.shard) {
+            self.load_bucket(bucket).await?;
+        }
+        Ok(())
     }
 
     async fn checkpoint(&self, bucket: u16, log: &InternalLog) -> Result<(), WireError> {
@@ -496,16 +469,7 @@ impl Coordinator {
 
     /// Closes the offset logs (shutdown).
     pub(crate) async fn close(&self) {
-        let logs: Vec<Rc<InternalLog>> = self
-            .buckets
-            .borrow()
-            .values()
-            .filter_map(|b| match b {
-                Bucket::Loaded(log) => Some(log.clone()),
-                Bucket::Loading(_) => None,
-            })
-            .collect();
-        for log in logs {
+        for log in self.buckets.values() {
             log.close().await;
         }
     }

@@ -324,6 +324,18 @@ async fn shard_main(
             return;
         }
     }
+    // The internal logs (group offsets, share state) replay before serving too, so no
+    // request waits behind a replay's blocking file reads.
+    if let Err(e) = ctx.coordinator.recover().await {
+        let _ = ready.send(Err((id, format!("group offsets: {}", e.message))));
+        return;
+    }
+    let topics: Vec<_> = catalog.snapshot().topics.values().cloned().collect();
+    let owns = |topic: &str, partition: u32| ctx.owner(topic, partition) == id;
+    if let Err(e) = ctx.shares.recover(&topics, owns).await {
+        let _ = ready.send(Err((id, format!("share-group state: {}", e.message))));
+        return;
+    }
     let partitions = ctx.partitions.all_logs().len();
     let listeners = (|| -> io::Result<_> {
         let shared = compio::net::TcpListener::from_std(shared)?;

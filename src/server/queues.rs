@@ -22,7 +22,7 @@ use crate::config::BrokerConfig;
 use crate::coordinator::share::{
     AckKind, DeadLetter, DurableState, ShareConfig, ShareError, SharePartition,
 };
-use crate::local::Notify;
+use crate::local::OnceMap;
 use crate::protocol::api::*;
 use crate::protocol::batch::{self, BatchBuilder};
 use crate::protocol::{ErrorCode, WireError};
@@ -49,10 +49,11 @@ struct ShareEntry {
     dead_lettered: u64,
 }
 
-enum ShareLog {
-    Loading(Rc<Notify>),
-    /// The log, and the durable states replayed from it that no entry has taken yet.
-    Loaded(Rc<InternalLog>, HashMap<String, DurableState>),
+/// A partition's share-state log, and the durable states replayed from it that no entry
+/// has taken yet.
+struct ShareLog {
+    log: Rc<InternalLog>,
+    replayed: RefCell<HashMap<String, DurableState>>,
 }
 
 /// The share groups' state on the partitions one shard owns.
@@ -61,7 +62,7 @@ pub(crate) struct Shares {
     config: Arc<BrokerConfig>,
     entries: RefCell<HashMap<ShareKey, ShareEntry>>,
     /// Share logs by (topic incarnation, partition).
-    logs: RefCell<HashMap<(u64, u32), ShareLog>>,
+    logs: OnceMap<(u64, u32), Rc<ShareLog>>,
 }
 
 /// What the share groups need from the rest of their shard: the logs of the partitions
@@ -105,7 +106,7 @@ impl Shares {
             shard,
             config,
             entries: RefCell::new(HashMap::new()),
-            logs: RefCell::new(HashMap::new()),
+            logs: OnceMap::new(),
         }
     }
 
@@ -347,22 +348,9 @@ impl Shares {
         self.entries
             .borrow_mut()
             .retain(|(_, id, _), _| *id != topic.id);
-        let logs: Vec<Rc<InternalLog>> = {
-            let mut logs = self.logs.borrow_mut();
-            let keys: Vec<(u64, u32)> = logs
-                .keys()
-                .filter(|(id, _)| *id == topic.id)
-                .copied()
-                .collect();
-            keys.into_iter()
-                .filter_map(|k| match logs.remove(&k) {
-                    Some(ShareLog::Loaded(log, _)) => Some(log),
-                    _ => None,
-                })
-                .collect()
-        };
-        for log in logs {
-            log.close().await;
+        let logs = self.logs.remove_where(|(id, _)| *id == topic.id);
+        for share_log in logs {
+            share_log.log.close().await;
         }
         let dir = self.shares_dir(&topic.name, topic.id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -382,17 +370,8 @@ impl Shares {
 
     /// Closes the share logs (shutdown).
     pub(crate) async fn close(&self) {
-        let logs: Vec<Rc<InternalLog>> = self
-            .logs
-            .borrow()
-            .values()
-            .filter_map(|l| match l {
-                ShareLog::Loaded(log, _) => Some(log.clone()),
-                ShareLog::Loading(_) => None,
-            })
-            .collect();
-        for log in logs {
-            log.close().await;
+        for share_log in self.logs.values() {
+            share_log.log.close().await;
         }
     }
 
@@ -417,10 +396,10 @@ impl Shares {
                 }
             }
             None => {
-                let replayed = match self.logs.borrow_mut().get_mut(&(at.topic.id, at.partition)) {
-                    Some(ShareLog::Loaded(_, states)) => states.remove(group),
-                    _ => None,
-                };
+                let replayed = self
+                    .logs
+                    .get(&(at.topic.id, at.partition))
+                    .and_then(|share_log| share_log.replayed.borrow_mut().remove(group));
                 // A new share group starts at the earliest record: a queue's backlog is work
                 // to do (Kafka's share groups start at the latest by default).
                 let part = match replayed {
@@ -443,32 +422,13 @@ impl Shares {
     }
 
     async fn share_log(&self, at: &PartitionRef) -> Result<Rc<InternalLog>, WireError> {
-        let id = (at.topic.id, at.partition);
-        loop {
-            let waiting = match self.logs.borrow().get(&id) {
-                Some(ShareLog::Loaded(log, _)) => return Ok(log.clone()),
-                Some(ShareLog::Loading(n)) => Some(n.clone()),
-                None => None,
-            };
-            match waiting {
-                Some(n) => {
-                    let loaded = n.notified();
-                    if matches!(self.logs.borrow().get(&id), Some(ShareLog::Loading(_))) {
-                        loaded.await;
-                    }
-                }
-                None => break,
-            }
-        }
-        let notify = Rc::new(Notify::new());
-        self.logs
-            .borrow_mut()
-            .insert(id, ShareLog::Loading(notify.clone()));
-        let dir = self
-            .shares_dir(&at.topic.name, at.topic.id)
-            .join(at.partition.to_string());
-        let result = match InternalLog::open(dir, self.config.fsync).await {
-            Ok((log, live)) => {
+        let share_log = self
+            .logs
+            .get_or_open(&(at.topic.id, at.partition), || async {
+                let dir = self
+                    .shares_dir(&at.topic.name, at.topic.id)
+                    .join(at.partition.to_string());
+                let (log, live) = InternalLog::open(dir, self.config.fsync).await?;
                 let mut states = HashMap::new();
                 for (group, value) in live {
                     let Ok(group) = std::str::from_utf8(&group) else {
@@ -486,19 +446,44 @@ impl Shares {
                         ),
                     }
                 }
-                let log = Rc::new(log);
-                self.logs
-                    .borrow_mut()
-                    .insert(id, ShareLog::Loaded(log.clone(), states));
-                Ok(log)
+                Ok(Rc::new(ShareLog {
+                    log: Rc::new(log),
+                    replayed: RefCell::new(states),
+                }))
+            })
+            .await?;
+        Ok(share_log.log.clone())
+    }
+
+    /// Opens (and replays) the share-state logs of the partitions this shard owns that
+    /// have any: run before the shard serves, so no request waits for a replay.
+    pub(crate) async fn recover(
+        &self,
+        topics: &[Arc<TopicMeta>],
+        owns: impl Fn(&str, u32) -> bool,
+    ) -> Result<(), WireError> {
+        for topic in topics {
+            let dir = self.shares_dir(&topic.name, topic.id);
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue; // no share group has read this topic
+            };
+            for entry in entries.flatten() {
+                let partition = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|p| p.parse::<u32>().ok());
+                if let Some(partition) = partition {
+                    if partition < topic.partitions && owns(&topic.name, partition) {
+                        let at = PartitionRef {
+                            topic: topic.clone(),
+                            partition,
+                        };
+                        self.share_log(&at).await?;
+                    }
+                }
             }
-            Err(e) => {
-                self.logs.borrow_mut().remove(&id);
-                Err(e)
-            }
-        };
-        notify.notify_all();
-        result
+        }
+        Ok(())
     }
 
     /// Appends the durable state of (group, `at`), and a checkpoint of every group of the
@@ -530,10 +515,8 @@ impl Shares {
                 })
                 .collect();
             // Groups replayed at start but idle since: their state must survive retention too.
-            if let Some(ShareLog::Loaded(_, idle)) =
-                self.logs.borrow().get(&(at.topic.id, at.partition))
-            {
-                live.extend(idle.iter().map(|(g, state)| {
+            if let Some(share_log) = self.logs.get(&(at.topic.id, at.partition)) {
+                live.extend(share_log.replayed.borrow().iter().map(|(g, state)| {
                     (
                         g.as_bytes().to_vec(),
                         Some(SharePartition::encode_state(state)),

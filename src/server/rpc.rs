@@ -321,3 +321,137 @@ impl<S: MeshShard> Drop for Waiting<'_, S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::shard::mesh::mesh;
+
+    struct TestShard {
+        rpc: Rpc<TestShard>,
+        /// Park calls running on this shard now.
+        parked: Arc<AtomicUsize>,
+    }
+
+    impl MeshShard for TestShard {
+        fn rpc(&self) -> &Rpc<TestShard> {
+            &self.rpc
+        }
+    }
+
+    struct Double(u32);
+
+    impl ShardCall<TestShard> for Double {
+        type Reply = u32;
+
+        async fn run(self, _: Rc<TestShard>) -> u32 {
+            self.0 * 2
+        }
+    }
+
+    /// Waits forever, counted in `parked` while it runs.
+    struct Park;
+
+    struct Counted(Arc<AtomicUsize>);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl ShardCall<TestShard> for Park {
+        type Reply = ();
+
+        async fn run(self, shard: Rc<TestShard>) {
+            shard.parked.fetch_add(1, Ordering::SeqCst);
+            let _counted = Counted(shard.parked.clone());
+            std::future::pending::<()>().await
+        }
+    }
+
+    /// The mesh loop of a test shard, until `stop`.
+    async fn serve(shard: Rc<TestShard>, stop: Arc<AtomicBool>) {
+        while !stop.load(Ordering::SeqCst) {
+            shard.rpc.drain(&shard, 256);
+            shard.rpc.flush_overflow();
+            let wait = shard.rpc.wait();
+            let tick = compio::time::sleep(Duration::from_millis(10));
+            futures_util::pin_mut!(wait, tick);
+            let _ = select(wait, tick).await;
+        }
+    }
+
+    async fn wait_until(what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            compio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[test]
+    fn calls_get_their_own_replies_and_a_dropped_caller_cancels_the_owner() {
+        let mut links = mesh::<Envelope<TestShard>>(2, 4).into_iter();
+        let (links0, links1) = (links.next().unwrap(), links.next().unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let parked = Arc::new(AtomicUsize::new(0));
+        let owner = {
+            let (stop, parked) = (stop.clone(), parked.clone());
+            std::thread::spawn(move || {
+                compio::runtime::Runtime::new()
+                    .unwrap()
+                    .block_on(async move {
+                        let shard = Rc::new(TestShard {
+                            rpc: Rpc::new(links1),
+                            parked,
+                        });
+                        serve(shard, stop).await;
+                    })
+            })
+        };
+        compio::runtime::Runtime::new().unwrap().block_on(async {
+            let shard = Rc::new(TestShard {
+                rpc: Rpc::new(links0),
+                parked: Arc::new(AtomicUsize::new(0)),
+            });
+            let serving = compio::runtime::spawn(serve(shard.clone(), stop.clone()));
+
+            // Across the ring and inline, each call gets its own type of reply.
+            assert_eq!(shard.rpc.call(&shard, 1, Double(21)).await, Ok(42));
+            assert_eq!(shard.rpc.call(&shard, 0, Double(4)).await, Ok(8));
+            // More calls than the ring has slots, grouped per owner, replies in call order.
+            let calls: Vec<(ShardId, Double)> =
+                (0..20).map(|i| ((i % 2) as ShardId, Double(i))).collect();
+            let replies = shard.rpc.call_grouped(&shard, calls).await;
+            let expected: Vec<Result<u32, Lost>> = (0..20).map(|i| Ok(i * 2)).collect();
+            assert_eq!(replies, expected);
+
+            // A caller that goes away stops the owner's work on its behalf.
+            for _ in 0..3 {
+                let caller = {
+                    let shard = shard.clone();
+                    compio::runtime::spawn(async move { shard.rpc.call(&shard, 1, Park).await })
+                };
+                wait_until("the owner runs the call", || {
+                    parked.load(Ordering::SeqCst) == 1
+                })
+                .await;
+                drop(caller);
+                wait_until("the owner dropped the call", || {
+                    parked.load(Ordering::SeqCst) == 0
+                })
+                .await;
+            }
+            assert!(shard.rpc.pending.borrow().is_empty());
+            stop.store(true, Ordering::SeqCst);
+            shard.rpc.signal_all();
+            let _ = serving.await;
+        });
+        owner.join().unwrap();
+    }
+}

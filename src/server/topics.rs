@@ -219,10 +219,7 @@ impl ShardCall<ShardContext> for Reconfigure {
 
     async fn run(self, shard: Rc<ShardContext>) {
         let config = self.topic.log_config(&shard.log_defaults);
-        for log in shard
-            .partitions
-            .open_logs_of(&self.topic.name, self.topic.id)
-        {
+        for log in shard.partitions.open_logs_of(self.topic.id) {
             log.set_config(config.clone());
         }
     }
