@@ -25,7 +25,7 @@ pub mod client;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
-pub mod coordinator;
+pub mod groups;
 #[cfg(feature = "server")]
 pub mod local;
 pub mod protocol;

@@ -10,10 +10,10 @@ use bytes::BytesMut;
 use futures_util::future::select;
 
 use super::context::ShardContext;
-use super::groups::GroupOp;
+use super::group_coordinator::GroupOp;
 use super::partitions::{storage_error, PartitionRef};
-use super::queues::{Acquired, ShareHost};
 use super::rpc::ShardCall;
+use super::share_coordinator::{ShareFetched, ShareHost};
 use super::topics;
 use crate::protocol::api::{offset_spec, AckRange, Response, SharePartitionState, ShareSettings};
 use crate::protocol::{ErrorCode, WireError};
@@ -146,7 +146,7 @@ impl ShardCall<ShardContext> for GroupCall {
     type Reply = Result<Response, WireError>;
 
     async fn run(self, shard: Rc<ShardContext>) -> Self::Reply {
-        shard.coordinator.run(self.0).await
+        shard.groups.run(self.0).await
     }
 }
 
@@ -161,7 +161,7 @@ pub(crate) struct ShareAcquire {
 }
 
 impl ShardCall<ShardContext> for ShareAcquire {
-    type Reply = Result<Acquired, WireError>;
+    type Reply = Result<ShareFetched, WireError>;
 
     async fn run(self, shard: Rc<ShardContext>) -> Self::Reply {
         shard

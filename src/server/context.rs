@@ -6,8 +6,8 @@
 //! [`ShardContext::call`]; work owned here runs the same call inline.
 //!
 //! The services own their state and take only what they use: the partition table
-//! ([`PartitionTable`]), the group coordinator ([`Coordinator`]) and the share groups
-//! ([`Shares`]). None of them imports this module, so the imports run one way: services ←
+//! ([`PartitionTable`]), the group coordinator ([`GroupCoordinator`]) and the share groups
+//! ([`ShareCoordinator`]). None of them imports this module, so the imports run one way: services ←
 //! context ← calls ← protocol front ends.
 
 use std::cell::Cell;
@@ -17,10 +17,10 @@ use std::sync::Arc;
 
 use futures_util::future::{select, Either};
 
-use super::groups::Coordinator;
+use super::group_coordinator::GroupCoordinator;
 use super::partitions::{PartitionRef, PartitionTable};
-use super::queues::Shares;
 use super::rpc::{Envelope, Lost, MeshShard, Rpc, ShardCall};
+use super::share_coordinator::ShareCoordinator;
 use crate::config::BrokerConfig;
 use crate::local::{yield_now, Budget, Notify};
 use crate::protocol::api::ShardEndpoint;
@@ -71,9 +71,9 @@ pub(crate) struct ShardContext {
     pub(crate) connections: Cell<usize>,
     pub(crate) connection_closed: Notify,
     /// The consumer groups this shard coordinates.
-    pub(crate) coordinator: Coordinator,
+    pub(crate) groups: GroupCoordinator,
     /// Share-group state of the partitions this shard owns.
-    pub(crate) shares: Shares,
+    pub(crate) shares: ShareCoordinator,
     /// Bytes of request frames this shard's connections may hold at once.
     pub(crate) request_budget: Budget,
 }
@@ -106,8 +106,8 @@ impl ShardContext {
                 config.data_dir.clone(),
                 log_defaults.clone(),
             ),
-            coordinator: Coordinator::new(id, shard_count, config.clone(), catalog.clone()),
-            shares: Shares::new(id, config.clone()),
+            groups: GroupCoordinator::new(id, shard_count, config.clone(), catalog.clone()),
+            shares: ShareCoordinator::new(id, config.clone()),
             config,
             log_defaults,
             catalog,

@@ -10,12 +10,12 @@
 mod calls;
 mod connection;
 mod context;
-mod groups;
+mod group_coordinator;
 mod internal_log;
 mod native;
 mod partitions;
-mod queues;
 mod rpc;
+mod share_coordinator;
 mod topics;
 
 pub use native::{MAX_FETCH_BYTES, MAX_FETCH_WAIT};
@@ -326,7 +326,7 @@ async fn shard_main(
     }
     // The internal logs (group offsets, share state) replay before serving too, so no
     // request waits behind a replay's blocking file reads.
-    if let Err(e) = ctx.coordinator.recover().await {
+    if let Err(e) = ctx.groups.recover().await {
         let _ = ready.send(Err((id, format!("group offsets: {}", e.message))));
         return;
     }
@@ -384,7 +384,7 @@ async fn shard_main(
             tracing::warn!(shard = id, "closing a partition: {e}");
         }
     }
-    ctx.coordinator.close().await;
+    ctx.groups.close().await;
     ctx.shares.close().await;
     stop_mesh.set(true);
     ctx.signal_all();
@@ -439,7 +439,7 @@ async fn expire_sessions(ctx: Rc<ShardContext>) {
         if let Either::Right(()) = first(tick, ctx.shutdown.notified()).await {
             return;
         }
-        ctx.coordinator.tick(Instant::now());
+        ctx.groups.tick(Instant::now());
     }
 }
 

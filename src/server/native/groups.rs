@@ -7,7 +7,7 @@ use crate::protocol::api::*;
 use crate::protocol::{ErrorCode, WireError};
 use crate::server::calls::{GroupCall, ShareGroups};
 use crate::server::context::ShardContext;
-use crate::server::groups::{coordinator_of, GroupOp};
+use crate::server::group_coordinator::{coordinator_of, GroupOp};
 
 /// Runs a group request on the group's coordinator shard.
 pub(super) async fn call(

@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use std::rc::Rc;
 
 use super::context::ShardContext;
-use super::groups::GroupOp;
+use super::group_coordinator::GroupOp;
 use crate::protocol::api::*;
 use crate::protocol::{ErrorCode, WireError};
 

@@ -14,7 +14,9 @@ use crate::protocol::{ErrorCode, WireError};
 use crate::server::calls::{ShareAck, ShareAcquire, ShareDescribe, WaitForData};
 use crate::server::context::{first, ShardContext};
 use crate::server::partitions::PartitionRef;
-use crate::server::queues::{Acquired, MAX_SHARE_FETCH_BYTES, MAX_SHARE_RESPONSE_BYTES};
+use crate::server::share_coordinator::{
+    ShareFetched, MAX_SHARE_FETCH_BYTES, MAX_SHARE_RESPONSE_BYTES,
+};
 use crate::server::topics;
 
 /// One partition a share fetch or ack addresses.
@@ -163,7 +165,7 @@ pub(super) async fn fetch(
 fn share_fetch_response(
     topics: &[TopicPartitions],
     slots: &[ShareSlot],
-    results: Vec<Result<Acquired, WireError>>,
+    results: Vec<Result<ShareFetched, WireError>>,
 ) -> Response {
     let mut out: Vec<ShareFetchTopic> = topics
         .iter()

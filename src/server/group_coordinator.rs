@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use super::internal_log::InternalLog;
 use crate::config::BrokerConfig;
-use crate::coordinator::group::{GroupError, Groups, SessionLimits, Strategy};
+use crate::groups::membership::{GroupError, Groups, SessionLimits, Strategy};
 use crate::local::OnceMap;
 use crate::protocol::api::*;
 use crate::protocol::{ErrorCode, WireError};
@@ -73,7 +73,7 @@ pub(crate) enum GroupOp {
 type Offsets = BTreeMap<(String, u32), i64>;
 
 /// The consumer groups one shard coordinates.
-pub(crate) struct Coordinator {
+pub(crate) struct GroupCoordinator {
     shard: ShardId,
     shard_count: u16,
     config: Arc<BrokerConfig>,
@@ -84,14 +84,14 @@ pub(crate) struct Coordinator {
     buckets: OnceMap<u16, Rc<InternalLog>>,
 }
 
-impl Coordinator {
+impl GroupCoordinator {
     pub(crate) fn new(
         shard: ShardId,
         shard_count: u16,
         config: Arc<BrokerConfig>,
         catalog: Arc<CatalogStore>,
-    ) -> Coordinator {
-        Coordinator {
+    ) -> GroupCoordinator {
+        GroupCoordinator {
             shard,
             shard_count,
             config,
@@ -475,7 +475,7 @@ impl Coordinator {
     }
 }
 
-fn membership(j: crate::coordinator::group::Joined) -> MembershipResponse {
+fn membership(j: crate::groups::membership::Joined) -> MembershipResponse {
     MembershipResponse {
         member_id: j.member_id,
         generation: j.generation,
@@ -483,7 +483,7 @@ fn membership(j: crate::coordinator::group::Joined) -> MembershipResponse {
     }
 }
 
-fn assignment(a: Vec<crate::coordinator::group::MemberAssignment>) -> Vec<TopicPartitions> {
+fn assignment(a: Vec<crate::groups::membership::MemberAssignment>) -> Vec<TopicPartitions> {
     a.into_iter()
         .map(|m| TopicPartitions {
             topic: m.topic,

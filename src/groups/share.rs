@@ -19,7 +19,7 @@
 //! The server must never pass a `log_end` lower than an earlier one.
 //!
 //! Only the SPSO and the done offsets above it survive a restart ([`DurableState`]).
-//! Acquired and nacked records come back available at once, and delivery counts restart at
+//! AcquiredRun and nacked records come back available at once, and delivery counts restart at
 //! zero: persisting them would cost a write per fetch, and losing them only gives a poison
 //! record up to `max_deliveries` more tries per restart.
 
@@ -73,7 +73,7 @@ pub enum AckKind {
 
 /// A run of consecutive offsets acquired together, all at the same delivery count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Acquired {
+pub struct AcquiredRun {
     /// First offset of the run.
     pub first: i64,
     /// Last offset of the run, inclusive.
@@ -115,7 +115,7 @@ impl DeadLetter {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Acquisition {
     /// The records now locked to the member, in offset order.
-    pub records: Vec<Acquired>,
+    pub records: Vec<AcquiredRun>,
     /// Records that ran out of deliveries instead: archived, never delivered again.
     pub dead_letters: Vec<DeadLetter>,
 }
@@ -124,7 +124,7 @@ impl Acquisition {
     fn push(&mut self, offset: i64, delivery: u16) {
         match self.records.last_mut() {
             Some(run) if run.last + 1 == offset && run.delivery == delivery => run.last = offset,
-            _ => self.records.push(Acquired {
+            _ => self.records.push(AcquiredRun {
                 first: offset,
                 last: offset,
                 delivery,
@@ -155,7 +155,7 @@ pub enum ShareError {
 
 /// Why encoded share state could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
+pub enum StateDecodeError {
     /// The bytes end inside a field.
     #[error("share state ends early")]
     Truncated,
@@ -258,7 +258,7 @@ enum RecordState {
     /// Nacked: free once `until` has passed.
     Delayed { until: Instant },
     /// Locked to `member` until `until`.
-    Acquired { member: Arc<str>, until: Instant },
+    AcquiredRun { member: Arc<str>, until: Instant },
     /// Accepted, rejected or dead-lettered: never delivered again.
     Done,
 }
@@ -270,7 +270,7 @@ impl Record {
 
     fn deadline(&self) -> Option<Instant> {
         match self.state {
-            RecordState::Delayed { until } | RecordState::Acquired { until, .. } => Some(until),
+            RecordState::Delayed { until } | RecordState::AcquiredRun { until, .. } => Some(until),
             RecordState::Available | RecordState::Done => None,
         }
     }
@@ -383,7 +383,7 @@ impl SharePartition {
         let mut expired = 0;
         for record in &mut self.records {
             match record.state {
-                RecordState::Acquired { until, .. } if until <= now => {
+                RecordState::AcquiredRun { until, .. } if until <= now => {
                     record.state = RecordState::Available;
                     expired += 1;
                 }
@@ -401,7 +401,7 @@ impl SharePartition {
     pub fn release_member(&mut self, member: &str) -> usize {
         let mut released = 0;
         for record in &mut self.records {
-            if matches!(&record.state, RecordState::Acquired { member: holder, .. } if &**holder == member)
+            if matches!(&record.state, RecordState::AcquiredRun { member: holder, .. } if &**holder == member)
             {
                 record.state = RecordState::Available;
                 released += 1;
@@ -435,7 +435,7 @@ impl SharePartition {
             match record.state {
                 RecordState::Available => stats.available_again += 1,
                 RecordState::Delayed { .. } => stats.delayed += 1,
-                RecordState::Acquired { .. } => stats.acquired += 1,
+                RecordState::AcquiredRun { .. } => stats.acquired += 1,
                 RecordState::Done => stats.done_in_window += 1,
             }
             stats.highest_delivery = stats.highest_delivery.max(record.deliveries);
@@ -512,12 +512,12 @@ impl SharePartition {
 
     /// Decodes what [`Self::encode_state`] wrote. Malformed bytes are an error, never a
     /// panic, and a forged range count cannot make it allocate more than the input's size.
-    pub fn decode_state(bytes: &[u8]) -> Result<DurableState, DecodeError> {
+    pub fn decode_state(bytes: &[u8]) -> Result<DurableState, StateDecodeError> {
         let mut input = bytes;
-        let (&version, rest) = input.split_first().ok_or(DecodeError::Truncated)?;
+        let (&version, rest) = input.split_first().ok_or(StateDecodeError::Truncated)?;
         input = rest;
         if version != STATE_VERSION {
-            return Err(DecodeError::UnknownVersion(version));
+            return Err(StateDecodeError::UnknownVersion(version));
         }
         let start = unzigzag(take_varint(&mut input)?);
         let count = take_varint(&mut input)?;
@@ -527,13 +527,13 @@ impl SharePartition {
             let first = lowest + i128::from(take_varint(&mut input)?);
             let last = first + i128::from(take_varint(&mut input)?);
             let (Ok(first), Ok(last)) = (i64::try_from(first), i64::try_from(last)) else {
-                return Err(DecodeError::OffsetOverflow);
+                return Err(StateDecodeError::OffsetOverflow);
             };
             done.push((first, last));
             lowest = i128::from(last) + 2;
         }
         if !input.is_empty() {
-            return Err(DecodeError::TrailingBytes(input.len()));
+            return Err(StateDecodeError::TrailingBytes(input.len()));
         }
         Ok(DurableState { start, done })
     }
@@ -587,7 +587,7 @@ impl SharePartition {
             return false;
         }
         record.deliveries += 1;
-        record.state = RecordState::Acquired {
+        record.state = RecordState::AcquiredRun {
             member: Arc::clone(holder),
             until,
         };
@@ -605,7 +605,7 @@ impl SharePartition {
         else {
             return false;
         };
-        matches!(&record.state, RecordState::Acquired { member: holder, until }
+        matches!(&record.state, RecordState::AcquiredRun { member: holder, until }
             if &**holder == member && *until > now)
     }
 
@@ -652,21 +652,21 @@ fn put_varint(bytes: &mut Vec<u8>, mut value: u64) {
     bytes.push(value as u8);
 }
 
-fn take_varint(input: &mut &[u8]) -> Result<u64, DecodeError> {
+fn take_varint(input: &mut &[u8]) -> Result<u64, StateDecodeError> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
-        let (&byte, rest) = input.split_first().ok_or(DecodeError::Truncated)?;
+        let (&byte, rest) = input.split_first().ok_or(StateDecodeError::Truncated)?;
         *input = rest;
         let bits = u64::from(byte & 0x7f);
         if shift == 63 && bits > 1 {
-            return Err(DecodeError::BadVarint);
+            return Err(StateDecodeError::BadVarint);
         }
         value |= bits << shift;
         if byte & 0x80 == 0 {
             return Ok(value);
         }
     }
-    Err(DecodeError::BadVarint)
+    Err(StateDecodeError::BadVarint)
 }
 
 #[cfg(test)]
@@ -1126,15 +1126,15 @@ mod tests {
     #[test]
     fn decode_rejects_malformed_bytes() {
         let decode = SharePartition::decode_state;
-        assert_eq!(decode(&[]), Err(DecodeError::Truncated));
-        assert_eq!(decode(&[9, 0, 0]), Err(DecodeError::UnknownVersion(9)));
+        assert_eq!(decode(&[]), Err(StateDecodeError::Truncated));
+        assert_eq!(decode(&[9, 0, 0]), Err(StateDecodeError::UnknownVersion(9)));
         assert_eq!(
             decode(&[STATE_VERSION, 0, 0, 0]),
-            Err(DecodeError::TrailingBytes(1))
+            Err(StateDecodeError::TrailingBytes(1))
         );
         assert_eq!(
             decode(&[STATE_VERSION, 0, 5, 1]),
-            Err(DecodeError::Truncated)
+            Err(StateDecodeError::Truncated)
         );
         let overlong = [
             STATE_VERSION,
@@ -1150,11 +1150,11 @@ mod tests {
             0x02,
             0,
         ];
-        assert_eq!(decode(&overlong), Err(DecodeError::BadVarint));
+        assert_eq!(decode(&overlong), Err(StateDecodeError::BadVarint));
         let mut past_max = vec![STATE_VERSION];
         put_varint(&mut past_max, zigzag(i64::MAX - 1));
         past_max.extend([1, 0, 5]);
-        assert_eq!(decode(&past_max), Err(DecodeError::OffsetOverflow));
+        assert_eq!(decode(&past_max), Err(StateDecodeError::OffsetOverflow));
     }
 
     fn canonical_state() -> impl Strategy<Value = DurableState> {

@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use super::internal_log::InternalLog;
 use super::partitions::PartitionRef;
 use crate::config::BrokerConfig;
-use crate::coordinator::share::{
+use crate::groups::share::{
     AckKind, DeadLetter, DurableState, ShareConfig, ShareError, SharePartition,
 };
 use crate::local::OnceMap;
@@ -57,7 +57,7 @@ struct ShareLog {
 }
 
 /// The share groups' state on the partitions one shard owns.
-pub(crate) struct Shares {
+pub(crate) struct ShareCoordinator {
     shard: ShardId,
     config: Arc<BrokerConfig>,
     entries: RefCell<HashMap<ShareKey, ShareEntry>>,
@@ -93,16 +93,16 @@ pub(crate) trait ShareHost {
 }
 
 /// What a share fetch got from one partition.
-pub(crate) struct Acquired {
+pub(crate) struct ShareFetched {
     pub(crate) ranges: Vec<AcquiredRange>,
     pub(crate) records: Bytes,
     /// The partition's log end when the records were acquired (where to wait for more).
     pub(crate) log_end: i64,
 }
 
-impl Shares {
-    pub(crate) fn new(shard: ShardId, config: Arc<BrokerConfig>) -> Shares {
-        Shares {
+impl ShareCoordinator {
+    pub(crate) fn new(shard: ShardId, config: Arc<BrokerConfig>) -> ShareCoordinator {
+        ShareCoordinator {
             shard,
             config,
             entries: RefCell::new(HashMap::new()),
@@ -122,7 +122,7 @@ impl Shares {
         max_records: u32,
         max_bytes: usize,
         settings: &ShareSettings,
-    ) -> Result<Acquired, WireError> {
+    ) -> Result<ShareFetched, WireError> {
         let log = host.partition_log(at).await?;
         let share_log = self.entry(at, group, settings, &log).await?;
         let key = key(group, at);
@@ -169,14 +169,14 @@ impl Shares {
             }
             _ => Bytes::new(),
         };
-        Ok(Acquired {
+        Ok(ShareFetched {
             ranges,
             records,
             log_end,
         })
     }
 
-    /// Acquired records beyond what fits in the response (offsets from `covered` on) are
+    /// ShareFetched records beyond what fits in the response (offsets from `covered` on) are
     /// released at once instead of staying locked to a consumer that never sees them (they
     /// keep the delivery this acquisition counted).
     fn give_back_uncovered(
