@@ -1435,6 +1435,50 @@ mod tests {
     }
 
     #[test]
+    fn produce_records_are_never_copied() {
+        // The producer's fast path keeps each batch as its own chunk.
+        let records = Bytes::from_static(b"batch-bytes-here");
+        let batches: Vec<ProduceTopicBatches> = vec![("t".into(), vec![(0, records.clone())])];
+        let chunks = encode_produce_request(1, Acks::Leader, 0, &batches);
+        assert!(chunks.iter().any(|c| c.as_ptr() == records.as_ptr()));
+        // Decoding hands out the records as a slice of the frame's buffer.
+        let mut wire = contiguous(chunks);
+        let mut payload = split_frame(&mut wire, usize::MAX).unwrap().unwrap();
+        let header = RequestHeader::decode(&mut payload).unwrap();
+        let range = payload.as_ptr_range();
+        let Request::Produce(request) = Request::decode(&header, payload).unwrap() else {
+            panic!("not a produce request");
+        };
+        let decoded = &request.topics[0].partitions[0].records;
+        assert!(
+            range.contains(&decoded.as_ptr()),
+            "records copied on decode"
+        );
+        // Encoding the request moves the same bytes into the frame as their own chunk.
+        let at = decoded.as_ptr();
+        let chunks = Request::Produce(request).encode(2);
+        assert!(
+            chunks.iter().any(|c| c.as_ptr() == at),
+            "records copied on encode"
+        );
+    }
+
+    #[test]
+    fn api_keys_are_looked_up_by_number() {
+        for api in ApiKey::ALL {
+            assert_eq!(ApiKey::from_u16(api as u16), Some(api));
+            assert_eq!(api.max_version(), 0);
+        }
+        assert!(ApiKey::ALL
+            .windows(2)
+            .all(|w| (w[0] as u16) < (w[1] as u16)));
+        assert_eq!(ApiKey::from_u16(ApiKey::ALL.len() as u16), None);
+        assert_eq!(ApiKey::from_u16(u16::MAX), None);
+        assert_eq!(Request::ListTopics.api_key(), ApiKey::ListTopics);
+        assert_eq!(Response::DeleteGroup.api_key(), ApiKey::DeleteGroup);
+    }
+
+    #[test]
     fn unknown_api_and_version_are_typed_errors() {
         let header = RequestHeader {
             api_key: 999,
