@@ -20,8 +20,9 @@ use super::message::{
 };
 pub use super::message::{Message, TopicEntry};
 
-/// Expands `$value` where a table entry has a type, as a pattern or an expression; lets the
-/// table's optional types drive a repetition that binds a value.
+/// Expands to `$value` and drops `$ty`. In the table a body type is optional, and a
+/// `$( .. )?` repetition can bind a name (`Request::Fetch(body)`) only if the type appears
+/// inside it: this macro is how it appears.
 macro_rules! with_type {
     ($ty:ty, $value:tt) => {
         $value
@@ -29,8 +30,9 @@ macro_rules! with_type {
 }
 
 /// Generates [`ApiKey`], [`Request`], [`Response`] and their dispatch from the API table.
-/// Each line: key number, variant name, request body type, response body type (`()` for a
-/// message with no body: the enum variant then carries nothing), highest version.
+/// Each line: key number, variant name, request body type in parentheses, response body
+/// type in parentheses, highest version. Empty parentheses mean no body: that enum variant
+/// carries nothing (`Request::ListTopics`, `Response::CreateTopic`).
 macro_rules! apis {
     ($(
         $(#[$doc:meta])*
