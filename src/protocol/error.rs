@@ -70,7 +70,8 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// Every code, in numeric order (documentation and tests use it).
+    /// Every code in use, in numeric order (documentation and tests use it). A retired
+    /// code leaves this list, and its number is never given to another.
     pub const ALL: [ErrorCode; 27] = [
         ErrorCode::None,
         ErrorCode::Unknown,
@@ -106,12 +107,40 @@ impl ErrorCode {
         self as u16
     }
 
-    /// The code for a number; codes this build does not know map to [`ErrorCode::Unknown`].
+    /// The code for a number; numbers this build does not know (a code added by a newer
+    /// broker, or a retired one) map to [`ErrorCode::Unknown`]. Looked up by value, not by
+    /// position in [`ErrorCode::ALL`], so retiring a code leaves a hole and moves nothing.
     pub fn from_u16(code: u16) -> ErrorCode {
-        ErrorCode::ALL
-            .get(code as usize)
-            .copied()
-            .unwrap_or(ErrorCode::Unknown)
+        match code {
+            0 => ErrorCode::None,
+            1 => ErrorCode::Unknown,
+            2 => ErrorCode::CorruptFrame,
+            3 => ErrorCode::UnsupportedApi,
+            4 => ErrorCode::UnsupportedVersion,
+            5 => ErrorCode::RequestTooLarge,
+            6 => ErrorCode::UnknownTopicOrPartition,
+            7 => ErrorCode::TopicAlreadyExists,
+            8 => ErrorCode::InvalidTopic,
+            9 => ErrorCode::InvalidPartitions,
+            10 => ErrorCode::InvalidConfig,
+            11 => ErrorCode::OffsetOutOfRange,
+            12 => ErrorCode::CorruptBatch,
+            13 => ErrorCode::BatchTooLarge,
+            14 => ErrorCode::InvalidRequest,
+            15 => ErrorCode::NotEnoughDisk,
+            16 => ErrorCode::StorageError,
+            17 => ErrorCode::ShuttingDown,
+            18 => ErrorCode::TooManyConnections,
+            19 => ErrorCode::Timeout,
+            20 => ErrorCode::UnknownGroup,
+            21 => ErrorCode::UnknownMember,
+            22 => ErrorCode::StaleGeneration,
+            23 => ErrorCode::GroupNotEmpty,
+            24 => ErrorCode::InvalidSessionTimeout,
+            25 => ErrorCode::RecordNotHeld,
+            26 => ErrorCode::InconsistentGroup,
+            _ => ErrorCode::Unknown,
+        }
     }
 
     /// Whether a client may retry the same request unchanged and hope for success.
@@ -187,16 +216,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes_are_dense_and_stable() {
-        for (i, code) in ErrorCode::ALL.iter().enumerate() {
-            assert_eq!(code.as_u16() as usize, i);
-            assert_eq!(ErrorCode::from_u16(i as u16), *code);
+    fn every_code_round_trips_by_value() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_u16(code.as_u16()), code, "{code}");
         }
+        // ALL is in numeric order with no number twice.
+        assert!(ErrorCode::ALL
+            .windows(2)
+            .all(|w| w[0].as_u16() < w[1].as_u16()));
         // Pinned numbers: clients depend on them.
         assert_eq!(ErrorCode::UnknownTopicOrPartition.as_u16(), 6);
         assert_eq!(ErrorCode::CorruptBatch.as_u16(), 12);
         assert_eq!(ErrorCode::Timeout.as_u16(), 19);
         assert_eq!(ErrorCode::StaleGeneration.as_u16(), 22);
-        assert_eq!(ErrorCode::from_u16(60_000), ErrorCode::Unknown);
+        assert_eq!(ErrorCode::InconsistentGroup.as_u16(), 26);
+    }
+
+    #[test]
+    fn unknown_numbers_map_to_unknown() {
+        // The first number past the newest code, and numbers far beyond it.
+        let next = ErrorCode::ALL[ErrorCode::ALL.len() - 1].as_u16() + 1;
+        for n in [next, 1000, 60_000, u16::MAX] {
+            assert_eq!(ErrorCode::from_u16(n), ErrorCode::Unknown, "{n}");
+        }
     }
 }

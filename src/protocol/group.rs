@@ -1,45 +1,18 @@
-//! Messages of the consumer-group and share-group (queue) APIs. Each type knows its own
-//! body encoding; `api.rs` wires them into [`Request`](super::api::Request) and
-//! [`Response`](super::api::Response). Field by field in docs/PROTOCOL.md.
+//! Messages of the consumer-group and share-group (queue) APIs. Each type implements
+//! [`Message`] beside its struct; the API table in `api.rs` wires them into
+//! [`Request`](super::api::Request) and [`Response`](super::api::Response). Field by field in
+//! docs/PROTOCOL.md.
 
 use bytes::Bytes;
 
-use super::api::topic_array;
 use super::error::ErrorCode;
 use super::frame::{DecodeError, Decoder, Encoder};
+use super::message::{
+    decode_array, decode_strings, encode_array, encode_strings, Message, TopicEntry,
+};
 
-/// Partitions of one topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicPartitions {
-    /// Topic name.
-    pub topic: String,
-    /// Partition indexes, ascending.
-    pub partitions: Vec<u32>,
-}
-
-fn put_assignment(e: &mut Encoder, a: &[TopicPartitions]) {
-    e.put_array(a.iter(), |e, t| {
-        e.put_string(&t.topic);
-        e.put_array(t.partitions.iter(), |e, p| e.put_u32(*p));
-    });
-}
-
-fn assignment(d: &mut Decoder) -> Result<Vec<TopicPartitions>, DecodeError> {
-    d.array("assignment", 6, |d| {
-        Ok(TopicPartitions {
-            topic: d.string("topic")?,
-            partitions: d.array("partitions", 4, |d| d.u32("partition"))?,
-        })
-    })
-}
-
-fn put_strings(e: &mut Encoder, xs: &[String]) {
-    e.put_array(xs.iter(), |e, s| e.put_string(s));
-}
-
-fn strings(d: &mut Decoder, field: &'static str) -> Result<Vec<String>, DecodeError> {
-    d.array(field, 2, |d| d.string(field))
-}
+/// Partitions of one topic: an assignment, or the partitions a request names.
+pub type TopicPartitions = TopicEntry<u32>;
 
 /// Join (or re-join) a consumer group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,22 +31,22 @@ pub struct JoinGroupRequest {
     pub strategy: String,
 }
 
-impl JoinGroupRequest {
-    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+impl Message for JoinGroupRequest {
+    fn encode(&self, e: &mut Encoder) {
         e.put_string(&self.group);
         e.put_string(&self.member_id);
         e.put_string(&self.client_id);
-        put_strings(e, &self.topics);
+        encode_strings(e, &self.topics);
         e.put_u32(self.session_timeout_ms);
         e.put_string(&self.strategy);
     }
 
-    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
         Ok(JoinGroupRequest {
             group: d.string("group")?,
             member_id: d.string("member_id")?,
             client_id: d.string("client_id")?,
-            topics: strings(d, "topics")?,
+            topics: decode_strings(d, "topics")?,
             session_timeout_ms: d.u32("session_timeout_ms")?,
             strategy: d.string("strategy")?,
         })
@@ -92,18 +65,18 @@ pub struct MembershipResponse {
     pub assignment: Vec<TopicPartitions>,
 }
 
-impl MembershipResponse {
-    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+impl Message for MembershipResponse {
+    fn encode(&self, e: &mut Encoder) {
         e.put_string(&self.member_id);
         e.put_u32(self.generation);
-        put_assignment(e, &self.assignment);
+        encode_array(e, &self.assignment);
     }
 
-    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
         Ok(MembershipResponse {
             member_id: d.string("member_id")?,
             generation: d.u32("generation")?,
-            assignment: assignment(d)?,
+            assignment: decode_array(d, "assignment")?,
         })
     }
 }
@@ -119,14 +92,14 @@ pub struct HeartbeatRequest {
     pub generation: u32,
 }
 
-impl HeartbeatRequest {
-    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+impl Message for HeartbeatRequest {
+    fn encode(&self, e: &mut Encoder) {
         e.put_string(&self.group);
         e.put_string(&self.member_id);
         e.put_u32(self.generation);
     }
 
-    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
         Ok(HeartbeatRequest {
             group: d.string("group")?,
             member_id: d.string("member_id")?,
@@ -144,13 +117,13 @@ pub struct LeaveGroupRequest {
     pub member_id: String,
 }
 
-impl LeaveGroupRequest {
-    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+impl Message for LeaveGroupRequest {
+    fn encode(&self, e: &mut Encoder) {
         e.put_string(&self.group);
         e.put_string(&self.member_id);
     }
 
-    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
         Ok(LeaveGroupRequest {
             group: d.string("group")?,
             member_id: d.string("member_id")?,
@@ -165,12 +138,12 @@ pub struct GroupRequest {
     pub group: String,
 }
 
-impl GroupRequest {
-    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+impl Message for GroupRequest {
+    fn encode(&self, e: &mut Encoder) {
         e.put_string(&self.group);
     }
 
-    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
         Ok(GroupRequest {
             group: d.string("group")?,
         })
@@ -186,14 +159,24 @@ pub struct PartitionOffset {
     pub offset: i64,
 }
 
-/// Offsets of one topic's partitions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicOffsets {
-    /// Topic name.
-    pub topic: String,
-    /// Partition offsets.
-    pub partitions: Vec<PartitionOffset>,
+impl Message for PartitionOffset {
+    const MIN_BYTES: usize = 12;
+
+    fn encode(&self, e: &mut Encoder) {
+        e.put_u32(self.partition);
+        e.put_i64(self.offset);
+    }
+
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(PartitionOffset {
+            partition: d.u32("partition")?,
+            offset: d.i64("offset")?,
+        })
+    }
 }
+
+/// Offsets of one topic's partitions.
+pub type TopicOffsets = TopicEntry<PartitionOffset>;
 
 /// Store committed offsets for a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,46 +193,22 @@ pub struct CommitOffsetsRequest {
     pub topics: Vec<TopicOffsets>,
 }
 
-impl CommitOffsetsRequest {
-    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+impl Message for CommitOffsetsRequest {
+    fn encode(&self, e: &mut Encoder) {
         e.put_string(&self.group);
         e.put_string(&self.member_id);
         e.put_i32(self.generation);
-        put_offsets(e, &self.topics);
+        encode_array(e, &self.topics);
     }
 
-    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
         Ok(CommitOffsetsRequest {
             group: d.string("group")?,
             member_id: d.string("member_id")?,
             generation: d.i32("generation")?,
-            topics: offsets(d)?,
+            topics: decode_array(d, "topics")?,
         })
     }
-}
-
-fn put_offsets(e: &mut Encoder, topics: &[TopicOffsets]) {
-    e.put_array(topics.iter(), |e, t| {
-        e.put_string(&t.topic);
-        e.put_array(t.partitions.iter(), |e, p| {
-            e.put_u32(p.partition);
-            e.put_i64(p.offset);
-        });
-    });
-}
-
-fn offsets(d: &mut Decoder) -> Result<Vec<TopicOffsets>, DecodeError> {
-    topic_array(
-        d,
-        12,
-        |d| {
-            Ok(PartitionOffset {
-                partition: d.u32("partition")?,
-                offset: d.i64("offset")?,
-            })
-        },
-        |topic, partitions| TopicOffsets { topic, partitions },
-    )
 }
 
 /// Per-partition outcome of a commit or an ack.
@@ -263,14 +222,26 @@ pub struct PartitionResult {
     pub message: String,
 }
 
-/// Outcomes of one topic's partitions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicResults {
-    /// Topic name.
-    pub topic: String,
-    /// Per partition.
-    pub partitions: Vec<PartitionResult>,
+impl Message for PartitionResult {
+    const MIN_BYTES: usize = 8;
+
+    fn encode(&self, e: &mut Encoder) {
+        e.put_u32(self.partition);
+        e.put_u16(self.error.as_u16());
+        e.put_string(&self.message);
+    }
+
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(PartitionResult {
+            partition: d.u32("partition")?,
+            error: ErrorCode::from_u16(d.u16("error")?),
+            message: d.string("message")?,
+        })
+    }
 }
+
+/// Outcomes of one topic's partitions.
+pub type TopicResults = TopicEntry<PartitionResult>;
 
 /// Per-partition outcomes (commit, share ack).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,32 +250,15 @@ pub struct ResultsResponse {
     pub topics: Vec<TopicResults>,
 }
 
-impl ResultsResponse {
-    pub(crate) fn encode_body(&self, e: &mut Encoder) {
-        e.put_array(self.topics.iter(), |e, t| {
-            e.put_string(&t.topic);
-            e.put_array(t.partitions.iter(), |e, p| {
-                e.put_u32(p.partition);
-                e.put_u16(p.error.as_u16());
-                e.put_string(&p.message);
-            });
-        });
+impl Message for ResultsResponse {
+    fn encode(&self, e: &mut Encoder) {
+        encode_array(e, &self.topics);
     }
 
-    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
-        let topics = topic_array(
-            d,
-            8,
-            |d| {
-                Ok(PartitionResult {
-                    partition: d.u32("partition")?,
-                    error: ErrorCode::from_u16(d.u16("error")?),
-                    message: d.string("message")?,
-                })
-            },
-            |topic, partitions| TopicResults { topic, partitions },
-        )?;
-        Ok(ResultsResponse { topics })
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(ResultsResponse {
+            topics: decode_array(d, "topics")?,
+        })
     }
 }
 
@@ -317,16 +271,16 @@ pub struct FetchOffsetsRequest {
     pub topics: Vec<TopicPartitions>,
 }
 
-impl FetchOffsetsRequest {
-    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+impl Message for FetchOffsetsRequest {
+    fn encode(&self, e: &mut Encoder) {
         e.put_string(&self.group);
-        put_assignment(e, &self.topics);
+        encode_array(e, &self.topics);
     }
 
-    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
         Ok(FetchOffsetsRequest {
             group: d.string("group")?,
-            topics: assignment(d)?,
+            topics: decode_array(d, "assignment")?,
         })
     }
 }
@@ -338,14 +292,14 @@ pub struct OffsetsResponse {
     pub topics: Vec<TopicOffsets>,
 }
 
-impl OffsetsResponse {
-    pub(crate) fn encode_body(&self, e: &mut Encoder) {
-        put_offsets(e, &self.topics);
+impl Message for OffsetsResponse {
+    fn encode(&self, e: &mut Encoder) {
+        encode_array(e, &self.topics);
     }
 
-    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
         Ok(OffsetsResponse {
-            topics: offsets(d)?,
+            topics: decode_array(d, "topics")?,
         })
     }
 }
@@ -361,6 +315,24 @@ pub struct GroupListing {
     pub members: u32,
 }
 
+impl Message for GroupListing {
+    const MIN_BYTES: usize = 8;
+
+    fn encode(&self, e: &mut Encoder) {
+        e.put_string(&self.group);
+        e.put_string(&self.kind);
+        e.put_u32(self.members);
+    }
+
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(GroupListing {
+            group: d.string("group")?,
+            kind: d.string("kind")?,
+            members: d.u32("members")?,
+        })
+    }
+}
+
 /// Every group the broker knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListGroupsResponse {
@@ -368,24 +340,14 @@ pub struct ListGroupsResponse {
     pub groups: Vec<GroupListing>,
 }
 
-impl ListGroupsResponse {
-    pub(crate) fn encode_body(&self, e: &mut Encoder) {
-        e.put_array(self.groups.iter(), |e, g| {
-            e.put_string(&g.group);
-            e.put_string(&g.kind);
-            e.put_u32(g.members);
-        });
+impl Message for ListGroupsResponse {
+    fn encode(&self, e: &mut Encoder) {
+        encode_array(e, &self.groups);
     }
 
-    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
         Ok(ListGroupsResponse {
-            groups: d.array("groups", 8, |d| {
-                Ok(GroupListing {
-                    group: d.string("group")?,
-                    kind: d.string("kind")?,
-                    members: d.u32("members")?,
-                })
-            })?,
+            groups: decode_array(d, "groups")?,
         })
     }
 }
@@ -401,6 +363,26 @@ pub struct MemberDescription {
     pub topics: Vec<String>,
     /// Partitions in the current generation.
     pub assignment: Vec<TopicPartitions>,
+}
+
+impl Message for MemberDescription {
+    const MIN_BYTES: usize = 12;
+
+    fn encode(&self, e: &mut Encoder) {
+        e.put_string(&self.member_id);
+        e.put_string(&self.client_id);
+        encode_strings(e, &self.topics);
+        encode_array(e, &self.assignment);
+    }
+
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(MemberDescription {
+            member_id: d.string("member_id")?,
+            client_id: d.string("client_id")?,
+            topics: decode_strings(d, "topics")?,
+            assignment: decode_array(d, "assignment")?,
+        })
+    }
 }
 
 /// A consumer group: state, members, assignment and committed offsets.
@@ -420,36 +402,24 @@ pub struct DescribeGroupResponse {
     pub offsets: Vec<TopicOffsets>,
 }
 
-impl DescribeGroupResponse {
-    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+impl Message for DescribeGroupResponse {
+    fn encode(&self, e: &mut Encoder) {
         e.put_string(&self.group);
         e.put_string(&self.state);
         e.put_u32(self.generation);
         e.put_string(&self.strategy);
-        e.put_array(self.members.iter(), |e, m| {
-            e.put_string(&m.member_id);
-            e.put_string(&m.client_id);
-            put_strings(e, &m.topics);
-            put_assignment(e, &m.assignment);
-        });
-        put_offsets(e, &self.offsets);
+        encode_array(e, &self.members);
+        encode_array(e, &self.offsets);
     }
 
-    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
         Ok(DescribeGroupResponse {
             group: d.string("group")?,
             state: d.string("state")?,
             generation: d.u32("generation")?,
             strategy: d.string("strategy")?,
-            members: d.array("members", 12, |d| {
-                Ok(MemberDescription {
-                    member_id: d.string("member_id")?,
-                    client_id: d.string("client_id")?,
-                    topics: strings(d, "topics")?,
-                    assignment: assignment(d)?,
-                })
-            })?,
-            offsets: offsets(d)?,
+            members: decode_array(d, "members")?,
+            offsets: decode_array(d, "topics")?,
         })
     }
 }
@@ -464,6 +434,22 @@ pub struct ShareSettings {
     /// Where records past `max_deliveries` (or rejected) are copied; empty: nowhere
     /// (they are archived only).
     pub dead_letter_topic: String,
+}
+
+impl Message for ShareSettings {
+    fn encode(&self, e: &mut Encoder) {
+        e.put_u32(self.lock_ms);
+        e.put_u16(self.max_deliveries);
+        e.put_string(&self.dead_letter_topic);
+    }
+
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(ShareSettings {
+            lock_ms: d.u32("lock_ms")?,
+            max_deliveries: d.u16("max_deliveries")?,
+            dead_letter_topic: d.string("dead_letter_topic")?,
+        })
+    }
 }
 
 /// Take records from partitions shared by any number of consumers.
@@ -483,30 +469,24 @@ pub struct ShareFetchRequest {
     pub settings: ShareSettings,
 }
 
-impl ShareFetchRequest {
-    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+impl Message for ShareFetchRequest {
+    fn encode(&self, e: &mut Encoder) {
         e.put_string(&self.group);
         e.put_string(&self.member_id);
-        put_assignment(e, &self.topics);
+        encode_array(e, &self.topics);
         e.put_u32(self.max_records);
         e.put_u32(self.max_wait_ms);
-        e.put_u32(self.settings.lock_ms);
-        e.put_u16(self.settings.max_deliveries);
-        e.put_string(&self.settings.dead_letter_topic);
+        self.settings.encode(e);
     }
 
-    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
         Ok(ShareFetchRequest {
             group: d.string("group")?,
             member_id: d.string("member_id")?,
-            topics: assignment(d)?,
+            topics: decode_array(d, "assignment")?,
             max_records: d.u32("max_records")?,
             max_wait_ms: d.u32("max_wait_ms")?,
-            settings: ShareSettings {
-                lock_ms: d.u32("lock_ms")?,
-                max_deliveries: d.u16("max_deliveries")?,
-                dead_letter_topic: d.string("dead_letter_topic")?,
-            },
+            settings: ShareSettings::decode(d)?,
         })
     }
 }
@@ -520,6 +500,24 @@ pub struct AcquiredRange {
     pub last: i64,
     /// Delivery count, 1 for the first delivery.
     pub delivery: u16,
+}
+
+impl Message for AcquiredRange {
+    const MIN_BYTES: usize = 18;
+
+    fn encode(&self, e: &mut Encoder) {
+        e.put_i64(self.first);
+        e.put_i64(self.last);
+        e.put_u16(self.delivery);
+    }
+
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(AcquiredRange {
+            first: d.i64("first")?,
+            last: d.i64("last")?,
+            delivery: d.u16("delivery")?,
+        })
+    }
 }
 
 /// One partition of a share fetch: the acquired ranges and the batches holding them
@@ -538,14 +536,30 @@ pub struct ShareFetchPartition {
     pub records: Bytes,
 }
 
-/// Share fetch results of one topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShareFetchTopic {
-    /// Topic name.
-    pub topic: String,
-    /// Per partition.
-    pub partitions: Vec<ShareFetchPartition>,
+impl Message for ShareFetchPartition {
+    const MIN_BYTES: usize = 16;
+
+    fn encode(&self, e: &mut Encoder) {
+        e.put_u32(self.partition);
+        e.put_u16(self.error.as_u16());
+        e.put_string(&self.message);
+        encode_array(e, &self.acquired);
+        e.put_shared(self.records.clone());
+    }
+
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(ShareFetchPartition {
+            partition: d.u32("partition")?,
+            error: ErrorCode::from_u16(d.u16("error")?),
+            message: d.string("message")?,
+            acquired: decode_array(d, "acquired")?,
+            records: d.bytes("records")?.freeze(),
+        })
+    }
 }
+
+/// Share fetch results of one topic.
+pub type ShareFetchTopic = TopicEntry<ShareFetchPartition>;
 
 /// The records a share fetch acquired.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -554,46 +568,15 @@ pub struct ShareFetchResponse {
     pub topics: Vec<ShareFetchTopic>,
 }
 
-impl ShareFetchResponse {
-    pub(crate) fn encode_body(&self, e: &mut Encoder) {
-        e.put_array(self.topics.iter(), |e, t| {
-            e.put_string(&t.topic);
-            e.put_array(t.partitions.iter(), |e, p| {
-                e.put_u32(p.partition);
-                e.put_u16(p.error.as_u16());
-                e.put_string(&p.message);
-                e.put_array(p.acquired.iter(), |e, a| {
-                    e.put_i64(a.first);
-                    e.put_i64(a.last);
-                    e.put_u16(a.delivery);
-                });
-                e.put_shared(p.records.clone());
-            });
-        });
+impl Message for ShareFetchResponse {
+    fn encode(&self, e: &mut Encoder) {
+        encode_array(e, &self.topics);
     }
 
-    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
-        let topics = topic_array(
-            d,
-            16,
-            |d| {
-                Ok(ShareFetchPartition {
-                    partition: d.u32("partition")?,
-                    error: ErrorCode::from_u16(d.u16("error")?),
-                    message: d.string("message")?,
-                    acquired: d.array("acquired", 18, |d| {
-                        Ok(AcquiredRange {
-                            first: d.i64("first")?,
-                            last: d.i64("last")?,
-                            delivery: d.u16("delivery")?,
-                        })
-                    })?,
-                    records: d.bytes("records")?.freeze(),
-                })
-            },
-            |topic, partitions| ShareFetchTopic { topic, partitions },
-        )?;
-        Ok(ShareFetchResponse { topics })
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(ShareFetchResponse {
+            topics: decode_array(d, "topics")?,
+        })
     }
 }
 
@@ -647,6 +630,35 @@ pub struct AckRange {
     pub delay_ms: u32,
 }
 
+impl Message for AckRange {
+    const MIN_BYTES: usize = 21;
+
+    fn encode(&self, e: &mut Encoder) {
+        e.put_i64(self.first);
+        e.put_i64(self.last);
+        e.put_u8(self.kind.as_u8());
+        e.put_u32(self.delay_ms);
+    }
+
+    /// Refuses a range that starts below 0 or ends before it starts.
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
+        let first = d.i64("first")?;
+        let last = d.i64("last")?;
+        if first < 0 || last < first {
+            return Err(DecodeError::InvalidValue {
+                field: "last",
+                value: last,
+            });
+        }
+        Ok(AckRange {
+            first,
+            last,
+            kind: AckType::from_u8(d.u8("ack_type")?)?,
+            delay_ms: d.u32("delay_ms")?,
+        })
+    }
+}
+
 /// Acknowledgements for one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionAcks {
@@ -656,14 +668,24 @@ pub struct PartitionAcks {
     pub ranges: Vec<AckRange>,
 }
 
-/// Acknowledgements for one topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicAcks {
-    /// Topic name.
-    pub topic: String,
-    /// Per partition.
-    pub partitions: Vec<PartitionAcks>,
+impl Message for PartitionAcks {
+    const MIN_BYTES: usize = 8;
+
+    fn encode(&self, e: &mut Encoder) {
+        e.put_u32(self.partition);
+        encode_array(e, &self.ranges);
+    }
+
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(PartitionAcks {
+            partition: d.u32("partition")?,
+            ranges: decode_array(d, "ranges")?,
+        })
+    }
 }
+
+/// Acknowledgements for one topic.
+pub type TopicAcks = TopicEntry<PartitionAcks>;
 
 /// Accept, release, nack or reject records a share fetch handed out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -676,61 +698,20 @@ pub struct ShareAckRequest {
     pub topics: Vec<TopicAcks>,
 }
 
-impl ShareAckRequest {
-    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+impl Message for ShareAckRequest {
+    fn encode(&self, e: &mut Encoder) {
         e.put_string(&self.group);
         e.put_string(&self.member_id);
-        e.put_array(self.topics.iter(), |e, t| {
-            e.put_string(&t.topic);
-            e.put_array(t.partitions.iter(), |e, p| {
-                e.put_u32(p.partition);
-                e.put_array(p.ranges.iter(), |e, r| {
-                    e.put_i64(r.first);
-                    e.put_i64(r.last);
-                    e.put_u8(r.kind.as_u8());
-                    e.put_u32(r.delay_ms);
-                });
-            });
-        });
+        encode_array(e, &self.topics);
     }
 
-    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
-        let group = d.string("group")?;
-        let member_id = d.string("member_id")?;
-        let topics = topic_array(
-            d,
-            8,
-            |d| {
-                Ok(PartitionAcks {
-                    partition: d.u32("partition")?,
-                    ranges: d.array("ranges", 21, ack_range)?,
-                })
-            },
-            |topic, partitions| TopicAcks { topic, partitions },
-        )?;
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
         Ok(ShareAckRequest {
-            group,
-            member_id,
-            topics,
+            group: d.string("group")?,
+            member_id: d.string("member_id")?,
+            topics: decode_array(d, "topics")?,
         })
     }
-}
-
-fn ack_range(d: &mut Decoder) -> Result<AckRange, DecodeError> {
-    let first = d.i64("first")?;
-    let last = d.i64("last")?;
-    if first < 0 || last < first {
-        return Err(DecodeError::InvalidValue {
-            field: "last",
-            value: last,
-        });
-    }
-    Ok(AckRange {
-        first,
-        last,
-        kind: AckType::from_u8(d.u8("ack_type")?)?,
-        delay_ms: d.u32("delay_ms")?,
-    })
 }
 
 /// The queue state of one partition of a share group.
@@ -756,6 +737,36 @@ pub struct SharePartitionState {
     pub dead_lettered: u64,
 }
 
+impl Message for SharePartitionState {
+    const MIN_BYTES: usize = 62;
+
+    fn encode(&self, e: &mut Encoder) {
+        e.put_string(&self.topic);
+        e.put_u32(self.partition);
+        e.put_i64(self.start);
+        e.put_i64(self.next_offset);
+        e.put_i64(self.log_end);
+        e.put_u64(self.acquired);
+        e.put_u64(self.available_again);
+        e.put_u64(self.done);
+        e.put_u64(self.dead_lettered);
+    }
+
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
+        Ok(SharePartitionState {
+            topic: d.string("topic")?,
+            partition: d.u32("partition")?,
+            start: d.i64("start")?,
+            next_offset: d.i64("next_offset")?,
+            log_end: d.i64("log_end")?,
+            acquired: d.u64("acquired")?,
+            available_again: d.u64("available_again")?,
+            done: d.u64("done")?,
+            dead_lettered: d.u64("dead_lettered")?,
+        })
+    }
+}
+
 /// A share group: its settings and the state of every partition it has taken from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DescribeQueueResponse {
@@ -767,40 +778,18 @@ pub struct DescribeQueueResponse {
     pub partitions: Vec<SharePartitionState>,
 }
 
-impl DescribeQueueResponse {
-    pub(crate) fn encode_body(&self, e: &mut Encoder) {
+impl Message for DescribeQueueResponse {
+    fn encode(&self, e: &mut Encoder) {
         e.put_string(&self.group);
-        put_strings(e, &self.members);
-        e.put_array(self.partitions.iter(), |e, p| {
-            e.put_string(&p.topic);
-            e.put_u32(p.partition);
-            e.put_i64(p.start);
-            e.put_i64(p.next_offset);
-            e.put_i64(p.log_end);
-            e.put_u64(p.acquired);
-            e.put_u64(p.available_again);
-            e.put_u64(p.done);
-            e.put_u64(p.dead_lettered);
-        });
+        encode_strings(e, &self.members);
+        encode_array(e, &self.partitions);
     }
 
-    pub(crate) fn decode_body(d: &mut Decoder) -> Result<Self, DecodeError> {
+    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
         Ok(DescribeQueueResponse {
             group: d.string("group")?,
-            members: strings(d, "members")?,
-            partitions: d.array("partitions", 62, |d| {
-                Ok(SharePartitionState {
-                    topic: d.string("topic")?,
-                    partition: d.u32("partition")?,
-                    start: d.i64("start")?,
-                    next_offset: d.i64("next_offset")?,
-                    log_end: d.i64("log_end")?,
-                    acquired: d.u64("acquired")?,
-                    available_again: d.u64("available_again")?,
-                    done: d.u64("done")?,
-                    dead_lettered: d.u64("dead_lettered")?,
-                })
-            })?,
+            members: decode_strings(d, "members")?,
+            partitions: decode_array(d, "partitions")?,
         })
     }
 }

@@ -7,5 +7,6 @@ pub mod batch;
 pub mod error;
 pub mod frame;
 pub mod group;
+pub mod message;
 
 pub use error::{ErrorCode, WireError};
