@@ -51,7 +51,7 @@ struct Args {
     #[arg(long, default_value_t = 16 << 20)]
     max_request_bytes: usize,
 
-    /// Slots in each inter-shard ring (rounded up to a power of two).
+    /// Slots in each inter-shard ring (exactly this many, at least 2).
     #[arg(long, default_value_t = 1024)]
     ring_capacity: usize,
 

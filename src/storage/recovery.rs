@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use super::config::LogConfig;
 use super::error::StorageError;
 use super::index::{IndexPlanner, OffsetIndex, TimeIndex};
-use super::segment::{SegmentFiles, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+use super::segment::{RecoveredSegment, SegmentFiles, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
 use crate::protocol::batch::{self, BatchHeader, BATCH_HEADER_LEN};
 
 /// Read size of the recovery scan.
@@ -28,23 +28,6 @@ const SCAN_CHUNK: usize = 1 << 20;
 /// Largest batch recovery will load to check its CRC, unless the configured maximum is
 /// higher: a corrupt length field must not make recovery allocate a whole segment.
 const MIN_RECOVERY_BATCH_LIMIT: usize = 64 << 20;
-
-/// The state of one segment as found on disk, repaired.
-#[derive(Debug)]
-pub(crate) struct RecoveredSegment {
-    /// Offset of the segment's first batch (from its file name).
-    pub(crate) base_offset: i64,
-    /// Bytes of whole batches in the log.
-    pub(crate) size: u64,
-    /// Offset after the segment's last batch.
-    pub(crate) next_offset: i64,
-    /// The offset index, consistent with the log.
-    pub(crate) index: OffsetIndex,
-    /// The time index, consistent with the log.
-    pub(crate) time_index: TimeIndex,
-    /// Where index planning continues on the next append.
-    pub(crate) planner: IndexPlanner,
-}
 
 /// Finds, checks and repairs the segments of the partition in `dir` (created if missing).
 /// Returns them sorted by base offset; empty if the directory holds no log yet.

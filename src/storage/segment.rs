@@ -18,8 +18,24 @@ use compio::io::{AsyncReadAtExt, AsyncWriteAtExt};
 
 use super::error::StorageError;
 use super::index::{IndexPlanner, OffsetIndex, TimeIndex};
-use super::recovery::RecoveredSegment;
 use crate::protocol::batch::{BatchHeader, BATCH_HEADER_LEN};
+
+/// The state of one segment as found on disk, repaired.
+#[derive(Debug)]
+pub(crate) struct RecoveredSegment {
+    /// Offset of the segment's first batch (from its file name).
+    pub(crate) base_offset: i64,
+    /// Bytes of whole batches in the log.
+    pub(crate) size: u64,
+    /// Offset after the segment's last batch.
+    pub(crate) next_offset: i64,
+    /// The offset index, consistent with the log.
+    pub(crate) index: OffsetIndex,
+    /// The time index, consistent with the log.
+    pub(crate) time_index: TimeIndex,
+    /// Where index planning continues on the next append.
+    pub(crate) planner: IndexPlanner,
+}
 
 /// File name suffix of a segment's log.
 pub(crate) const LOG_SUFFIX: &str = "log";
