@@ -331,7 +331,7 @@ impl Stamp {
     }
 }
 
-/// Option<Duration> as a humantime string in TOML and JSON.
+/// `Option<Duration>` as a humantime string in TOML and JSON.
 mod humantime_serde_opt {
     use std::time::Duration;
 

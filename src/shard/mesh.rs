@@ -94,8 +94,8 @@ impl<T> ShardLinks<T> {
     }
 
     /// Pushes `msg` to shard `to` and wakes it if it sleeps. A full ring hands the message
-    /// back: the caller waits (see [`ShardLinks::wait`], which returns when a ring we wait on
-    /// has room) and tries again.
+    /// back: the caller keeps it in order behind the ring (the server's overflow queue)
+    /// and tries again when the consumer signals that it made room.
     ///
     /// # Panics
     /// If `to` is this shard or out of range: a routing bug, not an input error.
