@@ -11,7 +11,7 @@ use futures_util::future::select;
 
 use super::context::ShardContext;
 use super::group_coordinator::GroupOp;
-use super::partitions::{storage_error, PartitionRef};
+use super::partitions::{storage_error, PartitionCall, PartitionRef};
 use super::rpc::ShardCall;
 use super::share_coordinator::{ShareFetched, ShareHost};
 use super::topics;
@@ -237,6 +237,42 @@ impl ShardCall<ShardContext> for ShareRelease {
     }
 }
 
+impl PartitionCall for Append {
+    fn partition(&self) -> &PartitionRef {
+        &self.at
+    }
+}
+
+impl PartitionCall for Read {
+    fn partition(&self) -> &PartitionRef {
+        &self.at
+    }
+}
+
+impl PartitionCall for WaitForData {
+    fn partition(&self) -> &PartitionRef {
+        &self.at
+    }
+}
+
+impl PartitionCall for ListOffset {
+    fn partition(&self) -> &PartitionRef {
+        &self.at
+    }
+}
+
+impl PartitionCall for ShareAcquire {
+    fn partition(&self) -> &PartitionRef {
+        &self.at
+    }
+}
+
+impl PartitionCall for ShareAck {
+    fn partition(&self) -> &PartitionRef {
+        &self.at
+    }
+}
+
 impl ShareHost for Rc<ShardContext> {
     async fn partition_log(&self, at: &PartitionRef) -> Result<Rc<PartitionLog>, WireError> {
         self.log(at).await
@@ -266,14 +302,10 @@ impl ShareHost for Rc<ShardContext> {
     }
 
     async fn append(&self, at: PartitionRef, batch: BytesMut) -> Result<(), WireError> {
-        let owner = self.owner_of(&at);
-        self.call(
-            owner,
-            Append {
-                at,
-                batches: vec![batch],
-            },
-        )
+        self.call_owner(Append {
+            at,
+            batches: vec![batch],
+        })
         .await?
         .map(drop)
     }

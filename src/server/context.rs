@@ -18,7 +18,7 @@ use std::sync::Arc;
 use futures_util::future::{select, Either};
 
 use super::group_coordinator::GroupCoordinator;
-use super::partitions::{PartitionRef, PartitionTable};
+use super::partitions::{PartitionCall, PartitionRef, PartitionTable};
 use super::rpc::{Envelope, Lost, MeshShard, Rpc, ShardCall};
 use super::share_coordinator::ShareCoordinator;
 use crate::config::BrokerConfig;
@@ -145,6 +145,15 @@ impl ShardContext {
         call: C,
     ) -> Result<C::Reply, WireError> {
         self.rpc.call(self, owner, call).await.map_err(lost)
+    }
+
+    /// Runs a call about one partition on that partition's owner.
+    pub(crate) async fn call_owner<C: ShardCall<ShardContext> + PartitionCall>(
+        self: &Rc<Self>,
+        call: C,
+    ) -> Result<C::Reply, WireError> {
+        let owner = self.owner_of(call.partition());
+        self.call(owner, call).await
     }
 
     /// Runs calls on their owners, one envelope per owner, replies in the calls' order.

@@ -24,6 +24,13 @@ pub(crate) struct PartitionRef {
     pub(crate) partition: u32,
 }
 
+/// A call about one partition: it goes to that partition's owner
+/// ([`super::context::ShardContext::call_owner`]).
+pub(crate) trait PartitionCall {
+    /// The partition the call is about.
+    fn partition(&self) -> &PartitionRef;
+}
+
 /// The partitions a shard owns.
 pub(crate) struct PartitionTable {
     id: ShardId,

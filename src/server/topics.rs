@@ -10,7 +10,7 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 
 use super::context::ShardContext;
-use super::partitions::PartitionRef;
+use super::partitions::{PartitionCall, PartitionRef};
 use super::rpc::ShardCall;
 use crate::protocol::api::{ConfigEntry, PartitionDescription};
 use crate::protocol::{ErrorCode, WireError};
@@ -126,7 +126,7 @@ pub(crate) async fn describe(
             topic: topic.clone(),
             partition,
         };
-        ctx.call(ctx.owner_of(&at), Describe { at })
+        ctx.call_owner(Describe { at })
     });
     let mut partitions = Vec::with_capacity(topic.partitions as usize);
     for reply in join_all(calls).await {
@@ -228,6 +228,12 @@ impl ShardCall<ShardContext> for Reconfigure {
 /// A partition's offsets and size.
 pub(crate) struct Describe {
     pub(crate) at: PartitionRef,
+}
+
+impl PartitionCall for Describe {
+    fn partition(&self) -> &PartitionRef {
+        &self.at
+    }
 }
 
 impl ShardCall<ShardContext> for Describe {

@@ -11,8 +11,9 @@ use crate::protocol::batch::{self, BatchError};
 use crate::protocol::{ErrorCode, WireError};
 use crate::server::calls::{read_range, Append, ListOffset, Read, WaitForData};
 use crate::server::context::{first, ShardContext};
-use crate::server::partitions::PartitionRef;
+use crate::server::partitions::{PartitionCall, PartitionRef};
 use crate::server::topics;
+use crate::shard::ShardId;
 use crate::storage::FileRange;
 
 /// Largest fetch response, whatever the client asks for: bounds the memory one request can
@@ -77,27 +78,22 @@ pub(super) async fn produce(ctx: &Rc<ShardContext>, r: ProduceRequest) -> Respon
     // Every partition's append is started in request order before any is awaited, so the
     // batches of pipelined requests reach each partition in the order they were sent.
     let mut shape = Vec::with_capacity(r.topics.len());
-    let mut appends = Vec::new();
-    let mut early: Vec<Option<WireError>> = Vec::new();
+    let mut appends = Routed::default();
     for topic in r.topics {
         let mut parts = Vec::with_capacity(topic.partitions.len());
         for p in topic.partitions {
             parts.push(p.partition);
-            let prepared = topics::lookup(ctx, &topic.topic, p.partition).and_then(|at| {
-                split_batches(p.records, ctx.config.max_batch_bytes).map(|batches| (at, batches))
+            appends.push(ctx, |ctx| {
+                let at = topics::lookup(ctx, &topic.topic, p.partition)?;
+                let batches = split_batches(p.records, ctx.config.max_batch_bytes)?;
+                Ok(Append { at, batches })
             });
-            match prepared {
-                Ok((at, batches)) => {
-                    appends.push((ctx.owner_of(&at), Append { at, batches }));
-                    early.push(None);
-                }
-                Err(e) => early.push(Some(e)),
-            }
         }
         shape.push((topic.topic, parts));
     }
     // One envelope per owning shard; each runs its appends in request order.
-    let all = ctx.call_grouped(appends);
+    let Routed { calls, early } = appends;
+    let all = ctx.call_grouped(calls);
     let replies = if r.timeout_ms == 0 {
         all.await
     } else {
@@ -116,38 +112,28 @@ pub(super) async fn produce(ctx: &Rc<ShardContext>, r: ProduceRequest) -> Respon
                 .collect(),
         }
     };
-    let mut replies = replies.into_iter();
-    let mut early = early.into_iter();
+    let mut outcomes = Outcomes::new(early, replies);
     let topics = shape
         .into_iter()
         .map(|(topic, parts)| ProduceTopicResponse {
             topic,
             partitions: parts
                 .into_iter()
-                .map(|partition| {
-                    let outcome = match early.next().flatten() {
-                        Some(e) => Err(e),
-                        None => replies
-                            .next()
-                            .unwrap_or_else(|| Ok(Err(missing_reply())))
-                            .and_then(|r| r),
-                    };
-                    match outcome {
-                        Ok(a) => ProducePartitionResponse {
-                            partition,
-                            error: ErrorCode::None,
-                            message: String::new(),
-                            base_offset: a.base_offset,
-                            last_offset: a.last_offset,
-                        },
-                        Err(e) => ProducePartitionResponse {
-                            partition,
-                            error: e.code,
-                            message: e.message,
-                            base_offset: -1,
-                            last_offset: -1,
-                        },
-                    }
+                .map(|partition| match outcomes.next() {
+                    Ok(a) => ProducePartitionResponse {
+                        partition,
+                        error: ErrorCode::None,
+                        message: String::new(),
+                        base_offset: a.base_offset,
+                        last_offset: a.last_offset,
+                    },
+                    Err(e) => ProducePartitionResponse {
+                        partition,
+                        error: e.code,
+                        message: e.message,
+                        base_offset: -1,
+                        last_offset: -1,
+                    },
                 })
                 .collect(),
         })
@@ -204,7 +190,7 @@ async fn read_all(ctx: &Rc<ShardContext>, slots: &[FetchSlot], max_bytes: usize)
                     offset: slot.offset,
                     max_bytes: budget.max(1),
                 };
-                ctx.call(ctx.owner_of(at), call)
+                ctx.call_owner(call)
                     .await
                     .and_then(|r| r)
                     .map(|(o, available)| {
@@ -287,14 +273,13 @@ pub(super) async fn fetch(ctx: &Rc<ShardContext>, r: FetchRequest) -> Reply {
             .zip(&available)
             .filter_map(|(slot, seen)| {
                 let at = slot.at.as_ref().ok()?.clone();
-                let owner = ctx.owner_of(&at);
                 let call = WaitForData {
                     at,
                     offset: slot.offset,
                     seen: *seen,
                     deadline,
                 };
-                Some(Box::pin(ctx.call(owner, call)))
+                Some(Box::pin(ctx.call_owner(call)))
             })
             .collect();
         if waits.is_empty() {
@@ -333,22 +318,20 @@ fn fetch_response(
 
 pub(super) async fn list_offsets(ctx: &Rc<ShardContext>, r: ListOffsetsRequest) -> Response {
     // Every lookup of the request first, then one envelope per owning shard.
-    let mut calls = Vec::new();
-    let mut early = Vec::new();
+    let mut lookups = Routed::default();
     for t in &r.topics {
         for p in &t.partitions {
-            match topics::lookup(ctx, &t.topic, p.partition) {
-                Ok(at) => {
-                    let timestamp = p.timestamp;
-                    calls.push((ctx.owner_of(&at), ListOffset { at, timestamp }));
-                    early.push(None);
-                }
-                Err(e) => early.push(Some(e)),
-            }
+            lookups.push(ctx, |ctx| {
+                let at = topics::lookup(ctx, &t.topic, p.partition)?;
+                Ok(ListOffset {
+                    at,
+                    timestamp: p.timestamp,
+                })
+            });
         }
     }
-    let mut replies = ctx.call_grouped(calls).await.into_iter();
-    let mut early = early.into_iter();
+    let Routed { calls, early } = lookups;
+    let mut outcomes = Outcomes::new(early, ctx.call_grouped(calls).await);
     let topics = r
         .topics
         .into_iter()
@@ -356,34 +339,87 @@ pub(super) async fn list_offsets(ctx: &Rc<ShardContext>, r: ListOffsetsRequest) 
             partitions: t
                 .partitions
                 .iter()
-                .map(|p| {
-                    let result = match early.next().flatten() {
-                        Some(e) => Err(e),
-                        None => replies
-                            .next()
-                            .unwrap_or_else(|| Ok(Err(missing_reply())))
-                            .and_then(|r| r),
-                    };
-                    match result {
-                        Ok(offset) => ListOffsetsPartitionResponse {
-                            partition: p.partition,
-                            error: ErrorCode::None,
-                            message: String::new(),
-                            offset,
-                        },
-                        Err(e) => ListOffsetsPartitionResponse {
-                            partition: p.partition,
-                            error: e.code,
-                            message: e.message,
-                            offset: -1,
-                        },
-                    }
+                .map(|p| match outcomes.next() {
+                    Ok(offset) => ListOffsetsPartitionResponse {
+                        partition: p.partition,
+                        error: ErrorCode::None,
+                        message: String::new(),
+                        offset,
+                    },
+                    Err(e) => ListOffsetsPartitionResponse {
+                        partition: p.partition,
+                        error: e.code,
+                        message: e.message,
+                        offset: -1,
+                    },
                 })
                 .collect(),
             topic: t.topic,
         })
         .collect();
     Response::ListOffsets(ListOffsetsResponse { topics })
+}
+
+/// The calls of a request's partition entries, each to its partition's owner, and the
+/// entries refused before any call (unknown partition, bad batch), in entry order.
+struct Routed<C> {
+    calls: Vec<(ShardId, C)>,
+    early: Vec<Option<WireError>>,
+}
+
+impl<C> Default for Routed<C> {
+    fn default() -> Self {
+        Routed {
+            calls: Vec::new(),
+            early: Vec::new(),
+        }
+    }
+}
+
+impl<C: PartitionCall> Routed<C> {
+    /// Adds the next entry: its call, or why it has none.
+    fn push(
+        &mut self,
+        ctx: &ShardContext,
+        make: impl FnOnce(&ShardContext) -> Result<C, WireError>,
+    ) {
+        match make(ctx) {
+            Ok(call) => {
+                self.calls.push((ctx.owner_of(call.partition()), call));
+                self.early.push(None);
+            }
+            Err(e) => self.early.push(Some(e)),
+        }
+    }
+}
+
+/// Each entry's outcome, in entry order: its early error, or the next reply.
+struct Outcomes<T> {
+    early: std::vec::IntoIter<Option<WireError>>,
+    replies: std::vec::IntoIter<Result<Result<T, WireError>, WireError>>,
+}
+
+impl<T> Outcomes<T> {
+    fn new(
+        early: Vec<Option<WireError>>,
+        replies: Vec<Result<Result<T, WireError>, WireError>>,
+    ) -> Self {
+        Outcomes {
+            early: early.into_iter(),
+            replies: replies.into_iter(),
+        }
+    }
+
+    fn next(&mut self) -> Result<T, WireError> {
+        match self.early.next().flatten() {
+            Some(e) => Err(e),
+            None => self
+                .replies
+                .next()
+                .unwrap_or_else(|| Ok(Err(missing_reply())))
+                .and_then(|r| r),
+        }
+    }
 }
 
 /// A reply missing from a grouped call's answer: cannot happen, since the replies come

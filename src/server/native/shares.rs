@@ -110,17 +110,15 @@ pub(super) async fn fetch(
             let member = r.member_id.clone();
             let settings = r.settings.clone();
             async move {
-                let at = at?;
-                let owner = ctx.owner_of(&at);
                 let call = ShareAcquire {
-                    at,
+                    at: at?,
                     group,
                     member,
                     max_records: r.max_records,
                     max_bytes,
                     settings,
                 };
-                ctx.call(owner, call).await?
+                ctx.call_owner(call).await?
             }
         });
         let results = join_all(calls).await;
@@ -139,14 +137,13 @@ pub(super) async fn fetch(
             .filter_map(|(slot, result)| {
                 let at = slot.at.as_ref().ok()?.clone();
                 let offset = result.as_ref().ok()?.log_end;
-                let owner = ctx.owner_of(&at);
                 let call = WaitForData {
                     at,
                     offset,
                     seen: 0,
                     deadline: until,
                 };
-                Some(Box::pin(ctx.call(owner, call)))
+                Some(Box::pin(ctx.call_owner(call)))
             })
             .collect();
         let stop = ctx.shutdown.notified();
@@ -205,15 +202,13 @@ pub(super) async fn ack(ctx: &Rc<ShardContext>, r: ShareAckRequest) -> Result<Re
             let at = topics::lookup(ctx, &t.topic, p.partition);
             let (group, member, ranges) = (r.group.clone(), r.member_id.clone(), p.ranges.clone());
             calls.push(async move {
-                let at = at?;
-                let owner = ctx.owner_of(&at);
                 let call = ShareAck {
-                    at,
+                    at: at?,
                     group,
                     member,
                     ranges,
                 };
-                ctx.call(owner, call).await?
+                ctx.call_owner(call).await?
             });
         }
     }
