@@ -12,6 +12,7 @@ use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::partitions::storage_error;
 use crate::protocol::batch::{self, BatchBuilder};
 use crate::protocol::{ErrorCode, WireError};
 use crate::storage::{FsyncPolicy, LogConfig, PartitionLog};
@@ -53,7 +54,7 @@ impl InternalLog {
         };
         let log = PartitionLog::open(dir.clone(), config)
             .await
-            .map_err(|e| storage(format!("opening {}: {e}", dir.display())))?;
+            .map_err(|e| storage(&dir, "opening", e))?;
         let log = Rc::new(log);
         let mut live = HashMap::new();
         let mut offset = log.log_start_offset();
@@ -61,18 +62,16 @@ impl InternalLog {
             let read = log
                 .read(offset, REPLAY_READ_BYTES)
                 .await
-                .map_err(|e| storage(format!("replaying {}: {e}", dir.display())))?;
+                .map_err(|e| storage(&dir, "replaying", e))?;
             if read.records.is_empty() {
                 break;
             }
             for b in batch::batches(&read.records) {
-                let (start, header) =
-                    b.map_err(|e| storage(format!("replaying {}: {e}", dir.display())))?;
+                let (start, header) = b.map_err(|e| storage(&dir, "replaying", e))?;
                 let b = &read.records[start..start + header.total_len()];
-                let records = batch::records(b)
-                    .map_err(|e| storage(format!("replaying {}: {e}", dir.display())))?;
+                let records = batch::records(b).map_err(|e| storage(&dir, "replaying", e))?;
                 for r in records {
-                    let r = r.map_err(|e| storage(format!("replaying {}: {e}", dir.display())))?;
+                    let r = r.map_err(|e| storage(&dir, "replaying", e))?;
                     offset = r.offset + 1;
                     let Some(key) = r.key else { continue };
                     match r.value {
@@ -103,10 +102,7 @@ impl InternalLog {
         }
         let batch = batch_of(records);
         let len = batch.len() as u64;
-        self.log
-            .append(vec![batch])
-            .await
-            .map_err(|e| storage(format!("internal log append: {e}")))?;
+        self.log.append(vec![batch]).await.map_err(storage_error)?;
         self.since_checkpoint.set(self.since_checkpoint.get() + len);
         Ok(self.since_checkpoint.get() >= CHECKPOINT_BYTES && !self.checkpointing.get())
     }
@@ -128,16 +124,13 @@ impl InternalLog {
             // replay (chunk by chunk, a later chunk's older value could follow it).
             let batches: Vec<BytesMut> = live.chunks(4096).map(batch_of).collect();
             if !batches.is_empty() {
-                self.log
-                    .append(batches)
-                    .await
-                    .map_err(|e| storage(format!("internal log checkpoint: {e}")))?;
+                self.log.append(batches).await.map_err(storage_error)?;
             }
             self.log
                 .enforce_retention(now_ms())
                 .await
                 .map(drop)
-                .map_err(|e| storage(format!("internal log retention: {e}")))
+                .map_err(storage_error)
         }
         .await;
         // The checkpoint's own records do not count towards the next one.
@@ -162,9 +155,22 @@ fn batch_of(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> BytesMut {
     builder.finish()
 }
 
-fn storage(message: String) -> WireError {
-    tracing::error!("{message}");
-    WireError::new(ErrorCode::StorageError, message)
+/// An internal log that cannot be opened or replayed: the log line names the directory,
+/// the client hears which kind of log failed (the full path is the broker's business).
+fn storage(dir: &std::path::Path, doing: &str, e: impl std::fmt::Display) -> WireError {
+    tracing::error!(dir = %dir.display(), "{doing} an internal log: {e}");
+    let kind = match dir
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+    {
+        Some("offsets") => "a group offsets log",
+        _ => "a share-state log",
+    };
+    WireError::new(
+        ErrorCode::StorageError,
+        format!("{doing} {kind} failed (the broker's log says why)"),
+    )
 }
 
 fn now_ms() -> i64 {

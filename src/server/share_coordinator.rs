@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::internal_log::InternalLog;
-use super::partitions::PartitionRef;
+use super::partitions::{storage_error, PartitionRef};
 use crate::config::BrokerConfig;
 use crate::groups::share::{
     AckKind, DeadLetter, DurableState, ShareConfig, ShareError, SharePartition,
@@ -582,7 +582,7 @@ async fn copy_to_dead_letter_topic(
         let read = log
             .read(letter.offset, MAX_SHARE_FETCH_BYTES)
             .await
-            .map_err(|e| WireError::new(ErrorCode::StorageError, e.to_string()))?;
+            .map_err(storage_error)?;
         let record = find_record(&read.records, letter.offset)?;
         let partition = at.partition.to_string();
         let offset = letter.offset.to_string();
@@ -623,8 +623,6 @@ async fn read_covering(
     max_bytes: usize,
 ) -> Result<(Bytes, i64), WireError> {
     const STEP: usize = 256 << 10;
-    let storage =
-        |e: crate::storage::StorageError| WireError::new(ErrorCode::StorageError, e.to_string());
     let mut pieces: Vec<Bytes> = Vec::new();
     let mut size = 0;
     let mut offset = first;
@@ -633,7 +631,7 @@ async fn read_covering(
         let read = log
             .read(offset, STEP.min(max_bytes - size))
             .await
-            .map_err(storage)?;
+            .map_err(storage_error)?;
         let mut next = offset;
         let mut end = 0;
         for b in batch::batches(&read.records) {
