@@ -243,13 +243,11 @@ impl<S: MeshShard> Rpc<S> {
     /// Takes up to `budget` envelopes from the incoming rings: answers complete our calls,
     /// calls from others start as tasks of this shard. Returns how many were taken.
     pub(crate) fn drain(&self, shard: &Rc<S>, budget: usize) -> usize {
-        let mut incoming = Vec::new();
-        let handled = self
-            .links
+        // Handling an envelope never sends one (a started call runs as its own task), so
+        // the rings stay borrowed while each is handled.
+        self.links
             .borrow_mut()
-            .drain(budget, |from, envelope| incoming.push((from, envelope)));
-        for (from, Envelope(message)) in incoming {
-            match message {
+            .drain(budget, |from, Envelope(message)| match message {
                 Message::Reply { token, reply } => {
                     if let Some(tx) = self.pending.borrow_mut().remove(&token) {
                         tx.send(reply);
@@ -260,9 +258,7 @@ impl<S: MeshShard> Rpc<S> {
                     self.running.borrow_mut().remove(&(from, token));
                 }
                 Message::Call { token, call } => self.start(shard, from, token, call),
-            }
-        }
-        handled
+            })
     }
 
     fn start(&self, shard: &Rc<S>, from: ShardId, token: u64, call: Box<dyn ErasedCall<S>>) {
