@@ -31,15 +31,22 @@ pub(crate) trait PartitionCall {
     fn partition(&self) -> &PartitionRef;
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Incarnation {
+    id: u64,
+    deleted: bool,
+}
+
 /// The partitions a shard owns.
 pub(crate) struct PartitionTable {
     id: ShardId,
     shard_count: u16,
     data_dir: PathBuf,
     log_defaults: LogConfig,
-    /// The newest incarnation (topic id) seen of each topic name: requests that carry an
-    /// older one are for a topic deleted since.
-    incarnations: RefCell<HashMap<String, u64>>,
+    /// The newest incarnation (topic id) seen of each topic name, and whether it has been
+    /// deleted: a request that carries an older one, or a deleted one, is for a topic that
+    /// is gone, and must not open (and so create) its directory again.
+    incarnations: RefCell<HashMap<String, Incarnation>>,
     /// Logs by (topic id, partition). Topic ids are never reused, so a key names one
     /// partition of one incarnation.
     logs: OnceMap<(u64, u32), Rc<PartitionLog>>,
@@ -85,8 +92,15 @@ impl PartitionTable {
     /// open, for the caller to close.
     pub(crate) fn remove_topic(&self, topic: &TopicMeta) -> Vec<Rc<PartitionLog>> {
         let mut incarnations = self.incarnations.borrow_mut();
-        if incarnations.get(&topic.name) == Some(&topic.id) {
-            incarnations.remove(&topic.name);
+        let newest = incarnations.entry(topic.name.clone()).or_insert(Incarnation {
+            id: topic.id,
+            deleted: true,
+        });
+        if newest.id <= topic.id {
+            *newest = Incarnation {
+                id: topic.id,
+                deleted: true,
+            };
         }
         drop(incarnations);
         self.logs.remove_where(|(id, _)| *id == topic.id)
@@ -104,7 +118,12 @@ impl PartitionTable {
 
     /// The log end of an open partition this shard owns.
     pub(crate) fn log_end(&self, topic: &str, partition: u32) -> Option<i64> {
-        let id = *self.incarnations.borrow().get(topic)?;
+        let id = self
+            .incarnations
+            .borrow()
+            .get(topic)
+            .filter(|i| !i.deleted)?
+            .id;
         self.logs
             .get(&(id, partition))
             .map(|log| log.high_watermark())
@@ -115,12 +134,16 @@ impl PartitionTable {
         let name = &at.topic.name;
         {
             let mut incarnations = self.incarnations.borrow_mut();
-            let newest = incarnations.entry(name.clone()).or_insert(at.topic.id);
-            if *newest > at.topic.id {
+            let seen = Incarnation {
+                id: at.topic.id,
+                deleted: false,
+            };
+            let newest = incarnations.entry(name.clone()).or_insert(seen);
+            if newest.id > at.topic.id || (newest.id == at.topic.id && newest.deleted) {
                 // A request for an incarnation that has been deleted since.
                 return Err(unknown_partition(name, at.partition));
             }
-            *newest = at.topic.id;
+            *newest = seen;
         }
         if at.partition >= at.topic.partitions || self.owner(name, at.partition) != self.id {
             return Err(unknown_partition(name, at.partition));
