@@ -1,7 +1,7 @@
 //! The partition log on disk: segments of record batches, sparse offset and time indexes,
 //! crash recovery and retention. Only the shard that owns a partition touches its files.
 //!
-//! - [`PartitionLog`] (`partition.rs`): append with group commit, read, retention, sync.
+//! - [`PartitionLog`] (`log/`): append with group commit, read, retention, sync.
 //! - `segment.rs`: one segment's `.log`, `.index` and `.timeindex` files.
 //! - `index.rs`: the sparse offset and time indexes as pure data (encoding, lookups, which
 //!   batches get entries).
@@ -13,13 +13,13 @@ pub mod catalog;
 mod config;
 mod error;
 mod index;
-mod partition;
+mod log;
 mod recovery;
 mod segment;
 
 pub use config::{FsyncPolicy, LogConfig};
 pub use error::StorageError;
-pub use partition::{AppendOutcome, FileRange, PartitionLog, ReadOutcome};
+pub use log::{AppendOutcome, FileRange, PartitionLog, ReadOutcome};
 
 #[cfg(test)]
 mod tests;
