@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
 use futures_util::future::{select, Either};
 
 use super::groups::{Coordinator, GroupOp};
@@ -25,6 +24,7 @@ use crate::protocol::api::{
     offset_spec, AckRange, PartitionDescription, Response, ShardEndpoint, SharePartitionState,
     ShareSettings,
 };
+use crate::protocol::batch::ValidBatch;
 use crate::protocol::frame;
 use crate::protocol::{ErrorCode, WireError};
 use crate::shard::mesh::{InboxWaiter, ShardLinks};
@@ -75,7 +75,7 @@ pub(crate) enum ShardOp {
     /// Append validated batches.
     Append {
         at: PartitionRef,
-        batches: Vec<BytesMut>,
+        batches: Vec<ValidBatch>,
     },
     /// Read whole batches from `offset`.
     Read {

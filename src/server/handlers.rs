@@ -15,7 +15,7 @@ use super::context::{first, unknown_partition, PartitionRef, ShardContext, Shard
 use super::groups::{coordinator_of, GroupOp};
 use super::queues::{Acquired, MAX_SHARE_FETCH_BYTES, MAX_SHARE_RESPONSE_BYTES};
 use crate::protocol::api::*;
-use crate::protocol::batch::{self, BatchError};
+use crate::protocol::batch::{BatchError, ValidBatch};
 use crate::protocol::{ErrorCode, WireError};
 use crate::storage::catalog::{describe_config, CatalogError, TopicMeta, DELETED_PREFIX};
 use crate::storage::FileRange;
@@ -651,26 +651,10 @@ fn lookup(ctx: &ShardContext, topic: &str, partition: u32) -> Result<PartitionRe
 fn split_batches(
     mut records: BytesMut,
     max_batch_bytes: usize,
-) -> Result<Vec<BytesMut>, WireError> {
+) -> Result<Vec<ValidBatch>, WireError> {
     let mut batches = Vec::new();
     while !records.is_empty() {
-        let header = batch::BatchHeader::parse(&records).map_err(batch_error)?;
-        let len = header.total_len();
-        if len > max_batch_bytes {
-            return Err(batch_error(BatchError::TooLarge {
-                size: len,
-                limit: max_batch_bytes,
-            }));
-        }
-        if len > records.len() {
-            return Err(batch_error(BatchError::Truncated {
-                needed: len,
-                available: records.len(),
-            }));
-        }
-        let one = records.split_to(len);
-        batch::validate(&one, max_batch_bytes).map_err(batch_error)?;
-        batches.push(one);
+        batches.push(ValidBatch::split_from(&mut records, max_batch_bytes).map_err(batch_error)?);
     }
     if batches.is_empty() {
         return Err(WireError::new(

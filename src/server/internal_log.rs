@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
-use crate::protocol::batch::{self, BatchBuilder};
+use crate::protocol::batch::{self, BatchBuilder, ValidBatch};
 use crate::protocol::{ErrorCode, WireError};
 use crate::storage::{FsyncPolicy, LogConfig, PartitionLog};
 
@@ -101,7 +101,7 @@ impl InternalLog {
         if records.is_empty() {
             return Ok(false);
         }
-        let batch = batch_of(records);
+        let batch = batch_of(records)?;
         let len = batch.len() as u64;
         self.log
             .append(vec![batch])
@@ -126,7 +126,10 @@ impl InternalLog {
             // One append call for every chunk: the log queues them all at once, so a value
             // appended while the checkpoint is written lands after all of them and wins on
             // replay (chunk by chunk, a later chunk's older value could follow it).
-            let batches: Vec<BytesMut> = live.chunks(4096).map(batch_of).collect();
+            let batches = live
+                .chunks(4096)
+                .map(batch_of)
+                .collect::<Result<Vec<_>, _>>()?;
             if !batches.is_empty() {
                 self.log
                     .append(batches)
@@ -153,13 +156,14 @@ impl InternalLog {
 }
 
 /// One batch of key/value records (`None`: delete the key).
-fn batch_of(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> BytesMut {
+fn batch_of(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<ValidBatch, WireError> {
     let mut builder = BatchBuilder::new();
     let now = now_ms();
     for (key, value) in records {
         builder.push(now, Some(key), value.as_deref(), &[]);
     }
-    builder.finish()
+    ValidBatch::new(builder.finish(), usize::MAX)
+        .map_err(|e| storage(format!("internal log batch: {e}")))
 }
 
 fn storage(message: String) -> WireError {

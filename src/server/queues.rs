@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::context::{PartitionRef, ShardContext, ShardOp, ShardReply};
 use super::internal_log::InternalLog;
@@ -21,7 +21,7 @@ use crate::coordinator::share::{
 };
 use crate::local::Notify;
 use crate::protocol::api::*;
-use crate::protocol::batch::{self, BatchBuilder};
+use crate::protocol::batch::{self, BatchBuilder, ValidBatch};
 use crate::protocol::{ErrorCode, WireError};
 use crate::storage::catalog::TopicMeta;
 use crate::storage::PartitionLog;
@@ -619,7 +619,8 @@ async fn copy_to_dead_letter_topic(
         topic: meta,
     };
     let owner = ctx.owner(&dlq.topic.name, dlq.partition);
-    let batch: BytesMut = builder.finish();
+    let batch = ValidBatch::new(builder.finish(), usize::MAX)
+        .map_err(|e| WireError::new(ErrorCode::Unknown, format!("dead-letter batch: {e}")))?;
     match ctx
         .call(
             owner,

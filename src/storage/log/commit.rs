@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 use super::writer::{write_at, ChunkTarget, IndexWrites};
 use super::{now_ms, sync_dir, PartitionLog};
 use crate::local::{oneshot, OneshotSender};
-use crate::protocol::batch::{self, BatchHeader};
+use crate::protocol::batch::ValidBatch;
 use crate::storage::config::{FsyncPolicy, LogConfig};
 use crate::storage::error::StorageError;
 use crate::storage::index::{OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
@@ -37,7 +37,7 @@ pub struct AppendOutcome {
 
 /// A caller waiting in the group-commit queue.
 pub(super) struct PendingAppend {
-    batches: Vec<BytesMut>,
+    batches: Vec<ValidBatch>,
     reply: OneshotSender<Result<AppendOutcome, StorageError>>,
 }
 
@@ -50,43 +50,20 @@ struct BatchMeta {
     len: u64,
 }
 
-/// Checks that each buffer holds one batch whose header agrees with its length.
-fn batch_headers(batches: &[BytesMut]) -> Result<Vec<BatchHeader>, StorageError> {
-    if batches.is_empty() {
-        return Err(StorageError::InvalidBatch("no batches to append".into()));
-    }
-    batches
-        .iter()
-        .map(|b| {
-            let header =
-                BatchHeader::parse(b).map_err(|e| StorageError::InvalidBatch(e.to_string()))?;
-            if header.total_len() != b.len() {
-                return Err(StorageError::InvalidBatch(format!(
-                    "buffer of {} bytes holds a batch of {}",
-                    b.len(),
-                    header.total_len()
-                )));
-            }
-            if header.last_offset_delta < 0 {
-                return Err(StorageError::InvalidBatch(
-                    "last offset delta is negative".into(),
-                ));
-            }
-            Ok(header)
-        })
-        .collect()
-}
-
 impl PartitionLog {
-    /// Appends already-validated batches (one batch per buffer), assigning dense offsets in
-    /// call order, and resolves once they are written (and synced, under
-    /// [`FsyncPolicy::Always`]). Concurrent calls share one write and one sync.
+    /// Appends validated batches, assigning dense offsets in call order, and resolves once
+    /// they are written (and synced, under [`FsyncPolicy::Always`]). Concurrent calls share
+    /// one write and one sync. Offsets, lengths and timestamps come from each batch's parsed
+    /// header; the bytes are not parsed again.
     pub async fn append(
         self: &Rc<Self>,
-        batches: Vec<BytesMut>,
+        batches: Vec<ValidBatch>,
     ) -> Result<AppendOutcome, StorageError> {
         if self.closed.get() {
             return Err(StorageError::Closed);
+        }
+        if batches.is_empty() {
+            return Err(StorageError::InvalidBatch("no batches to append".into()));
         }
         let (reply, done) = oneshot();
         self.queue
@@ -128,24 +105,18 @@ impl PartitionLog {
         let mut metas = Vec::new();
         let mut next = self.high_watermark.get();
         for pending in work {
-            let headers = match batch_headers(&pending.batches) {
-                Ok(headers) => headers,
-                Err(e) => {
-                    pending.reply.send(Err(e));
-                    continue;
-                }
-            };
             let base_offset = next;
-            for (mut buffer, header) in pending.batches.into_iter().zip(headers) {
-                batch::set_base_offset(&mut buffer, next);
+            for mut batch in pending.batches {
+                batch.set_base_offset(next);
+                let header = batch.header();
                 let last_offset = next + i64::from(header.last_offset_delta);
                 metas.push(BatchMeta {
                     base_offset: next,
                     last_offset,
                     max_timestamp: header.max_timestamp,
-                    len: buffer.len() as u64,
+                    len: batch.len() as u64,
                 });
-                buffers.push(buffer);
+                buffers.push(batch.into_bytes());
                 next = last_offset + 1;
             }
             callers.push(Caller {
