@@ -6,11 +6,14 @@
 //! - `index.rs`: the sparse offset and time indexes as pure data (encoding, lookups, which
 //!   batches get entries).
 //! - `recovery.rs`: the scan on open that truncates a torn tail and rebuilds damaged indexes.
+//! - `disk.rs`: the writes and syncs of record data that durability rests on, and the sync
+//!   journal durability tests read ([`init_sync_journal`]).
 //! - [`catalog`]: the durable list of topics and their configs, shared by all shards.
 //! - [`LogConfig`], [`StorageError`].
 
 pub mod catalog;
 mod config;
+mod disk;
 mod error;
 mod index;
 mod log;
@@ -18,6 +21,7 @@ mod recovery;
 mod segment;
 
 pub use config::{FsyncPolicy, LogConfig};
+pub use disk::{init_sync_journal, SYNC_JOURNAL_ENV};
 pub use error::StorageError;
 pub use log::{AppendOutcome, FileRange, PartitionLog, ReadOutcome};
 

@@ -19,7 +19,7 @@ impl PartitionLog {
     }
 
     async fn sync_dirty(&self) -> Result<(), StorageError> {
-        let dirty: Vec<(i64, File, File, File, SegmentFiles)> = self
+        let dirty: Vec<(i64, File, u64, File, File, SegmentFiles)> = self
             .segments
             .borrow_mut()
             .iter_mut()
@@ -29,14 +29,15 @@ impl PartitionLog {
                 (
                     s.base_offset,
                     s.log.clone(),
+                    s.size,
                     s.index_file.clone(),
                     s.time_index_file.clone(),
                     s.files.clone(),
                 )
             })
             .collect();
-        for (base, log, index, time_index, files) in dirty {
-            if let Err(e) = Segment::sync_files(&log, &index, &time_index, &files).await {
+        for (base, log, size, index, time_index, files) in dirty {
+            if let Err(e) = Segment::sync_files(&log, size, &index, &time_index, &files).await {
                 if let Some(mut s) = self.segment_mut(base) {
                     s.dirty = true;
                 }

@@ -9,6 +9,7 @@ use compio::fs::File;
 use compio::io::AsyncWriteAtExt;
 use tracing::warn;
 
+use crate::storage::disk;
 use crate::storage::error::StorageError;
 use crate::storage::index::{
     IndexPlanner, OffsetEntry, TimeEntry, OFFSET_ENTRY_LEN, TIME_ENTRY_LEN,
@@ -77,10 +78,9 @@ impl ChunkTarget {
     ) -> Result<(), StorageError> {
         let index_at = (index.index_at * OFFSET_ENTRY_LEN) as u64;
         let time_at = (index.time_at * TIME_ENTRY_LEN) as u64;
+        let end = position + chunk.iter().map(|b| b.len() as u64).sum::<u64>();
         let result = async {
-            let mut log = &self.log;
-            let BufResult(written, _chunk) = log.write_vectored_all_at(chunk, position).await;
-            written.map_err(|e| StorageError::io(&self.files.log, e))?;
+            disk::write_log(&self.log, &self.files.log, chunk, position).await?;
             // The index files are not synced per round, so their writes need not wait for
             // the log's sync, nor it for them.
             let IndexWrites { index, time, .. } = index;
@@ -90,10 +90,7 @@ impl ChunkTarget {
             };
             let log_sync = async {
                 if sync {
-                    self.log
-                        .sync_data()
-                        .await
-                        .map_err(|e| StorageError::io(&self.files.log, e))?;
+                    disk::sync_log(&self.log, &self.files.log, end).await?;
                 }
                 Ok(())
             };
