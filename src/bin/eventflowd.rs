@@ -209,6 +209,8 @@ fn main() -> anyhow::Result<()> {
         fsync = ?config.fsync,
         "starting"
     );
+    eventflow::storage::init_sync_journal(&config.data_dir)
+        .with_context(|| format!("cannot open {}", eventflow::storage::SYNC_JOURNAL_ENV))?;
     let broker = eventflow::server::start(config).context("cannot start the broker")?;
     let direct: Vec<String> = broker
         .direct_addrs()

@@ -1,8 +1,9 @@
 //! Kafka's RecordBatch v2 (magic 2): the unit the broker receives, stores and serves.
 //!
 //! The broker treats a batch as opaque bytes on its hot path. It checks the header and the
-//! CRC once, when the batch arrives ([`validate`]), rewrites the base offset in place
-//! ([`set_base_offset`]) and writes the bytes to the log unchanged. That rewrite is cheap
+//! CRC once, when the batch arrives ([`validate`], kept with its header as a [`ValidBatch`]),
+//! rewrites the base offset in place ([`set_base_offset`]) and writes the bytes to the log
+//! unchanged. That rewrite is cheap
 //! because the CRC starts at [`CRC_START`], after the base offset, batch length, leader
 //! epoch and magic, so assigning offsets never forces a re-checksum.
 //!
@@ -212,7 +213,15 @@ impl BatchHeader {
 /// ([`BatchError::InvalidHeader`]); and the CRC-32C over `batch[21..]` equals the crc field
 /// ([`BatchError::CrcMismatch`]). Never panics on any input.
 pub fn validate(batch: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
-    let header = BatchHeader::parse(batch)?;
+    check(batch, BatchHeader::parse(batch)?, max_batch_bytes)
+}
+
+/// [`validate`]'s checks after the header parsed: `header` is `batch`'s own.
+fn check(
+    batch: &[u8],
+    header: BatchHeader,
+    max_batch_bytes: usize,
+) -> Result<BatchHeader, BatchError> {
     let size = header.total_len();
     if batch.len() < size {
         return Err(BatchError::Truncated {
@@ -248,6 +257,82 @@ pub fn validate(batch: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, Bat
         });
     }
     Ok(header)
+}
+
+/// One record batch that passed [`validate`], with its parsed header.
+///
+/// The broker checks a batch once, when it arrives, and from then on carries this type: the
+/// log takes offsets, lengths and timestamps from [`ValidBatch::header`] instead of parsing
+/// the bytes again. The only way to make one is through the checks, and the only change it
+/// allows afterwards is the base offset, which the CRC does not cover, so a `ValidBatch`
+/// always holds a batch that would pass [`validate`] again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidBatch {
+    bytes: BytesMut,
+    header: BatchHeader,
+}
+
+// A valid batch is never empty (it has at least a header), so `is_empty` would be noise.
+#[allow(clippy::len_without_is_empty)]
+impl ValidBatch {
+    /// Validates `bytes` as exactly one batch, as [`validate`] does (header checks and
+    /// CRC-32C), keeping the parsed header.
+    pub fn new(bytes: BytesMut, max_batch_bytes: usize) -> Result<ValidBatch, BatchError> {
+        let header = validate(&bytes, max_batch_bytes)?;
+        Ok(ValidBatch { bytes, header })
+    }
+
+    /// Splits the first batch off the front of `buf` (a produce request's records field,
+    /// say) and validates it, parsing its header once. On an error, what was split off is
+    /// dropped and the rest of `buf` is left as it is: the caller refuses the whole buffer.
+    pub fn split_from(
+        buf: &mut BytesMut,
+        max_batch_bytes: usize,
+    ) -> Result<ValidBatch, BatchError> {
+        let header = BatchHeader::parse(buf)?;
+        let size = header.total_len();
+        if size > max_batch_bytes {
+            return Err(BatchError::TooLarge {
+                size,
+                limit: max_batch_bytes,
+            });
+        }
+        if size > buf.len() {
+            return Err(BatchError::Truncated {
+                needed: size,
+                available: buf.len(),
+            });
+        }
+        let bytes = buf.split_to(size);
+        let header = check(&bytes, header, max_batch_bytes)?;
+        Ok(ValidBatch { bytes, header })
+    }
+
+    /// The batch's header as parsed (with the base offset last set).
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    /// The batch's size in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The batch's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Writes the base offset in place ([`set_base_offset`]); the batch stays valid.
+    pub fn set_base_offset(&mut self, base_offset: i64) {
+        set_base_offset(&mut self.bytes, base_offset);
+        self.header.base_offset = base_offset;
+    }
+
+    /// The batch's bytes, to write or send.
+    pub fn into_bytes(self) -> BytesMut {
+        self.bytes
+    }
 }
 
 /// Writes base_offset (bytes 0..8). Not covered by the CRC, so a validated batch stays valid.
@@ -1050,6 +1135,75 @@ mod tests {
             ))
         );
         assert_eq!(records(&empty).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_valid_batch_cannot_be_made_from_a_bad_crc() {
+        let batch = sample_batch();
+        let mut corrupt = batch.clone();
+        corrupt[BATCH_HEADER_LEN + 2] ^= 0x40;
+        assert!(matches!(
+            ValidBatch::new(corrupt.clone(), LIMIT),
+            Err(BatchError::CrcMismatch { .. })
+        ));
+        let mut buf = corrupt;
+        assert!(matches!(
+            ValidBatch::split_from(&mut buf, LIMIT),
+            Err(BatchError::CrcMismatch { .. })
+        ));
+        // Every other check of `validate` applies too.
+        assert_eq!(
+            ValidBatch::new(batch.clone(), batch.len() - 1).map(drop),
+            validate(&batch, batch.len() - 1).map(drop)
+        );
+        let mut short = batch.clone();
+        short.truncate(batch.len() - 1);
+        assert!(matches!(
+            ValidBatch::new(short.clone(), LIMIT),
+            Err(BatchError::Truncated { .. })
+        ));
+        assert!(matches!(
+            ValidBatch::split_from(&mut short, LIMIT),
+            Err(BatchError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn a_valid_batch_keeps_its_header_and_offset_in_step() {
+        let bytes = sample_batch();
+        let mut valid = ValidBatch::new(bytes.clone(), LIMIT).unwrap();
+        assert_eq!(*valid.header(), validate(&bytes, LIMIT).unwrap());
+        assert_eq!(valid.len(), bytes.len());
+        assert_eq!(valid.header().last_offset_delta, 2);
+        valid.set_base_offset(40);
+        assert_eq!(valid.header().base_offset, 40);
+        assert_eq!(validate(valid.as_bytes(), LIMIT), Ok(*valid.header()));
+        let stored = valid.into_bytes();
+        assert_eq!(base_offset(&stored), 40);
+        assert_eq!(&stored[CRC_START..], &bytes[CRC_START..]);
+    }
+
+    #[test]
+    fn split_from_takes_one_batch_at_a_time() {
+        let one = sample_batch();
+        let mut two = BatchBuilder::new();
+        two.push(7, None, Some(b"second"), &[]);
+        let two = two.finish();
+        let mut buf = one.clone();
+        buf.extend_from_slice(&two);
+        let first = ValidBatch::split_from(&mut buf, LIMIT).unwrap();
+        assert_eq!(first.as_bytes(), &one[..]);
+        assert_eq!(&buf[..], &two[..]);
+        let second = ValidBatch::split_from(&mut buf, LIMIT).unwrap();
+        assert_eq!(second.header().records_count, 1);
+        assert!(buf.is_empty());
+        // The size limit is checked from the header, before the bytes are split off.
+        let mut buf = one.clone();
+        assert!(matches!(
+            ValidBatch::split_from(&mut buf, one.len() - 1),
+            Err(BatchError::TooLarge { .. })
+        ));
+        assert_eq!(buf.len(), one.len());
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Instant;
 
-use bytes::BytesMut;
 use futures_util::future::select;
 
 use super::context::ShardContext;
@@ -16,13 +15,14 @@ use super::rpc::ShardCall;
 use super::share_coordinator::{ShareFetched, ShareHost};
 use super::topics;
 use crate::protocol::api::{offset_spec, AckRange, Response, SharePartitionState, ShareSettings};
+use crate::protocol::batch::ValidBatch;
 use crate::protocol::{ErrorCode, WireError};
 use crate::storage::{AppendOutcome, FileRange, PartitionLog, ReadOutcome};
 
 /// Appends validated batches.
 pub(crate) struct Append {
     pub(crate) at: PartitionRef,
-    pub(crate) batches: Vec<BytesMut>,
+    pub(crate) batches: Vec<ValidBatch>,
 }
 
 impl ShardCall<ShardContext> for Append {
@@ -301,7 +301,7 @@ impl ShareHost for Rc<ShardContext> {
         })
     }
 
-    async fn append(&self, at: PartitionRef, batch: BytesMut) -> Result<(), WireError> {
+    async fn append(&self, at: PartitionRef, batch: ValidBatch) -> Result<(), WireError> {
         self.call_owner(Append {
             at,
             batches: vec![batch],

@@ -10,10 +10,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::partitions::storage_error;
-use crate::protocol::batch::{self, BatchBuilder};
+use crate::protocol::batch::{self, BatchBuilder, ValidBatch};
 use crate::protocol::{ErrorCode, WireError};
 use crate::storage::{FsyncPolicy, LogConfig, PartitionLog};
 
@@ -100,7 +100,7 @@ impl InternalLog {
         if records.is_empty() {
             return Ok(false);
         }
-        let batch = batch_of(records);
+        let batch = batch_of(records)?;
         let len = batch.len() as u64;
         self.log.append(vec![batch]).await.map_err(storage_error)?;
         self.since_checkpoint.set(self.since_checkpoint.get() + len);
@@ -122,7 +122,10 @@ impl InternalLog {
             // One append call for every chunk: the log queues them all at once, so a value
             // appended while the checkpoint is written lands after all of them and wins on
             // replay (chunk by chunk, a later chunk's older value could follow it).
-            let batches: Vec<BytesMut> = live.chunks(4096).map(batch_of).collect();
+            let batches = live
+                .chunks(4096)
+                .map(batch_of)
+                .collect::<Result<Vec<_>, _>>()?;
             if !batches.is_empty() {
                 self.log.append(batches).await.map_err(storage_error)?;
             }
@@ -146,13 +149,17 @@ impl InternalLog {
 }
 
 /// One batch of key/value records (`None`: delete the key).
-fn batch_of(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> BytesMut {
+fn batch_of(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<ValidBatch, WireError> {
     let mut builder = BatchBuilder::new();
     let now = now_ms();
     for (key, value) in records {
         builder.push(now, Some(key), value.as_deref(), &[]);
     }
-    builder.finish()
+    ValidBatch::new(builder.finish(), usize::MAX).map_err(|e| {
+        // Built here, so a failure is the broker's own bug.
+        tracing::error!("an internal log batch failed its own validation: {e}");
+        WireError::new(ErrorCode::Unknown, format!("internal log batch: {e}"))
+    })
 }
 
 /// An internal log that cannot be opened or replayed: the log line names the directory,

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::internal_log::InternalLog;
 use super::partitions::{storage_error, PartitionRef};
@@ -24,7 +24,7 @@ use crate::groups::share::{
 };
 use crate::local::OnceMap;
 use crate::protocol::api::*;
-use crate::protocol::batch::{self, BatchBuilder};
+use crate::protocol::batch::{self, BatchBuilder, ValidBatch};
 use crate::protocol::{ErrorCode, WireError};
 use crate::shard::ShardId;
 use crate::storage::catalog::TopicMeta;
@@ -88,7 +88,7 @@ pub(crate) trait ShareHost {
     fn append(
         &self,
         at: PartitionRef,
-        batch: BytesMut,
+        batch: ValidBatch,
     ) -> impl Future<Output = Result<(), WireError>>;
 }
 
@@ -608,7 +608,12 @@ async fn copy_to_dead_letter_topic(
         );
     }
     let dlq = host.dead_letter_partition(target, at.partition).await?;
-    host.append(dlq, builder.finish()).await
+    // Built here from records read back, so a failure is the broker's own bug.
+    let batch = ValidBatch::new(builder.finish(), usize::MAX).map_err(|e| {
+        tracing::error!("a dead-letter batch failed its own validation: {e}");
+        WireError::new(ErrorCode::Unknown, format!("dead-letter batch: {e}"))
+    })?;
+    host.append(dlq, batch).await
 }
 
 /// Whole batches from the one holding `first` through the one holding `last` (or about

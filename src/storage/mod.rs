@@ -1,25 +1,29 @@
 //! The partition log on disk: segments of record batches, sparse offset and time indexes,
 //! crash recovery and retention. Only the shard that owns a partition touches its files.
 //!
-//! - [`PartitionLog`] (`partition.rs`): append with group commit, read, retention, sync.
+//! - [`PartitionLog`] (`log/`): append with group commit, read, retention, sync.
 //! - `segment.rs`: one segment's `.log`, `.index` and `.timeindex` files.
 //! - `index.rs`: the sparse offset and time indexes as pure data (encoding, lookups, which
 //!   batches get entries).
 //! - `recovery.rs`: the scan on open that truncates a torn tail and rebuilds damaged indexes.
+//! - `disk.rs`: the writes and syncs of record data that durability rests on, and the sync
+//!   journal durability tests read ([`init_sync_journal`]).
 //! - [`catalog`]: the durable list of topics and their configs, shared by all shards.
 //! - [`LogConfig`], [`StorageError`].
 
 pub mod catalog;
 mod config;
+mod disk;
 mod error;
 mod index;
-mod partition;
+mod log;
 mod recovery;
 mod segment;
 
 pub use config::{FsyncPolicy, LogConfig};
+pub use disk::{init_sync_journal, SYNC_JOURNAL_ENV};
 pub use error::StorageError;
-pub use partition::{AppendOutcome, FileRange, PartitionLog, ReadOutcome};
+pub use log::{AppendOutcome, FileRange, PartitionLog, ReadOutcome};
 
 #[cfg(test)]
 mod tests;

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
 use super::config::LogConfig;
+use super::disk;
 use super::error::StorageError;
 use super::index::{IndexPlanner, OffsetIndex, TimeIndex};
 use super::segment::{RecoveredSegment, SegmentFiles, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
@@ -247,6 +248,7 @@ fn recover_segment(
             .map_err(|e| StorageError::io(&files.log, e))?;
         log.sync_all()
             .map_err(|e| StorageError::io(&files.log, e))?;
+        disk::log_reset(&files.log, end.valid_end);
         index.truncate_to_position(end.valid_end);
         let cut = end.next_offset - base;
         match u32::try_from(cut) {

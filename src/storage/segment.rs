@@ -16,6 +16,7 @@ use compio::buf::{BufResult, IntoInner, IoBuf};
 use compio::fs::{File, OpenOptions};
 use compio::io::{AsyncReadAtExt, AsyncWriteAtExt};
 
+use super::disk;
 use super::error::StorageError;
 use super::index::{IndexPlanner, OffsetIndex, TimeIndex};
 use crate::protocol::batch::{BatchHeader, BATCH_HEADER_LEN};
@@ -132,6 +133,7 @@ impl Segment {
         let index_file = open_rw(&files.index, true).await?;
         let time_index_file = open_rw(&files.time_index, true).await?;
         let log = open_rw(&files.log, true).await?;
+        disk::log_reset(&files.log, 0);
         Ok(Segment {
             base_offset,
             files,
@@ -211,16 +213,15 @@ impl Segment {
         }
     }
 
-    /// Syncs the log data, then both indexes.
+    /// Syncs the log data, whose batches end at `log_len`, then both indexes.
     pub(crate) async fn sync_files(
         log: &File,
+        log_len: u64,
         index: &File,
         time_index: &File,
         files: &SegmentFiles,
     ) -> Result<(), StorageError> {
-        log.sync_data()
-            .await
-            .map_err(|e| StorageError::io(&files.log, e))?;
+        disk::sync_log(log, &files.log, log_len).await?;
         index
             .sync_data()
             .await

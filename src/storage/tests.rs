@@ -3,24 +3,22 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use bytes::BytesMut;
-
 use super::segment::SegmentFiles;
 use super::{FsyncPolicy, LogConfig, PartitionLog, StorageError};
-use crate::protocol::batch::{self, BatchBuilder, BatchHeader};
+use crate::protocol::batch::{self, BatchBuilder, BatchHeader, ValidBatch};
 
 fn run<F: std::future::Future<Output = ()>>(test: F) {
     compio::runtime::Runtime::new().unwrap().block_on(test);
 }
 
 /// A batch of `records` records of `value_len` bytes, timestamps `ts`, `ts + 1`, ...
-fn make_batch(records: usize, ts: i64, value_len: usize) -> BytesMut {
+fn make_batch(records: usize, ts: i64, value_len: usize) -> ValidBatch {
     let mut builder = BatchBuilder::new();
     for i in 0..records {
         let value = vec![(i % 251) as u8; value_len];
         builder.push(ts + i as i64, Some(b"key"), Some(&value), &[]);
     }
-    builder.finish()
+    ValidBatch::new(builder.finish(), usize::MAX).unwrap()
 }
 
 fn config() -> LogConfig {
@@ -87,8 +85,8 @@ async fn append_batches(
     for i in 0..count {
         let mut batch = make_batch(2, ts + i as i64, value_len);
         let outcome = log.append(vec![batch.clone()]).await.unwrap();
-        batch::set_base_offset(&mut batch, outcome.base_offset);
-        expected.extend_from_slice(&batch);
+        batch.set_base_offset(outcome.base_offset);
+        expected.extend_from_slice(batch.as_bytes());
     }
     expected
 }
@@ -120,8 +118,8 @@ fn append_then_read_round_trips_bytes_and_offsets() {
             (4, make_batch(4, 3000, 7)),
         ] {
             let mut batch = batch;
-            batch::set_base_offset(&mut batch, base);
-            expected.extend_from_slice(&batch);
+            batch.set_base_offset(base);
+            expected.extend_from_slice(batch.as_bytes());
         }
         let read = log.read(0, 1 << 20).await.unwrap();
         assert_eq!(&read.records[..], &expected[..]);
@@ -278,7 +276,7 @@ fn a_group_larger_than_a_segment_is_split_across_segments() {
             ..config()
         };
         let log = open_with(dir.path(), cfg).await;
-        let batches: Vec<BytesMut> = (0..12).map(|i| make_batch(1, i, 100)).collect();
+        let batches: Vec<ValidBatch> = (0..12).map(|i| make_batch(1, i, 100)).collect();
         let outcome = log.append(batches).await.unwrap();
         assert_eq!((outcome.base_offset, outcome.last_offset), (0, 11));
         assert!(log_files(dir.path()).len() >= 2);
@@ -321,8 +319,8 @@ fn reopen_keeps_everything_and_continues_offsets() {
         let outcome = log.append(vec![make_batch(2, 0, 60)]).await.unwrap();
         assert_eq!(outcome.base_offset, 50);
         let mut batch = make_batch(2, 0, 60);
-        batch::set_base_offset(&mut batch, 50);
-        expected.extend_from_slice(&batch);
+        batch.set_base_offset(50);
+        expected.extend_from_slice(batch.as_bytes());
         assert_eq!(read_all(&log, 0).await, expected);
     });
 }
@@ -637,27 +635,63 @@ fn empty_dir_can_start_at_an_initial_offset() {
 }
 
 #[test]
-fn malformed_append_is_rejected_without_harming_others() {
+fn an_empty_append_is_rejected_without_harming_others() {
+    // A malformed batch cannot reach `append` at all: it takes `ValidBatch`es only (see
+    // protocol/batch.rs for the checks). An empty call is the one thing left to refuse.
     run(async {
         let dir = tempfile::tempdir().unwrap();
         let log = open_default(&dir).await;
-        let bad = {
+        let empty = {
             let log = Rc::clone(&log);
-            compio::runtime::spawn(async move {
-                log.append(vec![BytesMut::from(&b"not a batch"[..])]).await
-            })
+            compio::runtime::spawn(async move { log.append(Vec::new()).await })
         };
         let good = log.append(vec![make_batch(2, 0, 1)]).await.unwrap();
         assert!(matches!(
-            bad.await.unwrap(),
-            Err(StorageError::InvalidBatch(_))
-        ));
-        assert!(matches!(
-            log.append(Vec::new()).await,
+            empty.await.unwrap(),
             Err(StorageError::InvalidBatch(_))
         ));
         assert_eq!(good.base_offset, 0);
         assert_eq!(log.high_watermark(), 2);
+    });
+}
+
+#[test]
+fn append_takes_offsets_and_timestamps_from_the_validated_header() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_default(&dir).await;
+        let batches = vec![make_batch(3, 1_000, 10), make_batch(5, 9_000, 10)];
+        let sent: Vec<BatchHeader> = batches.iter().map(|b| *b.header()).collect();
+        let outcome = log.append(batches).await.unwrap();
+        let first_len = i64::from(sent[0].last_offset_delta) + 1;
+        assert_eq!(
+            (outcome.base_offset, outcome.last_offset),
+            (0, first_len + i64::from(sent[1].last_offset_delta))
+        );
+        // What is stored is the header that was validated, with the base offset assigned.
+        let stored = headers(&log.read(0, 1 << 20).await.unwrap().records);
+        let expected: Vec<BatchHeader> = sent
+            .iter()
+            .zip([0, first_len])
+            .map(|(h, base)| BatchHeader {
+                base_offset: base,
+                ..*h
+            })
+            .collect();
+        assert_eq!(stored, expected);
+        // The time index was fed the headers' max timestamps.
+        assert_eq!(
+            log.offset_for_timestamp(sent[1].max_timestamp)
+                .await
+                .unwrap(),
+            Some(first_len)
+        );
+        assert_eq!(
+            log.offset_for_timestamp(sent[1].max_timestamp + 1)
+                .await
+                .unwrap(),
+            None
+        );
     });
 }
 

@@ -20,6 +20,8 @@ pub struct Broker {
     pub addr: SocketAddr,
     pub direct: Vec<SocketAddr>,
     pub data_dir: PathBuf,
+    /// The sync journal the broker writes (see [`Broker::start_journaled`]).
+    pub journal: Option<PathBuf>,
     args: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -36,15 +38,40 @@ impl Broker {
     /// Starts a broker on `data_dir` (kept after the test).
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Broker {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (child, addr, direct) = spawn(data_dir, &args);
+        let (child, addr, direct) = spawn(data_dir, &args, None);
         Broker {
             child: Some(child),
             addr,
             direct,
             data_dir: data_dir.to_path_buf(),
+            journal: None,
             args,
             _tmp: None,
         }
+    }
+
+    /// Starts a broker on a fresh temporary data directory that records every `.log` sync
+    /// in a sync journal (`EVENTFLOW_SYNC_JOURNAL`), for [`simulate_power_loss`]. Restarts
+    /// keep appending to the same journal.
+    pub fn start_journaled(args: &[&str]) -> Broker {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let journal = tmp.path().join("sync.journal");
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (child, addr, direct) = spawn(tmp.path(), &args, Some(&journal));
+        Broker {
+            child: Some(child),
+            addr,
+            direct,
+            data_dir: tmp.path().to_path_buf(),
+            journal: Some(journal),
+            args,
+            _tmp: Some(tmp),
+        }
+    }
+
+    /// The directory the broker keeps its data in (its `--data-dir`).
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join("data")
     }
 
     /// A client on the shared port.
@@ -110,7 +137,7 @@ impl Broker {
     /// Starts the broker again on the same data directory with the same flags (new ports).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the broker first");
-        let (child, addr, direct) = spawn(&self.data_dir, &self.args);
+        let (child, addr, direct) = spawn(&self.data_dir, &self.args, self.journal.as_deref());
         self.child = Some(child);
         self.addr = addr;
         self.direct = direct;
@@ -135,14 +162,22 @@ fn log_path(data_dir: &Path) -> PathBuf {
     data_dir.join("broker.log")
 }
 
-fn spawn(data_dir: &Path, args: &[String]) -> (Child, SocketAddr, Vec<SocketAddr>) {
+fn spawn(
+    data_dir: &Path,
+    args: &[String],
+    journal: Option<&Path>,
+) -> (Child, SocketAddr, Vec<SocketAddr>) {
     std::fs::create_dir_all(data_dir).expect("data dir");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log_path(data_dir))
         .expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eventflowd"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_eventflowd"));
+    if let Some(journal) = journal {
+        command.env(eventflow::storage::SYNC_JOURNAL_ENV, journal);
+    }
+    let mut child = command
         .arg("--listen")
         .arg("127.0.0.1:0")
         .arg("--data-dir")
@@ -245,4 +280,52 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     f()
+}
+
+/// What [`simulate_power_loss`] did.
+#[derive(Debug, Default)]
+pub struct PowerLoss {
+    /// `.log` files looked at.
+    pub files: usize,
+    /// Bytes cut off, over all of them.
+    pub bytes_cut: u64,
+}
+
+/// After a `kill -9` of a broker started with [`Broker::start_journaled`]: cuts every `.log`
+/// file under `data_dir` (the broker's `--data-dir`, see [`Broker::store_dir`]) back to the
+/// data length its last journalled sync covered, and a file with no journal line to 0 bytes.
+/// Everything written after the last `fdatasync` is gone, as after a power loss. (Index
+/// files are left as they are: recovery checks them against the log either way.)
+pub fn simulate_power_loss(data_dir: &Path, journal: &Path) -> PowerLoss {
+    let mut synced: std::collections::HashMap<PathBuf, u64> = std::collections::HashMap::new();
+    let text = std::fs::read_to_string(journal).unwrap_or_default();
+    for line in text.lines() {
+        let (path, len) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sync journal line {line:?}"));
+        let len: u64 = len.parse().expect("synced length");
+        synced.insert(data_dir.join(path), len);
+    }
+    let mut outcome = PowerLoss::default();
+    let mut dirs = vec![data_dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read data dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "log") {
+                let len = std::fs::metadata(&path).expect("metadata").len();
+                let keep = synced.get(&path).copied().unwrap_or(0).min(len);
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .expect("open log");
+                file.set_len(keep).expect("cut log");
+                file.sync_all().expect("sync cut log");
+                outcome.files += 1;
+                outcome.bytes_cut += len - keep;
+            }
+        }
+    }
+    outcome
 }

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::future::{select_all, Either};
 
 use crate::protocol::api::*;
-use crate::protocol::batch::{self, BatchError};
+use crate::protocol::batch::{BatchError, ValidBatch};
 use crate::protocol::{ErrorCode, WireError};
 use crate::server::calls::{read_range, Append, ListOffset, Read, WaitForData};
 use crate::server::context::{first, ShardContext};
@@ -36,26 +36,10 @@ pub(crate) enum Reply {
 fn split_batches(
     mut records: BytesMut,
     max_batch_bytes: usize,
-) -> Result<Vec<BytesMut>, WireError> {
+) -> Result<Vec<ValidBatch>, WireError> {
     let mut batches = Vec::new();
     while !records.is_empty() {
-        let header = batch::BatchHeader::parse(&records).map_err(batch_error)?;
-        let len = header.total_len();
-        if len > max_batch_bytes {
-            return Err(batch_error(BatchError::TooLarge {
-                size: len,
-                limit: max_batch_bytes,
-            }));
-        }
-        if len > records.len() {
-            return Err(batch_error(BatchError::Truncated {
-                needed: len,
-                available: records.len(),
-            }));
-        }
-        let one = records.split_to(len);
-        batch::validate(&one, max_batch_bytes).map_err(batch_error)?;
-        batches.push(one);
+        batches.push(ValidBatch::split_from(&mut records, max_batch_bytes).map_err(batch_error)?);
     }
     if batches.is_empty() {
         return Err(WireError::new(

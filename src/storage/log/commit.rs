@@ -1,0 +1,434 @@
+//! Appends and the group-commit flush task: the only writer of a partition's log. It takes
+//! every queued append, assigns offsets in queue order, writes the round (rolling segments as
+//! needed) and, under `--fsync always`, syncs it before the high watermark moves and the
+//! callers complete.
+
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use tracing::{debug, warn};
+
+use super::state::{now_ms, sync_dir, AppendOutcome, PartitionLog, PendingAppend};
+use super::writer::{write_at, ChunkTarget, IndexWrites};
+use crate::local::{oneshot, OneshotSender};
+use crate::protocol::batch::ValidBatch;
+use crate::storage::config::{FsyncPolicy, LogConfig};
+use crate::storage::error::StorageError;
+use crate::storage::index::{OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
+use crate::storage::segment::{self, Segment};
+
+/// Most buffers one `writev` accepts (Linux's `IOV_MAX`).
+const MAX_IOVECS: usize = 1024;
+
+/// The flush task writes index entries to the index files once this many are pending, and
+/// at a roll or close: the files are hints that recovery checks and completes from the log,
+/// so after a crash the cost is a scan of at most this many index intervals (256 KiB at the
+/// default 4 KiB), while most rounds write the log alone.
+const INDEX_WRITE_ENTRIES: usize = 64;
+
+/// What the flush needs to know of each batch it writes.
+#[derive(Debug, Clone, Copy)]
+struct BatchMeta {
+    base_offset: i64,
+    last_offset: i64,
+    max_timestamp: i64,
+    len: u64,
+}
+
+impl PartitionLog {
+    /// Appends validated batches, assigning dense offsets in call order, and resolves once
+    /// they are written (and synced, under [`FsyncPolicy::Always`]). Concurrent calls share
+    /// one write and one sync. Offsets, lengths and timestamps come from each batch's parsed
+    /// header; the bytes are not parsed again.
+    pub async fn append(
+        self: &Rc<Self>,
+        batches: Vec<ValidBatch>,
+    ) -> Result<AppendOutcome, StorageError> {
+        if self.closed.get() {
+            return Err(StorageError::Closed);
+        }
+        if batches.is_empty() {
+            return Err(StorageError::InvalidBatch("no batches to append".into()));
+        }
+        let (reply, done) = oneshot();
+        self.queue
+            .borrow_mut()
+            .push(PendingAppend { batches, reply });
+        if !self.flushing.replace(true) {
+            let log = Rc::clone(self);
+            compio::runtime::spawn(async move { log.run_flusher().await }).detach();
+        }
+        done.await.unwrap_or(Err(StorageError::Closed))
+    }
+
+    /// The flush task: group-commit rounds until the queue is empty.
+    async fn run_flusher(self: Rc<Self>) {
+        loop {
+            let window = self.config.borrow().group_commit;
+            if !window.is_zero() {
+                compio::time::sleep(window).await;
+            }
+            let work = std::mem::take(&mut *self.queue.borrow_mut());
+            if work.is_empty() {
+                break;
+            }
+            self.flushes.set(self.flushes.get() + 1);
+            self.commit_round(work).await;
+        }
+        self.flushing.set(false);
+        self.flush_idle.notify_all();
+    }
+
+    /// One group-commit round.
+    async fn commit_round(self: &Rc<Self>, work: Vec<PendingAppend>) {
+        struct Caller {
+            reply: OneshotSender<Result<AppendOutcome, StorageError>>,
+            outcome: AppendOutcome,
+        }
+        let mut callers = Vec::with_capacity(work.len());
+        let mut buffers = Vec::new();
+        let mut metas = Vec::new();
+        let mut next = self.high_watermark.get();
+        for pending in work {
+            let base_offset = next;
+            for mut batch in pending.batches {
+                batch.set_base_offset(next);
+                let header = batch.header();
+                let last_offset = next + i64::from(header.last_offset_delta);
+                metas.push(BatchMeta {
+                    base_offset: next,
+                    last_offset,
+                    max_timestamp: header.max_timestamp,
+                    len: batch.len() as u64,
+                });
+                buffers.push(batch.into_bytes());
+                next = last_offset + 1;
+            }
+            callers.push(Caller {
+                reply: pending.reply,
+                outcome: AppendOutcome {
+                    base_offset,
+                    last_offset: next - 1,
+                },
+            });
+        }
+        if metas.is_empty() {
+            return;
+        }
+
+        let (committed, error) = self.write_batches(buffers, &metas).await;
+        if committed > self.high_watermark.get() {
+            self.high_watermark.set(committed);
+            self.appended.notify_all();
+        }
+        for caller in callers {
+            let result = if caller.outcome.last_offset < committed {
+                Ok(caller.outcome)
+            } else {
+                Err(error
+                    .as_ref()
+                    .map_or(StorageError::Closed, StorageError::replicate))
+            };
+            caller.reply.send(result);
+        }
+        if let Some(e) = error {
+            warn!(dir = %self.dir.display(), error = %e, "append failed");
+        }
+    }
+
+    /// Writes the round's batches at the end of the log, rolling segments as needed. Returns
+    /// the offset after the last batch made durable, and the error that stopped it, if any.
+    async fn write_batches(
+        self: &Rc<Self>,
+        buffers: Vec<BytesMut>,
+        metas: &[BatchMeta],
+    ) -> (i64, Option<StorageError>) {
+        let mut buffers = buffers.into_iter();
+        let mut committed = self.high_watermark.get();
+        let mut i = 0;
+        while i < metas.len() {
+            let config = self.config.borrow().clone();
+            let now = now_ms();
+            if self.roll_due(&config, &metas[i], now) {
+                if let Err(e) = self.roll(committed, &config, now).await {
+                    return (committed, Some(e));
+                }
+            }
+
+            // Take a snapshot of the active segment; the flush task is its only writer.
+            let (target, position, index_len, time_len, index_on_disk, time_on_disk) = {
+                let segments = self.segments.borrow();
+                let Some(active) = segments.last() else {
+                    return (committed, Some(StorageError::Closed));
+                };
+                (
+                    ChunkTarget {
+                        base_offset: active.base_offset,
+                        files: active.files.clone(),
+                        log: active.log.clone(),
+                        index: active.index_file.clone(),
+                        time_index: active.time_index_file.clone(),
+                        planner: active.planner,
+                    },
+                    active.size,
+                    active.index.len(),
+                    active.time_index.len(),
+                    active.index_on_disk,
+                    active.time_on_disk,
+                )
+            };
+
+            // The chunk: as many batches as fit the segment, at least one.
+            let mut end = position;
+            let mut j = i;
+            while j < metas.len() && j - i < MAX_IOVECS {
+                let meta = &metas[j];
+                let fits = end + meta.len <= config.segment_bytes
+                    && end <= u64::from(u32::MAX)
+                    && meta.last_offset - target.base_offset <= i64::from(u32::MAX);
+                if j > i && !fits {
+                    break;
+                }
+                end += meta.len;
+                j += 1;
+            }
+            let mut planner = target.planner;
+            let mut entries = Vec::new();
+            let mut time_entries = Vec::new();
+            let mut at = position;
+            for meta in &metas[i..j] {
+                let relative = (meta.base_offset - target.base_offset) as u32;
+                let (entry, time_entry) = planner.observe(
+                    config.index_interval_bytes,
+                    at,
+                    meta.len,
+                    relative,
+                    meta.max_timestamp,
+                );
+                entries.extend(entry);
+                time_entries.extend(time_entry);
+                at += meta.len;
+            }
+            // Index entries go to their files in batches (see INDEX_WRITE_ENTRIES).
+            let write_index = index_len - index_on_disk + entries.len() >= INDEX_WRITE_ENTRIES
+                || time_len - time_on_disk + time_entries.len() >= INDEX_WRITE_ENTRIES;
+            let index_writes = if write_index {
+                let segments = self.segments.borrow();
+                let Some(active) = segments.last() else {
+                    return (committed, Some(StorageError::Closed));
+                };
+                IndexWrites::pending(active, &entries, &time_entries)
+            } else {
+                IndexWrites::none(index_on_disk, time_on_disk)
+            };
+
+            // Also when the policy is no longer `always`: a preallocation started under it
+            // may still be running.
+            self.wait_for_preallocation_below(end).await;
+            let always = config.fsync == FsyncPolicy::Always;
+            let chunk: Vec<BytesMut> = buffers.by_ref().take(j - i).collect();
+            let written = target.write(chunk, position, index_writes, always).await;
+            if let Err(e) = written {
+                if let Some(active) = self.segments.borrow_mut().last_mut() {
+                    // The cut-back shortened the file below any preallocation.
+                    active.preallocated = active.preallocated.min(position);
+                }
+                return (committed, Some(e));
+            }
+            if always {
+                self.start_preallocation(end);
+            }
+
+            let last_offset = metas[j - 1].last_offset;
+            {
+                let mut segments = self.segments.borrow_mut();
+                match segments.last_mut() {
+                    Some(active) if active.base_offset == target.base_offset => {
+                        active.size = end;
+                        active.next_offset = last_offset + 1;
+                        active.planner = planner;
+                        for entry in entries {
+                            active.index.push(entry);
+                        }
+                        for entry in time_entries {
+                            active.time_index.push(entry);
+                        }
+                        if write_index {
+                            active.index_on_disk = active.index.len();
+                            active.time_on_disk = active.time_index.len();
+                        }
+                        // Index files are never synced per append, so there is always
+                        // something for the next sync().
+                        active.dirty = true;
+                    }
+                    _ => return (committed, Some(StorageError::Closed)),
+                }
+            }
+            committed = last_offset + 1;
+            i = j;
+        }
+        (committed, None)
+    }
+
+    /// Whether the batch `next` must start a new segment. An empty segment never rolls.
+    fn roll_due(&self, config: &LogConfig, next: &BatchMeta, now: i64) -> bool {
+        let segments = self.segments.borrow();
+        let Some(active) = segments.last() else {
+            return false;
+        };
+        if active.size == 0 {
+            return false;
+        }
+        let full = active.size.saturating_add(next.len) > config.segment_bytes
+            || active.size > u64::from(u32::MAX);
+        let offsets_exhausted = next.last_offset - active.base_offset > i64::from(u32::MAX);
+        let old = config
+            .segment_ms
+            .is_some_and(|ms| now.saturating_sub(active.created_ms) >= ms as i64);
+        full || offsets_exhausted || old
+    }
+
+    /// Starts a new active segment at `base_offset`.
+    async fn roll(
+        &self,
+        base_offset: i64,
+        config: &LogConfig,
+        now: i64,
+    ) -> Result<(), StorageError> {
+        self.finish_active().await?;
+        let segment = Segment::create(&self.dir, base_offset, now).await?;
+        if config.fsync != FsyncPolicy::Never {
+            sync_dir(&self.dir).await?;
+        }
+        debug!(dir = %self.dir.display(), base_offset, "rolled a new segment");
+        self.segments.borrow_mut().push(segment);
+        Ok(())
+    }
+
+    /// Completes the active segment's files before it stops being written to (a roll) or
+    /// the log closes: waits out its preallocation, writes its pending index entries, and
+    /// trims the preallocated zeros from the log file. The flush task or `close` calls it,
+    /// so nothing else writes the segment meanwhile.
+    pub(super) async fn finish_active(&self) -> Result<(), StorageError> {
+        self.wait_for_preallocation_below(u64::MAX).await;
+        let (files, log, index_file, time_index_file, writes, size) = {
+            let segments = self.segments.borrow();
+            let Some(active) = segments.last() else {
+                return Ok(());
+            };
+            (
+                active.files.clone(),
+                active.log.clone(),
+                active.index_file.clone(),
+                active.time_index_file.clone(),
+                IndexWrites::pending(active, &[], &[]),
+                active.size,
+            )
+        };
+        let (index_len, time_len) = (
+            (writes.index_at * OFFSET_ENTRY_LEN) as u64,
+            (writes.time_at * TIME_ENTRY_LEN) as u64,
+        );
+        write_at(&index_file, &files.index, writes.index, index_len).await?;
+        write_at(&time_index_file, &files.time_index, writes.time, time_len).await?;
+        let file_len = log
+            .metadata()
+            .await
+            .map_err(|e| StorageError::io(&files.log, e))?
+            .len();
+        if file_len > size {
+            log.set_len(size)
+                .await
+                .map_err(|e| StorageError::io(&files.log, e))?;
+        }
+        if let Some(active) = self.segments.borrow_mut().last_mut() {
+            active.index_on_disk = active.index.len();
+            active.time_on_disk = active.time_index.len();
+            active.preallocated = size;
+            // The trim and the index writes still need a sync.
+            active.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Waits while a preallocation of the active segment is writing zeros anywhere below
+    /// `end`: an append must never share blocks with one.
+    async fn wait_for_preallocation_below(&self, end: u64) {
+        let mut waited_since: Option<std::time::Instant> = None;
+        loop {
+            let busy = self
+                .segments
+                .borrow()
+                .last()
+                .and_then(|s| s.preallocating)
+                .is_some_and(|from| from < end);
+            if !busy {
+                if let Some(since) = waited_since.filter(|_| end != u64::MAX) {
+                    debug!(
+                        dir = %self.dir.display(),
+                        waited_us = since.elapsed().as_micros() as u64,
+                        "an append waited for the preallocation ahead of it"
+                    );
+                }
+                return;
+            }
+            waited_since.get_or_insert_with(std::time::Instant::now);
+            self.preallocated.notified().await;
+        }
+    }
+
+    /// Under `--fsync always`, starts writing a span of zeros ahead of the active segment's
+    /// end `end` when less than two spans are left (see [`segment::preallocate`]). The zeros
+    /// continue where the last preallocation ended; if the appends came within half a span of
+    /// that (or overtook it), they start a span past the end instead, leaving a hole that
+    /// appends fill the slow way. Either way the appends wait for a preallocation only if
+    /// they outrun it by half a span or more.
+    fn start_preallocation(self: &Rc<Self>, end: u64) {
+        if self.preallocation_off.get() {
+            return;
+        }
+        let (path, base, from, to) = {
+            let mut segments = self.segments.borrow_mut();
+            let Some(active) = segments.last_mut() else {
+                return;
+            };
+            let span = segment::preallocate_span(end);
+            if active.preallocating.is_some() || active.preallocated >= end + 2 * span {
+                return;
+            }
+            let from = if active.preallocated >= end + span / 2 {
+                segment::align_up(active.preallocated)
+            } else {
+                segment::align_up(end + span)
+            };
+            active.preallocating = Some(from);
+            (
+                active.files.log.clone(),
+                active.base_offset,
+                from,
+                from + span,
+            )
+        };
+        let log = Rc::clone(self);
+        compio::runtime::spawn(async move {
+            let result = segment::preallocate(&path, from, to).await;
+            if let Some(mut segment) = log.segment_mut(base) {
+                segment.preallocating = None;
+                if result.is_ok() {
+                    segment.preallocated = segment.preallocated.max(to);
+                    segment::read_ahead(&path, from, to);
+                }
+            }
+            if let Err(e) = result {
+                log.preallocation_off.set(true);
+                warn!(
+                    dir = %log.dir.display(),
+                    error = %e,
+                    "cannot preallocate the log; appends under --fsync always will also sync the file size"
+                );
+            }
+            log.preallocated.notify_all();
+        })
+        .detach();
+    }
+}

@@ -1,0 +1,313 @@
+//! Reads: whole batches into a buffer, a file range to splice, the readable-bytes estimate
+//! a long-poll waits on, and the lookup by timestamp. Only batch headers are parsed, and
+//! nothing at or past the high watermark is returned.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use compio::fs::File;
+
+use super::state::PartitionLog;
+use crate::protocol::batch::{BatchHeader, BATCH_HEADER_LEN};
+use crate::storage::error::StorageError;
+use crate::storage::segment;
+
+/// Batches read from the log.
+#[derive(Debug, Clone)]
+pub struct ReadOutcome {
+    /// Whole stored batches, byte-identical to what was appended (with assigned offsets).
+    pub records: Bytes,
+    /// The next offset to be assigned, the end of the readable log.
+    pub high_watermark: i64,
+    /// The first offset still in the log.
+    pub log_start_offset: i64,
+}
+
+/// A byte range of a segment file, to be sent as it is (see [`PartitionLog::read_range`]).
+/// The file handle keeps the segment readable even if retention deletes it meanwhile.
+#[derive(Debug, Clone)]
+pub struct FileRange {
+    /// The segment's log file.
+    pub file: File,
+    /// First byte.
+    pub position: u64,
+    /// Bytes to send.
+    pub len: usize,
+}
+
+impl PartitionLog {
+    /// Reads whole batches from the one containing `offset`, at most `max_bytes` of them
+    /// unless the first batch alone is bigger (then it is returned whole). At most one segment
+    /// per call; only batches below the high watermark.
+    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadOutcome, StorageError> {
+        if self.closed.get() {
+            return Err(StorageError::Closed);
+        }
+        let high_watermark = self.high_watermark.get();
+        let log_start = self.log_start.get();
+        let outcome = |records: Bytes| ReadOutcome {
+            records,
+            high_watermark,
+            log_start_offset: log_start,
+        };
+        if offset < log_start || offset > high_watermark {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: offset,
+                log_start,
+                high_watermark,
+            });
+        }
+        if offset == high_watermark {
+            return Ok(outcome(Bytes::new()));
+        }
+        let interval = u64::from(self.config.borrow().index_interval_bytes);
+        let mut after_base: Option<i64> = None;
+        loop {
+            // The segment to look in: the one holding `offset`, or the next one if an
+            // earlier attempt found nothing.
+            let Some((log, path, mut position, end, base)) = self.segment_from(offset, after_base)
+            else {
+                return Ok(outcome(Bytes::new()));
+            };
+            after_base = Some(base);
+            let mut at_least = 0u64;
+            while position + BATCH_HEADER_LEN as u64 <= end {
+                let want = (max_bytes as u64)
+                    .saturating_add(interval)
+                    .max(at_least)
+                    .max(BATCH_HEADER_LEN as u64)
+                    .min(end - position);
+                let mut buf = segment::read_exact(&log, &path, position, want as usize).await?;
+                let (at, first) = find_batch(&buf, &path, position, offset)?;
+                let Some(first) = first else {
+                    position += at as u64;
+                    continue;
+                };
+                if first.base_offset >= high_watermark {
+                    return Ok(outcome(Bytes::new()));
+                }
+                if position + (at + first.total_len()) as u64 > end {
+                    return Err(StorageError::corrupt(
+                        &path,
+                        format!(
+                            "the batch at byte {} runs past the segment end {end}",
+                            position + at as u64
+                        ),
+                    ));
+                }
+                if at + first.total_len() > buf.len() {
+                    // The first batch is not all in the buffer: read again from its start.
+                    position += at as u64;
+                    at_least = first.total_len() as u64;
+                    continue;
+                }
+                let mut stop = at + first.total_len();
+                while stop + BATCH_HEADER_LEN <= buf.len() {
+                    let Ok(header) = BatchHeader::parse(&buf[stop..]) else {
+                        break;
+                    };
+                    let next_stop = stop + header.total_len();
+                    if header.base_offset >= high_watermark
+                        || next_stop > buf.len()
+                        || next_stop - at > max_bytes
+                    {
+                        break;
+                    }
+                    stop = next_stop;
+                }
+                buf.truncate(stop);
+                let _skipped = buf.split_to(at);
+                return Ok(outcome(buf.freeze()));
+            }
+        }
+    }
+
+    /// The segment to read `offset` from: the one holding it, or (`after_base` set) the
+    /// segment after the one with that base, when the earlier one had nothing more. Returns
+    /// its log file, path, the index position to start scanning at, its size and its base.
+    fn segment_from(
+        &self,
+        offset: i64,
+        after_base: Option<i64>,
+    ) -> Option<(File, PathBuf, u64, u64, i64)> {
+        let segments = self.segments.borrow();
+        let index = match after_base {
+            None => segments
+                .partition_point(|s| s.base_offset <= offset)
+                .saturating_sub(1),
+            Some(base) => segments.partition_point(|s| s.base_offset <= base),
+        };
+        let segment = segments.get(index)?;
+        Some((
+            segment.log.clone(),
+            segment.files.log.clone(),
+            segment.position_for(offset),
+            segment.size,
+            segment.base_offset,
+        ))
+    }
+
+    /// Locates what [`PartitionLog::read`] would return without reading it: the file and
+    /// byte range to send, starting at the batch that contains `offset`. Only the batch
+    /// headers between the nearest index entry and that batch are read (about one index
+    /// interval). The range covers at most `max_bytes` — or the whole first batch if that is
+    /// larger — within one segment, and may end inside a batch: a consumer drops a partial
+    /// last batch and fetches it again from its offset, as Kafka consumers do. `None`
+    /// means nothing to send (`offset` is the high watermark).
+    pub async fn read_range(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<(Option<FileRange>, i64, i64), StorageError> {
+        if self.closed.get() {
+            return Err(StorageError::Closed);
+        }
+        let high_watermark = self.high_watermark.get();
+        let log_start = self.log_start.get();
+        if offset < log_start || offset > high_watermark {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: offset,
+                log_start,
+                high_watermark,
+            });
+        }
+        let done = |range| Ok((range, high_watermark, log_start));
+        if offset == high_watermark {
+            return done(None);
+        }
+        let interval = u64::from(self.config.borrow().index_interval_bytes);
+        let mut after_base: Option<i64> = None;
+        loop {
+            let Some((log, path, mut position, end, base)) = self.segment_from(offset, after_base)
+            else {
+                return done(None);
+            };
+            after_base = Some(base);
+            while position + BATCH_HEADER_LEN as u64 <= end {
+                // Headers only: a window of one index interval holds the target's header
+                // or lets us skip ahead by whole batches.
+                let want = (interval + BATCH_HEADER_LEN as u64).min(end - position);
+                let buf = segment::read_exact(&log, &path, position, want as usize).await?;
+                let (at, first) = find_batch(&buf, &path, position, offset)?;
+                let Some(first) = first else {
+                    position += at as u64;
+                    continue;
+                };
+                if first.base_offset >= high_watermark {
+                    return done(None);
+                }
+                let start = position + at as u64;
+                let first_len = first.total_len() as u64;
+                if start + first_len > end {
+                    return Err(StorageError::corrupt(
+                        &path,
+                        format!("the batch at byte {start} runs past the segment end {end}"),
+                    ));
+                }
+                let len = (max_bytes as u64).min(end - start).max(first_len);
+                return done(Some(FileRange {
+                    file: log,
+                    position: start,
+                    len: len as usize,
+                }));
+            }
+        }
+    }
+
+    /// Estimated bytes readable from `offset` up to the high watermark (it may count up to an
+    /// index interval before `offset`).
+    pub fn bytes_available_from(&self, offset: i64) -> u64 {
+        if offset >= self.high_watermark.get() {
+            return 0;
+        }
+        let offset = offset.max(self.log_start.get());
+        let segments = self.segments.borrow();
+        let index = segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1);
+        segments
+            .iter()
+            .enumerate()
+            .skip(index)
+            .map(|(i, s)| {
+                if i == index {
+                    s.size.saturating_sub(s.position_for(offset))
+                } else {
+                    s.size
+                }
+            })
+            .sum()
+    }
+
+    /// The base offset of the first batch whose max timestamp is at least `ts`, or `None`
+    /// if there is none below the high watermark.
+    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<i64>, StorageError> {
+        if self.closed.get() {
+            return Err(StorageError::Closed);
+        }
+        let high_watermark = self.high_watermark.get();
+        let mut after_base: Option<i64> = None;
+        loop {
+            let (log, path, start, end) = {
+                let segments = self.segments.borrow();
+                let from = after_base.map_or(0, |base| {
+                    segments.partition_point(|s| s.base_offset <= base)
+                });
+                let Some(segment) = segments[from.min(segments.len())..]
+                    .iter()
+                    .find(|s| s.max_timestamp() >= ts)
+                else {
+                    return Ok(None);
+                };
+                after_base = Some(segment.base_offset);
+                (
+                    segment.log.clone(),
+                    segment.files.log.clone(),
+                    segment.position_for_timestamp(ts),
+                    segment.size,
+                )
+            };
+            let mut found = None;
+            let mut past_end = false;
+            segment::scan_headers(&log, &path, start, end, |_, header| {
+                if header.base_offset >= high_watermark {
+                    past_end = true;
+                } else if header.max_timestamp >= ts {
+                    found = Some(header.base_offset);
+                }
+                past_end || found.is_some()
+            })
+            .await?;
+            if found.is_some() || past_end {
+                return Ok(found);
+            }
+        }
+    }
+}
+
+/// Walks the batch headers in `buf` (read from file `position`) to the batch holding
+/// `offset`. Returns where the walk stopped and that batch's header, or `None` if it lies
+/// beyond `buf` (continue reading at the returned position).
+fn find_batch(
+    buf: &[u8],
+    path: &Path,
+    position: u64,
+    offset: i64,
+) -> Result<(usize, Option<BatchHeader>), StorageError> {
+    let mut at = 0usize;
+    while at + BATCH_HEADER_LEN <= buf.len() {
+        let header = parse_stored(&buf[at..], path, position + at as u64)?;
+        if header.last_offset() >= offset {
+            return Ok((at, Some(header)));
+        }
+        at += header.total_len();
+    }
+    Ok((at, None))
+}
+
+/// Parses the header of a batch the log already holds.
+fn parse_stored(buf: &[u8], path: &Path, position: u64) -> Result<BatchHeader, StorageError> {
+    BatchHeader::parse(buf).map_err(|e| {
+        StorageError::corrupt(path, format!("bad batch header at byte {position}: {e}"))
+    })
+}

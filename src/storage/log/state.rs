@@ -1,0 +1,176 @@
+//! The log's state and its opening: the struct every job works on, and what a caller of
+//! `append` waits in. The jobs (commit, read, maintain) add their methods in their own
+//! files and import this one; it imports none of them.
+
+use std::cell::{Cell, RefCell, RefMut};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use compio::fs::File;
+use tracing::debug;
+
+use crate::local::{Notify, OneshotSender};
+use crate::protocol::batch::ValidBatch;
+use crate::storage::config::{FsyncPolicy, LogConfig};
+use crate::storage::error::StorageError;
+use crate::storage::recovery;
+use crate::storage::segment::Segment;
+
+/// Where a successful append put the caller's batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Offset of the first record of the call's first batch.
+    pub base_offset: i64,
+    /// Offset of the last record of the call's last batch.
+    pub last_offset: i64,
+}
+
+/// A caller waiting in the group-commit queue.
+pub(super) struct PendingAppend {
+    pub(super) batches: Vec<ValidBatch>,
+    pub(super) reply: OneshotSender<Result<AppendOutcome, StorageError>>,
+}
+
+/// One partition's log. Owned by one shard thread, used through `Rc<PartitionLog>`.
+pub struct PartitionLog {
+    pub(super) dir: PathBuf,
+    pub(super) config: RefCell<LogConfig>,
+    /// Sorted by base offset; never empty while open. The last one is active.
+    pub(super) segments: RefCell<Vec<Segment>>,
+    pub(super) high_watermark: Cell<i64>,
+    pub(super) log_start: Cell<i64>,
+    pub(super) closed: Cell<bool>,
+    pub(super) queue: RefCell<Vec<PendingAppend>>,
+    /// A flush task is running.
+    pub(super) flushing: Cell<bool>,
+    /// Notified when the flush task exits.
+    pub(super) flush_idle: Notify,
+    pub(super) appended: Notify,
+    /// Group-commit rounds run so far.
+    pub(super) flushes: Cell<u64>,
+    /// Notified when a preallocation of the active segment ends.
+    pub(super) preallocated: Notify,
+    /// Preallocation failed once (say, the file system refuses `O_DIRECT`); not tried again.
+    pub(super) preallocation_off: Cell<bool>,
+}
+
+impl std::fmt::Debug for PartitionLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionLog")
+            .field("dir", &self.dir)
+            .field("log_start", &self.log_start.get())
+            .field("high_watermark", &self.high_watermark.get())
+            .field("segments", &self.segments.borrow().len())
+            .field("closed", &self.closed.get())
+            .finish()
+    }
+}
+
+pub(super) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Makes a directory entry change (a new segment file) durable.
+pub(super) async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    let handle = File::open(dir)
+        .await
+        .map_err(|e| StorageError::io(dir, e))?;
+    handle
+        .sync_all()
+        .await
+        .map_err(|e| StorageError::io(dir, e))
+}
+
+impl PartitionLog {
+    /// Opens (creating the directory if missing) and recovers the log in `dir`. An empty
+    /// directory starts at offset 0.
+    pub async fn open(dir: PathBuf, config: LogConfig) -> Result<PartitionLog, StorageError> {
+        Self::open_at(dir, config, 0).await
+    }
+
+    /// Like [`PartitionLog::open`], but an empty directory starts at `initial_offset`.
+    pub async fn open_at(
+        dir: PathBuf,
+        config: LogConfig,
+        initial_offset: i64,
+    ) -> Result<PartitionLog, StorageError> {
+        let recovered = recovery::recover_dir(&dir, &config)?;
+        let now = now_ms();
+        let mut segments = Vec::with_capacity(recovered.len().max(1));
+        if recovered.is_empty() {
+            segments.push(Segment::create(&dir, initial_offset.max(0), now).await?);
+            if config.fsync != FsyncPolicy::Never {
+                // The new segment's entry, and the entries that make the partition directory
+                // and its topic directory reachable (`<data>/<topic>/<partition>`).
+                sync_dir(&dir).await?;
+                for ancestor in dir.ancestors().skip(1).take(2) {
+                    sync_dir(ancestor).await?;
+                }
+            }
+        } else {
+            for r in recovered {
+                segments.push(Segment::open(&dir, r, now).await?);
+            }
+        }
+        let log_start = segments.first().map_or(0, |s| s.base_offset);
+        let high_watermark = segments.last().map_or(0, |s| s.next_offset);
+        debug!(
+            dir = %dir.display(),
+            segments = segments.len(),
+            log_start,
+            high_watermark,
+            "partition log opened"
+        );
+        Ok(PartitionLog {
+            dir,
+            config: RefCell::new(config),
+            segments: RefCell::new(segments),
+            high_watermark: Cell::new(high_watermark),
+            log_start: Cell::new(log_start),
+            closed: Cell::new(false),
+            queue: RefCell::new(Vec::new()),
+            flushing: Cell::new(false),
+            flush_idle: Notify::new(),
+            appended: Notify::new(),
+            flushes: Cell::new(0),
+            preallocated: Notify::new(),
+            preallocation_off: Cell::new(false),
+        })
+    }
+
+    /// The next offset to be assigned; everything below it is readable.
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.get()
+    }
+
+    /// The first offset still in the log.
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start.get()
+    }
+
+    /// Notified every time the high watermark advances.
+    pub fn appended(&self) -> &Notify {
+        &self.appended
+    }
+
+    /// Total bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.borrow().iter().map(|s| s.size).sum()
+    }
+
+    /// Group-commit rounds run so far.
+    #[cfg(test)]
+    pub(crate) fn flush_count(&self) -> u64 {
+        self.flushes.get()
+    }
+
+    /// The segment that starts at `base`, if the log still has it.
+    pub(super) fn segment_mut(&self, base: i64) -> Option<RefMut<'_, Segment>> {
+        RefMut::filter_map(self.segments.borrow_mut(), |segments| {
+            segments.iter_mut().find(|s| s.base_offset == base)
+        })
+        .ok()
+    }
+}
