@@ -237,41 +237,18 @@ impl ShardCall<ShardContext> for ShareRelease {
     }
 }
 
-impl PartitionCall for Append {
-    fn partition(&self) -> &PartitionRef {
-        &self.at
-    }
+/// The calls about one partition, which `call_owner` routes by their `at`.
+macro_rules! partition_calls {
+    ($($call:ty),*) => {
+        $(impl PartitionCall for $call {
+            fn partition(&self) -> &PartitionRef {
+                &self.at
+            }
+        })*
+    };
 }
 
-impl PartitionCall for Read {
-    fn partition(&self) -> &PartitionRef {
-        &self.at
-    }
-}
-
-impl PartitionCall for WaitForData {
-    fn partition(&self) -> &PartitionRef {
-        &self.at
-    }
-}
-
-impl PartitionCall for ListOffset {
-    fn partition(&self) -> &PartitionRef {
-        &self.at
-    }
-}
-
-impl PartitionCall for ShareAcquire {
-    fn partition(&self) -> &PartitionRef {
-        &self.at
-    }
-}
-
-impl PartitionCall for ShareAck {
-    fn partition(&self) -> &PartitionRef {
-        &self.at
-    }
-}
+partition_calls!(Append, Read, WaitForData, ListOffset, ShareAcquire, ShareAck);
 
 impl ShareHost for Rc<ShardContext> {
     async fn partition_log(&self, at: &PartitionRef) -> Result<Rc<PartitionLog>, WireError> {
