@@ -248,7 +248,14 @@ macro_rules! partition_calls {
     };
 }
 
-partition_calls!(Append, Read, WaitForData, ListOffset, ShareAcquire, ShareAck);
+partition_calls!(
+    Append,
+    Read,
+    WaitForData,
+    ListOffset,
+    ShareAcquire,
+    ShareAck
+);
 
 impl ShareHost for Rc<ShardContext> {
     async fn partition_log(&self, at: &PartitionRef) -> Result<Rc<PartitionLog>, WireError> {
