@@ -256,6 +256,23 @@ pub struct TopicEntry<P> {
 }
 
 impl<P> TopicEntry<P> {
+    /// One entry per topic of `(topic, partition entry)` pairs, topics in the order they
+    /// first appear and each topic's partitions in the order given.
+    pub fn group<T: AsRef<str>>(pairs: impl IntoIterator<Item = (T, P)>) -> Vec<TopicEntry<P>> {
+        let mut topics: Vec<TopicEntry<P>> = Vec::new();
+        for (topic, partition) in pairs {
+            let topic = topic.as_ref();
+            match topics.iter_mut().find(|t| t.topic == topic) {
+                Some(t) => t.partitions.push(partition),
+                None => topics.push(TopicEntry {
+                    topic: topic.to_string(),
+                    partitions: vec![partition],
+                }),
+            }
+        }
+        topics
+    }
+
     /// Writes the entry, each partition with `partition`: for layouts that take something
     /// from outside the entry (a fetch response's spliced records).
     pub(crate) fn encode_each(&self, e: &mut Encoder, mut partition: impl FnMut(&mut Encoder, &P)) {
