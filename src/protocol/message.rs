@@ -21,7 +21,8 @@ use super::frame::{DecodeError, Decoder, Encoder};
 pub trait Message: Sized {
     /// The fewest bytes the value takes on the wire. Array decoders refuse a count that
     /// could not fit in the bytes left before allocating for it, so every message that is
-    /// an array element sets this; the default only assumes one byte.
+    /// an array element sets this (`message!` sums its fields'); the default only assumes
+    /// one byte.
     const MIN_BYTES: usize = 1;
 
     /// Appends the value's fields.
