@@ -801,21 +801,14 @@ fn run_connection(
 /// One fetch request for the given partitions, grouped by topic in order of first
 /// appearance.
 fn fetch_request(partitions: &[Fetched], config: &ConsumerConfig) -> Request {
-    let mut topics: Vec<FetchTopic> = Vec::new();
-    for (topic, partition, offset) in partitions {
+    let topics = FetchTopic::group(partitions.iter().map(|(topic, partition, offset)| {
         let entry = FetchPartition {
             partition: *partition,
             offset: *offset,
             max_bytes: config.max_bytes,
         };
-        match topics.iter_mut().find(|t| *t.topic == **topic) {
-            Some(t) => t.partitions.push(entry),
-            None => topics.push(FetchTopic {
-                topic: topic.to_string(),
-                partitions: vec![entry],
-            }),
-        }
-    }
+        (topic, entry)
+    }));
     Request::Fetch(FetchRequest {
         max_wait_ms: config.max_wait.min(MAX_WAIT_CAP).as_millis() as u32,
         min_bytes: config.min_bytes,

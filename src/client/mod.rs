@@ -104,6 +104,17 @@ impl ClientError {
 /// request-level error.
 pub type Received = (u32, Result<Response, WireError>);
 
+/// The body of `$response` if it is `Response::$variant`, else
+/// [`ClientError::Unexpected`]: `expect_response!(self.call(request)?, Metadata)`.
+macro_rules! expect_response {
+    ($response:expr, $variant:ident) => {
+        match $response {
+            Response::$variant(body) => Ok(body),
+            other => Err(unexpected(other)),
+        }
+    };
+}
+
 /// One connection to a broker.
 pub struct Client {
     stream: TcpStream,
@@ -227,22 +238,18 @@ impl Client {
 
     /// Handshake.
     pub fn api_versions(&mut self) -> Result<ApiVersionsResponse, ClientError> {
-        match self.call(Request::ApiVersions(ApiVersionsRequest {
+        let request = Request::ApiVersions(ApiVersionsRequest {
             client_name: "eventflow-client".into(),
-        }))? {
-            Response::ApiVersions(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        });
+        expect_response!(self.call(request)?, ApiVersions)
     }
 
     /// Metadata for the named topics (all when empty).
     pub fn metadata(&mut self, topics: &[&str]) -> Result<MetadataResponse, ClientError> {
-        match self.call(Request::Metadata(MetadataRequest {
+        let request = Request::Metadata(MetadataRequest {
             topics: topics.iter().map(|s| s.to_string()).collect(),
-        }))? {
-            Response::Metadata(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        });
+        expect_response!(self.call(request)?, Metadata)
     }
 
     /// Creates a topic.
@@ -255,10 +262,7 @@ impl Client {
         self.call(Request::CreateTopic(CreateTopicRequest {
             name: name.into(),
             partitions,
-            configs: configs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            configs: owned_configs(configs),
         }))
         .map(drop)
     }
@@ -273,20 +277,13 @@ impl Client {
 
     /// Lists topics.
     pub fn list_topics(&mut self) -> Result<Vec<TopicListing>, ClientError> {
-        match self.call(Request::ListTopics)? {
-            Response::ListTopics(r) => Ok(r.topics),
-            other => Err(unexpected(other)),
-        }
+        Ok(expect_response!(self.call(Request::ListTopics)?, ListTopics)?.topics)
     }
 
     /// Describes a topic.
     pub fn describe_topic(&mut self, name: &str) -> Result<DescribeTopicResponse, ClientError> {
-        match self.call(Request::DescribeTopic(DescribeTopicRequest {
-            name: name.into(),
-        }))? {
-            Response::DescribeTopic(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        let request = Request::DescribeTopic(DescribeTopicRequest { name: name.into() });
+        expect_response!(self.call(request)?, DescribeTopic)
     }
 
     /// Sets topic configs.
@@ -297,10 +294,7 @@ impl Client {
     ) -> Result<(), ClientError> {
         self.call(Request::AlterTopicConfig(AlterTopicConfigRequest {
             name: name.into(),
-            configs: configs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            configs: owned_configs(configs),
         }))
         .map(drop)
     }
@@ -320,14 +314,10 @@ impl Client {
             self.send(request)?;
             return Ok((-1, -1));
         }
-        match self.call(request)? {
-            Response::Produce(r) => {
-                let p = only_partition(r.topics, |t| t.partitions, "produce")?;
-                check(p.error, &p.message)?;
-                Ok((p.base_offset, p.last_offset))
-            }
-            other => Err(unexpected(other)),
-        }
+        let response = expect_response!(self.call(request)?, Produce)?;
+        let p = only_partition(response.topics, "produce")?;
+        check(p.error, &p.message)?;
+        Ok((p.base_offset, p.last_offset))
     }
 
     /// Fetches from one partition. Returns the partition's entry (its `error` is checked:
@@ -341,34 +331,24 @@ impl Client {
         max_wait: Duration,
         min_bytes: u32,
     ) -> Result<FetchPartitionResponse, ClientError> {
-        match self.call(fetch_request(
-            topic, partition, offset, max_bytes, max_wait, min_bytes,
-        ))? {
-            Response::Fetch(r) => {
-                let p = only_partition(r.topics, |t| t.partitions, "fetch")?;
-                check(p.error, &p.message)?;
-                Ok(p)
-            }
-            other => Err(unexpected(other)),
-        }
+        let request = fetch_request(topic, partition, offset, max_bytes, max_wait, min_bytes);
+        let response = expect_response!(self.call(request)?, Fetch)?;
+        let p = only_partition(response.topics, "fetch")?;
+        check(p.error, &p.message)?;
+        Ok(p)
     }
 
     /// Every consumer and share group the broker knows.
     pub fn list_groups(&mut self) -> Result<Vec<GroupListing>, ClientError> {
-        match self.call(Request::ListGroups)? {
-            Response::ListGroups(r) => Ok(r.groups),
-            other => Err(unexpected(other)),
-        }
+        Ok(expect_response!(self.call(Request::ListGroups)?, ListGroups)?.groups)
     }
 
     /// A consumer group's members, assignment and committed offsets.
     pub fn describe_group(&mut self, group: &str) -> Result<DescribeGroupResponse, ClientError> {
-        match self.call(Request::DescribeGroup(GroupRequest {
+        let request = Request::DescribeGroup(GroupRequest {
             group: group.into(),
-        }))? {
-            Response::DescribeGroup(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        });
+        expect_response!(self.call(request)?, DescribeGroup)
     }
 
     /// Deletes a consumer group without members, and its offsets.
@@ -388,35 +368,20 @@ impl Client {
         member: Option<(&str, u32)>,
         offsets: &[(&str, u32, i64)],
     ) -> Result<(), ClientError> {
-        let mut topics: Vec<TopicOffsets> = Vec::new();
-        for &(topic, partition, offset) in offsets {
-            let entry = PartitionOffset { partition, offset };
-            match topics.iter_mut().find(|t| t.topic == topic) {
-                Some(t) => t.partitions.push(entry),
-                None => topics.push(TopicOffsets {
-                    topic: topic.into(),
-                    partitions: vec![entry],
-                }),
-            }
-        }
+        let topics = TopicOffsets::group(
+            offsets
+                .iter()
+                .map(|&(topic, partition, offset)| (topic, PartitionOffset { partition, offset })),
+        );
         let (member_id, generation) =
             member.map_or((String::new(), -1), |(m, g)| (m.to_string(), g as i32));
-        match self.call(Request::CommitOffsets(CommitOffsetsRequest {
+        let request = Request::CommitOffsets(CommitOffsetsRequest {
             group: group.into(),
             member_id,
             generation,
             topics,
-        }))? {
-            Response::CommitOffsets(r) => {
-                for t in r.topics {
-                    for p in t.partitions {
-                        check(p.error, &p.message)?;
-                    }
-                }
-                Ok(())
-            }
-            other => Err(unexpected(other)),
-        }
+        });
+        check_results(expect_response!(self.call(request)?, CommitOffsets)?)
     }
 
     /// A group's committed offsets for these partitions (-1: none), or every committed
@@ -426,42 +391,29 @@ impl Client {
         group: &str,
         partitions: &[(&str, u32)],
     ) -> Result<Vec<(String, u32, i64)>, ClientError> {
-        let mut topics: Vec<TopicPartitions> = Vec::new();
-        for &(topic, partition) in partitions {
-            match topics.iter_mut().find(|t| t.topic == topic) {
-                Some(t) => t.partitions.push(partition),
-                None => topics.push(TopicPartitions {
-                    topic: topic.into(),
-                    partitions: vec![partition],
-                }),
-            }
-        }
-        match self.call(Request::FetchOffsets(FetchOffsetsRequest {
+        let request = Request::FetchOffsets(FetchOffsetsRequest {
             group: group.into(),
-            topics,
-        }))? {
-            Response::FetchOffsets(r) => Ok(r
-                .topics
-                .into_iter()
-                .flat_map(|t| {
-                    let topic = t.topic;
-                    t.partitions
-                        .into_iter()
-                        .map(move |p| (topic.clone(), p.partition, p.offset))
-                })
-                .collect()),
-            other => Err(unexpected(other)),
-        }
+            topics: TopicPartitions::group(partitions.iter().copied()),
+        });
+        let response = expect_response!(self.call(request)?, FetchOffsets)?;
+        Ok(response
+            .topics
+            .into_iter()
+            .flat_map(|t| {
+                let topic = t.topic;
+                t.partitions
+                    .into_iter()
+                    .map(move |p| (topic.clone(), p.partition, p.offset))
+            })
+            .collect())
     }
 
     /// A share group's state per partition.
     pub fn describe_queue(&mut self, group: &str) -> Result<DescribeQueueResponse, ClientError> {
-        match self.call(Request::DescribeQueue(GroupRequest {
+        let request = Request::DescribeQueue(GroupRequest {
             group: group.into(),
-        }))? {
-            Response::DescribeQueue(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        });
+        expect_response!(self.call(request)?, DescribeQueue)
     }
 
     /// Looks up an offset: [`offset_spec::LATEST`], [`offset_spec::EARLIEST`] or a
@@ -472,7 +424,7 @@ impl Client {
         partition: u32,
         timestamp: i64,
     ) -> Result<i64, ClientError> {
-        match self.call(Request::ListOffsets(ListOffsetsRequest {
+        let request = Request::ListOffsets(ListOffsetsRequest {
             topics: vec![ListOffsetsTopic {
                 topic: topic.into(),
                 partitions: vec![ListOffsetsPartition {
@@ -480,14 +432,11 @@ impl Client {
                     timestamp,
                 }],
             }],
-        }))? {
-            Response::ListOffsets(r) => {
-                let p = only_partition(r.topics, |t| t.partitions, "list-offsets")?;
-                check(p.error, &p.message)?;
-                Ok(p.offset)
-            }
-            other => Err(unexpected(other)),
-        }
+        });
+        let response = expect_response!(self.call(request)?, ListOffsets)?;
+        let p = only_partition(response.topics, "list-offsets")?;
+        check(p.error, &p.message)?;
+        Ok(p.offset)
     }
 }
 
@@ -527,16 +476,20 @@ pub fn fetch_request(
     })
 }
 
+/// Config entries as a request carries them.
+fn owned_configs(configs: &[(&str, &str)]) -> Vec<ConfigEntry> {
+    configs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// The one partition entry of a response to a one-partition request.
-fn only_partition<T, P>(
-    topics: Vec<T>,
-    partitions: impl FnOnce(T) -> Vec<P>,
-    what: &str,
-) -> Result<P, ClientError> {
+fn only_partition<P>(topics: Vec<TopicEntry<P>>, what: &str) -> Result<P, ClientError> {
     topics
         .into_iter()
         .next()
-        .and_then(|t| partitions(t).into_iter().next())
+        .and_then(|t| t.partitions.into_iter().next())
         .ok_or_else(|| ClientError::Unexpected(format!("empty {what} response")))
 }
 
@@ -547,6 +500,16 @@ fn check(error: ErrorCode, message: &str) -> Result<(), ClientError> {
     } else {
         Err(WireError::new(error, message).into())
     }
+}
+
+/// The per-partition outcomes of a commit or a share ack: the first refusal as `Err`.
+pub(crate) fn check_results(response: ResultsResponse) -> Result<(), ClientError> {
+    for t in response.topics {
+        for p in t.partitions {
+            check(p.error, &p.message)?;
+        }
+    }
+    Ok(())
 }
 
 fn unexpected(response: Response) -> ClientError {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::consumer::ConsumerRecord;
-use super::{Client, ClientError};
+use super::{check_results, Client, ClientError};
 use crate::protocol::api::*;
 use crate::protocol::batch;
 use crate::protocol::{ErrorCode, WireError};
@@ -256,33 +256,18 @@ impl ShareConsumer {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let mut topics: Vec<TopicAcks> = Vec::new();
-        for ((topic, partition), ranges) in std::mem::take(&mut self.pending) {
-            let ranges = ranges.into_iter().map(|(range, _)| range).collect();
-            let entry = PartitionAcks { partition, ranges };
-            match topics.iter_mut().find(|t| *t.topic == *topic) {
-                Some(t) => t.partitions.push(entry),
-                None => topics.push(TopicAcks {
-                    topic: topic.to_string(),
-                    partitions: vec![entry],
-                }),
-            }
-        }
+        let topics = TopicAcks::group(std::mem::take(&mut self.pending).into_iter().map(
+            |((topic, partition), ranges)| {
+                let ranges = ranges.into_iter().map(|(range, _)| range).collect();
+                (topic, PartitionAcks { partition, ranges })
+            },
+        ));
         match self.client.call(Request::ShareAck(ShareAckRequest {
             group: self.config.group.clone(),
             member_id: self.config.member_id.clone(),
             topics,
         }))? {
-            Response::ShareAck(r) => {
-                for t in r.topics {
-                    for p in t.partitions {
-                        if p.error != ErrorCode::None {
-                            return Err(WireError::new(p.error, p.message).into());
-                        }
-                    }
-                }
-                Ok(())
-            }
+            Response::ShareAck(r) => check_results(r),
             other => Err(ClientError::Unexpected(format!(
                 "expected a share ack response, got {other:?}"
             ))),

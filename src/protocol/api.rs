@@ -1,7 +1,8 @@
 //! The native API messages: one request and one response type per API, each implementing
-//! [`Message`] beside its struct, and the table that ties them to API keys. The layout of
-//! every message is documented in `docs/PROTOCOL.md`; the tests at the bottom pin each
-//! round trip and the bytes of every frame.
+//! [`Message`] beside its struct (most through `message!`; the produce and fetch messages
+//! that carry records without copying them by hand), and the table that ties them to API
+//! keys. The layout of every message is documented in `docs/PROTOCOL.md`; the tests at the
+//! bottom pin each round trip and the bytes of every frame.
 //!
 //! The table (`apis!` below) is the only place an API is listed: the [`ApiKey`] enum, the
 //! [`Request`] and [`Response`] enums and their dispatch are generated from it, so adding an
@@ -15,9 +16,7 @@ use bytes::{Bytes, BytesMut};
 use super::error::ErrorCode;
 use super::frame::{DecodeError, Decoder, Encoder, Part, RequestHeader};
 pub use super::group::*;
-use super::message::{
-    decode_array, decode_strings, encode_array, encode_array_owned, encode_strings,
-};
+use super::message::{decode_array, encode_array, encode_array_owned, message, Field};
 pub use super::message::{Message, TopicEntry};
 
 /// Expands to `$value` and drops `$ty`. In the table a body type is optional, and a
@@ -281,390 +280,197 @@ pub mod offset_spec {
     pub const EARLIEST: i64 = -2;
 }
 
-/// Handshake.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiVersionsRequest {
-    /// Free-form client name for the broker's logs.
-    pub client_name: String,
-}
-
-impl Message for ApiVersionsRequest {
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.client_name);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ApiVersionsRequest {
-            client_name: d.string("client_name")?,
-        })
+message! {
+    /// Handshake.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ApiVersionsRequest {
+        /// Free-form client name for the broker's logs.
+        pub client_name: String,
     }
 }
 
-/// One API a broker supports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ApiVersionRange {
-    /// API key.
-    pub api_key: u16,
-    /// Lowest version.
-    pub min_version: u16,
-    /// Highest version.
-    pub max_version: u16,
-}
-
-impl Message for ApiVersionRange {
-    const MIN_BYTES: usize = 6;
-
-    fn encode(&self, e: &mut Encoder) {
-        e.put_u16(self.api_key);
-        e.put_u16(self.min_version);
-        e.put_u16(self.max_version);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ApiVersionRange {
-            api_key: d.u16("api_key")?,
-            min_version: d.u16("min_version")?,
-            max_version: d.u16("max_version")?,
-        })
+message! {
+    /// One API a broker supports.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct ApiVersionRange {
+        /// API key.
+        pub api_key: u16,
+        /// Lowest version.
+        pub min_version: u16,
+        /// Highest version.
+        pub max_version: u16,
     }
 }
 
-/// Handshake answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiVersionsResponse {
-    /// The broker's version string.
-    pub broker_version: String,
-    /// Number of shards (cores) serving.
-    pub shard_count: u16,
-    /// Supported APIs.
-    pub apis: Vec<ApiVersionRange>,
-}
-
-impl Message for ApiVersionsResponse {
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.broker_version);
-        e.put_u16(self.shard_count);
-        encode_array(e, &self.apis);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ApiVersionsResponse {
-            broker_version: d.string("broker_version")?,
-            shard_count: d.u16("shard_count")?,
-            apis: decode_array(d, "apis")?,
-        })
+message! {
+    /// Handshake answer.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ApiVersionsResponse {
+        /// The broker's version string.
+        pub broker_version: String,
+        /// Number of shards (cores) serving.
+        pub shard_count: u16,
+        /// Supported APIs.
+        pub apis: Vec<ApiVersionRange>,
     }
 }
 
-/// Metadata for some topics (empty list: all topics).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetadataRequest {
-    /// Topic names; empty for all.
-    pub topics: Vec<String>,
-}
-
-impl Message for MetadataRequest {
-    fn encode(&self, e: &mut Encoder) {
-        encode_strings(e, &self.topics);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(MetadataRequest {
-            topics: decode_strings(d, "topics")?,
-        })
+message! {
+    /// Metadata for some topics (empty list: all topics).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct MetadataRequest {
+        /// Topic names; empty for all.
+        pub topics: Vec<String>,
     }
 }
 
-/// One shard's direct listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShardEndpoint {
-    /// Shard index.
-    pub shard: u16,
-    /// Host to connect to.
-    pub host: String,
-    /// Port of the shard's own listener (0 if it has none).
-    pub port: u16,
-}
-
-impl Message for ShardEndpoint {
-    const MIN_BYTES: usize = 6;
-
-    fn encode(&self, e: &mut Encoder) {
-        e.put_u16(self.shard);
-        e.put_string(&self.host);
-        e.put_u16(self.port);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ShardEndpoint {
-            shard: d.u16("shard")?,
-            host: d.string("host")?,
-            port: d.u16("port")?,
-        })
+message! {
+    /// One shard's direct listener.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ShardEndpoint {
+        /// Shard index.
+        pub shard: u16,
+        /// Host to connect to.
+        pub host: String,
+        /// Port of the shard's own listener (0 if it has none).
+        pub port: u16,
     }
 }
 
-/// Partitions of a topic and the shard owning each.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicMetadata {
-    /// Topic name.
-    pub name: String,
-    /// `UnknownTopicOrPartition` if the topic does not exist.
-    pub error: ErrorCode,
-    /// `owners[p]` is the shard owning partition `p`.
-    pub owners: Vec<u16>,
-}
-
-impl Message for TopicMetadata {
-    const MIN_BYTES: usize = 8;
-
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.name);
-        e.put_u16(self.error.as_u16());
-        e.put_array(self.owners.iter(), |e, o| e.put_u16(*o));
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(TopicMetadata {
-            name: d.string("name")?,
-            error: ErrorCode::from_u16(d.u16("error")?),
-            owners: d.array("owners", 2, |d| d.u16("owner"))?,
-        })
+message! {
+    /// Partitions of a topic and the shard owning each.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct TopicMetadata {
+        /// Topic name.
+        pub name: String,
+        /// `UnknownTopicOrPartition` if the topic does not exist.
+        pub error: ErrorCode,
+        /// `owners[p]` is the shard owning partition `p`.
+        pub owners: Vec<u16>,
     }
 }
 
-/// Metadata answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetadataResponse {
-    /// Every shard's direct endpoint.
-    pub shards: Vec<ShardEndpoint>,
-    /// The requested topics.
-    pub topics: Vec<TopicMetadata>,
-}
-
-impl Message for MetadataResponse {
-    fn encode(&self, e: &mut Encoder) {
-        encode_array(e, &self.shards);
-        encode_array(e, &self.topics);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(MetadataResponse {
-            shards: decode_array(d, "shards")?,
-            topics: decode_array(d, "topics")?,
-        })
+message! {
+    /// Metadata answer.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct MetadataResponse {
+        /// Every shard's direct endpoint.
+        pub shards: Vec<ShardEndpoint>,
+        /// The requested topics.
+        pub topics: Vec<TopicMetadata>,
     }
 }
 
 /// A topic config entry.
 pub type ConfigEntry = (String, String);
 
-fn decode_configs(d: &mut Decoder) -> Result<Vec<ConfigEntry>, DecodeError> {
-    d.array("configs", 4, |d| {
-        Ok((d.string("config_key")?, d.string("config_value")?))
-    })
-}
+/// Config entries: a count, then each key and value.
+impl Field for Vec<ConfigEntry> {
+    const MIN_BYTES: usize = 4;
 
-fn encode_configs(e: &mut Encoder, configs: &[ConfigEntry]) {
-    e.put_array(configs.iter(), |e, (key, value)| {
-        e.put_string(key);
-        e.put_string(value);
-    });
-}
-
-/// Create a topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CreateTopicRequest {
-    /// Topic name.
-    pub name: String,
-    /// Number of partitions.
-    pub partitions: u32,
-    /// Config overrides (`retention.ms`, `retention.bytes`, `segment.bytes`, `segment.ms`).
-    pub configs: Vec<ConfigEntry>,
-}
-
-impl Message for CreateTopicRequest {
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.name);
-        e.put_u32(self.partitions);
-        encode_configs(e, &self.configs);
+    fn put(&self, e: &mut Encoder) {
+        e.put_array(self.iter(), |e, (key, value)| {
+            e.put_string(key);
+            e.put_string(value);
+        });
     }
 
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(CreateTopicRequest {
-            name: d.string("name")?,
-            partitions: d.u32("partitions")?,
-            configs: decode_configs(d)?,
+    fn get(d: &mut Decoder, name: &'static str) -> Result<Self, DecodeError> {
+        d.array(name, 4, |d| {
+            Ok((d.string("config_key")?, d.string("config_value")?))
         })
     }
 }
 
-/// Delete a topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeleteTopicRequest {
-    /// Topic name.
-    pub name: String,
-}
-
-impl Message for DeleteTopicRequest {
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.name);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(DeleteTopicRequest {
-            name: d.string("name")?,
-        })
+message! {
+    /// Create a topic.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct CreateTopicRequest {
+        /// Topic name.
+        pub name: String,
+        /// Number of partitions.
+        pub partitions: u32,
+        /// Config overrides (`retention.ms`, `retention.bytes`, `segment.bytes`, `segment.ms`).
+        pub configs: Vec<ConfigEntry>,
     }
 }
 
-/// Describe a topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DescribeTopicRequest {
-    /// Topic name.
-    pub name: String,
-}
-
-impl Message for DescribeTopicRequest {
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.name);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(DescribeTopicRequest {
-            name: d.string("name")?,
-        })
+message! {
+    /// Delete a topic.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct DeleteTopicRequest {
+        /// Topic name.
+        pub name: String,
     }
 }
 
-/// Set topic configs (entries not named keep their values).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AlterTopicConfigRequest {
-    /// Topic name.
-    pub name: String,
-    /// Entries to set.
-    pub configs: Vec<ConfigEntry>,
-}
-
-impl Message for AlterTopicConfigRequest {
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.name);
-        encode_configs(e, &self.configs);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(AlterTopicConfigRequest {
-            name: d.string("name")?,
-            configs: decode_configs(d)?,
-        })
+message! {
+    /// Describe a topic.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct DescribeTopicRequest {
+        /// Topic name.
+        pub name: String,
     }
 }
 
-/// One line of [`ListTopicsResponse`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicListing {
-    /// Topic name.
-    pub name: String,
-    /// Partition count.
-    pub partitions: u32,
-}
-
-impl Message for TopicListing {
-    const MIN_BYTES: usize = 6;
-
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.name);
-        e.put_u32(self.partitions);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(TopicListing {
-            name: d.string("name")?,
-            partitions: d.u32("partitions")?,
-        })
+message! {
+    /// Set topic configs (entries not named keep their values).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct AlterTopicConfigRequest {
+        /// Topic name.
+        pub name: String,
+        /// Entries to set.
+        pub configs: Vec<ConfigEntry>,
     }
 }
 
-/// All topics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListTopicsResponse {
-    /// Topics sorted by name.
-    pub topics: Vec<TopicListing>,
-}
-
-impl Message for ListTopicsResponse {
-    fn encode(&self, e: &mut Encoder) {
-        encode_array(e, &self.topics);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ListTopicsResponse {
-            topics: decode_array(d, "topics")?,
-        })
+message! {
+    /// One line of [`ListTopicsResponse`].
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct TopicListing {
+        /// Topic name.
+        pub name: String,
+        /// Partition count.
+        pub partitions: u32,
     }
 }
 
-/// State of one partition in [`DescribeTopicResponse`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionDescription {
-    /// Partition index.
-    pub partition: u32,
-    /// Owning shard.
-    pub shard: u16,
-    /// First stored offset.
-    pub log_start_offset: i64,
-    /// Next offset to be written.
-    pub high_watermark: i64,
-    /// Bytes on disk.
-    pub size_bytes: u64,
-}
-
-impl Message for PartitionDescription {
-    const MIN_BYTES: usize = 30;
-
-    fn encode(&self, e: &mut Encoder) {
-        e.put_u32(self.partition);
-        e.put_u16(self.shard);
-        e.put_i64(self.log_start_offset);
-        e.put_i64(self.high_watermark);
-        e.put_u64(self.size_bytes);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(PartitionDescription {
-            partition: d.u32("partition")?,
-            shard: d.u16("shard")?,
-            log_start_offset: d.i64("log_start_offset")?,
-            high_watermark: d.i64("high_watermark")?,
-            size_bytes: d.u64("size_bytes")?,
-        })
+message! {
+    /// All topics.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ListTopicsResponse {
+        /// Topics sorted by name.
+        pub topics: Vec<TopicListing>,
     }
 }
 
-/// A topic's partitions and effective configs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DescribeTopicResponse {
-    /// Topic name.
-    pub name: String,
-    /// Partitions in index order.
-    pub partitions: Vec<PartitionDescription>,
-    /// Effective configs (overrides and broker defaults).
-    pub configs: Vec<ConfigEntry>,
+message! {
+    /// State of one partition in [`DescribeTopicResponse`].
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct PartitionDescription {
+        /// Partition index.
+        pub partition: u32,
+        /// Owning shard.
+        pub shard: u16,
+        /// First stored offset.
+        pub log_start_offset: i64,
+        /// Next offset to be written.
+        pub high_watermark: i64,
+        /// Bytes on disk.
+        pub size_bytes: u64,
+    }
 }
 
-impl Message for DescribeTopicResponse {
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.name);
-        encode_array(e, &self.partitions);
-        encode_configs(e, &self.configs);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(DescribeTopicResponse {
-            name: d.string("name")?,
-            partitions: decode_array(d, "partitions")?,
-            configs: decode_configs(d)?,
-        })
+message! {
+    /// A topic's partitions and effective configs.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct DescribeTopicResponse {
+        /// Topic name.
+        pub name: String,
+        /// Partitions in index order.
+        pub partitions: Vec<PartitionDescription>,
+        /// Effective configs (overrides and broker defaults).
+        pub configs: Vec<ConfigEntry>,
     }
 }
 
@@ -773,127 +579,66 @@ pub fn encode_produce_request(
     e.finish()
 }
 
-/// Outcome for one partition of a produce request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProducePartitionResponse {
-    /// Partition index.
-    pub partition: u32,
-    /// Outcome.
-    pub error: ErrorCode,
-    /// Explanation when `error` is set.
-    pub message: String,
-    /// Offset assigned to the first record of the first batch (-1 on error).
-    pub base_offset: i64,
-    /// Offset of the last record appended (-1 on error).
-    pub last_offset: i64,
-}
-
-impl Message for ProducePartitionResponse {
-    const MIN_BYTES: usize = 24;
-
-    fn encode(&self, e: &mut Encoder) {
-        e.put_u32(self.partition);
-        e.put_u16(self.error.as_u16());
-        e.put_string(&self.message);
-        e.put_i64(self.base_offset);
-        e.put_i64(self.last_offset);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ProducePartitionResponse {
-            partition: d.u32("partition")?,
-            error: ErrorCode::from_u16(d.u16("error")?),
-            message: d.string("message")?,
-            base_offset: d.i64("base_offset")?,
-            last_offset: d.i64("last_offset")?,
-        })
+message! {
+    /// Outcome for one partition of a produce request.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ProducePartitionResponse {
+        /// Partition index.
+        pub partition: u32,
+        /// Outcome.
+        pub error: ErrorCode,
+        /// Explanation when `error` is set.
+        pub message: String,
+        /// Offset assigned to the first record of the first batch (-1 on error).
+        pub base_offset: i64,
+        /// Offset of the last record appended (-1 on error).
+        pub last_offset: i64,
     }
 }
 
 /// Produce outcomes of one topic.
 pub type ProduceTopicResponse = TopicEntry<ProducePartitionResponse>;
 
-/// Produce answer (not sent for `acks = 0`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProduceResponse {
-    /// One entry per requested topic.
-    pub topics: Vec<ProduceTopicResponse>,
-}
-
-impl Message for ProduceResponse {
-    fn encode(&self, e: &mut Encoder) {
-        encode_array(e, &self.topics);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ProduceResponse {
-            topics: decode_array(d, "topics")?,
-        })
+message! {
+    /// Produce answer (not sent for `acks = 0`).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ProduceResponse {
+        /// One entry per requested topic.
+        pub topics: Vec<ProduceTopicResponse>,
     }
 }
 
-/// One partition of a fetch request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchPartition {
-    /// Partition index.
-    pub partition: u32,
-    /// First offset wanted.
-    pub offset: i64,
-    /// At most this many bytes for this partition (a first batch larger than this is still
-    /// returned whole, so a consumer always makes progress).
-    pub max_bytes: u32,
-}
-
-impl Message for FetchPartition {
-    const MIN_BYTES: usize = 16;
-
-    fn encode(&self, e: &mut Encoder) {
-        e.put_u32(self.partition);
-        e.put_i64(self.offset);
-        e.put_u32(self.max_bytes);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(FetchPartition {
-            partition: d.u32("partition")?,
-            offset: d.i64("offset")?,
-            max_bytes: d.u32("partition_max_bytes")?,
-        })
+message! {
+    /// One partition of a fetch request.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct FetchPartition {
+        /// Partition index.
+        pub partition: u32,
+        /// First offset wanted.
+        pub offset: i64,
+        /// At most this many bytes for this partition (a first batch larger than this is still
+        /// returned whole, so a consumer always makes progress).
+        #[wire = "partition_max_bytes"]
+        pub max_bytes: u32,
     }
 }
 
 /// Partitions of one topic in a fetch request.
 pub type FetchTopic = TopicEntry<FetchPartition>;
 
-/// Read record batches. The broker answers as soon as at least `min_bytes` are available
-/// across the requested partitions, or when `max_wait_ms` has passed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchRequest {
-    /// Longest wait for `min_bytes` to become available.
-    pub max_wait_ms: u32,
-    /// Bytes that make the broker answer before `max_wait_ms`.
-    pub min_bytes: u32,
-    /// Limit for the whole response.
-    pub max_bytes: u32,
-    /// What to read.
-    pub topics: Vec<FetchTopic>,
-}
-
-impl Message for FetchRequest {
-    fn encode(&self, e: &mut Encoder) {
-        e.put_u32(self.max_wait_ms);
-        e.put_u32(self.min_bytes);
-        e.put_u32(self.max_bytes);
-        encode_array(e, &self.topics);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(FetchRequest {
-            max_wait_ms: d.u32("max_wait_ms")?,
-            min_bytes: d.u32("min_bytes")?,
-            max_bytes: d.u32("max_bytes")?,
-            topics: decode_array(d, "topics")?,
-        })
+message! {
+    /// Read record batches. The broker answers as soon as at least `min_bytes` are available
+    /// across the requested partitions, or when `max_wait_ms` has passed.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct FetchRequest {
+        /// Longest wait for `min_bytes` to become available.
+        pub max_wait_ms: u32,
+        /// Bytes that make the broker answer before `max_wait_ms`.
+        pub min_bytes: u32,
+        /// Limit for the whole response.
+        pub max_bytes: u32,
+        /// What to read.
+        pub topics: Vec<FetchTopic>,
     }
 }
 
@@ -999,106 +744,54 @@ pub fn encode_fetch_response_parts(
     e.finish_parts()
 }
 
-/// One partition of a list-offsets request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListOffsetsPartition {
-    /// Partition index.
-    pub partition: u32,
-    /// [`offset_spec::LATEST`], [`offset_spec::EARLIEST`], or a timestamp in ms: the first
-    /// batch whose max timestamp is at or after it.
-    pub timestamp: i64,
-}
-
-impl Message for ListOffsetsPartition {
-    const MIN_BYTES: usize = 12;
-
-    fn encode(&self, e: &mut Encoder) {
-        e.put_u32(self.partition);
-        e.put_i64(self.timestamp);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ListOffsetsPartition {
-            partition: d.u32("partition")?,
-            timestamp: d.i64("timestamp")?,
-        })
+message! {
+    /// One partition of a list-offsets request.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ListOffsetsPartition {
+        /// Partition index.
+        pub partition: u32,
+        /// [`offset_spec::LATEST`], [`offset_spec::EARLIEST`], or a timestamp in ms: the first
+        /// batch whose max timestamp is at or after it.
+        pub timestamp: i64,
     }
 }
 
 /// Partitions of one topic in a list-offsets request.
 pub type ListOffsetsTopic = TopicEntry<ListOffsetsPartition>;
 
-/// Look up offsets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListOffsetsRequest {
-    /// What to look up.
-    pub topics: Vec<ListOffsetsTopic>,
-}
-
-impl Message for ListOffsetsRequest {
-    fn encode(&self, e: &mut Encoder) {
-        encode_array(e, &self.topics);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ListOffsetsRequest {
-            topics: decode_array(d, "topics")?,
-        })
+message! {
+    /// Look up offsets.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ListOffsetsRequest {
+        /// What to look up.
+        pub topics: Vec<ListOffsetsTopic>,
     }
 }
 
-/// Offset found for one partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListOffsetsPartitionResponse {
-    /// Partition index.
-    pub partition: u32,
-    /// Outcome.
-    pub error: ErrorCode,
-    /// Explanation when `error` is set.
-    pub message: String,
-    /// The offset, or -1 when no batch has a timestamp at or after the one asked for.
-    pub offset: i64,
-}
-
-impl Message for ListOffsetsPartitionResponse {
-    const MIN_BYTES: usize = 16;
-
-    fn encode(&self, e: &mut Encoder) {
-        e.put_u32(self.partition);
-        e.put_u16(self.error.as_u16());
-        e.put_string(&self.message);
-        e.put_i64(self.offset);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ListOffsetsPartitionResponse {
-            partition: d.u32("partition")?,
-            error: ErrorCode::from_u16(d.u16("error")?),
-            message: d.string("message")?,
-            offset: d.i64("offset")?,
-        })
+message! {
+    /// Offset found for one partition.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ListOffsetsPartitionResponse {
+        /// Partition index.
+        pub partition: u32,
+        /// Outcome.
+        pub error: ErrorCode,
+        /// Explanation when `error` is set.
+        pub message: String,
+        /// The offset, or -1 when no batch has a timestamp at or after the one asked for.
+        pub offset: i64,
     }
 }
 
 /// Offsets of one topic.
 pub type ListOffsetsTopicResponse = TopicEntry<ListOffsetsPartitionResponse>;
 
-/// List-offsets answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListOffsetsResponse {
-    /// One entry per requested topic.
-    pub topics: Vec<ListOffsetsTopicResponse>,
-}
-
-impl Message for ListOffsetsResponse {
-    fn encode(&self, e: &mut Encoder) {
-        encode_array(e, &self.topics);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ListOffsetsResponse {
-            topics: decode_array(d, "topics")?,
-        })
+message! {
+    /// List-offsets answer.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ListOffsetsResponse {
+        /// One entry per requested topic.
+        pub topics: Vec<ListOffsetsTopicResponse>,
     }
 }
 
@@ -1463,6 +1156,31 @@ mod tests {
             chunks.iter().any(|c| c.as_ptr() == at),
             "records copied on encode"
         );
+    }
+
+    #[test]
+    fn array_elements_keep_their_min_bytes() {
+        // The sizes the elements declared by hand before `message!` summed their fields'.
+        fn min<T: Message>() -> usize {
+            T::MIN_BYTES
+        }
+        assert_eq!(min::<ApiVersionRange>(), 6);
+        assert_eq!(min::<ShardEndpoint>(), 6);
+        assert_eq!(min::<TopicMetadata>(), 8);
+        assert_eq!(min::<TopicListing>(), 6);
+        assert_eq!(min::<PartitionDescription>(), 30);
+        assert_eq!(min::<ProducePartitionResponse>(), 24);
+        assert_eq!(min::<FetchPartition>(), 16);
+        assert_eq!(min::<ListOffsetsPartition>(), 12);
+        assert_eq!(min::<ListOffsetsPartitionResponse>(), 16);
+        assert_eq!(min::<PartitionOffset>(), 12);
+        assert_eq!(min::<PartitionResult>(), 8);
+        assert_eq!(min::<GroupListing>(), 8);
+        assert_eq!(min::<MemberDescription>(), 12);
+        assert_eq!(min::<AcquiredRange>(), 18);
+        assert_eq!(min::<ShareFetchPartition>(), 16);
+        assert_eq!(min::<PartitionAcks>(), 8);
+        assert_eq!(min::<SharePartitionState>(), 62);
     }
 
     #[test]

@@ -162,6 +162,21 @@ impl BatchHeader {
         })
     }
 
+    /// Parses the header at the start of `buf` ([`BatchHeader::parse`]) and checks that the
+    /// whole batch it declares is there ([`BatchError::Truncated`] if not); `buf` may be
+    /// longer.
+    fn parse_whole(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+        let header = BatchHeader::parse(buf)?;
+        let size = header.total_len();
+        if buf.len() < size {
+            return Err(BatchError::Truncated {
+                needed: size,
+                available: buf.len(),
+            });
+        }
+        Ok(header)
+    }
+
     /// 12 + batch_length, as usize: the size of the whole batch.
     ///
     /// A negative `batch_length` (which [`BatchHeader::parse`] never returns) counts as 0.
@@ -383,24 +398,15 @@ impl Iterator for BatchIter<'_> {
         if self.failed || self.pos >= self.buf.len() {
             return None;
         }
-        let rest = &self.buf[self.pos..];
-        let header = match BatchHeader::parse(rest) {
+        let header = match BatchHeader::parse_whole(&self.buf[self.pos..]) {
             Ok(header) => header,
             Err(err) => {
                 self.failed = true;
                 return Some(Err(err));
             }
         };
-        let size = header.total_len();
-        if size > rest.len() {
-            self.failed = true;
-            return Some(Err(BatchError::Truncated {
-                needed: size,
-                available: rest.len(),
-            }));
-        }
         let start = self.pos;
-        self.pos += size;
+        self.pos += header.total_len();
         Some(Ok((start, header)))
     }
 }
@@ -430,14 +436,8 @@ pub struct Record<'a> {
 /// [`BatchError::UnsupportedCompression`] if `attributes & 7 != 0`; malformed varints and
 /// lengths come out of the iterator as errors, never as panics.
 pub fn records(batch: &[u8]) -> Result<RecordIter<'_>, BatchError> {
-    let header = BatchHeader::parse(batch)?;
+    let header = BatchHeader::parse_whole(batch)?;
     let size = header.total_len();
-    if batch.len() < size {
-        return Err(BatchError::Truncated {
-            needed: size,
-            available: batch.len(),
-        });
-    }
     let codec = header.attributes & COMPRESSION_MASK;
     if codec != 0 {
         return Err(BatchError::UnsupportedCompression(codec));

@@ -195,16 +195,18 @@ impl Decoder {
     /// Reads a string: u16 length, then UTF-8 bytes.
     pub fn string(&mut self, field: &'static str) -> Result<String, DecodeError> {
         let len = self.u16(field)? as usize;
-        if self.buf.len() < len {
-            return Err(DecodeError::Truncated(field));
-        }
-        let bytes = self.buf.split_to(len);
+        let bytes = self.take(len, field)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::BadUtf8(field))
     }
 
     /// Reads a byte field (u32 length, then bytes) as a handle into the payload, no copy.
     pub fn bytes(&mut self, field: &'static str) -> Result<BytesMut, DecodeError> {
         let len = self.u32(field)? as usize;
+        self.take(len, field)
+    }
+
+    /// Splits the next `len` bytes off the payload, or fails if fewer are left.
+    fn take(&mut self, len: usize, field: &'static str) -> Result<BytesMut, DecodeError> {
         if self.buf.len() < len {
             return Err(DecodeError::Truncated(field));
         }
@@ -280,6 +282,16 @@ pub struct Encoder {
     len: usize,
 }
 
+macro_rules! put_int {
+    ($name:ident, $ty:ty) => {
+        #[doc = concat!("Writes a big-endian `", stringify!($ty), "`.")]
+        pub fn $name(&mut self, v: $ty) {
+            self.current.$name(v);
+            self.len += std::mem::size_of::<$ty>();
+        }
+    };
+}
+
 impl Default for Encoder {
     fn default() -> Self {
         Self::new()
@@ -304,46 +316,14 @@ impl Encoder {
         }
     }
 
-    /// Writes a `u8`.
-    pub fn put_u8(&mut self, v: u8) {
-        self.current.put_u8(v);
-        self.len += 1;
-    }
-    /// Writes an `i8`.
-    pub fn put_i8(&mut self, v: i8) {
-        self.current.put_i8(v);
-        self.len += 1;
-    }
-    /// Writes a big-endian `u16`.
-    pub fn put_u16(&mut self, v: u16) {
-        self.current.put_u16(v);
-        self.len += 2;
-    }
-    /// Writes a big-endian `i16`.
-    pub fn put_i16(&mut self, v: i16) {
-        self.current.put_i16(v);
-        self.len += 2;
-    }
-    /// Writes a big-endian `u32`.
-    pub fn put_u32(&mut self, v: u32) {
-        self.current.put_u32(v);
-        self.len += 4;
-    }
-    /// Writes a big-endian `i32`.
-    pub fn put_i32(&mut self, v: i32) {
-        self.current.put_i32(v);
-        self.len += 4;
-    }
-    /// Writes a big-endian `u64`.
-    pub fn put_u64(&mut self, v: u64) {
-        self.current.put_u64(v);
-        self.len += 8;
-    }
-    /// Writes a big-endian `i64`.
-    pub fn put_i64(&mut self, v: i64) {
-        self.current.put_i64(v);
-        self.len += 8;
-    }
+    put_int!(put_u8, u8);
+    put_int!(put_i8, i8);
+    put_int!(put_u16, u16);
+    put_int!(put_i16, i16);
+    put_int!(put_u32, u32);
+    put_int!(put_i32, i32);
+    put_int!(put_u64, u64);
+    put_int!(put_i64, i64);
 
     /// Writes a string (u16 length + UTF-8). Longer strings are cut at 65,535 bytes on a
     /// character boundary; names are validated far below that.
@@ -367,26 +347,26 @@ impl Encoder {
     /// Writes a byte field whose payload is kept as its own chunk (u32 length + bytes),
     /// without copying it.
     pub fn put_shared(&mut self, b: Bytes) {
-        self.put_u32(b.len() as u32);
-        if b.is_empty() {
-            return;
-        }
-        self.len += b.len();
-        self.close_current();
-        self.chunks.push(Part::Bytes(b));
+        self.put_part(b.len(), Part::Bytes(b));
     }
 
     /// Writes a byte field's length (u32) and leaves its `len` payload bytes to the caller:
     /// [`Encoder::finish_parts`] returns a [`Part::External`] where they belong. The broker
     /// uses it to send stored batches from the file with splice.
     pub fn put_external(&mut self, len: usize) {
+        self.put_part(len, Part::External(len));
+    }
+
+    /// Writes a byte field's length (u32), then `part`, the field's `len` payload bytes, as
+    /// a part of its own (none for an empty field).
+    fn put_part(&mut self, len: usize, part: Part) {
         self.put_u32(len as u32);
         if len == 0 {
             return;
         }
         self.len += len;
         self.close_current();
-        self.chunks.push(Part::External(len));
+        self.chunks.push(part);
     }
 
     /// Ends the chunk of small fields being filled (the first one keeps the prefix).

@@ -1,5 +1,6 @@
-//! Messages of the consumer-group and share-group (queue) APIs. Each type implements
-//! [`Message`] beside its struct; the API table in `api.rs` wires them into
+//! Messages of the consumer-group and share-group (queue) APIs. Each type is declared with
+//! `message!`, which writes its [`Message`] impl from the struct (an ack range, checked while
+//! decoding, implements it by hand); the API table in `api.rs` wires them into
 //! [`Request`](super::api::Request) and [`Response`](super::api::Response). Field by field in
 //! docs/PROTOCOL.md.
 
@@ -7,576 +8,285 @@ use bytes::Bytes;
 
 use super::error::ErrorCode;
 use super::frame::{DecodeError, Decoder, Encoder};
-use super::message::{
-    decode_array, decode_strings, encode_array, encode_strings, Message, TopicEntry,
-};
+use super::message::{message, Message, TopicEntry};
 
 /// Partitions of one topic: an assignment, or the partitions a request names.
 pub type TopicPartitions = TopicEntry<u32>;
 
-/// Join (or re-join) a consumer group.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JoinGroupRequest {
-    /// Group name.
-    pub group: String,
-    /// Empty for a new member; the id the broker gave otherwise.
-    pub member_id: String,
-    /// Free-form client name, shown by `group describe`.
-    pub client_id: String,
-    /// Topics to subscribe to.
-    pub topics: Vec<String>,
-    /// A member not heard from for this long is removed.
-    pub session_timeout_ms: u32,
-    /// `range`, `roundrobin` or `sticky`; fixed by a group's first member.
-    pub strategy: String,
-}
-
-impl Message for JoinGroupRequest {
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.group);
-        e.put_string(&self.member_id);
-        e.put_string(&self.client_id);
-        encode_strings(e, &self.topics);
-        e.put_u32(self.session_timeout_ms);
-        e.put_string(&self.strategy);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(JoinGroupRequest {
-            group: d.string("group")?,
-            member_id: d.string("member_id")?,
-            client_id: d.string("client_id")?,
-            topics: decode_strings(d, "topics")?,
-            session_timeout_ms: d.u32("session_timeout_ms")?,
-            strategy: d.string("strategy")?,
-        })
+message! {
+    /// Join (or re-join) a consumer group.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct JoinGroupRequest {
+        /// Group name.
+        pub group: String,
+        /// Empty for a new member; the id the broker gave otherwise.
+        pub member_id: String,
+        /// Free-form client name, shown by `group describe`.
+        pub client_id: String,
+        /// Topics to subscribe to.
+        pub topics: Vec<String>,
+        /// A member not heard from for this long is removed.
+        pub session_timeout_ms: u32,
+        /// `range`, `roundrobin` or `sticky`; fixed by a group's first member.
+        pub strategy: String,
     }
 }
 
-/// The answer to a join or a heartbeat: the member's id, the group's generation and the
-/// member's partitions in that generation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MembershipResponse {
-    /// The member's id (use it in every later request).
-    pub member_id: String,
-    /// The current generation; commits must carry it.
-    pub generation: u32,
-    /// The member's partitions in this generation.
-    pub assignment: Vec<TopicPartitions>,
-}
-
-impl Message for MembershipResponse {
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.member_id);
-        e.put_u32(self.generation);
-        encode_array(e, &self.assignment);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(MembershipResponse {
-            member_id: d.string("member_id")?,
-            generation: d.u32("generation")?,
-            assignment: decode_array(d, "assignment")?,
-        })
+message! {
+    /// The answer to a join or a heartbeat: the member's id, the group's generation and the
+    /// member's partitions in that generation.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct MembershipResponse {
+        /// The member's id (use it in every later request).
+        pub member_id: String,
+        /// The current generation; commits must carry it.
+        pub generation: u32,
+        /// The member's partitions in this generation.
+        pub assignment: Vec<TopicPartitions>,
     }
 }
 
-/// Keep a membership alive and learn the current generation and assignment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeartbeatRequest {
-    /// Group name.
-    pub group: String,
-    /// The member.
-    pub member_id: String,
-    /// The generation the member works in.
-    pub generation: u32,
-}
-
-impl Message for HeartbeatRequest {
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.group);
-        e.put_string(&self.member_id);
-        e.put_u32(self.generation);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(HeartbeatRequest {
-            group: d.string("group")?,
-            member_id: d.string("member_id")?,
-            generation: d.u32("generation")?,
-        })
+message! {
+    /// Keep a membership alive and learn the current generation and assignment.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct HeartbeatRequest {
+        /// Group name.
+        pub group: String,
+        /// The member.
+        pub member_id: String,
+        /// The generation the member works in.
+        pub generation: u32,
     }
 }
 
-/// Leave a group (its partitions go to the others at once).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaveGroupRequest {
-    /// Group name.
-    pub group: String,
-    /// The member.
-    pub member_id: String,
-}
-
-impl Message for LeaveGroupRequest {
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.group);
-        e.put_string(&self.member_id);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(LeaveGroupRequest {
-            group: d.string("group")?,
-            member_id: d.string("member_id")?,
-        })
+message! {
+    /// Leave a group (its partitions go to the others at once).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct LeaveGroupRequest {
+        /// Group name.
+        pub group: String,
+        /// The member.
+        pub member_id: String,
     }
 }
 
-/// A group name alone: describe, delete.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupRequest {
-    /// Group name.
-    pub group: String,
-}
-
-impl Message for GroupRequest {
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.group);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(GroupRequest {
-            group: d.string("group")?,
-        })
+message! {
+    /// A group name alone: describe, delete.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct GroupRequest {
+        /// Group name.
+        pub group: String,
     }
 }
 
-/// One partition's offset in a commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PartitionOffset {
-    /// Partition index.
-    pub partition: u32,
-    /// The next offset to consume.
-    pub offset: i64,
-}
-
-impl Message for PartitionOffset {
-    const MIN_BYTES: usize = 12;
-
-    fn encode(&self, e: &mut Encoder) {
-        e.put_u32(self.partition);
-        e.put_i64(self.offset);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(PartitionOffset {
-            partition: d.u32("partition")?,
-            offset: d.i64("offset")?,
-        })
+message! {
+    /// One partition's offset in a commit.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct PartitionOffset {
+        /// Partition index.
+        pub partition: u32,
+        /// The next offset to consume.
+        pub offset: i64,
     }
 }
 
 /// Offsets of one topic's partitions.
 pub type TopicOffsets = TopicEntry<PartitionOffset>;
 
-/// Store committed offsets for a group.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommitOffsetsRequest {
-    /// Group name.
-    pub group: String,
-    /// The committing member; empty (with generation -1) for a commit from outside the
-    /// group, allowed only while the group has no members (offset resets, manual
-    /// assignment).
-    pub member_id: String,
-    /// The member's generation, or -1.
-    pub generation: i32,
-    /// What to commit.
-    pub topics: Vec<TopicOffsets>,
-}
-
-impl Message for CommitOffsetsRequest {
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.group);
-        e.put_string(&self.member_id);
-        e.put_i32(self.generation);
-        encode_array(e, &self.topics);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(CommitOffsetsRequest {
-            group: d.string("group")?,
-            member_id: d.string("member_id")?,
-            generation: d.i32("generation")?,
-            topics: decode_array(d, "topics")?,
-        })
+message! {
+    /// Store committed offsets for a group.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct CommitOffsetsRequest {
+        /// Group name.
+        pub group: String,
+        /// The committing member; empty (with generation -1) for a commit from outside the
+        /// group, allowed only while the group has no members (offset resets, manual
+        /// assignment).
+        pub member_id: String,
+        /// The member's generation, or -1.
+        pub generation: i32,
+        /// What to commit.
+        pub topics: Vec<TopicOffsets>,
     }
 }
 
-/// Per-partition outcome of a commit or an ack.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionResult {
-    /// Partition index.
-    pub partition: u32,
-    /// Outcome.
-    pub error: ErrorCode,
-    /// Details of an error.
-    pub message: String,
-}
-
-impl Message for PartitionResult {
-    const MIN_BYTES: usize = 8;
-
-    fn encode(&self, e: &mut Encoder) {
-        e.put_u32(self.partition);
-        e.put_u16(self.error.as_u16());
-        e.put_string(&self.message);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(PartitionResult {
-            partition: d.u32("partition")?,
-            error: ErrorCode::from_u16(d.u16("error")?),
-            message: d.string("message")?,
-        })
+message! {
+    /// Per-partition outcome of a commit or an ack.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct PartitionResult {
+        /// Partition index.
+        pub partition: u32,
+        /// Outcome.
+        pub error: ErrorCode,
+        /// Details of an error.
+        pub message: String,
     }
 }
 
 /// Outcomes of one topic's partitions.
 pub type TopicResults = TopicEntry<PartitionResult>;
 
-/// Per-partition outcomes (commit, share ack).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResultsResponse {
-    /// Per topic.
-    pub topics: Vec<TopicResults>,
-}
-
-impl Message for ResultsResponse {
-    fn encode(&self, e: &mut Encoder) {
-        encode_array(e, &self.topics);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ResultsResponse {
-            topics: decode_array(d, "topics")?,
-        })
+message! {
+    /// Per-partition outcomes (commit, share ack).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ResultsResponse {
+        /// Per topic.
+        pub topics: Vec<TopicResults>,
     }
 }
 
-/// Read a group's committed offsets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchOffsetsRequest {
-    /// Group name.
-    pub group: String,
-    /// Which partitions; empty for every committed one.
-    pub topics: Vec<TopicPartitions>,
-}
-
-impl Message for FetchOffsetsRequest {
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.group);
-        encode_array(e, &self.topics);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(FetchOffsetsRequest {
-            group: d.string("group")?,
-            topics: decode_array(d, "assignment")?,
-        })
+message! {
+    /// Read a group's committed offsets.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct FetchOffsetsRequest {
+        /// Group name.
+        pub group: String,
+        /// Which partitions; empty for every committed one.
+        #[wire = "assignment"]
+        pub topics: Vec<TopicPartitions>,
     }
 }
 
-/// Committed offsets; -1 where nothing is committed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OffsetsResponse {
-    /// Per topic.
-    pub topics: Vec<TopicOffsets>,
-}
-
-impl Message for OffsetsResponse {
-    fn encode(&self, e: &mut Encoder) {
-        encode_array(e, &self.topics);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(OffsetsResponse {
-            topics: decode_array(d, "topics")?,
-        })
+message! {
+    /// Committed offsets; -1 where nothing is committed.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct OffsetsResponse {
+        /// Per topic.
+        pub topics: Vec<TopicOffsets>,
     }
 }
 
-/// One group in a listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupListing {
-    /// Group name.
-    pub group: String,
-    /// `consumer` or `share`.
-    pub kind: String,
-    /// Members now.
-    pub members: u32,
-}
-
-impl Message for GroupListing {
-    const MIN_BYTES: usize = 8;
-
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.group);
-        e.put_string(&self.kind);
-        e.put_u32(self.members);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(GroupListing {
-            group: d.string("group")?,
-            kind: d.string("kind")?,
-            members: d.u32("members")?,
-        })
+message! {
+    /// One group in a listing.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct GroupListing {
+        /// Group name.
+        pub group: String,
+        /// `consumer` or `share`.
+        pub kind: String,
+        /// Members now.
+        pub members: u32,
     }
 }
 
-/// Every group the broker knows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListGroupsResponse {
-    /// Groups, sorted by name.
-    pub groups: Vec<GroupListing>,
-}
-
-impl Message for ListGroupsResponse {
-    fn encode(&self, e: &mut Encoder) {
-        encode_array(e, &self.groups);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ListGroupsResponse {
-            groups: decode_array(d, "groups")?,
-        })
+message! {
+    /// Every group the broker knows.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ListGroupsResponse {
+        /// Groups, sorted by name.
+        pub groups: Vec<GroupListing>,
     }
 }
 
-/// A member as `group describe` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberDescription {
-    /// Member id.
-    pub member_id: String,
-    /// Client name.
-    pub client_id: String,
-    /// Subscribed topics.
-    pub topics: Vec<String>,
-    /// Partitions in the current generation.
-    pub assignment: Vec<TopicPartitions>,
-}
-
-impl Message for MemberDescription {
-    const MIN_BYTES: usize = 12;
-
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.member_id);
-        e.put_string(&self.client_id);
-        encode_strings(e, &self.topics);
-        encode_array(e, &self.assignment);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(MemberDescription {
-            member_id: d.string("member_id")?,
-            client_id: d.string("client_id")?,
-            topics: decode_strings(d, "topics")?,
-            assignment: decode_array(d, "assignment")?,
-        })
+message! {
+    /// A member as `group describe` shows it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct MemberDescription {
+        /// Member id.
+        pub member_id: String,
+        /// Client name.
+        pub client_id: String,
+        /// Subscribed topics.
+        pub topics: Vec<String>,
+        /// Partitions in the current generation.
+        pub assignment: Vec<TopicPartitions>,
     }
 }
 
-/// A consumer group: state, members, assignment and committed offsets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DescribeGroupResponse {
-    /// Group name.
-    pub group: String,
-    /// `empty` (offsets only) or `stable`.
-    pub state: String,
-    /// Current generation.
-    pub generation: u32,
-    /// Assignment strategy.
-    pub strategy: String,
-    /// Members, by id.
-    pub members: Vec<MemberDescription>,
-    /// Committed offsets.
-    pub offsets: Vec<TopicOffsets>,
-}
-
-impl Message for DescribeGroupResponse {
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.group);
-        e.put_string(&self.state);
-        e.put_u32(self.generation);
-        e.put_string(&self.strategy);
-        encode_array(e, &self.members);
-        encode_array(e, &self.offsets);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(DescribeGroupResponse {
-            group: d.string("group")?,
-            state: d.string("state")?,
-            generation: d.u32("generation")?,
-            strategy: d.string("strategy")?,
-            members: decode_array(d, "members")?,
-            offsets: decode_array(d, "topics")?,
-        })
+message! {
+    /// A consumer group: state, members, assignment and committed offsets.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct DescribeGroupResponse {
+        /// Group name.
+        pub group: String,
+        /// `empty` (offsets only) or `stable`.
+        pub state: String,
+        /// Current generation.
+        pub generation: u32,
+        /// Assignment strategy.
+        pub strategy: String,
+        /// Members, by id.
+        pub members: Vec<MemberDescription>,
+        /// Committed offsets.
+        #[wire = "topics"]
+        pub offsets: Vec<TopicOffsets>,
     }
 }
 
-/// Settings of a share group, sent with every share fetch (the latest wins).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShareSettings {
-    /// How long an acquired record stays locked to its consumer.
-    pub lock_ms: u32,
-    /// Deliveries after which a record goes to the dead-letter topic.
-    pub max_deliveries: u16,
-    /// Where records past `max_deliveries` (or rejected) are copied; empty: nowhere
-    /// (they are archived only).
-    pub dead_letter_topic: String,
-}
-
-impl Message for ShareSettings {
-    fn encode(&self, e: &mut Encoder) {
-        e.put_u32(self.lock_ms);
-        e.put_u16(self.max_deliveries);
-        e.put_string(&self.dead_letter_topic);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ShareSettings {
-            lock_ms: d.u32("lock_ms")?,
-            max_deliveries: d.u16("max_deliveries")?,
-            dead_letter_topic: d.string("dead_letter_topic")?,
-        })
+message! {
+    /// Settings of a share group, sent with every share fetch (the latest wins).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ShareSettings {
+        /// How long an acquired record stays locked to its consumer.
+        pub lock_ms: u32,
+        /// Deliveries after which a record goes to the dead-letter topic.
+        pub max_deliveries: u16,
+        /// Where records past `max_deliveries` (or rejected) are copied; empty: nowhere
+        /// (they are archived only).
+        pub dead_letter_topic: String,
     }
 }
 
-/// Take records from partitions shared by any number of consumers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShareFetchRequest {
-    /// Share group name.
-    pub group: String,
-    /// The consumer (any stable id of the client's choosing).
-    pub member_id: String,
-    /// Partitions to take from.
-    pub topics: Vec<TopicPartitions>,
-    /// At most this many records per partition.
-    pub max_records: u32,
-    /// Wait up to this long when nothing is available.
-    pub max_wait_ms: u32,
-    /// Group settings.
-    pub settings: ShareSettings,
-}
-
-impl Message for ShareFetchRequest {
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.group);
-        e.put_string(&self.member_id);
-        encode_array(e, &self.topics);
-        e.put_u32(self.max_records);
-        e.put_u32(self.max_wait_ms);
-        self.settings.encode(e);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ShareFetchRequest {
-            group: d.string("group")?,
-            member_id: d.string("member_id")?,
-            topics: decode_array(d, "assignment")?,
-            max_records: d.u32("max_records")?,
-            max_wait_ms: d.u32("max_wait_ms")?,
-            settings: ShareSettings::decode(d)?,
-        })
+message! {
+    /// Take records from partitions shared by any number of consumers.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ShareFetchRequest {
+        /// Share group name.
+        pub group: String,
+        /// The consumer (any stable id of the client's choosing).
+        pub member_id: String,
+        /// Partitions to take from.
+        #[wire = "assignment"]
+        pub topics: Vec<TopicPartitions>,
+        /// At most this many records per partition.
+        pub max_records: u32,
+        /// Wait up to this long when nothing is available.
+        pub max_wait_ms: u32,
+        /// Group settings.
+        pub settings: ShareSettings,
     }
 }
 
-/// Offsets `first..=last`, acquired together, delivered for the `delivery`-th time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AcquiredRange {
-    /// First offset.
-    pub first: i64,
-    /// Last offset (inclusive).
-    pub last: i64,
-    /// Delivery count, 1 for the first delivery.
-    pub delivery: u16,
-}
-
-impl Message for AcquiredRange {
-    const MIN_BYTES: usize = 18;
-
-    fn encode(&self, e: &mut Encoder) {
-        e.put_i64(self.first);
-        e.put_i64(self.last);
-        e.put_u16(self.delivery);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(AcquiredRange {
-            first: d.i64("first")?,
-            last: d.i64("last")?,
-            delivery: d.u16("delivery")?,
-        })
+message! {
+    /// Offsets `first..=last`, acquired together, delivered for the `delivery`-th time.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct AcquiredRange {
+        /// First offset.
+        pub first: i64,
+        /// Last offset (inclusive).
+        pub last: i64,
+        /// Delivery count, 1 for the first delivery.
+        pub delivery: u16,
     }
 }
 
-/// One partition of a share fetch: the acquired ranges and the batches holding them
-/// (whole batches: records outside the ranges are not the consumer's to process).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShareFetchPartition {
-    /// Partition index.
-    pub partition: u32,
-    /// Outcome.
-    pub error: ErrorCode,
-    /// Details of an error.
-    pub message: String,
-    /// What this consumer now holds.
-    pub acquired: Vec<AcquiredRange>,
-    /// RecordBatch v2 bytes covering the acquired ranges.
-    pub records: Bytes,
-}
-
-impl Message for ShareFetchPartition {
-    const MIN_BYTES: usize = 16;
-
-    fn encode(&self, e: &mut Encoder) {
-        e.put_u32(self.partition);
-        e.put_u16(self.error.as_u16());
-        e.put_string(&self.message);
-        encode_array(e, &self.acquired);
-        e.put_shared(self.records.clone());
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ShareFetchPartition {
-            partition: d.u32("partition")?,
-            error: ErrorCode::from_u16(d.u16("error")?),
-            message: d.string("message")?,
-            acquired: decode_array(d, "acquired")?,
-            records: d.bytes("records")?.freeze(),
-        })
+message! {
+    /// One partition of a share fetch: the acquired ranges and the batches holding them
+    /// (whole batches: records outside the ranges are not the consumer's to process).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ShareFetchPartition {
+        /// Partition index.
+        pub partition: u32,
+        /// Outcome.
+        pub error: ErrorCode,
+        /// Details of an error.
+        pub message: String,
+        /// What this consumer now holds.
+        pub acquired: Vec<AcquiredRange>,
+        /// RecordBatch v2 bytes covering the acquired ranges.
+        pub records: Bytes,
     }
 }
 
 /// Share fetch results of one topic.
 pub type ShareFetchTopic = TopicEntry<ShareFetchPartition>;
 
-/// The records a share fetch acquired.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShareFetchResponse {
-    /// Per topic.
-    pub topics: Vec<ShareFetchTopic>,
-}
-
-impl Message for ShareFetchResponse {
-    fn encode(&self, e: &mut Encoder) {
-        encode_array(e, &self.topics);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ShareFetchResponse {
-            topics: decode_array(d, "topics")?,
-        })
+message! {
+    /// The records a share fetch acquired.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ShareFetchResponse {
+        /// Per topic.
+        pub topics: Vec<ShareFetchTopic>,
     }
 }
 
@@ -659,137 +369,67 @@ impl Message for AckRange {
     }
 }
 
-/// Acknowledgements for one partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionAcks {
-    /// Partition index.
-    pub partition: u32,
-    /// Ranges, in any order.
-    pub ranges: Vec<AckRange>,
-}
-
-impl Message for PartitionAcks {
-    const MIN_BYTES: usize = 8;
-
-    fn encode(&self, e: &mut Encoder) {
-        e.put_u32(self.partition);
-        encode_array(e, &self.ranges);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(PartitionAcks {
-            partition: d.u32("partition")?,
-            ranges: decode_array(d, "ranges")?,
-        })
+message! {
+    /// Acknowledgements for one partition.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct PartitionAcks {
+        /// Partition index.
+        pub partition: u32,
+        /// Ranges, in any order.
+        pub ranges: Vec<AckRange>,
     }
 }
 
 /// Acknowledgements for one topic.
 pub type TopicAcks = TopicEntry<PartitionAcks>;
 
-/// Accept, release, nack or reject records a share fetch handed out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShareAckRequest {
-    /// Share group name.
-    pub group: String,
-    /// The consumer that holds the records.
-    pub member_id: String,
-    /// Per topic.
-    pub topics: Vec<TopicAcks>,
-}
-
-impl Message for ShareAckRequest {
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.group);
-        e.put_string(&self.member_id);
-        encode_array(e, &self.topics);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(ShareAckRequest {
-            group: d.string("group")?,
-            member_id: d.string("member_id")?,
-            topics: decode_array(d, "topics")?,
-        })
+message! {
+    /// Accept, release, nack or reject records a share fetch handed out.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ShareAckRequest {
+        /// Share group name.
+        pub group: String,
+        /// The consumer that holds the records.
+        pub member_id: String,
+        /// Per topic.
+        pub topics: Vec<TopicAcks>,
     }
 }
 
-/// The queue state of one partition of a share group.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SharePartitionState {
-    /// Topic name.
-    pub topic: String,
-    /// Partition index.
-    pub partition: u32,
-    /// Every record below this offset is done.
-    pub start: i64,
-    /// The first offset never handed out.
-    pub next_offset: i64,
-    /// The partition's log end.
-    pub log_end: i64,
-    /// Records locked to a consumer now.
-    pub acquired: u64,
-    /// Records waiting to be delivered again (released, nacked, lock expired).
-    pub available_again: u64,
-    /// Records done between `start` and `next_offset`.
-    pub done: u64,
-    /// Records copied to the dead-letter topic since the broker started.
-    pub dead_lettered: u64,
-}
-
-impl Message for SharePartitionState {
-    const MIN_BYTES: usize = 62;
-
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.topic);
-        e.put_u32(self.partition);
-        e.put_i64(self.start);
-        e.put_i64(self.next_offset);
-        e.put_i64(self.log_end);
-        e.put_u64(self.acquired);
-        e.put_u64(self.available_again);
-        e.put_u64(self.done);
-        e.put_u64(self.dead_lettered);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(SharePartitionState {
-            topic: d.string("topic")?,
-            partition: d.u32("partition")?,
-            start: d.i64("start")?,
-            next_offset: d.i64("next_offset")?,
-            log_end: d.i64("log_end")?,
-            acquired: d.u64("acquired")?,
-            available_again: d.u64("available_again")?,
-            done: d.u64("done")?,
-            dead_lettered: d.u64("dead_lettered")?,
-        })
+message! {
+    /// The queue state of one partition of a share group.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct SharePartitionState {
+        /// Topic name.
+        pub topic: String,
+        /// Partition index.
+        pub partition: u32,
+        /// Every record below this offset is done.
+        pub start: i64,
+        /// The first offset never handed out.
+        pub next_offset: i64,
+        /// The partition's log end.
+        pub log_end: i64,
+        /// Records locked to a consumer now.
+        pub acquired: u64,
+        /// Records waiting to be delivered again (released, nacked, lock expired).
+        pub available_again: u64,
+        /// Records done between `start` and `next_offset`.
+        pub done: u64,
+        /// Records copied to the dead-letter topic since the broker started.
+        pub dead_lettered: u64,
     }
 }
 
-/// A share group: its settings and the state of every partition it has taken from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DescribeQueueResponse {
-    /// Group name.
-    pub group: String,
-    /// Consumers seen recently (their last fetch or ack within the lock duration).
-    pub members: Vec<String>,
-    /// Per partition.
-    pub partitions: Vec<SharePartitionState>,
-}
-
-impl Message for DescribeQueueResponse {
-    fn encode(&self, e: &mut Encoder) {
-        e.put_string(&self.group);
-        encode_strings(e, &self.members);
-        encode_array(e, &self.partitions);
-    }
-
-    fn decode(d: &mut Decoder) -> Result<Self, DecodeError> {
-        Ok(DescribeQueueResponse {
-            group: d.string("group")?,
-            members: decode_strings(d, "members")?,
-            partitions: decode_array(d, "partitions")?,
-        })
+message! {
+    /// A share group: its settings and the state of every partition it has taken from.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct DescribeQueueResponse {
+        /// Group name.
+        pub group: String,
+        /// Consumers seen recently (their last fetch or ack within the lock duration).
+        pub members: Vec<String>,
+        /// Per partition.
+        pub partitions: Vec<SharePartitionState>,
     }
 }
