@@ -50,7 +50,7 @@ fn bench_validate(c: &mut Criterion) {
         batch::validate(batch, LIMIT).expect("bench batch is valid");
         group.throughput(Throughput::Bytes(batch.len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(name), &batch[..], |b, batch| {
-            b.iter(|| batch::validate(black_box(batch), LIMIT))
+            b.iter(|| batch::validate(black_box(batch), LIMIT));
         });
     }
     group.finish();

@@ -360,7 +360,7 @@ fn fetch_path(c: &mut Criterion) {
                     }
                     consumer.wait();
                     start.elapsed()
-                })
+                });
             });
         }
     }

@@ -427,7 +427,7 @@ pub async fn yield_now() {
             Poll::Pending
         }
     })
-    .await
+    .await;
 }
 
 #[cfg(test)]

@@ -246,7 +246,7 @@ fn cut_short_batches_still_deliver_every_record_once() {
         .records;
     let whole: usize = eventflow::client::split_batches(&fetched)
         .iter()
-        .map(|b| b.len())
+        .map(bytes::Bytes::len)
         .sum();
     assert!(whole < fetched.len(), "{whole} of {} bytes", fetched.len());
 

@@ -58,7 +58,7 @@ fn round_trip_is_byte_identical_across_shards_and_ports() {
         }
     }
     for (partition, sent) in sent.iter().enumerate() {
-        for client in clients.iter_mut() {
+        for client in &mut clients {
             let got = read_all(client, "orders", partition as u32, 0);
             assert_eq!(&got, sent, "partition {partition}: stored batches differ");
         }

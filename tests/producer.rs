@@ -140,7 +140,7 @@ fn batches_respect_batch_bytes_and_linger() {
     }
     let total: i64 = batches
         .iter()
-        .map(|b| BatchHeader::parse(b).unwrap().records_count as i64)
+        .map(|b| i64::from(BatchHeader::parse(b).unwrap().records_count))
         .sum();
     assert_eq!(total, 100);
 

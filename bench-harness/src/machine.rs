@@ -40,7 +40,7 @@ impl Machine {
         let here = std::env::current_dir().unwrap_or_else(|_| "/".into());
         Machine {
             cpu_model,
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             memory_gib: (memory_kib / (1024.0 * 1024.0) * 10.0).round() / 10.0,
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())

@@ -74,7 +74,7 @@ pub fn workload_from(mut knobs: Table) -> Result<Workload> {
         if s != "cores" {
             bail!("partitions = {s:?}: expected a number or \"cores\"");
         }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         knobs.insert("partitions".into(), Value::Integer(cores as i64));
     }
     Workload::deserialize(Value::Table(knobs)).context("workload knobs")

@@ -411,7 +411,7 @@ fn or_dash(v: Option<f64>, show: impl Fn(f64) -> String) -> String {
 }
 
 fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
-    cells.iter().map(|c| c.to_string()).collect()
+    cells.iter().map(std::string::ToString::to_string).collect()
 }
 
 /// Values in first-seen order, each once.

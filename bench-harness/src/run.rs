@@ -105,7 +105,10 @@ impl Totals {
     /// Counts an error; keeps its message if it is the first.
     fn error(&self, message: impl FnOnce() -> String) {
         if self.errors.fetch_add(1, Ordering::Relaxed) == 0 {
-            *self.first_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message());
+            *self
+                .first_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(message());
         }
     }
 }
@@ -170,7 +173,7 @@ mod tag {
     const DELAY_BITS: u32 = 24;
     const DELAY_MAX: u64 = (1 << DELAY_BITS) - 1;
 
-    pub fn encode(schedule: &Schedule, k: u64, intended_ns: u64, sent_ns: u64) -> u64 {
+    pub(super) fn encode(schedule: &Schedule, k: u64, intended_ns: u64, sent_ns: u64) -> u64 {
         if schedule.is_open_loop() {
             let delay_us = (sent_ns.saturating_sub(intended_ns) / 1000).min(DELAY_MAX);
             (k << DELAY_BITS) | delay_us
@@ -180,7 +183,7 @@ mod tag {
     }
 
     /// (intended, sent) in ns.
-    pub fn decode(schedule: &Schedule, tag: u64) -> (u64, u64) {
+    pub(super) fn decode(schedule: &Schedule, tag: u64) -> (u64, u64) {
         if schedule.is_open_loop() {
             let intended = schedule.intended_ns(tag >> DELAY_BITS);
             (intended, intended + (tag & DELAY_MAX) * 1000)
@@ -223,7 +226,10 @@ impl AckSink for ProducerSink {
         if !timing.window.contains(intended) {
             return;
         }
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         s.publish.saturating_record(now.saturating_sub(sent) / 1000);
         s.publish_intended
             .saturating_record(now.saturating_sub(intended) / 1000);
@@ -407,7 +413,10 @@ pub fn run(kind: Kind, w: &Workload, ctx: &RunContext<'_>) -> Result<RunResult> 
         let mut delay = new_histogram();
         let mut measured = 0;
         for sink in &sinks {
-            let s = sink.state.lock().unwrap_or_else(|p| p.into_inner());
+            let s = sink
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             publish.add(&s.publish)?;
             publish_intended.add(&s.publish_intended)?;
             measured += s.acked_measured;
@@ -471,7 +480,7 @@ pub fn run(kind: Kind, w: &Workload, ctx: &RunContext<'_>) -> Result<RunResult> 
     let first_error = totals
         .first_error
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take();
     if let Some(e) = &first_error {
         eprintln!("eventflow-bench: {errors} errors; the first: {e}");
@@ -953,7 +962,10 @@ impl Monitor {
             totals.acked.load(Ordering::Relaxed),
             now_ns(),
         );
-        while !handles.iter().all(|h| h.is_finished()) {
+        while !handles
+            .iter()
+            .all(std::thread::ScopedJoinHandle::is_finished)
+        {
             std::thread::sleep(TICK);
             self.tick(phase, totals);
             let now = now_ns();
@@ -984,7 +996,9 @@ impl Monitor {
             let consumed = totals.consumed.load(Ordering::Relaxed);
             if consumed >= expected
                 || totals.stop.load(Ordering::Relaxed)
-                || handles.iter().any(|h| h.is_finished())
+                || handles
+                    .iter()
+                    .any(std::thread::ScopedJoinHandle::is_finished)
             {
                 break;
             }

@@ -285,7 +285,7 @@ fn medians(rounds: &[&(Point, RunResult)]) -> Result<Vec<(Point, RunResult)>> {
             .collect();
         same.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
         let mut median = same[same.len() / 2].clone();
-        for (name, latency) in median.latency.iter_mut() {
+        for (name, latency) in &mut median.latency {
             let mut merged = result::new_histogram();
             for r in &same {
                 if let Some(l) = r.latency.get(name) {

@@ -105,7 +105,7 @@ mod proxy {
     const API_VERSIONS: i16 = 18;
 
     /// Accepts on `front` and connects each client to `upstream`, until the process ends.
-    pub fn spawn(front: TcpListener, upstream: SocketAddr) {
+    pub(crate) fn spawn(front: TcpListener, upstream: SocketAddr) {
         thread::spawn(move || {
             for client in front.incoming().flatten() {
                 if let Ok(broker) = TcpStream::connect(upstream) {

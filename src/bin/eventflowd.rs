@@ -215,7 +215,7 @@ fn main() -> anyhow::Result<()> {
     let direct: Vec<String> = broker
         .direct_addrs()
         .iter()
-        .map(|a| a.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
     {
         let mut out = std::io::stdout().lock();

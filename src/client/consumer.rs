@@ -329,7 +329,7 @@ impl Consumer {
                 "subscribe needs a consumer without partitions or a group".into(),
             ));
         }
-        let topics = topics.iter().map(|t| t.to_string()).collect();
+        let topics = topics.iter().map(ToString::to_string).collect();
         let (membership, joined) = Membership::join(&self.config.bootstrap, group, topics, config)?;
         self.membership = Some(membership);
         self.last_commit = Instant::now();

@@ -208,7 +208,7 @@ impl Heartbeat {
                     .wait_timeout_while(latest, self.config.heartbeat_interval, |_| {
                         !self.shared.stop.load(Ordering::SeqCst)
                     })
-                    .unwrap_or_else(|p| p.into_inner());
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
             if self.shared.stop.load(Ordering::SeqCst) {
                 return;
@@ -290,5 +290,5 @@ fn join(
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -137,7 +137,7 @@ impl Client {
             .collect();
         let label = addrs
             .first()
-            .map_or_else(|| "?".to_string(), |a| a.to_string());
+            .map_or_else(|| "?".to_string(), ToString::to_string);
         let stream = TcpStream::connect(&addrs[..]).map_err(|source| ClientError::Io {
             addr: label.clone(),
             source,
@@ -247,7 +247,7 @@ impl Client {
     /// Metadata for the named topics (all when empty).
     pub fn metadata(&mut self, topics: &[&str]) -> Result<MetadataResponse, ClientError> {
         let request = Request::Metadata(MetadataRequest {
-            topics: topics.iter().map(|s| s.to_string()).collect(),
+            topics: topics.iter().map(ToString::to_string).collect(),
         });
         expect_response!(self.call(request)?, Metadata)
     }

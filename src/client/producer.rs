@@ -172,7 +172,7 @@ impl DeliveryFuture {
                 .slot
                 .done
                 .wait(state)
-                .unwrap_or_else(|p| p.into_inner());
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 }
@@ -193,7 +193,7 @@ impl Future for DeliveryFuture {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 struct TopicInfo {
@@ -386,7 +386,7 @@ impl Producer {
                         .shared
                         .progress
                         .wait(state)
-                        .unwrap_or_else(|p| p.into_inner());
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                 }
                 Err((e, _)) => {
                     return Err(ClientError::Unexpected(e.to_string()));
@@ -406,7 +406,7 @@ impl Producer {
                 .shared
                 .progress
                 .wait(state)
-                .unwrap_or_else(|p| p.into_inner());
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
         state.flushing -= 1;
         Ok(())
@@ -541,10 +541,13 @@ fn io_loop(shared: Arc<Shared>) {
                         shared
                             .work
                             .wait_timeout(state, d.saturating_duration_since(now))
-                            .unwrap_or_else(|p| p.into_inner())
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .0
                     }
-                    None => shared.work.wait(state).unwrap_or_else(|p| p.into_inner()),
+                    None => shared
+                        .work
+                        .wait(state)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
                 };
             }
         };
@@ -717,7 +720,7 @@ fn send_batches(
             .in_flight
             .changed
             .wait(map)
-            .unwrap_or_else(|p| p.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
     }
     map.insert(id, batches);
     drop(map);

@@ -121,7 +121,7 @@ impl ShareConsumer {
         Ok(ShareConsumer {
             config,
             client,
-            topics: topics.iter().map(|t| t.to_string()).collect(),
+            topics: topics.iter().map(ToString::to_string).collect(),
             pending: BTreeMap::new(),
             polls: 0,
             last_polled: Vec::new(),
@@ -235,7 +235,7 @@ impl ShareConsumer {
                     && r.kind == kind
                     && r.delay_ms == delay_ms =>
             {
-                r.last = offset
+                r.last = offset;
             }
             _ => ranges.push((
                 AckRange {

@@ -846,7 +846,7 @@ mod tests {
     }
 
     fn topics(names: &[&str]) -> Vec<String> {
-        names.iter().map(|name| name.to_string()).collect()
+        names.iter().map(ToString::to_string).collect()
     }
 
     fn join_as(

@@ -222,7 +222,7 @@ impl DurableState {
             match done.last_mut() {
                 None if first <= start => start = start.max(last.saturating_add(1)),
                 Some(previous) if first <= previous.1.saturating_add(1) => {
-                    previous.1 = previous.1.max(last)
+                    previous.1 = previous.1.max(last);
                 }
                 _ => done.push((first, last)),
             }

@@ -186,7 +186,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
             .map(|i| ShardEndpoint {
                 shard: i,
                 host: addr.ip().to_string(),
-                port: direct_addrs.get(i as usize).map_or(0, |a| a.port()),
+                port: direct_addrs.get(i as usize).map_or(0, SocketAddr::port),
             })
             .collect(),
     );
@@ -415,7 +415,7 @@ async fn accept_loop(ctx: Rc<ShardContext>, listener: compio::net::TcpListener) 
                 ctx.config.max_connections
             );
             compio::runtime::spawn(async move {
-                connection::refuse(stream, ErrorCode::TooManyConnections, &message).await
+                connection::refuse(stream, ErrorCode::TooManyConnections, &message).await;
             })
             .detach();
             continue;
@@ -472,7 +472,7 @@ async fn maintenance(ctx: Rc<ShardContext>) {
                 match log.enforce_retention(now_ms).await {
                     Ok(0) => {}
                     Ok(n) => {
-                        tracing::info!(shard = ctx.id, segments = n, "retention deleted segments")
+                        tracing::info!(shard = ctx.id, segments = n, "retention deleted segments");
                     }
                     Err(e) => tracing::warn!(shard = ctx.id, "retention failed: {e}"),
                 }

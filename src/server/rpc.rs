@@ -143,7 +143,10 @@ impl<S: MeshShard> Rpc<S> {
         };
         let reply = rx.await;
         waiting.answered();
-        match reply.map(|r| r.downcast::<C::Reply>()) {
+        // (A closure: `Box::downcast` is ambiguous between the `Any` and `Any + Send` impls.)
+        #[allow(clippy::redundant_closure_for_method_calls)]
+        let reply = reply.map(|r| r.downcast::<C::Reply>());
+        match reply {
             Ok(Ok(reply)) => Ok(*reply),
             Ok(Err(_)) => {
                 // Cannot happen: the token names the call whose reply this is.
@@ -366,7 +369,7 @@ mod tests {
         async fn run(self, shard: Rc<TestShard>) {
             shard.parked.fetch_add(1, Ordering::SeqCst);
             let _counted = Counted(shard.parked.clone());
-            std::future::pending::<()>().await
+            std::future::pending::<()>().await;
         }
     }
 
@@ -407,7 +410,7 @@ mod tests {
                             parked,
                         });
                         serve(shard, stop).await;
-                    })
+                    });
             })
         };
         compio::runtime::Runtime::new().unwrap().block_on(async {

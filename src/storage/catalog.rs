@@ -216,7 +216,10 @@ impl CatalogStore {
         &self,
         f: impl FnOnce(&mut Catalog) -> Result<T, CatalogError>,
     ) -> Result<T, CatalogError> {
-        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self
+            .write
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut next = (*self.current.load_full()).clone();
         let out = f(&mut next)?;
         self.persist(&next)?;

@@ -48,7 +48,7 @@ impl StorageError {
     /// Wraps an I/O error on `path`, turning a full device into [`StorageError::NoSpace`].
     pub(crate) fn io(path: &Path, source: io::Error) -> StorageError {
         match source.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => StorageError::NoSpace,
+            Some(libc::ENOSPC | libc::EDQUOT) => StorageError::NoSpace,
             _ => StorageError::Io {
                 path: path.to_path_buf(),
                 source,

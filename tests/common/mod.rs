@@ -15,7 +15,7 @@ use eventflow::client::Client;
 use eventflow::protocol::batch::{self, BatchBuilder};
 
 /// A broker process.
-pub struct Broker {
+pub(crate) struct Broker {
     child: Option<Child>,
     pub addr: SocketAddr,
     pub direct: Vec<SocketAddr>,
@@ -28,7 +28,7 @@ pub struct Broker {
 
 impl Broker {
     /// Starts a broker on a fresh temporary data directory.
-    pub fn start(args: &[&str]) -> Broker {
+    pub(crate) fn start(args: &[&str]) -> Broker {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut b = Broker::start_in(tmp.path(), args);
         b._tmp = Some(tmp);
@@ -36,8 +36,8 @@ impl Broker {
     }
 
     /// Starts a broker on `data_dir` (kept after the test).
-    pub fn start_in(data_dir: &Path, args: &[&str]) -> Broker {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    pub(crate) fn start_in(data_dir: &Path, args: &[&str]) -> Broker {
+        let args: Vec<String> = args.iter().map(std::string::ToString::to_string).collect();
         let (child, addr, direct) = spawn(data_dir, &args, None);
         Broker {
             child: Some(child),
@@ -53,10 +53,10 @@ impl Broker {
     /// Starts a broker on a fresh temporary data directory that records every `.log` sync
     /// in a sync journal (`EVENTFLOW_SYNC_JOURNAL`), for [`simulate_power_loss`]. Restarts
     /// keep appending to the same journal.
-    pub fn start_journaled(args: &[&str]) -> Broker {
+    pub(crate) fn start_journaled(args: &[&str]) -> Broker {
         let tmp = tempfile::tempdir().expect("tempdir");
         let journal = tmp.path().join("sync.journal");
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let args: Vec<String> = args.iter().map(std::string::ToString::to_string).collect();
         let (child, addr, direct) = spawn(tmp.path(), &args, Some(&journal));
         Broker {
             child: Some(child),
@@ -70,19 +70,19 @@ impl Broker {
     }
 
     /// The directory the broker keeps its data in (its `--data-dir`).
-    pub fn store_dir(&self) -> PathBuf {
+    pub(crate) fn store_dir(&self) -> PathBuf {
         self.data_dir.join("data")
     }
 
     /// A client on the shared port.
-    pub fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         let c = Client::connect(self.addr).expect("connect");
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         c
     }
 
     /// A client on shard `i`'s direct port.
-    pub fn direct_client(&self, i: usize) -> Client {
+    pub(crate) fn direct_client(&self, i: usize) -> Client {
         let c = Client::connect(self.direct[i]).expect("connect direct");
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         c
@@ -90,14 +90,14 @@ impl Broker {
 
     /// Sends `signal` to the broker process (SIGSTOP freezes it: a broker that answers
     /// nothing).
-    pub fn signal(&self, signal: i32) {
+    pub(crate) fn signal(&self, signal: i32) {
         let child = self.child.as_ref().expect("running");
         // SAFETY: sending a signal to our own child process.
         assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
     }
 
     /// The broker's resident memory now, from /proc.
-    pub fn rss_bytes(&self) -> u64 {
+    pub(crate) fn rss_bytes(&self) -> u64 {
         let child = self.child.as_ref().expect("running");
         let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
         let kib: u64 = status
@@ -109,7 +109,7 @@ impl Broker {
     }
 
     /// SIGKILL, no chance to flush anything.
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().expect("kill -9");
             child.wait().unwrap();
@@ -117,7 +117,7 @@ impl Broker {
     }
 
     /// SIGTERM and wait for the exit status.
-    pub fn terminate(&mut self) -> ExitStatus {
+    pub(crate) fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         // SAFETY: sending a signal to our own child process.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -135,7 +135,7 @@ impl Broker {
     }
 
     /// Starts the broker again on the same data directory with the same flags (new ports).
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the broker first");
         let (child, addr, direct) = spawn(&self.data_dir, &self.args, self.journal.as_deref());
         self.child = Some(child);
@@ -144,7 +144,7 @@ impl Broker {
     }
 
     /// The broker's stderr log so far.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(log_path(&self.data_dir)).unwrap_or_default()
     }
 }
@@ -219,7 +219,7 @@ fn spawn(
 }
 
 /// Milliseconds since the epoch.
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -227,7 +227,7 @@ pub fn now_ms() -> i64 {
 }
 
 /// A batch of `n` records `"<tag>-<i>"` padded to `value_size` bytes, timestamped `ts`.
-pub fn batch(tag: &str, n: usize, value_size: usize, ts: i64) -> BytesMut {
+pub(crate) fn batch(tag: &str, n: usize, value_size: usize, ts: i64) -> BytesMut {
     let mut b = BatchBuilder::new();
     for i in 0..n {
         let mut value = format!("{tag}-{i}").into_bytes();
@@ -239,7 +239,7 @@ pub fn batch(tag: &str, n: usize, value_size: usize, ts: i64) -> BytesMut {
 }
 
 /// The values of every record in fetched bytes, as strings without padding.
-pub fn values(records: &Bytes) -> Vec<String> {
+pub(crate) fn values(records: &Bytes) -> Vec<String> {
     let mut out = Vec::new();
     for one in eventflow::client::split_batches(records) {
         for r in batch::records(&one).expect("records") {
@@ -252,7 +252,12 @@ pub fn values(records: &Bytes) -> Vec<String> {
 }
 
 /// Reads a partition from `offset` to its end.
-pub fn read_all(client: &mut Client, topic: &str, partition: u32, mut offset: i64) -> Vec<Bytes> {
+pub(crate) fn read_all(
+    client: &mut Client,
+    topic: &str,
+    partition: u32,
+    mut offset: i64,
+) -> Vec<Bytes> {
     let mut out = Vec::new();
     loop {
         let p = client
@@ -271,7 +276,7 @@ pub fn read_all(client: &mut Client, topic: &str, partition: u32, mut offset: i6
 }
 
 /// Polls `f` every 50 ms until it returns true or `timeout` passes.
-pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+pub(crate) fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if f() {
@@ -284,7 +289,7 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// What [`simulate_power_loss`] did.
 #[derive(Debug, Default)]
-pub struct PowerLoss {
+pub(crate) struct PowerLoss {
     /// `.log` files looked at.
     pub files: usize,
     /// Bytes cut off, over all of them.
@@ -296,7 +301,7 @@ pub struct PowerLoss {
 /// data length its last journalled sync covered, and a file with no journal line to 0 bytes.
 /// Everything written after the last `fdatasync` is gone, as after a power loss. (Index
 /// files are left as they are: recovery checks them against the log either way.)
-pub fn simulate_power_loss(data_dir: &Path, journal: &Path) -> PowerLoss {
+pub(crate) fn simulate_power_loss(data_dir: &Path, journal: &Path) -> PowerLoss {
     let mut synced: std::collections::HashMap<PathBuf, u64> = std::collections::HashMap::new();
     let text = std::fs::read_to_string(journal).unwrap_or_default();
     for line in text.lines() {

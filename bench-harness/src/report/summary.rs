@@ -158,20 +158,20 @@ pub(super) fn median(mut values: Vec<f64>) -> Option<f64> {
 
 impl TargetRuns<'_> {
     /// Main throughput of each round that has one.
-    pub fn throughputs(&self) -> Vec<Throughput> {
+    pub(super) fn throughputs(&self) -> Vec<Throughput> {
         self.runs
             .iter()
             .filter_map(|r| main_throughput(r))
             .collect()
     }
 
-    pub fn median_msgs_per_s(&self) -> Option<f64> {
+    pub(super) fn median_msgs_per_s(&self) -> Option<f64> {
         median(self.throughputs().iter().map(|t| t.msgs_per_s).collect())
     }
 
     /// The round whose throughput is the median (the lower one of an even count), to draw
     /// as the typical round; the first round when none has a throughput.
-    pub fn median_round(&self) -> &RunResult {
+    pub(super) fn median_round(&self) -> &RunResult {
         let mut ranked: Vec<(f64, &RunResult)> = self
             .runs
             .iter()
@@ -185,7 +185,7 @@ impl TargetRuns<'_> {
     }
 
     /// The rounds' histograms of `name` added together; `None` when no round has the series.
-    pub fn merged_latency(&self, name: &str) -> Option<Result<Histogram<u64>, String>> {
+    pub(super) fn merged_latency(&self, name: &str) -> Option<Result<Histogram<u64>, String>> {
         let stored: Vec<_> = self
             .runs
             .iter()
@@ -208,7 +208,7 @@ impl TargetRuns<'_> {
     }
 
     /// Errors, missing and duplicate records over all rounds.
-    pub fn faults(&self) -> (u64, u64, u64) {
+    pub(super) fn faults(&self) -> (u64, u64, u64) {
         self.runs.iter().fold((0, 0, 0), |(e, m, d), r| {
             (e + r.errors, m + r.missing, d + r.duplicates)
         })

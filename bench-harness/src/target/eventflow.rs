@@ -14,14 +14,14 @@ use eventflow::protocol::ErrorCode;
 use super::{AckSink, ConsumerWorker, ProducerWorker, Target};
 use crate::workload::{self, Workload};
 
-pub struct Eventflow {
+pub(super) struct Eventflow {
     addr: String,
     url: String,
     admin: Mutex<Client>,
 }
 
 impl Eventflow {
-    pub fn new(addr: &str) -> Result<Eventflow> {
+    pub(super) fn new(addr: &str) -> Result<Eventflow> {
         let mut admin =
             Client::connect(addr).with_context(|| format!("connecting to eventflow://{addr}"))?;
         admin.api_versions()?;
@@ -33,7 +33,9 @@ impl Eventflow {
     }
 
     fn admin(&self) -> std::sync::MutexGuard<'_, Client> {
-        self.admin.lock().unwrap_or_else(|p| p.into_inner())
+        self.admin
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

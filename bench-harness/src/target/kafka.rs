@@ -53,14 +53,14 @@ const DRAIN_MAX: usize = 10_000;
 /// Consumer group when the workload names none (commits are off, so it only labels us).
 const DEFAULT_GROUP: &str = "eventflow-bench";
 
-pub struct Kafka {
+pub(super) struct Kafka {
     addr: String,
     url: String,
     admin: AdminClient<DefaultClientContext>,
 }
 
 impl Kafka {
-    pub fn new(addr: &str) -> Result<Kafka> {
+    pub(super) fn new(addr: &str) -> Result<Kafka> {
         let url = format!("kafka://{addr}");
         let admin = AdminClient::from_config(&client_config(&admin_settings(addr)))
             .with_context(|| format!("admin client for {url}"))?;
@@ -134,7 +134,7 @@ impl Kafka {
                 Err((_, e)) => bail!("deleting topic {topic} on {}: {e}", self.url),
             }
         }
-        self.wait_for(topic, "deleted", |parts| parts.is_none())
+        self.wait_for(topic, "deleted", std::option::Option::is_none)
     }
 
     fn create_topic(&self, topic: &str, partitions: u32) -> Result<()> {

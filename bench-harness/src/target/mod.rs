@@ -93,11 +93,8 @@ pub enum TargetUrl {
 impl TargetUrl {
     /// Parses `eventflow://HOST:PORT` or `kafka://HOST:PORT`.
     pub fn parse(s: &str) -> Result<TargetUrl> {
-        let (scheme, addr) = match s.split_once("://") {
-            Some(parts) => parts,
-            None => {
-                bail!("target `{s}` needs a scheme: eventflow://HOST:PORT or kafka://HOST:PORT")
-            }
+        let Some((scheme, addr)) = s.split_once("://") else {
+            bail!("target `{s}` needs a scheme: eventflow://HOST:PORT or kafka://HOST:PORT")
         };
         if addr.is_empty() || !addr.contains(':') {
             bail!("target `{s}`: expected HOST:PORT after `{scheme}://`");

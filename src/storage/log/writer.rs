@@ -45,9 +45,9 @@ impl IndexWrites {
         time_entries: &[TimeEntry],
     ) -> Self {
         let mut index = segment.index.encode_from(segment.index_on_disk);
-        index.extend(entries.iter().flat_map(|e| e.encode()));
+        index.extend(entries.iter().flat_map(OffsetEntry::encode));
         let mut time = segment.time_index.encode_from(segment.time_on_disk);
-        time.extend(time_entries.iter().flat_map(|e| e.encode()));
+        time.extend(time_entries.iter().flat_map(TimeEntry::encode));
         IndexWrites {
             index,
             index_at: segment.index_on_disk,
