@@ -8,12 +8,22 @@ use common::{batch, now_ms, values, Broker};
 use eventflow::client::fetch_request;
 use eventflow::protocol::api::{Acks, FetchPartition, FetchRequest, FetchTopic, Request, Response};
 
+/// What the broker logs at debug level when a fetch found too little and waits on the
+/// owners of its partitions.
+const PARKED: &str = "fetch parked";
+
+/// A broker that logs when a fetch parks.
+fn broker() -> Broker {
+    Broker::start_logging(&["--cores", "2"], "eventflow=debug")
+}
+
 #[test]
 fn fetch_at_the_end_returns_when_data_arrives() {
-    let broker = Broker::start(&["--cores", "2"]);
+    let broker = broker();
     let mut admin = broker.client();
     admin.create_topic("lp", 2, &[]).unwrap();
     for partition in 0..2u32 {
+        let parked = broker.log_count(PARKED);
         let addr = broker.addr;
         let waiter = std::thread::spawn(move || {
             let mut c = eventflow::client::Client::connect(addr).unwrap();
@@ -23,8 +33,8 @@ fn fetch_at_the_end_returns_when_data_arrives() {
                 .unwrap();
             (started.elapsed(), p)
         });
-        // Let the fetch reach the broker and park, then produce from another connection.
-        std::thread::sleep(Duration::from_millis(300));
+        // Once the fetch has found nothing and parked, produce from another connection.
+        broker.wait_for_log(PARKED, parked + 1);
         admin
             .produce("lp", partition, batch("wake", 1, 10, now_ms()), Acks::All)
             .unwrap();
@@ -57,9 +67,10 @@ fn fetch_with_nothing_returns_empty_after_max_wait() {
 
 #[test]
 fn multi_partition_fetch_wakes_on_any_partition() {
-    let broker = Broker::start(&["--cores", "2"]);
+    let broker = broker();
     let mut admin = broker.client();
     admin.create_topic("multi", 4, &[]).unwrap();
+    let parked = broker.log_count(PARKED);
     let addr = broker.addr;
     let waiter = std::thread::spawn(move || {
         let mut c = eventflow::client::Client::connect(addr).unwrap();
@@ -84,7 +95,7 @@ fn multi_partition_fetch_wakes_on_any_partition() {
         };
         (started.elapsed(), r)
     });
-    std::thread::sleep(Duration::from_millis(300));
+    broker.wait_for_log(PARKED, parked + 1);
     admin
         .produce("multi", 3, batch("late", 2, 10, now_ms()), Acks::All)
         .unwrap();

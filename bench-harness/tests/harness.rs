@@ -317,24 +317,46 @@ fn compare_alternates_targets_and_writes_a_report() {
     assert!(out.join("report.md").exists());
 }
 
-/// `eventflow` as a target: the harness starts eventflowd itself, once per run, with a
-/// fresh data directory. The binary is the workspace's own build.
-#[test]
-fn compare_can_start_eventflowd_itself() {
+/// Set to 1, a test that needs the workspace's `eventflowd` and finds it not built is
+/// skipped instead of failing.
+const SKIP_BROKER_TESTS: &str = "EVENTFLOW_BENCH_SKIP_BROKER_TESTS";
+
+/// The workspace's own `eventflowd`: in the directory above this test binary's `deps/`,
+/// where cargo puts the workspace's binaries. `cargo test --workspace` builds it before it
+/// runs any test; `cargo test -p eventflow-bench` does not. Not built, the test fails
+/// saying how to build it, unless [`SKIP_BROKER_TESTS`] is 1: then it prints that it is
+/// skipped and this returns `None`.
+fn eventflowd() -> Option<PathBuf> {
     let binary = std::env::current_exe()
         .unwrap()
         .parent()
         .and_then(Path::parent)
         .unwrap()
         .join("eventflowd");
-    if !binary.exists() {
-        // `cargo test --workspace` builds it; `-p eventflow-bench` alone does not.
+    if binary.exists() {
+        return Some(binary);
+    }
+    if std::env::var(SKIP_BROKER_TESTS).as_deref() == Ok("1") {
         eprintln!(
             "skipped: {} not built (run cargo build --bin eventflowd)",
             binary.display()
         );
-        return;
+        return None;
     }
+    panic!(
+        "{} not built: run `cargo build --bin eventflowd` (`cargo test --workspace` builds \
+         it too), or set {SKIP_BROKER_TESTS}=1 to skip the tests that need it",
+        binary.display()
+    );
+}
+
+/// `eventflow` as a target: the harness starts eventflowd itself, once per run, with a
+/// fresh data directory. The binary is the workspace's own build.
+#[test]
+fn compare_can_start_eventflowd_itself() {
+    let Some(binary) = eventflowd() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let out = compare_in(
         dir.path(),
@@ -368,19 +390,9 @@ fn compare_can_start_eventflowd_itself() {
 /// `sweep`: one experiment, two points, two rounds each, a fresh eventflowd per run.
 #[test]
 fn sweep_runs_every_point_and_summarizes_medians() {
-    let binary = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("eventflowd");
-    if !binary.exists() {
-        eprintln!(
-            "skipped: {} not built (run cargo build --bin eventflowd)",
-            binary.display()
-        );
+    let Some(binary) = eventflowd() else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sweep.toml");
     std::fs::write(

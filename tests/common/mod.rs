@@ -23,31 +23,29 @@ pub(crate) struct Broker {
     /// The sync journal the broker writes (see [`Broker::start_journaled`]).
     pub journal: Option<PathBuf>,
     args: Vec<String>,
+    /// The broker's `RUST_LOG` (see [`Broker::start_logging`]).
+    log_filter: String,
     _tmp: Option<tempfile::TempDir>,
 }
 
 impl Broker {
     /// Starts a broker on a fresh temporary data directory.
     pub(crate) fn start(args: &[&str]) -> Broker {
+        Broker::start_logging(args, DEFAULT_LOG_FILTER)
+    }
+
+    /// Starts a broker on a fresh temporary data directory that logs at `filter` (its
+    /// `RUST_LOG`, e.g. `eventflow=debug`) instead of `info`, for [`Broker::wait_for_log`].
+    /// Restarts keep the filter.
+    pub(crate) fn start_logging(args: &[&str], filter: &str) -> Broker {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut b = Broker::start_in(tmp.path(), args);
-        b._tmp = Some(tmp);
-        b
+        let dir = tmp.path().to_path_buf();
+        Broker::launch(&dir, args, None, filter, Some(tmp))
     }
 
     /// Starts a broker on `data_dir` (kept after the test).
     pub(crate) fn start_in(data_dir: &Path, args: &[&str]) -> Broker {
-        let args: Vec<String> = args.iter().map(std::string::ToString::to_string).collect();
-        let (child, addr, direct) = spawn(data_dir, &args, None);
-        Broker {
-            child: Some(child),
-            addr,
-            direct,
-            data_dir: data_dir.to_path_buf(),
-            journal: None,
-            args,
-            _tmp: None,
-        }
+        Broker::launch(data_dir, args, None, DEFAULT_LOG_FILTER, None)
     }
 
     /// Starts a broker on a fresh temporary data directory that records every `.log` sync
@@ -55,17 +53,29 @@ impl Broker {
     /// keep appending to the same journal.
     pub(crate) fn start_journaled(args: &[&str]) -> Broker {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let journal = tmp.path().join("sync.journal");
+        let dir = tmp.path().to_path_buf();
+        let journal = dir.join("sync.journal");
+        Broker::launch(&dir, args, Some(journal), DEFAULT_LOG_FILTER, Some(tmp))
+    }
+
+    fn launch(
+        data_dir: &Path,
+        args: &[&str],
+        journal: Option<PathBuf>,
+        log_filter: &str,
+        tmp: Option<tempfile::TempDir>,
+    ) -> Broker {
         let args: Vec<String> = args.iter().map(std::string::ToString::to_string).collect();
-        let (child, addr, direct) = spawn(tmp.path(), &args, Some(&journal));
+        let (child, addr, direct) = spawn(data_dir, &args, journal.as_deref(), log_filter);
         Broker {
             child: Some(child),
             addr,
             direct,
-            data_dir: tmp.path().to_path_buf(),
-            journal: Some(journal),
+            data_dir: data_dir.to_path_buf(),
+            journal,
             args,
-            _tmp: Some(tmp),
+            log_filter: log_filter.to_string(),
+            _tmp: tmp,
         }
     }
 
@@ -137,7 +147,12 @@ impl Broker {
     /// Starts the broker again on the same data directory with the same flags (new ports).
     pub(crate) fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the broker first");
-        let (child, addr, direct) = spawn(&self.data_dir, &self.args, self.journal.as_deref());
+        let (child, addr, direct) = spawn(
+            &self.data_dir,
+            &self.args,
+            self.journal.as_deref(),
+            &self.log_filter,
+        );
         self.child = Some(child);
         self.addr = addr;
         self.direct = direct;
@@ -147,7 +162,31 @@ impl Broker {
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(log_path(&self.data_dir)).unwrap_or_default()
     }
+
+    /// How many times `needle` occurs in the broker's log so far.
+    pub(crate) fn log_count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    /// Waits until `needle` occurs in the broker's log at least `times` times (take the
+    /// count before the action with [`Broker::log_count`] and wait for one more); panics
+    /// with the log if that takes more than [`LOG_WAIT`]. Lines below `info` need a broker
+    /// from [`Broker::start_logging`].
+    pub(crate) fn wait_for_log(&self, needle: &str, times: usize) {
+        if !eventually(LOG_WAIT, || self.log_count(needle) >= times) {
+            panic!(
+                "{needle:?} not {times} times in the broker's log within {LOG_WAIT:?}; log:\n{}",
+                self.log()
+            );
+        }
+    }
 }
+
+/// The broker's `RUST_LOG` unless a test asks for another.
+const DEFAULT_LOG_FILTER: &str = "info";
+
+/// How long [`Broker::wait_for_log`] waits.
+pub(crate) const LOG_WAIT: Duration = Duration::from_secs(10);
 
 impl Drop for Broker {
     fn drop(&mut self) {
@@ -166,6 +205,7 @@ fn spawn(
     data_dir: &Path,
     args: &[String],
     journal: Option<&Path>,
+    log_filter: &str,
 ) -> (Child, SocketAddr, Vec<SocketAddr>) {
     std::fs::create_dir_all(data_dir).expect("data dir");
     let log = std::fs::OpenOptions::new()
@@ -183,7 +223,7 @@ fn spawn(
         .arg("--data-dir")
         .arg(data_dir.join("data"))
         .args(args)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", log_filter)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .spawn()

@@ -271,6 +271,7 @@ pub(super) async fn fetch(ctx: &Rc<ShardContext>, r: FetchRequest) -> Reply {
             continue;
         }
         let stop = ctx.shutdown.notified();
+        tracing::debug!(partitions = waits.len(), "fetch parked");
         let _ = first(
             select_all(waits),
             first(compio::time::sleep_until(deadline), stop),
