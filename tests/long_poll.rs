@@ -129,3 +129,52 @@ fn multi_partition_fetch_wakes_on_any_partition() {
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert_eq!(values(&r.topics[0].partitions[0].records).len(), 2);
 }
+
+#[test]
+fn a_topic_deleted_under_a_long_poll_stays_deleted() {
+    let mut broker = broker();
+    let mut admin = broker.client();
+    admin.create_topic("gone", 2, &[]).unwrap();
+    let parked = broker.log_count(PARKED);
+    let addr = broker.addr;
+    let waiter = std::thread::spawn(move || {
+        let mut c = eventflow::client::Client::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let request = Request::Fetch(FetchRequest {
+            max_wait_ms: 2_000,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            topics: vec![FetchTopic {
+                topic: "gone".into(),
+                partitions: (0..2)
+                    .map(|partition| FetchPartition {
+                        partition,
+                        offset: 0,
+                        max_bytes: 1 << 20,
+                    })
+                    .collect(),
+            }],
+        });
+        c.call(request)
+    });
+    // The fetch holds the topic's partitions on their owners while it waits; the topic is
+    // deleted under it, and the fetch reads them again when its wait ends.
+    broker.wait_for_log(PARKED, parked + 1);
+    admin.delete_topic("gone").unwrap();
+    let answer = waiter.join().unwrap().unwrap();
+    if let Response::Fetch(f) = answer {
+        for p in &f.topics[0].partitions {
+            assert!(p.records.is_empty());
+        }
+    }
+    let dir = broker.store_dir().join("gone");
+    assert!(
+        !dir.exists(),
+        "{} came back after the delete",
+        dir.display()
+    );
+    broker.terminate();
+    broker.restart();
+    assert!(!dir.exists(), "{} came back after a restart", dir.display());
+    assert!(broker.client().list_topics().unwrap().is_empty());
+}
