@@ -19,6 +19,8 @@ pub struct Broker {
     child: Option<Child>,
     pub addr: SocketAddr,
     pub direct: Vec<SocketAddr>,
+    /// The Kafka listener (`None` with `--no-kafka`).
+    pub kafka: Option<SocketAddr>,
     pub data_dir: PathBuf,
     args: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
@@ -36,11 +38,12 @@ impl Broker {
     /// Starts a broker on `data_dir` (kept after the test).
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Broker {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (child, addr, direct) = spawn(data_dir, &args);
+        let (child, addr, direct, kafka) = spawn(data_dir, &args);
         Broker {
             child: Some(child),
             addr,
             direct,
+            kafka,
             data_dir: data_dir.to_path_buf(),
             args,
             _tmp: None,
@@ -110,10 +113,11 @@ impl Broker {
     /// Starts the broker again on the same data directory with the same flags (new ports).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the broker first");
-        let (child, addr, direct) = spawn(&self.data_dir, &self.args);
+        let (child, addr, direct, kafka) = spawn(&self.data_dir, &self.args);
         self.child = Some(child);
         self.addr = addr;
         self.direct = direct;
+        self.kafka = kafka;
     }
 
     /// The broker's stderr log so far.
@@ -135,7 +139,12 @@ fn log_path(data_dir: &Path) -> PathBuf {
     data_dir.join("broker.log")
 }
 
-fn spawn(data_dir: &Path, args: &[String]) -> (Child, SocketAddr, Vec<SocketAddr>) {
+/// Starts `eventflowd` with `--listen 127.0.0.1:0` (so the direct ports and the Kafka
+/// listener take ephemeral ports too) and reads its ready line.
+fn spawn(
+    data_dir: &Path,
+    args: &[String],
+) -> (Child, SocketAddr, Vec<SocketAddr>, Option<SocketAddr>) {
     std::fs::create_dir_all(data_dir).expect("data dir");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -180,7 +189,10 @@ fn spawn(data_dir: &Path, args: &[String]) -> (Child, SocketAddr, Vec<SocketAddr
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().expect("direct addr"))
         .collect();
-    (child, addr, direct)
+    let kafka = Some(field("kafka="))
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("kafka addr"));
+    (child, addr, direct, kafka)
 }
 
 /// Milliseconds since the epoch.
