@@ -10,9 +10,13 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use common::Broker;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
-    RequestHeader, ResponseHeader,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchRequest, FetchResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
+    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -200,4 +204,322 @@ fn metadata_advertises_one_broker_leading_every_partition() {
     let all = MetadataRequest::default().with_topics(None);
     let r: MetadataResponse = c.call(ApiKey::Metadata, 12, &all);
     assert_eq!(r.topics.len(), 1);
+}
+
+fn produce_request(topic: &str, partition: i32, records: Bytes, acks: i16) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(records))])])
+}
+
+fn produce_errors(r: &ProduceResponse) -> Vec<(i32, i16, i64)> {
+    r.responses
+        .iter()
+        .flat_map(|t| t.partition_responses.iter())
+        .map(|p| (p.index, p.error_code, p.base_offset))
+        .collect()
+}
+
+#[test]
+fn produce_answers_offsets_and_kafka_error_codes() {
+    let broker = Broker::start(&["--cores", "2"]);
+    broker.client().create_topic("p", 2, &[]).unwrap();
+    let mut c = kafka(&broker);
+    let batch = common::batch("a", 3, 10, common::now_ms()).freeze();
+    for version in [3, 7, 9, 12] {
+        let r: ProduceResponse = c.call(
+            ApiKey::Produce,
+            version,
+            &produce_request("p", 1, batch.clone(), -1),
+        );
+        let base = produce_errors(&r)[0].2;
+        assert_eq!(produce_errors(&r), vec![(1, 0, base)], "v{version}");
+    }
+    let r: ProduceResponse = c.call(
+        ApiKey::Produce,
+        9,
+        &produce_request("p", 1, batch.clone(), 1),
+    );
+    assert_eq!(produce_errors(&r), vec![(1, 0, 12)]);
+    // Unknown partition and topic, a corrupt batch, a bad acks value.
+    let r: ProduceResponse = c.call(
+        ApiKey::Produce,
+        9,
+        &produce_request("p", 7, batch.clone(), 1),
+    );
+    assert_eq!(produce_errors(&r), vec![(7, 3, -1)]);
+    let r: ProduceResponse = c.call(
+        ApiKey::Produce,
+        9,
+        &produce_request("nope", 0, batch.clone(), 1),
+    );
+    assert_eq!(produce_errors(&r), vec![(0, 3, -1)]);
+    let mut corrupt = batch.to_vec();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    let r: ProduceResponse = c.call(
+        ApiKey::Produce,
+        9,
+        &produce_request("p", 0, Bytes::from(corrupt), -1),
+    );
+    assert_eq!(produce_errors(&r), vec![(0, 2, -1)]);
+    let r: ProduceResponse = c.call(
+        ApiKey::Produce,
+        9,
+        &produce_request("p", 0, batch.clone(), 2),
+    );
+    assert_eq!(produce_errors(&r), vec![(0, 21, -1)]);
+    // acks = 0: no response; the next request's answer comes next and sees the append.
+    c.send(
+        ApiKey::Produce,
+        9,
+        &produce_request("p", 0, batch.clone(), 0),
+    );
+    let r: ProduceResponse = c.call(
+        ApiKey::Produce,
+        9,
+        &produce_request("p", 0, batch.clone(), -1),
+    );
+    assert_eq!(produce_errors(&r), vec![(0, 0, 3)]);
+    // v0-2 are advertised (so librdkafka compresses) but refused per partition.
+    let mut body = BytesMut::new();
+    produce_request("p", 0, batch.clone(), 1)
+        .encode(&mut body, 3)
+        .unwrap();
+    let v2_body = &body[2..]; // v3 without its (null) transactional id is v2
+    let mut frame = BytesMut::new();
+    frame.put_i16(ApiKey::Produce as i16);
+    frame.put_i16(2);
+    frame.put_i32(99);
+    frame.put_i16(-1); // no client id
+    frame.put_slice(v2_body);
+    c.send_raw(&frame);
+    let mut answer = c.receive().expect("an answer");
+    assert_eq!(answer.get_i32(), 99);
+    assert_eq!(answer.get_i32(), 1, "one topic");
+    let name_len = answer.get_i16() as usize;
+    assert_eq!(&answer.split_to(name_len)[..], b"p");
+    assert_eq!(answer.get_i32(), 1, "one partition");
+    assert_eq!(answer.get_i32(), 0);
+    assert_eq!(answer.get_i16(), 35);
+    assert_eq!(answer.get_i64(), -1);
+    assert_eq!(answer.get_i64(), -1);
+    assert_eq!(answer.get_i32(), 0, "throttle");
+    assert!(answer.is_empty());
+    // What was appended: 3 + 3 + 3 + 3 + 3 on partition 1, 3 + 3 on partition 0.
+    let mut client = broker.client();
+    let offsets = |client: &mut eventflow::client::Client, p: u32| {
+        common::read_all(client, "p", p, 0)
+            .iter()
+            .map(|b| {
+                eventflow::protocol::batch::BatchHeader::parse(b)
+                    .unwrap()
+                    .base_offset
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(offsets(&mut client, 1), vec![0, 3, 6, 9, 12]);
+    assert_eq!(offsets(&mut client, 0), vec![0, 3]);
+}
+
+fn fetch_request(topic: &str, partitions: &[(i32, i64)], max_wait_ms: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(
+                partitions
+                    .iter()
+                    .map(|&(p, offset)| {
+                        FetchPartition::default()
+                            .with_partition(p)
+                            .with_fetch_offset(offset)
+                            .with_partition_max_bytes(1 << 20)
+                    })
+                    .collect(),
+            )])
+}
+
+/// (partition, error, high watermark, base offsets of the batches returned).
+fn fetched(r: &FetchResponse) -> Vec<(i32, i16, i64, Vec<i64>)> {
+    r.responses
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .map(|p| {
+            let records = p.records.clone().unwrap_or_default();
+            let bases = eventflow::client::split_batches(&records)
+                .iter()
+                .map(|b| {
+                    eventflow::protocol::batch::BatchHeader::parse(b)
+                        .unwrap()
+                        .base_offset
+                })
+                .collect();
+            (p.partition_index, p.error_code, p.high_watermark, bases)
+        })
+        .collect()
+}
+
+#[test]
+fn fetch_returns_stored_batches_at_every_version() {
+    // Two shards: a connection lands on one of them, so of the two partitions one is read
+    // on the connection's shard (spliced from the file) and one through the other shard.
+    let broker = Broker::start(&["--cores", "2"]);
+    broker.client().create_topic("f", 2, &[]).unwrap();
+    let mut native = broker.client();
+    for p in 0..2 {
+        for i in 0..3 {
+            native
+                .produce(
+                    "f",
+                    p,
+                    common::batch(&format!("b{i}"), 2, 20, common::now_ms()),
+                    eventflow::protocol::api::Acks::All,
+                )
+                .unwrap();
+        }
+    }
+    let stored: Vec<Bytes> = common::read_all(&mut native, "f", 1, 0);
+    for version in 4..=12 {
+        for _ in 0..2 {
+            let mut c = kafka(&broker);
+            let r: FetchResponse = c.call(
+                ApiKey::Fetch,
+                version,
+                &fetch_request("f", &[(0, 0), (1, 2), (5, 0)], 0),
+            );
+            assert_eq!(r.error_code, 0);
+            assert_eq!(r.session_id, 0);
+            assert_eq!(
+                fetched(&r),
+                vec![
+                    (0, 0, 6, vec![0, 2, 4]),
+                    (1, 0, 6, vec![2, 4]),
+                    (5, 3, -1, vec![]),
+                ],
+                "v{version}"
+            );
+            // Byte for byte what the native fetch returns.
+            let p1 = r.responses[0].partitions[1].records.clone().unwrap();
+            assert_eq!(p1, Bytes::from(stored[1..].concat()), "v{version}");
+        }
+    }
+    // Past the end: OFFSET_OUT_OF_RANGE.
+    let mut c = kafka(&broker);
+    let r: FetchResponse = c.call(ApiKey::Fetch, 11, &fetch_request("f", &[(0, 99)], 0));
+    assert_eq!(fetched(&r)[0].1, 1);
+}
+
+#[test]
+fn fetch_in_an_unknown_session_is_refused() {
+    let broker = Broker::start(&["--cores", "1"]);
+    broker.client().create_topic("s", 1, &[]).unwrap();
+    let mut c = kafka(&broker);
+    let request = fetch_request("s", &[(0, 0)], 0)
+        .with_session_id(1234)
+        .with_session_epoch(3);
+    let r: FetchResponse = c.call(ApiKey::Fetch, 12, &request);
+    assert_eq!(r.error_code, 70);
+    assert!(r.responses.is_empty());
+    // A client asking to open a session (id 0, epoch 0) gets a sessionless answer.
+    let request = fetch_request("s", &[(0, 0)], 0).with_session_epoch(0);
+    let r: FetchResponse = c.call(ApiKey::Fetch, 12, &request);
+    assert_eq!((r.error_code, r.session_id), (0, 0));
+    assert_eq!(fetched(&r), vec![(0, 0, 0, vec![])]);
+}
+
+#[test]
+fn fetch_at_the_end_waits_for_data() {
+    let broker = Broker::start(&["--cores", "2"]);
+    broker.client().create_topic("w", 1, &[]).unwrap();
+    let mut c = kafka(&broker);
+    let id = c.send(ApiKey::Fetch, 12, &fetch_request("w", &[(0, 0)], 30_000));
+    // No answer while there is nothing to read.
+    c.stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let err = c.stream.peek(&mut byte).unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{err}"
+    );
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    broker
+        .client()
+        .produce(
+            "w",
+            0,
+            common::batch("x", 1, 0, common::now_ms()),
+            eventflow::protocol::api::Acks::All,
+        )
+        .unwrap();
+    let mut frame = c.receive().expect("the fetch answers");
+    let header = ResponseHeader::decode(&mut frame, 1).unwrap();
+    assert_eq!(header.correlation_id, id);
+    let r = FetchResponse::decode(&mut frame, 12).unwrap();
+    assert_eq!(fetched(&r), vec![(0, 0, 1, vec![0])]);
+}
+
+#[test]
+fn list_offsets_earliest_latest_and_by_time() {
+    let broker = Broker::start(&["--cores", "2"]);
+    broker.client().create_topic("o", 1, &[]).unwrap();
+    let mut native = broker.client();
+    for ts in [1_000, 2_000, 3_000] {
+        native
+            .produce(
+                "o",
+                0,
+                common::batch("t", 2, 0, ts),
+                eventflow::protocol::api::Acks::All,
+            )
+            .unwrap();
+    }
+    let mut c = kafka(&broker);
+    for version in [1, 4, 7, 8] {
+        for (spec, want) in [
+            (-2, 0),
+            (-1, 6),
+            (-4, 0),
+            (1_500, 2),
+            (3_000, 4),
+            (9_000, -1),
+        ] {
+            let request =
+                ListOffsetsRequest::default().with_topics(vec![ListOffsetsTopic::default()
+                    .with_name(TopicName(StrBytes::from("o")))
+                    .with_partitions(vec![ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(spec)])]);
+            if spec == -4 && version < 8 {
+                continue;
+            }
+            let r: ListOffsetsResponse = c.call(ApiKey::ListOffsets, version, &request);
+            let p = &r.topics[0].partitions[0];
+            assert_eq!(
+                (p.error_code, p.offset),
+                (0, want),
+                "v{version} spec {spec}"
+            );
+        }
+    }
+    let request = ListOffsetsRequest::default().with_topics(vec![ListOffsetsTopic::default()
+        .with_name(TopicName(StrBytes::from("nope")))
+        .with_partitions(vec![ListOffsetsPartition::default().with_timestamp(-1)])]);
+    let r: ListOffsetsResponse = c.call(ApiKey::ListOffsets, 5, &request);
+    assert_eq!(r.topics[0].partitions[0].error_code, 3);
 }

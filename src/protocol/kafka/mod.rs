@@ -35,6 +35,9 @@ pub const HEADER_START: usize = 8;
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::Metadata, 0, 12),
+    (ApiKey::Produce, 0, 12),
+    (ApiKey::Fetch, fetch::MIN_VERSION, fetch::MAX_VERSION),
+    (ApiKey::ListOffsets, 1, 8),
 ];
 
 /// Produce versions below this are advertised but refused with UNSUPPORTED_VERSION.

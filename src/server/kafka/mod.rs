@@ -5,35 +5,20 @@
 //! owns state.
 //!
 //! - `admin`: ApiVersions and Metadata.
+//! - `data`: Produce, Fetch, ListOffsets.
 
 mod admin;
+mod data;
+
+pub(crate) use data::KafkaReply;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 
 use super::context::ShardContext;
-use crate::protocol::frame::Part;
-use crate::protocol::kafka::{encode_response, Request};
-use crate::storage::FileRange;
-
-/// An encoded response: its parts, whose placeholders take `files` in order (the records
-/// of partitions this shard owns, spliced from their segment files).
-pub(crate) struct KafkaReply {
-    pub(crate) parts: Vec<Part>,
-    pub(crate) files: Vec<FileRange>,
-}
-
-impl KafkaReply {
-    fn frame(bytes: Bytes) -> KafkaReply {
-        KafkaReply {
-            parts: vec![Part::Bytes(bytes)],
-            files: Vec::new(),
-        }
-    }
-}
+use crate::protocol::kafka::{encode_response, produce_refusal_v0_2, Request, PRODUCE_MIN_SERVED};
 
 /// Handles one decoded request. `Ok(None)` means no response is sent (produce with
 /// acks = 0); an error means the response could not be encoded and the connection must
@@ -60,6 +45,30 @@ pub(crate) async fn handle(
             ResponseKind::ApiVersions(admin::api_versions())
         }
         RequestKind::Metadata(r) => ResponseKind::Metadata(admin::metadata(ctx, r, version, local)),
+        RequestKind::Produce(r) if version < PRODUCE_MIN_SERVED => {
+            tracing::debug!(version, "kafka produce below v3: refused");
+            if r.acks == 0 {
+                return Ok(None);
+            }
+            let topics: Vec<(String, Vec<i32>)> = r
+                .topic_data
+                .iter()
+                .map(|t| {
+                    let partitions = t.partition_data.iter().map(|p| p.index).collect();
+                    (t.name.0.to_string(), partitions)
+                })
+                .collect();
+            let frame = produce_refusal_v0_2(version, correlation_id, &topics);
+            return Ok(Some(KafkaReply::frame(frame)));
+        }
+        RequestKind::Fetch(r) => {
+            return Ok(Some(data::fetch(ctx, r, version, correlation_id).await));
+        }
+        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(data::list_offsets(ctx, r).await),
+        RequestKind::Produce(r) => match data::produce(ctx, r).await {
+            Some(response) => ResponseKind::Produce(response),
+            None => return Ok(None),
+        },
         other => {
             // decode_request lets through only the APIs of SUPPORTED, all handled above.
             return Err(format!("no handler for {key:?} ({other:?})"));
