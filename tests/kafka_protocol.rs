@@ -10,13 +10,16 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use common::Broker;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchRequest, FetchResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
-    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest, FetchResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -522,4 +525,92 @@ fn list_offsets_earliest_latest_and_by_time() {
         .with_partitions(vec![ListOffsetsPartition::default().with_timestamp(-1)])]);
     let r: ListOffsetsResponse = c.call(ApiKey::ListOffsets, 5, &request);
     assert_eq!(r.topics[0].partitions[0].error_code, 3);
+}
+
+fn creatable(name: &str, partitions: i32, replication: i16) -> CreatableTopic {
+    CreatableTopic::default()
+        .with_name(TopicName(StrBytes::from_string(name.to_string())))
+        .with_num_partitions(partitions)
+        .with_replication_factor(replication)
+}
+
+fn created(r: &CreateTopicsResponse) -> Vec<(String, i16)> {
+    r.topics
+        .iter()
+        .map(|t| (t.name.0.to_string(), t.error_code))
+        .collect()
+}
+
+#[test]
+fn create_and_delete_topics() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let mut c = kafka(&broker);
+    let mut native = broker.client();
+    for version in 2..=7 {
+        let name = format!("v{version}");
+        let with_config = creatable(&format!("{name}-cfg"), 3, 1).with_configs(vec![
+            CreatableTopicConfig::default()
+                .with_name(StrBytes::from("retention.ms"))
+                .with_value(Some(StrBytes::from("60000"))),
+        ]);
+        let request = CreateTopicsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(vec![
+                creatable(&name, -1, -1),
+                with_config,
+                creatable(&name, 1, 1),
+                creatable(&format!("{name}-rf"), 1, 3),
+                creatable(&format!("{name}-zero"), 0, 1),
+                creatable(&format!("{name}-bad/name"), 1, 1),
+            ]);
+        let r: CreateTopicsResponse = c.call(ApiKey::CreateTopics, version, &request);
+        assert_eq!(
+            created(&r),
+            vec![
+                (name.clone(), 0),
+                (format!("{name}-cfg"), 0),
+                (name.clone(), 36),
+                (format!("{name}-rf"), 38),
+                (format!("{name}-zero"), 37),
+                (format!("{name}-bad/name"), 17),
+            ],
+            "v{version}"
+        );
+        if version >= 5 {
+            assert_eq!(r.topics[1].num_partitions, 3);
+        }
+        assert_eq!(native.describe_topic(&name).unwrap().partitions.len(), 1);
+        let described = native.describe_topic(&format!("{name}-cfg")).unwrap();
+        assert_eq!(described.partitions.len(), 3);
+        assert!(
+            described
+                .configs
+                .iter()
+                .any(|(k, v)| k == "retention.ms" && v == "60000"),
+            "{:?}",
+            described.configs
+        );
+    }
+    for version in 1..=6 {
+        let name = TopicName(StrBytes::from_string(format!("v{}", version + 1)));
+        let request = if version >= 6 {
+            DeleteTopicsRequest::default().with_topics(vec![
+                DeleteTopicState::default().with_name(Some(name)),
+                DeleteTopicState::default().with_name(Some(TopicName(StrBytes::from("nope")))),
+                DeleteTopicState::default(), // by id only
+            ])
+        } else {
+            DeleteTopicsRequest::default()
+                .with_topic_names(vec![name, TopicName(StrBytes::from("nope"))])
+        };
+        let r: DeleteTopicsResponse = c.call(ApiKey::DeleteTopics, version, &request);
+        let codes: Vec<i16> = r.responses.iter().map(|t| t.error_code).collect();
+        let want = if version >= 6 {
+            vec![0, 3, 100]
+        } else {
+            vec![0, 3]
+        };
+        assert_eq!(codes, want, "v{version}");
+        assert!(native.describe_topic(&format!("v{}", version + 1)).is_err());
+    }
 }

@@ -52,6 +52,8 @@ pub const NON_EMPTY_GROUP: i16 = 68;
 pub const GROUP_ID_NOT_FOUND: i16 = 69;
 /// FETCH_SESSION_ID_NOT_FOUND.
 pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+/// UNKNOWN_TOPIC_ID.
+pub const UNKNOWN_TOPIC_ID: i16 = 100;
 
 /// The Kafka error code a client should see for one of the broker's errors.
 pub fn error_code(code: ErrorCode) -> i16 {

@@ -38,6 +38,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 0, 12),
     (ApiKey::Fetch, fetch::MIN_VERSION, fetch::MAX_VERSION),
     (ApiKey::ListOffsets, 1, 8),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
 ];
 
 /// Produce versions below this are advertised but refused with UNSUPPORTED_VERSION.

@@ -4,7 +4,7 @@
 //! the same, such as the long-poll fetch loop), and builds the Kafka response. Nothing here
 //! owns state.
 //!
-//! - `admin`: ApiVersions and Metadata.
+//! - `admin`: ApiVersions, Metadata, CreateTopics and DeleteTopics.
 //! - `data`: Produce, Fetch, ListOffsets.
 
 mod admin;
@@ -60,6 +60,12 @@ pub(crate) async fn handle(
                 .collect();
             let frame = produce_refusal_v0_2(version, correlation_id, &topics);
             return Ok(Some(KafkaReply::frame(frame)));
+        }
+        RequestKind::CreateTopics(r) => {
+            ResponseKind::CreateTopics(admin::create_topics(ctx, r, version).await)
+        }
+        RequestKind::DeleteTopics(r) => {
+            ResponseKind::DeleteTopics(admin::delete_topics(ctx, r, version).await)
         }
         RequestKind::Fetch(r) => {
             return Ok(Some(data::fetch(ctx, r, version, correlation_id).await));
