@@ -162,6 +162,17 @@ fn unknown_versions_and_apis_are_refused_and_others_go_on() {
     bad.put_u8(0x80);
     c.send_raw(&bad);
     assert!(c.receive().is_none(), "closed");
+    // An array announcing 2^31 - 1 elements in a 14-byte frame: refused before anything
+    // is sized from it (the codec would ask for hundreds of GiB and abort the broker).
+    let mut c = kafka(&broker);
+    let mut huge = BytesMut::new();
+    huge.put_i16(ApiKey::Metadata as i16);
+    huge.put_i16(1);
+    huge.put_i32(8);
+    huge.put_i16(-1);
+    huge.put_i32(i32::MAX);
+    c.send_raw(&huge);
+    assert!(c.receive().is_none(), "closed");
     assert!(broker.log().contains("closing a Kafka connection"));
 
     // Everyone else is served as before, on both protocols.

@@ -13,6 +13,7 @@
 
 pub mod error;
 pub mod fetch;
+pub mod scan;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
@@ -142,17 +143,25 @@ pub fn decode_request(mut frame: Bytes) -> Result<Request, Refusal> {
     };
     let header = RequestHeader::decode(&mut frame, key.request_header_version(version))
         .map_err(|e| malformed(format!("header: {e}")))?;
-    let body = if key == ApiKey::Produce && version < PRODUCE_MIN_SERVED {
+    let (mut body, body_version) = if key == ApiKey::Produce && version < PRODUCE_MIN_SERVED {
         // The crate knows Produce from v3, whose body is v2's with a transactional id in
         // front: add a null one (these requests are refused, so the copy costs nothing).
         let mut v3 = BytesMut::with_capacity(frame.len() + 2);
         v3.put_i16(-1);
         v3.put_slice(&frame);
-        RequestKind::decode(key, &mut v3.freeze(), PRODUCE_MIN_SERVED)
+        (v3.freeze(), PRODUCE_MIN_SERVED)
     } else {
-        RequestKind::decode(key, &mut frame, version)
-    }
-    .map_err(|e| malformed(format!("body: {e}")))?;
+        (frame, version)
+    };
+    // Before the crate sizes any array from the bytes (see scan.rs).
+    scan::check(key, body_version, &body).map_err(|e| {
+        malformed(format!(
+            "an array announces {} elements with {} bytes left",
+            e.count, e.left
+        ))
+    })?;
+    let body = RequestKind::decode(key, &mut body, body_version)
+        .map_err(|e| malformed(format!("body: {e}")))?;
     Ok(Request {
         key,
         version,
@@ -318,6 +327,41 @@ mod tests {
         assert!(matches!(
             decode_request(Bytes::from_static(&[0, 3])),
             Err(Refusal::Malformed { .. })
+        ));
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes after a served API key and version, decoding returns a value
+        /// or a refusal, never a panic.
+        #[test]
+        fn decode_never_panics(
+            api in 0usize..SUPPORTED.len(),
+            version in -1i16..14,
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            let mut frame = BytesMut::new();
+            frame.put_i16(SUPPORTED[api].0 as i16);
+            frame.put_i16(version);
+            frame.put_i32(1);
+            frame.put_slice(&body);
+            let _ = decode_request(frame.freeze());
+        }
+    }
+
+    #[test]
+    fn an_array_larger_than_the_frame_is_refused_before_decoding() {
+        let mut frame = BytesMut::new();
+        frame.put_i16(ApiKey::Metadata as i16);
+        frame.put_i16(1);
+        frame.put_i32(3);
+        frame.put_i16(-1); // no client id
+        frame.put_i32(i32::MAX); // topics
+        assert!(matches!(
+            decode_request(frame.freeze()),
+            Err(Refusal::Malformed {
+                correlation_id: 3,
+                ..
+            })
         ));
     }
 
