@@ -440,7 +440,7 @@ async fn start_kafka_request(
         ctx: ctx.clone(),
         cost,
     };
-    let request = match kafka_codec::decode_request(payload.freeze()) {
+    let request = match kafka_codec::decode_request(payload) {
         Ok(r) => r,
         Err(kafka_codec::Refusal::ApiVersionsVersion {
             correlation_id,

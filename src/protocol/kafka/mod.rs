@@ -3,16 +3,17 @@
 //!
 //! The message layouts come from the `kafka-protocol` crate (generated from Kafka's own JSON
 //! schemas). Frames use the same 4-byte big-endian length prefix as the native protocol, so
-//! the connection splits them with [`super::frame::split_frame`]; a request is decoded
-//! from the frozen frame, so a Produce request's `records` are slices of the bytes the
-//! socket read filled. The Fetch response, whose records may be spliced from a file, is
-//! encoded by hand in [`fetch`].
+//! the connection splits them with [`super::frame::split_frame`]. The two messages that
+//! carry records are coded by hand so the records are never copied: the Produce request
+//! ([`produce`]), whose batches stay `BytesMut` handles into the buffer the socket read
+//! filled, and the Fetch response ([`fetch`]), whose records may be spliced from a file.
 //!
 //! Versions are checked against [`SUPPORTED`] before a body is decoded: a client may only
 //! use what the broker advertised in ApiVersions.
 
 pub mod error;
 pub mod fetch;
+pub mod produce;
 pub mod scan;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -103,11 +104,20 @@ pub struct Request {
     /// The client's name, if it sent one.
     pub client_id: Option<String>,
     /// The body.
-    pub body: RequestKind,
+    pub body: Body,
+}
+
+/// A request body.
+#[derive(Debug)]
+pub enum Body {
+    /// Produce, decoded by hand (records without a copy).
+    Produce(produce::ProduceData),
+    /// Every other API, decoded by the crate (boxed: its largest message is large).
+    Kind(Box<RequestKind>),
 }
 
 /// Decodes a request frame (without its length prefix).
-pub fn decode_request(mut frame: Bytes) -> Result<Request, Refusal> {
+pub fn decode_request(mut frame: BytesMut) -> Result<Request, Refusal> {
     if frame.len() < HEADER_START {
         return Err(Refusal::Malformed {
             correlation_id: 0,
@@ -143,25 +153,24 @@ pub fn decode_request(mut frame: Bytes) -> Result<Request, Refusal> {
     };
     let header = RequestHeader::decode(&mut frame, key.request_header_version(version))
         .map_err(|e| malformed(format!("header: {e}")))?;
-    let (mut body, body_version) = if key == ApiKey::Produce && version < PRODUCE_MIN_SERVED {
-        // The crate knows Produce from v3, whose body is v2's with a transactional id in
-        // front: add a null one (these requests are refused, so the copy costs nothing).
-        let mut v3 = BytesMut::with_capacity(frame.len() + 2);
-        v3.put_i16(-1);
-        v3.put_slice(&frame);
-        (v3.freeze(), PRODUCE_MIN_SERVED)
+    let body = if key == ApiKey::Produce {
+        Body::Produce(
+            produce::decode_produce(frame, version).map_err(|e| malformed(format!("body: {e}")))?,
+        )
     } else {
-        (frame, version)
-    };
-    // Before the crate sizes any array from the bytes (see scan.rs).
-    scan::check(key, body_version, &body).map_err(|e| {
-        malformed(format!(
-            "an array announces {} elements with {} bytes left",
-            e.count, e.left
+        let mut body = frame.freeze();
+        // Before the crate sizes any array from the bytes (see scan.rs).
+        scan::check(key, version, &body).map_err(|e| {
+            malformed(format!(
+                "an array announces {} elements with {} bytes left",
+                e.count, e.left
+            ))
+        })?;
+        Body::Kind(Box::new(
+            RequestKind::decode(key, &mut body, version)
+                .map_err(|e| malformed(format!("body: {e}")))?,
         ))
-    })?;
-    let body = RequestKind::decode(key, &mut body, body_version)
-        .map_err(|e| malformed(format!("body: {e}")))?;
+    };
     Ok(Request {
         key,
         version,
@@ -267,7 +276,7 @@ mod tests {
     use kafka_protocol::messages::{ApiVersionsRequest, MetadataRequest};
     use kafka_protocol::protocol::StrBytes;
 
-    fn frame(key: ApiKey, version: i16, correlation_id: i32, body: &impl Encodable) -> Bytes {
+    fn frame(key: ApiKey, version: i16, correlation_id: i32, body: &impl Encodable) -> BytesMut {
         let mut out = BytesMut::new();
         RequestHeader::default()
             .with_request_api_key(key as i16)
@@ -277,7 +286,7 @@ mod tests {
             .encode(&mut out, key.request_header_version(version))
             .unwrap();
         body.encode(&mut out, version).unwrap();
-        out.freeze()
+        out
     }
 
     #[test]
@@ -291,7 +300,7 @@ mod tests {
             (ApiKey::ApiVersions, 3, 7)
         );
         assert_eq!(r.client_id.as_deref(), Some("test"));
-        assert!(matches!(r.body, RequestKind::ApiVersions(_)));
+        assert!(matches!(r.body, Body::Kind(k) if matches!(*k, RequestKind::ApiVersions(_))));
     }
 
     #[test]
@@ -310,7 +319,7 @@ mod tests {
         unknown.put_i16(0);
         unknown.put_i32(5);
         assert!(matches!(
-            decode_request(unknown.freeze()),
+            decode_request(unknown),
             Err(Refusal::Unsupported { key: 999, .. })
         ));
         let mut future = BytesMut::new();
@@ -318,14 +327,14 @@ mod tests {
         future.put_i16(99);
         future.put_i32(11);
         assert_eq!(
-            decode_request(future.freeze()).unwrap_err(),
+            decode_request(future).unwrap_err(),
             Refusal::ApiVersionsVersion {
                 correlation_id: 11,
                 version: 99
             }
         );
         assert!(matches!(
-            decode_request(Bytes::from_static(&[0, 3])),
+            decode_request(BytesMut::from(&[0u8, 3][..])),
             Err(Refusal::Malformed { .. })
         ));
     }
@@ -344,7 +353,7 @@ mod tests {
             frame.put_i16(version);
             frame.put_i32(1);
             frame.put_slice(&body);
-            let _ = decode_request(frame.freeze());
+            let _ = decode_request(frame);
         }
     }
 
@@ -357,7 +366,7 @@ mod tests {
         frame.put_i16(-1); // no client id
         frame.put_i32(i32::MAX); // topics
         assert!(matches!(
-            decode_request(frame.freeze()),
+            decode_request(frame),
             Err(Refusal::Malformed {
                 correlation_id: 3,
                 ..

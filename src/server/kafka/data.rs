@@ -5,14 +5,13 @@
 
 use std::rc::Rc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    FetchRequest, ListOffsetsRequest, ListOffsetsResponse, ProduceRequest, ProduceResponse,
-    TopicName,
+    FetchRequest, ListOffsetsRequest, ListOffsetsResponse, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -24,6 +23,7 @@ use crate::protocol::kafka::error::{
 use crate::protocol::kafka::fetch::{
     encode_fetch_response, FetchResponseData, PartitionData, Records, TopicData,
 };
+use crate::protocol::kafka::produce::ProduceData;
 use crate::server::context::ShardContext;
 use crate::server::native::{self, Reply};
 use crate::storage::FileRange;
@@ -51,9 +51,9 @@ fn partition_index(index: i32) -> u32 {
     u32::try_from(index).unwrap_or(u32::MAX)
 }
 
-/// Appends the request's batches (validated, never decompressed or re-encoded). `None`:
-/// acks = 0, no response.
-pub(super) async fn produce(ctx: &Rc<ShardContext>, r: ProduceRequest) -> Option<ProduceResponse> {
+/// Appends the request's batches (validated, never decompressed, re-encoded or copied:
+/// they are handles into the request buffer). `None`: acks = 0, no response.
+pub(super) async fn produce(ctx: &Rc<ShardContext>, r: ProduceData) -> Option<ProduceResponse> {
     let acks = match r.acks {
         0 => Acks::None,
         1 => Acks::Leader,
@@ -64,21 +64,16 @@ pub(super) async fn produce(ctx: &Rc<ShardContext>, r: ProduceRequest) -> Option
         }
     };
     let topics = r
-        .topic_data
+        .topics
         .into_iter()
         .map(|t| TopicEntry {
-            topic: t.name.0.to_string(),
+            topic: t.name,
             partitions: t
-                .partition_data
+                .partitions
                 .into_iter()
                 .map(|p| native_api::ProducePartition {
                     partition: partition_index(p.index),
-                    // The native append takes the batches as `BytesMut` (their base offset
-                    // is written in place): one copy of the record bytes here, see
-                    // docs/KAFKA.md.
-                    records: p
-                        .records
-                        .map_or_else(BytesMut::new, |b| BytesMut::from(&b[..])),
+                    records: p.records,
                 })
                 .collect(),
         })
@@ -128,15 +123,15 @@ pub(super) async fn produce(ctx: &Rc<ShardContext>, r: ProduceRequest) -> Option
 }
 
 /// A response giving every partition of the request the same error.
-pub(super) fn refuse_all(r: &ProduceRequest, error: i16) -> ProduceResponse {
+fn refuse_all(r: &ProduceData, error: i16) -> ProduceResponse {
     ProduceResponse::default().with_responses(
-        r.topic_data
+        r.topics
             .iter()
             .map(|t| {
                 TopicProduceResponse::default()
-                    .with_name(t.name.clone())
+                    .with_name(TopicName(StrBytes::from_string(t.name.clone())))
                     .with_partition_responses(
-                        t.partition_data
+                        t.partitions
                             .iter()
                             .map(|p| {
                                 PartitionProduceResponse::default()

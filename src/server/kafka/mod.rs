@@ -18,7 +18,9 @@ use std::rc::Rc;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 
 use super::context::ShardContext;
-use crate::protocol::kafka::{encode_response, produce_refusal_v0_2, Request, PRODUCE_MIN_SERVED};
+use crate::protocol::kafka::{
+    encode_response, produce_refusal_v0_2, Body, Request, PRODUCE_MIN_SERVED,
+};
 
 /// Handles one decoded request. `Ok(None)` means no response is sent (produce with
 /// acks = 0); an error means the response could not be encoded and the connection must
@@ -35,6 +37,34 @@ pub(crate) async fn handle(
         client_id,
         body,
     } = request;
+    let body = match body {
+        Body::Produce(r) if version < PRODUCE_MIN_SERVED => {
+            tracing::debug!(version, "kafka produce below v3: refused");
+            if r.acks == 0 {
+                return Ok(None);
+            }
+            let topics: Vec<(String, Vec<i32>)> = r
+                .topics
+                .into_iter()
+                .map(|t| (t.name, t.partitions.iter().map(|p| p.index).collect()))
+                .collect();
+            let frame = produce_refusal_v0_2(version, correlation_id, &topics);
+            return Ok(Some(KafkaReply::frame(frame)));
+        }
+        Body::Produce(r) => {
+            return match data::produce(ctx, r).await {
+                Some(response) => plain(
+                    key,
+                    version,
+                    correlation_id,
+                    &ResponseKind::Produce(response),
+                )
+                .map(Some),
+                None => Ok(None),
+            };
+        }
+        Body::Kind(body) => *body,
+    };
     let response = match body {
         RequestKind::ApiVersions(r) => {
             tracing::debug!(
@@ -45,22 +75,6 @@ pub(crate) async fn handle(
             ResponseKind::ApiVersions(admin::api_versions())
         }
         RequestKind::Metadata(r) => ResponseKind::Metadata(admin::metadata(ctx, r, version, local)),
-        RequestKind::Produce(r) if version < PRODUCE_MIN_SERVED => {
-            tracing::debug!(version, "kafka produce below v3: refused");
-            if r.acks == 0 {
-                return Ok(None);
-            }
-            let topics: Vec<(String, Vec<i32>)> = r
-                .topic_data
-                .iter()
-                .map(|t| {
-                    let partitions = t.partition_data.iter().map(|p| p.index).collect();
-                    (t.name.0.to_string(), partitions)
-                })
-                .collect();
-            let frame = produce_refusal_v0_2(version, correlation_id, &topics);
-            return Ok(Some(KafkaReply::frame(frame)));
-        }
         RequestKind::CreateTopics(r) => {
             ResponseKind::CreateTopics(admin::create_topics(ctx, r, version).await)
         }
@@ -71,10 +85,6 @@ pub(crate) async fn handle(
             return Ok(Some(data::fetch(ctx, r, version, correlation_id).await));
         }
         RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(data::list_offsets(ctx, r).await),
-        RequestKind::Produce(r) => match data::produce(ctx, r).await {
-            Some(response) => ResponseKind::Produce(response),
-            None => return Ok(None),
-        },
         other => {
             // decode_request lets through only the APIs of SUPPORTED, all handled above.
             return Err(format!("no handler for {key:?} ({other:?})"));
