@@ -625,3 +625,32 @@ fn create_and_delete_topics() {
         assert!(native.describe_topic(&format!("v{}", version + 1)).is_err());
     }
 }
+
+#[test]
+fn responses_leave_in_request_order() {
+    // Kafka answers the requests of a connection in the order they came (the Java client
+    // depends on it): a quick ApiVersions behind a long-polling fetch waits for it.
+    let broker = Broker::start(&["--cores", "2"]);
+    broker.client().create_topic("q", 1, &[]).unwrap();
+    let mut c = kafka(&broker);
+    let fetch = c.send(ApiKey::Fetch, 12, &fetch_request("q", &[(0, 0)], 1_000));
+    let versions = c.send(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let mut first = c.receive().expect("a response");
+    let header =
+        ResponseHeader::decode(&mut first, ApiKey::Fetch.response_header_version(12)).unwrap();
+    assert_eq!(header.correlation_id, fetch, "the fetch's answer first");
+    let r = FetchResponse::decode(&mut first, 12).unwrap();
+    assert_eq!(fetched(&r), vec![(0, 0, 0, vec![])]);
+    let mut second = c.receive().expect("a response");
+    let header = ResponseHeader::decode(&mut second, 0).unwrap();
+    assert_eq!(header.correlation_id, versions);
+    // acks = 0 produces have no response and hold nothing back.
+    let batch = common::batch("z", 1, 0, common::now_ms()).freeze();
+    c.send(
+        ApiKey::Produce,
+        9,
+        &produce_request("q", 0, batch.clone(), 0),
+    );
+    let r: ProduceResponse = c.call(ApiKey::Produce, 9, &produce_request("q", 0, batch, -1));
+    assert_eq!(produce_errors(&r), vec![(0, 0, 1)]);
+}

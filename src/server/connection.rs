@@ -19,7 +19,7 @@
 //! connection, one frame being received and one read chunk.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::{poll_fn, Future};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -72,6 +72,20 @@ struct ConnectionState {
     /// Share-group consumers (group, member) that fetched on this connection: their locks
     /// are released when it closes, so others get their records at once.
     share_members: RefCell<Vec<(String, String)>>,
+    /// Set when responses must leave in request order (Kafka's rule; the Java client
+    /// fails on a response it did not expect next). Native responses leave as they finish:
+    /// they carry correlation ids and the native clients match them.
+    in_order: Option<InOrder>,
+}
+
+/// Responses held back until every earlier request's response is queued. Each request
+/// takes a ticket when it starts (in arrival order); held responses are bounded by the
+/// in-flight limit.
+#[derive(Default)]
+struct InOrder {
+    next_ticket: Cell<u64>,
+    next_out: Cell<u64>,
+    held: RefCell<BTreeMap<u64, Vec<OutChunk>>>,
 }
 
 impl ConnectionState {
@@ -82,6 +96,35 @@ impl ConnectionState {
 
     fn push_bytes(&self, chunks: Vec<Bytes>) {
         self.push(chunks.into_iter().map(OutChunk::Bytes));
+    }
+
+    /// The ticket of a request starting now, when responses leave in order.
+    fn ticket(&self) -> Option<u64> {
+        self.in_order.as_ref().map(|o| {
+            let ticket = o.next_ticket.get();
+            o.next_ticket.set(ticket + 1);
+            ticket
+        })
+    }
+
+    /// Queues a finished request's response (`None`: it has none, as produce with acks 0):
+    /// at once, or, with a ticket, after every earlier request's.
+    fn finish(&self, ticket: Option<u64>, chunks: Option<Vec<OutChunk>>) {
+        let (Some(ticket), Some(order)) = (ticket, &self.in_order) else {
+            if let Some(chunks) = chunks {
+                self.push(chunks);
+            }
+            return;
+        };
+        let mut held = order.held.borrow_mut();
+        held.insert(ticket, chunks.unwrap_or_default());
+        let mut outbox = self.outbox.borrow_mut();
+        while let Some(chunks) = held.remove(&order.next_out.get()) {
+            outbox.extend(chunks);
+            order.next_out.set(order.next_out.get() + 1);
+        }
+        drop((held, outbox));
+        self.outbox_ready.notify_all();
     }
 }
 
@@ -205,6 +248,7 @@ pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, protocol: Pr
         closing: Cell::new(false),
         broken: Cell::new(false),
         share_members: RefCell::new(Vec::new()),
+        in_order: (protocol == Protocol::Kafka).then(InOrder::default),
     });
     let local = stream.local_addr().ok();
     let (reader, writer) = stream.into_split();
@@ -447,7 +491,8 @@ async fn start_kafka_request(
             version,
         }) => {
             tracing::debug!(version, "api versions at an unknown version: answering v0");
-            state.push_bytes(vec![kafka_codec::api_versions_unsupported(correlation_id)]);
+            let answer = kafka_codec::api_versions_unsupported(correlation_id);
+            state.finish(state.ticket(), Some(vec![OutChunk::Bytes(answer)]));
             return true;
         }
         Err(refusal) => {
@@ -478,13 +523,13 @@ async fn run_request(
     work: impl Future<Output = Option<Vec<OutChunk>>> + 'static,
 ) {
     state.in_flight.set(state.in_flight.get() + 1);
+    let ticket = state.ticket();
     let mut task: Pin<Box<dyn Future<Output = ()>>> = Box::pin({
         let state = state.clone();
         async move {
             let _taken = taken;
-            if let Some(chunks) = work.await {
-                state.push(chunks);
-            }
+            let chunks = work.await;
+            state.finish(ticket, chunks);
             state.in_flight.set(state.in_flight.get() - 1);
             state.request_done.notify_all();
             state.outbox_ready.notify_all();
