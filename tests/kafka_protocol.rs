@@ -654,3 +654,19 @@ fn responses_leave_in_request_order() {
     let r: ProduceResponse = c.call(ApiKey::Produce, 9, &produce_request("q", 0, batch, -1));
     assert_eq!(produce_errors(&r), vec![(0, 0, 1)]);
 }
+
+#[test]
+fn an_oversize_frame_closes_only_its_connection() {
+    let broker = Broker::start(&["--cores", "1", "--max-request-bytes", "1024"]);
+    let mut other = kafka(&broker);
+    let mut c = kafka(&broker);
+    // Refused from the length prefix alone.
+    c.stream.write_all(&(1_i32 << 20).to_be_bytes()).unwrap();
+    assert!(c.receive().is_none(), "closed");
+    assert!(
+        broker.log().contains("exceeds the limit"),
+        "{}",
+        broker.log()
+    );
+    let _: ApiVersionsResponse = other.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+}
