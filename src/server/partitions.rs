@@ -92,10 +92,12 @@ impl PartitionTable {
     /// open, for the caller to close.
     pub(crate) fn remove_topic(&self, topic: &TopicMeta) -> Vec<Rc<PartitionLog>> {
         let mut incarnations = self.incarnations.borrow_mut();
-        let newest = incarnations.entry(topic.name.clone()).or_insert(Incarnation {
-            id: topic.id,
-            deleted: true,
-        });
+        let newest = incarnations
+            .entry(topic.name.clone())
+            .or_insert(Incarnation {
+                id: topic.id,
+                deleted: true,
+            });
         if newest.id <= topic.id {
             *newest = Incarnation {
                 id: topic.id,
