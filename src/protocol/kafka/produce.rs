@@ -269,6 +269,17 @@ mod tests {
         assert_eq!(ours.topics[0].partitions[0].index, 3);
     }
 
+    proptest::proptest! {
+        /// Any bytes decode to a request or an error, never a panic.
+        #[test]
+        fn decode_never_panics(
+            version in 0i16..13,
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            let _ = decode_produce(BytesMut::from(&body[..]), version);
+        }
+    }
+
     #[test]
     fn bad_bodies_are_errors() {
         let mut body = BytesMut::new();
