@@ -3,7 +3,7 @@
 //!
 //! Start a broker, then:
 //! `cargo run --release --example client_throughput -- [ADDR] [RECORDS] [PARTITIONS] [BATCH_BYTES] [LINGER_MS] [ACKS]`
-//! Defaults: 127.0.0.1:9092, 5,000,000 records, 2 partitions, 256 KiB batches, 5 ms
+//! Defaults: 127.0.0.1:9292, 5,000,000 records, 2 partitions, 256 KiB batches, 5 ms
 //! linger, acks all. It creates a fresh topic, sends every record through one `Producer`
 //! (unkeyed: sticky partitioning), flushes, then reads everything back from the earliest
 //! offset with one `Consumer`, and prints records/s and MB/s of record values for each.
@@ -20,7 +20,7 @@ const RECORD_BYTES: usize = 100;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.into());
-    let addr = arg(0, "127.0.0.1:9092");
+    let addr = arg(0, "127.0.0.1:9292");
     let records: usize = arg(1, "5000000").parse()?;
     let partitions: u32 = arg(2, "2").parse()?;
     let batch_bytes: usize = arg(3, "262144").parse()?;

@@ -3,7 +3,7 @@
 //!
 //! Start a broker, then:
 //! `cargo run --release --example produce_fetch_loop -- [ADDR] [BATCHES] [WINDOW] [ACKS] [owner|other]`
-//! Defaults: 127.0.0.1:9092, 2000 batches of 1,000 records of 100 bytes, 16 requests in
+//! Defaults: 127.0.0.1:9292, 2000 batches of 1,000 records of 100 bytes, 16 requests in
 //! flight, acks all (-1; also 1 or 0). It produces every batch to a fresh one-partition
 //! topic through the owning shard's direct port (or, with `other`, another shard's, so
 //! every request hops through the rings and fetches are read rather than spliced), then
@@ -22,7 +22,7 @@ const RECORD_BYTES: usize = 100;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let addr = args.first().map_or("127.0.0.1:9092", String::as_str);
+    let addr = args.first().map_or("127.0.0.1:9292", String::as_str);
     let batches: usize = args.get(1).map_or(Ok(2000), |s| s.parse())?;
     let window: usize = args.get(2).map_or(Ok(16), |s| s.parse())?;
     let acks = match args.get(3).map_or("-1", String::as_str) {

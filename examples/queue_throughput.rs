@@ -3,7 +3,7 @@
 //!
 //! Start a broker, then:
 //! `cargo run --release --example queue_throughput -- [ADDR] [RECORDS] [CONSUMERS] [PARTITIONS] [MAX_RECORDS]`
-//! Defaults: 127.0.0.1:9092, 1,000,000 records, 8 consumers, 2 partitions, 500 records per
+//! Defaults: 127.0.0.1:9292, 1,000,000 records, 8 consumers, 2 partitions, 500 records per
 //! partition per poll. It creates a fresh topic, fills it (not timed), then starts the
 //! consumers, each on its own thread with its own connection, in manual ack mode: every
 //! record is accepted with its own acknowledgement entry, sent with the next poll. It stops
@@ -22,7 +22,7 @@ const RECORD_BYTES: usize = 100;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.into());
-    let addr = arg(0, "127.0.0.1:9092");
+    let addr = arg(0, "127.0.0.1:9292");
     let records: u64 = arg(1, "1000000").parse()?;
     let consumers: usize = arg(2, "8").parse()?;
     let partitions: u32 = arg(3, "2").parse()?;

@@ -4,7 +4,7 @@
 //!
 //! Start a broker, then:
 //! `cargo run --release --example rebalance_time -- [ADDR] [MEMBERS] [PARTITIONS] [HEARTBEAT_MS] [SESSION_MS] [ROUNDS]`
-//! Defaults: 127.0.0.1:9092, 3 members, 12 partitions, 100 ms heartbeats, 2 s sessions,
+//! Defaults: 127.0.0.1:9292, 3 members, 12 partitions, 100 ms heartbeats, 2 s sessions,
 //! 5 rounds. Each member runs on its own thread, polling every 20 ms; the main thread
 //! watches their reported generations and partitions.
 
@@ -83,7 +83,7 @@ fn settle(members: &[Member], n: u32, after: u32, since: Instant) -> (Duration, 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.into());
-    let addr = arg(0, "127.0.0.1:9092");
+    let addr = arg(0, "127.0.0.1:9292");
     let members: usize = arg(1, "3").parse()?;
     let partitions: u32 = arg(2, "12").parse()?;
     let heartbeat = Duration::from_millis(arg(3, "100").parse()?);

@@ -11,6 +11,9 @@ use crate::storage::FsyncPolicy;
 pub struct BrokerConfig {
     /// Shared listener address (every shard accepts on it through SO_REUSEPORT).
     pub listen: SocketAddr,
+    /// The Kafka protocol's listener (every shard accepts on it through SO_REUSEPORT), or
+    /// `None` for no Kafka listener.
+    pub kafka_listen: Option<SocketAddr>,
     /// Root of all data: `meta/` and one directory per topic.
     pub data_dir: PathBuf,
     /// CPU ids to run shards on, one shard each, in shard order.
@@ -61,6 +64,7 @@ impl BrokerConfig {
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
         BrokerConfig {
             listen,
+            kafka_listen: None,
             data_dir,
             cores: available_cores(),
             pin: true,

@@ -47,7 +47,7 @@ enum Command {
 #[derive(Args)]
 struct RunArgs {
     /// eventflow://HOST:PORT or kafka://HOST:PORT.
-    #[arg(long, default_value = "eventflow://127.0.0.1:9092")]
+    #[arg(long, default_value = "eventflow://127.0.0.1:9292")]
     target: String,
     #[command(flatten)]
     workload: Workload,

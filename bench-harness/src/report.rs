@@ -451,7 +451,7 @@ mod tests {
             kind: kind.into(),
             label: label.into(),
             target_kind: target.into(),
-            target: format!("{target}://127.0.0.1:9092"),
+            target: format!("{target}://127.0.0.1:9292"),
             workload: Workload::default(),
             client_settings: vec![
                 ("acks".into(), "all".into()),
@@ -578,7 +578,7 @@ mod tests {
     fn markdown_states_settings_once_per_target() {
         let md = render_markdown("t", &comparison(), &[]);
         assert_eq!(
-            md.matches("### eventflow (`eventflow://127.0.0.1:9092`)")
+            md.matches("### eventflow (`eventflow://127.0.0.1:9292`)")
                 .count(),
             1
         );

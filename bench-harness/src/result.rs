@@ -41,7 +41,7 @@ pub struct RunResult {
     pub label: String,
     /// `eventflow` or `kafka`.
     pub target_kind: String,
-    /// The target's address (`eventflow://127.0.0.1:9092`).
+    /// The target's address (`eventflow://127.0.0.1:9292`).
     pub target: String,
     /// The workload knobs.
     pub workload: Workload,
@@ -258,7 +258,7 @@ mod tests {
             kind: "produce".into(),
             label: "produce 100B".into(),
             target_kind: "eventflow".into(),
-            target: "eventflow://127.0.0.1:9092".into(),
+            target: "eventflow://127.0.0.1:9292".into(),
             workload: Workload::default(),
             client_settings: vec![("acks".into(), "all".into())],
             durability: "--fsync always".into(),

@@ -23,7 +23,7 @@ struct Cli {
         long,
         global = true,
         env = "EVENTFLOW_BOOTSTRAP",
-        default_value = "127.0.0.1:9092"
+        default_value = "127.0.0.1:9292"
     )]
     bootstrap: String,
     #[command(subcommand)]

@@ -9,16 +9,30 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use eventflow::config::{available_cores, parse_cores, parse_fsync, BrokerConfig};
 
+/// The Kafka listener's default port: Kafka's own, so Kafka tools work unconfigured.
+const DEFAULT_KAFKA_PORT: u16 = 9092;
+
 /// A thread-per-core, io_uring, log-based message broker with Kafka's data model.
 ///
-/// Prints one line `eventflowd ready listen=ADDR direct=ADDR,… shards=N` on stdout once
-/// every shard serves; logs go to stderr (level from RUST_LOG, default info).
+/// Prints one line `eventflowd ready listen=ADDR direct=ADDR,… shards=N kafka=ADDR` on stdout
+/// once every shard serves (`kafka=` is empty with --no-kafka); logs go to stderr (level from
+/// RUST_LOG, default info).
 #[derive(Parser, Debug)]
 #[command(name = "eventflowd", version)]
 struct Args {
-    /// Address of the shared listener (every shard accepts on it).
-    #[arg(long, default_value = "127.0.0.1:9092")]
+    /// Address of the native protocol's shared listener (every shard accepts on it).
+    #[arg(long, default_value = "127.0.0.1:9292")]
     listen: SocketAddr,
+
+    /// Address of the Kafka protocol's listener (every shard accepts on it). Default:
+    /// 127.0.0.1:9092, or an ephemeral port on the --listen address when --listen has
+    /// port 0 (as the direct ports do).
+    #[arg(long)]
+    kafka_listen: Option<SocketAddr>,
+
+    /// Do not serve the Kafka protocol.
+    #[arg(long, conflicts_with = "kafka_listen")]
+    no_kafka: bool,
 
     /// Where topics, segments and metadata live.
     #[arg(long, default_value = "./eventflow-data")]
@@ -105,6 +119,12 @@ struct Args {
 
 fn config_from(args: Args) -> anyhow::Result<BrokerConfig> {
     let mut config = BrokerConfig::new(args.listen, args.data_dir);
+    config.kafka_listen = match (args.no_kafka, args.kafka_listen) {
+        (true, _) => None,
+        (false, Some(addr)) => Some(addr),
+        (false, None) if args.listen.port() == 0 => Some(SocketAddr::new(args.listen.ip(), 0)),
+        (false, None) => Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_KAFKA_PORT))),
+    };
     let available = available_cores();
     if let Some(spec) = &args.cores {
         config.cores = parse_cores(spec, &available)
@@ -204,6 +224,7 @@ fn main() -> anyhow::Result<()> {
     let signals = block_stop_signals();
     tracing::info!(
         listen = %config.listen,
+        kafka_listen = ?config.kafka_listen,
         data_dir = %config.data_dir.display(),
         cores = ?config.cores,
         fsync = ?config.fsync,
@@ -221,10 +242,13 @@ fn main() -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         writeln!(
             out,
-            "eventflowd ready listen={} direct={} shards={}",
+            "eventflowd ready listen={} direct={} shards={} kafka={}",
             broker.addr(),
             direct.join(","),
-            broker.shard_count()
+            broker.shard_count(),
+            broker
+                .kafka_addr()
+                .map_or_else(String::new, |a| a.to_string())
         )?;
         out.flush()?;
     }

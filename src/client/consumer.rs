@@ -94,7 +94,7 @@ impl Default for ConsumerConfig {
     /// A local broker, a 500 ms long-poll that answers on the first byte, 4 MiB fetches.
     fn default() -> Self {
         ConsumerConfig {
-            bootstrap: "127.0.0.1:9092".into(),
+            bootstrap: "127.0.0.1:9292".into(),
             max_wait: Duration::from_millis(500),
             min_bytes: 1,
             max_bytes: 4 << 20,
@@ -1050,7 +1050,7 @@ mod tests {
                 port: 0,
             },
         ];
-        let boot = "localhost:9092";
+        let boot = "localhost:9292";
         assert_eq!(shard_endpoint(&shards, 0, boot), "127.0.0.1:7001");
         assert_eq!(shard_endpoint(&shards, 1, boot), "localhost:7002");
         assert_eq!(shard_endpoint(&shards, 2, boot), boot);

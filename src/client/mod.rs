@@ -9,7 +9,7 @@
 //! use eventflow::client::producer::{Producer, ProducerConfig, Record};
 //!
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     let producer = Producer::new(ProducerConfig::default())?; // 127.0.0.1:9092, acks=all
+//!     let producer = Producer::new(ProducerConfig::default())?; // 127.0.0.1:9292, acks=all
 //!     let delivery = producer.send(Record {
 //!         topic: "quickstart-events",
 //!         key: Some(b"alice"),

@@ -67,7 +67,7 @@ impl Default for ProducerConfig {
     fn default() -> Self {
         let batching = AccumulatorConfig::default();
         ProducerConfig {
-            bootstrap: "127.0.0.1:9092".into(),
+            bootstrap: "127.0.0.1:9292".into(),
             acks: Acks::All,
             batch_bytes: batching.batch_bytes,
             linger: batching.linger,

@@ -60,7 +60,7 @@ impl ShareConsumerConfig {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ShareConsumerConfig {
-            bootstrap: "127.0.0.1:9092".into(),
+            bootstrap: "127.0.0.1:9292".into(),
             group: group.to_string(),
             member_id: format!("{}-{}-{n}", hostname(), std::process::id()),
             lock: Duration::from_secs(30),

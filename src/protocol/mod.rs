@@ -7,6 +7,8 @@ pub mod batch;
 pub mod error;
 pub mod frame;
 pub mod group;
+#[cfg(feature = "server")]
+pub mod kafka;
 pub mod message;
 
 pub use error::{ErrorCode, WireError};

@@ -1,4 +1,8 @@
-//! One client connection, served entirely by the shard that accepted it.
+//! One client connection, served entirely by the shard that accepted it, in either protocol:
+//! native or Kafka. Both frame requests with a 4-byte length prefix, so the read loop,
+//! the budgets, the in-flight limit, the writer and the splice are the same; only starting
+//! a request (decode, hand to the protocol's front end, encode) and refusing a frame that
+//! cannot be read differ ([`Protocol`]).
 //!
 //! The reader splits frames off one growing buffer: a request's record batches stay handles
 //! into that buffer all the way to the log file. Requests are pipelined: each runs as its own
@@ -15,9 +19,9 @@
 //! connection, one frame being received and one read chunk.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::{poll_fn, Future};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
@@ -30,13 +34,24 @@ use futures_util::future::Either;
 
 use super::calls::ShareRelease;
 use super::context::{first, ShardContext};
+use super::kafka;
 use super::native::{self, Reply};
 use crate::protocol::api::{
     encode_error_response, encode_fetch_response_parts, encode_response, Request,
 };
 use crate::protocol::frame::{self, Part, RequestHeader, LENGTH_PREFIX, REQUEST_HEADER_LEN};
+use crate::protocol::kafka as kafka_codec;
 use crate::protocol::ErrorCode;
 use crate::storage::FileRange;
+
+/// The protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// Eventflow's own protocol (docs/PROTOCOL.md).
+    Native,
+    /// Kafka's protocol (docs/KAFKA.md).
+    Kafka,
+}
 
 /// Smallest read the reader asks the kernel for.
 const READ_CHUNK: usize = 64 * 1024;
@@ -57,6 +72,20 @@ struct ConnectionState {
     /// Share-group consumers (group, member) that fetched on this connection: their locks
     /// are released when it closes, so others get their records at once.
     share_members: RefCell<Vec<(String, String)>>,
+    /// Set when responses must leave in request order (Kafka's rule; the Java client
+    /// fails on a response it did not expect next). Native responses leave as they finish:
+    /// they carry correlation ids and the native clients match them.
+    in_order: Option<InOrder>,
+}
+
+/// Responses held back until every earlier request's response is queued. Each request
+/// takes a ticket when it starts (in arrival order); held responses are bounded by the
+/// in-flight limit.
+#[derive(Default)]
+struct InOrder {
+    next_ticket: Cell<u64>,
+    next_out: Cell<u64>,
+    held: RefCell<BTreeMap<u64, Vec<OutChunk>>>,
 }
 
 impl ConnectionState {
@@ -67,6 +96,35 @@ impl ConnectionState {
 
     fn push_bytes(&self, chunks: Vec<Bytes>) {
         self.push(chunks.into_iter().map(OutChunk::Bytes));
+    }
+
+    /// The ticket of a request starting now, when responses leave in order.
+    fn ticket(&self) -> Option<u64> {
+        self.in_order.as_ref().map(|o| {
+            let ticket = o.next_ticket.get();
+            o.next_ticket.set(ticket + 1);
+            ticket
+        })
+    }
+
+    /// Queues a finished request's response (`None`: it has none, as produce with acks 0):
+    /// at once, or, with a ticket, after every earlier request's.
+    fn finish(&self, ticket: Option<u64>, chunks: Option<Vec<OutChunk>>) {
+        let (Some(ticket), Some(order)) = (ticket, &self.in_order) else {
+            if let Some(chunks) = chunks {
+                self.push(chunks);
+            }
+            return;
+        };
+        let mut held = order.held.borrow_mut();
+        held.insert(ticket, chunks.unwrap_or_default());
+        let mut outbox = self.outbox.borrow_mut();
+        while let Some(chunks) = held.remove(&order.next_out.get()) {
+            outbox.extend(chunks);
+            order.next_out.set(order.next_out.get() + 1);
+        }
+        drop((held, outbox));
+        self.outbox_ready.notify_all();
     }
 }
 
@@ -89,17 +147,21 @@ fn encode_reply(correlation_id: u32, reply: Reply) -> Vec<OutChunk> {
             let parts = encode_fetch_response_parts(correlation_id, &response, &mut |i| {
                 files.get(i).and_then(|f| f.as_ref()).map(|f| f.len)
             });
-            let mut files = files.into_iter().flatten();
-            parts
-                .into_iter()
-                .filter_map(|part| match part {
-                    Part::Bytes(b) => Some(OutChunk::Bytes(b)),
-                    // Placeholders come in the order of the ranges that made them.
-                    Part::External(_) => files.next().map(OutChunk::File),
-                })
-                .collect()
+            with_files(parts, files.into_iter().flatten())
         }
     }
+}
+
+/// The chunks of an encoded frame whose placeholders take the file ranges, in order.
+fn with_files(parts: Vec<Part>, mut files: impl Iterator<Item = FileRange>) -> Vec<OutChunk> {
+    parts
+        .into_iter()
+        .filter_map(|part| match part {
+            Part::Bytes(b) => Some(OutChunk::Bytes(b)),
+            // Placeholders come in the order of the ranges that made them.
+            Part::External(_) => files.next().map(OutChunk::File),
+        })
+        .collect()
 }
 
 /// A pipe for splicing file ranges to this connection's socket, made on first use.
@@ -173,7 +235,7 @@ async fn splice_range(
 }
 
 /// Serves `stream` until the client leaves, the connection breaks, or the broker stops.
-pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
+pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, protocol: Protocol) {
     let peer = stream.peer_addr().ok();
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(?peer, "set_nodelay: {e}");
@@ -186,11 +248,12 @@ pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
         closing: Cell::new(false),
         broken: Cell::new(false),
         share_members: RefCell::new(Vec::new()),
+        in_order: (protocol == Protocol::Kafka).then(InOrder::default),
     });
-    let local_ip = stream.local_addr().ok().map(|a| a.ip());
+    let local = stream.local_addr().ok();
     let (reader, writer) = stream.into_split();
     let writer_task = compio::runtime::spawn(write_loop(writer, state.clone()));
-    read_loop(&ctx, reader, &state, local_ip).await;
+    read_loop(&ctx, reader, &state, protocol, local).await;
     state.closing.set(true);
     state.outbox_ready.notify_all();
     let _ = writer_task.await;
@@ -258,8 +321,10 @@ async fn read_loop(
     ctx: &Rc<ShardContext>,
     mut stream: TcpStream,
     state: &Rc<ConnectionState>,
-    local_ip: Option<IpAddr>,
+    protocol: Protocol,
+    local: Option<SocketAddr>,
 ) {
+    let local_ip = local.map(|a| a.ip());
     let max_payload = ctx.config.max_request_bytes;
     let max_in_flight = ctx.config.max_in_flight_per_connection.max(1);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -273,11 +338,24 @@ async fn read_loop(
                         Either::Left(()) => {}
                         Either::Right(()) => return,
                     }
-                    if !start_request(ctx, state, payload, cost, local_ip).await {
+                    let go_on = match protocol {
+                        Protocol::Native => {
+                            start_request(ctx, state, payload, cost, local_ip).await
+                        }
+                        Protocol::Kafka => {
+                            start_kafka_request(ctx, state, payload, cost, local).await
+                        }
+                    };
+                    if !go_on {
                         return;
                     }
                 }
                 Ok(None) => break,
+                Err(e) if protocol == Protocol::Kafka => {
+                    // Kafka has no response for a frame it cannot read: close, as Kafka does.
+                    tracing::warn!("closing a Kafka connection: {e}");
+                    return;
+                }
                 Err(e) => {
                     // The stream cannot be resynchronised: answer, then close.
                     let correlation_id = if buf.len() >= LENGTH_PREFIX + REQUEST_HEADER_LEN {
@@ -378,22 +456,80 @@ async fn start_request(
             members.push((r.group.clone(), r.member_id.clone()));
         }
     }
+    let ctx = ctx.clone();
+    run_request(state, taken, async move {
+        native::handle(&ctx, request, local_ip)
+            .await
+            .map(|outcome| match outcome {
+                Ok(reply) => encode_reply(correlation_id, reply),
+                Err(e) => encode_error_response(correlation_id, e.code, &e.message)
+                    .into_iter()
+                    .map(OutChunk::Bytes)
+                    .collect(),
+            })
+    })
+    .await;
+    true
+}
+
+/// Decodes one Kafka request and starts it. Returns false if the connection must close.
+async fn start_kafka_request(
+    ctx: &Rc<ShardContext>,
+    state: &Rc<ConnectionState>,
+    payload: BytesMut,
+    cost: usize,
+    local: Option<SocketAddr>,
+) -> bool {
+    let taken = BudgetTaken {
+        ctx: ctx.clone(),
+        cost,
+    };
+    let request = match kafka_codec::decode_request(payload) {
+        Ok(r) => r,
+        Err(kafka_codec::Refusal::ApiVersionsVersion {
+            correlation_id,
+            version,
+        }) => {
+            tracing::debug!(version, "api versions at an unknown version: answering v0");
+            let answer = kafka_codec::api_versions_unsupported(correlation_id);
+            state.finish(state.ticket(), Some(vec![OutChunk::Bytes(answer)]));
+            return true;
+        }
+        Err(refusal) => {
+            tracing::warn!("closing a Kafka connection: {refusal}");
+            return false;
+        }
+    };
+    let ctx = ctx.clone();
+    let failed = state.clone();
+    run_request(state, taken, async move {
+        match kafka::handle(&ctx, request, local).await {
+            Ok(reply) => reply.map(|r| with_files(r.parts, r.files.into_iter())),
+            Err(e) => {
+                tracing::error!("closing a Kafka connection: {e}");
+                failed.broken.set(true);
+                None
+            }
+        }
+    })
+    .await;
+    true
+}
+
+/// Runs a request's work, queueing the response chunks it returns (none: no response).
+async fn run_request(
+    state: &Rc<ConnectionState>,
+    taken: BudgetTaken,
+    work: impl Future<Output = Option<Vec<OutChunk>>> + 'static,
+) {
     state.in_flight.set(state.in_flight.get() + 1);
+    let ticket = state.ticket();
     let mut task: Pin<Box<dyn Future<Output = ()>>> = Box::pin({
-        let ctx = ctx.clone();
         let state = state.clone();
         async move {
             let _taken = taken;
-            if let Some(outcome) = native::handle(&ctx, request, local_ip).await {
-                let chunks = match outcome {
-                    Ok(reply) => encode_reply(correlation_id, reply),
-                    Err(e) => encode_error_response(correlation_id, e.code, &e.message)
-                        .into_iter()
-                        .map(OutChunk::Bytes)
-                        .collect(),
-                };
-                state.push(chunks);
-            }
+            let chunks = work.await;
+            state.finish(ticket, chunks);
             state.in_flight.set(state.in_flight.get() - 1);
             state.request_done.notify_all();
             state.outbox_ready.notify_all();
@@ -406,7 +542,6 @@ async fn start_request(
     if !finished {
         compio::runtime::spawn(task).detach();
     }
-    true
 }
 
 /// Bytes of the shard's request budget held by one request; given back when dropped.

@@ -4,7 +4,8 @@
 //! the ring mesh), then starts one shard thread per configured core. Each shard opens and
 //! recovers the partitions it owns, then accepts connections on the shared port (every
 //! shard has its own SO_REUSEPORT socket on it, so the kernel spreads connections) and on
-//! its direct port. [`BrokerHandle::shutdown`] stops accepting, lets in-flight requests
+//! its direct port, and on the Kafka protocol's listener when there is one (SO_REUSEPORT as
+//! well). [`BrokerHandle::shutdown`] stops accepting, lets in-flight requests
 //! finish, syncs and closes every log.
 
 mod calls;
@@ -12,6 +13,7 @@ mod connection;
 mod context;
 mod group_coordinator;
 mod internal_log;
+mod kafka;
 mod native;
 mod partitions;
 mod rpc;
@@ -31,7 +33,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use futures_util::future::Either;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Socket, Type};
 
 use crate::config::BrokerConfig;
 use crate::protocol::api::ShardEndpoint;
@@ -41,6 +43,7 @@ use crate::shard::thread::{spawn_shard, ShardThreadConfig};
 use crate::shard::ShardId;
 use crate::storage::catalog::{CatalogStore, DELETED_PREFIX};
 use crate::storage::FsyncPolicy;
+use connection::Protocol;
 use context::{first, Global, ShardContext};
 use rpc::Envelope;
 
@@ -81,6 +84,7 @@ pub enum StartError {
 pub struct BrokerHandle {
     addr: SocketAddr,
     direct: Vec<SocketAddr>,
+    kafka: Option<SocketAddr>,
     global: Arc<Global>,
     remote: MeshRemote,
     threads: Vec<JoinHandle<io::Result<()>>>,
@@ -90,6 +94,12 @@ impl BrokerHandle {
     /// The shared listen address (with the real port when 0 was asked for).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The Kafka protocol's listen address (with the real port when 0 was asked for), if
+    /// the broker serves it.
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        self.kafka
     }
 
     /// Number of shards serving.
@@ -177,6 +187,22 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
             direct.push(bind(SocketAddr::new(addr.ip(), port), false)?);
         }
     }
+    // The Kafka listener: one SO_REUSEPORT socket per shard, like the shared port.
+    let mut kafka = Vec::new();
+    if let Some(listen) = config.kafka_listen {
+        let first = bind(listen, true)?;
+        let bound = first.local_addr().map_err(|source| StartError::Listen {
+            addr: listen,
+            source,
+        })?;
+        kafka.push(first);
+        for _ in 1..shards {
+            kafka.push(bind(bound, true)?);
+        }
+    }
+    let kafka_addr = kafka
+        .first()
+        .map(|l| l.local_addr().expect("bound socket has an address"));
     let direct_addrs: Vec<SocketAddr> = direct
         .iter()
         .map(|l| l.local_addr().expect("bound socket has an address"))
@@ -198,8 +224,10 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     let (ready_tx, ready_rx) = mpsc::channel::<Result<ShardId, (ShardId, String)>>();
     let mut direct = direct.into_iter().map(Some).collect::<Vec<_>>();
     direct.resize_with(shards as usize, || None);
+    let mut kafka = kafka.into_iter().map(Some).collect::<Vec<_>>();
+    kafka.resize_with(shards as usize, || None);
     let mut threads = Vec::with_capacity(shards as usize);
-    for ((links, shared), direct) in links.into_iter().zip(shared).zip(direct) {
+    for (((links, shared), direct), kafka) in links.into_iter().zip(shared).zip(direct).zip(kafka) {
         let id = links.id();
         let thread_config = ShardThreadConfig {
             id,
@@ -215,9 +243,12 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
             ready_tx.clone(),
         );
         let thread = spawn_shard(thread_config, move || {
-            shard_main(
-                links, config, catalog, endpoints, global, shared, direct, ready,
-            )
+            let listeners = Listeners {
+                shared,
+                direct,
+                kafka,
+            };
+            shard_main(links, config, catalog, endpoints, global, listeners, ready)
         })
         .map_err(|e| StartError::Shard {
             shard: id,
@@ -253,6 +284,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     Ok(BrokerHandle {
         addr,
         direct: direct_addrs,
+        kafka: kafka_addr,
         global,
         remote,
         threads,
@@ -261,8 +293,12 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
 
 fn bind(addr: SocketAddr, reuse_port: bool) -> Result<StdListener, StartError> {
     let err = |source| StartError::Listen { addr, source };
-    let socket =
-        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(err)?;
     socket.set_reuse_address(true).map_err(err)?;
     if reuse_port {
         socket.set_reuse_port(true).map_err(err)?;
@@ -292,15 +328,23 @@ fn remove_deleted_topics(data_dir: &Path) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One shard's listening sockets.
+struct Listeners {
+    /// The native protocol's shared port.
+    shared: StdListener,
+    /// The shard's own native port.
+    direct: Option<StdListener>,
+    /// The Kafka protocol's port.
+    kafka: Option<StdListener>,
+}
+
 async fn shard_main(
     links: ShardLinks<Envelope<ShardContext>>,
     config: Arc<BrokerConfig>,
     catalog: Arc<CatalogStore>,
     endpoints: Arc<Vec<ShardEndpoint>>,
     global: Arc<Global>,
-    shared: StdListener,
-    direct: Option<StdListener>,
+    listeners: Listeners,
     ready: mpsc::Sender<Result<ShardId, (ShardId, String)>>,
 ) {
     let ctx = ShardContext::new(
@@ -338,11 +382,16 @@ async fn shard_main(
     }
     let partitions = ctx.partitions.all_logs().len();
     let listeners = (|| -> io::Result<_> {
-        let shared = compio::net::TcpListener::from_std(shared)?;
-        let direct = direct.map(compio::net::TcpListener::from_std).transpose()?;
-        Ok((shared, direct))
+        let shared = compio::net::TcpListener::from_std(listeners.shared)?;
+        let direct = (listeners.direct)
+            .map(compio::net::TcpListener::from_std)
+            .transpose()?;
+        let kafka = (listeners.kafka)
+            .map(compio::net::TcpListener::from_std)
+            .transpose()?;
+        Ok((shared, direct, kafka))
     })();
-    let (shared, direct) = match listeners {
+    let (shared, direct, kafka) = match listeners {
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err((id, format!("listener: {e}"))));
@@ -357,9 +406,12 @@ async fn shard_main(
     );
     let _ = ready.send(Ok(id));
 
-    compio::runtime::spawn(accept_loop(ctx.clone(), shared)).detach();
+    compio::runtime::spawn(accept_loop(ctx.clone(), shared, Protocol::Native)).detach();
     if let Some(direct) = direct {
-        compio::runtime::spawn(accept_loop(ctx.clone(), direct)).detach();
+        compio::runtime::spawn(accept_loop(ctx.clone(), direct, Protocol::Native)).detach();
+    }
+    if let Some(kafka) = kafka {
+        compio::runtime::spawn(accept_loop(ctx.clone(), kafka, Protocol::Kafka)).detach();
     }
     compio::runtime::spawn(maintenance(ctx.clone())).detach();
     compio::runtime::spawn(expire_sessions(ctx.clone())).detach();
@@ -392,7 +444,11 @@ async fn shard_main(
     tracing::info!(shard = id, "shard stopped");
 }
 
-async fn accept_loop(ctx: Rc<ShardContext>, listener: compio::net::TcpListener) {
+async fn accept_loop(
+    ctx: Rc<ShardContext>,
+    listener: compio::net::TcpListener,
+    protocol: Protocol,
+) {
     loop {
         let accepted = match first(listener.accept(), ctx.shutdown.notified()).await {
             Either::Left(a) => a,
@@ -414,16 +470,21 @@ async fn accept_loop(ctx: Rc<ShardContext>, listener: compio::net::TcpListener) 
                 "the broker serves its maximum of {} connections",
                 ctx.config.max_connections
             );
-            compio::runtime::spawn(async move {
-                connection::refuse(stream, ErrorCode::TooManyConnections, &message).await;
-            })
-            .detach();
+            // A Kafka client cannot read a native error frame: it is just closed.
+            if protocol == Protocol::Native {
+                compio::runtime::spawn(async move {
+                    connection::refuse(stream, ErrorCode::TooManyConnections, &message).await;
+                })
+                .detach();
+            } else {
+                tracing::warn!(shard = ctx.id, "{message}: closing a Kafka connection");
+            }
             continue;
         }
         ctx.connections.set(ctx.connections.get() + 1);
         let ctx2 = ctx.clone();
         compio::runtime::spawn(async move {
-            connection::serve(ctx2.clone(), stream).await;
+            connection::serve(ctx2.clone(), stream, protocol).await;
             ctx2.global.connections.fetch_sub(1, Ordering::SeqCst);
             ctx2.connections.set(ctx2.connections.get() - 1);
             ctx2.connection_closed.notify_all();

@@ -19,6 +19,8 @@ pub(crate) struct Broker {
     child: Option<Child>,
     pub addr: SocketAddr,
     pub direct: Vec<SocketAddr>,
+    /// The Kafka listener (`None` with `--no-kafka`).
+    pub kafka: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// The sync journal the broker writes (see [`Broker::start_journaled`]).
     pub journal: Option<PathBuf>,
@@ -66,11 +68,12 @@ impl Broker {
         tmp: Option<tempfile::TempDir>,
     ) -> Broker {
         let args: Vec<String> = args.iter().map(std::string::ToString::to_string).collect();
-        let (child, addr, direct) = spawn(data_dir, &args, journal.as_deref(), log_filter);
+        let (child, addr, direct, kafka) = spawn(data_dir, &args, journal.as_deref(), log_filter);
         Broker {
             child: Some(child),
             addr,
             direct,
+            kafka,
             data_dir: data_dir.to_path_buf(),
             journal,
             args,
@@ -147,7 +150,7 @@ impl Broker {
     /// Starts the broker again on the same data directory with the same flags (new ports).
     pub(crate) fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the broker first");
-        let (child, addr, direct) = spawn(
+        let (child, addr, direct, kafka) = spawn(
             &self.data_dir,
             &self.args,
             self.journal.as_deref(),
@@ -156,6 +159,7 @@ impl Broker {
         self.child = Some(child);
         self.addr = addr;
         self.direct = direct;
+        self.kafka = kafka;
     }
 
     /// The broker's stderr log so far.
@@ -201,12 +205,14 @@ fn log_path(data_dir: &Path) -> PathBuf {
     data_dir.join("broker.log")
 }
 
+/// Starts `eventflowd` with `--listen 127.0.0.1:0` (so the direct ports and the Kafka
+/// listener take ephemeral ports too) and reads its ready line.
 fn spawn(
     data_dir: &Path,
     args: &[String],
     journal: Option<&Path>,
     log_filter: &str,
-) -> (Child, SocketAddr, Vec<SocketAddr>) {
+) -> (Child, SocketAddr, Vec<SocketAddr>, Option<SocketAddr>) {
     std::fs::create_dir_all(data_dir).expect("data dir");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -255,7 +261,10 @@ fn spawn(
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().expect("direct addr"))
         .collect();
-    (child, addr, direct)
+    let kafka = Some(field("kafka="))
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("kafka addr"));
+    (child, addr, direct, kafka)
 }
 
 /// Milliseconds since the epoch.

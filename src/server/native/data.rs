@@ -58,7 +58,7 @@ fn batch_error(e: BatchError) -> WireError {
     WireError::new(code, e.to_string())
 }
 
-pub(super) async fn produce(ctx: &Rc<ShardContext>, r: ProduceRequest) -> Response {
+pub(crate) async fn produce(ctx: &Rc<ShardContext>, r: ProduceRequest) -> Response {
     // Every partition's append is started in request order before any is awaited, so the
     // batches of pipelined requests reach each partition in the order they were sent.
     let mut shape = Vec::with_capacity(r.topics.len());
@@ -215,7 +215,7 @@ async fn read_all(ctx: &Rc<ShardContext>, slots: &[FetchSlot], max_bytes: usize)
     }
 }
 
-pub(super) async fn fetch(ctx: &Rc<ShardContext>, r: FetchRequest) -> Reply {
+pub(crate) async fn fetch(ctx: &Rc<ShardContext>, r: FetchRequest) -> Reply {
     let deadline =
         Instant::now() + Duration::from_millis(u64::from(r.max_wait_ms)).min(MAX_FETCH_WAIT);
     let max_bytes = (r.max_bytes as usize).min(MAX_FETCH_BYTES);
@@ -301,7 +301,7 @@ fn fetch_response(
     Reply::Fetch(FetchResponse { topics }, files)
 }
 
-pub(super) async fn list_offsets(ctx: &Rc<ShardContext>, r: ListOffsetsRequest) -> Response {
+pub(crate) async fn list_offsets(ctx: &Rc<ShardContext>, r: ListOffsetsRequest) -> Response {
     // Every lookup of the request first, then one envelope per owning shard.
     let mut lookups = Routed::default();
     for t in &r.topics {

@@ -12,7 +12,9 @@ mod data;
 mod groups;
 mod shares;
 
-pub(crate) use data::Reply;
+// The data path's handlers, shared with the Kafka front end (which translates its requests
+// into these and their responses back), so the logic exists once.
+pub(crate) use data::{fetch, list_offsets, produce, Reply};
 pub use data::{MAX_FETCH_BYTES, MAX_FETCH_WAIT};
 
 use std::net::IpAddr;
@@ -38,7 +40,7 @@ pub(crate) async fn handle(
         )));
     }
     let plain = match request {
-        Request::Fetch(r) => return Some(Ok(data::fetch(ctx, r).await)),
+        Request::Fetch(r) => return Some(Ok(fetch(ctx, r).await)),
         Request::ApiVersions(r) => Ok(admin::api_versions(ctx, r)),
         Request::Metadata(r) => Ok(admin::metadata(ctx, r, local_ip)),
         Request::CreateTopic(r) => admin::create_topic(ctx, r).await,
@@ -48,13 +50,13 @@ pub(crate) async fn handle(
         Request::AlterTopicConfig(r) => admin::alter_topic(ctx, r).await,
         Request::Produce(r) => {
             let acks = r.acks;
-            let response = data::produce(ctx, r).await;
+            let response = produce(ctx, r).await;
             if acks == Acks::None {
                 return None;
             }
             Ok(response)
         }
-        Request::ListOffsets(r) => Ok(data::list_offsets(ctx, r).await),
+        Request::ListOffsets(r) => Ok(list_offsets(ctx, r).await),
         Request::JoinGroup(r) => groups::call(ctx, &r.group.clone(), GroupOp::Join(r)).await,
         Request::Heartbeat(r) => groups::call(ctx, &r.group.clone(), GroupOp::Heartbeat(r)).await,
         Request::LeaveGroup(r) => groups::call(ctx, &r.group.clone(), GroupOp::Leave(r)).await,

@@ -1,0 +1,346 @@
+//! A walk over a request body that checks every array's element count against the bytes
+//! left, before the body is handed to the `kafka-protocol` crate.
+//!
+//! The crate sizes each array with `Vec::with_capacity(count)` before it decodes a single
+//! element, so a frame of a few bytes announcing 2³¹ elements asks the allocator for
+//! hundreds of GiB, and a failed allocation aborts the process: one bad frame would stop
+//! the broker for every client. Every element takes at least one byte, so a count larger
+//! than the bytes left is refused here instead. The walk follows the layouts of the APIs
+//! and versions in [`super::SUPPORTED`] that the crate decodes (Kafka's `*Request.json`
+//! schemas; Produce is decoded by hand and checks its own counts); a truncated body is
+//! left for the crate to report.
+
+use kafka_protocol::messages::ApiKey;
+
+/// Why a body was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TooManyElements {
+    /// Elements announced.
+    pub count: u64,
+    /// Bytes left when the count was read.
+    pub left: usize,
+}
+
+/// The walk ended: the body is truncated (left for the decoder to report) or an array
+/// announced more elements than the bytes left.
+enum Stop {
+    Truncated,
+    TooMany(TooManyElements),
+}
+
+type Step = Result<(), Stop>;
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    /// Compact lengths and tagged fields (Kafka's flexible versions).
+    flexible: bool,
+}
+
+impl Cursor<'_> {
+    fn skip(&mut self, n: usize) -> Step {
+        if self.buf.len() < n {
+            return Err(Stop::Truncated);
+        }
+        self.buf = &self.buf[n..];
+        Ok(())
+    }
+
+    fn int(&mut self, n: usize) -> Result<i64, Stop> {
+        if self.buf.len() < n {
+            return Err(Stop::Truncated);
+        }
+        let mut v: i64 = if self.buf[0] & 0x80 != 0 { -1 } else { 0 };
+        for &b in &self.buf[..n] {
+            v = (v << 8) | i64::from(b);
+        }
+        self.buf = &self.buf[n..];
+        Ok(v)
+    }
+
+    fn uvarint(&mut self) -> Result<u64, Stop> {
+        let mut v = 0u64;
+        for shift in (0..35).step_by(7) {
+            let b = *self.buf.first().ok_or(Stop::Truncated)?;
+            self.buf = &self.buf[1..];
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        // Longer than a u32 varint: the decoder refuses it.
+        Err(Stop::Truncated)
+    }
+
+    /// A string (nullable or not: `i16` or compact length).
+    fn string(&mut self) -> Step {
+        let n = if self.flexible {
+            self.uvarint()? as i64 - 1
+        } else {
+            self.int(2)?
+        };
+        self.skip(usize::try_from(n).unwrap_or(0))
+    }
+
+    /// An array (nullable or not), each element walked by `element`.
+    fn array(&mut self, mut element: impl FnMut(&mut Self) -> Step) -> Step {
+        let count = if self.flexible {
+            self.uvarint()?.saturating_sub(1)
+        } else {
+            u64::try_from(self.int(4)?).unwrap_or(0)
+        };
+        if count > self.buf.len() as u64 {
+            return Err(Stop::TooMany(TooManyElements {
+                count,
+                left: self.buf.len(),
+            }));
+        }
+        for _ in 0..count {
+            element(self)?;
+        }
+        Ok(())
+    }
+
+    /// The tagged-field section of a flexible struct (nothing in older versions).
+    fn tags(&mut self) -> Step {
+        if !self.flexible {
+            return Ok(());
+        }
+        let count = self.uvarint()?;
+        for _ in 0..count {
+            self.uvarint()?;
+            let size = self.uvarint()?;
+            self.skip(size as usize)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `body` (after the request header) of `key` at `version` announces no array
+/// larger than the bytes that follow its count.
+pub fn check(key: ApiKey, version: i16, body: &[u8]) -> Result<(), TooManyElements> {
+    match walk(key, version, body) {
+        Err(Stop::TooMany(e)) => Err(e),
+        Ok(()) | Err(Stop::Truncated) => Ok(()),
+    }
+}
+
+/// Walks `body` up to its last array (and that array's elements).
+fn walk(key: ApiKey, version: i16, body: &[u8]) -> Step {
+    let flexible = key.request_header_version(version) >= 2;
+    let mut c = Cursor {
+        buf: body,
+        flexible,
+    };
+    let v = version;
+    match key {
+        ApiKey::ApiVersions => Ok(()),
+        ApiKey::Metadata => c.array(|c| {
+            if v >= 10 {
+                c.skip(16)?;
+            }
+            c.string()?;
+            c.tags()
+        }),
+        ApiKey::Fetch => (|| {
+            c.skip(4 + 4 + 4 + 4 + 1)?; // replica id, max wait, min bytes, max bytes, isolation
+            if v >= 7 {
+                c.skip(4 + 4)?; // session id, epoch
+            }
+            c.array(|c| {
+                c.string()?;
+                c.array(|c| {
+                    let epochs = if v >= 9 { 4 } else { 0 } + if v >= 12 { 4 } else { 0 };
+                    let log_start = if v >= 5 { 8 } else { 0 };
+                    c.skip(4 + 8 + epochs + log_start + 4)?;
+                    c.tags()
+                })?;
+                c.tags()
+            })?;
+            if v >= 7 {
+                c.array(|c| {
+                    c.string()?;
+                    c.array(|c| c.skip(4))?;
+                    c.tags()
+                })?;
+            }
+            Ok(())
+        })(),
+        ApiKey::ListOffsets => (|| {
+            c.skip(4 + if v >= 2 { 1 } else { 0 })?;
+            c.array(|c| {
+                c.string()?;
+                c.array(|c| {
+                    c.skip(4 + if v >= 4 { 4 } else { 0 } + 8)?;
+                    c.tags()
+                })?;
+                c.tags()
+            })
+        })(),
+        ApiKey::CreateTopics => c.array(|c| {
+            c.string()?;
+            c.skip(4 + 2)?;
+            c.array(|c| {
+                c.skip(4)?;
+                c.array(|c| c.skip(4))?;
+                c.tags()
+            })?;
+            c.array(|c| {
+                c.string()?;
+                c.string()?;
+                c.tags()
+            })?;
+            c.tags()
+        }),
+        ApiKey::DeleteTopics if v >= 6 => c.array(|c| {
+            c.string()?;
+            c.skip(16)?;
+            c.tags()
+        }),
+        ApiKey::DeleteTopics => c.array(Cursor::string),
+        // Other APIs are refused before their body is looked at.
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+
+    fn name(s: &str) -> TopicName {
+        TopicName(StrBytes::from_string(s.to_string()))
+    }
+
+    /// Requests of every served API with every array of `version` non-empty.
+    fn samples(version: i16) -> Vec<(ApiKey, RequestKind)> {
+        use create_topics_request::*;
+        use delete_topics_request::DeleteTopicState;
+        use fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
+        use list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+        use metadata_request::MetadataRequestTopic;
+        vec![
+            (
+                ApiKey::ApiVersions,
+                RequestKind::ApiVersions(
+                    ApiVersionsRequest::default()
+                        .with_client_software_name(StrBytes::from("a"))
+                        .with_client_software_version(StrBytes::from("1")),
+                ),
+            ),
+            (
+                ApiKey::Metadata,
+                RequestKind::Metadata(MetadataRequest::default().with_topics(Some(vec![
+                    MetadataRequestTopic::default().with_name(Some(name("a"))),
+                    MetadataRequestTopic::default().with_name(Some(name("bb"))),
+                ]))),
+            ),
+            (
+                ApiKey::Fetch,
+                RequestKind::Fetch(
+                    FetchRequest::default()
+                        .with_topics(vec![FetchTopic::default()
+                            .with_topic(name("t"))
+                            .with_partitions(vec![
+                                FetchPartition::default().with_partition(0),
+                                FetchPartition::default().with_partition(1),
+                            ])])
+                        .with_forgotten_topics_data(if version >= 7 {
+                            vec![ForgottenTopic::default()
+                                .with_topic(name("f"))
+                                .with_partitions(vec![1, 2, 3])]
+                        } else {
+                            vec![]
+                        })
+                        .with_rack_id(StrBytes::from(if version >= 11 { "r" } else { "" })),
+                ),
+            ),
+            (
+                ApiKey::ListOffsets,
+                RequestKind::ListOffsets(ListOffsetsRequest::default().with_topics(vec![
+                    ListOffsetsTopic::default().with_name(name("t")).with_partitions(vec![
+                        ListOffsetsPartition::default().with_timestamp(-1),
+                        ListOffsetsPartition::default().with_timestamp(-2),
+                    ]),
+                ])),
+            ),
+            (
+                ApiKey::CreateTopics,
+                RequestKind::CreateTopics(CreateTopicsRequest::default().with_topics(vec![
+                    CreatableTopic::default()
+                        .with_name(name("t"))
+                        .with_assignments(vec![CreatableReplicaAssignment::default()
+                            .with_broker_ids(vec![BrokerId(0), BrokerId(1)])])
+                        .with_configs(vec![CreatableTopicConfig::default()
+                            .with_name(StrBytes::from("retention.ms"))
+                            .with_value(Some(StrBytes::from("1")))]),
+                    CreatableTopic::default().with_name(name("u")),
+                ])),
+            ),
+            (
+                ApiKey::DeleteTopics,
+                RequestKind::DeleteTopics(if version >= 6 {
+                    DeleteTopicsRequest::default().with_topics(vec![
+                        DeleteTopicState::default().with_name(Some(name("a"))),
+                        DeleteTopicState::default(),
+                    ])
+                } else {
+                    DeleteTopicsRequest::default().with_topic_names(vec![name("a"), name("b")])
+                }),
+            ),
+        ]
+    }
+
+    #[test]
+    fn valid_requests_pass() {
+        let mut checked = 0;
+        for version in 0..=12 {
+            for (key, request) in samples(version) {
+                let (min, max) = super::super::supported(key).unwrap();
+                if !(min..=max).contains(&version) {
+                    continue;
+                }
+                let mut body = BytesMut::new();
+                request
+                    .encode(&mut body, version)
+                    .unwrap_or_else(|e| panic!("{key:?} v{version}: {e}"));
+                // The walk reaches its last array without running out of bytes: it follows
+                // the layout the crate encodes.
+                assert!(
+                    walk(key, version, &body).is_ok(),
+                    "{key:?} v{version}: the walk ran past the end"
+                );
+                checked += 1;
+                // Cut anywhere: never a refusal for a valid prefix's counts.
+                for cut in 0..body.len() {
+                    let _ = check(key, version, &body[..cut]);
+                }
+            }
+        }
+        // ApiVersions 5, Metadata 13, Fetch 9, ListOffsets 8, CreateTopics 6, DeleteTopics 6.
+        assert_eq!(checked, 5 + 13 + 9 + 8 + 6 + 6);
+    }
+
+    #[test]
+    fn a_count_past_the_end_is_refused() {
+        // Metadata v1, topics: 2^31 - 1 elements in 4 bytes.
+        let body = [0x7f, 0xff, 0xff, 0xff];
+        assert_eq!(
+            check(ApiKey::Metadata, 1, &body),
+            Err(TooManyElements {
+                count: 0x7fff_ffff,
+                left: 0
+            })
+        );
+        // Fetch v12 (compact): one topic with a huge partition count.
+        let mut body = vec![0u8; 4 + 4 + 4 + 4 + 1 + 4 + 4];
+        body.extend_from_slice(&[2, 2, b't']); // one topic "t"
+        body.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x07]); // partitions
+        assert!(check(ApiKey::Fetch, 12, &body).is_err());
+        // A nested count in CreateTopics v2: one topic "t" with 2^28 assignments.
+        let mut body = vec![0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1, 0, 1];
+        body.extend_from_slice(&[0x10, 0, 0, 0]);
+        assert!(check(ApiKey::CreateTopics, 2, &body).is_err());
+    }
+}

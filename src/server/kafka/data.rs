@@ -1,0 +1,290 @@
+//! Produce, Fetch and ListOffsets: each Kafka request is translated into the native
+//! front end's request and run by the same handler (`native::produce`, `native::fetch`,
+//! `native::list_offsets`), so batch validation, routing to owners, group commit, the
+//! long-poll loop and splicing exist once; the answer is translated back.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    FetchRequest, ListOffsetsRequest, ListOffsetsResponse, ProduceResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::protocol::api::{self as native_api, offset_spec, Acks, TopicEntry};
+use crate::protocol::frame::Part;
+use crate::protocol::kafka::error::{
+    error_code, FETCH_SESSION_ID_NOT_FOUND, INVALID_REQUIRED_ACKS, NONE,
+};
+use crate::protocol::kafka::fetch::{
+    encode_fetch_response, FetchResponseData, PartitionData, Records, TopicData,
+};
+use crate::protocol::kafka::produce::ProduceData;
+use crate::server::context::ShardContext;
+use crate::server::native::{self, Reply};
+use crate::storage::FileRange;
+
+/// An encoded response: its parts, whose placeholders take `files` in order (the records
+/// of partitions this shard owns, spliced from their segment files).
+pub(crate) struct KafkaReply {
+    pub(crate) parts: Vec<Part>,
+    pub(crate) files: Vec<FileRange>,
+}
+
+impl KafkaReply {
+    /// A response encoded in one piece.
+    pub(crate) fn frame(bytes: Bytes) -> KafkaReply {
+        KafkaReply {
+            parts: vec![Part::Bytes(bytes)],
+            files: Vec::new(),
+        }
+    }
+}
+
+/// A partition index from the wire; a negative one names no partition (the lookup fails
+/// with UNKNOWN_TOPIC_OR_PARTITION).
+fn partition_index(index: i32) -> u32 {
+    u32::try_from(index).unwrap_or(u32::MAX)
+}
+
+/// Appends the request's batches (validated, never decompressed, re-encoded or copied:
+/// they are handles into the request buffer). `None`: acks = 0, no response.
+pub(super) async fn produce(ctx: &Rc<ShardContext>, r: ProduceData) -> Option<ProduceResponse> {
+    let acks = match r.acks {
+        0 => Acks::None,
+        1 => Acks::Leader,
+        -1 => Acks::All,
+        other => {
+            tracing::debug!(acks = other, "kafka produce with invalid acks");
+            return Some(refuse_all(&r, INVALID_REQUIRED_ACKS));
+        }
+    };
+    let topics = r
+        .topics
+        .into_iter()
+        .map(|t| TopicEntry {
+            topic: t.name,
+            partitions: t
+                .partitions
+                .into_iter()
+                .map(|p| native_api::ProducePartition {
+                    partition: partition_index(p.index),
+                    records: p.records,
+                })
+                .collect(),
+        })
+        .collect();
+    let request = native_api::ProduceRequest {
+        acks,
+        timeout_ms: u32::try_from(r.timeout_ms).unwrap_or(0),
+        topics,
+    };
+    let response = native::produce(ctx, request).await;
+    if acks == Acks::None {
+        return None;
+    }
+    let native_api::Response::Produce(response) = response else {
+        unreachable!("native::produce answers a produce response");
+    };
+    Some(
+        ProduceResponse::default().with_responses(
+            response
+                .topics
+                .into_iter()
+                .map(|t| {
+                    TopicProduceResponse::default()
+                        .with_name(TopicName(StrBytes::from_string(t.topic)))
+                        .with_partition_responses(
+                            t.partitions
+                                .into_iter()
+                                .map(|p| {
+                                    let error = error_code(p.error);
+                                    PartitionProduceResponse::default()
+                                        .with_index(p.partition as i32)
+                                        .with_error_code(error)
+                                        .with_base_offset(p.base_offset)
+                                        .with_log_append_time_ms(-1)
+                                        .with_log_start_offset(-1)
+                                        .with_error_message(
+                                            (error != NONE)
+                                                .then(|| StrBytes::from_string(p.message)),
+                                        )
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        ),
+    )
+}
+
+/// A response giving every partition of the request the same error.
+fn refuse_all(r: &ProduceData, error: i16) -> ProduceResponse {
+    ProduceResponse::default().with_responses(
+        r.topics
+            .iter()
+            .map(|t| {
+                TopicProduceResponse::default()
+                    .with_name(TopicName(StrBytes::from_string(t.name.clone())))
+                    .with_partition_responses(
+                        t.partitions
+                            .iter()
+                            .map(|p| {
+                                PartitionProduceResponse::default()
+                                    .with_index(p.index)
+                                    .with_error_code(error)
+                                    .with_base_offset(-1)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}
+
+/// Reads the requested partitions, long-polling like the native fetch (it is the native
+/// fetch). Every fetch is answered sessionless (session id 0, every requested partition in
+/// the response); a request in an incremental session, which the broker never opened, gets
+/// FETCH_SESSION_ID_NOT_FOUND so the client starts over with a full fetch.
+pub(super) async fn fetch(
+    ctx: &Rc<ShardContext>,
+    r: FetchRequest,
+    version: i16,
+    correlation_id: i32,
+) -> KafkaReply {
+    if r.session_id != 0 && r.session_epoch > 0 {
+        tracing::debug!(session = r.session_id, "kafka fetch in an unknown session");
+        let response = FetchResponseData {
+            error: FETCH_SESSION_ID_NOT_FOUND,
+            session_id: 0,
+            topics: Vec::new(),
+        };
+        return KafkaReply {
+            parts: encode_fetch_response(correlation_id, version, &response),
+            files: Vec::new(),
+        };
+    }
+    let request = native_api::FetchRequest {
+        max_wait_ms: u32::try_from(r.max_wait_ms).unwrap_or(0),
+        min_bytes: u32::try_from(r.min_bytes).unwrap_or(0),
+        // (v3+; older requests are not accepted.)
+        max_bytes: u32::try_from(r.max_bytes).unwrap_or(0),
+        topics: r
+            .topics
+            .into_iter()
+            .map(|t| TopicEntry {
+                topic: t.topic.0.to_string(),
+                partitions: t
+                    .partitions
+                    .into_iter()
+                    .map(|p| native_api::FetchPartition {
+                        partition: partition_index(p.partition),
+                        offset: p.fetch_offset,
+                        max_bytes: u32::try_from(p.partition_max_bytes).unwrap_or(0),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let (response, files) = match native::fetch(ctx, request).await {
+        Reply::Fetch(response, files) => (response, files),
+        Reply::Plain(_) => unreachable!("native::fetch answers a fetch reply"),
+    };
+    // The ranges are in partition-entry order, like the partitions below.
+    let mut ranges = files.iter();
+    let topics = response
+        .topics
+        .into_iter()
+        .map(|t| TopicData {
+            name: t.topic,
+            partitions: t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let records = match ranges.next().and_then(Option::as_ref) {
+                        Some(range) => Records::External(range.len),
+                        None => Records::Shared(p.records),
+                    };
+                    PartitionData {
+                        index: p.partition as i32,
+                        error: error_code(p.error),
+                        high_watermark: p.high_watermark,
+                        // No transactions: everything below the high watermark is stable.
+                        last_stable_offset: p.high_watermark,
+                        log_start_offset: p.log_start_offset,
+                        records,
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    let response = FetchResponseData {
+        error: NONE,
+        session_id: 0,
+        topics,
+    };
+    KafkaReply {
+        parts: encode_fetch_response(correlation_id, version, &response),
+        files: files.into_iter().flatten().collect(),
+    }
+}
+
+/// Kafka's EARLIEST_LOCAL_TIMESTAMP (v8+): with no tiered storage, the earliest offset.
+const EARLIEST_LOCAL: i64 = -4;
+
+/// The earliest (-2), latest (-1) or first offset at or after a timestamp, per partition.
+pub(super) async fn list_offsets(
+    ctx: &Rc<ShardContext>,
+    r: ListOffsetsRequest,
+) -> ListOffsetsResponse {
+    let request = native_api::ListOffsetsRequest {
+        topics: r
+            .topics
+            .into_iter()
+            .map(|t| TopicEntry {
+                topic: t.name.0.to_string(),
+                partitions: t
+                    .partitions
+                    .into_iter()
+                    .map(|p| native_api::ListOffsetsPartition {
+                        partition: partition_index(p.partition_index),
+                        timestamp: match p.timestamp {
+                            EARLIEST_LOCAL => offset_spec::EARLIEST,
+                            ts => ts,
+                        },
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let native_api::Response::ListOffsets(response) = native::list_offsets(ctx, request).await
+    else {
+        unreachable!("native::list_offsets answers a list-offsets response");
+    };
+    ListOffsetsResponse::default().with_topics(
+        response
+            .topics
+            .into_iter()
+            .map(|t| {
+                ListOffsetsTopicResponse::default()
+                    .with_name(TopicName(StrBytes::from_string(t.topic)))
+                    .with_partitions(
+                        t.partitions
+                            .into_iter()
+                            .map(|p| {
+                                ListOffsetsPartitionResponse::default()
+                                    .with_partition_index(p.partition as i32)
+                                    .with_error_code(error_code(p.error))
+                                    .with_timestamp(-1)
+                                    .with_offset(p.offset)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}

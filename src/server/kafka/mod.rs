@@ -1,0 +1,103 @@
+//! The Kafka protocol's front end: each handler takes a request the codec in
+//! `protocol/kafka` decoded, calls the same services as the native front end (the topics
+//! service, the typed partition calls, and the native data handlers where their logic is
+//! the same, such as the long-poll fetch loop), and builds the Kafka response. Nothing here
+//! owns state.
+//!
+//! - `admin`: ApiVersions, Metadata, CreateTopics and DeleteTopics.
+//! - `data`: Produce, Fetch, ListOffsets.
+
+mod admin;
+mod data;
+
+pub(crate) use data::KafkaReply;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+
+use super::context::ShardContext;
+use crate::protocol::kafka::{
+    encode_response, produce_refusal_v0_2, Body, Request, PRODUCE_MIN_SERVED,
+};
+
+/// Handles one decoded request. `Ok(None)` means no response is sent (produce with
+/// acks = 0); an error means the response could not be encoded and the connection must
+/// close. `local` is the address the client connected to (advertised in Metadata).
+pub(crate) async fn handle(
+    ctx: &Rc<ShardContext>,
+    request: Request,
+    local: Option<SocketAddr>,
+) -> Result<Option<KafkaReply>, String> {
+    let Request {
+        key,
+        version,
+        correlation_id,
+        client_id,
+        body,
+    } = request;
+    let body = match body {
+        Body::Produce(r) if version < PRODUCE_MIN_SERVED => {
+            tracing::debug!(version, "kafka produce below v3: refused");
+            if r.acks == 0 {
+                return Ok(None);
+            }
+            let topics: Vec<(String, Vec<i32>)> = r
+                .topics
+                .into_iter()
+                .map(|t| (t.name, t.partitions.iter().map(|p| p.index).collect()))
+                .collect();
+            let frame = produce_refusal_v0_2(version, correlation_id, &topics);
+            return Ok(Some(KafkaReply::frame(frame)));
+        }
+        Body::Produce(r) => {
+            return match data::produce(ctx, r).await {
+                Some(response) => plain(
+                    key,
+                    version,
+                    correlation_id,
+                    &ResponseKind::Produce(response),
+                )
+                .map(Some),
+                None => Ok(None),
+            };
+        }
+        Body::Kind(body) => *body,
+    };
+    let response = match body {
+        RequestKind::ApiVersions(r) => {
+            tracing::debug!(
+                client = client_id.as_deref().unwrap_or(""),
+                software = %r.client_software_name.as_str(),
+                "kafka handshake"
+            );
+            ResponseKind::ApiVersions(admin::api_versions())
+        }
+        RequestKind::Metadata(r) => ResponseKind::Metadata(admin::metadata(ctx, r, version, local)),
+        RequestKind::CreateTopics(r) => {
+            ResponseKind::CreateTopics(admin::create_topics(ctx, r, version).await)
+        }
+        RequestKind::DeleteTopics(r) => {
+            ResponseKind::DeleteTopics(admin::delete_topics(ctx, r, version).await)
+        }
+        RequestKind::Fetch(r) => {
+            return Ok(Some(data::fetch(ctx, r, version, correlation_id).await));
+        }
+        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(data::list_offsets(ctx, r).await),
+        other => {
+            // decode_request lets through only the APIs of SUPPORTED, all handled above.
+            return Err(format!("no handler for {key:?} ({other:?})"));
+        }
+    };
+    plain(key, version, correlation_id, &response).map(Some)
+}
+
+fn plain(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    response: &ResponseKind,
+) -> Result<KafkaReply, String> {
+    encode_response(key, version, correlation_id, response).map(KafkaReply::frame)
+}
