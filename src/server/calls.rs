@@ -17,6 +17,7 @@ use super::topics;
 use crate::protocol::api::{offset_spec, AckRange, Response, SharePartitionState, ShareSettings};
 use crate::protocol::batch::ValidBatch;
 use crate::protocol::{ErrorCode, WireError};
+use crate::shard::ShardId;
 use crate::storage::{AppendOutcome, FileRange, PartitionLog, ReadOutcome};
 
 /// Appends validated batches.
@@ -256,6 +257,75 @@ partition_calls!(
     ShareAcquire,
     ShareAck
 );
+
+/// The calls of a request's partition entries, each to its partition's owner, and the
+/// entries refused before any call (unknown partition, bad batch), in entry order.
+pub(crate) struct Routed<C> {
+    pub(crate) calls: Vec<(ShardId, C)>,
+    pub(crate) early: Vec<Option<WireError>>,
+}
+
+impl<C> Default for Routed<C> {
+    fn default() -> Self {
+        Routed {
+            calls: Vec::new(),
+            early: Vec::new(),
+        }
+    }
+}
+
+impl<C: PartitionCall> Routed<C> {
+    /// Adds the next entry: its call, or why it has none.
+    pub(crate) fn push(
+        &mut self,
+        ctx: &ShardContext,
+        make: impl FnOnce(&ShardContext) -> Result<C, WireError>,
+    ) {
+        match make(ctx) {
+            Ok(call) => {
+                self.calls.push((ctx.owner_of(call.partition()), call));
+                self.early.push(None);
+            }
+            Err(e) => self.early.push(Some(e)),
+        }
+    }
+}
+
+/// Each entry's outcome, in entry order: its early error, or the next reply.
+pub(crate) struct Outcomes<T> {
+    early: std::vec::IntoIter<Option<WireError>>,
+    replies: std::vec::IntoIter<Result<Result<T, WireError>, WireError>>,
+}
+
+impl<T> Outcomes<T> {
+    pub(crate) fn new(
+        early: Vec<Option<WireError>>,
+        replies: Vec<Result<Result<T, WireError>, WireError>>,
+    ) -> Self {
+        Outcomes {
+            early: early.into_iter(),
+            replies: replies.into_iter(),
+        }
+    }
+
+    pub(crate) fn next(&mut self) -> Result<T, WireError> {
+        match self.early.next().flatten() {
+            Some(e) => Err(e),
+            None => self
+                .replies
+                .next()
+                .unwrap_or_else(|| Ok(Err(missing_reply())))
+                .and_then(|r| r),
+        }
+    }
+}
+
+/// A reply missing from a grouped call's answer: cannot happen, since the replies come
+/// back one per call; logged if it ever does.
+fn missing_reply() -> WireError {
+    tracing::error!("a grouped call answered fewer replies than it had calls");
+    WireError::new(ErrorCode::Unknown, "internal error: a reply went missing")
+}
 
 impl ShareHost for Rc<ShardContext> {
     async fn partition_log(&self, at: &PartitionRef) -> Result<Rc<PartitionLog>, WireError> {

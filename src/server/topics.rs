@@ -7,8 +7,6 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use futures_util::future::join_all;
-
 use super::context::ShardContext;
 use super::partitions::{PartitionCall, PartitionRef};
 use super::rpc::ShardCall;
@@ -121,15 +119,18 @@ pub(crate) async fn describe(
             format!("topic `{name}` does not exist"),
         )
     })?;
-    let calls = (0..topic.partitions).map(|partition| {
-        let at = PartitionRef {
-            topic: topic.clone(),
-            partition,
-        };
-        ctx.call_owner(Describe { at })
-    });
+    // One envelope per owning shard.
+    let calls = (0..topic.partitions)
+        .map(|partition| {
+            let at = PartitionRef {
+                topic: topic.clone(),
+                partition,
+            };
+            (ctx.owner_of(&at), Describe { at })
+        })
+        .collect();
     let mut partitions = Vec::with_capacity(topic.partitions as usize);
-    for reply in join_all(calls).await {
+    for reply in ctx.call_grouped(calls).await {
         partitions.push(reply??);
     }
     let configs = describe_config(&topic.log_config(&ctx.log_defaults));

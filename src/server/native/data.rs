@@ -9,11 +9,10 @@ use futures_util::future::{select_all, Either};
 use crate::protocol::api::*;
 use crate::protocol::batch::{BatchError, ValidBatch};
 use crate::protocol::{ErrorCode, WireError};
-use crate::server::calls::{read_range, Append, ListOffset, Read, WaitForData};
+use crate::server::calls::{read_range, Append, ListOffset, Outcomes, Read, Routed, WaitForData};
 use crate::server::context::{first, ShardContext};
-use crate::server::partitions::{PartitionCall, PartitionRef};
+use crate::server::partitions::PartitionRef;
 use crate::server::topics;
-use crate::shard::ShardId;
 use crate::storage::FileRange;
 
 /// Largest fetch response, whatever the client asks for: bounds the memory one request can
@@ -343,73 +342,4 @@ pub(crate) async fn list_offsets(ctx: &Rc<ShardContext>, r: ListOffsetsRequest) 
         })
         .collect();
     Response::ListOffsets(ListOffsetsResponse { topics })
-}
-
-/// The calls of a request's partition entries, each to its partition's owner, and the
-/// entries refused before any call (unknown partition, bad batch), in entry order.
-struct Routed<C> {
-    calls: Vec<(ShardId, C)>,
-    early: Vec<Option<WireError>>,
-}
-
-impl<C> Default for Routed<C> {
-    fn default() -> Self {
-        Routed {
-            calls: Vec::new(),
-            early: Vec::new(),
-        }
-    }
-}
-
-impl<C: PartitionCall> Routed<C> {
-    /// Adds the next entry: its call, or why it has none.
-    fn push(
-        &mut self,
-        ctx: &ShardContext,
-        make: impl FnOnce(&ShardContext) -> Result<C, WireError>,
-    ) {
-        match make(ctx) {
-            Ok(call) => {
-                self.calls.push((ctx.owner_of(call.partition()), call));
-                self.early.push(None);
-            }
-            Err(e) => self.early.push(Some(e)),
-        }
-    }
-}
-
-/// Each entry's outcome, in entry order: its early error, or the next reply.
-struct Outcomes<T> {
-    early: std::vec::IntoIter<Option<WireError>>,
-    replies: std::vec::IntoIter<Result<Result<T, WireError>, WireError>>,
-}
-
-impl<T> Outcomes<T> {
-    fn new(
-        early: Vec<Option<WireError>>,
-        replies: Vec<Result<Result<T, WireError>, WireError>>,
-    ) -> Self {
-        Outcomes {
-            early: early.into_iter(),
-            replies: replies.into_iter(),
-        }
-    }
-
-    fn next(&mut self) -> Result<T, WireError> {
-        match self.early.next().flatten() {
-            Some(e) => Err(e),
-            None => self
-                .replies
-                .next()
-                .unwrap_or_else(|| Ok(Err(missing_reply())))
-                .and_then(|r| r),
-        }
-    }
-}
-
-/// A reply missing from a grouped call's answer: cannot happen, since the replies come
-/// back one per call; logged if it ever does.
-fn missing_reply() -> WireError {
-    tracing::error!("a grouped call answered fewer replies than it had calls");
-    WireError::new(ErrorCode::Unknown, "internal error: a reply went missing")
 }

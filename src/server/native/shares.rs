@@ -5,13 +5,13 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::future::{join_all, select_all};
+use futures_util::future::select_all;
 
 use super::data::MAX_FETCH_WAIT;
 use super::groups::check_group_name;
 use crate::protocol::api::*;
 use crate::protocol::{ErrorCode, WireError};
-use crate::server::calls::{ShareAck, ShareAcquire, ShareDescribe, WaitForData};
+use crate::server::calls::{Outcomes, Routed, ShareAck, ShareAcquire, ShareDescribe, WaitForData};
 use crate::server::context::{first, ShardContext};
 use crate::server::partitions::PartitionRef;
 use crate::server::share_coordinator::{
@@ -104,24 +104,23 @@ pub(super) async fn fetch(
     let max_bytes = (MAX_SHARE_RESPONSE_BYTES / slots.len().max(1))
         .clamp(MIN_SHARE_SLOT_BYTES, MAX_SHARE_FETCH_BYTES);
     loop {
-        let calls = slots.iter().map(|slot| {
-            let at = slot.at.clone();
-            let group = r.group.clone();
-            let member = r.member_id.clone();
-            let settings = r.settings.clone();
-            async move {
-                let call = ShareAcquire {
-                    at: at?,
-                    group,
-                    member,
+        // One envelope per owning shard.
+        let mut acquires = Routed::default();
+        for slot in &slots {
+            acquires.push(ctx, |_| {
+                Ok(ShareAcquire {
+                    at: slot.at.clone()?,
+                    group: r.group.clone(),
+                    member: r.member_id.clone(),
                     max_records: r.max_records,
                     max_bytes,
-                    settings,
-                };
-                ctx.call_owner(call).await?
-            }
-        });
-        let results = join_all(calls).await;
+                    settings: r.settings.clone(),
+                })
+            });
+        }
+        let Routed { calls, early } = acquires;
+        let mut outcomes = Outcomes::new(early, ctx.call_grouped(calls).await);
+        let results: Vec<_> = slots.iter().map(|_| outcomes.next()).collect();
         let got_any = results
             .iter()
             .any(|r| r.as_ref().map_or(true, |a| !a.ranges.is_empty()));
@@ -196,23 +195,22 @@ fn share_fetch_response(
 /// Sends each partition's acknowledgements to its owner.
 pub(super) async fn ack(ctx: &Rc<ShardContext>, r: ShareAckRequest) -> Result<Response, WireError> {
     check_share_ids(&r.group, &r.member_id)?;
-    let mut calls = Vec::new();
+    // One envelope per owning shard.
+    let mut acks = Routed::default();
     for t in &r.topics {
         for p in &t.partitions {
-            let at = topics::lookup(ctx, &t.topic, p.partition);
-            let (group, member, ranges) = (r.group.clone(), r.member_id.clone(), p.ranges.clone());
-            calls.push(async move {
-                let call = ShareAck {
-                    at: at?,
-                    group,
-                    member,
-                    ranges,
-                };
-                ctx.call_owner(call).await?
+            acks.push(ctx, |ctx| {
+                Ok(ShareAck {
+                    at: topics::lookup(ctx, &t.topic, p.partition)?,
+                    group: r.group.clone(),
+                    member: r.member_id.clone(),
+                    ranges: p.ranges.clone(),
+                })
             });
         }
     }
-    let mut results = join_all(calls).await.into_iter();
+    let Routed { calls, early } = acks;
+    let mut outcomes = Outcomes::new(early, ctx.call_grouped(calls).await);
     let topics = r
         .topics
         .iter()
@@ -222,9 +220,9 @@ pub(super) async fn ack(ctx: &Rc<ShardContext>, r: ShareAckRequest) -> Result<Re
                 .partitions
                 .iter()
                 .map(|p| {
-                    let (error, message) = match results.next() {
-                        Some(Ok(())) | None => (ErrorCode::None, String::new()),
-                        Some(Err(e)) => (e.code, e.message),
+                    let (error, message) = match outcomes.next() {
+                        Ok(()) => (ErrorCode::None, String::new()),
+                        Err(e) => (e.code, e.message),
                     };
                     PartitionResult {
                         partition: p.partition,
