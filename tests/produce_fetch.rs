@@ -312,3 +312,15 @@ fn fetch_on_the_owning_shard_sends_file_bytes_and_may_end_mid_batch() {
         }
     }
 }
+
+#[test]
+fn a_log_written_to_a_file_has_no_colour_codes() {
+    let broker = Broker::start(&["--cores", "1"]);
+    broker.client().create_topic("plain", 1, &[]).unwrap();
+    let log = broker.log();
+    assert!(log.contains("topic created"), "the log so far:\n{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape codes in a log file:\n{log}"
+    );
+}
