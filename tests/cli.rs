@@ -427,3 +427,37 @@ fn queues_from_the_command_line() {
     );
     assert!(!bad.status.success());
 }
+
+#[test]
+fn kafkas_spellings_and_small_counts_read_right() {
+    let broker = Broker::start(&["--cores", "1"]);
+    let out = ok(eventflow(
+        &broker,
+        &["topic", "create", "one", "--partitions", "1"],
+        None,
+    ));
+    assert_eq!(out, "created topic one with 1 partition\n");
+    // `--acks -1` is Kafka's spelling of all.
+    ok(eventflow(
+        &broker,
+        &["produce", "one", "--acks", "-1"],
+        Some("only\n"),
+    ));
+    let output = eventflow(
+        &broker,
+        &["consume", "one", "--from-beginning", "--timeout-ms", "1000"],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert_eq!(ok(output), "only\n");
+    assert!(stderr.contains("consumed 1 record\n"), "{stderr}");
+    // An unknown --format directive is an error, not text.
+    let output = eventflow(
+        &broker,
+        &["consume", "one", "--from-beginning", "--format", "%v %z"],
+        None,
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown directive %z"), "{stderr}");
+}

@@ -162,8 +162,8 @@ struct ProduceArgs {
     /// Send every record to this partition (default: by key with murmur2, sticky without).
     #[arg(long)]
     partition: Option<u32>,
-    /// Acknowledgements: 0, 1 or all.
-    #[arg(long, default_value = "all")]
+    /// Acknowledgements: 0, 1 or all (-1, Kafka's spelling of all, is taken too).
+    #[arg(long, default_value = "all", allow_hyphen_values = true)]
     acks: String,
     /// A header `key=value` added to every record; repeatable.
     #[arg(long = "header", value_name = "KEY=VALUE")]
@@ -292,7 +292,10 @@ fn topic(bootstrap: &str, cmd: TopicCommand) -> anyhow::Result<()> {
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
             client.create_topic(&name, partitions, &refs)?;
-            println!("created topic {name} with {partitions} partitions");
+            println!(
+                "created topic {name} with {}",
+                counted(u64::from(partitions), "partition")
+            );
         }
         TopicCommand::List => {
             for t in client.list_topics()? {
@@ -336,7 +339,7 @@ fn produce(bootstrap: &str, args: ProduceArgs) -> anyhow::Result<ExitCode> {
         "0" => Acks::None,
         "1" => Acks::Leader,
         "all" | "-1" => Acks::All,
-        other => bail!("--acks must be 0, 1 or all, not `{other}`"),
+        other => bail!("--acks must be 0, 1 or all (or -1), not `{other}`"),
     };
     let headers = args
         .headers
@@ -410,6 +413,8 @@ extern "C" fn on_interrupt(_: libc::c_int) {
 }
 
 fn consume(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
+    // Refuse a bad --format before anything is read or joined.
+    parse_format(&args.output.format)?;
     let start = if args.from_beginning {
         StartAt::Earliest
     } else if let Some(ts) = args.from_time {
@@ -458,7 +463,7 @@ fn consume(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
             consumer.assign(&args.topic, &partitions, start)?;
         }
     }
-    let mut printer = Printer::new(&args.output);
+    let mut printer = Printer::new(&args.output)?;
     while !printer.done() {
         let records = consumer.poll(Duration::from_millis(200))?;
         let printed = printer.print(records.iter())?;
@@ -475,7 +480,7 @@ fn consume(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
     if args.group.is_some() {
         consumer.close()?;
     }
-    eprintln!("consumed {} records", printer.count);
+    eprintln!("consumed {}", counted(printer.count, "record"));
     Ok(())
 }
 
@@ -491,7 +496,8 @@ struct Printer {
 }
 
 impl Printer {
-    fn new(args: &OutputArgs) -> Printer {
+    fn new(args: &OutputArgs) -> anyhow::Result<Printer> {
+        let template = parse_format(&args.format)?;
         // Ctrl-C stops the loop; the count is printed as the consumer leaves.
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe {
@@ -500,15 +506,15 @@ impl Printer {
                 on_interrupt as *const () as libc::sighandler_t,
             )
         };
-        Printer {
-            template: parse_format(&args.format),
+        Ok(Printer {
+            template,
             json: args.json,
             out: std::io::BufWriter::new(std::io::stdout().lock()),
             count: 0,
             max: args.max_messages,
             idle_limit: args.timeout_ms.map(Duration::from_millis),
             last_record: Instant::now(),
-        }
+        })
     }
 
     /// Whether to stop: interrupted, enough records, or idle too long.
@@ -677,6 +683,8 @@ fn group(bootstrap: &str, cmd: GroupCommand) -> anyhow::Result<()> {
 }
 
 fn queue_consume(bootstrap: &str, args: QueueConsumeArgs) -> anyhow::Result<()> {
+    // Refuse a bad --format before anything is read or joined.
+    parse_format(&args.output.format)?;
     let config = ShareConsumerConfig {
         bootstrap: bootstrap.to_string(),
         lock: Duration::from_millis(args.lock_ms),
@@ -691,7 +699,7 @@ fn queue_consume(bootstrap: &str, args: QueueConsumeArgs) -> anyhow::Result<()> 
     let mut consumer =
         ShareConsumer::new(config, &[&args.topic]).context("cannot reach the broker")?;
     let per_record = args.ack == "manual";
-    let mut printer = Printer::new(&args.output);
+    let mut printer = Printer::new(&args.output)?;
     while !printer.done() {
         let taken = consumer.poll(Duration::from_millis(200))?;
         let mut printed = 0;
@@ -716,7 +724,7 @@ fn queue_consume(bootstrap: &str, args: QueueConsumeArgs) -> anyhow::Result<()> 
         }
         consumer.commit()?;
     }
-    eprintln!("consumed {} records", printer.count);
+    eprintln!("consumed {}", counted(printer.count, "record"));
     Ok(())
 }
 
@@ -760,7 +768,10 @@ enum Piece {
     Headers,
 }
 
-fn parse_format(format: &str) -> Vec<Piece> {
+/// The directives `--format` knows, for the error that names an unknown one.
+const FORMAT_DIRECTIVES: &str = "%t %p %o %T %k %v %h %% \\n \\t";
+
+fn parse_format(format: &str) -> anyhow::Result<Vec<Piece>> {
     let mut pieces = Vec::new();
     let mut text = String::new();
     let mut chars = format.chars().peekable();
@@ -779,7 +790,9 @@ fn parse_format(format: &str) -> Vec<Piece> {
                     chars.next();
                     continue;
                 }
-                _ => None,
+                other => {
+                    bail!("--format: unknown directive %{other} (known: {FORMAT_DIRECTIVES})")
+                }
             },
             ('\\', Some('n')) => {
                 text.push('\n');
@@ -807,7 +820,16 @@ fn parse_format(format: &str) -> Vec<Piece> {
     if !text.is_empty() {
         pieces.push(Piece::Text(text));
     }
-    pieces
+    Ok(pieces)
+}
+
+/// `1 record`, `2 records`.
+fn counted(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 fn write_formatted(
@@ -881,7 +903,7 @@ mod tests {
 
     fn render(format: &str) -> String {
         let mut out = Vec::new();
-        write_formatted(&mut out, &parse_format(format), &record()).unwrap();
+        write_formatted(&mut out, &parse_format(format).unwrap(), &record()).unwrap();
         String::from_utf8(out).unwrap()
     }
 
@@ -889,9 +911,11 @@ mod tests {
     fn formats_like_kcat() {
         assert_eq!(render("%v\\n"), "hello\n");
         assert_eq!(
-            render("%k:%v@%p/%o %T [%h] %t 100%% %q"),
-            "k1:hello@2/41 1700000000000 [h=x] t 100% %q"
+            render("%k:%v@%p/%o %T [%h] %t 100%%"),
+            "k1:hello@2/41 1700000000000 [h=x] t 100%"
         );
+        let unknown = parse_format("%v %z").err().unwrap().to_string();
+        assert!(unknown.contains("unknown directive %z"), "{unknown}");
         assert_eq!(render("\\t%o"), "\t41");
     }
 
