@@ -64,7 +64,7 @@ pub trait ConsumerWorker: Send {
 pub trait Target: Send + Sync {
     /// `eventflow` or `kafka`.
     fn kind(&self) -> &'static str;
-    /// The address as given (`eventflow://127.0.0.1:9092`).
+    /// The address as given (`eventflow://127.0.0.1:9292`).
     fn url(&self) -> &str;
     /// Creates the topic with `w.partitions` (deleting an existing one first) when
     /// `w.create_topic`; otherwise checks that it exists with at least that many partitions.
@@ -137,8 +137,8 @@ mod tests {
     #[test]
     fn urls() {
         assert_eq!(
-            TargetUrl::parse("eventflow://127.0.0.1:9092").unwrap(),
-            TargetUrl::Eventflow("127.0.0.1:9092".into())
+            TargetUrl::parse("eventflow://127.0.0.1:9292").unwrap(),
+            TargetUrl::Eventflow("127.0.0.1:9292".into())
         );
         assert_eq!(
             TargetUrl::parse("kafka://localhost:9093")
@@ -146,7 +146,7 @@ mod tests {
                 .to_string(),
             "kafka://localhost:9093"
         );
-        assert!(TargetUrl::parse("127.0.0.1:9092").is_err());
+        assert!(TargetUrl::parse("127.0.0.1:9292").is_err());
         assert!(TargetUrl::parse("amqp://h:1").is_err());
         assert!(TargetUrl::parse("kafka://").is_err());
     }
