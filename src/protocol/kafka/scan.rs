@@ -441,5 +441,9 @@ mod tests {
         let mut body = vec![0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1, 0, 1];
         body.extend_from_slice(&[0x10, 0, 0, 0]);
         assert!(check(ApiKey::CreateTopics, 2, &body).is_err());
+        // IncrementalAlterConfigs v0: one topic resource "t" with 2^28 configs.
+        let mut body = vec![0, 0, 0, 1, 2, 0, 1, b't'];
+        body.extend_from_slice(&[0x10, 0, 0, 0]);
+        assert!(check(ApiKey::IncrementalAlterConfigs, 0, &body).is_err());
     }
 }
