@@ -16,10 +16,16 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest, FetchResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-    RequestHeader, ResponseHeader, TopicName,
+    create_partitions_request, describe_configs_request, incremental_alter_configs_request,
+};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreatePartitionsRequest,
+    CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
+    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -669,4 +675,139 @@ fn an_oversize_frame_closes_only_its_connection() {
         broker.log()
     );
     let _: ApiVersionsResponse = other.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+}
+
+#[test]
+fn find_coordinator_answers_groups_and_refuses_transactions_at_every_version() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let addr = broker.kafka.unwrap();
+    let mut c = kafka(&broker);
+    for version in 0..=6 {
+        for key_type in [0i8, 1] {
+            if version == 0 && key_type == 1 {
+                continue; // v0 has no key type: groups only
+            }
+            let mut request = FindCoordinatorRequest::default().with_key_type(key_type);
+            request = if version >= 4 {
+                request.with_coordinator_keys(vec![StrBytes::from("g1"), StrBytes::from("g2")])
+            } else {
+                request.with_key(StrBytes::from("g1"))
+            };
+            let r: FindCoordinatorResponse = c.call(ApiKey::FindCoordinator, version, &request);
+            let answers: Vec<(i16, i32, String, i32)> = if version >= 4 {
+                assert_eq!(r.coordinators.len(), 2, "v{version}");
+                r.coordinators
+                    .iter()
+                    .map(|k| (k.error_code, k.node_id.0, k.host.to_string(), k.port))
+                    .collect()
+            } else {
+                vec![(r.error_code, r.node_id.0, r.host.to_string(), r.port)]
+            };
+            for (code, node, host, port) in answers {
+                if key_type == 0 {
+                    assert_eq!(
+                        (code, node, host, port),
+                        (0, 0, addr.ip().to_string(), i32::from(addr.port())),
+                        "v{version}"
+                    );
+                } else {
+                    assert_eq!(code, 15, "v{version}: COORDINATOR_NOT_AVAILABLE");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn admin_apis_at_every_version() {
+    use create_partitions_request::CreatePartitionsTopic;
+    use describe_configs_request::DescribeConfigsResource;
+    use incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    let broker = Broker::start(&["--cores", "2"]);
+    broker.client().create_topic("conf", 2, &[]).unwrap();
+    let addr = broker.kafka.unwrap();
+    let mut c = kafka(&broker);
+    for version in 0..=2 {
+        let r: DescribeClusterResponse = c.call(
+            ApiKey::DescribeCluster,
+            version,
+            &DescribeClusterRequest::default(),
+        );
+        assert_eq!(r.error_code, 0);
+        assert_eq!(r.cluster_id.as_str(), "eventflow");
+        assert_eq!(r.controller_id.0, 0);
+        assert_eq!(r.brokers.len(), 1);
+        assert_eq!(r.brokers[0].port, i32::from(addr.port()));
+    }
+    for version in 1..=4 {
+        let request = DescribeConfigsRequest::default().with_resources(vec![
+            DescribeConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from("conf"))
+                .with_configuration_keys(Some(vec![StrBytes::from("segment.bytes")])),
+            DescribeConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from("nope")),
+        ]);
+        let r: DescribeConfigsResponse = c.call(ApiKey::DescribeConfigs, version, &request);
+        assert_eq!(r.results[0].error_code, 0, "v{version}");
+        let names: Vec<&str> = r.results[0]
+            .configs
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(names, ["segment.bytes"], "v{version}");
+        assert_eq!(r.results[1].error_code, 3, "v{version}");
+    }
+    for version in 0..=1 {
+        let retention = format!("{}", 1000 + i32::from(version));
+        let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from("conf"))
+                .with_configs(vec![AlterableConfig::default()
+                    .with_name(StrBytes::from("retention.ms"))
+                    .with_value(Some(StrBytes::from(retention.clone())))]),
+        ]);
+        let r: IncrementalAlterConfigsResponse =
+            c.call(ApiKey::IncrementalAlterConfigs, version, &request);
+        assert_eq!(r.responses[0].error_code, 0, "v{version}");
+        let described = broker.client().describe_topic("conf").unwrap();
+        assert!(described
+            .configs
+            .contains(&("retention.ms".to_string(), retention)));
+        // validate_only is refused, and nothing changes.
+        let r: IncrementalAlterConfigsResponse = c.call(
+            ApiKey::IncrementalAlterConfigs,
+            version,
+            &request.with_validate_only(true),
+        );
+        assert_eq!(r.responses[0].error_code, 42, "v{version}");
+    }
+    for version in 0..=3 {
+        let request = CreatePartitionsRequest::default().with_topics(vec![
+            CreatePartitionsTopic::default()
+                .with_name(TopicName(StrBytes::from("conf")))
+                .with_count(3),
+            CreatePartitionsTopic::default()
+                .with_name(TopicName(StrBytes::from("nope")))
+                .with_count(3),
+        ]);
+        let r: CreatePartitionsResponse = c.call(ApiKey::CreatePartitions, version, &request);
+        assert_eq!(r.results[0].error_code, 37, "v{version}");
+        assert_eq!(
+            r.results[0].error_message.as_deref(),
+            Some("eventflow cannot add partitions to an existing topic yet")
+        );
+        assert_eq!(r.results[1].error_code, 3, "v{version}");
+    }
+    assert_eq!(
+        broker
+            .client()
+            .describe_topic("conf")
+            .unwrap()
+            .partitions
+            .len(),
+        2
+    );
 }

@@ -197,6 +197,38 @@ fn walk(key: ApiKey, version: i16, body: &[u8]) -> Step {
             c.tags()
         }),
         ApiKey::DeleteTopics => c.array(Cursor::string),
+        ApiKey::DescribeConfigs => c.array(|c| {
+            c.skip(1)?; // resource type
+            c.string()?;
+            c.array(Cursor::string)?; // configuration keys (nullable)
+            c.tags()
+        }),
+        ApiKey::IncrementalAlterConfigs => c.array(|c| {
+            c.skip(1)?; // resource type
+            c.string()?;
+            c.array(|c| {
+                c.string()?;
+                c.skip(1)?; // operation
+                c.string()?; // value (nullable)
+                c.tags()
+            })?;
+            c.tags()
+        }),
+        ApiKey::CreatePartitions => c.array(|c| {
+            c.string()?;
+            c.skip(4)?; // count
+            c.array(|c| {
+                c.array(|c| c.skip(4))?;
+                c.tags()
+            })?;
+            c.tags()
+        }),
+        ApiKey::FindCoordinator if v >= 4 => {
+            c.skip(1)?; // key type
+            c.array(Cursor::string)
+        }
+        // No arrays: FindCoordinator v0-v3 (one key), DescribeCluster.
+        ApiKey::FindCoordinator | ApiKey::DescribeCluster => Ok(()),
         // Other APIs are refused before their body is looked at.
         _ => Ok(()),
     }
@@ -289,6 +321,71 @@ mod tests {
                     DeleteTopicsRequest::default().with_topic_names(vec![name("a"), name("b")])
                 }),
             ),
+            (
+                ApiKey::DescribeConfigs,
+                RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(
+                    vec![
+                        describe_configs_request::DescribeConfigsResource::default()
+                            .with_resource_type(2)
+                            .with_resource_name(StrBytes::from("t"))
+                            .with_configuration_keys(Some(vec![
+                                StrBytes::from("retention.ms"),
+                                StrBytes::from("segment.ms"),
+                            ])),
+                        describe_configs_request::DescribeConfigsResource::default()
+                            .with_resource_type(4)
+                            .with_resource_name(StrBytes::from("0")),
+                    ],
+                )),
+            ),
+            (
+                ApiKey::IncrementalAlterConfigs,
+                RequestKind::IncrementalAlterConfigs(
+                    IncrementalAlterConfigsRequest::default().with_resources(vec![
+                        incremental_alter_configs_request::AlterConfigsResource::default()
+                            .with_resource_type(2)
+                            .with_resource_name(StrBytes::from("t"))
+                            .with_configs(vec![
+                                incremental_alter_configs_request::AlterableConfig::default()
+                                    .with_name(StrBytes::from("retention.ms"))
+                                    .with_value(Some(StrBytes::from("1"))),
+                                incremental_alter_configs_request::AlterableConfig::default()
+                                    .with_name(StrBytes::from("segment.ms"))
+                                    .with_config_operation(1),
+                            ]),
+                        incremental_alter_configs_request::AlterConfigsResource::default(),
+                    ]),
+                ),
+            ),
+            (
+                ApiKey::DescribeCluster,
+                RequestKind::DescribeCluster(DescribeClusterRequest::default()),
+            ),
+            (
+                ApiKey::CreatePartitions,
+                RequestKind::CreatePartitions(CreatePartitionsRequest::default().with_topics(
+                    vec![
+                        create_partitions_request::CreatePartitionsTopic::default()
+                            .with_name(name("t"))
+                            .with_count(3)
+                            .with_assignments(Some(vec![
+                                create_partitions_request::CreatePartitionsAssignment::default()
+                                    .with_broker_ids(vec![BrokerId(0), BrokerId(1)]),
+                            ])),
+                        create_partitions_request::CreatePartitionsTopic::default()
+                            .with_name(name("u")),
+                    ],
+                )),
+            ),
+            (
+                ApiKey::FindCoordinator,
+                RequestKind::FindCoordinator(if version >= 4 {
+                    FindCoordinatorRequest::default()
+                        .with_coordinator_keys(vec![StrBytes::from("g"), StrBytes::from("h")])
+                } else {
+                    FindCoordinatorRequest::default().with_key(StrBytes::from("g"))
+                }),
+            ),
         ]
     }
 
@@ -318,8 +415,10 @@ mod tests {
                 }
             }
         }
-        // ApiVersions 5, Metadata 13, Fetch 9, ListOffsets 8, CreateTopics 6, DeleteTopics 6.
-        assert_eq!(checked, 5 + 13 + 9 + 8 + 6 + 6);
+        // ApiVersions 5, Metadata 13, Fetch 9, ListOffsets 8, CreateTopics 6, DeleteTopics 6,
+        // DescribeConfigs 4, IncrementalAlterConfigs 2, DescribeCluster 3, CreatePartitions 4,
+        // FindCoordinator 7.
+        assert_eq!(checked, 5 + 13 + 9 + 8 + 6 + 6 + 4 + 2 + 3 + 4 + 7);
     }
 
     #[test]
@@ -342,5 +441,9 @@ mod tests {
         let mut body = vec![0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1, 0, 1];
         body.extend_from_slice(&[0x10, 0, 0, 0]);
         assert!(check(ApiKey::CreateTopics, 2, &body).is_err());
+        // IncrementalAlterConfigs v0: one topic resource "t" with 2^28 configs.
+        let mut body = vec![0, 0, 0, 1, 2, 0, 1, b't'];
+        body.extend_from_slice(&[0x10, 0, 0, 0]);
+        assert!(check(ApiKey::IncrementalAlterConfigs, 0, &body).is_err());
     }
 }

@@ -1,23 +1,29 @@
-//! ApiVersions and Metadata.
+//! ApiVersions, Metadata, DescribeCluster, FindCoordinator, CreateTopics, DeleteTopics
+//! and CreatePartitions.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{
-    ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, MetadataRequest, MetadataResponse, TopicName,
+    ApiVersionsResponse, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse,
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeClusterRequest, DescribeClusterResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, MetadataRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
 use crate::protocol::kafka::api_versions_response;
 use crate::protocol::kafka::error::{
-    error_code, INVALID_REPLICATION_FACTOR, INVALID_REQUEST, NONE, UNKNOWN_TOPIC_ID,
-    UNKNOWN_TOPIC_OR_PARTITION,
+    error_code, COORDINATOR_NOT_AVAILABLE, INVALID_PARTITIONS, INVALID_REPLICATION_FACTOR,
+    INVALID_REQUEST, NONE, UNKNOWN_TOPIC_ID, UNKNOWN_TOPIC_OR_PARTITION,
 };
 use crate::protocol::WireError;
 use crate::server::context::ShardContext;
@@ -25,7 +31,7 @@ use crate::server::topics;
 use crate::storage::catalog::TopicMeta;
 
 /// The one broker a Kafka client sees: it leads every partition.
-const NODE_ID: i32 = 0;
+pub(super) const NODE_ID: i32 = 0;
 
 pub(super) fn api_versions() -> ApiVersionsResponse {
     api_versions_response()
@@ -98,18 +104,123 @@ pub(super) fn metadata(
             .with_node_id(BrokerId(NODE_ID))
             .with_host(StrBytes::from_string(host))
             .with_port(port)])
-        .with_cluster_id(Some(StrBytes::from("eventflow")))
+        .with_cluster_id(Some(StrBytes::from(CLUSTER_ID)))
         .with_controller_id(BrokerId(NODE_ID))
         .with_topics(topics)
+}
+
+/// The cluster id Metadata and DescribeCluster give.
+const CLUSTER_ID: &str = "eventflow";
+
+/// The one broker, as controller. Requests for the controller endpoint (v1
+/// `endpoint_type` 2) get the same answer: the broker is its own controller.
+pub(super) fn describe_cluster(
+    ctx: &ShardContext,
+    _r: DescribeClusterRequest,
+    local: Option<SocketAddr>,
+) -> DescribeClusterResponse {
+    let (host, port) = advertised(ctx, local);
+    DescribeClusterResponse::default()
+        .with_endpoint_type(1)
+        .with_cluster_id(StrBytes::from(CLUSTER_ID))
+        .with_controller_id(BrokerId(NODE_ID))
+        .with_brokers(vec![DescribeClusterBroker::default()
+            .with_broker_id(BrokerId(NODE_ID))
+            .with_host(StrBytes::from_string(host))
+            .with_port(port)])
+}
+
+/// Kafka's FindCoordinator key types.
+const KEY_GROUP: i8 = 0;
+const KEY_TRANSACTION: i8 = 1;
+
+/// Group keys: node 0 at the Kafka listener's address. Transaction keys (no transactions)
+/// get COORDINATOR_NOT_AVAILABLE, other key types INVALID_REQUEST. v0-v3 carry one key,
+/// v4+ a list.
+pub(super) fn find_coordinator(
+    ctx: &ShardContext,
+    r: FindCoordinatorRequest,
+    version: i16,
+    local: Option<SocketAddr>,
+) -> FindCoordinatorResponse {
+    let (host, port) = advertised(ctx, local);
+    let answer = |key: StrBytes| -> Coordinator {
+        let found = Coordinator::default().with_key(key);
+        match r.key_type {
+            KEY_GROUP => found
+                .with_node_id(BrokerId(NODE_ID))
+                .with_host(StrBytes::from_string(host.clone()))
+                .with_port(port),
+            KEY_TRANSACTION => found
+                .with_error_code(COORDINATOR_NOT_AVAILABLE)
+                .with_error_message(Some(StrBytes::from("transactions are not supported")))
+                .with_node_id(BrokerId(-1))
+                .with_port(-1),
+            other => found
+                .with_error_code(INVALID_REQUEST)
+                .with_error_message(Some(StrBytes::from_string(format!(
+                    "coordinator key type {other} is not served"
+                ))))
+                .with_node_id(BrokerId(-1))
+                .with_port(-1),
+        }
+    };
+    if version >= 4 {
+        let coordinators = r.coordinator_keys.iter().cloned().map(answer).collect();
+        return FindCoordinatorResponse::default().with_coordinators(coordinators);
+    }
+    let one = answer(r.key.clone());
+    FindCoordinatorResponse::default()
+        .with_error_code(one.error_code)
+        .with_error_message(one.error_message)
+        .with_node_id(one.node_id)
+        .with_host(one.host)
+        .with_port(one.port)
+}
+
+/// Refuses to add partitions: a partition's owning shard is a function of the partition
+/// count, so adding partitions would move existing data between shards.
+pub(super) fn create_partitions(
+    ctx: &ShardContext,
+    r: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let results = r
+        .topics
+        .into_iter()
+        .map(|t| {
+            let (code, message) = match ctx.catalog.get(t.name.0.as_str()) {
+                None => (
+                    UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("topic `{}` does not exist", t.name.0.as_str()),
+                ),
+                Some(meta) if t.count <= meta.partitions as i32 => (
+                    INVALID_PARTITIONS,
+                    format!(
+                        "topic `{}` has {} partitions; the count can only grow",
+                        meta.name, meta.partitions
+                    ),
+                ),
+                Some(_) => (
+                    INVALID_PARTITIONS,
+                    "eventflow cannot add partitions to an existing topic yet".to_string(),
+                ),
+            };
+            CreatePartitionsTopicResult::default()
+                .with_name(t.name)
+                .with_error_code(code)
+                .with_error_message(Some(StrBytes::from_string(message)))
+        })
+        .collect();
+    CreatePartitionsResponse::default().with_results(results)
 }
 
 /// Partitions of a topic created with `num_partitions = -1` (the broker's default).
 const DEFAULT_PARTITIONS: u32 = 1;
 
 /// A Kafka error code and message for one topic of an admin request.
-type TopicError = (i16, String);
+pub(super) type TopicError = (i16, String);
 
-fn wire_error(e: WireError) -> TopicError {
+pub(super) fn wire_error(e: WireError) -> TopicError {
     (error_code(e.code), e.message)
 }
 

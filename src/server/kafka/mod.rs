@@ -4,10 +4,13 @@
 //! the same, such as the long-poll fetch loop), and builds the Kafka response. Nothing here
 //! owns state.
 //!
-//! - `admin`: ApiVersions, Metadata, CreateTopics and DeleteTopics.
+//! - `admin`: ApiVersions, Metadata, DescribeCluster, FindCoordinator, CreateTopics,
+//!   DeleteTopics and CreatePartitions.
+//! - `configs`: DescribeConfigs and IncrementalAlterConfigs.
 //! - `data`: Produce, Fetch, ListOffsets.
 
 mod admin;
+mod configs;
 mod data;
 
 pub(crate) use data::KafkaReply;
@@ -80,6 +83,21 @@ pub(crate) async fn handle(
         }
         RequestKind::DeleteTopics(r) => {
             ResponseKind::DeleteTopics(admin::delete_topics(ctx, r, version).await)
+        }
+        RequestKind::DescribeConfigs(r) => {
+            ResponseKind::DescribeConfigs(configs::describe_configs(ctx, r, version).await)
+        }
+        RequestKind::IncrementalAlterConfigs(r) => {
+            ResponseKind::IncrementalAlterConfigs(configs::incremental_alter_configs(ctx, r).await)
+        }
+        RequestKind::DescribeCluster(r) => {
+            ResponseKind::DescribeCluster(admin::describe_cluster(ctx, r, local))
+        }
+        RequestKind::CreatePartitions(r) => {
+            ResponseKind::CreatePartitions(admin::create_partitions(ctx, r))
+        }
+        RequestKind::FindCoordinator(r) => {
+            ResponseKind::FindCoordinator(admin::find_coordinator(ctx, r, version, local))
         }
         RequestKind::Fetch(r) => {
             return Ok(Some(data::fetch(ctx, r, version, correlation_id).await));
