@@ -25,7 +25,7 @@ use crate::protocol::kafka::fetch::{
 };
 use crate::protocol::kafka::produce::ProduceData;
 use crate::server::context::ShardContext;
-use crate::server::native::{self, Reply};
+use crate::server::native;
 use crate::storage::FileRange;
 
 /// An encoded response: its parts, whose placeholders take `files` in order (the records
@@ -87,9 +87,6 @@ pub(super) async fn produce(ctx: &Rc<ShardContext>, r: ProduceData) -> Option<Pr
     if acks == Acks::None {
         return None;
     }
-    let native_api::Response::Produce(response) = response else {
-        unreachable!("native::produce answers a produce response");
-    };
     Some(
         ProduceResponse::default().with_responses(
             response
@@ -190,10 +187,7 @@ pub(super) async fn fetch(
             })
             .collect(),
     };
-    let (response, files) = match native::fetch(ctx, request).await {
-        Reply::Fetch(response, files) => (response, files),
-        Reply::Plain(_) => unreachable!("native::fetch answers a fetch reply"),
-    };
+    let (response, files) = native::fetch(ctx, request).await;
     // The ranges are in partition-entry order, like the partitions below.
     let mut ranges = files.iter();
     let topics = response
@@ -261,10 +255,7 @@ pub(super) async fn list_offsets(
             })
             .collect(),
     };
-    let native_api::Response::ListOffsets(response) = native::list_offsets(ctx, request).await
-    else {
-        unreachable!("native::list_offsets answers a list-offsets response");
-    };
+    let response = native::list_offsets(ctx, request).await;
     ListOffsetsResponse::default().with_topics(
         response
             .topics

@@ -57,7 +57,7 @@ fn batch_error(e: BatchError) -> WireError {
     WireError::new(code, e.to_string())
 }
 
-pub(crate) async fn produce(ctx: &Rc<ShardContext>, r: ProduceRequest) -> Response {
+pub(crate) async fn produce(ctx: &Rc<ShardContext>, r: ProduceRequest) -> ProduceResponse {
     // Every partition's append is started in request order before any is awaited, so the
     // batches of pipelined requests reach each partition in the order they were sent.
     let mut shape = Vec::with_capacity(r.topics.len());
@@ -121,7 +121,7 @@ pub(crate) async fn produce(ctx: &Rc<ShardContext>, r: ProduceRequest) -> Respon
                 .collect(),
         })
         .collect();
-    Response::Produce(ProduceResponse { topics })
+    ProduceResponse { topics }
 }
 
 struct FetchSlot {
@@ -214,7 +214,11 @@ async fn read_all(ctx: &Rc<ShardContext>, slots: &[FetchSlot], max_bytes: usize)
     }
 }
 
-pub(crate) async fn fetch(ctx: &Rc<ShardContext>, r: FetchRequest) -> Reply {
+/// A fetch's response, and for each partition entry (in encoding order) the file range
+/// that replaces its records when the connection's shard owns it.
+pub(crate) type Fetched = (FetchResponse, Vec<Option<FileRange>>);
+
+pub(crate) async fn fetch(ctx: &Rc<ShardContext>, r: FetchRequest) -> Fetched {
     let deadline =
         Instant::now() + Duration::from_millis(u64::from(r.max_wait_ms)).min(MAX_FETCH_WAIT);
     let max_bytes = (r.max_bytes as usize).min(MAX_FETCH_BYTES);
@@ -286,7 +290,7 @@ fn fetch_response(
     slots: &[FetchSlot],
     parts: Vec<FetchPartitionResponse>,
     files: Vec<Option<FileRange>>,
-) -> Reply {
+) -> Fetched {
     let mut topics: Vec<FetchTopicResponse> = names
         .into_iter()
         .map(|topic| FetchTopicResponse {
@@ -297,10 +301,13 @@ fn fetch_response(
     for (slot, part) in slots.iter().zip(parts) {
         topics[slot.topic_index].partitions.push(part);
     }
-    Reply::Fetch(FetchResponse { topics }, files)
+    (FetchResponse { topics }, files)
 }
 
-pub(crate) async fn list_offsets(ctx: &Rc<ShardContext>, r: ListOffsetsRequest) -> Response {
+pub(crate) async fn list_offsets(
+    ctx: &Rc<ShardContext>,
+    r: ListOffsetsRequest,
+) -> ListOffsetsResponse {
     // Every lookup of the request first, then one envelope per owning shard.
     let mut lookups = Routed::default();
     for t in &r.topics {
@@ -341,5 +348,5 @@ pub(crate) async fn list_offsets(ctx: &Rc<ShardContext>, r: ListOffsetsRequest) 
             topic: t.topic,
         })
         .collect();
-    Response::ListOffsets(ListOffsetsResponse { topics })
+    ListOffsetsResponse { topics }
 }

@@ -40,7 +40,10 @@ pub(crate) async fn handle(
         )));
     }
     let plain = match request {
-        Request::Fetch(r) => return Some(Ok(fetch(ctx, r).await)),
+        Request::Fetch(r) => {
+            let (response, files) = fetch(ctx, r).await;
+            return Some(Ok(Reply::Fetch(response, files)));
+        }
         Request::ApiVersions(r) => Ok(admin::api_versions(ctx, r)),
         Request::Metadata(r) => Ok(admin::metadata(ctx, r, local_ip)),
         Request::CreateTopic(r) => admin::create_topic(ctx, r).await,
@@ -54,9 +57,9 @@ pub(crate) async fn handle(
             if acks == Acks::None {
                 return None;
             }
-            Ok(response)
+            Ok(Response::Produce(response))
         }
-        Request::ListOffsets(r) => Ok(list_offsets(ctx, r).await),
+        Request::ListOffsets(r) => Ok(Response::ListOffsets(list_offsets(ctx, r).await)),
         Request::JoinGroup(r) => groups::call(ctx, &r.group.clone(), GroupOp::Join(r)).await,
         Request::Heartbeat(r) => groups::call(ctx, &r.group.clone(), GroupOp::Heartbeat(r)).await,
         Request::LeaveGroup(r) => groups::call(ctx, &r.group.clone(), GroupOp::Leave(r)).await,
