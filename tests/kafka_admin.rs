@@ -1,7 +1,7 @@
 //! Kafka admin operations the way users run them: Python's confluent-kafka AdminClient
 //! (`tests/kafka_clients/admin.py`) against a real `eventflowd`. Without python3 and the
-//! `confluent-kafka` package this test fails with a message saying so, unless
-//! EVENTFLOW_SKIP_KAFKA_CLIENTS=1.
+//! `confluent-kafka` package this test is skipped with a line saying so, or fails when
+//! EVENTFLOW_REQUIRE_KAFKA_CLIENTS=1 (as in CI).
 
 mod common;
 
@@ -13,24 +13,18 @@ use std::time::{Duration, Instant};
 
 use common::Broker;
 
-/// Whether python3 with confluent_kafka can run; panics with instructions when it cannot
-/// and skipping was not asked for.
+/// Whether python3 with confluent_kafka can run (see
+/// [`common::kafka_client_available`]).
 fn confluent_kafka_available() -> bool {
-    let probe = Command::new("python3")
+    let ran = Command::new("python3")
         .args(["-c", "import confluent_kafka"])
-        .output();
-    match probe {
-        Ok(out) if out.status.success() => true,
-        _ if std::env::var("EVENTFLOW_SKIP_KAFKA_CLIENTS").as_deref() == Ok("1") => {
-            eprintln!("python3 with confluent-kafka is not installed: skipped (EVENTFLOW_SKIP_KAFKA_CLIENTS=1)");
-            false
-        }
-        other => panic!(
-            "python3 with the confluent-kafka package is needed by this test and could not run \
-             ({other:?}): install it (python3 -m pip install confluent-kafka), or set \
-             EVENTFLOW_SKIP_KAFKA_CLIENTS=1 to skip"
-        ),
-    }
+        .output()
+        .is_ok_and(|out| out.status.success());
+    common::kafka_client_available(
+        "python3 with confluent-kafka",
+        ran,
+        "python3 -m pip install confluent-kafka",
+    )
 }
 
 #[test]
