@@ -1,4 +1,4 @@
-//! Consumer-group membership for [`Consumer::subscribe`](super::consumer::Consumer::subscribe).
+//! Consumer-group membership for `Consumer::subscribe` (in `consumer.rs`).
 //!
 //! The broker computes the assignment (clients stay simple, as with Kafka's KIP-848): a
 //! member joins with its topics and gets a generation and its partitions; a background

@@ -106,7 +106,7 @@ pub fn peek_frame_len(buf: &[u8]) -> Option<usize> {
 /// The fixed header of every request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestHeader {
-    /// Which API (see [`super::api::ApiKey`]).
+    /// Which API (the number of an `ApiKey`).
     pub api_key: u16,
     /// Which version of it.
     pub api_version: u16,

@@ -1,7 +1,7 @@
 //! Messages of the consumer-group and share-group (queue) APIs. Each type is declared with
 //! `message!`, which writes its [`Message`] impl from the struct (an ack range, checked while
 //! decoding, implements it by hand); the API table in `api.rs` wires them into
-//! [`Request`](super::api::Request) and [`Response`](super::api::Response). Field by field in
+//! `Request` and `Response` (in `api.rs`). Field by field in
 //! docs/PROTOCOL.md.
 
 use bytes::Bytes;

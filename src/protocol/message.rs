@@ -304,7 +304,7 @@ impl<P: Message> Message for TopicEntry<P> {
 }
 
 /// A bare partition index, the partition entry of an assignment
-/// ([`TopicPartitions`](super::group::TopicPartitions)).
+/// (`TopicPartitions` in `group.rs`).
 impl Message for u32 {
     const MIN_BYTES: usize = 4;
 

@@ -2,7 +2,7 @@
 //!
 //! Everything here lives on one thread behind `Rc`; `RefCell` borrows are never held across
 //! an `.await`. Work for a partition, group or topic owned elsewhere is a typed call
-//! ([`super::rpc::ShardCall`], the calls are in [`super::calls`]) sent through
+//! ([`super::rpc::ShardCall`], the calls are in `calls.rs`) sent through
 //! [`ShardContext::call`]; work owned here runs the same call inline.
 //!
 //! The services own their state and take only what they use: the partition table

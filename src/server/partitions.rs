@@ -25,7 +25,7 @@ pub(crate) struct PartitionRef {
 }
 
 /// A call about one partition: it goes to that partition's owner
-/// ([`super::context::ShardContext::call_owner`]).
+/// (`ShardContext::call_owner`).
 pub(crate) trait PartitionCall {
     /// The partition the call is about.
     fn partition(&self) -> &PartitionRef;

@@ -4,7 +4,7 @@
 //! It owns a fixed subset of partitions — [`owner_of`] decides which, as a pure function of
 //! (topic, partition, shard count) — and only that thread ever touches their files and
 //! state. Shards share nothing on the data path: they exchange messages through the bounded
-//! single-producer/single-consumer rings of [`mesh`] (one [`mesh::ShardLinks`] per shard).
+//! single-producer/single-consumer rings of `mesh.rs` (one `ShardLinks` per shard).
 
 pub mod mesh;
 pub mod ring;

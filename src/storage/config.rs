@@ -2,7 +2,7 @@
 //!
 //! A [`LogConfig`] is plain data. The shard builds one per partition from the broker defaults
 //! and the topic's overrides, and can replace it at run time
-//! ([`crate::storage::PartitionLog::set_config`]); new values apply from the next append or
+//! (`PartitionLog::set_config`); new values apply from the next append or
 //! retention pass, never retroactively to bytes already written.
 
 use std::time::Duration;
@@ -15,7 +15,7 @@ pub enum FsyncPolicy {
     /// Never forced by the log; the kernel writes pages back when it likes.
     Never,
     /// Forced by a timer of the owning shard calling
-    /// [`crate::storage::PartitionLog::sync`] at this period.
+    /// `PartitionLog::sync` at this period.
     Interval(Duration),
 }
 

@@ -6,7 +6,7 @@
 //! hundreds of GiB, and a failed allocation aborts the process: one bad frame would stop
 //! the broker for every client. Every element takes at least one byte, so a count larger
 //! than the bytes left is refused here instead. The walk follows the layouts of the APIs
-//! and versions in [`super::SUPPORTED`] that the crate decodes (Kafka's `*Request.json`
+//! and versions in `SUPPORTED` (mod.rs) that the crate decodes (Kafka's `*Request.json`
 //! schemas; Produce is decoded by hand and checks its own counts); a truncated body is
 //! left for the crate to report.
 
