@@ -51,6 +51,25 @@ fn partition_index(index: i32) -> u32 {
     u32::try_from(index).unwrap_or(u32::MAX)
 }
 
+/// A Kafka request's topics as the native request's entries: `split` takes a topic's name
+/// and partitions, `partition` turns each partition into the native entry.
+fn native_entries<T, P, Q>(
+    topics: Vec<T>,
+    split: impl Fn(T) -> (String, Vec<P>),
+    mut partition: impl FnMut(P) -> Q,
+) -> Vec<TopicEntry<Q>> {
+    topics
+        .into_iter()
+        .map(|t| {
+            let (topic, partitions) = split(t);
+            TopicEntry {
+                topic,
+                partitions: partitions.into_iter().map(&mut partition).collect(),
+            }
+        })
+        .collect()
+}
+
 /// Appends the request's batches (validated, never decompressed, re-encoded or copied:
 /// they are handles into the request buffer). `None`: acks = 0, no response.
 pub(super) async fn produce(ctx: &Rc<ShardContext>, r: ProduceData) -> Option<ProduceResponse> {
@@ -63,21 +82,14 @@ pub(super) async fn produce(ctx: &Rc<ShardContext>, r: ProduceData) -> Option<Pr
             return Some(refuse_all(&r, INVALID_REQUIRED_ACKS));
         }
     };
-    let topics = r
-        .topics
-        .into_iter()
-        .map(|t| TopicEntry {
-            topic: t.name,
-            partitions: t
-                .partitions
-                .into_iter()
-                .map(|p| native_api::ProducePartition {
-                    partition: partition_index(p.index),
-                    records: p.records,
-                })
-                .collect(),
-        })
-        .collect();
+    let topics = native_entries(
+        r.topics,
+        |t| (t.name, t.partitions),
+        |p| native_api::ProducePartition {
+            partition: partition_index(p.index),
+            records: p.records,
+        },
+    );
     let request = native_api::ProduceRequest {
         acks,
         timeout_ms: u32::try_from(r.timeout_ms).unwrap_or(0),
@@ -170,22 +182,15 @@ pub(super) async fn fetch(
         min_bytes: u32::try_from(r.min_bytes).unwrap_or(0),
         // (v3+; older requests are not accepted.)
         max_bytes: u32::try_from(r.max_bytes).unwrap_or(0),
-        topics: r
-            .topics
-            .into_iter()
-            .map(|t| TopicEntry {
-                topic: t.topic.0.to_string(),
-                partitions: t
-                    .partitions
-                    .into_iter()
-                    .map(|p| native_api::FetchPartition {
-                        partition: partition_index(p.partition),
-                        offset: p.fetch_offset,
-                        max_bytes: u32::try_from(p.partition_max_bytes).unwrap_or(0),
-                    })
-                    .collect(),
-            })
-            .collect(),
+        topics: native_entries(
+            r.topics,
+            |t| (t.topic.0.to_string(), t.partitions),
+            |p| native_api::FetchPartition {
+                partition: partition_index(p.partition),
+                offset: p.fetch_offset,
+                max_bytes: u32::try_from(p.partition_max_bytes).unwrap_or(0),
+            },
+        ),
     };
     let (response, files) = native::fetch(ctx, request).await;
     // The ranges are in partition-entry order, like the partitions below.
@@ -236,24 +241,17 @@ pub(super) async fn list_offsets(
     r: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
     let request = native_api::ListOffsetsRequest {
-        topics: r
-            .topics
-            .into_iter()
-            .map(|t| TopicEntry {
-                topic: t.name.0.to_string(),
-                partitions: t
-                    .partitions
-                    .into_iter()
-                    .map(|p| native_api::ListOffsetsPartition {
-                        partition: partition_index(p.partition_index),
-                        timestamp: match p.timestamp {
-                            EARLIEST_LOCAL => offset_spec::EARLIEST,
-                            ts => ts,
-                        },
-                    })
-                    .collect(),
-            })
-            .collect(),
+        topics: native_entries(
+            r.topics,
+            |t| (t.name.0.to_string(), t.partitions),
+            |p| native_api::ListOffsetsPartition {
+                partition: partition_index(p.partition_index),
+                timestamp: match p.timestamp {
+                    EARLIEST_LOCAL => offset_spec::EARLIEST,
+                    ts => ts,
+                },
+            },
+        ),
     };
     let response = native::list_offsets(ctx, request).await;
     ListOffsetsResponse::default().with_topics(
