@@ -56,6 +56,10 @@ pub struct BrokerConfig {
     /// Bytes of request frames each shard holds at once, across its connections; a
     /// connection whose next frame does not fit waits, unread. At least `max_request_bytes`.
     pub max_queued_request_bytes: usize,
+    /// How long a Kafka consumer group's first rebalance waits for more members, so that
+    /// members starting together share one generation (Kafka's
+    /// `group.initial.rebalance.delay.ms`).
+    pub group_initial_rebalance_delay: Duration,
 }
 
 impl BrokerConfig {
@@ -88,6 +92,7 @@ impl BrokerConfig {
             max_connections: 10_000,
             max_in_flight_per_connection: 128,
             max_queued_request_bytes: 32 << 20,
+            group_initial_rebalance_delay: Duration::from_secs(3),
         }
     }
 

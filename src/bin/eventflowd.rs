@@ -115,6 +115,11 @@ struct Args {
     /// least --max-request-bytes). Past it, connections wait unread.
     #[arg(long, default_value_t = 32 << 20)]
     max_queued_bytes: usize,
+
+    /// How long a Kafka consumer group's first rebalance waits for more members to join, as
+    /// Kafka's group.initial.rebalance.delay.ms (0: complete as soon as the first has joined).
+    #[arg(long, default_value_t = 3000, value_name = "MS")]
+    group_initial_rebalance_delay_ms: u64,
 }
 
 fn config_from(args: Args) -> anyhow::Result<BrokerConfig> {
@@ -187,6 +192,8 @@ fn config_from(args: Args) -> anyhow::Result<BrokerConfig> {
         );
     }
     config.max_queued_request_bytes = args.max_queued_bytes;
+    config.group_initial_rebalance_delay =
+        Duration::from_millis(args.group_initial_rebalance_delay_ms);
     Ok(config)
 }
 

@@ -4,5 +4,6 @@
 //! [`share::SharePartition`] per (share group, partition) on the partition's owner shard,
 //! feeds them requests and the clock, and persists what they say must survive a restart.
 
+pub mod classic;
 pub mod membership;
 pub mod share;

@@ -6,15 +6,20 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures_util::future::select;
 
 use super::context::ShardContext;
-use super::group_coordinator::GroupOp;
+use super::group_coordinator::{GroupListed, GroupOp, GroupView, KafkaGroupError};
 use super::partitions::{storage_error, PartitionCall, PartitionRef};
 use super::rpc::ShardCall;
 use super::share_coordinator::{ShareFetched, ShareHost};
 use super::topics;
-use crate::protocol::api::{offset_spec, AckRange, Response, SharePartitionState, ShareSettings};
+use crate::groups::classic::{ClassicError, JoinRequest, JoinResult, SyncResult};
+use crate::protocol::api::{
+    offset_spec, AckRange, Response, SharePartitionState, ShareSettings, TopicOffsets,
+    TopicPartitions, TopicResults,
+};
 use crate::protocol::batch::ValidBatch;
 use crate::protocol::{ErrorCode, WireError};
 use crate::shard::ShardId;
@@ -148,6 +153,164 @@ impl ShardCall<ShardContext> for GroupCall {
 
     async fn run(self, shard: Rc<ShardContext>) -> Self::Reply {
         shard.groups.run(self.0).await
+    }
+}
+
+/// Kafka JoinGroup, run on the group's coordinator; answers when the group's join barrier
+/// completes.
+pub(crate) struct KafkaJoin {
+    pub(crate) group: String,
+    pub(crate) request: JoinRequest,
+}
+
+impl ShardCall<ShardContext> for KafkaJoin {
+    type Reply = Result<JoinResult, ClassicError>;
+
+    async fn run(self, shard: Rc<ShardContext>) -> Self::Reply {
+        shard.groups.kafka_join(&self.group, self.request).await
+    }
+}
+
+/// Kafka SyncGroup: the leader's assignments in, each member's assignment out.
+pub(crate) struct KafkaSync {
+    pub(crate) group: String,
+    pub(crate) member_id: String,
+    pub(crate) generation: i32,
+    /// The protocol type and name the member expects (SyncGroup v5+).
+    pub(crate) protocol: Option<(String, String)>,
+    pub(crate) assignments: Vec<(String, Bytes)>,
+}
+
+impl ShardCall<ShardContext> for KafkaSync {
+    type Reply = Result<SyncResult, ClassicError>;
+
+    async fn run(self, shard: Rc<ShardContext>) -> Self::Reply {
+        let protocol = self
+            .protocol
+            .as_ref()
+            .map(|(kind, name)| (kind.as_str(), name.as_str()));
+        shard
+            .groups
+            .kafka_sync(
+                &self.group,
+                &self.member_id,
+                self.generation,
+                protocol,
+                self.assignments,
+            )
+            .await
+    }
+}
+
+/// Kafka Heartbeat.
+pub(crate) struct KafkaHeartbeat {
+    pub(crate) group: String,
+    pub(crate) member_id: String,
+    pub(crate) generation: i32,
+}
+
+impl ShardCall<ShardContext> for KafkaHeartbeat {
+    type Reply = Result<(), ClassicError>;
+
+    async fn run(self, shard: Rc<ShardContext>) -> Self::Reply {
+        shard
+            .groups
+            .kafka_heartbeat(&self.group, &self.member_id, self.generation)
+    }
+}
+
+/// Kafka LeaveGroup, for each member named.
+pub(crate) struct KafkaLeave {
+    pub(crate) group: String,
+    pub(crate) members: Vec<String>,
+}
+
+impl ShardCall<ShardContext> for KafkaLeave {
+    type Reply = Vec<Result<(), ClassicError>>;
+
+    async fn run(self, shard: Rc<ShardContext>) -> Self::Reply {
+        shard.groups.kafka_leave(&self.group, &self.members)
+    }
+}
+
+/// Kafka OffsetCommit.
+pub(crate) struct KafkaCommit {
+    pub(crate) group: String,
+    pub(crate) member_id: String,
+    pub(crate) generation: i32,
+    pub(crate) topics: Vec<TopicOffsets>,
+}
+
+impl ShardCall<ShardContext> for KafkaCommit {
+    type Reply = Result<Vec<TopicResults>, KafkaGroupError>;
+
+    async fn run(self, shard: Rc<ShardContext>) -> Self::Reply {
+        shard
+            .groups
+            .kafka_commit(&self.group, &self.member_id, self.generation, self.topics)
+            .await
+    }
+}
+
+/// Kafka OffsetFetch: the committed offsets of the partitions named, or of every partition
+/// the group committed (`None`).
+pub(crate) struct KafkaOffsets {
+    pub(crate) group: String,
+    pub(crate) topics: Option<Vec<TopicPartitions>>,
+}
+
+impl ShardCall<ShardContext> for KafkaOffsets {
+    type Reply = Result<Vec<TopicOffsets>, WireError>;
+
+    async fn run(self, shard: Rc<ShardContext>) -> Self::Reply {
+        shard.groups.kafka_offsets(self.group, self.topics).await
+    }
+}
+
+/// Kafka DescribeGroups, for one group.
+pub(crate) struct KafkaDescribeGroup(pub(crate) String);
+
+impl ShardCall<ShardContext> for KafkaDescribeGroup {
+    type Reply = Result<GroupView, WireError>;
+
+    async fn run(self, shard: Rc<ShardContext>) -> Self::Reply {
+        shard.groups.kafka_describe(&self.0).await
+    }
+}
+
+/// Kafka ListGroups, on one coordinator shard.
+pub(crate) struct KafkaListGroups;
+
+impl ShardCall<ShardContext> for KafkaListGroups {
+    type Reply = Result<Vec<GroupListed>, WireError>;
+
+    async fn run(self, shard: Rc<ShardContext>) -> Self::Reply {
+        shard.groups.kafka_list().await
+    }
+}
+
+/// Kafka DeleteGroups, for one group: refused while it has members.
+pub(crate) struct KafkaDeleteGroup(pub(crate) String);
+
+impl ShardCall<ShardContext> for KafkaDeleteGroup {
+    type Reply = Result<(), KafkaGroupError>;
+
+    async fn run(self, shard: Rc<ShardContext>) -> Self::Reply {
+        shard.groups.delete_any(&self.0).await
+    }
+}
+
+/// Kafka OffsetDelete: forgets committed offsets of topics no member subscribes to.
+pub(crate) struct KafkaOffsetDelete {
+    pub(crate) group: String,
+    pub(crate) topics: Vec<TopicPartitions>,
+}
+
+impl ShardCall<ShardContext> for KafkaOffsetDelete {
+    type Reply = Result<Vec<TopicResults>, KafkaGroupError>;
+
+    async fn run(self, shard: Rc<ShardContext>) -> Self::Reply {
+        shard.groups.delete_offsets(&self.group, self.topics).await
     }
 }
 

@@ -250,10 +250,13 @@ pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, protocol: Pr
         share_members: RefCell::new(Vec::new()),
         in_order: (protocol == Protocol::Kafka).then(InOrder::default),
     });
-    let local = stream.local_addr().ok();
+    let ends = Endpoints {
+        local: stream.local_addr().ok(),
+        peer,
+    };
     let (reader, writer) = stream.into_split();
     let writer_task = compio::runtime::spawn(write_loop(writer, state.clone()));
-    read_loop(&ctx, reader, &state, protocol, local).await;
+    read_loop(&ctx, reader, &state, protocol, ends).await;
     state.closing.set(true);
     state.outbox_ready.notify_all();
     let _ = writer_task.await;
@@ -317,14 +320,23 @@ async fn write_loop(mut stream: TcpStream, state: Rc<ConnectionState>) {
     let _ = stream.shutdown().await;
 }
 
+/// The two ends of a connection.
+#[derive(Debug, Clone, Copy)]
+struct Endpoints {
+    /// The address the client connected to.
+    local: Option<SocketAddr>,
+    /// The client's address.
+    peer: Option<SocketAddr>,
+}
+
 async fn read_loop(
     ctx: &Rc<ShardContext>,
     mut stream: TcpStream,
     state: &Rc<ConnectionState>,
     protocol: Protocol,
-    local: Option<SocketAddr>,
+    ends: Endpoints,
 ) {
-    let local_ip = local.map(|a| a.ip());
+    let local_ip = ends.local.map(|a| a.ip());
     let max_payload = ctx.config.max_request_bytes;
     let max_in_flight = ctx.config.max_in_flight_per_connection.max(1);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -343,7 +355,7 @@ async fn read_loop(
                             start_request(ctx, state, payload, cost, local_ip).await
                         }
                         Protocol::Kafka => {
-                            start_kafka_request(ctx, state, payload, cost, local).await
+                            start_kafka_request(ctx, state, payload, cost, ends).await
                         }
                     };
                     if !go_on {
@@ -478,7 +490,7 @@ async fn start_kafka_request(
     state: &Rc<ConnectionState>,
     payload: BytesMut,
     cost: usize,
-    local: Option<SocketAddr>,
+    ends: Endpoints,
 ) -> bool {
     let taken = BudgetTaken {
         ctx: ctx.clone(),
@@ -503,7 +515,7 @@ async fn start_kafka_request(
     let ctx = ctx.clone();
     let failed = state.clone();
     run_request(state, taken, async move {
-        match kafka::handle(&ctx, request, local).await {
+        match kafka::handle(&ctx, request, ends.local, ends.peer).await {
             Ok(reply) => reply.map(|r| with_files(r.parts, r.files.into_iter())),
             Err(e) => {
                 tracing::error!("closing a Kafka connection: {e}");

@@ -5,9 +5,14 @@
 //! shards, name the logs, so a broker restarted with another `--cores` finds every group's
 //! offsets again. Requests reaching another shard are forwarded to the coordinator through
 //! the rings.
+//!
+//! A group id is served by one of two membership protocols at a time: eventflow's native
+//! groups ([`Groups`], broker-side assignment) or Kafka's classic protocol (`classic`, the
+//! leader assigns), whichever its current members use; a member of the other kind is
+//! refused while the group has members. Committed offsets are one store for both.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,8 +21,14 @@ use bytes::Bytes;
 
 use super::internal_log::InternalLog;
 use crate::config::BrokerConfig;
+use crate::groups::classic::{
+    ClassicDescription, ClassicError, ClassicGroups, Delivery, JoinRequest, JoinResult, Step,
+    SyncResult,
+};
+use crate::groups::membership::GroupDescription;
 use crate::groups::membership::{GroupError, Groups, SessionLimits, Strategy};
-use crate::local::OnceMap;
+use crate::local::oneshot;
+use crate::local::{OnceMap, OneshotSender};
 use crate::protocol::api::*;
 use crate::protocol::{ErrorCode, WireError};
 use crate::shard::ShardId;
@@ -56,6 +67,20 @@ pub(crate) fn coordinator_of(group: &str, shard_count: u16) -> ShardId {
     bucket_of(group) % shard_count
 }
 
+/// Longest group name, as for topics (offset keys carry it with a 16-bit length).
+const MAX_GROUP_NAME: usize = 249;
+
+/// Refuses a group name no coordinator serves (either protocol).
+pub(crate) fn check_group_name(group: &str) -> Result<(), WireError> {
+    if group.is_empty() || group.len() > MAX_GROUP_NAME {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            format!("group names are 1 to {MAX_GROUP_NAME} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 /// Group requests, as the coordinator runs them.
 pub(crate) enum GroupOp {
     Join(JoinGroupRequest),
@@ -69,8 +94,51 @@ pub(crate) enum GroupOp {
     List,
 }
 
+/// A waiting Kafka request's (group, member, is a SyncGroup).
+type WaitKey = (String, String, bool);
+
 /// Committed offsets of one group: (topic, partition) → next offset to consume.
 type Offsets = BTreeMap<(String, u32), i64>;
+
+/// Why a Kafka group request failed: the group protocol refused it, or the broker could not
+/// serve it (e.g. the offsets log failed).
+#[derive(Debug)]
+pub(crate) enum KafkaGroupError {
+    Group(ClassicError),
+    Wire(WireError),
+}
+
+impl From<ClassicError> for KafkaGroupError {
+    fn from(e: ClassicError) -> Self {
+        KafkaGroupError::Group(e)
+    }
+}
+
+impl From<WireError> for KafkaGroupError {
+    fn from(e: WireError) -> Self {
+        KafkaGroupError::Wire(e)
+    }
+}
+
+/// A group as Kafka's DescribeGroups shows it: served by either protocol, or known only by
+/// its committed offsets.
+#[derive(Debug)]
+pub(crate) enum GroupView {
+    Classic(ClassicDescription),
+    Native(GroupDescription),
+    /// No members, committed offsets only.
+    OffsetsOnly,
+    Unknown,
+}
+
+/// A group as Kafka's ListGroups shows it.
+#[derive(Debug)]
+pub(crate) struct GroupListed {
+    pub(crate) group: String,
+    /// Kafka's state name.
+    pub(crate) state: &'static str,
+    pub(crate) protocol_type: String,
+}
 
 /// The consumer groups one shard coordinates.
 pub(crate) struct GroupCoordinator {
@@ -79,6 +147,11 @@ pub(crate) struct GroupCoordinator {
     config: Arc<BrokerConfig>,
     catalog: Arc<CatalogStore>,
     groups: RefCell<Groups>,
+    /// Groups of Kafka clients (the classic protocol).
+    classic: RefCell<ClassicGroups>,
+    /// Kafka JoinGroup (false) and SyncGroup (true) requests waiting for their group's
+    /// barrier, by (group, member), oldest first: each gets one delivery.
+    waiters: RefCell<HashMap<WaitKey, VecDeque<OneshotSender<Delivery>>>>,
     offsets: RefCell<HashMap<String, Offsets>>,
     /// The offsets log of each bucket this shard coordinates.
     buckets: OnceMap<u16, Rc<InternalLog>>,
@@ -91,12 +164,15 @@ impl GroupCoordinator {
         config: Arc<BrokerConfig>,
         catalog: Arc<CatalogStore>,
     ) -> GroupCoordinator {
+        let initial_delay = config.group_initial_rebalance_delay;
         GroupCoordinator {
             shard,
             shard_count,
             config,
             catalog,
             groups: RefCell::new(Groups::with_boot_id(SESSION_LIMITS, boot_id())),
+            classic: RefCell::new(ClassicGroups::new(SESSION_LIMITS, initial_delay, boot_id())),
+            waiters: RefCell::new(HashMap::new()),
             offsets: RefCell::new(HashMap::new()),
             buckets: OnceMap::new(),
         }
@@ -107,6 +183,16 @@ impl GroupCoordinator {
         match op {
             GroupOp::Join(r) => {
                 self.bucket(&r.group).await?;
+                if self.classic.borrow().is_active(&r.group) {
+                    return Err(WireError::new(
+                        ErrorCode::InconsistentGroup,
+                        format!(
+                            "group `{}` has members using Kafka's group protocol; \
+                             use another group id or wait until they leave",
+                            r.group
+                        ),
+                    ));
+                }
                 let strategy: Strategy = r.strategy.parse().map_err(|_| {
                     WireError::new(
                         ErrorCode::InvalidRequest,
@@ -186,6 +272,12 @@ impl GroupCoordinator {
         for group in groups.refresh_partition_counts(&partitions) {
             tracing::info!(%group, "topics changed: rebalanced");
         }
+        drop(groups);
+        let removed = self.classic.borrow_mut().tick(now);
+        for (group, member) in removed {
+            tracing::info!(%group, %member, "kafka group member removed: session or rebalance timed out");
+        }
+        self.deliver();
     }
 
     async fn commit(&self, r: CommitOffsetsRequest) -> Result<Response, WireError> {
@@ -200,6 +292,15 @@ impl GroupCoordinator {
             }
             (id, g) => Some((id, g as u32)),
         };
+        if self.classic.borrow().is_active(&r.group) {
+            return Err(WireError::new(
+                ErrorCode::UnknownMember,
+                format!(
+                    "group `{}` has members using Kafka's group protocol: only they commit",
+                    r.group
+                ),
+            ));
+        }
         self.groups
             .borrow()
             .check_commit(&r.group, member)
@@ -222,27 +323,50 @@ impl GroupCoordinator {
                 })
                 .unwrap_or_default()
         });
+        let topics = self
+            .store_offsets(
+                &r.group,
+                &log,
+                held.as_ref(),
+                &r.topics,
+                &r.member_id,
+                r.generation,
+            )
+            .await?;
+        Ok(Response::CommitOffsets(ResultsResponse { topics }))
+    }
+
+    /// Stores committed offsets after the commit's fence was checked: each partition must
+    /// exist and, when `held` is given, be held by the committing member. Returns each
+    /// partition's outcome, in request order.
+    async fn store_offsets(
+        &self,
+        group: &str,
+        log: &InternalLog,
+        held: Option<&HashSet<(String, u32)>>,
+        topics: &[TopicOffsets],
+        member_id: &str,
+        generation: i32,
+    ) -> Result<Vec<TopicResults>, WireError> {
         let catalog = self.catalog.snapshot();
         let mut records = Vec::new();
         let mut results = Vec::new();
-        for t in &r.topics {
+        for t in topics {
             let known = catalog.topics.get(&t.topic).map(|m| m.partitions);
             let mut partitions = Vec::new();
             for p in &t.partitions {
-                let not_held = held
-                    .as_ref()
-                    .is_some_and(|h| !h.contains(&(t.topic.clone(), p.partition)));
+                let not_held = held.is_some_and(|h| !h.contains(&(t.topic.clone(), p.partition)));
                 let (error, message) = match known {
                     Some(_) if not_held => (
                         ErrorCode::StaleGeneration,
                         format!(
                             "{}/{} is not assigned to member {} in generation {}",
-                            t.topic, p.partition, r.member_id, r.generation
+                            t.topic, p.partition, member_id, generation
                         ),
                     ),
                     Some(n) if p.partition < n && p.offset >= 0 => {
                         records.push((
-                            offset_key(&r.group, &t.topic, p.partition),
+                            offset_key(group, &t.topic, p.partition),
                             Some(p.offset.to_be_bytes().to_vec()),
                         ));
                         (ErrorCode::None, String::new())
@@ -273,11 +397,11 @@ impl GroupCoordinator {
         // written by a later checkpoint; a failed commit is uncertain, as in Kafka.)
         {
             let mut offsets = self.offsets.borrow_mut();
-            let group = offsets.entry(r.group.clone()).or_default();
-            for (t, results) in r.topics.iter().zip(&results) {
+            let stored = offsets.entry(group.to_owned()).or_default();
+            for (t, results) in topics.iter().zip(&results) {
                 for (p, result) in t.partitions.iter().zip(&results.partitions) {
                     if result.error == ErrorCode::None {
-                        group.insert((t.topic.clone(), p.partition), p.offset);
+                        stored.insert((t.topic.clone(), p.partition), p.offset);
                     }
                 }
             }
@@ -285,11 +409,11 @@ impl GroupCoordinator {
         let checkpoint = log.append(&records).await?;
         if checkpoint {
             // The commit itself is durable already; a failed checkpoint is retried later.
-            if let Err(e) = self.checkpoint(bucket_of(&r.group), &log).await {
-                tracing::warn!(group = %r.group, "offset log checkpoint failed: {e}");
+            if let Err(e) = self.checkpoint(bucket_of(group), log).await {
+                tracing::warn!(%group, "offset log checkpoint failed: {e}");
             }
         }
-        Ok(Response::CommitOffsets(ResultsResponse { topics: results }))
+        Ok(results)
     }
 
     fn fetch_offsets(&self, r: &FetchOffsetsRequest) -> OffsetsResponse {
@@ -323,6 +447,9 @@ impl GroupCoordinator {
     }
 
     fn describe(&self, group: &str) -> Result<DescribeGroupResponse, WireError> {
+        if let Some(d) = self.classic.borrow().describe(group) {
+            return Ok(self.describe_classic(group, d));
+        }
         let offsets = self.offsets.borrow();
         let committed = offsets.get(group);
         let description = self.groups.borrow().describe(group);
@@ -391,6 +518,9 @@ impl GroupCoordinator {
             .map(|g| (g.clone(), 0))
             .collect();
         for (group, members, _generation) in self.groups.borrow().list() {
+            groups.insert(group, members as u32);
+        }
+        for (group, _state, _kind, members) in self.classic.borrow().list() {
             groups.insert(group, members as u32);
         }
         ListGroupsResponse {
@@ -473,6 +603,401 @@ impl GroupCoordinator {
             log.close().await;
         }
     }
+}
+
+/// The coordinator's side of Kafka's classic group protocol: requests run here, JoinGroup
+/// and SyncGroup wait for their group's barrier.
+impl GroupCoordinator {
+    /// Hands the classic groups' ready answers to the requests waiting for them.
+    fn deliver(&self) {
+        let deliveries = self.classic.borrow_mut().take_deliveries();
+        if deliveries.is_empty() {
+            return;
+        }
+        let mut waiters = self.waiters.borrow_mut();
+        for delivery in deliveries {
+            let key = match &delivery {
+                Delivery::Join {
+                    group, member_id, ..
+                } => (group.clone(), member_id.clone(), false),
+                Delivery::Sync {
+                    group, member_id, ..
+                } => (group.clone(), member_id.clone(), true),
+            };
+            if let Some(queue) = waiters.get_mut(&key) {
+                if let Some(waiter) = queue.pop_front() {
+                    // A waiter whose client went away is gone; its answer is dropped.
+                    waiter.send(delivery);
+                }
+                if queue.is_empty() {
+                    waiters.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Waits for the delivery a [`Step::Wait`] promised.
+    async fn wait_for(
+        &self,
+        group: &str,
+        member_id: String,
+        sync: bool,
+    ) -> Result<Delivery, ClassicError> {
+        let (tx, rx) = oneshot();
+        self.waiters
+            .borrow_mut()
+            .entry((group.to_owned(), member_id, sync))
+            .or_default()
+            .push_back(tx);
+        self.deliver();
+        // Every wait gets a delivery; a dropped sender would mean the coordinator is gone.
+        rx.await.map_err(|_| ClassicError::RebalanceInProgress)
+    }
+
+    fn native_members(&self, group: &str) -> bool {
+        self.groups
+            .borrow()
+            .describe(group)
+            .is_some_and(|d| !d.members.is_empty())
+    }
+
+    pub(crate) async fn kafka_join(
+        &self,
+        group: &str,
+        request: JoinRequest,
+    ) -> Result<JoinResult, ClassicError> {
+        if self.native_members(group) {
+            return Err(ClassicError::InconsistentProtocol(format!(
+                "group `{group}` has members using eventflow's native group protocol; use \
+                 another group id or wait until they leave"
+            )));
+        }
+        let client = request.client_id.clone();
+        let step = self
+            .classic
+            .borrow_mut()
+            .join(group, request, Instant::now());
+        let result = match step {
+            Step::Done(result) => {
+                self.deliver();
+                result
+            }
+            Step::Wait { member_id } => match self.wait_for(group, member_id, false).await? {
+                Delivery::Join { result, .. } => result,
+                Delivery::Sync { .. } => Err(ClassicError::RebalanceInProgress),
+            },
+        };
+        if let Ok(joined) = &result {
+            tracing::info!(
+                %group,
+                member = %joined.member_id,
+                %client,
+                generation = joined.generation,
+                leader = joined.leader == joined.member_id,
+                "kafka group member joined"
+            );
+        }
+        result
+    }
+
+    /// Kafka SyncGroup: the leader's assignments in (`assignments`), this member's out.
+    pub(crate) async fn kafka_sync(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+        protocol: Option<(&str, &str)>,
+        assignments: Vec<(String, Bytes)>,
+    ) -> Result<SyncResult, ClassicError> {
+        let step = self.classic.borrow_mut().sync(
+            group,
+            member_id,
+            generation,
+            protocol,
+            assignments,
+            Instant::now(),
+        );
+        match step {
+            Step::Done(result) => {
+                self.deliver();
+                result
+            }
+            Step::Wait { member_id } => match self.wait_for(group, member_id, true).await? {
+                Delivery::Sync { result, .. } => result,
+                Delivery::Join { .. } => Err(ClassicError::RebalanceInProgress),
+            },
+        }
+    }
+
+    /// Kafka OffsetCommit, fenced by the classic protocol's rules.
+    pub(crate) async fn kafka_commit(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+        topics: Vec<TopicOffsets>,
+    ) -> Result<Vec<TopicResults>, KafkaGroupError> {
+        let log = self.bucket(group).await?;
+        if self.native_members(group) {
+            return Err(ClassicError::UnknownMember.into());
+        }
+        self.classic
+            .borrow()
+            .check_commit(group, member_id, generation)?;
+        Ok(self
+            .store_offsets(group, &log, None, &topics, member_id, generation)
+            .await?)
+    }
+
+    /// A Kafka group in the native describe's terms: state and protocol by Kafka's names,
+    /// and for `consumer` groups each member's topics and partitions read from its
+    /// subscription and assignment (left empty where they do not decode).
+    fn describe_classic(&self, group: &str, d: ClassicDescription) -> DescribeGroupResponse {
+        use crate::protocol::kafka::consumer::{assignment_partitions, subscription_topics};
+        let consumer = d.protocol_type == "consumer";
+        let members = d
+            .members
+            .into_iter()
+            .map(|m| {
+                let topics = consumer
+                    .then(|| subscription_topics(&m.metadata))
+                    .flatten()
+                    .unwrap_or_default();
+                let assignment = consumer
+                    .then(|| assignment_partitions(&m.assignment))
+                    .flatten()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(topic, ps)| TopicPartitions {
+                        topic,
+                        partitions: ps
+                            .into_iter()
+                            .filter_map(|p| u32::try_from(p).ok())
+                            .collect(),
+                    })
+                    .collect();
+                MemberDescription {
+                    member_id: m.member_id,
+                    client_id: m.client_id,
+                    topics,
+                    assignment,
+                }
+            })
+            .collect();
+        let offsets = by_topic(self.offsets.borrow().get(group).into_iter().flatten());
+        DescribeGroupResponse {
+            group: group.to_owned(),
+            state: d.state.as_str().to_owned(),
+            generation: u32::try_from(d.generation).unwrap_or(0),
+            strategy: d.protocol_name,
+            members,
+            offsets,
+        }
+    }
+
+    fn describe_any(&self, group: &str) -> GroupView {
+        if let Some(d) = self.classic.borrow().describe(group) {
+            return GroupView::Classic(d);
+        }
+        if let Some(d) = self.groups.borrow().describe(group) {
+            return GroupView::Native(d);
+        }
+        if self.offsets.borrow().contains_key(group) {
+            GroupView::OffsetsOnly
+        } else {
+            GroupView::Unknown
+        }
+    }
+
+    pub(crate) async fn delete_any(&self, group: &str) -> Result<(), KafkaGroupError> {
+        let classic = match self.classic.borrow_mut().delete(group) {
+            Ok(()) => true,
+            Err(ClassicError::UnknownGroup) => false,
+            Err(e) => return Err(e.into()),
+        };
+        match self.delete(group).await {
+            Err(e) if classic && e.code == ErrorCode::UnknownGroup => Ok(()),
+            Err(e) => Err(e.into()),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Forgets the committed offsets of some partitions of a group no member subscribes to.
+    pub(crate) async fn delete_offsets(
+        &self,
+        group: &str,
+        topics: Vec<TopicPartitions>,
+    ) -> Result<Vec<TopicResults>, KafkaGroupError> {
+        let log = self.bucket(group).await?;
+        let subscribed = self.subscribed_topics(group)?;
+        if !self.offsets.borrow().contains_key(group) && subscribed.is_empty() {
+            return Err(unknown_group(group).into());
+        }
+        let mut tombstones = Vec::new();
+        let mut results = Vec::new();
+        {
+            let mut offsets = self.offsets.borrow_mut();
+            let stored = offsets.get_mut(group);
+            let mut stored = stored;
+            for t in topics {
+                let busy = subscribed.contains(&t.topic);
+                let partitions = t
+                    .partitions
+                    .into_iter()
+                    .map(|partition| {
+                        let (error, message) = if busy {
+                            (
+                                ErrorCode::GroupNotEmpty,
+                                format!("a member of the group subscribes to `{}`", t.topic),
+                            )
+                        } else {
+                            if let Some(stored) = stored.as_deref_mut() {
+                                if stored.remove(&(t.topic.clone(), partition)).is_some() {
+                                    tombstones.push((offset_key(group, &t.topic, partition), None));
+                                }
+                            }
+                            (ErrorCode::None, String::new())
+                        };
+                        PartitionResult {
+                            partition,
+                            error,
+                            message,
+                        }
+                    })
+                    .collect();
+                results.push(TopicResults {
+                    topic: t.topic,
+                    partitions,
+                });
+            }
+        }
+        log.append(&tombstones).await?;
+        Ok(results)
+    }
+
+    /// The topics the group's members subscribe to. A Kafka group whose protocol is not
+    /// `consumer` cannot be read: with members, it is refused as not empty.
+    fn subscribed_topics(&self, group: &str) -> Result<HashSet<String>, KafkaGroupError> {
+        match self.describe_any(group) {
+            GroupView::Classic(d) if d.members.is_empty() => Ok(HashSet::new()),
+            GroupView::Classic(d) => {
+                let mut topics = HashSet::new();
+                for m in &d.members {
+                    let decoded = (d.protocol_type == "consumer")
+                        .then(|| crate::protocol::kafka::consumer::subscription_topics(&m.metadata))
+                        .flatten();
+                    match decoded {
+                        Some(t) => topics.extend(t),
+                        None => return Err(group_error_not_empty()),
+                    }
+                }
+                Ok(topics)
+            }
+            GroupView::Native(d) => Ok(d.members.into_iter().flat_map(|m| m.topics).collect()),
+            GroupView::OffsetsOnly | GroupView::Unknown => Ok(HashSet::new()),
+        }
+    }
+
+    /// Kafka Heartbeat.
+    pub(crate) fn kafka_heartbeat(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+    ) -> Result<(), ClassicError> {
+        let result =
+            self.classic
+                .borrow_mut()
+                .heartbeat(group, member_id, generation, Instant::now());
+        self.deliver();
+        result
+    }
+
+    /// Kafka LeaveGroup, for each member named.
+    pub(crate) fn kafka_leave(
+        &self,
+        group: &str,
+        members: &[String],
+    ) -> Vec<Result<(), ClassicError>> {
+        let now = Instant::now();
+        let results = members
+            .iter()
+            .map(|member| {
+                let left = self.classic.borrow_mut().leave(group, member, now);
+                if left.is_ok() {
+                    tracing::info!(%group, %member, "kafka group member left");
+                }
+                left
+            })
+            .collect();
+        self.deliver();
+        results
+    }
+
+    /// Kafka OffsetFetch: the committed offsets of the partitions named, or of every
+    /// partition the group committed (`None`).
+    pub(crate) async fn kafka_offsets(
+        &self,
+        group: String,
+        topics: Option<Vec<TopicPartitions>>,
+    ) -> Result<Vec<TopicOffsets>, WireError> {
+        self.bucket(&group).await?;
+        let request = FetchOffsetsRequest {
+            group,
+            topics: topics.unwrap_or_default(),
+        };
+        Ok(self.fetch_offsets(&request).topics)
+    }
+
+    /// Kafka DescribeGroups, for one group.
+    pub(crate) async fn kafka_describe(&self, group: &str) -> Result<GroupView, WireError> {
+        self.bucket(group).await?;
+        Ok(self.describe_any(group))
+    }
+
+    /// Kafka ListGroups: the groups this shard coordinates, by Kafka's state names.
+    pub(crate) async fn kafka_list(&self) -> Result<Vec<GroupListed>, WireError> {
+        self.recover().await?;
+        let mut listed: BTreeMap<String, GroupListed> = self
+            .offsets
+            .borrow()
+            .keys()
+            .map(|g| {
+                let entry = GroupListed {
+                    group: g.clone(),
+                    state: "Empty",
+                    protocol_type: "consumer".into(),
+                };
+                (g.clone(), entry)
+            })
+            .collect();
+        for (group, members, _) in self.groups.borrow().list() {
+            let state = if members == 0 { "Empty" } else { "Stable" };
+            listed.insert(
+                group.clone(),
+                GroupListed {
+                    group,
+                    state,
+                    protocol_type: "consumer".into(),
+                },
+            );
+        }
+        for (group, state, protocol_type, _) in self.classic.borrow().list() {
+            listed.insert(
+                group.clone(),
+                GroupListed {
+                    group,
+                    state: state.as_str(),
+                    protocol_type,
+                },
+            );
+        }
+        Ok(listed.into_values().collect())
+    }
+}
+
+fn group_error_not_empty() -> KafkaGroupError {
+    ClassicError::NotEmpty.into()
 }
 
 fn membership(j: crate::groups::membership::Joined) -> MembershipResponse {

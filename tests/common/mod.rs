@@ -402,3 +402,91 @@ pub(crate) fn kafka_client_available(what: &str, probe_ran: bool, install: &str)
     let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
     false
 }
+
+/// Whether python3 with confluent_kafka can run (see [`kafka_client_available`]).
+#[allow(dead_code)] // each test binary uses its own part of this module
+pub(crate) fn confluent_kafka_available() -> bool {
+    let ran = std::process::Command::new("python3")
+        .args(["-c", "import confluent_kafka"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    kafka_client_available(
+        "python3 with confluent-kafka",
+        ran,
+        "python3 -m pip install confluent-kafka",
+    )
+}
+
+/// Runs `tests/kafka_clients/<script>` with `args` under python3. The script prints one
+/// JSON line per step (`{"step": NAME, ...}`); `on_step` sees each and returns a line to
+/// write to the script's stdin, if the script waits for one. Returns the step names; fails
+/// the test, with the script's stderr and the broker's log, if the script fails or takes
+/// longer than `timeout`.
+#[allow(dead_code)]
+pub(crate) fn run_client_script(
+    broker: &Broker,
+    script: &str,
+    args: &[&str],
+    timeout: Duration,
+    mut on_step: impl FnMut(&serde_json::Value) -> Option<String>,
+) -> Vec<String> {
+    use std::io::Write;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/kafka_clients")
+        .join(script);
+    let mut child = Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn python3");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let stdout = child.stdout.take().expect("piped stdout");
+    // Lines arrive through a channel so that a stuck script cannot hang the test.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    let mut steps = Vec::new();
+    let mut stuck = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let step: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("{script}: not a JSON line ({e}): {line}"));
+                steps.push(step["step"].as_str().unwrap_or_default().to_string());
+                if let Some(answer) = on_step(&step) {
+                    stdin
+                        .write_all(answer.as_bytes())
+                        .expect("write to the script");
+                    stdin.write_all(b"\n").expect("write to the script");
+                    stdin.flush().expect("flush the script's stdin");
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                stuck = true;
+                let _ = child.kill();
+                break;
+            }
+        }
+    }
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait for python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stuck && out.status.success(),
+        "{script} failed (stuck: {stuck}, {:?}) after steps {steps:?}:\n{stderr}\nbroker log:\n{}",
+        out.status,
+        broker.log()
+    );
+    steps
+}

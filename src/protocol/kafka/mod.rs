@@ -11,6 +11,7 @@
 //! Versions are checked against [`SUPPORTED`] before a body is decoded: a client may only
 //! use what the broker advertised in ApiVersions.
 
+pub mod consumer;
 pub mod error;
 pub mod fetch;
 pub mod produce;
@@ -47,6 +48,16 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeCluster, 0, 2),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 6),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// Produce versions below this are advertised but refused with UNSUPPORTED_VERSION.

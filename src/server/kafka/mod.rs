@@ -8,10 +8,13 @@
 //!   DeleteTopics and CreatePartitions.
 //! - `configs`: DescribeConfigs and IncrementalAlterConfigs.
 //! - `data`: Produce, Fetch, ListOffsets.
+//! - `groups`: the group APIs (JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
+//!   OffsetFetch, ListGroups, DescribeGroups, DeleteGroups, OffsetDelete).
 
 mod admin;
 mod configs;
 mod data;
+mod groups;
 
 pub(crate) use data::KafkaReply;
 
@@ -27,11 +30,13 @@ use crate::protocol::kafka::{
 
 /// Handles one decoded request. `Ok(None)` means no response is sent (produce with
 /// acks = 0); an error means the response could not be encoded and the connection must
-/// close. `local` is the address the client connected to (advertised in Metadata).
+/// close. `local` is the address the client connected to (advertised in Metadata), `peer`
+/// the client's (shown by DescribeGroups).
 pub(crate) async fn handle(
     ctx: &Rc<ShardContext>,
     request: Request,
     local: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
 ) -> Result<Option<KafkaReply>, String> {
     let Request {
         key,
@@ -103,6 +108,31 @@ pub(crate) async fn handle(
             return Ok(Some(data::fetch(ctx, r, version, correlation_id).await));
         }
         RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(data::list_offsets(ctx, r).await),
+        RequestKind::JoinGroup(r) => {
+            let client = client_id.as_deref().unwrap_or("");
+            ResponseKind::JoinGroup(groups::join_group(ctx, r, version, peer, client).await)
+        }
+        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups::sync_group(ctx, r).await),
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(ctx, r).await),
+        RequestKind::LeaveGroup(r) => {
+            ResponseKind::LeaveGroup(groups::leave_group(ctx, r, version).await)
+        }
+        RequestKind::OffsetCommit(r) => {
+            ResponseKind::OffsetCommit(groups::offset_commit(ctx, r).await)
+        }
+        RequestKind::OffsetFetch(r) => {
+            ResponseKind::OffsetFetch(groups::offset_fetch(ctx, r, version).await)
+        }
+        RequestKind::ListGroups(r) => ResponseKind::ListGroups(groups::list_groups(ctx, r).await),
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(groups::describe_groups(ctx, r).await)
+        }
+        RequestKind::DeleteGroups(r) => {
+            ResponseKind::DeleteGroups(groups::delete_groups(ctx, r).await)
+        }
+        RequestKind::OffsetDelete(r) => {
+            ResponseKind::OffsetDelete(groups::offset_delete(ctx, r).await)
+        }
         other => {
             // decode_request lets through only the APIs of SUPPORTED, all handled above.
             return Err(format!("no handler for {key:?} ({other:?})"));

@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use crate::protocol::api::*;
-use crate::protocol::{ErrorCode, WireError};
+use crate::protocol::WireError;
 use crate::server::calls::{GroupCall, ShareGroups};
 use crate::server::context::ShardContext;
-use crate::server::group_coordinator::{coordinator_of, GroupOp};
+use crate::server::group_coordinator::{check_group_name, coordinator_of, GroupOp};
 
 /// Runs a group request on the group's coordinator shard.
 pub(super) async fn call(
@@ -47,17 +47,4 @@ pub(super) async fn list(ctx: &Rc<ShardContext>) -> Result<Response, WireError> 
     Ok(Response::ListGroups(ListGroupsResponse {
         groups: groups.into_values().collect(),
     }))
-}
-
-/// Longest group name, as for topics (offset keys carry it with a 16-bit length).
-const MAX_GROUP_NAME: usize = 249;
-
-pub(super) fn check_group_name(group: &str) -> Result<(), WireError> {
-    if group.is_empty() || group.len() > MAX_GROUP_NAME {
-        return Err(WireError::new(
-            ErrorCode::InvalidRequest,
-            format!("group names are 1 to {MAX_GROUP_NAME} bytes"),
-        ));
-    }
-    Ok(())
 }

@@ -8,11 +8,11 @@ use bytes::Bytes;
 use futures_util::future::select_all;
 
 use super::data::MAX_FETCH_WAIT;
-use super::groups::check_group_name;
 use crate::protocol::api::*;
 use crate::protocol::{ErrorCode, WireError};
 use crate::server::calls::{Outcomes, Routed, ShareAck, ShareAcquire, ShareDescribe, WaitForData};
 use crate::server::context::{first, ShardContext};
+use crate::server::group_coordinator::check_group_name;
 use crate::server::partitions::PartitionRef;
 use crate::server::share_coordinator::{
     ShareFetched, MAX_SHARE_FETCH_BYTES, MAX_SHARE_RESPONSE_BYTES,
