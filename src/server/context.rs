@@ -10,13 +10,14 @@
 //! ([`ShareCoordinator`]). None of them imports this module, so the imports run one way: services ←
 //! context ← calls ← protocol front ends.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures_util::future::{select, Either};
 
+use super::fetch_sessions::{FetchSessions, SessionLimits};
 use super::group_coordinator::GroupCoordinator;
 use super::partitions::{PartitionCall, PartitionRef, PartitionTable};
 use super::rpc::{Envelope, Lost, MeshShard, Rpc, ShardCall};
@@ -76,6 +77,8 @@ pub(crate) struct ShardContext {
     pub(crate) shares: ShareCoordinator,
     /// Bytes of request frames this shard's connections may hold at once.
     pub(crate) request_budget: Budget,
+    /// The Kafka fetch sessions this shard's connections opened.
+    pub(crate) fetch_sessions: RefCell<FetchSessions>,
 }
 
 impl MeshShard for ShardContext {
@@ -119,6 +122,11 @@ impl ShardContext {
             connections: Cell::new(0),
             connection_closed: Notify::new(),
             request_budget: Budget::new(config_budget),
+            fetch_sessions: RefCell::new(FetchSessions::new(
+                id,
+                shard_count,
+                SessionLimits::DEFAULT,
+            )),
         })
     }
 
