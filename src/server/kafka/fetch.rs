@@ -129,7 +129,7 @@ pub(super) async fn fetch(
                 }
                 None => tracing::debug!(
                     partitions = read.len(),
-                    "no fetch session created: no room on this shard"
+                    "fetch without a session: no room on this shard"
                 ),
             }
         }
