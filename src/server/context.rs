@@ -6,8 +6,9 @@
 //! [`ShardContext::call`]; work owned here runs the same call inline.
 //!
 //! The services own their state and take only what they use: the partition table
-//! ([`PartitionTable`]), the group coordinator ([`GroupCoordinator`]) and the share groups
-//! ([`ShareCoordinator`]). None of them imports this module, so the imports run one way: services ←
+//! ([`PartitionTable`]), the group coordinator ([`GroupCoordinator`]), the share groups
+//! ([`ShareCoordinator`]) and the Kafka fetch sessions ([`FetchSessions`]). None of them
+//! imports this module, so the imports run one way: services ←
 //! context ← calls ← protocol front ends.
 
 use std::cell::{Cell, RefCell};

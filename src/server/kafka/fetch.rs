@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::FetchRequest;
 
-use super::data::partition_index;
-use super::KafkaReply;
+use super::data::{partition_index, KafkaReply};
 use crate::protocol::api::{self as native_api, TopicEntry};
 use crate::protocol::kafka::error::{
     error_code, FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH, NONE,
