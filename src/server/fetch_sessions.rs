@@ -319,10 +319,10 @@ impl FetchSessions {
             self.remove(id);
             return Ok(Begun::Closed);
         }
-        let session = self
-            .sessions
-            .get_mut(&id)
-            .expect("make_room keeps the session");
+        // (make_room never evicts the session it keeps.)
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return Err(SessionError::NotFound);
+        };
         for (key, position) in updates {
             session.upsert(key, position);
         }
