@@ -12,7 +12,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use common::Broker;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
@@ -79,6 +79,11 @@ impl Conn {
 
     fn call<R: Decodable>(&mut self, key: ApiKey, version: i16, body: &impl Encodable) -> R {
         let id = self.send(key, version, body);
+        self.response(key, version, id)
+    }
+
+    /// Reads the response to the request sent with correlation id `id`.
+    fn response<R: Decodable>(&mut self, key: ApiKey, version: i16, id: i32) -> R {
         let mut frame = self.receive().expect("a response");
         let header =
             ResponseHeader::decode(&mut frame, key.response_header_version(version)).unwrap();
@@ -438,22 +443,208 @@ fn fetch_returns_stored_batches_at_every_version() {
     assert_eq!(fetched(&r)[0].1, 1);
 }
 
+/// A fetch in session `id` at `epoch` naming `partitions` of `topic` (none: an incremental
+/// fetch with no change) and forgetting `forget`.
+fn session_fetch(
+    topic: &str,
+    id: i32,
+    epoch: i32,
+    partitions: &[(i32, i64)],
+    forget: &[i32],
+    max_wait_ms: i32,
+) -> FetchRequest {
+    let mut request = fetch_request(topic, partitions, max_wait_ms)
+        .with_session_id(id)
+        .with_session_epoch(epoch);
+    if partitions.is_empty() {
+        request.topics.clear();
+    }
+    if !forget.is_empty() {
+        request.forgotten_topics_data = vec![ForgottenTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(forget.to_vec())];
+    }
+    request
+}
+
+fn produce_batch(broker: &Broker, topic: &str, partition: u32, records: usize) {
+    broker
+        .client()
+        .produce(
+            topic,
+            partition,
+            common::batch("s", records, 0, common::now_ms()),
+            eventflow::protocol::api::Acks::All,
+        )
+        .unwrap();
+}
+
 #[test]
-fn fetch_in_an_unknown_session_is_refused() {
-    let broker = Broker::start(&["--cores", "1"]);
-    broker.client().create_topic("s", 1, &[]).unwrap();
-    let mut c = kafka(&broker);
-    let request = fetch_request("s", &[(0, 0)], 0)
-        .with_session_id(1234)
-        .with_session_epoch(3);
-    let r: FetchResponse = c.call(ApiKey::Fetch, 12, &request);
-    assert_eq!(r.error_code, 70);
-    assert!(r.responses.is_empty());
-    // A client asking to open a session (id 0, epoch 0) gets a sessionless answer.
-    let request = fetch_request("s", &[(0, 0)], 0).with_session_epoch(0);
-    let r: FetchResponse = c.call(ApiKey::Fetch, 12, &request);
-    assert_eq!((r.error_code, r.session_id), (0, 0));
-    assert_eq!(fetched(&r), vec![(0, 0, 0, vec![])]);
+fn fetch_sessions_answer_only_what_is_new() {
+    // Two shards: of the three partitions, some are read on the connection's shard
+    // (spliced from the file) and some through the other shard.
+    let broker = Broker::start(&["--cores", "2"]);
+    for version in [7, 12] {
+        let topic = format!("sessions-v{version}");
+        broker.client().create_topic(&topic, 3, &[]).unwrap();
+        produce_batch(&broker, &topic, 0, 2);
+        produce_batch(&broker, &topic, 1, 3);
+        let mut c = kafka(&broker);
+        let call = |c: &mut Conn, request: &FetchRequest| -> FetchResponse {
+            c.call(ApiKey::Fetch, version, request)
+        };
+
+        // A full fetch asking for a session (id 0, epoch 0) gets one, and every partition.
+        let full = session_fetch(&topic, 0, 0, &[(0, 0), (1, 0), (2, 0)], &[], 0);
+        let r = call(&mut c, &full);
+        assert_eq!(r.error_code, 0);
+        let id = r.session_id;
+        assert!(id > 0, "v{version}: a session id");
+        assert_eq!(
+            fetched(&r),
+            vec![(0, 0, 2, vec![0]), (1, 0, 3, vec![0]), (2, 0, 0, vec![])],
+            "v{version}"
+        );
+
+        // The client moves its positions to the ends: nothing is new, so after the
+        // long-poll the response names no partition.
+        let started = std::time::Instant::now();
+        let r = call(
+            &mut c,
+            &session_fetch(&topic, id, 1, &[(0, 2), (1, 3)], &[], 300),
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "v{version}"
+        );
+        assert_eq!((r.error_code, r.session_id), (0, id));
+        assert!(fetched(&r).is_empty(), "v{version}: {:?}", fetched(&r));
+
+        // An incremental fetch naming nothing long-polls over the whole session and wakes
+        // for the partition that gets data; only that one is in the response.
+        let sent = c.send(
+            ApiKey::Fetch,
+            version,
+            &session_fetch(&topic, id, 2, &[], &[], 20_000),
+        );
+        produce_batch(&broker, &topic, 2, 4);
+        let r: FetchResponse = c.response(ApiKey::Fetch, version, sent);
+        assert_eq!((r.error_code, r.session_id), (0, id));
+        assert_eq!(fetched(&r), vec![(2, 0, 4, vec![0])], "v{version}");
+
+        // Partition 2 is not moved on by the client, so its records are sent again;
+        // partition 0, forgotten, is not sent although it has new records.
+        produce_batch(&broker, &topic, 0, 1);
+        let r = call(&mut c, &session_fetch(&topic, id, 3, &[], &[0], 0));
+        assert_eq!(fetched(&r), vec![(2, 0, 4, vec![0])], "v{version}");
+        let started = std::time::Instant::now();
+        let r = call(&mut c, &session_fetch(&topic, id, 4, &[(2, 4)], &[], 300));
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "v{version}"
+        );
+        assert!(fetched(&r).is_empty(), "v{version}: {:?}", fetched(&r));
+        // Byte for byte what the native fetch returns, whichever shard reads it.
+        produce_batch(&broker, &topic, 1, 2);
+        let r = call(&mut c, &session_fetch(&topic, id, 5, &[], &[], 5_000));
+        assert_eq!(fetched(&r), vec![(1, 0, 5, vec![3])], "v{version}");
+        let stored = common::read_all(&mut broker.client(), &topic, 1, 3);
+        assert_eq!(
+            r.responses[0].partitions[0].records.clone().unwrap(),
+            Bytes::from(stored.concat())
+        );
+
+        // A wrong epoch is refused (the session stays); an unknown id is not found.
+        let r = call(&mut c, &session_fetch(&topic, id, 9, &[], &[], 0));
+        assert_eq!((r.error_code, r.session_id), (71, 0), "v{version}");
+        assert!(r.responses.is_empty());
+        let r = call(
+            &mut c,
+            &session_fetch(&topic, id.wrapping_add(2), 1, &[], &[], 0),
+        );
+        assert_eq!(r.error_code, 70, "v{version}");
+        let r = call(&mut c, &session_fetch(&topic, id, 6, &[(1, 5)], &[], 0));
+        assert_eq!((r.error_code, r.session_id), (0, id), "v{version}");
+
+        // Epoch 0 with the id closes the session and opens another.
+        let r = call(&mut c, &session_fetch(&topic, id, 0, &[(1, 0)], &[], 0));
+        let second = r.session_id;
+        assert!(
+            second > 0 && second != id,
+            "v{version}: {second} after {id}"
+        );
+        assert_eq!(fetched(&r), vec![(1, 0, 5, vec![0, 3])], "v{version}");
+        let r = call(&mut c, &session_fetch(&topic, id, 7, &[], &[], 0));
+        assert_eq!(r.error_code, 70, "v{version}: the first session is closed");
+
+        // Epoch -1 closes it too, and is answered in full without a session.
+        let r = call(
+            &mut c,
+            &session_fetch(&topic, second, -1, &[(0, 0), (2, 4)], &[], 0),
+        );
+        assert_eq!((r.error_code, r.session_id), (0, 0), "v{version}");
+        assert_eq!(
+            fetched(&r),
+            vec![(0, 0, 3, vec![0, 2]), (2, 0, 4, vec![])],
+            "v{version}"
+        );
+        let r = call(&mut c, &session_fetch(&topic, second, 1, &[], &[], 0));
+        assert_eq!(r.error_code, 70, "v{version}: closed by epoch -1");
+
+        // Forgetting every partition closes a session; that fetch is answered without one.
+        let r = call(&mut c, &session_fetch(&topic, 0, 0, &[(0, 3)], &[], 0));
+        let third = r.session_id;
+        assert!(third > 0);
+        let r = call(&mut c, &session_fetch(&topic, third, 1, &[], &[0], 0));
+        assert_eq!((r.error_code, r.session_id), (0, 0), "v{version}");
+        assert!(r.responses.is_empty());
+        let r = call(&mut c, &session_fetch(&topic, third, 2, &[], &[], 0));
+        assert_eq!(r.error_code, 70, "v{version}");
+    }
+}
+
+#[test]
+fn a_session_is_kept_by_the_shard_that_made_it() {
+    // Connections land on either shard; a session id used on a connection of the other
+    // shard is unknown there, so the client starts over with a full fetch.
+    let broker = Broker::start(&["--cores", "2"]);
+    broker.client().create_topic("kept", 1, &[]).unwrap();
+    let mut first = kafka(&broker);
+    let r: FetchResponse = first.call(
+        ApiKey::Fetch,
+        12,
+        &session_fetch("kept", 0, 0, &[(0, 0)], &[], 0),
+    );
+    let id = r.session_id;
+    assert!(id > 0);
+    let mut epochs = 1..;
+    let mut same_shard = 0;
+    let mut other_shard = 0;
+    for _ in 0..40 {
+        let mut c = kafka(&broker);
+        let epoch = epochs.next().unwrap();
+        let r: FetchResponse = c.call(
+            ApiKey::Fetch,
+            12,
+            &session_fetch("kept", id, epoch, &[], &[], 0),
+        );
+        match r.error_code {
+            0 => same_shard += 1,
+            70 => {
+                other_shard += 1;
+                // Not moved on: the epoch is expected again.
+                epochs = epoch..;
+            }
+            other => panic!("error {other}"),
+        }
+        if same_shard > 0 && other_shard > 0 {
+            break;
+        }
+    }
+    assert!(
+        same_shard > 0 && other_shard > 0,
+        "connections reached both shards ({same_shard} found it, {other_shard} did not)"
+    );
 }
 
 #[test]

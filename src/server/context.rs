@@ -6,17 +6,19 @@
 //! [`ShardContext::call`]; work owned here runs the same call inline.
 //!
 //! The services own their state and take only what they use: the partition table
-//! ([`PartitionTable`]), the group coordinator ([`GroupCoordinator`]) and the share groups
-//! ([`ShareCoordinator`]). None of them imports this module, so the imports run one way: services ←
+//! ([`PartitionTable`]), the group coordinator ([`GroupCoordinator`]), the share groups
+//! ([`ShareCoordinator`]) and the Kafka fetch sessions ([`FetchSessions`]). None of them
+//! imports this module, so the imports run one way: services ←
 //! context ← calls ← protocol front ends.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures_util::future::{select, Either};
 
+use super::fetch_sessions::{FetchSessions, SessionLimits};
 use super::group_coordinator::GroupCoordinator;
 use super::partitions::{PartitionCall, PartitionRef, PartitionTable};
 use super::rpc::{Envelope, Lost, MeshShard, Rpc, ShardCall};
@@ -76,6 +78,8 @@ pub(crate) struct ShardContext {
     pub(crate) shares: ShareCoordinator,
     /// Bytes of request frames this shard's connections may hold at once.
     pub(crate) request_budget: Budget,
+    /// The Kafka fetch sessions this shard's connections opened.
+    pub(crate) fetch_sessions: RefCell<FetchSessions>,
 }
 
 impl MeshShard for ShardContext {
@@ -119,6 +123,11 @@ impl ShardContext {
             connections: Cell::new(0),
             connection_closed: Notify::new(),
             request_budget: Budget::new(config_budget),
+            fetch_sessions: RefCell::new(FetchSessions::new(
+                id,
+                shard_count,
+                SessionLimits::DEFAULT,
+            )),
         })
     }
 

@@ -11,6 +11,7 @@
 mod calls;
 mod connection;
 mod context;
+mod fetch_sessions;
 mod group_coordinator;
 mod internal_log;
 mod kafka;

@@ -74,9 +74,9 @@ pub struct TopicData {
 pub struct FetchResponseData {
     /// Request-level error code (v7+).
     pub error: i16,
-    /// Fetch session id (v7+); always 0: every fetch is answered sessionless.
+    /// Fetch session id (v7+); 0 when the fetch is answered without a session.
     pub session_id: i32,
-    /// Topics, in request order.
+    /// Topics: a full fetch's in request order, an incremental fetch's those with news.
     pub topics: Vec<TopicData>,
 }
 

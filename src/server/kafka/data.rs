@@ -1,7 +1,7 @@
-//! Produce, Fetch and ListOffsets: each Kafka request is translated into the native
-//! front end's request and run by the same handler (`native::produce`, `native::fetch`,
-//! `native::list_offsets`), so batch validation, routing to owners, group commit, the
-//! long-poll loop and splicing exist once; the answer is translated back.
+//! Produce and ListOffsets (Fetch is in `fetch.rs`): each Kafka request is translated into
+//! the native front end's request and run by the same handler (`native::produce`,
+//! `native::list_offsets`), so batch validation, routing to owners and group commit exist
+//! once; the answer is translated back.
 
 use std::rc::Rc;
 
@@ -11,18 +11,13 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    FetchRequest, ListOffsetsRequest, ListOffsetsResponse, ProduceResponse, TopicName,
+    ListOffsetsRequest, ListOffsetsResponse, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
 use crate::protocol::api::{self as native_api, offset_spec, Acks, TopicEntry};
 use crate::protocol::frame::Part;
-use crate::protocol::kafka::error::{
-    error_code, FETCH_SESSION_ID_NOT_FOUND, INVALID_REQUIRED_ACKS, NONE,
-};
-use crate::protocol::kafka::fetch::{
-    encode_fetch_response, FetchResponseData, PartitionData, Records, TopicData,
-};
+use crate::protocol::kafka::error::{error_code, INVALID_REQUIRED_ACKS, NONE};
 use crate::protocol::kafka::produce::ProduceData;
 use crate::server::context::ShardContext;
 use crate::server::native;
@@ -47,7 +42,7 @@ impl KafkaReply {
 
 /// A partition index from the wire; a negative one names no partition (the lookup fails
 /// with UNKNOWN_TOPIC_OR_PARTITION).
-fn partition_index(index: i32) -> u32 {
+pub(super) fn partition_index(index: i32) -> u32 {
     u32::try_from(index).unwrap_or(u32::MAX)
 }
 
@@ -153,83 +148,6 @@ fn refuse_all(r: &ProduceData, error: i16) -> ProduceResponse {
             })
             .collect(),
     )
-}
-
-/// Reads the requested partitions, long-polling like the native fetch (it is the native
-/// fetch). Every fetch is answered sessionless (session id 0, every requested partition in
-/// the response); a request in an incremental session, which the broker never opened, gets
-/// FETCH_SESSION_ID_NOT_FOUND so the client starts over with a full fetch.
-pub(super) async fn fetch(
-    ctx: &Rc<ShardContext>,
-    r: FetchRequest,
-    version: i16,
-    correlation_id: i32,
-) -> KafkaReply {
-    if r.session_id != 0 && r.session_epoch > 0 {
-        tracing::debug!(session = r.session_id, "kafka fetch in an unknown session");
-        let response = FetchResponseData {
-            error: FETCH_SESSION_ID_NOT_FOUND,
-            session_id: 0,
-            topics: Vec::new(),
-        };
-        return KafkaReply {
-            parts: encode_fetch_response(correlation_id, version, &response),
-            files: Vec::new(),
-        };
-    }
-    let request = native_api::FetchRequest {
-        max_wait_ms: u32::try_from(r.max_wait_ms).unwrap_or(0),
-        min_bytes: u32::try_from(r.min_bytes).unwrap_or(0),
-        // (v3+; older requests are not accepted.)
-        max_bytes: u32::try_from(r.max_bytes).unwrap_or(0),
-        topics: native_entries(
-            r.topics,
-            |t| (t.topic.0.to_string(), t.partitions),
-            |p| native_api::FetchPartition {
-                partition: partition_index(p.partition),
-                offset: p.fetch_offset,
-                max_bytes: u32::try_from(p.partition_max_bytes).unwrap_or(0),
-            },
-        ),
-    };
-    let (response, files) = native::fetch(ctx, request).await;
-    // The ranges are in partition-entry order, like the partitions below.
-    let mut ranges = files.iter();
-    let topics = response
-        .topics
-        .into_iter()
-        .map(|t| TopicData {
-            name: t.topic,
-            partitions: t
-                .partitions
-                .into_iter()
-                .map(|p| {
-                    let records = match ranges.next().and_then(Option::as_ref) {
-                        Some(range) => Records::External(range.len),
-                        None => Records::Shared(p.records),
-                    };
-                    PartitionData {
-                        index: p.partition as i32,
-                        error: error_code(p.error),
-                        high_watermark: p.high_watermark,
-                        // No transactions: everything below the high watermark is stable.
-                        last_stable_offset: p.high_watermark,
-                        log_start_offset: p.log_start_offset,
-                        records,
-                    }
-                })
-                .collect(),
-        })
-        .collect();
-    let response = FetchResponseData {
-        error: NONE,
-        session_id: 0,
-        topics,
-    };
-    KafkaReply {
-        parts: encode_fetch_response(correlation_id, version, &response),
-        files: files.into_iter().flatten().collect(),
-    }
 }
 
 /// Kafka's EARLIEST_LOCAL_TIMESTAMP (v8+): with no tiered storage, the earliest offset.

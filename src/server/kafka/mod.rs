@@ -7,13 +7,15 @@
 //! - `admin`: ApiVersions, Metadata, DescribeCluster, FindCoordinator, CreateTopics,
 //!   DeleteTopics and CreatePartitions.
 //! - `configs`: DescribeConfigs and IncrementalAlterConfigs.
-//! - `data`: Produce, Fetch, ListOffsets.
+//! - `data`: Produce, ListOffsets.
+//! - `fetch`: Fetch, in or out of a fetch session (the sessions are the shard's).
 //! - `groups`: the group APIs (JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
 //!   OffsetFetch, ListGroups, DescribeGroups, DeleteGroups, OffsetDelete).
 
 mod admin;
 mod configs;
 mod data;
+mod fetch;
 mod groups;
 
 pub(crate) use data::KafkaReply;
@@ -105,7 +107,7 @@ pub(crate) async fn handle(
             ResponseKind::FindCoordinator(admin::find_coordinator(ctx, r, version, local))
         }
         RequestKind::Fetch(r) => {
-            return Ok(Some(data::fetch(ctx, r, version, correlation_id).await));
+            return Ok(Some(fetch::fetch(ctx, r, version, correlation_id).await));
         }
         RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(data::list_offsets(ctx, r).await),
         RequestKind::JoinGroup(r) => {
