@@ -8,11 +8,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Broker;
 use eventflow::protocol::api::Acks;
@@ -21,19 +17,6 @@ const PARTITIONS: u32 = 3;
 /// Rounds of one batch per partition; the first is produced before the consumer starts.
 const ROUNDS: usize = 30;
 const PER_BATCH: usize = 10;
-
-/// Whether python3 can import `module` (see [`common::kafka_client_available`]).
-fn python_module_available(module: &str, package: &str) -> bool {
-    let ran = Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .is_ok_and(|out| out.status.success());
-    common::kafka_client_available(
-        &format!("python3 with {package}"),
-        ran,
-        &format!("python3 -m pip install {package}"),
-    )
-}
 
 fn produce_round(broker: &Broker, topic: &str, round: usize) {
     let mut client = broker.client();
@@ -58,67 +41,35 @@ fn consume_while_producing(broker: &Broker, client: &str, topic: &str) {
         .unwrap();
     produce_round(broker, topic, 0);
     let kafka = broker.kafka.expect("the broker serves Kafka");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka_clients/consume.py");
     let total = ROUNDS * PER_BATCH;
-    let mut child = Command::new("python3")
-        .arg(&script)
-        .arg(client)
-        .arg(kafka.to_string())
-        .arg(topic)
-        .arg(PARTITIONS.to_string())
-        .arg(total.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn python3");
-    let stdout = child.stdout.take().unwrap();
-    // Lines arrive through a channel so that a stuck script cannot hang the test.
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(90);
     let mut done = None;
-    let mut steps = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                let step: serde_json::Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
-                match step["step"].as_str() {
-                    Some("assigned") => {
-                        // The consumer is fetching: the rest is produced while it does.
-                        for round in 1..ROUNDS {
-                            produce_round(broker, topic, round);
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
+    common::run_client_script(
+        broker,
+        "consume.py",
+        &[
+            client,
+            &kafka.to_string(),
+            topic,
+            &PARTITIONS.to_string(),
+            &total.to_string(),
+        ],
+        Duration::from_secs(90),
+        |step| {
+            match step["step"].as_str() {
+                Some("assigned") => {
+                    // The consumer is fetching: the rest is produced while it does.
+                    for round in 1..ROUNDS {
+                        produce_round(broker, topic, round);
+                        std::thread::sleep(Duration::from_millis(10));
                     }
-                    Some("done") => done = Some(step["partitions"].clone()),
-                    _ => {}
                 }
-                steps.push(step["step"].as_str().unwrap_or_default().to_string());
+                Some("done") => done = Some(step["partitions"].clone()),
+                _ => {}
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                child.kill().unwrap();
-                break;
-            }
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let Some(partitions) = done.filter(|_| out.status.success()) else {
-        panic!(
-            "consume.py {client} failed ({:?}) after steps {steps:?}:\n{stderr}\nbroker log:\n{}",
-            out.status,
-            broker.log()
-        );
-    };
+            None
+        },
+    );
+    let partitions = done.unwrap_or_else(|| panic!("consume.py {client} said nothing at the end"));
     for p in 0..PARTITIONS {
         let received: Vec<(i64, String)> = partitions[p.to_string()]
             .as_array()
@@ -144,7 +95,7 @@ fn consume_while_producing(broker: &Broker, client: &str, topic: &str) {
 
 #[test]
 fn confluent_kafka_consumer_reads_every_record_once_in_order() {
-    if !python_module_available("confluent_kafka", "confluent-kafka") {
+    if !common::python_module_available("confluent_kafka", "confluent-kafka") {
         return;
     }
     let broker = Broker::start(&["--cores", "2"]);
@@ -153,7 +104,7 @@ fn confluent_kafka_consumer_reads_every_record_once_in_order() {
 
 #[test]
 fn kafka_python_consumer_reads_in_fetch_sessions() {
-    if !python_module_available("kafka", "kafka-python") {
+    if !common::python_module_available("kafka", "kafka-python") {
         return;
     }
     let broker = Broker::start_logging(

@@ -403,18 +403,25 @@ pub(crate) fn kafka_client_available(what: &str, probe_ran: bool, install: &str)
     false
 }
 
-/// Whether python3 with confluent_kafka can run (see [`kafka_client_available`]).
+/// Whether python3 can import `module`, from the pip package `package` (see
+/// [`kafka_client_available`]).
 #[allow(dead_code)] // each test binary uses its own part of this module
-pub(crate) fn confluent_kafka_available() -> bool {
-    let ran = std::process::Command::new("python3")
-        .args(["-c", "import confluent_kafka"])
+pub(crate) fn python_module_available(module: &str, package: &str) -> bool {
+    let ran = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
         .output()
         .is_ok_and(|out| out.status.success());
     kafka_client_available(
-        "python3 with confluent-kafka",
+        &format!("python3 with {package}"),
         ran,
-        "python3 -m pip install confluent-kafka",
+        &format!("python3 -m pip install {package}"),
     )
+}
+
+/// Whether python3 with confluent_kafka can run.
+#[allow(dead_code)]
+pub(crate) fn confluent_kafka_available() -> bool {
+    python_module_available("confluent_kafka", "confluent-kafka")
 }
 
 /// Runs `tests/kafka_clients/<script>` with `args` under python3. The script prints one
