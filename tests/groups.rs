@@ -342,12 +342,42 @@ fn bad_group_requests_get_clear_errors() {
         code(beat(&mut c, "g", "stranger", 1)),
         Some(ErrorCode::UnknownMember)
     );
-    // A second member moves the group on: the first member's generation is stale for commits.
+    // A second member moves the group on. Partition 1 is its target, but the first member
+    // holds it until it acknowledges letting go: it may still commit it, the second may not.
     let second = match join(&mut c, 10_000, "range").unwrap() {
         Response::JoinGroup(m) => m,
         other => panic!("{other:?}"),
     };
     assert_eq!(second.generation, first.generation + 1);
+    assert!(second.assignment.is_empty(), "{second:?}");
+    c.commit_offsets(
+        "g",
+        Some((&first.member_id, first.generation)),
+        &[("t", 0, 5), ("t", 1, 5)],
+    )
+    .unwrap();
+    let early = c
+        .commit_offsets(
+            "g",
+            Some((&second.member_id, second.generation)),
+            &[("t", 1, 6)],
+        )
+        .unwrap_err();
+    assert_eq!(early.code(), Some(ErrorCode::StaleGeneration), "{early}");
+    assert!(early.to_string().contains("not held"), "{early}");
+    // The first member hears it keeps partition 0 and acknowledges: partition 1 goes to
+    // the second member, and the first member's old generation is stale for commits.
+    let told = match beat(&mut c, "g", &first.member_id, first.generation).unwrap() {
+        Response::Heartbeat(m) => m,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(told.assignment[0].partitions, [0]);
+    beat(&mut c, "g", &first.member_id, told.generation).unwrap();
+    let second = match beat(&mut c, "g", &second.member_id, second.generation).unwrap() {
+        Response::Heartbeat(m) => m,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(second.assignment[0].partitions, [1]);
     let err = c
         .commit_offsets(
             "g",
@@ -357,6 +387,14 @@ fn bad_group_requests_get_clear_errors() {
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::StaleGeneration), "{err}");
     assert!(err.to_string().contains("stale"), "{err}");
+    let moved = c
+        .commit_offsets(
+            "g",
+            Some((&first.member_id, told.generation)),
+            &[("t", 1, 7)],
+        )
+        .unwrap_err();
+    assert_eq!(moved.code(), Some(ErrorCode::StaleGeneration), "{moved}");
     // A standalone commit needs an empty group; delete too.
     assert_eq!(
         c.commit_offsets("g", None, &[("t", 0, 5)])

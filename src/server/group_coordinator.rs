@@ -179,7 +179,12 @@ impl GroupCoordinator {
     pub(crate) fn tick(&self, now: Instant) {
         let mut groups = self.groups.borrow_mut();
         for (group, member) in groups.expire(now) {
-            tracing::info!(%group, %member, "member's session expired");
+            tracing::info!(
+                %group,
+                %member,
+                "member removed: its session expired, or it did not let go of revoked \
+                 partitions within its session timeout"
+            );
         }
         let catalog = self.catalog.snapshot();
         let partitions = |t: &str| catalog.topics.get(t).map(|m| m.partitions);
@@ -200,28 +205,21 @@ impl GroupCoordinator {
             }
             (id, g) => Some((id, g as u32)),
         };
-        self.groups
-            .borrow()
-            .check_commit(&r.group, member)
-            .map_err(group_error)?;
-        // A member commits only partitions it holds in this generation: a partition that
-        // moved away is the new owner's to commit.
-        let held: Option<std::collections::HashSet<(String, u32)>> = member.map(|(id, _)| {
-            self.groups
-                .borrow()
-                .describe(&r.group)
-                .and_then(|d| d.members.into_iter().find(|m| m.member_id == id))
-                .map(|m| {
-                    m.assignment
-                        .into_iter()
-                        .flat_map(|a| {
-                            let topic = a.topic;
-                            a.partitions.into_iter().map(move |p| (topic.clone(), p))
-                        })
-                        .collect()
+        // A member commits only partitions it holds, including ones it is letting go of
+        // until it acknowledges: a partition another member took over is that member's.
+        let not_held: std::collections::HashSet<(&str, u32)> = {
+            let groups = self.groups.borrow();
+            groups.check_commit(&r.group, member).map_err(group_error)?;
+            let requested = r.topics.iter().flat_map(|t| {
+                let topic = t.topic.as_str();
+                t.partitions.iter().map(move |p| (topic, p.partition))
+            });
+            requested
+                .filter(|&(topic, partition)| {
+                    member.is_some_and(|(id, _)| !groups.holds(&r.group, id, topic, partition))
                 })
-                .unwrap_or_default()
-        });
+                .collect()
+        };
         let catalog = self.catalog.snapshot();
         let mut records = Vec::new();
         let mut results = Vec::new();
@@ -229,15 +227,13 @@ impl GroupCoordinator {
             let known = catalog.topics.get(&t.topic).map(|m| m.partitions);
             let mut partitions = Vec::new();
             for p in &t.partitions {
-                let not_held = held
-                    .as_ref()
-                    .is_some_and(|h| !h.contains(&(t.topic.clone(), p.partition)));
                 let (error, message) = match known {
-                    Some(_) if not_held => (
+                    Some(_) if not_held.contains(&(t.topic.as_str(), p.partition)) => (
                         ErrorCode::StaleGeneration,
                         format!(
-                            "{}/{} is not assigned to member {} in generation {}",
-                            t.topic, p.partition, r.member_id, r.generation
+                            "{}/{} is not held by member {}: another member owns it now, \
+                             or it never was this member's",
+                            t.topic, p.partition, r.member_id
                         ),
                     ),
                     Some(n) if p.partition < n && p.offset >= 0 => {
