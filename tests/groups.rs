@@ -1,10 +1,11 @@
 //! Consumer groups against a real broker: the broker's assignment spreads partitions over
-//! members, moves a dead member's partitions, fences stale generations, and keeps committed
-//! offsets through kill -9.
+//! members, moves a partition only once its old owner has committed and let go (or died),
+//! fences stale generations, and keeps committed offsets through kill -9.
 
 mod common;
 
 use std::collections::HashSet;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -127,7 +128,7 @@ fn members_split_a_topic_and_every_record_arrives_once() {
         .map(|_| Member::start(&broker, "billing", "orders"))
         .collect();
     // Stable: one generation everywhere, two partitions each, all six covered.
-    eventually(Duration::from_secs(10), || {
+    let split = eventually(Duration::from_secs(10), || {
         let generations: HashSet<u32> = members.iter().map(Member::generation).collect();
         let mut all: Vec<u32> = members.iter().flat_map(Member::partitions).collect();
         all.sort_unstable();
@@ -135,6 +136,7 @@ fn members_split_a_topic_and_every_record_arrives_once() {
             && members.iter().all(|m| m.partitions().len() == 2)
             && all == (0..6).collect::<Vec<u32>>()
     });
+    assert!(split, "the members never split the topic");
     produce(&broker, "orders", 3000);
     let total = || {
         members
@@ -142,7 +144,7 @@ fn members_split_a_topic_and_every_record_arrives_once() {
             .map(|m| m.received.lock().unwrap().len())
             .sum::<usize>()
     };
-    eventually(Duration::from_secs(10), || total() >= 3000);
+    assert!(eventually(Duration::from_secs(10), || total() >= 3000));
     thread::sleep(Duration::from_millis(300));
     let mut values: Vec<String> = Vec::new();
     for m in members {
@@ -194,10 +196,12 @@ fn a_dead_members_partitions_move_and_resume_from_its_commits() {
     // and starts each at the dead member's commit.
     let survivor = Member::start(&broker, "workers", "jobs");
     // Only the end of the dead member's 1.5 s session can move its partitions.
-    eventually(Duration::from_secs(10), || survivor.partitions().len() == 4);
-    eventually(Duration::from_secs(10), || {
+    assert!(eventually(Duration::from_secs(10), || {
+        survivor.partitions().len() == 4
+    }));
+    assert!(eventually(Duration::from_secs(10), || {
         survivor.received.lock().unwrap().len() >= 400 - 46
-    });
+    }));
     let received = survivor.stop();
     for p in 0..4u32 {
         let first = received
@@ -237,9 +241,9 @@ fn every_group_gets_every_record() {
     produce(&broker, "events", 500);
     let a = Member::start(&broker, "audit", "events");
     let b = Member::start(&broker, "search", "events");
-    eventually(Duration::from_secs(10), || {
+    assert!(eventually(Duration::from_secs(10), || {
         a.received.lock().unwrap().len() >= 500 && b.received.lock().unwrap().len() >= 500
-    });
+    }));
     for m in [a, b] {
         let values: HashSet<String> = m.stop().into_iter().map(|(_, _, v)| v).collect();
         assert_eq!(values.len(), 500);
@@ -342,12 +346,42 @@ fn bad_group_requests_get_clear_errors() {
         code(beat(&mut c, "g", "stranger", 1)),
         Some(ErrorCode::UnknownMember)
     );
-    // A second member moves the group on: the first member's generation is stale for commits.
+    // A second member moves the group on. Partition 1 is its target, but the first member
+    // holds it until it acknowledges letting go: it may still commit it, the second may not.
     let second = match join(&mut c, 10_000, "range").unwrap() {
         Response::JoinGroup(m) => m,
         other => panic!("{other:?}"),
     };
     assert_eq!(second.generation, first.generation + 1);
+    assert!(second.assignment.is_empty(), "{second:?}");
+    c.commit_offsets(
+        "g",
+        Some((&first.member_id, first.generation)),
+        &[("t", 0, 5), ("t", 1, 5)],
+    )
+    .unwrap();
+    let early = c
+        .commit_offsets(
+            "g",
+            Some((&second.member_id, second.generation)),
+            &[("t", 1, 6)],
+        )
+        .unwrap_err();
+    assert_eq!(early.code(), Some(ErrorCode::StaleGeneration), "{early}");
+    assert!(early.to_string().contains("not held"), "{early}");
+    // The first member hears it keeps partition 0 and acknowledges: partition 1 goes to
+    // the second member, and the first member's old generation is stale for commits.
+    let told = match beat(&mut c, "g", &first.member_id, first.generation).unwrap() {
+        Response::Heartbeat(m) => m,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(told.assignment[0].partitions, [0]);
+    beat(&mut c, "g", &first.member_id, told.generation).unwrap();
+    let second = match beat(&mut c, "g", &second.member_id, second.generation).unwrap() {
+        Response::Heartbeat(m) => m,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(second.assignment[0].partitions, [1]);
     let err = c
         .commit_offsets(
             "g",
@@ -357,6 +391,14 @@ fn bad_group_requests_get_clear_errors() {
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::StaleGeneration), "{err}");
     assert!(err.to_string().contains("stale"), "{err}");
+    let moved = c
+        .commit_offsets(
+            "g",
+            Some((&first.member_id, told.generation)),
+            &[("t", 1, 7)],
+        )
+        .unwrap_err();
+    assert_eq!(moved.code(), Some(ErrorCode::StaleGeneration), "{moved}");
     // A standalone commit needs an empty group; delete too.
     assert_eq!(
         c.commit_offsets("g", None, &[("t", 0, 5)])
@@ -418,4 +460,177 @@ fn the_rebalance_listener_hears_both_sides() {
     );
     assert_eq!(first.group_assignment().unwrap().1.len(), 2);
     second.stop();
+}
+
+/// The reproduction: 2,000 records on 2 partitions, `eventflow consume --group
+/// billing --from-beginning` started twice 0.3 s apart. The second member may take over a
+/// partition only once the first has committed its progress there and let go, so every
+/// record is printed once over both consumers.
+#[test]
+fn a_second_cli_member_resumes_where_the_first_committed() {
+    let broker = Broker::start(&["--cores", "2"]);
+    broker.client().create_topic("orders", 2, &[]).unwrap();
+    produce(&broker, "orders", 2000);
+    let consume = || {
+        Command::new(env!("CARGO_BIN_EXE_eventflow"))
+            .args([
+                "consume",
+                "orders",
+                "--group",
+                "billing",
+                "--from-beginning",
+            ])
+            .args(["--timeout-ms", "10000", "--format", "%p %o\\n"])
+            .env("EVENTFLOW_BOOTSTRAP", broker.addr.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run eventflow")
+    };
+    let first = consume();
+    thread::sleep(Duration::from_millis(300));
+    let second = consume();
+    // The partition changes owner while both run: each member ends up with one.
+    let mut c = broker.client();
+    let split = eventually(Duration::from_secs(9), || {
+        let d = c.describe_group("billing").unwrap();
+        d.members.len() == 2
+            && d.members.iter().all(|m| {
+                m.assignment
+                    .iter()
+                    .map(|a| a.partitions.len())
+                    .sum::<usize>()
+                    == 1
+            })
+    });
+    assert!(split, "{:?}", c.describe_group("billing"));
+    let mut printed: Vec<(u32, i64)> = Vec::new();
+    for child in [first, second] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        for line in String::from_utf8(out.stdout).unwrap().lines() {
+            let (p, o) = line.split_once(' ').unwrap();
+            printed.push((p.parse().unwrap(), o.parse().unwrap()));
+        }
+    }
+    let unique: HashSet<(u32, i64)> = printed.iter().copied().collect();
+    assert_eq!(unique.len(), 2000, "records missing");
+    assert_eq!(printed.len(), 2000, "records printed twice");
+    let committed: i64 = c
+        .fetch_offsets("billing", &[])
+        .unwrap()
+        .iter()
+        .map(|o| o.2)
+        .sum();
+    assert_eq!(committed, 2000);
+}
+
+/// Members join and leave (closing as they go) while a producer writes to six partitions;
+/// each commits as it goes (auto-commit) and as it leaves. Every record is delivered, and
+/// none twice: a partition changes owner only once its old owner has committed and let go,
+/// so the new owner resumes exactly where the old one stopped.
+#[test]
+fn members_join_and_leave_while_records_flow_and_no_record_is_delivered_twice() {
+    let broker = Broker::start(&["--cores", "2"]);
+    broker.client().create_topic("flow", 6, &[]).unwrap();
+    let stop_producing = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (stop, addr) = (stop_producing.clone(), broker.addr.to_string());
+        thread::spawn(move || {
+            let producer = Producer::new(ProducerConfig {
+                bootstrap: addr,
+                ..ProducerConfig::default()
+            })
+            .unwrap();
+            let mut sent = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                for _ in 0..50 {
+                    let key = format!("k{sent}");
+                    producer
+                        .send(Record {
+                            topic: "flow",
+                            key: Some(key.as_bytes()),
+                            value: Some(b"v"),
+                            ..Record::default()
+                        })
+                        .unwrap();
+                    sent += 1;
+                }
+                producer.flush().unwrap();
+                thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let mut c = broker.client();
+    let mut settled = |members: usize| {
+        let stable = eventually(Duration::from_secs(10), || {
+            let d = c.describe_group("flow-readers").unwrap();
+            d.state == "stable" && d.members.len() == members
+        });
+        assert!(stable, "{:?}", c.describe_group("flow-readers"));
+    };
+    let total = |members: &[Member]| -> usize {
+        members
+            .iter()
+            .map(|m| m.received.lock().unwrap().len())
+            .sum()
+    };
+    let join = |members: &mut Vec<Member>| {
+        members.push(Member::start(&broker, "flow-readers", "flow"));
+    };
+    let mut members: Vec<Member> = Vec::new();
+    let mut delivered: Vec<Vec<(u32, i64, String)>> = Vec::new();
+    // Join, join, leave, join, join, leave, leave, join, leave: from one to three members,
+    // each step once the group is stable again and more records have arrived.
+    for step in "+ + - + + - - + -".split(' ') {
+        let before = total(&members) + delivered.iter().map(Vec::len).sum::<usize>();
+        let more = eventually(Duration::from_secs(10), || {
+            total(&members) + delivered.iter().map(Vec::len).sum::<usize>() > before
+        });
+        assert!(members.is_empty() || more, "no records arrive");
+        match step {
+            "+" => join(&mut members),
+            _ => delivered.push(members.remove(0).stop()),
+        }
+        settled(members.len());
+    }
+    stop_producing.store(true, Ordering::SeqCst);
+    producer.join().unwrap();
+    let ends: Vec<i64> = (0..6)
+        .map(|p| c.list_offset("flow", p, offset_spec::LATEST).unwrap())
+        .collect();
+    let produced: i64 = ends.iter().sum();
+    let all_arrived = eventually(Duration::from_secs(20), || {
+        let mut seen: HashSet<(u32, i64)> = HashSet::new();
+        for m in &members {
+            seen.extend(m.received.lock().unwrap().iter().map(|(p, o, _)| (*p, *o)));
+        }
+        for d in &delivered {
+            seen.extend(d.iter().map(|(p, o, _)| (*p, *o)));
+        }
+        seen.len() as i64 == produced
+    });
+    assert!(all_arrived, "records missing");
+    delivered.extend(members.into_iter().map(Member::stop));
+
+    let mut seen: HashSet<(u32, i64)> = HashSet::new();
+    let mut readers: Vec<HashSet<usize>> = vec![HashSet::new(); 6];
+    for (member, records) in delivered.iter().enumerate() {
+        for (p, o, _) in records {
+            assert!(seen.insert((*p, *o)), "{p}/{o} delivered twice");
+            readers[*p as usize].insert(member);
+        }
+    }
+    for (p, end) in ends.iter().enumerate() {
+        let missing = (0..*end).find(|o| !seen.contains(&(p as u32, *o)));
+        assert_eq!(missing, None, "partition {p}");
+    }
+    // Partitions did change owner mid-stream.
+    assert!(readers.iter().any(|r| r.len() > 1), "{readers:?}");
+    let mut committed = c.fetch_offsets("flow-readers", &[]).unwrap();
+    committed.sort();
+    let expected: Vec<(String, u32, i64)> = (0..6)
+        .map(|p| ("flow".to_string(), p, ends[p as usize]))
+        .collect();
+    assert_eq!(committed, expected);
 }

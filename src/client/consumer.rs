@@ -185,6 +185,11 @@ fn is_fenced(e: &ClientError) -> bool {
     )
 }
 
+/// A failure worth trying again: the connection broke, or the broker asked for a retry.
+fn is_retriable(e: &ClientError) -> bool {
+    matches!(e, ClientError::Io { .. }) || e.code().is_some_and(ErrorCode::is_retriable)
+}
+
 impl Drop for Consumer {
     /// A subscribed consumer commits (with auto-commit) and leaves its group.
     fn drop(&mut self) {
@@ -348,8 +353,9 @@ impl Consumer {
     }
 
     /// Commits the positions of every partition this subscribed consumer holds. Fails
-    /// with `StaleGeneration` when a rebalance has moved the group on; the next `poll`
-    /// adopts the new assignment.
+    /// with `StaleGeneration` or `UnknownMember` when the group no longer counts this
+    /// consumer as a member in that generation (its session ended): the heartbeat joins
+    /// again and the next `poll` adopts the new membership.
     pub fn commit(&mut self) -> Result<(), ClientError> {
         let Some(m) = &self.membership else {
             return Err(ClientError::Unexpected(
@@ -415,7 +421,8 @@ impl Consumer {
     }
 
     /// Adopts a membership from the broker: revokes what left the assignment (committing
-    /// it first with auto-commit), assigns what joined it at the committed offsets.
+    /// it first with auto-commit), assigns what joined it at the committed offsets, and
+    /// has the heartbeat acknowledge the new generation.
     fn apply_membership(
         &mut self,
         joined: crate::protocol::api::MembershipResponse,
@@ -432,10 +439,21 @@ impl Consumer {
         let added: Vec<(String, u32)> = wanted.difference(&m.assigned).cloned().collect();
         let group = m.group.clone();
         let reset = m.config.reset;
-        // The group has moved on by the time a member hears of it, so the revoked
-        // partitions' positions can no longer be committed (the coordinator fences the old
-        // generation): their new owners resume at the last commit.
+        let auto_commit = m.config.auto_commit.is_some();
+        let (member, generation) = (m.member_id.clone(), m.generation);
+        // The revoked partitions stay this member's, and nobody else's, until the heartbeat
+        // acknowledges the new generation: their positions are committed now, in the
+        // generation the member works in, so their next owner resumes right there.
         if !revoked.is_empty() {
+            if auto_commit {
+                match self.commit_positions(&group, &member, generation, &revoked) {
+                    Ok(()) => {}
+                    Err(e) if is_retriable(&e) => return Err(e),
+                    // Our session ended (the partitions may be read again by their new
+                    // owner) or a partition is gone: nothing to wait for.
+                    Err(e) => tracing::warn!("committing revoked partitions: {e}"),
+                }
+            }
             if let Some(l) = self.listener.as_mut() {
                 l.on_revoked(&revoked);
             }
@@ -466,6 +484,7 @@ impl Consumer {
             m.member_id = joined.member_id.clone();
             m.generation = joined.generation;
             m.assigned = wanted;
+            m.applied(&joined.member_id, joined.generation, !revoked.is_empty());
         }
         if !added.is_empty() {
             if let Some(l) = self.listener.as_mut() {

@@ -6,6 +6,12 @@
 //! current generation and assignment, which the consumer adopts at its next `poll`
 //! (revoking and assigning partitions, calling the [`RebalanceListener`]). A member whose
 //! session expired is told so by its heartbeat and joins again as a new member.
+//!
+//! Every heartbeat carries the generation whose assignment the consumer has *applied*, not
+//! the last one it heard of: that is how the coordinator learns that revoked partitions
+//! are let go of, and only then gives them to other members. So the consumer commits a
+//! revoked partition's position and stops reading it before it records the new generation
+//! as applied, and then heartbeats at once rather than at the next interval.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,9 +70,11 @@ impl Default for GroupConfig {
 /// Told about partitions that leave and join the consumer's assignment; called from
 /// `poll` on the polling thread, revocations first.
 pub trait RebalanceListener: Send {
-    /// These partitions are no longer this consumer's: the group has already given them
-    /// to others, which resume at the last committed offset (records processed here
-    /// since then are delivered again: at-least-once).
+    /// These partitions leave this consumer. With auto-commit their positions have just
+    /// been committed; the group gives them to another member once this consumer's next
+    /// heartbeat acknowledges the change, and that member resumes at the last committed
+    /// offset (with manual commits, records returned since the last `commit` are delivered
+    /// again there).
     fn on_revoked(&mut self, _partitions: &[(String, u32)]) {}
     /// These partitions are now this consumer's, positioned at their committed offsets.
     fn on_assigned(&mut self, _partitions: &[(String, u32)]) {}
@@ -97,6 +105,11 @@ struct Latest {
     membership: Option<MembershipResponse>,
     /// A heartbeat or rejoin failure the consumer has not seen yet.
     error: Option<ClientError>,
+    /// The member id and generation whose assignment the consumer has applied: what the
+    /// heartbeat acknowledges.
+    applied: Option<(String, u32)>,
+    /// Heartbeat now, without waiting for the interval (a revocation to acknowledge).
+    beat_now: bool,
 }
 
 impl Membership {
@@ -121,7 +134,6 @@ impl Membership {
             topics,
             config: config.clone(),
             member_id: joined.member_id.clone(),
-            generation: joined.generation,
             shared: shared.clone(),
         };
         let thread = std::thread::Builder::new()
@@ -155,6 +167,17 @@ impl Membership {
             .filter(|m| m.generation != self.generation || m.member_id != self.member_id))
     }
 
+    /// Records that the consumer applied the assignment of `generation` as `member_id`, for
+    /// the heartbeat to acknowledge; with `now`, the heartbeat goes out at once.
+    pub(crate) fn applied(&self, member_id: &str, generation: u32, now: bool) {
+        let mut latest = lock(&self.shared.latest);
+        latest.applied = Some((member_id.to_string(), generation));
+        if now {
+            latest.beat_now = true;
+            self.shared.wake.notify_all();
+        }
+    }
+
     /// Puts back an update the consumer could not apply, unless a newer one arrived.
     pub(crate) fn retry(&self, update: MembershipResponse) {
         let mut latest = lock(&self.shared.latest);
@@ -163,7 +186,8 @@ impl Membership {
         }
     }
 
-    /// Stops heartbeating and leaves the group (its partitions go to the others at once).
+    /// Stops heartbeating and leaves the group (its partitions go to the others at once; the
+    /// consumer commits first).
     pub(crate) fn leave(&mut self, bootstrap: &str) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.wake.notify_all();
@@ -192,31 +216,39 @@ struct Heartbeat {
     group: String,
     topics: Vec<String>,
     config: GroupConfig,
+    /// The member id the broker knows this consumer by (the consumer may not have applied
+    /// it yet, after a rejoin).
     member_id: String,
-    generation: u32,
     shared: Arc<Shared>,
 }
 
 impl Heartbeat {
     fn run(mut self) {
         loop {
-            {
+            let generation = {
                 let latest = lock(&self.shared.latest);
-                let (_latest, _) = self
+                let (mut latest, _) = self
                     .shared
                     .wake
-                    .wait_timeout_while(latest, self.config.heartbeat_interval, |_| {
-                        !self.shared.stop.load(Ordering::SeqCst)
+                    .wait_timeout_while(latest, self.config.heartbeat_interval, |latest| {
+                        !self.shared.stop.load(Ordering::SeqCst) && !latest.beat_now
                     })
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-            }
+                latest.beat_now = false;
+                // 0 (nothing applied) until the consumer applies this member id's first
+                // assignment.
+                match &latest.applied {
+                    Some((id, generation)) if *id == self.member_id => *generation,
+                    _ => 0,
+                }
+            };
             if self.shared.stop.load(Ordering::SeqCst) {
                 return;
             }
             let beat = self.client.call(Request::Heartbeat(HeartbeatRequest {
                 group: self.group.clone(),
                 member_id: self.member_id.clone(),
-                generation: self.generation,
+                generation,
             }));
             let result = match beat {
                 Ok(Response::Heartbeat(m)) => Ok(m),
@@ -246,7 +278,6 @@ impl Heartbeat {
             match result {
                 Ok(m) => {
                     self.member_id = m.member_id.clone();
-                    self.generation = m.generation;
                     latest.membership = Some(m);
                 }
                 Err(e) => {

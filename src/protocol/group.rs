@@ -39,28 +39,33 @@ message! {
     pub struct MembershipResponse {
         /// The member's id (use it in every later request).
         pub member_id: String,
-        /// The current generation; commits must carry it.
+        /// The group's current generation. Once the member has applied `assignment`
+        /// (committing the progress of partitions it lost), its heartbeats carry this
+        /// generation, which acknowledges it.
         pub generation: u32,
-        /// The member's partitions in this generation.
+        /// The member's partitions in this generation: its share, less partitions another
+        /// member has not let go of yet (they come in a later answer).
         pub assignment: Vec<TopicPartitions>,
     }
 }
 
 message! {
-    /// Keep a membership alive and learn the current generation and assignment.
+    /// Keep a membership alive, acknowledge the assignment applied, and learn the current
+    /// generation and assignment.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct HeartbeatRequest {
         /// Group name.
         pub group: String,
         /// The member.
         pub member_id: String,
-        /// The generation the member works in.
+        /// The generation whose assignment the member has applied (0: none yet). Partitions
+        /// it held before and not in that assignment are let go of.
         pub generation: u32,
     }
 }
 
 message! {
-    /// Leave a group (its partitions go to the others at once).
+    /// Leave a group (its partitions go to the others at once: commit first).
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct LeaveGroupRequest {
         /// Group name.
@@ -103,7 +108,7 @@ message! {
         /// group, allowed only while the group has no members (offset resets, manual
         /// assignment).
         pub member_id: String,
-        /// The member's generation, or -1.
+        /// The generation the member works in (whose assignment it applied), or -1.
         pub generation: i32,
         /// What to commit.
         pub topics: Vec<TopicOffsets>,
@@ -188,7 +193,8 @@ message! {
         pub client_id: String,
         /// Subscribed topics.
         pub topics: Vec<String>,
-        /// Partitions in the current generation.
+        /// Its assignment in the current generation (partitions it is letting go of are
+        /// left out).
         pub assignment: Vec<TopicPartitions>,
     }
 }
@@ -199,7 +205,7 @@ message! {
     pub struct DescribeGroupResponse {
         /// Group name.
         pub group: String,
-        /// `empty` (offsets only) or `stable`.
+        /// `empty` (offsets only), `reconciling` (partitions changing owner) or `stable`.
         pub state: String,
         /// Current generation.
         pub generation: u32,

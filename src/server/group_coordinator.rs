@@ -265,7 +265,12 @@ impl GroupCoordinator {
     pub(crate) fn tick(&self, now: Instant) {
         let mut groups = self.groups.borrow_mut();
         for (group, member) in groups.expire(now) {
-            tracing::info!(%group, %member, "member's session expired");
+            tracing::info!(
+                %group,
+                %member,
+                "member removed: its session expired, or it did not let go of revoked \
+                 partitions within its session timeout"
+            );
         }
         let catalog = self.catalog.snapshot();
         let partitions = |t: &str| catalog.topics.get(t).map(|m| m.partitions);
@@ -301,52 +306,38 @@ impl GroupCoordinator {
                 ),
             ));
         }
-        self.groups
-            .borrow()
-            .check_commit(&r.group, member)
-            .map_err(group_error)?;
-        // A member commits only partitions it holds in this generation: a partition that
-        // moved away is the new owner's to commit.
-        let held: Option<std::collections::HashSet<(String, u32)>> = member.map(|(id, _)| {
-            self.groups
-                .borrow()
-                .describe(&r.group)
-                .and_then(|d| d.members.into_iter().find(|m| m.member_id == id))
-                .map(|m| {
-                    m.assignment
-                        .into_iter()
-                        .flat_map(|a| {
-                            let topic = a.topic;
-                            a.partitions.into_iter().map(move |p| (topic.clone(), p))
-                        })
-                        .collect()
+        // A member commits only partitions it holds, including ones it is letting go of
+        // until it acknowledges: a partition another member took over is that member's.
+        let not_held: HashSet<(String, u32)> = {
+            let groups = self.groups.borrow();
+            groups.check_commit(&r.group, member).map_err(group_error)?;
+            let requested = r.topics.iter().flat_map(|t| {
+                let topic = t.topic.as_str();
+                t.partitions.iter().map(move |p| (topic, p.partition))
+            });
+            requested
+                .filter(|&(topic, partition)| {
+                    member.is_some_and(|(id, _)| !groups.holds(&r.group, id, topic, partition))
                 })
-                .unwrap_or_default()
-        });
+                .map(|(topic, partition)| (topic.to_owned(), partition))
+                .collect()
+        };
         let topics = self
-            .store_offsets(
-                &r.group,
-                &log,
-                held.as_ref(),
-                &r.topics,
-                &r.member_id,
-                r.generation,
-            )
+            .store_offsets(&r.group, &log, &not_held, &r.topics, &r.member_id)
             .await?;
         Ok(Response::CommitOffsets(ResultsResponse { topics }))
     }
 
     /// Stores committed offsets after the commit's fence was checked: each partition must
-    /// exist and, when `held` is given, be held by the committing member. Returns each
-    /// partition's outcome, in request order.
+    /// exist and not be in `not_held` (partitions the committing member does not hold).
+    /// Returns each partition's outcome, in request order.
     async fn store_offsets(
         &self,
         group: &str,
         log: &InternalLog,
-        held: Option<&HashSet<(String, u32)>>,
+        not_held: &HashSet<(String, u32)>,
         topics: &[TopicOffsets],
         member_id: &str,
-        generation: i32,
     ) -> Result<Vec<TopicResults>, WireError> {
         let catalog = self.catalog.snapshot();
         let mut records = Vec::new();
@@ -355,13 +346,13 @@ impl GroupCoordinator {
             let known = catalog.topics.get(&t.topic).map(|m| m.partitions);
             let mut partitions = Vec::new();
             for p in &t.partitions {
-                let not_held = held.is_some_and(|h| !h.contains(&(t.topic.clone(), p.partition)));
                 let (error, message) = match known {
-                    Some(_) if not_held => (
+                    Some(_) if not_held.contains(&(t.topic.clone(), p.partition)) => (
                         ErrorCode::StaleGeneration,
                         format!(
-                            "{}/{} is not assigned to member {} in generation {}",
-                            t.topic, p.partition, member_id, generation
+                            "{}/{} is not held by member {}: another member owns it now, \
+                             or it never was this member's",
+                            t.topic, p.partition, member_id
                         ),
                     ),
                     Some(n) if p.partition < n && p.offset >= 0 => {
@@ -745,7 +736,7 @@ impl GroupCoordinator {
             .borrow()
             .check_commit(group, member_id, generation)?;
         Ok(self
-            .store_offsets(group, &log, None, &topics, member_id, generation)
+            .store_offsets(group, &log, &HashSet::new(), &topics, member_id)
             .await?)
     }
 

@@ -29,6 +29,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
 use crate::groups::classic::{ClassicError, JoinRequest};
+use crate::groups::membership::GroupState;
 use crate::protocol::api::{PartitionOffset, TopicEntry, TopicOffsets, TopicPartitions};
 use crate::protocol::kafka::consumer::{encode_assignment, encode_subscription};
 use crate::protocol::kafka::error::*;
@@ -528,10 +529,11 @@ fn describe(answer: DescribedGroup, view: GroupView) -> DescribedGroup {
                     .collect(),
             ),
         GroupView::Native(d) => {
-            let state = if d.members.is_empty() {
-                "Empty"
-            } else {
-                "Stable"
+            // Kafka's names for the native states (Reconciling as for KIP-848 groups).
+            let state = match d.state {
+                GroupState::Empty => "Empty",
+                GroupState::Reconciling => "Reconciling",
+                GroupState::Stable => "Stable",
             };
             answer
                 .with_group_state(text(state))
