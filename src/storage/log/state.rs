@@ -13,6 +13,7 @@ use crate::local::{Notify, OneshotSender};
 use crate::protocol::batch::ValidBatch;
 use crate::storage::config::{FsyncPolicy, LogConfig};
 use crate::storage::error::StorageError;
+use crate::storage::producers::ProducerTable;
 use crate::storage::recovery;
 use crate::storage::segment::Segment;
 
@@ -52,6 +53,14 @@ pub struct PartitionLog {
     pub(super) preallocated: Notify,
     /// Preallocation failed once (say, the file system refuses `O_DIRECT`); not tried again.
     pub(super) preallocation_off: Cell<bool>,
+    /// The idempotent producers' state as of the high watermark: every batch written is
+    /// recorded, none queued or being written is (the flush task records a chunk's batches
+    /// once it is written; `commit.rs`).
+    pub(super) producers: RefCell<ProducerTable>,
+    /// Offsets of the producer snapshots on disk, oldest first (`producers.rs`).
+    pub(super) snapshots: RefCell<Vec<i64>>,
+    /// Log bytes written since the last producer snapshot.
+    pub(super) unsnapshotted: Cell<u64>,
 }
 
 impl std::fmt::Debug for PartitionLog {
@@ -98,6 +107,7 @@ impl PartitionLog {
     ) -> Result<PartitionLog, StorageError> {
         let recovered = recovery::recover_dir(&dir, &config)?;
         let now = now_ms();
+        let (producers, snapshots) = recovery::recover_producers(&dir, &recovered, now)?;
         let mut segments = Vec::with_capacity(recovered.len().max(1));
         if recovered.is_empty() {
             segments.push(Segment::create(&dir, initial_offset.max(0), now).await?);
@@ -137,6 +147,9 @@ impl PartitionLog {
             flushes: Cell::new(0),
             preallocated: Notify::new(),
             preallocation_off: Cell::new(false),
+            producers: RefCell::new(producers),
+            snapshots: RefCell::new(snapshots),
+            unsnapshotted: Cell::new(0),
         })
     }
 
