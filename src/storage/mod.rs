@@ -12,6 +12,8 @@
 //! - `disk.rs`: the writes and syncs of record data that durability rests on, and the sync
 //!   journal durability tests read ([`init_sync_journal`]).
 //! - [`catalog`]: the durable list of topics and their configs, shared by all shards.
+//! - [`ProducerIds`] (`producer_ids.rs`): the durable producer-id counter, shared by all
+//!   shards.
 //! - [`LogConfig`], [`StorageError`].
 
 pub mod catalog;
@@ -20,6 +22,7 @@ mod disk;
 mod error;
 mod index;
 mod log;
+mod producer_ids;
 mod producers;
 mod recovery;
 mod segment;
@@ -28,6 +31,7 @@ pub use config::{FsyncPolicy, LogConfig};
 pub use disk::{init_sync_journal, SYNC_JOURNAL_ENV};
 pub use error::StorageError;
 pub use log::{AppendOutcome, FileRange, PartitionLog, ReadOutcome};
+pub use producer_ids::ProducerIds;
 pub use producers::ProducerError;
 
 #[cfg(test)]

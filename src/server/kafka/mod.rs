@@ -8,10 +8,12 @@
 //!   DeleteTopics and CreatePartitions.
 //! - `configs`: DescribeConfigs and IncrementalAlterConfigs.
 //! - `data`: Produce, Fetch, ListOffsets.
+//! - `producers`: InitProducerId.
 
 mod admin;
 mod configs;
 mod data;
+mod producers;
 
 pub(crate) use data::KafkaReply;
 
@@ -103,6 +105,9 @@ pub(crate) async fn handle(
             return Ok(Some(data::fetch(ctx, r, version, correlation_id).await));
         }
         RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(data::list_offsets(ctx, r).await),
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(producers::init_producer_id(ctx, r))
+        }
         other => {
             // decode_request lets through only the APIs of SUPPORTED, all handled above.
             return Err(format!("no handler for {key:?} ({other:?})"));
