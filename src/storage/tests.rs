@@ -1073,3 +1073,24 @@ fn a_snapshot_ahead_of_a_shortened_log_is_dropped() {
         assert_eq!(log.producer_count(), 1);
     });
 }
+
+#[test]
+fn a_log_whose_directory_moved_away_leaves_no_snapshot_at_the_old_path() {
+    run(async {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("0");
+        let log = open_with(&dir, config()).await;
+        produce_sequence(&log, 0..3).await;
+        // The topic is deleted (its directory renamed away) and created again.
+        std::fs::rename(&dir, root.path().join("deleted")).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        log.close().await.unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        // A log that stayed put leaves its snapshot at close.
+        let other = root.path().join("1");
+        let log = open_with(&other, config()).await;
+        produce_sequence(&log, 0..3).await;
+        log.close().await.unwrap();
+        assert!(other.join(format!("{:020}.producers", 6)).exists());
+    });
+}

@@ -10,9 +10,11 @@
 //! A snapshot that cannot be written costs recovery time only, so its failure is logged,
 //! never an append's error.
 
+use std::os::unix::fs::MetadataExt;
+
 use compio::fs::File;
 use compio::io::AsyncWriteAtExt;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::state::PartitionLog;
 use crate::storage::config::FsyncPolicy;
@@ -31,6 +33,13 @@ impl PartitionLog {
     /// watermark or the base of a segment being started (the table then holds exactly
     /// the batches below it), and removes all but the newest [`SNAPSHOTS_KEPT`].
     pub(super) async fn write_producer_snapshot(&self, offset: i64) {
+        // A topic being deleted has had its directory renamed away (and the name may have
+        // a new topic already): its last snapshots are of no use, and must not land there.
+        let ours = std::fs::metadata(&self.dir).is_ok_and(|m| (m.dev(), m.ino()) == self.dir_id);
+        if !ours {
+            debug!(dir = %self.dir.display(), "no producer snapshot: the directory has moved");
+            return;
+        }
         let bytes = self.producers.borrow().encode_snapshot(offset);
         let path = snapshot_path(&self.dir, offset);
         let sync = self.config.borrow().fsync != FsyncPolicy::Never;

@@ -3,6 +3,7 @@
 //! files and import this one; it imports none of them.
 
 use std::cell::{Cell, RefCell, RefMut};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -61,6 +62,10 @@ pub struct PartitionLog {
     pub(super) snapshots: RefCell<Vec<i64>>,
     /// Log bytes written since the last producer snapshot.
     pub(super) unsnapshotted: Cell<u64>,
+    /// The partition directory's device and inode at open: a deleted topic's directory is
+    /// renamed away, and a topic created again under its name gets a new one at the old
+    /// path, which a late snapshot must not land in (`producers.rs`).
+    pub(super) dir_id: (u64, u64),
 }
 
 impl std::fmt::Debug for PartitionLog {
@@ -108,6 +113,9 @@ impl PartitionLog {
         let recovered = recovery::recover_dir(&dir, &config)?;
         let now = now_ms();
         let (producers, snapshots) = recovery::recover_producers(&dir, &recovered, now)?;
+        let dir_id = std::fs::metadata(&dir)
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|e| StorageError::io(&dir, e))?;
         let mut segments = Vec::with_capacity(recovered.len().max(1));
         if recovered.is_empty() {
             segments.push(Segment::create(&dir, initial_offset.max(0), now).await?);
@@ -150,6 +158,7 @@ impl PartitionLog {
             producers: RefCell::new(producers),
             snapshots: RefCell::new(snapshots),
             unsnapshotted: Cell::new(0),
+            dir_id,
         })
     }
 
