@@ -152,6 +152,11 @@ impl PartitionLog {
                     }
                     Ok(Some(original)) => {
                         checks.discard();
+                        debug!(
+                            dir = %self.dir.display(),
+                            base_offset = original.base_offset,
+                            "an idempotent producer's retry, answered with its original offsets"
+                        );
                         Answer::Written(original)
                     }
                     Ok(None) => {
