@@ -44,15 +44,6 @@ struct BatchMeta {
     producer: Option<ProducerBatch>,
 }
 
-/// How a caller of a round is answered.
-enum Answer {
-    /// At once: its batches were refused.
-    Now(Result<AppendOutcome, StorageError>),
-    /// With these offsets once they are written (its own batches', or, for a retry of
-    /// batches already appended, the originals').
-    Written(AppendOutcome),
-}
-
 /// The producer checks of one caller's batches, in order, staged in `checks` at the offsets
 /// they would take from `next`. `Some`: the batches are a retry of batches already
 /// appended (the first retried batch decides), answered with the originals' offsets and
@@ -144,11 +135,13 @@ impl PartitionLog {
             let table = self.producers.borrow();
             let mut checks = RoundChecks::new(&table);
             let now = now_ms();
+            // Each caller is answered with the offsets it waits to see written: its own
+            // batches', or, for a retry, the originals'. A refused one is answered at once.
             for pending in work {
-                let answer = match admit(&mut checks, &pending.batches, next, now) {
+                match admit(&mut checks, &pending.batches, next, now) {
                     Err(e) => {
                         checks.discard();
-                        Answer::Now(Err(e))
+                        pending.reply.send(Err(e));
                     }
                     Ok(Some(original)) => {
                         checks.discard();
@@ -157,7 +150,7 @@ impl PartitionLog {
                             base_offset = original.base_offset,
                             "an idempotent producer's retry, answered with its original offsets"
                         );
-                        Answer::Written(original)
+                        callers.push((pending.reply, original));
                     }
                     Ok(None) => {
                         checks.keep();
@@ -176,15 +169,12 @@ impl PartitionLog {
                             buffers.push(batch.into_bytes());
                             next = last_offset + 1;
                         }
-                        Answer::Written(AppendOutcome {
+                        let outcome = AppendOutcome {
                             base_offset,
                             last_offset: next - 1,
-                        })
+                        };
+                        callers.push((pending.reply, outcome));
                     }
-                };
-                match answer {
-                    Answer::Now(result) => pending.reply.send(result),
-                    Answer::Written(outcome) => callers.push((pending.reply, outcome)),
                 }
             }
         }
