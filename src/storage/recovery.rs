@@ -358,7 +358,7 @@ pub(crate) fn recover_producers(
     for segment in segments.iter().filter(|s| s.next_offset > from) {
         replayed += replay_producers(dir, segment, from, now_ms, &mut table)?;
     }
-    if replayed > 0 || table.len() > 0 {
+    if table.len() > 0 {
         info!(
             dir = %dir.display(),
             snapshot = kept.last().copied(),
