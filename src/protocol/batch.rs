@@ -34,6 +34,12 @@ const MIN_BATCH_LENGTH: i32 = (BATCH_HEADER_LEN - LENGTH_PREFIX) as i32;
 /// Attribute bits selecting the compression codec.
 const COMPRESSION_MASK: i16 = 0x07;
 
+/// Attribute bit of a batch written inside a transaction.
+pub const TRANSACTIONAL_FLAG: i16 = 0x10;
+
+/// Attribute bit of a control batch (a transaction marker, written by a broker).
+pub const CONTROL_FLAG: i16 = 0x20;
+
 /// Field offsets within the header.
 mod field {
     pub(super) const BASE_OFFSET: usize = 0;
@@ -554,15 +560,19 @@ fn decode_record_body<'a>(
 /// Builds an uncompressed v2 batch, encoding records into one growing buffer.
 ///
 /// The batch gets base offset 0 (the broker assigns the real one), partition leader epoch -1,
-/// attributes 0 (no compression, create time), producer id -1, producer epoch -1 and base
-/// sequence -1. The base timestamp is the first record's timestamp and the max timestamp the
-/// largest pushed. The CRC is computed by [`BatchBuilder::finish`].
+/// attributes 0 (no compression, create time), and producer id -1, producer epoch -1 and base
+/// sequence -1 unless [`BatchBuilder::set_producer`] sets them. The base timestamp is the
+/// first record's timestamp and the max timestamp the largest pushed. The CRC is computed
+/// by [`BatchBuilder::finish`].
 #[derive(Debug, Clone)]
 pub struct BatchBuilder {
     buf: BytesMut,
     count: i32,
     base_timestamp: i64,
     max_timestamp: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
 }
 
 impl Default for BatchBuilder {
@@ -587,7 +597,19 @@ impl BatchBuilder {
             count: 0,
             base_timestamp: -1,
             max_timestamp: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
         }
+    }
+
+    /// Marks the batch as an idempotent producer's: its producer id and epoch, and the
+    /// sequence number of its first record (the broker checks them per partition, see
+    /// docs/KAFKA.md).
+    pub fn set_producer(&mut self, producer_id: i64, producer_epoch: i16, base_sequence: i32) {
+        self.producer_id = producer_id;
+        self.producer_epoch = producer_epoch;
+        self.base_sequence = base_sequence;
     }
 
     /// Appends a record. `None` encodes a null key, value or header value.
@@ -683,9 +705,9 @@ impl BatchBuilder {
             last_offset_delta: (self.count - 1).max(0),
             base_timestamp: self.base_timestamp,
             max_timestamp: self.max_timestamp,
-            producer_id: -1,
-            producer_epoch: -1,
-            base_sequence: -1,
+            producer_id: self.producer_id,
+            producer_epoch: self.producer_epoch,
+            base_sequence: self.base_sequence,
             records_count: self.count,
         };
         self.buf[..BATCH_HEADER_LEN].copy_from_slice(&header.encode());

@@ -67,12 +67,19 @@ pub enum ErrorCode {
     /// The request does not fit the group: another assignment strategy, or a consumer
     /// group used as a share group (or the reverse).
     InconsistentGroup = 26,
+    /// An idempotent producer's batch does not carry the sequence number the partition
+    /// expects next from it (a batch before it was lost), or a new epoch does not start at
+    /// sequence 0.
+    OutOfOrderSequence = 27,
+    /// An idempotent producer's batch carries an older epoch than the partition has seen
+    /// from that producer id: a newer instance of the producer took over.
+    InvalidProducerEpoch = 28,
 }
 
 impl ErrorCode {
     /// Every code in use, in numeric order (documentation and tests use it). A retired
     /// code leaves this list, and its number is never given to another.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::None,
         ErrorCode::Unknown,
         ErrorCode::CorruptFrame,
@@ -100,6 +107,8 @@ impl ErrorCode {
         ErrorCode::InvalidSessionTimeout,
         ErrorCode::RecordNotHeld,
         ErrorCode::InconsistentGroup,
+        ErrorCode::OutOfOrderSequence,
+        ErrorCode::InvalidProducerEpoch,
     ];
 
     /// The numeric code.
@@ -139,6 +148,8 @@ impl ErrorCode {
             24 => ErrorCode::InvalidSessionTimeout,
             25 => ErrorCode::RecordNotHeld,
             26 => ErrorCode::InconsistentGroup,
+            27 => ErrorCode::OutOfOrderSequence,
+            28 => ErrorCode::InvalidProducerEpoch,
             _ => ErrorCode::Unknown,
         }
     }
@@ -181,6 +192,8 @@ impl ErrorCode {
             ErrorCode::InvalidSessionTimeout => "invalid session timeout",
             ErrorCode::RecordNotHeld => "record not held",
             ErrorCode::InconsistentGroup => "inconsistent group",
+            ErrorCode::OutOfOrderSequence => "out of order sequence",
+            ErrorCode::InvalidProducerEpoch => "invalid producer epoch",
         }
     }
 }
@@ -230,6 +243,8 @@ mod tests {
         assert_eq!(ErrorCode::Timeout.as_u16(), 19);
         assert_eq!(ErrorCode::StaleGeneration.as_u16(), 22);
         assert_eq!(ErrorCode::InconsistentGroup.as_u16(), 26);
+        assert_eq!(ErrorCode::OutOfOrderSequence.as_u16(), 27);
+        assert_eq!(ErrorCode::InvalidProducerEpoch.as_u16(), 28);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::protocol::{ErrorCode, WireError};
 use crate::shard::mesh::ShardLinks;
 use crate::shard::{owner_of, ShardId};
 use crate::storage::catalog::CatalogStore;
-use crate::storage::{LogConfig, PartitionLog};
+use crate::storage::{LogConfig, PartitionLog, ProducerIds};
 
 /// State shared by every shard of one broker (atomics only; nothing here is on the data
 /// path except the connection counter at accept time).
@@ -61,6 +61,8 @@ pub(crate) struct ShardContext {
     pub(crate) config: Arc<BrokerConfig>,
     pub(crate) log_defaults: LogConfig,
     pub(crate) catalog: Arc<CatalogStore>,
+    /// The durable producer-id counter (InitProducerId), shared by all shards.
+    pub(crate) producer_ids: Arc<ProducerIds>,
     pub(crate) endpoints: Arc<Vec<ShardEndpoint>>,
     pub(crate) global: Arc<Global>,
     rpc: Rpc<ShardContext>,
@@ -93,6 +95,7 @@ impl ShardContext {
         links: ShardLinks<Envelope<ShardContext>>,
         config: Arc<BrokerConfig>,
         catalog: Arc<CatalogStore>,
+        producer_ids: Arc<ProducerIds>,
         endpoints: Arc<Vec<ShardEndpoint>>,
         global: Arc<Global>,
     ) -> Rc<Self> {
@@ -115,6 +118,7 @@ impl ShardContext {
             config,
             log_defaults,
             catalog,
+            producer_ids,
             endpoints,
             global,
             rpc: Rpc::new(links),

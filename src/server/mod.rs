@@ -43,7 +43,7 @@ use crate::shard::mesh::{mesh, MeshRemote, ShardLinks};
 use crate::shard::thread::{spawn_shard, ShardThreadConfig};
 use crate::shard::ShardId;
 use crate::storage::catalog::{CatalogStore, DELETED_PREFIX};
-use crate::storage::FsyncPolicy;
+use crate::storage::{FsyncPolicy, ProducerIds};
 use connection::Protocol;
 use context::{first, Global, ShardContext};
 use rpc::Envelope;
@@ -160,6 +160,8 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| data_err(e.to_string()))?;
     let catalog =
         Arc::new(CatalogStore::open(&config.data_dir).map_err(|e| data_err(e.to_string()))?);
+    let producer_ids =
+        Arc::new(ProducerIds::open(&config.data_dir).map_err(|e| data_err(e.to_string()))?);
     remove_deleted_topics(&config.data_dir);
 
     let shards = config.shard_count();
@@ -236,9 +238,10 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
             uring_entries: config.uring_entries,
             sqpoll_idle: config.sqpoll.then_some(Duration::from_millis(10)),
         };
-        let (config, catalog, endpoints, global, ready) = (
+        let (config, catalog, producer_ids, endpoints, global, ready) = (
             config.clone(),
             catalog.clone(),
+            producer_ids.clone(),
             endpoints.clone(),
             global.clone(),
             ready_tx.clone(),
@@ -249,7 +252,13 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
                 direct,
                 kafka,
             };
-            shard_main(links, config, catalog, endpoints, global, listeners, ready)
+            let shared = SharedState {
+                catalog,
+                producer_ids,
+                endpoints,
+                global,
+            };
+            shard_main(links, config, shared, listeners, ready)
         })
         .map_err(|e| StartError::Shard {
             shard: id,
@@ -339,19 +348,32 @@ struct Listeners {
     kafka: Option<StdListener>,
 }
 
+/// What every shard shares.
+struct SharedState {
+    catalog: Arc<CatalogStore>,
+    producer_ids: Arc<ProducerIds>,
+    endpoints: Arc<Vec<ShardEndpoint>>,
+    global: Arc<Global>,
+}
+
 async fn shard_main(
     links: ShardLinks<Envelope<ShardContext>>,
     config: Arc<BrokerConfig>,
-    catalog: Arc<CatalogStore>,
-    endpoints: Arc<Vec<ShardEndpoint>>,
-    global: Arc<Global>,
+    shared: SharedState,
     listeners: Listeners,
     ready: mpsc::Sender<Result<ShardId, (ShardId, String)>>,
 ) {
+    let SharedState {
+        catalog,
+        producer_ids,
+        endpoints,
+        global,
+    } = shared;
     let ctx = ShardContext::new(
         links,
         config.clone(),
         catalog.clone(),
+        producer_ids,
         endpoints,
         global.clone(),
     );

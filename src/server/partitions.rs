@@ -15,7 +15,7 @@ use crate::local::OnceMap;
 use crate::protocol::{ErrorCode, WireError};
 use crate::shard::{owner_of, ShardId};
 use crate::storage::catalog::TopicMeta;
-use crate::storage::{LogConfig, PartitionLog, StorageError};
+use crate::storage::{LogConfig, PartitionLog, ProducerError, StorageError};
 
 /// Identifies one partition of one incarnation of a topic.
 #[derive(Clone)]
@@ -185,6 +185,11 @@ pub(crate) fn storage_error(e: StorageError) -> WireError {
         StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         StorageError::NoSpace => ErrorCode::NotEnoughDisk,
         StorageError::Closed => ErrorCode::UnknownTopicOrPartition,
+        StorageError::Producer(ProducerError::OutOfOrder { .. }) => ErrorCode::OutOfOrderSequence,
+        StorageError::Producer(ProducerError::InvalidEpoch { .. }) => {
+            ErrorCode::InvalidProducerEpoch
+        }
+        StorageError::Producer(ProducerError::Invalid(_)) => ErrorCode::InvalidRequest,
         _ => ErrorCode::StorageError,
     };
     let file_name = |path: &std::path::Path| {

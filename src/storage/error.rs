@@ -3,6 +3,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::producers::ProducerError;
+
 /// Why a partition log operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -42,6 +44,10 @@ pub enum StorageError {
     /// A batch handed to append is not a well-formed record batch.
     #[error("invalid record batch: {0}")]
     InvalidBatch(String),
+    /// An idempotent producer's batch failed the partition's producer checks (see
+    /// `storage::producers`).
+    #[error(transparent)]
+    Producer(#[from] ProducerError),
 }
 
 impl StorageError {
@@ -91,6 +97,7 @@ impl StorageError {
                 },
             },
             StorageError::InvalidBatch(reason) => StorageError::InvalidBatch(reason.clone()),
+            StorageError::Producer(e) => StorageError::Producer(e.clone()),
         }
     }
 }

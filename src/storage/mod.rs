@@ -5,10 +5,15 @@
 //! - `segment.rs`: one segment's `.log`, `.index` and `.timeindex` files.
 //! - `index.rs`: the sparse offset and time indexes as pure data (encoding, lookups, which
 //!   batches get entries).
-//! - `recovery.rs`: the scan on open that truncates a torn tail and rebuilds damaged indexes.
+//! - `recovery.rs`: the scan on open that truncates a torn tail and rebuilds damaged indexes,
+//!   and rebuilds the idempotent producers' state from a snapshot and the batch headers.
+//! - `producers.rs`: what a partition knows of its idempotent producers, and the sequence
+//!   and epoch checks of their batches (pure data).
 //! - `disk.rs`: the writes and syncs of record data that durability rests on, and the sync
 //!   journal durability tests read ([`init_sync_journal`]).
 //! - [`catalog`]: the durable list of topics and their configs, shared by all shards.
+//! - [`ProducerIds`] (`producer_ids.rs`): the durable producer-id counter, shared by all
+//!   shards.
 //! - [`LogConfig`], [`StorageError`].
 
 pub mod catalog;
@@ -17,6 +22,8 @@ mod disk;
 mod error;
 mod index;
 mod log;
+mod producer_ids;
+mod producers;
 mod recovery;
 mod segment;
 
@@ -24,6 +31,8 @@ pub use config::{FsyncPolicy, LogConfig};
 pub use disk::{init_sync_journal, SYNC_JOURNAL_ENV};
 pub use error::StorageError;
 pub use log::{AppendOutcome, FileRange, PartitionLog, ReadOutcome};
+pub use producer_ids::ProducerIds;
+pub use producers::ProducerError;
 
 #[cfg(test)]
 mod tests;

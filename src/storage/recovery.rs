@@ -20,6 +20,7 @@ use super::config::LogConfig;
 use super::disk;
 use super::error::StorageError;
 use super::index::{IndexPlanner, OffsetIndex, TimeIndex};
+use super::producers::{ProducerBatch, ProducerTable, SNAPSHOT_SUFFIX};
 use super::segment::{RecoveredSegment, SegmentFiles, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
 use crate::protocol::batch::{self, BatchHeader, BATCH_HEADER_LEN};
 
@@ -282,6 +283,140 @@ fn recover_segment(
     })
 }
 
+/// The path of the producer-table snapshot taken at `offset` in `dir`.
+pub(crate) fn snapshot_path(dir: &Path, offset: i64) -> PathBuf {
+    dir.join(format!("{offset:020}.{SNAPSHOT_SUFFIX}"))
+}
+
+/// Rebuilds the idempotent producers' state of the partition in `dir`, whose segments
+/// recovery returned as `segments`: the newest snapshot at or below the log end, then the
+/// producer fields of every batch header after it. Snapshots past the log end (taken of
+/// batches a crash lost) and damaged ones are deleted. Without a usable snapshot only the
+/// last two segments are read, so a log written before snapshots existed costs at most two
+/// segments' headers; producers known only from older batches are then unknown, which
+/// the checks accept at any sequence. Returns the table and the offsets of the snapshots
+/// kept, oldest first.
+pub(crate) fn recover_producers(
+    dir: &Path,
+    segments: &[RecoveredSegment],
+    now_ms: i64,
+) -> Result<(ProducerTable, Vec<i64>), StorageError> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| StorageError::io(dir, e))? {
+        let entry = entry.map_err(|e| StorageError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some((stem, suffix)) = name.to_str().and_then(|n| n.split_once('.')) else {
+            continue;
+        };
+        if suffix == SNAPSHOT_SUFFIX {
+            if let Some(offset) = parse_base(stem) {
+                found.push(offset);
+            }
+        }
+    }
+    found.sort_unstable();
+    let log_end = segments.last().map(|s| s.next_offset);
+    let remove = |offset: i64, why: &str| -> Result<(), StorageError> {
+        let path = snapshot_path(dir, offset);
+        warn!(path = %path.display(), "removing a producer snapshot: {why}");
+        fs::remove_file(&path).map_err(|e| StorageError::io(&path, e))
+    };
+    let mut kept = Vec::new();
+    let mut chosen: Option<(i64, ProducerTable)> = None;
+    for &offset in found.iter().rev() {
+        if log_end.is_none_or(|end| offset > end) {
+            remove(offset, "it is ahead of the log end")?;
+            continue;
+        }
+        if chosen.is_some() {
+            kept.push(offset);
+            continue;
+        }
+        let path = snapshot_path(dir, offset);
+        let bytes = fs::read(&path).map_err(|e| StorageError::io(&path, e))?;
+        match ProducerTable::decode_snapshot(&bytes) {
+            Ok((at, table)) if at == offset => {
+                kept.push(offset);
+                chosen = Some((offset, table));
+            }
+            Ok((at, _)) => remove(offset, &format!("it says it was taken at offset {at}"))?,
+            Err(reason) => remove(offset, &reason)?,
+        }
+    }
+    kept.reverse();
+    let (from, mut table) = match chosen {
+        Some((offset, table)) => (offset, table),
+        None => {
+            let from = segments
+                .len()
+                .checked_sub(2)
+                .map_or(0, |i| segments[i].base_offset);
+            (from, ProducerTable::default())
+        }
+    };
+    let mut replayed = 0u64;
+    for segment in segments.iter().filter(|s| s.next_offset > from) {
+        replayed += replay_producers(dir, segment, from, now_ms, &mut table)?;
+    }
+    if table.len() > 0 {
+        info!(
+            dir = %dir.display(),
+            snapshot = kept.last().copied(),
+            replayed_batches = replayed,
+            producers = table.len(),
+            "recovered the idempotent producers' state"
+        );
+    }
+    Ok((table, kept))
+}
+
+/// Records in `table` the producer fields of the batches of `segment` from offset `from`
+/// on. Returns how many batches were read. A producer last heard from in the future (a
+/// producer's clock ahead of ours) counts as heard from now.
+fn replay_producers(
+    dir: &Path,
+    segment: &RecoveredSegment,
+    from: i64,
+    now_ms: i64,
+    table: &mut ProducerTable,
+) -> Result<u64, StorageError> {
+    let path = SegmentFiles::new(dir, segment.base_offset).log;
+    let file = fs::File::open(&path).map_err(|e| StorageError::io(&path, e))?;
+    let relative = u32::try_from(from - segment.base_offset).unwrap_or(0);
+    let mut pos = if from > segment.base_offset {
+        segment
+            .index
+            .lookup(relative)
+            .map_or(0, |e| u64::from(e.position))
+    } else {
+        0
+    };
+    let mut window = Window::default();
+    let mut read = 0;
+    while pos + BATCH_HEADER_LEN as u64 <= segment.size {
+        let head = window.get(&file, &path, segment.size, pos, BATCH_HEADER_LEN)?;
+        // Recovery checked every batch's framing up to `size`.
+        let Ok(header) = BatchHeader::parse(head) else {
+            warn!(path = %path.display(), pos, "a batch header no longer parses");
+            break;
+        };
+        pos += header.total_len() as u64;
+        if header.base_offset < from {
+            continue;
+        }
+        read += 1;
+        // Batches a producer check would refuse are not in a log this broker wrote.
+        if let Ok(Some(batch)) = ProducerBatch::of(&header) {
+            let seen = match header.max_timestamp {
+                -1 => now_ms,
+                ts => ts.min(now_ms),
+            };
+            table.record(&batch, header.base_offset, header.last_offset(), seen);
+        }
+    }
+    Ok(read)
+}
+
 /// Whether bytes `[from, to)` of the log are all zero.
 fn all_zero(file: &fs::File, path: &Path, from: u64, to: u64) -> Result<bool, StorageError> {
     let mut buf = vec![0u8; SCAN_CHUNK];
@@ -358,7 +493,7 @@ impl LogScan<'_> {
                     format!("only {remaining} bytes after the last batch, a torn header"),
                 ));
             }
-            let head = window.get(self, pos, BATCH_HEADER_LEN)?;
+            let head = window.get(self.file, self.path, self.log_len, pos, BATCH_HEADER_LEN)?;
             let header = match BatchHeader::parse(head) {
                 Ok(header) => header,
                 Err(e) => return Ok(stop(pos, next, format!("bad header at byte {pos}: {e}"))),
@@ -407,7 +542,7 @@ impl LogScan<'_> {
                         format!("the batch at byte {pos} claims an implausible {total} bytes"),
                     ));
                 }
-                let bytes = window.get(self, pos, total as usize)?;
+                let bytes = window.get(self.file, self.path, self.log_len, pos, total as usize)?;
                 if let Err(e) = batch::validate(bytes, self.batch_limit) {
                     return Ok(stop(pos, next, format!("the batch at byte {pos}: {e}")));
                 }
@@ -440,16 +575,23 @@ struct Window {
 }
 
 impl Window {
-    /// `len` bytes at `pos`, which the caller knows are inside the file.
-    fn get(&mut self, scan: &LogScan<'_>, pos: u64, len: usize) -> Result<&[u8], StorageError> {
+    /// `len` bytes at `pos` of `file` (`path`, `log_len` bytes long), which the caller knows
+    /// are inside the file.
+    fn get(
+        &mut self,
+        file: &fs::File,
+        path: &Path,
+        log_len: u64,
+        pos: u64,
+        len: usize,
+    ) -> Result<&[u8], StorageError> {
         let have = pos >= self.start && pos + len as u64 <= self.start + self.bytes.len() as u64;
         if !have {
-            let want = (len.max(SCAN_CHUNK) as u64).min(scan.log_len - pos) as usize;
+            let want = (len.max(SCAN_CHUNK) as u64).min(log_len - pos) as usize;
             self.bytes.resize(want, 0);
             self.start = pos;
-            scan.file
-                .read_exact_at(&mut self.bytes, pos)
-                .map_err(|e| StorageError::io(scan.path, e))?;
+            file.read_exact_at(&mut self.bytes, pos)
+                .map_err(|e| StorageError::io(path, e))?;
         }
         let at = (pos - self.start) as usize;
         Ok(&self.bytes[at..at + len])

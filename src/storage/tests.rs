@@ -521,9 +521,15 @@ fn retention_by_bytes_deletes_oldest_segments() {
         );
         let outcome = log.append(vec![make_batch(2, 0, 50)]).await.unwrap();
         assert_eq!(outcome.base_offset, 80);
-        // No index file outlives its log.
-        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
-        assert_eq!(leftovers, log_files(dir.path()).len() * 3);
+        // No index file outlives its log; of the producer snapshots taken at each roll, the
+        // two newest are kept.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let snapshots = names.iter().filter(|n| n.ends_with(".producers")).count();
+        assert_eq!(snapshots, 2, "{names:?}");
+        assert_eq!(names.len() - snapshots, log_files(dir.path()).len() * 3);
     });
 }
 
@@ -833,5 +839,258 @@ fn index_entries_reach_their_files_in_batches_and_at_a_roll() {
         let batch_len = make_batch(2, 0, 40).len() as u64;
         assert_eq!(index_len(0), first_size / batch_len * 8);
         log.close().await.unwrap();
+    });
+}
+
+/// A batch of `records` records from idempotent producer `pid` at `epoch`, first sequence
+/// `seq`.
+fn producer_batch(pid: i64, epoch: i16, seq: i32, records: usize) -> ValidBatch {
+    let mut builder = BatchBuilder::new();
+    builder.set_producer(pid, epoch, seq);
+    for i in 0..records {
+        builder.push(
+            1_000 + i as i64,
+            None,
+            Some(format!("{pid}-{seq}-{i}").as_bytes()),
+            &[],
+        );
+    }
+    ValidBatch::new(builder.finish(), usize::MAX).unwrap()
+}
+
+fn producer_error(result: Result<super::AppendOutcome, StorageError>) -> super::ProducerError {
+    match result {
+        Err(StorageError::Producer(e)) => e,
+        other => panic!("expected a producer error, got {other:?}"),
+    }
+}
+
+#[test]
+fn idempotent_retries_are_answered_with_their_offsets_and_not_stored_twice() {
+    use super::ProducerError;
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_default(&dir).await;
+        let first = log.append(vec![producer_batch(7, 0, 0, 3)]).await.unwrap();
+        let second = log.append(vec![producer_batch(7, 0, 3, 2)]).await.unwrap();
+        assert_eq!((second.base_offset, second.last_offset), (3, 4));
+        // Retries of both: the original offsets, nothing appended.
+        assert_eq!(
+            log.append(vec![producer_batch(7, 0, 0, 3)]).await.unwrap(),
+            first
+        );
+        assert_eq!(
+            log.append(vec![producer_batch(7, 0, 3, 2)]).await.unwrap(),
+            second
+        );
+        assert_eq!(log.high_watermark(), 5);
+        // A gap, an old epoch, a new epoch not at 0.
+        assert!(matches!(
+            producer_error(log.append(vec![producer_batch(7, 0, 9, 1)]).await),
+            ProducerError::OutOfOrder {
+                expected: 5,
+                sequence: 9,
+                ..
+            }
+        ));
+        // A call of a good batch then a bad one is refused whole.
+        assert!(matches!(
+            producer_error(
+                log.append(vec![producer_batch(7, 0, 5, 1), producer_batch(7, 0, 8, 1)])
+                    .await
+            ),
+            ProducerError::OutOfOrder { expected: 6, .. }
+        ));
+        assert_eq!(log.high_watermark(), 5);
+        assert!(matches!(
+            producer_error(log.append(vec![producer_batch(7, 1, 5, 1)]).await),
+            ProducerError::OutOfOrder { expected: 0, .. }
+        ));
+        let bumped = log.append(vec![producer_batch(7, 1, 0, 1)]).await.unwrap();
+        assert_eq!(bumped.base_offset, 5);
+        assert!(matches!(
+            producer_error(log.append(vec![producer_batch(7, 0, 5, 1)]).await),
+            ProducerError::InvalidEpoch {
+                epoch: 0,
+                current: 1,
+                ..
+            }
+        ));
+        // Batches without a producer id are never checked.
+        log.append(vec![make_batch(2, 0, 5)]).await.unwrap();
+        log.append(vec![make_batch(2, 0, 5)]).await.unwrap();
+
+        // A batch and its retry queued in the same round: one copy, both answered with
+        // its offsets.
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let log = Rc::clone(&log);
+                compio::runtime::spawn(
+                    async move { log.append(vec![producer_batch(8, 0, 0, 4)]).await },
+                )
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap().unwrap());
+        }
+        assert_eq!(outcomes[0], outcomes[1]);
+        assert_eq!((outcomes[0].base_offset, outcomes[0].last_offset), (10, 13));
+        assert_eq!(log.high_watermark(), 14);
+        let stored = headers(&read_all(&log, 0).await)
+            .iter()
+            .map(|h| (h.base_offset, h.producer_id, h.base_sequence))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            stored,
+            [
+                (0, 7, 0),
+                (3, 7, 3),
+                (5, 7, 0),
+                (6, -1, -1),
+                (8, -1, -1),
+                (10, 8, 0)
+            ]
+        );
+    });
+}
+
+/// Appends batch `i` (2 records, sequence `2 * i`) of producer 5 for `i` in `range`.
+async fn produce_sequence(log: &Rc<PartitionLog>, range: std::ops::Range<i32>) -> Vec<i64> {
+    let mut bases = Vec::new();
+    for i in range {
+        let outcome = log
+            .append(vec![producer_batch(5, 0, 2 * i, 2)])
+            .await
+            .unwrap();
+        bases.push(outcome.base_offset);
+    }
+    bases
+}
+
+/// What a reopened log answers producer 5's retry of batch `i` and its batch `next`.
+async fn check_retry_and_next(dir: &Path, cfg: &LogConfig, i: i32, base: i64, next: i32) {
+    let log = open_with(dir, cfg.clone()).await;
+    let end = log.high_watermark();
+    let retry = log
+        .append(vec![producer_batch(5, 0, 2 * i, 2)])
+        .await
+        .unwrap();
+    assert_eq!(retry.base_offset, base, "the retry of batch {i}");
+    assert_eq!(log.high_watermark(), end, "a retry is not stored");
+    let outcome = log
+        .append(vec![producer_batch(5, 0, 2 * next, 2)])
+        .await
+        .unwrap();
+    assert_eq!(outcome.base_offset, end);
+    log.close().await.unwrap();
+}
+
+#[test]
+fn producer_state_is_rebuilt_after_a_crash_and_a_restart() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            segment_bytes: 1200,
+            index_interval_bytes: 200,
+            ..config()
+        };
+        let log = open_with(dir.path(), cfg.clone()).await;
+        let bases = produce_sequence(&log, 0..40).await;
+        assert!(log_files(dir.path()).len() > 3, "segments rolled");
+        let snapshots = |dir: &Path| {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .filter(|e| {
+                    let name = e.as_ref().unwrap().file_name();
+                    name.to_string_lossy().ends_with(".producers")
+                })
+                .count()
+        };
+        assert_eq!(snapshots(dir.path()), 2);
+
+        // A crash: the files as they are (snapshot at the active segment's base, batches
+        // after it replayed).
+        let crashed = snapshot_dir(dir.path());
+        check_retry_and_next(crashed.path(), &cfg, 39, bases[39], 40).await;
+        // Also a retry of a batch four back, written before the newest snapshot or not.
+        let crashed = snapshot_dir(dir.path());
+        check_retry_and_next(crashed.path(), &cfg, 35, bases[35], 40).await;
+        // No snapshot at all: the last two segments are read.
+        let crashed = snapshot_dir(dir.path());
+        for entry in std::fs::read_dir(crashed.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "producers") {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+        check_retry_and_next(crashed.path(), &cfg, 39, bases[39], 40).await;
+        // A damaged newest snapshot: it is removed, the older one serves.
+        let crashed = snapshot_dir(dir.path());
+        let mut names: Vec<PathBuf> = std::fs::read_dir(crashed.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "producers"))
+            .collect();
+        names.sort();
+        let newest = names.pop().unwrap();
+        std::fs::write(&newest, b"not a snapshot").unwrap();
+        check_retry_and_next(crashed.path(), &cfg, 39, bases[39], 40).await;
+        assert!(!newest.exists() || std::fs::read(&newest).unwrap() != b"not a snapshot");
+
+        // A clean stop: the snapshot at the log end, nothing replayed.
+        log.close().await.unwrap();
+        let end = log.high_watermark();
+        assert!(dir.path().join(format!("{end:020}.producers")).exists());
+        check_retry_and_next(dir.path(), &cfg, 39, bases[39], 40).await;
+    });
+}
+
+#[test]
+fn a_snapshot_ahead_of_a_shortened_log_is_dropped() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_default(&dir).await;
+        produce_sequence(&log, 0..3).await;
+        let last_len = producer_batch(5, 0, 4, 2).len() as u64;
+        log.close().await.unwrap();
+        assert!(dir.path().join(format!("{:020}.producers", 6)).exists());
+        // A power loss took the last batch (offsets 4..=5) but not the snapshot at 6.
+        let files = active_files(dir.path());
+        let len = std::fs::metadata(&files.log).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&files.log)
+            .unwrap()
+            .set_len(len - last_len)
+            .unwrap();
+        let log = open_default(&dir).await;
+        assert_eq!(log.high_watermark(), 4);
+        assert!(!dir.path().join(format!("{:020}.producers", 6)).exists());
+        // The lost batch is sent again: appended, not mistaken for a duplicate.
+        let again = log.append(vec![producer_batch(5, 0, 4, 2)]).await.unwrap();
+        assert_eq!(again.base_offset, 4);
+        assert_eq!(log.producer_count(), 1);
+    });
+}
+
+#[test]
+fn a_log_whose_directory_moved_away_leaves_no_snapshot_at_the_old_path() {
+    run(async {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("0");
+        let log = open_with(&dir, config()).await;
+        produce_sequence(&log, 0..3).await;
+        // The topic is deleted (its directory renamed away) and created again.
+        std::fs::rename(&dir, root.path().join("deleted")).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        log.close().await.unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        // A log that stayed put leaves its snapshot at close.
+        let other = root.path().join("1");
+        let log = open_with(&other, config()).await;
+        produce_sequence(&log, 0..3).await;
+        log.close().await.unwrap();
+        assert!(other.join(format!("{:020}.producers", 6)).exists());
     });
 }

@@ -50,6 +50,10 @@ pub const INVALID_REQUIRED_ACKS: i16 = 21;
 pub const INVALID_CONFIG: i16 = 40;
 /// INVALID_REQUEST.
 pub const INVALID_REQUEST: i16 = 42;
+/// OUT_OF_ORDER_SEQUENCE_NUMBER.
+pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+/// INVALID_PRODUCER_EPOCH.
+pub const INVALID_PRODUCER_EPOCH: i16 = 47;
 /// KAFKA_STORAGE_ERROR.
 pub const KAFKA_STORAGE_ERROR: i16 = 56;
 /// NON_EMPTY_GROUP.
@@ -95,6 +99,8 @@ pub fn error_code(code: ErrorCode) -> i16 {
         ErrorCode::GroupNotEmpty => NON_EMPTY_GROUP,
         ErrorCode::InvalidSessionTimeout => INVALID_SESSION_TIMEOUT,
         ErrorCode::InconsistentGroup => INCONSISTENT_GROUP_PROTOCOL,
+        ErrorCode::OutOfOrderSequence => OUT_OF_ORDER_SEQUENCE_NUMBER,
+        ErrorCode::InvalidProducerEpoch => INVALID_PRODUCER_EPOCH,
     }
 }
 
@@ -111,6 +117,8 @@ mod tests {
         assert_eq!(error_code(ErrorCode::Timeout), 7);
         assert_eq!(error_code(ErrorCode::StorageError), 56);
         assert_eq!(error_code(ErrorCode::OffsetOutOfRange), 1);
+        assert_eq!(error_code(ErrorCode::OutOfOrderSequence), 45);
+        assert_eq!(error_code(ErrorCode::InvalidProducerEpoch), 47);
         for code in ErrorCode::ALL {
             if code != ErrorCode::None {
                 assert_ne!(error_code(code), NONE, "{code:?}");

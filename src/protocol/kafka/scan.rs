@@ -227,8 +227,8 @@ fn walk(key: ApiKey, version: i16, body: &[u8]) -> Step {
             c.skip(1)?; // key type
             c.array(Cursor::string)
         }
-        // No arrays: FindCoordinator v0-v3 (one key), DescribeCluster.
-        ApiKey::FindCoordinator | ApiKey::DescribeCluster => Ok(()),
+        // No arrays: FindCoordinator v0-v3 (one key), DescribeCluster, InitProducerId.
+        ApiKey::FindCoordinator | ApiKey::DescribeCluster | ApiKey::InitProducerId => Ok(()),
         // Other APIs are refused before their body is looked at.
         _ => Ok(()),
     }
@@ -386,6 +386,12 @@ mod tests {
                     FindCoordinatorRequest::default().with_key(StrBytes::from("g"))
                 }),
             ),
+            (
+                ApiKey::InitProducerId,
+                RequestKind::InitProducerId(
+                    InitProducerIdRequest::default().with_transactional_id(None),
+                ),
+            ),
         ]
     }
 
@@ -417,8 +423,8 @@ mod tests {
         }
         // ApiVersions 5, Metadata 13, Fetch 9, ListOffsets 8, CreateTopics 6, DeleteTopics 6,
         // DescribeConfigs 4, IncrementalAlterConfigs 2, DescribeCluster 3, CreatePartitions 4,
-        // FindCoordinator 7.
-        assert_eq!(checked, 5 + 13 + 9 + 8 + 6 + 6 + 4 + 2 + 3 + 4 + 7);
+        // FindCoordinator 7, InitProducerId 6.
+        assert_eq!(checked, 5 + 13 + 9 + 8 + 6 + 6 + 4 + 2 + 3 + 4 + 7 + 6);
     }
 
     #[test]

@@ -11,12 +11,14 @@
 //! - `fetch`: Fetch, in or out of a fetch session (the sessions are the shard's).
 //! - `groups`: the group APIs (JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
 //!   OffsetFetch, ListGroups, DescribeGroups, DeleteGroups, OffsetDelete).
+//! - `producers`: InitProducerId.
 
 mod admin;
 mod configs;
 mod data;
 mod fetch;
 mod groups;
+mod producers;
 
 pub(crate) use data::KafkaReply;
 
@@ -134,6 +136,9 @@ pub(crate) async fn handle(
         }
         RequestKind::OffsetDelete(r) => {
             ResponseKind::OffsetDelete(groups::offset_delete(ctx, r).await)
+        }
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(producers::init_producer_id(ctx, r))
         }
         other => {
             // decode_request lets through only the APIs of SUPPORTED, all handled above.

@@ -1,7 +1,13 @@
 //! Appends and the group-commit flush task: the only writer of a partition's log. It takes
-//! every queued append, assigns offsets in queue order, writes the round (rolling segments as
-//! needed) and, under `--fsync always`, syncs it before the high watermark moves and the
-//! callers complete.
+//! every queued append, checks idempotent producers' batches and assigns offsets in queue
+//! order, writes the round (rolling segments as needed) and, under `--fsync always`, syncs
+//! it before the high watermark moves and the callers complete.
+//!
+//! The producer checks (`storage::producers`) run in the same synchronous pass that assigns
+//! offsets, against the producer table plus the round's batches before each one, so no
+//! other append can come between a batch's check and its place in the log. The table
+//! itself records a batch only once the chunk holding it is written: a write that fails
+//! leaves it as the log is.
 
 use std::rc::Rc;
 
@@ -10,11 +16,12 @@ use tracing::{debug, warn};
 
 use super::state::{now_ms, sync_dir, AppendOutcome, PartitionLog, PendingAppend};
 use super::writer::{write_at, ChunkTarget, IndexWrites};
-use crate::local::{oneshot, OneshotSender};
+use crate::local::oneshot;
 use crate::protocol::batch::ValidBatch;
 use crate::storage::config::{FsyncPolicy, LogConfig};
 use crate::storage::error::StorageError;
 use crate::storage::index::{OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
+use crate::storage::producers::{ProducerBatch, RoundChecks, Verdict};
 use crate::storage::segment::{self, Segment};
 
 /// Most buffers one `writev` accepts (Linux's `IOV_MAX`).
@@ -33,6 +40,40 @@ struct BatchMeta {
     last_offset: i64,
     max_timestamp: i64,
     len: u64,
+    /// The idempotent producer's fields, recorded in the producer table once written.
+    producer: Option<ProducerBatch>,
+}
+
+/// The producer checks of one caller's batches, in order, staged in `checks` at the offsets
+/// they would take from `next`. `Some`: the batches are a retry of batches already
+/// appended (the first retried batch decides), answered with the originals' offsets and
+/// not appended. The caller keeps or discards the staged batches.
+fn admit(
+    checks: &mut RoundChecks<'_>,
+    batches: &[ValidBatch],
+    mut next: i64,
+    now: i64,
+) -> Result<Option<AppendOutcome>, StorageError> {
+    for batch in batches {
+        let header = batch.header();
+        let last_offset = next + i64::from(header.last_offset_delta);
+        if let Some(producer) = ProducerBatch::of(header)? {
+            match checks.check(&producer)? {
+                Verdict::Duplicate {
+                    base_offset,
+                    last_offset,
+                } => {
+                    return Ok(Some(AppendOutcome {
+                        base_offset,
+                        last_offset,
+                    }))
+                }
+                Verdict::Append => checks.stage(&producer, next, last_offset, now),
+            }
+        }
+        next = last_offset + 1;
+    }
+    Ok(None)
 }
 
 impl PartitionLog {
@@ -40,6 +81,11 @@ impl PartitionLog {
     /// they are written (and synced, under [`FsyncPolicy::Always`]). Concurrent calls share
     /// one write and one sync. Offsets, lengths and timestamps come from each batch's parsed
     /// header; the bytes are not parsed again.
+    ///
+    /// Batches of an idempotent producer (producer id ≥ 0) are checked first, in queue
+    /// order (`storage::producers`): a refused one fails the call with
+    /// [`StorageError::Producer`] and nothing of the call is appended; a retry of batches
+    /// already appended is answered with their original offsets and not appended again.
     pub async fn append(
         self: &Rc<Self>,
         batches: Vec<ValidBatch>,
@@ -81,58 +127,83 @@ impl PartitionLog {
 
     /// One group-commit round.
     async fn commit_round(self: &Rc<Self>, work: Vec<PendingAppend>) {
-        struct Caller {
-            reply: OneshotSender<Result<AppendOutcome, StorageError>>,
-            outcome: AppendOutcome,
-        }
         let mut callers = Vec::with_capacity(work.len());
         let mut buffers = Vec::new();
         let mut metas = Vec::new();
         let mut next = self.high_watermark.get();
-        for pending in work {
-            let base_offset = next;
-            for mut batch in pending.batches {
-                batch.set_base_offset(next);
-                let header = batch.header();
-                let last_offset = next + i64::from(header.last_offset_delta);
-                metas.push(BatchMeta {
-                    base_offset: next,
-                    last_offset,
-                    max_timestamp: header.max_timestamp,
-                    len: batch.len() as u64,
-                });
-                buffers.push(batch.into_bytes());
-                next = last_offset + 1;
+        {
+            let table = self.producers.borrow();
+            let mut checks = RoundChecks::new(&table);
+            let now = now_ms();
+            // Each caller is answered with the offsets it waits to see written: its own
+            // batches', or, for a retry, the originals'. A refused one is answered at once.
+            for pending in work {
+                match admit(&mut checks, &pending.batches, next, now) {
+                    Err(e) => {
+                        checks.discard();
+                        pending.reply.send(Err(e));
+                    }
+                    Ok(Some(original)) => {
+                        checks.discard();
+                        debug!(
+                            dir = %self.dir.display(),
+                            base_offset = original.base_offset,
+                            "an idempotent producer's retry, answered with its original offsets"
+                        );
+                        callers.push((pending.reply, original));
+                    }
+                    Ok(None) => {
+                        checks.keep();
+                        let base_offset = next;
+                        for mut batch in pending.batches {
+                            batch.set_base_offset(next);
+                            let header = batch.header();
+                            let last_offset = next + i64::from(header.last_offset_delta);
+                            metas.push(BatchMeta {
+                                base_offset: next,
+                                last_offset,
+                                max_timestamp: header.max_timestamp,
+                                len: batch.len() as u64,
+                                producer: ProducerBatch::of(header).ok().flatten(),
+                            });
+                            buffers.push(batch.into_bytes());
+                            next = last_offset + 1;
+                        }
+                        let outcome = AppendOutcome {
+                            base_offset,
+                            last_offset: next - 1,
+                        };
+                        callers.push((pending.reply, outcome));
+                    }
+                }
             }
-            callers.push(Caller {
-                reply: pending.reply,
-                outcome: AppendOutcome {
-                    base_offset,
-                    last_offset: next - 1,
-                },
-            });
-        }
-        if metas.is_empty() {
-            return;
         }
 
-        let (committed, error) = self.write_batches(buffers, &metas).await;
+        let (committed, error) = if metas.is_empty() {
+            (self.high_watermark.get(), None)
+        } else {
+            let bytes: u64 = metas.iter().map(|m| m.len).sum();
+            self.unsnapshotted.set(self.unsnapshotted.get() + bytes);
+            self.write_batches(buffers, &metas).await
+        };
         if committed > self.high_watermark.get() {
             self.high_watermark.set(committed);
             self.appended.notify_all();
         }
-        for caller in callers {
-            let result = if caller.outcome.last_offset < committed {
-                Ok(caller.outcome)
+        for (reply, outcome) in callers {
+            let result = if outcome.last_offset < committed {
+                Ok(outcome)
             } else {
                 Err(error
                     .as_ref()
                     .map_or(StorageError::Closed, StorageError::replicate))
             };
-            caller.reply.send(result);
+            reply.send(result);
         }
         if let Some(e) = error {
             warn!(dir = %self.dir.display(), error = %e, "append failed");
+        } else {
+            self.snapshot_if_due().await;
         }
     }
 
@@ -264,6 +335,14 @@ impl PartitionLog {
                     _ => return (committed, Some(StorageError::Closed)),
                 }
             }
+            {
+                let mut producers = self.producers.borrow_mut();
+                for meta in &metas[i..j] {
+                    if let Some(batch) = &meta.producer {
+                        producers.record(batch, meta.base_offset, meta.last_offset, now);
+                    }
+                }
+            }
             committed = last_offset + 1;
             i = j;
         }
@@ -297,6 +376,8 @@ impl PartitionLog {
     ) -> Result<(), StorageError> {
         self.finish_active().await?;
         let segment = Segment::create(&self.dir, base_offset, now).await?;
+        // Every batch below the new segment is recorded: recovery starts from here.
+        self.write_producer_snapshot(base_offset).await;
         if config.fsync != FsyncPolicy::Never {
             sync_dir(&self.dir).await?;
         }

@@ -49,11 +49,13 @@ impl PartitionLog {
 
     /// Deletes whole segments, oldest first and never the active one, while they are older
     /// than `retention_ms` (by their newest batch timestamp) or the log without them would
-    /// still hold `retention_bytes`. Returns how many were deleted.
+    /// still hold `retention_bytes`. Returns how many were deleted. Idle idempotent
+    /// producers expire in the same pass (`expire_producers`).
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, StorageError> {
         if self.closed.get() {
             return Err(StorageError::Closed);
         }
+        self.expire_producers(now_ms);
         let config = self.config.borrow().clone();
         let removed: Vec<Segment> = {
             let mut segments = self.segments.borrow_mut();
@@ -109,6 +111,7 @@ impl PartitionLog {
         while self.flushing.get() {
             self.flush_idle.notified().await;
         }
+        self.snapshot_at_close().await;
         let finished = self.finish_active().await;
         let synced = self.sync_dirty().await.and(finished);
         let segments = std::mem::take(&mut *self.segments.borrow_mut());

@@ -18,13 +18,20 @@
 //! segments), readers see only bytes below the high watermark, and the bytes read are exactly
 //! the bytes appended (with their assigned base offsets).
 //!
-//! The jobs live in one file each: `state.rs` (the struct, opening, accessors), `commit.rs` (append and the group-commit flush task),
-//! `read.rs` (reads, the readable-bytes estimate, timestamp lookup), `maintain.rs`
-//! (retention, sync, close, reconfiguration) and `writer.rs` (the file writes of one
-//! group-commit chunk).
+//! Idempotent producers: the flush task checks their batches' sequence numbers and epochs
+//! in the pass that assigns offsets, and keeps the producer table in step with what is
+//! written; snapshots of the table bound what recovery replays (`storage::producers` holds
+//! the rules).
+//!
+//! The jobs live in one file each: `state.rs` (the struct, opening, accessors), `commit.rs`
+//! (append, the producer checks and the group-commit flush task), `read.rs` (reads, the
+//! readable-bytes estimate, timestamp lookup), `maintain.rs` (retention, sync, close,
+//! reconfiguration), `producers.rs` (producer-table snapshots and expiry) and `writer.rs`
+//! (the file writes of one group-commit chunk).
 
 mod commit;
 mod maintain;
+mod producers;
 mod read;
 mod state;
 mod writer;

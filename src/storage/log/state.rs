@@ -3,6 +3,7 @@
 //! files and import this one; it imports none of them.
 
 use std::cell::{Cell, RefCell, RefMut};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,6 +14,7 @@ use crate::local::{Notify, OneshotSender};
 use crate::protocol::batch::ValidBatch;
 use crate::storage::config::{FsyncPolicy, LogConfig};
 use crate::storage::error::StorageError;
+use crate::storage::producers::ProducerTable;
 use crate::storage::recovery;
 use crate::storage::segment::Segment;
 
@@ -52,6 +54,18 @@ pub struct PartitionLog {
     pub(super) preallocated: Notify,
     /// Preallocation failed once (say, the file system refuses `O_DIRECT`); not tried again.
     pub(super) preallocation_off: Cell<bool>,
+    /// The idempotent producers' state as of the high watermark: every batch written is
+    /// recorded, none queued or being written is (the flush task records a chunk's batches
+    /// once it is written; `commit.rs`).
+    pub(super) producers: RefCell<ProducerTable>,
+    /// Offsets of the producer snapshots on disk, oldest first (`producers.rs`).
+    pub(super) snapshots: RefCell<Vec<i64>>,
+    /// Log bytes written since the last producer snapshot.
+    pub(super) unsnapshotted: Cell<u64>,
+    /// The partition directory's device and inode at open: a deleted topic's directory is
+    /// renamed away, and a topic created again under its name gets a new one at the old
+    /// path, which a late snapshot must not land in (`producers.rs`).
+    pub(super) dir_id: (u64, u64),
 }
 
 impl std::fmt::Debug for PartitionLog {
@@ -98,6 +112,10 @@ impl PartitionLog {
     ) -> Result<PartitionLog, StorageError> {
         let recovered = recovery::recover_dir(&dir, &config)?;
         let now = now_ms();
+        let (producers, snapshots) = recovery::recover_producers(&dir, &recovered, now)?;
+        let dir_id = std::fs::metadata(&dir)
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|e| StorageError::io(&dir, e))?;
         let mut segments = Vec::with_capacity(recovered.len().max(1));
         if recovered.is_empty() {
             segments.push(Segment::create(&dir, initial_offset.max(0), now).await?);
@@ -137,6 +155,10 @@ impl PartitionLog {
             flushes: Cell::new(0),
             preallocated: Notify::new(),
             preallocation_off: Cell::new(false),
+            producers: RefCell::new(producers),
+            snapshots: RefCell::new(snapshots),
+            unsnapshotted: Cell::new(0),
+            dir_id,
         })
     }
 
