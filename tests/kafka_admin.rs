@@ -17,7 +17,7 @@ fn confluent_admin_client_describes_alters_and_is_refused_clearly() {
     let broker = Broker::start(&["--cores", "2"]);
     let kafka = broker.kafka.expect("the broker serves Kafka");
     let steps = common::run_client_script(
-        &broker,
+        &broker.data_dir,
         "admin.py",
         &[&kafka.to_string(), "admin-orders"],
         Duration::from_secs(20),

@@ -44,7 +44,7 @@ fn consume_while_producing(broker: &Broker, client: &str, topic: &str) {
     let total = ROUNDS * PER_BATCH;
     let mut done = None;
     common::run_client_script(
-        broker,
+        &broker.data_dir,
         "consume.py",
         &[
             client,

@@ -26,7 +26,7 @@ fn two_members_share_without_redelivery(assignor: &str) {
     let kafka = broker.kafka.expect("the broker serves Kafka").to_string();
     let (topic, group) = (format!("orders-{assignor}"), format!("billing-{assignor}"));
     let steps = common::run_client_script(
-        &broker,
+        &broker.data_dir,
         "groups.py",
         &[&kafka, &topic, &group, assignor],
         Duration::from_secs(90),
@@ -227,7 +227,7 @@ fn native_members_are_visible_to_kafka_and_keep_the_group() {
     let mut described = None;
     let mut refused = None;
     common::run_client_script(
-        &broker,
+        &broker.data_dir,
         "group_view.py",
         &[&kafka, "workers", "jobs"],
         Duration::from_secs(40),

@@ -428,10 +428,11 @@ pub(crate) fn confluent_kafka_available() -> bool {
 /// JSON line per step (`{"step": NAME, ...}`); `on_step` sees each and returns a line to
 /// write to the script's stdin, if the script waits for one. Returns the step names; fails
 /// the test, with the script's stderr and the broker's log, if the script fails or takes
-/// longer than `timeout`.
+/// longer than `timeout`. `data_dir` is the broker's (`Broker::data_dir`), whose log the
+/// failure message shows.
 #[allow(dead_code)]
 pub(crate) fn run_client_script(
-    broker: &Broker,
+    data_dir: &Path,
     script: &str,
     args: &[&str],
     timeout: Duration,
@@ -467,6 +468,7 @@ pub(crate) fn run_client_script(
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
+                eprintln!("{script}: {line}");
                 let step: serde_json::Value = serde_json::from_str(&line)
                     .unwrap_or_else(|e| panic!("{script}: not a JSON line ({e}): {line}"));
                 steps.push(step["step"].as_str().unwrap_or_default().to_string());
@@ -493,7 +495,7 @@ pub(crate) fn run_client_script(
         !stuck && out.status.success(),
         "{script} failed (stuck: {stuck}, {:?}) after steps {steps:?}:\n{stderr}\nbroker log:\n{}",
         out.status,
-        broker.log()
+        std::fs::read_to_string(log_path(data_dir)).unwrap_or_default()
     );
     steps
 }
