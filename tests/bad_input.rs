@@ -345,3 +345,33 @@ fn producers_share_a_request_budget_that_fits_one_request_and_lose_nothing() {
         }
     }
 }
+
+#[test]
+fn a_second_broker_on_a_port_in_use_is_refused_at_start() {
+    // SO_REUSEPORT would let a second process share the first one's ports (and its
+    // connections): the start must fail instead, for the native and the Kafka listener.
+    let first = Broker::start(&["--cores", "2"]);
+    let kafka = first.kafka.unwrap().to_string();
+    for args in [
+        vec!["--listen".to_string(), first.addr.to_string()],
+        vec![
+            "--listen".to_string(),
+            "127.0.0.1:0".to_string(),
+            "--kafka-listen".to_string(),
+            kafka.clone(),
+        ],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_eventflowd"))
+            .args(&args)
+            .arg("--data-dir")
+            .arg(tempfile::tempdir().unwrap().path())
+            .arg("--no-direct-ports")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("in use"), "{args:?}: {stderr}");
+    }
+    // The first broker is untouched.
+    assert!(first.client().list_topics().is_ok());
+}

@@ -166,17 +166,13 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
 
     let shards = config.shard_count();
     // Sockets: the shared port (one SO_REUSEPORT socket per shard) and the direct ports.
-    let first_shared = bind(config.listen, true)?;
-    let addr = first_shared
+    let shared = bind_group(config.listen, shards)?;
+    let addr = shared[0]
         .local_addr()
         .map_err(|source| StartError::Listen {
             addr: config.listen,
             source,
         })?;
-    let mut shared = vec![first_shared];
-    for _ in 1..shards {
-        shared.push(bind(addr, true)?);
-    }
     let mut direct = Vec::new();
     if let Some(base) = config.direct_port_base {
         for i in 0..shards {
@@ -193,15 +189,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     // The Kafka listener: one SO_REUSEPORT socket per shard, like the shared port.
     let mut kafka = Vec::new();
     if let Some(listen) = config.kafka_listen {
-        let first = bind(listen, true)?;
-        let bound = first.local_addr().map_err(|source| StartError::Listen {
-            addr: listen,
-            source,
-        })?;
-        kafka.push(first);
-        for _ in 1..shards {
-            kafka.push(bind(bound, true)?);
-        }
+        kafka = bind_group(listen, shards)?;
     }
     let kafka_addr = kafka
         .first()
@@ -299,6 +287,33 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         remote,
         threads,
     })
+}
+
+/// One SO_REUSEPORT listener per shard on `addr`. The kernel would let another process of
+/// the same user join the group too (and take a share of the connections), so a fixed port
+/// is first bound without SO_REUSEPORT: that fails if anything listens there already.
+fn bind_group(addr: SocketAddr, shards: u16) -> Result<Vec<StdListener>, StartError> {
+    if addr.port() != 0 {
+        let probe = Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .and_then(|probe| {
+            probe.set_reuse_address(true)?;
+            probe.bind(&addr.into())
+        });
+        probe.map_err(|source| StartError::Listen { addr, source })?;
+    }
+    let first = bind(addr, true)?;
+    let bound = first
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let mut group = vec![first];
+    for _ in 1..shards {
+        group.push(bind(bound, true)?);
+    }
+    Ok(group)
 }
 
 fn bind(addr: SocketAddr, reuse_port: bool) -> Result<StdListener, StartError> {
