@@ -17,11 +17,14 @@ fn idempotent_producer_and_group_consumer_survive_a_kill_9() {
     if !common::confluent_kafka_available() {
         return;
     }
-    // A fixed Kafka address, so the clients find the restarted broker where they left it.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    // A fixed Kafka address, so the clients find the restarted broker where they left it;
+    // below the kernel's ephemeral range, so no other process's bind to port 0 takes it
+    // while the broker is down.
+    let seed = std::process::id() as u16;
+    let port = (0..2000u16)
+        .map(|i| 20_000 + (seed.wrapping_add(i * 7)) % 12_000)
+        .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port below the ephemeral range");
     let kafka = format!("127.0.0.1:{port}");
     let mut broker = Broker::start(&[
         "--cores",

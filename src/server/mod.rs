@@ -25,7 +25,7 @@ pub use native::{MAX_FETCH_BYTES, MAX_FETCH_WAIT};
 
 use std::cell::Cell;
 use std::io;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener as StdListener};
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -165,15 +165,18 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     remove_deleted_topics(&config.data_dir);
 
     let shards = config.shard_count();
-    // Sockets: the shared port (one SO_REUSEPORT socket per shard) and the direct ports.
-    let shared = bind_group(config.listen, shards)?;
-    let addr = shared[0]
-        .local_addr()
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let mut direct = Vec::new();
+    // Sockets: the shared port and the Kafka port (one SO_REUSEPORT socket per shard each)
+    // and the direct ports. Fixed ports are bound first: after a crash the old run's
+    // connections linger on its ports, and an ephemeral bind could be handed one of them.
+    enum Slot {
+        Shared,
+        Kafka,
+        Direct(u16),
+    }
+    let mut plan = vec![(Slot::Shared, config.listen)];
+    if let Some(listen) = config.kafka_listen {
+        plan.push((Slot::Kafka, listen));
+    }
     if let Some(base) = config.direct_port_base {
         for i in 0..shards {
             let port = if base == 0 {
@@ -183,14 +186,33 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
                     StartError::Config(format!("direct port {base} + {i} is out of range"))
                 })?
             };
-            direct.push(bind(SocketAddr::new(addr.ip(), port), false)?);
+            plan.push((Slot::Direct(i), SocketAddr::new(config.listen.ip(), port)));
         }
     }
-    // The Kafka listener: one SO_REUSEPORT socket per shard, like the shared port.
-    let mut kafka = Vec::new();
-    if let Some(listen) = config.kafka_listen {
-        kafka = bind_group(listen, shards)?;
+    plan.sort_by_key(|(_, at)| at.port() == 0);
+    let (mut shared, mut kafka) = (Vec::new(), Vec::new());
+    let mut direct: Vec<Option<StdListener>> = Vec::new();
+    direct.resize_with(
+        usize::from(shards) * usize::from(config.direct_port_base.is_some()),
+        || None,
+    );
+    for (slot, at) in plan {
+        match slot {
+            Slot::Shared => shared = bind_group(at, shards)?,
+            Slot::Kafka => kafka = bind_group(at, shards)?,
+            Slot::Direct(i) => {
+                refuse_if_served(at)?;
+                direct[usize::from(i)] = Some(bind(at)?);
+            }
+        }
     }
+    let direct: Vec<StdListener> = direct.into_iter().flatten().collect();
+    let addr = shared[0]
+        .local_addr()
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
     let kafka_addr = kafka
         .first()
         .map(|l| l.local_addr().expect("bound socket has an address"));
@@ -289,34 +311,65 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     })
 }
 
-/// One SO_REUSEPORT listener per shard on `addr`. The kernel would let another process of
-/// the same user join the group too (and take a share of the connections), so a fixed port
-/// is first bound without SO_REUSEPORT: that fails if anything listens there already.
+/// One SO_REUSEPORT listener per shard on `addr` (see [`bind`]).
 fn bind_group(addr: SocketAddr, shards: u16) -> Result<Vec<StdListener>, StartError> {
-    if addr.port() != 0 {
-        let probe = Socket::new(
-            Domain::for_address(addr),
-            Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )
-        .and_then(|probe| {
-            probe.set_reuse_address(true)?;
-            probe.bind(&addr.into())
-        });
-        probe.map_err(|source| StartError::Listen { addr, source })?;
-    }
-    let first = bind(addr, true)?;
+    refuse_if_served(addr)?;
+    let first = bind(addr)?;
     let bound = first
         .local_addr()
         .map_err(|source| StartError::Listen { addr, source })?;
     let mut group = vec![first];
     for _ in 1..shards {
-        group.push(bind(bound, true)?);
+        group.push(bind(bound)?);
     }
     Ok(group)
 }
 
-fn bind(addr: SocketAddr, reuse_port: bool) -> Result<StdListener, StartError> {
+/// Fails if something keeps accepting connections on `addr`: the kernel would let another
+/// process of the same user join our SO_REUSEPORT group (and take a share of the
+/// connections) instead of refusing the bind. A plain bind cannot tell: after a crash the
+/// old run's connections linger on the port and make it fail. A crashed run's own listener
+/// can also accept for a few milliseconds after the process is gone (its io_uring is torn
+/// down asynchronously), so a listener that disappears within two seconds is not counted.
+fn refuse_if_served(addr: SocketAddr) -> Result<(), StartError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let target = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match std::net::TcpStream::connect_timeout(&target, Duration::from_millis(500)) {
+            // A connection to a port nobody listens on can connect to itself (TCP's
+            // simultaneous open, when the kernel picks that same port as the source).
+            Ok(probe) if probe.local_addr().ok() == Some(target) => return Ok(()),
+            Ok(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(_) => {
+                return Err(StartError::Listen {
+                    addr,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        "address already in use: another process accepts connections there",
+                    ),
+                })
+            }
+            Err(_) => return Ok(()),
+        }
+    }
+}
+
+/// A listening socket on `addr` with SO_REUSEPORT, which lets the shards share a port and
+/// lets a restart bind again while a crashed run's connections still linger on it.
+fn bind(addr: SocketAddr) -> Result<StdListener, StartError> {
     let err = |source| StartError::Listen { addr, source };
     let socket = Socket::new(
         Domain::for_address(addr),
@@ -325,9 +378,7 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> Result<StdListener, StartError> {
     )
     .map_err(err)?;
     socket.set_reuse_address(true).map_err(err)?;
-    if reuse_port {
-        socket.set_reuse_port(true).map_err(err)?;
-    }
+    socket.set_reuse_port(true).map_err(err)?;
     socket.set_tcp_nodelay(true).map_err(err)?;
     socket.bind(&addr.into()).map_err(err)?;
     socket.listen(1024).map_err(err)?;
