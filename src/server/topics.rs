@@ -92,10 +92,11 @@ pub(crate) async fn alter(
     ctx: &Rc<ShardContext>,
     name: &str,
     configs: &[ConfigEntry],
+    remove: &[String],
 ) -> Result<(), WireError> {
     let topic = ctx
         .catalog
-        .alter(name, configs, &ctx.log_defaults)
+        .alter(name, configs, remove, &ctx.log_defaults)
         .map_err(catalog_error)?;
     for reply in ctx
         .call_all(|| Reconfigure {

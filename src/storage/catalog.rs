@@ -191,20 +191,32 @@ impl CatalogStore {
         })
     }
 
-    /// Sets config overrides on a topic and makes that durable.
+    /// Sets config overrides on a topic, removes the overrides named in `remove` (the topic
+    /// then follows the broker's default again), and makes that durable.
     pub fn alter(
         &self,
         name: &str,
         configs: &[(String, String)],
+        remove: &[String],
         defaults: &LogConfig,
     ) -> Result<Arc<TopicMeta>, CatalogError> {
         let overrides = validate_configs(configs, defaults)?;
+        if let Some(key) = remove.iter().find(|k| !CONFIG_KEYS.contains(&k.as_str())) {
+            return Err(CatalogError::InvalidConfig {
+                key: key.clone(),
+                value: String::new(),
+                reason: format!("unknown config (known: {})", CONFIG_KEYS.join(", ")),
+            });
+        }
         self.change(|catalog| {
             let old = catalog
                 .topics
                 .get(name)
                 .ok_or_else(|| CatalogError::UnknownTopic(name.to_string()))?;
             let mut meta = (**old).clone();
+            for key in remove {
+                meta.configs.remove(key);
+            }
             meta.configs.extend(overrides);
             let meta = Arc::new(meta);
             catalog.topics.insert(name.to_string(), meta.clone());
@@ -404,6 +416,7 @@ mod tests {
             .alter(
                 "orders",
                 &[("segment.bytes".into(), "4096".into())],
+                &[],
                 &defaults,
             )
             .unwrap();

@@ -108,6 +108,11 @@ def main():
         configs["retention.ms"].value == values["retention.ms"],
         f"after delete: {configs['retention.ms']}",
     )
+    # The override is gone: the topic follows the broker's default again.
+    expect(
+        configs["retention.ms"].source == ConfigSource.DEFAULT_CONFIG.value,
+        f"retention.ms source after delete: {configs['retention.ms'].source}",
+    )
     say(step="reset", retention_ms=configs["retention.ms"].value)
 
     message = refused(

@@ -158,7 +158,6 @@ pub(super) async fn incremental_alter_configs(
     ctx: &Rc<ShardContext>,
     r: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
-    let defaults = describe_config(&ctx.log_defaults);
     let mut responses = Vec::with_capacity(r.resources.len());
     for resource in r.resources {
         let name = resource.resource_name.to_string();
@@ -167,8 +166,8 @@ pub(super) async fn incremental_alter_configs(
                 INVALID_REQUEST,
                 "validate-only config changes are not supported".to_string(),
             )),
-            TOPIC => match topic_changes(&resource.configs, &defaults) {
-                Ok(changes) => topics::alter(ctx, &name, &changes)
+            TOPIC => match topic_changes(&resource.configs) {
+                Ok((set, remove)) => topics::alter(ctx, &name, &set, &remove)
                     .await
                     .map_err(wire_error),
                 Err(e) => Err(e),
@@ -195,13 +194,13 @@ pub(super) async fn incremental_alter_configs(
     IncrementalAlterConfigsResponse::default().with_responses(responses)
 }
 
-/// The `key=value` overrides one resource's operations ask for. DELETE sets the broker's
-/// default as the topic's value (the catalog keeps overrides, it does not remove them).
+/// The `key=value` overrides one resource's operations set (SET), and the overrides they
+/// remove (DELETE: the topic follows the broker's default again).
 fn topic_changes(
     configs: &[kafka_protocol::messages::incremental_alter_configs_request::AlterableConfig],
-    defaults: &[(String, String)],
-) -> Result<Vec<(String, String)>, TopicError> {
+) -> Result<(Vec<(String, String)>, Vec<String>), TopicError> {
     let mut changes = Vec::with_capacity(configs.len());
+    let mut removed = Vec::new();
     for c in configs {
         let key = c.name.as_str();
         let value = c.value.as_ref().map(StrBytes::as_str);
@@ -217,15 +216,8 @@ fn topic_changes(
                 };
                 changes.push((key.to_string(), value.to_string()));
             }
-            (OP_DELETE, _) => {
-                // An unknown key keeps an empty value: the catalog refuses it by name.
-                let default = defaults
-                    .iter()
-                    .find(|(k, _)| k == key)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default();
-                changes.push((key.to_string(), default));
-            }
+            // An unknown key is refused by the catalog, by name.
+            (OP_DELETE, _) => removed.push(key.to_string()),
             (op, _) => {
                 return Err((
                     INVALID_REQUEST,
@@ -236,5 +228,5 @@ fn topic_changes(
             }
         }
     }
-    Ok(changes)
+    Ok((changes, removed))
 }

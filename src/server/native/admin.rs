@@ -96,7 +96,7 @@ pub(super) async fn alter_topic(
     ctx: &Rc<ShardContext>,
     r: AlterTopicConfigRequest,
 ) -> Result<Response, WireError> {
-    topics::alter(ctx, &r.name, &r.configs).await?;
+    topics::alter(ctx, &r.name, &r.configs, &[]).await?;
     Ok(Response::AlterTopicConfig)
 }
 
