@@ -15,6 +15,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::admin::{wire_error, TopicError, NODE_ID};
+use crate::protocol::api::ConfigEntry;
 use crate::protocol::kafka::error::{INVALID_CONFIG, INVALID_REQUEST};
 use crate::server::context::ShardContext;
 use crate::server::topics;
@@ -198,7 +199,7 @@ pub(super) async fn incremental_alter_configs(
 /// remove (DELETE: the topic follows the broker's default again).
 fn topic_changes(
     configs: &[kafka_protocol::messages::incremental_alter_configs_request::AlterableConfig],
-) -> Result<(Vec<(String, String)>, Vec<String>), TopicError> {
+) -> Result<(Vec<ConfigEntry>, Vec<String>), TopicError> {
     let mut changes = Vec::with_capacity(configs.len());
     let mut removed = Vec::new();
     for c in configs {
