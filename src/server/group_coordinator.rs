@@ -307,8 +307,9 @@ impl GroupCoordinator {
             .map_err(group_error)?;
         // A member commits only partitions it holds in this generation: a partition that
         // moved away is the new owner's to commit.
-        let held: Option<std::collections::HashSet<(String, u32)>> = member.map(|(id, _)| {
-            self.groups
+        let held = member.map(|(id, _)| Held {
+            partitions: self
+                .groups
                 .borrow()
                 .describe(&r.group)
                 .and_then(|d| d.members.into_iter().find(|m| m.member_id == id))
@@ -321,32 +322,27 @@ impl GroupCoordinator {
                         })
                         .collect()
                 })
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            member_id: &r.member_id,
+            generation: r.generation,
         });
         let topics = self
-            .store_offsets(
-                &r.group,
-                &log,
-                held.as_ref(),
-                &r.topics,
-                &r.member_id,
-                r.generation,
-            )
+            .store_offsets(&r.group, &log, held.as_ref(), &r.topics, Negative::Refuse)
             .await?;
         Ok(Response::CommitOffsets(ResultsResponse { topics }))
     }
 
     /// Stores committed offsets after the commit's fence was checked: each partition must
-    /// exist and, when `held` is given, be held by the committing member. Returns each
-    /// partition's outcome, in request order.
+    /// exist and, when `held` is given, be held by the committing member; a negative offset
+    /// is refused or stored as `negative` says. Returns each partition's outcome, in request
+    /// order.
     async fn store_offsets(
         &self,
         group: &str,
         log: &InternalLog,
-        held: Option<&HashSet<(String, u32)>>,
+        held: Option<&Held<'_>>,
         topics: &[TopicOffsets],
-        member_id: &str,
-        generation: i32,
+        negative: Negative,
     ) -> Result<Vec<TopicResults>, WireError> {
         let catalog = self.catalog.snapshot();
         let mut records = Vec::new();
@@ -355,23 +351,26 @@ impl GroupCoordinator {
             let known = catalog.topics.get(&t.topic).map(|m| m.partitions);
             let mut partitions = Vec::new();
             for p in &t.partitions {
-                let not_held = held.is_some_and(|h| !h.contains(&(t.topic.clone(), p.partition)));
-                let (error, message) = match known {
-                    Some(_) if not_held => (
+                let not_held =
+                    held.filter(|h| !h.partitions.contains(&(t.topic.clone(), p.partition)));
+                let (error, message) = match (known, not_held) {
+                    (Some(_), Some(h)) => (
                         ErrorCode::StaleGeneration,
                         format!(
                             "{}/{} is not assigned to member {} in generation {}",
-                            t.topic, p.partition, member_id, generation
+                            t.topic, p.partition, h.member_id, h.generation
                         ),
                     ),
-                    Some(n) if p.partition < n && p.offset >= 0 => {
+                    (Some(n), None)
+                        if p.partition < n && (p.offset >= 0 || negative == Negative::Store) =>
+                    {
                         records.push((
                             offset_key(group, &t.topic, p.partition),
                             Some(p.offset.to_be_bytes().to_vec()),
                         ));
                         (ErrorCode::None, String::new())
                     }
-                    Some(_) if p.offset < 0 => (
+                    (Some(n), None) if p.partition < n => (
                         ErrorCode::InvalidRequest,
                         format!("offset {} is negative", p.offset),
                     ),
@@ -745,7 +744,7 @@ impl GroupCoordinator {
             .borrow()
             .check_commit(group, member_id, generation)?;
         Ok(self
-            .store_offsets(group, &log, None, &topics, member_id, generation)
+            .store_offsets(group, &log, None, &topics, Negative::Store)
             .await?)
     }
 
@@ -994,6 +993,27 @@ impl GroupCoordinator {
         }
         Ok(listed.into_values().collect())
     }
+}
+
+/// The partitions a native member holds in the generation it commits in: it may commit only
+/// those.
+struct Held<'a> {
+    partitions: HashSet<(String, u32)>,
+    member_id: &'a str,
+    generation: i32,
+}
+
+/// What a commit of a negative offset does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Negative {
+    /// Refused with InvalidRequest: the native protocol commits positions, never negative.
+    Refuse,
+    /// Stored as it came, as Kafka's OffsetCommit does (it checks only the metadata's
+    /// size). Clients read a negative offset back as "nothing committed" and start from
+    /// their reset policy; kafkajs commits -2 or -1 when a consumer seeks to the earliest
+    /// or latest offset (its admin `resetOffsets` does that), and refusing it crashes the
+    /// consumer.
+    Store,
 }
 
 fn group_error_not_empty() -> KafkaGroupError {
