@@ -127,6 +127,7 @@ fn kafkajs_produces_and_consumes_in_a_group_without_redelivery() {
             "consumed",
             "described",
             "offsets",
+            "reset",
             "deleted"
         ]
     );

@@ -18,7 +18,8 @@
 //    quarters; A disconnects (leaves the group); B takes every partition and reads the rest;
 // 4. checks that every record was delivered exactly once, with its key and headers;
 // 5. looks at the group with the admin client: listed, described (Empty), committed offsets
-//    equal to the end offsets; deletes the group and the topic.
+//    equal to the end offsets; resets them to the earliest offset and sets one; deletes the
+//    group and the topic.
 //
 // Prints one JSON line per step on stdout (kafkajs's own log goes to stderr); any unexpected
 // answer throws, so the exit status is non-zero.
@@ -239,6 +240,20 @@ async function main() {
   const offsets = await committed()
   expect(sameAsEnds(offsets), `committed ${[...offsets]} == end offsets ${[...ends]}`)
   say({ step: 'offsets', committed: Object.fromEntries(offsets) })
+
+  // The admin client moves an idle group's offsets by joining it with a consumer that seeks
+  // and commits: to the earliest offset it commits -2, which the broker stores as sent (a
+  // negative offset reads as nothing committed), then to an explicit one.
+  await admin.resetOffsets({ groupId: group, topic, earliest: true })
+  const reset = await committed()
+  expect(
+    reset.size === PARTITIONS && [...reset.values()].every(o => o === -2),
+    `after resetOffsets: ${[...reset]}`
+  )
+  await admin.setOffsets({ groupId: group, topic, partitions: [{ partition: 1, offset: '5' }] })
+  const set = await committed()
+  expect(set.get(1) === 5 && set.get(0) === -2, `after setOffsets: ${[...set]}`)
+  say({ step: 'reset', committed: Object.fromEntries(set) })
 
   const [deleted] = await admin.deleteGroups([group])
   expect(deleted.groupId === group && deleted.errorCode === 0, `deleteGroups: ${JSON.stringify(deleted)}`)
