@@ -14,6 +14,10 @@ use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableT
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     create_partitions_request, describe_configs_request, incremental_alter_configs_request,
@@ -23,9 +27,10 @@ use kafka_protocol::messages::{
     CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
     DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest,
     DescribeConfigsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
-    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    FindCoordinatorResponse, GroupId, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+    OffsetFetchResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -866,6 +871,71 @@ fn an_oversize_frame_closes_only_its_connection() {
         broker.log()
     );
     let _: ApiVersionsResponse = other.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+}
+
+/// Kafka's OffsetCommit stores any offset, negative ones included, and OffsetFetch returns it
+/// as stored (clients read a negative one as "nothing committed"). kafkajs depends on it: a
+/// consumer that seeks to the earliest or latest offset commits -2 or -1.
+#[test]
+fn negative_committed_offsets_are_stored_as_sent() {
+    let broker = Broker::start(&["--cores", "2"]);
+    broker.client().create_topic("resets", 2, &[]).unwrap();
+    let mut c = kafka(&broker);
+    for (version, earliest_or_latest) in [(2, -2), (5, -1), (8, -2)] {
+        let group = format!("resets-v{version}");
+        // A commit from outside any generation (generation -1, no member id), as admin tools
+        // make them; kafkajs's resetOffsets commits as a member, which the same store serves.
+        let request = OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from(group.clone())))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from("resets")))
+                .with_partitions(vec![
+                    OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(earliest_or_latest),
+                    OffsetCommitRequestPartition::default()
+                        .with_partition_index(1)
+                        .with_committed_offset(7),
+                ])]);
+        let r: OffsetCommitResponse = c.call(ApiKey::OffsetCommit, version, &request);
+        let codes: Vec<(i32, i16)> = r.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.partition_index, p.error_code))
+            .collect();
+        assert_eq!(codes, [(0, 0), (1, 0)], "v{version}");
+
+        let request = OffsetFetchRequest::default()
+            .with_group_id(GroupId(StrBytes::from(group.clone())))
+            .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                .with_name(TopicName(StrBytes::from("resets")))
+                .with_partition_indexes(vec![0, 1])]));
+        let r: OffsetFetchResponse = c.call(ApiKey::OffsetFetch, 4, &request);
+        let committed: Vec<(i32, i64, i16)> = r.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.partition_index, p.committed_offset, p.error_code))
+            .collect();
+        assert_eq!(
+            committed,
+            [(0, earliest_or_latest, 0), (1, 7, 0)],
+            "v{version}"
+        );
+        // The native protocol sees the same committed offsets.
+        let native = broker
+            .client()
+            .fetch_offsets(&group, &[("resets", 0), ("resets", 1)])
+            .unwrap();
+        assert_eq!(
+            native,
+            [
+                ("resets".to_string(), 0, earliest_or_latest),
+                ("resets".to_string(), 1, 7)
+            ],
+            "v{version}"
+        );
+    }
 }
 
 #[test]

@@ -226,7 +226,7 @@ pub struct ClassicDescription {
     pub state: ClassicState,
     /// Its generation.
     pub generation: i32,
-    /// Its protocol type (empty while Empty).
+    /// Its protocol type (empty until a first join completes; kept when the group empties).
     pub protocol_type: String,
     /// Its chosen protocol (empty unless a join completed).
     pub protocol_name: String,
@@ -620,8 +620,10 @@ impl ClassicGroups {
         group.not_before = None;
         group.generation += 1;
         if group.members.is_empty() {
+            // The protocol type stays, as in Kafka: an empty consumer group is still a
+            // consumer group (ListGroups and DescribeGroups say so, as they do once the
+            // group is forgotten and only its committed offsets are left).
             group.state = ClassicState::Empty;
-            group.protocol_type.clear();
             group.protocol_name.clear();
             group.leader = None;
             group.deadline = None;
@@ -931,8 +933,7 @@ impl ClassicGroups {
                     .members
                     .values()
                     .next()
-                    .map(|m| m.protocol_type.clone())
-                    .unwrap_or_default();
+                    .map_or_else(|| g.protocol_type.clone(), |m| m.protocol_type.clone());
                 (name.clone(), g.state, kind, g.members.len())
             })
             .collect()
@@ -1198,7 +1199,22 @@ mod tests {
         let d = g.take_deliveries();
         assert_eq!(joined(&d, &b).generation, 2);
         assert_eq!(g.leave("g", &b, t + 11 * SECOND), Ok(()));
-        assert_eq!(g.describe("g").unwrap().state, ClassicState::Empty);
+        let empty = g.describe("g").unwrap();
+        assert_eq!(empty.state, ClassicState::Empty);
+        assert_eq!(
+            (empty.protocol_type.as_str(), empty.protocol_name.as_str()),
+            ("consumer", ""),
+            "an empty group keeps its protocol type, not its protocol"
+        );
+        assert_eq!(
+            g.list(),
+            vec![(
+                "g".to_string(),
+                ClassicState::Empty,
+                "consumer".to_string(),
+                0
+            )]
+        );
         assert!(!g.is_active("g"));
         assert_eq!(
             g.check_commit("g", "", -1),

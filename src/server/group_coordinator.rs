@@ -323,14 +323,22 @@ impl GroupCoordinator {
                 .collect()
         };
         let topics = self
-            .store_offsets(&r.group, &log, &not_held, &r.topics, &r.member_id)
+            .store_offsets(
+                &r.group,
+                &log,
+                &not_held,
+                &r.topics,
+                &r.member_id,
+                Negative::Refuse,
+            )
             .await?;
         Ok(Response::CommitOffsets(ResultsResponse { topics }))
     }
 
     /// Stores committed offsets after the commit's fence was checked: each partition must
-    /// exist and not be in `not_held` (partitions the committing member does not hold).
-    /// Returns each partition's outcome, in request order.
+    /// exist and not be in `not_held` (partitions the committing member does not hold); a
+    /// negative offset is refused or stored as `negative` says. Returns each partition's
+    /// outcome, in request order.
     async fn store_offsets(
         &self,
         group: &str,
@@ -338,6 +346,7 @@ impl GroupCoordinator {
         not_held: &HashSet<(String, u32)>,
         topics: &[TopicOffsets],
         member_id: &str,
+        negative: Negative,
     ) -> Result<Vec<TopicResults>, WireError> {
         let catalog = self.catalog.snapshot();
         let mut records = Vec::new();
@@ -355,14 +364,16 @@ impl GroupCoordinator {
                             t.topic, p.partition, member_id
                         ),
                     ),
-                    Some(n) if p.partition < n && p.offset >= 0 => {
+                    Some(n)
+                        if p.partition < n && (p.offset >= 0 || negative == Negative::Store) =>
+                    {
                         records.push((
                             offset_key(group, &t.topic, p.partition),
                             Some(p.offset.to_be_bytes().to_vec()),
                         ));
                         (ErrorCode::None, String::new())
                     }
-                    Some(_) if p.offset < 0 => (
+                    Some(n) if p.partition < n => (
                         ErrorCode::InvalidRequest,
                         format!("offset {} is negative", p.offset),
                     ),
@@ -736,7 +747,14 @@ impl GroupCoordinator {
             .borrow()
             .check_commit(group, member_id, generation)?;
         Ok(self
-            .store_offsets(group, &log, &HashSet::new(), &topics, member_id)
+            .store_offsets(
+                group,
+                &log,
+                &HashSet::new(),
+                &topics,
+                member_id,
+                Negative::Store,
+            )
             .await?)
     }
 
@@ -985,6 +1003,19 @@ impl GroupCoordinator {
         }
         Ok(listed.into_values().collect())
     }
+}
+
+/// What a commit of a negative offset does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Negative {
+    /// Refused with InvalidRequest: the native protocol commits positions, never negative.
+    Refuse,
+    /// Stored as it came, as Kafka's OffsetCommit does (it checks only the metadata's
+    /// size). Clients read a negative offset back as "nothing committed" and start from
+    /// their reset policy; kafkajs commits -2 or -1 when a consumer seeks to the earliest
+    /// or latest offset (its admin `resetOffsets` does that), and refusing it crashes the
+    /// consumer.
+    Store,
 }
 
 fn group_error_not_empty() -> KafkaGroupError {

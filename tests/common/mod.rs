@@ -424,6 +424,12 @@ pub(crate) fn confluent_kafka_available() -> bool {
     python_module_available("confluent_kafka", "confluent-kafka")
 }
 
+/// The folder of the client scripts, `tests/kafka_clients`.
+#[allow(dead_code)]
+pub(crate) fn client_scripts_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka_clients")
+}
+
 /// Runs `tests/kafka_clients/<script>` with `args` under python3. The script prints one
 /// JSON line per step (`{"step": NAME, ...}`); `on_step` sees each and returns a line to
 /// write to the script's stdin, if the script waits for one. Returns the step names; fails
@@ -436,20 +442,33 @@ pub(crate) fn run_client_script(
     script: &str,
     args: &[&str],
     timeout: Duration,
+    on_step: impl FnMut(&serde_json::Value) -> Option<String>,
+) -> Vec<String> {
+    let path = client_scripts_dir().join(script);
+    run_client_program(data_dir, "python3", &path, args, timeout, on_step)
+}
+
+/// [`run_client_script`] for a script that `program` runs (`node` for the kafkajs ones):
+/// `program SCRIPT ARGS...`, with the same step protocol.
+#[allow(dead_code)]
+pub(crate) fn run_client_program(
+    data_dir: &Path,
+    program: &str,
+    path: &Path,
+    args: &[&str],
+    timeout: Duration,
     mut on_step: impl FnMut(&serde_json::Value) -> Option<String>,
 ) -> Vec<String> {
     use std::io::Write;
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/kafka_clients")
-        .join(script);
-    let mut child = Command::new("python3")
-        .arg(&path)
+    let script = path.display();
+    let mut child = Command::new(program)
+        .arg(path)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn python3");
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
     let mut stdin = child.stdin.take().expect("piped stdin");
     let stdout = child.stdout.take().expect("piped stdout");
     // Lines arrive through a channel so that a stuck script cannot hang the test.
@@ -489,7 +508,9 @@ pub(crate) fn run_client_script(
         }
     }
     drop(stdin);
-    let out = child.wait_with_output().expect("wait for python3");
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("wait for {program}: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stuck && out.status.success(),
