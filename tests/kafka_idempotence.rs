@@ -8,90 +8,35 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use common::{simulate_power_loss, Broker};
 use eventflow::protocol::batch::{BatchBuilder, BatchHeader};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, InitProducerIdRequest, InitProducerIdResponse,
-    ProduceRequest, ProduceResponse, ProducerId, RequestHeader, ResponseHeader, TopicName,
-    TransactionalId,
+    ProduceRequest, ProduceResponse, ProducerId, TopicName, TransactionalId,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 
-struct Conn {
-    stream: TcpStream,
-    next_id: i32,
-}
+use common::kafka_wire::KafkaConn as Conn;
 
-impl Conn {
-    fn open(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        Conn { stream, next_id: 1 }
-    }
-
-    /// Sends a request; returns its correlation id.
-    fn send(&mut self, key: ApiKey, version: i16, body: &impl Encodable) -> i32 {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut out = BytesMut::new();
-        RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(id)
-            .with_client_id(Some(StrBytes::from("idempotence-test")))
-            .encode(&mut out, key.request_header_version(version))
-            .unwrap();
-        body.encode(&mut out, version).unwrap();
-        let mut frame = (out.len() as i32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&out);
-        self.stream.write_all(&frame).unwrap();
-        id
-    }
-
-    /// Reads the response to request `id`.
-    fn receive<R: Decodable>(&mut self, key: ApiKey, version: i16, id: i32) -> R {
-        let mut len = [0u8; 4];
-        self.stream.read_exact(&mut len).expect("a response");
-        let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
-        self.stream.read_exact(&mut buf).unwrap();
-        let mut frame = Bytes::from(buf);
-        let header =
-            ResponseHeader::decode(&mut frame, key.response_header_version(version)).unwrap();
-        assert_eq!(header.correlation_id, id);
-        let response = R::decode(&mut frame, version).unwrap();
-        assert!(!frame.has_remaining(), "{} bytes left", frame.remaining());
-        response
-    }
-
-    fn call<R: Decodable>(&mut self, key: ApiKey, version: i16, body: &impl Encodable) -> R {
-        let id = self.send(key, version, body);
-        self.receive(key, version, id)
-    }
-
-    /// InitProducerId without a transactional id, carrying `current` (id, epoch) if any.
-    fn init_producer_id(&mut self, version: i16, current: Option<(i64, i16)>) -> (i16, i64, i16) {
-        let (id, epoch) = current.unwrap_or((-1, -1));
-        let r: InitProducerIdResponse = self.call(
-            ApiKey::InitProducerId,
-            version,
-            &InitProducerIdRequest::default()
-                .with_transactional_id(None)
-                .with_transaction_timeout_ms(-1)
-                .with_producer_id(ProducerId(id))
-                .with_producer_epoch(epoch),
-        );
-        (r.error_code, r.producer_id.0, r.producer_epoch)
-    }
+/// InitProducerId without a transactional id, carrying `current` (id, epoch) if any.
+fn init_producer_id(c: &mut Conn, version: i16, current: Option<(i64, i16)>) -> (i16, i64, i16) {
+    let (id, epoch) = current.unwrap_or((-1, -1));
+    let r: InitProducerIdResponse = c.call(
+        ApiKey::InitProducerId,
+        version,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(-1)
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(epoch),
+    );
+    (r.error_code, r.producer_id.0, r.producer_epoch)
 }
 
 /// A batch of `records` records of producer `pid` at `epoch`, first sequence `seq`; the
@@ -185,24 +130,24 @@ fn init_producer_id_gives_distinct_ids_bumps_epochs_and_refuses_transactions() {
     for round in 0..4 {
         let mut c = Conn::open(kafka);
         for version in 0..=5 {
-            let (error, id, epoch) = c.init_producer_id(version, None);
+            let (error, id, epoch) = init_producer_id(&mut c, version, None);
             assert_eq!((error, epoch), (0, 0), "v{version} round {round}");
             assert!(id >= 0);
             assert!(ids.insert(id), "id {id} issued twice");
         }
     }
     // The producer's current id and epoch (v3+): the same id at the next epoch.
-    let (_, id, _) = c.init_producer_id(5, None);
+    let (_, id, _) = init_producer_id(&mut c, 5, None);
     for version in 3..=5 {
-        let (error, again, epoch) = c.init_producer_id(version, Some((id, version - 3)));
+        let (error, again, epoch) = init_producer_id(&mut c, version, Some((id, version - 3)));
         assert_eq!((error, again, epoch), (0, id, version - 2), "v{version}");
     }
     // An exhausted epoch, or an id never issued: a new id.
-    let (error, other, epoch) = c.init_producer_id(4, Some((id, i16::MAX - 1)));
+    let (error, other, epoch) = init_producer_id(&mut c, 4, Some((id, i16::MAX - 1)));
     assert_eq!((error, epoch), (0, 0));
     assert!(other != id && !ids.contains(&other));
     // An id without an epoch: INVALID_REQUEST.
-    assert_eq!(c.init_producer_id(4, Some((id, -1))).0, 42);
+    assert_eq!(init_producer_id(&mut c, 4, Some((id, -1))).0, 42);
     // Transactions: COORDINATOR_NOT_AVAILABLE (as FindCoordinator says for their keys);
     // an empty transactional id: INVALID_REQUEST.
     for (transactional_id, code) in [("orders-tx", 15), ("", 42)] {
@@ -229,7 +174,7 @@ fn init_producer_id_gives_distinct_ids_bumps_epochs_and_refuses_transactions() {
     broker.kill9();
     broker.restart();
     let mut c = Conn::open(broker.kafka.unwrap());
-    let (error, after, _) = c.init_producer_id(5, None);
+    let (error, after, _) = init_producer_id(&mut c, 5, None);
     assert_eq!(error, 0);
     assert!(ids.iter().all(|&id| id < after), "{after} after a restart");
 }
@@ -239,11 +184,11 @@ fn produce_deduplicates_retries_and_enforces_sequences_and_epochs() {
     let broker = Broker::start(&["--cores", "2"]);
     broker.client().create_topic("idem", 2, &[]).unwrap();
     let mut c = Conn::open(broker.kafka.unwrap());
-    let (_, pid, _) = c.init_producer_id(4, None);
+    let (_, pid, _) = init_producer_id(&mut c, 4, None);
 
     for version in [3, 9, 12] {
         // Each version on a fresh producer id against partition 0.
-        let (_, pid, _) = c.init_producer_id(4, None);
+        let (_, pid, _) = init_producer_id(&mut c, 4, None);
         let before = stored(&broker, "idem", 0).len();
         let first = send_batch(&mut c, version, "idem", 0, idempotent_batch(pid, 0, 0, 3));
         assert_eq!(first.0, 0, "v{version}");
@@ -270,7 +215,7 @@ fn produce_deduplicates_retries_and_enforces_sequences_and_epochs() {
         (0, 5)
     );
     // A new epoch (InitProducerId with the current one): it must start at sequence 0.
-    let (_, same, epoch) = c.init_producer_id(4, Some((pid, 0)));
+    let (_, same, epoch) = init_producer_id(&mut c, 4, Some((pid, 0)));
     assert_eq!((same, epoch), (pid, 1));
     let (error, _) = send_batch(&mut c, 9, "idem", p, idempotent_batch(pid, 1, 6, 1));
     assert_eq!(error, OUT_OF_ORDER_SEQUENCE_NUMBER);
@@ -283,7 +228,7 @@ fn produce_deduplicates_retries_and_enforces_sequences_and_epochs() {
     assert_eq!((error, base), (INVALID_PRODUCER_EPOCH, -1));
 
     // One request to both partitions: a retry on 1, a new batch on 0 (each checked alone).
-    let other = c.init_producer_id(4, None).1;
+    let other = init_producer_id(&mut c, 4, None).1;
     let r: ProduceResponse = c.call(
         ApiKey::Produce,
         9,
@@ -303,7 +248,7 @@ fn produce_deduplicates_retries_and_enforces_sequences_and_epochs() {
 
     // Five requests in flight at once (as clients pipeline), then all five again: the
     // retries get the offsets of the first five, in order.
-    let fresh = c.init_producer_id(4, None).1;
+    let fresh = init_producer_id(&mut c, 4, None).1;
     let mut first = Vec::new();
     for round in 0..2 {
         let ids: Vec<i32> = (0..5)
@@ -314,7 +259,7 @@ fn produce_deduplicates_retries_and_enforces_sequences_and_epochs() {
             .collect();
         let got: Vec<(i32, i16, i64)> = ids
             .into_iter()
-            .flat_map(|id| answers(&c.receive::<ProduceResponse>(ApiKey::Produce, 9, id)))
+            .flat_map(|id| answers(&c.response::<ProduceResponse>(ApiKey::Produce, 9, id)))
             .collect();
         if round == 0 {
             first = got;
@@ -416,7 +361,7 @@ fn producer_state_survives_kill_9_under_fsync_always() {
     ]);
     broker.client().create_topic("durable", 2, &[]).unwrap();
     let mut c = Conn::open(broker.kafka.unwrap());
-    let (_, pid, _) = c.init_producer_id(5, None);
+    let (_, pid, _) = init_producer_id(&mut c, 5, None);
     let bases = produce_acked(&mut c, pid, 0..60);
     let dir = broker.store_dir().join("durable").join("0");
     let segments = std::fs::read_dir(&dir)
@@ -451,7 +396,7 @@ fn producer_state_survives_a_power_loss_under_fsync_always() {
     let mut broker = Broker::start_journaled(&["--cores", "2", "--fsync", "always"]);
     broker.client().create_topic("durable", 2, &[]).unwrap();
     let mut c = Conn::open(broker.kafka.unwrap());
-    let (_, pid, _) = c.init_producer_id(5, None);
+    let (_, pid, _) = init_producer_id(&mut c, 5, None);
     let bases = produce_acked(&mut c, pid, 0..20);
     broker.kill9();
     let journal = broker.journal.clone().unwrap();

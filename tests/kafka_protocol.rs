@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -30,78 +29,11 @@ use kafka_protocol::messages::{
     FindCoordinatorResponse, GroupId, IncrementalAlterConfigsRequest,
     IncrementalAlterConfigsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
     MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
-    OffsetFetchResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    OffsetFetchResponse, ProduceRequest, ProduceResponse, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
-struct Conn {
-    stream: TcpStream,
-    next_id: i32,
-}
-
-impl Conn {
-    fn open(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        Conn { stream, next_id: 1 }
-    }
-
-    fn send_raw(&mut self, payload: &[u8]) {
-        let mut frame = (payload.len() as i32).to_be_bytes().to_vec();
-        frame.extend_from_slice(payload);
-        self.stream.write_all(&frame).unwrap();
-    }
-
-    /// Sends a request; returns its correlation id.
-    fn send(&mut self, key: ApiKey, version: i16, body: &impl Encodable) -> i32 {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut out = BytesMut::new();
-        RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(id)
-            .with_client_id(Some(StrBytes::from("kafka-protocol-test")))
-            .encode(&mut out, key.request_header_version(version))
-            .unwrap();
-        body.encode(&mut out, version).unwrap();
-        self.send_raw(&out);
-        id
-    }
-
-    /// Reads one response frame; `None` if the broker closed the connection.
-    fn receive(&mut self) -> Option<Bytes> {
-        let mut len = [0u8; 4];
-        if self.stream.read_exact(&mut len).is_err() {
-            return None;
-        }
-        let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
-        self.stream.read_exact(&mut buf).unwrap();
-        Some(Bytes::from(buf))
-    }
-
-    fn call<R: Decodable>(&mut self, key: ApiKey, version: i16, body: &impl Encodable) -> R {
-        let id = self.send(key, version, body);
-        self.response(key, version, id)
-    }
-
-    /// Reads the response to the request sent with correlation id `id`.
-    fn response<R: Decodable>(&mut self, key: ApiKey, version: i16, id: i32) -> R {
-        let mut frame = self.receive().expect("a response");
-        let header =
-            ResponseHeader::decode(&mut frame, key.response_header_version(version)).unwrap();
-        assert_eq!(header.correlation_id, id);
-        let response = R::decode(&mut frame, version).unwrap();
-        assert!(
-            !frame.has_remaining(),
-            "{} bytes left over",
-            frame.remaining()
-        );
-        response
-    }
-}
+use common::kafka_wire::KafkaConn as Conn;
 
 fn kafka(broker: &Broker) -> Conn {
     Conn::open(broker.kafka.expect("kafka listener"))
