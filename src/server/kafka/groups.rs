@@ -370,6 +370,31 @@ async fn committed(
         .collect())
 }
 
+/// Committed offsets as OffsetFetch's topics and partitions: the types differ between the
+/// one-group layout (v1–v7) and the groups of v8+, the fields do not.
+macro_rules! committed_topics {
+    ($found:expr, $topic:ident, $partition:ident) => {
+        $found
+            .into_iter()
+            .map(|(topic, ps)| {
+                $topic::default()
+                    .with_name(TopicName(text(topic)))
+                    .with_partitions(
+                        ps.into_iter()
+                            .map(|(p, offset)| {
+                                $partition::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(offset)
+                                    .with_committed_leader_epoch(-1)
+                                    .with_metadata(Some(StrBytes::default()))
+                            })
+                            .collect(),
+                    )
+            })
+            .collect()
+    };
+}
+
 pub(super) async fn offset_fetch(
     ctx: &Rc<ShardContext>,
     r: OffsetFetchRequest,
@@ -387,26 +412,11 @@ pub(super) async fn offset_fetch(
             let answer = OffsetFetchResponseGroup::default().with_group_id(g.group_id);
             groups.push(match committed(ctx, &group, asked).await {
                 Err(code) => answer.with_error_code(code),
-                Ok(found) => answer.with_topics(
-                    found
-                        .into_iter()
-                        .map(|(topic, ps)| {
-                            OffsetFetchResponseTopics::default()
-                                .with_name(TopicName(text(topic)))
-                                .with_partitions(
-                                    ps.into_iter()
-                                        .map(|(p, offset)| {
-                                            OffsetFetchResponsePartitions::default()
-                                                .with_partition_index(p)
-                                                .with_committed_offset(offset)
-                                                .with_committed_leader_epoch(-1)
-                                                .with_metadata(Some(StrBytes::default()))
-                                        })
-                                        .collect(),
-                                )
-                        })
-                        .collect(),
-                ),
+                Ok(found) => answer.with_topics(committed_topics!(
+                    found,
+                    OffsetFetchResponseTopics,
+                    OffsetFetchResponsePartitions
+                )),
             });
         }
         return OffsetFetchResponse::default().with_groups(groups);
@@ -419,26 +429,11 @@ pub(super) async fn offset_fetch(
     });
     match committed(ctx, &group, asked).await {
         Err(code) => OffsetFetchResponse::default().with_error_code(code),
-        Ok(found) => OffsetFetchResponse::default().with_topics(
-            found
-                .into_iter()
-                .map(|(topic, ps)| {
-                    OffsetFetchResponseTopic::default()
-                        .with_name(TopicName(text(topic)))
-                        .with_partitions(
-                            ps.into_iter()
-                                .map(|(p, offset)| {
-                                    OffsetFetchResponsePartition::default()
-                                        .with_partition_index(p)
-                                        .with_committed_offset(offset)
-                                        .with_committed_leader_epoch(-1)
-                                        .with_metadata(Some(StrBytes::default()))
-                                })
-                                .collect(),
-                        )
-                })
-                .collect(),
-        ),
+        Ok(found) => OffsetFetchResponse::default().with_topics(committed_topics!(
+            found,
+            OffsetFetchResponseTopic,
+            OffsetFetchResponsePartition
+        )),
     }
 }
 
