@@ -24,12 +24,13 @@ use kafka_protocol::messages::{
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreatePartitionsRequest,
     CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest,
-    DescribeConfigsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, GroupId, IncrementalAlterConfigsRequest,
-    IncrementalAlterConfigsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
-    OffsetFetchResponse, ProduceRequest, ProduceResponse, ResponseHeader, TopicName,
+    DeleteTopicsResponse, DescribeAclsRequest, DescribeAclsResponse, DescribeClusterRequest,
+    DescribeClusterResponse, DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest,
+    FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse,
+    ResponseHeader, SaslHandshakeRequest, SaslHandshakeResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -91,7 +92,8 @@ fn unknown_versions_and_apis_are_refused_and_others_go_on() {
     // The connection goes on.
     let _: ApiVersionsResponse = c.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
 
-    // An API key nobody knows, and a known one outside the advertised range: closed.
+    // An API key nobody knows, and a known one outside the advertised range whose response
+    // has no top-level error code (Metadata v13): closed, as Kafka closes it.
     let mut unknown = BytesMut::new();
     unknown.put_i16(9999);
     unknown.put_i16(0);
@@ -101,6 +103,19 @@ fn unknown_versions_and_apis_are_refused_and_others_go_on() {
     let mut c = kafka(&broker);
     c.send(ApiKey::Metadata, 13, &MetadataRequest::default());
     assert!(c.receive().is_none(), "closed");
+    // An API the broker does not serve, whose response has a top-level error code
+    // (DescribeAcls, SaslHandshake), and a served one at a version past the advertised
+    // range whose layout has one (Fetch v13): UNSUPPORTED_VERSION, and the connection goes on.
+    let mut c = kafka(&broker);
+    let acls: DescribeAclsResponse =
+        c.call(ApiKey::DescribeAcls, 3, &DescribeAclsRequest::default());
+    assert_eq!(acls.error_code, 35);
+    let sasl: SaslHandshakeResponse =
+        c.call(ApiKey::SaslHandshake, 1, &SaslHandshakeRequest::default());
+    assert_eq!(sasl.error_code, 35);
+    let fetch: FetchResponse = c.call(ApiKey::Fetch, 13, &FetchRequest::default());
+    assert_eq!(fetch.error_code, 35);
+    let _: MetadataResponse = c.call(ApiKey::Metadata, 12, &MetadataRequest::default());
     // A body that does not parse: closed.
     let mut c = kafka(&broker);
     let mut bad = BytesMut::new();

@@ -507,6 +507,25 @@ async fn start_kafka_request(
             state.finish(state.ticket(), Some(vec![OutChunk::Bytes(answer)]));
             return true;
         }
+        Err(
+            refusal @ kafka_codec::Refusal::Unsupported {
+                correlation_id,
+                key,
+                version,
+            },
+        ) => {
+            let Some(answer) = kafka_codec::unsupported_answer(correlation_id, key, version) else {
+                tracing::warn!("closing a Kafka connection: {refusal}");
+                return false;
+            };
+            tracing::warn!(
+                key,
+                version,
+                "kafka api not served: answered UNSUPPORTED_VERSION"
+            );
+            state.finish(state.ticket(), Some(vec![OutChunk::Bytes(answer)]));
+            return true;
+        }
         Err(refusal) => {
             tracing::warn!("closing a Kafka connection: {refusal}");
             return false;

@@ -197,6 +197,59 @@ pub fn decode_request(mut frame: BytesMut) -> Result<Request, Refusal> {
     })
 }
 
+/// The answer to a request the broker does not serve (an API it does not advertise, or a
+/// version outside the advertised range), when that API's response has a top-level error
+/// code at that version: `UNSUPPORTED_VERSION` in the layout the client asked for, so it
+/// gets an error and the connection stays up. `None` when there is no such layout (an API
+/// key unknown to the codec, or a response whose errors are per item): then the connection
+/// closes, as Kafka closes it.
+pub fn unsupported_answer(correlation_id: i32, key: i16, version: i16) -> Option<Bytes> {
+    use kafka_protocol::messages::*;
+    let api = ApiKey::try_from(key).ok()?;
+    let known = api.valid_versions();
+    if !(known.min..=known.max).contains(&version) {
+        return None;
+    }
+    macro_rules! refused {
+        ($($kind:ident => $response:ident),* $(,)?) => {
+            match api {
+                $(ApiKey::$kind => ResponseKind::$kind(
+                    $response::default().with_error_code(UNSUPPORTED_VERSION),
+                ),)*
+                _ => return None,
+            }
+        };
+    }
+    let response = refused!(
+        Fetch => FetchResponse,
+        SaslHandshake => SaslHandshakeResponse,
+        SaslAuthenticate => SaslAuthenticateResponse,
+        JoinGroup => JoinGroupResponse,
+        SyncGroup => SyncGroupResponse,
+        Heartbeat => HeartbeatResponse,
+        LeaveGroup => LeaveGroupResponse,
+        ListGroups => ListGroupsResponse,
+        OffsetDelete => OffsetDeleteResponse,
+        InitProducerId => InitProducerIdResponse,
+        AddOffsetsToTxn => AddOffsetsToTxnResponse,
+        EndTxn => EndTxnResponse,
+        DescribeAcls => DescribeAclsResponse,
+        DescribeLogDirs => DescribeLogDirsResponse,
+        ElectLeaders => ElectLeadersResponse,
+        AlterPartitionReassignments => AlterPartitionReassignmentsResponse,
+        ListPartitionReassignments => ListPartitionReassignmentsResponse,
+        DescribeClientQuotas => DescribeClientQuotasResponse,
+        DescribeUserScramCredentials => DescribeUserScramCredentialsResponse,
+        DescribeCluster => DescribeClusterResponse,
+        ListTransactions => ListTransactionsResponse,
+        ConsumerGroupHeartbeat => ConsumerGroupHeartbeatResponse,
+        GetTelemetrySubscriptions => GetTelemetrySubscriptionsResponse,
+        PushTelemetry => PushTelemetryResponse,
+    );
+    // A version whose layout lacks the field fails to encode: no answer then.
+    encode_response(api, version, correlation_id, &response).ok()
+}
+
 /// Encodes a response frame: length prefix, response header (in the version the request's
 /// API and version call for), body.
 pub fn encode_response(
