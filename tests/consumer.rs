@@ -366,10 +366,13 @@ fn broker_down_is_an_io_error() {
     .unwrap_err();
     assert!(matches!(err, ClientError::Io { .. }), "{err:?}");
 
-    // A broker that goes away under a consumer: poll reports it.
+    // A broker that goes away under a consumer: it reconnects with backoff, and poll
+    // reports the broker gone once it stayed away for the reconnect timeout.
     let mut broker = Broker::start(&["--cores", "2"]);
     broker.client().create_topic("gone", 1, &[]).unwrap();
-    let mut c = consumer(&broker, |_| {});
+    let mut c = consumer(&broker, |c| {
+        c.reconnect_timeout = Some(Duration::from_secs(2));
+    });
     c.assign("gone", &[0], StartAt::Earliest).unwrap();
     assert!(c.poll(Duration::from_millis(100)).unwrap().is_empty());
     broker.kill9();

@@ -26,6 +26,10 @@ struct Cli {
         default_value = "127.0.0.1:9292"
     )]
     bootstrap: String,
+    /// How long connecting and each request may take before the command fails with a
+    /// timeout error, in ms.
+    #[arg(long, global = true, default_value_t = 30_000)]
+    request_timeout_ms: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -174,6 +178,11 @@ struct ProduceArgs {
     /// How long a batch waits for more records, in ms.
     #[arg(long, default_value_t = 5)]
     linger_ms: u64,
+    /// How long a record may take to be acknowledged, retries after lost connections and
+    /// retriable broker errors included, in ms; what is not acknowledged by then is
+    /// counted as failed.
+    #[arg(long, default_value_t = 120_000)]
+    delivery_timeout_ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -251,7 +260,26 @@ fn one_line(e: &anyhow::Error) -> String {
     line.replace('\n', " ")
 }
 
+/// The request timeout of this run (`--request-timeout-ms`).
+static REQUEST_TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+fn request_timeout() -> Duration {
+    REQUEST_TIMEOUT
+        .get()
+        .copied()
+        .unwrap_or(eventflow::client::DEFAULT_REQUEST_TIMEOUT)
+}
+
+/// An admin connection with the run's request timeout.
+fn connect(bootstrap: &str) -> Result<Client, eventflow::client::ClientError> {
+    Client::connect_timeout(bootstrap, request_timeout())
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if cli.request_timeout_ms == 0 {
+        bail!("--request-timeout-ms must be at least 1");
+    }
+    let _ = REQUEST_TIMEOUT.set(Duration::from_millis(cli.request_timeout_ms));
     match cli.command {
         Command::Topic(cmd) => topic(&cli.bootstrap, cmd).map(|()| ExitCode::SUCCESS),
         Command::Produce(args) => produce(&cli.bootstrap, args),
@@ -273,7 +301,7 @@ fn key_value(s: &str) -> anyhow::Result<(String, String)> {
 }
 
 fn topic(bootstrap: &str, cmd: TopicCommand) -> anyhow::Result<()> {
-    let mut client = Client::connect(bootstrap).context("cannot reach the broker")?;
+    let mut client = connect(bootstrap).context("cannot reach the broker")?;
     let pairs = |configs: &[String]| {
         configs
             .iter()
@@ -355,6 +383,8 @@ fn produce(bootstrap: &str, args: ProduceArgs) -> anyhow::Result<ExitCode> {
         acks,
         batch_bytes: args.batch_size,
         linger: Duration::from_millis(args.linger_ms),
+        request_timeout: request_timeout(),
+        delivery_timeout: Duration::from_millis(args.delivery_timeout_ms),
         ..ProducerConfig::default()
     })
     .context("cannot reach the broker")?;
@@ -429,8 +459,14 @@ fn consume(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
             ),
         }
     };
+    // --timeout-ms bounds the wait for a broker that does not answer too.
+    let timeout = match args.output.timeout_ms {
+        Some(ms) => request_timeout().min(Duration::from_millis(ms.max(1))),
+        None => request_timeout(),
+    };
     let mut consumer = Consumer::new(ConsumerConfig {
         bootstrap: bootstrap.to_string(),
+        request_timeout: timeout,
         ..ConsumerConfig::default()
     })
     .context("cannot reach the broker")?;
@@ -454,8 +490,8 @@ fn consume(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
             let partitions: Vec<u32> = match args.partition {
                 Some(p) => vec![p],
                 None => {
-                    let mut client =
-                        Client::connect(bootstrap).context("cannot reach the broker")?;
+                    let mut client = Client::connect_timeout(bootstrap, timeout)
+                        .context("cannot reach the broker")?;
                     let d = client.describe_topic(&args.topic)?;
                     d.partitions.iter().map(|p| p.partition).collect()
                 }
@@ -551,7 +587,7 @@ impl Printer {
 }
 
 fn group(bootstrap: &str, cmd: GroupCommand) -> anyhow::Result<()> {
-    let mut client = Client::connect(bootstrap).context("cannot reach the broker")?;
+    let mut client = connect(bootstrap).context("cannot reach the broker")?;
     match cmd {
         GroupCommand::List => {
             for g in client.list_groups()? {
@@ -729,7 +765,7 @@ fn queue_consume(bootstrap: &str, args: QueueConsumeArgs) -> anyhow::Result<()> 
 }
 
 fn queue_describe(bootstrap: &str, group: &str) -> anyhow::Result<()> {
-    let mut client = Client::connect(bootstrap).context("cannot reach the broker")?;
+    let mut client = connect(bootstrap).context("cannot reach the broker")?;
     let d = client.describe_queue(group)?;
     println!("share group {}  consumers {}", d.group, d.members.len());
     for m in &d.members {

@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::backoff::Backoff;
 use super::group::{GroupConfig, Membership, OffsetReset, RebalanceListener};
 use super::{Client, ClientError};
 use crate::protocol::api::{
@@ -50,10 +51,6 @@ use crate::protocol::api::{
 };
 use crate::protocol::batch::{self, BatchError};
 use crate::protocol::{ErrorCode, WireError};
-
-/// How long a metadata or list-offsets call may take, and how much longer than `max_wait`
-/// a fetch may take, before the connection counts as broken.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The broker caps a fetch's `max_wait_ms` at this.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(60);
@@ -88,6 +85,17 @@ pub struct ConsumerConfig {
     pub max_bytes: u32,
     /// Check every fetched batch's CRC-32C before decoding it.
     pub check_crcs: bool,
+    /// How long connecting and each request may take (a fetch: `max_wait` more) before
+    /// the connection is dropped as broken (`request.timeout.ms`).
+    pub request_timeout: Duration,
+    /// First pause before connecting again to a broker that broke a connection; it
+    /// doubles up to `reconnect_backoff_max`, with ±20 % jitter (`reconnect.backoff.ms`).
+    pub reconnect_backoff: Duration,
+    /// Longest pause between reconnects (`reconnect.backoff.max.ms`).
+    pub reconnect_backoff_max: Duration,
+    /// How long a broker may stay unreachable before `poll` returns the connection
+    /// error; `None`: reconnect for ever, as Kafka consumers do.
+    pub reconnect_timeout: Option<Duration>,
 }
 
 impl Default for ConsumerConfig {
@@ -99,6 +107,10 @@ impl Default for ConsumerConfig {
             min_bytes: 1,
             max_bytes: 4 << 20,
             check_crcs: false,
+            request_timeout: super::DEFAULT_REQUEST_TIMEOUT,
+            reconnect_backoff: Duration::from_millis(50),
+            reconnect_backoff_max: Duration::from_secs(2),
+            reconnect_timeout: None,
         }
     }
 }
@@ -151,6 +163,15 @@ struct Connection {
     rotation: usize,
 }
 
+/// A shard connection that broke: when to try again.
+struct Down {
+    /// Not connected again before this instant.
+    retry_at: Instant,
+    backoff: Backoff,
+    /// The first failure since the last answer.
+    since: Instant,
+}
+
 /// A worker's answer to one request.
 struct Reply {
     token: u64,
@@ -174,6 +195,8 @@ pub struct Consumer {
     membership: Option<Membership>,
     listener: Option<Box<dyn RebalanceListener>>,
     last_commit: Instant,
+    /// Shard connections that broke and wait for their reconnect.
+    down: HashMap<Arc<str>, Down>,
 }
 
 /// A commit refused because the group moved on (the next heartbeat brings the new
@@ -187,7 +210,7 @@ fn is_fenced(e: &ClientError) -> bool {
 
 /// A failure worth trying again: the connection broke, or the broker asked for a retry.
 fn is_retriable(e: &ClientError) -> bool {
-    matches!(e, ClientError::Io { .. }) || e.code().is_some_and(ErrorCode::is_retriable)
+    e.is_retriable()
 }
 
 impl Drop for Consumer {
@@ -212,7 +235,7 @@ impl std::fmt::Debug for Consumer {
 impl Consumer {
     /// Connects to the bootstrap broker (no partitions assigned yet).
     pub fn new(config: ConsumerConfig) -> Result<Consumer, ClientError> {
-        let mut bootstrap = connect(&config.bootstrap, REQUEST_TIMEOUT)?;
+        let mut bootstrap = connect(&config.bootstrap, config.request_timeout)?;
         bootstrap.api_versions()?;
         let (replies_tx, replies) = mpsc::channel();
         Ok(Consumer {
@@ -227,6 +250,7 @@ impl Consumer {
             membership: None,
             listener: None,
             last_commit: Instant::now(),
+            down: HashMap::new(),
         })
     }
 
@@ -539,7 +563,14 @@ impl Consumer {
             if let Some(err) = self.take_error() {
                 return Err(err);
             }
-            self.group_tick()?;
+            match self.group_tick() {
+                // The broker is away: the heartbeat reconnects, and the tick is made again
+                // at the next wake-up.
+                Err(e) if e.is_retriable() => {
+                    tracing::warn!("group: {e}; trying again");
+                }
+                other => other?,
+            }
             self.fetch_all()?;
             let remaining = deadline.map_or(Duration::MAX, |d| {
                 d.saturating_duration_since(Instant::now())
@@ -548,6 +579,11 @@ impl Consumer {
             let wait = match &self.membership {
                 Some(m) => remaining.min(m.config.heartbeat_interval),
                 None => remaining,
+            };
+            // Wake up for the next reconnect.
+            let wait = match self.down.values().map(|d| d.retry_at).min() {
+                Some(at) => wait.min(at.saturating_duration_since(Instant::now())),
+                None => wait,
             };
             let reply = match self.replies.recv_timeout(wait) {
                 Ok(reply) => reply,
@@ -575,12 +611,13 @@ impl Consumer {
     ) -> Result<T, ClientError> {
         let client = match &mut self.bootstrap {
             Some(client) => client,
-            None => self
-                .bootstrap
-                .insert(connect(&self.config.bootstrap, REQUEST_TIMEOUT)?),
+            None => self.bootstrap.insert(connect(
+                &self.config.bootstrap,
+                self.config.request_timeout,
+            )?),
         };
         let result = call(client);
-        if matches!(result, Err(ClientError::Io { .. })) {
+        if result.as_ref().is_err_and(ClientError::is_connection_error) {
             self.bootstrap = None;
         }
         result
@@ -661,7 +698,23 @@ impl Consumer {
             return Ok(());
         }
         if !self.connections.contains_key(endpoint) {
-            let connection = self.open(endpoint)?;
+            if self
+                .down
+                .get(endpoint)
+                .is_some_and(|d| Instant::now() < d.retry_at)
+            {
+                return Ok(());
+            }
+            let connection = match self.open(endpoint) {
+                Ok(connection) => connection,
+                Err(err) if err.is_connection_error() => {
+                    return match self.broke(endpoint, err) {
+                        Some(err) => Err(err),
+                        None => Ok(()),
+                    };
+                }
+                Err(err) => return Err(err),
+            };
             self.connections.insert(endpoint.clone(), connection);
         }
         let Some(connection) = self.connections.get_mut(endpoint) else {
@@ -682,9 +735,37 @@ impl Consumer {
         Ok(())
     }
 
+    /// Records that the connection to `endpoint` broke (or did not open) and when to try
+    /// again. Returns the error once the broker has been unreachable for longer than
+    /// `reconnect_timeout`.
+    fn broke(&mut self, endpoint: &Arc<str>, err: ClientError) -> Option<ClientError> {
+        let now = Instant::now();
+        let config = &self.config;
+        let down = self.down.entry(endpoint.clone()).or_insert_with(|| Down {
+            retry_at: now,
+            backoff: Backoff::new(config.reconnect_backoff, config.reconnect_backoff_max),
+            since: now,
+        });
+        if config
+            .reconnect_timeout
+            .is_some_and(|limit| now.duration_since(down.since) >= limit)
+        {
+            self.down.remove(endpoint);
+            return Some(err);
+        }
+        let pause = down.backoff.next_delay();
+        down.retry_at = now + pause;
+        tracing::warn!(
+            "{err}; reconnecting in {} ms (attempt {})",
+            pause.as_millis(),
+            down.backoff.attempts()
+        );
+        None
+    }
+
     /// Connects to a shard and starts its worker thread.
     fn open(&mut self, endpoint: &str) -> Result<Connection, ClientError> {
-        let timeout = self.config.max_wait.min(MAX_WAIT_CAP) + REQUEST_TIMEOUT;
+        let timeout = self.config.max_wait.min(MAX_WAIT_CAP) + self.config.request_timeout;
         let client = connect(endpoint, timeout)?;
         let token = self.next_token;
         self.next_token += 1;
@@ -719,13 +800,25 @@ impl Consumer {
         let fetched = connection.in_flight.take().unwrap_or_default();
         match reply.result {
             Err(err) => {
-                // The worker has stopped; the next poll reconnects.
+                // The worker has stopped; a later poll reconnects (after a backoff when
+                // the connection broke) and fetches again from the positions.
                 self.connections.remove(&endpoint);
-                self.errors.push_back((None, err));
+                if err.is_connection_error() {
+                    if let Some(err) = self.broke(&endpoint, err) {
+                        self.errors.push_back((None, err));
+                    }
+                } else {
+                    self.errors.push_back((None, err));
+                }
                 return;
             }
             Ok(Err(wire)) => self.errors.push_back((None, wire.into())),
-            Ok(Ok(Response::Fetch(response))) => self.apply(response, &fetched, out),
+            Ok(Ok(Response::Fetch(response))) => {
+                if self.down.remove(&endpoint).is_some() {
+                    tracing::info!("fetching from {endpoint} again");
+                }
+                self.apply(response, &fetched, out);
+            }
             Ok(Ok(other)) => self.errors.push_back((
                 None,
                 ClientError::Unexpected(format!("expected a fetch response, got {other:?}")),
@@ -904,11 +997,9 @@ fn decode_fetched(
     (position, None)
 }
 
-/// Connects with a read timeout.
+/// Connects with a connect, read and write timeout.
 fn connect(addr: &str, timeout: Duration) -> Result<Client, ClientError> {
-    let client = Client::connect(addr)?;
-    client.set_read_timeout(Some(timeout))?;
-    Ok(client)
+    Client::connect_timeout(addr, timeout)
 }
 
 /// The address of a shard's direct listener, or the bootstrap address when it has none.

@@ -121,7 +121,6 @@ impl Membership {
         config: GroupConfig,
     ) -> Result<(Membership, MembershipResponse), ClientError> {
         let mut client = Client::connect(bootstrap)?;
-        client.set_read_timeout(Some(Duration::from_secs(30)))?;
         let joined = join(&mut client, group, "", &topics, &config)?;
         let shared = Arc::new(Shared {
             latest: Mutex::new(Latest::default()),
@@ -280,15 +279,18 @@ impl Heartbeat {
                     self.member_id = m.member_id.clone();
                     latest.membership = Some(m);
                 }
-                Err(e) => {
-                    if matches!(e, ClientError::Io { .. }) {
-                        // Reconnect for the next beat; the session survives a short gap.
-                        if let Ok(c) = Client::connect(self.client_addr()) {
-                            self.client = c;
-                        }
+                Err(e) if e.is_connection_error() => {
+                    drop(latest);
+                    // Reconnect for the next beat (one beat interval later if this fails):
+                    // the session survives a short gap, and after a broker restart the
+                    // next beat is told to join again.
+                    tracing::warn!(group = %self.group, "heartbeat: {e}; reconnecting");
+                    match Client::connect(self.client_addr()) {
+                        Ok(c) => self.client = c,
+                        Err(e) => tracing::debug!("heartbeat reconnect: {e}"),
                     }
-                    latest.error = Some(e);
                 }
+                Err(e) => latest.error = Some(e),
             }
         }
     }

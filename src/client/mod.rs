@@ -34,6 +34,7 @@
 //! order), or made one at a time with the typed helpers.
 
 pub mod accumulator;
+pub mod backoff;
 pub mod consumer;
 mod fasthash;
 pub mod group;
@@ -67,6 +68,15 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
+    /// The broker did not answer (or a connection did not open) within the request
+    /// timeout; the connection is not used again.
+    #[error("timed out: no answer from {addr} within {} ms", .after.as_millis())]
+    Timeout {
+        /// Broker address.
+        addr: String,
+        /// The timeout that ran out.
+        after: Duration,
+    },
     /// The broker answered with an error.
     #[error("broker error: {0}")]
     Broker(#[from] WireError),
@@ -98,7 +108,22 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// The connection broke or timed out: the client drops it and may connect again.
+    pub fn is_connection_error(&self) -> bool {
+        matches!(self, ClientError::Io { .. } | ClientError::Timeout { .. })
+    }
+
+    /// Worth trying again on a new connection: a connection error, or a broker error
+    /// that says so (`ShuttingDown`, `Timeout`, `NotEnoughDisk`).
+    pub fn is_retriable(&self) -> bool {
+        self.is_connection_error() || self.code().is_some_and(ErrorCode::is_retriable)
+    }
 }
+
+/// How long a request may wait for its answer unless told otherwise (Kafka's
+/// `request.timeout.ms`).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A response as received: its correlation id and either the body or the broker's
 /// request-level error.
@@ -119,6 +144,8 @@ macro_rules! expect_response {
 pub struct Client {
     stream: TcpStream,
     addr: String,
+    /// The read timeout in force (for the timeout error's message).
+    timeout: std::cell::Cell<Duration>,
     next_correlation_id: u32,
     /// API of each request awaiting its response, by correlation id.
     awaiting: HashMap<u32, ApiKey>,
@@ -126,34 +153,66 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects (TCP_NODELAY on).
-    pub fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
+    /// Connects (TCP_NODELAY on) with the default request timeout
+    /// ([`DEFAULT_REQUEST_TIMEOUT`]) for connecting, each read and each write.
+    pub fn connect(addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<Client, ClientError> {
+        Client::connect_timeout(addr, DEFAULT_REQUEST_TIMEOUT)
+    }
+
+    /// Connects (TCP_NODELAY on): opening the connection, and then each read and each write,
+    /// may take up to `timeout` before failing with [`ClientError::Timeout`]. An address
+    /// that does not resolve is an error naming it.
+    pub fn connect_timeout(
+        addr: impl ToSocketAddrs + std::fmt::Debug,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let given = format!("{addr:?}");
+        let given = given.trim_matches('"').to_string();
         let addrs: Vec<SocketAddr> = addr
             .to_socket_addrs()
             .map_err(|source| ClientError::Io {
-                addr: "?".into(),
-                source,
+                addr: given.clone(),
+                source: io::Error::new(
+                    source.kind(),
+                    format!("cannot resolve `{given}`: {source}"),
+                ),
             })?
             .collect();
-        let label = addrs
-            .first()
-            .map_or_else(|| "?".to_string(), ToString::to_string);
-        let stream = TcpStream::connect(&addrs[..]).map_err(|source| ClientError::Io {
-            addr: label.clone(),
-            source,
-        })?;
-        let io_err = |source| ClientError::Io {
-            addr: label.clone(),
-            source,
+        let timeout = timeout.max(Duration::from_millis(1));
+        let mut last = io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("`{given}` resolves to no address"),
+        );
+        for a in &addrs {
+            match TcpStream::connect_timeout(a, timeout) {
+                Ok(stream) => {
+                    let client = Client {
+                        stream,
+                        addr: a.to_string(),
+                        timeout: std::cell::Cell::new(timeout),
+                        next_correlation_id: 1,
+                        awaiting: HashMap::new(),
+                        buf: BytesMut::with_capacity(64 * 1024),
+                    };
+                    client.stream.set_nodelay(true).map_err(|e| client.io(e))?;
+                    client
+                        .stream
+                        .set_read_timeout(Some(timeout))
+                        .map_err(|e| client.io(e))?;
+                    client
+                        .stream
+                        .set_write_timeout(Some(timeout))
+                        .map_err(|e| client.io(e))?;
+                    return Ok(client);
+                }
+                Err(e) => last = e,
+            }
+        }
+        let label = match addrs.as_slice() {
+            [one] => one.to_string(),
+            _ => given,
         };
-        stream.set_nodelay(true).map_err(io_err)?;
-        Ok(Client {
-            stream,
-            addr: label,
-            next_correlation_id: 1,
-            awaiting: HashMap::new(),
-            buf: BytesMut::with_capacity(64 * 1024),
-        })
+        Err(io_error(label, timeout, last))
     }
 
     /// The broker address this client is connected to.
@@ -165,14 +224,13 @@ impl Client {
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> Result<(), ClientError> {
         self.stream
             .set_read_timeout(timeout)
-            .map_err(|e| self.io(e))
+            .map_err(|e| self.io(e))?;
+        self.timeout.set(timeout.unwrap_or(Duration::MAX));
+        Ok(())
     }
 
     fn io(&self, source: io::Error) -> ClientError {
-        ClientError::Io {
-            addr: self.addr.clone(),
-            source,
-        }
+        io_error(self.addr.clone(), self.timeout.get(), source)
     }
 
     /// Sends a request without waiting; returns its correlation id. Produce with
@@ -437,6 +495,18 @@ impl Client {
         let p = only_partition(response.topics, "list-offsets")?;
         check(p.error, &p.message)?;
         Ok(p.offset)
+    }
+}
+
+/// A socket error as a [`ClientError`]: a timed-out read, write or connect is
+/// [`ClientError::Timeout`].
+pub(crate) fn io_error(addr: String, timeout: Duration, source: io::Error) -> ClientError {
+    match source.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout {
+            addr,
+            after: timeout,
+        },
+        _ => ClientError::Io { addr, source },
     }
 }
 

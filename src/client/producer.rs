@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::TcpStream;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::accumulator::{Accumulator, AccumulatorConfig, AppendError, ReadyBatch, TopicPartition};
+use super::backoff::Backoff;
 use super::fasthash::FastMap;
 use super::partitioner::{partition_for_key, StickyPartitioner};
-use super::{read_frame, write_frame, Client, ClientError};
+use super::{io_error, read_frame, write_frame, Client, ClientError};
 use crate::protocol::api::*;
 use crate::protocol::frame::{Decoder, ResponseHeader};
 use crate::protocol::{ErrorCode, WireError};
@@ -53,10 +54,18 @@ pub struct ProducerConfig {
     /// `--max-request-bytes` (16 MiB by default); a single batch larger than it is sent
     /// alone.
     pub max_request_bytes: usize,
-    /// Times a batch is sent again after a retriable error (`retries`).
+    /// Times a batch is sent again after a retriable error (`retries`); the
+    /// `delivery_timeout` bounds retries in time whatever this says.
     pub retries: u32,
-    /// Pause before a retry (`retry.backoff.ms`).
+    /// Pause before the first retry of a batch (`retry.backoff.ms`); it doubles at each
+    /// retry up to `retry_backoff_max`, with ±20 % jitter.
     pub retry_backoff: Duration,
+    /// Longest pause between retries (`retry.backoff.max.ms`).
+    pub retry_backoff_max: Duration,
+    /// How long a record may take from `send` to its outcome, retries included
+    /// (`delivery.timeout.ms`). A batch still failing with a retriable error when it runs
+    /// out fails with that error.
+    pub delivery_timeout: Duration,
     /// How long a connection with requests in flight may go without receiving anything
     /// before they fail and the connection is dropped (`request.timeout.ms`): a broker that
     /// stops answering cannot make `send` or `flush` wait forever.
@@ -75,8 +84,10 @@ impl Default for ProducerConfig {
             block_when_full: true,
             max_in_flight: 5,
             max_request_bytes: 8 << 20,
-            retries: 5,
-            retry_backoff: Duration::from_millis(100),
+            retries: u32::MAX,
+            retry_backoff: Duration::from_millis(50),
+            retry_backoff_max: Duration::from_secs(2),
+            delivery_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(30),
         }
     }
@@ -224,8 +235,9 @@ struct Shared {
     work: Condvar,
     /// `send` (buffer full) and `flush` wait here.
     progress: Condvar,
-    /// For metadata requests from `send`.
-    admin: Mutex<Client>,
+    /// For metadata requests from `send`; `None` after a connection error (the next
+    /// request connects again).
+    admin: Mutex<Option<Client>>,
 }
 
 /// A producer. Cheap to share between threads (`&Producer` is enough to send).
@@ -253,7 +265,7 @@ impl Producer {
         config: ProducerConfig,
         callback: Option<DeliveryCallback>,
     ) -> Result<Producer, ClientError> {
-        let mut admin = Client::connect(config.bootstrap.as_str())?;
+        let mut admin = Client::connect_timeout(config.bootstrap.as_str(), config.request_timeout)?;
         let endpoints = admin.metadata(&[])?.shards;
         let batching = AccumulatorConfig {
             batch_bytes: config.batch_bytes.max(64),
@@ -275,7 +287,7 @@ impl Producer {
             callback,
             work: Condvar::new(),
             progress: Condvar::new(),
-            admin: Mutex::new(admin),
+            admin: Mutex::new(Some(admin)),
         });
         let io_shared = shared.clone();
         let io = std::thread::Builder::new()
@@ -421,7 +433,24 @@ impl Producer {
         if let Some(info) = lock(&self.shared.state).topics.get(topic) {
             return Ok(info.clone());
         }
-        let metadata = lock(&self.shared.admin).metadata(&[topic])?;
+        let metadata = {
+            let mut admin = lock(&self.shared.admin);
+            let client = match admin.as_mut() {
+                Some(client) => client,
+                None => admin.insert(Client::connect_timeout(
+                    self.shared.config.bootstrap.as_str(),
+                    self.shared.config.request_timeout,
+                )?),
+            };
+            let metadata = client.metadata(&[topic]);
+            if metadata
+                .as_ref()
+                .is_err_and(ClientError::is_connection_error)
+            {
+                *admin = None;
+            }
+            metadata?
+        };
         let t = metadata
             .topics
             .into_iter()
@@ -472,6 +501,10 @@ struct Outgoing {
     tokens: Vec<Token>,
     accounted: usize,
     attempt: u32,
+    /// When the batch closed: its delivery timeout counts from here.
+    created: Instant,
+    /// Pauses between its retries (made at the first retry).
+    backoff: Option<Backoff>,
 }
 
 impl Outgoing {
@@ -482,6 +515,8 @@ impl Outgoing {
             tokens: batch.tokens,
             accounted: batch.accounted,
             attempt: 0,
+            created: Instant::now(),
+            backoff: None,
         }
     }
 }
@@ -584,8 +619,12 @@ fn io_loop(shared: Arc<Shared>) {
                             connections.get_mut(&shard)
                         }
                         Err(e) => {
+                            tracing::debug!("producer cannot connect: {e}");
+                            // A restarted broker may listen on other direct ports: the
+                            // retries go through the bootstrap address, which forwards.
+                            lock(&shared.state).endpoints.retain(|e| e.shard != shard);
                             for batch in batches {
-                                finish(&shared, batch, Err(replicate(&e)));
+                                retry_or_fail(&shared, batch, replicate(&e));
                             }
                             continue;
                         }
@@ -620,12 +659,30 @@ fn requests(batches: Vec<Outgoing>, limit: usize) -> impl Iterator<Item = Vec<Ou
 }
 
 fn connect(shared: &Arc<Shared>, addr: String) -> Result<Connection, ClientError> {
-    let io_err = |source| ClientError::Io {
-        addr: addr.clone(),
-        source,
-    };
-    let stream = TcpStream::connect(addr.as_str()).map_err(io_err)?;
+    let timeout = shared.config.request_timeout.max(Duration::from_millis(1));
+    let io_err = |source| io_error(addr.clone(), timeout, source);
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "resolves to no address");
+    let mut opened = None;
+    for a in addr
+        .as_str()
+        .to_socket_addrs()
+        .map_err(|source| ClientError::Io {
+            addr: addr.clone(),
+            source: io::Error::new(source.kind(), format!("cannot resolve `{addr}`: {source}")),
+        })?
+    {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(stream) => {
+                opened = Some(stream);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let stream = opened.ok_or_else(|| io_err(last))?;
     stream.set_nodelay(true).map_err(io_err)?;
+    // A stopped broker stops reading: a write blocked that long fails the connection.
+    stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
     let reader = stream.try_clone().map_err(io_err)?;
     reader
         .set_read_timeout(Some(
@@ -762,6 +819,10 @@ fn replicate(e: &ClientError) -> ClientError {
             addr: addr.clone(),
             source: io::Error::new(source.kind(), source.to_string()),
         },
+        ClientError::Timeout { addr, after } => ClientError::Timeout {
+            addr: addr.clone(),
+            after: *after,
+        },
         ClientError::Broker(w) => ClientError::Broker(w.clone()),
         ClientError::Decode(d) => ClientError::Decode(d.clone()),
         ClientError::Unexpected(s) => ClientError::Unexpected(s.clone()),
@@ -779,20 +840,55 @@ fn replicate(e: &ClientError) -> ClientError {
     }
 }
 
+/// Sends a batch again after its backoff if `error` is retriable and its retries and
+/// delivery timeout allow; otherwise completes it with `error`. A batch resent after a
+/// lost connection or a timeout may have been stored already: its records can then be
+/// stored twice (the native protocol has no idempotent producer).
+fn retry_or_fail(shared: &Arc<Shared>, mut batch: Outgoing, error: ClientError) {
+    let config = &shared.config;
+    let backoff = batch
+        .backoff
+        .get_or_insert_with(|| Backoff::new(config.retry_backoff, config.retry_backoff_max));
+    let at = Instant::now() + backoff.next_delay();
+    let in_time = at < batch.created + config.delivery_timeout;
+    if error.is_retriable() && batch.attempt < config.retries && in_time {
+        batch.attempt += 1;
+        tracing::debug!(
+            "retrying a batch for {}/{} (attempt {}): {error}",
+            batch.to.topic,
+            batch.to.partition,
+            batch.attempt
+        );
+        if let ClientError::Broker(w) = &error {
+            if w.code == ErrorCode::UnknownTopicOrPartition {
+                lock(&shared.state).topics.remove(&batch.to.topic);
+            }
+        }
+        lock(&shared.state).retry.push((batch, at));
+        shared.work.notify_one();
+        return;
+    }
+    if error.code() == Some(ErrorCode::UnknownTopicOrPartition) {
+        // The topic changed: look it up again on the next send.
+        lock(&shared.state).topics.remove(&batch.to.topic);
+    }
+    finish(shared, batch, Err(error));
+}
+
+/// Marks a connection broken and retries (or fails) everything in flight on it.
 fn fail_all(shared: &Arc<Shared>, in_flight: &InFlight, addr: &str, e: &io::Error) {
     in_flight.broken.store(true, Ordering::SeqCst);
     let all: Vec<_> = lock(&in_flight.batches).drain().collect();
     in_flight.changed.notify_all();
+    let timeout = shared.config.request_timeout;
     for (_, batches) in all {
         for batch in batches {
-            finish(
-                shared,
-                batch,
-                Err(ClientError::Io {
-                    addr: addr.to_string(),
-                    source: io::Error::new(e.kind(), e.to_string()),
-                }),
+            let error = io_error(
+                addr.to_string(),
+                timeout,
+                io::Error::new(e.kind(), e.to_string()),
             );
+            retry_or_fail(shared, batch, error);
         }
     }
 }
@@ -812,16 +908,6 @@ fn read_loop(shared: Arc<Shared>, mut stream: TcpStream, in_flight: Arc<InFlight
                 continue;
             }
             Err(e) => {
-                let e = match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "no response within the request timeout ({:?})",
-                            shared.config.request_timeout
-                        ),
-                    ),
-                    _ => e,
-                };
                 fail_all(&shared, &in_flight, &addr, &e);
                 return;
             }
@@ -858,8 +944,7 @@ fn read_loop(shared: Arc<Shared>, mut stream: TcpStream, in_flight: Arc<InFlight
             }
         };
         let mut outcomes = outcomes.into_iter();
-        let mut retry = Vec::new();
-        for mut batch in batches {
+        for batch in batches {
             let (code, message, base) = outcomes.next().unwrap_or((
                 ErrorCode::Unknown,
                 "no outcome for this batch".into(),
@@ -876,20 +961,9 @@ fn read_loop(shared: Arc<Shared>, mut stream: TcpStream, in_flight: Arc<InFlight
                         offset: first,
                     }),
                 );
-            } else if code.is_retriable() && batch.attempt < shared.config.retries {
-                batch.attempt += 1;
-                retry.push((batch, Instant::now() + shared.config.retry_backoff));
             } else {
-                if code == ErrorCode::UnknownTopicOrPartition {
-                    // The topic changed: look it up again on the next send.
-                    lock(&shared.state).topics.remove(&batch.to.topic);
-                }
-                finish(&shared, batch, Err(WireError::new(code, message).into()));
+                retry_or_fail(&shared, batch, WireError::new(code, message).into());
             }
-        }
-        if !retry.is_empty() {
-            lock(&shared.state).retry.extend(retry);
-            shared.work.notify_one();
         }
     }
 }
