@@ -21,7 +21,7 @@ impl Backoff {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
-            ^ (std::process::id() as u64).rotate_left(32);
+            ^ u64::from(std::process::id()).rotate_left(32);
         Backoff {
             base,
             max: max.max(base),
@@ -67,7 +67,7 @@ mod tests {
         let expected = [50, 100, 200, 400, 800, 1600, 2000, 2000];
         for want in expected {
             let got = b.next_delay().as_secs_f64() * 1000.0;
-            let want = want as f64;
+            let want = f64::from(want);
             assert!(
                 got >= want * 0.8 - 0.001 && got <= want * 1.2 + 0.001,
                 "{got} ms not within 20 % of {want} ms"

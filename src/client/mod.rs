@@ -70,7 +70,7 @@ pub enum ClientError {
     },
     /// The broker did not answer (or a connection did not open) within the request
     /// timeout; the connection is not used again.
-    #[error("timed out: no answer from {addr} within {} ms", .after.as_millis())]
+    #[error("timed out: no answer from {addr} within the request timeout ({} ms)", .after.as_millis())]
     Timeout {
         /// Broker address.
         addr: String,

@@ -123,6 +123,7 @@ impl Target for Eventflow {
             min_bytes: 1,
             max_bytes: 8 << 20,
             check_crcs: false,
+            ..ConsumerConfig::default()
         })
         .with_context(|| format!("consumer for {}", self.url))?;
         if let Some(group) = &w.consumer_group {
