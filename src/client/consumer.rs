@@ -30,6 +30,12 @@
 //! next `poll` (the same error again, unless the application seeks): nothing is reset or
 //! skipped silently.
 //!
+//! **Connections that break.** A connection that is reset, closed or silent for longer than
+//! `max_wait` plus `request_timeout` is dropped, and opened again after a backoff
+//! ([`Backoff`]: 50 ms doubling to 2 s, ±20 % jitter) that ends at the first answer; the
+//! positions are untouched, so fetching resumes exactly where it stopped. `poll` does not
+//! return these errors unless `reconnect_timeout` is set and has run out.
+//!
 //! Dropping the consumer closes the channels; each worker ends when its in-flight fetch
 //! returns (within `max_wait`).
 

@@ -5,7 +5,15 @@
 //! by owning shard into one produce request per shard, and writes it on that shard's direct
 //! port (shard-aware routing: no hop between shards). One reader thread per connection
 //! completes the deliveries as responses arrive, so requests are pipelined up to
-//! `max_in_flight` per connection. Delivery results are futures that need no particular
+//! `max_in_flight` per connection.
+//!
+//! A batch that fails with a retriable error (a lost or silent connection, or the broker's
+//! `ShuttingDown`, `Timeout`, `NotEnoughDisk`) is sent again after a backoff (`Backoff`,
+//! `retry_backoff` doubling to `retry_backoff_max`, ±20 % jitter) on a new connection, until
+//! `delivery_timeout` after it closed; then it fails with the last error. A batch the broker
+//! stored before its connection broke is stored again by its retry: without an idempotent
+//! producer in the native protocol, a retry can duplicate records (and, with several
+//! requests in flight, reorder batches of a partition). Delivery results are futures that need no particular
 //! executor (any async runtime can await them) and can also be waited on from plain threads.
 
 use std::collections::HashMap;
@@ -859,11 +867,6 @@ fn retry_or_fail(shared: &Arc<Shared>, mut batch: Outgoing, error: ClientError) 
             batch.to.partition,
             batch.attempt
         );
-        if let ClientError::Broker(w) = &error {
-            if w.code == ErrorCode::UnknownTopicOrPartition {
-                lock(&shared.state).topics.remove(&batch.to.topic);
-            }
-        }
         lock(&shared.state).retry.push((batch, at));
         shared.work.notify_one();
         return;
