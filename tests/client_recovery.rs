@@ -154,9 +154,12 @@ fn a_producer_reports_what_a_stopped_broker_did_not_take_within_the_delivery_tim
 /// A port below the kernel's ephemeral range that is free now, so that a restarted broker
 /// listens where its clients left it and no bind to port 0 takes it meanwhile.
 fn fixed_port() -> u16 {
-    let seed = std::process::id() as u16;
+    // Tests of one process run at once: each call starts from another port.
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let seed = (std::process::id() as u16).wrapping_mul(31) ^ call.wrapping_mul(4_001);
     (0..2000u16)
-        .map(|i| 20_000 + (seed.wrapping_mul(31).wrapping_add(i * 13)) % 12_000)
+        .map(|i| 20_000 + seed.wrapping_add(i * 13) % 12_000)
         .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
         .expect("a free port below the ephemeral range")
 }
@@ -168,9 +171,9 @@ fn spawn_fixed(dir: &Path, addr: &str) -> Child {
         let mut child = Command::new(env!("CARGO_BIN_EXE_eventflowd"))
             .args(["--listen", addr, "--no-direct-ports", "--no-kafka"])
             .args(["--cores", "2", "--data-dir"])
-            .arg(dir)
+            .arg(dir.join("data"))
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(log_file(dir)))
             .spawn()
             .expect("spawn eventflowd");
         let mut line = String::new();
@@ -183,9 +186,21 @@ fn spawn_fixed(dir: &Path, addr: &str) -> Child {
         // The address may still be held by the previous process's sockets.
         let _ = child.kill();
         let _ = child.wait();
-        assert!(Instant::now() < deadline, "broker did not start on {addr}");
+        assert!(
+            Instant::now() < deadline,
+            "broker did not start on {addr}; log:\n{}",
+            std::fs::read_to_string(dir.join("broker.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+fn log_file(dir: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("broker.log"))
+        .unwrap()
 }
 
 /// Lines of a child's stdout as they come.
@@ -212,9 +227,16 @@ fn consume_until(
     let deadline = Instant::now() + Duration::from_secs(90);
     while !want.iter().all(|v| seen.iter().any(|(_, _, s)| s == v)) {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("consumer stalled after {} records", seen.len()));
+        let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+            let missing: Vec<&String> = want
+                .iter()
+                .filter(|v| !seen.iter().any(|(_, _, s)| s == *v))
+                .collect();
+            panic!(
+                "consumer stalled after {} records; missing {missing:?}; seen {seen:?}",
+                seen.len()
+            )
+        });
         let mut parts = line.splitn(3, ' ');
         let p = parts.next().unwrap().parse().unwrap();
         let o = parts.next().unwrap().parse().unwrap();
