@@ -200,6 +200,10 @@ struct ConsumeArgs {
     /// With --group: a member not heard from for this long is removed, in ms.
     #[arg(long, default_value_t = 10_000, requires = "group")]
     session_timeout_ms: u64,
+    /// Do not check each fetched batch's CRC-32C (checked by default: a damaged batch is
+    /// an error naming its topic, partition and offset, never printed).
+    #[arg(long)]
+    no_check_crcs: bool,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -431,6 +435,7 @@ fn consume(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
     };
     let mut consumer = Consumer::new(ConsumerConfig {
         bootstrap: bootstrap.to_string(),
+        check_crcs: !args.no_check_crcs,
         ..ConsumerConfig::default()
     })
     .context("cannot reach the broker")?;
