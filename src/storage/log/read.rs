@@ -1,11 +1,19 @@
 //! Reads: whole batches into a buffer, a file range to splice, the readable-bytes estimate
 //! a long-poll waits on, and the lookup by timestamp. Only batch headers are parsed, and
 //! nothing at or past the high watermark is returned.
+//!
+//! An index entry is a hint, never trusted blindly: before a scan starts at one, the batch
+//! header at its position must parse as a v2 batch with the entry's offset as its base and
+//! end inside the segment ([`PartitionLog::start_position`]). One that does not (a damaged
+//! index file that still looked sane at recovery) is skipped for the entry before it, so
+//! reads keep working; the first such entry of a segment logs a warning and removes the
+//! index file, so the next start rebuilds it from the log.
 
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use compio::fs::File;
+use tracing::warn;
 
 use super::state::PartitionLog;
 use crate::protocol::batch::{BatchHeader, BATCH_HEADER_LEN};
@@ -65,7 +73,8 @@ impl PartitionLog {
         loop {
             // The segment to look in: the one holding `offset`, or the next one if an
             // earlier attempt found nothing.
-            let Some((log, path, mut position, end, base)) = self.segment_from(offset, after_base)
+            let Some((log, path, mut position, end, base)) =
+                self.checked_segment_from(offset, after_base).await?
             else {
                 return Ok(outcome(Bytes::new()));
             };
@@ -147,6 +156,94 @@ impl PartitionLog {
         ))
     }
 
+    /// [`PartitionLog::segment_from`] with the index entry it starts at checked against the
+    /// log ([`PartitionLog::start_position`]).
+    async fn checked_segment_from(
+        &self,
+        offset: i64,
+        after_base: Option<i64>,
+    ) -> Result<Option<(File, PathBuf, u64, u64, i64)>, StorageError> {
+        let Some((log, path, position, end, base)) = self.segment_from(offset, after_base) else {
+            return Ok(None);
+        };
+        if position == 0 {
+            return Ok(Some((log, path, 0, end, base)));
+        }
+        let position = self.start_position(&log, &path, base, end, offset).await?;
+        Ok(Some((log, path, position, end, base)))
+    }
+
+    /// Where to start scanning segment `base` (whose batches end at `end`) for `offset`: the
+    /// position of the nearest index entry at or below it whose batch header agrees with
+    /// it, or 0. Each damaged entry met costs one header read and sends the lookup to the
+    /// entry before it.
+    pub(super) async fn start_position(
+        &self,
+        log: &File,
+        path: &Path,
+        base: i64,
+        end: u64,
+        offset: i64,
+    ) -> Result<u64, StorageError> {
+        let mut at_most = offset;
+        loop {
+            let entry = {
+                let segments = self.segments.borrow();
+                let i = segments.partition_point(|s| s.base_offset < base);
+                let relative = at_most - base;
+                match segments.get(i) {
+                    Some(s) if s.base_offset == base && relative > 0 => {
+                        s.index.lookup(u32::try_from(relative).unwrap_or(u32::MAX))
+                    }
+                    _ => None,
+                }
+            };
+            let Some(entry) = entry else {
+                return Ok(0);
+            };
+            let position = u64::from(entry.position);
+            let claimed = base + i64::from(entry.relative_offset);
+            let Some(problem) = check_entry(log, path, position, claimed, end).await? else {
+                return Ok(position);
+            };
+            self.index_entry_damaged(base, claimed, position, &problem)
+                .await;
+            at_most = claimed - 1;
+        }
+    }
+
+    /// Logs a damaged index entry of segment `base` and removes its index file, once per
+    /// segment: the next start finds the index missing and rebuilds it from the log. (The
+    /// segment's open handle keeps taking appends to the removed file, which is harmless.)
+    async fn index_entry_damaged(&self, base: i64, claimed: i64, position: u64, problem: &str) {
+        let index_path = {
+            let mut segments = self.segments.borrow_mut();
+            let i = segments.partition_point(|s| s.base_offset < base);
+            match segments.get_mut(i) {
+                Some(s) if s.base_offset == base && !s.index_damaged => {
+                    s.index_damaged = true;
+                    s.files.index.clone()
+                }
+                _ => return,
+            }
+        };
+        warn!(
+            path = %index_path.display(),
+            entry_offset = claimed,
+            entry_position = position,
+            "offset index entry does not point at its batch ({problem}); reading by scanning \
+             from an earlier entry, and the index will be rebuilt from the log at the next start"
+        );
+        match compio::fs::remove_file(&index_path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(
+                path = %index_path.display(),
+                "cannot remove the damaged offset index: {e}"
+            ),
+        }
+    }
+
     /// Locates what [`PartitionLog::read`] would return without reading it: the file and
     /// byte range to send, starting at the batch that contains `offset`. Only the batch
     /// headers between the nearest index entry and that batch are read (about one index
@@ -178,7 +275,8 @@ impl PartitionLog {
         let interval = u64::from(self.config.borrow().index_interval_bytes);
         let mut after_base: Option<i64> = None;
         loop {
-            let Some((log, path, mut position, end, base)) = self.segment_from(offset, after_base)
+            let Some((log, path, mut position, end, base)) =
+                self.checked_segment_from(offset, after_base).await?
             else {
                 return done(None);
             };
@@ -248,7 +346,7 @@ impl PartitionLog {
         let high_watermark = self.high_watermark.get();
         let mut after_base: Option<i64> = None;
         loop {
-            let (log, path, start, end) = {
+            let (log, path, start, end, base, entry_offset) = {
                 let segments = self.segments.borrow();
                 let from = after_base.map_or(0, |base| {
                     segments.partition_point(|s| s.base_offset <= base)
@@ -260,12 +358,24 @@ impl PartitionLog {
                     return Ok(None);
                 };
                 after_base = Some(segment.base_offset);
+                let entry_offset = segment
+                    .time_index
+                    .lookup_below(ts)
+                    .map(|e| segment.base_offset + i64::from(e.relative_offset));
                 (
                     segment.log.clone(),
                     segment.files.log.clone(),
                     segment.position_for_timestamp(ts),
                     segment.size,
+                    segment.base_offset,
+                    entry_offset,
                 )
+            };
+            let start = match entry_offset {
+                Some(offset) if start > 0 => {
+                    self.start_position(&log, &path, base, end, offset).await?
+                }
+                _ => start,
             };
             let mut found = None;
             let mut past_end = false;
@@ -283,6 +393,34 @@ impl PartitionLog {
             }
         }
     }
+}
+
+/// What is wrong with an index entry that says the batch with base offset `claimed` starts
+/// at `position` of a segment whose batches end at `end`; `None` if nothing.
+async fn check_entry(
+    log: &File,
+    path: &Path,
+    position: u64,
+    claimed: i64,
+    end: u64,
+) -> Result<Option<String>, StorageError> {
+    if position + BATCH_HEADER_LEN as u64 > end {
+        return Ok(Some(format!(
+            "byte {position} is past the segment's batches"
+        )));
+    }
+    let buf = segment::read_exact(log, path, position, BATCH_HEADER_LEN).await?;
+    Ok(match BatchHeader::parse(&buf) {
+        Err(e) => Some(format!("no batch header at byte {position}: {e}")),
+        Ok(h) if h.base_offset != claimed => Some(format!(
+            "the batch at byte {position} has base offset {}, the entry says {claimed}",
+            h.base_offset
+        )),
+        Ok(h) if position + h.total_len() as u64 > end => Some(format!(
+            "the batch at byte {position} runs past the segment's batches"
+        )),
+        Ok(_) => None,
+    })
 }
 
 /// Walks the batch headers in `buf` (read from file `position`) to the batch holding
