@@ -119,3 +119,163 @@ fn a_damaged_index_entry_does_not_break_reads() {
         position
     );
 }
+
+#[test]
+fn a_flipped_value_byte_in_a_sealed_segment_is_an_error_never_data() {
+    let mut broker = Broker::start(&["--cores", "1", "--segment-bytes", "16384"]);
+    fill(&broker, "seal", 30);
+    assert!(broker.terminate().success());
+    let dir = broker.data_dir.join("data").join("seal").join("0");
+    assert!(dir.join("clean-stop").exists(), "a clean stop is marked");
+
+    let logs = segment_files(&broker, "seal", 0, "log");
+    assert!(logs.len() > 2, "segments rolled: {logs:?}");
+    let starts = batch_starts(&logs[0]);
+    assert!(starts.len() > 2);
+    let (start, damaged) = starts[2];
+    flip_value_byte(&logs[0], start);
+
+    broker.restart();
+    assert!(!dir.join("clean-stop").exists(), "the marker is used once");
+    let out = eventflow(
+        &broker,
+        &[
+            "consume",
+            "seal",
+            "--from-beginning",
+            "--timeout-ms",
+            "3000",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stderr.contains(&format!("corrupt batch in seal/0 at offset {damaged}"))
+            && stderr.contains("crc mismatch"),
+        "{stderr}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len() as i64,
+        damaged,
+        "the records before it, no more"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.bytes().all(|b| b.is_ascii_graphic())),
+        "no damaged value printed"
+    );
+
+    // Unchecked, the damaged value would be printed: the check is what stops it.
+    let out = eventflow(
+        &broker,
+        &[
+            "consume",
+            "seal",
+            "--from-beginning",
+            "--timeout-ms",
+            "2000",
+            "--no-check-crcs",
+        ],
+    );
+    assert!(out.status.success());
+    assert!(out.stdout.contains(&(b'.' ^ 0x20)));
+
+    let out = eventflow(&broker, &["topic", "verify", "seal"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("partition 0: 30 batches, 290 records, 1 corrupt batch"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "corrupt batch at offset {damaged}: batch crc mismatch"
+        )),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn verify_passes_a_sound_topic() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let mut c = broker.client();
+    c.create_topic("sound", 3, &[]).unwrap();
+    for p in 0..3 {
+        for i in 0..4 {
+            let b = batch(&format!("p{p}b{i}"), 5, 50, now_ms());
+            c.produce("sound", p, b, Acks::All).unwrap();
+        }
+    }
+    let out = eventflow(&broker, &["topic", "verify", "sound"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for p in 0..3 {
+        assert!(
+            stdout.contains(&format!(
+                "partition {p}: 4 batches, 20 records, 0 corrupt batches"
+            )),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn recovery_after_kill9_checks_the_whole_active_segment() {
+    let mut broker = Broker::start(&["--cores", "1", "--fsync", "always"]);
+    // Enough batches for the index entries to reach the index file (they are written 64
+    // at a time).
+    fill(&broker, "active", 100);
+    broker.kill9();
+    let dir = broker.data_dir.join("data").join("active").join("0");
+    assert!(!dir.join("clean-stop").exists(), "no clean stop");
+
+    let log = segment_files(&broker, "active", 0, "log").pop().unwrap();
+    let index = std::fs::read(segment_files(&broker, "active", 0, "index").pop().unwrap()).unwrap();
+    assert!(!index.is_empty(), "index entries on disk");
+    let last_entry = u32::from_be_bytes(index[index.len() - 4..].try_into().unwrap()) as usize;
+    let (start, damaged) = batch_starts(&log)[5];
+    assert!(
+        start < last_entry,
+        "the batch is before the last index entry"
+    );
+    flip_value_byte(&log, start);
+
+    broker.restart();
+    let log_text = broker.log();
+    assert!(
+        log_text.contains("truncating the log tail")
+            && log_text.contains(&format!("the batch at byte {start}: batch crc mismatch")),
+        "{log_text}"
+    );
+    let mut c = broker.client();
+    assert_eq!(
+        c.list_offset("active", 0, eventflow::protocol::api::offset_spec::LATEST)
+            .unwrap(),
+        damaged
+    );
+    let out = eventflow(
+        &broker,
+        &[
+            "consume",
+            "active",
+            "--from-beginning",
+            "--timeout-ms",
+            "2000",
+        ],
+    );
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len() as i64, damaged);
+    assert!(lines.last().unwrap().starts_with("b4-9."));
+    assert!(lines
+        .iter()
+        .all(|l| l.bytes().all(|b| b.is_ascii_graphic())));
+    let (base, _) = c
+        .produce("active", 0, batch("new", 10, 300, now_ms()), Acks::All)
+        .unwrap();
+    assert_eq!(base, damaged, "appends continue where the good log ends");
+}
