@@ -279,3 +279,38 @@ fn recovery_after_kill9_checks_the_whole_active_segment() {
         .unwrap();
     assert_eq!(base, damaged, "appends continue where the good log ends");
 }
+
+#[test]
+fn a_damaged_batch_length_is_an_error_not_a_stop() {
+    let mut broker = Broker::start(&["--cores", "1", "--segment-bytes", "16384"]);
+    fill(&broker, "len", 30);
+    assert!(broker.terminate().success());
+    let logs = segment_files(&broker, "len", 0, "log");
+    // A length a little too long in one sealed segment, one far past its end in another.
+    for (log, add) in [(&logs[0], 100i32), (&logs[1], 1 << 24)] {
+        let (start, _) = batch_starts(log)[1];
+        let mut bytes = std::fs::read(log).unwrap();
+        let len = i32::from_be_bytes(bytes[start + 8..start + 12].try_into().unwrap());
+        bytes[start + 8..start + 12].copy_from_slice(&(len + add).to_be_bytes());
+        std::fs::write(log, bytes).unwrap();
+    }
+    let first_of_second = batch_starts(&logs[1])[1].1;
+    broker.restart();
+    for from in ["0".to_string(), first_of_second.to_string()] {
+        let started = std::time::Instant::now();
+        let out = eventflow(
+            &broker,
+            &["consume", "len", "--offset", &from, "--timeout-ms", "5000"],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "from {from}: {stderr}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "it stops"
+        );
+        assert!(
+            stderr.contains("corrupt") && stderr.contains("len/0"),
+            "from {from}: {stderr}"
+        );
+    }
+}
