@@ -2,9 +2,9 @@
 //! a long-poll waits on, and the lookup by timestamp. Only batch headers are parsed, and
 //! nothing at or past the high watermark is returned.
 //!
-//! An index entry is a hint, never trusted blindly: before a scan starts at one, the batch
-//! header at its position must parse as a v2 batch with the entry's offset as its base and
-//! end inside the segment ([`PartitionLog::start_position`]). One that does not (a damaged
+//! An index entry is a hint, never trusted blindly: when a scan starts at one, the batch
+//! header at its position (in the bytes the scan reads anyway) must parse as a v2 batch
+//! with the entry's offset as its base and end inside the segment ([`entry_problem`]). One that does not (a damaged
 //! index file that still looked sane at recovery) is skipped for the entry before it, so
 //! reads keep working; the first such entry of a segment logs a warning and removes the
 //! index file, so the next start rebuilds it from the log.
@@ -73,8 +73,14 @@ impl PartitionLog {
         loop {
             // The segment to look in: the one holding `offset`, or the next one if an
             // earlier attempt found nothing.
-            let Some((log, path, mut position, end, base)) =
-                self.checked_segment_from(offset, after_base).await?
+            let Some(SegmentStart {
+                log,
+                path,
+                mut position,
+                end,
+                base,
+                mut entry,
+            }) = self.segment_from(offset, after_base)
             else {
                 return Ok(outcome(Bytes::new()));
             };
@@ -87,6 +93,16 @@ impl PartitionLog {
                     .max(BATCH_HEADER_LEN as u64)
                     .min(end - position);
                 let mut buf = segment::read_exact(&log, &path, position, want as usize).await?;
+                if let Some(claimed) = entry.take() {
+                    if let Some(problem) = entry_problem(&buf, position, claimed, end) {
+                        self.index_entry_damaged(base, claimed, position, &problem)
+                            .await;
+                        position = self
+                            .start_position(&log, &path, base, end, claimed - 1)
+                            .await?;
+                        continue;
+                    }
+                }
                 let (at, first) = find_batch(&buf, &path, position, offset)?;
                 let Some(first) = first else {
                     position += at as u64;
@@ -133,12 +149,10 @@ impl PartitionLog {
 
     /// The segment to read `offset` from: the one holding it, or (`after_base` set) the
     /// segment after the one with that base, when the earlier one had nothing more. Returns
-    /// its log file, path, the index position to start scanning at, its size and its base.
-    fn segment_from(
-        &self,
-        offset: i64,
-        after_base: Option<i64>,
-    ) -> Option<(File, PathBuf, u64, u64, i64)> {
+    /// its log file, path, the position to start scanning at, its size, its base, and the
+    /// offset of the index entry that position comes from (`None`: byte 0, no entry), which
+    /// the caller checks against the header it reads there ([`entry_problem`]).
+    fn segment_from(&self, offset: i64, after_base: Option<i64>) -> Option<SegmentStart> {
         let segments = self.segments.borrow();
         let index = match after_base {
             None => segments
@@ -147,30 +161,22 @@ impl PartitionLog {
             Some(base) => segments.partition_point(|s| s.base_offset <= base),
         };
         let segment = segments.get(index)?;
-        Some((
-            segment.log.clone(),
-            segment.files.log.clone(),
-            segment.position_for(offset),
-            segment.size,
-            segment.base_offset,
-        ))
-    }
-
-    /// [`PartitionLog::segment_from`] with the index entry it starts at checked against the
-    /// log ([`PartitionLog::start_position`]).
-    async fn checked_segment_from(
-        &self,
-        offset: i64,
-        after_base: Option<i64>,
-    ) -> Result<Option<(File, PathBuf, u64, u64, i64)>, StorageError> {
-        let Some((log, path, position, end, base)) = self.segment_from(offset, after_base) else {
-            return Ok(None);
+        let relative = offset - segment.base_offset;
+        let entry = if relative > 0 {
+            segment
+                .index
+                .lookup(u32::try_from(relative).unwrap_or(u32::MAX))
+        } else {
+            None
         };
-        if position == 0 {
-            return Ok(Some((log, path, 0, end, base)));
-        }
-        let position = self.start_position(&log, &path, base, end, offset).await?;
-        Ok(Some((log, path, position, end, base)))
+        Some(SegmentStart {
+            log: segment.log.clone(),
+            path: segment.files.log.clone(),
+            position: entry.map_or(0, |e| u64::from(e.position)),
+            end: segment.size,
+            base: segment.base_offset,
+            entry: entry.map(|e| segment.base_offset + i64::from(e.relative_offset)),
+        })
     }
 
     /// Where to start scanning segment `base` (whose batches end at `end`) for `offset`: the
@@ -275,8 +281,14 @@ impl PartitionLog {
         let interval = u64::from(self.config.borrow().index_interval_bytes);
         let mut after_base: Option<i64> = None;
         loop {
-            let Some((log, path, mut position, end, base)) =
-                self.checked_segment_from(offset, after_base).await?
+            let Some(SegmentStart {
+                log,
+                path,
+                mut position,
+                end,
+                base,
+                mut entry,
+            }) = self.segment_from(offset, after_base)
             else {
                 return done(None);
             };
@@ -286,6 +298,16 @@ impl PartitionLog {
                 // or lets us skip ahead by whole batches.
                 let want = (interval + BATCH_HEADER_LEN as u64).min(end - position);
                 let buf = segment::read_exact(&log, &path, position, want as usize).await?;
+                if let Some(claimed) = entry.take() {
+                    if let Some(problem) = entry_problem(&buf, position, claimed, end) {
+                        self.index_entry_damaged(base, claimed, position, &problem)
+                            .await;
+                        position = self
+                            .start_position(&log, &path, base, end, claimed - 1)
+                            .await?;
+                        continue;
+                    }
+                }
                 let (at, first) = find_batch(&buf, &path, position, offset)?;
                 let Some(first) = first else {
                     position += at as u64;
@@ -396,21 +418,15 @@ impl PartitionLog {
 }
 
 /// What is wrong with an index entry that says the batch with base offset `claimed` starts
-/// at `position` of a segment whose batches end at `end`; `None` if nothing.
-async fn check_entry(
-    log: &File,
-    path: &Path,
-    position: u64,
-    claimed: i64,
-    end: u64,
-) -> Result<Option<String>, StorageError> {
+/// at `position` of a segment whose batches end at `end`, given the bytes read there
+/// (at least a header's worth, unless the segment ends sooner); `None` if nothing. A read
+/// checks the entry it starts at with the bytes it reads anyway, so a sound index costs no
+/// extra I/O.
+fn entry_problem(buf: &[u8], position: u64, claimed: i64, end: u64) -> Option<String> {
     if position + BATCH_HEADER_LEN as u64 > end {
-        return Ok(Some(format!(
-            "byte {position} is past the segment's batches"
-        )));
+        return Some(format!("byte {position} is past the segment's batches"));
     }
-    let buf = segment::read_exact(log, path, position, BATCH_HEADER_LEN).await?;
-    Ok(match BatchHeader::parse(&buf) {
+    match BatchHeader::parse(buf) {
         Err(e) => Some(format!("no batch header at byte {position}: {e}")),
         Ok(h) if h.base_offset != claimed => Some(format!(
             "the batch at byte {position} has base offset {}, the entry says {claimed}",
@@ -420,7 +436,36 @@ async fn check_entry(
             "the batch at byte {position} runs past the segment's batches"
         )),
         Ok(_) => None,
-    })
+    }
+}
+
+/// [`entry_problem`] for an entry not yet read: reads its header first.
+async fn check_entry(
+    log: &File,
+    path: &Path,
+    position: u64,
+    claimed: i64,
+    end: u64,
+) -> Result<Option<String>, StorageError> {
+    if position + BATCH_HEADER_LEN as u64 > end {
+        return Ok(entry_problem(&[], position, claimed, end));
+    }
+    let buf = segment::read_exact(log, path, position, BATCH_HEADER_LEN).await?;
+    Ok(entry_problem(&buf, position, claimed, end))
+}
+
+/// Where a read starts in a segment ([`PartitionLog::segment_from`]).
+struct SegmentStart {
+    log: File,
+    path: PathBuf,
+    /// First byte to scan from.
+    position: u64,
+    /// End of the segment's batches.
+    end: u64,
+    /// The segment's base offset.
+    base: i64,
+    /// The offset of the index entry `position` comes from, not yet checked.
+    entry: Option<i64>,
 }
 
 /// Walks the batch headers in `buf` (read from file `position`) to the batch holding
