@@ -49,6 +49,9 @@ pub struct BrokerConfig {
     pub retention_bytes: Option<u64>,
     /// How often each shard enforces retention.
     pub retention_check: Duration,
+    /// Bytes per second each shard's scrubber re-reads from sealed segments to check their
+    /// CRCs; 0 turns the scrubber off.
+    pub scrub_bytes_per_sec: u64,
     /// Connections accepted at once, across all shards.
     pub max_connections: usize,
     /// Requests one connection may have in flight before the broker stops reading from it.
@@ -89,6 +92,7 @@ impl BrokerConfig {
             retention_ms: Some(7 * 24 * 3600 * 1000),
             retention_bytes: None,
             retention_check: Duration::from_secs(30),
+            scrub_bytes_per_sec: 0,
             max_connections: 10_000,
             max_in_flight_per_connection: 128,
             max_queued_request_bytes: 32 << 20,

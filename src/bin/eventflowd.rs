@@ -103,6 +103,11 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     retention_check_secs: u64,
 
+    /// Bytes per second each shard re-reads from sealed segments in the background to check
+    /// every batch's CRC-32C (a corrupt batch is logged); 0: no scrubbing.
+    #[arg(long, default_value_t = 0)]
+    scrub_bytes_per_sec: u64,
+
     /// Connections served at once, across all shards.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
@@ -178,6 +183,7 @@ fn config_from(args: Args) -> anyhow::Result<BrokerConfig> {
         v => bail!("--retention-bytes must be -1 or positive, not {v}"),
     };
     config.retention_check = Duration::from_secs(args.retention_check_secs.max(1));
+    config.scrub_bytes_per_sec = args.scrub_bytes_per_sec;
     if args.max_connections == 0 || args.max_in_flight == 0 {
         bail!("--max-connections and --max-in-flight must be at least 1");
     }

@@ -24,8 +24,10 @@
 //! **What comes back.** The first batch of a fetch may start below the position: those
 //! records are skipped. The last batch may be cut short: it is dropped and fetched again
 //! from its start. Records are zero-copy slices of the fetched buffer. A partition error
-//! (say `OffsetOutOfRange`) or a batch that fails its CRC (with `check_crcs`) is returned
-//! from `poll` as an error, after any records already decoded; the partition keeps its
+//! (say `OffsetOutOfRange`) or a corrupt batch (a CRC mismatch with `check_crcs`, the
+//! default; record offsets that disagree with the batch header; or a first batch whose
+//! length runs past what the broker returned, which the broker never does for a sound batch)
+//! is returned from `poll` as an error, after any records already decoded; the partition keeps its
 //! position and sits out fetches until the error is returned, and is fetched again on the
 //! next `poll` (the same error again, unless the application seeks): nothing is reset or
 //! skipped silently.
@@ -89,7 +91,10 @@ pub struct ConsumerConfig {
     /// Budget of one fetch (per connection, and per partition within it). The broker may
     /// exceed it by one batch so that a consumer always makes progress.
     pub max_bytes: u32,
-    /// Check every fetched batch's CRC-32C before decoding it.
+    /// Check every fetched batch's CRC-32C before decoding it (on by default: a batch the
+    /// disk or the network damaged is then an error, never data). Off, a damaged record is
+    /// still caught when it breaks the batch's framing or offsets, but a flipped value byte
+    /// is not.
     pub check_crcs: bool,
     /// How long connecting and each request may take (a fetch: `max_wait` more) before
     /// the connection is dropped as broken (`request.timeout.ms`).
@@ -105,14 +110,15 @@ pub struct ConsumerConfig {
 }
 
 impl Default for ConsumerConfig {
-    /// A local broker, a 500 ms long-poll that answers on the first byte, 4 MiB fetches.
+    /// A local broker, a 500 ms long-poll that answers on the first byte, 4 MiB fetches,
+    /// CRCs checked.
     fn default() -> Self {
         ConsumerConfig {
             bootstrap: "127.0.0.1:9292".into(),
             max_wait: Duration::from_millis(500),
             min_bytes: 1,
             max_bytes: 4 << 20,
-            check_crcs: false,
+            check_crcs: true,
             request_timeout: super::DEFAULT_REQUEST_TIMEOUT,
             reconnect_backoff: Duration::from_millis(50),
             reconnect_backoff_max: Duration::from_secs(2),
@@ -937,7 +943,10 @@ fn fetch_request(partitions: &[Fetched], config: &ConsumerConfig) -> Request {
 
 /// Decodes the records at or after `position` in the complete batches of one partition's
 /// fetched bytes into `out`. Returns the next position (after the last batch decoded) and
-/// the error that stopped decoding, if any; a cut-short last batch just ends the walk.
+/// the error that stopped decoding, if any. A cut-short batch after the first just ends the
+/// walk (the budget ran out there); the first batch, the one holding `position`, is always
+/// sent whole by the broker, so if it is cut short its length field is damaged: an error,
+/// not a silent stop that would fetch the same bytes forever.
 fn decode_fetched(
     topic: &Arc<str>,
     partition: u32,
@@ -952,10 +961,23 @@ fn decode_fetched(
         offset,
         reason: err.to_string(),
     };
-    for item in batch::batches(records) {
+    for (i, item) in batch::batches(records).enumerate() {
         let (start, header) = match item {
             Ok(found) => found,
-            Err(BatchError::Truncated { .. }) => break,
+            Err(BatchError::Truncated { .. }) if i > 0 => break,
+            Err(BatchError::Truncated { needed, available }) => {
+                let reason = format!(
+                    "the batch declares {needed} bytes but the broker returned {available}: \
+                     its length field is damaged"
+                );
+                let err = ClientError::CorruptBatch {
+                    topic: topic.to_string(),
+                    partition,
+                    offset: position,
+                    reason,
+                };
+                return (position, Some(err));
+            }
             Err(err) => return (position, Some(corrupt(position, err))),
         };
         if header.last_offset() < position {
@@ -1130,6 +1152,37 @@ mod tests {
         );
         // Unchecked, the flipped byte goes unnoticed.
         assert_eq!(decode(0, &bad, false).0, 6);
+    }
+
+    #[test]
+    fn a_first_batch_cut_short_is_a_damaged_length_not_a_stop() {
+        let good = log(&[2, 2]);
+        // The first batch's length now claims more than the response holds.
+        let mut bad = good.to_vec();
+        bad[8..12].copy_from_slice(&(good.len() as i32).to_be_bytes());
+        let bad = Bytes::from(bad);
+        let mut out = Vec::new();
+        let (next, err) = decode_fetched(&Arc::from("t"), 3, 0, &bad, true, &mut out);
+        assert_eq!((next, out.len()), (0, 0));
+        let message = err.expect("an error").to_string();
+        assert!(
+            message.contains("t/3 at offset 0") && message.contains("length field"),
+            "{message}"
+        );
+        // An impossible length is an error too, even unchecked.
+        let mut bad = good.to_vec();
+        bad[8..12].copy_from_slice(&(-7i32).to_be_bytes());
+        assert_eq!(decode(0, &Bytes::from(bad), false), (0, vec![], true));
+    }
+
+    #[test]
+    fn a_record_under_another_offset_is_an_error_even_unchecked() {
+        let good = log(&[3]);
+        // Offset delta of the first record: length, attributes, timestamp delta, then it.
+        let mut bad = good.to_vec();
+        assert_eq!(bad[64], 0);
+        bad[64] = 2; // delta 1: the second record's delta no longer rises
+        assert_eq!(decode(0, &Bytes::from(bad), false), (0, vec![], true));
     }
 
     #[test]

@@ -455,6 +455,8 @@ pub fn records(batch: &[u8]) -> Result<RecordIter<'_>, BatchError> {
         remaining,
         base_offset: header.base_offset,
         base_timestamp: header.base_timestamp,
+        last_offset_delta: header.last_offset_delta,
+        previous_delta: None,
         failed: false,
     })
 }
@@ -462,13 +464,18 @@ pub fn records(batch: &[u8]) -> Result<RecordIter<'_>, BatchError> {
 /// Iterator over the records of a batch, returned by [`records`].
 ///
 /// Yields exactly `records_count` records. If a record is malformed, or bytes are left over
-/// after the last one, it yields that error once and then stops.
+/// after the last one, it yields that error once and then stops. Offset deltas must rise
+/// strictly, stay within `0..=last_offset_delta`, and the last record's must be the header's
+/// `last_offset_delta`: a record is never handed out under an offset its batch does not
+/// cover.
 #[derive(Debug, Clone)]
 pub struct RecordIter<'a> {
     cursor: Cursor<'a>,
     remaining: u32,
     base_offset: i64,
     base_timestamp: i64,
+    last_offset_delta: i32,
+    previous_delta: Option<i64>,
     failed: bool,
 }
 
@@ -488,6 +495,26 @@ impl<'a> RecordIter<'a> {
                 "record length is longer than its fields",
             ));
         }
+        let delta = record.offset.wrapping_sub(self.base_offset);
+        if delta < 0 || delta > i64::from(self.last_offset_delta) {
+            return Err(BatchError::InvalidRecord(
+                "record offset delta is outside the batch's offsets",
+            ));
+        }
+        if self
+            .previous_delta
+            .is_some_and(|previous| delta <= previous)
+        {
+            return Err(BatchError::InvalidRecord(
+                "record offset deltas do not rise",
+            ));
+        }
+        if self.remaining == 0 && delta != i64::from(self.last_offset_delta) {
+            return Err(BatchError::InvalidRecord(
+                "the last record's offset delta is not the batch's last offset delta",
+            ));
+        }
+        self.previous_delta = Some(delta);
         Ok(record)
     }
 }
@@ -942,6 +969,45 @@ mod tests {
     }
 
     #[test]
+    fn record_offsets_must_match_the_batch_header() {
+        let batch = sample_batch();
+        // Record 0: length at 61, attributes at 62, timestamp delta at 63, offset delta at 64.
+        assert_eq!(batch[64], 0);
+        let errors = |batch: &[u8]| -> Vec<BatchError> {
+            records(batch).unwrap().filter_map(Result::err).collect()
+        };
+        assert!(errors(&batch).is_empty());
+        // Delta 2 (zigzag 4) for the first record: the second's delta 1 no longer rises.
+        let mut bad = batch.clone();
+        bad[64] = 4;
+        fix_crc(&mut bad);
+        assert_eq!(
+            errors(&bad),
+            vec![BatchError::InvalidRecord(
+                "record offset deltas do not rise"
+            )]
+        );
+        // Delta 3 is past the batch's last offset delta (2).
+        bad[64] = 6;
+        fix_crc(&mut bad);
+        assert_eq!(
+            errors(&bad),
+            vec![BatchError::InvalidRecord(
+                "record offset delta is outside the batch's offsets"
+            )]
+        );
+        // A header whose last offset delta claims more records than the last one has.
+        let mut bad = batch.clone();
+        bad[field::LAST_OFFSET_DELTA + 3] = 5;
+        assert_eq!(
+            errors(&bad),
+            vec![BatchError::InvalidRecord(
+                "the last record's offset delta is not the batch's last offset delta"
+            )]
+        );
+    }
+
+    #[test]
     fn crc_is_castagnoli() {
         assert_eq!(crc32c::crc32c(b"123456789"), 0xe306_9283);
     }
@@ -1391,12 +1457,13 @@ mod tests {
         assert!(decoded[..3].iter().all(Result::is_ok));
         assert!(decoded[3].is_err());
 
-        // Claim one fewer: the last record becomes trailing garbage.
+        // Claim one fewer: the second record, now the last, does not end at the header's
+        // last offset delta.
         let mut too_few = batch.to_vec();
         too_few[57..61].copy_from_slice(&2i32.to_be_bytes());
         let decoded: Vec<_> = records(&too_few).unwrap().collect();
-        assert_eq!(decoded.len(), 3);
-        assert!(decoded[2].is_err());
+        assert_eq!(decoded.len(), 2);
+        assert!(decoded[1].is_err());
 
         let mut negative = batch.to_vec();
         negative[57..61].copy_from_slice(&(-1i32).to_be_bytes());

@@ -504,6 +504,9 @@ async fn shard_main(
     }
     compio::runtime::spawn(maintenance(ctx.clone())).detach();
     compio::runtime::spawn(expire_sessions(ctx.clone())).detach();
+    if ctx.config.scrub_bytes_per_sec > 0 {
+        compio::runtime::spawn(scrub(ctx.clone(), ctx.config.scrub_bytes_per_sec)).detach();
+    }
 
     // Run until shutdown, then wait for this shard's connections to finish.
     while !ctx.is_shutting_down() {
@@ -592,6 +595,57 @@ async fn expire_sessions(ctx: Rc<ShardContext>) {
         ctx.groups.tick(Instant::now());
     }
 }
+
+/// The background scrubber (`--scrub-bytes-per-sec`): goes round this shard's partitions,
+/// one step of at most [`SCRUB_STEP_BYTES`] each, checking the CRCs of their sealed segments
+/// (`PartitionLog::scrub_step`), and sleeps after each step for as long as its bytes take at
+/// the configured rate, so it never reads faster than that. A corrupt batch is logged as an
+/// error with a running count, on every pass that finds it.
+async fn scrub(ctx: Rc<ShardContext>, bytes_per_sec: u64) {
+    let mut corrupt_found = 0u64;
+    loop {
+        let mut read = 0u64;
+        for log in ctx.partitions.all_logs() {
+            let step = match log.scrub_step(SCRUB_STEP_BYTES).await {
+                Ok(step) => step,
+                Err(crate::storage::StorageError::Closed) => continue,
+                Err(e) => {
+                    tracing::warn!(shard = ctx.id, "scrub read failed: {e}");
+                    continue;
+                }
+            };
+            for c in &step.corrupt {
+                corrupt_found += 1;
+                tracing::error!(
+                    shard = ctx.id,
+                    path = %c.path.display(),
+                    position = c.position,
+                    offset = c.offset,
+                    corrupt_batches_found = corrupt_found,
+                    "scrub found a corrupt batch: {}",
+                    c.reason
+                );
+            }
+            read += step.bytes;
+            let pause = Duration::from_secs_f64(step.bytes as f64 / bytes_per_sec as f64);
+            if let Either::Right(()) =
+                first(compio::time::sleep(pause), ctx.shutdown.notified()).await
+            {
+                return;
+            }
+        }
+        if read == 0 {
+            // Nothing sealed to check (or a pass just ended everywhere): look again later.
+            let idle = compio::time::sleep(Duration::from_secs(1));
+            if let Either::Right(()) = first(idle, ctx.shutdown.notified()).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Bytes one scrub step reads from one partition.
+const SCRUB_STEP_BYTES: usize = 256 << 10;
 
 /// Periodic work: retention, and fdatasync for `--fsync interval=…`.
 async fn maintenance(ctx: Rc<ShardContext>) {

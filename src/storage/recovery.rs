@@ -24,6 +24,14 @@ use super::producers::{ProducerBatch, ProducerTable, SNAPSHOT_SUFFIX};
 use super::segment::{RecoveredSegment, SegmentFiles, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
 use crate::protocol::batch::{self, BatchHeader, BATCH_HEADER_LEN};
 
+/// The file a partition's log leaves in its directory when it closed with everything
+/// synced. Recovery removes it before anything else: present, the stop was clean and only
+/// the active segment's batches after its last index entry are CRC-checked (a clean close
+/// wrote and synced everything, so the check is a cheap formality); absent, the stop was
+/// unclean (kill -9, crash, power loss) and every batch of the active segment is
+/// CRC-checked, since any of them may hold bytes that never reached the disk whole.
+pub(crate) const CLEAN_STOP_MARKER: &str = "clean-stop";
+
 /// Read size of the recovery scan.
 const SCAN_CHUNK: usize = 1 << 20;
 
@@ -58,6 +66,20 @@ pub(crate) fn recover_dir(
     }
     logs.sort_unstable();
 
+    let marker = dir.join(CLEAN_STOP_MARKER);
+    let clean_stop = match fs::remove_file(&marker) {
+        Ok(()) => {
+            // Gone for good before anything is appended: a crash from now on must not
+            // look like a clean stop.
+            fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StorageError::io(dir, e))?;
+            true
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(StorageError::io(&marker, e)),
+    };
+
     // Index files without their log are leftovers of a deletion cut short by a crash
     // (retention removes the log first).
     for (base, path) in index_files {
@@ -70,7 +92,7 @@ pub(crate) fn recover_dir(
     let mut segments: Vec<RecoveredSegment> = Vec::with_capacity(logs.len());
     for (i, &base) in logs.iter().enumerate() {
         let is_last = i + 1 == logs.len();
-        let segment = recover_segment(dir, base, is_last, config)?;
+        let segment = recover_segment(dir, base, is_last, clean_stop, config)?;
         if let Some(prev) = segments.last() {
             if prev.next_offset > base {
                 let path = SegmentFiles::new(dir, prev.base_offset).log;
@@ -113,13 +135,21 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
     }
 }
 
-/// Checks and repairs one segment. The last (active) segment has every batch after its last
-/// index entry CRC-checked; older ones are trusted if their index is sane, and only their
-/// tail headers are read (for the offset range and the newest timestamp).
+/// Checks and repairs one segment. The last (active) segment has every batch CRC-checked
+/// after an unclean stop, and every batch after its last index entry after a clean one;
+/// older ones are trusted if their index is sane (they were synced when they were sealed),
+/// and only their tail headers are read (for the offset range and the newest timestamp).
+///
+/// A bad batch in the middle of the active segment cuts the log there: everything from it
+/// on is dropped, with a warning. Under `--fsync always` a batch is acknowledged only after
+/// the sync that covers it, so a batch damaged by the crash lies after the last completed
+/// sync, and so does everything after it: nothing acknowledged is dropped. Under `interval`
+/// or `never` unsynced batches were never promised to survive a crash.
 fn recover_segment(
     dir: &Path,
     base: i64,
     is_last: bool,
+    clean_stop: bool,
     config: &LogConfig,
 ) -> Result<RecoveredSegment, StorageError> {
     let files = SegmentFiles::new(dir, base);
@@ -201,7 +231,17 @@ fn recover_segment(
         time_index.last().map_or(i64::MIN, |t| t.timestamp),
     );
     let (start, expected) = match index.last() {
-        Some(e) => (u64::from(e.position), base + i64::from(e.relative_offset)),
+        Some(e) if !is_last || clean_stop => {
+            (u64::from(e.position), base + i64::from(e.relative_offset))
+        }
+        // After an unclean stop the whole active segment is checked, and its index entries
+        // derived again on the way.
+        Some(_) => {
+            index = OffsetIndex::default();
+            time_index = TimeIndex::default();
+            planner = IndexPlanner::new();
+            (0, base)
+        }
         None => (0, base),
     };
     let mut end = scan.run(start, expected, &mut planner, &mut index, &mut time_index)?;

@@ -107,6 +107,10 @@ pub(crate) struct Segment {
     pub(crate) preallocated: u64,
     /// A preallocation is writing zeros from this position on.
     pub(crate) preallocating: Option<u64>,
+    /// A read found an offset index entry that does not point at the batch it names: the
+    /// index file was removed (the next start rebuilds it from the log) and the warning
+    /// logged, once.
+    pub(crate) index_damaged: bool,
 }
 
 async fn open_rw(path: &Path, create_new: bool) -> Result<File, StorageError> {
@@ -151,6 +155,7 @@ impl Segment {
             time_on_disk: 0,
             preallocated: 0,
             preallocating: None,
+            index_damaged: false,
         })
     }
 
@@ -184,6 +189,7 @@ impl Segment {
             // Recovery trimmed the file to its batches.
             preallocated: recovered.size,
             preallocating: None,
+            index_damaged: false,
         })
     }
 

@@ -1,12 +1,15 @@
 //! Work on a partition outside the append path: syncing dirty segments (`--fsync interval`
 //! and shutdown), deleting segments past retention, taking a new config, and closing.
 
-use compio::fs::File;
-use tracing::info;
+use std::os::unix::fs::MetadataExt;
 
-use super::state::PartitionLog;
+use compio::fs::File;
+use tracing::{info, warn};
+
+use super::state::{sync_dir, PartitionLog};
 use crate::storage::config::LogConfig;
 use crate::storage::error::StorageError;
+use crate::storage::recovery;
 use crate::storage::segment::{Segment, SegmentFiles};
 
 impl PartitionLog {
@@ -114,6 +117,9 @@ impl PartitionLog {
         self.snapshot_at_close().await;
         let finished = self.finish_active().await;
         let synced = self.sync_dirty().await.and(finished);
+        if synced.is_ok() {
+            self.mark_clean_stop().await;
+        }
         let segments = std::mem::take(&mut *self.segments.borrow_mut());
         for segment in segments {
             let Segment {
@@ -132,5 +138,24 @@ impl PartitionLog {
             }
         }
         synced
+    }
+
+    /// Leaves the clean-stop marker ([`recovery::CLEAN_STOP_MARKER`]) once everything is
+    /// synced, so the next start need not CRC-check the whole active segment. Not in a
+    /// directory that moved (a deleted topic's), and a failure only costs that check.
+    async fn mark_clean_stop(&self) {
+        let ours = std::fs::metadata(&self.dir).is_ok_and(|m| (m.dev(), m.ino()) == self.dir_id);
+        if !ours {
+            return;
+        }
+        let path = self.dir.join(recovery::CLEAN_STOP_MARKER);
+        let written = async {
+            // An empty file, once, at shutdown: a blocking create is fine here.
+            std::fs::write(&path, b"").map_err(|e| StorageError::io(&path, e))?;
+            sync_dir(&self.dir).await
+        };
+        if let Err(e) = written.await {
+            warn!("cannot leave the clean-stop marker, the next start checks more: {e}");
+        }
     }
 }

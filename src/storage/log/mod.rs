@@ -26,15 +26,18 @@
 //! The jobs live in one file each: `state.rs` (the struct, opening, accessors), `commit.rs`
 //! (append, the producer checks and the group-commit flush task), `read.rs` (reads, the
 //! readable-bytes estimate, timestamp lookup), `maintain.rs` (retention, sync, close,
-//! reconfiguration), `producers.rs` (producer-table snapshots and expiry) and `writer.rs`
-//! (the file writes of one group-commit chunk).
+//! reconfiguration), `producers.rs` (producer-table snapshots and expiry), `scrub.rs` (the
+//! background CRC check of sealed segments) and `writer.rs` (the file writes of one
+//! group-commit chunk).
 
 mod commit;
 mod maintain;
 mod producers;
 mod read;
+mod scrub;
 mod state;
 mod writer;
 
 pub use read::{FileRange, ReadOutcome};
+pub use scrub::{CorruptBatch, ScrubStep};
 pub use state::{AppendOutcome, PartitionLog};

@@ -1,11 +1,19 @@
 //! Reads: whole batches into a buffer, a file range to splice, the readable-bytes estimate
 //! a long-poll waits on, and the lookup by timestamp. Only batch headers are parsed, and
 //! nothing at or past the high watermark is returned.
+//!
+//! An index entry is a hint, never trusted blindly: when a scan starts at one, the batch
+//! header at its position (in the bytes the scan reads anyway) must parse as a v2 batch
+//! with the entry's offset as its base and end inside the segment ([`entry_problem`]). One that does not (a damaged
+//! index file that still looked sane at recovery) is skipped for the entry before it, so
+//! reads keep working; the first such entry of a segment logs a warning and removes the
+//! index file, so the next start rebuilds it from the log.
 
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use compio::fs::File;
+use tracing::warn;
 
 use super::state::PartitionLog;
 use crate::protocol::batch::{BatchHeader, BATCH_HEADER_LEN};
@@ -65,7 +73,14 @@ impl PartitionLog {
         loop {
             // The segment to look in: the one holding `offset`, or the next one if an
             // earlier attempt found nothing.
-            let Some((log, path, mut position, end, base)) = self.segment_from(offset, after_base)
+            let Some(SegmentStart {
+                log,
+                path,
+                mut position,
+                end,
+                base,
+                mut entry,
+            }) = self.segment_from(offset, after_base)
             else {
                 return Ok(outcome(Bytes::new()));
             };
@@ -78,6 +93,16 @@ impl PartitionLog {
                     .max(BATCH_HEADER_LEN as u64)
                     .min(end - position);
                 let mut buf = segment::read_exact(&log, &path, position, want as usize).await?;
+                if let Some(claimed) = entry.take() {
+                    if let Some(problem) = entry_problem(&buf, position, claimed, end) {
+                        self.index_entry_damaged(base, claimed, position, &problem)
+                            .await;
+                        position = self
+                            .start_position(&log, &path, base, end, claimed - 1)
+                            .await?;
+                        continue;
+                    }
+                }
                 let (at, first) = find_batch(&buf, &path, position, offset)?;
                 let Some(first) = first else {
                     position += at as u64;
@@ -124,12 +149,10 @@ impl PartitionLog {
 
     /// The segment to read `offset` from: the one holding it, or (`after_base` set) the
     /// segment after the one with that base, when the earlier one had nothing more. Returns
-    /// its log file, path, the index position to start scanning at, its size and its base.
-    fn segment_from(
-        &self,
-        offset: i64,
-        after_base: Option<i64>,
-    ) -> Option<(File, PathBuf, u64, u64, i64)> {
+    /// its log file, path, the position to start scanning at, its size, its base, and the
+    /// offset of the index entry that position comes from (`None`: byte 0, no entry), which
+    /// the caller checks against the header it reads there ([`entry_problem`]).
+    fn segment_from(&self, offset: i64, after_base: Option<i64>) -> Option<SegmentStart> {
         let segments = self.segments.borrow();
         let index = match after_base {
             None => segments
@@ -138,13 +161,93 @@ impl PartitionLog {
             Some(base) => segments.partition_point(|s| s.base_offset <= base),
         };
         let segment = segments.get(index)?;
-        Some((
-            segment.log.clone(),
-            segment.files.log.clone(),
-            segment.position_for(offset),
-            segment.size,
-            segment.base_offset,
-        ))
+        let relative = offset - segment.base_offset;
+        let entry = if relative > 0 {
+            segment
+                .index
+                .lookup(u32::try_from(relative).unwrap_or(u32::MAX))
+        } else {
+            None
+        };
+        Some(SegmentStart {
+            log: segment.log.clone(),
+            path: segment.files.log.clone(),
+            position: entry.map_or(0, |e| u64::from(e.position)),
+            end: segment.size,
+            base: segment.base_offset,
+            entry: entry.map(|e| segment.base_offset + i64::from(e.relative_offset)),
+        })
+    }
+
+    /// Where to start scanning segment `base` (whose batches end at `end`) for `offset`: the
+    /// position of the nearest index entry at or below it whose batch header agrees with
+    /// it, or 0. Each damaged entry met costs one header read and sends the lookup to the
+    /// entry before it.
+    pub(super) async fn start_position(
+        &self,
+        log: &File,
+        path: &Path,
+        base: i64,
+        end: u64,
+        offset: i64,
+    ) -> Result<u64, StorageError> {
+        let mut at_most = offset;
+        loop {
+            let entry = {
+                let segments = self.segments.borrow();
+                let i = segments.partition_point(|s| s.base_offset < base);
+                let relative = at_most - base;
+                match segments.get(i) {
+                    Some(s) if s.base_offset == base && relative > 0 => {
+                        s.index.lookup(u32::try_from(relative).unwrap_or(u32::MAX))
+                    }
+                    _ => None,
+                }
+            };
+            let Some(entry) = entry else {
+                return Ok(0);
+            };
+            let position = u64::from(entry.position);
+            let claimed = base + i64::from(entry.relative_offset);
+            let Some(problem) = check_entry(log, path, position, claimed, end).await? else {
+                return Ok(position);
+            };
+            self.index_entry_damaged(base, claimed, position, &problem)
+                .await;
+            at_most = claimed - 1;
+        }
+    }
+
+    /// Logs a damaged index entry of segment `base` and removes its index file, once per
+    /// segment: the next start finds the index missing and rebuilds it from the log. (The
+    /// segment's open handle keeps taking appends to the removed file, which is harmless.)
+    async fn index_entry_damaged(&self, base: i64, claimed: i64, position: u64, problem: &str) {
+        let index_path = {
+            let mut segments = self.segments.borrow_mut();
+            let i = segments.partition_point(|s| s.base_offset < base);
+            match segments.get_mut(i) {
+                Some(s) if s.base_offset == base && !s.index_damaged => {
+                    s.index_damaged = true;
+                    s.files.index.clone()
+                }
+                _ => return,
+            }
+        };
+        warn!(
+            path = %index_path.display(),
+            entry_offset = claimed,
+            entry_position = position,
+            "offset index entry does not point at its batch ({problem}); reading by scanning \
+             from an earlier entry, and the index will be rebuilt from the log at the next start"
+        );
+        match compio::fs::remove_file(&index_path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(
+                path = %index_path.display(),
+                "cannot remove the damaged offset index: {e}"
+            ),
+        }
     }
 
     /// Locates what [`PartitionLog::read`] would return without reading it: the file and
@@ -178,7 +281,14 @@ impl PartitionLog {
         let interval = u64::from(self.config.borrow().index_interval_bytes);
         let mut after_base: Option<i64> = None;
         loop {
-            let Some((log, path, mut position, end, base)) = self.segment_from(offset, after_base)
+            let Some(SegmentStart {
+                log,
+                path,
+                mut position,
+                end,
+                base,
+                mut entry,
+            }) = self.segment_from(offset, after_base)
             else {
                 return done(None);
             };
@@ -188,6 +298,16 @@ impl PartitionLog {
                 // or lets us skip ahead by whole batches.
                 let want = (interval + BATCH_HEADER_LEN as u64).min(end - position);
                 let buf = segment::read_exact(&log, &path, position, want as usize).await?;
+                if let Some(claimed) = entry.take() {
+                    if let Some(problem) = entry_problem(&buf, position, claimed, end) {
+                        self.index_entry_damaged(base, claimed, position, &problem)
+                            .await;
+                        position = self
+                            .start_position(&log, &path, base, end, claimed - 1)
+                            .await?;
+                        continue;
+                    }
+                }
                 let (at, first) = find_batch(&buf, &path, position, offset)?;
                 let Some(first) = first else {
                     position += at as u64;
@@ -248,7 +368,7 @@ impl PartitionLog {
         let high_watermark = self.high_watermark.get();
         let mut after_base: Option<i64> = None;
         loop {
-            let (log, path, start, end) = {
+            let (log, path, start, end, base, entry_offset) = {
                 let segments = self.segments.borrow();
                 let from = after_base.map_or(0, |base| {
                     segments.partition_point(|s| s.base_offset <= base)
@@ -260,12 +380,24 @@ impl PartitionLog {
                     return Ok(None);
                 };
                 after_base = Some(segment.base_offset);
+                let entry_offset = segment
+                    .time_index
+                    .lookup_below(ts)
+                    .map(|e| segment.base_offset + i64::from(e.relative_offset));
                 (
                     segment.log.clone(),
                     segment.files.log.clone(),
                     segment.position_for_timestamp(ts),
                     segment.size,
+                    segment.base_offset,
+                    entry_offset,
                 )
+            };
+            let start = match entry_offset {
+                Some(offset) if start > 0 => {
+                    self.start_position(&log, &path, base, end, offset).await?
+                }
+                _ => start,
             };
             let mut found = None;
             let mut past_end = false;
@@ -283,6 +415,57 @@ impl PartitionLog {
             }
         }
     }
+}
+
+/// What is wrong with an index entry that says the batch with base offset `claimed` starts
+/// at `position` of a segment whose batches end at `end`, given the bytes read there
+/// (at least a header's worth, unless the segment ends sooner); `None` if nothing. A read
+/// checks the entry it starts at with the bytes it reads anyway, so a sound index costs no
+/// extra I/O.
+fn entry_problem(buf: &[u8], position: u64, claimed: i64, end: u64) -> Option<String> {
+    if position + BATCH_HEADER_LEN as u64 > end {
+        return Some(format!("byte {position} is past the segment's batches"));
+    }
+    match BatchHeader::parse(buf) {
+        Err(e) => Some(format!("no batch header at byte {position}: {e}")),
+        Ok(h) if h.base_offset != claimed => Some(format!(
+            "the batch at byte {position} has base offset {}, the entry says {claimed}",
+            h.base_offset
+        )),
+        Ok(h) if position + h.total_len() as u64 > end => Some(format!(
+            "the batch at byte {position} runs past the segment's batches"
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// [`entry_problem`] for an entry not yet read: reads its header first.
+async fn check_entry(
+    log: &File,
+    path: &Path,
+    position: u64,
+    claimed: i64,
+    end: u64,
+) -> Result<Option<String>, StorageError> {
+    if position + BATCH_HEADER_LEN as u64 > end {
+        return Ok(entry_problem(&[], position, claimed, end));
+    }
+    let buf = segment::read_exact(log, path, position, BATCH_HEADER_LEN).await?;
+    Ok(entry_problem(&buf, position, claimed, end))
+}
+
+/// Where a read starts in a segment ([`PartitionLog::segment_from`]).
+struct SegmentStart {
+    log: File,
+    path: PathBuf,
+    /// First byte to scan from.
+    position: u64,
+    /// End of the segment's batches.
+    end: u64,
+    /// The segment's base offset.
+    base: i64,
+    /// The offset of the index entry `position` comes from, not yet checked.
+    entry: Option<i64>,
 }
 
 /// Walks the batch headers in `buf` (read from file `position`) to the batch holding

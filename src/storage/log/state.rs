@@ -66,6 +66,10 @@ pub struct PartitionLog {
     /// renamed away, and a topic created again under its name gets a new one at the old
     /// path, which a late snapshot must not land in (`producers.rs`).
     pub(super) dir_id: (u64, u64),
+    /// Where the scrubber goes on: the first sealed segment whose base offset is at least
+    /// the first field, at the byte position in the second if it is that segment
+    /// (`scrub.rs`).
+    pub(super) scrub_at: Cell<(i64, u64)>,
 }
 
 impl std::fmt::Debug for PartitionLog {
@@ -159,6 +163,7 @@ impl PartitionLog {
             snapshots: RefCell::new(snapshots),
             unsnapshotted: Cell::new(0),
             dir_id,
+            scrub_at: Cell::new((i64::MIN, 0)),
         })
     }
 
