@@ -97,6 +97,11 @@ fn thousands_of_trickling_connections_keep_memory_bounded_and_others_served() {
         }
         produce_and_consume(&broker, round);
         let rss = broker.rss_bytes();
+        eprintln!(
+            "round {round}: RSS {} MiB, baseline {} MiB",
+            rss / MIB,
+            baseline / MIB
+        );
         assert!(
             rss <= bound,
             "round {round}: RSS {} MiB over the bound {} MiB (baseline {} MiB)",
@@ -145,6 +150,11 @@ fn half_frames_are_bounded_and_freed_when_their_connections_close() {
     // frames, plus slack for the allocator; 48 × 8 MiB (384 MiB) before the budget counted
     // partial frames.
     let during = broker.rss_bytes();
+    eprintln!(
+        "48 half frames open: RSS {} MiB, baseline {} MiB",
+        during / MIB,
+        baseline / MIB
+    );
     assert!(
         during <= baseline + 2 * 32 * MIB + 32 * MIB,
         "RSS {} MiB with 48 half frames open (baseline {} MiB)",
@@ -160,6 +170,7 @@ fn half_frames_are_bounded_and_freed_when_their_connections_close() {
         produce_and_consume_quiet(&broker);
         broker.rss_bytes() <= bound
     });
+    eprintln!("after close: RSS {} MiB", broker.rss_bytes() / MIB);
     assert!(
         settled,
         "RSS {} MiB after the connections closed, over {} MiB (baseline {} MiB, {} MiB while open)",
