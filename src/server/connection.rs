@@ -30,7 +30,7 @@ use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use compio::buf::{BufResult, IntoInner, IoBufMut};
+use compio::buf::{BufResult, IntoInner, IoBuf};
 use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use compio::net::TcpStream;
 use futures_util::future::Either;
@@ -437,7 +437,7 @@ async fn read_loop(
         if buf.capacity() - buf.len() < wanted {
             buf.reserve(wanted);
         }
-        buf = match receive(ctx, &mut stream, state, buf, frame_deadline).await {
+        buf = match receive(ctx, &mut stream, state, buf, wanted, frame_deadline).await {
             Received::Bytes(filled) => filled,
             Received::Closed => return,
             Received::TimedOut(why) => {
@@ -465,17 +465,20 @@ enum Received {
     TimedOut(String),
 }
 
-/// Reads once into `buf`, unless a timeout passes first: `frame_deadline` for a frame that
-/// has started to arrive, else the idle timeout once no request is in flight.
+/// Reads at most `wanted` bytes once into `buf` (which has room for them), unless a timeout
+/// passes first: `frame_deadline` for a frame that has started to arrive, else the idle
+/// timeout once no request is in flight.
 async fn receive(
     ctx: &ShardContext,
     stream: &mut TcpStream,
     state: &ConnectionState,
     buf: BytesMut,
+    wanted: usize,
     frame_deadline: Option<Instant>,
 ) -> Received {
     let idle = ctx.config.idle_timeout;
-    let read = stream.read(buf.uninit());
+    let start = buf.len();
+    let read = stream.read(buf.slice(start..start + wanted));
     futures_util::pin_mut!(read);
     loop {
         let now = Instant::now();
