@@ -59,6 +59,16 @@ pub struct BrokerConfig {
     /// Bytes of request frames each shard holds at once, across its connections; a
     /// connection whose next frame does not fit waits, unread. At least `max_request_bytes`.
     pub max_queued_request_bytes: usize,
+    /// How long a request frame may take to arrive once its first byte did (and, for a frame
+    /// that waited for the request budget, once it was admitted); past it the connection is
+    /// closed.
+    pub request_read_timeout: Duration,
+    /// A connection with no request in flight that receives nothing for this long is closed
+    /// (Kafka's `connections.max.idle.ms`).
+    pub idle_timeout: Duration,
+    /// Connections accepted at once from one client IP address, across all shards (`None`:
+    /// no bound besides `max_connections`).
+    pub max_connections_per_ip: Option<usize>,
     /// How long a Kafka consumer group's first rebalance waits for more members, so that
     /// members starting together share one generation (Kafka's
     /// `group.initial.rebalance.delay.ms`).
@@ -96,6 +106,9 @@ impl BrokerConfig {
             max_connections: 10_000,
             max_in_flight_per_connection: 128,
             max_queued_request_bytes: 32 << 20,
+            request_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+            max_connections_per_ip: None,
             group_initial_rebalance_delay: Duration::from_secs(3),
         }
     }

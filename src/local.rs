@@ -130,8 +130,15 @@ impl Notify {
 /// done: the shard's budget for buffered requests. Takers that have to wait are served in
 /// the order they came, so a large take is never passed forever by smaller ones; it
 /// completes once enough is free, because no caller asks for more than the whole budget.
+///
+/// Except the small: a take of at most `passing` bytes goes at once whenever it fits, ahead
+/// of waiting larger ones. A large take that waits for bytes held by a slow holder (a client
+/// trickling a frame it announced) then blocks only takes as large as itself, not the small
+/// requests of every other client; it is delayed by small takes only while they hold all
+/// but less than it needs.
 pub struct Budget {
     available: Cell<usize>,
+    passing: usize,
     /// Tickets of the takers waiting, oldest first.
     waiting: RefCell<VecDeque<u64>>,
     next_ticket: Cell<u64>,
@@ -139,9 +146,16 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// A budget of `total` bytes.
+    /// A budget of `total` bytes, every take served in order.
     pub fn new(total: usize) -> Self {
+        Budget::with_passing(total, 0)
+    }
+
+    /// A budget of `total` bytes where takes of at most `passing` bytes that fit go ahead
+    /// of waiting larger ones.
+    pub fn with_passing(total: usize, passing: usize) -> Self {
         Budget {
+            passing,
             available: Cell::new(total),
             waiting: RefCell::new(VecDeque::new()),
             next_ticket: Cell::new(0),
@@ -151,7 +165,8 @@ impl Budget {
 
     /// Takes `n` bytes, waiting (behind earlier waiters) until that much is free.
     pub async fn take(&self, n: usize) {
-        if self.waiting.borrow().is_empty() && self.available.get() >= n {
+        let passes = n <= self.passing;
+        if (passes || self.waiting.borrow().is_empty()) && self.available.get() >= n {
             self.available.set(self.available.get() - n);
             return;
         }
@@ -165,9 +180,9 @@ impl Budget {
         };
         loop {
             let first = self.waiting.borrow().front() == Some(&ticket);
-            if first && self.available.get() >= n {
+            if (first || passes) && self.available.get() >= n {
                 self.available.set(self.available.get() - n);
-                self.waiting.borrow_mut().pop_front();
+                self.waiting.borrow_mut().retain(|&t| t != ticket);
                 std::mem::forget(queued);
                 // The next waiter may fit too.
                 self.changed.notify_all();
@@ -548,6 +563,42 @@ mod tests {
             compio::time::sleep(std::time::Duration::from_millis(5)).await;
             assert!(done.get());
             assert_eq!(budget.available(), 2);
+        });
+    }
+
+    #[test]
+    fn budget_lets_a_small_take_pass_a_waiting_large_one() {
+        compio::runtime::Runtime::new().unwrap().block_on(async {
+            let budget = Rc::new(Budget::with_passing(10, 2));
+            budget.take(6).await;
+            let large = Rc::new(Cell::new(false));
+            let (b, l) = (budget.clone(), large.clone());
+            compio::runtime::spawn(async move {
+                b.take(8).await;
+                l.set(true);
+            })
+            .detach();
+            compio::time::sleep(std::time::Duration::from_millis(5)).await;
+            assert!(!large.get());
+            // The 8 wait for the 6 held; a take of 2 goes meanwhile, one of 3 does not.
+            budget.take(2).await;
+            assert_eq!(budget.available(), 2);
+            let medium = Rc::new(Cell::new(false));
+            let (b, m) = (budget.clone(), medium.clone());
+            compio::runtime::spawn(async move {
+                b.take(3).await;
+                m.set(true);
+            })
+            .detach();
+            budget.give(6);
+            budget.give(2);
+            compio::time::sleep(std::time::Duration::from_millis(5)).await;
+            assert!(large.get(), "the large take was first in line");
+            assert!(!medium.get(), "2 left: the 3 wait");
+            budget.give(8);
+            compio::time::sleep(std::time::Duration::from_millis(5)).await;
+            assert!(medium.get());
+            assert_eq!(budget.available(), 7);
         });
     }
 

@@ -334,7 +334,17 @@ fn compressed_batches_are_stored_as_they_came() {
         .collect();
     kcat_ok(
         &broker,
-        &["-P", "-t", "zipped", "-p", "0", "-z", "gzip", "-X", "linger.ms=50"],
+        &[
+            "-P",
+            "-t",
+            "zipped",
+            "-p",
+            "0",
+            "-z",
+            "gzip",
+            "-X",
+            "linger.ms=50",
+        ],
         &lines,
     );
     let mut client = broker.client();

@@ -121,6 +121,21 @@ struct Args {
     #[arg(long, default_value_t = 32 << 20)]
     max_queued_bytes: usize,
 
+    /// Milliseconds a request may take to arrive once its first byte did; past it the
+    /// connection is closed.
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    request_read_timeout_ms: u64,
+
+    /// Milliseconds a connection with no request in flight may stay silent before it is
+    /// closed (Kafka's connections.max.idle.ms).
+    #[arg(long, default_value_t = 600_000, value_name = "MS")]
+    idle_timeout_ms: u64,
+
+    /// Connections served at once from one client IP address, across all shards (0: no
+    /// bound besides --max-connections).
+    #[arg(long, default_value_t = 0)]
+    max_connections_per_ip: usize,
+
     /// How long a Kafka consumer group's first rebalance waits for more members to join, as
     /// Kafka's group.initial.rebalance.delay.ms (0: complete as soon as the first has joined).
     #[arg(long, default_value_t = 3000, value_name = "MS")]
@@ -200,6 +215,13 @@ fn config_from(args: Args) -> anyhow::Result<BrokerConfig> {
     config.max_queued_request_bytes = args.max_queued_bytes;
     config.group_initial_rebalance_delay =
         Duration::from_millis(args.group_initial_rebalance_delay_ms);
+    if args.request_read_timeout_ms == 0 || args.idle_timeout_ms == 0 {
+        bail!("--request-read-timeout-ms and --idle-timeout-ms must be at least 1");
+    }
+    config.request_read_timeout = Duration::from_millis(args.request_read_timeout_ms);
+    config.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
+    config.max_connections_per_ip =
+        (args.max_connections_per_ip > 0).then_some(args.max_connections_per_ip);
     Ok(config)
 }
 

@@ -264,6 +264,11 @@ impl Client {
         let mut d = Decoder::new(payload);
         let header = ResponseHeader::decode(&mut d)?;
         let api = self.awaiting.remove(&header.correlation_id);
+        if header.error != ErrorCode::None && api.is_none() && header.correlation_id == 0 {
+            // An error that answers no request (correlation id 0): the broker refused the
+            // connection (too many connections) or the stream, and closes it.
+            return Err(WireError::new(header.error, header.message).into());
+        }
         if header.error != ErrorCode::None {
             return Ok((
                 header.correlation_id,

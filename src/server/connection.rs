@@ -14,9 +14,11 @@
 //! Memory is bounded by configuration. A frame larger than `max_request_bytes` is refused
 //! before its bytes are read. The reader stops reading while `max_in_flight_per_connection`
 //! requests are unanswered, or while its next frame does not fit the shard's
-//! `max_queued_request_bytes` (taken when the frame is complete, given back when its
-//! response is queued). So a shard holds at most that budget in requests, plus, per
-//! connection, one frame being received and one read chunk.
+//! `max_queued_request_bytes`: a frame's bytes are taken from that budget as soon as its
+//! length prefix arrives, before its body is buffered, and given back when its response is
+//! queued. So a shard holds at most that budget in requests, complete or partial, plus one
+//! small read ([`SMALL_READ`]) per connection. A client that announces a frame and trickles
+//! it is closed after `request_read_timeout`; a silent one after `idle_timeout`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -25,9 +27,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use compio::buf::{BufResult, IntoInner, IoBufMut};
+use compio::buf::{BufResult, IntoInner, IoBuf};
 use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use compio::net::TcpStream;
 use futures_util::future::Either;
@@ -53,8 +56,10 @@ pub(crate) enum Protocol {
     Kafka,
 }
 
-/// Smallest read the reader asks the kernel for.
-const READ_CHUNK: usize = 64 * 1024;
+/// What the reader reads beyond the rest of an admitted frame, or at most while no frame
+/// is admitted: a frame's length prefix and small requests. Bytes the request budget does
+/// not count, per connection.
+const SMALL_READ: usize = 4 * 1024;
 /// Most iovecs in one write (the kernel's IOV_MAX is 1024).
 const MAX_IOVECS: usize = 1024;
 
@@ -69,6 +74,9 @@ struct ConnectionState {
     closing: Cell<bool>,
     /// The socket failed; stop everything.
     broken: Cell<bool>,
+    /// When bytes last arrived or a response was last queued: the idle timeout counts from
+    /// here.
+    last_active: Cell<Instant>,
     /// Share-group consumers (group, member) that fetched on this connection: their locks
     /// are released when it closes, so others get their records at once.
     share_members: RefCell<Vec<(String, String)>>,
@@ -247,6 +255,7 @@ pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, protocol: Pr
         request_done: crate::local::Notify::new(),
         closing: Cell::new(false),
         broken: Cell::new(false),
+        last_active: Cell::new(Instant::now()),
         share_members: RefCell::new(Vec::new()),
         in_order: (protocol == Protocol::Kafka).then(InOrder::default),
     });
@@ -339,23 +348,44 @@ async fn read_loop(
     let local_ip = ends.local.map(|a| a.ip());
     let max_payload = ctx.config.max_request_bytes;
     let max_in_flight = ctx.config.max_in_flight_per_connection.max(1);
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let read_timeout = ctx.config.request_read_timeout;
+    let mut buf = BytesMut::new();
+    // The budget of the frame at the front of `buf`, taken when its length prefix arrived.
+    let mut reserved: Option<BudgetTaken> = None;
+    // When the frame at the front of `buf` must be complete (set while one is partial).
+    let mut frame_deadline: Option<Instant> = None;
     loop {
-        // Answer every complete frame already buffered.
+        // Admit the frame whose prefix is here, then answer every complete frame buffered.
         loop {
-            match frame::split_frame(&mut buf, max_payload) {
-                Ok(Some(payload)) => {
-                    let cost = LENGTH_PREFIX + payload.len();
+            if reserved.is_none() {
+                if let Some(len) = frame::peek_frame_len(&buf).filter(|&l| l <= max_payload) {
+                    let cost = LENGTH_PREFIX + len;
                     match first(ctx.request_budget.take(cost), ctx.shutdown.notified()).await {
                         Either::Left(()) => {}
                         Either::Right(()) => return,
                     }
+                    reserved = Some(BudgetTaken {
+                        ctx: ctx.clone(),
+                        cost,
+                    });
+                    // The wait for the budget was the broker's: the client's time starts now.
+                    frame_deadline = Some(Instant::now() + read_timeout);
+                }
+            }
+            match frame::split_frame(&mut buf, max_payload) {
+                Ok(Some(payload)) => {
+                    let Some(taken) = reserved.take() else {
+                        // Unreachable: a complete frame's prefix was admitted above.
+                        tracing::error!("a complete frame without its budget: closing");
+                        return;
+                    };
+                    frame_deadline = (!buf.is_empty()).then(|| Instant::now() + read_timeout);
                     let go_on = match protocol {
                         Protocol::Native => {
-                            start_request(ctx, state, payload, cost, local_ip).await
+                            start_request(ctx, state, payload, taken, local_ip).await
                         }
                         Protocol::Kafka => {
-                            start_kafka_request(ctx, state, payload, cost, ends).await
+                            start_kafka_request(ctx, state, payload, taken, ends).await
                         }
                     };
                     if !go_on {
@@ -392,45 +422,107 @@ async fn read_loop(
         if state.broken.get() {
             return;
         }
-        // Room for at least the rest of the frame being received, and a decent read.
-        let wanted = frame::peek_frame_len(&buf)
-            .map(|len| (LENGTH_PREFIX + len).saturating_sub(buf.len()))
-            .unwrap_or(0)
-            .max(READ_CHUNK);
+        // Room for the rest of an admitted frame and a little more (the next prefix and small
+        // requests); without an admitted frame, only that little: the bytes of a frame are
+        // buffered once the budget holds them.
+        let rest = match (&reserved, frame::peek_frame_len(&buf)) {
+            (Some(_), Some(len)) => (LENGTH_PREFIX + len).saturating_sub(buf.len()),
+            _ => 0,
+        };
+        let wanted = rest + SMALL_READ;
+        if buf.is_empty() && buf.capacity() > wanted {
+            // Do not keep a large frame's allocation alive while waiting for the next one.
+            buf = BytesMut::new();
+        }
         if buf.capacity() - buf.len() < wanted {
             buf.reserve(wanted);
         }
-        let read = stream.read(buf.uninit());
-        match first(read, ctx.shutdown.notified()).await {
-            Either::Left(BufResult(Ok(0), _)) => return,
-            Either::Left(BufResult(Ok(_), slice)) => buf = slice.into_inner(),
-            Either::Left(BufResult(Err(e), _)) => {
-                tracing::debug!("read failed: {e}");
+        buf = match receive(ctx, &mut stream, state, buf, wanted, frame_deadline).await {
+            Received::Bytes(filled) => filled,
+            Received::Closed => return,
+            Received::TimedOut(why) => {
+                tracing::info!(peer = ?ends.peer, ?protocol, "closing a connection: {why}");
                 return;
             }
-            Either::Right(()) => return,
+        };
+        if frame_deadline.is_none() {
+            frame_deadline = Some(Instant::now() + read_timeout);
         }
+        state.last_active.set(Instant::now());
         if ctx.is_shutting_down() {
             return;
         }
     }
 }
 
+/// What one read brought.
+enum Received {
+    /// More bytes (the buffer, filled further).
+    Bytes(BytesMut),
+    /// The client closed, the socket failed, or the broker is stopping.
+    Closed,
+    /// The client took too long; why.
+    TimedOut(String),
+}
+
+/// Reads at most `wanted` bytes once into `buf` (which has room for them), unless a timeout
+/// passes first: `frame_deadline` for a frame that has started to arrive, else the idle
+/// timeout once no request is in flight.
+async fn receive(
+    ctx: &ShardContext,
+    stream: &mut TcpStream,
+    state: &ConnectionState,
+    buf: BytesMut,
+    wanted: usize,
+    frame_deadline: Option<Instant>,
+) -> Received {
+    let idle = ctx.config.idle_timeout;
+    let start = buf.len();
+    let read = stream.read(buf.slice(start..start + wanted));
+    futures_util::pin_mut!(read);
+    loop {
+        let now = Instant::now();
+        let idle_since = state.last_active.get();
+        let (wake, expired) = match frame_deadline {
+            Some(deadline) => (deadline, deadline <= now),
+            // A request in flight (a long poll) keeps the connection: look again later.
+            None if state.in_flight.get() > 0 => (now + idle, false),
+            None => (idle_since + idle, idle_since + idle <= now),
+        };
+        if expired {
+            return Received::TimedOut(match frame_deadline {
+                Some(_) => format!(
+                    "a request did not arrive within --request-read-timeout-ms ({} ms)",
+                    ctx.config.request_read_timeout.as_millis()
+                ),
+                None => format!("idle for --idle-timeout-ms ({} ms)", idle.as_millis()),
+            });
+        }
+        let timer = compio::time::sleep(wake - now);
+        let stop = first(timer, ctx.shutdown.notified());
+        match first(read.as_mut(), stop).await {
+            Either::Left(BufResult(Ok(0), _)) => return Received::Closed,
+            Either::Left(BufResult(Ok(_), filled)) => return Received::Bytes(filled.into_inner()),
+            Either::Left(BufResult(Err(e), _)) => {
+                tracing::debug!("read failed: {e}");
+                return Received::Closed;
+            }
+            Either::Right(Either::Left(())) => {}
+            Either::Right(Either::Right(())) => return Received::Closed,
+        }
+    }
+}
+
 /// Decodes one request and starts it. Returns false if the connection must close.
-/// `cost` bytes of the shard's request budget were taken for it: they are given back when
-/// the request is answered.
+/// `taken` is the frame's share of the shard's request budget: it is given back on every
+/// path, the decode errors below or the request's task ending.
 async fn start_request(
     ctx: &Rc<ShardContext>,
     state: &Rc<ConnectionState>,
     mut payload: BytesMut,
-    cost: usize,
+    taken: BudgetTaken,
     local_ip: Option<IpAddr>,
 ) -> bool {
-    // Given back on every path: the decode errors below, or the request's task ending.
-    let taken = BudgetTaken {
-        ctx: ctx.clone(),
-        cost,
-    };
     let correlation_id = RequestHeader::peek_correlation_id(&payload);
     let header = match RequestHeader::decode(&mut payload) {
         Ok(h) => h,
@@ -489,13 +581,9 @@ async fn start_kafka_request(
     ctx: &Rc<ShardContext>,
     state: &Rc<ConnectionState>,
     payload: BytesMut,
-    cost: usize,
+    taken: BudgetTaken,
     ends: Endpoints,
 ) -> bool {
-    let taken = BudgetTaken {
-        ctx: ctx.clone(),
-        cost,
-    };
     let request = match kafka_codec::decode_request(payload) {
         Ok(r) => r,
         Err(kafka_codec::Refusal::ApiVersionsVersion {
@@ -561,6 +649,7 @@ async fn run_request(
             let _taken = taken;
             let chunks = work.await;
             state.finish(ticket, chunks);
+            state.last_active.set(Instant::now());
             state.in_flight.set(state.in_flight.get() - 1);
             state.request_done.notify_all();
             state.outbox_ready.notify_all();
@@ -587,10 +676,29 @@ impl Drop for BudgetTaken {
     }
 }
 
-/// Refuses a connection over the limit with an error frame, then closes it.
+/// Refuses a connection over a limit with an error frame, then closes it. What the client
+/// sent meanwhile is read and dropped for up to a second first: closing a socket with unread
+/// bytes resets the connection, and the client could lose the error frame to the reset.
 pub(crate) async fn refuse(mut stream: TcpStream, code: ErrorCode, message: &str) {
     let _ = stream.set_nodelay(true);
     let chunks = encode_error_response(0, code, message);
-    let _ = stream.write_vectored_all(chunks).await;
+    if stream.write_vectored_all(chunks).await.0.is_err() {
+        return;
+    }
     let _ = stream.shutdown().await;
+    let drain = async {
+        let mut buf = Vec::with_capacity(SMALL_READ);
+        loop {
+            match stream.read(buf).await {
+                BufResult(Ok(n), b) if n > 0 => buf = b,
+                _ => return,
+            }
+            buf.clear();
+        }
+    };
+    let _ = first(
+        drain,
+        compio::time::sleep(std::time::Duration::from_secs(1)),
+    )
+    .await;
 }

@@ -12,9 +12,11 @@
 //! context ← calls ← protocol front ends.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::future::{select, Either};
 
@@ -33,8 +35,8 @@ use crate::shard::{owner_of, ShardId};
 use crate::storage::catalog::CatalogStore;
 use crate::storage::{LogConfig, PartitionLog, ProducerIds};
 
-/// State shared by every shard of one broker (atomics only; nothing here is on the data
-/// path except the connection counter at accept time).
+/// State shared by every shard of one broker (nothing here is on the data path: the
+/// connection counters are touched at accept and close only).
 pub(crate) struct Global {
     /// Set once when the broker is asked to stop.
     pub(crate) shutdown: AtomicBool,
@@ -42,6 +44,9 @@ pub(crate) struct Global {
     pub(crate) quiesced: AtomicUsize,
     /// Open client connections, across shards.
     pub(crate) connections: AtomicUsize,
+    /// Open client connections by client address, across shards; kept only when
+    /// `max_connections_per_ip` bounds them (touched once at accept and once at close).
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl Global {
@@ -50,9 +55,36 @@ impl Global {
             shutdown: AtomicBool::new(false),
             quiesced: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a connection from `ip` unless `limit` of them are open already.
+    pub(crate) fn admit_ip(&self, ip: IpAddr, limit: usize) -> bool {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = per_ip.entry(ip).or_insert(0);
+        if *open >= limit {
+            return false;
+        }
+        *open += 1;
+        true
+    }
+
+    /// Forgets a connection from `ip` that [`Global::admit_ip`] counted.
+    pub(crate) fn release_ip(&self, ip: IpAddr) {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = per_ip.get_mut(&ip) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                per_ip.remove(&ip);
+            }
         }
     }
 }
+
+/// Requests of at most this many bytes go ahead of larger ones that wait for the shard's
+/// request budget (see [`Budget::with_passing`]).
+pub(crate) const REQUEST_BUDGET_PASSING: usize = 64 * 1024;
 
 /// One shard's state.
 pub(crate) struct ShardContext {
@@ -126,7 +158,8 @@ impl ShardContext {
             shutting_down: Cell::new(false),
             connections: Cell::new(0),
             connection_closed: Notify::new(),
-            request_budget: Budget::new(config_budget),
+            // Requests up to a read chunk pass frames that wait for much of the budget.
+            request_budget: Budget::with_passing(config_budget, REQUEST_BUDGET_PASSING),
             fetch_sessions: RefCell::new(FetchSessions::new(
                 id,
                 shard_count,

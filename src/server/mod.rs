@@ -546,8 +546,8 @@ async fn accept_loop(
             Either::Left(a) => a,
             Either::Right(()) => return,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(shard = ctx.id, "accept failed: {e}");
@@ -555,33 +555,73 @@ async fn accept_loop(
                 continue;
             }
         };
-        let open = ctx.global.connections.fetch_add(1, Ordering::SeqCst);
-        if open >= ctx.config.max_connections {
-            ctx.global.connections.fetch_sub(1, Ordering::SeqCst);
-            let message = format!(
-                "the broker serves its maximum of {} connections",
-                ctx.config.max_connections
-            );
-            // A Kafka client cannot read a native error frame: it is just closed.
-            if protocol == Protocol::Native {
-                compio::runtime::spawn(async move {
-                    connection::refuse(stream, ErrorCode::TooManyConnections, &message).await;
-                })
-                .detach();
-            } else {
-                tracing::warn!(shard = ctx.id, "{message}: closing a Kafka connection");
+        let admitted = match Admitted::new(&ctx, peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(message) => {
+                // A Kafka client cannot read a native error frame (Kafka has no answer for
+                // this): it is just closed.
+                if protocol == Protocol::Native {
+                    tracing::info!(shard = ctx.id, %peer, "{message}: refusing a connection");
+                    compio::runtime::spawn(async move {
+                        connection::refuse(stream, ErrorCode::TooManyConnections, &message).await;
+                    })
+                    .detach();
+                } else {
+                    tracing::warn!(shard = ctx.id, %peer, "{message}: closing a Kafka connection");
+                }
+                continue;
             }
-            continue;
-        }
+        };
         ctx.connections.set(ctx.connections.get() + 1);
         let ctx2 = ctx.clone();
         compio::runtime::spawn(async move {
             connection::serve(ctx2.clone(), stream, protocol).await;
-            ctx2.global.connections.fetch_sub(1, Ordering::SeqCst);
+            drop(admitted);
             ctx2.connections.set(ctx2.connections.get() - 1);
             ctx2.connection_closed.notify_all();
         })
         .detach();
+    }
+}
+
+/// A connection counted against `--max-connections` and, when set,
+/// `--max-connections-per-ip`; uncounted when dropped.
+struct Admitted {
+    global: Arc<Global>,
+    /// The client's address, when counted per address.
+    ip: Option<IpAddr>,
+}
+
+impl Admitted {
+    /// Counts a new connection from `ip`, or says which bound it would pass.
+    fn new(ctx: &ShardContext, ip: IpAddr) -> Result<Admitted, String> {
+        let global = ctx.global.clone();
+        let open = global.connections.fetch_add(1, Ordering::SeqCst);
+        let mut admitted = Admitted { global, ip: None };
+        if open >= ctx.config.max_connections {
+            return Err(format!(
+                "the broker serves its maximum of {} connections",
+                ctx.config.max_connections
+            ));
+        }
+        if let Some(limit) = ctx.config.max_connections_per_ip {
+            if !admitted.global.admit_ip(ip, limit) {
+                return Err(format!(
+                    "the broker serves its maximum of {limit} connections from {ip}"
+                ));
+            }
+            admitted.ip = Some(ip);
+        }
+        Ok(admitted)
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.global.connections.fetch_sub(1, Ordering::SeqCst);
+        if let Some(ip) = self.ip {
+            self.global.release_ip(ip);
+        }
     }
 }
 
