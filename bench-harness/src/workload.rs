@@ -119,6 +119,12 @@ pub struct Workload {
     /// Pin the harness's worker threads to these CPUs (`0,1` or `0-1`), round-robin.
     #[arg(long)]
     pub cpus: Option<String>,
+    /// Consumers verify every fetched batch's CRC-32C (eventflow's client does by default;
+    /// librdkafka's `check.crcs`). Off unless asked for, so that both kinds of target do
+    /// the same work.
+    #[arg(long)]
+    #[serde(default)]
+    pub check_crcs: bool,
 }
 
 impl Default for Workload {
@@ -141,6 +147,7 @@ impl Default for Workload {
             backlog: Backlog::Fill,
             consumer_group: None,
             cpus: None,
+            check_crcs: false,
         }
     }
 }

@@ -122,7 +122,7 @@ impl Target for Eventflow {
             max_wait: Duration::from_millis(100),
             min_bytes: 1,
             max_bytes: 8 << 20,
-            check_crcs: false,
+            check_crcs: w.check_crcs,
             ..ConsumerConfig::default()
         })
         .with_context(|| format!("consumer for {}", self.url))?;

@@ -236,6 +236,7 @@ fn consumer_settings(addr: &str, w: &Workload) -> Settings {
         ("auto.offset.reset", "earliest".into()),
         ("allow.auto.create.topics", "false".into()),
         ("fetch.wait.max.ms", "100".into()),
+        ("check.crcs", w.check_crcs.to_string()),
         ("fetch.min.bytes", "1".into()),
         ("fetch.max.bytes", FETCH_BYTES.to_string()),
         ("max.partition.fetch.bytes", FETCH_BYTES.to_string()),
