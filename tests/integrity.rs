@@ -11,21 +11,6 @@ use std::process::{Command, Output, Stdio};
 use common::{batch, now_ms, read_all, values, Broker};
 use eventflow::protocol::api::Acks;
 
-fn segment_files(broker: &Broker, topic: &str, partition: u32, ext: &str) -> Vec<PathBuf> {
-    let dir = broker
-        .data_dir
-        .join("data")
-        .join(topic)
-        .join(partition.to_string());
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == ext))
-        .collect();
-    files.sort();
-    files
-}
-
 /// `batches` batches of 10 records of 300 bytes (`b<i>-<j>`) in partition 0 of `topic`.
 fn fill(broker: &Broker, topic: &str, batches: usize) {
     let mut c = broker.client();
@@ -80,7 +65,7 @@ fn a_damaged_index_entry_does_not_break_reads() {
     fill(&broker, "idx", 30);
     assert!(broker.terminate().success());
 
-    let index = segment_files(&broker, "idx", 0, "index").pop().unwrap();
+    let index = broker.segment_files("idx", 0, "index").pop().unwrap();
     let mut bytes = std::fs::read(&index).unwrap();
     assert!(bytes.len() >= 4 * 8, "a few index entries: {}", bytes.len());
     // Entry 2 now points one byte into its batch: still increasing, still inside the log,
@@ -128,7 +113,7 @@ fn a_flipped_value_byte_in_a_sealed_segment_is_an_error_never_data() {
     let dir = broker.data_dir.join("data").join("seal").join("0");
     assert!(dir.join("clean-stop").exists(), "a clean stop is marked");
 
-    let logs = segment_files(&broker, "seal", 0, "log");
+    let logs = broker.segment_files("seal", 0, "log");
     assert!(logs.len() > 2, "segments rolled: {logs:?}");
     let starts = batch_starts(&logs[0]);
     assert!(starts.len() > 2);
@@ -232,8 +217,8 @@ fn recovery_after_kill9_checks_the_whole_active_segment() {
     let dir = broker.data_dir.join("data").join("active").join("0");
     assert!(!dir.join("clean-stop").exists(), "no clean stop");
 
-    let log = segment_files(&broker, "active", 0, "log").pop().unwrap();
-    let index = std::fs::read(segment_files(&broker, "active", 0, "index").pop().unwrap()).unwrap();
+    let log = broker.segment_files("active", 0, "log").pop().unwrap();
+    let index = std::fs::read(broker.segment_files("active", 0, "index").pop().unwrap()).unwrap();
     assert!(!index.is_empty(), "index entries on disk");
     let last_entry = u32::from_be_bytes(index[index.len() - 4..].try_into().unwrap()) as usize;
     let (start, damaged) = batch_starts(&log)[5];
@@ -285,7 +270,7 @@ fn a_damaged_batch_length_is_an_error_not_a_stop() {
     let mut broker = Broker::start(&["--cores", "1", "--segment-bytes", "16384"]);
     fill(&broker, "len", 30);
     assert!(broker.terminate().success());
-    let logs = segment_files(&broker, "len", 0, "log");
+    let logs = broker.segment_files("len", 0, "log");
     // A length a little too long in one sealed segment, one far past its end in another.
     for (log, add) in [(&logs[0], 100i32), (&logs[1], 1 << 24)] {
         let (start, _) = batch_starts(log)[1];
@@ -327,7 +312,7 @@ fn the_scrubber_finds_a_flipped_byte_in_a_sealed_segment() {
     ]);
     fill(&broker, "scrub", 30);
     assert!(broker.terminate().success());
-    let logs = segment_files(&broker, "scrub", 0, "log");
+    let logs = broker.segment_files("scrub", 0, "log");
     let (start, damaged) = batch_starts(&logs[1])[1];
     flip_value_byte(&logs[1], start);
 

@@ -9,21 +9,6 @@ use std::path::PathBuf;
 use common::{batch, now_ms, read_all, values, Broker};
 use eventflow::protocol::api::{offset_spec, Acks};
 
-fn segment_files(broker: &Broker, topic: &str, partition: u32, ext: &str) -> Vec<PathBuf> {
-    let dir = broker
-        .data_dir
-        .join("data")
-        .join(topic)
-        .join(partition.to_string());
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == ext))
-        .collect();
-    files.sort();
-    files
-}
-
 /// Five batches of 10 records; returns the broker (stopped) and the log file.
 fn prepare(topic: &str) -> (Broker, PathBuf) {
     let mut broker = Broker::start(&["--cores", "1"]);
@@ -40,7 +25,7 @@ fn prepare(topic: &str) -> (Broker, PathBuf) {
     }
     drop(c);
     assert!(broker.terminate().success());
-    let log = segment_files(&broker, topic, 0, "log").pop().unwrap();
+    let log = broker.segment_files(topic, 0, "log").pop().unwrap();
     (broker, log)
 }
 
@@ -101,7 +86,7 @@ fn flipped_byte_in_last_batch_is_truncated() {
 fn missing_index_is_rebuilt() {
     let (mut broker, log) = prepare("noindex");
     // Drop the index and tear the tail: both repaired on start.
-    for index in segment_files(&broker, "noindex", 0, "index") {
+    for index in broker.segment_files("noindex", 0, "index") {
         std::fs::remove_file(index).unwrap();
     }
     let len = std::fs::metadata(&log).unwrap().len();
@@ -113,7 +98,7 @@ fn missing_index_is_rebuilt() {
         .unwrap();
     check_recovered(&mut broker, "noindex");
     assert_eq!(
-        segment_files(&broker, "noindex", 0, "index").len(),
+        broker.segment_files("noindex", 0, "index").len(),
         1,
         "index rebuilt"
     );

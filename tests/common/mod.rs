@@ -89,6 +89,23 @@ impl Broker {
         self.data_dir.join("data")
     }
 
+    /// The files of one partition with extension `ext` (`log`, `index`, …), in name order
+    /// (that is, by base offset).
+    pub(crate) fn segment_files(&self, topic: &str, partition: u32, ext: &str) -> Vec<PathBuf> {
+        let dir = self
+            .data_dir
+            .join("data")
+            .join(topic)
+            .join(partition.to_string());
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+            .collect();
+        files.sort();
+        files
+    }
+
     /// A client on the shared port.
     pub(crate) fn client(&self) -> Client {
         let c = Client::connect(self.addr).expect("connect");
