@@ -337,4 +337,81 @@ fn the_scrubber_finds_a_flipped_byte_in_a_sealed_segment() {
         .produce("scrub", 0, batch("new", 10, 300, now_ms()), Acks::All)
         .unwrap();
     assert_eq!(base, 300);
+
+    // The batch is fenced: even a consumer that checks nothing gets an error, never its
+    // bytes, and the records before it.
+    let fenced = format!("offsets {damaged}..={} are fenced as corrupt", damaged + 9);
+    let unchecked = [
+        "consume",
+        "scrub",
+        "--from-beginning",
+        "--timeout-ms",
+        "2000",
+        "--no-check-crcs",
+    ];
+    let out = eventflow(&broker, &unchecked);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stderr.contains(&fenced) && stderr.contains("crc mismatch"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stdout.lines().count() as i64,
+        damaged,
+        "the records before it"
+    );
+    assert!(!out.stdout.contains(&(b'.' ^ 0x20)), "no damaged byte sent");
+
+    // A consumer that asks to skip it reads everything else, and says what it skipped.
+    let out = eventflow(
+        &broker,
+        &[
+            "consume",
+            "scrub",
+            "--from-beginning",
+            "--timeout-ms",
+            "2000",
+            "--skip-corrupt",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "skipping offsets {damaged}..{} of scrub/0",
+            damaged + 10
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stdout.lines().count(), 300, "310 records but the 10 fenced");
+    assert!(stdout
+        .lines()
+        .all(|l| l.bytes().all(|b| b.is_ascii_graphic())));
+
+    let out = eventflow(&broker, &["topic", "verify", "scrub"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("1 corrupt batch")
+            && stdout.contains(&format!(
+                "corrupt batch at offset {damaged}: fenced by the broker"
+            )),
+        "{stdout}"
+    );
+
+    // The fence outlives a restart, with the scrubber off.
+    assert!(broker.terminate().success());
+    let again = Broker::start_in(
+        &broker.data_dir,
+        &["--cores", "1", "--segment-bytes", "16384"],
+    );
+    let out = eventflow(&again, &unchecked);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(&fenced),
+        "{stderr}"
+    );
 }

@@ -11,9 +11,11 @@ use eventflow::client::consumer::{Consumer, ConsumerConfig, ConsumerRecord, Star
 use eventflow::client::group::{GroupConfig, OffsetReset};
 use eventflow::client::producer::{Producer, ProducerConfig, Record};
 use eventflow::client::queue::{AckMode, ShareConsumer, ShareConsumerConfig};
-use eventflow::client::Client;
+use eventflow::client::{Client, ClientError};
 use eventflow::protocol::api::{offset_spec, Acks};
 use eventflow::protocol::batch;
+use eventflow::protocol::error::parse_fenced;
+use eventflow::protocol::ErrorCode;
 
 /// The Eventflow command-line client.
 #[derive(Parser, Debug)]
@@ -221,6 +223,11 @@ struct ConsumeArgs {
     /// an error naming its topic, partition and offset, never printed).
     #[arg(long)]
     no_check_crcs: bool,
+    /// On a corrupt batch (found by the CRC check, or fenced by the broker), print a warning
+    /// naming its offsets and go on after it, instead of stopping with an error. Its records
+    /// are never printed.
+    #[arg(long)]
+    skip_corrupt: bool,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -520,7 +527,19 @@ fn verify_partition(
     while offset < end {
         let fetched = match client.fetch(topic, partition, offset, 1 << 20, Duration::ZERO, 0) {
             Ok(fetched) => fetched,
-            Err(e @ eventflow::client::ClientError::Broker(_)) => {
+            Err(ClientError::Broker(e)) if e.code == ErrorCode::CorruptBatch => {
+                // Offsets the broker fenced: reported, and stepped over by their range.
+                let Some((_, last)) = parse_fenced(&e.message).filter(|(_, l)| *l >= offset) else {
+                    found.stopped = Some(format!("the broker cannot read offset {offset}: {e}"));
+                    return Ok(found);
+                };
+                found
+                    .corrupt
+                    .push((offset, format!("fenced by the broker: {}", e.message)));
+                offset = last + 1;
+                continue;
+            }
+            Err(e @ ClientError::Broker(_)) => {
                 found.stopped = Some(format!("the broker cannot read offset {offset}: {e}"));
                 return Ok(found);
             }
@@ -635,7 +654,24 @@ fn consume(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
     }
     let mut printer = Printer::new(&args.output)?;
     while !printer.done() {
-        let records = consumer.poll(Duration::from_millis(200))?;
+        let records = match consumer.poll(Duration::from_millis(200)) {
+            Ok(records) => records,
+            Err(ClientError::CorruptBatch {
+                topic,
+                partition,
+                offset,
+                next_offset,
+                reason,
+            }) if args.skip_corrupt => {
+                eprintln!(
+                    "eventflow: skipping offsets {offset}..{next_offset} of {topic}/{partition} \
+                     (a corrupt batch, not printed): {reason}"
+                );
+                consumer.seek(&topic, partition, next_offset)?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let printed = printer.print(records.iter())?;
         if args.group.is_some() {
             // Stopped inside a batch: each partition's position (and so its commit) goes

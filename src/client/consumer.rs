@@ -58,6 +58,7 @@ use crate::protocol::api::{
     ShardEndpoint,
 };
 use crate::protocol::batch::{self, BatchError};
+use crate::protocol::error::parse_fenced;
 use crate::protocol::{ErrorCode, WireError};
 
 /// The broker caps a fetch's `max_wait_ms` at this.
@@ -869,6 +870,23 @@ impl Consumer {
                 }
                 if p.error != ErrorCode::None {
                     state.paused = true;
+                    if let (ErrorCode::CorruptBatch, Some((_, last))) =
+                        (p.error, parse_fenced(&p.message))
+                    {
+                        // Offsets the broker fenced: reported like a batch that failed
+                        // our own check, with where a seek skips them.
+                        self.errors.push_back((
+                            Some((name.clone(), p.partition)),
+                            ClientError::CorruptBatch {
+                                topic: name.to_string(),
+                                partition: p.partition,
+                                offset: *offset,
+                                next_offset: last.saturating_add(1).max(offset + 1),
+                                reason: format!("the broker: {}", p.message),
+                            },
+                        ));
+                        continue;
+                    }
                     let message =
                         format!("{name}/{} at offset {offset}: {}", p.partition, p.message);
                     self.errors.push_back((
@@ -955,10 +973,12 @@ fn decode_fetched(
     check_crcs: bool,
     out: &mut Vec<ConsumerRecord>,
 ) -> (i64, Option<ClientError>) {
-    let corrupt = |offset: i64, err: BatchError| ClientError::CorruptBatch {
+    // `next`: the first offset after the damaged batch, by its header if that parsed.
+    let corrupt = |offset: i64, next: i64, err: BatchError| ClientError::CorruptBatch {
         topic: topic.to_string(),
         partition,
         offset,
+        next_offset: next.max(offset.saturating_add(1)),
         reason: err.to_string(),
     };
     for (i, item) in batch::batches(records).enumerate() {
@@ -974,11 +994,12 @@ fn decode_fetched(
                     topic: topic.to_string(),
                     partition,
                     offset: position,
+                    next_offset: position.saturating_add(1),
                     reason,
                 };
                 return (position, Some(err));
             }
-            Err(err) => return (position, Some(corrupt(position, err))),
+            Err(err) => return (position, Some(corrupt(position, 0, err))),
         };
         if header.last_offset() < position {
             continue;
@@ -986,12 +1007,28 @@ fn decode_fetched(
         let bytes = records.slice(start..start + header.total_len());
         if check_crcs {
             if let Err(err) = batch::validate(&bytes, usize::MAX) {
-                return (position, Some(corrupt(header.base_offset, err)));
+                return (
+                    position,
+                    Some(corrupt(
+                        header.base_offset,
+                        header.last_offset().saturating_add(1),
+                        err,
+                    )),
+                );
             }
         }
         let decoded = match batch::records(&bytes) {
             Ok(decoded) => decoded,
-            Err(err) => return (position, Some(corrupt(header.base_offset, err))),
+            Err(err) => {
+                return (
+                    position,
+                    Some(corrupt(
+                        header.base_offset,
+                        header.last_offset().saturating_add(1),
+                        err,
+                    )),
+                )
+            }
         };
         let mark = out.len();
         for record in decoded {
@@ -999,7 +1036,14 @@ fn decode_fetched(
                 Ok(record) => record,
                 Err(err) => {
                     out.truncate(mark);
-                    return (position, Some(corrupt(header.base_offset, err)));
+                    return (
+                        position,
+                        Some(corrupt(
+                            header.base_offset,
+                            header.last_offset().saturating_add(1),
+                            err,
+                        )),
+                    );
                 }
             };
             if record.offset < position {

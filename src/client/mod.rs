@@ -95,6 +95,9 @@ pub enum ClientError {
         partition: u32,
         /// Offset of the batch (or of the position, if its header did not parse).
         offset: i64,
+        /// The first offset after the damage: seek there to skip it. When the batch's
+        /// extent is unknown (its header did not parse), one past `offset`.
+        next_offset: i64,
         /// What failed.
         reason: String,
     },

@@ -838,11 +838,13 @@ fn replicate(e: &ClientError) -> ClientError {
             topic,
             partition,
             offset,
+            next_offset,
             reason,
         } => ClientError::CorruptBatch {
             topic: topic.clone(),
             partition: *partition,
             offset: *offset,
+            next_offset: *next_offset,
             reason: reason.clone(),
         },
     }

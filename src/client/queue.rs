@@ -301,17 +301,19 @@ fn decode_acquired(
     acquired: &[AcquiredRange],
     out: &mut Vec<ShareRecord>,
 ) -> Result<(), ClientError> {
-    let corrupt = |offset: i64, e: batch::BatchError| ClientError::CorruptBatch {
+    let corrupt = |offset: i64, next_offset: i64, e: batch::BatchError| ClientError::CorruptBatch {
         topic: topic.to_string(),
         partition,
         offset,
+        next_offset,
         reason: e.to_string(),
     };
     for b in batch::batches(records) {
-        let (start, header) = b.map_err(|e| corrupt(-1, e))?;
+        let (start, header) = b.map_err(|e| corrupt(-1, 0, e))?;
         let bytes = records.slice(start..start + header.total_len());
-        for r in batch::records(&bytes).map_err(|e| corrupt(header.base_offset, e))? {
-            let r = r.map_err(|e| corrupt(header.base_offset, e))?;
+        let next = header.last_offset().saturating_add(1);
+        for r in batch::records(&bytes).map_err(|e| corrupt(header.base_offset, next, e))? {
+            let r = r.map_err(|e| corrupt(header.base_offset, next, e))?;
             let Some(range) = acquired
                 .iter()
                 .find(|a| a.first <= r.offset && r.offset <= a.last)

@@ -224,6 +224,28 @@ impl WireError {
     }
 }
 
+/// The message of a [`ErrorCode::CorruptBatch`] fetch error for offsets the broker has
+/// fenced: `offsets FIRST..=LAST are fenced as corrupt: REASON`. Its shape is part of the
+/// protocol (docs/PROTOCOL.md): a consumer that wants to go on reads the range back with
+/// [`parse_fenced`] and seeks past `LAST`.
+pub fn fenced_message(first: i64, last: i64, reason: &str) -> String {
+    format!("offsets {first}..={last} are fenced as corrupt: {reason}")
+}
+
+/// The offset range of a [`fenced_message`] anywhere in `message` (a client may have put a
+/// prefix before it), or `None` if it holds none.
+pub fn parse_fenced(message: &str) -> Option<(i64, i64)> {
+    let at = message.find("offsets ")?;
+    let rest = &message[at + "offsets ".len()..];
+    let (range, tail) = rest.split_once(' ')?;
+    if !tail.starts_with("are fenced") {
+        return None;
+    }
+    let (first, last) = range.split_once("..=")?;
+    let (first, last) = (first.parse().ok()?, last.parse().ok()?);
+    (first <= last).then_some((first, last))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +267,17 @@ mod tests {
         assert_eq!(ErrorCode::InconsistentGroup.as_u16(), 26);
         assert_eq!(ErrorCode::OutOfOrderSequence.as_u16(), 27);
         assert_eq!(ErrorCode::InvalidProducerEpoch.as_u16(), 28);
+    }
+
+    #[test]
+    fn a_fenced_range_reads_back_from_its_message() {
+        let message = fenced_message(20, 29, "batch crc mismatch");
+        assert_eq!(parse_fenced(&message), Some((20, 29)));
+        let prefixed = format!("events/0 at offset 25: {message}");
+        assert_eq!(parse_fenced(&prefixed), Some((20, 29)));
+        assert_eq!(parse_fenced("offsets 9..=3 are fenced as corrupt: x"), None);
+        assert_eq!(parse_fenced("offsets a..=3 are fenced as corrupt: x"), None);
+        assert_eq!(parse_fenced("corrupt log 0.log: bad batch header"), None);
     }
 
     #[test]

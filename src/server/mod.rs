@@ -639,8 +639,9 @@ async fn expire_sessions(ctx: Rc<ShardContext>) {
 /// The background scrubber (`--scrub-bytes-per-sec`): goes round this shard's partitions,
 /// one step of at most [`SCRUB_STEP_BYTES`] each, checking the CRCs of their sealed segments
 /// (`PartitionLog::scrub_step`), and sleeps after each step for as long as its bytes take at
-/// the configured rate, so it never reads faster than that. A corrupt batch is logged as an
-/// error with a running count, on every pass that finds it.
+/// the configured rate, so it never reads faster than that. A corrupt batch is fenced (reads
+/// of its offsets fail from then on) and logged as an error with a running count, on every
+/// pass that finds it.
 async fn scrub(ctx: Rc<ShardContext>, bytes_per_sec: u64) {
     let mut corrupt_found = 0u64;
     loop {
@@ -661,8 +662,9 @@ async fn scrub(ctx: Rc<ShardContext>, bytes_per_sec: u64) {
                     path = %c.path.display(),
                     position = c.position,
                     offset = c.offset,
+                    last_offset = c.last_offset,
                     corrupt_batches_found = corrupt_found,
-                    "scrub found a corrupt batch: {}",
+                    "scrub found a corrupt batch, fenced: {}",
                     c.reason
                 );
             }

@@ -184,6 +184,7 @@ pub(crate) fn storage_error(e: StorageError) -> WireError {
     let code = match &e {
         StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         StorageError::NoSpace => ErrorCode::NotEnoughDisk,
+        StorageError::Fenced { .. } => ErrorCode::CorruptBatch,
         StorageError::Closed => ErrorCode::UnknownTopicOrPartition,
         StorageError::Producer(ProducerError::OutOfOrder { .. }) => ErrorCode::OutOfOrderSequence,
         StorageError::Producer(ProducerError::InvalidEpoch { .. }) => {

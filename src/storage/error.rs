@@ -29,6 +29,17 @@ pub enum StorageError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The offsets asked for lie in a batch the broker found corrupt and fenced: it is never
+    /// returned as data (`log/fence.rs`).
+    #[error("{}", crate::protocol::error::fenced_message(*first, *last, reason))]
+    Fenced {
+        /// First fenced offset.
+        first: i64,
+        /// Last fenced offset; reads go on from the one after it.
+        last: i64,
+        /// What was found wrong, and where.
+        reason: String,
+    },
     /// The partition was closed.
     #[error("partition is closed")]
     Closed,
@@ -86,6 +97,15 @@ impl StorageError {
             StorageError::NoSpace => StorageError::NoSpace,
             StorageError::Corrupt { path, reason } => StorageError::Corrupt {
                 path: path.clone(),
+                reason: reason.clone(),
+            },
+            StorageError::Fenced {
+                first,
+                last,
+                reason,
+            } => StorageError::Fenced {
+                first: *first,
+                last: *last,
                 reason: reason.clone(),
             },
             StorageError::Closed => StorageError::Closed,

@@ -30,7 +30,9 @@ mod segment;
 pub use config::{FsyncPolicy, LogConfig};
 pub use disk::{init_sync_journal, SYNC_JOURNAL_ENV};
 pub use error::StorageError;
-pub use log::{AppendOutcome, CorruptBatch, FileRange, PartitionLog, ReadOutcome, ScrubStep};
+pub use log::{
+    AppendOutcome, CorruptBatch, Fence, FileRange, PartitionLog, ReadOutcome, ScrubStep,
+};
 pub use producer_ids::ProducerIds;
 pub use producers::ProducerError;
 

@@ -1199,3 +1199,103 @@ fn reads_skip_a_damaged_index_entry_and_the_index_is_rebuilt_at_the_next_open() 
         assert_eq!(&rebuilt[20..24], &position.to_be_bytes());
     });
 }
+
+#[test]
+fn a_fenced_batch_is_never_read_and_the_rest_of_the_partition_is() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            segment_bytes: 2000,
+            index_interval_bytes: 300,
+            ..config()
+        };
+        let log = open_with(dir.path(), cfg.clone()).await;
+        let expected = append_batches(&log, 25, 0, 60).await;
+        let logs = log_files(dir.path());
+        assert!(logs.len() > 2, "segments rolled");
+        // A flipped record byte in the third batch of the first segment, and a damaged
+        // length in the second batch of the second segment.
+        let mut first = std::fs::read(&logs[0]).unwrap();
+        let batches: Vec<(usize, BatchHeader)> =
+            batch::batches(&first).map(Result::unwrap).collect();
+        let (at, bad) = batches[2];
+        first[at + bad.total_len() - 3] ^= 0x01;
+        std::fs::write(&logs[0], &first).unwrap();
+        let mut second = std::fs::read(&logs[1]).unwrap();
+        let second_batches: Vec<(usize, BatchHeader)> =
+            batch::batches(&second).map(Result::unwrap).collect();
+        let (at2, cut) = second_batches[1];
+        second[at2 + 8..at2 + 12].copy_from_slice(&1_000_000i32.to_be_bytes());
+        std::fs::write(&logs[1], &second).unwrap();
+        let third_base = headers(&std::fs::read(&logs[2]).unwrap())[0].base_offset;
+
+        let mut found = Vec::new();
+        loop {
+            let step = log.scrub_step(1 << 20).await.unwrap();
+            found.extend(step.corrupt);
+            if step.pass_done {
+                break;
+            }
+        }
+        let ranges: Vec<(i64, i64)> = found.iter().map(|c| (c.offset, c.last_offset)).collect();
+        assert_eq!(
+            ranges,
+            [
+                (bad.base_offset, bad.last_offset()),
+                (cut.base_offset, third_base - 1)
+            ],
+            "{found:?}"
+        );
+        assert_eq!(log.fences().len(), 2);
+
+        // Every fenced offset is an error naming the range, through both read paths.
+        for offset in [
+            bad.base_offset,
+            bad.last_offset(),
+            cut.base_offset,
+            third_base - 1,
+        ] {
+            let err = log.read(offset, 1 << 20).await.unwrap_err();
+            assert!(matches!(err, StorageError::Fenced { .. }), "{err}");
+            let err = log.read_range(offset, 1 << 20).await.unwrap_err();
+            assert!(matches!(err, StorageError::Fenced { .. }), "{err}");
+        }
+        // A read from before a fence ends just before it, byte for byte.
+        let got = log.read(0, 1 << 20).await.unwrap().records;
+        assert_eq!(&got[..], &expected[..at]);
+        let (range, _, _) = log.read_range(0, 1 << 20).await.unwrap();
+        assert_eq!(range.unwrap().len, at);
+        let got = log
+            .read(bad.last_offset() + 1, 1 << 20)
+            .await
+            .unwrap()
+            .records;
+        assert_eq!(headers(&got)[0].base_offset, bad.last_offset() + 1);
+        let second_base = second_batches[0].1.base_offset;
+        let got = log.read(second_base, 1 << 20).await.unwrap().records;
+        assert_eq!(
+            &got[..],
+            &second[..at2],
+            "the second segment up to its fence"
+        );
+        // Past the fences, everything reads as appended.
+        let tail = read_all(&log, third_base).await;
+        assert!(expected.ends_with(&tail) && !tail.is_empty());
+
+        // Fences outlive a reopen; retention that deletes their segments drops them.
+        log.close().await.unwrap();
+        let log = open_with(dir.path(), cfg.clone()).await;
+        assert_eq!(log.fences().len(), 2);
+        assert!(matches!(
+            log.read(bad.base_offset, 1).await,
+            Err(StorageError::Fenced { .. })
+        ));
+        log.set_config(LogConfig {
+            retention_bytes: Some(1),
+            ..cfg
+        });
+        assert!(log.enforce_retention(0).await.unwrap() >= 2);
+        assert!(log.fences().is_empty());
+        assert!(!dir.path().join("fenced").exists());
+    });
+}

@@ -85,6 +85,9 @@ impl PartitionLog {
             }
             removed
         };
+        if !removed.is_empty() {
+            self.drop_fences_before(self.log_start.get());
+        }
         let count = removed.len();
         for segment in removed {
             info!(

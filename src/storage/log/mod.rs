@@ -27,10 +27,12 @@
 //! (append, the producer checks and the group-commit flush task), `read.rs` (reads, the
 //! readable-bytes estimate, timestamp lookup), `maintain.rs` (retention, sync, close,
 //! reconfiguration), `producers.rs` (producer-table snapshots and expiry), `scrub.rs` (the
-//! background CRC check of sealed segments) and `writer.rs` (the file writes of one
+//! background CRC check of sealed segments), `fence.rs` (the corrupt batches it found,
+//! which reads refuse to return) and `writer.rs` (the file writes of one
 //! group-commit chunk).
 
 mod commit;
+mod fence;
 mod maintain;
 mod producers;
 mod read;
@@ -38,6 +40,7 @@ mod scrub;
 mod state;
 mod writer;
 
+pub use fence::Fence;
 pub use read::{FileRange, ReadOutcome};
 pub use scrub::{CorruptBatch, ScrubStep};
 pub use state::{AppendOutcome, PartitionLog};

@@ -8,6 +8,9 @@
 //! index file that still looked sane at recovery) is skipped for the entry before it, so
 //! reads keep working; the first such entry of a segment logs a warning and removes the
 //! index file, so the next start rebuilds it from the log.
+//!
+//! A fenced batch (`fence.rs`) is never returned: a read of one of its offsets is a
+//! [`StorageError::Fenced`], and a read that starts before it ends before it.
 
 use std::path::{Path, PathBuf};
 
@@ -68,6 +71,9 @@ impl PartitionLog {
         if offset == high_watermark {
             return Ok(outcome(Bytes::new()));
         }
+        if let Some(fenced) = self.fenced_offset(offset) {
+            return Err(fenced);
+        }
         let interval = u64::from(self.config.borrow().index_interval_bytes);
         let mut after_base: Option<i64> = None;
         loop {
@@ -111,6 +117,9 @@ impl PartitionLog {
                 if first.base_offset >= high_watermark {
                     return Ok(outcome(Bytes::new()));
                 }
+                if let Some(fenced) = self.fenced_byte(base, position + at as u64) {
+                    return Err(fenced);
+                }
                 if position + (at + first.total_len()) as u64 > end {
                     return Err(StorageError::corrupt(
                         &path,
@@ -127,7 +136,11 @@ impl PartitionLog {
                     continue;
                 }
                 let mut stop = at + first.total_len();
-                while stop + BATCH_HEADER_LEN <= buf.len() {
+                // Never into a fenced batch: the read ends before it.
+                let fence = self
+                    .fence_limit(base, position + at as u64)
+                    .map_or(usize::MAX, |limit| (limit - position) as usize);
+                while stop + BATCH_HEADER_LEN <= buf.len() && stop < fence {
                     let Ok(header) = BatchHeader::parse(&buf[stop..]) else {
                         break;
                     };
@@ -278,6 +291,9 @@ impl PartitionLog {
         if offset == high_watermark {
             return done(None);
         }
+        if let Some(fenced) = self.fenced_offset(offset) {
+            return Err(fenced);
+        }
         let interval = u64::from(self.config.borrow().index_interval_bytes);
         let mut after_base: Option<i64> = None;
         loop {
@@ -317,6 +333,9 @@ impl PartitionLog {
                     return done(None);
                 }
                 let start = position + at as u64;
+                if let Some(fenced) = self.fenced_byte(base, start) {
+                    return Err(fenced);
+                }
                 let first_len = first.total_len() as u64;
                 if start + first_len > end {
                     return Err(StorageError::corrupt(
@@ -324,7 +343,11 @@ impl PartitionLog {
                         format!("the batch at byte {start} runs past the segment end {end}"),
                     ));
                 }
-                let len = (max_bytes as u64).min(end - start).max(first_len);
+                // Never into a fenced batch: the range ends before it.
+                let before_fence = self
+                    .fence_limit(base, start)
+                    .map_or(end, |limit| limit.min(end));
+                let len = (max_bytes as u64).min(before_fence - start).max(first_len);
                 return done(Some(FileRange {
                     file: log,
                     position: start,

@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use compio::fs::File;
 use tracing::debug;
 
+use super::fence::{self, Fence};
 use crate::local::{Notify, OneshotSender};
 use crate::protocol::batch::ValidBatch;
 use crate::storage::config::{FsyncPolicy, LogConfig};
@@ -67,9 +68,11 @@ pub struct PartitionLog {
     /// path, which a late snapshot must not land in (`producers.rs`).
     pub(super) dir_id: (u64, u64),
     /// Where the scrubber goes on: the first sealed segment whose base offset is at least
-    /// the first field, at the byte position in the second if it is that segment
-    /// (`scrub.rs`).
-    pub(super) scrub_at: Cell<(i64, u64)>,
+    /// the first field, at the byte position in the second if it is that segment,
+    /// and the offset the batch there should start at (`scrub.rs`).
+    pub(super) scrub_at: Cell<(i64, u64, i64)>,
+    /// Corrupt batches reads refuse to return, in log order (`fence.rs`).
+    pub(super) fences: RefCell<Vec<Fence>>,
 }
 
 impl std::fmt::Debug for PartitionLog {
@@ -136,6 +139,7 @@ impl PartitionLog {
                 segments.push(Segment::open(&dir, r, now).await?);
             }
         }
+        let fences = fence::load(&dir, &segments);
         let log_start = segments.first().map_or(0, |s| s.base_offset);
         let high_watermark = segments.last().map_or(0, |s| s.next_offset);
         debug!(
@@ -163,7 +167,8 @@ impl PartitionLog {
             snapshots: RefCell::new(snapshots),
             unsnapshotted: Cell::new(0),
             dir_id,
-            scrub_at: Cell::new((i64::MIN, 0)),
+            scrub_at: Cell::new((i64::MIN, 0, 0)),
+            fences: RefCell::new(fences),
         })
     }
 
