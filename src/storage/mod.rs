@@ -11,6 +11,8 @@
 //!   and epoch checks of their batches (pure data).
 //! - `disk.rs`: the writes and syncs of record data that durability rests on, and the sync
 //!   journal durability tests read ([`init_sync_journal`]).
+//! - `fence_file.rs`: the corrupt batches a partition's reads refuse to return ([`Fence`]),
+//!   as stored in its `fenced` file.
 //! - [`catalog`]: the durable list of topics and their configs, shared by all shards.
 //! - [`ProducerIds`] (`producer_ids.rs`): the durable producer-id counter, shared by all
 //!   shards.
@@ -20,6 +22,7 @@ pub mod catalog;
 mod config;
 mod disk;
 mod error;
+mod fence_file;
 mod index;
 mod log;
 mod producer_ids;
@@ -30,9 +33,8 @@ mod segment;
 pub use config::{FsyncPolicy, LogConfig};
 pub use disk::{init_sync_journal, SYNC_JOURNAL_ENV};
 pub use error::StorageError;
-pub use log::{
-    AppendOutcome, CorruptBatch, Fence, FileRange, PartitionLog, ReadOutcome, ScrubStep,
-};
+pub use fence_file::Fence;
+pub use log::{AppendOutcome, CorruptBatch, FileRange, PartitionLog, ReadOutcome, ScrubStep};
 pub use producer_ids::ProducerIds;
 pub use producers::ProducerError;
 

@@ -40,7 +40,6 @@ mod scrub;
 mod state;
 mod writer;
 
-pub use fence::Fence;
 pub use read::{FileRange, ReadOutcome};
 pub use scrub::{CorruptBatch, ScrubStep};
 pub use state::{AppendOutcome, PartitionLog};

@@ -9,10 +9,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::fence::Fence;
 use super::state::PartitionLog;
 use crate::protocol::batch::{self, BatchHeader, BATCH_HEADER_LEN};
 use crate::storage::error::StorageError;
+use crate::storage::fence_file::Fence;
 use crate::storage::segment;
 
 /// A damaged batch the scrubber found, and fenced.

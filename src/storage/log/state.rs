@@ -10,11 +10,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use compio::fs::File;
 use tracing::debug;
 
-use super::fence::{self, Fence};
 use crate::local::{Notify, OneshotSender};
 use crate::protocol::batch::ValidBatch;
 use crate::storage::config::{FsyncPolicy, LogConfig};
 use crate::storage::error::StorageError;
+use crate::storage::fence_file::{self, Fence};
 use crate::storage::producers::ProducerTable;
 use crate::storage::recovery;
 use crate::storage::segment::Segment;
@@ -139,7 +139,7 @@ impl PartitionLog {
                 segments.push(Segment::open(&dir, r, now).await?);
             }
         }
-        let fences = fence::load(&dir, &segments);
+        let fences = fence_file::load(&dir, &segments);
         let log_start = segments.first().map_or(0, |s| s.base_offset);
         let high_watermark = segments.last().map_or(0, |s| s.next_offset);
         debug!(
