@@ -391,7 +391,7 @@ fn the_scrubber_finds_a_flipped_byte_in_a_sealed_segment() {
         .lines()
         .all(|l| l.bytes().all(|b| b.is_ascii_graphic())));
 
-    let out = eventflow(&broker, &["topic", "verify", "scrub"]);
+    let out = eventflow(&broker, &["admin", "verify", "scrub"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     assert!(

@@ -52,6 +52,19 @@ enum Command {
     /// Take records from a topic as a work queue (a share group).
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Operator checks.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// The same check as `topic verify`: every batch of every partition, with the ranges
+    /// the broker has fenced as corrupt. Exits non-zero if anything is corrupt.
+    Verify {
+        /// Topic name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -301,6 +314,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let _ = REQUEST_TIMEOUT.set(Duration::from_millis(cli.request_timeout_ms));
     match cli.command {
         Command::Topic(cmd) => topic(&cli.bootstrap, cmd),
+        Command::Admin(AdminCommand::Verify { name }) => {
+            topic(&cli.bootstrap, TopicCommand::Verify { name })
+        }
         Command::Produce(args) => produce(&cli.bootstrap, args),
         Command::Consume(args) => consume(&cli.bootstrap, args).map(|()| ExitCode::SUCCESS),
         Command::Group(cmd) => group(&cli.bootstrap, cmd).map(|()| ExitCode::SUCCESS),
