@@ -916,6 +916,7 @@ fn queue_consume(bootstrap: &str, args: QueueConsumeArgs) -> anyhow::Result<()> 
             .clone()
             .unwrap_or_else(|| format!("{}.dlq", args.group)),
         ack_mode: AckMode::Manual,
+        request_timeout: request_timeout(),
         ..ShareConsumerConfig::new(&args.group)
     };
     let mut consumer =

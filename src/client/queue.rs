@@ -9,6 +9,17 @@
 //! what happened to each record ([`ShareConsumer::ack`], `release`, `nack`, `reject`);
 //! acknowledgements travel with the next `poll` or `commit`, and dropping the consumer
 //! releases the records of its last poll it did not acknowledge.
+//!
+//! Recovery: every request waits at most `request_timeout` for its answer (a share fetch:
+//! its long-poll wait on top). A connection that breaks or times out, or a broker that
+//! answers `ShuttingDown`, is dropped and opened again after a backoff ([`Backoff`]:
+//! `reconnect_backoff` doubling to `reconnect_backoff_max`, ±20 % jitter), and the request
+//! is sent again; a `poll` whose deadline comes first returns no records and keeps its
+//! acknowledgements for the next one. Delivery stays at least once: records a lost share
+//! fetch answer had taken are delivered again when their locks run out, and an
+//! acknowledgement sent again after a broken connection that the broker had already
+//! applied is answered `RecordNotHeld`, which is then only logged. With
+//! `reconnect_timeout` set, a broker unreachable for that long is an error.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,8 +27,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::backoff::Backoff;
 use super::consumer::ConsumerRecord;
-use super::{check_results, Client, ClientError};
+use super::{check_results, Client, ClientError, DEFAULT_REQUEST_TIMEOUT};
 use crate::protocol::api::*;
 use crate::protocol::batch;
 use crate::protocol::{ErrorCode, WireError};
@@ -51,11 +63,22 @@ pub struct ShareConsumerConfig {
     pub max_records: u32,
     /// How acknowledgements happen.
     pub ack_mode: AckMode,
+    /// Longest wait for an answer (a share fetch: on top of its long-poll wait).
+    pub request_timeout: Duration,
+    /// First pause before reconnecting to a broker that went away; it doubles up to
+    /// `reconnect_backoff_max`, with ±20 % jitter.
+    pub reconnect_backoff: Duration,
+    /// Longest pause between reconnects.
+    pub reconnect_backoff_max: Duration,
+    /// Give up (an error) once the broker has been unreachable this long; `None`: reconnect
+    /// for ever, as the plain consumer does.
+    pub reconnect_timeout: Option<Duration>,
 }
 
 impl ShareConsumerConfig {
     /// Settings for `group` on a local broker: 30 s locks, 5 deliveries, dead letters to
-    /// `<group>.dlq`, 500 records per partition per poll, auto acknowledgement.
+    /// `<group>.dlq`, 500 records per partition per poll, auto acknowledgement, 30 s
+    /// request timeout, reconnects for ever (50 ms doubling to 2 s).
     pub fn new(group: &str) -> ShareConsumerConfig {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -68,6 +91,10 @@ impl ShareConsumerConfig {
             dead_letter_topic: format!("{group}.dlq"),
             max_records: 500,
             ack_mode: AckMode::Auto,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            reconnect_backoff: Duration::from_millis(50),
+            reconnect_backoff_max: Duration::from_secs(2),
+            reconnect_timeout: None,
         }
     }
 }
@@ -93,7 +120,10 @@ type PendingAcks = BTreeMap<(Arc<str>, u32), Vec<(AckRange, u64)>>;
 /// A consumer of a share group; see the module docs.
 pub struct ShareConsumer {
     config: ShareConsumerConfig,
-    client: Client,
+    /// `None` after the connection broke, until the next request reconnects.
+    client: Option<Client>,
+    /// Since when the broker has been unreachable, and the pauses between attempts.
+    down: Option<(Instant, Backoff)>,
     topics: Vec<String>,
     /// Acknowledgements not sent yet, per (topic, partition), with the poll that took
     /// their records: a range only spans records of one poll, whose locks end together.
@@ -103,6 +133,9 @@ pub struct ShareConsumer {
     /// Records handed out and not settled: in auto mode the last poll's (accepted at the
     /// next), in manual mode every poll's until the application acknowledges them.
     last_polled: Vec<(Arc<str>, u32, i64, u64)>,
+    /// The next acknowledgements go over a connection opened after one broke: a
+    /// `RecordNotHeld` answer to them may mean they were applied before it broke.
+    resent: bool,
 }
 
 impl ShareConsumer {
@@ -115,16 +148,16 @@ impl ShareConsumer {
             )
             .into());
         }
-        let mut client = Client::connect(config.bootstrap.as_str())?;
-        client.set_read_timeout(Some(Duration::from_secs(90)))?;
-        client.api_versions()?;
+        let client = connect(&config)?;
         Ok(ShareConsumer {
             config,
-            client,
+            client: Some(client),
+            down: None,
             topics: topics.iter().map(ToString::to_string).collect(),
             pending: BTreeMap::new(),
             polls: 0,
             last_polled: Vec::new(),
+            resent: false,
         })
     }
 
@@ -135,12 +168,14 @@ impl ShareConsumer {
                 self.queue(&topic, partition, offset, poll, AckType::Accept, 0);
             }
         }
-        self.commit()?;
-        self.polls += 1;
         let deadline = Instant::now() + timeout;
+        if !self.send_acks(deadline)? {
+            return Ok(Vec::new());
+        }
+        self.polls += 1;
         loop {
             let wait = deadline.saturating_duration_since(Instant::now());
-            let response = match self.client.call(Request::ShareFetch(ShareFetchRequest {
+            let request = ShareFetchRequest {
                 group: self.config.group.clone(),
                 member_id: self.config.member_id.clone(),
                 topics: self
@@ -158,7 +193,12 @@ impl ShareConsumer {
                     max_deliveries: self.config.max_deliveries,
                     dead_letter_topic: self.config.dead_letter_topic.clone(),
                 },
-            }))? {
+            };
+            let make = || Request::ShareFetch(request.clone());
+            let Some(response) = self.call(make, wait, deadline)? else {
+                return Ok(Vec::new());
+            };
+            let response = match response {
                 Response::ShareFetch(r) => r,
                 other => {
                     return Err(ClientError::Unexpected(format!(
@@ -252,25 +292,133 @@ impl ShareConsumer {
     /// Sends the pending acknowledgements now. An acknowledgement the broker refuses (the
     /// lock had run out, so the record may be with another consumer) is an error with code
     /// `RecordNotHeld`; the others still count.
+    /// A broker that cannot be reached within `request_timeout` is a `Timeout` error, and
+    /// the acknowledgements stay pending for the next `poll` or `commit`.
     pub fn commit(&mut self) -> Result<(), ClientError> {
-        if self.pending.is_empty() {
+        let deadline = Instant::now() + self.config.request_timeout;
+        if self.send_acks(deadline)? {
             return Ok(());
         }
-        let topics = TopicAcks::group(std::mem::take(&mut self.pending).into_iter().map(
-            |((topic, partition), ranges)| {
-                let ranges = ranges.into_iter().map(|(range, _)| range).collect();
-                (topic, PartitionAcks { partition, ranges })
-            },
-        ));
-        match self.client.call(Request::ShareAck(ShareAckRequest {
+        Err(ClientError::Timeout {
+            addr: self.config.bootstrap.clone(),
+            after: self.config.request_timeout,
+        })
+    }
+
+    /// Sends the pending acknowledgements, reconnecting as needed until `deadline`. Returns
+    /// false if the broker could not be reached by then (they stay pending).
+    fn send_acks(&mut self, deadline: Instant) -> Result<bool, ClientError> {
+        if self.pending.is_empty() {
+            return Ok(true);
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let topics = TopicAcks::group(pending.iter().map(|((topic, partition), ranges)| {
+            let ranges = ranges.iter().map(|(range, _)| *range).collect();
+            (
+                topic.clone(),
+                PartitionAcks {
+                    partition: *partition,
+                    ranges,
+                },
+            )
+        }));
+        let request = ShareAckRequest {
             group: self.config.group.clone(),
             member_id: self.config.member_id.clone(),
             topics,
-        }))? {
+        };
+        let broke_before = self.down.is_some();
+        let make = || Request::ShareAck(request.clone());
+        let response = match self.call(make, Duration::ZERO, deadline) {
+            Ok(Some(response)) => response,
+            Ok(None) => {
+                // Not delivered: keep them, ahead of anything acknowledged since.
+                for (key, mut ranges) in pending {
+                    let later = self.pending.remove(&key).unwrap_or_default();
+                    ranges.extend(later);
+                    self.pending.insert(key, ranges);
+                }
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let result = match response {
             Response::ShareAck(r) => check_results(r),
             other => Err(ClientError::Unexpected(format!(
                 "expected a share ack response, got {other:?}"
             ))),
+        };
+        match result {
+            // Sent again over a new connection: the broker may have applied them already.
+            Err(e) if broke_before || self.resent => {
+                if e.code() != Some(ErrorCode::RecordNotHeld) {
+                    return Err(e);
+                }
+                tracing::warn!("acknowledgements sent again after a reconnect: {e}");
+                self.resent = false;
+                Ok(true)
+            }
+            other => other.map(|()| true),
+        }
+    }
+
+    /// Sends `request()` and waits for its answer (`wait` is its long-poll time), reconnecting
+    /// after a broken connection or a retriable broker error and sending it again, until
+    /// `deadline`: `None` if that passed first. An error once `reconnect_timeout` has
+    /// passed, or one that is not worth retrying.
+    fn call(
+        &mut self,
+        request: impl Fn() -> Request,
+        wait: Duration,
+        deadline: Instant,
+    ) -> Result<Option<Response>, ClientError> {
+        loop {
+            let result = match self.client.take() {
+                Some(client) => Ok(client),
+                None => connect(&self.config),
+            }
+            .and_then(|mut client| {
+                client.set_read_timeout(Some(wait + self.config.request_timeout))?;
+                let response = client.call(request());
+                if response.is_ok() || !response.as_ref().is_err_and(ClientError::is_retriable) {
+                    self.client = Some(client);
+                }
+                response
+            });
+            let err = match result {
+                Ok(response) => {
+                    if self.down.take().is_some() {
+                        self.resent = true;
+                    }
+                    return Ok(Some(response));
+                }
+                Err(e) if e.is_retriable() => e,
+                Err(e) => return Err(e),
+            };
+            let now = Instant::now();
+            let config = &self.config;
+            let (since, backoff) = self.down.get_or_insert_with(|| {
+                let backoff = Backoff::new(config.reconnect_backoff, config.reconnect_backoff_max);
+                (now, backoff)
+            });
+            if config
+                .reconnect_timeout
+                .is_some_and(|limit| now.duration_since(*since) >= limit)
+            {
+                self.down = None;
+                return Err(err);
+            }
+            let pause = backoff.next_delay();
+            tracing::warn!(
+                "{err}; reconnecting in {} ms (attempt {})",
+                pause.as_millis(),
+                backoff.attempts()
+            );
+            if now + pause >= deadline {
+                std::thread::sleep(deadline.saturating_duration_since(now));
+                return Ok(None);
+            }
+            std::thread::sleep(pause);
         }
     }
 
@@ -292,6 +440,14 @@ impl ShareConsumer {
         }
         Ok(out)
     }
+}
+
+/// Opens a connection to `config.bootstrap` within its request timeout and says hello.
+fn connect(config: &ShareConsumerConfig) -> Result<Client, ClientError> {
+    let mut client = Client::connect_timeout(config.bootstrap.as_str(), config.request_timeout)?;
+    client.set_read_timeout(Some(config.request_timeout))?;
+    client.api_versions()?;
+    Ok(client)
 }
 
 fn decode_acquired(
@@ -353,8 +509,12 @@ impl Drop for ShareConsumer {
         for (topic, partition, offset, poll) in std::mem::take(&mut self.last_polled) {
             self.queue(&topic, partition, offset, poll, kind, 0);
         }
-        if let Err(e) = self.commit() {
-            tracing::debug!("share consumer's last acknowledgements: {e}");
+        // One attempt, no reconnect loop: a consumer going away does not wait for a broker
+        // that is down (the records' locks run out there instead).
+        match self.send_acks(Instant::now()) {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!("share consumer's last acknowledgements not sent"),
+            Err(e) => tracing::debug!("share consumer's last acknowledgements: {e}"),
         }
     }
 }
