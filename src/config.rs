@@ -1,10 +1,13 @@
 //! Broker configuration: what `eventflowd`'s flags set, in one value every shard shares.
+//! [`sources`] merges the flags with the environment and the `--config` file.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::storage::FsyncPolicy;
+
+pub mod sources;
 
 /// Everything a broker needs to start.
 #[derive(Debug, Clone)]
@@ -188,6 +191,31 @@ pub fn parse_cores(spec: &str, available: &[usize]) -> Result<Vec<usize>, String
     Ok(cores)
 }
 
+/// Writes a core list the way [`parse_cores`] reads it back as the same list: runs as
+/// ranges, and a single core as `N-N` (a bare number would be a count).
+pub fn format_cores(cores: &[usize]) -> String {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for &id in cores {
+        match runs.last_mut() {
+            Some((_, hi)) if id == *hi + 1 => *hi = id,
+            _ => runs.push((id, id)),
+        }
+    }
+    if let [(lo, hi)] = runs[..] {
+        return format!("{lo}-{hi}");
+    }
+    runs.iter()
+        .map(|&(lo, hi)| {
+            if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Parses `--fsync`: `always`, `never` or `interval=<ms>`.
 pub fn parse_fsync(spec: &str) -> Result<FsyncPolicy, String> {
     match spec {
@@ -227,6 +255,25 @@ mod tests {
         assert!(parse_cores("1,1", &avail).is_err());
         assert!(parse_cores("x", &avail).is_err());
         assert!(parse_cores("1", &[]).is_err());
+    }
+
+    #[test]
+    fn core_lists_read_back() {
+        let avail = [0, 1, 2, 3, 5];
+        for cores in [
+            vec![0],
+            vec![3],
+            vec![0, 1],
+            vec![0, 2, 3],
+            vec![1, 3, 5],
+            vec![5, 0],
+        ] {
+            let written = format_cores(&cores);
+            assert_eq!(parse_cores(&written, &avail).unwrap(), cores, "{written}");
+        }
+        assert_eq!(format_cores(&[0, 1, 2, 3]), "0-3");
+        assert_eq!(format_cores(&[2]), "2-2");
+        assert_eq!(format_cores(&[0, 2, 3]), "0,2-3");
     }
 
     #[test]

@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use clap::Parser;
-use eventflow::config::{available_cores, parse_cores, parse_fsync, BrokerConfig};
+use anyhow::Context;
+use clap::{CommandFactory, FromArgMatches};
+use eventflow::config::sources::{self, FileText, Layered};
+use eventflow::config::{available_cores, format_cores, parse_cores, parse_fsync, BrokerConfig};
 
 /// The Kafka listener's default port: Kafka's own, so Kafka tools work unconfigured.
 const DEFAULT_KAFKA_PORT: u16 = 9092;
@@ -17,9 +18,21 @@ const DEFAULT_KAFKA_PORT: u16 = 9092;
 /// Prints one line `eventflowd ready listen=ADDR direct=ADDR,… shards=N kafka=ADDR` on stdout
 /// once every shard serves (`kafka=` is empty with --no-kafka); logs go to stderr (level from
 /// RUST_LOG, default info).
-#[derive(Parser, Debug)]
-#[command(name = "eventflowd", version)]
+#[derive(clap::Parser, Debug)]
+#[command(name = "eventflowd", version, after_long_help = SOURCES_HELP)]
 struct Args {
+    /// A TOML file of settings: every flag below, under its name in snake_case
+    /// (`max_queued_bytes = 33554432`, `no_pin = true`). The environment
+    /// (`EVENTFLOW_MAX_QUEUED_BYTES`) beats the file and flags beat both; see
+    /// config/eventflow.example.toml.
+    #[arg(long, value_name = "FILE", env = "EVENTFLOW_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Print the effective configuration as TOML (each value with where it came from) and
+    /// exit without starting.
+    #[arg(long)]
+    print_config: bool,
+
     /// Address of the native protocol's shared listener (every shard accepts on it).
     #[arg(long, default_value = "127.0.0.1:9292")]
     listen: SocketAddr,
@@ -142,7 +155,82 @@ struct Args {
     group_initial_rebalance_delay_ms: u64,
 }
 
-fn config_from(args: Args) -> anyhow::Result<BrokerConfig> {
+/// The end of `--help`: where settings come from.
+const SOURCES_HELP: &str = "\
+Every flag except --config and --print-config is also a key of the --config file (the \
+flag's name in snake_case: --max-queued-bytes is max_queued_bytes) and an environment \
+variable (EVENTFLOW_ and the key in upper case: EVENTFLOW_MAX_QUEUED_BYTES). Flags beat \
+the environment, which beats the file, which beats the defaults.";
+
+/// The flags that are not settings of the file or the environment.
+const NOT_SETTINGS: &[&str] = &["config", "print_config"];
+
+/// Where each setting comes from, merged (flag > environment > file > default), and the
+/// arguments the merged settings parse to.
+fn layered_args() -> anyhow::Result<(Args, Layered)> {
+    let command = Args::command();
+    // Help, version and a bad flag end the process here, as before there was a file.
+    let cli = command.clone().get_matches();
+    let file = match cli.get_one::<PathBuf>("config") {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --config {}", path.display()))?;
+            Some((path.display().to_string(), text))
+        }
+        None => None,
+    };
+    let layered = sources::resolve(
+        &command,
+        &cli,
+        std::env::vars_os(),
+        file.as_ref().map(|(path, text)| FileText { path, text }),
+        NOT_SETTINGS,
+    )?;
+    for unknown in layered.unknown_env() {
+        match &unknown.suggestion {
+            Some(meant) => tracing::warn!(
+                variable = %unknown.name,
+                "ignored: {} is not a setting (did you mean {meant}?)",
+                unknown.name
+            ),
+            None => tracing::warn!(
+                variable = %unknown.name,
+                "ignored: {} is not a setting",
+                unknown.name
+            ),
+        }
+    }
+    let matches = command
+        .try_get_matches_from(layered.argv())
+        .map_err(|e| anyhow::anyhow!(sources::clap_message(&e)))?;
+    let mut args = Args::from_arg_matches(&matches).map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    // The two flags that are no settings stay as the command line gave them.
+    args.config = cli.get_one::<PathBuf>("config").cloned();
+    args.print_config = cli.get_flag("print_config");
+    Ok((args, layered))
+}
+
+/// What `--print-config` shows for a setting whose flag states no default.
+fn derived_default(key: &str, config: &BrokerConfig) -> Option<String> {
+    match key {
+        "kafka_listen" => config.kafka_listen.map(|a| a.to_string()),
+        "direct_port_base" => config.direct_port_base.map(|p| p.to_string()),
+        "cores" => Some(format_cores(&config.cores)),
+        _ => None,
+    }
+}
+
+/// Fails with `message` about the settings `keys` (naming the file's line or the variable
+/// they came from) unless `ok`.
+fn ensure(ok: bool, layered: &Layered, keys: &[&str], message: String) -> anyhow::Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(layered.blame(keys, message)))
+    }
+}
+
+fn config_from(args: Args, layered: &Layered) -> anyhow::Result<BrokerConfig> {
     let mut config = BrokerConfig::new(args.listen, args.data_dir);
     config.kafka_listen = match (args.no_kafka, args.kafka_listen) {
         (true, _) => None,
@@ -150,32 +238,43 @@ fn config_from(args: Args) -> anyhow::Result<BrokerConfig> {
         (false, None) if args.listen.port() == 0 => Some(SocketAddr::new(args.listen.ip(), 0)),
         (false, None) => Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_KAFKA_PORT))),
     };
+    let l = layered;
     let available = available_cores();
     if let Some(spec) = &args.cores {
         config.cores = parse_cores(spec, &available)
-            .map_err(anyhow::Error::msg)
-            .context("--cores")?;
+            .map_err(|e| anyhow::anyhow!(l.blame(&["cores"], format!("--cores: {e}"))))?;
     }
     config.pin = !args.no_pin;
     config.fsync = parse_fsync(&args.fsync)
-        .map_err(anyhow::Error::msg)
-        .context("--fsync")?;
+        .map_err(|e| anyhow::anyhow!(l.blame(&["fsync"], format!("--fsync: {e}"))))?;
     config.group_commit = Duration::from_micros(args.group_commit_us);
-    if args.max_batch_bytes < 61 {
-        bail!("--max-batch-bytes must be at least 61 (one batch header)");
-    }
+    ensure(
+        args.max_batch_bytes >= 61,
+        l,
+        &["max_batch_bytes"],
+        "--max-batch-bytes must be at least 61 (one batch header)".into(),
+    )?;
     config.max_batch_bytes = args.max_batch_bytes;
-    if args.max_request_bytes < 1024 {
-        bail!("--max-request-bytes must be at least 1024");
-    }
+    ensure(
+        args.max_request_bytes >= 1024,
+        l,
+        &["max_request_bytes"],
+        "--max-request-bytes must be at least 1024".into(),
+    )?;
     config.max_request_bytes = args.max_request_bytes;
-    if args.ring_capacity < 2 {
-        bail!("--ring-capacity must be at least 2");
-    }
+    ensure(
+        args.ring_capacity >= 2,
+        l,
+        &["ring_capacity"],
+        "--ring-capacity must be at least 2".into(),
+    )?;
     config.ring_capacity = args.ring_capacity;
-    if !(8..=32768).contains(&args.uring_entries) {
-        bail!("--uring-entries must be between 8 and 32768");
-    }
+    ensure(
+        (8..=32768).contains(&args.uring_entries),
+        l,
+        &["uring_entries"],
+        "--uring-entries must be between 8 and 32768".into(),
+    )?;
     config.uring_entries = args.uring_entries;
     config.sqpoll = args.sqpoll;
     if args.no_direct_ports {
@@ -183,41 +282,57 @@ fn config_from(args: Args) -> anyhow::Result<BrokerConfig> {
     } else if let Some(base) = args.direct_port_base {
         config.direct_port_base = Some(base);
     }
-    if args.segment_bytes < 1024 {
-        bail!("--segment-bytes must be at least 1024");
-    }
+    ensure(
+        args.segment_bytes >= 1024,
+        l,
+        &["segment_bytes"],
+        "--segment-bytes must be at least 1024".into(),
+    )?;
     config.segment_bytes = args.segment_bytes;
-    config.retention_ms = match args.retention_ms {
-        -1 => None,
-        v if v > 0 => Some(v),
-        v => bail!("--retention-ms must be -1 or positive, not {v}"),
-    };
-    config.retention_bytes = match args.retention_bytes {
-        -1 => None,
-        v if v > 0 => Some(v as u64),
-        v => bail!("--retention-bytes must be -1 or positive, not {v}"),
-    };
+    let (ms, bytes) = (args.retention_ms, args.retention_bytes);
+    ensure(
+        ms == -1 || ms > 0,
+        l,
+        &["retention_ms"],
+        format!("--retention-ms must be -1 or positive, not {ms}"),
+    )?;
+    config.retention_ms = (ms > 0).then_some(ms);
+    ensure(
+        bytes == -1 || bytes > 0,
+        l,
+        &["retention_bytes"],
+        format!("--retention-bytes must be -1 or positive, not {bytes}"),
+    )?;
+    config.retention_bytes = (bytes > 0).then_some(bytes as u64);
     config.retention_check = Duration::from_secs(args.retention_check_secs.max(1));
     config.scrub_bytes_per_sec = args.scrub_bytes_per_sec;
-    if args.max_connections == 0 || args.max_in_flight == 0 {
-        bail!("--max-connections and --max-in-flight must be at least 1");
-    }
+    ensure(
+        args.max_connections > 0 && args.max_in_flight > 0,
+        l,
+        &["max_connections", "max_in_flight"],
+        "--max-connections and --max-in-flight must be at least 1".into(),
+    )?;
     config.max_connections = args.max_connections;
     config.max_in_flight_per_connection = args.max_in_flight;
-    if args.max_queued_bytes < config.max_request_bytes {
-        bail!(
+    ensure(
+        args.max_queued_bytes >= config.max_request_bytes,
+        l,
+        &["max_queued_bytes", "max_request_bytes"],
+        format!(
             "--max-queued-bytes ({}) must be at least --max-request-bytes ({}): a request of \
              the largest size must fit",
-            args.max_queued_bytes,
-            config.max_request_bytes
-        );
-    }
+            args.max_queued_bytes, config.max_request_bytes
+        ),
+    )?;
     config.max_queued_request_bytes = args.max_queued_bytes;
     config.group_initial_rebalance_delay =
         Duration::from_millis(args.group_initial_rebalance_delay_ms);
-    if args.request_read_timeout_ms == 0 || args.idle_timeout_ms == 0 {
-        bail!("--request-read-timeout-ms and --idle-timeout-ms must be at least 1");
-    }
+    ensure(
+        args.request_read_timeout_ms > 0 && args.idle_timeout_ms > 0,
+        l,
+        &["request_read_timeout_ms", "idle_timeout_ms"],
+        "--request-read-timeout-ms and --idle-timeout-ms must be at least 1".into(),
+    )?;
     config.request_read_timeout = Duration::from_millis(args.request_read_timeout_ms);
     config.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
     config.max_connections_per_ip =
@@ -257,7 +372,14 @@ fn main() -> anyhow::Result<()> {
         // Colours only for a terminal: a log written to a file or a pipe stays plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = config_from(Args::parse())?;
+    let (args, layered) = layered_args()?;
+    let print_config = args.print_config;
+    let config_file = args.config.clone();
+    let config = config_from(args, &layered)?;
+    if print_config {
+        print!("{}", layered.to_toml(|key| derived_default(key, &config)));
+        return Ok(());
+    }
     let signals = block_stop_signals();
     tracing::info!(
         listen = %config.listen,
@@ -265,6 +387,7 @@ fn main() -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(),
         cores = ?config.cores,
         fsync = ?config.fsync,
+        config_file = ?config_file,
         "starting"
     );
     eventflow::storage::init_sync_journal(&config.data_dir)
