@@ -293,3 +293,33 @@ fn connections_over_the_per_ip_bound_are_refused_as_too_many() {
     )
     .is_ok()));
 }
+
+#[test]
+fn a_producer_refused_on_its_own_connection_says_too_many_connections() {
+    let broker = Broker::start(&["--cores", "1", "--max-connections-per-ip", "2"]);
+    let mut c = try_client(&broker).unwrap();
+    c.create_topic("full", 1, &[]).unwrap();
+    // `c` holds one slot and the producer's metadata connection the other: the connection
+    // it produces on is refused, and that is the error its records fail with.
+    let mut producer = std::process::Command::new(env!("CARGO_BIN_EXE_eventflow"))
+        .args(["produce", "full", "--delivery-timeout-ms", "1500"])
+        .env("EVENTFLOW_BOOTSTRAP", broker.addr.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut input = producer.stdin.take().unwrap();
+        writeln!(input, "one").unwrap();
+    }
+    let out = producer.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("error: 1 record failed; first: broker error: too many connections"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("too many connections"), "{stderr}");
+    drop(c);
+}

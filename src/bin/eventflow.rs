@@ -466,7 +466,10 @@ fn produce(bootstrap: &str, args: ProduceArgs) -> anyhow::Result<ExitCode> {
         args.topic
     );
     if let Some(e) = first_error {
-        eprintln!("eventflow: error: {failed} records failed; first: {e}");
+        eprintln!(
+            "eventflow: error: {} failed; first: {e}",
+            counted(failed as u64, "record")
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

@@ -534,6 +534,9 @@ struct InFlight {
     batches: Mutex<HashMap<u32, Vec<Outgoing>>>,
     changed: Condvar,
     broken: AtomicBool,
+    /// Why it broke (set before `broken`): batches that reach a broken connection fail
+    /// over with this error, so they are never left where no reader will answer them.
+    failure: Mutex<Option<ClientError>>,
 }
 
 struct Connection {
@@ -701,6 +704,7 @@ fn connect(shared: &Arc<Shared>, addr: String) -> Result<Connection, ClientError
         batches: Mutex::new(HashMap::new()),
         changed: Condvar::new(),
         broken: AtomicBool::new(false),
+        failure: Mutex::new(None),
     });
     let (reader_shared, reader_in_flight, reader_addr) =
         (shared.clone(), in_flight.clone(), addr.clone());
@@ -786,6 +790,20 @@ fn send_batches(
             .changed
             .wait(map)
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+    if connection.in_flight.broken.load(Ordering::SeqCst) {
+        // The reader has already failed everything in flight and stopped: nobody would
+        // answer these. They go again on a new connection, or fail with its reason.
+        drop(map);
+        let failure = lock(&connection.in_flight.failure).as_ref().map(replicate);
+        for batch in batches {
+            let error = failure.as_ref().map_or_else(
+                || ClientError::Unexpected("the connection broke".into()),
+                replicate,
+            );
+            retry_or_fail(shared, batch, error);
+        }
+        return Ok(());
     }
     map.insert(id, batches);
     drop(map);
@@ -882,18 +900,26 @@ fn retry_or_fail(shared: &Arc<Shared>, mut batch: Outgoing, error: ClientError) 
 
 /// Marks a connection broken and retries (or fails) everything in flight on it.
 fn fail_all(shared: &Arc<Shared>, in_flight: &InFlight, addr: &str, e: &io::Error) {
+    let timeout = shared.config.request_timeout;
+    fail_all_with(shared, in_flight, || {
+        io_error(
+            addr.to_string(),
+            timeout,
+            io::Error::new(e.kind(), e.to_string()),
+        )
+    });
+}
+
+/// Marks a connection broken and retries (or fails) everything in flight on it with the
+/// error `error()` makes.
+fn fail_all_with(shared: &Arc<Shared>, in_flight: &InFlight, error: impl Fn() -> ClientError) {
+    lock(&in_flight.failure).get_or_insert_with(&error);
     in_flight.broken.store(true, Ordering::SeqCst);
     let all: Vec<_> = lock(&in_flight.batches).drain().collect();
     in_flight.changed.notify_all();
-    let timeout = shared.config.request_timeout;
     for (_, batches) in all {
         for batch in batches {
-            let error = io_error(
-                addr.to_string(),
-                timeout,
-                io::Error::new(e.kind(), e.to_string()),
-            );
-            retry_or_fail(shared, batch, error);
+            retry_or_fail(shared, batch, error());
         }
     }
 }
@@ -927,6 +953,13 @@ fn read_loop(shared: Arc<Shared>, mut stream: TcpStream, in_flight: Arc<InFlight
             );
             return;
         };
+        if header.correlation_id == 0 && header.error != ErrorCode::None {
+            // An error that answers no request: the broker refused the connection (too many
+            // connections) and closes it. Its batches go again, or fail with this reason.
+            let refusal = WireError::new(header.error, header.message);
+            fail_all_with(&shared, &in_flight, || refusal.clone().into());
+            return;
+        }
         let Some(batches) = lock(&in_flight.batches).remove(&header.correlation_id) else {
             continue;
         };

@@ -158,7 +158,10 @@ impl ErrorCode {
     pub fn is_retriable(self) -> bool {
         matches!(
             self,
-            ErrorCode::NotEnoughDisk | ErrorCode::Timeout | ErrorCode::ShuttingDown
+            ErrorCode::NotEnoughDisk
+                | ErrorCode::Timeout
+                | ErrorCode::ShuttingDown
+                | ErrorCode::TooManyConnections
         )
     }
 
