@@ -1,0 +1,312 @@
+//! One shard's counters, in a thread-local that only its own thread touches.
+//!
+//! The recording functions are what the data path calls: each is a thread-local access
+//! and a few `Cell` updates (a hash lookup for the per-topic and per-API maps), once per
+//! request, group-commit round or fdatasync, never per record. [`take`] copies everything
+//! out for a scrape, on the same thread. A thread that is not a shard (a unit test, a
+//! tool) records into its own copy, which nobody reads.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::histogram::{Histogram, HistogramSnapshot, LATENCY_NS, ROUND_BATCHES, ROUND_BYTES};
+use super::snapshot::{ListenerCounts, RequestCount, RequestLatency, ShardTraffic, TopicTraffic};
+
+/// A listener kind, the `listener` label of the connection metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The native protocol's shared port.
+    Native,
+    /// A shard's own native port.
+    Direct,
+    /// The Kafka protocol's port.
+    Kafka,
+}
+
+impl Listener {
+    /// Every listener kind, in label order.
+    pub const ALL: [Listener; 3] = [Listener::Native, Listener::Direct, Listener::Kafka];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Listener::Native => "native",
+            Listener::Direct => "direct",
+            Listener::Kafka => "kafka",
+        }
+    }
+}
+
+/// The wire protocol a request came in, the `protocol` label of the request metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WireProtocol {
+    /// Eventflow's own protocol.
+    Native,
+    /// Kafka's protocol.
+    Kafka,
+}
+
+impl WireProtocol {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            WireProtocol::Native => "native",
+            WireProtocol::Kafka => "kafka",
+        }
+    }
+}
+
+/// A request's API, its number in its protocol's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ApiId {
+    /// The protocol.
+    pub protocol: WireProtocol,
+    /// The API key.
+    pub key: i16,
+}
+
+/// How a request ended, for the `error` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Answered without a request-level error.
+    Ok,
+    /// Answered with this native error code.
+    Error(u16),
+    /// The connection was closed instead of answering.
+    Closed,
+}
+
+#[derive(Default)]
+struct Traffic {
+    produced_records: u64,
+    produced_bytes: u64,
+    fetched_bytes: u64,
+}
+
+/// Traffic of one topic: its total, and per partition when partition labels are on.
+#[derive(Default)]
+struct TopicCounters {
+    total: Traffic,
+    partitions: HashMap<u32, Traffic>,
+}
+
+#[derive(Default)]
+struct ConnectionCounts {
+    accepted: Cell<u64>,
+    refused: Cell<u64>,
+    open: Cell<u64>,
+}
+
+struct ShardCounters {
+    topics: RefCell<HashMap<Box<str>, TopicCounters>>,
+    requests: RefCell<HashMap<(ApiId, Outcome), u64>>,
+    latency: RefCell<HashMap<ApiId, Histogram>>,
+    round_batches: Histogram,
+    round_bytes: Histogram,
+    fdatasync: Histogram,
+    connections: [ConnectionCounts; 3],
+    scrub_corrupt: Cell<u64>,
+}
+
+thread_local! {
+    static SHARD: ShardCounters = ShardCounters {
+        topics: RefCell::new(HashMap::new()),
+        requests: RefCell::new(HashMap::new()),
+        latency: RefCell::new(HashMap::new()),
+        round_batches: Histogram::new(ROUND_BATCHES),
+        round_bytes: Histogram::new(ROUND_BYTES),
+        fdatasync: Histogram::new(LATENCY_NS),
+        connections: Default::default(),
+        scrub_corrupt: Cell::new(0),
+    };
+}
+
+fn with_topic(topic: &str, partition: Option<u32>, f: impl Fn(&mut Traffic)) {
+    SHARD.with(|s| {
+        let mut topics = s.topics.borrow_mut();
+        let counters = match topics.get_mut(topic) {
+            Some(c) => c,
+            None => topics.entry(topic.into()).or_default(),
+        };
+        f(&mut counters.total);
+        if let Some(p) = partition {
+            f(counters.partitions.entry(p).or_default());
+        }
+    });
+}
+
+/// Counts records and bytes acknowledged to a producer on `topic` (and `partition`, when
+/// partition labels are on).
+pub fn produced(topic: &str, partition: Option<u32>, records: u64, bytes: u64) {
+    with_topic(topic, partition, |t| {
+        t.produced_records += records;
+        t.produced_bytes += bytes;
+    });
+}
+
+/// Counts record bytes sent to a consumer from `topic` (and `partition`, when partition
+/// labels are on).
+pub fn fetched(topic: &str, partition: Option<u32>, bytes: u64) {
+    with_topic(topic, partition, |t| t.fetched_bytes += bytes);
+}
+
+/// Counts one request and its time from decoded to answered.
+pub fn request(api: ApiId, outcome: Outcome, elapsed: Duration) {
+    SHARD.with(|s| {
+        *s.requests.borrow_mut().entry((api, outcome)).or_insert(0) += 1;
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let mut latency = s.latency.borrow_mut();
+        match latency.get(&api) {
+            Some(h) => h.record(nanos),
+            None => latency
+                .entry(api)
+                .or_insert_with(|| Histogram::new(LATENCY_NS))
+                .record(nanos),
+        }
+    });
+}
+
+/// Counts one group-commit round that wrote `batches` batches of `bytes` bytes in all.
+pub fn commit_round(batches: u64, bytes: u64) {
+    SHARD.with(|s| {
+        s.round_batches.record(batches);
+        s.round_bytes.record(bytes);
+    });
+}
+
+/// Counts one fdatasync of a log that took `elapsed`.
+pub fn fdatasync(elapsed: Duration) {
+    let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+    SHARD.with(|s| s.fdatasync.record(nanos));
+}
+
+fn bump(cell: &Cell<u64>) {
+    cell.set(cell.get() + 1);
+}
+
+/// Counts a connection accepted on `listener` (and now open).
+pub fn connection_accepted(listener: Listener) {
+    SHARD.with(|s| {
+        let c = &s.connections[listener as usize];
+        bump(&c.accepted);
+        bump(&c.open);
+    });
+}
+
+/// Counts a connection refused on `listener` (over a connection limit).
+pub fn connection_refused(listener: Listener) {
+    SHARD.with(|s| bump(&s.connections[listener as usize].refused));
+}
+
+/// Counts an accepted connection on `listener` that closed.
+pub fn connection_closed(listener: Listener) {
+    SHARD.with(|s| {
+        let open = &s.connections[listener as usize].open;
+        open.set(open.get().saturating_sub(1));
+    });
+}
+
+/// Counts a corrupt batch the scrubber found.
+pub fn scrub_corrupt_batch() {
+    SHARD.with(|s| bump(&s.scrub_corrupt));
+}
+
+/// Everything this thread counted so far.
+pub fn take() -> ShardTraffic {
+    SHARD.with(|s| {
+        let mut topics = Vec::new();
+        for (name, counters) in s.topics.borrow().iter() {
+            let row = |partition, t: &Traffic| TopicTraffic {
+                topic: name.to_string(),
+                partition,
+                produced_records: t.produced_records,
+                produced_bytes: t.produced_bytes,
+                fetched_bytes: t.fetched_bytes,
+            };
+            topics.push(row(None, &counters.total));
+            for (p, t) in &counters.partitions {
+                topics.push(row(Some(*p), t));
+            }
+        }
+        ShardTraffic {
+            topics,
+            requests: s
+                .requests
+                .borrow()
+                .iter()
+                .map(|(&(api, outcome), &count)| RequestCount {
+                    api,
+                    outcome,
+                    count,
+                })
+                .collect(),
+            latency: s
+                .latency
+                .borrow()
+                .iter()
+                .map(|(&api, h)| RequestLatency {
+                    api,
+                    seconds: h.snapshot(),
+                })
+                .collect(),
+            round_batches: s.round_batches.snapshot(),
+            round_bytes: s.round_bytes.snapshot(),
+            fdatasync: s.fdatasync.snapshot(),
+            connections: Listener::ALL
+                .iter()
+                .map(|&l| {
+                    let c = &s.connections[l as usize];
+                    ListenerCounts {
+                        listener: l,
+                        accepted: c.accepted.get(),
+                        refused: c.refused.get(),
+                        open: c.open.get(),
+                    }
+                })
+                .collect(),
+            scrub_corrupt_batches: s.scrub_corrupt.get(),
+        }
+    })
+}
+
+/// An empty histogram snapshot of the latency buckets (for merging into).
+pub fn empty_latency() -> HistogramSnapshot {
+    HistogramSnapshot::empty(LATENCY_NS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_stay_on_their_thread_and_add_up() {
+        std::thread::spawn(|| {
+            produced("t", None, 3, 300);
+            produced("t", Some(1), 2, 200);
+            fetched("t", None, 50);
+            let api = ApiId {
+                protocol: WireProtocol::Native,
+                key: 0,
+            };
+            request(api, Outcome::Ok, Duration::from_micros(70));
+            request(api, Outcome::Ok, Duration::from_millis(3));
+            connection_accepted(Listener::Kafka);
+            connection_closed(Listener::Kafka);
+            let t = take();
+            let total = t.topics.iter().find(|r| r.partition.is_none()).unwrap();
+            assert_eq!((total.produced_records, total.produced_bytes), (5, 500));
+            assert_eq!(total.fetched_bytes, 50);
+            let one = t.topics.iter().find(|r| r.partition == Some(1)).unwrap();
+            assert_eq!(one.produced_records, 2);
+            assert_eq!(t.requests[0].count, 2);
+            assert_eq!(t.latency[0].seconds.count(), 2);
+            let kafka = &t.connections[Listener::Kafka as usize];
+            assert_eq!((kafka.accepted, kafka.open), (1, 0));
+        })
+        .join()
+        .unwrap();
+        // Another thread's counts are its own.
+        assert!(take().topics.is_empty());
+    }
+}
