@@ -361,7 +361,7 @@ fn a_scrape_counts_what_the_traffic_did() {
     // Per shard: the request budget and the rings.
     for shard in ["0", "1"] {
         let limit = s.value("eventflow_queued_request_bytes_limit", &[("shard", shard)]);
-        assert_eq!(limit, (32 << 20) as f64);
+        assert_eq!(limit, f64::from(32 << 20));
         assert!(s.value("eventflow_queued_request_bytes", &[("shard", shard)]) <= limit);
         assert_eq!(
             s.value("eventflow_ring_capacity_calls", &[("shard", shard)]),

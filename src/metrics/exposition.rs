@@ -7,10 +7,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
-use super::histogram::HistogramSnapshot;
+use super::histogram::{HistogramSnapshot, LATENCY_NS};
+use super::labels::{ApiId, Listener, Outcome};
 use super::process::ProcessInfo;
-use super::shard::{ApiId, Listener, Outcome};
-use super::snapshot::ShardSnapshot;
+use super::snapshot::{PartitionState, ShardSnapshot, ShareState};
 
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -100,7 +100,7 @@ pub fn render(scrape: &Scrape<'_>) -> String {
 
     let mut batches = HistogramSnapshot::empty(super::histogram::ROUND_BATCHES);
     let mut bytes = HistogramSnapshot::empty(super::histogram::ROUND_BYTES);
-    let mut sync = super::shard::empty_latency();
+    let mut sync = HistogramSnapshot::empty(LATENCY_NS);
     for s in shards {
         batches.merge(&s.traffic.round_batches);
         bytes.merge(&s.traffic.round_bytes);
@@ -248,7 +248,7 @@ fn requests(w: &mut Writer, scrape: &Scrape<'_>) {
             let key = (l.api.protocol.label(), (scrape.api_name)(l.api));
             latency
                 .entry(key)
-                .or_insert_with(super::shard::empty_latency)
+                .or_insert_with(|| HistogramSnapshot::empty(LATENCY_NS))
                 .merge(&l.seconds);
         }
     }
@@ -274,10 +274,15 @@ fn requests(w: &mut Writer, scrape: &Scrape<'_>) {
     }
 }
 
+/// One figure of a partition.
+type PartitionValue = fn(&PartitionState) -> f64;
+/// One figure of a share-partition.
+type ShareValue = fn(&ShareState) -> u64;
+
 fn partitions(w: &mut Writer, shards: &[ShardSnapshot]) {
     let mut all: Vec<_> = shards.iter().flat_map(|s| &s.partitions).collect();
     all.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-    let families: [(&str, &str, fn(&super::snapshot::PartitionState) -> f64); 4] = [
+    let families: [(&str, &str, PartitionValue); 4] = [
         (
             "eventflow_partition_log_end_offset",
             "The next offset to be written to a partition (its high watermark).",
@@ -359,7 +364,7 @@ fn groups(w: &mut Writer, shards: &[ShardSnapshot]) {
     let mut shares: Vec<_> = shards.iter().flat_map(|s| &s.shares).collect();
     shares
         .sort_by(|a, b| (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition)));
-    let families: [(&str, &str, &str, fn(&super::snapshot::ShareState) -> u64); 3] = [
+    let families: [(&str, &str, &str, ShareValue); 3] = [
         (
             "eventflow_share_group_backlog_records",
             "gauge",
@@ -532,14 +537,14 @@ mod tests {
                 requests: vec![],
                 latency: vec![RequestLatency {
                     api: ApiId {
-                        protocol: super::super::shard::WireProtocol::Kafka,
+                        protocol: super::super::labels::WireProtocol::Kafka,
                         key: 0,
                     },
                     seconds: h.snapshot(),
                 }],
                 round_batches: HistogramSnapshot::empty(super::super::histogram::ROUND_BATCHES),
                 round_bytes: HistogramSnapshot::empty(super::super::histogram::ROUND_BYTES),
-                fdatasync: super::super::shard::empty_latency(),
+                fdatasync: HistogramSnapshot::empty(super::super::histogram::LATENCY_NS),
                 connections: vec![],
                 scrub_corrupt_batches: 1,
             },

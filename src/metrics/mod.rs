@@ -15,6 +15,7 @@
 
 pub mod exposition;
 pub mod histogram;
+pub mod labels;
 pub mod process;
 pub mod shard;
 pub mod snapshot;

@@ -1,7 +1,7 @@
 //! What one shard hands over for a scrape: plain data, built on the shard's own thread.
 
 use super::histogram::HistogramSnapshot;
-use super::shard::{ApiId, Listener, Outcome};
+use super::labels::{ApiId, Listener, Outcome};
 
 /// One shard's state at a scrape.
 #[derive(Debug, Clone)]

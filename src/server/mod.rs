@@ -115,8 +115,7 @@ impl BrokerHandle {
         self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// The bound metrics listener, taken once, for the HTTP server to serve
-    /// (`crate::http`).
+    /// The bound metrics listener, taken once, for the HTTP server to serve.
     pub fn take_metrics_listener(&mut self) -> Option<StdListener> {
         self.metrics.take()
     }
