@@ -291,6 +291,7 @@ fn a_scrape_counts_what_the_traffic_did() {
         4.0
     );
     assert_eq!(s.value("eventflow_consumer_group_lag", &group), 6.0);
+    assert!(s.value("eventflow_fetched_bytes_total", &[("topic", "queued")]) > 0.0);
     let share = [
         ("group", "workers"),
         ("topic", "queued"),

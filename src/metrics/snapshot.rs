@@ -58,7 +58,7 @@ pub struct TopicTraffic {
     pub produced_records: u64,
     /// Bytes of record batches acknowledged to producers.
     pub produced_bytes: u64,
-    /// Bytes of record batches sent to consumers.
+    /// Bytes of record batches sent to consumers (fetches and share fetches).
     pub fetched_bytes: u64,
 }
 

@@ -52,15 +52,72 @@ impl ScrapeSlots {
         if !slot.asked.load(Ordering::Relaxed) || !slot.asked.swap(false, Ordering::SeqCst) {
             return;
         }
-        let waiting =
+        let mut waiting =
             std::mem::take(&mut *slot.waiting.lock().unwrap_or_else(PoisonError::into_inner));
+        // A scrape that gave up (timed out, its client gone) is not built for.
+        waiting.retain(|tx| !tx.is_closed());
         if waiting.is_empty() {
             return;
         }
         let snapshot = make();
         for tx in waiting {
-            // A scrape that gave up has dropped its receiver: nothing to do.
+            // A scrape that gave up meanwhile has dropped its receiver: nothing to do.
             let _ = tx.send(snapshot.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::histogram::{HistogramSnapshot, LATENCY_NS, ROUND_BATCHES, ROUND_BYTES};
+    use crate::metrics::snapshot::ShardTraffic;
+
+    fn snapshot(shard: u16) -> ShardSnapshot {
+        ShardSnapshot {
+            shard,
+            traffic: ShardTraffic {
+                topics: vec![],
+                requests: vec![],
+                latency: vec![],
+                round_batches: HistogramSnapshot::empty(ROUND_BATCHES),
+                round_bytes: HistogramSnapshot::empty(ROUND_BYTES),
+                fdatasync: HistogramSnapshot::empty(LATENCY_NS),
+                connections: vec![],
+                scrub_corrupt_batches: 0,
+            },
+            partitions: vec![],
+            committed: vec![],
+            shares: vec![],
+            queued_bytes: 0,
+            queued_limit: 0,
+            ring_queued: 0,
+            ring_capacity: 0,
+        }
+    }
+
+    #[test]
+    fn one_snapshot_answers_every_scrape_waiting_and_only_when_asked() {
+        let slots = ScrapeSlots::new(2);
+        let built = std::cell::Cell::new(0);
+        let make = || {
+            built.set(built.get() + 1);
+            snapshot(1)
+        };
+        slots.answer(1, make);
+        assert_eq!(built.get(), 0, "nobody asked");
+        let (mut a, mut b) = (slots.ask(1), slots.ask(1));
+        let mut other = slots.ask(0);
+        slots.answer(1, make);
+        assert_eq!(built.get(), 1, "one snapshot for both scrapes");
+        assert_eq!(a.try_recv().unwrap().shard, 1);
+        assert_eq!(b.try_recv().unwrap().shard, 1);
+        assert!(other.try_recv().is_err(), "shard 0 has not answered");
+        slots.answer(1, make);
+        assert_eq!(built.get(), 1, "answered scrapes are not answered again");
+        // A scrape that gave up is not built for.
+        drop(slots.ask(1));
+        slots.answer(1, make);
+        assert_eq!(built.get(), 1);
     }
 }
