@@ -422,14 +422,21 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot open {}", eventflow::storage::SYNC_JOURNAL_ENV))?;
     let mut broker = eventflow::server::start(config).context("cannot start the broker")?;
     let http = match broker.take_metrics_listener() {
-        Some(listener) => Some(
-            eventflow::http::HttpServer::start(
-                listener,
-                eventflow::http::metrics::router(broker.scraper()),
-                eventflow::http::Limits::default(),
-            )
-            .context("cannot start the metrics listener")?,
-        ),
+        Some(listener) => match eventflow::http::HttpServer::start(
+            listener,
+            eventflow::http::metrics::router(broker.scraper()),
+            eventflow::http::Limits::default(),
+        ) {
+            Ok(http) => Some(http),
+            Err(e) => {
+                // The shards serve already: stop them cleanly (logs synced) before exiting.
+                let stopped = broker.shutdown();
+                return Err(anyhow::Error::new(e).context(match stopped {
+                    Ok(()) => "cannot start the metrics listener".to_string(),
+                    Err(s) => format!("cannot start the metrics listener (and stopping: {s})"),
+                }));
+            }
+        },
         None => None,
     };
     let direct: Vec<String> = broker
