@@ -635,3 +635,22 @@ fn metric_names(expr: &str) -> Vec<String> {
     }
     names
 }
+
+#[test]
+fn idle_http_clients_cost_the_shards_nothing_and_are_bounded() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let addr = broker.metrics.unwrap();
+    // More silent connections than the listener serves at once (64): the extra ones wait
+    // in the kernel's backlog, unaccepted.
+    let silent: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // The shards serve as before.
+    let mut client = broker.client();
+    client.create_topic("busy", 1, &[]).unwrap();
+    let batch = common::batch("b", 10, 10, common::now_ms());
+    client.produce("busy", 0, batch, Acks::All).unwrap();
+    // The silent ones are closed after the head timeout (5 s), and a scrape gets through.
+    let (status, _, body) = http_get(addr, "/metrics");
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(body.contains("eventflow_produced_records_total{topic=\"busy\"} 10\n"));
+    drop(silent);
+}
