@@ -33,7 +33,7 @@ fi
 
 mkdir -p target
 data=$(mktemp -d target/flamegraph-data.XXXXXX)
-"$BIN_DIR/eventflowd" --listen "127.0.0.1:$port" --data-dir "$data/data" \
+"$BIN_DIR/eventflowd" --listen "127.0.0.1:$port" --metrics-listen 127.0.0.1:0 --data-dir "$data/data" \
     --cores 2 --fsync always >"$data/ready" 2>"$data/eventflowd.log" &
 broker=$!
 cleanup() {

@@ -17,6 +17,10 @@ pub struct BrokerConfig {
     /// The Kafka protocol's listener (every shard accepts on it through SO_REUSEPORT), or
     /// `None` for no Kafka listener.
     pub kafka_listen: Option<SocketAddr>,
+    /// The HTTP listener serving `/metrics`, or `None` for none.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Label produced and fetched traffic per partition, not only per topic.
+    pub metrics_partition_labels: bool,
     /// Root of all data: `meta/` and one directory per topic.
     pub data_dir: PathBuf,
     /// CPU ids to run shards on, one shard each, in shard order.
@@ -85,6 +89,8 @@ impl BrokerConfig {
         BrokerConfig {
             listen,
             kafka_listen: None,
+            metrics_listen: None,
+            metrics_partition_labels: false,
             data_dir,
             cores: available_cores(),
             pin: true,

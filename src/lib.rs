@@ -10,6 +10,8 @@
 //!   durable topic catalog.
 //! - [`shard`]: pinned per-core threads, partition ownership and the inter-shard rings.
 //! - [`server`]: listeners, connections and request dispatch on each shard.
+//! - [`metrics`]: per-shard counters and histograms, and their Prometheus exposition.
+//! - [`http`]: the HTTP listener (`/metrics`), on a thread of its own, off the shards.
 //! - [`local`]: oneshot and notify primitives for tasks of one shard.
 //! - [`client`]: the client library — admin, producer, consumer — and what the `eventflow`
 //!   CLI is built on.
@@ -27,7 +29,11 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod groups;
 #[cfg(feature = "server")]
+pub mod http;
+#[cfg(feature = "server")]
 pub mod local;
+#[cfg(feature = "server")]
+pub mod metrics;
 pub mod protocol;
 #[cfg(feature = "server")]
 pub mod server;

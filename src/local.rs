@@ -401,6 +401,18 @@ impl<K: Eq + Hash + Clone, V: Clone> OnceMap<K, V> {
             .collect()
     }
 
+    /// Every open key with its value.
+    pub fn entries(&self) -> Vec<(K, V)> {
+        self.slots
+            .borrow()
+            .iter()
+            .filter_map(|(k, slot)| match slot {
+                OnceSlot::Ready(v) => Some((k.clone(), v.clone())),
+                OnceSlot::Opening(_) => None,
+            })
+            .collect()
+    }
+
     /// Every open value.
     pub fn values(&self) -> Vec<V> {
         self.values_where(|_| true)

@@ -349,10 +349,18 @@ fn producers_share_a_request_budget_that_fits_one_request_and_lose_nothing() {
 #[test]
 fn a_second_broker_on_a_port_in_use_is_refused_at_start() {
     // SO_REUSEPORT would let a second process share the first one's ports (and its
-    // connections): the start must fail instead, for the native and the Kafka listener.
+    // connections): the start must fail instead, for the native and the Kafka listener,
+    // and for the metrics listener (no SO_REUSEPORT: a plain bind fails).
     let first = Broker::start(&["--cores", "2"]);
     let kafka = first.kafka.unwrap().to_string();
+    let metrics = first.metrics.unwrap().to_string();
     for args in [
+        vec![
+            "--listen".to_string(),
+            "127.0.0.1:0".to_string(),
+            "--metrics-listen".to_string(),
+            metrics.clone(),
+        ],
         vec!["--listen".to_string(), first.addr.to_string()],
         vec![
             "--listen".to_string(),

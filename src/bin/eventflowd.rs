@@ -13,11 +13,15 @@ use eventflow::config::{available_cores, format_cores, parse_cores, parse_fsync,
 /// The Kafka listener's default port: Kafka's own, so Kafka tools work unconfigured.
 const DEFAULT_KAFKA_PORT: u16 = 9092;
 
+/// The metrics listener's default port: Redpanda's admin and metrics port, which
+/// Prometheus set-ups for Kafka-compatible brokers already know.
+const DEFAULT_METRICS_PORT: u16 = 9644;
+
 /// A thread-per-core, io_uring, log-based message broker with Kafka's data model.
 ///
-/// Prints one line `eventflowd ready listen=ADDR direct=ADDR,… shards=N kafka=ADDR` on stdout
-/// once every shard serves (`kafka=` is empty with --no-kafka); logs go to stderr (level from
-/// RUST_LOG, default info).
+/// Prints one line `eventflowd ready listen=ADDR direct=ADDR,… shards=N kafka=ADDR
+/// metrics=ADDR` on stdout once every shard serves (`kafka=` is empty with --no-kafka,
+/// `metrics=` with --no-metrics); logs go to stderr (level from RUST_LOG, default info).
 #[derive(clap::Parser, Debug)]
 #[command(name = "eventflowd", version, after_long_help = SOURCES_HELP)]
 struct Args {
@@ -46,6 +50,21 @@ struct Args {
     /// Do not serve the Kafka protocol.
     #[arg(long, conflicts_with = "kafka_listen")]
     no_kafka: bool,
+
+    /// Address of the HTTP listener serving Prometheus metrics at /metrics. Default:
+    /// 127.0.0.1:9644, or an ephemeral port on the --listen address when --listen has
+    /// port 0.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+
+    /// Do not serve metrics.
+    #[arg(long, conflicts_with = "metrics_listen")]
+    no_metrics: bool,
+
+    /// Label produced and fetched traffic per partition too, not only per topic (one
+    /// series per partition: mind the cardinality with many partitions).
+    #[arg(long)]
+    metrics_partition_labels: bool,
 
     /// Where topics, segments and metadata live.
     #[arg(long, default_value = "./eventflow-data")]
@@ -214,6 +233,7 @@ fn layered_args() -> anyhow::Result<(Args, Layered)> {
 fn derived_default(key: &str, config: &BrokerConfig) -> Option<String> {
     match key {
         "kafka_listen" => config.kafka_listen.map(|a| a.to_string()),
+        "metrics_listen" => config.metrics_listen.map(|a| a.to_string()),
         "direct_port_base" => config.direct_port_base.map(|p| p.to_string()),
         "cores" => Some(format_cores(&config.cores)),
         _ => None,
@@ -238,6 +258,13 @@ fn config_from(args: Args, layered: &Layered) -> anyhow::Result<BrokerConfig> {
         (false, None) if args.listen.port() == 0 => Some(SocketAddr::new(args.listen.ip(), 0)),
         (false, None) => Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_KAFKA_PORT))),
     };
+    config.metrics_listen = match (args.no_metrics, args.metrics_listen) {
+        (true, _) => None,
+        (false, Some(addr)) => Some(addr),
+        (false, None) if args.listen.port() == 0 => Some(SocketAddr::new(args.listen.ip(), 0)),
+        (false, None) => Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT))),
+    };
+    config.metrics_partition_labels = args.metrics_partition_labels;
     let l = layered;
     let available = available_cores();
     if let Some(spec) = &args.cores {
@@ -384,6 +411,7 @@ fn main() -> anyhow::Result<()> {
     tracing::info!(
         listen = %config.listen,
         kafka_listen = ?config.kafka_listen,
+        metrics_listen = ?config.metrics_listen,
         data_dir = %config.data_dir.display(),
         cores = ?config.cores,
         fsync = ?config.fsync,
@@ -392,7 +420,25 @@ fn main() -> anyhow::Result<()> {
     );
     eventflow::storage::init_sync_journal(&config.data_dir)
         .with_context(|| format!("cannot open {}", eventflow::storage::SYNC_JOURNAL_ENV))?;
-    let broker = eventflow::server::start(config).context("cannot start the broker")?;
+    let mut broker = eventflow::server::start(config).context("cannot start the broker")?;
+    let http = match broker.take_metrics_listener() {
+        Some(listener) => match eventflow::http::HttpServer::start(
+            listener,
+            eventflow::http::metrics::router(broker.scraper()),
+            eventflow::http::Limits::default(),
+        ) {
+            Ok(http) => Some(http),
+            Err(e) => {
+                // The shards serve already: stop them cleanly (logs synced) before exiting.
+                let stopped = broker.shutdown();
+                return Err(anyhow::Error::new(e).context(match stopped {
+                    Ok(()) => "cannot start the metrics listener".to_string(),
+                    Err(s) => format!("cannot start the metrics listener (and stopping: {s})"),
+                }));
+            }
+        },
+        None => None,
+    };
     let direct: Vec<String> = broker
         .direct_addrs()
         .iter()
@@ -402,13 +448,15 @@ fn main() -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         writeln!(
             out,
-            "eventflowd ready listen={} direct={} shards={} kafka={}",
+            "eventflowd ready listen={} direct={} shards={} kafka={} metrics={}",
             broker.addr(),
             direct.join(","),
             broker.shard_count(),
             broker
                 .kafka_addr()
-                .map_or_else(String::new, |a| a.to_string())
+                .map_or_else(String::new, |a| a.to_string()),
+            http.as_ref()
+                .map_or_else(String::new, |h| h.addr().to_string())
         )?;
         out.flush()?;
     }
@@ -419,6 +467,7 @@ fn main() -> anyhow::Result<()> {
         trigger();
     });
     broker.join().context("broker stopped with an error")?;
+    drop(http);
     drop(waiter);
     tracing::info!("stopped");
     Ok(())

@@ -39,6 +39,7 @@ use super::calls::ShareRelease;
 use super::context::{first, ShardContext};
 use super::kafka;
 use super::native::{self, Reply};
+use crate::metrics::shard::{self as metrics, ApiId, Outcome, WireProtocol};
 use crate::protocol::api::{
     encode_error_response, encode_fetch_response_parts, encode_response, Request,
 };
@@ -561,16 +562,25 @@ async fn start_request(
         }
     }
     let ctx = ctx.clone();
+    let api = ApiId {
+        protocol: WireProtocol::Native,
+        key: request.api_key() as i16,
+    };
     run_request(state, taken, async move {
-        native::handle(&ctx, request, local_ip)
-            .await
-            .map(|outcome| match outcome {
-                Ok(reply) => encode_reply(correlation_id, reply),
-                Err(e) => encode_error_response(correlation_id, e.code, &e.message)
-                    .into_iter()
-                    .map(OutChunk::Bytes)
-                    .collect(),
-            })
+        let started = Instant::now();
+        let answer = native::handle(&ctx, request, local_ip).await;
+        let outcome = match &answer {
+            Some(Err(e)) => Outcome::Error(e.code.as_u16()),
+            _ => Outcome::Ok,
+        };
+        metrics::request(api, outcome, started.elapsed());
+        answer.map(|outcome| match outcome {
+            Ok(reply) => encode_reply(correlation_id, reply),
+            Err(e) => encode_error_response(correlation_id, e.code, &e.message)
+                .into_iter()
+                .map(OutChunk::Bytes)
+                .collect(),
+        })
     })
     .await;
     true
@@ -621,8 +631,19 @@ async fn start_kafka_request(
     };
     let ctx = ctx.clone();
     let failed = state.clone();
+    let api = ApiId {
+        protocol: WireProtocol::Kafka,
+        key: request.key as i16,
+    };
     run_request(state, taken, async move {
-        match kafka::handle(&ctx, request, ends.local, ends.peer).await {
+        let started = Instant::now();
+        let answer = kafka::handle(&ctx, request, ends.local, ends.peer).await;
+        let outcome = match answer {
+            Ok(_) => Outcome::Ok,
+            Err(_) => Outcome::Closed,
+        };
+        metrics::request(api, outcome, started.elapsed());
+        match answer {
             Ok(reply) => reply.map(|r| with_files(r.parts, r.files.into_iter())),
             Err(e) => {
                 tracing::error!("closing a Kafka connection: {e}");

@@ -24,9 +24,11 @@ use super::fetch_sessions::{FetchSessions, SessionLimits};
 use super::group_coordinator::GroupCoordinator;
 use super::partitions::{PartitionCall, PartitionRef, PartitionTable};
 use super::rpc::{Envelope, Lost, MeshShard, Rpc, ShardCall};
+use super::scrape::ScrapeSlots;
 use super::share_coordinator::ShareCoordinator;
 use crate::config::BrokerConfig;
 use crate::local::{yield_now, Budget, Notify};
+use crate::metrics::snapshot::ShardSnapshot;
 use crate::protocol::api::ShardEndpoint;
 use crate::protocol::frame;
 use crate::protocol::{ErrorCode, WireError};
@@ -47,11 +49,14 @@ pub(crate) struct Global {
     /// Open client connections by client address, across shards; kept only when
     /// `max_connections_per_ip` bounds them (touched once at accept and once at close).
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Scrapes of `/metrics` waiting for each shard's answer.
+    pub(crate) scrapes: ScrapeSlots,
 }
 
 impl Global {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(shards: u16) -> Self {
         Global {
+            scrapes: ScrapeSlots::new(shards),
             shutdown: AtomicBool::new(false),
             quiesced: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
@@ -230,11 +235,17 @@ impl ShardContext {
 
     /// The shard's ring-draining loop: runs calls from other shards, completes our own
     /// calls' replies, and notices shutdown. Runs until `stop` is set.
-    pub(crate) async fn run_mesh(self: Rc<Self>, stop: Rc<Cell<bool>>) {
+    /// `snapshot` answers scrapes of `/metrics` (see `super::scrape`).
+    pub(crate) async fn run_mesh(
+        self: Rc<Self>,
+        stop: Rc<Cell<bool>>,
+        snapshot: fn(&ShardContext) -> ShardSnapshot,
+    ) {
         const BUDGET: usize = 256;
         loop {
             let handled = self.rpc.drain(&self, BUDGET);
             self.rpc.flush_overflow();
+            self.global.scrapes.answer(self.id, || snapshot(&self));
             if self.global.shutdown.load(Ordering::SeqCst) && !self.shutting_down.get() {
                 self.shutting_down.set(true);
                 self.shutdown.notify_all();
@@ -249,6 +260,11 @@ impl ShardContext {
                 self.rpc.wait().await;
             }
         }
+    }
+
+    /// Calls waiting in the rings towards this shard, and their slots.
+    pub(crate) fn ring_occupancy(&self) -> (usize, usize) {
+        self.rpc.ring_occupancy()
     }
 
     /// Wakes every shard (used to start shutdown or to report quiescence).

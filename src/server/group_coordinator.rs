@@ -29,6 +29,7 @@ use crate::groups::membership::GroupDescription;
 use crate::groups::membership::{GroupError, Groups, SessionLimits, Strategy};
 use crate::local::oneshot;
 use crate::local::{OnceMap, OneshotSender};
+use crate::metrics::snapshot::CommittedOffset;
 use crate::protocol::api::*;
 use crate::protocol::{ErrorCode, WireError};
 use crate::shard::ShardId;
@@ -416,6 +417,24 @@ impl GroupCoordinator {
             }
         }
         Ok(results)
+    }
+
+    /// Every offset committed by the groups this shard coordinates (for metrics).
+    pub(crate) fn committed_offsets(&self) -> Vec<CommittedOffset> {
+        let offsets = self.offsets.borrow();
+        offsets
+            .iter()
+            .flat_map(|(group, committed)| {
+                committed
+                    .iter()
+                    .map(move |((topic, partition), &offset)| CommittedOffset {
+                        group: group.clone(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                        offset,
+                    })
+            })
+            .collect()
     }
 
     fn fetch_offsets(&self, r: &FetchOffsetsRequest) -> OffsetsResponse {

@@ -15,12 +15,15 @@ mod fetch_sessions;
 mod group_coordinator;
 mod internal_log;
 mod kafka;
+mod metrics;
 mod native;
 mod partitions;
 mod rpc;
+mod scrape;
 mod share_coordinator;
 mod topics;
 
+pub use metrics::{ScrapeError, Scraper};
 pub use native::{MAX_FETCH_BYTES, MAX_FETCH_WAIT};
 
 use std::cell::Cell;
@@ -37,6 +40,7 @@ use futures_util::future::Either;
 use socket2::{Domain, Socket, Type};
 
 use crate::config::BrokerConfig;
+use crate::metrics::shard::Listener;
 use crate::protocol::api::ShardEndpoint;
 use crate::protocol::ErrorCode;
 use crate::shard::mesh::{mesh, MeshRemote, ShardLinks};
@@ -86,6 +90,8 @@ pub struct BrokerHandle {
     addr: SocketAddr,
     direct: Vec<SocketAddr>,
     kafka: Option<SocketAddr>,
+    metrics: Option<StdListener>,
+    scraper: Scraper,
     global: Arc<Global>,
     remote: MeshRemote,
     threads: Vec<JoinHandle<io::Result<()>>>,
@@ -101,6 +107,22 @@ impl BrokerHandle {
     /// the broker serves it.
     pub fn kafka_addr(&self) -> Option<SocketAddr> {
         self.kafka
+    }
+
+    /// The metrics listener's address (with the real port when 0 was asked for), if the
+    /// broker has one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The bound metrics listener, taken once, for the HTTP server to serve.
+    pub fn take_metrics_listener(&mut self) -> Option<StdListener> {
+        self.metrics.take()
+    }
+
+    /// What gathers the shards' metrics for a scrape.
+    pub fn scraper(&self) -> Scraper {
+        self.scraper.clone()
     }
 
     /// Number of shards serving.
@@ -171,11 +193,15 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     enum Slot {
         Shared,
         Kafka,
+        Metrics,
         Direct(u16),
     }
     let mut plan = vec![(Slot::Shared, config.listen)];
     if let Some(listen) = config.kafka_listen {
         plan.push((Slot::Kafka, listen));
+    }
+    if let Some(listen) = config.metrics_listen {
+        plan.push((Slot::Metrics, listen));
     }
     if let Some(base) = config.direct_port_base {
         for i in 0..shards {
@@ -190,7 +216,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         }
     }
     plan.sort_by_key(|(_, at)| at.port() == 0);
-    let (mut shared, mut kafka) = (Vec::new(), Vec::new());
+    let (mut shared, mut kafka, mut metrics) = (Vec::new(), Vec::new(), None);
     let mut direct: Vec<Option<StdListener>> = Vec::new();
     direct.resize_with(
         usize::from(shards) * usize::from(config.direct_port_base.is_some()),
@@ -200,6 +226,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         match slot {
             Slot::Shared => shared = bind_group(at, shards)?,
             Slot::Kafka => kafka = bind_group(at, shards)?,
+            Slot::Metrics => metrics = Some(bind_single(at)?),
             Slot::Direct(i) => {
                 refuse_if_served(at)?;
                 direct[usize::from(i)] = Some(bind(at)?);
@@ -231,7 +258,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     );
 
     let config = Arc::new(config);
-    let global = Arc::new(Global::new());
+    let global = Arc::new(Global::new(shards));
     let links = mesh::<Envelope<ShardContext>>(shards, config.ring_capacity);
     let remote = links[0].remote();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<ShardId, (ShardId, String)>>();
@@ -301,10 +328,18 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
             }
         }
     }
+    let scraper = Scraper::new(
+        global.clone(),
+        remote.clone(),
+        shards,
+        config.metrics_partition_labels,
+    );
     Ok(BrokerHandle {
         addr,
         direct: direct_addrs,
         kafka: kafka_addr,
+        metrics,
+        scraper,
         global,
         remote,
         threads,
@@ -386,6 +421,24 @@ fn bind(addr: SocketAddr) -> Result<StdListener, StartError> {
     Ok(socket.into())
 }
 
+/// A listening socket on `addr` that no other socket may share (no SO_REUSEPORT: a second
+/// broker on the same port fails to bind instead of taking a share of the scrapes).
+/// SO_REUSEADDR still lets a restart bind while a crashed run's connections linger.
+fn bind_single(addr: SocketAddr) -> Result<StdListener, StartError> {
+    let err = |source| StartError::Listen { addr, source };
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(128).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    Ok(socket.into())
+}
+
 /// Removes topic directories that a deletion moved aside (`.deleted-<name>-<id>`) but did
 /// not finish removing. Nothing else under the data directory is ever deleted at start-up.
 fn remove_deleted_topics(data_dir: &Path) {
@@ -447,7 +500,8 @@ async fn shard_main(
     let stop_mesh = Rc::new(Cell::new(false));
     // The mesh loop runs from the start: opening partitions needs nothing from other
     // shards, but other shards may already send us requests once they serve.
-    let mesh_task = compio::runtime::spawn(ctx.clone().run_mesh(stop_mesh.clone()));
+    let mesh_task =
+        compio::runtime::spawn(ctx.clone().run_mesh(stop_mesh.clone(), metrics::snapshot));
 
     // Recover every partition this shard owns before serving.
     let started = Instant::now();
@@ -495,12 +549,12 @@ async fn shard_main(
     );
     let _ = ready.send(Ok(id));
 
-    compio::runtime::spawn(accept_loop(ctx.clone(), shared, Protocol::Native)).detach();
+    compio::runtime::spawn(accept_loop(ctx.clone(), shared, Listener::Native)).detach();
     if let Some(direct) = direct {
-        compio::runtime::spawn(accept_loop(ctx.clone(), direct, Protocol::Native)).detach();
+        compio::runtime::spawn(accept_loop(ctx.clone(), direct, Listener::Direct)).detach();
     }
     if let Some(kafka) = kafka {
-        compio::runtime::spawn(accept_loop(ctx.clone(), kafka, Protocol::Kafka)).detach();
+        compio::runtime::spawn(accept_loop(ctx.clone(), kafka, Listener::Kafka)).detach();
     }
     compio::runtime::spawn(maintenance(ctx.clone())).detach();
     compio::runtime::spawn(expire_sessions(ctx.clone())).detach();
@@ -536,11 +590,11 @@ async fn shard_main(
     tracing::info!(shard = id, "shard stopped");
 }
 
-async fn accept_loop(
-    ctx: Rc<ShardContext>,
-    listener: compio::net::TcpListener,
-    protocol: Protocol,
-) {
+async fn accept_loop(ctx: Rc<ShardContext>, listener: compio::net::TcpListener, kind: Listener) {
+    let protocol = match kind {
+        Listener::Native | Listener::Direct => Protocol::Native,
+        Listener::Kafka => Protocol::Kafka,
+    };
     loop {
         let accepted = match first(listener.accept(), ctx.shutdown.notified()).await {
             Either::Left(a) => a,
@@ -558,6 +612,7 @@ async fn accept_loop(
         let admitted = match Admitted::new(&ctx, peer.ip()) {
             Ok(admitted) => admitted,
             Err(message) => {
+                crate::metrics::shard::connection_refused(kind);
                 // A Kafka client cannot read a native error frame (Kafka has no answer for
                 // this): it is just closed.
                 if protocol == Protocol::Native {
@@ -573,9 +628,11 @@ async fn accept_loop(
             }
         };
         ctx.connections.set(ctx.connections.get() + 1);
+        crate::metrics::shard::connection_accepted(kind);
         let ctx2 = ctx.clone();
         compio::runtime::spawn(async move {
             connection::serve(ctx2.clone(), stream, protocol).await;
+            crate::metrics::shard::connection_closed(kind);
             drop(admitted);
             ctx2.connections.set(ctx2.connections.get() - 1);
             ctx2.connection_closed.notify_all();
@@ -657,6 +714,7 @@ async fn scrub(ctx: Rc<ShardContext>, bytes_per_sec: u64) {
             };
             for c in &step.corrupt {
                 corrupt_found += 1;
+                crate::metrics::shard::scrub_corrupt_batch();
                 tracing::error!(
                     shard = ctx.id,
                     path = %c.path.display(),

@@ -118,6 +118,22 @@ impl PartitionTable {
         self.logs.values()
     }
 
+    /// Every open log of a topic not deleted, with the topic's name and the partition.
+    pub(crate) fn named_logs(&self) -> Vec<(String, u32, Rc<PartitionLog>)> {
+        let names: HashMap<u64, String> = self
+            .incarnations
+            .borrow()
+            .iter()
+            .filter(|(_, i)| !i.deleted)
+            .map(|(name, i)| (i.id, name.clone()))
+            .collect();
+        self.logs
+            .entries()
+            .into_iter()
+            .filter_map(|((id, partition), log)| Some((names.get(&id)?.clone(), partition, log)))
+            .collect()
+    }
+
     /// The log end of an open partition this shard owns.
     pub(crate) fn log_end(&self, topic: &str, partition: u32) -> Option<i64> {
         let id = self

@@ -284,6 +284,11 @@ impl<S: MeshShard> Rpc<S> {
         .detach();
     }
 
+    /// Calls waiting in the rings towards this shard, and their slots.
+    pub(crate) fn ring_occupancy(&self) -> (usize, usize) {
+        self.links.borrow().incoming_occupancy()
+    }
+
     /// Wakes every shard (to start shutdown or to report quiescence).
     pub(crate) fn signal_all(&self) {
         self.links.borrow().signal_all();

@@ -23,6 +23,7 @@ use crate::groups::share::{
     AckKind, DeadLetter, DurableState, ShareConfig, ShareError, SharePartition,
 };
 use crate::local::OnceMap;
+use crate::metrics::snapshot::ShareState;
 use crate::protocol::api::*;
 use crate::protocol::batch::{self, BatchBuilder, ValidBatch};
 use crate::protocol::{ErrorCode, WireError};
@@ -262,6 +263,28 @@ impl ShareCoordinator {
             self.persist(at, group, &share_log).await?;
         }
         refused.map_or(Ok(()), Err)
+    }
+
+    /// Every share-partition this shard holds, as metrics count it; `log_end` gives a
+    /// partition's log end. Expired locks are released first (as the timer would).
+    pub(crate) fn metrics(&self, log_end: &dyn Fn(&str, u32) -> Option<i64>) -> Vec<ShareState> {
+        let now = Instant::now();
+        let mut states = Vec::new();
+        for ((group, _, partition), entry) in self.entries.borrow_mut().iter_mut() {
+            entry.part.expire(now);
+            let stats = entry.part.stats();
+            let end = log_end(&entry.topic, *partition).unwrap_or(stats.next_offset);
+            let window = end.saturating_sub(stats.start).max(0) as u64;
+            states.push(ShareState {
+                group: group.clone(),
+                topic: entry.topic.clone(),
+                partition: *partition,
+                backlog: window.saturating_sub(stats.done_in_window as u64),
+                locked: stats.acquired as u64,
+                dead_lettered: entry.dead_lettered,
+            });
+        }
+        states
     }
 
     /// The state of every partition of `group` this shard holds.

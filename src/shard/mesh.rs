@@ -172,6 +172,14 @@ impl<T> ShardLinks<T> {
         }
     }
 
+    /// Messages waiting in the incoming rings, and their slots, over all senders.
+    pub fn incoming_occupancy(&self) -> (usize, usize) {
+        self.incoming
+            .iter()
+            .flatten()
+            .fold((0, 0), |(len, cap), c| (len + c.len(), cap + c.capacity()))
+    }
+
     /// Whether any incoming ring holds a message.
     pub fn has_incoming(&self) -> bool {
         self.incoming.iter().flatten().any(|c| !c.is_empty())

@@ -75,6 +75,16 @@ impl<T> Consumer<T> {
         self.shared.slots.pop()
     }
 
+    /// Values in the ring right now.
+    pub fn len(&self) -> usize {
+        self.shared.slots.len()
+    }
+
+    /// Slots in the ring.
+    pub fn capacity(&self) -> usize {
+        self.shared.slots.capacity()
+    }
+
     /// Whether the ring holds nothing right now.
     pub fn is_empty(&self) -> bool {
         self.shared.slots.is_empty()

@@ -79,9 +79,11 @@ pub(crate) async fn write_log(
 /// `fdatasync`s the log at `path`, whose record data ends at `data_len` (bytes past it, if
 /// any, are preallocated zeros). Every write below `data_len` completed before the call.
 pub(crate) async fn sync_log(file: &File, path: &Path, data_len: u64) -> Result<(), StorageError> {
+    let started = std::time::Instant::now();
     file.sync_data()
         .await
         .map_err(|e| StorageError::io(path, e))?;
+    crate::metrics::shard::fdatasync(started.elapsed());
     record_sync(path, data_len, false);
     Ok(())
 }

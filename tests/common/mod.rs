@@ -23,6 +23,8 @@ pub(crate) struct Broker {
     pub direct: Vec<SocketAddr>,
     /// The Kafka listener (`None` with `--no-kafka`).
     pub kafka: Option<SocketAddr>,
+    /// The metrics listener (`None` with `--no-metrics`).
+    pub metrics: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// The sync journal the broker writes (see [`Broker::start_journaled`]).
     pub journal: Option<PathBuf>,
@@ -70,12 +72,19 @@ impl Broker {
         tmp: Option<tempfile::TempDir>,
     ) -> Broker {
         let args: Vec<String> = args.iter().map(std::string::ToString::to_string).collect();
-        let (child, addr, direct, kafka) = spawn(data_dir, &args, journal.as_deref(), log_filter);
+        let Spawned {
+            child,
+            addr,
+            direct,
+            kafka,
+            metrics,
+        } = spawn(data_dir, &args, journal.as_deref(), log_filter);
         Broker {
             child: Some(child),
             addr,
             direct,
             kafka,
+            metrics,
             data_dir: data_dir.to_path_buf(),
             journal,
             args,
@@ -128,6 +137,11 @@ impl Broker {
         assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
     }
 
+    /// The broker's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// The broker's resident memory now, from /proc.
     pub(crate) fn rss_bytes(&self) -> u64 {
         let child = self.child.as_ref().expect("running");
@@ -169,16 +183,17 @@ impl Broker {
     /// Starts the broker again on the same data directory with the same flags (new ports).
     pub(crate) fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the broker first");
-        let (child, addr, direct, kafka) = spawn(
+        let spawned = spawn(
             &self.data_dir,
             &self.args,
             self.journal.as_deref(),
             &self.log_filter,
         );
-        self.child = Some(child);
-        self.addr = addr;
-        self.direct = direct;
-        self.kafka = kafka;
+        self.child = Some(spawned.child);
+        self.addr = spawned.addr;
+        self.direct = spawned.direct;
+        self.kafka = spawned.kafka;
+        self.metrics = spawned.metrics;
     }
 
     /// The broker's stderr log so far.
@@ -226,12 +241,18 @@ fn log_path(data_dir: &Path) -> PathBuf {
 
 /// Starts `eventflowd` with `--listen 127.0.0.1:0` (so the direct ports and the Kafka
 /// listener take ephemeral ports too) and reads its ready line.
-fn spawn(
-    data_dir: &Path,
-    args: &[String],
-    journal: Option<&Path>,
-    log_filter: &str,
-) -> (Child, SocketAddr, Vec<SocketAddr>, Option<SocketAddr>) {
+/// A started broker process and the addresses its ready line gave.
+struct Spawned {
+    child: Child,
+    addr: SocketAddr,
+    direct: Vec<SocketAddr>,
+    kafka: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+}
+
+/// Starts `eventflowd` on ephemeral ports (the native and metrics listeners, and with them
+/// the direct and Kafka ones), so that many brokers run side by side; `args` may override.
+fn spawn(data_dir: &Path, args: &[String], journal: Option<&Path>, log_filter: &str) -> Spawned {
     std::fs::create_dir_all(data_dir).expect("data dir");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -242,9 +263,14 @@ fn spawn(
     if let Some(journal) = journal {
         command.env(eventflow::storage::SYNC_JOURNAL_ENV, journal);
     }
+    command.arg("--listen").arg("127.0.0.1:0");
+    if !args
+        .iter()
+        .any(|a| a.starts_with("--metrics-listen") || a == "--no-metrics")
+    {
+        command.arg("--metrics-listen").arg("127.0.0.1:0");
+    }
     let mut child = command
-        .arg("--listen")
-        .arg("127.0.0.1:0")
         .arg("--data-dir")
         .arg(data_dir.join("data"))
         .args(args)
@@ -283,7 +309,16 @@ fn spawn(
     let kafka = Some(field("kafka="))
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().expect("kafka addr"));
-    (child, addr, direct, kafka)
+    let metrics = Some(field("metrics="))
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("metrics addr"));
+    Spawned {
+        child,
+        addr,
+        direct,
+        kafka,
+        metrics,
+    }
 }
 
 /// Milliseconds since the epoch.

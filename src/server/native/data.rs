@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_util::future::{select_all, Either};
 
+use crate::metrics::shard as metrics;
 use crate::protocol::api::*;
 use crate::protocol::batch::{BatchError, ValidBatch};
 use crate::protocol::{ErrorCode, WireError};
@@ -65,12 +66,14 @@ pub(crate) async fn produce(ctx: &Rc<ShardContext>, r: ProduceRequest) -> Produc
     for topic in r.topics {
         let mut parts = Vec::with_capacity(topic.partitions.len());
         for p in topic.partitions {
-            parts.push(p.partition);
+            let mut bytes = 0u64;
             appends.push(ctx, |ctx| {
                 let at = topics::lookup(ctx, &topic.topic, p.partition)?;
                 let batches = split_batches(p.records, ctx.config.max_batch_bytes)?;
+                bytes = batches.iter().map(|b| b.len() as u64).sum();
                 Ok(Append { at, batches })
             });
+            parts.push((p.partition, bytes));
         }
         shape.push((topic.topic, parts));
     }
@@ -96,20 +99,25 @@ pub(crate) async fn produce(ctx: &Rc<ShardContext>, r: ProduceRequest) -> Produc
         }
     };
     let mut outcomes = Outcomes::new(early, replies);
+    let per_partition = ctx.config.metrics_partition_labels;
     let topics = shape
         .into_iter()
-        .map(|(topic, parts)| ProduceTopicResponse {
-            topic,
-            partitions: parts
+        .map(|(topic, parts)| {
+            let partitions = parts
                 .into_iter()
-                .map(|partition| match outcomes.next() {
-                    Ok(a) => ProducePartitionResponse {
-                        partition,
-                        error: ErrorCode::None,
-                        message: String::new(),
-                        base_offset: a.base_offset,
-                        last_offset: a.last_offset,
-                    },
+                .map(|(partition, bytes)| match outcomes.next() {
+                    Ok(a) => {
+                        let records = (a.last_offset - a.base_offset + 1).max(0) as u64;
+                        let labelled = per_partition.then_some(partition);
+                        metrics::produced(&topic, labelled, records, bytes);
+                        ProducePartitionResponse {
+                            partition,
+                            error: ErrorCode::None,
+                            message: String::new(),
+                            base_offset: a.base_offset,
+                            last_offset: a.last_offset,
+                        }
+                    }
                     Err(e) => ProducePartitionResponse {
                         partition,
                         error: e.code,
@@ -118,7 +126,8 @@ pub(crate) async fn produce(ctx: &Rc<ShardContext>, r: ProduceRequest) -> Produc
                         last_offset: -1,
                     },
                 })
-                .collect(),
+                .collect();
+            ProduceTopicResponse { topic, partitions }
         })
         .collect();
     ProduceResponse { topics }
@@ -251,6 +260,7 @@ pub(crate) async fn fetch(ctx: &Rc<ShardContext>, r: FetchRequest) -> Fetched {
             || Instant::now() >= deadline
             || ctx.is_shutting_down()
         {
+            count_fetched(ctx, &names, &slots, &parts, &files);
             return fetch_response(names, &slots, parts, files);
         }
         // Long-poll: ask each owner to tell us when its partition has more than we saw,
@@ -280,6 +290,24 @@ pub(crate) async fn fetch(ctx: &Rc<ShardContext>, r: FetchRequest) -> Fetched {
             first(compio::time::sleep_until(deadline), stop),
         )
         .await;
+    }
+}
+
+/// Counts the record bytes a fetch response carries, per topic (or partition).
+fn count_fetched(
+    ctx: &ShardContext,
+    names: &[String],
+    slots: &[FetchSlot],
+    parts: &[FetchPartitionResponse],
+    files: &[Option<FileRange>],
+) {
+    let per_partition = ctx.config.metrics_partition_labels;
+    for ((slot, part), file) in slots.iter().zip(parts).zip(files) {
+        let bytes = file.as_ref().map_or(part.records.len(), |f| f.len) as u64;
+        if bytes > 0 {
+            let partition = per_partition.then_some(slot.partition);
+            metrics::fetched(&names[slot.topic_index], partition, bytes);
+        }
     }
 }
 

@@ -125,7 +125,13 @@ pub(super) async fn fetch(
             .iter()
             .any(|r| r.as_ref().map_or(true, |a| !a.ranges.is_empty()));
         if got_any || Instant::now() >= deadline || ctx.is_shutting_down() {
-            return Ok(share_fetch_response(&r.topics, &slots, results));
+            let per_partition = ctx.config.metrics_partition_labels;
+            return Ok(share_fetch_response(
+                &r.topics,
+                &slots,
+                results,
+                per_partition,
+            ));
         }
         // Nothing to hand out: wait for new records on any partition, and look again every
         // 100 ms for records whose lock expired or whose nack delay passed.
@@ -162,6 +168,7 @@ fn share_fetch_response(
     topics: &[TopicPartitions],
     slots: &[ShareSlot],
     results: Vec<Result<ShareFetched, WireError>>,
+    per_partition: bool,
 ) -> Response {
     let mut out: Vec<ShareFetchTopic> = topics
         .iter()
@@ -172,13 +179,20 @@ fn share_fetch_response(
         .collect();
     for (slot, result) in slots.iter().zip(results) {
         let part = match result {
-            Ok(a) => ShareFetchPartition {
-                partition: slot.partition,
-                error: ErrorCode::None,
-                message: String::new(),
-                acquired: a.ranges,
-                records: a.records,
-            },
+            Ok(a) => {
+                if !a.records.is_empty() {
+                    let topic = &topics[slot.topic_index].topic;
+                    let partition = per_partition.then_some(slot.partition);
+                    crate::metrics::shard::fetched(topic, partition, a.records.len() as u64);
+                }
+                ShareFetchPartition {
+                    partition: slot.partition,
+                    error: ErrorCode::None,
+                    message: String::new(),
+                    acquired: a.ranges,
+                    records: a.records,
+                }
+            }
             Err(e) => ShareFetchPartition {
                 partition: slot.partition,
                 error: e.code,

@@ -184,6 +184,7 @@ impl PartitionLog {
         } else {
             let bytes: u64 = metas.iter().map(|m| m.len).sum();
             self.unsnapshotted.set(self.unsnapshotted.get() + bytes);
+            crate::metrics::shard::commit_round(metas.len() as u64, bytes);
             self.write_batches(buffers, &metas).await
         };
         if committed > self.high_watermark.get() {

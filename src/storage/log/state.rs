@@ -192,6 +192,11 @@ impl PartitionLog {
         self.segments.borrow().iter().map(|s| s.size).sum()
     }
 
+    /// Segment files (the active one included).
+    pub fn segment_count(&self) -> usize {
+        self.segments.borrow().len()
+    }
+
     /// Group-commit rounds run so far.
     #[cfg(test)]
     pub(crate) fn flush_count(&self) -> u64 {
