@@ -11,10 +11,12 @@
 //! - [`shard`]: pinned per-core threads, partition ownership and the inter-shard rings.
 //! - [`server`]: listeners, connections and request dispatch on each shard.
 //! - [`local`]: oneshot and notify primitives for tasks of one shard.
+//! - [`http_api`]: the HTTP API and web console, a client of the broker's native listener
+//!   on a thread of its own.
 //! - [`client`]: the client library — admin, producer, consumer — and what the `eventflow`
 //!   CLI is built on.
 //!
-//! The broker modules (`config`, `local`, `storage`, `shard`, `server`) need the `server`
+//! The broker modules (`config`, `http_api`, `local`, `storage`, `shard`, `server`) need the `server`
 //! feature, on by default; without it the crate is the client library alone, with no
 //! io_uring runtime or storage engine.
 
@@ -26,6 +28,8 @@ pub mod client;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod groups;
+#[cfg(feature = "server")]
+pub mod http_api;
 #[cfg(feature = "server")]
 pub mod local;
 pub mod protocol;

@@ -23,6 +23,8 @@ pub(crate) struct Broker {
     pub direct: Vec<SocketAddr>,
     /// The Kafka listener (`None` with `--no-kafka`).
     pub kafka: Option<SocketAddr>,
+    /// The HTTP API's listener (`None` with `--no-http`).
+    pub http: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// The sync journal the broker writes (see [`Broker::start_journaled`]).
     pub journal: Option<PathBuf>,
@@ -70,12 +72,14 @@ impl Broker {
         tmp: Option<tempfile::TempDir>,
     ) -> Broker {
         let args: Vec<String> = args.iter().map(std::string::ToString::to_string).collect();
-        let (child, addr, direct, kafka) = spawn(data_dir, &args, journal.as_deref(), log_filter);
+        let (child, addr, direct, kafka, http) =
+            spawn(data_dir, &args, journal.as_deref(), log_filter);
         Broker {
             child: Some(child),
             addr,
             direct,
             kafka,
+            http,
             data_dir: data_dir.to_path_buf(),
             journal,
             args,
@@ -169,7 +173,7 @@ impl Broker {
     /// Starts the broker again on the same data directory with the same flags (new ports).
     pub(crate) fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the broker first");
-        let (child, addr, direct, kafka) = spawn(
+        let (child, addr, direct, kafka, http) = spawn(
             &self.data_dir,
             &self.args,
             self.journal.as_deref(),
@@ -179,6 +183,7 @@ impl Broker {
         self.addr = addr;
         self.direct = direct;
         self.kafka = kafka;
+        self.http = http;
     }
 
     /// The broker's stderr log so far.
@@ -224,14 +229,19 @@ fn log_path(data_dir: &Path) -> PathBuf {
     data_dir.join("broker.log")
 }
 
+/// What [`spawn`] returns: the process, its native, direct, Kafka and HTTP addresses.
+type Spawned = (
+    Child,
+    SocketAddr,
+    Vec<SocketAddr>,
+    Option<SocketAddr>,
+    Option<SocketAddr>,
+);
+
 /// Starts `eventflowd` with `--listen 127.0.0.1:0` (so the direct ports and the Kafka
-/// listener take ephemeral ports too) and reads its ready line.
-fn spawn(
-    data_dir: &Path,
-    args: &[String],
-    journal: Option<&Path>,
-    log_filter: &str,
-) -> (Child, SocketAddr, Vec<SocketAddr>, Option<SocketAddr>) {
+/// listener take ephemeral ports too) and `--http-listen 127.0.0.1:0` (unless the test
+/// chose), and reads its ready line.
+fn spawn(data_dir: &Path, args: &[String], journal: Option<&Path>, log_filter: &str) -> Spawned {
     std::fs::create_dir_all(data_dir).expect("data dir");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -248,6 +258,13 @@ fn spawn(
         .arg("--data-dir")
         .arg(data_dir.join("data"))
         .args(args)
+        .args(
+            args.iter()
+                .all(|a| !a.starts_with("--http-listen") && a != "--no-http")
+                .then_some(["--http-listen", "127.0.0.1:0"])
+                .into_iter()
+                .flatten(),
+        )
         .env("RUST_LOG", log_filter)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
@@ -283,7 +300,10 @@ fn spawn(
     let kafka = Some(field("kafka="))
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().expect("kafka addr"));
-    (child, addr, direct, kafka)
+    let http = Some(field("http="))
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("http addr"));
+    (child, addr, direct, kafka, http)
 }
 
 /// Milliseconds since the epoch.
