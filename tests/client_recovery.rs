@@ -169,7 +169,13 @@ fn spawn_fixed(dir: &Path, addr: &str) -> Child {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut child = Command::new(env!("CARGO_BIN_EXE_eventflowd"))
-            .args(["--listen", addr, "--no-direct-ports", "--no-kafka", "--no-http"])
+            .args([
+                "--listen",
+                addr,
+                "--no-direct-ports",
+                "--no-kafka",
+                "--no-http",
+            ])
             .args(["--cores", "2", "--data-dir"])
             .arg(dir.join("data"))
             .stdout(Stdio::piped())

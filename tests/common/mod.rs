@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod http;
 pub(crate) mod kafka_wire;
 
 use std::io::{BufRead, BufReader};
