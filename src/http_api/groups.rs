@@ -15,7 +15,11 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::state::{json_body, ApiState, Params, CLUSTER_ID};
 use super::topics::list;
+use crate::client::Client;
 use crate::protocol::api::offset_spec;
+
+/// A partition's committed offset and owner (member id, client id) in a lag listing.
+type LagRow = (Option<i64>, Option<(String, String)>);
 
 fn groups_path(kind: &str) -> String {
     format!("/v3/clusters/{CLUSTER_ID}/{kind}")
@@ -58,7 +62,7 @@ async fn list_of(
     id_field: &str,
     json_kind: &str,
 ) -> Result<Json<Value>, ApiError> {
-    let groups = state.call(|c| c.list_groups()).await?;
+    let groups = state.call(Client::list_groups).await?;
     let data = groups
         .iter()
         .filter(|g| g.kind == kind)
@@ -136,8 +140,7 @@ async fn lags(state: &Arc<ApiState>, group: &str) -> Result<Vec<Value>, ApiError
         .call(move |c| {
             let g = c.describe_group(&group)?;
             // (topic, partition) → (committed offset, owner).
-            let mut rows: BTreeMap<(String, u32), (Option<i64>, Option<(String, String)>)> =
-                BTreeMap::new();
+            let mut rows: BTreeMap<(String, u32), LagRow> = BTreeMap::new();
             for t in &g.offsets {
                 for p in &t.partitions {
                     rows.entry((t.topic.clone(), p.partition)).or_default().0 = Some(p.offset);

@@ -111,14 +111,21 @@ impl ApiState {
         let native = self.broker()?.native;
         let state = self.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let pooled = state.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let pooled = state
+                .pool
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop();
             let mut client = match pooled {
                 Some(client) => client,
                 None => Client::connect_timeout(native, CALL_TIMEOUT)?,
             };
             let result = f(&mut client);
             if !result.as_ref().is_err_and(ClientError::is_connection_error) {
-                let mut pool = state.pool.lock().unwrap_or_else(|p| p.into_inner());
+                let mut pool = state
+                    .pool
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if pool.len() < POOL_IDLE {
                     pool.push(client);
                 }

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::state::{json_body, ApiState, Params, CLUSTER_ID};
+use crate::client::Client;
 use crate::protocol::api::{DescribeTopicResponse, PartitionDescription};
 
 /// `{"kind": …, "metadata": {"self": …}, "data": […]}`.
@@ -75,7 +76,7 @@ pub(crate) async fn list_topics(
     State(state): State<Arc<ApiState>>,
     _p: Params,
 ) -> Result<Json<Value>, ApiError> {
-    let topics = state.call(|c| c.list_topics()).await?;
+    let topics = state.call(Client::list_topics).await?;
     let data = topics
         .iter()
         .map(|t| topic_json(&t.name, t.partitions as usize))
