@@ -656,3 +656,134 @@ fn every_route_of_the_openapi_document_answers_as_documented() {
     // What the walk did is what the broker did: the topic it created is gone again.
     assert_eq!(get(h, &topics("orders")).status, 404);
 }
+
+#[test]
+fn ready_says_503_until_the_broker_serves_and_again_once_it_stops() {
+    // The listener as eventflowd runs it: bound before the shards recover, told when they
+    // serve and when a stop signal arrives.
+    let api = eventflow::http_api::HttpApi::start("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+    let h = api.addr();
+    assert_eq!(
+        get(h, "/health").status,
+        200,
+        "liveness does not wait for the shards"
+    );
+    assert_error(get(h, "/ready"), 503, "ready before the broker serves");
+    assert_error(
+        get(h, "/v3/clusters/eventflow/topics"),
+        503,
+        "the API before the broker serves",
+    );
+    assert_eq!(
+        get(h, "/").status,
+        200,
+        "the console page loads all the same"
+    );
+
+    let broker = Broker::start(&["--cores", "1", "--no-http"]);
+    broker.client().create_topic("t", 1, &[]).unwrap();
+    api.set_broker(eventflow::http_api::BrokerView {
+        native: broker.addr,
+        kafka: None,
+        direct: broker.direct.clone(),
+        shards: 1,
+        connections: Box::new(|| 0),
+        settings: Vec::new(),
+    });
+    assert_eq!(get(h, "/ready").json()["status"], "ready");
+    assert_eq!(get(h, &topics("t")).json()["partitions_count"], 1);
+
+    api.set_stopping();
+    assert_error(get(h, "/ready"), 503, "ready while stopping");
+    assert_error(get(h, &topics("t")), 503, "the API while stopping");
+    assert_eq!(get(h, "/health").status, 200);
+    drop(api);
+    assert!(
+        std::net::TcpStream::connect(h).is_err(),
+        "the listener is closed once dropped"
+    );
+}
+
+/// Runs the `eventflow` CLI against `broker` with `stdin`, and returns its stdout.
+fn cli(broker: &Broker, args: &[&str], stdin: &str) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eventflow"))
+        .args(args)
+        .env("EVENTFLOW_BOOTSTRAP", broker.addr.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run eventflow");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "eventflow {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_cli_reads_what_http_wrote_and_http_reads_what_the_cli_wrote() {
+    let broker = Broker::start(&["--cores", "1"]);
+    let h = http(&broker);
+    let created = send_json(
+        h,
+        "POST",
+        "/v3/clusters/eventflow/topics",
+        &json!({ "topic_name": "mixed" }),
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let produced = send_json(
+        h,
+        "POST",
+        &format!("{}/records", topics("mixed")),
+        &json!({ "records": [
+            { "key": { "type": "STRING", "data": "a" }, "value": { "type": "STRING", "data": "from http 1" } },
+            { "key": { "type": "STRING", "data": "b" }, "value": { "type": "STRING", "data": "from http 2" } },
+        ]}),
+    );
+    assert_eq!(produced.status, 200, "{}", produced.text());
+    let consumed = cli(
+        &broker,
+        &[
+            "consume",
+            "mixed",
+            "--from-beginning",
+            "--max-messages",
+            "2",
+            "--timeout-ms",
+            "10000",
+            "--format",
+            "%o %k=%v\n",
+        ],
+        "",
+    );
+    assert_eq!(consumed, "0 a=from http 1\n1 b=from http 2\n");
+
+    cli(
+        &broker,
+        &["produce", "mixed", "--key-separator", ":"],
+        "c:from the cli\n",
+    );
+    let read = get(
+        h,
+        &format!("{}/partitions/0/records?offset=2", topics("mixed")),
+    )
+    .json();
+    let data = read["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{read}");
+    assert_eq!(data[0]["key"], json!({ "type": "STRING", "data": "c" }));
+    assert_eq!(
+        data[0]["value"],
+        json!({ "type": "STRING", "data": "from the cli" })
+    );
+}
