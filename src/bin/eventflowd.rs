@@ -446,9 +446,22 @@ fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let settings = eventflow::http_api::settings_of(&config);
+    let mut settings = eventflow::http_api::settings_of(&config);
     let broker = eventflow::server::start(config).context("cannot start the broker")?;
     if let Some(http) = &http {
+        // The addresses as bound (ephemeral ports resolved).
+        for (name, value) in &mut settings {
+            match name.as_str() {
+                "listen" => *value = broker.addr().to_string(),
+                "kafka_listen" => {
+                    *value = broker
+                        .kafka_addr()
+                        .map_or_else(|| "none".into(), |a| a.to_string());
+                }
+                _ => {}
+            }
+        }
+        settings.push(("http_listen".into(), http.addr().to_string()));
         http.set_broker(eventflow::http_api::BrokerView {
             native: broker.addr(),
             kafka: broker.kafka_addr(),
