@@ -11,6 +11,8 @@ const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2"
 const previous = new Map();
 const rates = new Map();
 let settingsShown = false;
+// "group/topic/partition" -> {t: ms, offset: committed} of the previous sample.
+const committedBefore = new Map();
 
 async function get(path) {
   const response = await fetch(path, { headers: { accept: "application/json" } });
@@ -171,6 +173,14 @@ async function refreshGroups() {
       cell(tr, l.log_end_offset, "num");
       cell(tr, l.lag, l.lag > 0 ? "num lag lag-high" : "num lag");
       cell(tr, l.client_id || l.consumer_id);
+      const key = `${g.consumer_group_id}/${l.topic_name}/${l.partition_id}`;
+      const now = Date.now();
+      const before = committedBefore.get(key);
+      const consumed = before && l.current_offset !== null && now > before.t
+        ? (Math.max(0, l.current_offset - before.offset) * 1000) / (now - before.t)
+        : null;
+      if (l.current_offset !== null) committedBefore.set(key, { t: now, offset: l.current_offset });
+      cell(tr, consumed === null ? null : consumed.toFixed(1), "num");
       rows.push(tr);
     }
   }
