@@ -13,10 +13,12 @@
 //! - [`metrics`]: per-shard counters and histograms, and their Prometheus exposition.
 //! - [`http`]: the HTTP listener (`/metrics`), on a thread of its own, off the shards.
 //! - [`local`]: oneshot and notify primitives for tasks of one shard.
+//! - [`http_api`]: the HTTP API and web console, a client of the broker's native listener
+//!   on a thread of its own.
 //! - [`client`]: the client library — admin, producer, consumer — and what the `eventflow`
 //!   CLI is built on.
 //!
-//! The broker modules (`config`, `local`, `storage`, `shard`, `server`) need the `server`
+//! The broker modules (`config`, `http_api`, `local`, `storage`, `shard`, `server`) need the `server`
 //! feature, on by default; without it the crate is the client library alone, with no
 //! io_uring runtime or storage engine.
 
@@ -30,6 +32,8 @@ pub mod config;
 pub mod groups;
 #[cfg(feature = "server")]
 pub mod http;
+#[cfg(feature = "server")]
+pub mod http_api;
 #[cfg(feature = "server")]
 pub mod local;
 #[cfg(feature = "server")]

@@ -374,6 +374,7 @@ fn a_second_broker_on_a_port_in_use_is_refused_at_start() {
             .arg("--data-dir")
             .arg(tempfile::tempdir().unwrap().path())
             .arg("--no-direct-ports")
+            .arg("--no-http")
             .output()
             .unwrap();
         assert!(!out.status.success(), "{args:?} started");

@@ -175,6 +175,7 @@ fn spawn_fixed(dir: &Path, addr: &str) -> Child {
                 "--no-direct-ports",
                 "--no-kafka",
                 "--no-metrics",
+                "--no-http",
             ])
             .args(["--cores", "2", "--data-dir"])
             .arg(dir.join("data"))

@@ -199,7 +199,7 @@ fn serves(addr: SocketAddr) {
 fn broker_file(listen: u16, data_dir: &Path) -> String {
     format!(
         "listen = \"127.0.0.1:{listen}\"\ndata_dir = {:?}\nno_kafka = true\n\
-         no_direct_ports = true\nno_metrics = true\ncores = 1\nfsync = \"never\"\n",
+         no_direct_ports = true\nno_metrics = true\nno_http = true\ncores = 1\nfsync = \"never\"\n",
         data_dir.to_str().unwrap()
     )
 }

@@ -525,6 +525,7 @@ fn no_metrics_leaves_no_metrics_listener() {
     let mut expected: BTreeSet<u16> = broker.direct.iter().map(SocketAddr::port).collect();
     expected.insert(broker.addr.port());
     expected.insert(broker.kafka.unwrap().port());
+    expected.insert(broker.http.unwrap().port());
     assert_eq!(listening_ports(broker.pid()), expected);
 
     // With metrics: one more port, the one the ready line names.

@@ -42,7 +42,7 @@ start() {
     local t0
     t0=$(date +%s%N)
     # shellcheck disable=SC2086
-    "$BIN_DIR/eventflowd" --listen "127.0.0.1:$port" --metrics-listen 127.0.0.1:0 --data-dir "$data/data" $flags \
+    "$BIN_DIR/eventflowd" --listen "127.0.0.1:$port" --metrics-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir "$data/data" $flags \
         >"$data/ready" 2>>"$data/eventflowd.log" &
     broker=$!
     while ! grep -q ready "$data/ready" 2>/dev/null; do

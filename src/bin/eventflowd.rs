@@ -17,11 +17,16 @@ const DEFAULT_KAFKA_PORT: u16 = 9092;
 /// Prometheus set-ups for Kafka-compatible brokers already know.
 const DEFAULT_METRICS_PORT: u16 = 9644;
 
+/// The HTTP API's default port: the REST proxy port (Confluent's REST Proxy, Redpanda's
+/// HTTP Proxy) that scripts for Kafka-compatible brokers already know.
+const DEFAULT_HTTP_PORT: u16 = 8082;
+
 /// A thread-per-core, io_uring, log-based message broker with Kafka's data model.
 ///
 /// Prints one line `eventflowd ready listen=ADDR direct=ADDR,… shards=N kafka=ADDR
-/// metrics=ADDR` on stdout once every shard serves (`kafka=` is empty with --no-kafka,
-/// `metrics=` with --no-metrics); logs go to stderr (level from RUST_LOG, default info).
+/// metrics=ADDR http=ADDR` on stdout once every shard serves (`kafka=` is empty with
+/// --no-kafka, `metrics=` with --no-metrics, `http=` with --no-http); logs go to stderr
+/// (level from RUST_LOG, default info).
 #[derive(clap::Parser, Debug)]
 #[command(name = "eventflowd", version, after_long_help = SOURCES_HELP)]
 struct Args {
@@ -65,6 +70,20 @@ struct Args {
     /// series per partition: mind the cardinality with many partitions).
     #[arg(long)]
     metrics_partition_labels: bool,
+
+    /// Address of the HTTP listener: the JSON API (/v3/…), /health, /ready, /openapi.json
+    /// and the web console at /. Default: 127.0.0.1:8082, or an ephemeral port on the
+    /// --listen address when --listen has port 0.
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+
+    /// Do not serve the HTTP API and console.
+    #[arg(long, conflicts_with = "http_listen")]
+    no_http: bool,
+
+    /// Largest HTTP request body accepted, in bytes; a larger one gets 413.
+    #[arg(long, default_value_t = 1 << 20)]
+    http_max_body_bytes: usize,
 
     /// Where topics, segments and metadata live.
     #[arg(long, default_value = "./eventflow-data")]
@@ -234,6 +253,7 @@ fn derived_default(key: &str, config: &BrokerConfig) -> Option<String> {
     match key {
         "kafka_listen" => config.kafka_listen.map(|a| a.to_string()),
         "metrics_listen" => config.metrics_listen.map(|a| a.to_string()),
+        "http_listen" => http_listen(config.listen, None).map(|a| a.to_string()),
         "direct_port_base" => config.direct_port_base.map(|p| p.to_string()),
         "cores" => Some(format_cores(&config.cores)),
         _ => None,
@@ -248,6 +268,31 @@ fn ensure(ok: bool, layered: &Layered, keys: &[&str], message: String) -> anyhow
     } else {
         Err(anyhow::anyhow!(layered.blame(keys, message)))
     }
+}
+
+/// The HTTP listener's address: the flag's, or the default (an ephemeral port beside an
+/// ephemeral --listen).
+fn http_listen(listen: SocketAddr, flag: Option<SocketAddr>) -> Option<SocketAddr> {
+    Some(match flag {
+        Some(addr) => addr,
+        None if listen.port() == 0 => SocketAddr::new(listen.ip(), 0),
+        None => SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT)),
+    })
+}
+
+/// The HTTP listener's settings from the flags (`None`: --no-http).
+fn http_from(args: &Args, layered: &Layered) -> anyhow::Result<Option<(SocketAddr, usize)>> {
+    ensure(
+        args.http_max_body_bytes >= 1024,
+        layered,
+        &["http_max_body_bytes"],
+        "--http-max-body-bytes must be at least 1024".into(),
+    )?;
+    Ok(if args.no_http {
+        None
+    } else {
+        http_listen(args.listen, args.http_listen).map(|a| (a, args.http_max_body_bytes))
+    })
 }
 
 fn config_from(args: Args, layered: &Layered) -> anyhow::Result<BrokerConfig> {
@@ -402,6 +447,7 @@ fn main() -> anyhow::Result<()> {
     let (args, layered) = layered_args()?;
     let print_config = args.print_config;
     let config_file = args.config.clone();
+    let http = http_from(&args, &layered)?;
     let config = config_from(args, &layered)?;
     if print_config {
         print!("{}", layered.to_toml(|key| derived_default(key, &config)));
@@ -420,8 +466,18 @@ fn main() -> anyhow::Result<()> {
     );
     eventflow::storage::init_sync_journal(&config.data_dir)
         .with_context(|| format!("cannot open {}", eventflow::storage::SYNC_JOURNAL_ENV))?;
+    // The HTTP listener starts first: /health answers and /ready says 503 while the shards
+    // recover.
+    let http = match http {
+        Some((addr, max_body)) => Some(
+            eventflow::http_api::HttpApi::start(addr, max_body)
+                .with_context(|| format!("cannot listen on --http-listen {addr}"))?,
+        ),
+        None => None,
+    };
+    let mut settings = eventflow::http_api::settings_of(&config);
     let mut broker = eventflow::server::start(config).context("cannot start the broker")?;
-    let http = match broker.take_metrics_listener() {
+    let metrics_http = match broker.take_metrics_listener() {
         Some(listener) => match eventflow::http::HttpServer::start(
             listener,
             eventflow::http::metrics::router(broker.scraper()),
@@ -439,6 +495,29 @@ fn main() -> anyhow::Result<()> {
         },
         None => None,
     };
+    if let Some(http) = &http {
+        // The addresses as bound (ephemeral ports resolved).
+        for (name, value) in &mut settings {
+            match name.as_str() {
+                "listen" => *value = broker.addr().to_string(),
+                "kafka_listen" => {
+                    *value = broker
+                        .kafka_addr()
+                        .map_or_else(|| "none".into(), |a| a.to_string());
+                }
+                _ => {}
+            }
+        }
+        settings.push(("http_listen".into(), http.addr().to_string()));
+        http.set_broker(eventflow::http_api::BrokerView {
+            native: broker.addr(),
+            kafka: broker.kafka_addr(),
+            direct: broker.direct_addrs().to_vec(),
+            shards: broker.shard_count(),
+            connections: Box::new(broker.connection_counter()),
+            settings,
+        });
+    }
     let direct: Vec<String> = broker
         .direct_addrs()
         .iter()
@@ -448,25 +527,35 @@ fn main() -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         writeln!(
             out,
-            "eventflowd ready listen={} direct={} shards={} kafka={} metrics={}",
+            "eventflowd ready listen={} direct={} shards={} kafka={} metrics={} http={}",
             broker.addr(),
             direct.join(","),
             broker.shard_count(),
             broker
                 .kafka_addr()
                 .map_or_else(String::new, |a| a.to_string()),
+            metrics_http
+                .as_ref()
+                .map_or_else(String::new, |h| h.addr().to_string()),
             http.as_ref()
                 .map_or_else(String::new, |h| h.addr().to_string())
         )?;
         out.flush()?;
     }
     let trigger = broker.shutdown_trigger();
+    let http_stopping = http
+        .as_ref()
+        .map(eventflow::http_api::HttpApi::stopping_trigger);
     let waiter = std::thread::spawn(move || {
         let signal = wait_for_stop_signal(&signals);
         tracing::info!(signal, "stopping: finishing in-flight requests");
+        if let Some(http_stopping) = http_stopping {
+            http_stopping();
+        }
         trigger();
     });
     broker.join().context("broker stopped with an error")?;
+    drop(metrics_http);
     drop(http);
     drop(waiter);
     tracing::info!("stopped");

@@ -156,6 +156,13 @@ impl BrokerHandle {
         result
     }
 
+    /// A function that reads, from any thread, how many client connections the broker
+    /// serves now across all shards and listeners (the counter `--max-connections` bounds).
+    pub fn connection_counter(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let global = self.global.clone();
+        move || global.connections.load(Ordering::Relaxed)
+    }
+
     /// A function that starts a graceful shutdown from any thread (signal handlers).
     pub fn shutdown_trigger(&self) -> impl Fn() + Send + Sync + 'static {
         let global = self.global.clone();

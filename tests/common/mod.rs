@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod http;
 pub(crate) mod kafka_wire;
 
 use std::io::{BufRead, BufReader};
@@ -25,6 +26,8 @@ pub(crate) struct Broker {
     pub kafka: Option<SocketAddr>,
     /// The metrics listener (`None` with `--no-metrics`).
     pub metrics: Option<SocketAddr>,
+    /// The HTTP API's listener (`None` with `--no-http`).
+    pub http: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// The sync journal the broker writes (see [`Broker::start_journaled`]).
     pub journal: Option<PathBuf>,
@@ -78,6 +81,7 @@ impl Broker {
             direct,
             kafka,
             metrics,
+            http,
         } = spawn(data_dir, &args, journal.as_deref(), log_filter);
         Broker {
             child: Some(child),
@@ -85,6 +89,7 @@ impl Broker {
             direct,
             kafka,
             metrics,
+            http,
             data_dir: data_dir.to_path_buf(),
             journal,
             args,
@@ -194,6 +199,7 @@ impl Broker {
         self.direct = spawned.direct;
         self.kafka = spawned.kafka;
         self.metrics = spawned.metrics;
+        self.http = spawned.http;
     }
 
     /// The broker's stderr log so far.
@@ -240,7 +246,6 @@ fn log_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Starts `eventflowd` with `--listen 127.0.0.1:0` (so the direct ports and the Kafka
-/// listener take ephemeral ports too) and reads its ready line.
 /// A started broker process and the addresses its ready line gave.
 struct Spawned {
     child: Child,
@@ -248,10 +253,12 @@ struct Spawned {
     direct: Vec<SocketAddr>,
     kafka: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
+    http: Option<SocketAddr>,
 }
 
-/// Starts `eventflowd` on ephemeral ports (the native and metrics listeners, and with them
-/// the direct and Kafka ones), so that many brokers run side by side; `args` may override.
+/// Starts `eventflowd` on ephemeral ports (the native, metrics and HTTP listeners, and with
+/// them the direct and Kafka ones), so that many brokers run side by side; `args` may
+/// override.
 fn spawn(data_dir: &Path, args: &[String], journal: Option<&Path>, log_filter: &str) -> Spawned {
     std::fs::create_dir_all(data_dir).expect("data dir");
     let log = std::fs::OpenOptions::new()
@@ -269,6 +276,12 @@ fn spawn(data_dir: &Path, args: &[String], journal: Option<&Path>, log_filter: &
         .any(|a| a.starts_with("--metrics-listen") || a == "--no-metrics")
     {
         command.arg("--metrics-listen").arg("127.0.0.1:0");
+    }
+    if !args
+        .iter()
+        .any(|a| a.starts_with("--http-listen") || a == "--no-http")
+    {
+        command.arg("--http-listen").arg("127.0.0.1:0");
     }
     let mut child = command
         .arg("--data-dir")
@@ -309,6 +322,9 @@ fn spawn(data_dir: &Path, args: &[String], journal: Option<&Path>, log_filter: &
     let kafka = Some(field("kafka="))
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().expect("kafka addr"));
+    let http = Some(field("http="))
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("http addr"));
     let metrics = Some(field("metrics="))
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().expect("metrics addr"));
@@ -318,6 +334,7 @@ fn spawn(data_dir: &Path, args: &[String], journal: Option<&Path>, log_filter: &
         direct,
         kafka,
         metrics,
+        http,
     }
 }
 
