@@ -9,8 +9,11 @@
 //!   and rebuilds the idempotent producers' state from a snapshot and the batch headers.
 //! - `producers.rs`: what a partition knows of its idempotent producers, and the sequence
 //!   and epoch checks of their batches (pure data).
-//! - `disk.rs`: the writes and syncs of record data that durability rests on, and the sync
-//!   journal durability tests read ([`init_sync_journal`]).
+//! - `disk.rs`: every file operation of the log (writes, reads, syncs, length changes,
+//!   opens, removals), the seam where tests inject faults, and the sync journal durability
+//!   tests read ([`init_sync_journal`]).
+//! - `fault.rs` (tests only): the simulated disk that tears, loses and flips bytes from a
+//!   seed; `sim.rs` (tests only): the deterministic simulation of partition logs on it.
 //! - [`catalog`]: the durable list of topics and their configs, shared by all shards.
 //! - [`ProducerIds`] (`producer_ids.rs`): the durable producer-id counter, shared by all
 //!   shards.
@@ -20,12 +23,16 @@ pub mod catalog;
 mod config;
 mod disk;
 mod error;
+#[cfg(test)]
+mod fault;
 mod index;
 mod log;
 mod producer_ids;
 mod producers;
 mod recovery;
 mod segment;
+#[cfg(test)]
+mod sim;
 
 pub use config::{FsyncPolicy, LogConfig};
 pub use disk::{init_sync_journal, SYNC_JOURNAL_ENV};

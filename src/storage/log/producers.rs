@@ -12,12 +12,11 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use compio::fs::File;
-use compio::io::AsyncWriteAtExt;
 use tracing::{debug, warn};
 
 use super::state::PartitionLog;
 use crate::storage::config::FsyncPolicy;
+use crate::storage::disk;
 use crate::storage::error::StorageError;
 use crate::storage::recovery::snapshot_path;
 
@@ -44,15 +43,10 @@ impl PartitionLog {
         let path = snapshot_path(&self.dir, offset);
         let sync = self.config.borrow().fsync != FsyncPolicy::Never;
         let written = async {
-            let mut file = File::create(&path)
-                .await
-                .map_err(|e| StorageError::io(&path, e))?;
-            let compio::buf::BufResult(result, _) = file.write_all_at(bytes, 0).await;
-            result.map_err(|e| StorageError::io(&path, e))?;
+            let file = disk::open(&path, true).await?;
+            disk::write_at(&file, &path, bytes, 0).await?;
             if sync {
-                file.sync_data()
-                    .await
-                    .map_err(|e| StorageError::io(&path, e))?;
+                disk::sync_data(&file, &path).await?;
             }
             Ok::<(), StorageError>(())
         }
@@ -71,12 +65,8 @@ impl PartitionLog {
         };
         for old in stale {
             let path = snapshot_path(&self.dir, old);
-            match compio::fs::remove_file(&path).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    warn!(path = %path.display(), error = %e, "cannot remove an old producer snapshot");
-                }
+            if let Err(e) = disk::remove(&path).await {
+                warn!(path = %path.display(), error = %e, "cannot remove an old producer snapshot");
             }
         }
     }

@@ -1,0 +1,532 @@
+//! A deterministic simulation of partition logs on a disk that breaks on purpose.
+//!
+//! From one seed, [`run_seed`] drives a partition log with small segments through random
+//! steps — concurrent appends of various batch sizes and keys, reads, syncs, retention,
+//! clean closes, crashes (the process dies, at once or in the middle of an append) with or
+//! without a power loss, and recoveries — on the fault disk of `fault.rs` (torn and lost
+//! writes, bit flips on read, `EIO`, `ENOSPC`, slow syncs), and checks after every step:
+//!
+//! - **nothing acknowledged is lost**: every batch whose append returned `Ok` is read back,
+//!   byte for byte at its offsets, after any process crash, and under `--fsync always`
+//!   after any power loss too (under `never`, a power loss may take what was not synced);
+//! - **no corrupted byte is returned as data**: every batch a read returns is one that was
+//!   appended, byte for byte, at an offset dense with the batches before it. When the disk
+//!   flipped a bit in what that read returned, the log cannot know (reads are not
+//!   CRC-checked on the broker; the client checks every batch), so there the check is the
+//!   client's: batches are accepted while CRC-valid and dense, and those must be exact;
+//! - **offsets are dense and increasing** from the log start to the high watermark, and
+//!   the log start and high watermark never move back while the log is open;
+//! - **recovery is idempotent**: opening the recovered log again after another crash
+//!   finds the same log start, high watermark and bytes.
+//!
+//! Everything runs on one thread in one `compio` runtime, with file operations done at once
+//! by the fault disk, so a seed replays exactly. A failing seed prints itself;
+//! `EVENTFLOW_SIM_SEED=<seed>` runs that one alone, `EVENTFLOW_SIM_SEEDS=<n>` runs seeds
+//! `0..n` (200 by default).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::rc::{Rc, Weak};
+
+use super::fault::{self, FaultRates, SimRng};
+use super::{FsyncPolicy, LogConfig, PartitionLog, StorageError};
+use crate::protocol::batch::{self, BatchBuilder, ValidBatch, BATCH_HEADER_LEN};
+
+/// The environment variable naming the one seed to run.
+const SEED_ENV: &str = "EVENTFLOW_SIM_SEED";
+/// The environment variable setting how many seeds to run (from 0).
+const SEEDS_ENV: &str = "EVENTFLOW_SIM_SEEDS";
+/// Seeds run by default (CI).
+const DEFAULT_SEEDS: u64 = 200;
+
+/// What the simulation knows the log must hold.
+#[derive(Default)]
+struct Model {
+    /// Acknowledged batches by base offset: their bytes as stored.
+    acked: BTreeMap<i64, Vec<u8>>,
+    /// Every batch ever handed to append, with its base offset zeroed.
+    known: HashSet<Vec<u8>>,
+    /// Batches appended so far (for unique values).
+    appended: u64,
+}
+
+/// One seed's run.
+struct Sim {
+    config: LogConfig,
+    dir: std::path::PathBuf,
+    model: Model,
+    log: Option<Rc<PartitionLog>>,
+    /// Log start and high watermark last seen while the log was open.
+    seen: (i64, i64),
+    steps: Vec<String>,
+}
+
+/// How the simulation failed.
+type SimResult = Result<(), String>;
+
+fn rates(rng: &mut SimRng) -> FaultRates {
+    let mut pick = |max: u64| rng.below(max + 1) as u32;
+    FaultRates {
+        write_eio: pick(15),
+        write_enospc: pick(10),
+        read_eio: pick(10),
+        read_flip: pick(20),
+        sync_eio: pick(15),
+        sync_slow: pick(100),
+        set_len_eio: pick(10),
+        open_eio: pick(10),
+    }
+}
+
+fn normalized(bytes: &[u8]) -> Vec<u8> {
+    let mut bytes = bytes.to_vec();
+    batch::set_base_offset(&mut bytes, 0);
+    bytes
+}
+
+fn arm(on: bool) {
+    fault::with(|d| d.armed = on);
+}
+
+impl Sim {
+    fn draw(&mut self, n: u64) -> u64 {
+        fault::with(|d| d.rng().below(n))
+    }
+
+    fn note(&mut self, step: String) {
+        self.steps.push(step);
+    }
+
+    /// A new batch of `records` records, its values unique in this run.
+    fn make_batch(&mut self, records: usize) -> ValidBatch {
+        let mut builder = BatchBuilder::new();
+        let id = self.model.appended;
+        self.model.appended += 1;
+        for i in 0..records {
+            let len = self.draw(300) as usize;
+            let mut value = format!("batch {id} record {i} ").into_bytes();
+            value.resize(value.len() + len, (id % 251) as u8);
+            let key = format!("key-{}", self.draw(5));
+            let with_key = self.draw(4) != 0;
+            builder.push(
+                1_000 + id as i64,
+                with_key.then_some(key.as_bytes()),
+                Some(&value),
+                &[],
+            );
+        }
+        let batch = ValidBatch::new(builder.finish(), usize::MAX).expect("a built batch is valid");
+        self.model.known.insert(normalized(batch.as_bytes()));
+        batch
+    }
+
+    fn log(&self) -> Result<&Rc<PartitionLog>, String> {
+        self.log.as_ref().ok_or_else(|| "no open log".to_string())
+    }
+
+    /// Opens the log, retrying while injected faults make recovery fail; the last tries
+    /// run without faults, and must succeed.
+    async fn recover(&mut self) -> SimResult {
+        fault::with(|d| d.restart());
+        for attempt in 0..6 {
+            arm(attempt < 4);
+            match PartitionLog::open(self.dir.clone(), self.config.clone()).await {
+                Ok(log) => {
+                    arm(false);
+                    self.log = Some(Rc::new(log));
+                    return self.after_recovery().await;
+                }
+                Err(e) if attempt >= 4 => return Err(format!("recovery failed without faults: {e}")),
+                Err(e) => self.note(format!("  recovery attempt {attempt} failed: {e}")),
+            }
+            // A failed attempt may have left files half-repaired: start over as a new process.
+            fault::with(|d| d.restart());
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// After a recovery: the log must hold everything acknowledged, and recovering it
+    /// again (after a crash, no power loss) must give the same log.
+    async fn after_recovery(&mut self) -> SimResult {
+        let log = Rc::clone(self.log()?);
+        let (start, hw) = (log.log_start_offset(), log.high_watermark());
+        self.note(format!("  recovered: log start {start}, high watermark {hw}"));
+        // Retention may have been cut short by a crash: segments may come back, never go.
+        self.model.acked.retain(|&base, _| base >= start);
+        let first = self.read_everything(&log).await?;
+        drop(log);
+        self.seen = (start, hw);
+        self.crash_now().await?;
+        fault::with(|d| d.restart());
+        let again = PartitionLog::open(self.dir.clone(), self.config.clone())
+            .await
+            .map_err(|e| format!("the second recovery failed: {e}"))?;
+        let again = Rc::new(again);
+        if (again.log_start_offset(), again.high_watermark()) != (start, hw) {
+            return Err(format!(
+                "recovery is not idempotent: [{start}, {hw}) then [{}, {})",
+                again.log_start_offset(),
+                again.high_watermark()
+            ));
+        }
+        let second = self.read_everything(&again).await?;
+        if first != second {
+            return Err("recovery is not idempotent: the bytes differ".into());
+        }
+        self.log = Some(again);
+        Ok(())
+    }
+
+    /// Reads the whole log without faults, checking every invariant; returns its bytes.
+    async fn read_everything(&mut self, log: &PartitionLog) -> Result<Vec<u8>, String> {
+        arm(false);
+        let (start, hw) = (log.log_start_offset(), log.high_watermark());
+        if start > hw {
+            return Err(format!("log start {start} is past the high watermark {hw}"));
+        }
+        let mut all = Vec::new();
+        let mut next = start;
+        let mut seen_bases = BTreeMap::new();
+        while next < hw {
+            let max_bytes = 1 + self.draw(4096) as usize;
+            let read = log
+                .read(next, max_bytes)
+                .await
+                .map_err(|e| format!("read at {next} without faults failed: {e}"))?;
+            let accepted = self.check_batches(&read.records, next, false)?;
+            if accepted.is_empty() {
+                return Err(format!("a read at {next} below the high watermark {hw} returned nothing"));
+            }
+            for (base, bytes) in accepted {
+                next = base + last_delta(&bytes) + 1;
+                all.extend_from_slice(&bytes);
+                seen_bases.insert(base, bytes);
+            }
+        }
+        if next != hw {
+            return Err(format!("the batches end at {next}, the high watermark is {hw}"));
+        }
+        for (base, bytes) in &self.model.acked {
+            match seen_bases.get(base) {
+                Some(found) if found == bytes => {}
+                Some(_) => return Err(format!("the acknowledged batch at {base} reads back different bytes")),
+                None => return Err(format!("the acknowledged batch at {base} is lost (log [{start}, {hw}))")),
+            }
+        }
+        Ok(all)
+    }
+
+    /// Checks the batches a read at `offset` returned; returns those accepted, with their
+    /// base offsets. `flipped`: the disk flipped a bit in this read, so batches are accepted
+    /// only while CRC-valid and dense, as the client would.
+    fn check_batches(
+        &self,
+        records: &[u8],
+        offset: i64,
+        flipped: bool,
+    ) -> Result<Vec<(i64, Vec<u8>)>, String> {
+        let mut accepted = Vec::new();
+        let mut expect: Option<i64> = None;
+        let mut at = 0usize;
+        while at < records.len() {
+            let rest = &records[at..];
+            let whole = match framed_len(rest) {
+                Some(len) => len,
+                None if flipped => break,
+                None => return Err(format!("a read at {offset} returned a torn or unparsable batch at byte {at}")),
+            };
+            let bytes = &rest[..whole];
+            let header = match batch::validate(bytes, usize::MAX) {
+                Ok(header) => header,
+                Err(_) if flipped => break,
+                Err(e) => return Err(format!("a read at {offset} returned a corrupt batch at byte {at}: {e}")),
+            };
+            let dense = match expect {
+                None => header.base_offset <= offset && header.last_offset() >= offset,
+                Some(next) => header.base_offset == next,
+            };
+            if !dense {
+                if flipped {
+                    break;
+                }
+                return Err(format!(
+                    "a read at {offset} returned a batch at {} after {expect:?}: offsets not dense",
+                    header.base_offset
+                ));
+            }
+            if !self.model.known.contains(&normalized(bytes)) {
+                return Err(format!(
+                    "a read at {offset} returned a CRC-valid batch at {} that was never appended",
+                    header.base_offset
+                ));
+            }
+            if let Some(acked) = self.model.acked.get(&header.base_offset) {
+                if acked.as_slice() != bytes {
+                    return Err(format!("the acknowledged batch at {} reads back different bytes", header.base_offset));
+                }
+            }
+            expect = Some(header.last_offset() + 1);
+            accepted.push((header.base_offset, bytes.to_vec()));
+            at += whole;
+        }
+        Ok(accepted)
+    }
+
+    /// Concurrent appends; the acknowledged ones go into the model.
+    async fn append_step(&mut self) -> SimResult {
+        let log = Rc::clone(self.log()?);
+        let callers = 1 + self.draw(4) as usize;
+        let mut calls = Vec::new();
+        for _ in 0..callers {
+            let batches: Vec<ValidBatch> = (0..1 + self.draw(3))
+                .map(|_| {
+                    let records = 1 + self.draw(5) as usize;
+                    self.make_batch(records)
+                })
+                .collect();
+            calls.push(batches);
+        }
+        arm(true);
+        let tasks: Vec<_> = calls
+            .iter()
+            .map(|batches| {
+                let log = Rc::clone(&log);
+                let batches = batches.clone();
+                compio::runtime::spawn(async move { log.append(batches).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.map_err(|_| "an append panicked".to_string())?);
+        }
+        arm(false);
+        let mut ok = 0;
+        for (batches, result) in calls.into_iter().zip(results) {
+            match result {
+                Ok(outcome) => {
+                    ok += 1;
+                    let mut base = outcome.base_offset;
+                    for mut batch in batches {
+                        batch.set_base_offset(base);
+                        base += i64::from(batch.header().last_offset_delta) + 1;
+                        self.model.acked.insert(batch.header().base_offset, batch.as_bytes().to_vec());
+                    }
+                    if base - 1 != outcome.last_offset {
+                        return Err(format!("an append answered {outcome:?}, its batches end at {}", base - 1));
+                    }
+                }
+                Err(StorageError::Io { .. } | StorageError::NoSpace | StorageError::Closed) => {}
+                Err(e) => return Err(format!("an append failed with an unexpected error: {e}")),
+            }
+        }
+        self.note(format!("append: {callers} callers, {ok} acknowledged, high watermark {}", log.high_watermark()));
+        Ok(())
+    }
+
+    /// A read with faults armed: an error, or exact bytes (or the client's check, if a bit
+    /// was flipped).
+    async fn read_step(&mut self) -> SimResult {
+        let log = Rc::clone(self.log()?);
+        let (start, hw) = (log.log_start_offset(), log.high_watermark());
+        let offset = start + self.draw((hw - start + 1) as u64) as i64;
+        let max_bytes = 1 + self.draw(8192) as usize;
+        let flips = fault::with(|d| d.stats.flips);
+        arm(true);
+        let result = log.read(offset, max_bytes).await;
+        arm(false);
+        let flipped = fault::with(|d| d.stats.flips) != flips;
+        match result {
+            Ok(read) => {
+                let accepted = self.check_batches(&read.records, offset, flipped)?;
+                self.note(format!("read at {offset}: {} batches{}", accepted.len(), if flipped { " (bit flipped)" } else { "" }));
+            }
+            Err(StorageError::Io { .. } | StorageError::Corrupt { .. }) => {
+                self.note(format!("read at {offset}: error"));
+            }
+            Err(e) => return Err(format!("a read at {offset} failed with an unexpected error: {e}")),
+        }
+        Ok(())
+    }
+
+    /// The process dies now: the log is dropped unclosed, and its tasks run out against a
+    /// disk that fails everything.
+    async fn crash_now(&mut self) -> SimResult {
+        fault::with(|d| d.crash());
+        let Some(log) = self.log.take() else {
+            return Ok(());
+        };
+        let weak: Weak<PartitionLog> = Rc::downgrade(&log);
+        drop(log);
+        for _ in 0..10_000 {
+            if weak.strong_count() == 0 {
+                return Ok(());
+            }
+            fault::yield_now().await;
+        }
+        Err("the crashed log's tasks did not finish".into())
+    }
+
+    async fn step(&mut self) -> SimResult {
+        let choice = self.draw(100);
+        match choice {
+            0..=44 => self.append_step().await?,
+            45..=64 => self.read_step().await?,
+            65..=69 => {
+                let log = Rc::clone(self.log()?);
+                arm(true);
+                let result = log.sync().await;
+                arm(false);
+                self.note(format!("sync: {}", if result.is_ok() { "ok" } else { "error" }));
+            }
+            70..=76 => {
+                let log = Rc::clone(self.log()?);
+                arm(true);
+                let result = log.enforce_retention(i64::MAX / 2).await;
+                arm(false);
+                let start = log.log_start_offset();
+                self.model.acked.retain(|&base, _| base >= start);
+                self.note(format!("retention: {result:?}, log start {start}"));
+            }
+            77..=81 => {
+                let log = self.log.take().ok_or("no open log")?;
+                arm(true);
+                let result = log.close().await;
+                arm(false);
+                self.note(format!("close: {}", if result.is_ok() { "ok" } else { "error" }));
+                drop(log);
+                self.crash_now().await?;
+                self.recover().await?;
+            }
+            82..=89 => {
+                // A crash in the middle of the next append's operations.
+                let after = 1 + self.draw(12);
+                fault::with(|d| d.crash_after(after));
+                self.append_step().await?;
+                self.crash_then_recover().await?;
+            }
+            _ => self.crash_then_recover().await?,
+        }
+        let log = Rc::clone(self.log()?);
+        let (start, hw) = (log.log_start_offset(), log.high_watermark());
+        if start < self.seen.0 || hw < self.seen.1 {
+            return Err(format!(
+                "the log moved back while open: [{}, {}) to [{start}, {hw})",
+                self.seen.0, self.seen.1
+            ));
+        }
+        self.seen = (start, hw);
+        self.read_everything(&log).await.map(drop)
+    }
+
+    async fn crash_then_recover(&mut self) -> SimResult {
+        self.crash_now().await?;
+        let power_loss = self.draw(3) != 0;
+        if power_loss {
+            fault::with(|d| d.power_loss()).map_err(|e| format!("power loss: {e}"))?;
+            if self.config.fsync != FsyncPolicy::Always {
+                // Nothing was promised to survive a power loss.
+                self.model.acked.clear();
+            }
+        }
+        self.note(format!("crash{}", if power_loss { " and power loss" } else { "" }));
+        self.recover().await
+    }
+}
+
+/// The length of the whole batch at the start of `bytes`, if its header parses and it fits.
+fn framed_len(bytes: &[u8]) -> Option<usize> {
+    if bytes.len() < BATCH_HEADER_LEN {
+        return None;
+    }
+    let header = batch::BatchHeader::parse(bytes).ok()?;
+    (header.total_len() <= bytes.len()).then_some(header.total_len())
+}
+
+fn last_delta(bytes: &[u8]) -> i64 {
+    batch::BatchHeader::parse(bytes).map_or(0, |h| i64::from(h.last_offset_delta))
+}
+
+/// Runs one seed; `Err` describes the first broken invariant and the steps before it.
+pub(super) fn run_seed(seed: u64) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut rng = SimRng::new(seed);
+    let fault_rates = rates(&mut rng);
+    fault::install(rng.next_u64(), fault_rates);
+    let result = compio::runtime::Runtime::new()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| runtime.block_on(simulate(&mut rng, dir.path())));
+    fault::uninstall();
+    result
+}
+
+async fn simulate(rng: &mut SimRng, dir: &Path) -> Result<(), String> {
+    let config = LogConfig {
+        segment_bytes: 1024 + rng.below(8 * 1024),
+        segment_ms: None,
+        retention_ms: None,
+        retention_bytes: (rng.below(2) == 0).then(|| 2048 + rng.below(16 * 1024)),
+        index_interval_bytes: 64 + rng.below(1024) as u32,
+        fsync: if rng.below(4) == 0 {
+            FsyncPolicy::Never
+        } else {
+            FsyncPolicy::Always
+        },
+        max_batch_bytes: 1 << 20,
+        group_commit: std::time::Duration::ZERO,
+    };
+    let steps = 40 + rng.below(80);
+    let mut sim = Sim {
+        config,
+        dir: dir.join("topic").join("0"),
+        model: Model::default(),
+        log: None,
+        seen: (0, 0),
+        steps: Vec::new(),
+    };
+    let result = async {
+        sim.recover().await?;
+        for _ in 0..steps {
+            sim.step().await?;
+        }
+        if let Some(log) = sim.log.take() {
+            log.close().await.map_err(|e| format!("the final close failed: {e}"))?;
+        }
+        Ok::<(), String>(())
+    }
+    .await;
+    result.map_err(|e| {
+        let tail: Vec<&String> = sim.steps.iter().rev().take(12).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().map(String::as_str).collect();
+        format!("{e}\n  config: {:?}\n  last steps:\n    {}", sim.config, tail.join("\n    "))
+    })
+}
+
+fn seeds_from_env() -> Vec<u64> {
+    if let Some(seed) = std::env::var(SEED_ENV).ok().and_then(|s| s.parse().ok()) {
+        return vec![seed];
+    }
+    let count = std::env::var(SEEDS_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_SEEDS);
+    (0..count).collect()
+}
+
+#[test]
+fn simulated_partition_logs_keep_their_invariants() {
+    let started = std::time::Instant::now();
+    let seeds = seeds_from_env();
+    let mut failed = Vec::new();
+    for &seed in &seeds {
+        if let Err(e) = run_seed(seed) {
+            eprintln!("simulation seed {seed} failed (rerun: {SEED_ENV}={seed}): {e}");
+            failed.push(seed);
+        }
+    }
+    eprintln!(
+        "simulated {} seeds in {:.1} s",
+        seeds.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(failed.is_empty(), "failing seeds: {failed:?}");
+}
