@@ -205,7 +205,7 @@ pub(crate) async fn file_len(file: &File, path: &Path) -> Result<u64, StorageErr
     #[cfg(test)]
     if fault::active() {
         let std_file = as_std(file);
-        return fault::with(|d| d.other())
+        return fault::with(fault::FaultDisk::other)
             .and_then(|()| std_file.metadata())
             .map(|m| m.len())
             .map_err(|e| StorageError::io(path, e));
@@ -231,7 +231,7 @@ pub(crate) async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     #[cfg(test)]
     if fault::active() {
         // Directory entries are durable at once on the simulated disk.
-        return fault::with(|d| d.other()).map_err(|e| StorageError::io(dir, e));
+        return fault::with(fault::FaultDisk::other).map_err(|e| StorageError::io(dir, e));
     }
     let handle = File::open(dir)
         .await
@@ -301,9 +301,22 @@ pub(crate) fn truncate_blocking(
         .map_err(|e| StorageError::io(path, e))
 }
 
+/// `fsync`s `file` (blocking).
+pub(crate) fn sync_blocking(file: &std::fs::File, path: &Path) -> Result<(), StorageError> {
+    #[cfg(test)]
+    if fault::active() {
+        return fault::with(|d| d.sync(path).map(drop)).map_err(|e| StorageError::io(path, e));
+    }
+    file.sync_all().map_err(|e| StorageError::io(path, e))
+}
+
 /// Replaces the contents of the file at `path` with `bytes` (creating it) and, if `sync`,
 /// syncs it (blocking).
-pub(crate) fn write_file_blocking(path: &Path, bytes: &[u8], sync: bool) -> Result<(), StorageError> {
+pub(crate) fn write_file_blocking(
+    path: &Path,
+    bytes: &[u8],
+    sync: bool,
+) -> Result<(), StorageError> {
     #[cfg(test)]
     if fault::active() {
         fault::with(|d| d.open(path, true)).map_err(|e| StorageError::io(path, e))?;
@@ -348,7 +361,7 @@ pub(crate) fn remove_blocking(path: &Path) -> Result<bool, StorageError> {
 pub(crate) fn sync_dir_blocking(dir: &Path) -> Result<(), StorageError> {
     #[cfg(test)]
     if fault::active() {
-        return fault::with(|d| d.other()).map_err(|e| StorageError::io(dir, e));
+        return fault::with(fault::FaultDisk::other).map_err(|e| StorageError::io(dir, e));
     }
     fs::File::open(dir)
         .and_then(|d| d.sync_all())

@@ -131,7 +131,7 @@ pub(crate) fn install(seed: u64, rates: FaultRates) {
             crash_at: None,
             undo: HashMap::new(),
             stats: FaultStats::default(),
-        })
+        });
     });
 }
 
@@ -190,6 +190,11 @@ impl FaultDisk {
     /// fails).
     pub(crate) fn crash_after(&mut self, ops: u64) {
         self.crash_at = Some(self.stats.ops + ops.max(1));
+    }
+
+    /// Forgets a crash [`FaultDisk::crash_after`] planned that has not happened yet.
+    pub(crate) fn cancel_crash(&mut self) {
+        self.crash_at = None;
     }
 
     /// The process dies now: every later operation fails until [`FaultDisk::restart`].

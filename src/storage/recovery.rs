@@ -133,6 +133,8 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
 /// after an unclean stop, and every batch after its last index entry after a clean one;
 /// older ones are trusted if their index is sane (they were synced when they were sealed),
 /// and only their tail headers are read (for the offset range and the newest timestamp).
+/// After an unclean stop the active segment is synced as recovered, so that everything a
+/// reader can see from now on survives a power loss.
 ///
 /// A bad batch in the middle of the active segment cuts the log there: everything from it
 /// on is dropped, with a warning. Under `--fsync always` a batch is acknowledged only after
@@ -284,6 +286,15 @@ fn recover_segment(
             _ => time_index = TimeIndex::default(),
         }
     } else if is_last && log_len > 0 {
+        if !clean_stop {
+            // What a killed process wrote may still be only in the page cache, and nothing
+            // marks the segment as needing a sync: under `interval` or `never` the next
+            // `sync` would skip it and a power loss could take batches this start already
+            // served. Make what recovery accepted durable now (the truncating branch above
+            // syncs too).
+            disk::sync_blocking(&log, &files.log)?;
+            disk::log_reset(&files.log, log_len);
+        }
         info!(
             path = %files.log.display(),
             bytes = log_len,
@@ -459,7 +470,7 @@ fn all_zero(file: &fs::File, path: &Path, from: u64, to: u64) -> Result<bool, St
     Ok(true)
 }
 
-fn rewrite_if_changed(path: &PathBuf, old: Option<&[u8]>, new: &[u8]) -> Result<(), StorageError> {
+fn rewrite_if_changed(path: &Path, old: Option<&[u8]>, new: &[u8]) -> Result<(), StorageError> {
     if old == Some(new) {
         return Ok(());
     }

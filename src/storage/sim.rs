@@ -22,7 +22,7 @@
 //! Everything runs on one thread in one `compio` runtime, with file operations done at once
 //! by the fault disk, so a seed replays exactly. A failing seed prints itself;
 //! `EVENTFLOW_SIM_SEED=<seed>` runs that one alone, `EVENTFLOW_SIM_SEEDS=<n>` runs seeds
-//! `0..n` (200 by default).
+//! `0..n` (250 by default).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -37,22 +37,36 @@ const SEED_ENV: &str = "EVENTFLOW_SIM_SEED";
 /// The environment variable setting how many seeds to run (from 0).
 const SEEDS_ENV: &str = "EVENTFLOW_SIM_SEEDS";
 /// Seeds run by default (CI).
-const DEFAULT_SEEDS: u64 = 200;
+const DEFAULT_SEEDS: u64 = 250;
 
 /// What the simulation knows the log must hold.
 #[derive(Default)]
 struct Model {
     /// Acknowledged batches by base offset: their bytes as stored.
     acked: BTreeMap<i64, Vec<u8>>,
+    /// Base offsets of acknowledged batches no sync has covered yet (not under `always`):
+    /// a power loss may take them. A successful `sync` or `close` makes them durable.
+    unsynced: Vec<i64>,
     /// Every batch ever handed to append, with its base offset zeroed.
     known: HashSet<Vec<u8>>,
     /// Batches appended so far (for unique values).
     appended: u64,
+    /// The idempotent producer's next sequence number.
+    next_sequence: i32,
+    /// Its batch whose append failed, to be sent again as it is (a client's retry).
+    retry: Option<ValidBatch>,
+    /// Its last acknowledged batch and where the log put it.
+    last_acked: Option<(ValidBatch, i64)>,
 }
+
+/// The simulated idempotent producer's id.
+const PRODUCER_ID: i64 = 7;
 
 /// One seed's run.
 struct Sim {
     config: LogConfig,
+    /// Wall-clock milliseconds at the start: the first batch's timestamp.
+    epoch_ms: i64,
     dir: std::path::PathBuf,
     model: Model,
     log: Option<Rc<PartitionLog>>,
@@ -99,7 +113,15 @@ impl Sim {
 
     /// A new batch of `records` records, its values unique in this run.
     fn make_batch(&mut self, records: usize) -> ValidBatch {
+        self.make_producer_batch(records, None)
+    }
+
+    /// A new batch; `sequence`: of the idempotent producer, starting at that sequence.
+    fn make_producer_batch(&mut self, records: usize, sequence: Option<i32>) -> ValidBatch {
         let mut builder = BatchBuilder::new();
+        if let Some(sequence) = sequence {
+            builder.set_producer(PRODUCER_ID, 0, sequence);
+        }
         let id = self.model.appended;
         self.model.appended += 1;
         for i in 0..records {
@@ -109,7 +131,7 @@ impl Sim {
             let key = format!("key-{}", self.draw(5));
             let with_key = self.draw(4) != 0;
             builder.push(
-                1_000 + id as i64,
+                self.epoch_ms + id as i64,
                 with_key.then_some(key.as_bytes()),
                 Some(&value),
                 &[],
@@ -127,20 +149,32 @@ impl Sim {
     /// Opens the log, retrying while injected faults make recovery fail; the last tries
     /// run without faults, and must succeed.
     async fn recover(&mut self) -> SimResult {
-        fault::with(|d| d.restart());
+        fault::with(fault::FaultDisk::restart);
         for attempt in 0..6 {
             arm(attempt < 4);
+            if attempt < 2 && self.draw(4) == 0 {
+                // The recovering process dies part-way.
+                let after = 1 + self.draw(10);
+                fault::with(|d| d.crash_after(after));
+            }
             match PartitionLog::open(self.dir.clone(), self.config.clone()).await {
                 Ok(log) => {
                     arm(false);
+                    fault::with(fault::FaultDisk::cancel_crash);
                     self.log = Some(Rc::new(log));
                     return self.after_recovery().await;
                 }
-                Err(e) if attempt >= 4 => return Err(format!("recovery failed without faults: {e}")),
+                Err(e) if attempt >= 4 => {
+                    return Err(format!("recovery failed without faults: {e}"))
+                }
                 Err(e) => self.note(format!("  recovery attempt {attempt} failed: {e}")),
             }
-            // A failed attempt may have left files half-repaired: start over as a new process.
-            fault::with(|d| d.restart());
+            // A failed attempt may have left files half-repaired: start over as a new
+            // process, perhaps after a power loss.
+            if self.draw(3) == 0 {
+                self.power_loss()?;
+            }
+            fault::with(fault::FaultDisk::restart);
         }
         unreachable!("the loop returns")
     }
@@ -150,14 +184,16 @@ impl Sim {
     async fn after_recovery(&mut self) -> SimResult {
         let log = Rc::clone(self.log()?);
         let (start, hw) = (log.log_start_offset(), log.high_watermark());
-        self.note(format!("  recovered: log start {start}, high watermark {hw}"));
+        self.note(format!(
+            "  recovered: log start {start}, high watermark {hw}"
+        ));
         // Retention may have been cut short by a crash: segments may come back, never go.
         self.model.acked.retain(|&base, _| base >= start);
         let first = self.read_everything(&log).await?;
         drop(log);
         self.seen = (start, hw);
         self.crash_now().await?;
-        fault::with(|d| d.restart());
+        fault::with(fault::FaultDisk::restart);
         let again = PartitionLog::open(self.dir.clone(), self.config.clone())
             .await
             .map_err(|e| format!("the second recovery failed: {e}"))?;
@@ -187,6 +223,7 @@ impl Sim {
         let mut all = Vec::new();
         let mut next = start;
         let mut seen_bases = BTreeMap::new();
+        let mut last_sequence = -1;
         while next < hw {
             let max_bytes = 1 + self.draw(4096) as usize;
             let read = log
@@ -195,22 +232,45 @@ impl Sim {
                 .map_err(|e| format!("read at {next} without faults failed: {e}"))?;
             let accepted = self.check_batches(&read.records, next, false)?;
             if accepted.is_empty() {
-                return Err(format!("a read at {next} below the high watermark {hw} returned nothing"));
+                return Err(format!(
+                    "a read at {next} below the high watermark {hw} returned nothing"
+                ));
             }
             for (base, bytes) in accepted {
                 next = base + last_delta(&bytes) + 1;
+                if let Ok(header) = batch::BatchHeader::parse(&bytes) {
+                    if header.producer_id == PRODUCER_ID {
+                        if header.base_sequence <= last_sequence {
+                            return Err(format!(
+                                "the producer's sequence {} at offset {base} follows {last_sequence}: a duplicate",
+                                header.base_sequence
+                            ));
+                        }
+                        last_sequence = header.base_sequence;
+                    }
+                }
                 all.extend_from_slice(&bytes);
                 seen_bases.insert(base, bytes);
             }
         }
         if next != hw {
-            return Err(format!("the batches end at {next}, the high watermark is {hw}"));
+            return Err(format!(
+                "the batches end at {next}, the high watermark is {hw}"
+            ));
         }
         for (base, bytes) in &self.model.acked {
             match seen_bases.get(base) {
                 Some(found) if found == bytes => {}
-                Some(_) => return Err(format!("the acknowledged batch at {base} reads back different bytes")),
-                None => return Err(format!("the acknowledged batch at {base} is lost (log [{start}, {hw}))")),
+                Some(_) => {
+                    return Err(format!(
+                        "the acknowledged batch at {base} reads back different bytes"
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "the acknowledged batch at {base} is lost (log [{start}, {hw}))"
+                    ))
+                }
             }
         }
         Ok(all)
@@ -233,13 +293,21 @@ impl Sim {
             let whole = match framed_len(rest) {
                 Some(len) => len,
                 None if flipped => break,
-                None => return Err(format!("a read at {offset} returned a torn or unparsable batch at byte {at}")),
+                None => {
+                    return Err(format!(
+                        "a read at {offset} returned a torn or unparsable batch at byte {at}"
+                    ))
+                }
             };
             let bytes = &rest[..whole];
             let header = match batch::validate(bytes, usize::MAX) {
                 Ok(header) => header,
                 Err(_) if flipped => break,
-                Err(e) => return Err(format!("a read at {offset} returned a corrupt batch at byte {at}: {e}")),
+                Err(e) => {
+                    return Err(format!(
+                        "a read at {offset} returned a corrupt batch at byte {at}: {e}"
+                    ))
+                }
             };
             let dense = match expect {
                 None => header.base_offset <= offset && header.last_offset() >= offset,
@@ -262,7 +330,10 @@ impl Sim {
             }
             if let Some(acked) = self.model.acked.get(&header.base_offset) {
                 if acked.as_slice() != bytes {
-                    return Err(format!("the acknowledged batch at {} reads back different bytes", header.base_offset));
+                    return Err(format!(
+                        "the acknowledged batch at {} reads back different bytes",
+                        header.base_offset
+                    ));
                 }
             }
             expect = Some(header.last_offset() + 1);
@@ -309,17 +380,27 @@ impl Sim {
                     for mut batch in batches {
                         batch.set_base_offset(base);
                         base += i64::from(batch.header().last_offset_delta) + 1;
-                        self.model.acked.insert(batch.header().base_offset, batch.as_bytes().to_vec());
+                        let at = batch.header().base_offset;
+                        self.model.acked.insert(at, batch.as_bytes().to_vec());
+                        if self.config.fsync != FsyncPolicy::Always {
+                            self.model.unsynced.push(at);
+                        }
                     }
                     if base - 1 != outcome.last_offset {
-                        return Err(format!("an append answered {outcome:?}, its batches end at {}", base - 1));
+                        return Err(format!(
+                            "an append answered {outcome:?}, its batches end at {}",
+                            base - 1
+                        ));
                     }
                 }
                 Err(StorageError::Io { .. } | StorageError::NoSpace | StorageError::Closed) => {}
                 Err(e) => return Err(format!("an append failed with an unexpected error: {e}")),
             }
         }
-        self.note(format!("append: {callers} callers, {ok} acknowledged, high watermark {}", log.high_watermark()));
+        self.note(format!(
+            "append: {callers} callers, {ok} acknowledged, high watermark {}",
+            log.high_watermark()
+        ));
         Ok(())
     }
 
@@ -338,20 +419,147 @@ impl Sim {
         match result {
             Ok(read) => {
                 let accepted = self.check_batches(&read.records, offset, flipped)?;
-                self.note(format!("read at {offset}: {} batches{}", accepted.len(), if flipped { " (bit flipped)" } else { "" }));
+                self.note(format!(
+                    "read at {offset}: {} batches{}",
+                    accepted.len(),
+                    if flipped { " (bit flipped)" } else { "" }
+                ));
             }
             Err(StorageError::Io { .. } | StorageError::Corrupt { .. }) => {
                 self.note(format!("read at {offset}: error"));
             }
-            Err(e) => return Err(format!("a read at {offset} failed with an unexpected error: {e}")),
+            Err(e) => {
+                return Err(format!(
+                    "a read at {offset} failed with an unexpected error: {e}"
+                ))
+            }
         }
+        Ok(())
+    }
+
+    /// One append of the idempotent producer (under `always` only, where an acknowledged
+    /// batch never goes missing and its next sequence is always in order): a new batch, or
+    /// the failed one again, or its last acknowledged batch again, which must be answered
+    /// with the original offsets and not appended.
+    async fn producer_step(&mut self) -> SimResult {
+        if self.config.fsync != FsyncPolicy::Always {
+            return self.append_step().await;
+        }
+        let log = Rc::clone(self.log()?);
+        let duplicate = self.draw(4) == 0 && self.model.last_acked.is_some();
+        let batch = match (duplicate, self.model.retry.take()) {
+            (true, retry) => {
+                self.model.retry = retry;
+                self.model
+                    .last_acked
+                    .as_ref()
+                    .map(|(b, _)| b.clone())
+                    .ok_or("no batch")?
+            }
+            (false, Some(batch)) => batch,
+            (false, None) => {
+                let records = 1 + self.draw(4) as usize;
+                let batch = self.make_producer_batch(records, Some(self.model.next_sequence));
+                self.model.next_sequence += records as i32;
+                batch
+            }
+        };
+        let hw = log.high_watermark();
+        arm(true);
+        let result = log.append(vec![batch.clone()]).await;
+        arm(false);
+        match result {
+            Ok(outcome) => {
+                if duplicate {
+                    let original = self.model.last_acked.as_ref().map(|(_, at)| *at);
+                    if Some(outcome.base_offset) != original || log.high_watermark() != hw {
+                        return Err(format!(
+                            "a retry of the producer's batch at {original:?} was answered {outcome:?}, high watermark {hw} to {}",
+                            log.high_watermark()
+                        ));
+                    }
+                }
+                if outcome.base_offset >= log.log_start_offset() {
+                    let mut stored = batch.clone();
+                    stored.set_base_offset(outcome.base_offset);
+                    self.model
+                        .acked
+                        .insert(outcome.base_offset, stored.as_bytes().to_vec());
+                }
+                self.model.last_acked = Some((batch, outcome.base_offset));
+                self.note(format!(
+                    "producer append: at {}{}",
+                    outcome.base_offset,
+                    if duplicate { " (a retry)" } else { "" }
+                ));
+            }
+            Err(StorageError::Io { .. } | StorageError::NoSpace | StorageError::Closed) => {
+                if !duplicate {
+                    self.model.retry = Some(batch);
+                }
+                self.note("producer append: error".into());
+            }
+            Err(e) => return Err(format!("the producer's append failed: {e}")),
+        }
+        Ok(())
+    }
+
+    /// Locates a range to send as a fetch would, then reads it from the file (without
+    /// faults): it must start at the batch holding the offset and hold appended batches,
+    /// the last one possibly cut short (the consumer fetches it again).
+    async fn read_range_step(&mut self) -> SimResult {
+        let log = Rc::clone(self.log()?);
+        let (start, hw) = (log.log_start_offset(), log.high_watermark());
+        let offset = start + self.draw((hw - start + 1) as u64) as i64;
+        let max_bytes = 1 + self.draw(8192) as usize;
+        arm(true);
+        let result = log.read_range(offset, max_bytes).await;
+        arm(false);
+        let range = match result {
+            Ok((Some(range), _, _)) => range,
+            Ok((None, _, _)) if offset == hw => {
+                self.note(format!("read range at {offset}: nothing"));
+                return Ok(());
+            }
+            Ok((None, _, _)) => {
+                return Err(format!("read_range at {offset} below {hw} found nothing"))
+            }
+            Err(StorageError::Io { .. } | StorageError::Corrupt { .. }) => {
+                self.note(format!("read range at {offset}: error"));
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(format!(
+                    "read_range at {offset} failed with an unexpected error: {e}"
+                ))
+            }
+        };
+        let bytes =
+            super::disk::read_exact_at(&range.file, Path::new("range"), range.position, range.len)
+                .await
+                .map_err(|e| format!("reading the range at {offset}: {e}"))?;
+        let whole: usize = std::iter::successors(Some(0usize), |&at| {
+            framed_len(&bytes[at..]).map(|len| at + len)
+        })
+        .last()
+        .unwrap_or(0);
+        if whole == 0 {
+            return Err(format!(
+                "the range for {offset} does not start with a whole batch"
+            ));
+        }
+        let accepted = self.check_batches(&bytes[..whole], offset, false)?;
+        self.note(format!(
+            "read range at {offset}: {} whole batches",
+            accepted.len()
+        ));
         Ok(())
     }
 
     /// The process dies now: the log is dropped unclosed, and its tasks run out against a
     /// disk that fails everything.
     async fn crash_now(&mut self) -> SimResult {
-        fault::with(|d| d.crash());
+        fault::with(fault::FaultDisk::crash);
         let Some(log) = self.log.take() else {
             return Ok(());
         };
@@ -369,19 +577,31 @@ impl Sim {
     async fn step(&mut self) -> SimResult {
         let choice = self.draw(100);
         match choice {
-            0..=44 => self.append_step().await?,
-            45..=64 => self.read_step().await?,
-            65..=69 => {
+            0..=34 => self.append_step().await?,
+            35..=44 => self.producer_step().await?,
+            45..=59 => self.read_step().await?,
+            60..=64 => self.read_range_step().await?,
+            65..=66 => self.scrub_step().await?,
+            67..=69 => {
                 let log = Rc::clone(self.log()?);
                 arm(true);
                 let result = log.sync().await;
                 arm(false);
-                self.note(format!("sync: {}", if result.is_ok() { "ok" } else { "error" }));
+                if result.is_ok() {
+                    self.model.unsynced.clear();
+                }
+                self.note(format!(
+                    "sync: {}",
+                    if result.is_ok() { "ok" } else { "error" }
+                ));
             }
             70..=76 => {
                 let log = Rc::clone(self.log()?);
                 arm(true);
-                let result = log.enforce_retention(i64::MAX / 2).await;
+                // The clock of the batches' timestamps: idle producers are not expired.
+                let result = log
+                    .enforce_retention(self.epoch_ms + self.model.appended as i64)
+                    .await;
                 arm(false);
                 let start = log.log_start_offset();
                 self.model.acked.retain(|&base, _| base >= start);
@@ -392,7 +612,13 @@ impl Sim {
                 arm(true);
                 let result = log.close().await;
                 arm(false);
-                self.note(format!("close: {}", if result.is_ok() { "ok" } else { "error" }));
+                if result.is_ok() {
+                    self.model.unsynced.clear();
+                }
+                self.note(format!(
+                    "close: {}",
+                    if result.is_ok() { "ok" } else { "error" }
+                ));
                 drop(log);
                 self.crash_now().await?;
                 self.recover().await?;
@@ -418,17 +644,50 @@ impl Sim {
         self.read_everything(&log).await.map(drop)
     }
 
+    fn power_loss(&mut self) -> SimResult {
+        fault::with(fault::FaultDisk::power_loss).map_err(|e| format!("power loss: {e}"))?;
+        self.note("  power loss".into());
+        // Only what a sync covered was promised to survive a power loss.
+        for base in std::mem::take(&mut self.model.unsynced) {
+            self.model.acked.remove(&base);
+        }
+        Ok(())
+    }
+
+    /// A scrub step: the sealed segments must hold only CRC-valid batches (nothing damages
+    /// a file at rest here), unless the disk flipped a bit in what the step read.
+    async fn scrub_step(&mut self) -> SimResult {
+        let log = Rc::clone(self.log()?);
+        let budget = 1 + self.draw(16 * 1024) as usize;
+        let flips = fault::with(|d| d.stats.flips);
+        arm(true);
+        let result = log.scrub_step(budget).await;
+        arm(false);
+        let flipped = fault::with(|d| d.stats.flips) != flips;
+        match result {
+            Ok(step) if step.corrupt.is_empty() || flipped => {
+                self.note(format!("scrub: {} batches", step.batches));
+                Ok(())
+            }
+            Ok(step) => Err(format!(
+                "the scrubber found damaged sealed batches: {:?}",
+                step.corrupt
+            )),
+            Err(StorageError::Io { .. }) => {
+                self.note("scrub: error".into());
+                Ok(())
+            }
+            Err(e) => Err(format!("a scrub step failed with an unexpected error: {e}")),
+        }
+    }
+
     async fn crash_then_recover(&mut self) -> SimResult {
         self.crash_now().await?;
         let power_loss = self.draw(3) != 0;
         if power_loss {
-            fault::with(|d| d.power_loss()).map_err(|e| format!("power loss: {e}"))?;
-            if self.config.fsync != FsyncPolicy::Always {
-                // Nothing was promised to survive a power loss.
-                self.model.acked.clear();
-            }
+            self.power_loss()?;
         }
-        self.note(format!("crash{}", if power_loss { " and power loss" } else { "" }));
+        self.note("crash".into());
         self.recover().await
     }
 }
@@ -466,10 +725,10 @@ async fn simulate(rng: &mut SimRng, dir: &Path) -> Result<(), String> {
         retention_ms: None,
         retention_bytes: (rng.below(2) == 0).then(|| 2048 + rng.below(16 * 1024)),
         index_interval_bytes: 64 + rng.below(1024) as u32,
-        fsync: if rng.below(4) == 0 {
-            FsyncPolicy::Never
-        } else {
-            FsyncPolicy::Always
+        fsync: match rng.below(4) {
+            0 => FsyncPolicy::Never,
+            1 => FsyncPolicy::Interval(std::time::Duration::from_secs(3600)),
+            _ => FsyncPolicy::Always,
         },
         max_batch_bytes: 1 << 20,
         group_commit: std::time::Duration::ZERO,
@@ -477,6 +736,9 @@ async fn simulate(rng: &mut SimRng, dir: &Path) -> Result<(), String> {
     let steps = 40 + rng.below(80);
     let mut sim = Sim {
         config,
+        epoch_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
         dir: dir.join("topic").join("0"),
         model: Model::default(),
         log: None,
@@ -489,7 +751,9 @@ async fn simulate(rng: &mut SimRng, dir: &Path) -> Result<(), String> {
             sim.step().await?;
         }
         if let Some(log) = sim.log.take() {
-            log.close().await.map_err(|e| format!("the final close failed: {e}"))?;
+            log.close()
+                .await
+                .map_err(|e| format!("the final close failed: {e}"))?;
         }
         Ok::<(), String>(())
     }
@@ -497,7 +761,11 @@ async fn simulate(rng: &mut SimRng, dir: &Path) -> Result<(), String> {
     result.map_err(|e| {
         let tail: Vec<&String> = sim.steps.iter().rev().take(12).collect();
         let tail: Vec<&str> = tail.into_iter().rev().map(String::as_str).collect();
-        format!("{e}\n  config: {:?}\n  last steps:\n    {}", sim.config, tail.join("\n    "))
+        format!(
+            "{e}\n  config: {:?}\n  last steps:\n    {}",
+            sim.config,
+            tail.join("\n    ")
+        )
     })
 }
 

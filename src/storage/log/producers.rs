@@ -51,11 +51,14 @@ impl PartitionLog {
             Ok::<(), StorageError>(())
         }
         .await;
-        self.unsnapshotted.set(0);
         if let Err(e) = written {
+            // Retention holds back segments not covered by a snapshot (`maintain.rs`), so
+            // the next round tries again.
+            self.unsnapshotted.set(SNAPSHOT_EVERY_BYTES);
             warn!(path = %path.display(), error = %e, "cannot write a producer snapshot");
             return;
         }
+        self.unsnapshotted.set(0);
         let stale: Vec<i64> = {
             let mut snapshots = self.snapshots.borrow_mut();
             snapshots.retain(|&o| o != offset);
