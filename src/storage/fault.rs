@@ -113,6 +113,8 @@ pub(crate) struct FaultDisk {
     /// The process crashes when the operation count reaches this.
     crash_at: Option<u64>,
     undo: HashMap<PathBuf, Vec<Undo>>,
+    /// Writes to files with this extension fail with `EIO`, armed or not (targeted tests).
+    pub(crate) fail_writes_to: Option<&'static str>,
     pub(crate) stats: FaultStats,
 }
 
@@ -130,6 +132,7 @@ pub(crate) fn install(seed: u64, rates: FaultRates) {
             crashed: false,
             crash_at: None,
             undo: HashMap::new(),
+            fail_writes_to: None,
             stats: FaultStats::default(),
         });
     });
@@ -232,7 +235,10 @@ impl FaultDisk {
         data: &[u8],
     ) -> io::Result<()> {
         self.begin()?;
-        let error = if self.strike(self.rates.write_eio) {
+        let targeted = self
+            .fail_writes_to
+            .is_some_and(|ext| path.extension().is_some_and(|e| e == ext));
+        let error = if targeted || self.strike(self.rates.write_eio) {
             Some(eio())
         } else if self.strike(self.rates.write_enospc) {
             Some(io::Error::from_raw_os_error(libc::ENOSPC))

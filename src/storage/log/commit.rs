@@ -377,9 +377,12 @@ impl PartitionLog {
     ) -> Result<(), StorageError> {
         self.finish_active().await?;
         self.seal_active().await?;
+        // Every batch below the new segment is recorded: recovery starts from here. Without
+        // this snapshot, recovery would know the producers only from the last two segments,
+        // so a producer whose batches lie further back would have a retry appended twice:
+        // the roll (and the append that needs it) fails instead, and is tried again.
+        self.write_producer_snapshot(base_offset).await?;
         let segment = Segment::create(&self.dir, base_offset, now).await?;
-        // Every batch below the new segment is recorded: recovery starts from here.
-        self.write_producer_snapshot(base_offset).await;
         if config.fsync != FsyncPolicy::Never {
             sync_dir(&self.dir).await?;
         }

@@ -53,7 +53,7 @@ impl PartitionLog {
 
     /// Deletes whole segments, oldest first and never the active one, while they are older
     /// than `retention_ms` (by their newest batch timestamp) or the log without them would
-    /// still hold `retention_bytes`, and a producer snapshot covers them. Returns how many were deleted. Idle idempotent
+    /// still hold `retention_bytes`. Returns how many were deleted. Idle idempotent
     /// producers expire in the same pass (`expire_producers`).
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, StorageError> {
         if self.closed.get() {
@@ -61,19 +61,11 @@ impl PartitionLog {
         }
         self.expire_producers(now_ms);
         let config = self.config.borrow().clone();
-        // Recovery rebuilds the idempotent producers' state from the newest snapshot and the
-        // batches after it: a segment whose batches no snapshot covers yet (the one taken at
-        // a roll failed) must stay, or a producer's retry could be appended twice.
-        let covered = if self.producers.borrow().len() == 0 {
-            i64::MAX
-        } else {
-            self.snapshots.borrow().last().copied().unwrap_or(i64::MIN)
-        };
         let removed: Vec<Segment> = {
             let mut segments = self.segments.borrow_mut();
             let mut total: u64 = segments.iter().map(|s| s.size).sum();
             let mut count = 0;
-            while count + 1 < segments.len() && segments[count + 1].base_offset <= covered {
+            while count + 1 < segments.len() {
                 let segment = &segments[count];
                 let expired = config
                     .retention_ms
