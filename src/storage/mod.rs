@@ -9,8 +9,11 @@
 //!   and rebuilds the idempotent producers' state from a snapshot and the batch headers.
 //! - `producers.rs`: what a partition knows of its idempotent producers, and the sequence
 //!   and epoch checks of their batches (pure data).
-//! - `disk.rs`: the writes and syncs of record data that durability rests on, and the sync
-//!   journal durability tests read ([`init_sync_journal`]).
+//! - `disk.rs`: every file operation of the log (writes, reads, syncs, length changes,
+//!   opens, removals), the seam where tests inject faults, and the sync journal durability
+//!   tests read ([`init_sync_journal`]).
+//! - `fault.rs` (tests only): the simulated disk that tears, loses and flips bytes from a
+//!   seed; `sim.rs` (tests only): the deterministic simulation of partition logs on it.
 //! - `fence_file.rs`: the corrupt batches a partition's reads refuse to return ([`Fence`]),
 //!   as stored in its `fenced` file.
 //! - [`catalog`]: the durable list of topics and their configs, shared by all shards.
@@ -22,6 +25,8 @@ pub mod catalog;
 mod config;
 mod disk;
 mod error;
+#[cfg(test)]
+mod fault;
 mod fence_file;
 mod index;
 mod log;
@@ -29,6 +34,8 @@ mod producer_ids;
 mod producers;
 mod recovery;
 mod segment;
+#[cfg(test)]
+mod sim;
 
 pub use config::{FsyncPolicy, LogConfig};
 pub use disk::{init_sync_journal, SYNC_JOURNAL_ENV};

@@ -7,11 +7,11 @@
 //! damaged index is rebuilt from the log, so a bad batch is never served.
 //!
 //! This runs once per partition on the owning shard before it serves traffic, so it uses
-//! blocking `std::fs` I/O: simpler, and nothing else on the thread is waiting yet.
+//! blocking I/O: simpler, and nothing else on the thread is waiting yet. Its reads, writes,
+//! truncations and removals of log and index files go through `disk.rs` like the log's own.
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
@@ -67,25 +67,19 @@ pub(crate) fn recover_dir(
     logs.sort_unstable();
 
     let marker = dir.join(CLEAN_STOP_MARKER);
-    let clean_stop = match fs::remove_file(&marker) {
-        Ok(()) => {
-            // Gone for good before anything is appended: a crash from now on must not
-            // look like a clean stop.
-            fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| StorageError::io(dir, e))?;
-            true
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-        Err(e) => return Err(StorageError::io(&marker, e)),
-    };
+    let clean_stop = disk::remove_blocking(&marker)?;
+    if clean_stop {
+        // Gone for good before anything is appended: a crash from now on must not look
+        // like a clean stop.
+        disk::sync_dir_blocking(dir)?;
+    }
 
     // Index files without their log are leftovers of a deletion cut short by a crash
     // (retention removes the log first).
     for (base, path) in index_files {
         if logs.binary_search(&base).is_err() {
             warn!(path = %path.display(), "removing an index file whose log is gone");
-            fs::remove_file(&path).map_err(|e| StorageError::io(&path, e))?;
+            disk::remove_blocking(&path)?;
         }
     }
 
@@ -139,6 +133,8 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
 /// after an unclean stop, and every batch after its last index entry after a clean one;
 /// older ones are trusted if their index is sane (they were synced when they were sealed),
 /// and only their tail headers are read (for the offset range and the newest timestamp).
+/// After an unclean stop the active segment is synced as recovered, so that everything a
+/// reader can see from now on survives a power loss.
 ///
 /// A bad batch in the middle of the active segment cuts the log there: everything from it
 /// on is dropped, with a warning. Under `--fsync always` a batch is acknowledged only after
@@ -153,11 +149,7 @@ fn recover_segment(
     config: &LogConfig,
 ) -> Result<RecoveredSegment, StorageError> {
     let files = SegmentFiles::new(dir, base);
-    let log = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&files.log)
-        .map_err(|e| StorageError::io(&files.log, e))?;
+    let log = disk::open_blocking(&files.log)?;
     let log_len = log
         .metadata()
         .map_err(|e| StorageError::io(&files.log, e))?
@@ -285,10 +277,7 @@ fn recover_segment(
                 "truncating the log tail: {problem}"
             );
         }
-        log.set_len(end.valid_end)
-            .map_err(|e| StorageError::io(&files.log, e))?;
-        log.sync_all()
-            .map_err(|e| StorageError::io(&files.log, e))?;
+        disk::truncate_blocking(&log, &files.log, end.valid_end)?;
         disk::log_reset(&files.log, end.valid_end);
         index.truncate_to_position(end.valid_end);
         let cut = end.next_offset - base;
@@ -297,6 +286,15 @@ fn recover_segment(
             _ => time_index = TimeIndex::default(),
         }
     } else if is_last && log_len > 0 {
+        if !clean_stop {
+            // What a killed process wrote may still be only in the page cache, and nothing
+            // marks the segment as needing a sync: under `interval` or `never` the next
+            // `sync` would skip it and a power loss could take batches this start already
+            // served. Make what recovery accepted durable now (the truncating branch above
+            // syncs too).
+            disk::sync_blocking(&log, &files.log)?;
+            disk::log_reset(&files.log, log_len);
+        }
         info!(
             path = %files.log.display(),
             bytes = log_len,
@@ -359,7 +357,7 @@ pub(crate) fn recover_producers(
     let remove = |offset: i64, why: &str| -> Result<(), StorageError> {
         let path = snapshot_path(dir, offset);
         warn!(path = %path.display(), "removing a producer snapshot: {why}");
-        fs::remove_file(&path).map_err(|e| StorageError::io(&path, e))
+        disk::remove_blocking(&path).map(drop)
     };
     let mut kept = Vec::new();
     let mut chosen: Option<(i64, ProducerTable)> = None;
@@ -421,7 +419,7 @@ fn replay_producers(
     table: &mut ProducerTable,
 ) -> Result<u64, StorageError> {
     let path = SegmentFiles::new(dir, segment.base_offset).log;
-    let file = fs::File::open(&path).map_err(|e| StorageError::io(&path, e))?;
+    let file = disk::open_blocking(&path)?;
     let relative = u32::try_from(from - segment.base_offset).unwrap_or(0);
     let mut pos = if from > segment.base_offset {
         segment
@@ -463,8 +461,7 @@ fn all_zero(file: &fs::File, path: &Path, from: u64, to: u64) -> Result<bool, St
     let mut at = from;
     while at < to {
         let len = (to - at).min(SCAN_CHUNK as u64) as usize;
-        file.read_exact_at(&mut buf[..len], at)
-            .map_err(|e| StorageError::io(path, e))?;
+        disk::read_at_blocking(file, path, at, &mut buf[..len])?;
         if buf[..len].iter().any(|&b| b != 0) {
             return Ok(false);
         }
@@ -473,13 +470,11 @@ fn all_zero(file: &fs::File, path: &Path, from: u64, to: u64) -> Result<bool, St
     Ok(true)
 }
 
-fn rewrite_if_changed(path: &PathBuf, old: Option<&[u8]>, new: &[u8]) -> Result<(), StorageError> {
+fn rewrite_if_changed(path: &Path, old: Option<&[u8]>, new: &[u8]) -> Result<(), StorageError> {
     if old == Some(new) {
         return Ok(());
     }
-    fs::write(path, new).map_err(|e| StorageError::io(path, e))?;
-    let file = fs::File::open(path).map_err(|e| StorageError::io(path, e))?;
-    file.sync_all().map_err(|e| StorageError::io(path, e))
+    disk::write_file_blocking(path, new, true)
 }
 
 /// Where a scan stopped.
@@ -630,8 +625,7 @@ impl Window {
             let want = (len.max(SCAN_CHUNK) as u64).min(log_len - pos) as usize;
             self.bytes.resize(want, 0);
             self.start = pos;
-            file.read_exact_at(&mut self.bytes, pos)
-                .map_err(|e| StorageError::io(path, e))?;
+            disk::read_at_blocking(file, path, pos, &mut self.bytes)?;
         }
         let at = (pos - self.start) as usize;
         Ok(&self.bytes[at..at + len])

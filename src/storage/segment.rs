@@ -12,9 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use bytes::BytesMut;
-use compio::buf::{BufResult, IntoInner, IoBuf};
-use compio::fs::{File, OpenOptions};
-use compio::io::{AsyncReadAtExt, AsyncWriteAtExt};
+use compio::fs::File;
 
 use super::disk;
 use super::error::StorageError;
@@ -113,18 +111,6 @@ pub(crate) struct Segment {
     pub(crate) index_damaged: bool,
 }
 
-async fn open_rw(path: &Path, create_new: bool) -> Result<File, StorageError> {
-    let mut options = OpenOptions::new();
-    options.read(true).write(true);
-    if create_new {
-        options.create(true).truncate(true);
-    }
-    options
-        .open(path)
-        .await
-        .map_err(|e| StorageError::io(path, e))
-}
-
 impl Segment {
     /// Creates the empty segment `base_offset` in `dir` (replacing stale files of that name).
     pub(crate) async fn create(
@@ -134,9 +120,9 @@ impl Segment {
     ) -> Result<Segment, StorageError> {
         let files = SegmentFiles::new(dir, base_offset);
         // Indexes first: a crash in between leaves orphan indexes, which recovery removes.
-        let index_file = open_rw(&files.index, true).await?;
-        let time_index_file = open_rw(&files.time_index, true).await?;
-        let log = open_rw(&files.log, true).await?;
+        let index_file = disk::open(&files.index, true).await?;
+        let time_index_file = disk::open(&files.time_index, true).await?;
+        let log = disk::open(&files.log, true).await?;
         disk::log_reset(&files.log, 0);
         Ok(Segment {
             base_offset,
@@ -168,9 +154,9 @@ impl Segment {
         let files = SegmentFiles::new(dir, recovered.base_offset);
         // Recovery rewrote both index files to match its indexes.
         let (index_on_disk, time_on_disk) = (recovered.index.len(), recovered.time_index.len());
-        let log = open_rw(&files.log, false).await?;
-        let index_file = open_rw(&files.index, false).await?;
-        let time_index_file = open_rw(&files.time_index, false).await?;
+        let log = disk::open(&files.log, false).await?;
+        let index_file = disk::open(&files.index, false).await?;
+        let time_index_file = disk::open(&files.time_index, false).await?;
         Ok(Segment {
             base_offset: recovered.base_offset,
             files,
@@ -228,25 +214,15 @@ impl Segment {
         files: &SegmentFiles,
     ) -> Result<(), StorageError> {
         disk::sync_log(log, &files.log, log_len).await?;
-        index
-            .sync_data()
-            .await
-            .map_err(|e| StorageError::io(&files.index, e))?;
-        time_index
-            .sync_data()
-            .await
-            .map_err(|e| StorageError::io(&files.time_index, e))
+        disk::sync_data(index, &files.index).await?;
+        disk::sync_data(time_index, &files.time_index).await
     }
 
     /// Removes the segment's files: the log first, so a crash in between leaves only orphan
     /// indexes, which recovery removes.
     pub(crate) async fn delete_files(files: &SegmentFiles) -> Result<(), StorageError> {
         for path in [&files.log, &files.index, &files.time_index] {
-            match compio::fs::remove_file(path).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StorageError::io(path, e)),
-            }
+            disk::remove(path).await?;
         }
         Ok(())
     }
@@ -296,23 +272,14 @@ fn zeros() -> &'static [u8] {
 /// costs the same journal commit.)
 pub(crate) async fn preallocate(path: &Path, from: u64, to: u64) -> Result<(), StorageError> {
     debug_assert!(from.is_multiple_of(DIRECT_ALIGN) && to.is_multiple_of(DIRECT_ALIGN));
-    let file = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .await
-        .map_err(|e| StorageError::io(path, e))?;
+    let file = disk::open_direct(path).await?;
     let mut at = from;
     while at < to {
         let len = (to - at).min(ZEROS_LEN as u64) as usize;
-        let mut writer = &file;
-        let BufResult(written, _) = writer.write_all_at(&zeros()[..len], at).await;
-        written.map_err(|e| StorageError::io(path, e))?;
+        disk::write_at(&file, path, &zeros()[..len], at).await?;
         at += len as u64;
     }
-    file.sync_data()
-        .await
-        .map_err(|e| StorageError::io(path, e))
+    disk::sync_data(&file, path).await
 }
 
 /// Reads `[from, to)` of the log at `path` into the page cache, in the background.
@@ -322,6 +289,9 @@ pub(crate) async fn preallocate(path: &Path, from: u64, to: u64) -> Result<(), S
 /// round here), so the zeros are read ahead once they are written. This is only advice to
 /// the kernel: nothing waits for it, and a failure changes nothing.
 pub(crate) fn read_ahead(path: &Path, from: u64, to: u64) {
+    if !disk::real() {
+        return;
+    }
     let path = path.to_path_buf();
     drop(compio::runtime::spawn_blocking(move || {
         if let Ok(file) = std::fs::File::open(&path) {
@@ -345,13 +315,7 @@ pub(crate) async fn read_exact(
     pos: u64,
     len: usize,
 ) -> Result<BytesMut, StorageError> {
-    let buf = BytesMut::with_capacity(len).slice(..len);
-    let BufResult(result, buf) = file.read_exact_at(buf, pos).await;
-    result.map_err(|e| StorageError::io(path, e))?;
-    let mut buf = buf.into_inner();
-    // The read fills the slice; the buffer's own capacity may be larger.
-    buf.truncate(len);
-    Ok(buf)
+    disk::read_exact_at(file, path, pos, len).await
 }
 
 /// Walks the batch headers of `file` from `start` (a batch start) to `end`, reading only

@@ -19,6 +19,7 @@ use super::writer::{write_at, ChunkTarget, IndexWrites};
 use crate::local::oneshot;
 use crate::protocol::batch::ValidBatch;
 use crate::storage::config::{FsyncPolicy, LogConfig};
+use crate::storage::disk;
 use crate::storage::error::StorageError;
 use crate::storage::index::{OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
 use crate::storage::producers::{ProducerBatch, RoundChecks, Verdict};
@@ -376,9 +377,13 @@ impl PartitionLog {
         now: i64,
     ) -> Result<(), StorageError> {
         self.finish_active().await?;
+        self.seal_active().await?;
+        // Every batch below the new segment is recorded: recovery starts from here. Without
+        // this snapshot, recovery would know the producers only from the last two segments,
+        // so a producer whose batches lie further back would have a retry appended twice:
+        // the roll (and the append that needs it) fails instead, and is tried again.
+        self.write_producer_snapshot(base_offset).await?;
         let segment = Segment::create(&self.dir, base_offset, now).await?;
-        // Every batch below the new segment is recorded: recovery starts from here.
-        self.write_producer_snapshot(base_offset).await;
         if config.fsync != FsyncPolicy::Never {
             sync_dir(&self.dir).await?;
         }
@@ -413,15 +418,9 @@ impl PartitionLog {
         );
         write_at(&index_file, &files.index, writes.index, index_len).await?;
         write_at(&time_index_file, &files.time_index, writes.time, time_len).await?;
-        let file_len = log
-            .metadata()
-            .await
-            .map_err(|e| StorageError::io(&files.log, e))?
-            .len();
+        let file_len = disk::file_len(&log, &files.log).await?;
         if file_len > size {
-            log.set_len(size)
-                .await
-                .map_err(|e| StorageError::io(&files.log, e))?;
+            disk::set_len(&log, &files.log, size).await?;
         }
         if let Some(active) = self.segments.borrow_mut().last_mut() {
             active.index_on_disk = active.index.len();
@@ -429,6 +428,34 @@ impl PartitionLog {
             active.preallocated = size;
             // The trim and the index writes still need a sync.
             active.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Syncs the active segment (log and indexes) before it is sealed, whatever the fsync
+    /// policy. Recovery checks every batch of the last segment after an unclean stop but
+    /// trusts the older ones, so a segment must be durable before another one follows it:
+    /// under `never` or between two `interval` syncs, a power loss could otherwise leave a
+    /// sealed segment with lost or torn batches in the middle that recovery would serve. The
+    /// cost is one `fdatasync` per segment (under `always`, of data already synced but for
+    /// the trim and the index entries).
+    async fn seal_active(&self) -> Result<(), StorageError> {
+        let (log, size, index, time_index, files) = {
+            let segments = self.segments.borrow();
+            let Some(active) = segments.last() else {
+                return Ok(());
+            };
+            (
+                active.log.clone(),
+                active.size,
+                active.index_file.clone(),
+                active.time_index_file.clone(),
+                active.files.clone(),
+            )
+        };
+        Segment::sync_files(&log, size, &index, &time_index, &files).await?;
+        if let Some(active) = self.segments.borrow_mut().last_mut() {
+            active.dirty = false;
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use tracing::{info, warn};
 
 use super::state::{sync_dir, PartitionLog};
 use crate::storage::config::LogConfig;
+use crate::storage::disk;
 use crate::storage::error::StorageError;
 use crate::storage::recovery;
 use crate::storage::segment::{Segment, SegmentFiles};
@@ -154,7 +155,7 @@ impl PartitionLog {
         let path = self.dir.join(recovery::CLEAN_STOP_MARKER);
         let written = async {
             // An empty file, once, at shutdown: a blocking create is fine here.
-            std::fs::write(&path, b"").map_err(|e| StorageError::io(&path, e))?;
+            disk::write_file_blocking(&path, b"", false)?;
             sync_dir(&self.dir).await
         };
         if let Err(e) = written.await {

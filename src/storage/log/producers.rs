@@ -7,17 +7,18 @@
 //! last; `close` takes one at the log end. Only the flush task and `close` (which waits for
 //! it) take them, when the table is exactly the log's. The two newest are kept: recovery
 //! falls back to the older when the newer is damaged or ahead of a log a crash shortened.
-//! A snapshot that cannot be written costs recovery time only, so its failure is logged,
-//! never an append's error.
+//! A roll's snapshot is required: without it the roll (and the append that needs it) fails
+//! and is tried again, since recovery with no snapshot knows the producers only from the
+//! last two segments. Any other snapshot that cannot be written costs recovery time only,
+//! so its failure is logged, never an append's error.
 
 use std::os::unix::fs::MetadataExt;
 
-use compio::fs::File;
-use compio::io::AsyncWriteAtExt;
 use tracing::{debug, warn};
 
 use super::state::PartitionLog;
 use crate::storage::config::FsyncPolicy;
+use crate::storage::disk;
 use crate::storage::error::StorageError;
 use crate::storage::recovery::snapshot_path;
 
@@ -31,37 +32,35 @@ const SNAPSHOTS_KEPT: usize = 2;
 impl PartitionLog {
     /// Writes the producer table as the snapshot at `offset`, which must be the high
     /// watermark or the base of a segment being started (the table then holds exactly
-    /// the batches below it), and removes all but the newest [`SNAPSHOTS_KEPT`].
-    pub(super) async fn write_producer_snapshot(&self, offset: i64) {
+    /// the batches below it), and removes all but the newest [`SNAPSHOTS_KEPT`]. A failure
+    /// is logged and returned: a roll must not go ahead without its snapshot (`commit.rs`).
+    pub(super) async fn write_producer_snapshot(&self, offset: i64) -> Result<(), StorageError> {
         // A topic being deleted has had its directory renamed away (and the name may have
         // a new topic already): its last snapshots are of no use, and must not land there.
         let ours = std::fs::metadata(&self.dir).is_ok_and(|m| (m.dev(), m.ino()) == self.dir_id);
         if !ours {
             debug!(dir = %self.dir.display(), "no producer snapshot: the directory has moved");
-            return;
+            return Ok(());
         }
         let bytes = self.producers.borrow().encode_snapshot(offset);
         let path = snapshot_path(&self.dir, offset);
         let sync = self.config.borrow().fsync != FsyncPolicy::Never;
         let written = async {
-            let mut file = File::create(&path)
-                .await
-                .map_err(|e| StorageError::io(&path, e))?;
-            let compio::buf::BufResult(result, _) = file.write_all_at(bytes, 0).await;
-            result.map_err(|e| StorageError::io(&path, e))?;
+            let file = disk::open(&path, true).await?;
+            disk::write_at(&file, &path, bytes, 0).await?;
             if sync {
-                file.sync_data()
-                    .await
-                    .map_err(|e| StorageError::io(&path, e))?;
+                disk::sync_data(&file, &path).await?;
             }
             Ok::<(), StorageError>(())
         }
         .await;
-        self.unsnapshotted.set(0);
         if let Err(e) = written {
+            // The next round tries again.
+            self.unsnapshotted.set(SNAPSHOT_EVERY_BYTES);
             warn!(path = %path.display(), error = %e, "cannot write a producer snapshot");
-            return;
+            return Err(e);
         }
+        self.unsnapshotted.set(0);
         let stale: Vec<i64> = {
             let mut snapshots = self.snapshots.borrow_mut();
             snapshots.retain(|&o| o != offset);
@@ -71,21 +70,20 @@ impl PartitionLog {
         };
         for old in stale {
             let path = snapshot_path(&self.dir, old);
-            match compio::fs::remove_file(&path).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    warn!(path = %path.display(), error = %e, "cannot remove an old producer snapshot");
-                }
+            if let Err(e) = disk::remove(&path).await {
+                warn!(path = %path.display(), error = %e, "cannot remove an old producer snapshot");
             }
         }
+        Ok(())
     }
 
     /// After a round: a snapshot at the high watermark if [`SNAPSHOT_EVERY_BYTES`] were
     /// written since the last one.
     pub(super) async fn snapshot_if_due(&self) {
         if self.unsnapshotted.get() >= SNAPSHOT_EVERY_BYTES {
-            self.write_producer_snapshot(self.high_watermark.get())
+            // Logged; a later round or roll tries again.
+            let _ = self
+                .write_producer_snapshot(self.high_watermark.get())
                 .await;
         }
     }
@@ -94,7 +92,8 @@ impl PartitionLog {
     pub(super) async fn snapshot_at_close(&self) {
         let end = self.high_watermark.get();
         if self.snapshots.borrow().last() != Some(&end) {
-            self.write_producer_snapshot(end).await;
+            // Logged; recovery replays from the previous snapshot instead.
+            let _ = self.write_producer_snapshot(end).await;
         }
     }
 

@@ -253,9 +253,8 @@ impl PartitionLog {
             "offset index entry does not point at its batch ({problem}); reading by scanning \
              from an earlier entry, and the index will be rebuilt from the log at the next start"
         );
-        match compio::fs::remove_file(&index_path).await {
+        match crate::storage::disk::remove(&index_path).await {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => warn!(
                 path = %index_path.display(),
                 "cannot remove the damaged offset index: {e}"

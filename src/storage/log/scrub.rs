@@ -9,6 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
+use tracing::warn;
+
 use super::state::PartitionLog;
 use crate::protocol::batch::{self, BatchHeader, BATCH_HEADER_LEN};
 use crate::storage::error::StorageError;
@@ -123,14 +125,29 @@ impl PartitionLog {
         step.bytes += buf.len() as u64;
         // A batch that failed its CRC, not fenced yet: the next header says where it ended.
         let mut pending: Option<Fence> = None;
+        // A check that fails is made once more on bytes read again from the disk, so that a
+        // read that went wrong on its way (not the stored bytes) never fences a sound batch:
+        // the position read again, if any.
+        let mut reread_at: Option<u64> = None;
         let mut at = 0usize;
         loop {
             if at + BATCH_HEADER_LEN > buf.len() {
                 break;
             }
             let batch_at = position + at as u64;
+            if reread_at.is_some_and(|r| r < batch_at) {
+                reread_at = None;
+            }
+            let failed_once = reread_at != Some(batch_at);
             let header = match BatchHeader::parse(&buf[at..]) {
                 Ok(header) => header,
+                Err(_) if failed_once => {
+                    (buf, position, at) = self
+                        .reread(&mut step, &log, &path, batch_at, buf.len() - at, end)
+                        .await?;
+                    reread_at = Some(batch_at);
+                    continue;
+                }
                 Err(e) => {
                     if let Some(fence) = pending.take() {
                         self.fence_found(&mut step, &path, fence);
@@ -154,6 +171,13 @@ impl PartitionLog {
                 self.fence_found(&mut step, &path, fence);
             }
             let total = header.total_len();
+            if batch_at + total as u64 > end && failed_once {
+                (buf, position, at) = self
+                    .reread(&mut step, &log, &path, batch_at, buf.len() - at, end)
+                    .await?;
+                reread_at = Some(batch_at);
+                continue;
+            }
             if batch_at + total as u64 > end {
                 let reason = format!("the batch runs past the segment end {end}");
                 fence_to_end(&mut step, batch_at, expected, reason);
@@ -170,9 +194,25 @@ impl PartitionLog {
                 position = batch_at;
                 at = 0;
             }
-            step.batches += 1;
             match batch::validate(&buf[at..at + total], usize::MAX) {
-                Ok(_) => expected = header.last_offset().saturating_add(1),
+                Ok(_) => {
+                    if reread_at == Some(batch_at) {
+                        warn!(
+                            path = %path.display(),
+                            position = batch_at,
+                            "a batch failed its check once and passed when read again: \
+                             a transient read error, not fenced"
+                        );
+                    }
+                    expected = header.last_offset().saturating_add(1);
+                }
+                Err(_) if failed_once => {
+                    (buf, position, at) = self
+                        .reread(&mut step, &log, &path, batch_at, buf.len() - at, end)
+                        .await?;
+                    reread_at = Some(batch_at);
+                    continue;
+                }
                 Err(e) => {
                     let first = expected.min(next_base - 1);
                     let last = header.last_offset().clamp(first, next_base - 1);
@@ -187,6 +227,7 @@ impl PartitionLog {
                     expected = last.saturating_add(1);
                 }
             }
+            step.batches += 1;
             at += total;
         }
         if let Some(fence) = pending.take() {
@@ -201,6 +242,24 @@ impl PartitionLog {
             },
         );
         Ok(step)
+    }
+
+    /// Reads `len` bytes at `batch_at` again (at least a header's worth, never past
+    /// `end`), for a second check of a batch that failed one. Returns the new buffer, its
+    /// file position, and 0, where the scan goes on in it.
+    async fn reread(
+        &self,
+        step: &mut ScrubStep,
+        log: &compio::fs::File,
+        path: &Path,
+        batch_at: u64,
+        len: usize,
+        end: u64,
+    ) -> Result<(bytes::BytesMut, u64, usize), StorageError> {
+        let len = (len.max(BATCH_HEADER_LEN) as u64).min(end - batch_at) as usize;
+        let buf = segment::read_exact(log, path, batch_at, len).await?;
+        step.bytes += len as u64;
+        Ok((buf, batch_at, 0))
     }
 
     /// Reports and fences a batch that failed its checks. The fence's reason names the

@@ -7,12 +7,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use compio::fs::File;
 use tracing::debug;
 
 use crate::local::{Notify, OneshotSender};
 use crate::protocol::batch::ValidBatch;
 use crate::storage::config::{FsyncPolicy, LogConfig};
+use crate::storage::disk;
 use crate::storage::error::StorageError;
 use crate::storage::fence_file::{self, Fence};
 use crate::storage::producers::ProducerTable;
@@ -95,13 +95,7 @@ pub(super) fn now_ms() -> i64 {
 
 /// Makes a directory entry change (a new segment file) durable.
 pub(super) async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    let handle = File::open(dir)
-        .await
-        .map_err(|e| StorageError::io(dir, e))?;
-    handle
-        .sync_all()
-        .await
-        .map_err(|e| StorageError::io(dir, e))
+    disk::sync_dir(dir).await
 }
 
 impl PartitionLog {

@@ -4,9 +4,7 @@
 use std::path::Path;
 
 use bytes::BytesMut;
-use compio::buf::BufResult;
 use compio::fs::File;
-use compio::io::AsyncWriteAtExt;
 use tracing::warn;
 
 use crate::storage::disk;
@@ -104,7 +102,7 @@ impl ChunkTarget {
                 (&self.index, index_at, &self.files.index),
                 (&self.time_index, time_at, &self.files.time_index),
             ] {
-                if let Err(e) = file.set_len(len).await {
+                if let Err(e) = disk::set_len(file, path, len).await {
                     warn!(path = %path.display(), error = %e, "could not cut back a failed write");
                 }
             }
@@ -123,7 +121,5 @@ pub(super) async fn write_at(
     if bytes.is_empty() {
         return Ok(());
     }
-    let mut writer = file;
-    let BufResult(written, _) = writer.write_all_at(bytes, at).await;
-    written.map_err(|e| StorageError::io(path, e))
+    disk::write_at(file, path, bytes, at).await
 }
