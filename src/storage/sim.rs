@@ -882,6 +882,16 @@ fn seeds_600_and_639_recovery_syncs_what_it_accepted() {
     }
 }
 
+/// A bit flipped on its way from the disk made the scrubber fence a sound batch, whose
+/// offsets then failed every read. It now checks a failed batch once more on bytes read
+/// again before fencing it.
+#[test]
+fn seeds_30_and_38_a_read_flip_does_not_fence_a_sound_batch() {
+    for seed in [30, 38] {
+        run_seed(seed).unwrap();
+    }
+}
+
 /// A producer snapshot that failed at a roll, then more rolls and a crash: recovery, with
 /// no snapshot, replays only the last two segments, no longer knew the producer, and a
 /// retry of its acknowledged batch was appended a second time (found by an earlier version
