@@ -20,6 +20,9 @@ pub mod catalog;
 mod config;
 mod disk;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz_targets;
 mod index;
 mod log;
 mod producer_ids;
