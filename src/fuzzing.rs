@@ -51,7 +51,8 @@ pub const ALLOC_FLOOR: usize = 64 << 10;
 /// that sizes a buffer from a count or length field must bound it by the bytes it has.
 pub const ALLOC_PER_INPUT_BYTE: usize = 16;
 
-/// [`ALLOC_FLOOR`] of the recovery target: the scan's read buffer.
+/// [`ALLOC_FLOOR`] of the recovery target: recovery reads and checks the log in chunks of
+/// 1 MiB, whatever its size.
 pub const RECOVERY_ALLOC_FLOOR: usize = 1 << 20;
 
 static LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
@@ -209,8 +210,15 @@ pub fn index_files(data: &[u8]) {
 /// The files go to a directory of this process under `$EVENTFLOW_FUZZ_DIR`, else
 /// `/dev/shm` (memory: fast), else the temporary directory.
 pub fn recovery(data: &[u8]) {
+    let _limit = AllocLimit::with_floor(RECOVERY_ALLOC_FLOOR, data.len());
+    storage::recovery(data, recovery_dir());
+}
+
+/// The directory of this process where the recovery target writes its files; removed when
+/// the process exits.
+pub fn recovery_dir() -> &'static std::path::Path {
     static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    let dir = DIR.get_or_init(|| {
+    DIR.get_or_init(|| {
         let base = std::env::var_os("EVENTFLOW_FUZZ_DIR")
             .map(std::path::PathBuf::from)
             .or_else(|| {
@@ -218,11 +226,17 @@ pub fn recovery(data: &[u8]) {
                 shm.is_dir().then(|| shm.to_path_buf())
             })
             .unwrap_or_else(std::env::temp_dir);
+        // libFuzzer ends the process with exit(): remove the directory then.
+        // SAFETY: registers a function that takes nothing and does not unwind.
+        unsafe {
+            libc::atexit(remove_recovery_dir);
+        }
         base.join(format!("eventflow-fuzz-recovery-{}", std::process::id()))
-    });
-    // Recovery reads and checks the log in chunks of 1 MiB, whatever its size.
-    let _limit = AllocLimit::with_floor(RECOVERY_ALLOC_FLOOR, data.len());
-    storage::recovery(data, dir);
+    })
+}
+
+extern "C" fn remove_recovery_dir() {
+    let _ = std::panic::catch_unwind(|| std::fs::remove_dir_all(recovery_dir()));
 }
 
 /// Native protocol frames as a connection reads them: split off a stream, each payload
