@@ -28,6 +28,9 @@
 pub mod client;
 #[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "server")]
 pub mod groups;
 #[cfg(feature = "server")]

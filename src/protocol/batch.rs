@@ -439,7 +439,8 @@ pub struct Record<'a> {
 ///
 /// The batch is the first `total_len()` bytes of `batch`; anything after them is ignored. The
 /// CRC is not checked here (that is [`validate`]'s job). Returns
-/// [`BatchError::UnsupportedCompression`] if `attributes & 7 != 0`; malformed varints and
+/// [`BatchError::UnsupportedCompression`] if `attributes & 7 != 0`, and
+/// [`BatchError::InvalidHeader`] if its last offset would pass `i64::MAX`; malformed varints and
 /// lengths come out of the iterator as errors, never as panics.
 pub fn records(batch: &[u8]) -> Result<RecordIter<'_>, BatchError> {
     let header = BatchHeader::parse_whole(batch)?;
@@ -450,6 +451,14 @@ pub fn records(batch: &[u8]) -> Result<RecordIter<'_>, BatchError> {
     }
     let remaining = u32::try_from(header.records_count)
         .map_err(|_| BatchError::InvalidHeader("records count is negative"))?;
+    // Offsets past i64::MAX would wrap to negative ones (found by fuzzing).
+    if header
+        .base_offset
+        .checked_add(i64::from(header.last_offset_delta))
+        .is_none()
+    {
+        return Err(BatchError::InvalidHeader("the batch's offsets overflow"));
+    }
     Ok(RecordIter {
         cursor: Cursor::new(&batch[BATCH_HEADER_LEN..size]),
         remaining,
@@ -1436,6 +1445,20 @@ mod tests {
             }))
         );
         assert_eq!(iter.next(), None);
+    }
+
+    #[test]
+    fn records_refuses_offsets_past_i64_max() {
+        let mut batch = sample_batch();
+        set_base_offset(&mut batch, i64::MAX - 1);
+        let header = BatchHeader::parse(&batch).unwrap();
+        assert!(header.last_offset_delta >= 2, "the sample holds 3 records");
+        assert_eq!(
+            records(&batch).err(),
+            Some(BatchError::InvalidHeader("the batch's offsets overflow"))
+        );
+        set_base_offset(&mut batch, i64::MAX - i64::from(header.last_offset_delta));
+        assert!(records(&batch).unwrap().all(|r| r.is_ok()));
     }
 
     #[test]

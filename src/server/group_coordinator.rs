@@ -1098,7 +1098,7 @@ pub(crate) fn group_error(e: GroupError) -> WireError {
 }
 
 /// Offset record key: `o`, then length-prefixed group and topic, then the partition.
-fn offset_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
+pub(crate) fn offset_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
     let mut key = Vec::with_capacity(9 + group.len() + topic.len());
     key.push(b'o');
     key.extend_from_slice(&(group.len() as u16).to_be_bytes());
@@ -1109,7 +1109,7 @@ fn offset_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
     key
 }
 
-fn parse_offset_key(key: &Bytes) -> Option<(String, String, u32)> {
+pub(crate) fn parse_offset_key(key: &Bytes) -> Option<(String, String, u32)> {
     let rest = key.strip_prefix(b"o")?;
     let (group, rest) = length_prefixed(rest)?;
     let (topic, rest) = length_prefixed(rest)?;

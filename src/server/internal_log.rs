@@ -13,7 +13,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use super::partitions::storage_error;
-use crate::protocol::batch::{self, BatchBuilder, ValidBatch};
+use crate::protocol::batch::{self, BatchBuilder, BatchError, ValidBatch};
 use crate::protocol::{ErrorCode, WireError};
 use crate::storage::{FsyncPolicy, LogConfig, PartitionLog};
 
@@ -66,21 +66,10 @@ impl InternalLog {
             if read.records.is_empty() {
                 break;
             }
-            for b in batch::batches(&read.records) {
-                let (start, header) = b.map_err(|e| storage(&dir, "replaying", e))?;
-                let b = &read.records[start..start + header.total_len()];
-                let records = batch::records(b).map_err(|e| storage(&dir, "replaying", e))?;
-                for r in records {
-                    let r = r.map_err(|e| storage(&dir, "replaying", e))?;
-                    offset = r.offset + 1;
-                    let Some(key) = r.key else { continue };
-                    match r.value {
-                        Some(v) => {
-                            live.insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(v))
-                        }
-                        None => live.remove(key),
-                    };
-                }
+            if let Some(next) =
+                replay(&read.records, &mut live).map_err(|e| storage(&dir, "replaying", e))?
+            {
+                offset = next;
             }
         }
         let internal = InternalLog {
@@ -149,6 +138,35 @@ impl InternalLog {
 }
 
 /// One batch of key/value records (`None`: delete the key).
+/// Applies the records of `records` (whole batches, as a read returns them) to `live`: the
+/// last value of a key wins, a null value deletes it. Returns the offset after the last
+/// record applied, if any.
+pub(crate) fn replay(
+    records: &[u8],
+    live: &mut HashMap<Bytes, Bytes>,
+) -> Result<Option<i64>, BatchError> {
+    let mut next = None;
+    for b in batch::batches(records) {
+        let (start, header) = b?;
+        let b = &records[start..start + header.total_len()];
+        for r in batch::records(b)? {
+            let r = r?;
+            // An offset read from disk: the last one possible has no successor.
+            next = Some(
+                r.offset
+                    .checked_add(1)
+                    .ok_or(BatchError::InvalidRecord("a record offset of i64::MAX"))?,
+            );
+            let Some(key) = r.key else { continue };
+            match r.value {
+                Some(v) => live.insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(v)),
+                None => live.remove(key),
+            };
+        }
+    }
+    Ok(next)
+}
+
 fn batch_of(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<ValidBatch, WireError> {
     let mut builder = BatchBuilder::new();
     let now = now_ms();

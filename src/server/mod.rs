@@ -12,6 +12,9 @@ mod calls;
 mod connection;
 mod context;
 mod fetch_sessions;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz_targets;
 mod group_coordinator;
 mod internal_log;
 mod kafka;

@@ -28,6 +28,9 @@ mod error;
 #[cfg(test)]
 mod fault;
 mod fence_file;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz_targets;
 mod index;
 mod log;
 mod producer_ids;

@@ -25,6 +25,15 @@ struct Mark {
     next_unreserved: i64,
 }
 
+/// Reads the counter file: the first producer id not reserved yet.
+pub(crate) fn decode_mark(bytes: &[u8]) -> Result<i64, String> {
+    let mark: Mark = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if mark.next_unreserved < 0 {
+        return Err("a negative producer id".into());
+    }
+    Ok(mark.next_unreserved)
+}
+
 /// Ids handed out so far in this process, and the end of the reserved block.
 struct Block {
     next: i64,
@@ -47,14 +56,7 @@ impl ProducerIds {
         let dir = data_dir.join("meta");
         let path = dir.join(FILE);
         let start = match fs::read(&path) {
-            Ok(bytes) => {
-                let mark: Mark = serde_json::from_slice(&bytes)
-                    .map_err(|e| StorageError::corrupt(&path, e.to_string()))?;
-                if mark.next_unreserved < 0 {
-                    return Err(StorageError::corrupt(&path, "a negative producer id"));
-                }
-                mark.next_unreserved
-            }
+            Ok(bytes) => decode_mark(&bytes).map_err(|e| StorageError::corrupt(&path, e))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(StorageError::io(&path, e)),
         };

@@ -370,7 +370,8 @@ impl ProducerTable {
         if count > MAX_PRODUCERS {
             return Err(format!("{count} producers, more than a partition keeps"));
         }
-        let mut entries = HashMap::with_capacity(count.min(MAX_PRODUCERS));
+        // Sized by what the bytes can hold, not by the count they claim.
+        let mut entries = HashMap::with_capacity(count.min(r.0.len() / MIN_SNAPSHOT_ENTRY));
         for _ in 0..count {
             let id = i64::from_be_bytes(r.array()?);
             let epoch = i16::from_be_bytes(r.array()?);
@@ -403,6 +404,8 @@ impl ProducerTable {
 }
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"EFPS";
+/// Bytes of the smallest snapshot entry: id, epoch, last seen, batch count, one batch.
+const MIN_SNAPSHOT_ENTRY: usize = 8 + 2 + 8 + 1 + 24;
 const SNAPSHOT_VERSION: u16 = 1;
 
 struct Reader<'a>(&'a [u8]);

@@ -237,8 +237,9 @@ fn recover_segment(
         None => (0, base),
     };
     let mut end = scan.run(start, expected, &mut planner, &mut index, &mut time_index)?;
-    if end.problem.is_some() && end.valid_end == start && start > 0 {
-        // The newest index entry does not point at the batch it claims: distrust the index.
+    if end.problem.is_some() && end.valid_end == start && (start, expected) != (0, base) {
+        // The newest index entry does not point at the batch it claims (even one at byte 0
+        // that claims another offset than the base: found by fuzzing): distrust the index.
         rebuild = Some(format!(
             "its last entry points at a bad batch ({})",
             end.problem.as_deref().unwrap_or_default()

@@ -123,11 +123,13 @@ impl Reader {
         Ok(self.buf.split_to(n))
     }
 
-    /// An array's element count, refused when it exceeds the bytes left (every element
-    /// takes at least one), so nothing is sized from a count the frame cannot hold.
-    fn count(&mut self, field: &str) -> Result<usize, String> {
+    /// An array's element count, refused when the bytes left cannot hold that many
+    /// elements of at least `min_element` bytes each, so nothing is sized from a count the
+    /// frame cannot hold. (At one byte per element, a 16 MiB frame could make the topics'
+    /// `Vec` ask for 768 MiB: found by fuzzing.)
+    fn count(&mut self, field: &str, min_element: usize) -> Result<usize, String> {
         let n = self.len(true, field)?.unwrap_or(0);
-        if n > self.buf.len() {
+        if n.saturating_mul(min_element) > self.buf.len() {
             return Err(format!(
                 "`{field}` announces {n} elements with {} bytes left",
                 self.buf.len()
@@ -164,11 +166,14 @@ pub fn decode_produce(body: BytesMut, version: i16) -> Result<ProduceData, Strin
     };
     let acks = r.i16("acks")?;
     let timeout_ms = r.i32("timeout_ms")?;
-    let topic_count = r.count("topic_data")?;
+    // The smallest topic: an empty name and partition count (and its tag section); the
+    // smallest partition: an index, empty records (and its tag section).
+    let (min_topic, min_partition) = if r.flexible { (3, 6) } else { (6, 8) };
+    let topic_count = r.count("topic_data", min_topic)?;
     let mut topics = Vec::with_capacity(topic_count);
     for _ in 0..topic_count {
         let name = r.string("name")?;
-        let partition_count = r.count("partition_data")?;
+        let partition_count = r.count("partition_data", min_partition)?;
         let mut partitions = Vec::with_capacity(partition_count);
         for _ in 0..partition_count {
             let index = r.i32("index")?;
@@ -296,5 +301,11 @@ mod tests {
         let mut huge = BytesMut::from(&[0xff, 0xff, 0, 1, 0, 0, 0, 0][..]);
         huge.extend_from_slice(&i32::MAX.to_be_bytes());
         assert!(decode_produce(huge, 3).unwrap_err().contains("announces"));
+        // As many topics as bytes left: each takes at least 6, so the count is refused
+        // before the topics' Vec is sized from it.
+        let mut many = BytesMut::from(&[0xff, 0xff, 0, 1, 0, 0, 0, 0][..]);
+        many.extend_from_slice(&1000i32.to_be_bytes());
+        many.extend_from_slice(&[0; 1000]);
+        assert!(decode_produce(many, 3).unwrap_err().contains("announces"));
     }
 }

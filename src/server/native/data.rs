@@ -33,7 +33,7 @@ pub(crate) enum Reply {
 
 /// Splits a produce request's records into single batches and validates each (header and
 /// CRC32C). The batches stay handles into the request buffer.
-fn split_batches(
+pub(crate) fn split_batches(
     mut records: BytesMut,
     max_batch_bytes: usize,
 ) -> Result<Vec<ValidBatch>, WireError> {

@@ -15,6 +15,9 @@ mod shares;
 // The data path's handlers, shared with the Kafka front end (which translates its requests
 // into these and their responses back), so the logic exists once.
 pub(crate) use data::{fetch, list_offsets, produce, Reply};
+// What the broker runs on a produced batch, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) use data::split_batches;
 pub use data::{MAX_FETCH_BYTES, MAX_FETCH_WAIT};
 
 use std::net::IpAddr;
