@@ -12,6 +12,8 @@
 //! - [`server`]: listeners, connections and request dispatch on each shard.
 //! - [`metrics`]: per-shard counters and histograms, and their Prometheus exposition.
 //! - [`http`]: the HTTP listener (`/metrics`), on a thread of its own, off the shards.
+//! - `fasthash`: the FNV hasher of small maps looked up per record or request (client and
+//!   metrics).
 //! - [`local`]: oneshot and notify primitives for tasks of one shard.
 //! - [`http_api`]: the HTTP API and web console, a client of the broker's native listener
 //!   on a thread of its own.
@@ -28,6 +30,7 @@
 pub mod client;
 #[cfg(feature = "server")]
 pub mod config;
+mod fasthash;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

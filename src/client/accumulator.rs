@@ -7,7 +7,7 @@
 //! batches sent but not yet acknowledged; the caller [`Accumulator::release`]s a batch's
 //! bytes when its produce completes.
 
-use super::fasthash::FastMap;
+use crate::fasthash::FastMap;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;

@@ -36,7 +36,6 @@
 pub mod accumulator;
 pub mod backoff;
 pub mod consumer;
-mod fasthash;
 pub mod group;
 pub mod partitioner;
 pub mod producer;

@@ -7,7 +7,7 @@
 //! producer closes that partition's batch, then a different partition is picked, so batches
 //! fill up instead of being spread one record each.
 
-use super::fasthash::FastMap;
+use crate::fasthash::FastMap;
 
 /// Kafka's 32-bit murmur2 of `data` (as `org.apache.kafka.common.utils.Utils.murmur2`).
 pub fn murmur2(data: &[u8]) -> i32 {

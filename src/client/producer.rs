@@ -31,9 +31,9 @@ use bytes::{Bytes, BytesMut};
 
 use super::accumulator::{Accumulator, AccumulatorConfig, AppendError, ReadyBatch, TopicPartition};
 use super::backoff::Backoff;
-use super::fasthash::FastMap;
 use super::partitioner::{partition_for_key, StickyPartitioner};
 use super::{io_error, read_frame, write_frame, Client, ClientError};
+use crate::fasthash::FastMap;
 use crate::protocol::api::*;
 use crate::protocol::frame::{Decoder, ResponseHeader};
 use crate::protocol::{ErrorCode, WireError};

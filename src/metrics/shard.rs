@@ -7,9 +7,9 @@
 //! tool) records into its own copy, which nobody reads.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Duration;
+
+use crate::fasthash::FastMap;
 
 use super::histogram::{Histogram, LATENCY_NS, ROUND_BATCHES, ROUND_BYTES};
 pub use super::labels::{ApiId, Listener, Outcome, WireProtocol};
@@ -35,33 +35,6 @@ struct ApiStats {
     latency: Histogram,
     outcomes: Vec<(Outcome, u64)>,
 }
-
-/// FNV-1a, 64-bit: the maps here are looked up on every request with keys the broker's own
-/// users chose (topic names) or fixed ones; SipHash's resistance to crafted keys buys
-/// nothing for a counter.
-#[derive(Default, Clone, Copy)]
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut hash = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            hash ^= u64::from(*b);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        self.0 = hash;
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
 
 #[derive(Default)]
 struct ConnectionCounts {
