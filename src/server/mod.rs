@@ -415,26 +415,17 @@ fn refuse_if_served(addr: SocketAddr) -> Result<(), StartError> {
 /// A listening socket on `addr` with SO_REUSEPORT, which lets the shards share a port and
 /// lets a restart bind again while a crashed run's connections still linger on it.
 fn bind(addr: SocketAddr) -> Result<StdListener, StartError> {
-    let err = |source| StartError::Listen { addr, source };
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )
-    .map_err(err)?;
-    socket.set_reuse_address(true).map_err(err)?;
-    socket.set_reuse_port(true).map_err(err)?;
-    socket.set_tcp_nodelay(true).map_err(err)?;
-    socket.bind(&addr.into()).map_err(err)?;
-    socket.listen(1024).map_err(err)?;
-    socket.set_nonblocking(true).map_err(err)?;
-    Ok(socket.into())
+    bind_socket(addr, true)
 }
 
 /// A listening socket on `addr` that no other socket may share (no SO_REUSEPORT: a second
 /// broker on the same port fails to bind instead of taking a share of the scrapes).
 /// SO_REUSEADDR still lets a restart bind while a crashed run's connections linger.
 fn bind_single(addr: SocketAddr) -> Result<StdListener, StartError> {
+    bind_socket(addr, false)
+}
+
+fn bind_socket(addr: SocketAddr, shared: bool) -> Result<StdListener, StartError> {
     let err = |source| StartError::Listen { addr, source };
     let socket = Socket::new(
         Domain::for_address(addr),
@@ -443,8 +434,12 @@ fn bind_single(addr: SocketAddr) -> Result<StdListener, StartError> {
     )
     .map_err(err)?;
     socket.set_reuse_address(true).map_err(err)?;
+    if shared {
+        socket.set_reuse_port(true).map_err(err)?;
+        socket.set_tcp_nodelay(true).map_err(err)?;
+    }
     socket.bind(&addr.into()).map_err(err)?;
-    socket.listen(128).map_err(err)?;
+    socket.listen(if shared { 1024 } else { 128 }).map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
     Ok(socket.into())
 }
