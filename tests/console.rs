@@ -1,7 +1,7 @@
 //! The web console at `/` of the HTTP listener, loaded in a real headless browser
 //! (Debian's `chromium`) against a running broker with a topic and a consumer group: the
-//! page must show the topic's partitions with their offsets and the group's lag, read from
-//! the JSON API by the page's own script. A screenshot is taken too; with
+//! page must show the topic's partitions with their offsets, its produced and fetched
+//! traffic, and the group's lag, read from the JSON API by the page's own script. A screenshot is taken too; with
 //! `EVENTFLOW_CONSOLE_SCREENSHOT=PATH` it is kept there (docs/console.png is made so).
 //!
 //! Without chromium the test says so and passes, unless `EVENTFLOW_REQUIRE_BROWSER=1` (CI
@@ -206,6 +206,18 @@ fn the_console_shows_topics_offsets_and_group_lag_in_a_real_browser() {
     assert!(!shares.is_empty(), "the share group:\n{dom}");
     let backlog: i64 = shares.iter().map(|r| r[5].parse::<i64>().unwrap()).sum();
     assert!(backlog > 0, "{shares:?}");
+
+    // Traffic rows: topic, produced/s, fetched/s, produced total, fetched total. The
+    // share group's fetches were sent to a consumer, so the fetched total is not zero.
+    let traffic = rows(&dom, r#"data-traffic="payments""#);
+    assert_eq!(traffic.len(), 1, "the traffic table:\n{dom}");
+    assert!(
+        traffic[0][3].ends_with("KiB") || traffic[0][3].ends_with(" B"),
+        "{traffic:?}"
+    );
+    assert_ne!(traffic[0][3], "0 B", "{traffic:?}");
+    assert_ne!(traffic[0][4], "0 B", "fetched bytes: {traffic:?}");
+    assert!(dom.contains(r#"id="fetch-rates""#), "the fetch-rate chart");
 
     // Broker settings and the live connection count are on the page.
     assert!(dom.contains("max_connections"), "settings table");

@@ -222,6 +222,25 @@ fn records_produced_by_the_client_library_are_read_over_http_in_bounded_pages() 
     assert_eq!(data[0]["value"]["data"], BASE64.encode("event-10"));
     assert_eq!(page["next_offset"], 13);
 
+    // The traffic counters: every record produced, and the bytes the pages fetched.
+    let traffic = get(h, "/v3/clusters/eventflow/traffic");
+    assert_eq!(traffic.status, 200, "{}", traffic.text());
+    let traffic = traffic.json();
+    let events = traffic["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic_name"] == "events")
+        .expect("the topic's traffic")
+        .clone();
+    assert_eq!(events["produced_records_total"], 250);
+    let produced = events["produced_bytes_total"].as_u64().unwrap();
+    assert!(produced > 250 * 8, "{events}");
+    assert!(
+        events["fetched_bytes_total"].as_u64().unwrap() >= produced,
+        "every batch was fetched at least once: {events}"
+    );
+
     // Partitions show the offsets and sizes; the topic's config can be changed.
     let parts = get(h, &format!("{}/partitions", topics("events"))).json();
     assert_eq!(parts["data"][1]["log_end_offset"], 250);
@@ -689,9 +708,15 @@ fn ready_says_503_until_the_broker_serves_and_again_once_it_stops() {
         shards: 1,
         connections: Box::new(|| 0),
         settings: Vec::new(),
+        traffic: std::sync::Arc::new(|| Box::pin(async { Err("no metrics here".to_string()) })),
     });
     assert_eq!(get(h, "/ready").json()["status"], "ready");
     assert_eq!(get(h, &topics("t")).json()["partitions_count"], 1);
+    assert_error(
+        get(h, "/v3/clusters/eventflow/traffic"),
+        503,
+        "traffic the broker cannot gather",
+    );
 
     api.set_stopping();
     assert_error(get(h, "/ready"), 503, "ready while stopping");

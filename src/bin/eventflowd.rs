@@ -516,6 +516,7 @@ fn main() -> anyhow::Result<()> {
             shards: broker.shard_count(),
             connections: Box::new(broker.connection_counter()),
             settings,
+            traffic: traffic_source(broker.scraper()),
         });
     }
     let direct: Vec<String> = broker
@@ -560,4 +561,30 @@ fn main() -> anyhow::Result<()> {
     drop(waiter);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The HTTP API's per-topic traffic: the metrics' counters, summed over the shards.
+fn traffic_source(scraper: eventflow::server::Scraper) -> eventflow::http_api::TrafficSource {
+    std::sync::Arc::new(move || {
+        let scraper = scraper.clone();
+        Box::pin(async move {
+            let shards = scraper
+                .snapshots(std::time::Duration::from_secs(5))
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut topics: std::collections::BTreeMap<String, eventflow::http_api::TopicTraffic> =
+                std::collections::BTreeMap::new();
+            // The rows without a partition are the topic's totals (partition rows, when
+            // labelled, are parts of them).
+            let totals = shards.iter().flat_map(|s| &s.traffic.topics);
+            for t in totals.filter(|t| t.partition.is_none()) {
+                let sum = topics.entry(t.topic.clone()).or_default();
+                sum.topic.clone_from(&t.topic);
+                sum.produced_records += t.produced_records;
+                sum.produced_bytes += t.produced_bytes;
+                sum.fetched_bytes += t.fetched_bytes;
+            }
+            Ok(topics.into_values().collect())
+        })
+    })
 }

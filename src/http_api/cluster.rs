@@ -97,6 +97,34 @@ pub(crate) async fn list_brokers(
     )))
 }
 
+/// `GET /v3/clusters/{cluster_id}/traffic` (Eventflow's own): records and bytes produced
+/// and bytes fetched per topic since the broker started, from the metrics' counters; the
+/// console turns two samples into rates.
+pub(crate) async fn traffic(
+    State(state): State<Arc<ApiState>>,
+    _p: Params,
+) -> Result<Json<Value>, ApiError> {
+    let b = state.broker()?;
+    let topics = (b.traffic)().await.map_err(ApiError::unavailable)?;
+    let data: Vec<Value> = topics
+        .iter()
+        .map(|t| {
+            json!({
+                "topic_name": t.topic,
+                "produced_records_total": t.produced_records,
+                "produced_bytes_total": t.produced_bytes,
+                "fetched_bytes_total": t.fetched_bytes,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "kind": "EventflowTraffic",
+        "metadata": { "self": format!("/v3/clusters/{CLUSTER_ID}/traffic") },
+        "uptime_ms": state.uptime().as_millis() as u64,
+        "data": data,
+    })))
+}
+
 fn check_broker(p: &Params) -> Result<(), ApiError> {
     let id = p.text("broker_id")?;
     if id == BROKER_ID.to_string() {

@@ -17,7 +17,7 @@ mod records;
 mod state;
 mod topics;
 
-pub use state::BrokerView;
+pub use state::{BrokerView, TopicTraffic, TrafficSource};
 
 use std::io;
 use std::net::SocketAddr;
@@ -210,6 +210,7 @@ fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .route("/v3/clusters", get(cluster::list_clusters))
         .route(cluster, get(cluster::get_cluster))
         .route(&format!("{cluster}/brokers"), get(cluster::list_brokers))
+        .route(&format!("{cluster}/traffic"), get(cluster::traffic))
         .route(
             &format!("{cluster}/brokers/{{broker_id}}"),
             get(cluster::get_broker),

@@ -45,7 +45,31 @@ pub struct BrokerView {
     pub connections: Box<dyn Fn() -> usize + Send + Sync>,
     /// The broker's effective settings, by name.
     pub settings: Vec<(String, String)>,
+    /// The traffic counters per topic since the broker started (the metrics' own, gathered
+    /// from the shards when asked), for `/traffic` and the console's rates.
+    pub traffic: TrafficSource,
 }
+
+/// Traffic of one topic since the broker started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicTraffic {
+    /// The topic.
+    pub topic: String,
+    /// Records acknowledged to producers.
+    pub produced_records: u64,
+    /// Bytes of record batches acknowledged to producers.
+    pub produced_bytes: u64,
+    /// Bytes of record batches sent to consumers.
+    pub fetched_bytes: u64,
+}
+
+/// Gathers every topic's [`TopicTraffic`], or says why it could not.
+pub type TrafficSource = Arc<
+    dyn Fn() -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Vec<TopicTraffic>, String>> + Send>,
+        > + Send
+        + Sync,
+>;
 
 /// State shared by every handler.
 pub(crate) struct ApiState {

@@ -439,7 +439,9 @@ fn bind_socket(addr: SocketAddr, shared: bool) -> Result<StdListener, StartError
         socket.set_tcp_nodelay(true).map_err(err)?;
     }
     socket.bind(&addr.into()).map_err(err)?;
-    socket.listen(if shared { 1024 } else { 128 }).map_err(err)?;
+    socket
+        .listen(if shared { 1024 } else { 128 })
+        .map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
     Ok(socket.into())
 }

@@ -11,6 +11,10 @@ const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2"
 const previous = new Map();
 const rates = new Map();
 let settingsShown = false;
+// topic -> {t: ms, produced, fetched} byte counters of the previous sample, and the
+// history of fetched bytes/s.
+const trafficBefore = new Map();
+const fetchRates = new Map();
 // "group/topic/partition" -> {t: ms, offset: committed} of the previous sample.
 const committedBefore = new Map();
 
@@ -117,13 +121,55 @@ async function refreshTopics() {
   drawRates();
 }
 
+async function refreshTraffic() {
+  const topics = (await get(`${API}/traffic`)).data;
+  const now = Date.now();
+  const rows = [];
+  for (const t of topics) {
+    const before = trafficBefore.get(t.topic_name);
+    const per = (now2, then) => (before && now > before.t ? Math.max(0, ((now2 - then) * 1000) / (now - before.t)) : null);
+    const produced = per(t.produced_bytes_total, before && before.produced);
+    const fetched = per(t.fetched_bytes_total, before && before.fetched);
+    trafficBefore.set(t.topic_name, { t: now, produced: t.produced_bytes_total, fetched: t.fetched_bytes_total });
+    const history = fetchRates.get(t.topic_name) || [];
+    if (fetched !== null) history.push(fetched);
+    while (history.length > HISTORY) history.shift();
+    fetchRates.set(t.topic_name, history);
+    const tr = document.createElement("tr");
+    tr.dataset.traffic = t.topic_name;
+    cell(tr, t.topic_name);
+    cell(tr, produced === null ? null : `${bytes(Math.round(produced))}`, "num produced-rate");
+    cell(tr, fetched === null ? null : `${bytes(Math.round(fetched))}`, "num fetched-rate");
+    cell(tr, bytes(t.produced_bytes_total), "num produced-total");
+    cell(tr, bytes(t.fetched_bytes_total), "num fetched-total");
+    rows.push(tr);
+  }
+  for (const name of [...fetchRates.keys()]) {
+    if (!topics.some((t) => t.topic_name === name)) { fetchRates.delete(name); trafficBefore.delete(name); }
+  }
+  fill("traffic", rows);
+  drawChart("fetch-rates", "fetch-legend", fetchRates, (r) => `${bytes(Math.round(r))}/s`);
+}
+
+// A tick label that fits the chart's margin: 0.5, 12, 3.4k, 1.2M.
+function compact(n) {
+  if (n >= 1e6) return `${(n / 1e6).toFixed(1)}M`;
+  if (n >= 1e4) return `${Math.round(n / 1e3)}k`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)}k`;
+  return n < 10 ? n.toFixed(1) : String(Math.round(n));
+}
+
 function drawRates() {
-  const canvas = document.getElementById("rates");
+  drawChart("rates", "legend", rates, (r) => `${r.toFixed(1)}/s`);
+}
+
+function drawChart(canvasId, legendId, series, label) {
+  const canvas = document.getElementById(canvasId);
   const ctx = canvas.getContext("2d");
   const w = canvas.width, h = canvas.height, pad = 36;
   ctx.clearRect(0, 0, w, h);
   let max = 1;
-  for (const history of rates.values()) for (const r of history) max = Math.max(max, r);
+  for (const history of series.values()) for (const r of history) max = Math.max(max, r);
   ctx.strokeStyle = "#d0d4da";
   ctx.fillStyle = "#667";
   ctx.font = "12px sans-serif";
@@ -132,12 +178,12 @@ function drawRates() {
     const y = pad / 2 + ((h - pad) * i) / 4;
     ctx.beginPath(); ctx.moveTo(pad, y); ctx.lineTo(w - 4, y); ctx.stroke();
     const tick = max * (1 - i / 4);
-    ctx.fillText(max < 10 ? tick.toFixed(1) : String(Math.round(tick)), 2, y + 4);
+    ctx.fillText(compact(tick), 2, y + 4);
   }
-  const legend = document.getElementById("legend");
+  const legend = document.getElementById(legendId);
   legend.replaceChildren();
   let i = 0;
-  for (const [topic, history] of rates) {
+  for (const [topic, history] of series) {
     const color = COLORS[i++ % COLORS.length];
     ctx.strokeStyle = color;
     ctx.lineWidth = 2;
@@ -151,7 +197,7 @@ function drawRates() {
     const item = document.createElement("span");
     const swatch = document.createElement("i");
     swatch.style.background = color;
-    item.append(swatch, `${topic} ${history.length ? history[history.length - 1].toFixed(1) : "–"}/s`);
+    item.append(swatch, `${topic} ${history.length ? label(history[history.length - 1]) : "–"}`);
     legend.appendChild(item);
   }
 }
@@ -242,6 +288,7 @@ async function refresh() {
   try {
     await refreshBroker();
     await refreshTopics();
+    await refreshTraffic();
     await refreshGroups();
     await refreshShares();
     status.textContent = "";
