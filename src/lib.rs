@@ -17,6 +17,7 @@
 //! - [`local`]: oneshot and notify primitives for tasks of one shard.
 //! - [`http_api`]: the HTTP API and web console, a client of the broker's native listener
 //!   on a thread of its own.
+//! - [`auth`]: the SASL mechanisms (PLAIN, SCRAM-SHA-256/512), shared by broker and client.
 //! - [`client`]: the client library — admin, producer, consumer — and what the `eventflow`
 //!   CLI is built on.
 //!
@@ -27,6 +28,7 @@
 // The workspace sets the other lints (Cargo.toml); the library documents its whole API.
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod client;
 #[cfg(feature = "server")]
 pub mod config;
