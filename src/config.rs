@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::Mechanism;
 use crate::storage::FsyncPolicy;
 
 pub mod sources;
@@ -80,6 +81,58 @@ pub struct BrokerConfig {
     /// members starting together share one generation (Kafka's
     /// `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay: Duration,
+    /// Authentication: mechanisms and requirements per listener, superusers, bounds.
+    pub auth: AuthConfig,
+}
+
+/// How a listener authenticates its clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerAuth {
+    /// The SASL mechanisms offered (none: the listener offers no authentication).
+    pub mechanisms: Vec<Mechanism>,
+    /// Whether a client must authenticate before any request but the handshake's (else it
+    /// may go on as the anonymous principal).
+    pub required: bool,
+}
+
+/// The broker's authentication settings.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// The native listeners (shared and direct).
+    pub native: ListenerAuth,
+    /// The Kafka listener.
+    pub kafka: ListenerAuth,
+    /// Users every check lets through (Kafka's `super.users`, without the `User:` prefix).
+    pub superusers: Vec<String>,
+    /// A user created at start (SCRAM-SHA-256 and -512 credentials, a superuser) if it does
+    /// not exist yet: the first administrator of a broker that requires authentication.
+    pub bootstrap_user: Option<(String, String)>,
+    /// How long a failed authentication waits before it is answered.
+    pub failure_delay: Duration,
+    /// How long a connection to a listener that requires authentication may take to
+    /// authenticate before it is closed.
+    pub timeout: Duration,
+    /// Connections to listeners that require authentication that have not authenticated
+    /// yet, across all shards; more are refused.
+    pub max_unauthenticated: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        let listener = ListenerAuth {
+            mechanisms: vec![Mechanism::ScramSha256, Mechanism::ScramSha512],
+            required: false,
+        };
+        AuthConfig {
+            native: listener.clone(),
+            kafka: listener,
+            superusers: Vec::new(),
+            bootstrap_user: None,
+            failure_delay: Duration::from_millis(500),
+            timeout: Duration::from_secs(10),
+            max_unauthenticated: 1000,
+        }
+    }
 }
 
 impl BrokerConfig {
@@ -119,6 +172,7 @@ impl BrokerConfig {
             idle_timeout: Duration::from_secs(600),
             max_connections_per_ip: None,
             group_initial_rebalance_delay: Duration::from_secs(3),
+            auth: AuthConfig::default(),
         }
     }
 

@@ -365,7 +365,10 @@ impl ScramServer {
                 "SCRAM: channel binding does not match the gs2 header".into(),
             ));
         }
-        if sent_nonce != nonce {
+        // librdkafka 2.0 (Debian 12's) sends its own nonce again before the combined one.
+        // Kafka accepts a nonce that ends with the combined one, and so does the broker:
+        // the server's part, fresh for this exchange, is still bound to the proof.
+        if !sent_nonce.ends_with(&nonce) {
             return Err(AuthError::Malformed("SCRAM: nonce does not match".into()));
         }
         let proof = BASE64

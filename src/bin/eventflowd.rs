@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches};
+use eventflow::auth::Mechanism;
 use eventflow::config::sources::{self, FileText, Layered};
-use eventflow::config::{available_cores, format_cores, parse_cores, parse_fsync, BrokerConfig};
+use eventflow::config::{
+    available_cores, format_cores, parse_cores, parse_fsync, AuthConfig, BrokerConfig, ListenerAuth,
+};
 
 /// The Kafka listener's default port: Kafka's own, so Kafka tools work unconfigured.
 const DEFAULT_KAFKA_PORT: u16 = 9092;
@@ -191,7 +194,67 @@ struct Args {
     /// Kafka's group.initial.rebalance.delay.ms (0: complete as soon as the first has joined).
     #[arg(long, default_value_t = 3000, value_name = "MS")]
     group_initial_rebalance_delay_ms: u64,
+
+    /// SASL mechanisms the native listeners offer, comma-separated (SCRAM-SHA-256,
+    /// SCRAM-SHA-512, PLAIN), or `none`. PLAIN sends the password as it is: only on loopback.
+    #[arg(
+        long,
+        default_value = "SCRAM-SHA-256,SCRAM-SHA-512",
+        value_name = "LIST"
+    )]
+    native_sasl_mechanisms: String,
+
+    /// SASL mechanisms the Kafka listener offers, as --native-sasl-mechanisms.
+    #[arg(
+        long,
+        default_value = "SCRAM-SHA-256,SCRAM-SHA-512",
+        value_name = "LIST"
+    )]
+    kafka_sasl_mechanisms: String,
+
+    /// Native clients must authenticate before any other request (else they may go on as
+    /// the anonymous user).
+    #[arg(long)]
+    native_require_auth: bool,
+
+    /// Kafka clients must authenticate before any other request (else they may go on as the
+    /// anonymous user).
+    #[arg(long)]
+    kafka_require_auth: bool,
+
+    /// A user who may do anything, such as manage users (repeat for more; Kafka's
+    /// super.users). With none, any client may manage users.
+    #[arg(long, value_name = "USER")]
+    superuser: Vec<String>,
+
+    /// A superuser created at start if no user of that name exists, with the password in
+    /// the file --bootstrap-superuser-password-file names or in the environment variable
+    /// EVENTFLOW_BOOTSTRAP_SUPERUSER_PASSWORD (never on the command line).
+    #[arg(long, value_name = "USER")]
+    bootstrap_superuser: Option<String>,
+
+    /// A file whose first line is the --bootstrap-superuser's password.
+    #[arg(long, value_name = "FILE", requires = "bootstrap_superuser")]
+    bootstrap_superuser_password_file: Option<PathBuf>,
+
+    /// Milliseconds a failed authentication waits before it is answered (a password guesser
+    /// gets one try per connection per delay).
+    #[arg(long, default_value_t = 500, value_name = "MS")]
+    sasl_failure_delay_ms: u64,
+
+    /// Milliseconds a client of a listener that requires authentication has to authenticate
+    /// before the connection is closed.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    sasl_timeout_ms: u64,
+
+    /// Connections to listeners that require authentication that have not authenticated
+    /// yet, across all shards; more are refused.
+    #[arg(long, default_value_t = 1000)]
+    max_unauthenticated_connections: usize,
 }
+
+/// The environment variable that holds `--bootstrap-superuser`'s password.
+const BOOTSTRAP_PASSWORD_ENV: &str = "EVENTFLOW_BOOTSTRAP_SUPERUSER_PASSWORD";
 
 /// The end of `--help`: where settings come from.
 const SOURCES_HELP: &str = "\
@@ -296,7 +359,7 @@ fn http_from(args: &Args, layered: &Layered) -> anyhow::Result<Option<(SocketAdd
 }
 
 fn config_from(args: Args, layered: &Layered) -> anyhow::Result<BrokerConfig> {
-    let mut config = BrokerConfig::new(args.listen, args.data_dir);
+    let mut config = BrokerConfig::new(args.listen, args.data_dir.clone());
     config.kafka_listen = match (args.no_kafka, args.kafka_listen) {
         (true, _) => None,
         (false, Some(addr)) => Some(addr),
@@ -409,7 +472,103 @@ fn config_from(args: Args, layered: &Layered) -> anyhow::Result<BrokerConfig> {
     config.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
     config.max_connections_per_ip =
         (args.max_connections_per_ip > 0).then_some(args.max_connections_per_ip);
+    config.auth = auth_from(&args, l)?;
     Ok(config)
+}
+
+/// The authentication settings from the flags (and the bootstrap superuser's password from
+/// its file or variable).
+fn auth_from(args: &Args, l: &Layered) -> anyhow::Result<AuthConfig> {
+    let mechanisms = |key: &str, list: &str| -> anyhow::Result<Vec<Mechanism>> {
+        if list.trim().eq_ignore_ascii_case("none") || list.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for name in list.split(',') {
+            let m: Mechanism = name.trim().parse().map_err(|e: String| {
+                anyhow::anyhow!(l.blame(&[key], format!("--{}: {e}", key.replace('_', "-"))))
+            })?;
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    };
+    let native = ListenerAuth {
+        mechanisms: mechanisms("native_sasl_mechanisms", &args.native_sasl_mechanisms)?,
+        required: args.native_require_auth,
+    };
+    let kafka = ListenerAuth {
+        mechanisms: mechanisms("kafka_sasl_mechanisms", &args.kafka_sasl_mechanisms)?,
+        required: args.kafka_require_auth,
+    };
+    for (listener, key) in [(&native, "native"), (&kafka, "kafka")] {
+        ensure(
+            !listener.required || !listener.mechanisms.is_empty(),
+            l,
+            &[
+                &format!("{key}_require_auth"),
+                &format!("{key}_sasl_mechanisms"),
+            ],
+            format!("--{key}-require-auth needs a mechanism in --{key}-sasl-mechanisms"),
+        )?;
+    }
+    let mut superusers = args.superuser.clone();
+    let bootstrap_user = match &args.bootstrap_superuser {
+        None => None,
+        Some(name) => {
+            eventflow::auth::validate_user_name(name).map_err(|e| {
+                anyhow::anyhow!(l.blame(
+                    &["bootstrap_superuser"],
+                    format!("--bootstrap-superuser: {e}")
+                ))
+            })?;
+            let password = match &args.bootstrap_superuser_password_file {
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "--bootstrap-superuser-password-file {}: {e}",
+                            path.display()
+                        )
+                    })?
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+                None => std::env::var(BOOTSTRAP_PASSWORD_ENV).map_err(|_| {
+                    anyhow::anyhow!(
+                        "--bootstrap-superuser {name} needs a password: in \
+                         --bootstrap-superuser-password-file or {BOOTSTRAP_PASSWORD_ENV}"
+                    )
+                })?,
+            };
+            ensure(
+                password.len() >= 8,
+                l,
+                &["bootstrap_superuser"],
+                "the bootstrap superuser's password must have at least 8 characters".into(),
+            )?;
+            if !superusers.contains(name) {
+                superusers.push(name.clone());
+            }
+            Some((name.clone(), password))
+        }
+    };
+    ensure(
+        args.sasl_timeout_ms > 0 && args.max_unauthenticated_connections > 0,
+        l,
+        &["sasl_timeout_ms", "max_unauthenticated_connections"],
+        "--sasl-timeout-ms and --max-unauthenticated-connections must be at least 1".into(),
+    )?;
+    Ok(AuthConfig {
+        native,
+        kafka,
+        superusers,
+        bootstrap_user,
+        failure_delay: Duration::from_millis(args.sasl_failure_delay_ms),
+        timeout: Duration::from_millis(args.sasl_timeout_ms),
+        max_unauthenticated: args.max_unauthenticated_connections,
+    })
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (and so in every thread it spawns afterwards),

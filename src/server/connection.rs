@@ -39,6 +39,7 @@ use super::calls::ShareRelease;
 use super::context::{first, ShardContext};
 use super::kafka;
 use super::native::{self, Reply};
+use super::sasl::SaslSession;
 use crate::metrics::shard::{self as metrics, ApiId, Outcome, WireProtocol};
 use crate::protocol::api::{
     encode_error_response, encode_fetch_response_parts, encode_response, Request,
@@ -47,6 +48,7 @@ use crate::protocol::frame::{self, Part, RequestHeader, LENGTH_PREFIX, REQUEST_H
 use crate::protocol::kafka as kafka_codec;
 use crate::protocol::ErrorCode;
 use crate::storage::FileRange;
+use kafka_protocol::messages::ApiKey;
 
 /// The protocol a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +87,8 @@ struct ConnectionState {
     /// fails on a response it did not expect next). Native responses leave as they finish:
     /// they carry correlation ids and the native clients match them.
     in_order: Option<InOrder>,
+    /// The connection's authentication: who the client is, or how far it got.
+    sasl: kafka::Session,
 }
 
 /// Responses held back until every earlier request's response is queued. Each request
@@ -244,7 +248,13 @@ async fn splice_range(
 }
 
 /// Serves `stream` until the client leaves, the connection breaks, or the broker stops.
-pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, protocol: Protocol) {
+/// `sasl` is the connection's authentication as the listener starts it.
+pub(crate) async fn serve(
+    ctx: Rc<ShardContext>,
+    stream: TcpStream,
+    protocol: Protocol,
+    sasl: SaslSession,
+) {
     let peer = stream.peer_addr().ok();
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(?peer, "set_nodelay: {e}");
@@ -259,6 +269,7 @@ pub(crate) async fn serve(ctx: Rc<ShardContext>, stream: TcpStream, protocol: Pr
         last_active: Cell::new(Instant::now()),
         share_members: RefCell::new(Vec::new()),
         in_order: (protocol == Protocol::Kafka).then(InOrder::default),
+        sasl: Rc::new(RefCell::new(sasl)),
     });
     let ends = Endpoints {
         local: stream.local_addr().ok(),
@@ -490,6 +501,16 @@ async fn receive(
             None if state.in_flight.get() > 0 => (now + idle, false),
             None => (idle_since + idle, idle_since + idle <= now),
         };
+        let auth_deadline = state.sasl.borrow().deadline();
+        if let Some(deadline) = auth_deadline {
+            if deadline <= now {
+                return Received::TimedOut(format!(
+                    "not authenticated within --sasl-timeout-ms ({} ms)",
+                    ctx.config.auth.timeout.as_millis()
+                ));
+            }
+        }
+        let wake = auth_deadline.map_or(wake, |d| d.min(wake));
         if expired {
             return Received::TimedOut(match frame_deadline {
                 Some(_) => format!(
@@ -594,6 +615,19 @@ async fn start_kafka_request(
     taken: BudgetTaken,
     ends: Endpoints,
 ) -> bool {
+    if state.sasl.borrow().takes_raw_tokens() {
+        // After SaslHandshake v0 the frames are bare SASL tokens.
+        let (ctx, session, failed) = (ctx.clone(), state.sasl.clone(), state.clone());
+        run_request(state, taken, async move {
+            let reply = kafka::sasl_raw_token(&ctx, &session, &payload, ends.peer).await;
+            if reply.is_none() {
+                failed.broken.set(true);
+            }
+            reply.map(|frame| vec![OutChunk::Bytes(frame)])
+        })
+        .await;
+        return true;
+    }
     let request = match kafka_codec::decode_request(payload) {
         Ok(r) => r,
         Err(kafka_codec::Refusal::ApiVersionsVersion {
@@ -629,15 +663,29 @@ async fn start_kafka_request(
             return false;
         }
     };
+    let exchange = matches!(
+        request.key,
+        ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+    );
+    if !exchange && !state.sasl.borrow().admits_requests() {
+        // Kafka has no answer for a request before authentication: it closes.
+        tracing::warn!(
+            peer = ?ends.peer,
+            key = ?request.key,
+            "closing a Kafka connection: a request before authenticating"
+        );
+        return false;
+    }
     let ctx = ctx.clone();
     let failed = state.clone();
+    let session = state.sasl.clone();
     let api = ApiId {
         protocol: WireProtocol::Kafka,
         key: request.key as i16,
     };
     run_request(state, taken, async move {
         let started = Instant::now();
-        let answer = kafka::handle(&ctx, request, ends.local, ends.peer).await;
+        let answer = kafka::handle(&ctx, request, ends.local, ends.peer, &session).await;
         let outcome = match answer {
             Ok(_) => Outcome::Ok,
             Err(_) => Outcome::Closed,

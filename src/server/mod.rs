@@ -22,6 +22,7 @@ mod metrics;
 mod native;
 mod partitions;
 mod rpc;
+mod sasl;
 mod scrape;
 mod share_coordinator;
 mod topics;
@@ -50,10 +51,11 @@ use crate::shard::mesh::{mesh, MeshRemote, ShardLinks};
 use crate::shard::thread::{spawn_shard, ShardThreadConfig};
 use crate::shard::ShardId;
 use crate::storage::catalog::{CatalogStore, DELETED_PREFIX};
-use crate::storage::{FsyncPolicy, ProducerIds};
+use crate::storage::{FsyncPolicy, ProducerIds, UserError, Users};
 use connection::Protocol;
 use context::{first, Global, ShardContext};
 use rpc::Envelope;
+use sasl::{SaslSession, UnauthenticatedSlot};
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +196,8 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         Arc::new(CatalogStore::open(&config.data_dir).map_err(|e| data_err(e.to_string()))?);
     let producer_ids =
         Arc::new(ProducerIds::open(&config.data_dir).map_err(|e| data_err(e.to_string()))?);
+    let users = Arc::new(Users::open(&config.data_dir).map_err(|e| data_err(e.to_string()))?);
+    create_bootstrap_user(&config.auth, &users).map_err(|e| data_err(e.to_string()))?;
     remove_deleted_topics(&config.data_dir);
 
     let shards = config.shard_count();
@@ -268,7 +272,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     );
 
     let config = Arc::new(config);
-    let global = Arc::new(Global::new(shards));
+    let global = Arc::new(Global::new(shards, users));
     let links = mesh::<Envelope<ShardContext>>(shards, config.ring_capacity);
     let remote = links[0].remote();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<ShardId, (ShardId, String)>>();
@@ -634,11 +638,36 @@ async fn accept_loop(ctx: Rc<ShardContext>, listener: compio::net::TcpListener, 
                 continue;
             }
         };
+        let auth = match protocol {
+            Protocol::Native => &ctx.config.auth.native,
+            Protocol::Kafka => &ctx.config.auth.kafka,
+        };
+        let sasl = if auth.required {
+            let limit = ctx.config.auth.max_unauthenticated;
+            let Some(slot) = UnauthenticatedSlot::take(&ctx.global, limit) else {
+                crate::metrics::shard::connection_refused(kind);
+                let message = format!(
+                    "the broker holds its maximum of {limit} connections that have not \
+                     authenticated yet (--max-unauthenticated-connections)"
+                );
+                tracing::warn!(shard = ctx.id, %peer, "{message}: refusing a connection");
+                if protocol == Protocol::Native {
+                    compio::runtime::spawn(async move {
+                        connection::refuse(stream, ErrorCode::TooManyConnections, &message).await;
+                    })
+                    .detach();
+                }
+                continue;
+            };
+            SaslSession::required(Instant::now() + ctx.config.auth.timeout, slot)
+        } else {
+            SaslSession::optional()
+        };
         ctx.connections.set(ctx.connections.get() + 1);
         crate::metrics::shard::connection_accepted(kind);
         let ctx2 = ctx.clone();
         compio::runtime::spawn(async move {
-            connection::serve(ctx2.clone(), stream, protocol).await;
+            connection::serve(ctx2.clone(), stream, protocol, sasl).await;
             crate::metrics::shard::connection_closed(kind);
             drop(admitted);
             ctx2.connections.set(ctx2.connections.get() - 1);
@@ -687,6 +716,24 @@ impl Drop for Admitted {
             self.global.release_ip(ip);
         }
     }
+}
+
+/// Creates the bootstrap user of `auth`, with a credential of each SCRAM hash, unless a
+/// user of that name exists (its password may have changed since the first start).
+fn create_bootstrap_user(auth: &crate::config::AuthConfig, users: &Users) -> Result<(), UserError> {
+    let Some((name, password)) = &auth.bootstrap_user else {
+        return Ok(());
+    };
+    if users.exists(name) {
+        return Ok(());
+    }
+    for hash in crate::auth::ScramHash::ALL {
+        let credential =
+            crate::auth::Credential::new(hash, password, crate::auth::scram::DEFAULT_ITERATIONS);
+        users.upsert(name, credential)?;
+    }
+    tracing::info!(user = %name, "created the bootstrap user");
+    Ok(())
 }
 
 /// Removes group members whose session ended (their partitions go to the others).

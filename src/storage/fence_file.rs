@@ -7,12 +7,12 @@
 //! `log/fence.rs`.
 
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tracing::warn;
 
 use super::error::StorageError;
+use super::meta_file::{self, Access};
 use super::segment::Segment;
 
 /// The file that holds a partition's fences.
@@ -111,15 +111,8 @@ pub(crate) fn save(dir: &Path, fences: &[Fence]) -> Result<(), StorageError> {
             _ => Ok(()),
         };
     }
-    let tmp: PathBuf = dir.join(format!("{FENCE_FILE}.tmp"));
     let text: String = fences.iter().map(Fence::line).collect();
-    fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
-        .map_err(|e| StorageError::io(&tmp, e))?;
-    fs::rename(&tmp, &path).map_err(|e| StorageError::io(&path, e))?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StorageError::io(dir, e))
+    meta_file::replace(dir, FENCE_FILE, text.as_bytes(), Access::Default)
 }
 
 #[cfg(test)]

@@ -19,6 +19,9 @@
 //! - [`catalog`]: the durable list of topics and their configs, shared by all shards.
 //! - [`ProducerIds`] (`producer_ids.rs`): the durable producer-id counter, shared by all
 //!   shards.
+//! - [`Users`] (`users.rs`): the durable SCRAM credentials of the broker's users, shared
+//!   by all shards.
+//! - `meta_file.rs`: metadata files replaced whole and durably.
 //! - [`LogConfig`], [`StorageError`].
 
 pub mod catalog;
@@ -33,12 +36,14 @@ mod fence_file;
 pub mod fuzz_targets;
 mod index;
 mod log;
+mod meta_file;
 mod producer_ids;
 mod producers;
 mod recovery;
 mod segment;
 #[cfg(test)]
 mod sim;
+mod users;
 
 pub use config::{FsyncPolicy, LogConfig};
 pub use disk::{init_sync_journal, SYNC_JOURNAL_ENV};
@@ -47,6 +52,7 @@ pub use fence_file::Fence;
 pub use log::{AppendOutcome, CorruptBatch, FileRange, PartitionLog, ReadOutcome, ScrubStep};
 pub use producer_ids::ProducerIds;
 pub use producers::ProducerError;
+pub use users::{UserError, UserTable, Users};
 
 #[cfg(test)]
 mod tests;

@@ -8,11 +8,11 @@
 //! the ids of a block reserved but not used up are skipped, never issued twice.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::error::StorageError;
+use super::meta_file::{self, Access};
 
 /// Ids reserved per write of the mark.
 pub(crate) const BLOCK: i64 = 1000;
@@ -110,17 +110,9 @@ impl ProducerIds {
     /// Makes `next_unreserved` the durable mark.
     fn persist(&self, next_unreserved: i64) -> Result<(), StorageError> {
         let path = self.dir.join(FILE);
-        let tmp = self.dir.join(format!("{FILE}.tmp"));
         let bytes = serde_json::to_vec(&Mark { next_unreserved })
             .map_err(|e| StorageError::corrupt(&path, e.to_string()))?;
-        let mut file = fs::File::create(&tmp).map_err(|e| StorageError::io(&tmp, e))?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| StorageError::io(&tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| StorageError::io(&path, e))?;
-        fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StorageError::io(&self.dir, e))
+        meta_file::replace(&self.dir, FILE, &bytes, Access::Default)
     }
 }
 

@@ -68,6 +68,20 @@ pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
 pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
 /// INVALID_FETCH_SESSION_EPOCH.
 pub const INVALID_FETCH_SESSION_EPOCH: i16 = 71;
+/// CLUSTER_AUTHORIZATION_FAILED: the principal may not do this to the cluster.
+pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
+/// UNSUPPORTED_SASL_MECHANISM: the listener does not offer the mechanism.
+pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+/// ILLEGAL_SASL_STATE: a SASL request out of turn.
+pub const ILLEGAL_SASL_STATE: i16 = 34;
+/// SASL_AUTHENTICATION_FAILED: wrong user or password.
+pub const SASL_AUTHENTICATION_FAILED: i16 = 58;
+/// RESOURCE_NOT_FOUND: no such user (DescribeUserScramCredentials).
+pub const RESOURCE_NOT_FOUND: i16 = 91;
+/// DUPLICATE_RESOURCE: a user named twice in one request.
+pub const DUPLICATE_RESOURCE: i16 = 92;
+/// UNACCEPTABLE_CREDENTIAL: an iteration count or user name the broker refuses.
+pub const UNACCEPTABLE_CREDENTIAL: i16 = 93;
 /// UNKNOWN_TOPIC_ID.
 pub const UNKNOWN_TOPIC_ID: i16 = 100;
 

@@ -351,13 +351,33 @@ fn walk(key: ApiKey, version: i16, body: &[u8]) -> Step {
                 c.tags()
             })
         }
+        ApiKey::DescribeUserScramCredentials => c.array(|c| {
+            c.string()?; // name
+            c.tags()
+        }),
+        ApiKey::AlterUserScramCredentials => {
+            c.array(|c| {
+                c.string()?; // name
+                c.skip(1)?; // mechanism
+                c.tags()
+            })?;
+            c.array(|c| {
+                c.string()?; // name
+                c.skip(1 + 4)?; // mechanism, iterations
+                c.bytes()?; // salt
+                c.bytes()?; // salted password
+                c.tags()
+            })
+        }
         // No arrays: FindCoordinator v0-v3 (one key), DescribeCluster, InitProducerId,
-        // Heartbeat, LeaveGroup v0-v2 (one member).
+        // Heartbeat, LeaveGroup v0-v2 (one member), the SASL exchange.
         ApiKey::FindCoordinator
         | ApiKey::DescribeCluster
         | ApiKey::InitProducerId
         | ApiKey::Heartbeat
-        | ApiKey::LeaveGroup => Ok(()),
+        | ApiKey::LeaveGroup
+        | ApiKey::SaslHandshake
+        | ApiKey::SaslAuthenticate => Ok(()),
         // Other APIs are refused before their body is looked at (Produce is decoded by
         // hand). An API added to SUPPORTED needs its walk here: the fuzz target
         // `kafka_request` finds one that is missing (docs/RELIABILITY.md, Fuzzing).
@@ -656,6 +676,48 @@ mod tests {
                         ]),
                 ),
             ),
+            (
+                ApiKey::SaslHandshake,
+                RequestKind::SaslHandshake(
+                    SaslHandshakeRequest::default().with_mechanism(StrBytes::from("PLAIN")),
+                ),
+            ),
+            (
+                ApiKey::SaslAuthenticate,
+                RequestKind::SaslAuthenticate(
+                    SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(b"ab")),
+                ),
+            ),
+            (
+                ApiKey::DescribeUserScramCredentials,
+                RequestKind::DescribeUserScramCredentials(
+                    DescribeUserScramCredentialsRequest::default().with_users(Some(vec![
+                        describe_user_scram_credentials_request::UserName::default()
+                            .with_name(StrBytes::from("alice")),
+                        describe_user_scram_credentials_request::UserName::default(),
+                    ])),
+                ),
+            ),
+            (
+                ApiKey::AlterUserScramCredentials,
+                RequestKind::AlterUserScramCredentials(
+                    AlterUserScramCredentialsRequest::default()
+                        .with_deletions(vec![
+                            alter_user_scram_credentials_request::ScramCredentialDeletion::default()
+                                .with_name(StrBytes::from("bob"))
+                                .with_mechanism(1),
+                        ])
+                        .with_upsertions(vec![
+                            alter_user_scram_credentials_request::ScramCredentialUpsertion::default()
+                                .with_name(StrBytes::from("alice"))
+                                .with_mechanism(2)
+                                .with_iterations(4096)
+                                .with_salt(Bytes::from_static(b"salt"))
+                                .with_salted_password(Bytes::from_static(b"salted")),
+                            alter_user_scram_credentials_request::ScramCredentialUpsertion::default(),
+                        ]),
+                ),
+            ),
         ]
     }
 
@@ -693,10 +755,35 @@ mod tests {
         // DescribeConfigs 4, IncrementalAlterConfigs 2, DescribeCluster 3, CreatePartitions 4,
         // FindCoordinator 7, InitProducerId 6, JoinGroup 10, SyncGroup 6, Heartbeat 5,
         // LeaveGroup 6, OffsetCommit 8, OffsetFetch 9, ListGroups 6, DescribeGroups 7,
-        // DeleteGroups 3, OffsetDelete 1.
+        // DeleteGroups 3, OffsetDelete 1, SaslHandshake 2, SaslAuthenticate 3,
+        // DescribeUserScramCredentials 1, AlterUserScramCredentials 1.
         assert_eq!(
             checked,
-            5 + 13 + 9 + 8 + 6 + 6 + 4 + 2 + 3 + 4 + 7 + 6 + 10 + 6 + 5 + 6 + 8 + 9 + 6 + 7 + 3 + 1
+            5 + 13
+                + 9
+                + 8
+                + 6
+                + 6
+                + 4
+                + 2
+                + 3
+                + 4
+                + 7
+                + 6
+                + 10
+                + 6
+                + 5
+                + 6
+                + 8
+                + 9
+                + 6
+                + 7
+                + 3
+                + 1
+                + 2
+                + 3
+                + 1
+                + 1
         );
     }
 

@@ -12,6 +12,7 @@
 //! - `groups`: the group APIs (JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
 //!   OffsetFetch, ListGroups, DescribeGroups, DeleteGroups, OffsetDelete).
 //! - `producers`: InitProducerId.
+//! - `sasl`: SaslHandshake, SaslAuthenticate and the SCRAM credential APIs.
 
 mod admin;
 mod configs;
@@ -19,8 +20,10 @@ mod data;
 mod fetch;
 mod groups;
 mod producers;
+mod sasl;
 
 pub(crate) use data::KafkaReply;
+pub(crate) use sasl::{raw_token as sasl_raw_token, Session};
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -35,12 +38,13 @@ use crate::protocol::kafka::{
 /// Handles one decoded request. `Ok(None)` means no response is sent (produce with
 /// acks = 0); an error means the response could not be encoded and the connection must
 /// close. `local` is the address the client connected to (advertised in Metadata), `peer`
-/// the client's (shown by DescribeGroups).
+/// the client's (shown by DescribeGroups); `session` the connection's authentication.
 pub(crate) async fn handle(
     ctx: &Rc<ShardContext>,
     request: Request,
     local: Option<SocketAddr>,
     peer: Option<SocketAddr>,
+    session: &Session,
 ) -> Result<Option<KafkaReply>, String> {
     let Request {
         key,
@@ -137,6 +141,18 @@ pub(crate) async fn handle(
         RequestKind::OffsetDelete(r) => {
             ResponseKind::OffsetDelete(groups::offset_delete(ctx, r).await)
         }
+        RequestKind::SaslHandshake(r) => {
+            ResponseKind::SaslHandshake(sasl::handshake(ctx, session, r, version))
+        }
+        RequestKind::SaslAuthenticate(r) => {
+            ResponseKind::SaslAuthenticate(sasl::authenticate(ctx, session, r, peer).await)
+        }
+        RequestKind::DescribeUserScramCredentials(r) => ResponseKind::DescribeUserScramCredentials(
+            sasl::describe_user_scram_credentials(ctx, session, r),
+        ),
+        RequestKind::AlterUserScramCredentials(r) => ResponseKind::AlterUserScramCredentials(
+            sasl::alter_user_scram_credentials(ctx, session, r),
+        ),
         RequestKind::InitProducerId(r) => {
             ResponseKind::InitProducerId(producers::init_producer_id(ctx, r))
         }
