@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::result::{series, RunResult};
+use crate::target::librdkafka;
 use crate::workload::human_count;
 pub(crate) use summary::main_throughput;
 use summary::{latency_series, median, Target, TargetRuns, WorkloadRuns};
@@ -165,7 +166,20 @@ fn settings_section(md: &mut String, results: &[RunResult], targets: &[Target]) 
         }
         md.push('\n');
         let settings = client_settings(&runs);
-        if !settings.is_empty() {
+        let kafka = runs.iter().any(|r| r.target_kind == "kafka");
+        let note = |key: &str| kafka.then(|| librdkafka::note(key)).flatten();
+        if settings.iter().any(|(key, _)| note(key).is_some()) {
+            md.push_str("| Client setting | Value | Why | Source |\n|---|---|---|---|\n");
+            for (key, values) in settings {
+                let (why, source) = note(key).unwrap_or((DASH, DASH));
+                let _ = writeln!(
+                    md,
+                    "| `{key}` | {} | {why} | {source} |",
+                    code_list(&values)
+                );
+            }
+            md.push('\n');
+        } else if !settings.is_empty() {
             md.push_str("| Client setting | Value |\n|---|---|\n");
             for (key, values) in settings {
                 let _ = writeln!(md, "| `{key}` | {} |", code_list(&values));
@@ -587,6 +601,15 @@ mod tests {
         assert!(md.contains("- Broker flags: not recorded"));
         assert_eq!(md.matches("| `acks` | `all` |").count(), 2);
         assert_eq!(md.matches("| `linger` | `1`, `2` |").count(), 2);
+        // librdkafka's properties carry their reason and source; Eventflow's client has none.
+        assert_eq!(
+            md.matches("| Client setting | Value | Why | Source |")
+                .count(),
+            1
+        );
+        assert!(md
+            .contains("| `acks` | `all` | from the plan (`acks`) | librdkafka CONFIGURATION.md |"));
+        assert!(md.contains("| `linger` | `1`, `2` | – | – |"));
     }
 
     #[test]
