@@ -261,12 +261,13 @@ fn report_cmd(args: ReportArgs) -> Result<()> {
         (args.results.clone(), dir)
     };
     let results = result::load(&json)?;
+    let skipped = result::load_skipped(&dir)?;
     let out = args.out.unwrap_or(dir);
     let title = args.title.unwrap_or_else(|| {
         out.file_name()
             .map_or_else(|| "results".into(), |n| n.to_string_lossy().into_owned())
     });
-    let path = report::write_report(&out, &title, &results)?;
+    let path = report::write_report_with(&out, &title, &results, &skipped)?;
     println!("report written to {}", path.display());
     Ok(())
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::result::{series, RunResult};
+use crate::result::{series, RunResult, Skipped};
 use crate::target::librdkafka;
 use crate::workload::human_count;
 pub(crate) use summary::main_throughput;
@@ -24,6 +24,16 @@ use summary::{latency_series, median, Target, TargetRuns, WorkloadRuns};
 /// Writes `dir/report.md` and SVG charts into `dir` for these results (any mix of targets,
 /// workloads and rounds). Returns the report path.
 pub fn write_report(dir: &Path, title: &str, results: &[RunResult]) -> Result<PathBuf> {
+    write_report_with(dir, title, results, &[])
+}
+
+/// [`write_report`], naming the targets the comparison skipped and why.
+pub fn write_report_with(
+    dir: &Path,
+    title: &str,
+    results: &[RunResult],
+    skipped: &[Skipped],
+) -> Result<PathBuf> {
     if results.is_empty() {
         bail!("no results to report (no runs were given)");
     }
@@ -32,8 +42,13 @@ pub fn write_report(dir: &Path, title: &str, results: &[RunResult]) -> Result<Pa
     let groups = summary::group(results, &targets);
     let charts = charts::draw_all(dir, &groups, &targets)?;
     let path = dir.join("report.md");
-    std::fs::write(&path, render_markdown(title, results, &charts))
-        .with_context(|| format!("writing {}", path.display()))?;
+    let mut md = render_markdown(title, results, &charts);
+    if !skipped.is_empty() {
+        // After the title line, before the machine: a reader sees first what is missing.
+        let at = md.find('\n').map_or(md.len(), |i| i + 2).min(md.len());
+        md.insert_str(at, &skipped_section(skipped));
+    }
+    std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
 
@@ -96,6 +111,20 @@ not land on the next, and an `eventflowd` the harness starts gets a fresh data d
 for every run.
 
 ";
+
+/// One line per target that was left out, with the error it gave.
+fn skipped_section(skipped: &[Skipped]) -> String {
+    let mut md = String::new();
+    for s in skipped {
+        let reason = s.reason.replace('\n', " ");
+        let _ = writeln!(
+            md,
+            "**Skipped:** `{}` did not answer and has no results here: {reason}\n",
+            s.target
+        );
+    }
+    md
+}
 
 /// Title block: when, where and which commit, from the first result.
 fn machine_section(md: &mut String, results: &[RunResult]) {

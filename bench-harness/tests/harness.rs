@@ -317,6 +317,46 @@ fn compare_alternates_targets_and_writes_a_report() {
     assert!(out.join("report.md").exists());
 }
 
+/// A loopback port that nothing listens on (bound, then let go).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A target that does not answer is skipped with a line in the report; the others run.
+#[test]
+fn compare_skips_a_target_that_does_not_answer() {
+    let a = Broker::start();
+    let dead = format!("eventflow://127.0.0.1:{}", closed_port());
+    let dir = tempfile::tempdir().unwrap();
+    let out = compare_in(dir.path(), &format!("{dead},{}", a.url()), &[]);
+    let results = result::load(&out.join("results.json")).unwrap();
+    assert_eq!(results.len(), 4);
+    assert!(results
+        .iter()
+        .all(|r| r.target == a.url() && r.missing == 0));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let line = format!("**Skipped:** `{dead}` did not answer");
+    assert!(report.contains(&line), "{report}");
+    assert!(report.contains("### produce"), "{report}");
+    // Redrawn from the saved results, the report still says so.
+    std::fs::remove_file(out.join("report.md")).unwrap();
+    output_ok(bench().args(["report", out.to_str().unwrap()]));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains(&line), "{report}");
+
+    // With no target answering there is nothing to compare: an error that says so.
+    let plan = dir.path().join("plan.toml");
+    let failed = bench()
+        .args(["compare", "--name", "none", "--quiet", "--targets", &dead])
+        .args(["--plan", plan.to_str().unwrap()])
+        .args(["--results-dir", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!failed.status.success());
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("no target answers"));
+}
+
 /// Set to 1, a test that needs the workspace's `eventflowd` and finds it not built is
 /// skipped instead of failing.
 const SKIP_BROKER_TESTS: &str = "EVENTFLOW_BENCH_SKIP_BROKER_TESTS";

@@ -29,9 +29,10 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 const CONSUME_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The workspace's `eventflowd` on ephemeral loopback ports with a fresh data directory,
-/// killed on drop; `kafka` is its Kafka listener, read from its ready line.
+/// killed on drop; `native` and `kafka` are its listeners, read from its ready line.
 struct Eventflowd {
     child: Child,
+    native: SocketAddr,
     kafka: SocketAddr,
     _dir: tempfile::TempDir,
 }
@@ -63,13 +64,17 @@ impl Eventflowd {
             &mut std::io::BufReader::new(child.stdout.take().context("no stdout")?),
             &mut line,
         )?;
-        let kafka = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("kafka="))
-            .with_context(|| format!("no kafka= in the ready line {line:?}"))?
-            .parse()?;
+        let field = |name: &str| -> Result<SocketAddr> {
+            Ok(line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .with_context(|| format!("no {name} in the ready line {line:?}"))?
+                .parse()?)
+        };
+        let (native, kafka) = (field("listen=")?, field("kafka=")?);
         Ok(Eventflowd {
             child,
+            native,
             kafka,
             _dir: dir,
         })
@@ -336,4 +341,41 @@ fn end_offsets(target: &dyn eventflow_bench::target::Target, w: &Workload) -> Re
         .into_iter()
         .map(|(_, high)| high)
         .collect())
+}
+
+/// `compare` with a `kafka://` target that does not answer (a closed loopback port) and one
+/// that does: the first is skipped with a line in the report, the second's results are there.
+#[test]
+fn compare_skips_a_kafka_target_that_does_not_answer() -> Result<()> {
+    let broker = Eventflowd::start()?;
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let dead = format!("kafka://127.0.0.1:{port}");
+    let alive = format!("eventflow://{}", broker.native);
+    let dir = tempfile::tempdir()?;
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        "[defaults]\ncreate_topic = true\n[[run]]\nkind = \"produce\"\nmessages = 2000\n",
+    )?;
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_eventflow-bench"))
+        .args(["compare", "--name", "skip", "--rounds", "1", "--quiet"])
+        .args(["--targets", &format!("{dead},{alive}")])
+        .args(["--plan", plan.to_str().unwrap()])
+        .args(["--results-dir", dir.path().to_str().unwrap()])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // The metadata request's own bound (10 s), plus the one short run.
+    assert!(started.elapsed() < Duration::from_secs(60), "{stderr}");
+    let results = eventflow_bench::result::load(&dir.path().join("skip/results.json"))?;
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].target, alive);
+    assert_eq!(results[0].produced.map(|t| t.messages), Some(2000));
+    let report = std::fs::read_to_string(dir.path().join("skip/report.md"))?;
+    assert!(
+        report.contains(&format!("**Skipped:** `{dead}` did not answer")),
+        "{report}"
+    );
+    Ok(())
 }
