@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 
 use crate::broker::{self, LocalBroker};
+use crate::ceiling::{Ceiling, Limits};
 use crate::plan::PlannedRun;
 use crate::result::{self, RunResult, Skipped};
 use crate::run::{self, RunContext};
@@ -62,8 +63,11 @@ pub struct Comparison {
     pub broker_pid: Option<u32>,
     /// `bench-harness/results`: the report goes to `<results>/<name>/`.
     pub results_dir: PathBuf,
-    /// Where spawned brokers keep their data.
+    /// Where spawned brokers keep their data; the ceilings are measured there too.
     pub scratch: PathBuf,
+    /// Measure the machine's ceilings first (`eventflow-bench ceiling`) and attach them to
+    /// every result.
+    pub measure_ceiling: bool,
     pub progress: bool,
 }
 
@@ -84,6 +88,17 @@ pub fn compare(c: &Comparison) -> Result<PathBuf> {
         bail!("no target answers, nothing to compare");
     }
     result::save_skipped(&out, &skipped)?;
+    let ceiling = if c.measure_ceiling {
+        eprintln!(
+            "measuring the machine's ceilings in {}",
+            c.scratch.display()
+        );
+        let ceiling = Ceiling::measure(&Limits::new(&c.scratch))?;
+        eprintln!("{}", ceiling.table());
+        Some(ceiling)
+    } else {
+        None
+    };
     let durabilities: Vec<String> = sides.iter().map(|s| durability_of(c, s)).collect();
     let fsyncs: Vec<bool> = durabilities
         .iter()
@@ -108,7 +123,8 @@ pub fn compare(c: &Comparison) -> Result<PathBuf> {
                     side.name()
                 );
                 broker::settle();
-                let r = run_once(c, side, durability, planned, round)?;
+                let mut r = run_once(c, side, durability, planned, round)?;
+                r.ceiling.clone_from(&ceiling);
                 eprintln!("{}", crate::report::terminal_summary(&r));
                 results.push(r);
                 // Saved after every run, so that an interrupted comparison keeps its data.

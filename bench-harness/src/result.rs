@@ -10,6 +10,7 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer}
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::ceiling::Ceiling;
 use crate::machine::Machine;
 use crate::workload::Workload;
 
@@ -80,6 +81,9 @@ pub struct RunResult {
     pub missing: u64,
     /// Records consumed more than once.
     pub duplicates: u64,
+    /// The machine's ceilings, measured by the same `compare` before its runs.
+    #[serde(default)]
+    pub ceiling: Option<Ceiling>,
 }
 
 /// A target that `compare` left out because it did not answer, and the error it gave.
@@ -319,6 +323,7 @@ mod tests {
             first_error: None,
             missing: 0,
             duplicates: 0,
+            ceiling: None,
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r/results.json");
