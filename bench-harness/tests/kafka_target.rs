@@ -363,6 +363,7 @@ fn compare_skips_a_kafka_target_that_does_not_answer() -> Result<()> {
         .args(["--targets", &format!("{dead},{alive}")])
         .args(["--plan", plan.to_str().unwrap()])
         .args(["--results-dir", dir.path().to_str().unwrap()])
+        .args(["--scratch", dir.path().join("scratch").to_str().unwrap()])
         .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
