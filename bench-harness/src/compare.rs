@@ -1,13 +1,19 @@
 //! `compare`: the same runs against several targets, alternating targets within each round
 //! (A B A B …) so that drift of a shared machine falls on both sides, then a report.
+//!
+//! A running target that does not answer when the comparison starts is left out, and the
+//! report says which and why: one unreachable broker should not cost the user the others'
+//! figures. A run that fails once started still ends the comparison, since its target did
+//! answer and the failure is a finding to look at, not to hide.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
 use crate::broker::{self, LocalBroker};
+use crate::ceiling::{Ceiling, Limits};
 use crate::plan::PlannedRun;
-use crate::result::{self, RunResult};
+use crate::result::{self, RunResult, Skipped};
 use crate::run::{self, RunContext};
 use crate::target::TargetUrl;
 
@@ -57,8 +63,11 @@ pub struct Comparison {
     pub broker_pid: Option<u32>,
     /// `bench-harness/results`: the report goes to `<results>/<name>/`.
     pub results_dir: PathBuf,
-    /// Where spawned brokers keep their data.
+    /// Where spawned brokers keep their data; the ceilings are measured there too.
     pub scratch: PathBuf,
+    /// Measure the machine's ceilings first (`eventflow-bench ceiling`) and attach them to
+    /// every result.
+    pub measure_ceiling: bool,
     pub progress: bool,
 }
 
@@ -71,7 +80,26 @@ pub fn compare(c: &Comparison) -> Result<PathBuf> {
         bail!("--rounds must be at least 1");
     }
     let out = c.results_dir.join(&c.name);
-    let durabilities: Vec<String> = c.sides.iter().map(|s| durability_of(c, s)).collect();
+    let (sides, skipped) = answering(&c.sides);
+    for s in &skipped {
+        eprintln!("eventflow-bench: skipping {}: {}", s.target, s.reason);
+    }
+    if sides.is_empty() {
+        bail!("no target answers, nothing to compare");
+    }
+    result::save_skipped(&out, &skipped)?;
+    let ceiling = if c.measure_ceiling {
+        eprintln!(
+            "measuring the machine's ceilings in {}",
+            c.scratch.display()
+        );
+        let ceiling = Ceiling::measure(&Limits::new(&c.scratch))?;
+        eprintln!("{}", ceiling.table());
+        Some(ceiling)
+    } else {
+        None
+    };
+    let durabilities: Vec<String> = sides.iter().map(|s| durability_of(c, s)).collect();
     let fsyncs: Vec<bool> = durabilities
         .iter()
         .map(|d| broker::fsyncs_before_ack(d))
@@ -83,11 +111,11 @@ pub fn compare(c: &Comparison) -> Result<PathBuf> {
         );
     }
     let mut results: Vec<RunResult> = Vec::new();
-    let total = c.runs.len() as u32 * c.rounds * c.sides.len() as u32;
+    let total = c.runs.len() as u32 * c.rounds * sides.len() as u32;
     let mut done = 0;
     for planned in &c.runs {
         for round in 1..=c.rounds {
-            for (side, durability) in c.sides.iter().zip(&durabilities) {
+            for (side, durability) in sides.iter().zip(&durabilities) {
                 done += 1;
                 eprintln!(
                     "[{done}/{total}] round {round}: {} on {}",
@@ -95,7 +123,8 @@ pub fn compare(c: &Comparison) -> Result<PathBuf> {
                     side.name()
                 );
                 broker::settle();
-                let r = run_once(c, side, durability, planned, round)?;
+                let mut r = run_once(c, side, durability, planned, round)?;
+                r.ceiling.clone_from(&ceiling);
                 eprintln!("{}", crate::report::terminal_summary(&r));
                 results.push(r);
                 // Saved after every run, so that an interrupted comparison keeps its data.
@@ -103,7 +132,27 @@ pub fn compare(c: &Comparison) -> Result<PathBuf> {
             }
         }
     }
-    crate::report::write_report(&out, &c.name, &results)
+    crate::report::write_report_with(&out, &c.name, &results, &skipped)
+}
+
+/// The sides that answer, and a [`Skipped`] for each running target that does not (a
+/// started `eventflowd` is the harness's own and is not probed).
+fn answering(sides: &[Side]) -> (Vec<&Side>, Vec<Skipped>) {
+    let mut kept = Vec::new();
+    let mut skipped = Vec::new();
+    for side in sides {
+        match side {
+            Side::Running(url) => match url.connect() {
+                Ok(_) => kept.push(side),
+                Err(e) => skipped.push(Skipped {
+                    target: url.to_string(),
+                    reason: format!("{e:#}"),
+                }),
+            },
+            Side::Spawned { .. } => kept.push(side),
+        }
+    }
+    (kept, skipped)
 }
 
 fn durability_of(c: &Comparison, side: &Side) -> String {

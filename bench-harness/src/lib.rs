@@ -6,6 +6,7 @@
 //! averaged. See the crate's README section in the repository README and `tuning/`.
 
 pub mod broker;
+pub mod ceiling;
 pub mod clock;
 pub mod compare;
 pub mod machine;

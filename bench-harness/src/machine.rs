@@ -58,7 +58,7 @@ impl Machine {
 }
 
 /// The type of the mount holding `path` (longest mount point that prefixes it).
-fn filesystem_of(path: &Path) -> String {
+pub(crate) fn filesystem_of(path: &Path) -> String {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     mounts

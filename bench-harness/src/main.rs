@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use eventflow_bench::broker;
+use eventflow_bench::ceiling::{Ceiling, Limits};
 use eventflow_bench::compare::{self, Comparison, Side};
 use eventflow_bench::plan;
 use eventflow_bench::report;
@@ -42,6 +43,31 @@ enum Command {
     Sweep(SweepArgs),
     /// Redraw the report and charts from saved results.
     Report(ReportArgs),
+    /// Measure this machine's ceilings: loopback TCP, page-cache write and read, O_DIRECT
+    /// write, fdatasync latency (a few seconds; its files are removed).
+    Ceiling(CeilingArgs),
+}
+
+#[derive(Args)]
+struct CeilingArgs {
+    /// A directory on the filesystem to measure (the brokers' data directory's).
+    #[arg(long, default_value = "target/bench-data")]
+    dir: PathBuf,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// How long the loopback stream runs.
+    #[arg(long, value_parser = eventflow_bench::workload::parse_duration, default_value = "1s")]
+    loopback_time: std::time::Duration,
+    /// MiB written and read back through the page cache.
+    #[arg(long, default_value_t = 256)]
+    cache_mib: u64,
+    /// MiB written with O_DIRECT.
+    #[arg(long, default_value_t = 128)]
+    direct_mib: u64,
+    /// Rounds of a 4 KiB append and fdatasync.
+    #[arg(long, default_value_t = 300)]
+    sync_rounds: u32,
 }
 
 #[derive(Args)]
@@ -104,6 +130,9 @@ struct CompareArgs {
     /// Override the plan's knobs for every run: `--set duration=2s --set warmup=0s`.
     #[arg(long = "set", value_name = "KNOB=VALUE")]
     set: Vec<String>,
+    /// Do not measure the machine's ceilings before the runs.
+    #[arg(long)]
+    no_ceiling: bool,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -157,6 +186,7 @@ fn real_main() -> Result<()> {
         Command::Compare(args) => compare_cmd(args),
         Command::Sweep(args) => sweep_cmd(args),
         Command::Report(args) => report_cmd(args),
+        Command::Ceiling(args) => ceiling_cmd(&args),
     }
 }
 
@@ -221,6 +251,7 @@ fn compare_cmd(args: CompareArgs) -> Result<()> {
         broker_pid: args.broker_pid,
         results_dir: args.results_dir,
         scratch: args.scratch,
+        measure_ceiling: !args.no_ceiling,
         progress: !args.quiet,
     })?;
     println!("report written to {}", path.display());
@@ -250,6 +281,23 @@ fn sweep_cmd(args: SweepArgs) -> Result<()> {
     Ok(())
 }
 
+fn ceiling_cmd(args: &CeilingArgs) -> Result<()> {
+    let limits = Limits {
+        loopback_time: args.loopback_time,
+        cache_bytes: args.cache_mib << 20,
+        direct_bytes: args.direct_mib << 20,
+        sync_rounds: args.sync_rounds,
+        ..Limits::new(&args.dir)
+    };
+    let ceiling = Ceiling::measure(&limits)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&ceiling)?);
+    } else {
+        print!("{}", ceiling.table());
+    }
+    Ok(())
+}
+
 fn report_cmd(args: ReportArgs) -> Result<()> {
     let (json, dir) = if args.results.is_dir() {
         (args.results.join("results.json"), args.results.clone())
@@ -261,12 +309,13 @@ fn report_cmd(args: ReportArgs) -> Result<()> {
         (args.results.clone(), dir)
     };
     let results = result::load(&json)?;
+    let skipped = result::load_skipped(&dir)?;
     let out = args.out.unwrap_or(dir);
     let title = args.title.unwrap_or_else(|| {
         out.file_name()
             .map_or_else(|| "results".into(), |n| n.to_string_lossy().into_owned())
     });
-    let path = report::write_report(&out, &title, &results)?;
+    let path = report::write_report_with(&out, &title, &results, &skipped)?;
     println!("report written to {}", path.display());
     Ok(())
 }

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::result::{series, RunResult};
+use crate::result::{series, RunResult, Skipped};
+use crate::target::librdkafka;
 use crate::workload::human_count;
 pub(crate) use summary::main_throughput;
 use summary::{latency_series, median, Target, TargetRuns, WorkloadRuns};
@@ -23,6 +24,16 @@ use summary::{latency_series, median, Target, TargetRuns, WorkloadRuns};
 /// Writes `dir/report.md` and SVG charts into `dir` for these results (any mix of targets,
 /// workloads and rounds). Returns the report path.
 pub fn write_report(dir: &Path, title: &str, results: &[RunResult]) -> Result<PathBuf> {
+    write_report_with(dir, title, results, &[])
+}
+
+/// [`write_report`], naming the targets the comparison skipped and why.
+pub fn write_report_with(
+    dir: &Path,
+    title: &str,
+    results: &[RunResult],
+    skipped: &[Skipped],
+) -> Result<PathBuf> {
     if results.is_empty() {
         bail!("no results to report (no runs were given)");
     }
@@ -31,8 +42,13 @@ pub fn write_report(dir: &Path, title: &str, results: &[RunResult]) -> Result<Pa
     let groups = summary::group(results, &targets);
     let charts = charts::draw_all(dir, &groups, &targets)?;
     let path = dir.join("report.md");
-    std::fs::write(&path, render_markdown(title, results, &charts))
-        .with_context(|| format!("writing {}", path.display()))?;
+    let mut md = render_markdown(title, results, &charts);
+    if !skipped.is_empty() {
+        // After the title line, before the machine: a reader sees first what is missing.
+        let at = md.find('\n').map_or(md.len(), |i| i + 2).min(md.len());
+        md.insert_str(at, &skipped_section(skipped));
+    }
+    std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
 
@@ -55,6 +71,7 @@ pub fn render_markdown(title: &str, results: &[RunResult], charts: &[String]) ->
     };
 
     machine_section(&mut md, results);
+    ceiling_section(&mut md, results);
     md.push_str(METHOD);
     settings_section(&mut md, results, &targets);
     md.push_str("## Results\n\n");
@@ -95,6 +112,20 @@ not land on the next, and an `eventflowd` the harness starts gets a fresh data d
 for every run.
 
 ";
+
+/// One line per target that was left out, with the error it gave.
+fn skipped_section(skipped: &[Skipped]) -> String {
+    let mut md = String::new();
+    for s in skipped {
+        let reason = s.reason.replace('\n', " ");
+        let _ = writeln!(
+            md,
+            "**Skipped:** `{}` did not answer and has no results here: {reason}\n",
+            s.target
+        );
+    }
+    md
+}
 
 /// Title block: when, where and which commit, from the first result.
 fn machine_section(md: &mut String, results: &[RunResult]) {
@@ -149,6 +180,77 @@ fn machine_section(md: &mut String, results: &[RunResult]) {
     }
 }
 
+/// The machine's ceilings, from the first result that carries them.
+fn ceiling_section(md: &mut String, results: &[RunResult]) {
+    let Some(c) = results.iter().find_map(|r| r.ceiling.as_ref()) else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "## This machine's ceilings\n\nMeasured by `eventflow-bench ceiling` before the runs, \
+         on the data directory's filesystem ({}). Each result's MB/s (record values) is also given as \
+         a fraction of the ceiling that binds it: the lower of loopback and the page cache \
+         (written for produce and e2e, read for consume); a durable run's p99 is set beside \
+         fdatasync's.\n",
+        c.filesystem
+    );
+    md.push_str("| Ceiling | |\n|---|--:|\n");
+    for (name, value) in [
+        (
+            "Loopback TCP, 1 MiB writes",
+            format!("{:.0} MB/s", c.loopback_mb_per_s),
+        ),
+        (
+            "Page-cache write",
+            format!("{:.0} MB/s", c.page_cache_write_mb_per_s),
+        ),
+        (
+            "Page-cache read",
+            format!("{:.0} MB/s", c.page_cache_read_mb_per_s),
+        ),
+        (
+            "O_DIRECT write",
+            format!("{:.0} MB/s", c.direct_write_mb_per_s),
+        ),
+        (
+            "fdatasync after a 4 KiB append, p50",
+            text::latency(c.fdatasync_p50_us as u64),
+        ),
+        (
+            "fdatasync after a 4 KiB append, p99",
+            text::latency(c.fdatasync_p99_us as u64),
+        ),
+    ] {
+        let _ = writeln!(md, "| {name} | {value} |");
+    }
+    md.push('\n');
+}
+
+/// `12% of page-cache write`, and for a durable run `; p99 2.1× fdatasync p99`.
+fn of_ceiling(t: &TargetRuns<'_>, kind: &str, mb: Option<f64>, p99_us: Option<u64>) -> String {
+    let Some(r) = t.runs.iter().find(|r| r.ceiling.is_some()) else {
+        return DASH.to_string();
+    };
+    let c = r.ceiling.as_ref().expect("found with a ceiling");
+    let bound = c.bound(kind);
+    let mut cell = match mb {
+        Some(mb) if bound.mb_per_s > 0.0 => {
+            format!("{:.0}% of {}", mb / bound.mb_per_s * 100.0, bound.name)
+        }
+        _ => DASH.to_string(),
+    };
+    if crate::broker::fsyncs_before_ack(&r.durability) && c.fdatasync_p99_us > 0.0 {
+        if let Some(p99) = p99_us {
+            let _ = write!(
+                cell,
+                "; p99 {:.1}× fdatasync p99",
+                p99 as f64 / c.fdatasync_p99_us
+            );
+        }
+    }
+    cell
+}
+
 /// Durability and client settings per target: what a throughput figure was bought with.
 fn settings_section(md: &mut String, results: &[RunResult], targets: &[Target]) {
     md.push_str("## Durability and client settings\n\n");
@@ -165,7 +267,20 @@ fn settings_section(md: &mut String, results: &[RunResult], targets: &[Target]) 
         }
         md.push('\n');
         let settings = client_settings(&runs);
-        if !settings.is_empty() {
+        let kafka = runs.iter().any(|r| r.target_kind == "kafka");
+        let note = |key: &str| kafka.then(|| librdkafka::note(key)).flatten();
+        if settings.iter().any(|(key, _)| note(key).is_some()) {
+            md.push_str("| Client setting | Value | Why | Source |\n|---|---|---|---|\n");
+            for (key, values) in settings {
+                let (why, source) = note(key).unwrap_or((DASH, DASH));
+                let _ = writeln!(
+                    md,
+                    "| `{key}` | {} | {why} | {source} |",
+                    code_list(&values)
+                );
+            }
+            md.push('\n');
+        } else if !settings.is_empty() {
             md.push_str("| Client setting | Value |\n|---|---|\n");
             for (key, values) in settings {
                 let _ = writeln!(md, "| `{key}` | {} |", code_list(&values));
@@ -218,14 +333,19 @@ fn workload_section(md: &mut String, g: &WorkloadRuns<'_>) {
             );
         }
     }
+    let ceiling = runs.iter().any(|r| r.ceiling.is_some());
     md.push_str(
         "| Target | Rounds | msgs/s | min–max | MB/s | p50 | p99 | p99.9 | max \
-         | Broker CPU s / M msgs | Broker peak RSS | Check |\n",
+         | Broker CPU s / M msgs | Broker peak RSS |",
     );
-    md.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n");
+    md.push_str(if ceiling {
+        " Of the ceiling | Check |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|\n"
+    } else {
+        " Check |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n"
+    });
     let mut notes = Vec::new();
     for t in &g.targets {
-        md.push_str(&target_row(t, series, &mut notes));
+        md.push_str(&target_row(t, g.kind, series, ceiling, &mut notes));
     }
     md.push('\n');
     for note in notes {
@@ -237,7 +357,13 @@ fn workload_section(md: &mut String, g: &WorkloadRuns<'_>) {
 }
 
 /// A table row; problems that need more words than a cell go to `notes`.
-fn target_row(t: &TargetRuns<'_>, series: Option<&str>, notes: &mut Vec<String>) -> String {
+fn target_row(
+    t: &TargetRuns<'_>,
+    kind: &str,
+    series: Option<&str>,
+    ceiling: bool,
+    notes: &mut Vec<String>,
+) -> String {
     let throughputs = t.throughputs();
     let rates: Vec<f64> = throughputs.iter().map(|x| x.msgs_per_s).collect();
     let range = match (
@@ -248,7 +374,12 @@ fn target_row(t: &TargetRuns<'_>, series: Option<&str>, notes: &mut Vec<String>)
         _ => DASH.to_string(),
     };
     let mb = median(throughputs.iter().map(|x| x.mb_per_s).collect());
-    let latency = match series.and_then(|s| t.merged_latency(s)) {
+    let merged = series.and_then(|s| t.merged_latency(s));
+    let p99_us = match &merged {
+        Some(Ok(h)) if !h.is_empty() => Some(h.value_at_quantile(0.99)),
+        _ => None,
+    };
+    let latency = match merged {
         Some(Ok(h)) if !h.is_empty() => [0.5, 0.99, 0.999]
             .iter()
             .map(|&q| text::latency(h.value_at_quantile(q)))
@@ -282,8 +413,9 @@ fn target_row(t: &TargetRuns<'_>, series: Option<&str>, notes: &mut Vec<String>)
     .chain([
         or_dash(cpu, |v| format!("{v:.2}")),
         or_dash(rss, text::memory),
-        check,
-    ]);
+    ])
+    .chain(ceiling.then(|| of_ceiling(t, kind, mb, p99_us)))
+    .chain([check]);
     format!("| {} |\n", cells.collect::<Vec<_>>().join(" | "))
 }
 
@@ -492,6 +624,7 @@ mod tests {
             first_error: None,
             missing: 0,
             duplicates: 0,
+            ceiling: None,
         }
     }
 
@@ -587,6 +720,15 @@ mod tests {
         assert!(md.contains("- Broker flags: not recorded"));
         assert_eq!(md.matches("| `acks` | `all` |").count(), 2);
         assert_eq!(md.matches("| `linger` | `1`, `2` |").count(), 2);
+        // librdkafka's properties carry their reason and source; Eventflow's client has none.
+        assert_eq!(
+            md.matches("| Client setting | Value | Why | Source |")
+                .count(),
+            1
+        );
+        assert!(md
+            .contains("| `acks` | `all` | from the plan (`acks`) | librdkafka CONFIGURATION.md |"));
+        assert!(md.contains("| `linger` | `1`, `2` | – | – |"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer}
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::ceiling::Ceiling;
 use crate::machine::Machine;
 use crate::workload::Workload;
 
@@ -80,6 +81,47 @@ pub struct RunResult {
     pub missing: u64,
     /// Records consumed more than once.
     pub duplicates: u64,
+    /// The machine's ceilings, measured by the same `compare` before its runs.
+    #[serde(default)]
+    pub ceiling: Option<Ceiling>,
+}
+
+/// A target that `compare` left out because it did not answer, and the error it gave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub target: String,
+    pub reason: String,
+}
+
+/// Beside `results.json`: the targets a comparison skipped, for `report` to redraw.
+pub const SKIPPED_FILE: &str = "skipped.json";
+
+/// Writes `dir/skipped.json`, or removes a stale one when nothing was skipped.
+pub fn save_skipped(dir: &Path, skipped: &[Skipped]) -> Result<()> {
+    let path = dir.join(SKIPPED_FILE);
+    if skipped.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", path.display()))
+            }
+            _ => Ok(()),
+        };
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let json = serde_json::to_string_pretty(skipped)?;
+    std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Reads `dir/skipped.json`; none when the file is not there.
+pub fn load_skipped(dir: &Path) -> Result<Vec<Skipped>> {
+    let path = dir.join(SKIPPED_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 /// A message and byte count over the measured phase.
@@ -281,6 +323,7 @@ mod tests {
             first_error: None,
             missing: 0,
             duplicates: 0,
+            ceiling: None,
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r/results.json");

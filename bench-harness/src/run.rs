@@ -508,6 +508,7 @@ pub fn run(kind: Kind, w: &Workload, ctx: &RunContext<'_>) -> Result<RunResult> 
         first_error,
         missing,
         duplicates,
+        ceiling: None,
     })
 }
 

@@ -314,7 +314,107 @@ fn compare_alternates_targets_and_writes_a_report() {
         ]
     );
     assert!(results.iter().all(|r| r.missing == 0 && r.errors == 0));
-    assert!(out.join("report.md").exists());
+    // The ceilings were measured first and every result carries them; the report gives
+    // each row as a fraction of its ceiling.
+    let ceiling = results[0]
+        .ceiling
+        .clone()
+        .expect("compare measures the ceilings");
+    assert!(results.iter().all(|r| r.ceiling.as_ref() == Some(&ceiling)));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("## This machine's ceilings"), "{report}");
+    assert!(report.contains("% of page-cache write") || report.contains("% of loopback"));
+}
+
+/// `ceiling` with small sizes: every figure positive, the JSON parses, no file left behind.
+#[test]
+fn ceiling_measures_every_figure_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let stdout = output_ok(bench().args([
+        "ceiling",
+        "--json",
+        "--dir",
+        data.to_str().unwrap(),
+        "--loopback-time",
+        "200ms",
+        "--cache-mib",
+        "8",
+        "--direct-mib",
+        "8",
+        "--sync-rounds",
+        "20",
+    ]));
+    let c: eventflow_bench::ceiling::Ceiling = serde_json::from_str(&stdout).unwrap();
+    for (name, v) in [
+        ("loopback", c.loopback_mb_per_s),
+        ("page-cache write", c.page_cache_write_mb_per_s),
+        ("page-cache read", c.page_cache_read_mb_per_s),
+        ("O_DIRECT write", c.direct_write_mb_per_s),
+        ("fdatasync p50", c.fdatasync_p50_us),
+        ("fdatasync p99", c.fdatasync_p99_us),
+    ] {
+        assert!(v.is_finite() && v > 0.0, "{name}: {v}");
+    }
+    assert!(c.fdatasync_p50_us <= c.fdatasync_p99_us);
+    assert_ne!(c.filesystem, "unknown");
+    let left: Vec<_> = std::fs::read_dir(&data).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    // Without --json: the table.
+    let table = output_ok(bench().args([
+        "ceiling",
+        "--dir",
+        data.to_str().unwrap(),
+        "--loopback-time",
+        "100ms",
+        "--cache-mib",
+        "4",
+        "--direct-mib",
+        "4",
+        "--sync-rounds",
+        "5",
+    ]));
+    assert!(table.contains("fdatasync after 4 KiB, p99"), "{table}");
+}
+
+/// A loopback port that nothing listens on (bound, then let go).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A target that does not answer is skipped with a line in the report; the others run.
+#[test]
+fn compare_skips_a_target_that_does_not_answer() {
+    let a = Broker::start();
+    let dead = format!("eventflow://127.0.0.1:{}", closed_port());
+    let dir = tempfile::tempdir().unwrap();
+    let out = compare_in(dir.path(), &format!("{dead},{}", a.url()), &[]);
+    let results = result::load(&out.join("results.json")).unwrap();
+    assert_eq!(results.len(), 4);
+    assert!(results
+        .iter()
+        .all(|r| r.target == a.url() && r.missing == 0));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let line = format!("**Skipped:** `{dead}` did not answer");
+    assert!(report.contains(&line), "{report}");
+    assert!(report.contains("### produce"), "{report}");
+    // Redrawn from the saved results, the report still says so.
+    std::fs::remove_file(out.join("report.md")).unwrap();
+    output_ok(bench().args(["report", out.to_str().unwrap()]));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains(&line), "{report}");
+
+    // With no target answering there is nothing to compare: an error that says so.
+    let plan = dir.path().join("plan.toml");
+    let failed = bench()
+        .args(["compare", "--name", "none", "--quiet", "--targets", &dead])
+        .args(["--plan", plan.to_str().unwrap()])
+        .args(["--results-dir", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!failed.status.success());
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("no target answers"));
 }
 
 /// Set to 1, a test that needs the workspace's `eventflowd` and finds it not built is

@@ -1,6 +1,5 @@
 //! The `kafka://` target against real Kafka-protocol brokers: Tansu 0.6, a single binary
-//! with in-memory storage, reached through a small proxy that works around a librdkafka 2.0
-//! bug (see [`proxy`]), and eventflowd's own Kafka listener. Tansu comes from `TANSU_BIN`
+//! with in-memory storage, and eventflowd's own Kafka listener. Tansu comes from `TANSU_BIN`
 //! or `tansu` on PATH; without it that test is skipped, unless
 //! `EVENTFLOW_BENCH_REQUIRE_KAFKA=1` (CI) makes that a failure.
 #![cfg(feature = "kafka")]
@@ -30,9 +29,10 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 const CONSUME_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The workspace's `eventflowd` on ephemeral loopback ports with a fresh data directory,
-/// killed on drop; `kafka` is its Kafka listener, read from its ready line.
+/// killed on drop; `native` and `kafka` are its listeners, read from its ready line.
 struct Eventflowd {
     child: Child,
+    native: SocketAddr,
     kafka: SocketAddr,
     _dir: tempfile::TempDir,
 }
@@ -64,13 +64,17 @@ impl Eventflowd {
             &mut std::io::BufReader::new(child.stdout.take().context("no stdout")?),
             &mut line,
         )?;
-        let kafka = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("kafka="))
-            .with_context(|| format!("no kafka= in the ready line {line:?}"))?
-            .parse()?;
+        let field = |name: &str| -> Result<SocketAddr> {
+            Ok(line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .with_context(|| format!("no {name} in the ready line {line:?}"))?
+                .parse()?)
+        };
+        let (native, kafka) = (field("listen=")?, field("kafka=")?);
         Ok(Eventflowd {
             child,
+            native,
             kafka,
             _dir: dir,
         })
@@ -84,8 +88,7 @@ impl Drop for Eventflowd {
     }
 }
 
-/// A Tansu broker on a free loopback port behind [`proxy`], killed on drop. Clients see
-/// only the proxy's address: Tansu advertises it, so every connection goes through it.
+/// A Tansu broker on a free loopback port, killed on drop.
 struct Tansu {
     child: Child,
     addr: SocketAddr,
@@ -94,15 +97,13 @@ struct Tansu {
 
 impl Tansu {
     fn start(bin: &Path) -> Result<Tansu> {
-        let front = TcpListener::bind("127.0.0.1:0")?;
-        let addr = front.local_addr()?;
-        let broker_addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let dir = tempfile::tempdir()?;
         let log_path = dir.path().join("tansu.log");
         let log = File::create(&log_path)?;
         let child = Command::new(bin)
             .arg("broker")
-            .args(["--listener-url", &format!("tcp://{broker_addr}")])
+            .args(["--listener-url", &format!("tcp://{addr}")])
             .args(["--advertised-listener-url", &format!("tcp://{addr}")])
             .args(["--storage-engine", "memory://tansu/"])
             .stdin(Stdio::null())
@@ -116,20 +117,19 @@ impl Tansu {
             _dir: dir,
         };
         let deadline = Instant::now() + STARTUP_TIMEOUT;
-        while TcpStream::connect_timeout(&broker_addr, Duration::from_millis(200)).is_err() {
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
             let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
             if let Some(status) = tansu.child.try_wait()? {
                 bail!("tansu exited with {status} before listening:\n{}", log());
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "tansu not listening on {broker_addr} after {STARTUP_TIMEOUT:?}:\n{}",
+                    "tansu not listening on {addr} after {STARTUP_TIMEOUT:?}:\n{}",
                     log()
                 );
             }
             thread::sleep(Duration::from_millis(50));
         }
-        proxy::spawn(front, broker_addr);
         Ok(tansu)
     }
 }
@@ -138,129 +138,6 @@ impl Drop for Tansu {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A loopback proxy between librdkafka and Tansu that works around one client bug.
-///
-/// librdkafka before 2.2.0 (Debian 12 ships 2.0.2) skips one byte too few for each KIP-482
-/// tagged field it does not know. Apache Kafka writes the ApiVersions response's tagged
-/// fields only when they differ from their defaults, and what it writes happens to survive
-/// the misreading; Tansu 0.6 always writes all four, and the default
-/// `FinalizedFeaturesEpoch = -1` (0xff bytes) then reads as a huge length: every connection
-/// fails its handshake. The proxy drops that response's top-level tagged fields (supported
-/// and finalized features, which librdkafka ignores anyway) and forwards everything else
-/// byte for byte.
-mod proxy {
-    use std::collections::HashMap;
-    use std::io::{self, Read, Write};
-    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-    use std::sync::{Arc, Mutex};
-    use std::thread;
-
-    const API_VERSIONS: i16 = 18;
-
-    /// Accepts on `front` and connects each client to `upstream`, until the process ends.
-    pub(crate) fn spawn(front: TcpListener, upstream: SocketAddr) {
-        thread::spawn(move || {
-            for client in front.incoming().flatten() {
-                if let Ok(broker) = TcpStream::connect(upstream) {
-                    connect(client, broker);
-                }
-            }
-        });
-    }
-
-    fn connect(client: TcpStream, broker: TcpStream) {
-        let _ = client.set_nodelay(true);
-        let _ = broker.set_nodelay(true);
-        // Correlation id -> (api key, version) of requests awaiting their response.
-        let pending = Arc::new(Mutex::new(HashMap::<i32, (i16, i16)>::new()));
-        let (mut c_in, mut c_out) = (client.try_clone().unwrap(), client);
-        let (mut b_in, mut b_out) = (broker.try_clone().unwrap(), broker);
-        let requests = pending.clone();
-        thread::spawn(move || {
-            while let Ok(frame) = read_frame(&mut c_in) {
-                if frame.len() >= 8 {
-                    let key = i16::from_be_bytes([frame[0], frame[1]]);
-                    let version = i16::from_be_bytes([frame[2], frame[3]]);
-                    let id = i32::from_be_bytes(frame[4..8].try_into().unwrap());
-                    requests.lock().unwrap().insert(id, (key, version));
-                }
-                if write_frame(&mut b_out, &frame).is_err() {
-                    break;
-                }
-            }
-            let _ = b_out.shutdown(Shutdown::Both);
-        });
-        thread::spawn(move || {
-            while let Ok(mut frame) = read_frame(&mut b_in) {
-                if frame.len() >= 4 {
-                    let id = i32::from_be_bytes(frame[0..4].try_into().unwrap());
-                    let request = pending.lock().unwrap().remove(&id);
-                    if let Some((API_VERSIONS, 3..)) = request {
-                        if let Some(end) = api_versions_v3_tags(&frame) {
-                            frame.truncate(end);
-                            frame.push(0);
-                        }
-                    }
-                }
-                if write_frame(&mut c_out, &frame).is_err() {
-                    break;
-                }
-            }
-            let _ = c_out.shutdown(Shutdown::Both);
-        });
-    }
-
-    /// Where the top-level tagged fields start in an ApiVersions v3 response (correlation
-    /// id, error code, compact array of keys with their own tags, throttle time, tags).
-    fn api_versions_v3_tags(frame: &[u8]) -> Option<usize> {
-        let mut at = 6;
-        let count = uvarint(frame, &mut at)?;
-        for _ in 1..count {
-            at += 6;
-            skip_tags(frame, &mut at)?;
-        }
-        at += 4;
-        (at <= frame.len()).then_some(at)
-    }
-
-    fn skip_tags(b: &[u8], at: &mut usize) -> Option<()> {
-        for _ in 0..uvarint(b, at)? {
-            uvarint(b, at)?;
-            let len = uvarint(b, at)?;
-            *at += usize::try_from(len).ok()?;
-        }
-        Some(())
-    }
-
-    fn uvarint(b: &[u8], at: &mut usize) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = *b.get(*at)?;
-            *at += 1;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
-
-    fn read_frame(s: &mut TcpStream) -> io::Result<Vec<u8>> {
-        let mut len = [0u8; 4];
-        s.read_exact(&mut len)?;
-        let mut frame = vec![0u8; i32::from_be_bytes(len).max(0) as usize];
-        s.read_exact(&mut frame)?;
-        Ok(frame)
-    }
-
-    fn write_frame(s: &mut TcpStream, frame: &[u8]) -> io::Result<()> {
-        let mut out = Vec::with_capacity(4 + frame.len());
-        out.extend_from_slice(&(frame.len() as i32).to_be_bytes());
-        out.extend_from_slice(frame);
-        s.write_all(&out)
     }
 }
 
@@ -464,4 +341,42 @@ fn end_offsets(target: &dyn eventflow_bench::target::Target, w: &Workload) -> Re
         .into_iter()
         .map(|(_, high)| high)
         .collect())
+}
+
+/// `compare` with a `kafka://` target that does not answer (a closed loopback port) and one
+/// that does: the first is skipped with a line in the report, the second's results are there.
+#[test]
+fn compare_skips_a_kafka_target_that_does_not_answer() -> Result<()> {
+    let broker = Eventflowd::start()?;
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let dead = format!("kafka://127.0.0.1:{port}");
+    let alive = format!("eventflow://{}", broker.native);
+    let dir = tempfile::tempdir()?;
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        "[defaults]\ncreate_topic = true\n[[run]]\nkind = \"produce\"\nmessages = 2000\n",
+    )?;
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_eventflow-bench"))
+        .args(["compare", "--name", "skip", "--rounds", "1", "--quiet"])
+        .args(["--targets", &format!("{dead},{alive}")])
+        .args(["--plan", plan.to_str().unwrap()])
+        .args(["--results-dir", dir.path().to_str().unwrap()])
+        .args(["--scratch", dir.path().join("scratch").to_str().unwrap()])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // The metadata request's own bound (10 s), plus the one short run.
+    assert!(started.elapsed() < Duration::from_secs(60), "{stderr}");
+    let results = eventflow_bench::result::load(&dir.path().join("skip/results.json"))?;
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].target, alive);
+    assert_eq!(results[0].produced.map(|t| t.messages), Some(2000));
+    let report = std::fs::read_to_string(dir.path().join("skip/report.md"))?;
+    assert!(
+        report.contains(&format!("**Skipped:** `{dead}` did not answer")),
+        "{report}"
+    );
+    Ok(())
 }

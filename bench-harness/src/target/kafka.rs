@@ -6,13 +6,20 @@
 //! `auto.create.topics.enable` the wait for a deleted topic to be gone would otherwise bring
 //! it straight back, with the broker's default partition count.
 //!
-//! The producer hands each record's tag to librdkafka as the delivery opaque itself (a
-//! pointer-sized integer, not a box), so this file allocates nothing per record; librdkafka
-//! copies each record into its queue, and rdkafka 0.33's `send` makes a C string of the
-//! topic name each time.
+//! librdkafka is built from the source rdkafka-sys vendors (see Cargo.toml), not taken from
+//! the system: librdkafka before 2.4 stops fetching a partition for a full second once its
+//! prefetch queue is full, so a backlog read measured the client's pause. Every property set
+//! here is explained, with its source, in [`super::librdkafka`], and the report prints both.
+//!
+//! The producer calls librdkafka's `rd_kafka_produce` on a topic handle made once, with the
+//! record's tag as the delivery opaque itself (a pointer-sized integer, not a box): nothing
+//! is allocated per record on our side. (rdkafka's `send` would make a C string of the topic
+//! name for every record.) librdkafka copies each record into its queue.
 
+use std::ffi::{c_void, CString};
 use std::future::Future;
 use std::pin::pin;
+use std::ptr;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use std::thread::{self, Thread};
@@ -24,9 +31,10 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, FromClientConfig, FromClientConfigAndContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::util::{get_rdkafka_version, Timeout};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka_sys as rdsys;
 
 use super::{AckSink, ConsumerWorker, ProducerWorker, Target};
 use crate::workload::Workload;
@@ -48,6 +56,14 @@ const MESSAGE_MAX_BYTES_DEFAULT: usize = 1_000_000;
 const MESSAGE_MAX_BYTES_LIMIT: usize = 1_000_000_000;
 /// Fetch sizes, the same as the eventflow target's consumer.
 const FETCH_BYTES: u32 = 8 << 20;
+/// Prefetch: four fetches may wait in the consumer's queue.
+const QUEUED_KBYTES: u32 = 4 * FETCH_BYTES / 1024;
+/// librdkafka's upper bound for `queued.min.messages`: the byte bound binds first.
+const QUEUED_MESSAGES: u32 = 10_000_000;
+/// How long a partition whose prefetch queue is full waits before fetching again.
+const FETCH_QUEUE_BACKOFF_MS: u32 = 10;
+/// librdkafka's RD_KAFKA_PARTITION_UA (rdkafka.h): the partitioner picks the partition.
+const PARTITION_UNASSIGNED: i32 = -1;
 /// Records one `poll` drains after the first one, at most.
 const DRAIN_MAX: usize = 10_000;
 /// Consumer group when the workload names none (commits are off, so it only labels us).
@@ -211,6 +227,7 @@ fn producer_settings(addr: &str, w: &Workload) -> Settings {
         .min(MESSAGE_MAX_BYTES_LIMIT);
     vec![
         ("bootstrap.servers", addr.to_string()),
+        ("socket.nagle.disable", "true".into()),
         ("acks", w.acks.as_str().into()),
         ("batch.size", w.batch_bytes.to_string()),
         ("linger.ms", linger_ms(w.linger_us)),
@@ -221,6 +238,7 @@ fn producer_settings(addr: &str, w: &Workload) -> Settings {
             (super::producer_buffer_bytes(w) / 1024).to_string(),
         ),
         ("queue.buffering.max.messages", QUEUE_MESSAGES.to_string()),
+        ("partitioner", "murmur2_random".into()),
         ("compression.type", "none".into()),
         ("enable.idempotence", "false".into()),
     ]
@@ -230,6 +248,7 @@ fn consumer_settings(addr: &str, w: &Workload) -> Settings {
     let group = w.consumer_group.as_deref().unwrap_or(DEFAULT_GROUP);
     vec![
         ("bootstrap.servers", addr.to_string()),
+        ("socket.nagle.disable", "true".into()),
         ("group.id", group.to_string()),
         ("enable.auto.commit", "false".into()),
         ("enable.partition.eof", "false".into()),
@@ -240,6 +259,9 @@ fn consumer_settings(addr: &str, w: &Workload) -> Settings {
         ("fetch.min.bytes", "1".into()),
         ("fetch.max.bytes", FETCH_BYTES.to_string()),
         ("max.partition.fetch.bytes", FETCH_BYTES.to_string()),
+        ("queued.max.messages.kbytes", QUEUED_KBYTES.to_string()),
+        ("queued.min.messages", QUEUED_MESSAGES.to_string()),
+        ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS.to_string()),
     ]
 }
 
@@ -282,9 +304,26 @@ impl Target for Kafka {
         let config = client_config(&producer_settings(&self.addr, w));
         let producer = ThreadedProducer::from_config_and_context(&config, AckContext { sink })
             .with_context(|| format!("producer for {}", self.url))?;
+        let name = CString::new(w.topic.as_str()).context("the topic name holds a NUL byte")?;
+        // SAFETY: the client pointer is valid while `producer` lives, and the handle is
+        // released before it (see `KafkaProducer`). A null configuration gives the topic the
+        // producer's own topic-level settings (acks, partitioner).
+        let handle = unsafe {
+            rdsys::rd_kafka_topic_new(
+                producer.client().native_ptr(),
+                name.as_ptr(),
+                ptr::null_mut(),
+            )
+        };
+        if handle.is_null() {
+            // SAFETY: reads this thread's last librdkafka error; no pointer involved.
+            let e = RDKafkaErrorCode::from(unsafe { rdsys::rd_kafka_last_error() });
+            bail!("topic handle for {} on {}: {e}", w.topic, self.url);
+        }
         Ok(Box::new(KafkaProducer {
+            topic: TopicHandle(handle),
             producer,
-            topic: w.topic.clone(),
+            name: w.topic.clone(),
         }))
     }
 
@@ -315,7 +354,7 @@ impl Target for Kafka {
         let (_, version) = get_rdkafka_version();
         let mut settings = vec![(
             "client".to_string(),
-            format!("librdkafka {version} via rdkafka 0.33.2"),
+            format!("librdkafka {version} via rdkafka 0.38.0 (built from source)"),
         )];
         let all = producer_settings(&self.addr, w)
             .into_iter()
@@ -348,9 +387,26 @@ impl ProducerContext for AckContext {
     }
 }
 
+/// A librdkafka topic handle, released on drop.
+struct TopicHandle(*mut rdsys::rd_kafka_topic_t);
+
+// SAFETY: librdkafka's topic handles are reference-counted and may be used and released from
+// any thread.
+unsafe impl Send for TopicHandle {}
+
+impl Drop for TopicHandle {
+    fn drop(&mut self) {
+        // SAFETY: made by rd_kafka_topic_new and released once, here; records still queued
+        // hold their own references to the topic.
+        unsafe { rdsys::rd_kafka_topic_destroy(self.0) }
+    }
+}
+
 struct KafkaProducer {
+    /// Declared before `producer`, so released before the client it belongs to.
+    topic: TopicHandle,
     producer: ThreadedProducer<AckContext>,
-    topic: String,
+    name: String,
 }
 
 impl ProducerWorker for KafkaProducer {
@@ -361,21 +417,40 @@ impl ProducerWorker for KafkaProducer {
         value: &[u8],
         tag: u64,
     ) -> Result<()> {
-        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(&self.topic, tag as usize)
-            .payload(value);
-        record.key = key;
-        record.partition = partition.map(|p| p as i32);
+        let partition = partition.map_or(PARTITION_UNASSIGNED, |p| p as i32);
+        let (key_ptr, key_len) = key.map_or((ptr::null(), 0), |k| (k.as_ptr(), k.len()));
         loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+            // SAFETY: the topic handle lives as long as `self`; with RD_KAFKA_MSG_F_COPY
+            // librdkafka copies value and key before it returns and never writes through
+            // the payload pointer. The opaque is the tag as an integer, never dereferenced:
+            // rdkafka's delivery callback hands it back to `AckContext::delivery` as `usize`.
+            let rc = unsafe {
+                rdsys::rd_kafka_produce(
+                    self.topic.0,
+                    partition,
+                    rdsys::RD_KAFKA_MSG_F_COPY,
+                    value.as_ptr().cast_mut().cast::<c_void>(),
+                    value.len(),
+                    key_ptr.cast::<c_void>(),
+                    key_len,
+                    tag as usize as *mut c_void,
+                )
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+            // SAFETY: reads this thread's last librdkafka error; no pointer involved.
+            match RDKafkaErrorCode::from(unsafe { rdsys::rd_kafka_last_error() }) {
+                RDKafkaErrorCode::QueueFull => {
                     // The producer's polling thread frees space as it serves delivery
                     // reports; polling here instead would call the sink on the sending
                     // thread. The wait counts as publish delay.
-                    record = back;
                     thread::sleep(QUEUE_FULL_WAIT);
                 }
-                Err((e, _)) => return Err(e).with_context(|| format!("sending to {}", self.topic)),
+                e => {
+                    return Err(KafkaError::MessageProduction(e))
+                        .with_context(|| format!("sending to {}", self.name))
+                }
             }
         }
     }
@@ -383,7 +458,7 @@ impl ProducerWorker for KafkaProducer {
     fn flush(&mut self) -> Result<()> {
         self.producer
             .flush(Timeout::After(FLUSH_TIMEOUT))
-            .with_context(|| format!("flushing the producer for {}", self.topic))
+            .with_context(|| format!("flushing the producer for {}", self.name))
     }
 }
 

@@ -13,6 +13,7 @@ use crate::workload::Workload;
 mod eventflow;
 #[cfg(feature = "kafka")]
 mod kafka;
+pub mod librdkafka;
 
 /// Bytes a producer client may buffer before `send` blocks: the same for every target, so
 /// that back-pressure starts at the same point (at least four batches).
@@ -115,7 +116,7 @@ impl TargetUrl {
             #[cfg(not(feature = "kafka"))]
             TargetUrl::Kafka(_) => bail!(
                 "this eventflow-bench was built without Kafka support: rebuild with \
-                 `--features kafka` (needs apt-get install librdkafka-dev pkg-config)"
+                 `--features kafka` (builds librdkafka from source: needs cmake)"
             ),
         }
     }
