@@ -709,6 +709,8 @@ fn ready_says_503_until_the_broker_serves_and_again_once_it_stops() {
         connections: Box::new(|| 0),
         settings: Vec::new(),
         traffic: std::sync::Arc::new(|| Box::pin(async { Err("no metrics here".to_string()) })),
+        login_mechanism: None,
+        login_required: false,
     });
     assert_eq!(get(h, "/ready").json()["status"], "ready");
     assert_eq!(get(h, &topics("t")).json()["partitions_count"], 1);

@@ -1,17 +1,19 @@
 //! `eventflow`: the command-line client — topics, produce, consume.
 
 use std::io::{BufRead, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
+use eventflow::auth::{Mechanism, ScramHash};
 use eventflow::client::consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartAt};
 use eventflow::client::group::{GroupConfig, OffsetReset};
 use eventflow::client::producer::{Producer, ProducerConfig, Record};
 use eventflow::client::queue::{AckMode, ShareConsumer, ShareConsumerConfig};
-use eventflow::client::{Client, ClientError};
+use eventflow::client::{Client, ClientError, Credentials};
 use eventflow::protocol::api::{offset_spec, Acks};
 use eventflow::protocol::batch;
 use eventflow::protocol::error::parse_fenced;
@@ -33,6 +35,21 @@ struct Cli {
     /// timeout error, in ms.
     #[arg(long, global = true, default_value_t = 30_000)]
     request_timeout_ms: u64,
+    /// Log in as this user (brokers started with --native-require-auth). The password comes
+    /// from EVENTFLOW_SASL_PASSWORD or --sasl-password-file, never from the command line.
+    #[arg(long, global = true, env = "EVENTFLOW_SASL_USER")]
+    sasl_user: Option<String>,
+    /// The SASL mechanism to log in with: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN.
+    #[arg(
+        long,
+        global = true,
+        env = "EVENTFLOW_SASL_MECHANISM",
+        default_value = "SCRAM-SHA-512"
+    )]
+    sasl_mechanism: Mechanism,
+    /// A file whose first line is --sasl-user's password.
+    #[arg(long, global = true)]
+    sasl_password_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,6 +72,39 @@ enum Command {
     /// Operator checks.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Add, remove and list the users who may log in (a superuser's commands).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Add a user, or set its password. The password is read from EVENTFLOW_USER_PASSWORD,
+    /// --password-file, or the first line of standard input; it is salted here and never
+    /// sent.
+    Add {
+        /// User name.
+        name: String,
+        /// SCRAM-SHA-256, SCRAM-SHA-512, or both (the default).
+        #[arg(long, default_value = "both")]
+        mechanism: String,
+        /// PBKDF2 iterations (4096..=16384).
+        #[arg(long, default_value_t = eventflow::auth::scram::DEFAULT_ITERATIONS)]
+        iterations: u32,
+        /// A file whose first line is the password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// Remove a user (or only its credential of one mechanism).
+    Remove {
+        /// User name.
+        name: String,
+        /// SCRAM-SHA-256 or SCRAM-SHA-512: remove only that credential.
+        #[arg(long)]
+        mechanism: Option<String>,
+    },
+    /// Every user with the mechanisms it may log in with.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -302,9 +352,47 @@ fn request_timeout() -> Duration {
         .unwrap_or(eventflow::client::DEFAULT_REQUEST_TIMEOUT)
 }
 
-/// An admin connection with the run's request timeout.
+/// Who this run logs in as (`--sasl-user`), if anyone.
+static CREDENTIALS: std::sync::OnceLock<Option<Credentials>> = std::sync::OnceLock::new();
+
+fn credentials() -> Option<Credentials> {
+    CREDENTIALS.get().cloned().flatten()
+}
+
+/// An admin connection with the run's request timeout, logged in as `--sasl-user`.
 fn connect(bootstrap: &str) -> Result<Client, eventflow::client::ClientError> {
-    Client::connect_timeout(bootstrap, request_timeout())
+    Client::connect_as(bootstrap, request_timeout(), credentials().as_ref())
+}
+
+/// The first line of `path`, or of the variable `var`.
+fn secret(path: Option<&PathBuf>, var: &str, what: &str) -> anyhow::Result<Option<String>> {
+    if let Some(path) = path {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {what} from {}", path.display()))?;
+        return Ok(Some(text.lines().next().unwrap_or("").to_string()));
+    }
+    Ok(std::env::var(var).ok())
+}
+
+/// The run's credentials from `--sasl-user`, `--sasl-mechanism` and the password's file or
+/// variable.
+fn credentials_from(cli: &Cli) -> anyhow::Result<Option<Credentials>> {
+    let Some(user) = &cli.sasl_user else {
+        return Ok(None);
+    };
+    let password = secret(
+        cli.sasl_password_file.as_ref(),
+        "EVENTFLOW_SASL_PASSWORD",
+        "the password",
+    )?
+    .ok_or_else(|| {
+        anyhow!("--sasl-user {user} needs a password: set EVENTFLOW_SASL_PASSWORD or --sasl-password-file")
+    })?;
+    Ok(Some(Credentials {
+        mechanism: cli.sasl_mechanism,
+        user: user.clone(),
+        password,
+    }))
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -312,6 +400,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         bail!("--request-timeout-ms must be at least 1");
     }
     let _ = REQUEST_TIMEOUT.set(Duration::from_millis(cli.request_timeout_ms));
+    let _ = CREDENTIALS.set(credentials_from(&cli)?);
     match cli.command {
         Command::Topic(cmd) => topic(&cli.bootstrap, cmd),
         Command::Admin(AdminCommand::Verify { name }) => {
@@ -326,7 +415,80 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue(QueueCommand::Describe { group }) => {
             queue_describe(&cli.bootstrap, &group).map(|()| ExitCode::SUCCESS)
         }
+        Command::User(cmd) => user(&cli.bootstrap, cmd).map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// The SCRAM hashes a `--mechanism` names (`both`: the two).
+fn scram_hashes(mechanism: &str) -> anyhow::Result<Vec<ScramHash>> {
+    if mechanism.eq_ignore_ascii_case("both") {
+        return Ok(ScramHash::ALL.to_vec());
+    }
+    let parsed: Mechanism = mechanism.parse().map_err(|e: String| anyhow!(e))?;
+    parsed
+        .scram()
+        .map(|h| vec![h])
+        .ok_or_else(|| anyhow!("users have SCRAM credentials: SCRAM-SHA-256 or SCRAM-SHA-512"))
+}
+
+fn user(bootstrap: &str, cmd: UserCommand) -> anyhow::Result<()> {
+    let mut client = connect(bootstrap).context("cannot reach the broker")?;
+    match cmd {
+        UserCommand::Add {
+            name,
+            mechanism,
+            iterations,
+            password_file,
+        } => {
+            let hashes = scram_hashes(&mechanism)?;
+            let password = match secret(
+                password_file.as_ref(),
+                "EVENTFLOW_USER_PASSWORD",
+                "the password",
+            )? {
+                Some(p) => p,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("cannot read the password from standard input")?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            if password.len() < 8 {
+                bail!("a password must have at least 8 characters");
+            }
+            for hash in hashes {
+                client.upsert_user(&name, hash, &password, iterations)?;
+                println!("user {name}: {} set", hash.name());
+            }
+        }
+        UserCommand::Remove { name, mechanism } => {
+            let hash = match mechanism {
+                Some(m) => Some(
+                    scram_hashes(&m)?
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| anyhow!("one mechanism"))?,
+                ),
+                None => None,
+            };
+            client.delete_user(&name, hash)?;
+            println!("user {name}: removed");
+        }
+        UserCommand::List => {
+            println!("{:<32} MECHANISMS", "USER");
+            for user in client.list_users()? {
+                let mechanisms: Vec<String> = user
+                    .credentials
+                    .iter()
+                    .map(|c| format!("{} ({} iterations)", c.mechanism, c.iterations))
+                    .collect();
+                println!("{:<32} {}", user.name, mechanisms.join(", "));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn key_value(s: &str) -> anyhow::Result<(String, String)> {
@@ -421,6 +583,7 @@ fn produce(bootstrap: &str, args: ProduceArgs) -> anyhow::Result<ExitCode> {
         linger: Duration::from_millis(args.linger_ms),
         request_timeout: request_timeout(),
         delivery_timeout: Duration::from_millis(args.delivery_timeout_ms),
+        credentials: credentials(),
         ..ProducerConfig::default()
     })
     .context("cannot reach the broker")?;
@@ -639,6 +802,7 @@ fn consume(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
         bootstrap: bootstrap.to_string(),
         request_timeout: timeout,
         check_crcs: !args.no_check_crcs,
+        credentials: credentials(),
         ..ConsumerConfig::default()
     })
     .context("cannot reach the broker")?;
@@ -662,7 +826,7 @@ fn consume(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
             let partitions: Vec<u32> = match args.partition {
                 Some(p) => vec![p],
                 None => {
-                    let mut client = Client::connect_timeout(bootstrap, timeout)
+                    let mut client = Client::connect_as(bootstrap, timeout, credentials().as_ref())
                         .context("cannot reach the broker")?;
                     let d = client.describe_topic(&args.topic)?;
                     d.partitions.iter().map(|p| p.partition).collect()
@@ -920,6 +1084,7 @@ fn queue_consume(bootstrap: &str, args: QueueConsumeArgs) -> anyhow::Result<()> 
             .unwrap_or_else(|| format!("{}.dlq", args.group)),
         ack_mode: AckMode::Manual,
         request_timeout: request_timeout(),
+        credentials: credentials(),
         ..ShareConsumerConfig::new(&args.group)
     };
     let mut consumer =

@@ -635,6 +635,7 @@ fn main() -> anyhow::Result<()> {
         None => None,
     };
     let mut settings = eventflow::http_api::settings_of(&config);
+    let native_auth = config.auth.native.clone();
     let mut broker = eventflow::server::start(config).context("cannot start the broker")?;
     let metrics_http = match broker.take_metrics_listener() {
         Some(listener) => match eventflow::http::HttpServer::start(
@@ -676,6 +677,14 @@ fn main() -> anyhow::Result<()> {
             connections: Box::new(broker.connection_counter()),
             settings,
             traffic: traffic_source(broker.scraper()),
+            login_mechanism: [
+                Mechanism::ScramSha512,
+                Mechanism::ScramSha256,
+                Mechanism::Plain,
+            ]
+            .into_iter()
+            .find(|m| native_auth.mechanisms.contains(m)),
+            login_required: native_auth.required,
         });
     }
     let direct: Vec<String> = broker

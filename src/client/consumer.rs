@@ -108,6 +108,8 @@ pub struct ConsumerConfig {
     /// How long a broker may stay unreachable before `poll` returns the connection
     /// error; `None`: reconnect for ever, as Kafka consumers do.
     pub reconnect_timeout: Option<Duration>,
+    /// Who to log in as on a broker that requires authentication (`None`: anonymous).
+    pub credentials: Option<super::Credentials>,
 }
 
 impl Default for ConsumerConfig {
@@ -124,6 +126,7 @@ impl Default for ConsumerConfig {
             reconnect_backoff: Duration::from_millis(50),
             reconnect_backoff_max: Duration::from_secs(2),
             reconnect_timeout: None,
+            credentials: None,
         }
     }
 }
@@ -248,7 +251,11 @@ impl std::fmt::Debug for Consumer {
 impl Consumer {
     /// Connects to the bootstrap broker (no partitions assigned yet).
     pub fn new(config: ConsumerConfig) -> Result<Consumer, ClientError> {
-        let mut bootstrap = connect(&config.bootstrap, config.request_timeout)?;
+        let mut bootstrap = connect(
+            &config.bootstrap,
+            config.request_timeout,
+            config.credentials.as_ref(),
+        )?;
         bootstrap.api_versions()?;
         let (replies_tx, replies) = mpsc::channel();
         Ok(Consumer {
@@ -372,7 +379,13 @@ impl Consumer {
             ));
         }
         let topics = topics.iter().map(ToString::to_string).collect();
-        let (membership, joined) = Membership::join(&self.config.bootstrap, group, topics, config)?;
+        let (membership, joined) = Membership::join(
+            &self.config.bootstrap,
+            self.config.credentials.as_ref(),
+            group,
+            topics,
+            config,
+        )?;
         self.membership = Some(membership);
         self.last_commit = Instant::now();
         self.apply_membership(joined)
@@ -452,7 +465,7 @@ impl Consumer {
             Ok(())
         };
         if let Some(mut m) = self.membership.take() {
-            m.leave(&self.config.bootstrap);
+            m.leave(&self.config.bootstrap, self.config.credentials.as_ref());
         }
         committed
     }
@@ -627,6 +640,7 @@ impl Consumer {
             None => self.bootstrap.insert(connect(
                 &self.config.bootstrap,
                 self.config.request_timeout,
+                self.config.credentials.as_ref(),
             )?),
         };
         let result = call(client);
@@ -779,7 +793,7 @@ impl Consumer {
     /// Connects to a shard and starts its worker thread.
     fn open(&mut self, endpoint: &str) -> Result<Connection, ClientError> {
         let timeout = self.config.max_wait.min(MAX_WAIT_CAP) + self.config.request_timeout;
-        let client = connect(endpoint, timeout)?;
+        let client = connect(endpoint, timeout, self.config.credentials.as_ref())?;
         let token = self.next_token;
         self.next_token += 1;
         let (requests, incoming) = mpsc::channel();
@@ -1070,8 +1084,12 @@ fn decode_fetched(
 }
 
 /// Connects with a connect, read and write timeout.
-fn connect(addr: &str, timeout: Duration) -> Result<Client, ClientError> {
-    Client::connect_timeout(addr, timeout)
+fn connect(
+    addr: &str,
+    timeout: Duration,
+    credentials: Option<&super::Credentials>,
+) -> Result<Client, ClientError> {
+    Client::connect_as(addr, timeout, credentials)
 }
 
 /// The address of a shard's direct listener, or the bootstrap address when it has none.

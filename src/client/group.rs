@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::{Client, ClientError};
+use super::{Client, ClientError, Credentials, DEFAULT_REQUEST_TIMEOUT};
 use crate::protocol::api::{
     HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, MembershipResponse, Request, Response,
 };
@@ -116,11 +116,12 @@ impl Membership {
     /// Joins `group` with `topics` and starts heartbeating.
     pub(crate) fn join(
         bootstrap: &str,
+        credentials: Option<&Credentials>,
         group: &str,
         topics: Vec<String>,
         config: GroupConfig,
     ) -> Result<(Membership, MembershipResponse), ClientError> {
-        let mut client = Client::connect(bootstrap)?;
+        let mut client = Client::connect_as(bootstrap, DEFAULT_REQUEST_TIMEOUT, credentials)?;
         let joined = join(&mut client, group, "", &topics, &config)?;
         let shared = Arc::new(Shared {
             latest: Mutex::new(Latest::default()),
@@ -134,6 +135,7 @@ impl Membership {
             config: config.clone(),
             member_id: joined.member_id.clone(),
             shared: shared.clone(),
+            credentials: credentials.cloned(),
         };
         let thread = std::thread::Builder::new()
             .name("eventflow-heartbeat".into())
@@ -187,13 +189,14 @@ impl Membership {
 
     /// Stops heartbeating and leaves the group (its partitions go to the others at once; the
     /// consumer commits first).
-    pub(crate) fn leave(&mut self, bootstrap: &str) {
+    pub(crate) fn leave(&mut self, bootstrap: &str, credentials: Option<&Credentials>) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.wake.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        if let Ok(mut client) = Client::connect(bootstrap) {
+        if let Ok(mut client) = Client::connect_as(bootstrap, DEFAULT_REQUEST_TIMEOUT, credentials)
+        {
             let _ = client.call(Request::LeaveGroup(LeaveGroupRequest {
                 group: self.group.clone(),
                 member_id: self.member_id.clone(),
@@ -219,6 +222,8 @@ struct Heartbeat {
     /// it yet, after a rejoin).
     member_id: String,
     shared: Arc<Shared>,
+    /// Who the member logs in as when it reconnects.
+    credentials: Option<Credentials>,
 }
 
 impl Heartbeat {
@@ -285,7 +290,11 @@ impl Heartbeat {
                     // the session survives a short gap, and after a broker restart the
                     // next beat is told to join again.
                     tracing::warn!(group = %self.group, "heartbeat: {e}; reconnecting");
-                    match Client::connect(self.client_addr()) {
+                    match Client::connect_as(
+                        self.client_addr(),
+                        DEFAULT_REQUEST_TIMEOUT,
+                        self.credentials.as_ref(),
+                    ) {
                         Ok(c) => self.client = c,
                         Err(e) => tracing::debug!("heartbeat reconnect: {e}"),
                     }

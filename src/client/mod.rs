@@ -48,6 +48,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::auth::{Mechanism, ScramClient};
 use crate::protocol::api::*;
 use crate::protocol::frame::{self, DecodeError, Decoder, ResponseHeader};
 use crate::protocol::{ErrorCode, WireError};
@@ -142,6 +143,38 @@ macro_rules! expect_response {
     };
 }
 
+/// Who a client logs in as, on listeners that authenticate (`--native-require-auth`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The SASL mechanism.
+    pub mechanism: Mechanism,
+    /// The user's name.
+    pub user: String,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password stays out of logs and error messages.
+        f.debug_struct("Credentials")
+            .field("mechanism", &self.mechanism)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// SCRAM-SHA-512 credentials of `user`.
+    pub fn scram(user: &str, password: &str) -> Credentials {
+        Credentials {
+            mechanism: Mechanism::ScramSha512,
+            user: user.to_string(),
+            password: password.to_string(),
+        }
+    }
+}
+
 /// One connection to a broker.
 pub struct Client {
     stream: TcpStream,
@@ -215,6 +248,63 @@ impl Client {
             _ => given,
         };
         Err(io_error(label, timeout, last))
+    }
+
+    /// Connects as [`Client::connect_timeout`] does, then authenticates with `credentials`
+    /// if there are any.
+    pub fn connect_as(
+        addr: impl ToSocketAddrs + std::fmt::Debug,
+        timeout: Duration,
+        credentials: Option<&Credentials>,
+    ) -> Result<Client, ClientError> {
+        let mut client = Client::connect_timeout(addr, timeout)?;
+        if let Some(credentials) = credentials {
+            client.authenticate(credentials)?;
+        }
+        Ok(client)
+    }
+
+    /// Logs this connection in: SaslHandshake, then the mechanism's exchange in
+    /// SaslAuthenticate requests. A SCRAM exchange also checks that the broker holds the
+    /// user's credential (its server signature), so a broker that only pretends is refused.
+    pub fn authenticate(&mut self, credentials: &Credentials) -> Result<(), ClientError> {
+        let Credentials {
+            mechanism,
+            user,
+            password,
+        } = credentials;
+        let handshake = Request::SaslHandshake(SaslHandshakeRequest {
+            mechanism: mechanism.name().to_string(),
+        });
+        expect_response!(self.call(handshake)?, SaslHandshake)?;
+        let mut step = |bytes: Vec<u8>| -> Result<Vec<u8>, ClientError> {
+            let request = Request::SaslAuthenticate(SaslBytes {
+                bytes: Bytes::from(bytes),
+            });
+            expect_response!(self.call(request)?, SaslAuthenticate).map(|r| r.bytes.to_vec())
+        };
+        let refused = |e: crate::auth::AuthError| {
+            ClientError::Unexpected(format!("authenticating as {user}: {e}"))
+        };
+        match mechanism.scram() {
+            None => {
+                step(crate::auth::plain_message(user, password))?;
+            }
+            Some(hash) => {
+                let mut scram = ScramClient::new(hash, user, password);
+                let server_first = step(scram.client_first())?;
+                let client_final = scram.client_final(&server_first).map_err(refused)?;
+                let server_final = step(client_final)?;
+                scram.verify_server_final(&server_final).map_err(refused)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The socket, for a caller that goes on with its own framing (the producer's data
+    /// connections, after authenticating).
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
     }
 
     /// The broker address this client is connected to.
@@ -471,6 +561,48 @@ impl Client {
                     .map(move |p| (topic.clone(), p.partition, p.offset))
             })
             .collect())
+    }
+
+    /// Every user and the SCRAM mechanisms each may log in with (a superuser's call).
+    pub fn list_users(&mut self) -> Result<Vec<UserDescription>, ClientError> {
+        expect_response!(self.call(Request::ListUsers)?, ListUsers).map(|r| r.users)
+    }
+
+    /// Adds `user`, or sets its password, for one SCRAM mechanism. The password is salted
+    /// here: only the salt and the salted password travel.
+    pub fn upsert_user(
+        &mut self,
+        user: &str,
+        hash: crate::auth::ScramHash,
+        password: &str,
+        iterations: u32,
+    ) -> Result<(), ClientError> {
+        let mut salt = vec![0u8; 32];
+        getrandom::getrandom(&mut salt)
+            .map_err(|e| ClientError::Unexpected(format!("no random salt: {e}")))?;
+        let salted =
+            crate::auth::scram::salted_password(hash, password.as_bytes(), &salt, iterations);
+        let request = Request::UpsertUser(UpsertUserRequest {
+            name: user.to_string(),
+            mechanism: hash.name().to_string(),
+            iterations,
+            salt: Bytes::from(salt),
+            salted_password: Bytes::from(salted),
+        });
+        self.call(request).map(drop)
+    }
+
+    /// Removes `user`'s credential for `hash`, or the user (every credential) with `None`.
+    pub fn delete_user(
+        &mut self,
+        user: &str,
+        hash: Option<crate::auth::ScramHash>,
+    ) -> Result<(), ClientError> {
+        let request = Request::DeleteUser(DeleteUserRequest {
+            name: user.to_string(),
+            mechanism: hash.map(|h| h.name().to_string()).unwrap_or_default(),
+        });
+        self.call(request).map(drop)
     }
 
     /// A share group's state per partition.

@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -78,6 +78,8 @@ pub struct ProducerConfig {
     /// before they fail and the connection is dropped (`request.timeout.ms`): a broker that
     /// stops answering cannot make `send` or `flush` wait forever.
     pub request_timeout: Duration,
+    /// Who to log in as on a broker that requires authentication (`None`: anonymous).
+    pub credentials: Option<super::Credentials>,
 }
 
 impl Default for ProducerConfig {
@@ -97,6 +99,7 @@ impl Default for ProducerConfig {
             retry_backoff_max: Duration::from_secs(2),
             delivery_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(30),
+            credentials: None,
         }
     }
 }
@@ -273,7 +276,11 @@ impl Producer {
         config: ProducerConfig,
         callback: Option<DeliveryCallback>,
     ) -> Result<Producer, ClientError> {
-        let mut admin = Client::connect_timeout(config.bootstrap.as_str(), config.request_timeout)?;
+        let mut admin = Client::connect_as(
+            config.bootstrap.as_str(),
+            config.request_timeout,
+            config.credentials.as_ref(),
+        )?;
         let endpoints = admin.metadata(&[])?.shards;
         let batching = AccumulatorConfig {
             batch_bytes: config.batch_bytes.max(64),
@@ -445,9 +452,10 @@ impl Producer {
             let mut admin = lock(&self.shared.admin);
             let client = match admin.as_mut() {
                 Some(client) => client,
-                None => admin.insert(Client::connect_timeout(
+                None => admin.insert(Client::connect_as(
                     self.shared.config.bootstrap.as_str(),
                     self.shared.config.request_timeout,
+                    self.shared.config.credentials.as_ref(),
                 )?),
             };
             let metadata = client.metadata(&[topic]);
@@ -672,25 +680,10 @@ fn requests(batches: Vec<Outgoing>, limit: usize) -> impl Iterator<Item = Vec<Ou
 fn connect(shared: &Arc<Shared>, addr: String) -> Result<Connection, ClientError> {
     let timeout = shared.config.request_timeout.max(Duration::from_millis(1));
     let io_err = |source| io_error(addr.clone(), timeout, source);
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "resolves to no address");
-    let mut opened = None;
-    for a in addr
-        .as_str()
-        .to_socket_addrs()
-        .map_err(|source| ClientError::Io {
-            addr: addr.clone(),
-            source: io::Error::new(source.kind(), format!("cannot resolve `{addr}`: {source}")),
-        })?
-    {
-        match TcpStream::connect_timeout(&a, timeout) {
-            Ok(stream) => {
-                opened = Some(stream);
-                break;
-            }
-            Err(e) => last = e,
-        }
-    }
-    let stream = opened.ok_or_else(|| io_err(last))?;
+    // Opened (and logged in) as any client connection, then driven by this module's own
+    // writer and reader.
+    let stream = Client::connect_as(addr.as_str(), timeout, shared.config.credentials.as_ref())?
+        .into_stream();
     stream.set_nodelay(true).map_err(io_err)?;
     // A stopped broker stops reading: a write blocked that long fails the connection.
     stream.set_write_timeout(Some(timeout)).map_err(io_err)?;

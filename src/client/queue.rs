@@ -73,6 +73,8 @@ pub struct ShareConsumerConfig {
     /// Give up (an error) once the broker has been unreachable this long; `None`: reconnect
     /// for ever, as the plain consumer does.
     pub reconnect_timeout: Option<Duration>,
+    /// Who to log in as on a broker that requires authentication (`None`: anonymous).
+    pub credentials: Option<super::Credentials>,
 }
 
 impl ShareConsumerConfig {
@@ -95,6 +97,7 @@ impl ShareConsumerConfig {
             reconnect_backoff: Duration::from_millis(50),
             reconnect_backoff_max: Duration::from_secs(2),
             reconnect_timeout: None,
+            credentials: None,
         }
     }
 }
@@ -444,7 +447,11 @@ impl ShareConsumer {
 
 /// Opens a connection to `config.bootstrap` within its request timeout and says hello.
 fn connect(config: &ShareConsumerConfig) -> Result<Client, ClientError> {
-    let mut client = Client::connect_timeout(config.bootstrap.as_str(), config.request_timeout)?;
+    let mut client = Client::connect_as(
+        config.bootstrap.as_str(),
+        config.request_timeout,
+        config.credentials.as_ref(),
+    )?;
     client.set_read_timeout(Some(config.request_timeout))?;
     client.api_versions()?;
     Ok(client)

@@ -69,6 +69,11 @@ fn status_of(code: ErrorCode) -> StatusCode {
             StatusCode::SERVICE_UNAVAILABLE
         }
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::AuthenticationRequired | ErrorCode::AuthenticationFailed => {
+            StatusCode::UNAUTHORIZED
+        }
+        ErrorCode::NotAuthorized => StatusCode::FORBIDDEN,
+        ErrorCode::UnknownUser => StatusCode::NOT_FOUND,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -104,6 +109,16 @@ impl IntoResponse for ApiError {
         if let Some(name) = self.broker_error {
             body["broker_error"] = name.into();
         }
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            // Browsers (the console) then ask the person for a user name and password.
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static(
+                    "Basic realm=\"eventflow\", charset=\"UTF-8\"",
+                ),
+            );
+        }
+        response
     }
 }

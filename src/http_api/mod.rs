@@ -8,6 +8,12 @@
 //! blocking `Client` on a pooled connection to the native listener (`state`), so nothing
 //! here runs on a shard or touches a shard's memory, and the API works with whatever the
 //! native protocol offers and no more. docs/ARCHITECTURE.md says why.
+//!
+//! Authentication is HTTP Basic with the broker's own users: a request's credentials are
+//! what its calls log in to the native listener with ([`state::CALLER`]), so the HTTP API
+//! checks nothing itself and can do no more than the user could with a native client. On
+//! a broker whose native listener requires authentication, a request without credentials
+//! gets 401 (`/health`, `/ready` and `/openapi.json` stay open for orchestrators).
 
 mod assets;
 mod cluster;
@@ -196,6 +202,50 @@ pub fn settings_of(config: &BrokerConfig) -> Vec<(String, String)> {
     ]
 }
 
+/// The user name and password of an `Authorization: Basic …` header.
+fn basic_credentials(header: &axum::http::HeaderValue) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let encoded = header.to_str().ok()?.strip_prefix("Basic ")?.trim();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+/// Serves the request with its HTTP Basic credentials as the caller of its broker calls;
+/// without them, on a broker that requires authentication, answers 401.
+async fn caller(
+    axum::extract::State(state): axum::extract::State<Arc<ApiState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let open = matches!(request.uri().path(), "/health" | "/ready" | "/openapi.json");
+    let (mechanism, required) = state
+        .broker()
+        .map_or((None, false), |v| (v.login_mechanism, v.login_required));
+    let credentials = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(basic_credentials)
+        .zip(mechanism)
+        .map(|((user, password), mechanism)| crate::client::Credentials {
+            mechanism,
+            user,
+            password,
+        });
+    if credentials.is_none() && required && !open {
+        return error::ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "this broker requires authentication: HTTP Basic with a broker user's name and password",
+        )
+        .into_response();
+    }
+    state::CALLER.scope(credentials, next.run(request)).await
+}
+
 fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
     let cluster = "/v3/clusters/{cluster_id}";
     let topic = "/v3/clusters/{cluster_id}/topics/{topic_name}";
@@ -274,5 +324,6 @@ fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .fallback(cluster::no_route)
         .method_not_allowed_fallback(cluster::no_method)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), caller))
         .with_state(state)
 }

@@ -20,7 +20,8 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 
 use super::error::ApiError;
-use crate::client::{Client, ClientError};
+use crate::auth::Mechanism;
+use crate::client::{Client, ClientError, Credentials};
 
 /// The one cluster this broker is: `{cluster_id}` in every `/v3/clusters/…` path.
 pub(crate) const CLUSTER_ID: &str = "eventflow";
@@ -48,6 +49,18 @@ pub struct BrokerView {
     /// The traffic counters per topic since the broker started (the metrics' own, gathered
     /// from the shards when asked), for `/traffic` and the console's rates.
     pub traffic: TrafficSource,
+    /// How the API logs in to the native listener for a request that carries HTTP Basic
+    /// credentials (`None`: the listener offers no mechanism the API speaks).
+    pub login_mechanism: Option<Mechanism>,
+    /// Whether the native listener requires authentication: then every API request but
+    /// `/health`, `/ready` and `/openapi.json` needs HTTP Basic credentials.
+    pub login_required: bool,
+}
+
+tokio::task_local! {
+    /// The credentials of the HTTP request being served (its `Authorization: Basic`
+    /// header), which [`ApiState::call`] logs in with.
+    pub(crate) static CALLER: Option<Credentials>;
 }
 
 /// Traffic of one topic since the broker started.
@@ -78,7 +91,8 @@ pub(crate) struct ApiState {
     started: Instant,
     /// The HTTP listener's own address.
     pub(crate) http_addr: SocketAddr,
-    pool: Mutex<Vec<Client>>,
+    /// Idle connections, by the credentials they logged in with.
+    pool: Mutex<Vec<(Option<Credentials>, Client)>>,
     /// Picks the partition of unkeyed records without a partition (one per request).
     round_robin: AtomicU32,
 }
@@ -133,16 +147,21 @@ impl ApiState {
         F: FnOnce(&mut Client) -> Result<T, ClientError> + Send + 'static,
     {
         let native = self.broker()?.native;
+        let caller = CALLER.try_with(Clone::clone).ok().flatten();
         let state = self.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let pooled = state
-                .pool
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .pop();
+            let pooled = {
+                let mut pool = state
+                    .pool
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                pool.iter()
+                    .position(|(who, _)| *who == caller)
+                    .map(|at| pool.swap_remove(at).1)
+            };
             let mut client = match pooled {
                 Some(client) => client,
-                None => Client::connect_timeout(native, CALL_TIMEOUT)?,
+                None => Client::connect_as(native, CALL_TIMEOUT, caller.as_ref())?,
             };
             let result = f(&mut client);
             if !result.as_ref().is_err_and(ClientError::is_connection_error) {
@@ -150,9 +169,10 @@ impl ApiState {
                     .pool
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if pool.len() < POOL_IDLE {
-                    pool.push(client);
+                if pool.len() >= POOL_IDLE {
+                    pool.remove(0);
                 }
+                pool.push((caller, client));
             }
             result
         })

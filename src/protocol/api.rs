@@ -172,6 +172,16 @@ apis! {
     19 => ShareAck(ShareAckRequest) -> (ResultsResponse), v 0;
     /// A share group's state per partition.
     20 => DescribeQueue(GroupRequest) -> (DescribeQueueResponse), v 0;
+    /// Choose a SASL mechanism; learn the ones the listener offers.
+    21 => SaslHandshake(SaslHandshakeRequest) -> (SaslHandshakeResponse), v 0;
+    /// One message of the SASL exchange.
+    22 => SaslAuthenticate(SaslBytes) -> (SaslBytes), v 0;
+    /// Every user and the mechanisms each has a credential for.
+    23 => ListUsers() -> (ListUsersResponse), v 0;
+    /// Add or replace a user's SCRAM credential.
+    24 => UpsertUser(UpsertUserRequest) -> (), v 0;
+    /// Remove a user's credential (or all of them).
+    25 => DeleteUser(DeleteUserRequest) -> (), v 0;
 }
 
 impl Request {
@@ -795,6 +805,93 @@ message! {
     }
 }
 
+message! {
+    /// Choose a SASL mechanism.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct SaslHandshakeRequest {
+        /// The mechanism's name (`SCRAM-SHA-256`, `SCRAM-SHA-512`, `PLAIN`).
+        pub mechanism: String,
+    }
+}
+
+message! {
+    /// The mechanisms a listener offers.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct SaslHandshakeResponse {
+        /// Their names.
+        pub mechanisms: Vec<String>,
+    }
+}
+
+message! {
+    /// One message of a SASL exchange, either way.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct SaslBytes {
+        /// The mechanism's message.
+        pub bytes: Bytes,
+    }
+}
+
+message! {
+    /// One SCRAM credential of a user: never its salt or keys.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct CredentialInfo {
+        /// `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+        pub mechanism: String,
+        /// PBKDF2 iterations.
+        pub iterations: u32,
+    }
+}
+
+message! {
+    /// A user and its credentials.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct UserDescription {
+        /// The user's name.
+        pub name: String,
+        /// One per SCRAM mechanism it may log in with.
+        pub credentials: Vec<CredentialInfo>,
+    }
+}
+
+message! {
+    /// Every user.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ListUsersResponse {
+        /// By name.
+        pub users: Vec<UserDescription>,
+    }
+}
+
+message! {
+    /// Add or replace a SCRAM credential. The client salts the password: it never
+    /// reaches the broker (as Kafka's AlterUserScramCredentials).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct UpsertUserRequest {
+        /// The user's name.
+        pub name: String,
+        /// `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+        pub mechanism: String,
+        /// PBKDF2 iterations (4096..=16384).
+        pub iterations: u32,
+        /// The salt.
+        pub salt: Bytes,
+        /// Hi(password, salt, iterations).
+        pub salted_password: Bytes,
+    }
+}
+
+message! {
+    /// Remove a user's credential.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct DeleteUserRequest {
+        /// The user's name.
+        pub name: String,
+        /// The mechanism whose credential goes; empty: every credential, the user.
+        pub mechanism: String,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -976,6 +1073,24 @@ mod tests {
             Request::DescribeGroup(GroupRequest { group: "g".into() }),
             Request::DeleteGroup(GroupRequest { group: "g".into() }),
             Request::DescribeQueue(GroupRequest { group: "q".into() }),
+            Request::SaslHandshake(SaslHandshakeRequest {
+                mechanism: "SCRAM-SHA-256".into(),
+            }),
+            Request::SaslAuthenticate(SaslBytes {
+                bytes: Bytes::from_static(b"n,,n=alice,r=abc"),
+            }),
+            Request::ListUsers,
+            Request::UpsertUser(UpsertUserRequest {
+                name: "alice".into(),
+                mechanism: "SCRAM-SHA-512".into(),
+                iterations: 4096,
+                salt: Bytes::from_static(b"salt"),
+                salted_password: Bytes::from_static(b"salted"),
+            }),
+            Request::DeleteUser(DeleteUserRequest {
+                name: "alice".into(),
+                mechanism: String::new(),
+            }),
             Request::ShareFetch(ShareFetchRequest {
                 group: "q".into(),
                 member_id: "w-3".into(),
@@ -1103,6 +1218,24 @@ mod tests {
                     done: 5,
                     dead_lettered: 1,
                 }],
+            }),
+        );
+        response_round_trip(
+            ApiKey::ListUsers,
+            Response::ListUsers(ListUsersResponse {
+                users: vec![UserDescription {
+                    name: "alice".into(),
+                    credentials: vec![CredentialInfo {
+                        mechanism: "SCRAM-SHA-256".into(),
+                        iterations: 4096,
+                    }],
+                }],
+            }),
+        );
+        response_round_trip(
+            ApiKey::SaslHandshake,
+            Response::SaslHandshake(SaslHandshakeResponse {
+                mechanisms: vec!["PLAIN".into()],
             }),
         );
         // A reversed ack range is refused when decoding.

@@ -74,12 +74,25 @@ pub enum ErrorCode {
     /// An idempotent producer's batch carries an older epoch than the partition has seen
     /// from that producer id: a newer instance of the producer took over.
     InvalidProducerEpoch = 28,
+    /// A request other than the SASL handshake's on a listener that requires
+    /// authentication, before the client authenticated.
+    AuthenticationRequired = 29,
+    /// Wrong user name or password (the two are not told apart).
+    AuthenticationFailed = 30,
+    /// The listener does not offer that SASL mechanism.
+    UnsupportedSaslMechanism = 31,
+    /// A SASL request out of turn (authenticate before a handshake, a second handshake).
+    IllegalSaslState = 32,
+    /// The client's principal may not do this.
+    NotAuthorized = 33,
+    /// No such user, or no credential of that mechanism.
+    UnknownUser = 34,
 }
 
 impl ErrorCode {
     /// Every code in use, in numeric order (documentation and tests use it). A retired
     /// code leaves this list, and its number is never given to another.
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 35] = [
         ErrorCode::None,
         ErrorCode::Unknown,
         ErrorCode::CorruptFrame,
@@ -109,6 +122,12 @@ impl ErrorCode {
         ErrorCode::InconsistentGroup,
         ErrorCode::OutOfOrderSequence,
         ErrorCode::InvalidProducerEpoch,
+        ErrorCode::AuthenticationRequired,
+        ErrorCode::AuthenticationFailed,
+        ErrorCode::UnsupportedSaslMechanism,
+        ErrorCode::IllegalSaslState,
+        ErrorCode::NotAuthorized,
+        ErrorCode::UnknownUser,
     ];
 
     /// The numeric code.
@@ -150,6 +169,12 @@ impl ErrorCode {
             26 => ErrorCode::InconsistentGroup,
             27 => ErrorCode::OutOfOrderSequence,
             28 => ErrorCode::InvalidProducerEpoch,
+            29 => ErrorCode::AuthenticationRequired,
+            30 => ErrorCode::AuthenticationFailed,
+            31 => ErrorCode::UnsupportedSaslMechanism,
+            32 => ErrorCode::IllegalSaslState,
+            33 => ErrorCode::NotAuthorized,
+            34 => ErrorCode::UnknownUser,
             _ => ErrorCode::Unknown,
         }
     }
@@ -197,6 +222,12 @@ impl ErrorCode {
             ErrorCode::InconsistentGroup => "inconsistent group",
             ErrorCode::OutOfOrderSequence => "out of order sequence",
             ErrorCode::InvalidProducerEpoch => "invalid producer epoch",
+            ErrorCode::AuthenticationRequired => "authentication required",
+            ErrorCode::AuthenticationFailed => "authentication failed",
+            ErrorCode::UnsupportedSaslMechanism => "unsupported sasl mechanism",
+            ErrorCode::IllegalSaslState => "illegal sasl state",
+            ErrorCode::NotAuthorized => "not authorized",
+            ErrorCode::UnknownUser => "unknown user",
         }
     }
 }

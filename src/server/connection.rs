@@ -23,7 +23,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::{poll_fn, Future};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
@@ -357,7 +357,6 @@ async fn read_loop(
     protocol: Protocol,
     ends: Endpoints,
 ) {
-    let local_ip = ends.local.map(|a| a.ip());
     let max_payload = ctx.config.max_request_bytes;
     let max_in_flight = ctx.config.max_in_flight_per_connection.max(1);
     let read_timeout = ctx.config.request_read_timeout;
@@ -393,9 +392,7 @@ async fn read_loop(
                     };
                     frame_deadline = (!buf.is_empty()).then(|| Instant::now() + read_timeout);
                     let go_on = match protocol {
-                        Protocol::Native => {
-                            start_request(ctx, state, payload, taken, local_ip).await
-                        }
+                        Protocol::Native => start_request(ctx, state, payload, taken, ends).await,
                         Protocol::Kafka => {
                             start_kafka_request(ctx, state, payload, taken, ends).await
                         }
@@ -543,8 +540,9 @@ async fn start_request(
     state: &Rc<ConnectionState>,
     mut payload: BytesMut,
     taken: BudgetTaken,
-    local_ip: Option<IpAddr>,
+    ends: Endpoints,
 ) -> bool {
+    let (local_ip, peer) = (ends.local.map(|a| a.ip()), ends.peer);
     let correlation_id = RequestHeader::peek_correlation_id(&payload);
     let header = match RequestHeader::decode(&mut payload) {
         Ok(h) => h,
@@ -582,14 +580,30 @@ async fn start_request(
             members.push((r.group.clone(), r.member_id.clone()));
         }
     }
+    let exchange = matches!(
+        request,
+        Request::ApiVersions(_) | Request::SaslHandshake(_) | Request::SaslAuthenticate(_)
+    );
+    if !exchange && !state.sasl.borrow().admits_requests() {
+        // Answered, so the client can say why, then closed: the stream stays in sync, but
+        // a client that skipped authentication will not start it now.
+        tracing::info!(peer = ?peer, api = ?request.api_key(), "closing a native connection: a request before authenticating");
+        state.push_bytes(encode_error_response(
+            correlation_id,
+            ErrorCode::AuthenticationRequired,
+            "this listener requires authentication first (SaslHandshake, SaslAuthenticate)",
+        ));
+        return false;
+    }
     let ctx = ctx.clone();
+    let session = state.sasl.clone();
     let api = ApiId {
         protocol: WireProtocol::Native,
         key: request.api_key() as i16,
     };
     run_request(state, taken, async move {
         let started = Instant::now();
-        let answer = native::handle(&ctx, request, local_ip).await;
+        let answer = native::handle(&ctx, request, local_ip, peer, &session).await;
         let outcome = match &answer {
             Some(Err(e)) => Outcome::Error(e.code.as_u16()),
             _ => Outcome::Ok,

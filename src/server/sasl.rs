@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use super::context::Global;
 use crate::auth::{parse_plain, AuthError, Credential, Mechanism, ScramHash, ScramServer};
+use crate::config::AuthConfig;
 use crate::storage::Users;
 
 enum State {
@@ -167,6 +168,18 @@ impl SaslSession {
             None => Err(HandshakeError::Unsupported(name.to_string())),
         }
     }
+}
+
+/// What a client that may not manage users is told.
+pub(crate) const NOT_SUPERUSER: &str = "managing users needs a superuser (--superuser)";
+
+/// Whether the session's user is a superuser — or anyone is, on a broker that names no
+/// superuser (as Kafka without an authorizer lets every client alter credentials).
+pub(crate) fn is_superuser(auth: &AuthConfig, session: &SaslSession) -> bool {
+    auth.superusers.is_empty()
+        || session
+            .user()
+            .is_some_and(|u| auth.superusers.iter().any(|s| **s == **u))
 }
 
 /// Takes one authentication message of the exchange on `session`.

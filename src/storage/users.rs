@@ -98,7 +98,10 @@ pub enum UserError {
     InvalidName(String),
     /// The iteration count is outside what the broker accepts.
     #[error("iterations must be {MIN_ITERATIONS}..={MAX_ITERATIONS}, not {0}")]
-    Iterations(u32),
+    Iterations(i64),
+    /// An empty salt or salted password.
+    #[error("a credential needs a salt and a salted password")]
+    EmptyCredential,
     /// No such user (or no credential of that hash).
     #[error("no such user or credential: {0}")]
     NotFound(String),
@@ -152,7 +155,7 @@ impl Users {
     pub fn upsert(&self, user: &str, credential: Credential) -> Result<(), UserError> {
         crate::auth::validate_user_name(user).map_err(UserError::InvalidName)?;
         if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&credential.iterations) {
-            return Err(UserError::Iterations(credential.iterations));
+            return Err(UserError::Iterations(credential.iterations.into()));
         }
         self.change(|table| {
             table
@@ -161,6 +164,28 @@ impl Users {
                 .insert(credential.hash, credential);
             Ok(())
         })
+    }
+
+    /// Adds or replaces `user`'s credential from a password the client salted (Kafka's
+    /// AlterUserScramCredentials and the native UpsertUser carry it so).
+    pub fn upsert_salted(
+        &self,
+        user: &str,
+        hash: ScramHash,
+        iterations: i64,
+        salt: &[u8],
+        salted_password: &[u8],
+    ) -> Result<(), UserError> {
+        let iterations = u32::try_from(iterations)
+            .ok()
+            .filter(|i| (MIN_ITERATIONS..=MAX_ITERATIONS).contains(i))
+            .ok_or(UserError::Iterations(iterations))?;
+        if salt.is_empty() || salted_password.is_empty() {
+            return Err(UserError::EmptyCredential);
+        }
+        let credential =
+            Credential::from_salted_password(hash, salt.to_vec(), iterations, salted_password);
+        self.upsert(user, credential)
     }
 
     /// Removes `user`'s credential for `hash`, or all of the user's with `None`.

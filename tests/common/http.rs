@@ -10,6 +10,9 @@ pub(crate) struct Answer {
     pub status: u16,
     pub content_type: String,
     pub body: Vec<u8>,
+    /// Every header, as sent.
+    #[allow(dead_code)]
+    pub headers: Vec<(String, String)>,
 }
 
 impl Answer {
@@ -32,11 +35,25 @@ impl Answer {
 
 /// Sends `method path` with `body` (as JSON when given) and reads the whole answer.
 pub(crate) fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&[u8]>) -> Answer {
+    request_with(addr, method, path, body, &[])
+}
+
+/// [`request`] with more headers.
+pub(crate) fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> Answer {
     let mut stream = TcpStream::connect(addr).expect("connect to the HTTP listener");
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
     if let Some(body) = body {
         head.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",
@@ -83,9 +100,11 @@ fn parse(raw: &[u8]) -> Answer {
         .expect("status line");
     let mut chunked = false;
     let mut content_type = String::new();
+    let mut headers = Vec::new();
     for line in lines {
         let (name, value) = line.split_once(':').unwrap_or((line, ""));
         let value = value.trim();
+        headers.push((name.to_ascii_lowercase(), value.to_string()));
         if name.eq_ignore_ascii_case("transfer-encoding") && value.contains("chunked") {
             chunked = true;
         }
@@ -117,5 +136,6 @@ fn parse(raw: &[u8]) -> Answer {
         status,
         content_type,
         body,
+        headers,
     }
 }

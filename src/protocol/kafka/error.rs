@@ -115,6 +115,13 @@ pub fn error_code(code: ErrorCode) -> i16 {
         ErrorCode::InconsistentGroup => INCONSISTENT_GROUP_PROTOCOL,
         ErrorCode::OutOfOrderSequence => OUT_OF_ORDER_SEQUENCE_NUMBER,
         ErrorCode::InvalidProducerEpoch => INVALID_PRODUCER_EPOCH,
+        ErrorCode::AuthenticationRequired | ErrorCode::AuthenticationFailed => {
+            SASL_AUTHENTICATION_FAILED
+        }
+        ErrorCode::UnsupportedSaslMechanism => UNSUPPORTED_SASL_MECHANISM,
+        ErrorCode::IllegalSaslState => ILLEGAL_SASL_STATE,
+        ErrorCode::NotAuthorized => CLUSTER_AUTHORIZATION_FAILED,
+        ErrorCode::UnknownUser => RESOURCE_NOT_FOUND,
     }
 }
 

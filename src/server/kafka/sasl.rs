@@ -24,11 +24,10 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use crate::auth::scram::{MAX_ITERATIONS, MIN_ITERATIONS};
-use crate::auth::{Credential, ScramHash};
+use crate::auth::ScramHash;
 use crate::protocol::kafka::error as code;
 use crate::server::context::ShardContext;
-use crate::server::sasl::{self, HandshakeError, SaslSession, Step};
+use crate::server::sasl::{self, HandshakeError, SaslSession, Step, NOT_SUPERUSER};
 use crate::storage::UserError;
 
 /// SaslHandshake: chooses the mechanism and lists the ones offered.
@@ -129,20 +128,6 @@ pub(crate) async fn raw_token(
     Some(Bytes::from(framed))
 }
 
-/// Whether the connection's principal may manage users: a superuser, or anyone on a broker
-/// that names no superuser (as Kafka without an authorizer lets every client alter
-/// credentials).
-fn may_manage_users(ctx: &ShardContext, session: &RefCell<SaslSession>) -> bool {
-    let superusers = &ctx.config.auth.superusers;
-    superusers.is_empty()
-        || session
-            .borrow()
-            .user()
-            .is_some_and(|u| superusers.iter().any(|s| **s == **u))
-}
-
-const NOT_SUPERUSER: &str = "managing users needs a superuser (--superuser)";
-
 /// DescribeUserScramCredentials: every user's mechanisms and iteration counts (never a
 /// salt or a key), or the named users'.
 pub(super) fn describe_user_scram_credentials(
@@ -151,7 +136,7 @@ pub(super) fn describe_user_scram_credentials(
     request: DescribeUserScramCredentialsRequest,
 ) -> DescribeUserScramCredentialsResponse {
     let response = DescribeUserScramCredentialsResponse::default();
-    if !may_manage_users(ctx, session) {
+    if !sasl::is_superuser(&ctx.config.auth, &session.borrow()) {
         return response
             .with_error_code(code::CLUSTER_AUTHORIZATION_FAILED)
             .with_error_message(Some(StrBytes::from_static_str(NOT_SUPERUSER)));
@@ -205,7 +190,7 @@ pub(super) fn alter_user_scram_credentials(
     session: &RefCell<SaslSession>,
     request: AlterUserScramCredentialsRequest,
 ) -> AlterUserScramCredentialsResponse {
-    let allowed = may_manage_users(ctx, session);
+    let allowed = sasl::is_superuser(&ctx.config.auth, &session.borrow());
     let users = &ctx.global.users;
     // Kafka refuses a user named twice in one request (in either list) as a whole.
     let mut count = std::collections::BTreeMap::<String, usize>::new();
@@ -246,7 +231,7 @@ pub(super) fn alter_user_scram_credentials(
     let stored = |outcome: Result<(), UserError>| {
         outcome.map_err(|e| match e {
             UserError::NotFound(_) => (code::RESOURCE_NOT_FOUND, e.to_string()),
-            UserError::InvalidName(_) | UserError::Iterations(_) => {
+            UserError::InvalidName(_) | UserError::Iterations(_) | UserError::EmptyCredential => {
                 (code::UNACCEPTABLE_CREDENTIAL, e.to_string())
             }
             UserError::Storage(_) => {
@@ -266,31 +251,13 @@ pub(super) fn alter_user_scram_credentials(
     }
     for upsertion in &request.upsertions {
         let outcome = precheck(&upsertion.name, upsertion.mechanism).and_then(|hash| {
-            let iterations = u32::try_from(upsertion.iterations)
-                .ok()
-                .filter(|i| (MIN_ITERATIONS..=MAX_ITERATIONS).contains(i))
-                .ok_or_else(|| {
-                    (
-                        code::UNACCEPTABLE_CREDENTIAL,
-                        format!(
-                            "iterations must be {MIN_ITERATIONS}..={MAX_ITERATIONS}, not {}",
-                            upsertion.iterations
-                        ),
-                    )
-                })?;
-            if upsertion.salt.is_empty() || upsertion.salted_password.is_empty() {
-                return Err((
-                    code::UNACCEPTABLE_CREDENTIAL,
-                    "an empty salt or salted password".into(),
-                ));
-            }
-            let credential = Credential::from_salted_password(
+            stored(users.upsert_salted(
+                upsertion.name.as_str(),
                 hash,
-                upsertion.salt.to_vec(),
-                iterations,
+                upsertion.iterations.into(),
+                &upsertion.salt,
                 &upsertion.salted_password,
-            );
-            stored(users.upsert(upsertion.name.as_str(), credential))
+            ))
         });
         if outcome.is_ok() {
             tracing::info!(user = %upsertion.name, mechanism = upsertion.mechanism, "SCRAM credential set");

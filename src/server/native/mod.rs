@@ -6,11 +6,13 @@
 //! - `data`: produce, fetch (with long-poll), list offsets.
 //! - `groups`: consumer-group requests, forwarded to the group's coordinator shard.
 //! - `shares`: share-group (queue) fetch, acknowledge and describe.
+//! - `users`: the SASL exchange and user management.
 
 mod admin;
 mod data;
 mod groups;
 mod shares;
+mod users;
 
 // The data path's handlers, shared with the Kafka front end (which translates its requests
 // into these and their responses back), so the logic exists once.
@@ -20,21 +22,26 @@ pub(crate) use data::{fetch, list_offsets, produce, Reply};
 pub(crate) use data::split_batches;
 pub use data::{MAX_FETCH_BYTES, MAX_FETCH_WAIT};
 
-use std::net::IpAddr;
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
 use super::context::ShardContext;
 use super::group_coordinator::GroupOp;
+use super::sasl::SaslSession;
 use crate::protocol::api::*;
 use crate::protocol::{ErrorCode, WireError};
 
 /// Handles one decoded request. `None` means no response is sent (produce with acks = 0).
 /// `local_ip` is the broker address the client reached (advertised in metadata when the
-/// broker listens on an unspecified address such as 0.0.0.0).
+/// broker listens on an unspecified address such as 0.0.0.0), `peer` the client's, and
+/// `session` the connection's authentication.
 pub(crate) async fn handle(
     ctx: &Rc<ShardContext>,
     request: Request,
     local_ip: Option<IpAddr>,
+    peer: Option<SocketAddr>,
+    session: &RefCell<SaslSession>,
 ) -> Option<Result<Reply, WireError>> {
     if ctx.is_shutting_down() {
         return Some(Err(WireError::new(
@@ -80,6 +87,11 @@ pub(crate) async fn handle(
         Request::ShareFetch(r) => shares::fetch(ctx, r).await,
         Request::ShareAck(r) => shares::ack(ctx, r).await,
         Request::DescribeQueue(r) => shares::describe(ctx, &r.group).await,
+        Request::SaslHandshake(r) => users::handshake(ctx, session, r),
+        Request::SaslAuthenticate(r) => users::authenticate(ctx, session, r, peer).await,
+        Request::ListUsers => users::list_users(ctx, session),
+        Request::UpsertUser(r) => users::upsert_user(ctx, session, r),
+        Request::DeleteUser(r) => users::delete_user(ctx, session, r),
     };
     Some(plain.map(Reply::Plain))
 }

@@ -1,0 +1,308 @@
+//! Authentication on the native listener and the HTTP API, the way users meet it: a broker
+//! started with `--native-require-auth` and a bootstrap superuser, the `eventflow` CLI
+//! logging in (`--sasl-user`, the password from the environment), managing users, producing
+//! and consuming (alone, in a group, from a queue) as an ordinary user; the client library
+//! refused for every bad credential; the HTTP API answering 401 without HTTP Basic
+//! credentials and serving with them.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use base64::Engine as _;
+use common::Broker;
+use eventflow::auth::Mechanism;
+use eventflow::client::{Client, ClientError, Credentials};
+use eventflow::protocol::ErrorCode;
+
+const ADMIN_PASSWORD: &str = "admin-secret-1";
+
+fn secured_broker() -> (Broker, tempfile::TempDir) {
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("admin.password");
+    std::fs::write(&password_file, format!("{ADMIN_PASSWORD}\n")).unwrap();
+    let broker = Broker::start(&[
+        "--cores",
+        "2",
+        "--native-require-auth",
+        "--native-sasl-mechanisms",
+        "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN",
+        "--bootstrap-superuser",
+        "admin",
+        "--bootstrap-superuser-password-file",
+        password_file.to_str().unwrap(),
+        "--sasl-failure-delay-ms",
+        "100",
+    ]);
+    (broker, secrets)
+}
+
+/// Runs `eventflow ARGS` as `user` (none: anonymously) with `stdin`.
+fn eventflow(
+    broker: &Broker,
+    login: Option<(&str, &str, &str)>,
+    args: &[&str],
+    stdin: &str,
+) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_eventflow"));
+    command
+        .args(args)
+        .env("EVENTFLOW_BOOTSTRAP", broker.addr.to_string())
+        .env_remove("EVENTFLOW_SASL_USER")
+        .env_remove("EVENTFLOW_SASL_PASSWORD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some((user, password, mechanism)) = login {
+        command
+            .env("EVENTFLOW_SASL_USER", user)
+            .env("EVENTFLOW_SASL_PASSWORD", password)
+            .env("EVENTFLOW_SASL_MECHANISM", mechanism);
+    }
+    let mut child = command.spawn().expect("run eventflow");
+    let mut input = child.stdin.take().unwrap();
+    let _ = input.write_all(stdin.as_bytes());
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}, stderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn refused(output: Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "succeeded: {stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+}
+
+#[test]
+fn the_cli_logs_in_manages_users_and_works_as_an_ordinary_user() {
+    let (broker, _secrets) = secured_broker();
+    let admin = Some(("admin", ADMIN_PASSWORD, "SCRAM-SHA-512"));
+    let alice = Some(("alice", "alice-password", "SCRAM-SHA-256"));
+
+    refused(
+        eventflow(&broker, None, &["topic", "list"], ""),
+        "authentication required",
+    );
+    ok(eventflow(
+        &broker,
+        admin,
+        &["topic", "create", "orders", "--partitions", "2"],
+        "",
+    ));
+    let out = ok(eventflow(
+        &broker,
+        admin,
+        &["user", "add", "alice"],
+        "alice-password\n",
+    ));
+    assert_eq!(
+        out,
+        "user alice: SCRAM-SHA-256 set\nuser alice: SCRAM-SHA-512 set\n"
+    );
+    let out = ok(eventflow(&broker, admin, &["user", "list"], ""));
+    assert!(out.contains("admin") && out.contains("alice"), "{out}");
+    assert!(
+        out.contains("SCRAM-SHA-256 (4096 iterations), SCRAM-SHA-512 (4096 iterations)"),
+        "{out}"
+    );
+
+    // alice produces, consumes alone, in a group, and from a queue.
+    ok(eventflow(
+        &broker,
+        alice,
+        &["produce", "orders", "--key-separator", ":"],
+        "a:1\nb:2\nc:3\n",
+    ));
+    let consume = |extra: &[&str]| {
+        let mut args = vec![
+            "consume",
+            "orders",
+            "--from-beginning",
+            "--timeout-ms",
+            "2000",
+        ];
+        args.extend_from_slice(extra);
+        let out = ok(eventflow(&broker, alice, &args, ""));
+        let mut lines: Vec<&str> = out.lines().collect();
+        lines.sort_unstable();
+        assert_eq!(lines, ["1", "2", "3"], "{extra:?}");
+    };
+    consume(&[]);
+    consume(&["--group", "billing"]);
+    let out = ok(eventflow(
+        &broker,
+        alice,
+        &[
+            "queue",
+            "consume",
+            "orders",
+            "--group",
+            "workers",
+            "--max-messages",
+            "3",
+            "--timeout-ms",
+            "3000",
+        ],
+        "",
+    ));
+    assert_eq!(out.lines().count(), 3, "{out}");
+    let out = ok(eventflow(
+        &broker,
+        Some(("alice", "alice-password", "PLAIN")),
+        &["topic", "list"],
+        "",
+    ));
+    assert!(out.contains("orders"), "{out}");
+
+    // What alice may not do, and what a wrong password gets.
+    refused(
+        eventflow(&broker, alice, &["user", "add", "bob"], "bob-password\n"),
+        "superuser",
+    );
+    refused(
+        eventflow(
+            &broker,
+            Some(("alice", "wrong-password", "SCRAM-SHA-512")),
+            &["topic", "list"],
+            "",
+        ),
+        "authentication failed",
+    );
+    refused(
+        eventflow(&broker, admin, &["user", "add", "bob"], "short\n"),
+        "at least 8 characters",
+    );
+
+    // Removed, alice cannot log in any more.
+    ok(eventflow(&broker, admin, &["user", "remove", "alice"], ""));
+    refused(
+        eventflow(&broker, alice, &["topic", "list"], ""),
+        "authentication failed",
+    );
+    assert!(broker.log_count("native authentication failed") >= 2);
+}
+
+#[test]
+fn the_client_library_is_refused_for_every_bad_credential() {
+    let (broker, _secrets) = secured_broker();
+    let connect = |credentials: Option<Credentials>| {
+        Client::connect_as(
+            broker.addr,
+            std::time::Duration::from_secs(10),
+            credentials.as_ref(),
+        )
+    };
+    let code = |result: Result<Client, ClientError>| match result {
+        Err(e) => e.code(),
+        Ok(_) => None,
+    };
+    let mut anonymous = connect(None).unwrap();
+    assert_eq!(
+        anonymous.list_topics().unwrap_err().code(),
+        Some(ErrorCode::AuthenticationRequired)
+    );
+    for mechanism in [
+        Mechanism::ScramSha256,
+        Mechanism::ScramSha512,
+        Mechanism::Plain,
+    ] {
+        let admin = Credentials {
+            mechanism,
+            user: "admin".into(),
+            password: ADMIN_PASSWORD.into(),
+        };
+        connect(Some(admin.clone())).unwrap().list_topics().unwrap();
+        let wrong = Credentials {
+            password: "nope".into(),
+            ..admin.clone()
+        };
+        assert_eq!(
+            code(connect(Some(wrong))),
+            Some(ErrorCode::AuthenticationFailed)
+        );
+        let unknown = Credentials {
+            user: "mallory".into(),
+            ..admin
+        };
+        assert_eq!(
+            code(connect(Some(unknown))),
+            Some(ErrorCode::AuthenticationFailed)
+        );
+    }
+    // A mechanism this listener does not offer: the broker says which it does.
+    let restricted = Broker::start(&[
+        "--native-require-auth",
+        "--native-sasl-mechanisms",
+        "SCRAM-SHA-512",
+    ]);
+    let plain = Credentials {
+        mechanism: Mechanism::Plain,
+        user: "admin".into(),
+        password: ADMIN_PASSWORD.into(),
+    };
+    let err = Client::connect_as(
+        restricted.addr,
+        std::time::Duration::from_secs(10),
+        Some(&plain),
+    )
+    .err()
+    .unwrap();
+    assert_eq!(err.code(), Some(ErrorCode::UnsupportedSaslMechanism));
+    assert!(err.to_string().contains("SCRAM-SHA-512"), "{err}");
+}
+
+#[test]
+fn the_http_api_needs_basic_credentials_and_acts_as_that_user() {
+    let (broker, _secrets) = secured_broker();
+    let http = broker.http.expect("the broker serves HTTP");
+    let basic = |user: &str, password: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        )
+    };
+    let admin = basic("admin", ADMIN_PASSWORD);
+    let topics = "/v3/clusters/eventflow/topics";
+
+    assert_eq!(common::http::get(http, "/health").status, 200);
+    let answer = common::http::get(http, topics);
+    assert_eq!(answer.status, 401, "{}", answer.text());
+    assert!(answer
+        .headers
+        .iter()
+        .any(|(k, v)| k == "www-authenticate" && v.starts_with("Basic")));
+    assert_eq!(common::http::get(http, "/").status, 401);
+
+    let create = serde_json::json!({"topic_name": "web-orders", "partitions_count": 1});
+    let answer = common::http::request_with(
+        http,
+        "POST",
+        topics,
+        Some(create.to_string().as_bytes()),
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &admin),
+        ],
+    );
+    assert!(answer.status < 300, "{} {}", answer.status, answer.text());
+    let answer =
+        common::http::request_with(http, "GET", topics, None, &[("Authorization", &admin)]);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(answer.text().contains("web-orders"));
+
+    let wrong = basic("admin", "wrong-password");
+    let answer =
+        common::http::request_with(http, "GET", topics, None, &[("Authorization", &wrong)]);
+    assert_eq!(answer.status, 401, "{}", answer.text());
+    assert_eq!(answer.json()["broker_error"], "authentication failed");
+}
