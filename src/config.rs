@@ -104,6 +104,9 @@ pub struct AuthConfig {
     pub kafka: ListenerAuth,
     /// Users every check lets through (Kafka's `super.users`, without the `User:` prefix).
     pub superusers: Vec<String>,
+    /// Check every request against the ACLs (`--authorizer on`): what no ACL allows is
+    /// denied. Off, every client may do everything (user management aside).
+    pub authorizer: bool,
     /// A user created at start (SCRAM-SHA-256 and -512 credentials, a superuser) if it does
     /// not exist yet: the first administrator of a broker that requires authentication.
     pub bootstrap_user: Option<(String, String)>,
@@ -127,6 +130,7 @@ impl Default for AuthConfig {
             native: listener.clone(),
             kafka: listener,
             superusers: Vec::new(),
+            authorizer: false,
             bootstrap_user: None,
             failure_delay: Duration::from_millis(500),
             timeout: Duration::from_secs(10),

@@ -306,3 +306,206 @@ fn the_http_api_needs_basic_credentials_and_acts_as_that_user() {
     assert_eq!(answer.status, 401, "{}", answer.text());
     assert_eq!(answer.json()["broker_error"], "authentication failed");
 }
+
+/// A broker that requires authentication on both listeners and checks every request
+/// against its ACLs.
+fn authorizing_broker() -> (Broker, tempfile::TempDir) {
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("admin.password");
+    std::fs::write(&password_file, format!("{ADMIN_PASSWORD}\n")).unwrap();
+    let broker = Broker::start(&[
+        "--cores",
+        "2",
+        "--native-require-auth",
+        "--authorizer",
+        "on",
+        "--bootstrap-superuser",
+        "admin",
+        "--bootstrap-superuser-password-file",
+        password_file.to_str().unwrap(),
+        "--sasl-failure-delay-ms",
+        "100",
+    ]);
+    (broker, secrets)
+}
+
+#[test]
+fn acls_decide_who_may_do_what_and_changes_apply_at_once_and_survive_a_restart() {
+    let (mut broker, _secrets) = authorizing_broker();
+    let admin = Some(("admin", ADMIN_PASSWORD, "SCRAM-SHA-512"));
+    let alice = Some(("alice", "alice-password", "SCRAM-SHA-512"));
+    let bob = Some(("bob", "bob-password1", "SCRAM-SHA-512"));
+    let run = |login, args: &[&str], stdin: &str| eventflow(&broker, login, args, stdin);
+    for (user, password) in [("alice", "alice-password"), ("bob", "bob-password1")] {
+        ok(run(admin, &["user", "add", user], &format!("{password}\n")));
+    }
+    for topic in ["orders", "billing.eu", "billing.secret"] {
+        ok(run(admin, &["topic", "create", topic], ""));
+    }
+    // alice: write and read orders, read in group "billing"; everyone: describe orders.
+    // bob: everything on topics starting "billing.", but not reading billing.secret.
+    let acls: &[&[&str]] = &[
+        &[
+            "--principal",
+            "alice",
+            "--topic",
+            "orders",
+            "--operation",
+            "Write",
+            "--operation",
+            "Read",
+        ],
+        &[
+            "--principal",
+            "alice",
+            "--group",
+            "billing",
+            "--operation",
+            "Read",
+        ],
+        &[
+            "--principal",
+            "*",
+            "--topic",
+            "orders",
+            "--operation",
+            "Describe",
+        ],
+        &[
+            "--principal",
+            "bob",
+            "--topic",
+            "billing.",
+            "--prefixed",
+            "--operation",
+            "All",
+        ],
+        &[
+            "--principal",
+            "bob",
+            "--topic",
+            "billing.secret",
+            "--operation",
+            "Read",
+            "--deny",
+        ],
+    ];
+    for args in acls {
+        let mut full = vec!["acl", "add"];
+        full.extend_from_slice(args);
+        ok(run(admin, &full, ""));
+    }
+    let listed = ok(run(admin, &["acl", "list"], ""));
+    assert_eq!(listed.lines().count(), 6, "{listed}");
+    assert!(
+        listed.contains("Deny User:bob on Topic:billing.secret from * (Read)"),
+        "{listed}"
+    );
+
+    // alice works with orders, alone and in her group.
+    ok(run(alice, &["produce", "orders"], "a\nb\n"));
+    let consume = |login, extra: &[&str]| {
+        let mut args = vec![
+            "consume",
+            "orders",
+            "--from-beginning",
+            "--timeout-ms",
+            "1500",
+        ];
+        args.extend_from_slice(extra);
+        run(login, &args, "")
+    };
+    assert_eq!(ok(consume(alice, &[])), "a\nb\n");
+    assert_eq!(
+        ok(consume(alice, &["--group", "billing"])).lines().count(),
+        2
+    );
+    // A group she may not read, a topic she may not write, a listing she sees part of.
+    refused(
+        consume(alice, &["--group", "other"]),
+        "may not Read Group other",
+    );
+    // (The producer asks for the topic's metadata first: without Describe it cannot.)
+    refused(
+        run(alice, &["produce", "billing.eu"], "x\n"),
+        "User:alice may not Describe Topic billing.eu",
+    );
+    assert_eq!(ok(run(alice, &["topic", "list"], "")).trim(), "orders\t1");
+    assert_eq!(ok(run(admin, &["topic", "list"], "")).lines().count(), 3);
+    // bob: the prefix, and the deny that wins over it.
+    ok(run(bob, &["produce", "billing.eu"], "eu\n"));
+    ok(run(bob, &["produce", "billing.secret"], "s\n"));
+    refused(
+        run(
+            bob,
+            &[
+                "consume",
+                "billing.secret",
+                "--from-beginning",
+                "--timeout-ms",
+                "1000",
+            ],
+            "",
+        ),
+        "may not Read Topic billing.secret",
+    );
+    refused(
+        run(bob, &["produce", "orders"], "x\n"),
+        "may not Write Topic orders",
+    );
+    // Neither may manage ACLs or users.
+    refused(
+        run(
+            alice,
+            &[
+                "acl",
+                "add",
+                "--principal",
+                "alice",
+                "--topic",
+                "*",
+                "--operation",
+                "All",
+            ],
+            "",
+        ),
+        "may not Alter",
+    );
+    refused(run(bob, &["user", "list"], ""), "may not Describe");
+
+    // A removed ACL stops alice at once, without a restart.
+    let out = ok(run(
+        admin,
+        &[
+            "acl",
+            "remove",
+            "--principal",
+            "alice",
+            "--topic",
+            "orders",
+            "--operation",
+            "Write",
+        ],
+        "",
+    ));
+    assert!(
+        out.starts_with("removed: Allow User:alice on Topic:orders"),
+        "{out}"
+    );
+    refused(
+        run(alice, &["produce", "orders"], "c\n"),
+        "may not Write Topic orders",
+    );
+
+    // The ACLs are durable.
+    broker.kill9();
+    broker.restart();
+    let run = |login, args: &[&str], stdin: &str| eventflow(&broker, login, args, stdin);
+    let listed = ok(run(admin, &["acl", "list"], ""));
+    assert_eq!(listed.lines().count(), 5, "{listed}");
+    assert_eq!(ok(run(alice, &["topic", "list"], "")).trim(), "orders\t1");
+    refused(
+        run(alice, &["produce", "orders"], "d\n"),
+        "may not Write Topic orders",
+    );
+}

@@ -265,3 +265,32 @@ fn unauthenticated_peers_get_nothing_and_are_bounded_in_time_and_number() {
     // The native listener does not require authentication here: it serves as before.
     broker.client().create_topic("still-open", 1, &[]).unwrap();
 }
+
+#[test]
+fn confluent_kafka_manages_acls_and_is_held_to_them() {
+    if !common::confluent_kafka_available() {
+        return;
+    }
+    let (broker, _secrets) = secured_broker(&["--authorizer", "on"]);
+    let kafka = broker.kafka.unwrap().to_string();
+    let steps = common::run_client_script(
+        &broker.data_dir,
+        "acls.py",
+        &[&kafka, ADMIN_PASSWORD],
+        Duration::from_secs(90),
+        |_| None,
+    );
+    assert_eq!(
+        steps,
+        [
+            "acls-created",
+            "alice-writes-orders-only",
+            "alice-reads-in-her-groups-only",
+            "alice-may-not-manage-acls",
+            "write-revoked",
+        ]
+    );
+    assert!(broker
+        .log()
+        .contains("ACL added: Allow User:alice on Topic:orders"));
+}

@@ -6,8 +6,9 @@
 //! checked against the same credentials by salting the password it carries, so one user
 //! store serves every mechanism. The broker's user store and the per-connection sessions
 //! live in `server/`; this module is the mechanisms' state machines and formats, shared by
-//! the broker and the client library.
+//! the broker and the client library, and the ACL model ([`acl`]) the authorizer checks.
 
+pub mod acl;
 pub mod scram;
 
 use std::fmt;

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
+use eventflow::auth::acl::{
+    self, Acl, AclFilter, Operation, PatternType, Permission, ResourceType, CLUSTER_NAME,
+};
 use eventflow::auth::{Mechanism, ScramHash};
 use eventflow::client::consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartAt};
 use eventflow::client::group::{GroupConfig, OffsetReset};
@@ -75,6 +78,49 @@ enum Command {
     /// Add, remove and list the users who may log in (a superuser's commands).
     #[command(subcommand)]
     User(UserCommand),
+    /// Add, remove and list ACLs (with eventflowd --authorizer on).
+    #[command(subcommand)]
+    Acl(AclCommand),
+}
+
+/// What an ACL command names; `acl list` and `acl remove` take every field as a filter.
+#[derive(Args, Debug)]
+struct AclArgs {
+    /// The user (`alice`, or `*` for everyone); `User:` is added.
+    #[arg(long)]
+    principal: Option<String>,
+    /// A topic name (`*`: every topic).
+    #[arg(long, conflicts_with_all = ["group", "cluster"])]
+    topic: Option<String>,
+    /// A group name (`*`: every group).
+    #[arg(long, conflicts_with = "cluster")]
+    group: Option<String>,
+    /// The cluster (creating topics, managing users and ACLs).
+    #[arg(long)]
+    cluster: bool,
+    /// The name is a prefix: the ACL matches every name that starts with it.
+    #[arg(long)]
+    prefixed: bool,
+    /// Read, Write, Create, Delete, Alter, Describe, DescribeConfigs, AlterConfigs or All
+    /// (repeatable).
+    #[arg(long = "operation")]
+    operations: Vec<String>,
+    /// Deny instead of allow.
+    #[arg(long)]
+    deny: bool,
+    /// The client's IP address (`*`: any, the default).
+    #[arg(long)]
+    host: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum AclCommand {
+    /// Add an ACL per --operation.
+    Add(AclArgs),
+    /// Remove the ACLs that match (every given field).
+    Remove(AclArgs),
+    /// List the ACLs that match (every given field; none: all).
+    List(AclArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -416,7 +462,122 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             queue_describe(&cli.bootstrap, &group).map(|()| ExitCode::SUCCESS)
         }
         Command::User(cmd) => user(&cli.bootstrap, cmd).map(|()| ExitCode::SUCCESS),
+        Command::Acl(cmd) => acl(&cli.bootstrap, cmd).map(|()| ExitCode::SUCCESS),
     }
+}
+
+impl AclArgs {
+    fn resource(&self) -> Option<(ResourceType, String)> {
+        match (&self.topic, &self.group, self.cluster) {
+            (Some(t), _, _) => Some((ResourceType::Topic, t.clone())),
+            (_, Some(g), _) => Some((ResourceType::Group, g.clone())),
+            (_, _, true) => Some((ResourceType::Cluster, CLUSTER_NAME.to_string())),
+            _ => None,
+        }
+    }
+
+    fn principal(&self) -> Option<String> {
+        self.principal.as_ref().map(|p| {
+            if p.starts_with(acl::USER_PREFIX) {
+                p.clone()
+            } else {
+                format!("{}{p}", acl::USER_PREFIX)
+            }
+        })
+    }
+
+    fn operations(&self) -> anyhow::Result<Vec<Operation>> {
+        self.operations
+            .iter()
+            .map(|o| o.parse::<Operation>().map_err(|e| anyhow!(e)))
+            .collect()
+    }
+
+    fn filter(&self) -> anyhow::Result<Vec<AclFilter>> {
+        let resource = self.resource();
+        let base = AclFilter {
+            resource_type: resource.as_ref().map(|r| r.0),
+            resource_name: resource.map(|r| r.1),
+            pattern: self.prefixed.then_some(PatternType::Prefixed),
+            principal: self.principal(),
+            host: self.host.clone(),
+            operation: None,
+            permission: self.deny.then_some(Permission::Deny),
+        };
+        let operations = self.operations()?;
+        if operations.is_empty() {
+            return Ok(vec![base]);
+        }
+        Ok(operations
+            .into_iter()
+            .map(|o| AclFilter {
+                operation: Some(o),
+                ..base.clone()
+            })
+            .collect())
+    }
+}
+
+fn acl(bootstrap: &str, cmd: AclCommand) -> anyhow::Result<()> {
+    let mut client = connect(bootstrap).context("cannot reach the broker")?;
+    match cmd {
+        AclCommand::Add(args) => {
+            let (resource_type, resource_name) = args
+                .resource()
+                .ok_or_else(|| anyhow!("name a resource: --topic, --group or --cluster"))?;
+            let principal = args
+                .principal()
+                .ok_or_else(|| anyhow!("name a --principal (a user, or * for everyone)"))?;
+            let operations = args.operations()?;
+            if operations.is_empty() {
+                bail!("name at least one --operation");
+            }
+            let acls: Vec<Acl> = operations
+                .into_iter()
+                .map(|operation| Acl {
+                    resource_type,
+                    resource_name: resource_name.clone(),
+                    pattern: if args.prefixed {
+                        PatternType::Prefixed
+                    } else {
+                        PatternType::Literal
+                    },
+                    principal: principal.clone(),
+                    host: args.host.clone().unwrap_or_else(|| "*".into()),
+                    operation,
+                    permission: if args.deny {
+                        Permission::Deny
+                    } else {
+                        Permission::Allow
+                    },
+                })
+                .collect();
+            client.create_acls(&acls)?;
+            for acl in &acls {
+                println!("added: {acl}");
+            }
+        }
+        AclCommand::Remove(args) => {
+            let mut removed = 0;
+            for filter in args.filter()? {
+                for acl in client.delete_acls(&filter)? {
+                    println!("removed: {acl}");
+                    removed += 1;
+                }
+            }
+            if removed == 0 {
+                println!("no ACL matched");
+            }
+        }
+        AclCommand::List(args) => {
+            for filter in args.filter()? {
+                for acl in client.describe_acls(&filter)? {
+                    println!("{acl}");
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The SCRAM hashes a `--mechanism` names (`both`: the two).

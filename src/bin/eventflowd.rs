@@ -227,6 +227,11 @@ struct Args {
     #[arg(long, value_name = "USER")]
     superuser: Vec<String>,
 
+    /// `on`: check every request against the ACLs (eventflow acl, Kafka's CreateAcls);
+    /// what no ACL allows is denied, superusers pass. `off`: everyone may do everything.
+    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
+    authorizer: String,
+
     /// A superuser created at start if no user of that name exists, with the password in
     /// the file --bootstrap-superuser-password-file names or in the environment variable
     /// EVENTFLOW_BOOTSTRAP_SUPERUSER_PASSWORD (never on the command line).
@@ -564,6 +569,7 @@ fn auth_from(args: &Args, l: &Layered) -> anyhow::Result<AuthConfig> {
         native,
         kafka,
         superusers,
+        authorizer: args.authorizer == "on",
         bootstrap_user,
         failure_delay: Duration::from_millis(args.sasl_failure_delay_ms),
         timeout: Duration::from_millis(args.sasl_timeout_ms),

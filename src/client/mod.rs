@@ -143,6 +143,13 @@ macro_rules! expect_response {
     };
 }
 
+fn acls_of(entries: Vec<AclEntry>) -> Result<Vec<crate::auth::acl::Acl>, ClientError> {
+    entries
+        .iter()
+        .map(|e| e.to_acl().map_err(ClientError::Unexpected))
+        .collect()
+}
+
 /// Who a client logs in as, on listeners that authenticate (`--native-require-auth`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
@@ -561,6 +568,34 @@ impl Client {
                     .map(move |p| (topic.clone(), p.partition, p.offset))
             })
             .collect())
+    }
+
+    /// Adds ACLs (a superuser's call, or one an ACL on the cluster allows).
+    pub fn create_acls(&mut self, acls: &[crate::auth::acl::Acl]) -> Result<(), ClientError> {
+        let request = Request::CreateAcls(CreateAclsRequest {
+            acls: acls.iter().map(AclEntry::of).collect(),
+        });
+        self.call(request).map(drop)
+    }
+
+    /// The ACLs `filter` matches.
+    pub fn describe_acls(
+        &mut self,
+        filter: &crate::auth::acl::AclFilter,
+    ) -> Result<Vec<crate::auth::acl::Acl>, ClientError> {
+        let request = Request::DescribeAcls(AclFilterRequest::of(filter));
+        let entries = expect_response!(self.call(request)?, DescribeAcls)?.acls;
+        acls_of(entries)
+    }
+
+    /// Removes the ACLs `filter` matches; returns them.
+    pub fn delete_acls(
+        &mut self,
+        filter: &crate::auth::acl::AclFilter,
+    ) -> Result<Vec<crate::auth::acl::Acl>, ClientError> {
+        let request = Request::DeleteAcls(AclFilterRequest::of(filter));
+        let entries = expect_response!(self.call(request)?, DeleteAcls)?.acls;
+        acls_of(entries)
     }
 
     /// Every user and the SCRAM mechanisms each may log in with (a superuser's call).

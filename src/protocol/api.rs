@@ -11,6 +11,9 @@
 //! Every API is at version 0. A broker answers a version it does not support with
 //! `UnsupportedVersion`, so clients and brokers can evolve independently.
 
+use crate::auth::acl::{
+    Acl, AclFilter, Operation, PatternType, Permission, ResourceType, ANY_CODE,
+};
 use bytes::{Bytes, BytesMut};
 
 use super::error::ErrorCode;
@@ -182,6 +185,12 @@ apis! {
     24 => UpsertUser(UpsertUserRequest) -> (), v 0;
     /// Remove a user's credential (or all of them).
     25 => DeleteUser(DeleteUserRequest) -> (), v 0;
+    /// Add ACLs.
+    26 => CreateAcls(CreateAclsRequest) -> (), v 0;
+    /// The ACLs a filter matches.
+    27 => DescribeAcls(AclFilterRequest) -> (AclsResponse), v 0;
+    /// Remove the ACLs a filter matches; answers with them.
+    28 => DeleteAcls(AclFilterRequest) -> (AclsResponse), v 0;
 }
 
 impl Request {
@@ -892,6 +901,129 @@ message! {
     }
 }
 
+message! {
+    /// One ACL. The enums are numbered as Kafka's ACL APIs number them (docs/PROTOCOL.md).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct AclEntry {
+        /// 2 topic, 3 group, 4 cluster.
+        pub resource_type: i8,
+        /// The resource's name (`*`: every resource of the type, with a literal pattern).
+        pub resource_name: String,
+        /// 3 literal, 4 prefixed.
+        pub pattern: i8,
+        /// `User:NAME` or `User:*`.
+        pub principal: String,
+        /// An IP address or `*`.
+        pub host: String,
+        /// 2 all, 3 read, 4 write, 5 create, 6 delete, 7 alter, 8 describe,
+        /// 10 describe configs, 11 alter configs.
+        pub operation: i8,
+        /// 2 deny, 3 allow.
+        pub permission: i8,
+    }
+}
+
+message! {
+    /// Add ACLs.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct CreateAclsRequest {
+        /// The ACLs.
+        pub acls: Vec<AclEntry>,
+    }
+}
+
+message! {
+    /// A filter over ACLs: a field of 1 (numbers) or empty (strings) matches anything.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct AclFilterRequest {
+        /// As in [`AclEntry`], or 1.
+        pub resource_type: i8,
+        /// As stored, or empty.
+        pub resource_name: String,
+        /// As in [`AclEntry`], or 1.
+        pub pattern: i8,
+        /// As stored, or empty.
+        pub principal: String,
+        /// As stored, or empty.
+        pub host: String,
+        /// As in [`AclEntry`], or 1.
+        pub operation: i8,
+        /// As in [`AclEntry`], or 1.
+        pub permission: i8,
+    }
+}
+
+message! {
+    /// ACLs.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct AclsResponse {
+        /// Sorted.
+        pub acls: Vec<AclEntry>,
+    }
+}
+
+impl AclEntry {
+    /// The entry of `acl`.
+    pub fn of(acl: &Acl) -> AclEntry {
+        AclEntry {
+            resource_type: acl.resource_type.code(),
+            resource_name: acl.resource_name.clone(),
+            pattern: acl.pattern.code(),
+            principal: acl.principal.clone(),
+            host: acl.host.clone(),
+            operation: acl.operation.code(),
+            permission: acl.permission.code(),
+        }
+    }
+
+    /// The ACL this entry names, or why it names none.
+    pub fn to_acl(&self) -> Result<Acl, String> {
+        let unknown = |what: &str, code: i8| format!("unknown {what} {code}");
+        Ok(Acl {
+            resource_type: ResourceType::from_code(self.resource_type)
+                .ok_or_else(|| unknown("resource type", self.resource_type))?,
+            resource_name: self.resource_name.clone(),
+            pattern: PatternType::from_code(self.pattern)
+                .ok_or_else(|| unknown("pattern type", self.pattern))?,
+            principal: self.principal.clone(),
+            host: self.host.clone(),
+            operation: Operation::from_code(self.operation)
+                .ok_or_else(|| unknown("operation", self.operation))?,
+            permission: Permission::from_code(self.permission)
+                .ok_or_else(|| unknown("permission", self.permission))?,
+        })
+    }
+}
+
+impl AclFilterRequest {
+    /// The filter, or why it is not one.
+    pub fn to_filter(&self) -> Result<AclFilter, String> {
+        let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        Ok(AclFilter {
+            resource_type: ResourceType::filter_code(self.resource_type)?,
+            resource_name: text(&self.resource_name),
+            pattern: PatternType::filter_code(self.pattern)?,
+            principal: text(&self.principal),
+            host: text(&self.host),
+            operation: Operation::filter_code(self.operation)?,
+            permission: Permission::filter_code(self.permission)?,
+        })
+    }
+
+    /// The request of `filter`.
+    pub fn of(filter: &AclFilter) -> AclFilterRequest {
+        AclFilterRequest {
+            resource_type: filter.resource_type.map_or(ANY_CODE, ResourceType::code),
+            resource_name: filter.resource_name.clone().unwrap_or_default(),
+            pattern: filter.pattern.map_or(ANY_CODE, PatternType::code),
+            principal: filter.principal.clone().unwrap_or_default(),
+            host: filter.host.clone().unwrap_or_default(),
+            operation: filter.operation.map_or(ANY_CODE, Operation::code),
+            permission: filter.permission.map_or(ANY_CODE, Permission::code),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1553,6 +1685,44 @@ mod tests {
                 "describe_queue",
                 Request::DescribeQueue(GroupRequest { group: "q".into() }),
             ),
+            (
+                "sasl_handshake",
+                Request::SaslHandshake(SaslHandshakeRequest {
+                    mechanism: "PLAIN".into(),
+                }),
+            ),
+            (
+                "sasl_authenticate",
+                Request::SaslAuthenticate(SaslBytes {
+                    bytes: Bytes::from_static(b"\0u\0p"),
+                }),
+            ),
+            ("list_users", Request::ListUsers),
+            (
+                "upsert_user",
+                Request::UpsertUser(UpsertUserRequest {
+                    name: "u".into(),
+                    mechanism: "SCRAM-SHA-256".into(),
+                    iterations: 4096,
+                    salt: Bytes::from_static(b"s"),
+                    salted_password: Bytes::from_static(b"p"),
+                }),
+            ),
+            (
+                "delete_user",
+                Request::DeleteUser(DeleteUserRequest {
+                    name: "u".into(),
+                    mechanism: String::new(),
+                }),
+            ),
+            (
+                "create_acls",
+                Request::CreateAcls(CreateAclsRequest {
+                    acls: vec![golden_acl()],
+                }),
+            ),
+            ("describe_acls", Request::DescribeAcls(golden_filter())),
+            ("delete_acls", Request::DeleteAcls(golden_filter())),
         ];
         let responses = vec![
             (
@@ -1727,6 +1897,50 @@ mod tests {
                 }),
             ),
         ];
+        let responses = responses
+            .into_iter()
+            .chain([
+                (
+                    "sasl_handshake",
+                    Response::SaslHandshake(SaslHandshakeResponse {
+                        mechanisms: vec!["PLAIN".into()],
+                    }),
+                ),
+                (
+                    "sasl_authenticate",
+                    Response::SaslAuthenticate(SaslBytes {
+                        bytes: Bytes::from_static(b"v=x"),
+                    }),
+                ),
+                (
+                    "list_users",
+                    Response::ListUsers(ListUsersResponse {
+                        users: vec![UserDescription {
+                            name: "u".into(),
+                            credentials: vec![CredentialInfo {
+                                mechanism: "SCRAM-SHA-512".into(),
+                                iterations: 4096,
+                            }],
+                        }],
+                    }),
+                ),
+                ("upsert_user", Response::UpsertUser),
+                ("delete_user", Response::DeleteUser),
+                ("create_acls", Response::CreateAcls),
+                (
+                    "describe_acls",
+                    Response::DescribeAcls(AclsResponse {
+                        acls: vec![golden_acl()],
+                    }),
+                ),
+                (
+                    "delete_acls",
+                    Response::DeleteAcls(AclsResponse {
+                        acls: vec![golden_acl()],
+                    }),
+                ),
+            ])
+            .collect::<Vec<_>>();
         let mut frames = Vec::new();
         for (name, request) in requests {
             frames.push((format!("request {name}"), flat(request.encode(7))));
@@ -1782,6 +1996,30 @@ mod tests {
         frames
     }
 
+    fn golden_acl() -> AclEntry {
+        AclEntry {
+            resource_type: 2,
+            resource_name: "o".into(),
+            pattern: 4,
+            principal: "User:u".into(),
+            host: "*".into(),
+            operation: 3,
+            permission: 3,
+        }
+    }
+
+    fn golden_filter() -> AclFilterRequest {
+        AclFilterRequest {
+            resource_type: 2,
+            resource_name: String::new(),
+            pattern: 1,
+            principal: "User:u".into(),
+            host: String::new(),
+            operation: 1,
+            permission: 1,
+        }
+    }
+
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -1809,6 +2047,14 @@ mod tests {
             ("request share_fetch", "0000003200120000000000070001710001770000000100016f000000020000000000000002000001f4000000fa000075300005000164"),
             ("request share_ack", "0000003600130000000000070001710001770000000100016f000000010000000100000001000000000000000a000000000000001302000005dc"),
             ("request describe_queue", "0000000b0014000000000007000171"),
+            ("request sasl_handshake", "0000000f00150000000000070005504c41494e"),
+            ("request sasl_authenticate", "0000001000160000000000070000000400750070"),
+            ("request list_users", "000000080017000000000007"),
+            ("request upsert_user", "000000280018000000000007000175000d534352414d2d5348412d3235360000100000000001730000000170"),
+            ("request delete_user", "0000000d00190000000000070001750000"),
+            ("request create_acls", "0000001e001a000000000007000000010200016f040006557365723a7500012a0303"),
+            ("request describe_acls", "00000018001b000000000007020000010006557365723a7500000101"),
+            ("request delete_acls", "00000018001c000000000007020000010006557365723a7500000101"),
             ("response api_versions", "0000001b00000008000000000005302e312e30000200000001000700000000"),
             ("response metadata", "00000024000000080000000000000001000100016823860000000100016f00060000000200000001"),
             ("response create_topic", "000000080000000800000000"),
@@ -1830,6 +2076,14 @@ mod tests {
             ("response share_fetch", "0000003600000008000000000000000100016f000000010000000100000000000000010000000000000005000000000000000900020000000162"),
             ("response share_ack", "0000001c00000008000000000000000100016f0000000100000001001900016d"),
             ("response describe_queue", "000000550000000800000000000171000000010001770000000100016f00000000000000000000000a000000000000001e0000000000000064000000000000000c000000000000000300000000000000050000000000000001"),
+            ("response sasl_handshake", "000000130000000800000000000000010005504c41494e"),
+            ("response sasl_authenticate", "0000000f000000080000000000000003763d78"),
+            ("response list_users", "0000002600000008000000000000000100017500000001000d534352414d2d5348412d35313200001000"),
+            ("response upsert_user", "000000080000000800000000"),
+            ("response delete_user", "000000080000000800000000"),
+            ("response create_acls", "000000080000000800000000"),
+            ("response describe_acls", "0000001e0000000800000000000000010200016f040006557365723a7500012a0303"),
+            ("response delete_acls", "0000001e0000000800000000000000010200016f040006557365723a7500012a0303"),
             ("produce_shared", "000000240007000000000007ffff000003e80000000100016f000000010000000300000003726563"),
             ("error", "0000000a00000009000300026e6f"),
             ("fetch_parts", "0000005500000008000000000000000100016f000000020000000000000000000000000000000a0000000000000000000000044646464600000001000000000000000000000014000000000000000000000006736861726564"),
@@ -1838,6 +2092,11 @@ mod tests {
     #[test]
     fn wire_format_is_unchanged() {
         let frames = golden_frames();
+        if std::env::var_os("EVENTFLOW_PRINT_GOLDEN").is_some() {
+            for (name, bytes) in &frames {
+                println!("GOLDEN (\"{name}\", \"{}\"),", hex(bytes));
+            }
+        }
         assert_eq!(frames.len(), GOLDEN.len());
         for ((name, bytes), (want_name, want)) in frames.iter().zip(GOLDEN) {
             assert_eq!(name, want_name);
@@ -1864,13 +2123,13 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn request_decode_never_panics(key in 0u16..23, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+        fn request_decode_never_panics(key in 0u16..31, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
             let header = RequestHeader { api_key: key, api_version: 0, correlation_id: 1 };
             let _ = Request::decode(&header, BytesMut::from(&body[..]));
         }
 
         #[test]
-        fn response_decode_never_panics(key in 0u16..21, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+        fn response_decode_never_panics(key in 0u16..29, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
             let mut d = Decoder::new(BytesMut::from(&body[..]));
             let _ = decode_response(ApiKey::from_u16(key).unwrap(), &mut d);
         }

@@ -35,7 +35,7 @@ use crate::protocol::{ErrorCode, WireError};
 use crate::shard::mesh::ShardLinks;
 use crate::shard::{owner_of, ShardId};
 use crate::storage::catalog::CatalogStore;
-use crate::storage::{LogConfig, PartitionLog, ProducerIds, Users};
+use crate::storage::{AclStore, LogConfig, PartitionLog, ProducerIds, Users};
 
 /// State shared by every shard of one broker (nothing here is on the data path: the
 /// connection counters are touched at accept and close only).
@@ -53,15 +53,18 @@ pub(crate) struct Global {
     pub(crate) scrapes: ScrapeSlots,
     /// The users and their credentials.
     pub(crate) users: Arc<Users>,
+    /// The ACLs the authorizer checks.
+    pub(crate) acls: Arc<AclStore>,
     /// Connections to listeners that require authentication that have not authenticated
     /// yet, across shards (bounded by the auth config's `max_unauthenticated`).
     pub(crate) unauthenticated: AtomicUsize,
 }
 
 impl Global {
-    pub(crate) fn new(shards: u16, users: Arc<Users>) -> Self {
+    pub(crate) fn new(shards: u16, users: Arc<Users>, acls: Arc<AclStore>) -> Self {
         Global {
             users,
+            acls,
             unauthenticated: AtomicUsize::new(0),
             scrapes: ScrapeSlots::new(shards),
             shutdown: AtomicBool::new(false),

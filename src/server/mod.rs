@@ -8,6 +8,7 @@
 //! well). [`BrokerHandle::shutdown`] stops accepting, lets in-flight requests
 //! finish, syncs and closes every log.
 
+mod authorizer;
 mod calls;
 mod connection;
 mod context;
@@ -51,7 +52,7 @@ use crate::shard::mesh::{mesh, MeshRemote, ShardLinks};
 use crate::shard::thread::{spawn_shard, ShardThreadConfig};
 use crate::shard::ShardId;
 use crate::storage::catalog::{CatalogStore, DELETED_PREFIX};
-use crate::storage::{FsyncPolicy, ProducerIds, UserError, Users};
+use crate::storage::{AclStore, FsyncPolicy, ProducerIds, UserError, Users};
 use connection::Protocol;
 use context::{first, Global, ShardContext};
 use rpc::Envelope;
@@ -198,6 +199,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         Arc::new(ProducerIds::open(&config.data_dir).map_err(|e| data_err(e.to_string()))?);
     let users = Arc::new(Users::open(&config.data_dir).map_err(|e| data_err(e.to_string()))?);
     create_bootstrap_user(&config.auth, &users).map_err(|e| data_err(e.to_string()))?;
+    let acls = Arc::new(AclStore::open(&config.data_dir).map_err(|e| data_err(e.to_string()))?);
     remove_deleted_topics(&config.data_dir);
 
     let shards = config.shard_count();
@@ -272,7 +274,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     );
 
     let config = Arc::new(config);
-    let global = Arc::new(Global::new(shards, users));
+    let global = Arc::new(Global::new(shards, users, acls));
     let links = mesh::<Envelope<ShardContext>>(shards, config.ring_capacity);
     let remote = links[0].remote();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<ShardId, (ShardId, String)>>();

@@ -18,6 +18,10 @@ use crate::auth::{parse_plain, AuthError, Credential, Mechanism, ScramHash, Scra
 use crate::config::AuthConfig;
 use crate::storage::Users;
 
+/// The user name of a client that has not authenticated (Kafka's principal for it is
+/// `User:ANONYMOUS`).
+pub(crate) const ANONYMOUS: &str = "ANONYMOUS";
+
 enum State {
     /// No handshake yet.
     Open,
@@ -171,7 +175,8 @@ impl SaslSession {
 }
 
 /// What a client that may not manage users is told.
-pub(crate) const NOT_SUPERUSER: &str = "managing users needs a superuser (--superuser)";
+pub(crate) const NOT_SUPERUSER: &str =
+    "managing users needs a superuser (--superuser) or, with --authorizer on, an ACL on the cluster";
 
 /// Whether the session's user is a superuser — or anyone is, on a broker that names no
 /// superuser (as Kafka without an authorizer lets every client alter credentials).
@@ -303,7 +308,11 @@ mod tests {
 
     async fn sessions() {
         let (_dir, users) = users();
-        let global = Arc::new(Global::new(1, Arc::new(Users::open(_dir.path()).unwrap())));
+        let global = Arc::new(Global::new(
+            1,
+            Arc::new(Users::open(_dir.path()).unwrap()),
+            Arc::new(crate::storage::AclStore::open(_dir.path()).unwrap()),
+        ));
         let offered = [Mechanism::ScramSha512, Mechanism::Plain];
 
         let session = RefCell::new(SaslSession::required(

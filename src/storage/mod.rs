@@ -19,11 +19,13 @@
 //! - [`catalog`]: the durable list of topics and their configs, shared by all shards.
 //! - [`ProducerIds`] (`producer_ids.rs`): the durable producer-id counter, shared by all
 //!   shards.
+//! - [`AclStore`] (`acls.rs`): the durable ACLs, shared by all shards.
 //! - [`Users`] (`users.rs`): the durable SCRAM credentials of the broker's users, shared
 //!   by all shards.
 //! - `meta_file.rs`: metadata files replaced whole and durably.
 //! - [`LogConfig`], [`StorageError`].
 
+mod acls;
 pub mod catalog;
 mod config;
 mod disk;
@@ -45,6 +47,7 @@ mod segment;
 mod sim;
 mod users;
 
+pub use acls::{AclError, AclStore};
 pub use config::{FsyncPolicy, LogConfig};
 pub use disk::{init_sync_journal, SYNC_JOURNAL_ENV};
 pub use error::StorageError;

@@ -68,6 +68,10 @@ pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
 pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
 /// INVALID_FETCH_SESSION_EPOCH.
 pub const INVALID_FETCH_SESSION_EPOCH: i16 = 71;
+/// TOPIC_AUTHORIZATION_FAILED: the principal may not do this to the topic.
+pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+/// GROUP_AUTHORIZATION_FAILED: the principal may not do this to the group.
+pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
 /// CLUSTER_AUTHORIZATION_FAILED: the principal may not do this to the cluster.
 pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
 /// UNSUPPORTED_SASL_MECHANISM: the listener does not offer the mechanism.

@@ -369,6 +369,24 @@ fn walk(key: ApiKey, version: i16, body: &[u8]) -> Step {
                 c.tags()
             })
         }
+        ApiKey::CreateAcls => c.array(|c| {
+            c.skip(1)?; // resource type
+            c.string()?; // resource name
+            c.skip(1)?; // pattern type
+            c.string()?; // principal
+            c.string()?; // host
+            c.skip(2)?; // operation, permission
+            c.tags()
+        }),
+        ApiKey::DeleteAcls => c.array(|c| {
+            c.skip(1)?;
+            c.string()?;
+            c.skip(1)?;
+            c.string()?;
+            c.string()?;
+            c.skip(2)?;
+            c.tags()
+        }),
         // No arrays: FindCoordinator v0-v3 (one key), DescribeCluster, InitProducerId,
         // Heartbeat, LeaveGroup v0-v2 (one member), the SASL exchange.
         ApiKey::FindCoordinator
@@ -377,7 +395,8 @@ fn walk(key: ApiKey, version: i16, body: &[u8]) -> Step {
         | ApiKey::Heartbeat
         | ApiKey::LeaveGroup
         | ApiKey::SaslHandshake
-        | ApiKey::SaslAuthenticate => Ok(()),
+        | ApiKey::SaslAuthenticate
+        | ApiKey::DescribeAcls => Ok(()),
         // Other APIs are refused before their body is looked at (Produce is decoded by
         // hand). An API added to SUPPORTED needs its walk here: the fuzz target
         // `kafka_request` finds one that is missing (docs/RELIABILITY.md, Fuzzing).

@@ -15,16 +15,20 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use kafka_protocol::messages::FetchRequest;
 
 use super::data::{partition_index, KafkaReply};
+use crate::auth::acl::{Operation, ResourceType};
 use crate::protocol::api::{self as native_api, TopicEntry};
 use crate::protocol::kafka::error::{
     error_code, FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH, NONE,
+    TOPIC_AUTHORIZATION_FAILED,
 };
 use crate::protocol::kafka::fetch::{
     encode_fetch_response, FetchResponseData, PartitionData, Records, TopicData,
 };
+use crate::server::authorizer::Caller;
 use crate::server::context::ShardContext;
 use crate::server::fetch_sessions::{
     creator, Begun, FetchPosition, PartitionState, SessionError, TopicPartition, FINAL_EPOCH,
@@ -74,6 +78,7 @@ pub(super) async fn fetch(
     r: FetchRequest,
     version: i16,
     correlation_id: i32,
+    caller: &Caller,
 ) -> KafkaReply {
     let limits = Limits {
         max_wait_ms: u32::try_from(r.max_wait_ms).unwrap_or(0),
@@ -107,7 +112,7 @@ pub(super) async fn fetch(
         if id != 0 && ctx.fetch_sessions.borrow_mut().close(id) {
             tracing::debug!(session = id, "fetch session closed");
         }
-        let read = read(ctx, &limits, &listed).await;
+        let read = read(ctx, &limits, &listed, caller).await;
         let mut session = 0;
         if epoch == INITIAL_EPOCH {
             let kept = listed
@@ -166,12 +171,12 @@ pub(super) async fn fetch(
         }
         Ok(Begun::Closed) => {
             tracing::debug!(session = id, "fetch session closed: answered without it");
-            let read = read(ctx, &limits, &listed).await;
+            let read = read(ctx, &limits, &listed, caller).await;
             return reply(NONE, 0, read);
         }
         Ok(Begun::Fetch { epoch, partitions }) => (epoch, partitions),
     };
-    let read = read(ctx, &limits, &partitions).await;
+    let read = read(ctx, &limits, &partitions, caller).await;
     let finished = ctx.fetch_sessions.borrow_mut().finish(
         id,
         next,
@@ -240,7 +245,47 @@ fn session_error(ctx: &ShardContext, id: i32, epoch: i32, e: SessionError) {
 
 /// Reads `partitions` with the native fetch (long-poll included), in their order: the
 /// result has one entry per partition, aligned with them.
+/// Reads `partitions`, in order; those of topics `caller` may not read are not read but
+/// answered TOPIC_AUTHORIZATION_FAILED.
 async fn read(
+    ctx: &Rc<ShardContext>,
+    limits: &Limits,
+    partitions: &[(TopicPartition, FetchPosition)],
+    caller: &Caller,
+) -> Vec<ReadPartition> {
+    let may = |key: &TopicPartition| caller.may(Operation::Read, ResourceType::Topic, &key.topic);
+    if partitions.iter().all(|(key, _)| may(key)) {
+        return read_all(ctx, limits, partitions).await;
+    }
+    let allowed: Vec<(TopicPartition, FetchPosition)> = partitions
+        .iter()
+        .filter(|(key, _)| may(key))
+        .cloned()
+        .collect();
+    let mut read = read_all(ctx, limits, &allowed).await.into_iter();
+    partitions
+        .iter()
+        .filter_map(|(key, _)| {
+            if may(key) {
+                return read.next();
+            }
+            Some(ReadPartition {
+                topic: key.topic.clone(),
+                data: PartitionData {
+                    index: key.partition,
+                    error: TOPIC_AUTHORIZATION_FAILED,
+                    high_watermark: -1,
+                    last_stable_offset: -1,
+                    log_start_offset: -1,
+                    records: Records::Shared(Bytes::new()),
+                },
+                file: None,
+            })
+        })
+        .collect()
+}
+
+async fn read_all(
     ctx: &Rc<ShardContext>,
     limits: &Limits,
     partitions: &[(TopicPartition, FetchPosition)],

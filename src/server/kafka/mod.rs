@@ -13,8 +13,12 @@
 //!   OffsetFetch, ListGroups, DescribeGroups, DeleteGroups, OffsetDelete).
 //! - `producers`: InitProducerId.
 //! - `sasl`: SaslHandshake, SaslAuthenticate and the SCRAM credential APIs.
+//! - `acls`: CreateAcls, DescribeAcls, DeleteAcls.
+//! - `authorize`: what each API's caller may touch (the authorizer, Kafka's answers).
 
+mod acls;
 mod admin;
+mod authorize;
 mod configs;
 mod data;
 mod fetch;
@@ -30,9 +34,16 @@ use std::rc::Rc;
 
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 
+use super::authorizer::Caller;
 use super::context::ShardContext;
+use crate::auth::acl::Operation::{Delete, Describe, Read};
+use crate::protocol::kafka::error::GROUP_AUTHORIZATION_FAILED;
 use crate::protocol::kafka::{
     encode_response, produce_refusal_v0_2, Body, Request, PRODUCE_MIN_SERVED,
+};
+use kafka_protocol::messages::{
+    HeartbeatResponse, JoinGroupResponse, LeaveGroupResponse, OffsetDeleteResponse,
+    OffsetFetchResponse, SyncGroupResponse,
 };
 
 /// Handles one decoded request. `Ok(None)` means no response is sent (produce with
@@ -53,6 +64,7 @@ pub(crate) async fn handle(
         client_id,
         body,
     } = request;
+    let caller = Caller::new(ctx, &session.borrow(), peer);
     let body = match body {
         Body::Produce(r) if version < PRODUCE_MIN_SERVED => {
             tracing::debug!(version, "kafka produce below v3: refused");
@@ -67,13 +79,14 @@ pub(crate) async fn handle(
             let frame = produce_refusal_v0_2(version, correlation_id, &topics);
             return Ok(Some(KafkaReply::frame(frame)));
         }
-        Body::Produce(r) => {
+        Body::Produce(mut r) => {
+            let denied = authorize::split_produce(&caller, &mut r);
             return match data::produce(ctx, r).await {
                 Some(response) => plain(
                     key,
                     version,
                     correlation_id,
-                    &ResponseKind::Produce(response),
+                    &ResponseKind::Produce(authorize::refuse_produce(response, denied)),
                 )
                 .map(Some),
                 None => Ok(None),
@@ -90,18 +103,34 @@ pub(crate) async fn handle(
             );
             ResponseKind::ApiVersions(admin::api_versions())
         }
-        RequestKind::Metadata(r) => ResponseKind::Metadata(admin::metadata(ctx, r, version, local)),
-        RequestKind::CreateTopics(r) => {
-            ResponseKind::CreateTopics(admin::create_topics(ctx, r, version).await)
+        RequestKind::Metadata(r) => {
+            let named = r.topics.as_ref().is_some_and(|t| !t.is_empty());
+            let response = admin::metadata(ctx, r, version, local);
+            ResponseKind::Metadata(authorize::metadata(&caller, named, response))
         }
-        RequestKind::DeleteTopics(r) => {
-            ResponseKind::DeleteTopics(admin::delete_topics(ctx, r, version).await)
+        RequestKind::CreateTopics(mut r) => {
+            let denied = authorize::split_create_topics(&caller, &mut r);
+            let response = admin::create_topics(ctx, r, version).await;
+            ResponseKind::CreateTopics(authorize::refuse_create_topics(&caller, response, denied))
         }
-        RequestKind::DescribeConfigs(r) => {
-            ResponseKind::DescribeConfigs(configs::describe_configs(ctx, r, version).await)
+        RequestKind::DeleteTopics(mut r) => {
+            let denied = authorize::split_delete_topics(&caller, &mut r);
+            let response = admin::delete_topics(ctx, r, version).await;
+            ResponseKind::DeleteTopics(authorize::refuse_delete_topics(&caller, response, denied))
         }
-        RequestKind::IncrementalAlterConfigs(r) => {
-            ResponseKind::IncrementalAlterConfigs(configs::incremental_alter_configs(ctx, r).await)
+        RequestKind::DescribeConfigs(mut r) => {
+            let denied = authorize::split_describe_configs(&caller, &mut r);
+            let response = configs::describe_configs(ctx, r, version).await;
+            ResponseKind::DescribeConfigs(authorize::refuse_describe_configs(
+                &caller, response, denied,
+            ))
+        }
+        RequestKind::IncrementalAlterConfigs(mut r) => {
+            let denied = authorize::split_alter_configs(&caller, &mut r);
+            let response = configs::incremental_alter_configs(ctx, r).await;
+            ResponseKind::IncrementalAlterConfigs(authorize::refuse_alter_configs(
+                &caller, response, denied,
+            ))
         }
         RequestKind::DescribeCluster(r) => {
             ResponseKind::DescribeCluster(admin::describe_cluster(ctx, r, local))
@@ -113,9 +142,49 @@ pub(crate) async fn handle(
             ResponseKind::FindCoordinator(admin::find_coordinator(ctx, r, version, local))
         }
         RequestKind::Fetch(r) => {
-            return Ok(Some(fetch::fetch(ctx, r, version, correlation_id).await));
+            return Ok(Some(
+                fetch::fetch(ctx, r, version, correlation_id, &caller).await,
+            ));
         }
-        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(data::list_offsets(ctx, r).await),
+        RequestKind::ListOffsets(mut r) => {
+            let denied = authorize::split_list_offsets(&caller, &mut r);
+            let response = data::list_offsets(ctx, r).await;
+            ResponseKind::ListOffsets(authorize::refuse_list_offsets(response, denied))
+        }
+        RequestKind::JoinGroup(r) if !authorize::group(&caller, Read, r.group_id.as_str()) => {
+            ResponseKind::JoinGroup(
+                JoinGroupResponse::default()
+                    .with_error_code(GROUP_AUTHORIZATION_FAILED)
+                    .with_generation_id(-1),
+            )
+        }
+        RequestKind::SyncGroup(r) if !authorize::group(&caller, Read, r.group_id.as_str()) => {
+            ResponseKind::SyncGroup(
+                SyncGroupResponse::default().with_error_code(GROUP_AUTHORIZATION_FAILED),
+            )
+        }
+        RequestKind::Heartbeat(r) if !authorize::group(&caller, Read, r.group_id.as_str()) => {
+            ResponseKind::Heartbeat(
+                HeartbeatResponse::default().with_error_code(GROUP_AUTHORIZATION_FAILED),
+            )
+        }
+        RequestKind::LeaveGroup(r) if !authorize::group(&caller, Read, r.group_id.as_str()) => {
+            ResponseKind::LeaveGroup(
+                LeaveGroupResponse::default().with_error_code(GROUP_AUTHORIZATION_FAILED),
+            )
+        }
+        RequestKind::OffsetDelete(r) if !authorize::group(&caller, Delete, r.group_id.as_str()) => {
+            ResponseKind::OffsetDelete(
+                OffsetDeleteResponse::default().with_error_code(GROUP_AUTHORIZATION_FAILED),
+            )
+        }
+        RequestKind::OffsetFetch(r)
+            if version < 8 && !authorize::group(&caller, Describe, r.group_id.as_str()) =>
+        {
+            ResponseKind::OffsetFetch(
+                OffsetFetchResponse::default().with_error_code(GROUP_AUTHORIZATION_FAILED),
+            )
+        }
         RequestKind::JoinGroup(r) => {
             let client = client_id.as_deref().unwrap_or("");
             ResponseKind::JoinGroup(groups::join_group(ctx, r, version, peer, client).await)
@@ -125,18 +194,29 @@ pub(crate) async fn handle(
         RequestKind::LeaveGroup(r) => {
             ResponseKind::LeaveGroup(groups::leave_group(ctx, r, version).await)
         }
-        RequestKind::OffsetCommit(r) => {
-            ResponseKind::OffsetCommit(groups::offset_commit(ctx, r).await)
+        RequestKind::OffsetCommit(mut r) => {
+            let denied = authorize::split_offset_commit(&caller, &mut r);
+            let response = groups::offset_commit(ctx, r).await;
+            ResponseKind::OffsetCommit(authorize::refuse_offset_commit(response, denied))
         }
-        RequestKind::OffsetFetch(r) => {
-            ResponseKind::OffsetFetch(groups::offset_fetch(ctx, r, version).await)
+        RequestKind::OffsetFetch(mut r) => {
+            let denied = authorize::split_offset_fetch(&caller, &mut r);
+            let response = groups::offset_fetch(ctx, r, version).await;
+            ResponseKind::OffsetFetch(authorize::refuse_offset_fetch(response, denied))
         }
-        RequestKind::ListGroups(r) => ResponseKind::ListGroups(groups::list_groups(ctx, r).await),
-        RequestKind::DescribeGroups(r) => {
-            ResponseKind::DescribeGroups(groups::describe_groups(ctx, r).await)
+        RequestKind::ListGroups(r) => ResponseKind::ListGroups(authorize::list_groups(
+            &caller,
+            groups::list_groups(ctx, r).await,
+        )),
+        RequestKind::DescribeGroups(mut r) => {
+            let denied = authorize::split_groups(&caller, Describe, &mut r.groups);
+            let response = groups::describe_groups(ctx, r).await;
+            ResponseKind::DescribeGroups(authorize::refuse_describe_groups(response, denied))
         }
-        RequestKind::DeleteGroups(r) => {
-            ResponseKind::DeleteGroups(groups::delete_groups(ctx, r).await)
+        RequestKind::DeleteGroups(mut r) => {
+            let denied = authorize::split_groups(&caller, Delete, &mut r.groups_names);
+            let response = groups::delete_groups(ctx, r).await;
+            ResponseKind::DeleteGroups(authorize::refuse_delete_groups(response, denied))
         }
         RequestKind::OffsetDelete(r) => {
             ResponseKind::OffsetDelete(groups::offset_delete(ctx, r).await)
@@ -148,11 +228,16 @@ pub(crate) async fn handle(
             ResponseKind::SaslAuthenticate(sasl::authenticate(ctx, session, r, peer).await)
         }
         RequestKind::DescribeUserScramCredentials(r) => ResponseKind::DescribeUserScramCredentials(
-            sasl::describe_user_scram_credentials(ctx, session, r),
+            sasl::describe_user_scram_credentials(ctx, &caller, r),
         ),
         RequestKind::AlterUserScramCredentials(r) => ResponseKind::AlterUserScramCredentials(
-            sasl::alter_user_scram_credentials(ctx, session, r),
+            sasl::alter_user_scram_credentials(ctx, &caller, r),
         ),
+        RequestKind::CreateAcls(r) => ResponseKind::CreateAcls(acls::create_acls(ctx, &caller, r)),
+        RequestKind::DescribeAcls(r) => {
+            ResponseKind::DescribeAcls(acls::describe_acls(ctx, &caller, r))
+        }
+        RequestKind::DeleteAcls(r) => ResponseKind::DeleteAcls(acls::delete_acls(ctx, &caller, r)),
         RequestKind::InitProducerId(r) => {
             ResponseKind::InitProducerId(producers::init_producer_id(ctx, r))
         }

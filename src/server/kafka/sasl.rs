@@ -24,8 +24,10 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use crate::auth::acl::Operation;
 use crate::auth::ScramHash;
 use crate::protocol::kafka::error as code;
+use crate::server::authorizer::Caller;
 use crate::server::context::ShardContext;
 use crate::server::sasl::{self, HandshakeError, SaslSession, Step, NOT_SUPERUSER};
 use crate::storage::UserError;
@@ -132,11 +134,11 @@ pub(crate) async fn raw_token(
 /// salt or a key), or the named users'.
 pub(super) fn describe_user_scram_credentials(
     ctx: &ShardContext,
-    session: &RefCell<SaslSession>,
+    caller: &Caller,
     request: DescribeUserScramCredentialsRequest,
 ) -> DescribeUserScramCredentialsResponse {
     let response = DescribeUserScramCredentialsResponse::default();
-    if !sasl::is_superuser(&ctx.config.auth, &session.borrow()) {
+    if !caller.may_manage(Operation::Describe) {
         return response
             .with_error_code(code::CLUSTER_AUTHORIZATION_FAILED)
             .with_error_message(Some(StrBytes::from_static_str(NOT_SUPERUSER)));
@@ -187,10 +189,10 @@ pub(super) fn describe_user_scram_credentials(
 /// before it is answered.
 pub(super) fn alter_user_scram_credentials(
     ctx: &ShardContext,
-    session: &RefCell<SaslSession>,
+    caller: &Caller,
     request: AlterUserScramCredentialsRequest,
 ) -> AlterUserScramCredentialsResponse {
-    let allowed = sasl::is_superuser(&ctx.config.auth, &session.borrow());
+    let allowed = caller.may_manage(Operation::Alter);
     let users = &ctx.global.users;
     // Kafka refuses a user named twice in one request (in either list) as a whole.
     let mut count = std::collections::BTreeMap::<String, usize>::new();

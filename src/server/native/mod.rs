@@ -7,7 +7,12 @@
 //! - `groups`: consumer-group requests, forwarded to the group's coordinator shard.
 //! - `shares`: share-group (queue) fetch, acknowledge and describe.
 //! - `users`: the SASL exchange and user management.
+//! - `acls`: ACL management.
+//!
+//! Every request is checked against the authorizer first ([`authorize`]): each topic and
+//! group it names, with the operation Kafka checks for the same request.
 
+mod acls;
 mod admin;
 mod data;
 mod groups;
@@ -26,9 +31,11 @@ use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
+use super::authorizer::Caller;
 use super::context::ShardContext;
 use super::group_coordinator::GroupOp;
 use super::sasl::SaslSession;
+use crate::auth::acl::{Operation, ResourceType};
 use crate::protocol::api::*;
 use crate::protocol::{ErrorCode, WireError};
 
@@ -49,16 +56,20 @@ pub(crate) async fn handle(
             "the broker is shutting down",
         )));
     }
+    let caller = Caller::new(ctx, &session.borrow(), peer);
+    if let Err(denied) = authorize(&caller, &request) {
+        return Some(Err(denied));
+    }
     let plain = match request {
         Request::Fetch(r) => {
             let (response, files) = fetch(ctx, r).await;
             return Some(Ok(Reply::Fetch(response, files)));
         }
         Request::ApiVersions(r) => Ok(admin::api_versions(ctx, r)),
-        Request::Metadata(r) => Ok(admin::metadata(ctx, r, local_ip)),
+        Request::Metadata(r) => Ok(visible_topics(&caller, admin::metadata(ctx, r, local_ip))),
         Request::CreateTopic(r) => admin::create_topic(ctx, r).await,
         Request::DeleteTopic(r) => admin::delete_topic(ctx, r).await,
-        Request::ListTopics => Ok(admin::list_topics(ctx)),
+        Request::ListTopics => Ok(visible_topics(&caller, admin::list_topics(ctx))),
         Request::DescribeTopic(r) => admin::describe_topic(ctx, r).await,
         Request::AlterTopicConfig(r) => admin::alter_topic(ctx, r).await,
         Request::Produce(r) => {
@@ -83,15 +94,126 @@ pub(crate) async fn handle(
         Request::DeleteGroup(r) => {
             groups::call(ctx, &r.group, GroupOp::Delete(r.group.clone())).await
         }
-        Request::ListGroups => groups::list(ctx).await,
+        Request::ListGroups => groups::list(ctx).await.map(|r| visible_groups(&caller, r)),
         Request::ShareFetch(r) => shares::fetch(ctx, r).await,
         Request::ShareAck(r) => shares::ack(ctx, r).await,
         Request::DescribeQueue(r) => shares::describe(ctx, &r.group).await,
         Request::SaslHandshake(r) => users::handshake(ctx, session, r),
         Request::SaslAuthenticate(r) => users::authenticate(ctx, session, r, peer).await,
-        Request::ListUsers => users::list_users(ctx, session),
-        Request::UpsertUser(r) => users::upsert_user(ctx, session, r),
-        Request::DeleteUser(r) => users::delete_user(ctx, session, r),
+        Request::ListUsers => users::list_users(ctx),
+        Request::UpsertUser(r) => users::upsert_user(ctx, r),
+        Request::DeleteUser(r) => users::delete_user(ctx, r),
+        Request::CreateAcls(r) => acls::create(ctx, &caller, r),
+        Request::DescribeAcls(r) => acls::describe(ctx, r),
+        Request::DeleteAcls(r) => acls::delete(ctx, &caller, r),
     };
     Some(plain.map(Reply::Plain))
+}
+
+/// Checks every resource `request` names against what `caller` may do. Listings (all
+/// topics' metadata, topics, groups) are filtered afterwards instead.
+fn authorize(caller: &Caller, request: &Request) -> Result<(), WireError> {
+    use Operation::*;
+    use ResourceType::{Group, Topic};
+    fn each<'a>(
+        caller: &Caller,
+        op: Operation,
+        names: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), WireError> {
+        names
+            .into_iter()
+            .try_for_each(|t| caller.check(op, ResourceType::Topic, t))
+    }
+    let topics = |op, names: &mut dyn Iterator<Item = &String>| each(caller, op, names);
+    match request {
+        Request::ApiVersions(_)
+        | Request::SaslHandshake(_)
+        | Request::SaslAuthenticate(_)
+        | Request::ListTopics
+        | Request::ListGroups => Ok(()),
+        Request::Metadata(r) => topics(Describe, &mut r.topics.iter()),
+        Request::CreateTopic(r) if caller.may_create_topic(&r.name) => Ok(()),
+        Request::CreateTopic(r) => Err(caller.denied(Create, Topic, &r.name)),
+        Request::DeleteTopic(r) => caller.check(Delete, Topic, &r.name),
+        Request::DescribeTopic(r) => caller.check(Describe, Topic, &r.name),
+        Request::AlterTopicConfig(r) => caller.check(AlterConfigs, Topic, &r.name),
+        Request::Produce(r) => topics(Write, &mut r.topics.iter().map(|t| &t.topic)),
+        Request::Fetch(r) => topics(Read, &mut r.topics.iter().map(|t| &t.topic)),
+        Request::ListOffsets(r) => topics(Describe, &mut r.topics.iter().map(|t| &t.topic)),
+        Request::JoinGroup(r) => {
+            caller.check(Read, Group, &r.group)?;
+            topics(Describe, &mut r.topics.iter())
+        }
+        Request::Heartbeat(r) => caller.check(Read, Group, &r.group),
+        Request::LeaveGroup(r) => caller.check(Read, Group, &r.group),
+        Request::CommitOffsets(r) => {
+            caller.check(Read, Group, &r.group)?;
+            topics(Read, &mut r.topics.iter().map(|t| &t.topic))
+        }
+        Request::FetchOffsets(r) => {
+            caller.check(Describe, Group, &r.group)?;
+            topics(Describe, &mut r.topics.iter().map(|t| &t.topic))
+        }
+        Request::DescribeGroup(r) | Request::DescribeQueue(r) => {
+            caller.check(Describe, Group, &r.group)
+        }
+        Request::DeleteGroup(r) => caller.check(Delete, Group, &r.group),
+        Request::ShareFetch(r) => {
+            caller.check(Read, Group, &r.group)?;
+            topics(Read, &mut r.topics.iter().map(|t| &t.topic))
+        }
+        Request::ShareAck(r) => {
+            caller.check(Read, Group, &r.group)?;
+            topics(Read, &mut r.topics.iter().map(|t| &t.topic))
+        }
+        Request::ListUsers | Request::DescribeAcls(_) => manage(caller, Describe),
+        Request::UpsertUser(_)
+        | Request::DeleteUser(_)
+        | Request::CreateAcls(_)
+        | Request::DeleteAcls(_) => manage(caller, Alter),
+    }
+}
+
+/// User and ACL management: a superuser's, or (authorizer on) whom a cluster ACL allows.
+fn manage(caller: &Caller, operation: Operation) -> Result<(), WireError> {
+    if caller.may_manage(operation) {
+        Ok(())
+    } else {
+        Err(WireError::new(
+            ErrorCode::NotAuthorized,
+            format!(
+                "User:{} may not {operation} the cluster's users and ACLs: a superuser \
+                 (--superuser) or, with --authorizer on, an ACL on the cluster may",
+                caller.user()
+            ),
+        ))
+    }
+}
+
+/// Drops the topics `caller` may not describe from a listing.
+fn visible_topics(caller: &Caller, response: Response) -> Response {
+    let may = |name: &str| caller.may(Operation::Describe, ResourceType::Topic, name);
+    match response {
+        Response::Metadata(mut m) => {
+            m.topics.retain(|t| may(&t.name));
+            Response::Metadata(m)
+        }
+        Response::ListTopics(mut l) => {
+            l.topics.retain(|t| may(&t.name));
+            Response::ListTopics(l)
+        }
+        other => other,
+    }
+}
+
+/// Drops the groups `caller` may not describe from a listing.
+fn visible_groups(caller: &Caller, response: Response) -> Response {
+    match response {
+        Response::ListGroups(mut l) => {
+            l.groups
+                .retain(|g| caller.may(Operation::Describe, ResourceType::Group, &g.group));
+            Response::ListGroups(l)
+        }
+        other => other,
+    }
 }

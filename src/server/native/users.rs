@@ -11,7 +11,7 @@ use crate::auth::{Mechanism, ScramHash};
 use crate::protocol::api::*;
 use crate::protocol::{ErrorCode, WireError};
 use crate::server::context::ShardContext;
-use crate::server::sasl::{self, HandshakeError, SaslSession, Step, NOT_SUPERUSER};
+use crate::server::sasl::{self, HandshakeError, SaslSession, Step};
 use crate::storage::UserError;
 
 pub(super) fn handshake(
@@ -79,14 +79,6 @@ pub(super) async fn authenticate(
     }))
 }
 
-fn superuser(ctx: &ShardContext, session: &RefCell<SaslSession>) -> Result<(), WireError> {
-    if sasl::is_superuser(&ctx.config.auth, &session.borrow()) {
-        Ok(())
-    } else {
-        Err(WireError::new(ErrorCode::NotAuthorized, NOT_SUPERUSER))
-    }
-}
-
 fn scram_hash(mechanism: &str) -> Result<ScramHash, WireError> {
     Mechanism::from_name(mechanism)
         .and_then(Mechanism::scram)
@@ -114,11 +106,8 @@ fn stored(outcome: Result<(), UserError>) -> Result<Response, WireError> {
     })
 }
 
-pub(super) fn list_users(
-    ctx: &ShardContext,
-    session: &RefCell<SaslSession>,
-) -> Result<Response, WireError> {
-    superuser(ctx, session)?;
+/// ListUsers (the caller was checked: `authorize` in mod.rs).
+pub(super) fn list_users(ctx: &ShardContext) -> Result<Response, WireError> {
     let users = ctx
         .global
         .users
@@ -138,12 +127,8 @@ pub(super) fn list_users(
     Ok(Response::ListUsers(ListUsersResponse { users }))
 }
 
-pub(super) fn upsert_user(
-    ctx: &ShardContext,
-    session: &RefCell<SaslSession>,
-    r: UpsertUserRequest,
-) -> Result<Response, WireError> {
-    superuser(ctx, session)?;
+/// UpsertUser (the caller was checked).
+pub(super) fn upsert_user(ctx: &ShardContext, r: UpsertUserRequest) -> Result<Response, WireError> {
     let hash = scram_hash(&r.mechanism)?;
     let outcome = ctx.global.users.upsert_salted(
         &r.name,
@@ -158,12 +143,8 @@ pub(super) fn upsert_user(
     stored(outcome)
 }
 
-pub(super) fn delete_user(
-    ctx: &ShardContext,
-    session: &RefCell<SaslSession>,
-    r: DeleteUserRequest,
-) -> Result<Response, WireError> {
-    superuser(ctx, session)?;
+/// DeleteUser (the caller was checked).
+pub(super) fn delete_user(ctx: &ShardContext, r: DeleteUserRequest) -> Result<Response, WireError> {
     let hash = if r.mechanism.is_empty() {
         None
     } else {
