@@ -25,7 +25,7 @@ pub struct LocalBroker {
 impl LocalBroker {
     /// Starts `binary` with `flags` on a new directory under `scratch`.
     pub fn start(binary: &Path, flags: &str, scratch: &Path) -> Result<LocalBroker> {
-        let data_dir = fresh_dir(scratch)?;
+        let data_dir = fresh_dir(scratch, "eventflowd")?;
         let log = std::fs::File::create(data_dir.join("eventflowd.log"))
             .with_context(|| format!("creating a log in {}", data_dir.display()))?;
         let mut child = Command::new(binary)
@@ -81,21 +81,25 @@ impl LocalBroker {
 
     /// SIGTERM, then SIGKILL after 30 s.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: a signal to a child process this broker owns.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
+}
+
+/// Stops a server the harness started: SIGTERM, then SIGKILL after 30 s.
+pub(crate) fn terminate(child: &mut Child) {
+    // SAFETY: a signal to a child process the harness owns.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for LocalBroker {
@@ -113,11 +117,11 @@ pub fn settle() {
     unsafe { libc::sync() };
 }
 
-/// A new empty directory under `scratch`.
-fn fresh_dir(scratch: &Path) -> Result<PathBuf> {
+/// A new empty directory under `scratch`, named after `server`.
+pub(crate) fn fresh_dir(scratch: &Path, server: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(scratch).with_context(|| format!("creating {}", scratch.display()))?;
     for n in 0u32.. {
-        let dir = scratch.join(format!("eventflowd-{}-{n}", std::process::id()));
+        let dir = scratch.join(format!("{server}-{}-{n}", std::process::id()));
         match std::fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -149,7 +153,9 @@ pub fn eventflow_durability(flags: &str) -> String {
 
 /// Whether a durability statement means "fsync before the acknowledgement".
 pub fn fsyncs_before_ack(durability: &str) -> bool {
-    durability.contains("--fsync always") || durability.contains("flush.messages=1")
+    durability.contains("--fsync always")
+        || durability.contains("flush.messages=1")
+        || durability.contains("appendfsync always")
 }
 
 /// Where to find `eventflowd`: next to this executable (the same `cargo build`), else PATH.
@@ -186,5 +192,11 @@ mod tests {
         );
         assert!(fsyncs_before_ack("eventflowd --fsync always"));
         assert!(!fsyncs_before_ack("Kafka default: no fsync"));
+        assert!(fsyncs_before_ack(
+            "redis-server appendonly yes, appendfsync always"
+        ));
+        assert!(!fsyncs_before_ack(
+            "redis-server appendonly yes, appendfsync no"
+        ));
     }
 }

@@ -5,13 +5,19 @@
 //! report says which and why: one unreachable broker should not cost the user the others'
 //! figures. A run that fails once started still ends the comparison, since its target did
 //! answer and the failure is a finding to look at, not to hide.
+//!
+//! The brokers the harness starts (`eventflow`, `redis`, `nats`) run fresh, one new server
+//! with an empty directory per run, or warm, one server per side for the whole comparison
+//! (`--brokers warm`); every side is treated the same way, and the report's broker flags
+//! say which.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
 use crate::broker::{self, LocalBroker};
 use crate::ceiling::{Ceiling, Limits};
+use crate::peers::{self, PeerFsync, PeerKind, PeerServer};
 use crate::plan::PlannedRun;
 use crate::result::{self, RunResult, Skipped};
 use crate::run::{self, RunContext};
@@ -26,26 +32,97 @@ pub const KAFKA_DEFAULT_DURABILITY: &str =
 pub enum Side {
     /// A broker already running at this address.
     Running(TargetUrl),
-    /// An `eventflowd` the harness starts for every run with these flags and a fresh data dir.
+    /// An `eventflowd` the harness starts with these flags and a fresh data dir.
     Spawned { binary: PathBuf, flags: String },
+    /// A peer server the harness starts (`redis-server`, `nats-server -js`).
+    Peer { kind: PeerKind, binary: PathBuf },
+}
+
+/// The binaries and flags of the servers `compare` can start.
+#[derive(Debug, Clone)]
+pub struct Servers {
+    pub eventflowd: PathBuf,
+    pub eventflowd_flags: String,
+    pub redis_server: PathBuf,
+    pub nats_server: PathBuf,
 }
 
 impl Side {
-    /// `eventflow` (spawned) or a URL.
-    pub fn parse(spec: &str, binary: &Path, flags: &str) -> Result<Side> {
-        if spec == "eventflow" {
-            return Ok(Side::Spawned {
-                binary: binary.to_path_buf(),
-                flags: flags.to_string(),
-            });
+    /// `eventflow`, `redis` or `nats` (started by the harness), or a URL.
+    pub fn parse(spec: &str, servers: &Servers) -> Result<Side> {
+        match spec {
+            "eventflow" => Ok(Side::Spawned {
+                binary: servers.eventflowd.clone(),
+                flags: servers.eventflowd_flags.clone(),
+            }),
+            "redis" => Ok(Side::Peer {
+                kind: PeerKind::Redis,
+                binary: servers.redis_server.clone(),
+            }),
+            "nats" => Ok(Side::Peer {
+                kind: PeerKind::Nats,
+                binary: servers.nats_server.clone(),
+            }),
+            _ => Ok(Side::Running(TargetUrl::parse(spec)?)),
         }
-        Ok(Side::Running(TargetUrl::parse(spec)?))
     }
 
     fn name(&self) -> String {
         match self {
             Side::Running(url) => url.to_string(),
             Side::Spawned { flags, .. } => format!("eventflowd {flags}"),
+            Side::Peer { kind, .. } => kind.binary_name().to_string(),
+        }
+    }
+}
+
+/// A server the harness started for one side.
+enum Started {
+    Eventflowd(LocalBroker),
+    Peer(PeerServer),
+}
+
+impl Started {
+    fn start(c: &Comparison, side: &Side) -> Result<Option<Started>> {
+        Ok(match side {
+            Side::Running(_) => None,
+            Side::Spawned { binary, flags } => Some(Started::Eventflowd(LocalBroker::start(
+                binary, flags, &c.scratch,
+            )?)),
+            Side::Peer { kind, binary } => Some(Started::Peer(PeerServer::start(
+                *kind,
+                binary,
+                &c.scratch,
+                c.peer_fsync(),
+            )?)),
+        })
+    }
+
+    fn url(&self) -> TargetUrl {
+        match self {
+            Started::Eventflowd(b) => TargetUrl::Eventflow(b.addr.clone()),
+            Started::Peer(p) => p.url(),
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Started::Eventflowd(b) => b.pid(),
+            Started::Peer(p) => p.pid(),
+        }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        match self {
+            Started::Eventflowd(b) => b.data_dir.clone(),
+            Started::Peer(p) => p.dir.clone(),
+        }
+    }
+
+    fn flags(&self) -> String {
+        match self {
+            Started::Eventflowd(b) => b.flags.clone(),
+            Started::Peer(p) => p.flags.clone(),
         }
     }
 }
@@ -68,7 +145,23 @@ pub struct Comparison {
     /// Measure the machine's ceilings first (`eventflow-bench ceiling`) and attach them to
     /// every result.
     pub measure_ceiling: bool,
+    /// How often started peers fsync; `None` follows the eventflowd flags' `--fsync`.
+    pub peer_fsync: Option<PeerFsync>,
+    /// One started server per side for the whole comparison, instead of one per run.
+    pub warm: bool,
     pub progress: bool,
+}
+
+impl Comparison {
+    fn peer_fsync(&self) -> PeerFsync {
+        self.peer_fsync.unwrap_or_else(|| {
+            let flags = self.sides.iter().find_map(|s| match s {
+                Side::Spawned { flags, .. } => Some(broker::eventflow_durability(flags)),
+                _ => None,
+            });
+            flags.map_or(PeerFsync::Always, |f| PeerFsync::from_eventflowd(&f))
+        })
+    }
 }
 
 /// Runs the comparison and writes `results.json` and the report. Returns the report path.
@@ -110,12 +203,19 @@ pub fn compare(c: &Comparison) -> Result<PathBuf> {
             durabilities.join("\n  ")
         );
     }
+    // Warm: every started side's server now, kept to the end.
+    let mut warm: Vec<Option<Started>> = Vec::new();
+    if c.warm {
+        for side in &sides {
+            warm.push(Started::start(c, side)?);
+        }
+    }
     let mut results: Vec<RunResult> = Vec::new();
     let total = c.runs.len() as u32 * c.rounds * sides.len() as u32;
     let mut done = 0;
     for planned in &c.runs {
         for round in 1..=c.rounds {
-            for (side, durability) in sides.iter().zip(&durabilities) {
+            for (i, (side, durability)) in sides.iter().zip(&durabilities).enumerate() {
                 done += 1;
                 eprintln!(
                     "[{done}/{total}] round {round}: {} on {}",
@@ -123,7 +223,8 @@ pub fn compare(c: &Comparison) -> Result<PathBuf> {
                     side.name()
                 );
                 broker::settle();
-                let mut r = run_once(c, side, durability, planned, round)?;
+                let server = warm.get(i).and_then(Option::as_ref);
+                let mut r = run_once(c, side, server, durability, planned, round)?;
                 r.ceiling.clone_from(&ceiling);
                 eprintln!("{}", crate::report::terminal_summary(&r));
                 results.push(r);
@@ -149,7 +250,7 @@ fn answering(sides: &[Side]) -> (Vec<&Side>, Vec<Skipped>) {
                     reason: format!("{e:#}"),
                 }),
             },
-            Side::Spawned { .. } => kept.push(side),
+            Side::Spawned { .. } | Side::Peer { .. } => kept.push(side),
         }
     }
     (kept, skipped)
@@ -158,52 +259,60 @@ fn answering(sides: &[Side]) -> (Vec<&Side>, Vec<Skipped>) {
 fn durability_of(c: &Comparison, side: &Side) -> String {
     match side {
         Side::Spawned { flags, .. } => broker::eventflow_durability(flags),
+        Side::Peer { kind, .. } => peers::durability(*kind, c.peer_fsync()),
         Side::Running(TargetUrl::Eventflow(_)) => c
             .eventflow_durability
             .clone()
             .unwrap_or_else(|| "eventflowd (flags not given: pass --eventflow-durability)".into()),
         Side::Running(TargetUrl::Kafka(_)) => c.kafka_durability.clone(),
+        Side::Running(url @ (TargetUrl::Redis(_) | TargetUrl::Nats(_))) => {
+            format!("{url}: started outside the harness, durability not stated")
+        }
     }
 }
 
 fn run_once(
     c: &Comparison,
     side: &Side,
+    warm: Option<&Started>,
     durability: &str,
     planned: &PlannedRun,
     round: u32,
 ) -> Result<RunResult> {
-    match side {
-        Side::Running(url) => {
-            let target = url.connect()?;
-            let ctx = RunContext {
-                target: target.as_ref(),
-                broker_pid: c.broker_pid,
-                durability: durability.to_string(),
-                broker_flags: None,
-                data_dir: None,
-                round,
-                progress: c.progress,
-            };
-            run::run(planned.kind, &planned.workload, &ctx)
-        }
-        Side::Spawned { binary, flags } => {
-            let broker = LocalBroker::start(binary, flags, &c.scratch)?;
-            let target = TargetUrl::Eventflow(broker.addr.clone()).connect()?;
-            let ctx = RunContext {
-                target: target.as_ref(),
-                broker_pid: broker.pid(),
-                durability: durability.to_string(),
-                broker_flags: Some(flags.clone()),
-                data_dir: Some(broker.data_dir.clone()),
-                round,
-                progress: c.progress,
-            };
-            // Every run gets a new broker on a new port: name the side, not the address,
-            // so that the report puts its rounds together.
-            let mut r = run::run(planned.kind, &planned.workload, &ctx)?;
-            r.target = side.name();
-            Ok(r)
-        }
+    if let Side::Running(url) = side {
+        let target = url.connect()?;
+        let ctx = RunContext {
+            target: target.as_ref(),
+            broker_pid: c.broker_pid,
+            durability: durability.to_string(),
+            broker_flags: None,
+            data_dir: None,
+            round,
+            progress: c.progress,
+        };
+        return run::run(planned.kind, &planned.workload, &ctx);
     }
+    let fresh;
+    let (server, lifetime) = match warm {
+        Some(server) => (server, "warm: one server for every run"),
+        None => {
+            fresh = Started::start(c, side)?.expect("a started side");
+            (&fresh, "fresh: a new server per run")
+        }
+    };
+    let target = server.url().connect()?;
+    let ctx = RunContext {
+        target: target.as_ref(),
+        broker_pid: server.pid(),
+        durability: durability.to_string(),
+        broker_flags: Some(format!("{} ({lifetime})", server.flags())),
+        data_dir: Some(server.data_dir()),
+        round,
+        progress: c.progress,
+    };
+    // A fresh server gets a new port every run: name the side, not the address, so that the
+    // report puts its rounds together.
+    let mut r = run::run(planned.kind, &planned.workload, &ctx)?;
+    r.target = side.name();
+    Ok(r)
 }

@@ -10,6 +10,7 @@ pub mod ceiling;
 pub mod clock;
 pub mod compare;
 pub mod machine;
+pub mod peers;
 pub mod plan;
 pub mod report;
 pub mod result;

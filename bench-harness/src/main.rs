@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand};
 
 use eventflow_bench::broker;
 use eventflow_bench::ceiling::{Ceiling, Limits};
-use eventflow_bench::compare::{self, Comparison, Side};
+use eventflow_bench::compare::{self, Comparison, Servers, Side};
+use eventflow_bench::peers::PeerFsync;
 use eventflow_bench::plan;
 use eventflow_bench::report;
 use eventflow_bench::result;
@@ -96,8 +97,10 @@ struct CompareArgs {
     /// Results go to <results-dir>/<name>/.
     #[arg(long)]
     name: String,
-    /// Comma-separated targets: `eventflow` (the harness starts eventflowd for every run
-    /// with --eventflowd-flags and a fresh data dir), eventflow://HOST:PORT, kafka://HOST:PORT.
+    /// Comma-separated targets: `eventflow` (the harness starts eventflowd with
+    /// --eventflowd-flags and a fresh data dir), `redis` (redis-server) and `nats`
+    /// (nats-server -js), started the same way, or running brokers: eventflow://HOST:PORT,
+    /// kafka://HOST:PORT, redis://HOST:PORT, nats://HOST:PORT.
     #[arg(long, value_delimiter = ',', required = true)]
     targets: Vec<String>,
     /// A plan file ([defaults] and [[run]] tables), or `default` for the built-in matrix.
@@ -112,6 +115,21 @@ struct CompareArgs {
     /// Flags for a started eventflowd.
     #[arg(long, default_value = "--fsync always", allow_hyphen_values = true)]
     eventflowd_flags: String,
+    /// The redis-server for the `redis` target (PATH, then /usr/sbin).
+    #[arg(long, default_value = "redis-server")]
+    redis_server: PathBuf,
+    /// The nats-server for the `nats` target (PATH, then /usr/sbin).
+    #[arg(long, default_value = "nats-server")]
+    nats_server: PathBuf,
+    /// How often started peers fsync: always (Redis appendfsync always), interval
+    /// (everysec) or never (no); default: as --eventflowd-flags' --fsync. NATS 2.9 has no
+    /// such setting (the report says so).
+    #[arg(long, value_parser = PeerFsync::parse)]
+    peer_fsync: Option<PeerFsync>,
+    /// Started brokers: `fresh` (a new server and directory per run) or `warm` (one per
+    /// target for the whole comparison).
+    #[arg(long, default_value = "fresh", value_parser = ["fresh", "warm"])]
+    brokers: String,
     /// Durability of kafka:// targets, in words, for the report.
     #[arg(long, default_value = compare::KAFKA_DEFAULT_DURABILITY)]
     kafka_durability: String,
@@ -195,7 +213,9 @@ fn single(kind: Kind, args: RunArgs) -> Result<()> {
     let target = url.connect()?;
     let durability = args.durability.unwrap_or_else(|| match url {
         TargetUrl::Kafka(_) => compare::KAFKA_DEFAULT_DURABILITY.to_string(),
-        TargetUrl::Eventflow(_) => "not stated (pass --durability)".to_string(),
+        TargetUrl::Eventflow(_) | TargetUrl::Redis(_) | TargetUrl::Nats(_) => {
+            "not stated (pass --durability)".to_string()
+        }
     });
     let ctx = RunContext {
         target: target.as_ref(),
@@ -223,14 +243,19 @@ fn single(kind: Kind, args: RunArgs) -> Result<()> {
 }
 
 fn compare_cmd(args: CompareArgs) -> Result<()> {
-    let binary = args
-        .eventflowd
-        .clone()
-        .unwrap_or_else(broker::default_binary);
+    let servers = Servers {
+        eventflowd: args
+            .eventflowd
+            .clone()
+            .unwrap_or_else(broker::default_binary),
+        eventflowd_flags: args.eventflowd_flags.clone(),
+        redis_server: args.redis_server.clone(),
+        nats_server: args.nats_server.clone(),
+    };
     let sides = args
         .targets
         .iter()
-        .map(|t| Side::parse(t.trim(), &binary, &args.eventflowd_flags))
+        .map(|t| Side::parse(t.trim(), &servers))
         .collect::<Result<Vec<_>>>()?;
     let mut runs = plan::load(&args.plan)?;
     for set in &args.set {
@@ -252,6 +277,10 @@ fn compare_cmd(args: CompareArgs) -> Result<()> {
         results_dir: args.results_dir,
         scratch: args.scratch,
         measure_ceiling: !args.no_ceiling,
+        peer_fsync: Some(args.peer_fsync.unwrap_or_else(|| {
+            PeerFsync::from_eventflowd(&broker::eventflow_durability(&args.eventflowd_flags))
+        })),
+        warm: args.brokers == "warm",
         progress: !args.quiet,
     })?;
     println!("report written to {}", path.display());

@@ -476,7 +476,7 @@ fn compare_can_start_eventflowd_itself() {
         assert_eq!(r.target, "eventflowd --cores 1 --no-pin --fsync never");
         assert_eq!(
             r.broker_flags.as_deref(),
-            Some("--cores 1 --no-pin --fsync never")
+            Some("--cores 1 --no-pin --fsync never (fresh: a new server per run)")
         );
         assert!(r.broker.unwrap().rss_peak_kib > 0);
     }

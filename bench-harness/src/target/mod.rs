@@ -1,6 +1,8 @@
 //! What the harness drives: a broker reached through one client library. `eventflow://` uses
 //! Eventflow's own client; `kafka://` (cargo feature `kafka`) uses librdkafka through the
-//! `rdkafka` crate. Both get the same workload knobs, mapped to their own settings.
+//! `rdkafka` crate; `redis://` (Redis Streams) and `nats://` (NATS JetStream) use thin
+//! clients of the harness's own. All get the same workload knobs, mapped to their own
+//! settings.
 
 use std::fmt;
 use std::sync::Arc;
@@ -14,6 +16,10 @@ mod eventflow;
 #[cfg(feature = "kafka")]
 mod kafka;
 pub mod librdkafka;
+mod nats;
+mod pipeline;
+mod redis;
+mod resp;
 
 /// Bytes a producer client may buffer before `send` blocks: the same for every target, so
 /// that back-pressure starts at the same point (at least four batches).
@@ -89,13 +95,20 @@ pub enum TargetUrl {
     Eventflow(String),
     /// `kafka://host:port`
     Kafka(String),
+    /// `redis://host:port`: Redis Streams.
+    Redis(String),
+    /// `nats://host:port`: NATS JetStream.
+    Nats(String),
 }
 
 impl TargetUrl {
-    /// Parses `eventflow://HOST:PORT` or `kafka://HOST:PORT`.
+    /// Parses `eventflow://`, `kafka://`, `redis://` or `nats://` followed by `HOST:PORT`.
     pub fn parse(s: &str) -> Result<TargetUrl> {
         let Some((scheme, addr)) = s.split_once("://") else {
-            bail!("target `{s}` needs a scheme: eventflow://HOST:PORT or kafka://HOST:PORT")
+            bail!(
+                "target `{s}` needs a scheme: eventflow://, kafka://, redis:// or nats:// \
+                 followed by HOST:PORT"
+            )
         };
         if addr.is_empty() || !addr.contains(':') {
             bail!("target `{s}`: expected HOST:PORT after `{scheme}://`");
@@ -103,7 +116,11 @@ impl TargetUrl {
         match scheme {
             "eventflow" => Ok(TargetUrl::Eventflow(addr.to_string())),
             "kafka" => Ok(TargetUrl::Kafka(addr.to_string())),
-            other => bail!("target `{s}`: unknown scheme `{other}` (eventflow or kafka)"),
+            "redis" => Ok(TargetUrl::Redis(addr.to_string())),
+            "nats" => Ok(TargetUrl::Nats(addr.to_string())),
+            other => {
+                bail!("target `{s}`: unknown scheme `{other}` (eventflow, kafka, redis or nats)")
+            }
         }
     }
 
@@ -118,6 +135,8 @@ impl TargetUrl {
                 "this eventflow-bench was built without Kafka support: rebuild with \
                  `--features kafka` (builds librdkafka from source: needs cmake)"
             ),
+            TargetUrl::Redis(addr) => Ok(Box::new(redis::Redis::new(addr)?)),
+            TargetUrl::Nats(addr) => Ok(Box::new(nats::Nats::new(addr)?)),
         }
     }
 }
@@ -127,6 +146,8 @@ impl fmt::Display for TargetUrl {
         match self {
             TargetUrl::Eventflow(a) => write!(f, "eventflow://{a}"),
             TargetUrl::Kafka(a) => write!(f, "kafka://{a}"),
+            TargetUrl::Redis(a) => write!(f, "redis://{a}"),
+            TargetUrl::Nats(a) => write!(f, "nats://{a}"),
         }
     }
 }
@@ -150,5 +171,15 @@ mod tests {
         assert!(TargetUrl::parse("127.0.0.1:9292").is_err());
         assert!(TargetUrl::parse("amqp://h:1").is_err());
         assert!(TargetUrl::parse("kafka://").is_err());
+        assert_eq!(
+            TargetUrl::parse("redis://127.0.0.1:6379").unwrap(),
+            TargetUrl::Redis("127.0.0.1:6379".into())
+        );
+        assert_eq!(
+            TargetUrl::parse("nats://127.0.0.1:4222")
+                .unwrap()
+                .to_string(),
+            "nats://127.0.0.1:4222"
+        );
     }
 }
