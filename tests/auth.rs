@@ -473,6 +473,48 @@ fn acls_decide_who_may_do_what_and_changes_apply_at_once_and_survive_a_restart()
     );
     refused(run(bob, &["user", "list"], ""), "may not Describe");
 
+    // The HTTP API acts as the user of its Basic credentials: alice sees her topic only
+    // and may not create one.
+    let http = broker.http.expect("the broker serves HTTP");
+    let alice_basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("alice:alice-password")
+    );
+    let topics = "/v3/clusters/eventflow/topics";
+    let answer = common::http::request_with(
+        http,
+        "GET",
+        topics,
+        None,
+        &[("Authorization", &alice_basic)],
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let body = answer.json();
+    let names: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["topic_name"].as_str())
+        .collect();
+    assert_eq!(names, ["orders"]);
+    let create = serde_json::json!({"topic_name": "alices-own", "partitions_count": 1});
+    let answer = common::http::request_with(
+        http,
+        "POST",
+        topics,
+        Some(create.to_string().as_bytes()),
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &alice_basic),
+        ],
+    );
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    assert!(
+        answer.text().contains("may not Create Topic alices-own"),
+        "{}",
+        answer.text()
+    );
+
     // A removed ACL stops alice at once, without a restart.
     let out = ok(run(
         admin,

@@ -24,13 +24,14 @@ use kafka_protocol::messages::{
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreatePartitionsRequest,
     CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, DescribeAclsRequest, DescribeAclsResponse, DescribeClusterRequest,
-    DescribeClusterResponse, DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest,
-    FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
-    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse,
-    ResponseHeader, SaslHandshakeRequest, SaslHandshakeResponse, TopicName,
+    DeleteTopicsResponse, DescribeClientQuotasRequest, DescribeClientQuotasResponse,
+    DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, GroupId, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse, ListOffsetsRequest, ListOffsetsResponse,
+    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse, MetadataRequest,
+    MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+    OffsetFetchResponse, ProduceRequest, ProduceResponse, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -104,15 +105,22 @@ fn unknown_versions_and_apis_are_refused_and_others_go_on() {
     c.send(ApiKey::Metadata, 13, &MetadataRequest::default());
     assert!(c.receive().is_none(), "closed");
     // An API the broker does not serve, whose response has a top-level error code
-    // (DescribeAcls, SaslHandshake), and a served one at a version past the advertised
-    // range whose layout has one (Fetch v13): UNSUPPORTED_VERSION, and the connection goes on.
+    // (DescribeClientQuotas, ListPartitionReassignments), and a served one at a version past
+    // the advertised range whose layout has one (Fetch v13): UNSUPPORTED_VERSION, and the
+    // connection goes on.
     let mut c = kafka(&broker);
-    let acls: DescribeAclsResponse =
-        c.call(ApiKey::DescribeAcls, 3, &DescribeAclsRequest::default());
-    assert_eq!(acls.error_code, 35);
-    let sasl: SaslHandshakeResponse =
-        c.call(ApiKey::SaslHandshake, 1, &SaslHandshakeRequest::default());
-    assert_eq!(sasl.error_code, 35);
+    let quotas: DescribeClientQuotasResponse = c.call(
+        ApiKey::DescribeClientQuotas,
+        1,
+        &DescribeClientQuotasRequest::default(),
+    );
+    assert_eq!(quotas.error_code, 35);
+    let reassignments: ListPartitionReassignmentsResponse = c.call(
+        ApiKey::ListPartitionReassignments,
+        0,
+        &ListPartitionReassignmentsRequest::default(),
+    );
+    assert_eq!(reassignments.error_code, 35);
     let fetch: FetchResponse = c.call(ApiKey::Fetch, 13, &FetchRequest::default());
     assert_eq!(fetch.error_code, 35);
     let _: MetadataResponse = c.call(ApiKey::Metadata, 12, &MetadataRequest::default());

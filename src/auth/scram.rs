@@ -18,7 +18,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256, Sha512};
 
-use super::{AuthError, ScramHash};
+use super::mechanism::{AuthError, ScramHash};
 
 /// The fewest iterations a credential may have (Kafka's floor).
 pub const MIN_ITERATIONS: u32 = 4096;

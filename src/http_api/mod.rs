@@ -10,7 +10,7 @@
 //! native protocol offers and no more. docs/ARCHITECTURE.md says why.
 //!
 //! Authentication is HTTP Basic with the broker's own users: a request's credentials are
-//! what its calls log in to the native listener with ([`state::CALLER`]), so the HTTP API
+//! what its calls log in to the native listener with (`state::CALLER`), so the HTTP API
 //! checks nothing itself and can do no more than the user could with a native client. On
 //! a broker whose native listener requires authentication, a request without credentials
 //! gets 401 (`/health`, `/ready` and `/openapi.json` stay open for orchestrators).

@@ -7,6 +7,7 @@
 //! lock) and checks each resource the request names against it.
 
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use super::context::ShardContext;
@@ -16,8 +17,8 @@ use crate::protocol::{ErrorCode, WireError};
 
 /// The principal of one request and what it may do.
 pub(crate) struct Caller {
-    /// The user's name (`ANONYMOUS` before authentication).
-    user: String,
+    /// The authenticated user (`None`: anonymous).
+    user: Option<Rc<str>>,
     ip: Option<IpAddr>,
     /// `None`: everything is allowed (authorizer off, or a superuser).
     acls: Option<Arc<Acls>>,
@@ -34,7 +35,8 @@ impl Caller {
     ) -> Caller {
         let auth = &ctx.config.auth;
         let superuser = is_superuser(auth, session);
-        let user = session.user().map_or(ANONYMOUS, |u| u).to_string();
+        // No allocation per request: the session's name is shared.
+        let user = session.user().cloned();
         let named_superuser = session
             .user()
             .is_some_and(|u| auth.superusers.iter().any(|s| **s == **u));
@@ -49,7 +51,7 @@ impl Caller {
 
     /// The user's name.
     pub(crate) fn user(&self) -> &str {
-        &self.user
+        self.user.as_deref().unwrap_or(ANONYMOUS)
     }
 
     /// Whether the caller may create the topic `name` (Create on the cluster or the topic).
@@ -67,7 +69,7 @@ impl Caller {
     ) -> bool {
         match &self.acls {
             None => true,
-            Some(acls) => acls.authorize(&self.user, self.ip, operation, resource_type, name),
+            Some(acls) => acls.authorize(self.user(), self.ip, operation, resource_type, name),
         }
     }
 
@@ -107,7 +109,7 @@ impl Caller {
             ErrorCode::NotAuthorized,
             format!(
                 "User:{} may not {operation} {resource_type} {name}",
-                self.user
+                self.user()
             ),
         )
     }
