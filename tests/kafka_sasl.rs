@@ -294,3 +294,35 @@ fn confluent_kafka_manages_acls_and_is_held_to_them() {
         .log()
         .contains("ACL added: Allow User:alice on Topic:orders"));
 }
+
+#[test]
+fn kafka_python_logs_in_with_every_mechanism() {
+    if !common::python_module_available("kafka", "kafka-python") {
+        return;
+    }
+    let (broker, _secrets) = secured_broker(&[]);
+    broker.client().create_topic("kp-sasl", 1, &[]).unwrap();
+    let kafka = broker.kafka.unwrap().to_string();
+    let steps = common::run_client_script(
+        &broker.data_dir,
+        "kafka_python_sasl.py",
+        &[&kafka, "admin", ADMIN_PASSWORD, "kp-sasl"],
+        Duration::from_secs(60),
+        |_| None,
+    );
+    assert_eq!(
+        steps,
+        [
+            "produced",
+            "produced",
+            "produced",
+            "consumed",
+            "wrong-password-refused"
+        ]
+    );
+    assert!(
+        broker.log_count("kafka authentication failed") >= 1,
+        "{}",
+        broker.log()
+    );
+}
