@@ -16,26 +16,15 @@ use eventflow::auth::Mechanism;
 use eventflow::client::{Client, ClientError, Credentials};
 use eventflow::protocol::ErrorCode;
 
-const ADMIN_PASSWORD: &str = "admin-secret-1";
+use common::ADMIN_PASSWORD;
 
+/// A broker whose native listener requires authentication (SCRAM and PLAIN).
 fn secured_broker() -> (Broker, tempfile::TempDir) {
-    let secrets = tempfile::tempdir().unwrap();
-    let password_file = secrets.path().join("admin.password");
-    std::fs::write(&password_file, format!("{ADMIN_PASSWORD}\n")).unwrap();
-    let broker = Broker::start(&[
-        "--cores",
-        "2",
+    common::start_secured(&[
         "--native-require-auth",
         "--native-sasl-mechanisms",
         "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN",
-        "--bootstrap-superuser",
-        "admin",
-        "--bootstrap-superuser-password-file",
-        password_file.to_str().unwrap(),
-        "--sasl-failure-delay-ms",
-        "100",
-    ]);
-    (broker, secrets)
+    ])
 }
 
 /// Runs `eventflow ARGS` as `user` (none: anonymously) with `stdin`.
@@ -310,23 +299,7 @@ fn the_http_api_needs_basic_credentials_and_acts_as_that_user() {
 /// A broker that requires authentication on both listeners and checks every request
 /// against its ACLs.
 fn authorizing_broker() -> (Broker, tempfile::TempDir) {
-    let secrets = tempfile::tempdir().unwrap();
-    let password_file = secrets.path().join("admin.password");
-    std::fs::write(&password_file, format!("{ADMIN_PASSWORD}\n")).unwrap();
-    let broker = Broker::start(&[
-        "--cores",
-        "2",
-        "--native-require-auth",
-        "--authorizer",
-        "on",
-        "--bootstrap-superuser",
-        "admin",
-        "--bootstrap-superuser-password-file",
-        password_file.to_str().unwrap(),
-        "--sasl-failure-delay-ms",
-        "100",
-    ]);
-    (broker, secrets)
+    common::start_secured(&["--native-require-auth", "--authorizer", "on"])
 }
 
 #[test]

@@ -14,29 +14,18 @@ use std::time::{Duration, Instant};
 
 use common::Broker;
 
-const ADMIN_PASSWORD: &str = "admin-secret-1";
+use common::ADMIN_PASSWORD;
 
-/// A broker whose Kafka listener requires authentication, with `admin` as its bootstrap
-/// superuser, and the temporary directory of the password file.
+/// A broker whose Kafka listener requires authentication (SCRAM and PLAIN), with `admin` as
+/// its bootstrap superuser, and the temporary directory of the password file.
 fn secured_broker(extra: &[&str]) -> (Broker, tempfile::TempDir) {
-    let secrets = tempfile::tempdir().unwrap();
-    let password_file = secrets.path().join("admin.password");
-    std::fs::write(&password_file, format!("{ADMIN_PASSWORD}\n")).unwrap();
     let mut args = vec![
-        "--cores",
-        "2",
         "--kafka-require-auth",
         "--kafka-sasl-mechanisms",
         "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN",
-        "--bootstrap-superuser",
-        "admin",
-        "--bootstrap-superuser-password-file",
-        password_file.to_str().unwrap(),
-        "--sasl-failure-delay-ms",
-        "100",
     ];
     args.extend_from_slice(extra);
-    (Broker::start(&args), secrets)
+    common::start_secured(&args)
 }
 
 #[test]

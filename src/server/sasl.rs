@@ -8,10 +8,11 @@
 //! rounds, milliseconds), so that check runs on a blocking thread, off the shard.
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::context::Global;
 use crate::auth::{parse_plain, AuthError, Credential, Mechanism, ScramHash, ScramServer};
@@ -172,6 +173,23 @@ impl SaslSession {
             None => Err(HandshakeError::Unsupported(name.to_string())),
         }
     }
+}
+
+/// Logs a failed login (with the peer's address and the user it named) and waits the
+/// failure delay before the caller answers it. `listener`: `kafka` or `native`.
+pub(crate) async fn failed_login(
+    listener: &'static str,
+    peer: Option<SocketAddr>,
+    user: Option<&str>,
+    error: &AuthError,
+    delay: Duration,
+) {
+    tracing::warn!(
+        ?peer,
+        user = user.unwrap_or("?"),
+        "{listener} authentication failed: {error}"
+    );
+    compio::time::sleep(delay).await;
 }
 
 /// What a client that may not manage users is told.

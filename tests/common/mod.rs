@@ -455,6 +455,32 @@ pub(crate) fn simulate_power_loss(data_dir: &Path, journal: &Path) -> PowerLoss 
     outcome
 }
 
+/// The bootstrap superuser's password of [`start_secured`] brokers.
+#[allow(dead_code)]
+pub(crate) const ADMIN_PASSWORD: &str = "admin-secret-1";
+
+/// Starts a broker (two shards) with `admin` as its bootstrap superuser (password
+/// [`ADMIN_PASSWORD`], from a file), a short failure delay, and `args`. Returns the
+/// temporary directory of the password file too: keep it while the broker runs.
+#[allow(dead_code)]
+pub(crate) fn start_secured(args: &[&str]) -> (Broker, tempfile::TempDir) {
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("admin.password");
+    std::fs::write(&password_file, format!("{ADMIN_PASSWORD}\n")).unwrap();
+    let mut all = vec![
+        "--cores",
+        "2",
+        "--bootstrap-superuser",
+        "admin",
+        "--bootstrap-superuser-password-file",
+        password_file.to_str().unwrap(),
+        "--sasl-failure-delay-ms",
+        "100",
+    ];
+    all.extend_from_slice(args);
+    (Broker::start(&all), secrets)
+}
+
 /// Whether a Kafka client a test drives (`what`) is installed, given whether its probe
 /// ran. Missing, it fails the test when `EVENTFLOW_REQUIRE_KAFKA_CLIENTS=1` (CI installs
 /// every client and sets it); otherwise the test is skipped with a line on the terminal

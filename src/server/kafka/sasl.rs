@@ -79,12 +79,8 @@ pub(super) async fn authenticate(
             response.with_auth_bytes(Bytes::from(reply))
         }
         Step::Failed { user, error } => {
-            tracing::warn!(
-                ?peer,
-                user = user.as_deref().unwrap_or("?"),
-                "kafka authentication failed: {error}"
-            );
-            compio::time::sleep(ctx.config.auth.failure_delay).await;
+            let delay = ctx.config.auth.failure_delay;
+            sasl::failed_login("kafka", peer, user.as_deref(), &error, delay).await;
             response
                 .with_error_code(code::SASL_AUTHENTICATION_FAILED)
                 .with_error_message(Some(StrBytes::from_static_str(
@@ -114,12 +110,8 @@ pub(crate) async fn raw_token(
             reply
         }
         Step::Failed { user, error } => {
-            tracing::warn!(
-                ?peer,
-                user = user.as_deref().unwrap_or("?"),
-                "kafka authentication failed: {error}"
-            );
-            compio::time::sleep(ctx.config.auth.failure_delay).await;
+            let delay = ctx.config.auth.failure_delay;
+            sasl::failed_login("kafka", peer, user.as_deref(), &error, delay).await;
             return None;
         }
         Step::IllegalState => return None,

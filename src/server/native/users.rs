@@ -56,12 +56,8 @@ pub(super) async fn authenticate(
             reply
         }
         Step::Failed { user, error } => {
-            tracing::warn!(
-                ?peer,
-                user = user.as_deref().unwrap_or("?"),
-                "native authentication failed: {error}"
-            );
-            compio::time::sleep(ctx.config.auth.failure_delay).await;
+            let delay = ctx.config.auth.failure_delay;
+            sasl::failed_login("native", peer, user.as_deref(), &error, delay).await;
             return Err(WireError::new(
                 ErrorCode::AuthenticationFailed,
                 "authentication failed: invalid user name or password",
