@@ -53,7 +53,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Acls, String> {
     Ok(Acls::new(acls))
 }
 
-fn encode(acls: &Acls) -> Vec<u8> {
+/// Writes a file the broker reads back with `decode`.
+pub(crate) fn encode(acls: &Acls) -> Vec<u8> {
     let acls = acls
         .all()
         .iter()

@@ -8,9 +8,10 @@ use super::index::{OffsetIndex, TimeIndex, OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
 use super::producer_ids::decode_mark;
 use super::producers::ProducerTable;
 
-/// `meta/topics.json` (the catalog) and `meta/producer_ids.json` (the producer-id counter)
-/// as the broker reads them at start. A catalog that loads must write and load back the
-/// same, and each topic's configs apply without a panic however they were edited.
+/// `meta/topics.json` (the catalog), `meta/producer_ids.json` (the producer-id counter),
+/// `meta/users.json` and `meta/acls.json` as the broker reads them at start. A catalog that
+/// loads must write and load back the same, and each topic's configs apply without a panic
+/// however they were edited; users and ACLs that load must write and load back the same.
 pub fn metadata_files(data: &[u8]) {
     if let Ok(catalog) = serde_json::from_slice::<Catalog>(data) {
         let written = serde_json::to_vec(&catalog).expect("a catalog serialises");
@@ -30,6 +31,14 @@ pub fn metadata_files(data: &[u8]) {
             Ok(next),
             "producer id mark round trip"
         );
+    }
+    if let Ok(users) = super::users::decode(data) {
+        let again = super::users::decode(&super::users::encode(&users)).expect("users load");
+        assert_eq!(again, users, "users round trip");
+    }
+    if let Ok(acls) = super::acls::decode(data) {
+        let again = super::acls::decode(&super::acls::encode(&acls)).expect("ACLs load");
+        assert_eq!(again, acls, "ACL round trip");
     }
 }
 

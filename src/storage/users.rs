@@ -69,7 +69,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<UserTable, String> {
     Ok(table)
 }
 
-fn encode(table: &UserTable) -> Vec<u8> {
+/// Writes a file the broker reads back with `decode`.
+pub(crate) fn encode(table: &UserTable) -> Vec<u8> {
     let users = table
         .iter()
         .map(|(name, credentials)| {
