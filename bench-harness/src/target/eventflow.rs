@@ -1,13 +1,18 @@
 //! The `eventflow://` target: Eventflow's own client library.
+//!
+//! Against a broker that requires authentication, every connection logs in as
+//! `EVENTFLOW_BENCH_SASL_USER` with `EVENTFLOW_BENCH_SASL_PASSWORD` (SCRAM-SHA-512, or
+//! `EVENTFLOW_BENCH_SASL_MECHANISM`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use eventflow::auth::Mechanism;
 use eventflow::client::consumer::{Consumer, ConsumerConfig, StartAt};
 use eventflow::client::group::{GroupConfig, OffsetReset};
 use eventflow::client::producer::{Producer, ProducerConfig, Record};
-use eventflow::client::{Client, ClientError};
+use eventflow::client::{Client, ClientError, Credentials};
 use eventflow::protocol::api::{offset_spec, Acks};
 use eventflow::protocol::ErrorCode;
 
@@ -18,17 +23,42 @@ pub(super) struct Eventflow {
     addr: String,
     url: String,
     admin: Mutex<Client>,
+    credentials: Option<Credentials>,
+}
+
+/// The credentials the environment gives, if any.
+fn credentials() -> Result<Option<Credentials>> {
+    let Ok(user) = std::env::var("EVENTFLOW_BENCH_SASL_USER") else {
+        return Ok(None);
+    };
+    let password = std::env::var("EVENTFLOW_BENCH_SASL_PASSWORD")
+        .context("EVENTFLOW_BENCH_SASL_USER needs EVENTFLOW_BENCH_SASL_PASSWORD")?;
+    let mechanism = match std::env::var("EVENTFLOW_BENCH_SASL_MECHANISM") {
+        Ok(name) => name.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+        Err(_) => Mechanism::ScramSha512,
+    };
+    Ok(Some(Credentials {
+        mechanism,
+        user,
+        password,
+    }))
 }
 
 impl Eventflow {
     pub(super) fn new(addr: &str) -> Result<Eventflow> {
-        let mut admin =
-            Client::connect(addr).with_context(|| format!("connecting to eventflow://{addr}"))?;
+        let credentials = credentials()?;
+        let mut admin = Client::connect_as(
+            addr,
+            eventflow::client::DEFAULT_REQUEST_TIMEOUT,
+            credentials.as_ref(),
+        )
+        .with_context(|| format!("connecting to eventflow://{addr}"))?;
         admin.api_versions()?;
         Ok(Eventflow {
             addr: addr.to_string(),
             url: format!("eventflow://{addr}"),
             admin: Mutex::new(admin),
+            credentials,
         })
     }
 
@@ -47,9 +77,10 @@ fn acks(a: workload::Acks) -> Acks {
     }
 }
 
-fn producer_config(addr: &str, w: &Workload) -> ProducerConfig {
+fn producer_config(addr: &str, w: &Workload, credentials: Option<Credentials>) -> ProducerConfig {
     ProducerConfig {
         bootstrap: addr.to_string(),
+        credentials,
         acks: acks(w.acks),
         batch_bytes: w.batch_bytes,
         linger: Duration::from_micros(w.linger_us),
@@ -108,8 +139,11 @@ impl Target for Eventflow {
                 Err(e) => sink.acked(tag, Some(e)),
             },
         );
-        let producer = Producer::with_callback(producer_config(&self.addr, w), callback)
-            .with_context(|| format!("producer for {}", self.url))?;
+        let producer = Producer::with_callback(
+            producer_config(&self.addr, w, self.credentials.clone()),
+            callback,
+        )
+        .with_context(|| format!("producer for {}", self.url))?;
         Ok(Box::new(EventflowProducer {
             producer,
             topic: w.topic.clone(),
@@ -123,6 +157,7 @@ impl Target for Eventflow {
             min_bytes: 1,
             max_bytes: 8 << 20,
             check_crcs: w.check_crcs,
+            credentials: self.credentials.clone(),
             ..ConsumerConfig::default()
         })
         .with_context(|| format!("consumer for {}", self.url))?;
@@ -162,7 +197,7 @@ impl Target for Eventflow {
     }
 
     fn client_settings(&self, w: &Workload) -> Vec<(String, String)> {
-        let c = producer_config(&self.addr, w);
+        let c = producer_config(&self.addr, w, self.credentials.clone());
         vec![
             ("client".into(), "eventflow (Rust, this repository)".into()),
             ("acks".into(), w.acks.as_str().into()),
