@@ -22,10 +22,16 @@ struct Broker {
 
 impl Broker {
     fn start() -> Broker {
+        Broker::start_with(|_| {})
+    }
+
+    /// A broker with `change` made to its default config.
+    fn start_with(change: impl FnOnce(&mut BrokerConfig)) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let mut config = BrokerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
         config.pin = false;
         config.direct_port_base = None;
+        change(&mut config);
         let handle = server::start(config).expect("broker starts");
         Broker {
             addr: handle.addr(),
@@ -250,6 +256,44 @@ fn the_command_line_writes_json_and_reports() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scheme"));
+}
+
+#[test]
+fn an_eventflow_target_that_requires_authentication_is_driven_with_credentials() {
+    let broker = Broker::start_with(|c| {
+        c.auth.native.required = true;
+        c.auth.authorizer = true;
+        c.auth.bootstrap_user = Some(("bench".into(), "bench-password".into()));
+        c.auth.superusers = vec!["bench".into()];
+    });
+    let produce = |login: bool| {
+        let mut cmd = bench();
+        cmd.args([
+            "e2e",
+            "--target",
+            &broker.url(),
+            "--topic",
+            "secured",
+            "--create-topic",
+            "--rate",
+            "1000",
+            "--duration",
+            "500ms",
+            "--quiet",
+        ])
+        .env_remove("EVENTFLOW_BENCH_SASL_USER");
+        if login {
+            cmd.env("EVENTFLOW_BENCH_SASL_USER", "bench")
+                .env("EVENTFLOW_BENCH_SASL_PASSWORD", "bench-password");
+        }
+        cmd
+    };
+    let out = produce(false).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("authentication required"), "{stderr}");
+    let stdout = output_ok(&mut produce(true));
+    assert!(stdout.contains("e2e"), "{stdout}");
 }
 
 const TINY_PLAN: &str = r#"

@@ -35,11 +35,13 @@ use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use compio::net::TcpStream;
 use futures_util::future::Either;
 
+use super::authorizer::Caller;
 use super::calls::ShareRelease;
 use super::context::{first, ShardContext};
 use super::kafka;
 use super::native::{self, Reply};
 use super::sasl::SaslSession;
+use crate::auth::acl::{Operation, ResourceType};
 use crate::metrics::shard::{self as metrics, ApiId, Outcome, WireProtocol};
 use crate::protocol::api::{
     encode_error_response, encode_fetch_response_parts, encode_response, Request,
@@ -571,15 +573,6 @@ async fn start_request(
             );
         }
     };
-    if let Request::ShareFetch(r) = &request {
-        let mut members = state.share_members.borrow_mut();
-        if !members
-            .iter()
-            .any(|(g, m)| *g == r.group && *m == r.member_id)
-        {
-            members.push((r.group.clone(), r.member_id.clone()));
-        }
-    }
     let exchange = matches!(
         request,
         Request::ApiVersions(_) | Request::SaslHandshake(_) | Request::SaslAuthenticate(_)
@@ -594,6 +587,19 @@ async fn start_request(
             "this listener requires authentication first (SaslHandshake, SaslAuthenticate)",
         ));
         return false;
+    }
+    if let Request::ShareFetch(r) = &request {
+        // The members whose records are released when this connection closes: only those
+        // of groups this client may read, or closing it would release another's locks.
+        let caller = Caller::new(ctx, &state.sasl.borrow(), peer);
+        let mut members = state.share_members.borrow_mut();
+        if caller.may(Operation::Read, ResourceType::Group, &r.group)
+            && !members
+                .iter()
+                .any(|(g, m)| *g == r.group && *m == r.member_id)
+        {
+            members.push((r.group.clone(), r.member_id.clone()));
+        }
     }
     let ctx = ctx.clone();
     let session = state.sasl.clone();
