@@ -282,6 +282,10 @@ fn confluent_kafka_manages_acls_and_is_held_to_them() {
     assert!(broker
         .log()
         .contains("ACL added: Allow User:alice on Topic:orders"));
+    broker.wait_for_log(
+        "User:alice may not write to orders: an acks=0 produce refused",
+        1,
+    );
 }
 
 #[test]

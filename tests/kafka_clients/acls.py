@@ -149,6 +149,11 @@ def main():
         errors[0] is not None and errors[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED,
         f"orders after the delete: {errors}",
     )
+    # acks=0 has no answer to refuse in: the broker closes the connection (the caller
+    # checks its log).
+    fire_and_forget = Producer(dict(alice, **{"acks": 0}))
+    fire_and_forget.produce("orders", value=b"y")
+    fire_and_forget.flush(TIMEOUT)
     say(step="write-revoked")
 
 

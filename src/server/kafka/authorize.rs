@@ -407,6 +407,38 @@ pub(super) fn refuse_delete_groups(
     response
 }
 
+/// FindCoordinator: a group's coordinator only for a caller that may describe the group
+/// (GROUP_AUTHORIZATION_FAILED, and no node, otherwise). `key` is v0–v3's single key;
+/// v4+ answers each key of its list. Transaction keys are left as they are.
+pub(super) fn find_coordinator(
+    caller: &Caller,
+    key_type: i8,
+    key: Option<String>,
+    mut response: FindCoordinatorResponse,
+) -> FindCoordinatorResponse {
+    if key_type != 0 {
+        return response;
+    }
+    let denied = |k: &str| !group(caller, Operation::Describe, k);
+    if key.as_deref().is_some_and(denied) {
+        response.error_code = GROUP_AUTHORIZATION_FAILED;
+        response.node_id = BrokerId(-1);
+        response.host = StrBytes::default();
+        response.port = -1;
+    }
+    for c in response
+        .coordinators
+        .iter_mut()
+        .filter(|c| denied(c.key.as_str()))
+    {
+        c.error_code = GROUP_AUTHORIZATION_FAILED;
+        c.node_id = BrokerId(-1);
+        c.host = StrBytes::default();
+        c.port = -1;
+    }
+    response
+}
+
 /// ListGroups: only the groups the caller may describe.
 pub(super) fn list_groups(caller: &Caller, mut response: ListGroupsResponse) -> ListGroupsResponse {
     response

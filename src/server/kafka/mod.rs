@@ -89,6 +89,17 @@ pub(crate) async fn handle(
                     &ResponseKind::Produce(authorize::refuse_produce(response, denied)),
                 )
                 .map(Some),
+                // acks = 0 has no answer to carry the refusal: the connection closes, as
+                // Kafka closes it, so the producer learns something is wrong.
+                None if !denied.is_empty() => Err(format!(
+                    "User:{} may not write to {}: an acks=0 produce refused",
+                    caller.user(),
+                    denied
+                        .iter()
+                        .map(|(topic, _)| topic.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
                 None => Ok(None),
             };
         }
@@ -139,7 +150,11 @@ pub(crate) async fn handle(
             ResponseKind::CreatePartitions(admin::create_partitions(ctx, r))
         }
         RequestKind::FindCoordinator(r) => {
-            ResponseKind::FindCoordinator(admin::find_coordinator(ctx, r, version, local))
+            let (key_type, key) = (r.key_type, (version < 4).then(|| r.key.to_string()));
+            let response = admin::find_coordinator(ctx, r, version, local);
+            ResponseKind::FindCoordinator(authorize::find_coordinator(
+                &caller, key_type, key, response,
+            ))
         }
         RequestKind::Fetch(r) => {
             return Ok(Some(
