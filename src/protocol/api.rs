@@ -2092,6 +2092,9 @@ mod tests {
     #[test]
     fn wire_format_is_unchanged() {
         let frames = golden_frames();
+        // A new API's frames are pinned by printing them once (`EVENTFLOW_PRINT_GOLDEN=1
+        // cargo test --lib wire_format -- --nocapture`) and pasting them below; the frames
+        // already pinned must never change.
         if std::env::var_os("EVENTFLOW_PRINT_GOLDEN").is_some() {
             for (name, bytes) in &frames {
                 println!("GOLDEN (\"{name}\", \"{}\"),", hex(bytes));
