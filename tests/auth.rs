@@ -7,8 +7,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use base64::Engine as _;
 use common::Broker;
@@ -39,21 +38,14 @@ fn eventflow(
         .args(args)
         .env("EVENTFLOW_BOOTSTRAP", broker.addr.to_string())
         .env_remove("EVENTFLOW_SASL_USER")
-        .env_remove("EVENTFLOW_SASL_PASSWORD")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env_remove("EVENTFLOW_SASL_PASSWORD");
     if let Some((user, password, mechanism)) = login {
         command
             .env("EVENTFLOW_SASL_USER", user)
             .env("EVENTFLOW_SASL_PASSWORD", password)
             .env("EVENTFLOW_SASL_MECHANISM", mechanism);
     }
-    let mut child = command.spawn().expect("run eventflow");
-    let mut input = child.stdin.take().unwrap();
-    let _ = input.write_all(stdin.as_bytes());
-    drop(input);
-    child.wait_with_output().unwrap()
+    common::run_with_stdin(command, stdin)
 }
 
 fn ok(output: Output) -> String {

@@ -733,23 +733,11 @@ fn ready_says_503_until_the_broker_serves_and_again_once_it_stops() {
 
 /// Runs the `eventflow` CLI against `broker` with `stdin`, and returns its stdout.
 fn cli(broker: &Broker, args: &[&str], stdin: &str) -> String {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eventflow"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_eventflow"));
+    command
         .args(args)
-        .env("EVENTFLOW_BOOTSTRAP", broker.addr.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run eventflow");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        .env("EVENTFLOW_BOOTSTRAP", broker.addr.to_string());
+    let out = common::run_with_stdin(command, stdin);
     assert!(
         out.status.success(),
         "eventflow {args:?}: {}",

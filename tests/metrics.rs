@@ -97,20 +97,9 @@ for family in text_string_to_metric_families(sys.stdin.read()):
         samples.append([s.name, s.labels, s.value])
 json.dump({"families": families, "samples": samples}, sys.stdout)
 "#;
-    let mut child = Command::new("python3")
-        .args(["-c", SCRIPT])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut command = Command::new("python3");
+    command.args(["-c", SCRIPT]);
+    let out = common::run_with_stdin(command, text);
     assert!(
         out.status.success(),
         "the Prometheus parser refused the exposition: {}\n{text}",

@@ -129,58 +129,30 @@ pub fn render(scrape: &Scrape<'_>) -> String {
     groups(&mut w, shards);
     connections(&mut w, shards);
 
-    w.family(
+    w.per_shard(
+        shards,
         "eventflow_queued_request_bytes",
-        "gauge",
         "Bytes of requests a shard holds in memory, against --max-queued-bytes.",
+        |s| s.queued_bytes,
     );
-    for s in shards {
-        let shard = s.shard.to_string();
-        w.sample(
-            "eventflow_queued_request_bytes",
-            &[("shard", &shard)],
-            s.queued_bytes,
-        );
-    }
-    w.family(
+    w.per_shard(
+        shards,
         "eventflow_queued_request_bytes_limit",
-        "gauge",
         "A shard's budget of request bytes (--max-queued-bytes).",
+        |s| s.queued_limit,
     );
-    for s in shards {
-        let shard = s.shard.to_string();
-        w.sample(
-            "eventflow_queued_request_bytes_limit",
-            &[("shard", &shard)],
-            s.queued_limit,
-        );
-    }
-    w.family(
+    w.per_shard(
+        shards,
         "eventflow_ring_queued_calls",
-        "gauge",
         "Calls from other shards waiting in the rings towards a shard.",
+        |s| s.ring_queued,
     );
-    for s in shards {
-        let shard = s.shard.to_string();
-        w.sample(
-            "eventflow_ring_queued_calls",
-            &[("shard", &shard)],
-            s.ring_queued,
-        );
-    }
-    w.family(
+    w.per_shard(
+        shards,
         "eventflow_ring_capacity_calls",
-        "gauge",
         "Slots of the rings towards a shard, over all senders (--ring-capacity each).",
+        |s| s.ring_capacity,
     );
-    for s in shards {
-        let shard = s.shard.to_string();
-        w.sample(
-            "eventflow_ring_capacity_calls",
-            &[("shard", &shard)],
-            s.ring_capacity,
-        );
-    }
     w.family(
         "eventflow_scrub_corrupt_batches_total",
         "counter",
@@ -458,6 +430,21 @@ impl Writer {
             let _ = write!(self.out, "{k}=\"{}\"", escape_label(v));
         }
         self.out.push('}');
+    }
+
+    /// A gauge family with one sample per shard (label `shard`).
+    fn per_shard(
+        &mut self,
+        shards: &[ShardSnapshot],
+        name: &str,
+        help: &str,
+        value: impl Fn(&ShardSnapshot) -> u64,
+    ) {
+        self.family(name, "gauge", help);
+        for s in shards {
+            let shard = s.shard.to_string();
+            self.sample(name, &[("shard", &shard)], value(s));
+        }
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {

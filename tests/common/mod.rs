@@ -455,6 +455,23 @@ pub(crate) fn simulate_power_loss(data_dir: &Path, journal: &Path) -> PowerLoss 
     outcome
 }
 
+/// Runs `command` with `stdin` as its standard input (a program that exits before
+/// reading all of it is fine) and returns its output.
+#[allow(dead_code)]
+pub(crate) fn run_with_stdin(mut command: Command, stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    let mut input = child.stdin.take().expect("piped stdin");
+    let _ = input.write_all(stdin.as_bytes());
+    drop(input);
+    child.wait_with_output().expect("wait for the program")
+}
+
 /// The bootstrap superuser's password of [`start_secured`] brokers.
 #[allow(dead_code)]
 pub(crate) const ADMIN_PASSWORD: &str = "admin-secret-1";
