@@ -106,7 +106,25 @@ fn arm(on: bool) {
     fault::with(|d| d.armed = on);
 }
 
+/// Runs a read with faults armed; also says whether a bit was flipped on the way.
+async fn armed_read<T>(read: impl std::future::Future<Output = T>) -> (T, bool) {
+    let flips = fault::with(|d| d.stats.flips);
+    arm(true);
+    let result = read.await;
+    arm(false);
+    (result, fault::with(|d| d.stats.flips) != flips)
+}
+
 impl Sim {
+    /// A read's position (from the log start up to the high watermark, inclusive) and size,
+    /// and the high watermark.
+    fn draw_read(&mut self, log: &PartitionLog) -> (i64, usize, i64) {
+        let (start, hw) = (log.log_start_offset(), log.high_watermark());
+        let offset = start + self.draw((hw - start + 1) as u64) as i64;
+        let max_bytes = 1 + self.draw(8192) as usize;
+        (offset, max_bytes, hw)
+    }
+
     fn draw(&mut self, n: u64) -> u64 {
         fault::with(|d| d.rng().below(n))
     }
@@ -425,14 +443,8 @@ impl Sim {
     /// was flipped).
     async fn read_step(&mut self) -> SimResult {
         let log = Rc::clone(self.log()?);
-        let (start, hw) = (log.log_start_offset(), log.high_watermark());
-        let offset = start + self.draw((hw - start + 1) as u64) as i64;
-        let max_bytes = 1 + self.draw(8192) as usize;
-        let flips = fault::with(|d| d.stats.flips);
-        arm(true);
-        let result = log.read(offset, max_bytes).await;
-        arm(false);
-        let flipped = fault::with(|d| d.stats.flips) != flips;
+        let (offset, max_bytes, _) = self.draw_read(&log);
+        let (result, flipped) = armed_read(log.read(offset, max_bytes)).await;
         match result {
             Ok(read) => {
                 let accepted = self.check_batches(&read.records, offset, flipped)?;
@@ -526,14 +538,8 @@ impl Sim {
     /// the last one possibly cut short (the consumer fetches it again).
     async fn read_range_step(&mut self) -> SimResult {
         let log = Rc::clone(self.log()?);
-        let (start, hw) = (log.log_start_offset(), log.high_watermark());
-        let offset = start + self.draw((hw - start + 1) as u64) as i64;
-        let max_bytes = 1 + self.draw(8192) as usize;
-        let flips = fault::with(|d| d.stats.flips);
-        arm(true);
-        let result = log.read_range(offset, max_bytes).await;
-        arm(false);
-        let flipped = fault::with(|d| d.stats.flips) != flips;
+        let (offset, max_bytes, hw) = self.draw_read(&log);
+        let (result, flipped) = armed_read(log.read_range(offset, max_bytes)).await;
         let range = match result {
             Ok((Some(range), _, _)) => range,
             // A flipped header may look like the end of the log: the consumer asks again.
