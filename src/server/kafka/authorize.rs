@@ -73,6 +73,10 @@ pub(super) fn metadata(
 
 /// Produce: the topics the caller may not write to, taken out of the request.
 pub(super) fn split_produce(caller: &Caller, r: &mut ProduceData) -> Vec<(String, Vec<i32>)> {
+    if caller.allows_all() {
+        // The data path: no reshuffling of the request when nothing can be refused.
+        return Vec::new();
+    }
     let (denied, allowed) = std::mem::take(&mut r.topics)
         .into_iter()
         .partition(|t| !topic(caller, Operation::Write, &t.name));
@@ -115,6 +119,9 @@ pub(super) fn split_list_offsets(
     caller: &Caller,
     r: &mut ListOffsetsRequest,
 ) -> Vec<list_offsets_request::ListOffsetsTopic> {
+    if caller.allows_all() {
+        return Vec::new();
+    }
     let (denied, allowed) = std::mem::take(&mut r.topics)
         .into_iter()
         .partition(|t| !topic(caller, Operation::Describe, t.name.as_str()));
@@ -298,6 +305,9 @@ pub(super) fn split_offset_commit(
     caller: &Caller,
     r: &mut OffsetCommitRequest,
 ) -> (i16, Vec<offset_commit_request::OffsetCommitRequestTopic>) {
+    if caller.allows_all() {
+        return (TOPIC_AUTHORIZATION_FAILED, Vec::new());
+    }
     if !group(caller, Operation::Read, r.group_id.as_str()) {
         return (GROUP_AUTHORIZATION_FAILED, std::mem::take(&mut r.topics));
     }
