@@ -83,6 +83,8 @@ pub struct BrokerConfig {
     pub group_initial_rebalance_delay: Duration,
     /// Authentication: mechanisms and requirements per listener, superusers, bounds.
     pub auth: AuthConfig,
+    /// TLS for the listeners it names (`None`: every listener is plaintext).
+    pub tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
 }
 
 /// How a listener authenticates its clients.
@@ -177,6 +179,7 @@ impl BrokerConfig {
             max_connections_per_ip: None,
             group_initial_rebalance_delay: Duration::from_secs(3),
             auth: AuthConfig::default(),
+            tls: None,
         }
     }
 

@@ -53,3 +53,4 @@ pub mod server;
 pub mod shard;
 #[cfg(feature = "server")]
 pub mod storage;
+pub mod tls;

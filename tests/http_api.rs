@@ -680,7 +680,8 @@ fn every_route_of_the_openapi_document_answers_as_documented() {
 fn ready_says_503_until_the_broker_serves_and_again_once_it_stops() {
     // The listener as eventflowd runs it: bound before the shards recover, told when they
     // serve and when a stop signal arrives.
-    let api = eventflow::http_api::HttpApi::start("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+    let api =
+        eventflow::http_api::HttpApi::start("127.0.0.1:0".parse().unwrap(), 1 << 20, None).unwrap();
     let h = api.addr();
     assert_eq!(
         get(h, "/health").status,
@@ -711,6 +712,7 @@ fn ready_says_503_until_the_broker_serves_and_again_once_it_stops() {
         traffic: std::sync::Arc::new(|| Box::pin(async { Err("no metrics here".to_string()) })),
         login_mechanism: None,
         login_required: false,
+        native_tls: None,
     });
     assert_eq!(get(h, "/ready").json()["status"], "ready");
     assert_eq!(get(h, &topics("t")).json()["partitions_count"], 1);

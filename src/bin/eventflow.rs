@@ -16,7 +16,7 @@ use eventflow::client::consumer::{Consumer, ConsumerConfig, ConsumerRecord, Star
 use eventflow::client::group::{GroupConfig, OffsetReset};
 use eventflow::client::producer::{Producer, ProducerConfig, Record};
 use eventflow::client::queue::{AckMode, ShareConsumer, ShareConsumerConfig};
-use eventflow::client::{Client, ClientError, Credentials};
+use eventflow::client::{Client, ClientError, ClientTls, Credentials};
 use eventflow::protocol::api::{offset_spec, Acks};
 use eventflow::protocol::batch;
 use eventflow::protocol::error::parse_fenced;
@@ -53,6 +53,22 @@ struct Cli {
     /// A file whose first line is --sasl-user's password.
     #[arg(long, global = true)]
     sasl_password_file: Option<PathBuf>,
+    /// Connect in TLS, trusting the CA certificates in this PEM file (the broker's
+    /// certificate must name the host of --bootstrap).
+    #[arg(long, global = true, env = "EVENTFLOW_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) to present to a broker that asks for one (mutual TLS).
+    #[arg(long, global = true, requires_all = ["tls_ca", "tls_key"], env = "EVENTFLOW_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        global = true,
+        requires = "tls_cert",
+        env = "EVENTFLOW_TLS_KEY",
+        value_name = "FILE"
+    )]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -405,9 +421,30 @@ fn credentials() -> Option<Credentials> {
     CREDENTIALS.get().cloned().flatten()
 }
 
-/// An admin connection with the run's request timeout, logged in as `--sasl-user`.
+/// The run's TLS (`--tls-ca`), if it connects in TLS.
+static TLS: std::sync::OnceLock<Option<ClientTls>> = std::sync::OnceLock::new();
+
+fn tls() -> Option<ClientTls> {
+    TLS.get().cloned().flatten()
+}
+
+fn tls_from(cli: &Cli) -> anyhow::Result<Option<ClientTls>> {
+    let Some(ca) = &cli.tls_ca else {
+        return Ok(None);
+    };
+    let client_cert = cli.tls_cert.as_deref().zip(cli.tls_key.as_deref());
+    Ok(Some(ClientTls::new(ca, client_cert)?))
+}
+
+/// An admin connection with the run's request timeout, logged in as `--sasl-user`, in TLS
+/// with `--tls-ca`.
 fn connect(bootstrap: &str) -> Result<Client, eventflow::client::ClientError> {
-    Client::connect_as(bootstrap, request_timeout(), credentials().as_ref())
+    Client::connect_secure(
+        bootstrap,
+        request_timeout(),
+        credentials().as_ref(),
+        tls().as_ref(),
+    )
 }
 
 /// The first line of `path`, or of the variable `var`.
@@ -447,6 +484,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let _ = REQUEST_TIMEOUT.set(Duration::from_millis(cli.request_timeout_ms));
     let _ = CREDENTIALS.set(credentials_from(&cli)?);
+    let _ = TLS.set(tls_from(&cli)?);
     match cli.command {
         Command::Topic(cmd) => topic(&cli.bootstrap, cmd),
         Command::Admin(AdminCommand::Verify { name }) => {
@@ -745,6 +783,7 @@ fn produce(bootstrap: &str, args: ProduceArgs) -> anyhow::Result<ExitCode> {
         request_timeout: request_timeout(),
         delivery_timeout: Duration::from_millis(args.delivery_timeout_ms),
         credentials: credentials(),
+        tls: tls(),
         ..ProducerConfig::default()
     })
     .context("cannot reach the broker")?;
@@ -964,6 +1003,7 @@ fn consume(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
         request_timeout: timeout,
         check_crcs: !args.no_check_crcs,
         credentials: credentials(),
+        tls: tls(),
         ..ConsumerConfig::default()
     })
     .context("cannot reach the broker")?;
@@ -987,8 +1027,13 @@ fn consume(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
             let partitions: Vec<u32> = match args.partition {
                 Some(p) => vec![p],
                 None => {
-                    let mut client = Client::connect_as(bootstrap, timeout, credentials().as_ref())
-                        .context("cannot reach the broker")?;
+                    let mut client = Client::connect_secure(
+                        bootstrap,
+                        timeout,
+                        credentials().as_ref(),
+                        tls().as_ref(),
+                    )
+                    .context("cannot reach the broker")?;
                     let d = client.describe_topic(&args.topic)?;
                     d.partitions.iter().map(|p| p.partition).collect()
                 }
@@ -1246,6 +1291,7 @@ fn queue_consume(bootstrap: &str, args: QueueConsumeArgs) -> anyhow::Result<()> 
         ack_mode: AckMode::Manual,
         request_timeout: request_timeout(),
         credentials: credentials(),
+        tls: tls(),
         ..ShareConsumerConfig::new(&args.group)
     };
     let mut consumer =

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,6 +13,7 @@ use eventflow::config::sources::{self, FileText, Layered};
 use eventflow::config::{
     available_cores, format_cores, parse_cores, parse_fsync, AuthConfig, BrokerConfig, ListenerAuth,
 };
+use eventflow::tls::{ServerTls, TlsListeners, TlsSettings};
 
 /// The Kafka listener's default port: Kafka's own, so Kafka tools work unconfigured.
 const DEFAULT_KAFKA_PORT: u16 = 9092;
@@ -256,6 +258,29 @@ struct Args {
     /// yet, across all shards; more are refused.
     #[arg(long, default_value_t = 1000)]
     max_unauthenticated_connections: usize,
+
+    /// A PEM certificate chain (the broker's certificate first): the --tls-listeners speak
+    /// TLS. Reloaded, with --tls-key, on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates that clients' certificates must chain to (mutual TLS).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+
+    /// Client certificates: `none`, `requested` (checked when a client presents one) or
+    /// `required`. A verified certificate's common name is the connection's user.
+    #[arg(long, default_value = "none", value_parser = ["none", "requested", "required"])]
+    tls_client_auth: String,
+
+    /// The listeners that speak TLS when --tls-cert is given: native, kafka, http, metrics,
+    /// or all.
+    #[arg(long, default_value = "all", value_name = "LIST")]
+    tls_listeners: String,
 }
 
 /// The environment variable that holds `--bootstrap-superuser`'s password.
@@ -361,6 +386,35 @@ fn http_from(args: &Args, layered: &Layered) -> anyhow::Result<Option<(SocketAdd
     } else {
         http_listen(args.listen, args.http_listen).map(|a| (a, args.http_max_body_bytes))
     })
+}
+
+/// The broker's TLS from the `--tls-*` flags, its files loaded and checked (`None`: no
+/// --tls-cert).
+fn tls_from(args: &Args, l: &Layered) -> anyhow::Result<Option<Arc<ServerTls>>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let listeners = TlsListeners::parse(&args.tls_listeners).map_err(|e| {
+        anyhow::anyhow!(l.blame(&["tls_listeners"], format!("--tls-listeners: {e}")))
+    })?;
+    let client_auth = args
+        .tls_client_auth
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(l.blame(&["tls_client_auth"], e)))?;
+    let settings = TlsSettings {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: args.tls_client_ca.clone(),
+        client_auth,
+        listeners,
+    };
+    let tls = ServerTls::new(settings).map_err(|e| {
+        anyhow::anyhow!(l.blame(
+            &["tls_cert", "tls_key", "tls_client_ca", "tls_client_auth"],
+            e.to_string()
+        ))
+    })?;
+    Ok(Some(Arc::new(tls)))
 }
 
 fn config_from(args: Args, layered: &Layered) -> anyhow::Result<BrokerConfig> {
@@ -577,7 +631,7 @@ fn auth_from(args: &Args, l: &Layered) -> anyhow::Result<AuthConfig> {
     })
 }
 
-/// Blocks SIGINT and SIGTERM in this thread (and so in every thread it spawns afterwards),
+/// Blocks SIGINT, SIGTERM and SIGHUP (reload the TLS certificate) in this thread (and so in every thread it spawns afterwards),
 /// so that they can be taken synchronously with `sigwait` instead of interrupting a shard.
 fn block_stop_signals() -> libc::sigset_t {
     // SAFETY: plain libc calls on a sigset_t we own; pthread_sigmask only changes this
@@ -587,6 +641,7 @@ fn block_stop_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
@@ -613,7 +668,14 @@ fn main() -> anyhow::Result<()> {
     let print_config = args.print_config;
     let config_file = args.config.clone();
     let http = http_from(&args, &layered)?;
-    let config = config_from(args, &layered)?;
+    let tls = tls_from(&args, &layered)?;
+    let mut config = config_from(args, &layered)?;
+    config.tls = tls.clone();
+    let tls_on = |pick: fn(&TlsListeners) -> bool| {
+        tls.as_ref()
+            .filter(|t| pick(&t.listeners()))
+            .map(|t| t.config())
+    };
     if print_config {
         print!("{}", layered.to_toml(|key| derived_default(key, &config)));
         return Ok(());
@@ -635,7 +697,7 @@ fn main() -> anyhow::Result<()> {
     // recover.
     let http = match http {
         Some((addr, max_body)) => Some(
-            eventflow::http_api::HttpApi::start(addr, max_body)
+            eventflow::http_api::HttpApi::start(addr, max_body, tls_on(|l| l.http))
                 .with_context(|| format!("cannot listen on --http-listen {addr}"))?,
         ),
         None => None,
@@ -648,6 +710,7 @@ fn main() -> anyhow::Result<()> {
             listener,
             eventflow::http::metrics::router(broker.scraper()),
             eventflow::http::Limits::default(),
+            tls_on(|l| l.metrics),
         ) {
             Ok(http) => Some(http),
             Err(e) => {
@@ -691,6 +754,10 @@ fn main() -> anyhow::Result<()> {
             .into_iter()
             .find(|m| native_auth.mechanisms.contains(m)),
             login_required: native_auth.required,
+            native_tls: tls
+                .as_ref()
+                .filter(|t| t.listeners().native)
+                .map(ServerTls::own_client),
         });
     }
     let direct: Vec<String> = broker
@@ -722,7 +789,24 @@ fn main() -> anyhow::Result<()> {
         .as_ref()
         .map(eventflow::http_api::HttpApi::stopping_trigger);
     let waiter = std::thread::spawn(move || {
-        let signal = wait_for_stop_signal(&signals);
+        let signal = loop {
+            let signal = wait_for_stop_signal(&signals);
+            if signal != libc::SIGHUP {
+                break signal;
+            }
+            match &tls {
+                Some(tls) => match tls.reload() {
+                    Ok(()) => tracing::info!(
+                        cert = %tls.settings().cert.display(),
+                        "SIGHUP: TLS certificate reloaded; new connections use it"
+                    ),
+                    Err(e) => tracing::error!(
+                        "SIGHUP: TLS certificate not reloaded, the old one stays: {e}"
+                    ),
+                },
+                None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+            }
+        };
         tracing::info!(signal, "stopping: finishing in-flight requests");
         if let Some(http_stopping) = http_stopping {
             http_stopping();

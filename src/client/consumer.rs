@@ -110,6 +110,8 @@ pub struct ConsumerConfig {
     pub reconnect_timeout: Option<Duration>,
     /// Who to log in as on a broker that requires authentication (`None`: anonymous).
     pub credentials: Option<super::Credentials>,
+    /// Connect in TLS, trusting these CAs (`None`: plaintext).
+    pub tls: Option<super::ClientTls>,
 }
 
 impl Default for ConsumerConfig {
@@ -127,6 +129,7 @@ impl Default for ConsumerConfig {
             reconnect_backoff_max: Duration::from_secs(2),
             reconnect_timeout: None,
             credentials: None,
+            tls: None,
         }
     }
 }
@@ -255,6 +258,7 @@ impl Consumer {
             &config.bootstrap,
             config.request_timeout,
             config.credentials.as_ref(),
+            config.tls.as_ref(),
         )?;
         bootstrap.api_versions()?;
         let (replies_tx, replies) = mpsc::channel();
@@ -382,6 +386,7 @@ impl Consumer {
         let (membership, joined) = Membership::join(
             &self.config.bootstrap,
             self.config.credentials.as_ref(),
+            self.config.tls.as_ref(),
             group,
             topics,
             config,
@@ -465,7 +470,11 @@ impl Consumer {
             Ok(())
         };
         if let Some(mut m) = self.membership.take() {
-            m.leave(&self.config.bootstrap, self.config.credentials.as_ref());
+            m.leave(
+                &self.config.bootstrap,
+                self.config.credentials.as_ref(),
+                self.config.tls.as_ref(),
+            );
         }
         committed
     }
@@ -641,6 +650,7 @@ impl Consumer {
                 &self.config.bootstrap,
                 self.config.request_timeout,
                 self.config.credentials.as_ref(),
+                self.config.tls.as_ref(),
             )?),
         };
         let result = call(client);
@@ -793,7 +803,12 @@ impl Consumer {
     /// Connects to a shard and starts its worker thread.
     fn open(&mut self, endpoint: &str) -> Result<Connection, ClientError> {
         let timeout = self.config.max_wait.min(MAX_WAIT_CAP) + self.config.request_timeout;
-        let client = connect(endpoint, timeout, self.config.credentials.as_ref())?;
+        let client = connect(
+            endpoint,
+            timeout,
+            self.config.credentials.as_ref(),
+            self.config.tls.as_ref(),
+        )?;
         let token = self.next_token;
         self.next_token += 1;
         let (requests, incoming) = mpsc::channel();
@@ -1088,8 +1103,9 @@ fn connect(
     addr: &str,
     timeout: Duration,
     credentials: Option<&super::Credentials>,
+    tls: Option<&super::ClientTls>,
 ) -> Result<Client, ClientError> {
-    Client::connect_as(addr, timeout, credentials)
+    Client::connect_secure(addr, timeout, credentials, tls)
 }
 
 /// The address of a shard's direct listener, or the bootstrap address when it has none.

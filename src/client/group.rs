@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::{Client, ClientError, Credentials, DEFAULT_REQUEST_TIMEOUT};
+use super::{Client, ClientError, ClientTls, Credentials, DEFAULT_REQUEST_TIMEOUT};
 use crate::protocol::api::{
     HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, MembershipResponse, Request, Response,
 };
@@ -117,11 +117,13 @@ impl Membership {
     pub(crate) fn join(
         bootstrap: &str,
         credentials: Option<&Credentials>,
+        tls: Option<&ClientTls>,
         group: &str,
         topics: Vec<String>,
         config: GroupConfig,
     ) -> Result<(Membership, MembershipResponse), ClientError> {
-        let mut client = Client::connect_as(bootstrap, DEFAULT_REQUEST_TIMEOUT, credentials)?;
+        let mut client =
+            Client::connect_secure(bootstrap, DEFAULT_REQUEST_TIMEOUT, credentials, tls)?;
         let joined = join(&mut client, group, "", &topics, &config)?;
         let shared = Arc::new(Shared {
             latest: Mutex::new(Latest::default()),
@@ -136,6 +138,7 @@ impl Membership {
             member_id: joined.member_id.clone(),
             shared: shared.clone(),
             credentials: credentials.cloned(),
+            tls: tls.cloned(),
         };
         let thread = std::thread::Builder::new()
             .name("eventflow-heartbeat".into())
@@ -189,13 +192,19 @@ impl Membership {
 
     /// Stops heartbeating and leaves the group (its partitions go to the others at once; the
     /// consumer commits first).
-    pub(crate) fn leave(&mut self, bootstrap: &str, credentials: Option<&Credentials>) {
+    pub(crate) fn leave(
+        &mut self,
+        bootstrap: &str,
+        credentials: Option<&Credentials>,
+        tls: Option<&ClientTls>,
+    ) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.wake.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        if let Ok(mut client) = Client::connect_as(bootstrap, DEFAULT_REQUEST_TIMEOUT, credentials)
+        if let Ok(mut client) =
+            Client::connect_secure(bootstrap, DEFAULT_REQUEST_TIMEOUT, credentials, tls)
         {
             let _ = client.call(Request::LeaveGroup(LeaveGroupRequest {
                 group: self.group.clone(),
@@ -224,6 +233,7 @@ struct Heartbeat {
     shared: Arc<Shared>,
     /// Who the member logs in as when it reconnects.
     credentials: Option<Credentials>,
+    tls: Option<ClientTls>,
 }
 
 impl Heartbeat {
@@ -290,10 +300,11 @@ impl Heartbeat {
                     // the session survives a short gap, and after a broker restart the
                     // next beat is told to join again.
                     tracing::warn!(group = %self.group, "heartbeat: {e}; reconnecting");
-                    match Client::connect_as(
+                    match Client::connect_secure(
                         self.client_addr(),
                         DEFAULT_REQUEST_TIMEOUT,
                         self.credentials.as_ref(),
+                        self.tls.as_ref(),
                     ) {
                         Ok(c) => self.client = c,
                         Err(e) => tracing::debug!("heartbeat reconnect: {e}"),

@@ -40,11 +40,15 @@ pub mod group;
 pub mod partitioner;
 pub mod producer;
 pub mod queue;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+
+pub use crate::tls::ClientTls;
 use std::time::Duration;
+pub use stream::Stream;
 
 use bytes::{Bytes, BytesMut};
 
@@ -184,7 +188,7 @@ impl Credentials {
 
 /// One connection to a broker.
 pub struct Client {
-    stream: TcpStream,
+    stream: Stream,
     addr: String,
     /// The read timeout in force (for the timeout error's message).
     timeout: std::cell::Cell<Duration>,
@@ -208,6 +212,30 @@ impl Client {
         addr: impl ToSocketAddrs + std::fmt::Debug,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
+        Client::open(addr, timeout, None)
+    }
+
+    /// Connects as [`Client::connect_timeout`] does, in TLS if `tls` is given (the broker's
+    /// certificate must name the host part of `addr`), then authenticates with
+    /// `credentials` if there are any.
+    pub fn connect_secure(
+        addr: impl ToSocketAddrs + std::fmt::Debug,
+        timeout: Duration,
+        credentials: Option<&Credentials>,
+        tls: Option<&ClientTls>,
+    ) -> Result<Client, ClientError> {
+        let mut client = Client::open(addr, timeout, tls)?;
+        if let Some(credentials) = credentials {
+            client.authenticate(credentials)?;
+        }
+        Ok(client)
+    }
+
+    fn open(
+        addr: impl ToSocketAddrs + std::fmt::Debug,
+        timeout: Duration,
+        tls: Option<&ClientTls>,
+    ) -> Result<Client, ClientError> {
         let given = format!("{addr:?}");
         let given = given.trim_matches('"').to_string();
         let addrs: Vec<SocketAddr> = addr
@@ -227,25 +255,24 @@ impl Client {
         );
         for a in &addrs {
             match TcpStream::connect_timeout(a, timeout) {
-                Ok(stream) => {
-                    let client = Client {
+                Ok(socket) => {
+                    let failed = |e| io_error(a.to_string(), timeout, e);
+                    socket.set_nodelay(true).map_err(failed)?;
+                    socket.set_read_timeout(Some(timeout)).map_err(failed)?;
+                    socket.set_write_timeout(Some(timeout)).map_err(failed)?;
+                    let stream = match tls {
+                        None => Stream::Plain(socket),
+                        // The name the caller gave, not the address it resolved to.
+                        Some(tls) => Stream::tls(socket, &given, tls).map_err(failed)?,
+                    };
+                    return Ok(Client {
                         stream,
                         addr: a.to_string(),
                         timeout: std::cell::Cell::new(timeout),
                         next_correlation_id: 1,
                         awaiting: HashMap::new(),
                         buf: BytesMut::with_capacity(64 * 1024),
-                    };
-                    client.stream.set_nodelay(true).map_err(|e| client.io(e))?;
-                    client
-                        .stream
-                        .set_read_timeout(Some(timeout))
-                        .map_err(|e| client.io(e))?;
-                    client
-                        .stream
-                        .set_write_timeout(Some(timeout))
-                        .map_err(|e| client.io(e))?;
-                    return Ok(client);
+                    });
                 }
                 Err(e) => last = e,
             }
@@ -264,11 +291,7 @@ impl Client {
         timeout: Duration,
         credentials: Option<&Credentials>,
     ) -> Result<Client, ClientError> {
-        let mut client = Client::connect_timeout(addr, timeout)?;
-        if let Some(credentials) = credentials {
-            client.authenticate(credentials)?;
-        }
-        Ok(client)
+        Client::connect_secure(addr, timeout, credentials, None)
     }
 
     /// Logs this connection in: SaslHandshake, then the mechanism's exchange in
@@ -310,7 +333,7 @@ impl Client {
 
     /// The socket, for a caller that goes on with its own framing (the producer's data
     /// connections, after authenticating).
-    pub fn into_stream(self) -> TcpStream {
+    pub fn into_stream(self) -> Stream {
         self.stream
     }
 
@@ -781,6 +804,14 @@ pub(crate) fn read_frame(stream: &mut impl Read, buf: &mut BytesMut) -> io::Resu
         match frame::split_frame(buf, MAX_RESPONSE_BYTES) {
             Ok(Some(payload)) => return Ok(payload),
             Ok(None) => {}
+            // A TLS record (an alert or a handshake) where a frame was expected.
+            Err(_) if matches!(buf[..], [0x15 | 0x16, 0x03, ..]) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the broker answered in TLS: this listener speaks TLS, connect with the \
+                     CA that signed its certificate (--tls-ca)",
+                ))
+            }
             Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
         }
         let want = frame::peek_frame_len(buf)

@@ -16,10 +16,10 @@
 //! requests in flight, reorder batches of a partition). Delivery results are futures that need no particular
 //! executor (any async runtime can await them) and can also be waited on from plain threads.
 
+use super::Stream;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::TcpStream;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -80,6 +80,8 @@ pub struct ProducerConfig {
     pub request_timeout: Duration,
     /// Who to log in as on a broker that requires authentication (`None`: anonymous).
     pub credentials: Option<super::Credentials>,
+    /// Connect in TLS, trusting these CAs (`None`: plaintext).
+    pub tls: Option<super::ClientTls>,
 }
 
 impl Default for ProducerConfig {
@@ -100,6 +102,7 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(30),
             credentials: None,
+            tls: None,
         }
     }
 }
@@ -276,10 +279,11 @@ impl Producer {
         config: ProducerConfig,
         callback: Option<DeliveryCallback>,
     ) -> Result<Producer, ClientError> {
-        let mut admin = Client::connect_as(
+        let mut admin = Client::connect_secure(
             config.bootstrap.as_str(),
             config.request_timeout,
             config.credentials.as_ref(),
+            config.tls.as_ref(),
         )?;
         let endpoints = admin.metadata(&[])?.shards;
         let batching = AccumulatorConfig {
@@ -452,10 +456,11 @@ impl Producer {
             let mut admin = lock(&self.shared.admin);
             let client = match admin.as_mut() {
                 Some(client) => client,
-                None => admin.insert(Client::connect_as(
+                None => admin.insert(Client::connect_secure(
                     self.shared.config.bootstrap.as_str(),
                     self.shared.config.request_timeout,
                     self.shared.config.credentials.as_ref(),
+                    self.shared.config.tls.as_ref(),
                 )?),
             };
             let metadata = client.metadata(&[topic]);
@@ -548,7 +553,7 @@ struct InFlight {
 }
 
 struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     addr: String,
     in_flight: Arc<InFlight>,
     next_id: u32,
@@ -682,8 +687,13 @@ fn connect(shared: &Arc<Shared>, addr: String) -> Result<Connection, ClientError
     let io_err = |source| io_error(addr.clone(), timeout, source);
     // Opened (and logged in) as any client connection, then driven by this module's own
     // writer and reader.
-    let stream = Client::connect_as(addr.as_str(), timeout, shared.config.credentials.as_ref())?
-        .into_stream();
+    let stream = Client::connect_secure(
+        addr.as_str(),
+        timeout,
+        shared.config.credentials.as_ref(),
+        shared.config.tls.as_ref(),
+    )?
+    .into_stream();
     stream.set_nodelay(true).map_err(io_err)?;
     // A stopped broker stops reading: a write blocked that long fails the connection.
     stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
@@ -917,7 +927,7 @@ fn fail_all_with(shared: &Arc<Shared>, in_flight: &InFlight, error: impl Fn() ->
     }
 }
 
-fn read_loop(shared: Arc<Shared>, mut stream: TcpStream, in_flight: Arc<InFlight>, addr: String) {
+fn read_loop(shared: Arc<Shared>, mut stream: Stream, in_flight: Arc<InFlight>, addr: String) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
         let payload = match read_frame(&mut stream, &mut buf) {

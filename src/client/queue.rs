@@ -75,6 +75,8 @@ pub struct ShareConsumerConfig {
     pub reconnect_timeout: Option<Duration>,
     /// Who to log in as on a broker that requires authentication (`None`: anonymous).
     pub credentials: Option<super::Credentials>,
+    /// Connect in TLS, trusting these CAs (`None`: plaintext).
+    pub tls: Option<super::ClientTls>,
 }
 
 impl ShareConsumerConfig {
@@ -98,6 +100,7 @@ impl ShareConsumerConfig {
             reconnect_backoff_max: Duration::from_secs(2),
             reconnect_timeout: None,
             credentials: None,
+            tls: None,
         }
     }
 }
@@ -447,10 +450,11 @@ impl ShareConsumer {
 
 /// Opens a connection to `config.bootstrap` within its request timeout and says hello.
 fn connect(config: &ShareConsumerConfig) -> Result<Client, ClientError> {
-    let mut client = Client::connect_as(
+    let mut client = Client::connect_secure(
         config.bootstrap.as_str(),
         config.request_timeout,
         config.credentials.as_ref(),
+        config.tls.as_ref(),
     )?;
     client.set_read_timeout(Some(config.request_timeout))?;
     client.api_versions()?;

@@ -17,6 +17,7 @@
 //!   of a shard.
 
 pub mod metrics;
+pub mod tls;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -65,8 +66,13 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Serves `router` on `listener` from a new thread.
-    pub fn start(listener: StdListener, router: Router, limits: Limits) -> io::Result<HttpServer> {
+    /// Serves `router` on `listener` from a new thread, in TLS if `tls` is given.
+    pub fn start(
+        listener: StdListener,
+        router: Router,
+        limits: Limits,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> io::Result<HttpServer> {
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -79,8 +85,14 @@ impl HttpServer {
             .name("eventflow-http".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => serve(listener, router, limits, stop_rx).await,
+                    let incoming = tokio::net::TcpListener::from_std(listener).and_then(|l| {
+                        Ok(match tls {
+                            None => Incoming::Plain(l),
+                            Some(config) => Incoming::Tls(tls::TlsListener::new(l, config)?),
+                        })
+                    });
+                    match incoming {
+                        Ok(incoming) => serve(incoming, router, limits, stop_rx).await,
                         Err(e) => tracing::error!("http listener: {e}"),
                     }
                 });
@@ -109,8 +121,51 @@ impl Drop for HttpServer {
     }
 }
 
+/// Where connections come from: a plaintext listener, or one that finishes their TLS
+/// handshakes first.
+enum Incoming {
+    Plain(tokio::net::TcpListener),
+    Tls(tls::TlsListener),
+}
+
+/// An accepted connection.
+enum Accepted {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl Incoming {
+    async fn accept(&mut self) -> io::Result<Accepted> {
+        match self {
+            Incoming::Plain(listener) => Ok(Accepted::Plain(listener.accept().await?.0)),
+            Incoming::Tls(listener) => match listener.next().await {
+                Some((stream, _)) => Ok(Accepted::Tls(Box::new(stream))),
+                None => Err(io::Error::other("the TLS listener stopped accepting")),
+            },
+        }
+    }
+}
+
+/// Serves one connection for at most its lifetime.
+async fn serve_connection<T>(io: T, router: Router, limits: Limits)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(router);
+    let connection = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(limits.max_head_bytes.max(8192))
+        .header_read_timeout(limits.head_timeout)
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(io), service);
+    match tokio::time::timeout(limits.connection_lifetime, connection).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!("http connection: {e}"),
+        Err(_) => tracing::debug!("http connection closed at its lifetime"),
+    }
+}
+
 async fn serve(
-    listener: tokio::net::TcpListener,
+    mut listener: Incoming,
     router: Router,
     limits: Limits,
     mut stop: oneshot::Receiver<()>,
@@ -126,7 +181,7 @@ async fn serve(
         };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(stream) => stream,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!("http accept failed: {e}");
@@ -136,18 +191,12 @@ async fn serve(
             },
             _ = &mut stop => return,
         };
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let connection = hyper::server::conn::http1::Builder::new()
-                .max_buf_size(limits.max_head_bytes.max(8192))
-                .header_read_timeout(limits.head_timeout)
-                .timer(TokioTimer::new())
-                .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(limits.connection_lifetime, connection).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!("http connection: {e}"),
-                Err(_) => tracing::debug!("http connection closed at its lifetime"),
+            match stream {
+                Accepted::Plain(stream) => serve_connection(stream, router, limits).await,
+                Accepted::Tls(stream) => serve_connection(stream, router, limits).await,
             }
         });
     }

@@ -54,7 +54,12 @@ impl HttpApi {
     /// Binds `listen` and starts serving on a thread of its own. Until
     /// [`HttpApi::set_broker`] is called, `/health` answers and everything that needs the
     /// broker (and `/ready`) answers 503. Request bodies over `max_body_bytes` get 413.
-    pub fn start(listen: SocketAddr, max_body_bytes: usize) -> io::Result<HttpApi> {
+    /// With `tls`, the listener speaks HTTPS.
+    pub fn start(
+        listen: SocketAddr,
+        max_body_bytes: usize,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> io::Result<HttpApi> {
         let listener = std::net::TcpListener::bind(listen)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -71,11 +76,22 @@ impl HttpApi {
             .spawn(move || {
                 let served = runtime.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener)?;
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(async move {
-                            let _ = stopped.await;
-                        })
-                        .await
+                    let stopped = async move {
+                        let _ = stopped.await;
+                    };
+                    match tls {
+                        None => {
+                            axum::serve(listener, router)
+                                .with_graceful_shutdown(stopped)
+                                .await
+                        }
+                        Some(config) => {
+                            let listener = crate::http::tls::TlsListener::new(listener, config)?;
+                            axum::serve(listener, router)
+                                .with_graceful_shutdown(stopped)
+                                .await
+                        }
+                    }
                 });
                 if let Err(e) = served {
                     tracing::error!(error = %e, "the HTTP listener stopped");

@@ -55,6 +55,8 @@ pub struct BrokerView {
     /// Whether the native listener requires authentication: then every API request but
     /// `/health`, `/ready` and `/openapi.json` needs HTTP Basic credentials.
     pub login_required: bool,
+    /// The TLS the API speaks to the native listener, if it encrypts.
+    pub native_tls: Option<crate::tls::ClientTls>,
 }
 
 tokio::task_local! {
@@ -146,7 +148,10 @@ impl ApiState {
         T: Send + 'static,
         F: FnOnce(&mut Client) -> Result<T, ClientError> + Send + 'static,
     {
-        let native = self.broker()?.native;
+        let (native, tls) = {
+            let broker = self.broker()?;
+            (broker.native, broker.native_tls.clone())
+        };
         let caller = CALLER.try_with(Clone::clone).ok().flatten();
         let state = self.clone();
         let joined = tokio::task::spawn_blocking(move || {
@@ -161,7 +166,9 @@ impl ApiState {
             };
             let mut client = match pooled {
                 Some(client) => client,
-                None => Client::connect_as(native, CALL_TIMEOUT, caller.as_ref())?,
+                None => {
+                    Client::connect_secure(native, CALL_TIMEOUT, caller.as_ref(), tls.as_ref())?
+                }
             };
             let result = f(&mut client);
             if !result.as_ref().is_err_and(ClientError::is_connection_error) {

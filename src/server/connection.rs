@@ -41,6 +41,7 @@ use super::context::{first, ShardContext};
 use super::kafka;
 use super::native::{self, Reply};
 use super::sasl::SaslSession;
+use super::tls::{self, TlsReader, TlsWriter};
 use crate::auth::acl::{Operation, ResourceType};
 use crate::metrics::shard::{self as metrics, ApiId, Outcome, WireProtocol};
 use crate::protocol::api::{
@@ -209,6 +210,39 @@ impl SplicePipe {
     }
 }
 
+/// A connection's socket as the listener hands it over: plaintext, or TLS after its
+/// handshake.
+pub(crate) enum Transport {
+    Plain(TcpStream),
+    Tls(TcpStream, tls::Session),
+}
+
+/// The reading side of a connection.
+enum Reader {
+    Plain(TcpStream),
+    Tls(TlsReader),
+}
+
+impl Reader {
+    /// Reads at most `wanted` bytes onto the end of `buf` (which has room for them).
+    async fn read(&mut self, buf: BytesMut, wanted: usize) -> BufResult<usize, BytesMut> {
+        match self {
+            Reader::Plain(stream) => {
+                let start = buf.len();
+                let BufResult(read, buf) = stream.read(buf.slice(start..start + wanted)).await;
+                BufResult(read, buf.into_inner())
+            }
+            Reader::Tls(reader) => reader.read(buf, wanted).await,
+        }
+    }
+}
+
+/// The writing side of a connection.
+enum Writer {
+    Plain(TcpStream),
+    Tls(TlsWriter),
+}
+
 /// Sends a file range to the socket: file → pipe → socket, without the bytes entering user
 /// space.
 async fn splice_range(
@@ -253,10 +287,13 @@ async fn splice_range(
 /// `sasl` is the connection's authentication as the listener starts it.
 pub(crate) async fn serve(
     ctx: Rc<ShardContext>,
-    stream: TcpStream,
+    transport: Transport,
     protocol: Protocol,
     sasl: SaslSession,
 ) {
+    let stream = match &transport {
+        Transport::Plain(stream) | Transport::Tls(stream, _) => stream,
+    };
     let peer = stream.peer_addr().ok();
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(?peer, "set_nodelay: {e}");
@@ -277,7 +314,21 @@ pub(crate) async fn serve(
         local: stream.local_addr().ok(),
         peer,
     };
-    let (reader, writer) = stream.into_split();
+    let (reader, writer) = match transport {
+        Transport::Plain(stream) => {
+            let (reader, writer) = stream.into_split();
+            (Reader::Plain(reader), Writer::Plain(writer))
+        }
+        Transport::Tls(stream, session) => {
+            let (reader, writer) = stream.into_split();
+            let woken = state.clone();
+            let wake_writer = Box::new(move || woken.outbox_ready.notify_all());
+            (
+                Reader::Tls(TlsReader::new(reader, session.clone(), wake_writer)),
+                Writer::Tls(TlsWriter::new(writer, session)),
+            )
+        }
+    };
     let writer_task = compio::runtime::spawn(write_loop(writer, state.clone()));
     read_loop(&ctx, reader, &state, protocol, ends).await;
     state.closing.set(true);
@@ -296,7 +347,7 @@ pub(crate) async fn serve(
     tracing::debug!(?peer, "connection closed");
 }
 
-async fn write_loop(mut stream: TcpStream, state: Rc<ConnectionState>) {
+async fn write_loop(mut writer: Writer, state: Rc<ConnectionState>) {
     let mut pipe: Option<SplicePipe> = None;
     loop {
         let ready = state.outbox_ready.notified();
@@ -322,17 +373,24 @@ async fn write_loop(mut stream: TcpStream, state: Rc<ConnectionState>) {
             }
             (bytes, file)
         };
-        let result = if let Some(range) = file {
-            splice_range(&stream, &mut pipe, &range).await
-        } else if !bytes.is_empty() {
-            stream.write_vectored_all(bytes).await.0
-        } else {
+        let result = match (&mut writer, file) {
+            (Writer::Plain(stream), Some(range)) => splice_range(stream, &mut pipe, &range).await,
+            (Writer::Tls(tls), Some(range)) => tls.send_file(&range).await,
+            (Writer::Plain(stream), None) if !bytes.is_empty() => {
+                stream.write_vectored_all(bytes).await.0
+            }
+            (Writer::Tls(tls), None) if !bytes.is_empty() => tls.write_all(bytes).await,
+            // Records TLS owes the client that no response made (an alert, a key update).
+            (Writer::Tls(tls), None) if tls.has_pending() => tls.flush().await,
+            (_, None) => Ok(()),
+        };
+        if result.is_ok() && state.outbox.borrow().is_empty() {
             if state.broken.get() || (state.closing.get() && state.in_flight.get() == 0) {
                 break;
             }
             ready.await;
             continue;
-        };
+        }
         if let Err(e) = result {
             tracing::debug!("write failed, dropping connection: {e}");
             state.broken.set(true);
@@ -340,7 +398,12 @@ async fn write_loop(mut stream: TcpStream, state: Rc<ConnectionState>) {
             break;
         }
     }
-    let _ = stream.shutdown().await;
+    match &mut writer {
+        Writer::Plain(stream) => {
+            let _ = stream.shutdown().await;
+        }
+        Writer::Tls(tls) => tls.close().await,
+    }
 }
 
 /// The two ends of a connection.
@@ -354,7 +417,7 @@ struct Endpoints {
 
 async fn read_loop(
     ctx: &Rc<ShardContext>,
-    mut stream: TcpStream,
+    mut stream: Reader,
     state: &Rc<ConnectionState>,
     protocol: Protocol,
     ends: Endpoints,
@@ -481,15 +544,14 @@ enum Received {
 /// timeout once no request is in flight.
 async fn receive(
     ctx: &ShardContext,
-    stream: &mut TcpStream,
+    stream: &mut Reader,
     state: &ConnectionState,
     buf: BytesMut,
     wanted: usize,
     frame_deadline: Option<Instant>,
 ) -> Received {
     let idle = ctx.config.idle_timeout;
-    let start = buf.len();
-    let read = stream.read(buf.slice(start..start + wanted));
+    let read = stream.read(buf, wanted);
     futures_util::pin_mut!(read);
     loop {
         let now = Instant::now();
@@ -523,7 +585,7 @@ async fn receive(
         let stop = first(timer, ctx.shutdown.notified());
         match first(read.as_mut(), stop).await {
             Either::Left(BufResult(Ok(0), _)) => return Received::Closed,
-            Either::Left(BufResult(Ok(_), filled)) => return Received::Bytes(filled.into_inner()),
+            Either::Left(BufResult(Ok(_), filled)) => return Received::Bytes(filled),
             Either::Left(BufResult(Err(e), _)) => {
                 tracing::debug!("read failed: {e}");
                 return Received::Closed;

@@ -26,6 +26,7 @@ mod rpc;
 mod sasl;
 mod scrape;
 mod share_coordinator;
+mod tls;
 mod topics;
 
 pub use metrics::{ScrapeError, Scraper};
@@ -53,7 +54,7 @@ use crate::shard::thread::{spawn_shard, ShardThreadConfig};
 use crate::shard::ShardId;
 use crate::storage::catalog::{CatalogStore, DELETED_PREFIX};
 use crate::storage::{AclStore, FsyncPolicy, ProducerIds, UserError, Users};
-use connection::Protocol;
+use connection::{Protocol, Transport};
 use context::{first, Global, ShardContext};
 use rpc::Envelope;
 use sasl::{SaslSession, UnauthenticatedSlot};
@@ -603,11 +604,65 @@ async fn shard_main(
     tracing::info!(shard = id, "shard stopped");
 }
 
+/// Runs a TLS handshake within the time allowed to authenticate. A client certificate
+/// that verified and names a user (its subject's common name) authenticates the
+/// connection as that user. None: the handshake failed (logged) and the connection is
+/// closed.
+async fn tls_handshake(
+    ctx: &ShardContext,
+    mut stream: compio::net::TcpStream,
+    config: std::sync::Arc<rustls::ServerConfig>,
+    sasl: SaslSession,
+    peer: SocketAddr,
+) -> Option<(Transport, SaslSession)> {
+    let timeout = ctx.config.auth.timeout;
+    let handshake = tls::accept(&mut stream, config);
+    let session = match first(handshake, compio::time::sleep(timeout)).await {
+        Either::Left(Ok(session)) => session,
+        Either::Left(Err(e)) => {
+            tracing::info!(%peer, "closing a connection: TLS handshake failed: {e}");
+            return None;
+        }
+        Either::Right(()) => {
+            tracing::info!(
+                %peer,
+                "closing a connection: no TLS handshake within --sasl-timeout-ms ({} ms)",
+                timeout.as_millis()
+            );
+            return None;
+        }
+    };
+    let user = session
+        .borrow()
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(crate::tls::certificate_user);
+    let sasl = match user {
+        None => sasl,
+        Some(Some(user)) => {
+            tracing::debug!(%peer, %user, "authenticated by client certificate");
+            SaslSession::certified(&user)
+        }
+        Some(None) => {
+            tracing::warn!(%peer, "a client certificate without a common name names no user");
+            sasl
+        }
+    };
+    Some((Transport::Tls(stream, session), sasl))
+}
+
 async fn accept_loop(ctx: Rc<ShardContext>, listener: compio::net::TcpListener, kind: Listener) {
     let protocol = match kind {
         Listener::Native | Listener::Direct => Protocol::Native,
         Listener::Kafka => Protocol::Kafka,
     };
+    let tls = ctx.config.tls.as_ref().and_then(|tls| {
+        let on = match protocol {
+            Protocol::Native => tls.listeners().native,
+            Protocol::Kafka => tls.listeners().kafka,
+        };
+        on.then(|| tls.config())
+    });
     loop {
         let accepted = match first(listener.accept(), ctx.shutdown.notified()).await {
             Either::Left(a) => a,
@@ -627,8 +682,8 @@ async fn accept_loop(ctx: Rc<ShardContext>, listener: compio::net::TcpListener, 
             Err(message) => {
                 crate::metrics::shard::connection_refused(kind);
                 // A Kafka client cannot read a native error frame (Kafka has no answer for
-                // this): it is just closed.
-                if protocol == Protocol::Native {
+                // this), nor can a client expecting TLS: it is just closed.
+                if protocol == Protocol::Native && tls.is_none() {
                     tracing::info!(shard = ctx.id, %peer, "{message}: refusing a connection");
                     compio::runtime::spawn(async move {
                         connection::refuse(stream, ErrorCode::TooManyConnections, &message).await;
@@ -653,7 +708,7 @@ async fn accept_loop(ctx: Rc<ShardContext>, listener: compio::net::TcpListener, 
                      authenticated yet (--max-unauthenticated-connections)"
                 );
                 tracing::warn!(shard = ctx.id, %peer, "{message}: refusing a connection");
-                if protocol == Protocol::Native {
+                if protocol == Protocol::Native && tls.is_none() {
                     compio::runtime::spawn(async move {
                         connection::refuse(stream, ErrorCode::TooManyConnections, &message).await;
                     })
@@ -668,8 +723,15 @@ async fn accept_loop(ctx: Rc<ShardContext>, listener: compio::net::TcpListener, 
         ctx.connections.set(ctx.connections.get() + 1);
         crate::metrics::shard::connection_accepted(kind);
         let ctx2 = ctx.clone();
+        let tls = tls.clone();
         compio::runtime::spawn(async move {
-            connection::serve(ctx2.clone(), stream, protocol, sasl).await;
+            let served = match tls {
+                None => Some((Transport::Plain(stream), sasl)),
+                Some(config) => tls_handshake(&ctx2, stream, config, sasl, peer).await,
+            };
+            if let Some((transport, sasl)) = served {
+                connection::serve(ctx2.clone(), transport, protocol, sasl).await;
+            }
             crate::metrics::shard::connection_closed(kind);
             drop(admitted);
             ctx2.connections.set(ctx2.connections.get() - 1);

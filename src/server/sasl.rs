@@ -78,6 +78,9 @@ pub(crate) struct SaslSession {
     deadline: Option<Instant>,
     /// The connection's place among the unauthenticated ones, given up on success.
     slot: Option<UnauthenticatedSlot>,
+    /// The user was named by a TLS client certificate: a SASL exchange may still log the
+    /// connection in as another (as Kafka's SASL_SSL listeners let it).
+    by_certificate: bool,
 }
 
 /// A connection counted against the bound on unauthenticated connections; uncounted when
@@ -107,6 +110,19 @@ impl SaslSession {
             raw_tokens: false,
             deadline: None,
             slot: None,
+            by_certificate: false,
+        }
+    }
+
+    /// A session authenticated by a verified TLS client certificate naming `user`.
+    pub(crate) fn certified(user: &str) -> SaslSession {
+        SaslSession {
+            required: false,
+            state: State::Authenticated(Rc::from(user)),
+            raw_tokens: false,
+            deadline: None,
+            slot: None,
+            by_certificate: true,
         }
     }
 
@@ -119,6 +135,7 @@ impl SaslSession {
             raw_tokens: false,
             deadline: Some(deadline),
             slot: Some(slot),
+            by_certificate: false,
         }
     }
 
@@ -162,7 +179,8 @@ impl SaslSession {
         offered: &[Mechanism],
         name: &str,
     ) -> Result<Mechanism, HandshakeError> {
-        if !matches!(self.state, State::Open) {
+        let certified = self.by_certificate && matches!(self.state, State::Authenticated(_));
+        if !matches!(self.state, State::Open) && !certified {
             return Err(HandshakeError::IllegalState);
         }
         match Mechanism::from_name(name).filter(|m| offered.contains(m)) {

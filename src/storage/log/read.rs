@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use compio::fs::File;
 use tracing::warn;
 
@@ -44,6 +44,21 @@ pub struct FileRange {
     pub position: u64,
     /// Bytes to send.
     pub len: usize,
+}
+
+impl FileRange {
+    /// Reads `len` bytes of the range from its `skip`th byte into memory: for a connection
+    /// that cannot splice them (TLS encrypts in user space).
+    pub async fn read_part(&self, skip: usize, len: usize) -> Result<BytesMut, StorageError> {
+        let len = len.min(self.len.saturating_sub(skip));
+        crate::storage::disk::read_exact_at(
+            &self.file,
+            Path::new("a segment file"),
+            self.position + skip as u64,
+            len,
+        )
+        .await
+    }
 }
 
 impl PartitionLog {
