@@ -2,7 +2,8 @@
 //!
 //! Against a broker that requires authentication, every connection logs in as
 //! `EVENTFLOW_BENCH_SASL_USER` with `EVENTFLOW_BENCH_SASL_PASSWORD` (SCRAM-SHA-512, or
-//! `EVENTFLOW_BENCH_SASL_MECHANISM`).
+//! `EVENTFLOW_BENCH_SASL_MECHANISM`). Against a broker whose native listener speaks TLS,
+//! `EVENTFLOW_BENCH_TLS_CA` names the PEM file of the CA to trust.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,7 +13,7 @@ use eventflow::auth::Mechanism;
 use eventflow::client::consumer::{Consumer, ConsumerConfig, StartAt};
 use eventflow::client::group::{GroupConfig, OffsetReset};
 use eventflow::client::producer::{Producer, ProducerConfig, Record};
-use eventflow::client::{Client, ClientError, Credentials};
+use eventflow::client::{Client, ClientError, ClientTls, Credentials};
 use eventflow::protocol::api::{offset_spec, Acks};
 use eventflow::protocol::ErrorCode;
 
@@ -24,6 +25,16 @@ pub(super) struct Eventflow {
     url: String,
     admin: Mutex<Client>,
     credentials: Option<Credentials>,
+    tls: Option<ClientTls>,
+}
+
+/// The TLS the environment asks for, if any.
+fn tls() -> Result<Option<ClientTls>> {
+    let Some(ca) = std::env::var_os("EVENTFLOW_BENCH_TLS_CA") else {
+        return Ok(None);
+    };
+    let tls = ClientTls::new(std::path::Path::new(&ca), None).context("EVENTFLOW_BENCH_TLS_CA")?;
+    Ok(Some(tls))
 }
 
 /// The credentials the environment gives, if any.
@@ -47,10 +58,12 @@ fn credentials() -> Result<Option<Credentials>> {
 impl Eventflow {
     pub(super) fn new(addr: &str) -> Result<Eventflow> {
         let credentials = credentials()?;
-        let mut admin = Client::connect_as(
+        let tls = tls()?;
+        let mut admin = Client::connect_secure(
             addr,
             eventflow::client::DEFAULT_REQUEST_TIMEOUT,
             credentials.as_ref(),
+            tls.as_ref(),
         )
         .with_context(|| format!("connecting to eventflow://{addr}"))?;
         admin.api_versions()?;
@@ -59,6 +72,7 @@ impl Eventflow {
             url: format!("eventflow://{addr}"),
             admin: Mutex::new(admin),
             credentials,
+            tls,
         })
     }
 
@@ -77,10 +91,16 @@ fn acks(a: workload::Acks) -> Acks {
     }
 }
 
-fn producer_config(addr: &str, w: &Workload, credentials: Option<Credentials>) -> ProducerConfig {
+fn producer_config(
+    addr: &str,
+    w: &Workload,
+    credentials: Option<Credentials>,
+    tls: Option<ClientTls>,
+) -> ProducerConfig {
     ProducerConfig {
         bootstrap: addr.to_string(),
         credentials,
+        tls,
         acks: acks(w.acks),
         batch_bytes: w.batch_bytes,
         linger: Duration::from_micros(w.linger_us),
@@ -140,7 +160,7 @@ impl Target for Eventflow {
             },
         );
         let producer = Producer::with_callback(
-            producer_config(&self.addr, w, self.credentials.clone()),
+            producer_config(&self.addr, w, self.credentials.clone(), self.tls.clone()),
             callback,
         )
         .with_context(|| format!("producer for {}", self.url))?;
@@ -158,6 +178,7 @@ impl Target for Eventflow {
             max_bytes: 8 << 20,
             check_crcs: w.check_crcs,
             credentials: self.credentials.clone(),
+            tls: self.tls.clone(),
             ..ConsumerConfig::default()
         })
         .with_context(|| format!("consumer for {}", self.url))?;
@@ -197,9 +218,18 @@ impl Target for Eventflow {
     }
 
     fn client_settings(&self, w: &Workload) -> Vec<(String, String)> {
-        let c = producer_config(&self.addr, w, self.credentials.clone());
+        let c = producer_config(&self.addr, w, self.credentials.clone(), self.tls.clone());
         vec![
             ("client".into(), "eventflow (Rust, this repository)".into()),
+            (
+                "tls".into(),
+                if self.tls.is_some() {
+                    "on (rustls)"
+                } else {
+                    "off"
+                }
+                .into(),
+            ),
             ("acks".into(), w.acks.as_str().into()),
             ("batch_bytes".into(), c.batch_bytes.to_string()),
             ("linger".into(), format!("{:?}", c.linger)),
