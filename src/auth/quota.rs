@@ -299,6 +299,70 @@ impl Quotas {
     }
 }
 
+/// How a filter matches one part of an entity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameMatch {
+    /// That name exactly.
+    Exact(String),
+    /// The default entity.
+    Default,
+    /// Any name, or the default.
+    Any,
+}
+
+impl NameMatch {
+    fn matches(&self, name: &EntityName) -> bool {
+        match (self, name) {
+            (NameMatch::Any, _) | (NameMatch::Default, EntityName::Default) => true,
+            (NameMatch::Exact(want), EntityName::Named(have)) => want == have,
+            _ => false,
+        }
+    }
+}
+
+/// Which entities a listing shows (Kafka's DescribeClientQuotas components): an entity
+/// matches when it has each part the filter names, matched as asked; with `strict`, it may
+/// have no other part.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QuotaFilter {
+    /// How the user part must match (`None`: any, or none).
+    pub user: Option<NameMatch>,
+    /// How the client-id part must match (`None`: any, or none).
+    pub client_id: Option<NameMatch>,
+    /// Whether entities with parts the filter does not name are left out.
+    pub strict: bool,
+}
+
+impl QuotaFilter {
+    /// Adds a component: an entity type and how its name matches. Each type once.
+    pub fn add(&mut self, kind: &str, name: NameMatch) -> Result<(), String> {
+        let slot = match kind {
+            USER => &mut self.user,
+            CLIENT_ID => &mut self.client_id,
+            other => {
+                return Err(format!(
+                    "unknown or unsupported quota entity type `{other}` (use `{USER}` or `{CLIENT_ID}`)"
+                ))
+            }
+        };
+        if slot.replace(name).is_some() {
+            return Err(format!("the entity type `{kind}` is given twice"));
+        }
+        Ok(())
+    }
+
+    /// Whether `entity` is one the filter shows.
+    pub fn matches(&self, entity: &QuotaEntity) -> bool {
+        let part = |want: &Option<NameMatch>, have: &Option<EntityName>| match (want, have) {
+            (Some(m), Some(name)) => m.matches(name),
+            (Some(_), None) => false,
+            (None, Some(_)) => !self.strict,
+            (None, None) => true,
+        };
+        part(&self.user, &entity.user) && part(&self.client_id, &entity.client_id)
+    }
+}
+
 /// The window a rate is measured over: `samples` windows of `sample` each (Kafka's
 /// `quota.window.num` and `quota.window.size.seconds`; 11 × 1 s by default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -473,6 +537,29 @@ mod tests {
         assert!(QuotaKey::ProducerByteRate.validate(0.0).is_err());
         assert!(QuotaKey::ProducerByteRate.validate(f64::NAN).is_err());
         assert!("bogus".parse::<QuotaKey>().is_err());
+    }
+
+    #[test]
+    fn filters_match_as_kafka_describes() {
+        let alice = entity(Some("alice"), None);
+        let alice_etl = entity(Some("alice"), Some("etl"));
+        let default_user = entity(Some(DEFAULT_NAME), None);
+        let etl = entity(None, Some("etl"));
+        let mut f = QuotaFilter::default();
+        f.add(USER, NameMatch::Exact("alice".into())).unwrap();
+        assert!(f.matches(&alice) && f.matches(&alice_etl));
+        assert!(!f.matches(&default_user) && !f.matches(&etl));
+        f.strict = true;
+        assert!(f.matches(&alice) && !f.matches(&alice_etl));
+        let mut any_user = QuotaFilter::default();
+        any_user.add(USER, NameMatch::Any).unwrap();
+        assert!(any_user.matches(&default_user) && !any_user.matches(&etl));
+        let mut defaults = QuotaFilter::default();
+        defaults.add(USER, NameMatch::Default).unwrap();
+        assert!(defaults.matches(&default_user) && !defaults.matches(&alice));
+        assert!(QuotaFilter::default().matches(&etl));
+        assert!(defaults.add(USER, NameMatch::Any).is_err());
+        assert!(defaults.add("ip", NameMatch::Any).is_err());
     }
 
     #[test]

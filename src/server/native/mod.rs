@@ -34,6 +34,7 @@ use std::rc::Rc;
 use super::authorizer::Caller;
 use super::context::ShardContext;
 use super::group_coordinator::GroupOp;
+use super::quotas;
 use super::sasl::SaslSession;
 use crate::auth::acl::{Operation, ResourceType};
 use crate::protocol::api::*;
@@ -60,16 +61,64 @@ pub(crate) async fn handle(
     if let Err(denied) = authorize(&caller, &request) {
         return Some(Err(denied));
     }
+    // The authentication exchange is never held back (there is no principal yet). Native
+    // requests carry no client id: they match quotas as the empty client id.
+    let metering = match &request {
+        Request::ApiVersions(_) | Request::SaslHandshake(_) | Request::SaslAuthenticate(_) => None,
+        _ => {
+            let (meters, store) = (&ctx.quota_meters, &ctx.global.quotas);
+            quotas::admit(meters, store, &ctx.shutdown, caller.user(), "").await
+        }
+    };
+    let Some(metering) = metering else {
+        return serve(ctx, request, local_ip, peer, session, &caller).await;
+    };
+    if let Request::Produce(r) = &request {
+        let bytes: usize = r
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .map(|p| p.records.len())
+            .sum();
+        metering.produced(&ctx.quota_meters, bytes as u64);
+    }
+    let answer = metering
+        .timed(serve(ctx, request, local_ip, peer, session, &caller))
+        .await;
+    if let Some(Ok(Reply::Fetch(response, files))) = &answer {
+        let in_memory: usize = response
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .map(|p| p.records.len())
+            .sum();
+        let from_files: usize = files.iter().flatten().map(|f| f.len).sum();
+        metering.fetched(&ctx.quota_meters, (in_memory + from_files) as u64);
+    }
+    // No throttle field in the native responses: the hold on the next requests is all.
+    metering.finish(&ctx.quota_meters);
+    answer
+}
+
+/// Serves one request the authorizer let through.
+async fn serve(
+    ctx: &Rc<ShardContext>,
+    request: Request,
+    local_ip: Option<IpAddr>,
+    peer: Option<SocketAddr>,
+    session: &RefCell<SaslSession>,
+    caller: &Caller,
+) -> Option<Result<Reply, WireError>> {
     let plain = match request {
         Request::Fetch(r) => {
             let (response, files) = fetch(ctx, r).await;
             return Some(Ok(Reply::Fetch(response, files)));
         }
         Request::ApiVersions(r) => Ok(admin::api_versions(ctx, r)),
-        Request::Metadata(r) => Ok(visible_topics(&caller, admin::metadata(ctx, r, local_ip))),
+        Request::Metadata(r) => Ok(visible_topics(caller, admin::metadata(ctx, r, local_ip))),
         Request::CreateTopic(r) => admin::create_topic(ctx, r).await,
         Request::DeleteTopic(r) => admin::delete_topic(ctx, r).await,
-        Request::ListTopics => Ok(visible_topics(&caller, admin::list_topics(ctx))),
+        Request::ListTopics => Ok(visible_topics(caller, admin::list_topics(ctx))),
         Request::DescribeTopic(r) => admin::describe_topic(ctx, r).await,
         Request::AlterTopicConfig(r) => admin::alter_topic(ctx, r).await,
         Request::Produce(r) => {
@@ -94,7 +143,7 @@ pub(crate) async fn handle(
         Request::DeleteGroup(r) => {
             groups::call(ctx, &r.group, GroupOp::Delete(r.group.clone())).await
         }
-        Request::ListGroups => groups::list(ctx).await.map(|r| visible_groups(&caller, r)),
+        Request::ListGroups => groups::list(ctx).await.map(|r| visible_groups(caller, r)),
         Request::ShareFetch(r) => shares::fetch(ctx, r).await,
         Request::ShareAck(r) => shares::ack(ctx, r).await,
         Request::DescribeQueue(r) => shares::describe(ctx, &r.group).await,
@@ -103,9 +152,9 @@ pub(crate) async fn handle(
         Request::ListUsers => users::list_users(ctx),
         Request::UpsertUser(r) => users::upsert_user(ctx, r),
         Request::DeleteUser(r) => users::delete_user(ctx, r),
-        Request::CreateAcls(r) => acls::create(ctx, &caller, r),
+        Request::CreateAcls(r) => acls::create(ctx, caller, r),
         Request::DescribeAcls(r) => acls::describe(ctx, r),
-        Request::DeleteAcls(r) => acls::delete(ctx, &caller, r),
+        Request::DeleteAcls(r) => acls::delete(ctx, caller, r),
     };
     Some(plain.map(Reply::Plain))
 }
