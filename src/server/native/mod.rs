@@ -8,6 +8,7 @@
 //! - `shares`: share-group (queue) fetch, acknowledge and describe.
 //! - `users`: the SASL exchange and user management.
 //! - `acls`: ACL management.
+//! - `quotas`: client-quota management (`server/quotas.rs` meters requests against them).
 //!
 //! Every request is checked against the authorizer first ([`authorize`]): each topic and
 //! group it names, with the operation Kafka checks for the same request.
@@ -16,6 +17,7 @@ mod acls;
 mod admin;
 mod data;
 mod groups;
+mod quotas;
 mod shares;
 mod users;
 
@@ -34,7 +36,7 @@ use std::rc::Rc;
 use super::authorizer::Caller;
 use super::context::ShardContext;
 use super::group_coordinator::GroupOp;
-use super::quotas;
+use super::quotas as metering;
 use super::sasl::SaslSession;
 use crate::auth::acl::{Operation, ResourceType};
 use crate::protocol::api::*;
@@ -67,7 +69,7 @@ pub(crate) async fn handle(
         Request::ApiVersions(_) | Request::SaslHandshake(_) | Request::SaslAuthenticate(_) => None,
         _ => {
             let (meters, store) = (&ctx.quota_meters, &ctx.global.quotas);
-            quotas::admit(meters, store, &ctx.shutdown, caller.user(), "").await
+            metering::admit(meters, store, &ctx.shutdown, caller.user(), "").await
         }
     };
     let Some(metering) = metering else {
@@ -155,6 +157,8 @@ async fn serve(
         Request::CreateAcls(r) => acls::create(ctx, caller, r),
         Request::DescribeAcls(r) => acls::describe(ctx, r),
         Request::DeleteAcls(r) => acls::delete(ctx, caller, r),
+        Request::DescribeQuotas(r) => quotas::describe(ctx, &r),
+        Request::AlterQuotas(r) => quotas::alter(ctx, caller, &r),
     };
     Some(plain.map(Reply::Plain))
 }
@@ -220,6 +224,25 @@ fn authorize(caller: &Caller, request: &Request) -> Result<(), WireError> {
         | Request::DeleteUser(_)
         | Request::CreateAcls(_)
         | Request::DeleteAcls(_) => manage(caller, Alter),
+        Request::DescribeQuotas(_) => manage_quotas(caller, DescribeConfigs),
+        Request::AlterQuotas(_) => manage_quotas(caller, AlterConfigs),
+    }
+}
+
+/// Quota management: a superuser's, or (authorizer on) whom a cluster ACL allows
+/// AlterConfigs (DescribeConfigs to list them), as Kafka checks its quota APIs.
+fn manage_quotas(caller: &Caller, operation: Operation) -> Result<(), WireError> {
+    if caller.may_manage(operation) {
+        Ok(())
+    } else {
+        Err(WireError::new(
+            ErrorCode::NotAuthorized,
+            format!(
+                "User:{} may not {operation} the cluster's quotas: a superuser \
+                 (--superuser) or, with --authorizer on, an ACL on the cluster may",
+                caller.user()
+            ),
+        ))
     }
 }
 
