@@ -12,7 +12,9 @@
 //! - **How a client is held back.** A request over a quota is answered at once, with
 //!   `throttle_time_ms` where its Kafka response has the field; the client's next requests
 //!   on this shard wait, unserved, until that time has passed (a timer on the request's own
-//!   task: other connections and other clients go on). A Kafka client that honours the
+//!   task: other connections and other clients go on). The hold starts as soon as the
+//!   bytes are counted, before the request waits for its disk write, so requests the
+//!   client pipelined behind it wait too. A Kafka client that honours the
 //!   throttle time (KIP-219) waits by itself and never meets the hold; one that does not is
 //!   slowed to its quota all the same. Nobody is disconnected.
 //! - **Nothing to meter, nothing spent.** With no quota set, a request costs one atomic
@@ -140,14 +142,20 @@ pub(crate) async fn admit(
     if quotas.is_empty() {
         return None;
     }
-    if let Some(until) = meters.held_until(user, client_id) {
+    // Again after each wait: a request that went first may have extended the hold.
+    while let Some(until) = meters.held_until(user, client_id) {
         let now = Instant::now();
-        if until > now {
-            let sleep = compio::time::sleep(until - now);
-            futures_util::pin_mut!(sleep);
-            let stop = shutdown.notified();
-            futures_util::pin_mut!(stop);
-            futures_util::future::select(sleep, stop).await;
+        if until <= now {
+            break;
+        }
+        let sleep = compio::time::sleep(until - now);
+        futures_util::pin_mut!(sleep);
+        let stop = shutdown.notified();
+        futures_util::pin_mut!(stop);
+        if let futures_util::future::Either::Right(_) =
+            futures_util::future::select(sleep, stop).await
+        {
+            break;
         }
     }
     Some(Metering {
@@ -190,6 +198,12 @@ impl Metering {
         );
         self.byte_throttle
             .set(self.byte_throttle.get().max(throttle));
+        if !throttle.is_zero() {
+            // Held from now, not from the end of the request: requests the client pipelined
+            // behind this one wait (they are admitted in arrival order, each before its
+            // first wait, so the next one sees this hold).
+            meters.hold(&self.user, &self.client_id, Instant::now() + throttle);
+        }
     }
 
     /// Counts produced record-batch bytes.
