@@ -207,7 +207,7 @@ mod tests {
             .unwrap();
         let bad = set(&alice, QuotaKey::ConsumerByteRate, Some(-1.0));
         assert!(matches!(
-            store.alter(&[bad.clone()], false),
+            store.alter(std::slice::from_ref(&bad), false),
             Err(QuotaError::Invalid(_))
         ));
         assert!(matches!(
