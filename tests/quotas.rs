@@ -500,4 +500,14 @@ fn a_greedy_producer_is_held_to_its_quota_while_another_keeps_its_rate() {
     // throttled.
     assert_eq!(polite["throttles"].as_u64().unwrap(), 0, "{polite}");
     assert_eq!(polite["max_throttle_s"].as_f64().unwrap(), 0.0, "{polite}");
+    // The metrics count the throttled responses.
+    let metrics = common::http::get(broker.metrics.expect("metrics listener"), "/metrics").text();
+    let count: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("eventflow_quota_throttle_seconds_count "))
+        .unwrap_or_else(|| panic!("no throttle count in:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(count >= 1.0, "{count}");
 }

@@ -235,6 +235,7 @@ impl Metering {
             return 0;
         }
         meters.hold(&self.user, &self.client_id, now + throttle);
+        crate::metrics::shard::quota_throttled(throttle);
         tracing::debug!(
             user = %self.user,
             client_id = %self.client_id,
