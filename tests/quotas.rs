@@ -511,3 +511,67 @@ fn a_greedy_producer_is_held_to_its_quota_while_another_keeps_its_rate() {
         .unwrap();
     assert!(count >= 1.0, "{count}");
 }
+
+#[test]
+fn a_native_producer_over_its_user_quota_is_held_back_and_others_are_not() {
+    use eventflow::client::{Client, Credentials};
+    use eventflow::protocol::api::Acks;
+    let (broker, _secrets) = common::start_secured(&["--native-require-auth"]);
+    let admin = Some(("admin", ADMIN_PASSWORD));
+    for user in ["alice", "bob"] {
+        let mut add = Command::new(env!("CARGO_BIN_EXE_eventflow"));
+        add.args(["user", "add", user])
+            .env("EVENTFLOW_BOOTSTRAP", broker.addr.to_string())
+            .env("EVENTFLOW_SASL_USER", "admin")
+            .env("EVENTFLOW_SASL_PASSWORD", ADMIN_PASSWORD);
+        ok(common::run_with_stdin(add, &format!("{user}-password\n")));
+    }
+    ok(eventflow(
+        &broker,
+        admin,
+        &["topic", "create", "native-orders"],
+    ));
+    const QUOTA: f64 = 128.0 * 1024.0;
+    ok(eventflow(
+        &broker,
+        admin,
+        &[
+            "quota",
+            "set",
+            "--user",
+            "alice",
+            "--producer-byte-rate",
+            &QUOTA.to_string(),
+        ],
+    ));
+    let produce = |user: &str, total: usize| {
+        let mut client = Client::connect(broker.addr).unwrap();
+        client
+            .authenticate(&Credentials::scram(user, &format!("{user}-password")))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut sent = 0;
+        while sent < total {
+            let batch = common::batch(user, 16, 1024, common::now_ms());
+            sent += batch.len();
+            client
+                .produce("native-orders", 0, batch, Acks::Leader)
+                .unwrap();
+        }
+        (sent, started.elapsed())
+    };
+    let bob = std::thread::scope(|s| {
+        let bob = s.spawn(|| produce("bob", 256 * 1024));
+        let (sent, took) = produce("alice", 640 * 1024);
+        // Held back: at most twice the quota over the run (a bound from below on time).
+        let rate = sent as f64 / took.as_secs_f64();
+        assert!(rate <= 2.0 * QUOTA, "alice produced at {rate:.0} B/s");
+        bob.join().unwrap()
+    });
+    assert!(bob.0 >= 256 * 1024);
+    let metrics = common::http::get(broker.metrics.expect("metrics listener"), "/metrics").text();
+    assert!(
+        metrics.contains("eventflow_quota_throttle_seconds_count "),
+        "{metrics}"
+    );
+}
