@@ -575,3 +575,80 @@ fn a_native_producer_over_its_user_quota_is_held_back_and_others_are_not() {
         "{metrics}"
     );
 }
+
+fn fetch_request(topic: &str) -> kafka_protocol::messages::FetchRequest {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{FetchRequest, TopicName};
+    FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])])
+}
+
+#[test]
+fn fetch_and_request_quotas_put_a_throttle_time_in_kafka_responses() {
+    use eventflow::protocol::api::Acks;
+    use kafka_protocol::messages::{FetchResponse, MetadataRequest, MetadataResponse};
+    let broker = Broker::start(&["--cores", "1"]);
+    let mut client = broker.client();
+    client.create_topic("fetched", 1, &[]).unwrap();
+    let batch = common::batch("f", 64, 1024, common::now_ms());
+    let stored = batch.len();
+    client.produce("fetched", 0, batch, Acks::Leader).unwrap();
+    let mut conn = KafkaConn::open(broker.kafka.expect("kafka listener"));
+    let fetch_bytes = |r: &FetchResponse| -> usize {
+        r.responses
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .map(|p| p.records.as_ref().map_or(0, bytes::Bytes::len))
+            .sum()
+    };
+    // A quota on another client id: not this one's.
+    let set = |conn: &mut KafkaConn, client_id: &str, key: &str, value: f64| {
+        let errors = alter(
+            conn,
+            1,
+            vec![entry(
+                &[("client-id", Some(client_id))],
+                vec![op(key, value, false)],
+            )],
+            false,
+        );
+        assert_eq!(errors, [0]);
+    };
+    set(&mut conn, "someone-else", "consumer_byte_rate", 1024.0);
+    let r: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_request("fetched"));
+    assert_eq!((r.throttle_time_ms, fetch_bytes(&r)), (0, stored));
+    // This client's (the test connection's client id): 64 KiB against 32 KiB/s is about
+    // two seconds too fast, at every version.
+    set(
+        &mut conn,
+        "eventflow-test",
+        "consumer_byte_rate",
+        32.0 * 1024.0,
+    );
+    for version in [12, 4] {
+        let r: FetchResponse = conn.call(ApiKey::Fetch, version, &fetch_request("fetched"));
+        assert_eq!(fetch_bytes(&r), stored);
+        assert!(r.throttle_time_ms > 0, "v{version}: {}", r.throttle_time_ms);
+        assert!(
+            r.throttle_time_ms <= 11_000,
+            "v{version}: {}",
+            r.throttle_time_ms
+        );
+    }
+
+    // A request quota far below what one request takes: the next answer says so.
+    let broker = Broker::start(&["--cores", "1"]);
+    let mut conn = KafkaConn::open(broker.kafka.expect("kafka listener"));
+    set(&mut conn, "eventflow-test", "request_percentage", 0.0001);
+    let r: MetadataResponse = conn.call(ApiKey::Metadata, 9, &MetadataRequest::default());
+    assert!(r.throttle_time_ms > 0, "{}", r.throttle_time_ms);
+}

@@ -123,8 +123,10 @@ pub(crate) struct Metering {
     quotas: Arc<Quotas>,
     user: String,
     client_id: String,
-    /// Time the shard spent polling the request's handler so far ([`Metering::timed`]).
+    /// Time the shard spent polling the request's handler in earlier polls
+    /// ([`Metering::timed`]), and when the current poll started.
     busy: Cell<Duration>,
+    poll_started: Cell<Option<Instant>>,
     /// The longest throttle a byte rate asked for.
     byte_throttle: Cell<Duration>,
 }
@@ -163,6 +165,7 @@ pub(crate) async fn admit(
         user: user.to_string(),
         client_id: client_id.to_string(),
         busy: Cell::new(Duration::ZERO),
+        poll_started: Cell::new(None),
         byte_throttle: Cell::new(Duration::ZERO),
     })
 }
@@ -173,7 +176,9 @@ impl Metering {
         futures_util::pin_mut!(work);
         poll_fn(|cx| {
             let started = Instant::now();
+            self.poll_started.set(Some(started));
             let out = work.as_mut().poll(cx);
+            self.poll_started.set(None);
             self.busy.set(self.busy.get() + started.elapsed());
             match out {
                 Poll::Ready(v) => Poll::Ready(v),
@@ -221,7 +226,12 @@ impl Metering {
     /// that long.
     pub(crate) fn finish(&self, meters: &QuotaMeters) -> i32 {
         let now = Instant::now();
-        let percent = self.busy.get().as_secs_f64() * 100.0;
+        // `finish` runs inside the handler: the poll under way counts up to now.
+        let current = self
+            .poll_started
+            .get()
+            .map_or(Duration::ZERO, |s| now.duration_since(s));
+        let percent = (self.busy.get() + current).as_secs_f64() * 100.0;
         let request = meters.record(
             &self.quotas,
             &self.user,
