@@ -24,14 +24,14 @@ use kafka_protocol::messages::{
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreatePartitionsRequest,
     CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, DescribeClientQuotasRequest, DescribeClientQuotasResponse,
-    DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest,
+    DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest,
     DescribeConfigsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest,
     FindCoordinatorResponse, GroupId, IncrementalAlterConfigsRequest,
     IncrementalAlterConfigsResponse, ListOffsetsRequest, ListOffsetsResponse,
-    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse, MetadataRequest,
-    MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
-    OffsetFetchResponse, ProduceRequest, ProduceResponse, ResponseHeader, TopicName,
+    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse, ListTransactionsRequest,
+    ListTransactionsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse,
+    ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -105,16 +105,16 @@ fn unknown_versions_and_apis_are_refused_and_others_go_on() {
     c.send(ApiKey::Metadata, 13, &MetadataRequest::default());
     assert!(c.receive().is_none(), "closed");
     // An API the broker does not serve, whose response has a top-level error code
-    // (DescribeClientQuotas, ListPartitionReassignments), and a served one at a version past
+    // (ListTransactions, ListPartitionReassignments), and a served one at a version past
     // the advertised range whose layout has one (Fetch v13): UNSUPPORTED_VERSION, and the
     // connection goes on.
     let mut c = kafka(&broker);
-    let quotas: DescribeClientQuotasResponse = c.call(
-        ApiKey::DescribeClientQuotas,
-        1,
-        &DescribeClientQuotasRequest::default(),
+    let transactions: ListTransactionsResponse = c.call(
+        ApiKey::ListTransactions,
+        0,
+        &ListTransactionsRequest::default(),
     );
-    assert_eq!(quotas.error_code, 35);
+    assert_eq!(transactions.error_code, 35);
     let reassignments: ListPartitionReassignmentsResponse = c.call(
         ApiKey::ListPartitionReassignments,
         0,

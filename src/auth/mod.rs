@@ -6,10 +6,12 @@
 //! checked against the same credentials by salting the password it carries, so one user
 //! store serves every mechanism. The broker's user store and the per-connection sessions
 //! live in `server/`; this module is the mechanisms' state machines and formats, shared by
-//! the broker and the client library, and the ACL model ([`acl`]) the authorizer checks.
+//! the broker and the client library, the ACL model ([`acl`]) the authorizer checks, and
+//! the client-quota model ([`quota`]) the broker meters requests against.
 
 pub mod acl;
 mod mechanism;
+pub mod quota;
 pub mod scram;
 
 pub use mechanism::{AuthError, Mechanism, ScramHash};

@@ -11,6 +11,9 @@ use clap::{Args, Parser, Subcommand};
 use eventflow::auth::acl::{
     self, Acl, AclFilter, Operation, PatternType, Permission, ResourceType, CLUSTER_NAME,
 };
+use eventflow::auth::quota::{
+    self, EntityName, NameMatch, QuotaEntity, QuotaFilter, QuotaKey, QuotaValues,
+};
 use eventflow::auth::{Mechanism, ScramHash};
 use eventflow::client::consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartAt};
 use eventflow::client::group::{GroupConfig, OffsetReset};
@@ -97,6 +100,59 @@ enum Command {
     /// Add, remove and list ACLs (with eventflowd --authorizer on).
     #[command(subcommand)]
     Acl(AclCommand),
+    /// Set, remove and list client quotas (a superuser's commands).
+    #[command(subcommand)]
+    Quota(QuotaCommand),
+}
+
+/// The entity a quota command names: a user, a client id, or both; `<default>` names the
+/// default user or client id.
+#[derive(Args, Debug)]
+struct QuotaEntityArgs {
+    /// A user name, or `<default>` (every user without a quota of its own).
+    #[arg(long)]
+    user: Option<String>,
+    /// A client id, or `<default>` (every client id without a quota of its own).
+    #[arg(long)]
+    client_id: Option<String>,
+}
+
+/// Limits: bytes per second, or percent of one shard's time.
+#[derive(Args, Debug)]
+struct QuotaLimitArgs {
+    /// Produced record bytes per second.
+    #[arg(long)]
+    producer_byte_rate: Option<f64>,
+    /// Fetched record bytes per second.
+    #[arg(long)]
+    consumer_byte_rate: Option<f64>,
+    /// Percent of one shard's time spent on the client's requests (100: one core).
+    #[arg(long)]
+    request_percentage: Option<f64>,
+}
+
+#[derive(Subcommand, Debug)]
+enum QuotaCommand {
+    /// Set limits of an entity.
+    Set {
+        #[command(flatten)]
+        entity: QuotaEntityArgs,
+        #[command(flatten)]
+        limits: QuotaLimitArgs,
+    },
+    /// Remove limits of an entity (--key, repeatable; none: all of them).
+    Remove {
+        #[command(flatten)]
+        entity: QuotaEntityArgs,
+        /// producer_byte_rate, consumer_byte_rate or request_percentage.
+        #[arg(long = "key")]
+        keys: Vec<String>,
+    },
+    /// List quotas: all, or those of entities with the given user and/or client id.
+    List {
+        #[command(flatten)]
+        entity: QuotaEntityArgs,
+    },
 }
 
 /// What an ACL command names; `acl list` and `acl remove` take every field as a filter.
@@ -501,7 +557,96 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::User(cmd) => user(&cli.bootstrap, cmd).map(|()| ExitCode::SUCCESS),
         Command::Acl(cmd) => acl(&cli.bootstrap, cmd).map(|()| ExitCode::SUCCESS),
+        Command::Quota(cmd) => quota(&cli.bootstrap, cmd).map(|()| ExitCode::SUCCESS),
     }
+}
+
+impl QuotaEntityArgs {
+    fn name(s: &str) -> EntityName {
+        if s == quota::DEFAULT_NAME {
+            EntityName::Default
+        } else {
+            EntityName::Named(s.to_string())
+        }
+    }
+
+    fn entity(&self) -> anyhow::Result<QuotaEntity> {
+        let entity = QuotaEntity {
+            user: self.user.as_deref().map(Self::name),
+            client_id: self.client_id.as_deref().map(Self::name),
+        };
+        entity
+            .validate()
+            .map_err(|e| anyhow!("{e}: give --user and/or --client-id"))?;
+        Ok(entity)
+    }
+
+    fn filter(&self) -> QuotaFilter {
+        let component = |s: &Option<String>| {
+            s.as_deref().map(|s| match Self::name(s) {
+                EntityName::Default => NameMatch::Default,
+                EntityName::Named(n) => NameMatch::Exact(n),
+            })
+        };
+        QuotaFilter {
+            user: component(&self.user),
+            client_id: component(&self.client_id),
+            strict: false,
+        }
+    }
+}
+
+fn show_quota(entity: &QuotaEntity, values: &QuotaValues) -> String {
+    let values: Vec<String> = values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{entity}: {}", values.join(" "))
+}
+
+fn quota(bootstrap: &str, cmd: QuotaCommand) -> anyhow::Result<()> {
+    let mut client = connect(bootstrap).context("cannot reach the broker")?;
+    match cmd {
+        QuotaCommand::Set { entity, limits } => {
+            let entity = entity.entity()?;
+            let set: Vec<(QuotaKey, f64)> = [
+                (QuotaKey::ProducerByteRate, limits.producer_byte_rate),
+                (QuotaKey::ConsumerByteRate, limits.consumer_byte_rate),
+                (QuotaKey::RequestPercentage, limits.request_percentage),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+            if set.is_empty() {
+                bail!(
+                    "name at least one limit: --producer-byte-rate, --consumer-byte-rate \
+                     or --request-percentage"
+                );
+            }
+            for (key, value) in &set {
+                key.validate(*value).map_err(|e| anyhow!(e))?;
+            }
+            client.alter_quotas(&entity, &set, &[])?;
+            let values: QuotaValues = set.into_iter().collect();
+            println!("set: {}", show_quota(&entity, &values));
+        }
+        QuotaCommand::Remove { entity, keys } => {
+            let entity = entity.entity()?;
+            let keys: Vec<QuotaKey> = if keys.is_empty() {
+                QuotaKey::ALL.to_vec()
+            } else {
+                keys.iter()
+                    .map(|k| k.parse::<QuotaKey>().map_err(|e| anyhow!(e)))
+                    .collect::<anyhow::Result<_>>()?
+            };
+            client.alter_quotas(&entity, &[], &keys)?;
+            let names: Vec<&str> = keys.iter().map(|k| k.name()).collect();
+            println!("removed: {entity}: {}", names.join(" "));
+        }
+        QuotaCommand::List { entity } => {
+            for (entity, values) in client.describe_quotas(&entity.filter())? {
+                println!("{}", show_quota(&entity, &values));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl AclArgs {

@@ -611,6 +611,42 @@ impl Client {
         acls_of(entries)
     }
 
+    /// The client quotas `filter` matches, each entity with its limits.
+    pub fn describe_quotas(
+        &mut self,
+        filter: &crate::auth::quota::QuotaFilter,
+    ) -> Result<
+        Vec<(
+            crate::auth::quota::QuotaEntity,
+            crate::auth::quota::QuotaValues,
+        )>,
+        ClientError,
+    > {
+        let request = Request::DescribeQuotas(DescribeQuotasRequest::of(filter));
+        expect_response!(self.call(request)?, DescribeQuotas)?
+            .entries
+            .iter()
+            .map(|e| e.to_quota().map_err(ClientError::Unexpected))
+            .collect()
+    }
+
+    /// Sets the limits `set` and removes those of `remove` for `entity`, all or none (a
+    /// superuser's call, or one an AlterConfigs ACL on the cluster allows).
+    pub fn alter_quotas(
+        &mut self,
+        entity: &crate::auth::quota::QuotaEntity,
+        set: &[(crate::auth::quota::QuotaKey, f64)],
+        remove: &[crate::auth::quota::QuotaKey],
+    ) -> Result<(), ClientError> {
+        let request = Request::AlterQuotas(AlterQuotasRequest {
+            user: QuotaPart::of(entity.user.as_ref()),
+            client_id: QuotaPart::of(entity.client_id.as_ref()),
+            set: set.iter().map(|&(k, v)| QuotaValue::of(k, v)).collect(),
+            remove: remove.iter().map(|k| k.name().to_string()).collect(),
+        });
+        self.call(request).map(drop)
+    }
+
     /// Removes the ACLs `filter` matches; returns them.
     pub fn delete_acls(
         &mut self,

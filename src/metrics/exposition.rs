@@ -101,10 +101,12 @@ pub fn render(scrape: &Scrape<'_>) -> String {
     let mut batches = HistogramSnapshot::empty(super::histogram::ROUND_BATCHES);
     let mut bytes = HistogramSnapshot::empty(super::histogram::ROUND_BYTES);
     let mut sync = HistogramSnapshot::empty(LATENCY_NS);
+    let mut throttle = HistogramSnapshot::empty(LATENCY_NS);
     for s in shards {
         batches.merge(&s.traffic.round_batches);
         bytes.merge(&s.traffic.round_bytes);
         sync.merge(&s.traffic.fdatasync);
+        throttle.merge(&s.traffic.quota_throttle);
     }
     w.family(
         "eventflow_group_commit_round_batches",
@@ -124,6 +126,12 @@ pub fn render(scrape: &Scrape<'_>) -> String {
         "Time of each fdatasync of a partition's log after a group-commit round.",
     );
     w.histogram("eventflow_fdatasync_duration_seconds", &[], &sync, 1e9);
+    w.family(
+        "eventflow_quota_throttle_seconds",
+        "histogram",
+        "Throttle time of each response to a client over a quota (its count: throttled responses).",
+    );
+    w.histogram("eventflow_quota_throttle_seconds", &[], &throttle, 1e9);
 
     partitions(&mut w, shards);
     groups(&mut w, shards);
@@ -532,6 +540,7 @@ mod tests {
                 round_batches: HistogramSnapshot::empty(super::super::histogram::ROUND_BATCHES),
                 round_bytes: HistogramSnapshot::empty(super::super::histogram::ROUND_BYTES),
                 fdatasync: HistogramSnapshot::empty(super::super::histogram::LATENCY_NS),
+                quota_throttle: HistogramSnapshot::empty(super::super::histogram::LATENCY_NS),
                 connections: vec![],
                 scrub_corrupt_batches: 1,
             },

@@ -49,6 +49,7 @@ struct ShardCounters {
     round_batches: Histogram,
     round_bytes: Histogram,
     fdatasync: Histogram,
+    quota_throttle: Histogram,
     connections: [ConnectionCounts; 3],
     scrub_corrupt: Cell<u64>,
 }
@@ -60,6 +61,7 @@ thread_local! {
         round_batches: Histogram::new(ROUND_BATCHES),
         round_bytes: Histogram::new(ROUND_BYTES),
         fdatasync: Histogram::new(LATENCY_NS),
+        quota_throttle: Histogram::new(LATENCY_NS),
         connections: Default::default(),
         scrub_corrupt: Cell::new(0),
     };
@@ -117,6 +119,12 @@ pub fn commit_round(batches: u64, bytes: u64) {
         s.round_batches.record(batches);
         s.round_bytes.record(bytes);
     });
+}
+
+/// Counts one response whose client is held back `throttle` for going over a quota.
+pub fn quota_throttled(throttle: Duration) {
+    let nanos = u64::try_from(throttle.as_nanos()).unwrap_or(u64::MAX);
+    SHARD.with(|s| s.quota_throttle.record(nanos));
 }
 
 /// Counts one fdatasync of a log that took `elapsed`.
@@ -202,6 +210,7 @@ pub fn take() -> ShardTraffic {
             round_batches: s.round_batches.snapshot(),
             round_bytes: s.round_bytes.snapshot(),
             fdatasync: s.fdatasync.snapshot(),
+            quota_throttle: s.quota_throttle.snapshot(),
             connections: Listener::ALL
                 .iter()
                 .map(|&l| {

@@ -41,6 +41,8 @@ pub struct ShardTraffic {
     pub round_bytes: HistogramSnapshot,
     /// fdatasync latency of logs, in nanoseconds.
     pub fdatasync: HistogramSnapshot,
+    /// Throttle times of clients over a quota, in nanoseconds.
+    pub quota_throttle: HistogramSnapshot,
     /// Connections per listener kind.
     pub connections: Vec<ListenerCounts>,
     /// Corrupt batches the scrubber found.

@@ -14,6 +14,7 @@
 use crate::auth::acl::{
     Acl, AclFilter, Operation, PatternType, Permission, ResourceType, ANY_CODE,
 };
+use crate::auth::quota::{EntityName, NameMatch, QuotaEntity, QuotaFilter, QuotaKey, QuotaValues};
 use bytes::{Bytes, BytesMut};
 
 use super::error::ErrorCode;
@@ -191,6 +192,10 @@ apis! {
     27 => DescribeAcls(AclFilterRequest) -> (AclsResponse), v 0;
     /// Remove the ACLs a filter matches; answers with them.
     28 => DeleteAcls(AclFilterRequest) -> (AclsResponse), v 0;
+    /// The client quotas a filter matches.
+    29 => DescribeQuotas(DescribeQuotasRequest) -> (QuotasResponse), v 0;
+    /// Set and remove one entity's client quotas.
+    30 => AlterQuotas(AlterQuotasRequest) -> (), v 0;
 }
 
 impl Request {
@@ -1024,6 +1029,208 @@ impl AclFilterRequest {
     }
 }
 
+message! {
+    /// One part of a client-quota entity (the user or the client id), or how a filter
+    /// matches that part.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct QuotaPart {
+        /// 0: not part of the entity (a filter: not constrained); 1: the name below;
+        /// 2: the default; 3 (filters only): any name or the default.
+        pub kind: i8,
+        /// The name, when `kind` is 1 (else empty).
+        pub name: String,
+    }
+}
+
+message! {
+    /// One limit of a client quota.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct QuotaValue {
+        /// `producer_byte_rate`, `consumer_byte_rate` or `request_percentage`.
+        pub key: String,
+        /// The limit in thousandths (bytes per second or percent × 1000).
+        pub thousandths: u64,
+    }
+}
+
+message! {
+    /// A client-quota entity and its limits.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct QuotaEntry {
+        /// The user part.
+        pub user: QuotaPart,
+        /// The client-id part.
+        pub client_id: QuotaPart,
+        /// Its limits, by key.
+        pub values: Vec<QuotaValue>,
+    }
+}
+
+message! {
+    /// Which client quotas to list: parts as in [`QuotaPart`].
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct DescribeQuotasRequest {
+        /// How the user part matches.
+        pub user: QuotaPart,
+        /// How the client-id part matches.
+        pub client_id: QuotaPart,
+        /// 1: leave out entities with a part the filter does not constrain.
+        pub strict: u8,
+    }
+}
+
+message! {
+    /// Client quotas.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct QuotasResponse {
+        /// In entity order.
+        pub entries: Vec<QuotaEntry>,
+    }
+}
+
+message! {
+    /// Changes to one entity's client quotas, applied all or none.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct AlterQuotasRequest {
+        /// The user part (kind 0, 1 or 2).
+        pub user: QuotaPart,
+        /// The client-id part (kind 0, 1 or 2).
+        pub client_id: QuotaPart,
+        /// Limits to set.
+        pub set: Vec<QuotaValue>,
+        /// Keys whose limits to remove.
+        pub remove: Vec<String>,
+    }
+}
+
+impl QuotaPart {
+    /// Not part of the entity; in a filter, not constrained.
+    pub const ABSENT: i8 = 0;
+    /// The named user or client id.
+    pub const NAMED: i8 = 1;
+    /// The default user or client id.
+    pub const DEFAULT: i8 = 2;
+    /// In a filter: any name or the default.
+    pub const ANY: i8 = 3;
+
+    /// The part of an entity.
+    pub fn of(name: Option<&EntityName>) -> QuotaPart {
+        match name {
+            None => QuotaPart {
+                kind: Self::ABSENT,
+                name: String::new(),
+            },
+            Some(EntityName::Default) => QuotaPart {
+                kind: Self::DEFAULT,
+                name: String::new(),
+            },
+            Some(EntityName::Named(n)) => QuotaPart {
+                kind: Self::NAMED,
+                name: n.clone(),
+            },
+        }
+    }
+
+    /// How a filter matches this part.
+    pub fn of_match(m: Option<&NameMatch>) -> QuotaPart {
+        match m {
+            None => QuotaPart::of(None),
+            Some(NameMatch::Default) => QuotaPart::of(Some(&EntityName::Default)),
+            Some(NameMatch::Exact(n)) => QuotaPart::of(Some(&EntityName::Named(n.clone()))),
+            Some(NameMatch::Any) => QuotaPart {
+                kind: Self::ANY,
+                name: String::new(),
+            },
+        }
+    }
+
+    /// The entity part this names, or why it names none.
+    pub fn to_name(&self) -> Result<Option<EntityName>, String> {
+        match self.kind {
+            Self::ABSENT => Ok(None),
+            Self::NAMED => Ok(Some(EntityName::Named(self.name.clone()))),
+            Self::DEFAULT => Ok(Some(EntityName::Default)),
+            other => Err(format!("unknown quota entity part kind {other}")),
+        }
+    }
+
+    /// The filter component this names, or why it names none.
+    pub fn to_match(&self) -> Result<Option<NameMatch>, String> {
+        match self.kind {
+            Self::ANY => Ok(Some(NameMatch::Any)),
+            _ => Ok(self.to_name()?.map(|n| match n {
+                EntityName::Named(n) => NameMatch::Exact(n),
+                EntityName::Default => NameMatch::Default,
+            })),
+        }
+    }
+}
+
+impl QuotaValue {
+    /// A limit on the wire.
+    pub fn of(key: QuotaKey, value: f64) -> QuotaValue {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let thousandths = (value * 1000.0).round() as u64;
+        QuotaValue {
+            key: key.name().to_string(),
+            thousandths,
+        }
+    }
+
+    /// The key and limit, or why they are not ones.
+    pub fn to_limit(&self) -> Result<(QuotaKey, f64), String> {
+        #[allow(clippy::cast_precision_loss)]
+        let value = self.thousandths as f64 / 1000.0;
+        Ok((self.key.parse()?, value))
+    }
+}
+
+impl QuotaEntry {
+    /// The entry of an entity and its limits.
+    pub fn of(entity: &QuotaEntity, values: &QuotaValues) -> QuotaEntry {
+        QuotaEntry {
+            user: QuotaPart::of(entity.user.as_ref()),
+            client_id: QuotaPart::of(entity.client_id.as_ref()),
+            values: values.iter().map(|(k, v)| QuotaValue::of(*k, *v)).collect(),
+        }
+    }
+
+    /// The entity and its limits, or why they are not ones.
+    pub fn to_quota(&self) -> Result<(QuotaEntity, QuotaValues), String> {
+        let entity = QuotaEntity {
+            user: self.user.to_name()?,
+            client_id: self.client_id.to_name()?,
+        };
+        entity.validate()?;
+        let values = self
+            .values
+            .iter()
+            .map(QuotaValue::to_limit)
+            .collect::<Result<_, _>>()?;
+        Ok((entity, values))
+    }
+}
+
+impl DescribeQuotasRequest {
+    /// The request of `filter`.
+    pub fn of(filter: &QuotaFilter) -> DescribeQuotasRequest {
+        DescribeQuotasRequest {
+            user: QuotaPart::of_match(filter.user.as_ref()),
+            client_id: QuotaPart::of_match(filter.client_id.as_ref()),
+            strict: u8::from(filter.strict),
+        }
+    }
+
+    /// The filter, or why it is not one.
+    pub fn to_filter(&self) -> Result<QuotaFilter, String> {
+        Ok(QuotaFilter {
+            user: self.user.to_match()?,
+            client_id: self.client_id.to_match()?,
+            strict: self.strict != 0,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1723,6 +1930,35 @@ mod tests {
             ),
             ("describe_acls", Request::DescribeAcls(golden_filter())),
             ("delete_acls", Request::DeleteAcls(golden_filter())),
+            (
+                "describe_quotas",
+                Request::DescribeQuotas(DescribeQuotasRequest {
+                    user: QuotaPart {
+                        kind: QuotaPart::NAMED,
+                        name: "u".into(),
+                    },
+                    client_id: QuotaPart {
+                        kind: QuotaPart::ANY,
+                        name: String::new(),
+                    },
+                    strict: 1,
+                }),
+            ),
+            (
+                "alter_quotas",
+                Request::AlterQuotas(AlterQuotasRequest {
+                    user: QuotaPart {
+                        kind: QuotaPart::DEFAULT,
+                        name: String::new(),
+                    },
+                    client_id: QuotaPart {
+                        kind: QuotaPart::ABSENT,
+                        name: String::new(),
+                    },
+                    set: vec![golden_quota_value()],
+                    remove: vec!["request_percentage".into()],
+                }),
+            ),
         ];
         let responses = vec![
             (
@@ -1939,6 +2175,23 @@ mod tests {
                         acls: vec![golden_acl()],
                     }),
                 ),
+                (
+                    "describe_quotas",
+                    Response::DescribeQuotas(QuotasResponse {
+                        entries: vec![QuotaEntry {
+                            user: QuotaPart {
+                                kind: QuotaPart::NAMED,
+                                name: "u".into(),
+                            },
+                            client_id: QuotaPart {
+                                kind: QuotaPart::DEFAULT,
+                                name: String::new(),
+                            },
+                            values: vec![golden_quota_value()],
+                        }],
+                    }),
+                ),
+                ("alter_quotas", Response::AlterQuotas),
             ])
             .collect::<Vec<_>>();
         let mut frames = Vec::new();
@@ -1994,6 +2247,13 @@ mod tests {
         }
         frames.push(("fetch_parts".to_string(), spliced));
         frames
+    }
+
+    fn golden_quota_value() -> QuotaValue {
+        QuotaValue {
+            key: "producer_byte_rate".into(),
+            thousandths: 1_024_000,
+        }
     }
 
     fn golden_acl() -> AclEntry {
@@ -2055,6 +2315,8 @@ mod tests {
             ("request create_acls", "0000001e001a000000000007000000010200016f040006557365723a7500012a0303"),
             ("request describe_acls", "00000018001b000000000007020000010006557365723a7500000101"),
             ("request delete_acls", "00000018001c000000000007020000010006557365723a7500000101"),
+            ("request describe_quotas", "00000010001d0000000000070100017503000001"),
+            ("request alter_quotas", "00000046001e00000000000702000000000000000001001270726f64756365725f627974655f7261746500000000000fa000000000010012726571756573745f70657263656e74616765"),
             ("response api_versions", "0000001b00000008000000000005302e312e30000200000001000700000000"),
             ("response metadata", "00000024000000080000000000000001000100016823860000000100016f00060000000200000001"),
             ("response create_topic", "000000080000000800000000"),
@@ -2084,6 +2346,8 @@ mod tests {
             ("response create_acls", "000000080000000800000000"),
             ("response describe_acls", "0000001e0000000800000000000000010200016f040006557365723a7500012a0303"),
             ("response delete_acls", "0000001e0000000800000000000000010200016f040006557365723a7500012a0303"),
+            ("response describe_quotas", "000000330000000800000000000000010100017502000000000001001270726f64756365725f627974655f7261746500000000000fa000"),
+            ("response alter_quotas", "000000080000000800000000"),
             ("produce_shared", "000000240007000000000007ffff000003e80000000100016f000000010000000300000003726563"),
             ("error", "0000000a00000009000300026e6f"),
             ("fetch_parts", "0000005500000008000000000000000100016f000000020000000000000000000000000000000a0000000000000000000000044646464600000001000000000000000000000014000000000000000000000006736861726564"),

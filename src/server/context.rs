@@ -7,7 +7,8 @@
 //!
 //! The services own their state and take only what they use: the partition table
 //! ([`PartitionTable`]), the group coordinator ([`GroupCoordinator`]), the share groups
-//! ([`ShareCoordinator`]) and the Kafka fetch sessions ([`FetchSessions`]). None of them
+//! ([`ShareCoordinator`]), the Kafka fetch sessions ([`FetchSessions`]) and the client
+//! quota meters ([`QuotaMeters`]). None of them
 //! imports this module, so the imports run one way: services ←
 //! context ← calls ← protocol front ends.
 
@@ -23,9 +24,11 @@ use futures_util::future::{select, Either};
 use super::fetch_sessions::{FetchSessions, SessionLimits};
 use super::group_coordinator::GroupCoordinator;
 use super::partitions::{PartitionCall, PartitionRef, PartitionTable};
+use super::quotas::QuotaMeters;
 use super::rpc::{Envelope, Lost, MeshShard, Rpc, ShardCall};
 use super::scrape::ScrapeSlots;
 use super::share_coordinator::ShareCoordinator;
+use crate::auth::quota::RateWindow;
 use crate::config::BrokerConfig;
 use crate::local::{yield_now, Budget, Notify};
 use crate::metrics::snapshot::ShardSnapshot;
@@ -35,7 +38,7 @@ use crate::protocol::{ErrorCode, WireError};
 use crate::shard::mesh::ShardLinks;
 use crate::shard::{owner_of, ShardId};
 use crate::storage::catalog::CatalogStore;
-use crate::storage::{AclStore, LogConfig, PartitionLog, ProducerIds, Users};
+use crate::storage::{AclStore, LogConfig, PartitionLog, ProducerIds, QuotaStore, Users};
 
 /// State shared by every shard of one broker (nothing here is on the data path: the
 /// connection counters are touched at accept and close only).
@@ -55,16 +58,24 @@ pub(crate) struct Global {
     pub(crate) users: Arc<Users>,
     /// The ACLs the authorizer checks.
     pub(crate) acls: Arc<AclStore>,
+    /// The client quotas every shard meters requests against.
+    pub(crate) quotas: Arc<QuotaStore>,
     /// Connections to listeners that require authentication that have not authenticated
     /// yet, across shards (bounded by the auth config's `max_unauthenticated`).
     pub(crate) unauthenticated: AtomicUsize,
 }
 
 impl Global {
-    pub(crate) fn new(shards: u16, users: Arc<Users>, acls: Arc<AclStore>) -> Self {
+    pub(crate) fn new(
+        shards: u16,
+        users: Arc<Users>,
+        acls: Arc<AclStore>,
+        quotas: Arc<QuotaStore>,
+    ) -> Self {
         Global {
             users,
             acls,
+            quotas,
             unauthenticated: AtomicUsize::new(0),
             scrapes: ScrapeSlots::new(shards),
             shutdown: AtomicBool::new(false),
@@ -129,6 +140,8 @@ pub(crate) struct ShardContext {
     pub(crate) request_budget: Budget,
     /// The Kafka fetch sessions this shard's connections opened.
     pub(crate) fetch_sessions: RefCell<FetchSessions>,
+    /// The rates of the clients this shard serves, against their quotas.
+    pub(crate) quota_meters: QuotaMeters,
 }
 
 impl MeshShard for ShardContext {
@@ -180,6 +193,7 @@ impl ShardContext {
                 shard_count,
                 SessionLimits::DEFAULT,
             )),
+            quota_meters: QuotaMeters::new(RateWindow::DEFAULT),
         })
     }
 

@@ -22,6 +22,7 @@ mod kafka;
 mod metrics;
 mod native;
 mod partitions;
+mod quotas;
 mod rpc;
 mod sasl;
 mod scrape;
@@ -53,7 +54,7 @@ use crate::shard::mesh::{mesh, MeshRemote, ShardLinks};
 use crate::shard::thread::{spawn_shard, ShardThreadConfig};
 use crate::shard::ShardId;
 use crate::storage::catalog::{CatalogStore, DELETED_PREFIX};
-use crate::storage::{AclStore, FsyncPolicy, ProducerIds, UserError, Users};
+use crate::storage::{AclStore, FsyncPolicy, ProducerIds, QuotaStore, UserError, Users};
 use connection::{Protocol, Transport};
 use context::{first, Global, ShardContext};
 use rpc::Envelope;
@@ -201,6 +202,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     let users = Arc::new(Users::open(&config.data_dir).map_err(|e| data_err(e.to_string()))?);
     create_bootstrap_user(&config.auth, &users).map_err(|e| data_err(e.to_string()))?;
     let acls = Arc::new(AclStore::open(&config.data_dir).map_err(|e| data_err(e.to_string()))?);
+    let quotas = Arc::new(QuotaStore::open(&config.data_dir).map_err(|e| data_err(e.to_string()))?);
     remove_deleted_topics(&config.data_dir);
 
     let shards = config.shard_count();
@@ -275,7 +277,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     );
 
     let config = Arc::new(config);
-    let global = Arc::new(Global::new(shards, users, acls));
+    let global = Arc::new(Global::new(shards, users, acls, quotas));
     let links = mesh::<Envelope<ShardContext>>(shards, config.ring_capacity);
     let remote = links[0].remote();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<ShardId, (ShardId, String)>>();

@@ -348,6 +348,7 @@ mod tests {
             1,
             Arc::new(Users::open(_dir.path()).unwrap()),
             Arc::new(crate::storage::AclStore::open(_dir.path()).unwrap()),
+            Arc::new(crate::storage::QuotaStore::open(_dir.path()).unwrap()),
         ));
         let offered = [Mechanism::ScramSha512, Mechanism::Plain];
 

@@ -83,6 +83,7 @@ mod tests {
                 round_batches: HistogramSnapshot::empty(ROUND_BATCHES),
                 round_bytes: HistogramSnapshot::empty(ROUND_BYTES),
                 fdatasync: HistogramSnapshot::empty(LATENCY_NS),
+                quota_throttle: HistogramSnapshot::empty(LATENCY_NS),
                 connections: vec![],
                 scrub_corrupt_batches: 0,
             },

@@ -9,9 +9,10 @@ use super::producer_ids::decode_mark;
 use super::producers::ProducerTable;
 
 /// `meta/topics.json` (the catalog), `meta/producer_ids.json` (the producer-id counter),
-/// `meta/users.json` and `meta/acls.json` as the broker reads them at start. A catalog that
-/// loads must write and load back the same, and each topic's configs apply without a panic
-/// however they were edited; users and ACLs that load must write and load back the same.
+/// `meta/users.json`, `meta/acls.json` and `meta/quotas.json` as the broker reads them at
+/// start. A catalog that loads must write and load back the same, and each topic's configs
+/// apply without a panic however they were edited; users, ACLs and quotas that load must
+/// write and load back the same.
 pub fn metadata_files(data: &[u8]) {
     if let Ok(catalog) = serde_json::from_slice::<Catalog>(data) {
         let written = serde_json::to_vec(&catalog).expect("a catalog serialises");
@@ -39,6 +40,10 @@ pub fn metadata_files(data: &[u8]) {
     if let Ok(acls) = super::acls::decode(data) {
         let again = super::acls::decode(&super::acls::encode(&acls)).expect("ACLs load");
         assert_eq!(again, acls, "ACL round trip");
+    }
+    if let Ok(quotas) = super::quotas::decode(data) {
+        let again = super::quotas::decode(&super::quotas::encode(&quotas)).expect("quotas load");
+        assert_eq!(again, quotas, "quota round trip");
     }
 }
 

@@ -20,6 +20,7 @@
 //! - [`ProducerIds`] (`producer_ids.rs`): the durable producer-id counter, shared by all
 //!   shards.
 //! - [`AclStore`] (`acls.rs`): the durable ACLs, shared by all shards.
+//! - [`QuotaStore`] (`quotas.rs`): the durable client quotas, shared by all shards.
 //! - [`Users`] (`users.rs`): the durable SCRAM credentials of the broker's users, shared
 //!   by all shards.
 //! - `meta_file.rs`: metadata files replaced whole and durably.
@@ -41,6 +42,7 @@ mod log;
 mod meta_file;
 mod producer_ids;
 mod producers;
+mod quotas;
 mod recovery;
 mod segment;
 #[cfg(test)]
@@ -55,6 +57,7 @@ pub use fence_file::Fence;
 pub use log::{AppendOutcome, CorruptBatch, FileRange, PartitionLog, ReadOutcome, ScrubStep};
 pub use producer_ids::ProducerIds;
 pub use producers::ProducerError;
+pub use quotas::{QuotaChange, QuotaError, QuotaStore};
 pub use users::{UserError, UserTable, Users};
 
 #[cfg(test)]

@@ -35,11 +35,17 @@ pub enum Records {
 }
 
 impl Records {
-    fn len(&self) -> usize {
+    /// How many bytes of record batches.
+    pub fn len(&self) -> usize {
         match self {
             Records::Shared(b) => b.len(),
             Records::External(n) => *n,
         }
+    }
+
+    /// Whether there are no record bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -72,6 +78,8 @@ pub struct TopicData {
 /// The top level of a fetch response.
 #[derive(Debug, Clone)]
 pub struct FetchResponseData {
+    /// How long the client is held back for going over a quota (0: not).
+    pub throttle_time_ms: i32,
     /// Request-level error code (v7+).
     pub error: i16,
     /// Fetch session id (v7+); 0 when the fetch is answered without a session.
@@ -206,7 +214,7 @@ pub fn encode_fetch_response(
     if flexible {
         w.uvarint(0); // response header tags
     }
-    w.i32(0); // throttle_time_ms
+    w.i32(response.throttle_time_ms);
     if version >= 7 {
         w.i16(response.error);
         w.i32(response.session_id);
@@ -252,6 +260,7 @@ mod tests {
 
     fn sample(records: &[Records]) -> FetchResponseData {
         FetchResponseData {
+            throttle_time_ms: 0,
             error: 0,
             session_id: 0,
             topics: vec![

@@ -35,6 +35,7 @@ use crate::server::fetch_sessions::{
     INITIAL_EPOCH,
 };
 use crate::server::native::{self, MAX_FETCH_WAIT};
+use crate::server::quotas::Metering;
 use crate::storage::FileRange;
 
 /// The request-level limits of a fetch.
@@ -79,6 +80,7 @@ pub(super) async fn fetch(
     version: i16,
     correlation_id: i32,
     caller: &Caller,
+    metering: Option<&Metering>,
 ) -> KafkaReply {
     let limits = Limits {
         max_wait_ms: u32::try_from(r.max_wait_ms).unwrap_or(0),
@@ -105,7 +107,22 @@ pub(super) async fn fetch(
         })
         .collect();
     let reply = |error: i16, session_id: i32, read: Vec<ReadPartition>| {
-        encode(correlation_id, version, error, session_id, read)
+        let throttle_time_ms = metering.map_or(0, |m| {
+            let bytes: usize = read.iter().map(|p| p.data.records.len()).sum();
+            m.fetched(&ctx.quota_meters, bytes as u64);
+            m.finish(&ctx.quota_meters)
+        });
+        encode(
+            correlation_id,
+            version,
+            FetchResponseData {
+                throttle_time_ms,
+                error,
+                session_id,
+                topics: Vec::new(),
+            },
+            read,
+        )
     };
     let (id, epoch) = (r.session_id, r.session_epoch);
     if epoch == INITIAL_EPOCH || epoch == FINAL_EPOCH {
@@ -345,12 +362,12 @@ async fn read_all(
         .collect()
 }
 
-/// Encodes a response naming `read`, grouped into topics by runs of the same topic.
+/// Encodes a response naming `read` (`response` gives everything but the topics), grouped
+/// into topics by runs of the same topic.
 fn encode(
     correlation_id: i32,
     version: i16,
-    error: i16,
-    session_id: i32,
+    mut response: FetchResponseData,
     read: Vec<ReadPartition>,
 ) -> KafkaReply {
     let mut topics: Vec<TopicData> = Vec::new();
@@ -365,11 +382,7 @@ fn encode(
             }),
         }
     }
-    let response = FetchResponseData {
-        error,
-        session_id,
-        topics,
-    };
+    response.topics = topics;
     KafkaReply {
         parts: encode_fetch_response(correlation_id, version, &response),
         files,

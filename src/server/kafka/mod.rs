@@ -15,16 +15,20 @@
 //! - `sasl`: SaslHandshake, SaslAuthenticate and the SCRAM credential APIs.
 //! - `acls`: CreateAcls, DescribeAcls, DeleteAcls.
 //! - `authorize`: what each API's caller may touch (the authorizer, Kafka's answers).
+//! - `client_quotas`: AlterClientQuotas, DescribeClientQuotas.
+//! - `throttle`: a response's `throttle_time_ms` (the quota metering is `server/quotas.rs`).
 
 mod acls;
 mod admin;
 mod authorize;
+mod client_quotas;
 mod configs;
 mod data;
 mod fetch;
 mod groups;
 mod producers;
 mod sasl;
+mod throttle;
 
 pub(crate) use data::KafkaReply;
 pub(crate) use sasl::{raw_token as sasl_raw_token, Session};
@@ -36,6 +40,7 @@ use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 
 use super::authorizer::Caller;
 use super::context::ShardContext;
+use super::quotas::{self, Metering};
 use crate::auth::acl::Operation::{Delete, Describe, Read};
 use crate::protocol::kafka::error::GROUP_AUTHORIZATION_FAILED;
 use crate::protocol::kafka::{
@@ -57,6 +62,52 @@ pub(crate) async fn handle(
     peer: Option<SocketAddr>,
     session: &Session,
 ) -> Result<Option<KafkaReply>, String> {
+    let caller = Caller::new(ctx, &session.borrow(), peer);
+    // The authentication exchange is never held back (there is no principal yet).
+    let exempt = matches!(
+        request.key,
+        ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+    );
+    let metering = if exempt {
+        None
+    } else {
+        let client_id = request.client_id.as_deref().unwrap_or("");
+        quotas::admit(
+            &ctx.quota_meters,
+            &ctx.global.quotas,
+            &ctx.shutdown,
+            caller.user(),
+            client_id,
+        )
+        .await
+    };
+    let Some(metering) = metering else {
+        return serve(ctx, request, local, peer, session, &caller, None).await;
+    };
+    metering
+        .timed(serve(
+            ctx,
+            request,
+            local,
+            peer,
+            session,
+            &caller,
+            Some(&metering),
+        ))
+        .await
+}
+
+/// Serves one request; `metering` counts it against the caller's quotas (`None`: no quota
+/// is set) and gives the response its throttle time.
+async fn serve(
+    ctx: &Rc<ShardContext>,
+    request: Request,
+    local: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
+    session: &Session,
+    caller: &Caller,
+    metering: Option<&Metering>,
+) -> Result<Option<KafkaReply>, String> {
     let Request {
         key,
         version,
@@ -64,7 +115,7 @@ pub(crate) async fn handle(
         client_id,
         body,
     } = request;
-    let caller = Caller::new(ctx, &session.borrow(), peer);
+    let finish = || metering.map_or(0, |m| m.finish(&ctx.quota_meters));
     let body = match body {
         Body::Produce(r) if version < PRODUCE_MIN_SERVED => {
             tracing::debug!(version, "kafka produce below v3: refused");
@@ -80,13 +131,27 @@ pub(crate) async fn handle(
             return Ok(Some(KafkaReply::frame(frame)));
         }
         Body::Produce(mut r) => {
-            let denied = authorize::split_produce(&caller, &mut r);
-            return match data::produce(ctx, r).await {
+            let denied = authorize::split_produce(caller, &mut r);
+            if let Some(m) = metering {
+                let bytes: usize = r
+                    .topics
+                    .iter()
+                    .flat_map(|t| &t.partitions)
+                    .map(|p| p.records.len())
+                    .sum();
+                m.produced(&ctx.quota_meters, bytes as u64);
+            }
+            let answer = data::produce(ctx, r).await;
+            let throttle_time_ms = finish();
+            return match answer {
                 Some(response) => plain(
                     key,
                     version,
                     correlation_id,
-                    &ResponseKind::Produce(authorize::refuse_produce(response, denied)),
+                    &ResponseKind::Produce(
+                        authorize::refuse_produce(response, denied)
+                            .with_throttle_time_ms(throttle_time_ms),
+                    ),
                 )
                 .map(Some),
                 // acks = 0 has no answer to carry the refusal: the connection closes, as
@@ -117,30 +182,30 @@ pub(crate) async fn handle(
         RequestKind::Metadata(r) => {
             let named = r.topics.as_ref().is_some_and(|t| !t.is_empty());
             let response = admin::metadata(ctx, r, version, local);
-            ResponseKind::Metadata(authorize::metadata(&caller, named, response))
+            ResponseKind::Metadata(authorize::metadata(caller, named, response))
         }
         RequestKind::CreateTopics(mut r) => {
-            let denied = authorize::split_create_topics(&caller, &mut r);
+            let denied = authorize::split_create_topics(caller, &mut r);
             let response = admin::create_topics(ctx, r, version).await;
-            ResponseKind::CreateTopics(authorize::refuse_create_topics(&caller, response, denied))
+            ResponseKind::CreateTopics(authorize::refuse_create_topics(caller, response, denied))
         }
         RequestKind::DeleteTopics(mut r) => {
-            let denied = authorize::split_delete_topics(&caller, &mut r);
+            let denied = authorize::split_delete_topics(caller, &mut r);
             let response = admin::delete_topics(ctx, r, version).await;
-            ResponseKind::DeleteTopics(authorize::refuse_delete_topics(&caller, response, denied))
+            ResponseKind::DeleteTopics(authorize::refuse_delete_topics(caller, response, denied))
         }
         RequestKind::DescribeConfigs(mut r) => {
-            let denied = authorize::split_describe_configs(&caller, &mut r);
+            let denied = authorize::split_describe_configs(caller, &mut r);
             let response = configs::describe_configs(ctx, r, version).await;
             ResponseKind::DescribeConfigs(authorize::refuse_describe_configs(
-                &caller, response, denied,
+                caller, response, denied,
             ))
         }
         RequestKind::IncrementalAlterConfigs(mut r) => {
-            let denied = authorize::split_alter_configs(&caller, &mut r);
+            let denied = authorize::split_alter_configs(caller, &mut r);
             let response = configs::incremental_alter_configs(ctx, r).await;
             ResponseKind::IncrementalAlterConfigs(authorize::refuse_alter_configs(
-                &caller, response, denied,
+                caller, response, denied,
             ))
         }
         RequestKind::DescribeCluster(r) => {
@@ -153,48 +218,48 @@ pub(crate) async fn handle(
             let (key_type, key) = (r.key_type, (version < 4).then(|| r.key.to_string()));
             let response = admin::find_coordinator(ctx, r, version, local);
             ResponseKind::FindCoordinator(authorize::find_coordinator(
-                &caller, key_type, key, response,
+                caller, key_type, key, response,
             ))
         }
         RequestKind::Fetch(r) => {
             return Ok(Some(
-                fetch::fetch(ctx, r, version, correlation_id, &caller).await,
+                fetch::fetch(ctx, r, version, correlation_id, caller, metering).await,
             ));
         }
         RequestKind::ListOffsets(mut r) => {
-            let denied = authorize::split_list_offsets(&caller, &mut r);
+            let denied = authorize::split_list_offsets(caller, &mut r);
             let response = data::list_offsets(ctx, r).await;
             ResponseKind::ListOffsets(authorize::refuse_list_offsets(response, denied))
         }
-        RequestKind::JoinGroup(r) if !authorize::group(&caller, Read, r.group_id.as_str()) => {
+        RequestKind::JoinGroup(r) if !authorize::group(caller, Read, r.group_id.as_str()) => {
             ResponseKind::JoinGroup(
                 JoinGroupResponse::default()
                     .with_error_code(GROUP_AUTHORIZATION_FAILED)
                     .with_generation_id(-1),
             )
         }
-        RequestKind::SyncGroup(r) if !authorize::group(&caller, Read, r.group_id.as_str()) => {
+        RequestKind::SyncGroup(r) if !authorize::group(caller, Read, r.group_id.as_str()) => {
             ResponseKind::SyncGroup(
                 SyncGroupResponse::default().with_error_code(GROUP_AUTHORIZATION_FAILED),
             )
         }
-        RequestKind::Heartbeat(r) if !authorize::group(&caller, Read, r.group_id.as_str()) => {
+        RequestKind::Heartbeat(r) if !authorize::group(caller, Read, r.group_id.as_str()) => {
             ResponseKind::Heartbeat(
                 HeartbeatResponse::default().with_error_code(GROUP_AUTHORIZATION_FAILED),
             )
         }
-        RequestKind::LeaveGroup(r) if !authorize::group(&caller, Read, r.group_id.as_str()) => {
+        RequestKind::LeaveGroup(r) if !authorize::group(caller, Read, r.group_id.as_str()) => {
             ResponseKind::LeaveGroup(
                 LeaveGroupResponse::default().with_error_code(GROUP_AUTHORIZATION_FAILED),
             )
         }
-        RequestKind::OffsetDelete(r) if !authorize::group(&caller, Delete, r.group_id.as_str()) => {
+        RequestKind::OffsetDelete(r) if !authorize::group(caller, Delete, r.group_id.as_str()) => {
             ResponseKind::OffsetDelete(
                 OffsetDeleteResponse::default().with_error_code(GROUP_AUTHORIZATION_FAILED),
             )
         }
         RequestKind::OffsetFetch(r)
-            if version < 8 && !authorize::group(&caller, Describe, r.group_id.as_str()) =>
+            if version < 8 && !authorize::group(caller, Describe, r.group_id.as_str()) =>
         {
             ResponseKind::OffsetFetch(
                 OffsetFetchResponse::default().with_error_code(GROUP_AUTHORIZATION_FAILED),
@@ -210,26 +275,26 @@ pub(crate) async fn handle(
             ResponseKind::LeaveGroup(groups::leave_group(ctx, r, version).await)
         }
         RequestKind::OffsetCommit(mut r) => {
-            let denied = authorize::split_offset_commit(&caller, &mut r);
+            let denied = authorize::split_offset_commit(caller, &mut r);
             let response = groups::offset_commit(ctx, r).await;
             ResponseKind::OffsetCommit(authorize::refuse_offset_commit(response, denied))
         }
         RequestKind::OffsetFetch(mut r) => {
-            let denied = authorize::split_offset_fetch(&caller, &mut r);
+            let denied = authorize::split_offset_fetch(caller, &mut r);
             let response = groups::offset_fetch(ctx, r, version).await;
             ResponseKind::OffsetFetch(authorize::refuse_offset_fetch(response, denied))
         }
         RequestKind::ListGroups(r) => ResponseKind::ListGroups(authorize::list_groups(
-            &caller,
+            caller,
             groups::list_groups(ctx, r).await,
         )),
         RequestKind::DescribeGroups(mut r) => {
-            let denied = authorize::split_groups(&caller, Describe, &mut r.groups);
+            let denied = authorize::split_groups(caller, Describe, &mut r.groups);
             let response = groups::describe_groups(ctx, r).await;
             ResponseKind::DescribeGroups(authorize::refuse_describe_groups(response, denied))
         }
         RequestKind::DeleteGroups(mut r) => {
-            let denied = authorize::split_groups(&caller, Delete, &mut r.groups_names);
+            let denied = authorize::split_groups(caller, Delete, &mut r.groups_names);
             let response = groups::delete_groups(ctx, r).await;
             ResponseKind::DeleteGroups(authorize::refuse_delete_groups(response, denied))
         }
@@ -243,16 +308,22 @@ pub(crate) async fn handle(
             ResponseKind::SaslAuthenticate(sasl::authenticate(ctx, session, r, peer).await)
         }
         RequestKind::DescribeUserScramCredentials(r) => ResponseKind::DescribeUserScramCredentials(
-            sasl::describe_user_scram_credentials(ctx, &caller, r),
+            sasl::describe_user_scram_credentials(ctx, caller, r),
         ),
         RequestKind::AlterUserScramCredentials(r) => ResponseKind::AlterUserScramCredentials(
-            sasl::alter_user_scram_credentials(ctx, &caller, r),
+            sasl::alter_user_scram_credentials(ctx, caller, r),
         ),
-        RequestKind::CreateAcls(r) => ResponseKind::CreateAcls(acls::create_acls(ctx, &caller, r)),
+        RequestKind::CreateAcls(r) => ResponseKind::CreateAcls(acls::create_acls(ctx, caller, r)),
         RequestKind::DescribeAcls(r) => {
-            ResponseKind::DescribeAcls(acls::describe_acls(ctx, &caller, r))
+            ResponseKind::DescribeAcls(acls::describe_acls(ctx, caller, r))
         }
-        RequestKind::DeleteAcls(r) => ResponseKind::DeleteAcls(acls::delete_acls(ctx, &caller, r)),
+        RequestKind::DeleteAcls(r) => ResponseKind::DeleteAcls(acls::delete_acls(ctx, caller, r)),
+        RequestKind::DescribeClientQuotas(r) => ResponseKind::DescribeClientQuotas(
+            client_quotas::describe_client_quotas(ctx, caller, r),
+        ),
+        RequestKind::AlterClientQuotas(r) => {
+            ResponseKind::AlterClientQuotas(client_quotas::alter_client_quotas(ctx, caller, r))
+        }
         RequestKind::InitProducerId(r) => {
             ResponseKind::InitProducerId(producers::init_producer_id(ctx, r))
         }
@@ -261,6 +332,8 @@ pub(crate) async fn handle(
             return Err(format!("no handler for {key:?} ({other:?})"));
         }
     };
+    let mut response = response;
+    throttle::set(&mut response, finish());
     plain(key, version, correlation_id, &response).map(Some)
 }
 

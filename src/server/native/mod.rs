@@ -8,6 +8,7 @@
 //! - `shares`: share-group (queue) fetch, acknowledge and describe.
 //! - `users`: the SASL exchange and user management.
 //! - `acls`: ACL management.
+//! - `quotas`: client-quota management (`server/quotas.rs` meters requests against them).
 //!
 //! Every request is checked against the authorizer first ([`authorize`]): each topic and
 //! group it names, with the operation Kafka checks for the same request.
@@ -16,6 +17,7 @@ mod acls;
 mod admin;
 mod data;
 mod groups;
+mod quotas;
 mod shares;
 mod users;
 
@@ -34,6 +36,7 @@ use std::rc::Rc;
 use super::authorizer::Caller;
 use super::context::ShardContext;
 use super::group_coordinator::GroupOp;
+use super::quotas as metering;
 use super::sasl::SaslSession;
 use crate::auth::acl::{Operation, ResourceType};
 use crate::protocol::api::*;
@@ -60,16 +63,64 @@ pub(crate) async fn handle(
     if let Err(denied) = authorize(&caller, &request) {
         return Some(Err(denied));
     }
+    // The authentication exchange is never held back (there is no principal yet). Native
+    // requests carry no client id: they match quotas as the empty client id.
+    let metering = match &request {
+        Request::ApiVersions(_) | Request::SaslHandshake(_) | Request::SaslAuthenticate(_) => None,
+        _ => {
+            let (meters, store) = (&ctx.quota_meters, &ctx.global.quotas);
+            metering::admit(meters, store, &ctx.shutdown, caller.user(), "").await
+        }
+    };
+    let Some(metering) = metering else {
+        return serve(ctx, request, local_ip, peer, session, &caller).await;
+    };
+    if let Request::Produce(r) = &request {
+        let bytes: usize = r
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .map(|p| p.records.len())
+            .sum();
+        metering.produced(&ctx.quota_meters, bytes as u64);
+    }
+    let answer = metering
+        .timed(serve(ctx, request, local_ip, peer, session, &caller))
+        .await;
+    if let Some(Ok(Reply::Fetch(response, files))) = &answer {
+        let in_memory: usize = response
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .map(|p| p.records.len())
+            .sum();
+        let from_files: usize = files.iter().flatten().map(|f| f.len).sum();
+        metering.fetched(&ctx.quota_meters, (in_memory + from_files) as u64);
+    }
+    // No throttle field in the native responses: the hold on the next requests is all.
+    metering.finish(&ctx.quota_meters);
+    answer
+}
+
+/// Serves one request the authorizer let through.
+async fn serve(
+    ctx: &Rc<ShardContext>,
+    request: Request,
+    local_ip: Option<IpAddr>,
+    peer: Option<SocketAddr>,
+    session: &RefCell<SaslSession>,
+    caller: &Caller,
+) -> Option<Result<Reply, WireError>> {
     let plain = match request {
         Request::Fetch(r) => {
             let (response, files) = fetch(ctx, r).await;
             return Some(Ok(Reply::Fetch(response, files)));
         }
         Request::ApiVersions(r) => Ok(admin::api_versions(ctx, r)),
-        Request::Metadata(r) => Ok(visible_topics(&caller, admin::metadata(ctx, r, local_ip))),
+        Request::Metadata(r) => Ok(visible_topics(caller, admin::metadata(ctx, r, local_ip))),
         Request::CreateTopic(r) => admin::create_topic(ctx, r).await,
         Request::DeleteTopic(r) => admin::delete_topic(ctx, r).await,
-        Request::ListTopics => Ok(visible_topics(&caller, admin::list_topics(ctx))),
+        Request::ListTopics => Ok(visible_topics(caller, admin::list_topics(ctx))),
         Request::DescribeTopic(r) => admin::describe_topic(ctx, r).await,
         Request::AlterTopicConfig(r) => admin::alter_topic(ctx, r).await,
         Request::Produce(r) => {
@@ -94,7 +145,7 @@ pub(crate) async fn handle(
         Request::DeleteGroup(r) => {
             groups::call(ctx, &r.group, GroupOp::Delete(r.group.clone())).await
         }
-        Request::ListGroups => groups::list(ctx).await.map(|r| visible_groups(&caller, r)),
+        Request::ListGroups => groups::list(ctx).await.map(|r| visible_groups(caller, r)),
         Request::ShareFetch(r) => shares::fetch(ctx, r).await,
         Request::ShareAck(r) => shares::ack(ctx, r).await,
         Request::DescribeQueue(r) => shares::describe(ctx, &r.group).await,
@@ -103,9 +154,11 @@ pub(crate) async fn handle(
         Request::ListUsers => users::list_users(ctx),
         Request::UpsertUser(r) => users::upsert_user(ctx, r),
         Request::DeleteUser(r) => users::delete_user(ctx, r),
-        Request::CreateAcls(r) => acls::create(ctx, &caller, r),
+        Request::CreateAcls(r) => acls::create(ctx, caller, r),
         Request::DescribeAcls(r) => acls::describe(ctx, r),
-        Request::DeleteAcls(r) => acls::delete(ctx, &caller, r),
+        Request::DeleteAcls(r) => acls::delete(ctx, caller, r),
+        Request::DescribeQuotas(r) => quotas::describe(ctx, &r),
+        Request::AlterQuotas(r) => quotas::alter(ctx, caller, &r),
     };
     Some(plain.map(Reply::Plain))
 }
@@ -171,6 +224,25 @@ fn authorize(caller: &Caller, request: &Request) -> Result<(), WireError> {
         | Request::DeleteUser(_)
         | Request::CreateAcls(_)
         | Request::DeleteAcls(_) => manage(caller, Alter),
+        Request::DescribeQuotas(_) => manage_quotas(caller, DescribeConfigs),
+        Request::AlterQuotas(_) => manage_quotas(caller, AlterConfigs),
+    }
+}
+
+/// Quota management: a superuser's, or (authorizer on) whom a cluster ACL allows
+/// AlterConfigs (DescribeConfigs to list them), as Kafka checks its quota APIs.
+fn manage_quotas(caller: &Caller, operation: Operation) -> Result<(), WireError> {
+    if caller.may_manage(operation) {
+        Ok(())
+    } else {
+        Err(WireError::new(
+            ErrorCode::NotAuthorized,
+            format!(
+                "User:{} may not {operation} the cluster's quotas: a superuser \
+                 (--superuser) or, with --authorizer on, an ACL on the cluster may",
+                caller.user()
+            ),
+        ))
     }
 }
 
