@@ -850,9 +850,11 @@ pub(crate) fn read_frame(stream: &mut impl Read, buf: &mut BytesMut) -> io::Resu
             }
             Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
         }
+        // What the frame still needs, at most 1 MiB at a time: the room is zeroed first,
+        // and a read brings what the socket (or a TLS stream) holds, often much less.
         let want = frame::peek_frame_len(buf)
             .map_or(0, |n| (n + frame::LENGTH_PREFIX).saturating_sub(buf.len()))
-            .max(64 * 1024);
+            .clamp(64 * 1024, 1 << 20);
         let start = buf.len();
         buf.resize(start + want, 0);
         match stream.read(&mut buf[start..]) {

@@ -15,8 +15,8 @@ use rustls::{ClientConnection, StreamOwned};
 
 use crate::tls::ClientTls;
 
-/// Ciphertext read from the socket at once.
-const CIPHERTEXT_READ: usize = 18 * 1024;
+/// Ciphertext read from the socket at once, at most.
+const CIPHERTEXT_READ: usize = 256 * 1024;
 
 /// A connection to a broker.
 #[derive(Debug)]
@@ -31,8 +31,8 @@ pub enum Stream {
 pub struct TlsStream {
     socket: TcpStream,
     session: Mutex<ClientConnection>,
-    /// Ciphertext read and not yet handed to rustls, and how much of it was.
-    pending: Mutex<(Vec<u8>, usize)>,
+    /// Ciphertext read and not yet handed to rustls.
+    pending: Mutex<Pending>,
     /// Ciphertext on its way out; held while sending.
     out: Mutex<Vec<u8>>,
 }
@@ -43,6 +43,14 @@ impl std::fmt::Debug for TlsStream {
             .field("socket", &self.socket)
             .finish_non_exhaustive()
     }
+}
+
+/// Ciphertext read from the socket: `buf[start..end]` is not yet handed to rustls. The
+/// buffer is allocated (and zeroed) once, at the first read.
+struct Pending {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -72,7 +80,11 @@ impl Stream {
         Ok(Stream::Tls(Arc::new(TlsStream {
             socket,
             session: Mutex::new(session),
-            pending: Mutex::new((Vec::with_capacity(CIPHERTEXT_READ), 0)),
+            pending: Mutex::new(Pending {
+                buf: Vec::new(),
+                start: 0,
+                end: 0,
+            }),
             out: Mutex::new(Vec::new()),
         })))
     }
@@ -147,39 +159,58 @@ impl TlsStream {
         sent.map(|()| taken)
     }
 
+    /// Fills `buf` with as much plaintext as the ciphertext already read holds, reading
+    /// the socket (up to [`CIPHERTEXT_READ`] at once) only when there is none.
     fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         loop {
             {
                 let mut session = lock(&self.session);
-                match session.reader().read(buf) {
-                    Ok(n) => return Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
                 let mut pending = lock(&self.pending);
-                let (bytes, used) = &mut *pending;
-                if *used < bytes.len() {
-                    *used += session.read_tls(&mut &bytes[*used..])?;
+                let mut got = 0;
+                loop {
+                    match session.reader().read(&mut buf[got..]) {
+                        // close_notify (buf[got..] is never empty here).
+                        Ok(0) => return Ok(got),
+                        Ok(n) => {
+                            got += n;
+                            if got == buf.len() {
+                                return Ok(got);
+                            }
+                            continue;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) if got > 0 => {
+                            tracing::debug!("TLS read after {got} bytes: {e}");
+                            return Ok(got);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    if pending.start == pending.end {
+                        break;
+                    }
+                    // rustls takes a few KiB per call: one record may take several.
+                    let Pending { buf: bytes, start, end } = &mut *pending;
+                    *start += session.read_tls(&mut &bytes[*start..*end])?;
                     session.process_new_packets().map_err(|e| {
                         io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
                     })?;
-                    continue;
+                }
+                if got > 0 {
+                    return Ok(got);
                 }
             }
             // Only this reader touches `pending`; the session stays free for a writer
             // while the socket read waits.
             let mut pending = lock(&self.pending);
-            let (bytes, used) = &mut *pending;
-            bytes.resize(CIPHERTEXT_READ, 0);
-            *used = 0;
-            let n = match (&self.socket).read(bytes) {
-                Ok(n) => n,
-                Err(e) => {
-                    bytes.clear();
-                    return Err(e);
-                }
-            };
-            bytes.truncate(n);
+            if pending.buf.is_empty() {
+                pending.buf = vec![0; CIPHERTEXT_READ];
+            }
+            let n = (&self.socket).read(&mut pending.buf)?;
+            pending.start = 0;
+            pending.end = n;
             if n == 0 {
                 return Ok(0);
             }

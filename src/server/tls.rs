@@ -23,8 +23,10 @@ use rustls::{ServerConfig, ServerConnection};
 
 use crate::storage::FileRange;
 
-/// Ciphertext read from the socket at once (a little more than one full TLS record).
+/// Ciphertext read from the socket at once, at least (a little more than one full TLS
+/// record) and at most: a connection's reader holds this much beside its frame buffer.
 const CIPHERTEXT_READ: usize = 18 * 1024;
+const MAX_CIPHERTEXT_READ: usize = 1 << 20;
 /// Plaintext rustls may hold encrypted and unsent before the writer sends it, and the most
 /// of a segment file read into memory at once.
 const SEND_CHUNK: usize = 256 * 1024;
@@ -103,6 +105,10 @@ pub(crate) struct TlsReader {
     /// Ciphertext read and not yet handed to rustls.
     pending: Vec<u8>,
     consumed: usize,
+    /// Plaintext rustls holds, decrypted and not yet taken.
+    ready: usize,
+    /// The client sent close_notify.
+    closed: bool,
     /// Wakes the writer when rustls has records to send that no response caused (an alert,
     /// a key update).
     wake_writer: Box<dyn Fn()>,
@@ -110,49 +116,62 @@ pub(crate) struct TlsReader {
 
 impl TlsReader {
     pub(crate) fn new(stream: TcpStream, session: Session, wake_writer: Box<dyn Fn()>) -> Self {
+        // What the client sent right after the handshake may be decrypted already.
+        let (ready, closed) = match session.borrow_mut().process_new_packets() {
+            Ok(state) => (state.plaintext_bytes_to_read(), state.peer_has_closed()),
+            Err(_) => (0, false),
+        };
         TlsReader {
             stream,
             session,
             pending: Vec::with_capacity(CIPHERTEXT_READ),
             consumed: 0,
+            ready,
+            closed,
             wake_writer,
         }
     }
 
     /// Reads at most `wanted` bytes of plaintext onto the end of `buf`: Ok(0) when the
-    /// client closed.
+    /// client closed. Decrypts everything already read before it reads the socket again,
+    /// and reads the socket in pieces as large as what is wanted (up to
+    /// [`MAX_CIPHERTEXT_READ`]), so a large request costs few reads.
     pub(crate) async fn read(
         &mut self,
         mut buf: BytesMut,
         wanted: usize,
     ) -> BufResult<usize, BytesMut> {
+        let mut got = 0;
         loop {
-            match self.take_plaintext(&mut buf, wanted) {
-                Ok(Some(n)) => return BufResult(Ok(n), buf),
-                Ok(None) => {}
-                Err(e) => return BufResult(Err(e), buf),
-            }
-            if self.consumed < self.pending.len() {
-                let fed = {
-                    let mut conn = self.session.borrow_mut();
-                    let mut rest = &self.pending[self.consumed..];
-                    let result = conn.read_tls(&mut rest).and_then(|n| {
-                        conn.process_new_packets().map(|_| n).map_err(|e| {
-                            io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
-                        })
-                    });
-                    if conn.wants_write() {
-                        (self.wake_writer)();
-                    }
-                    result
-                };
-                match fed {
-                    Ok(n) => self.consumed += n,
+            if self.ready > 0 {
+                match self.take_plaintext(&mut buf, wanted - got) {
+                    Ok(n) => got += n,
                     Err(e) => return BufResult(Err(e), buf),
+                }
+                if got == wanted {
+                    return BufResult(Ok(got), buf);
                 }
                 continue;
             }
+            if self.closed {
+                return BufResult(Ok(got), buf);
+            }
+            if self.consumed < self.pending.len() {
+                if let Err(e) = self.feed() {
+                    return BufResult(Err(e), buf);
+                }
+                continue;
+            }
+            if got > 0 {
+                return BufResult(Ok(got), buf);
+            }
+            // Room for what is wanted, within bounds; a large buffer is not kept for the
+            // small reads that follow.
+            let room = wanted.clamp(CIPHERTEXT_READ, MAX_CIPHERTEXT_READ);
             let mut pending = std::mem::take(&mut self.pending);
+            if pending.capacity() < room || pending.capacity() > 2 * room {
+                pending = Vec::with_capacity(room);
+            }
             pending.clear();
             self.consumed = 0;
             let BufResult(read, back) = self.stream.read(pending).await;
@@ -165,23 +184,60 @@ impl TlsReader {
         }
     }
 
-    /// Moves decrypted bytes into `buf`: Some(n) if there were any (or Some(0) once the
-    /// client sent close_notify), None if rustls needs more ciphertext.
-    fn take_plaintext(&self, buf: &mut BytesMut, wanted: usize) -> io::Result<Option<usize>> {
+    /// Hands ciphertext to rustls until some plaintext is ready or all of it is taken.
+    fn feed(&mut self) -> io::Result<()> {
         let mut conn = self.session.borrow_mut();
+        let result = loop {
+            if self.consumed == self.pending.len() {
+                break Ok(());
+            }
+            // rustls takes a few KiB per call: one record may take several.
+            match conn.read_tls(&mut &self.pending[self.consumed..]) {
+                Ok(n) => self.consumed += n,
+                Err(e) => break Err(e),
+            }
+            match conn.process_new_packets() {
+                Ok(state) => {
+                    self.ready = state.plaintext_bytes_to_read();
+                    self.closed = state.peer_has_closed();
+                }
+                Err(e) => {
+                    break Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("TLS: {e}"),
+                    ))
+                }
+            }
+            if self.ready > 0 || self.closed {
+                break Ok(());
+            }
+        };
+        if conn.wants_write() {
+            (self.wake_writer)();
+        }
+        result
+    }
+
+    /// Moves up to `wanted` decrypted bytes (of the `ready` ones) onto the end of `buf`.
+    fn take_plaintext(&mut self, buf: &mut BytesMut, wanted: usize) -> io::Result<usize> {
+        let take = wanted.min(self.ready);
         let start = buf.len();
-        // rustls holds little plaintext at once (what one read of ciphertext decrypts to):
-        // zero only room for that, not a large frame's whole rest.
-        buf.resize(start + wanted.min(4 * CIPHERTEXT_READ), 0);
-        let read = conn.reader().read(&mut buf[start..]);
+        buf.resize(start + take, 0);
+        let read = self.session.borrow_mut().reader().read(&mut buf[start..]);
         match read {
             Ok(n) => {
                 buf.truncate(start + n);
-                Ok(Some(n))
+                self.ready -= n;
+                if n == 0 {
+                    // rustls had less than it said: look again after more ciphertext.
+                    self.ready = 0;
+                }
+                Ok(n)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 buf.truncate(start);
-                Ok(None)
+                self.ready = 0;
+                Ok(0)
             }
             Err(e) => {
                 buf.truncate(start);
