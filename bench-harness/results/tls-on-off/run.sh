@@ -36,9 +36,11 @@ start() { # $1: name, $2: binary, rest: flags; prints the native address
     done
     grep "eventflowd ready" "$SCRATCH/$1.log" | grep -o "listen=[0-9.:]*" | head -1 | cut -d= -f2
 }
-stop() {
-    kill "$(cat "$SCRATCH/$1.pid")"
-    wait "$(cat "$SCRATCH/$1.pid")" 2>/dev/null || true
+stop() { # the broker is not this shell's child: wait for it to be gone
+    local pid
+    pid=$(cat "$SCRATCH/$1.pid")
+    kill "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
     rm -rf "$SCRATCH/data-$1"
 }
 bench() { # $1: variant, $2: round, $3: address, $4: durability label
