@@ -191,8 +191,9 @@ pub fn internal_log(data: &[u8]) {
 
 /// What a client sends in a SASL exchange, to the broker's parsers: a PLAIN message, and
 /// SCRAM's client-first and client-final messages (the input split at its first `0xff`)
-/// against a known user; and what a broker sends, to the client's SCRAM parsers. None may
-/// panic, and no input may authenticate without the password.
+/// against a known user; what a broker sends, to the client's SCRAM parsers; and a client
+/// certificate, to the walk that finds its user. None may panic, and no input may
+/// authenticate without the password.
 pub fn sasl_messages(data: &[u8]) {
     use crate::auth::{self, Credential, ScramClient, ScramHash, ScramServer};
     use std::sync::OnceLock;
@@ -201,6 +202,8 @@ pub fn sasl_messages(data: &[u8]) {
     static STORED: OnceLock<Credential> = OnceLock::new();
     let stored = STORED.get_or_init(|| Credential::new(ScramHash::Sha256, "fuzz-password", 4096));
     let _ = auth::parse_plain(data);
+    // A client certificate's user: the DER walk to its subject's common name.
+    let _ = crate::tls::certificate_user(&rustls::pki_types::CertificateDer::from(data));
     let (first, last) = match data.iter().position(|&b| b == 0xff) {
         Some(at) => (&data[..at], &data[at + 1..]),
         None => (data, &[][..]),
