@@ -718,3 +718,31 @@ fn compare_names_what_a_kafka_home_lacks() -> Result<()> {
     assert!(scratch_left(dir.path()).is_empty());
     Ok(())
 }
+
+/// `fetch-kafka.sh` with every mirror unreachable (a closed loopback port: no traffic leaves
+/// the machine) fails with a line that says where it tried, and leaves nothing behind.
+#[test]
+fn fetch_kafka_fails_cleanly_offline() -> Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fetch-kafka.sh");
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let closed = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir()?;
+    let target = dir.path().join("kafka");
+    let out = Command::new(&script)
+        .arg(&target)
+        .env("KAFKA_MIRROR", &closed)
+        .env("KAFKA_ARCHIVE", &closed)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(out.stdout.is_empty(), "no KAFKA_HOME is printed");
+    assert!(
+        stderr.contains(&format!(
+            "could not download Kafka 3.9.1 from any of: {closed}/3.9.1/kafka_2.13-3.9.1.tgz"
+        )),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&target)?.flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+    Ok(())
+}
