@@ -154,8 +154,19 @@ pub fn eventflow_durability(flags: &str) -> String {
 /// Whether a durability statement means "fsync before the acknowledgement".
 pub fn fsyncs_before_ack(durability: &str) -> bool {
     durability.contains("--fsync always")
-        || durability.contains("flush.messages=1")
+        || has_setting(durability, "flush.messages=1")
+        || has_setting(durability, "log.flush.interval.messages=1")
         || durability.contains("appendfsync always")
+}
+
+/// Whether `text` holds `setting` not followed by another digit (`=1`, not `=10`).
+fn has_setting(text: &str, setting: &str) -> bool {
+    text.match_indices(setting).any(|(i, _)| {
+        !text[i + setting.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+    })
 }
 
 /// Where to find `eventflowd`: next to this executable (the same `cargo build`), else PATH.
@@ -192,6 +203,11 @@ mod tests {
         );
         assert!(fsyncs_before_ack("eventflowd --fsync always"));
         assert!(!fsyncs_before_ack("Kafka default: no fsync"));
+        assert!(fsyncs_before_ack(
+            "Kafka log.flush.interval.messages=1 (every append fsynced)"
+        ));
+        assert!(!fsyncs_before_ack("Kafka log.flush.interval.messages=10"));
+        assert!(!fsyncs_before_ack("topic flush.messages=100"));
         assert!(fsyncs_before_ack(
             "redis-server appendonly yes, appendfsync always"
         ));

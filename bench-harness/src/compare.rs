@@ -6,10 +6,15 @@
 //! figures. A run that fails once started still ends the comparison, since its target did
 //! answer and the failure is a finding to look at, not to hide.
 //!
-//! The brokers the harness starts (`eventflow`, `redis`, `nats`) run fresh, one new server
-//! with an empty directory per run, or warm, one server per side for the whole comparison
-//! (`--brokers warm`); every side is treated the same way, and the report's broker flags
-//! say which.
+//! A peer the harness starts (`redis`, `nats`, `kafka`) is started once before the runs: one
+//! that does not come up (a Kafka that does not answer within its bound, a server that exits
+//! at start) is left out and reported the same way. A peer's configuration that cannot work
+//! (a `KAFKA_HOME` that is not a Kafka distribution) is an error before anything starts.
+//!
+//! The brokers the harness starts (`eventflow`, `redis`, `nats`, `kafka`) run fresh, one new
+//! server with an empty directory per run, or warm, one server per side for the whole
+//! comparison (`--brokers warm`); every side is treated the same way, and the report's
+//! broker flags say which.
 
 use std::path::PathBuf;
 
@@ -17,6 +22,7 @@ use anyhow::{bail, Result};
 
 use crate::broker::{self, LocalBroker};
 use crate::ceiling::{Ceiling, Limits};
+use crate::peers::kafka::KafkaHome;
 use crate::peers::{self, PeerFsync, PeerKind, PeerServer};
 use crate::plan::PlannedRun;
 use crate::result::{self, RunResult, Skipped};
@@ -34,7 +40,8 @@ pub enum Side {
     Running(TargetUrl),
     /// An `eventflowd` the harness starts with these flags and a fresh data dir.
     Spawned { binary: PathBuf, flags: String },
-    /// A peer server the harness starts (`redis-server`, `nats-server -js`).
+    /// A peer server the harness starts (`redis-server`, `nats-server -js`; for Kafka,
+    /// `binary` is the distribution's directory).
     Peer { kind: PeerKind, binary: PathBuf },
 }
 
@@ -45,10 +52,12 @@ pub struct Servers {
     pub eventflowd_flags: String,
     pub redis_server: PathBuf,
     pub nats_server: PathBuf,
+    /// A Kafka distribution (`--kafka-home`, else `KAFKA_HOME`) for the `kafka` target.
+    pub kafka_home: Option<PathBuf>,
 }
 
 impl Side {
-    /// `eventflow`, `redis` or `nats` (started by the harness), or a URL.
+    /// `eventflow`, `redis`, `nats` or `kafka` (started by the harness), or a URL.
     pub fn parse(spec: &str, servers: &Servers) -> Result<Side> {
         match spec {
             "eventflow" => Ok(Side::Spawned {
@@ -63,6 +72,20 @@ impl Side {
                 kind: PeerKind::Nats,
                 binary: servers.nats_server.clone(),
             }),
+            "kafka" => {
+                let Some(home) = &servers.kafka_home else {
+                    bail!(
+                        "target `kafka` needs a Kafka distribution: set KAFKA_HOME or pass \
+                         --kafka-home (bench-harness/fetch-kafka.sh fetches one), or name a \
+                         running broker as kafka://HOST:PORT"
+                    );
+                };
+                KafkaHome::open(home)?;
+                Ok(Side::Peer {
+                    kind: PeerKind::Kafka,
+                    binary: home.clone(),
+                })
+            }
             _ => Ok(Side::Running(TargetUrl::parse(spec)?)),
         }
     }
@@ -173,14 +196,13 @@ pub fn compare(c: &Comparison) -> Result<PathBuf> {
         bail!("--rounds must be at least 1");
     }
     let out = c.results_dir.join(&c.name);
-    let (sides, skipped) = answering(&c.sides);
+    let (sides, mut skipped) = answering(&c.sides);
     for s in &skipped {
         eprintln!("eventflow-bench: skipping {}: {}", s.target, s.reason);
     }
     if sides.is_empty() {
         bail!("no target answers, nothing to compare");
     }
-    result::save_skipped(&out, &skipped)?;
     let ceiling = if c.measure_ceiling {
         eprintln!(
             "measuring the machine's ceilings in {}",
@@ -192,6 +214,36 @@ pub fn compare(c: &Comparison) -> Result<PathBuf> {
     } else {
         None
     };
+    // Every started side's server now: warm, kept to the end; fresh, a started peer is
+    // stopped again once it came up, and each run starts its own.
+    let mut kept: Vec<&Side> = Vec::new();
+    let mut warm: Vec<Option<Started>> = Vec::new();
+    for side in sides {
+        let server = match side {
+            Side::Running(_) => None,
+            Side::Spawned { .. } if !c.warm => None,
+            Side::Spawned { .. } => Started::start(c, side)?,
+            Side::Peer { .. } => match Started::start(c, side) {
+                Ok(server) => server.filter(|_| c.warm),
+                Err(e) => {
+                    let s = Skipped {
+                        target: side.name(),
+                        reason: format!("{e:#}"),
+                    };
+                    eprintln!("eventflow-bench: skipping {}: {}", s.target, s.reason);
+                    skipped.push(s);
+                    continue;
+                }
+            },
+        };
+        kept.push(side);
+        warm.push(server);
+    }
+    let sides = kept;
+    if sides.is_empty() {
+        bail!("no target answers, nothing to compare");
+    }
+    result::save_skipped(&out, &skipped)?;
     let durabilities: Vec<String> = sides.iter().map(|s| durability_of(c, s)).collect();
     let fsyncs: Vec<bool> = durabilities
         .iter()
@@ -202,13 +254,6 @@ pub fn compare(c: &Comparison) -> Result<PathBuf> {
             "eventflow-bench: the targets promise different durability; the report says so:\n  {}",
             durabilities.join("\n  ")
         );
-    }
-    // Warm: every started side's server now, kept to the end.
-    let mut warm: Vec<Option<Started>> = Vec::new();
-    if c.warm {
-        for side in &sides {
-            warm.push(Started::start(c, side)?);
-        }
     }
     let mut results: Vec<RunResult> = Vec::new();
     let total = c.runs.len() as u32 * c.rounds * sides.len() as u32;

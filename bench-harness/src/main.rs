@@ -98,9 +98,10 @@ struct CompareArgs {
     #[arg(long)]
     name: String,
     /// Comma-separated targets: `eventflow` (the harness starts eventflowd with
-    /// --eventflowd-flags and a fresh data dir), `redis` (redis-server) and `nats`
-    /// (nats-server -js), started the same way, or running brokers: eventflow://HOST:PORT,
-    /// kafka://HOST:PORT, redis://HOST:PORT, nats://HOST:PORT.
+    /// --eventflowd-flags and a fresh data dir), `redis` (redis-server), `nats`
+    /// (nats-server -js) and `kafka` (one KRaft node from --kafka-home), started the same
+    /// way, or running brokers: eventflow://HOST:PORT, kafka://HOST:PORT, redis://HOST:PORT,
+    /// nats://HOST:PORT.
     #[arg(long, value_delimiter = ',', required = true)]
     targets: Vec<String>,
     /// A plan file ([defaults] and [[run]] tables), or `default` for the built-in matrix.
@@ -121,9 +122,15 @@ struct CompareArgs {
     /// The nats-server for the `nats` target (PATH, then /usr/sbin).
     #[arg(long, default_value = "nats-server")]
     nats_server: PathBuf,
-    /// How often started peers fsync: always (Redis appendfsync always), interval
-    /// (everysec) or never (no); default: as --eventflowd-flags' --fsync. NATS 2.9 has no
-    /// such setting (the report says so).
+    /// A Kafka distribution for the `kafka` target (bench-harness/fetch-kafka.sh fetches
+    /// one); default: the KAFKA_HOME environment variable. Its bin/kafka-storage.sh formats a
+    /// fresh log directory and bin/kafka-server-start.sh runs the node.
+    #[arg(long)]
+    kafka_home: Option<PathBuf>,
+    /// How often started peers fsync: always (Redis appendfsync always, Kafka
+    /// log.flush.interval.messages=1), interval (Redis everysec; Kafka's default, no forced
+    /// flush) or never (Redis no; Kafka's default); default: as --eventflowd-flags' --fsync.
+    /// NATS 2.9 has no such setting (the report says so).
     #[arg(long, value_parser = PeerFsync::parse)]
     peer_fsync: Option<PeerFsync>,
     /// Started brokers: `fresh` (a new server and directory per run) or `warm` (one per
@@ -251,6 +258,10 @@ fn compare_cmd(args: CompareArgs) -> Result<()> {
         eventflowd_flags: args.eventflowd_flags.clone(),
         redis_server: args.redis_server.clone(),
         nats_server: args.nats_server.clone(),
+        kafka_home: args
+            .kafka_home
+            .clone()
+            .or_else(|| std::env::var_os("KAFKA_HOME").map(PathBuf::from)),
     };
     let sides = args
         .targets

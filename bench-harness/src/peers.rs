@@ -1,7 +1,7 @@
 //! Starting the peers `compare` measures Eventflow against, as it starts `eventflowd`: a
-//! `redis-server` or a `nats-server -js` on a free loopback port with a new directory under
-//! the scratch directory, stopped with SIGTERM (SIGKILL if it does not exit) and its
-//! directory removed on drop.
+//! `redis-server`, a `nats-server -js` or a one-node KRaft Kafka from `KAFKA_HOME`
+//! ([`kafka`]) on a free loopback port with a new directory under the scratch directory,
+//! stopped with SIGTERM (SIGKILL if it does not exit) and its directory removed on drop.
 //!
 //! Durability follows the eventflowd side's `--fsync` where the peer allows it:
 //! - Redis (7.0): `appendonly yes` always, with `appendfsync always` for `--fsync always`
@@ -15,6 +15,11 @@
 //!   server/filestore.go). The setting that changes it (`jetstream { sync_interval }`,
 //!   including `always`) arrived in 2.10: 2.9.10 rejects it as an unknown field. So a
 //!   NATS 2.9 side never fsyncs before the ack, and the report says so.
+//! - Kafka: `log.flush.interval.messages=1` for `--fsync always` (every append fsynced
+//!   before the produce is answered); otherwise Kafka's default, no forced flush. The
+//!   [`kafka`] module has each property and its source.
+
+pub mod kafka;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -27,6 +32,8 @@ use crate::target::{Target, TargetUrl};
 
 /// How long a server may take to answer after it is started.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The same for Kafka.
+const KAFKA_READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A peer broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,22 +42,36 @@ pub enum PeerKind {
     Redis,
     /// NATS JetStream (`nats-server -js`).
     Nats,
+    /// Apache Kafka from a distribution (`KAFKA_HOME`), one KRaft node.
+    Kafka,
 }
 
 impl PeerKind {
-    /// `redis` or `nats`, as `compare --targets` names them.
+    /// `redis`, `nats` or `kafka`, as `compare --targets` names them.
     pub fn as_str(self) -> &'static str {
         match self {
             PeerKind::Redis => "redis",
             PeerKind::Nats => "nats",
+            PeerKind::Kafka => "kafka",
         }
     }
 
-    /// The server binary's name.
+    /// The server binary's name (Kafka's start script).
     pub fn binary_name(self) -> &'static str {
         match self {
             PeerKind::Redis => "redis-server",
             PeerKind::Nats => "nats-server",
+            PeerKind::Kafka => "kafka-server-start.sh",
+        }
+    }
+
+    /// How long the server may take to answer after it is started: a JVM that formats
+    /// nothing more but still elects itself controller and registers as a broker takes
+    /// seconds where the others take milliseconds.
+    fn ready_timeout(self) -> Duration {
+        match self {
+            PeerKind::Redis | PeerKind::Nats => READY_TIMEOUT,
+            PeerKind::Kafka => KAFKA_READY_TIMEOUT,
         }
     }
 }
@@ -105,6 +126,12 @@ pub fn durability(kind: PeerKind, fsync: PeerFsync) -> String {
         (PeerKind::Nats, _) => {
             "nats-server 2.9 JetStream file store: no fsync before the PubAck (blocks fsynced every 2 min; sync_interval/always needs 2.10)"
         }
+        (PeerKind::Kafka, PeerFsync::Always) => {
+            "Kafka log.flush.interval.messages=1 (every append fsynced before the produce is answered)"
+        }
+        (PeerKind::Kafka, PeerFsync::Interval | PeerFsync::Never) => {
+            crate::compare::KAFKA_DEFAULT_DURABILITY
+        }
     }
     .to_string()
 }
@@ -136,23 +163,46 @@ pub fn find_binary(binary: &Path) -> Option<PathBuf> {
 }
 
 impl PeerServer {
-    /// Starts `kind`'s server (`binary`, found as [`find_binary`] does) in a new directory
-    /// under `scratch`, and waits until it answers the target's first request.
+    /// Starts `kind`'s server (`binary`, found as [`find_binary`] does; for Kafka, the
+    /// distribution's directory, `KAFKA_HOME`) in a new directory under `scratch`, and
+    /// waits until it answers the target's first request.
     pub fn start(
         kind: PeerKind,
         binary: &Path,
         scratch: &Path,
         fsync: PeerFsync,
     ) -> Result<PeerServer> {
-        let bin = find_binary(binary).with_context(|| {
-            format!(
-                "{} not found (apt-get install {})",
-                binary.display(),
-                kind.binary_name()
-            )
-        })?;
-        let dir = crate::broker::fresh_dir(scratch, kind.binary_name())?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let bin = if kind == PeerKind::Kafka {
+            if !cfg!(feature = "kafka") {
+                bail!(
+                    "this eventflow-bench was built without Kafka support, so it cannot talk \
+                     to the Kafka it would start: rebuild with `--features kafka`"
+                );
+            }
+            binary.to_path_buf()
+        } else {
+            find_binary(binary).with_context(|| {
+                format!(
+                    "{} not found (apt-get install {})",
+                    binary.display(),
+                    kind.binary_name()
+                )
+            })?
+        };
+        let dir_name = match kind {
+            PeerKind::Kafka => "kafka",
+            PeerKind::Redis | PeerKind::Nats => kind.binary_name(),
+        };
+        let dir = crate::broker::fresh_dir(scratch, dir_name)?;
+        let started = Self::spawn(kind, &bin, dir.clone(), fsync);
+        if started.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        started
+    }
+
+    fn spawn(kind: PeerKind, bin: &Path, dir: PathBuf, fsync: PeerFsync) -> Result<PeerServer> {
+        let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(dir.join("server.log"))?;
         let (mut command, durability, flags) = match kind {
@@ -175,16 +225,27 @@ impl PeerServer {
                 );
                 let path = dir.join("redis.conf");
                 std::fs::write(&path, config)?;
-                let mut c = Command::new(&bin);
+                let mut c = Command::new(bin);
                 c.arg(&path);
                 (c, durability(kind, fsync), settings.join(", "))
             }
             PeerKind::Nats => {
                 let store = dir.join("jetstream");
-                let mut c = Command::new(&bin);
+                let mut c = Command::new(bin);
                 c.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
                     .arg(&store);
                 (c, durability(kind, fsync), "-js -sd SCRATCH".to_string())
+            }
+            PeerKind::Kafka => {
+                let home = kafka::KafkaHome::open(bin)?;
+                let cport = loop {
+                    let p = free_port()?;
+                    if p != port {
+                        break p;
+                    }
+                };
+                let prepared = kafka::prepare(&home, &dir, port, cport, fsync)?;
+                (prepared.command, durability(kind, fsync), prepared.flags)
             }
         };
         let child = command
@@ -210,6 +271,7 @@ impl PeerServer {
         match self.kind {
             PeerKind::Redis => TargetUrl::Redis(self.addr.clone()),
             PeerKind::Nats => TargetUrl::Nats(self.addr.clone()),
+            PeerKind::Kafka => TargetUrl::Kafka(self.addr.clone()),
         }
     }
 
@@ -224,7 +286,8 @@ impl PeerServer {
     }
 
     fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let timeout = self.kind.ready_timeout();
+        let deadline = Instant::now() + timeout;
         loop {
             let attempt = self.connect();
             if attempt.is_ok() {
@@ -240,7 +303,7 @@ impl PeerServer {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "{} on {} not ready after {READY_TIMEOUT:?} ({:#}); log:\n{}",
+                    "{} on {} not ready after {timeout:?} ({:#}); log:\n{}",
                     self.kind.binary_name(),
                     self.addr,
                     attempt.err().expect("failed"),
@@ -264,6 +327,11 @@ impl PeerServer {
         };
         crate::broker::terminate(&mut child);
     }
+}
+
+/// A port that was free on loopback a moment ago.
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl Drop for PeerServer {

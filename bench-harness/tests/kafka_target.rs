@@ -2,6 +2,12 @@
 //! with in-memory storage, and eventflowd's own Kafka listener. Tansu comes from `TANSU_BIN`
 //! or `tansu` on PATH; without it that test is skipped, unless
 //! `EVENTFLOW_BENCH_REQUIRE_KAFKA=1` (CI) makes that a failure.
+//!
+//! Also `compare --targets kafka` starting Kafka from `KAFKA_HOME` itself, against a
+//! stand-in distribution (no Java Kafka is installed here): its `bin/kafka-storage.sh`
+//! records its calls and formats as the real one does, and its `bin/kafka-server-start.sh`
+//! reads the properties it is given and `exec`s eventflowd's Kafka listener on the port they
+//! name.
 #![cfg(feature = "kafka")]
 
 use std::collections::HashMap;
@@ -378,5 +384,365 @@ fn compare_skips_a_kafka_target_that_does_not_answer() -> Result<()> {
         report.contains(&format!("**Skipped:** `{dead}` did not answer")),
         "{report}"
     );
+    Ok(())
+}
+
+/// The stand-in's storage tool: records its arguments; `random-uuid` prints a cluster id,
+/// `format -t ID -c FILE` needs FILE and writes `meta.properties` into its `log.dirs`,
+/// refusing one already formatted (as Kafka's does without `--ignore-formatted`).
+const STAND_IN_STORAGE: &str = r#"#!/bin/sh
+set -eu
+home=$(cd "$(dirname "$0")/.." && pwd)
+echo "$*" >> "$home/storage-calls"
+case "$1" in
+random-uuid)
+    echo "stand-in: a JVM would log here" >&2
+    echo "q1Sh-9_ISia_zwGINzRvyQ"
+    ;;
+format)
+    if [ "$#" -ne 5 ] || [ "$2" != "-t" ] || [ "$4" != "-c" ]; then
+        echo "usage: format -t CLUSTER_ID -c FILE" >&2
+        exit 2
+    fi
+    [ -f "$5" ] || { echo "no properties file $5" >&2; exit 1; }
+    logdir=$(sed -n 's/^log\.dirs=//p' "$5")
+    [ ! -e "$logdir/meta.properties" ] || { echo "$logdir is already formatted" >&2; exit 1; }
+    mkdir -p "$logdir"
+    printf 'cluster.id=%s\nnode.id=1\nversion=1\n' "$3" > "$logdir/meta.properties"
+    ;;
+*)
+    echo "unknown command $1" >&2
+    exit 2
+    ;;
+esac
+"#;
+
+/// The stand-in's server script: keeps a copy of the properties and its pid, refuses an
+/// unformatted log directory (as Kafka does), then becomes eventflowd serving Kafka on the
+/// PLAINTEXT listener, with `--fsync always` when every message is to be flushed.
+const STAND_IN_START: &str = r#"#!/bin/sh
+set -eu
+home=$(cd "$(dirname "$0")/.." && pwd)
+config=$1
+if [ -f "$home/refuse" ]; then
+    echo "stand-in told to refuse to start" >&2
+    exit 1
+fi
+cp "$config" "$home/started.properties"
+echo "${LOG_DIR:-}" > "$home/started.log_dir"
+logdir=$(sed -n 's/^log\.dirs=//p' "$config")
+[ -f "$logdir/meta.properties" ] || { echo "$logdir is not formatted" >&2; exit 1; }
+listener=$(sed -n 's/^listeners=PLAINTEXT:\/\/\([^,]*\),.*/\1/p' "$config")
+fsync=never
+if grep -qx 'log.flush.interval.messages=1' "$config"; then fsync=always; fi
+echo $$ >> "$home/started.pids"
+exec "$EVENTFLOWD" --listen 127.0.0.1:0 --kafka-listen "$listener" --no-metrics --no-http \
+    --cores 1 --fsync "$fsync" --data-dir "$logdir/eventflow"
+"#;
+
+/// A stand-in Kafka distribution in a new temporary directory.
+fn stand_in_kafka_home() -> Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let eventflowd = env::current_exe()?
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary outside target/")?
+        .join("eventflowd");
+    if !eventflowd.exists() {
+        bail!(
+            "{} not built: run `cargo build --bin eventflowd`",
+            eventflowd.display()
+        );
+    }
+    let home = tempfile::tempdir()?;
+    std::fs::create_dir_all(home.path().join("bin"))?;
+    std::fs::create_dir_all(home.path().join("libs"))?;
+    std::fs::write(home.path().join("libs/kafka_2.13-3.9.1.jar"), "")?;
+    std::fs::write(home.path().join("libs/kafka_2.13-3.9.1-test.jar"), "")?;
+    let start = STAND_IN_START.replace("\"$EVENTFLOWD\"", &format!("'{}'", eventflowd.display()));
+    for (name, text) in [
+        ("kafka-storage.sh", STAND_IN_STORAGE),
+        ("kafka-server-start.sh", start.as_str()),
+    ] {
+        let path = home.path().join("bin").join(name);
+        std::fs::write(&path, text)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(home)
+}
+
+/// `eventflow-bench compare` with `args` and a tiny plan, KAFKA_HOME set to `kafka_home`.
+fn compare(
+    dir: &Path,
+    name: &str,
+    kafka_home: Option<&Path>,
+    args: &[&str],
+) -> Result<std::process::Output> {
+    let plan = dir.join("plan.toml");
+    std::fs::write(
+        &plan,
+        "[defaults]\ncreate_topic = true\npartitions = 2\n\
+         [[run]]\nkind = \"produce\"\nmessages = 3000\n\
+         [[run]]\nkind = \"consume\"\nmessages = 3000\n",
+    )?;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_eventflow-bench"));
+    match kafka_home {
+        Some(home) => command.env("KAFKA_HOME", home),
+        None => command.env_remove("KAFKA_HOME"),
+    };
+    Ok(command
+        .args(["compare", "--name", name, "--rounds", "1", "--quiet"])
+        .args([
+            "--no-ceiling",
+            "--eventflowd-flags",
+            "--fsync always --cores 1",
+        ])
+        .args(["--plan", plan.to_str().unwrap()])
+        .args(["--results-dir", dir.to_str().unwrap()])
+        .args(["--scratch", dir.join("scratch").to_str().unwrap()])
+        .args(args)
+        .output()?)
+}
+
+fn scratch_left(dir: &Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(dir.join("scratch"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default()
+}
+
+/// `compare --targets eventflow,kafka --kafka-home STAND_IN`: for each run a fresh directory,
+/// its properties, a formatted log directory and a node on the ports they name; the runs
+/// produce and consume every record, the report names Kafka's settings, and nothing of the
+/// node is left afterwards.
+#[test]
+fn compare_starts_kafka_from_kafka_home() -> Result<()> {
+    let home = stand_in_kafka_home()?;
+    let dir = tempfile::tempdir()?;
+    let out = compare(
+        dir.path(),
+        "kafka-home",
+        None,
+        &[
+            "--targets",
+            "eventflow,kafka",
+            "--kafka-home",
+            home.path().to_str().unwrap(),
+        ],
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+
+    // Both runs (and the check that the node comes up) formatted a fresh directory (the
+    // stand-in refuses a formatted one): random-uuid, then format with that id and the
+    // properties the server got.
+    let calls = std::fs::read_to_string(home.path().join("storage-calls"))?;
+    let calls: Vec<&str> = calls.lines().collect();
+    assert_eq!(calls.len(), 6, "{calls:?}");
+    let scratch = dir.path().join("scratch").canonicalize()?;
+    let mut configs: Vec<String> = Vec::new();
+    for pair in calls.chunks(2) {
+        assert_eq!(pair[0], "random-uuid");
+        let config = pair[1]
+            .strip_prefix("format -t q1Sh-9_ISia_zwGINzRvyQ -c ")
+            .with_context(|| format!("format call {:?}", pair[1]))?;
+        assert!(Path::new(config).starts_with(&scratch), "{config}");
+        configs.push(config.to_string());
+    }
+
+    // The last node's properties: its two loopback ports, its log directory beside them,
+    // and every append flushed, as eventflowd's --fsync always.
+    let properties = std::fs::read_to_string(home.path().join("started.properties"))?;
+    let get = |key: &str| -> String {
+        properties
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key} in {properties}"))
+            .to_string()
+    };
+    let config_dir = Path::new(configs.last().unwrap()).parent().unwrap();
+    assert_eq!(get("process.roles"), "broker,controller");
+    assert_eq!(get("node.id"), "1");
+    assert_eq!(
+        PathBuf::from(get("log.dirs")),
+        config_dir.join("kafka-logs")
+    );
+    assert_eq!(get("log.flush.interval.messages"), "1");
+    assert_eq!(get("offsets.topic.replication.factor"), "1");
+    assert_eq!(get("group.initial.rebalance.delay.ms"), "0");
+    let listeners = get("listeners");
+    let (plaintext, controller) = listeners
+        .strip_prefix("PLAINTEXT://127.0.0.1:")
+        .and_then(|rest| rest.split_once(",CONTROLLER://127.0.0.1:"))
+        .with_context(|| format!("listeners={listeners}"))?;
+    assert_ne!(plaintext, controller);
+    assert_eq!(
+        get("advertised.listeners"),
+        format!("PLAINTEXT://127.0.0.1:{plaintext}")
+    );
+    assert_eq!(
+        get("controller.quorum.voters"),
+        format!("1@127.0.0.1:{controller}")
+    );
+    let log_dir = std::fs::read_to_string(home.path().join("started.log_dir"))?;
+    assert_eq!(Path::new(log_dir.trim()), config_dir.join("logs"));
+
+    // Every record produced and consumed on both sides.
+    let results = eventflow_bench::result::load(&dir.path().join("kafka-home/results.json"))?;
+    assert_eq!(results.len(), 4);
+    for r in &results {
+        assert_eq!(
+            (r.errors, r.missing, r.duplicates),
+            (0, 0, 0),
+            "{}",
+            r.target
+        );
+        let n = r.produced.or(r.consumed).map(|t| t.messages);
+        assert_eq!(n, Some(3000), "{}", r.target);
+    }
+    let kafka: Vec<_> = results
+        .iter()
+        .filter(|r| r.target_kind == "kafka")
+        .collect();
+    assert_eq!(kafka.len(), 2);
+    assert!(kafka.iter().all(|r| r.target == "kafka-server-start.sh"));
+    assert!(
+        kafka.iter().all(|r| r.broker.is_some()),
+        "the node's CPU is read"
+    );
+
+    // The report names Kafka's version, the properties and the matched durability.
+    let report = std::fs::read_to_string(dir.path().join("kafka-home/report.md"))?;
+    for needle in [
+        "Kafka 3.9.1",
+        "process.roles=broker,controller",
+        "listeners=PLAINTEXT://127.0.0.1:PORT,CONTROLLER://127.0.0.1:CONTROLLER_PORT",
+        "log.dirs=SCRATCH/kafka-logs",
+        "Kafka log.flush.interval.messages=1 (every append fsynced",
+        "fresh: a new server per run",
+    ] {
+        assert!(report.contains(needle), "no {needle:?} in:\n{report}");
+    }
+
+    // Every node the stand-in became has exited, and its directory is gone.
+    let pids = std::fs::read_to_string(home.path().join("started.pids"))?;
+    assert_eq!(pids.lines().count(), 3, "{pids}");
+    for pid in pids.lines() {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} still runs"
+        );
+    }
+    assert!(
+        scratch_left(dir.path()).is_empty(),
+        "{:?}",
+        scratch_left(dir.path())
+    );
+    Ok(())
+}
+
+/// A Kafka that does not come up is left out with a line in the report, and the other
+/// side's runs go on; its directory is removed all the same.
+#[test]
+fn compare_skips_a_kafka_that_does_not_come_up() -> Result<()> {
+    let home = stand_in_kafka_home()?;
+    std::fs::write(home.path().join("refuse"), "")?;
+    let dir = tempfile::tempdir()?;
+    // KAFKA_HOME instead of the flag, this time, and warm brokers.
+    let out = compare(
+        dir.path(),
+        "kafka-refuses",
+        Some(home.path()),
+        &["--targets", "eventflow,kafka", "--brokers", "warm"],
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let results = eventflow_bench::result::load(&dir.path().join("kafka-refuses/results.json"))?;
+    assert_eq!(results.len(), 2);
+    assert!(results.iter().all(|r| r.target_kind == "eventflow"));
+    let report = std::fs::read_to_string(dir.path().join("kafka-refuses/report.md"))?;
+    assert!(
+        report.contains("**Skipped:** `kafka-server-start.sh` did not answer"),
+        "{report}"
+    );
+    assert!(
+        report.contains("stand-in told to refuse to start"),
+        "{report}"
+    );
+    assert!(!home.path().join("started.pids").exists());
+    assert!(
+        scratch_left(dir.path()).is_empty(),
+        "{:?}",
+        scratch_left(dir.path())
+    );
+    Ok(())
+}
+
+/// A `kafka` target without a distribution, or with a directory that is not one, is an error
+/// that names what is missing, before anything starts.
+#[test]
+fn compare_names_what_a_kafka_home_lacks() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = compare(dir.path(), "no-home", None, &["--targets", "kafka"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("set KAFKA_HOME or pass --kafka-home"),
+        "{stderr}"
+    );
+
+    let empty = tempfile::tempdir()?;
+    std::fs::create_dir(empty.path().join("bin"))?;
+    std::fs::write(empty.path().join("bin/kafka-server-start.sh"), "")?;
+    let out = compare(
+        dir.path(),
+        "bad-home",
+        None,
+        &[
+            "--targets",
+            "kafka",
+            "--kafka-home",
+            empty.path().to_str().unwrap(),
+        ],
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for needle in [
+        "is not a Kafka distribution",
+        "no bin/kafka-storage.sh",
+        "bin/kafka-server-start.sh (not executable)",
+        "no libs/kafka_<scala>-<version>.jar",
+        "fetch-kafka.sh",
+    ] {
+        assert!(stderr.contains(needle), "no {needle:?} in {stderr}");
+    }
+    assert!(scratch_left(dir.path()).is_empty());
+    Ok(())
+}
+
+/// `fetch-kafka.sh` with every mirror unreachable (a closed loopback port: no traffic leaves
+/// the machine) fails with a line that says where it tried, and leaves nothing behind.
+#[test]
+fn fetch_kafka_fails_cleanly_offline() -> Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fetch-kafka.sh");
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let closed = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir()?;
+    let target = dir.path().join("kafka");
+    let out = Command::new(&script)
+        .arg(&target)
+        .env("KAFKA_MIRROR", &closed)
+        .env("KAFKA_ARCHIVE", &closed)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(out.stdout.is_empty(), "no KAFKA_HOME is printed");
+    assert!(
+        stderr.contains(&format!(
+            "could not download Kafka 3.9.1 from any of: {closed}/3.9.1/kafka_2.13-3.9.1.tgz"
+        )),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&target)?.flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
     Ok(())
 }
