@@ -192,7 +192,11 @@ impl TlsStream {
                         break;
                     }
                     // rustls takes a few KiB per call: one record may take several.
-                    let Pending { buf: bytes, start, end } = &mut *pending;
+                    let Pending {
+                        buf: bytes,
+                        start,
+                        end,
+                    } = &mut *pending;
                     *start += session.read_tls(&mut &bytes[*start..*end])?;
                     session.process_new_packets().map_err(|e| {
                         io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
