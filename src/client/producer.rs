@@ -229,6 +229,10 @@ struct State {
     batches: Accumulator<Token>,
     sticky: StickyPartitioner,
     topics: FastMap<String, Arc<TopicInfo>>,
+    /// The topic sent to last and its partition count (`None`: look it up in `topics`),
+    /// checked first: a producer usually sends to one topic many times in a row.
+    last_topic: String,
+    last_partitions: Option<u32>,
     endpoints: Vec<ShardEndpoint>,
     /// Records handed to `send` and not yet completed.
     pending: usize,
@@ -296,6 +300,8 @@ impl Producer {
                 batches: Accumulator::new(batching),
                 sticky: StickyPartitioner::new(),
                 topics: FastMap::default(),
+                last_topic: String::new(),
+                last_partitions: None,
                 endpoints,
                 pending: 0,
                 flushing: 0,
@@ -344,13 +350,22 @@ impl Producer {
     fn enqueue(&self, record: Record<'_>, mut token: Token) -> Result<(), ClientError> {
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
         let mut state = lock(&self.shared.state);
-        let partitions = match state.topics.get(record.topic) {
-            Some(info) => info.owners.len() as u32,
-            None => {
-                // First record of this topic: ask the broker, without holding the lock.
-                drop(state);
-                let partitions = self.topic(record.topic)?.owners.len() as u32;
-                state = lock(&self.shared.state);
+        let partitions = match state.last_partitions {
+            Some(partitions) if state.last_topic == record.topic => partitions,
+            _ => {
+                let partitions = match state.topics.get(record.topic) {
+                    Some(info) => info.owners.len() as u32,
+                    None => {
+                        // First record of this topic: ask the broker, without holding the
+                        // lock.
+                        drop(state);
+                        let partitions = self.topic(record.topic)?.owners.len() as u32;
+                        state = lock(&self.shared.state);
+                        partitions
+                    }
+                };
+                record.topic.clone_into(&mut state.last_topic);
+                state.last_partitions = Some(partitions);
                 partitions
             }
         };
@@ -488,6 +503,7 @@ impl Producer {
         let mut state = lock(&self.shared.state);
         state.endpoints = metadata.shards;
         state.topics.insert(topic.to_string(), info.clone());
+        state.last_partitions = None;
         Ok(info)
     }
 }
@@ -896,7 +912,9 @@ fn retry_or_fail(shared: &Arc<Shared>, mut batch: Outgoing, error: ClientError) 
     }
     if error.code() == Some(ErrorCode::UnknownTopicOrPartition) {
         // The topic changed: look it up again on the next send.
-        lock(&shared.state).topics.remove(&batch.to.topic);
+        let mut state = lock(&shared.state);
+        state.topics.remove(&batch.to.topic);
+        state.last_partitions = None;
     }
     finish(shared, batch, Err(error));
 }
