@@ -31,6 +31,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::accumulator::{Accumulator, AccumulatorConfig, AppendError, ReadyBatch, TopicPartition};
 use super::backoff::Backoff;
+use super::clock::now_ms;
 use super::partitioner::{partition_for_key, StickyPartitioner};
 use super::{io_error, read_frame, write_frame, Client, ClientError};
 use crate::fasthash::FastMap;
@@ -522,12 +523,6 @@ impl Drop for Producer {
 
 fn closed() -> ClientError {
     ClientError::Unexpected("the producer is closed".into())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A closed batch on its way: its bytes (kept for retries), its records' futures and the
