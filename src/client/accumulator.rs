@@ -367,7 +367,7 @@ mod tests {
             .collect();
         let expect = |topic: &str, partition: u32, first: u32| {
             let tokens = (0..30)
-                .filter(|i| *i >= first && (i - first) % 6 == 0)
+                .filter(|i| *i >= first && (i - first).is_multiple_of(6))
                 .collect();
             (topic.to_string(), partition, tokens)
         };
