@@ -243,6 +243,10 @@ struct State {
     /// their instant).
     retry: Vec<(Outgoing, Instant)>,
     closed: bool,
+    /// The I/O thread is waiting on `work` (set and cleared under this lock). `send` wakes
+    /// it only then: a `notify_one` is a futex syscall even when nobody waits, and an I/O
+    /// thread that is awake sees the new batches before it waits again.
+    io_waiting: bool,
 }
 
 struct Shared {
@@ -308,6 +312,7 @@ impl Producer {
                 flushing: 0,
                 retry: Vec::new(),
                 closed: false,
+                io_waiting: false,
             }),
             config,
             callback,
@@ -419,7 +424,7 @@ impl Producer {
                             state.retry.push((Outgoing::new(b), now));
                         }
                     }
-                    if wake {
+                    if wake && state.io_waiting {
                         self.shared.work.notify_one();
                     }
                     return Ok(());
@@ -606,6 +611,7 @@ fn io_loop(shared: Arc<Shared>) {
                 .into_iter()
                 .flatten()
                 .min();
+                state.io_waiting = true;
                 state = match deadline {
                     Some(d) => {
                         shared
@@ -619,6 +625,7 @@ fn io_loop(shared: Arc<Shared>) {
                         .wait(state)
                         .unwrap_or_else(std::sync::PoisonError::into_inner),
                 };
+                state.io_waiting = false;
             }
         };
         // One request per owning shard, holding all its batches.
