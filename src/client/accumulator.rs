@@ -85,11 +85,22 @@ struct OpenBatch<T> {
     accounted: usize,
 }
 
-/// Open batches by topic, then partition (two levels, so that appending to an open batch
-/// looks it up by `&str` without allocating).
+/// The open batches of one topic, indexed by partition (a topic's partitions are numbered
+/// from 0, so the vector is as long as the highest partition used).
+struct TopicBatches<T> {
+    name: String,
+    partitions: Vec<Option<OpenBatch<T>>>,
+}
+
+/// Open batches by topic, then partition. A producer usually sends to one topic many times
+/// in a row, so the topic used last is tried first with a plain comparison of names; other
+/// topics are found through a hash of their name. Neither allocates.
 pub struct Accumulator<T> {
     config: AccumulatorConfig,
-    open: FastMap<String, FastMap<u32, OpenBatch<T>>>,
+    topics: Vec<TopicBatches<T>>,
+    by_name: FastMap<String, usize>,
+    /// Index in `topics` of the topic appended to last.
+    last: usize,
     buffered: usize,
 }
 
@@ -98,7 +109,9 @@ impl<T> Accumulator<T> {
     pub fn new(config: AccumulatorConfig) -> Self {
         Accumulator {
             config,
-            open: FastMap::default(),
+            topics: Vec::new(),
+            by_name: FastMap::default(),
+            last: 0,
             buffered: 0,
         }
     }
@@ -108,8 +121,25 @@ impl<T> Accumulator<T> {
         self.buffered
     }
 
-    fn open_batch(&self, topic: &str, partition: u32) -> Option<&OpenBatch<T>> {
-        self.open.get(topic)?.get(&partition)
+    /// The index of `topic` in `topics`, added if new.
+    fn topic_index(&mut self, topic: &str) -> usize {
+        if self.topics.get(self.last).is_some_and(|t| t.name == topic) {
+            return self.last;
+        }
+        let index = match self.by_name.get(topic) {
+            Some(&index) => index,
+            None => {
+                let index = self.topics.len();
+                self.topics.push(TopicBatches {
+                    name: topic.to_string(),
+                    partitions: Vec::new(),
+                });
+                self.by_name.insert(topic.to_string(), index);
+                index
+            }
+        };
+        self.last = index;
+        index
     }
 
     /// Adds a record to the open batch of `partition` of `topic`. Returns the batches this
@@ -129,37 +159,39 @@ impl<T> Accumulator<T> {
         token: T,
         now: impl FnOnce() -> Instant,
     ) -> Result<Vec<ReadyBatch<T>>, (AppendError, T)> {
-        let estimate = RECORD_OVERHEAD
-            + key.map_or(0, <[u8]>::len)
-            + value.map_or(0, <[u8]>::len)
-            + headers
-                .iter()
-                .map(|(k, v)| 10 + k.len() + v.map_or(0, <[u8]>::len))
-                .sum::<usize>();
-        // Fast path: the record fits in the open batch (one lookup, no allocation).
-        if let Some(batch) = self
-            .open
-            .get_mut(topic)
-            .and_then(|parts| parts.get_mut(&partition))
-        {
-            let fits = batch.builder.size_bytes() + estimate <= self.config.batch_bytes;
-            if fits && self.buffered + estimate <= self.config.buffer_bytes {
+        let mut estimate =
+            RECORD_OVERHEAD + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
+        for (k, v) in headers {
+            estimate += 10 + k.len() + v.map_or(0, <[u8]>::len);
+        }
+        let index = self.topic_index(topic);
+        let slot = partition as usize;
+        let (batch_bytes, buffer_bytes) = (self.config.batch_bytes, self.config.buffer_bytes);
+        let partitions = &mut self.topics[index].partitions;
+        if partitions.len() <= slot {
+            partitions.resize_with(slot + 1, || None);
+        }
+        // Fast path: the record fits in the open batch (no lookup beyond the topic, no
+        // allocation).
+        if let Some(batch) = partitions[slot].as_mut() {
+            let fits = batch.builder.size_bytes() + estimate <= batch_bytes;
+            if fits && self.buffered + estimate <= buffer_bytes {
                 let before = batch.builder.size_bytes();
                 batch.builder.push(timestamp, key, value, headers);
                 batch.tokens.push(token);
                 let added = batch.builder.size_bytes() - before;
                 batch.accounted += added;
                 self.buffered += added;
-                if batch.builder.size_bytes() >= self.config.batch_bytes {
-                    return Ok(self.close(topic, partition).into_iter().collect());
+                if batch.builder.size_bytes() >= batch_bytes {
+                    return Ok(self.close(index, slot).into_iter().collect());
                 }
                 return Ok(Vec::new());
             }
         }
         let mut closed = Vec::new();
-        let current = self.open_batch(topic, partition);
+        let current = self.topics[index].partitions[slot].as_ref();
         let fits = current.is_none_or(|b| {
-            b.builder.is_empty() || b.builder.size_bytes() + estimate <= self.config.batch_bytes
+            b.builder.is_empty() || b.builder.size_bytes() + estimate <= batch_bytes
         });
         let needed = estimate
             + if fits && current.is_some() {
@@ -167,56 +199,49 @@ impl<T> Accumulator<T> {
             } else {
                 BATCH_HEADER_LEN
             };
-        if self.buffered + needed > self.config.buffer_bytes && self.buffered > 0 {
+        if self.buffered + needed > buffer_bytes && self.buffered > 0 {
             return Err((
                 AppendError::BufferFull {
                     buffered: self.buffered,
-                    limit: self.config.buffer_bytes,
+                    limit: buffer_bytes,
                     needed,
                 },
                 token,
             ));
         }
         if !fits {
-            closed.extend(self.close(topic, partition));
+            closed.extend(self.close(index, slot));
         }
-        if !self.open.contains_key(topic) {
-            self.open.insert(topic.to_string(), FastMap::default());
-        }
-        let capacity = self.config.batch_bytes.min(1 << 20);
-        let batch = self
-            .open
-            .get_mut(topic)
-            .expect("inserted above")
-            .entry(partition)
-            .or_insert_with(|| OpenBatch {
-                builder: BatchBuilder::with_capacity(capacity),
-                tokens: Vec::new(),
-                created: now(),
-                accounted: 0,
-            });
+        let capacity = batch_bytes.min(1 << 20);
+        let batch = self.topics[index].partitions[slot].get_or_insert_with(|| OpenBatch {
+            builder: BatchBuilder::with_capacity(capacity),
+            tokens: Vec::new(),
+            created: now(),
+            accounted: 0,
+        });
         let before = batch.builder.size_bytes();
         batch.builder.push(timestamp, key, value, headers);
         batch.tokens.push(token);
         let added = batch.builder.size_bytes() - before;
         batch.accounted += added;
-        let full = batch.builder.size_bytes() >= self.config.batch_bytes;
+        let full = batch.builder.size_bytes() >= batch_bytes;
         self.buffered += added;
         if full {
-            closed.extend(self.close(topic, partition));
+            closed.extend(self.close(index, slot));
         }
         Ok(closed)
     }
 
-    fn close(&mut self, topic: &str, partition: u32) -> Option<ReadyBatch<T>> {
-        let batch = self.open.get_mut(topic)?.remove(&partition)?;
+    fn close(&mut self, index: usize, slot: usize) -> Option<ReadyBatch<T>> {
+        let topic = &mut self.topics[index];
+        let batch = topic.partitions.get_mut(slot)?.take()?;
         if batch.tokens.is_empty() {
             return None;
         }
         Some(ReadyBatch {
             to: TopicPartition {
-                topic: topic.to_string(),
-                partition,
+                topic: topic.name.clone(),
+                partition: slot as u32,
             },
             records: batch.builder.finish(),
             tokens: batch.tokens,
@@ -224,47 +249,52 @@ impl<T> Accumulator<T> {
         })
     }
 
-    fn close_all(&mut self, mut which: Vec<(String, u32)>) -> Vec<ReadyBatch<T>> {
-        which.sort();
-        which
+    /// Closes the open batches `keep` selects, in order of topic name, then partition.
+    fn close_where(&mut self, keep: impl Fn(&OpenBatch<T>) -> bool) -> Vec<ReadyBatch<T>> {
+        let mut order: Vec<usize> = (0..self.topics.len()).collect();
+        order.sort_by(|a, b| self.topics[*a].name.cmp(&self.topics[*b].name));
+        let mut closed = Vec::new();
+        for index in order {
+            for slot in 0..self.topics[index].partitions.len() {
+                if self.topics[index].partitions[slot]
+                    .as_ref()
+                    .is_some_and(&keep)
+                {
+                    closed.extend(self.close(index, slot));
+                }
+            }
+        }
+        closed
+    }
+
+    fn open_batches(&self) -> impl Iterator<Item = &OpenBatch<T>> {
+        self.topics
             .iter()
-            .filter_map(|(topic, partition)| self.close(topic, *partition))
-            .collect()
+            .flat_map(|t| t.partitions.iter().flatten())
     }
 
     /// Closes and returns every batch that has lingered long enough.
     pub fn ready(&mut self, now: Instant) -> Vec<ReadyBatch<T>> {
         let linger = self.config.linger;
-        let due = self
-            .open
-            .iter()
-            .flat_map(|(topic, parts)| {
-                parts
-                    .iter()
-                    .filter(move |(_, b)| now.saturating_duration_since(b.created) >= linger)
-                    .map(move |(p, _)| (topic.clone(), *p))
-            })
-            .collect();
-        self.close_all(due)
+        if !self
+            .open_batches()
+            .any(|b| now.saturating_duration_since(b.created) >= linger)
+        {
+            return Vec::new();
+        }
+        self.close_where(|b| now.saturating_duration_since(b.created) >= linger)
     }
 
     /// When the oldest open batch becomes ready (None when nothing is open).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.open
-            .values()
-            .flat_map(|parts| parts.values())
+        self.open_batches()
             .map(|b| b.created + self.config.linger)
             .min()
     }
 
     /// Closes and returns every open batch (flush).
     pub fn drain(&mut self) -> Vec<ReadyBatch<T>> {
-        let all = self
-            .open
-            .iter()
-            .flat_map(|(topic, parts)| parts.keys().map(move |p| (topic.clone(), *p)))
-            .collect();
-        self.close_all(all)
+        self.close_where(|_| true)
     }
 
     /// Gives back a completed batch's bytes to the buffer.
@@ -319,6 +349,41 @@ mod tests {
             }
         }
         assert_eq!(next, 25);
+    }
+
+    #[test]
+    fn records_of_interleaved_topics_and_partitions_stay_apart() {
+        let mut acc = Accumulator::new(config(1 << 20, 1000, 1 << 20));
+        let now = Instant::now();
+        for i in 0..30u32 {
+            let topic = ["b", "a", "c"][i as usize % 3];
+            acc.append(topic, i % 2 * 5, 1, None, Some(b"v"), &[], i, || now)
+                .unwrap();
+        }
+        let closed = acc.drain();
+        let got: Vec<(String, u32, Vec<u32>)> = closed
+            .iter()
+            .map(|b| (b.to.topic.clone(), b.to.partition, b.tokens.clone()))
+            .collect();
+        let expect = |topic: &str, partition: u32, first: u32| {
+            let tokens = (0..30)
+                .filter(|i| *i >= first && (i - first).is_multiple_of(6))
+                .collect();
+            (topic.to_string(), partition, tokens)
+        };
+        assert_eq!(
+            got,
+            vec![
+                expect("a", 0, 4),
+                expect("a", 5, 1),
+                expect("b", 0, 0),
+                expect("b", 5, 3),
+                expect("c", 0, 2),
+                expect("c", 5, 5),
+            ]
+        );
+        assert!(acc.drain().is_empty());
+        assert_eq!(acc.next_deadline(), None);
     }
 
     #[test]

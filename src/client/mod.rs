@@ -35,6 +35,7 @@
 
 pub mod accumulator;
 pub mod backoff;
+mod clock;
 pub mod consumer;
 pub mod group;
 pub mod partitioner;

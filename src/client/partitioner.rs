@@ -47,6 +47,10 @@ pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
 #[derive(Debug)]
 pub struct StickyPartitioner {
     current: FastMap<String, u32>,
+    /// The topic asked for last and its partition (`None`: not known), checked before
+    /// `current`: a producer usually sends to one topic many times in a row.
+    last_topic: String,
+    last_partition: Option<u32>,
     /// xorshift state: a different partition each time, no global RNG.
     state: u64,
 }
@@ -70,6 +74,8 @@ impl StickyPartitioner {
     pub fn with_seed(seed: u64) -> Self {
         StickyPartitioner {
             current: FastMap::default(),
+            last_topic: String::new(),
+            last_partition: None,
             state: seed | 1,
         }
     }
@@ -84,13 +90,21 @@ impl StickyPartitioner {
     /// The partition for the next unkeyed record of `topic`.
     pub fn partition(&mut self, topic: &str, partitions: u32) -> u32 {
         let partitions = partitions.max(1);
-        if let Some(p) = self.current.get(topic) {
-            if *p < partitions {
-                return *p;
+        if let Some(p) = self.last_partition {
+            if p < partitions && self.last_topic == topic {
+                return p;
             }
         }
-        let p = (self.next_random() % u64::from(partitions)) as u32;
-        self.current.insert(topic.to_string(), p);
+        let p = match self.current.get(topic) {
+            Some(&p) if p < partitions => p,
+            _ => {
+                let p = (self.next_random() % u64::from(partitions)) as u32;
+                self.current.insert(topic.to_string(), p);
+                p
+            }
+        };
+        topic.clone_into(&mut self.last_topic);
+        self.last_partition = Some(p);
         p
     }
 
@@ -101,8 +115,11 @@ impl StickyPartitioner {
             return;
         }
         let step = 1 + (self.next_random() % u64::from(partitions - 1)) as u32;
-        self.current
-            .insert(topic.to_string(), (partition + step) % partitions);
+        let next = (partition + step) % partitions;
+        self.current.insert(topic.to_string(), next);
+        if self.last_topic == topic {
+            self.last_partition = Some(next);
+        }
     }
 }
 
@@ -161,5 +178,8 @@ mod tests {
         assert_eq!(p.partition("one", 1), 0);
         p.batch_closed("one", 0, 1);
         assert_eq!(p.partition("one", 1), 0);
+        assert_eq!(p.partition("t", 4), second);
+        // A topic that shrank gets a partition it has.
+        assert!(p.partition("t", 1) == 0);
     }
 }

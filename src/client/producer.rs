@@ -31,6 +31,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::accumulator::{Accumulator, AccumulatorConfig, AppendError, ReadyBatch, TopicPartition};
 use super::backoff::Backoff;
+use super::clock::now_ms;
 use super::partitioner::{partition_for_key, StickyPartitioner};
 use super::{io_error, read_frame, write_frame, Client, ClientError};
 use crate::fasthash::FastMap;
@@ -229,6 +230,10 @@ struct State {
     batches: Accumulator<Token>,
     sticky: StickyPartitioner,
     topics: FastMap<String, Arc<TopicInfo>>,
+    /// The topic sent to last and its partition count (`None`: look it up in `topics`),
+    /// checked first: a producer usually sends to one topic many times in a row.
+    last_topic: String,
+    last_partitions: Option<u32>,
     endpoints: Vec<ShardEndpoint>,
     /// Records handed to `send` and not yet completed.
     pending: usize,
@@ -238,6 +243,10 @@ struct State {
     /// their instant).
     retry: Vec<(Outgoing, Instant)>,
     closed: bool,
+    /// The I/O thread is waiting on `work` (set and cleared under this lock). `send` wakes
+    /// it only then: a `notify_one` is a futex syscall even when nobody waits, and an I/O
+    /// thread that is awake sees the new batches before it waits again.
+    io_waiting: bool,
 }
 
 struct Shared {
@@ -296,11 +305,14 @@ impl Producer {
                 batches: Accumulator::new(batching),
                 sticky: StickyPartitioner::new(),
                 topics: FastMap::default(),
+                last_topic: String::new(),
+                last_partitions: None,
                 endpoints,
                 pending: 0,
                 flushing: 0,
                 retry: Vec::new(),
                 closed: false,
+                io_waiting: false,
             }),
             config,
             callback,
@@ -344,13 +356,22 @@ impl Producer {
     fn enqueue(&self, record: Record<'_>, mut token: Token) -> Result<(), ClientError> {
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
         let mut state = lock(&self.shared.state);
-        let partitions = match state.topics.get(record.topic) {
-            Some(info) => info.owners.len() as u32,
-            None => {
-                // First record of this topic: ask the broker, without holding the lock.
-                drop(state);
-                let partitions = self.topic(record.topic)?.owners.len() as u32;
-                state = lock(&self.shared.state);
+        let partitions = match state.last_partitions {
+            Some(partitions) if state.last_topic == record.topic => partitions,
+            _ => {
+                let partitions = match state.topics.get(record.topic) {
+                    Some(info) => info.owners.len() as u32,
+                    None => {
+                        // First record of this topic: ask the broker, without holding the
+                        // lock.
+                        drop(state);
+                        let partitions = self.topic(record.topic)?.owners.len() as u32;
+                        state = lock(&self.shared.state);
+                        partitions
+                    }
+                };
+                record.topic.clone_into(&mut state.last_topic);
+                state.last_partitions = Some(partitions);
                 partitions
             }
         };
@@ -403,7 +424,7 @@ impl Producer {
                             state.retry.push((Outgoing::new(b), now));
                         }
                     }
-                    if wake {
+                    if wake && state.io_waiting {
                         self.shared.work.notify_one();
                     }
                     return Ok(());
@@ -488,6 +509,7 @@ impl Producer {
         let mut state = lock(&self.shared.state);
         state.endpoints = metadata.shards;
         state.topics.insert(topic.to_string(), info.clone());
+        state.last_partitions = None;
         Ok(info)
     }
 }
@@ -506,12 +528,6 @@ impl Drop for Producer {
 
 fn closed() -> ClientError {
     ClientError::Unexpected("the producer is closed".into())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A closed batch on its way: its bytes (kept for retries), its records' futures and the
@@ -595,6 +611,7 @@ fn io_loop(shared: Arc<Shared>) {
                 .into_iter()
                 .flatten()
                 .min();
+                state.io_waiting = true;
                 state = match deadline {
                     Some(d) => {
                         shared
@@ -608,6 +625,7 @@ fn io_loop(shared: Arc<Shared>) {
                         .wait(state)
                         .unwrap_or_else(std::sync::PoisonError::into_inner),
                 };
+                state.io_waiting = false;
             }
         };
         // One request per owning shard, holding all its batches.
@@ -896,7 +914,9 @@ fn retry_or_fail(shared: &Arc<Shared>, mut batch: Outgoing, error: ClientError) 
     }
     if error.code() == Some(ErrorCode::UnknownTopicOrPartition) {
         // The topic changed: look it up again on the next send.
-        lock(&shared.state).topics.remove(&batch.to.topic);
+        let mut state = lock(&shared.state);
+        state.topics.remove(&batch.to.topic);
+        state.last_partitions = None;
     }
     finish(shared, batch, Err(error));
 }

@@ -675,29 +675,40 @@ impl BatchBuilder {
             self.max_timestamp = self.max_timestamp.max(timestamp);
         }
         let timestamp_delta = timestamp.wrapping_sub(self.base_timestamp);
-        let offset_delta = self.count;
         let header_count = wire_len(headers.len());
 
-        // The length prefix comes first, so size the body before writing it.
-        let mut body_len = 1
-            + varlong_len(timestamp_delta)
-            + varint_len(offset_delta)
-            + nullable_bytes_len(key)
-            + nullable_bytes_len(value)
-            + varint_len(header_count);
+        // The fixed fields around the key and value are encoded on the stack first, so the
+        // record goes into the buffer in a few copies after one `reserve`. The length
+        // prefix comes first, so `head` leaves room for it in front.
+        let mut head = Varints::with_room_for_length();
+        head.put_u8(0); // record attributes: unused
+        head.put_varlong(timestamp_delta);
+        head.put_varint(self.count); // offset delta
+        head.put_nullable_len(key);
+        let mut middle = Varints::new();
+        middle.put_nullable_len(value);
+        middle.put_varint(header_count);
+        let (value_len, key_len) = (value.map_or(0, <[u8]>::len), key.map_or(0, <[u8]>::len));
+        let mut headers_len = 0;
         for (header_key, header_value) in headers {
-            body_len += nullable_bytes_len(Some(header_key)) + nullable_bytes_len(*header_value);
+            headers_len += nullable_bytes_len(Some(header_key)) + nullable_bytes_len(*header_value);
         }
-        let body_len_field = wire_len(body_len);
+        // The header count goes after the value: split `middle` there.
+        let value_len_field = middle.len() - varint_len(header_count);
+        let body_len = head.len() + key_len + middle.len() + value_len + headers_len;
+        head.prepend_varint(wire_len(body_len));
 
-        self.buf.reserve(varint_len(body_len_field) + body_len);
-        put_varint(&mut self.buf, body_len_field);
-        self.buf.put_u8(0); // record attributes: unused
-        put_varlong(&mut self.buf, timestamp_delta);
-        put_varint(&mut self.buf, offset_delta);
-        put_nullable_bytes(&mut self.buf, key);
-        put_nullable_bytes(&mut self.buf, value);
-        put_varint(&mut self.buf, header_count);
+        self.buf.reserve(head.len() + body_len);
+        self.buf.extend_from_slice(head.bytes());
+        if let Some(key) = key {
+            self.buf.extend_from_slice(key);
+        }
+        let (value_len_bytes, header_count_bytes) = middle.bytes().split_at(value_len_field);
+        self.buf.extend_from_slice(value_len_bytes);
+        if let Some(value) = value {
+            self.buf.extend_from_slice(value);
+        }
+        self.buf.extend_from_slice(header_count_bytes);
         for (header_key, header_value) in headers {
             put_nullable_bytes(&mut self.buf, Some(header_key));
             put_nullable_bytes(&mut self.buf, *header_value);
@@ -800,8 +811,77 @@ fn varint_len(value: i32) -> usize {
     uvarint_len(u64::from(zigzag32(value)))
 }
 
-fn varlong_len(value: i64) -> usize {
-    uvarint_len(zigzag64(value))
+/// A record's small fields (varints and the attributes byte) encoded on the stack, with
+/// room kept in front for a length prefix.
+struct Varints {
+    buf: [u8; 40],
+    start: usize,
+    end: usize,
+}
+
+impl Varints {
+    /// Room for a varint length prefix (at most 5 bytes) in front.
+    const PREFIX_ROOM: usize = 5;
+
+    fn new() -> Self {
+        Varints {
+            buf: [0; 40],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn with_room_for_length() -> Self {
+        Varints {
+            buf: [0; 40],
+            start: Self::PREFIX_ROOM,
+            end: Self::PREFIX_ROOM,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn put_u8(&mut self, byte: u8) {
+        self.buf[self.end] = byte;
+        self.end += 1;
+    }
+
+    fn put_uvarint(&mut self, mut value: u64) {
+        while value >= 0x80 {
+            self.put_u8((value as u8) | 0x80);
+            value >>= 7;
+        }
+        self.put_u8(value as u8);
+    }
+
+    fn put_varint(&mut self, value: i32) {
+        self.put_uvarint(u64::from(zigzag32(value)));
+    }
+
+    fn put_varlong(&mut self, value: i64) {
+        self.put_uvarint(zigzag64(value));
+    }
+
+    /// The length field of a nullable byte string (-1 for null).
+    fn put_nullable_len(&mut self, bytes: Option<&[u8]>) {
+        self.put_varint(bytes.map_or(-1, |b| wire_len(b.len())));
+    }
+
+    /// Writes `value` as a varint just before the bytes written so far (once, into the
+    /// room [`Varints::with_room_for_length`] kept).
+    fn prepend_varint(&mut self, value: i32) {
+        let mut prefix = Varints::new();
+        prefix.put_varint(value);
+        let len = prefix.len();
+        self.start -= len;
+        self.buf[self.start..self.start + len].copy_from_slice(prefix.bytes());
+    }
 }
 
 fn nullable_bytes_len(bytes: Option<&[u8]>) -> usize {
@@ -821,10 +901,6 @@ fn put_uvarint(buf: &mut BytesMut, mut value: u64) {
 
 fn put_varint(buf: &mut BytesMut, value: i32) {
     put_uvarint(buf, u64::from(zigzag32(value)));
-}
-
-fn put_varlong(buf: &mut BytesMut, value: i64) {
-    put_uvarint(buf, zigzag64(value));
 }
 
 fn put_nullable_bytes(buf: &mut BytesMut, bytes: Option<&[u8]>) {
@@ -1038,15 +1114,17 @@ mod tests {
             put_varint(&mut buf, value);
             assert_eq!(&buf[..], wire, "encoding {value}");
             assert_eq!(varint_len(value), wire.len());
+            let mut varints = Varints::with_room_for_length();
+            varints.put_varint(value);
+            assert_eq!(varints.bytes(), wire, "encoding {value} on the stack");
             let mut cursor = Cursor::new(wire);
             assert_eq!(cursor.varint(), Ok(value));
             assert!(cursor.is_empty());
         }
-        let mut buf = BytesMut::new();
-        put_varlong(&mut buf, i64::MIN);
-        assert_eq!(buf.len(), 10);
-        assert_eq!(varlong_len(i64::MIN), 10);
-        assert_eq!(Cursor::new(&buf).varlong(), Ok(i64::MIN));
+        let mut varints = Varints::new();
+        varints.put_varlong(i64::MIN);
+        assert_eq!(varints.len(), 10);
+        assert_eq!(Cursor::new(varints.bytes()).varlong(), Ok(i64::MIN));
     }
 
     #[test]
