@@ -387,6 +387,25 @@ fn walk(key: ApiKey, version: i16, body: &[u8]) -> Step {
             c.skip(2)?;
             c.tags()
         }),
+        ApiKey::DescribeClientQuotas => c.array(|c| {
+            c.string()?; // entity type
+            c.skip(1)?; // match type
+            c.string()?; // match (nullable)
+            c.tags()
+        }),
+        ApiKey::AlterClientQuotas => c.array(|c| {
+            c.array(|c| {
+                c.string()?; // entity type
+                c.string()?; // entity name (nullable)
+                c.tags()
+            })?;
+            c.array(|c| {
+                c.string()?; // key
+                c.skip(8 + 1)?; // value (float64), remove
+                c.tags()
+            })?;
+            c.tags()
+        }),
         // No arrays: FindCoordinator v0-v3 (one key), DescribeCluster, InitProducerId,
         // Heartbeat, LeaveGroup v0-v2 (one member), the SASL exchange.
         ApiKey::FindCoordinator
@@ -737,6 +756,43 @@ mod tests {
                         ]),
                 ),
             ),
+            (
+                ApiKey::DescribeClientQuotas,
+                RequestKind::DescribeClientQuotas(
+                    DescribeClientQuotasRequest::default().with_components(vec![
+                        describe_client_quotas_request::ComponentData::default()
+                            .with_entity_type(StrBytes::from("user"))
+                            .with_match(Some(StrBytes::from("alice"))),
+                        describe_client_quotas_request::ComponentData::default()
+                            .with_entity_type(StrBytes::from("client-id"))
+                            .with_match_type(1),
+                    ]),
+                ),
+            ),
+            (
+                ApiKey::AlterClientQuotas,
+                RequestKind::AlterClientQuotas(AlterClientQuotasRequest::default().with_entries(
+                    vec![
+                        alter_client_quotas_request::EntryData::default()
+                            .with_entity(vec![
+                                alter_client_quotas_request::EntityData::default()
+                                    .with_entity_type(StrBytes::from("user"))
+                                    .with_entity_name(Some(StrBytes::from("alice"))),
+                                alter_client_quotas_request::EntityData::default()
+                                    .with_entity_type(StrBytes::from("client-id")),
+                            ])
+                            .with_ops(vec![
+                                alter_client_quotas_request::OpData::default()
+                                    .with_key(StrBytes::from("producer_byte_rate"))
+                                    .with_value(1024.0),
+                                alter_client_quotas_request::OpData::default()
+                                    .with_key(StrBytes::from("request_percentage"))
+                                    .with_remove(true),
+                            ]),
+                        alter_client_quotas_request::EntryData::default(),
+                    ],
+                )),
+            ),
         ]
     }
 
@@ -775,7 +831,8 @@ mod tests {
         // FindCoordinator 7, InitProducerId 6, JoinGroup 10, SyncGroup 6, Heartbeat 5,
         // LeaveGroup 6, OffsetCommit 8, OffsetFetch 9, ListGroups 6, DescribeGroups 7,
         // DeleteGroups 3, OffsetDelete 1, SaslHandshake 2, SaslAuthenticate 3,
-        // DescribeUserScramCredentials 1, AlterUserScramCredentials 1.
+        // DescribeUserScramCredentials 1, AlterUserScramCredentials 1,
+        // DescribeClientQuotas 2, AlterClientQuotas 2.
         assert_eq!(
             checked,
             5 + 13
@@ -803,6 +860,8 @@ mod tests {
                 + 3
                 + 1
                 + 1
+                + 2
+                + 2
         );
     }
 
@@ -826,6 +885,13 @@ mod tests {
         let mut body = vec![0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1, 0, 1];
         body.extend_from_slice(&[0x10, 0, 0, 0]);
         assert!(check(ApiKey::CreateTopics, 2, &body).is_err());
+        // DescribeClientQuotas v0: 2^28 components in 18 bytes (the fuzzer's find).
+        let mut body = vec![0x10, 0, 0, 0];
+        body.extend_from_slice(&[0; 14]);
+        assert!(check(ApiKey::DescribeClientQuotas, 0, &body).is_err());
+        // AlterClientQuotas v1 (compact): one entry with a huge ops count.
+        let body = [2, 1, 0xff, 0xff, 0xff, 0xff, 0x07];
+        assert!(check(ApiKey::AlterClientQuotas, 1, &body).is_err());
         // IncrementalAlterConfigs v0: one topic resource "t" with 2^28 configs.
         let mut body = vec![0, 0, 0, 1, 2, 0, 1, b't'];
         body.extend_from_slice(&[0x10, 0, 0, 0]);
