@@ -10,7 +10,7 @@ mod common;
 use std::process::{Command, Output};
 
 use base64::Engine as _;
-use common::Broker;
+use common::{ok, refused, Broker};
 use eventflow::auth::Mechanism;
 use eventflow::client::{Client, ClientError, Credentials};
 use eventflow::protocol::ErrorCode;
@@ -46,22 +46,6 @@ fn eventflow(
             .env("EVENTFLOW_SASL_MECHANISM", mechanism);
     }
     common::run_with_stdin(command, stdin)
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}, stderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-fn refused(output: Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "succeeded: {stderr}");
-    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use common::Broker;
+use common::{ok, Broker};
 use eventflow::client::partitioner::partition_for_key;
 
 fn eventflow(broker: &Broker, args: &[&str], stdin: Option<&str>) -> Output {
@@ -26,16 +26,6 @@ fn eventflow(broker: &Broker, args: &[&str], stdin: Option<&str>) -> Output {
     }
     drop(input);
     child.wait_with_output().unwrap()
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}, stderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 #[test]

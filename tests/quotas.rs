@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::kafka_wire::KafkaConn;
-use common::{Broker, ADMIN_PASSWORD};
+use common::{ok, refused, Broker, ADMIN_PASSWORD};
 use kafka_protocol::messages::alter_client_quotas_request::{EntityData, EntryData, OpData};
 use kafka_protocol::messages::describe_client_quotas_request::ComponentData;
 use kafka_protocol::messages::{
@@ -126,22 +126,6 @@ fn eventflow(broker: &Broker, login: Option<(&str, &str)>, args: &[&str]) -> Out
             .env("EVENTFLOW_SASL_PASSWORD", password);
     }
     common::run_with_stdin(command, "")
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}, stderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-fn refused(output: Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "succeeded: {stderr}");
-    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Broker, ADMIN_PASSWORD};
+use common::{ok, Broker, ADMIN_PASSWORD};
 
 use eventflow::client::consumer::{Consumer, ConsumerConfig, StartAt};
 use eventflow::client::producer::{Producer, ProducerConfig, Record};
@@ -149,21 +149,13 @@ fn native_clients_produce_and_consume_over_tls_with_scram() {
         .env("EVENTFLOW_SASL_PASSWORD", ADMIN_PASSWORD)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(out);
     let mut produce = cli(&broker, &ca.pem());
     produce
         .args(["--sasl-user", "admin", "produce", "secret"])
         .env("EVENTFLOW_SASL_PASSWORD", ADMIN_PASSWORD);
     let out = common::run_with_stdin(produce, "one\ntwo\nthree\n");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(out);
 
     // The library: a producer (a reader and a writer thread on each TLS connection) sends
     // enough to span many TLS records and fetches; a consumer reads everything back.
@@ -345,21 +337,13 @@ fn client_certificates_name_users_for_the_acls() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(out);
     let out = cli(&broker, &ca.pem())
         .args(["--tls-cert", s(&alice_cert), "--tls-key", s(&alice_key)])
         .args(["topic", "create", "alices"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(out);
 
     // Without a certificate, or with one another CA signed: no connection.
     let bare = ClientTls::new(&ca.pem(), None).unwrap();
@@ -449,22 +433,12 @@ fn http_api_and_metrics_over_https() {
         ),
         Some(&format!("admin:{ADMIN_PASSWORD}")),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"data\""));
+    assert!(ok(out).contains("\"data\""));
     let out = curl(
         format!("https://127.0.0.1:{}/metrics", metrics.port()),
         None,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("eventflow_build_info"));
+    assert!(ok(out).contains("eventflow_build_info"));
     // Plain HTTP to the HTTPS port gets no page.
     let out = curl(format!("http://127.0.0.1:{}/metrics", metrics.port()), None);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("eventflow_build_info"));
@@ -539,23 +513,11 @@ fn kafka_clients_use_sasl_ssl_and_ssl() {
         .create_topic("tls-kcat", 1, &[])
         .unwrap();
         let out = common::run_with_stdin(kcat(&["-P", "-t", "tls-kcat"]), "k1\nk2\n");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ok(out);
         let out = kcat(&["-C", "-t", "tls-kcat", "-o", "beginning", "-e", "-q"])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut got: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(String::from)
-            .collect();
+        let mut got: Vec<String> = ok(out).lines().map(String::from).collect();
         got.sort();
         assert_eq!(got, ["k1", "k2"]);
     }

@@ -9,7 +9,7 @@ pub(crate) mod kafka_wire;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -633,4 +633,23 @@ pub(crate) fn run_client_program(
         std::fs::read_to_string(log_path(data_dir)).unwrap_or_default()
     );
     steps
+}
+
+/// The standard output of a command that must have succeeded (else the test fails with its
+/// exit status and standard error).
+pub(crate) fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}, stderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Checks that a command failed and said `needle` on its standard error.
+pub(crate) fn refused(output: Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "succeeded: {stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
 }
