@@ -61,14 +61,14 @@ struct Cli {
     #[arg(long, global = true, env = "EVENTFLOW_TLS_CA", value_name = "FILE")]
     tls_ca: Option<PathBuf>,
     /// A client certificate (PEM) to present to a broker that asks for one (mutual TLS).
-    #[arg(long, global = true, requires_all = ["tls_ca", "tls_key"], env = "EVENTFLOW_TLS_CERT", value_name = "FILE")]
+    #[arg(long, global = true, requires_all = ["tls_ca", "tls_key"], env = "EVENTFLOW_TLS_CLIENT_CERT", value_name = "FILE")]
     tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert.
     #[arg(
         long,
         global = true,
         requires = "tls_cert",
-        env = "EVENTFLOW_TLS_KEY",
+        env = "EVENTFLOW_TLS_CLIENT_KEY",
         value_name = "FILE"
     )]
     tls_key: Option<PathBuf>,

@@ -25,12 +25,18 @@ pub const ENV_PREFIX: &str = "EVENTFLOW_";
 
 /// Variables with the prefix that are not settings, and so are not warned about: the
 /// `--config` file's path, the storage engine's sync journal (a test hook), the CLI's
-/// bootstrap address, the tests' switch that makes a missing Kafka client a failure, and
-/// the bootstrap superuser's password (a secret, never a flag).
+/// bootstrap address, login and TLS files, the tests' switch that makes a missing Kafka
+/// client a failure, and the bootstrap superuser's password (a secret, never a flag).
 pub const OTHER_VARIABLES: &[&str] = &[
     "EVENTFLOW_CONFIG",
     crate::storage::SYNC_JOURNAL_ENV,
     "EVENTFLOW_BOOTSTRAP",
+    "EVENTFLOW_SASL_USER",
+    "EVENTFLOW_SASL_PASSWORD",
+    "EVENTFLOW_SASL_MECHANISM",
+    "EVENTFLOW_TLS_CA",
+    "EVENTFLOW_TLS_CLIENT_CERT",
+    "EVENTFLOW_TLS_CLIENT_KEY",
     "EVENTFLOW_REQUIRE_KAFKA_CLIENTS",
     "EVENTFLOW_BOOTSTRAP_SUPERUSER_PASSWORD",
 ];
