@@ -140,10 +140,7 @@ pub(crate) async fn admit(
     user: &str,
     client_id: &str,
 ) -> Option<Metering> {
-    let quotas = store.current();
-    if quotas.is_empty() {
-        return None;
-    }
+    let quotas = store.if_any()?;
     // Again after each wait: a request that went first may have extended the hold.
     while let Some(until) = meters.held_until(user, client_id) {
         let now = Instant::now();

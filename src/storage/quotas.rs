@@ -148,9 +148,21 @@ impl QuotaStore {
         self.current.load_full()
     }
 
+    /// The set as it is now, unless it is empty: then no reference is taken (the request
+    /// path asks this of every request, and most brokers set no quota).
+    pub fn if_any(&self) -> Option<Arc<Quotas>> {
+        let quotas = self.current.load();
+        (!quotas.is_empty()).then(|| arc_swap::Guard::into_inner(quotas))
+    }
+
     /// Applies `changes`, all or none (each is checked first). With `validate_only`, only
     /// checks them.
-    pub fn alter(&self, changes: &[QuotaChange], validate_only: bool) -> Result<(), QuotaError> {
+    pub fn alter(
+        &self,
+        changes: &[QuotaChange],
+        validate_only: bool,
+        by: &str,
+    ) -> Result<(), QuotaError> {
         for c in changes {
             c.entity.validate().map_err(QuotaError::Invalid)?;
             if let Some(v) = c.value {
@@ -170,8 +182,17 @@ impl QuotaStore {
         for c in changes {
             next.alter(&c.entity, c.key, c.value);
         }
-        meta_file::replace(&self.dir, FILE, &encode(&next), Access::Default)?;
+        if let Err(e) = meta_file::replace(&self.dir, FILE, &encode(&next), Access::Default) {
+            tracing::error!("storing a quota change failed: {e}");
+            return Err(e.into());
+        }
         self.current.store(Arc::new(next));
+        for c in changes {
+            let what = c
+                .value
+                .map_or("removed".to_string(), |v| format!("set to {v}"));
+            tracing::info!(by, "quota {} {}: {what}", c.entity, c.key);
+        }
         Ok(())
     }
 }
@@ -203,26 +224,35 @@ mod tests {
                     set(&clients, QuotaKey::RequestPercentage, Some(12.5)),
                 ],
                 false,
+                "test",
             )
             .unwrap();
         let bad = set(&alice, QuotaKey::ConsumerByteRate, Some(-1.0));
         assert!(matches!(
-            store.alter(std::slice::from_ref(&bad), false),
+            store.alter(std::slice::from_ref(&bad), false, "test"),
             Err(QuotaError::Invalid(_))
         ));
         assert!(matches!(
-            store.alter(&[bad], true),
+            store.alter(&[bad], true, "test"),
             Err(QuotaError::Invalid(_))
         ));
         store
-            .alter(&[set(&alice, QuotaKey::ConsumerByteRate, Some(1.0))], true)
+            .alter(
+                &[set(&alice, QuotaKey::ConsumerByteRate, Some(1.0))],
+                true,
+                "test",
+            )
             .unwrap();
         assert_eq!(store.current().entries().len(), 2);
 
         let reopened = QuotaStore::open(dir.path()).unwrap();
         assert_eq!(reopened.current(), store.current());
         reopened
-            .alter(&[set(&alice, QuotaKey::ProducerByteRate, None)], false)
+            .alter(
+                &[set(&alice, QuotaKey::ProducerByteRate, None)],
+                false,
+                "test",
+            )
             .unwrap();
         let again = QuotaStore::open(dir.path()).unwrap().current();
         assert_eq!(again.entries().len(), 1);

@@ -152,27 +152,14 @@ pub(super) fn alter_client_quotas(
                 Ok(c) => c,
                 Err(why) => return failed(code::INVALID_REQUEST, why),
             };
-            match ctx.global.quotas.alter(&changes, r.validate_only) {
-                Ok(()) => {
-                    if !r.validate_only {
-                        for c in &changes {
-                            tracing::info!(
-                                by = caller.user(),
-                                "quota {} {}: {}",
-                                c.entity,
-                                c.key,
-                                c.value
-                                    .map_or("removed".to_string(), |v| format!("set to {v}"))
-                            );
-                        }
-                    }
-                    result
-                }
+            match ctx
+                .global
+                .quotas
+                .alter(&changes, r.validate_only, caller.user())
+            {
+                Ok(()) => result,
                 Err(QuotaError::Invalid(why)) => failed(code::INVALID_REQUEST, why),
-                Err(QuotaError::Storage(e)) => {
-                    tracing::error!("storing a quota change failed: {e}");
-                    failed(code::UNKNOWN_SERVER_ERROR, e.to_string())
-                }
+                Err(QuotaError::Storage(e)) => failed(code::UNKNOWN_SERVER_ERROR, e.to_string()),
             }
         })
         .collect();

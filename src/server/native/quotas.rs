@@ -56,23 +56,10 @@ pub(super) fn alter(
     }
     ctx.global
         .quotas
-        .alter(&changes, false)
+        .alter(&changes, false, caller.user())
         .map_err(|e| match e {
             QuotaError::Invalid(why) => invalid(why),
-            QuotaError::Storage(e) => {
-                tracing::error!("storing a quota change failed: {e}");
-                WireError::new(ErrorCode::StorageError, e.to_string())
-            }
+            QuotaError::Storage(e) => WireError::new(ErrorCode::StorageError, e.to_string()),
         })?;
-    for c in &changes {
-        tracing::info!(
-            by = caller.user(),
-            "quota {} {}: {}",
-            c.entity,
-            c.key,
-            c.value
-                .map_or("removed".to_string(), |v| format!("set to {v}"))
-        );
-    }
     Ok(Response::AlterQuotas)
 }
