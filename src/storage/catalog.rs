@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
+use super::config::CleanupPolicy;
 use super::LogConfig;
 
 /// Prefix of a topic directory moved aside for deletion; no topic name may start with it.
@@ -295,7 +296,10 @@ pub fn validate_topic_name(name: &str) -> Result<(), CatalogError> {
 }
 
 /// The topic config keys this broker understands.
-pub const CONFIG_KEYS: [&str; 4] = [
+pub const CONFIG_KEYS: [&str; 7] = [
+    "cleanup.policy",
+    "delete.retention.ms",
+    "min.compaction.lag.ms",
     "retention.ms",
     "retention.bytes",
     "segment.bytes",
@@ -326,7 +330,13 @@ pub fn apply_config(config: &mut LogConfig, key: &str, value: &str) -> Result<()
             .parse::<i64>()
             .map_err(|_| format!("`{v}` is not an integer"))
     };
+    let non_negative = |v: &str| -> Result<u64, String> {
+        u64::try_from(int(v)?).map_err(|_| "must be 0 or a positive number of ms".to_string())
+    };
     match key {
+        "cleanup.policy" => config.cleanup = CleanupPolicy::parse(value)?,
+        "delete.retention.ms" => config.delete_retention_ms = non_negative(value)?,
+        "min.compaction.lag.ms" => config.min_compaction_lag_ms = non_negative(value)?,
         "retention.ms" => {
             let v = int(value)?;
             config.retention_ms = match v {
@@ -372,6 +382,15 @@ pub fn apply_config(config: &mut LogConfig, key: &str, value: &str) -> Result<()
 /// The effective configs of a log config, as `key=value` pairs (for describe).
 pub fn describe_config(config: &LogConfig) -> Vec<(String, String)> {
     vec![
+        ("cleanup.policy".into(), config.cleanup.to_string()),
+        (
+            "delete.retention.ms".into(),
+            config.delete_retention_ms.to_string(),
+        ),
+        (
+            "min.compaction.lag.ms".into(),
+            config.min_compaction_lag_ms.to_string(),
+        ),
         (
             "retention.ms".into(),
             config.retention_ms.map_or("-1".into(), |v| v.to_string()),
@@ -458,6 +477,9 @@ mod tests {
             ("retention.ms", "soon"),
             ("retention.ms", "0"),
             ("segment.bytes", "10"),
+            ("cleanup.policy", "shred"),
+            ("cleanup.policy", ""),
+            ("delete.retention.ms", "-5"),
             ("colour", "blue"),
         ] {
             assert!(

@@ -19,6 +19,56 @@ pub enum FsyncPolicy {
     Interval(Duration),
 }
 
+/// What a log does with its old records (Kafka's `cleanup.policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CleanupPolicy {
+    /// Whole segments past `retention.ms` / `retention.bytes` are deleted.
+    pub delete: bool,
+    /// Sealed segments keep only the newest record of each key; tombstones (records with a
+    /// null value) go after `delete.retention.ms`.
+    pub compact: bool,
+}
+
+impl CleanupPolicy {
+    /// `delete`: today's time and size retention, Kafka's default.
+    pub const DELETE: CleanupPolicy = CleanupPolicy {
+        delete: true,
+        compact: false,
+    };
+
+    /// Parses Kafka's spelling: `delete`, `compact`, or both separated by a comma (either
+    /// order, spaces allowed).
+    pub fn parse(value: &str) -> Result<CleanupPolicy, String> {
+        let mut policy = CleanupPolicy {
+            delete: false,
+            compact: false,
+        };
+        for part in value.split(',').map(str::trim) {
+            match part {
+                "delete" => policy.delete = true,
+                "compact" => policy.compact = true,
+                _ => {
+                    return Err(format!(
+                        "`{part}` is not a policy; use delete, compact or compact,delete"
+                    ))
+                }
+            }
+        }
+        Ok(policy)
+    }
+}
+
+impl std::fmt::Display for CleanupPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match (self.compact, self.delete) {
+            (true, true) => "compact,delete",
+            (true, false) => "compact",
+            // A policy always names one of the two: `parse` never yields neither.
+            (false, _) => "delete",
+        })
+    }
+}
+
 /// Settings of one partition log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -31,6 +81,15 @@ pub struct LogConfig {
     /// Oldest segments are deleted while the log would still hold at least this many bytes
     /// without them.
     pub retention_bytes: Option<u64>,
+    /// Whether old segments are deleted, compacted, or both (`cleanup.policy`). Time and
+    /// size retention apply only when `delete` is in the policy.
+    pub cleanup: CleanupPolicy,
+    /// How long a tombstone survives compaction, in milliseconds (`delete.retention.ms`), so
+    /// that a consumer reading behind the head still sees the delete.
+    pub delete_retention_ms: u64,
+    /// A record is not compacted away until it is at least this old, in milliseconds
+    /// (`min.compaction.lag.ms`).
+    pub min_compaction_lag_ms: u64,
     /// Roughly how many log bytes lie between two entries of the sparse offset index.
     pub index_interval_bytes: u32,
     /// Durability of appends.
@@ -47,17 +106,40 @@ const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
 impl Default for LogConfig {
     /// Kafka's defaults: 1 GiB segments rolled at least weekly, seven days of retention,
-    /// no size limit, an index entry every 4 KiB, and an fsync before every acknowledgement.
+    /// no size limit, the `delete` policy with a day's tombstone retention, an index entry every 4 KiB, and an fsync before every acknowledgement.
     fn default() -> Self {
         LogConfig {
             segment_bytes: 1 << 30,
             segment_ms: Some(7 * DAY_MS),
             retention_ms: Some(7 * DAY_MS as i64),
             retention_bytes: None,
+            cleanup: CleanupPolicy::DELETE,
+            delete_retention_ms: DAY_MS,
+            min_compaction_lag_ms: 0,
             index_interval_bytes: 4096,
             fsync: FsyncPolicy::Always,
             max_batch_bytes: 1 << 20,
             group_commit: std::time::Duration::ZERO,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CleanupPolicy;
+
+    #[test]
+    fn cleanup_policy_parses_kafkas_spellings_and_prints_them_back() {
+        for (text, shown) in [
+            ("delete", "delete"),
+            ("compact", "compact"),
+            ("compact,delete", "compact,delete"),
+            ("delete, compact", "compact,delete"),
+        ] {
+            assert_eq!(CleanupPolicy::parse(text).unwrap().to_string(), shown);
+        }
+        for bad in ["", "shred", "compact,", "delete;compact"] {
+            assert!(CleanupPolicy::parse(bad).is_err(), "{bad:?}");
         }
     }
 }

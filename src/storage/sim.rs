@@ -768,6 +768,7 @@ async fn simulate(rng: &mut SimRng, dir: &Path) -> Result<Vec<String>, String> {
         },
         max_batch_bytes: 1 << 20,
         group_commit: std::time::Duration::ZERO,
+        ..LogConfig::default()
     };
     let steps = 40 + rng.below(80);
     let mut sim = Sim {

@@ -39,14 +39,10 @@ const TYPE_LIST: i8 = 7;
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
 
-/// The one cleanup policy the broker has.
-const CLEANUP_POLICY: &str = "cleanup.policy";
-const CLEANUP_REFUSED: &str = "only cleanup.policy=delete is supported";
-
 fn config_type(name: &str) -> i8 {
     match name {
         "segment.bytes" | "log.segment.bytes" => TYPE_INT,
-        CLEANUP_POLICY | "log.cleanup.policy" => TYPE_LIST,
+        "cleanup.policy" | "log.cleanup.policy" => TYPE_LIST,
         _ => TYPE_LONG,
     }
 }
@@ -78,7 +74,7 @@ fn entry(
 }
 
 /// Describes each resource: a topic's effective configs (as the native DescribeTopic
-/// returns them, plus `cleanup.policy=delete`), or the broker's defaults (node 0).
+/// returns them), or the broker's defaults (node 0).
 pub(super) async fn describe_configs(
     ctx: &Rc<ShardContext>,
     r: DescribeConfigsRequest,
@@ -91,7 +87,7 @@ pub(super) async fn describe_configs(
             match resource.resource_type {
                 TOPIC => match topics::describe(ctx, &name).await {
                     Ok((topic, _, configs)) => {
-                        let mut out: Vec<_> = configs
+                        let out: Vec<_> = configs
                             .iter()
                             .map(|(key, value)| {
                                 let source = if topic.configs.contains_key(key) {
@@ -102,26 +98,17 @@ pub(super) async fn describe_configs(
                                 entry(key, value, false, source, version)
                             })
                             .collect();
-                        out.push(entry(CLEANUP_POLICY, "delete", true, SOURCE_DEFAULT, version));
                         Ok(out)
                     }
                     Err(e) => Err(wire_error(e)),
                 },
                 BROKER if name.is_empty() || name == NODE_ID.to_string() => {
-                    let mut out: Vec<_> = describe_config(&ctx.log_defaults)
+                    Ok(describe_config(&ctx.log_defaults)
                         .iter()
                         .map(|(key, value)| {
                             entry(&broker_name(key), value, true, SOURCE_STATIC_BROKER, version)
                         })
-                        .collect();
-                    out.push(entry(
-                        "log.cleanup.policy",
-                        "delete",
-                        true,
-                        SOURCE_DEFAULT,
-                        version,
-                    ));
-                    Ok(out)
+                        .collect())
                 }
                 BROKER => Err((
                     INVALID_REQUEST,
@@ -206,11 +193,6 @@ fn topic_changes(
         let key = c.name.as_str();
         let value = c.value.as_ref().map(StrBytes::as_str);
         match (c.config_operation, key) {
-            (OP_SET, CLEANUP_POLICY) if value.map(str::trim) == Some("delete") => {}
-            (OP_DELETE, CLEANUP_POLICY) => {}
-            (OP_SET, CLEANUP_POLICY) => {
-                return Err((INVALID_CONFIG, CLEANUP_REFUSED.to_string()));
-            }
             (OP_SET, _) => {
                 let Some(value) = value else {
                     return Err((INVALID_CONFIG, format!("SET of `{key}` without a value")));

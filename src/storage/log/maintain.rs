@@ -53,7 +53,8 @@ impl PartitionLog {
 
     /// Deletes whole segments, oldest first and never the active one, while they are older
     /// than `retention_ms` (by their newest batch timestamp) or the log without them would
-    /// still hold `retention_bytes`. Returns how many were deleted. Idle idempotent
+    /// still hold `retention_bytes`; only under a cleanup policy that includes `delete`.
+    /// Returns how many were deleted. Idle idempotent
     /// producers expire in the same pass (`expire_producers`).
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, StorageError> {
         if self.closed.get() {
@@ -61,6 +62,9 @@ impl PartitionLog {
         }
         self.expire_producers(now_ms);
         let config = self.config.borrow().clone();
+        if !config.cleanup.delete {
+            return Ok(0);
+        }
         let removed: Vec<Segment> = {
             let mut segments = self.segments.borrow_mut();
             let mut total: u64 = segments.iter().map(|s| s.size).sum();
