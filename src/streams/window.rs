@@ -1,0 +1,185 @@
+//! Time windows over record timestamps.
+//!
+//! A window is `[start, start + size)` in milliseconds since the epoch. Tumbling windows
+//! (`advance == size`) cut time into back-to-back slices, so each record falls into exactly
+//! one; hopping windows (`advance < size`) overlap, so a record falls into `size / advance`
+//! of them. Window starts are multiples of `advance` (aligned to the epoch), so every
+//! instance and every restart computes the same windows.
+//!
+//! **Lateness.** Each partition of a windowed step keeps its *stream time*: the largest
+//! record timestamp it has seen. A window closes when stream time reaches `end + grace`;
+//! a record for a closed window is late and is dropped (counted and logged), while the
+//! windows of it that are still open take it. Closed windows are removed from the store
+//! and tombstoned in its changelog, so state stays bounded by the windows still open.
+//!
+//! **The key of a windowed result** is the record key's bytes, `@`, and the window start
+//! in decimal milliseconds: `apple@1700000040000`. [`Windowed`] reads it back.
+
+use std::time::Duration;
+
+use super::serde::{Serde, SerdeError};
+
+/// Fixed-size windows, tumbling or hopping, with a grace period for late records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindows {
+    /// Length of a window, ms.
+    pub size: i64,
+    /// Distance between the starts of consecutive windows, ms (`size` for tumbling).
+    pub advance: i64,
+    /// How long after its end a window still takes records, ms.
+    pub grace: i64,
+}
+
+impl TimeWindows {
+    /// Tumbling windows of `size` (at least 1 ms), no grace period.
+    pub fn tumbling(size: Duration) -> TimeWindows {
+        let size = millis(size).max(1);
+        TimeWindows {
+            size,
+            advance: size,
+            grace: 0,
+        }
+    }
+
+    /// Hopping windows of `size` that start every `advance` (clamped to `1 ms..=size`).
+    pub fn hopping(size: Duration, advance: Duration) -> TimeWindows {
+        let size = millis(size).max(1);
+        TimeWindows {
+            size,
+            advance: millis(advance).clamp(1, size),
+            grace: 0,
+        }
+    }
+
+    /// The same windows, taking records up to `grace` after their end.
+    pub fn grace(self, grace: Duration) -> TimeWindows {
+        TimeWindows {
+            grace: millis(grace),
+            ..self
+        }
+    }
+
+    /// Starts of the windows that contain `timestamp`, oldest first.
+    pub fn starts_of(&self, timestamp: i64) -> impl Iterator<Item = i64> {
+        let (advance, size) = (self.advance, self.size);
+        // The newest window containing the timestamp starts at the last multiple of
+        // `advance` at or before it; older ones follow while they still reach it.
+        let last = timestamp.div_euclid(advance) * advance;
+        let first = last - (self.size - 1).div_euclid(advance) * advance;
+        let end = last;
+        (0..)
+            .map(move |i| first + i * advance)
+            .take_while(move |s| *s <= end)
+            .filter(move |s| *s + size > timestamp)
+    }
+
+    /// Whether some window closes when stream time moves from `before` to `now`: windows
+    /// close at `start + size + grace` with `start` a multiple of `advance`.
+    pub(crate) fn closes_between(&self, before: i64, now: i64) -> bool {
+        let close = |t: i64| {
+            t.saturating_sub(self.size)
+                .saturating_sub(self.grace)
+                .div_euclid(self.advance)
+        };
+        close(now) != close(before)
+    }
+
+    /// Whether the window starting at `start` is closed at `stream_time`.
+    pub fn is_closed(&self, start: i64, stream_time: i64) -> bool {
+        start.saturating_add(self.size).saturating_add(self.grace) <= stream_time
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A key within one window: the result key of a windowed aggregation.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Windowed<K> {
+    /// The record key.
+    pub key: K,
+    /// The window's start, ms since the epoch.
+    pub start: i64,
+}
+
+impl<K: Serde> Serde for Windowed<K> {
+    fn to_bytes(&self) -> Vec<u8> {
+        window_key(&self.key.to_bytes(), self.start)
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<Self, SerdeError> {
+        let at = bytes
+            .iter()
+            .rposition(|b| *b == b'@')
+            .ok_or_else(|| SerdeError("a windowed key needs `@<start>`".into()))?;
+        Ok(Windowed {
+            key: K::from_bytes(&bytes[..at])?,
+            start: i64::from_bytes(&bytes[at + 1..])?,
+        })
+    }
+}
+
+/// The bytes of `key` in the window starting at `start`.
+pub(crate) fn window_key(key: &[u8], start: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 21);
+    out.extend_from_slice(key);
+    out.push(b'@');
+    out.extend_from_slice(start.to_string().as_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn starts(w: TimeWindows, ts: i64) -> Vec<i64> {
+        w.starts_of(ts).collect()
+    }
+
+    #[test]
+    fn a_record_falls_in_one_tumbling_window() {
+        let w = TimeWindows::tumbling(Duration::from_secs(60));
+        assert_eq!(starts(w, 0), [0]);
+        assert_eq!(starts(w, 59_999), [0]);
+        assert_eq!(starts(w, 60_000), [60_000]);
+        assert_eq!(starts(w, -1), [-60_000]);
+    }
+
+    #[test]
+    fn a_record_falls_in_size_over_advance_hopping_windows() {
+        let w = TimeWindows::hopping(Duration::from_secs(60), Duration::from_secs(20));
+        assert_eq!(starts(w, 65_000), [20_000, 40_000, 60_000]);
+        assert_eq!(starts(w, 60_000), [20_000, 40_000, 60_000]);
+        assert_eq!(starts(w, 59_999), [0, 20_000, 40_000]);
+        // An advance that does not divide the size.
+        let w = TimeWindows::hopping(Duration::from_millis(10), Duration::from_millis(4));
+        for ts in 0..40 {
+            for s in starts(w, ts) {
+                assert!(s <= ts && ts < s + 10 && s % 4 == 0, "{ts} in {s}");
+            }
+            assert_eq!(
+                starts(w, ts).len(),
+                (ts - 20..=ts).filter(|s| s % 4 == 0 && ts < s + 10).count()
+            );
+        }
+    }
+
+    #[test]
+    fn a_window_closes_after_its_grace_period() {
+        let w = TimeWindows::tumbling(Duration::from_secs(60)).grace(Duration::from_secs(10));
+        assert!(!w.is_closed(0, 69_999));
+        assert!(w.is_closed(0, 70_000));
+    }
+
+    #[test]
+    fn windowed_keys_read_back() {
+        let k = Windowed {
+            key: "a@b".to_string(),
+            start: 1_700_000_040_000,
+        };
+        assert_eq!(k.to_bytes(), b"a@b@1700000040000");
+        assert_eq!(Windowed::<String>::from_bytes(&k.to_bytes()), Ok(k));
+        assert!(Windowed::<String>::from_bytes(b"plain").is_err());
+    }
+}
