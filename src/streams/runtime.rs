@@ -148,16 +148,22 @@ impl Streams {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Stops after the batch in hand (flushed and committed) and leaves the group.
-    pub fn stop(mut self) -> Result<(), StreamsError> {
+    /// Stops after the batch in hand (flushed and committed), leaves the group and
+    /// returns the final counters.
+    pub fn stop(mut self) -> Result<StreamsStats, StreamsError> {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().map_or(Ok(()), join)
+        self.finish()
     }
 
     /// Waits for the instance to end (with [`StreamsConfig::stop_when_idle`], or on an
-    /// error).
-    pub fn wait(mut self) -> Result<(), StreamsError> {
-        self.thread.take().map_or(Ok(()), join)
+    /// error) and returns the final counters.
+    pub fn wait(mut self) -> Result<StreamsStats, StreamsError> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<StreamsStats, StreamsError> {
+        self.thread.take().map_or(Ok(()), join)?;
+        Ok(self.stats())
     }
 }
 
