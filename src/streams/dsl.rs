@@ -1,5 +1,5 @@
 //! The topology DSL: streams, grouped streams, tables and their steps, built inside the
-//! application's thread from the closure given to [`super::Streams::start`].
+//! application's thread from the closure given to `Streams::start`.
 //!
 //! Each stream is a list of typed steps to run on every record that reaches it; a step
 //! that derives a new stream owns that stream's list, so the topology is a tree of closures
@@ -17,7 +17,7 @@ use crate::client::consumer::ConsumerRecord;
 use crate::client::partitioner::partition_for_key;
 
 use super::error::StreamsError;
-use super::serde::{decode, Data};
+use super::serde::{Data, SerdeError};
 use super::store::{self, KeyValueStore, TableStore, Update};
 use super::topology::{Context, Output, Registry, SourceProcessor};
 use super::window::{window_key, TimeWindows, Windowed};
@@ -54,7 +54,7 @@ fn new_downstream<K, V>() -> Downstream<K, V> {
 }
 
 /// Builds a topology: source streams and tables. Given to the closure of
-/// [`super::Streams::start`] (and of [`super::TestDriver::new`]).
+/// `Streams::start` (and of `TestDriver::new`).
 pub struct StreamsBuilder {
     registry: Rc<RefCell<Registry>>,
 }
@@ -103,6 +103,19 @@ impl StreamsBuilder {
             _types: std::marker::PhantomData,
         }
     }
+}
+
+/// Decodes `bytes` (empty when null) as the `what` (key or value) of the record `at`.
+fn decode<T: Data>(
+    bytes: Option<&[u8]>,
+    what: &'static str,
+    at: impl FnOnce() -> String,
+) -> Result<T, StreamsError> {
+    T::from_bytes(bytes.unwrap_or_default()).map_err(|source: SerdeError| StreamsError::Decode {
+        what,
+        at: at(),
+        source,
+    })
 }
 
 /// The entry point of a source topic for a stream whose steps are `down`.

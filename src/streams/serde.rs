@@ -11,8 +11,6 @@
 //! empty `Vec<u8>`, and an error for the numbers. Tables are the exception: there a null
 //! value is a tombstone and deletes the key before any `Serde` is asked.
 
-use super::error::StreamsError;
-
 /// Conversion of one type to and from record bytes.
 pub trait Serde: Sized {
     /// The bytes of `self`.
@@ -83,19 +81,6 @@ impl Serde for serde_json::Value {
     fn from_bytes(bytes: &[u8]) -> Result<Self, SerdeError> {
         serde_json::from_slice(bytes).map_err(|e| SerdeError(format!("not JSON: {e}")))
     }
-}
-
-/// Decodes `bytes` (empty when null) for the record at `topic/partition@offset`.
-pub(crate) fn decode<T: Serde>(
-    bytes: Option<&[u8]>,
-    what: &'static str,
-    at: impl FnOnce() -> String,
-) -> Result<T, StreamsError> {
-    T::from_bytes(bytes.unwrap_or_default()).map_err(|source| StreamsError::Decode {
-        what,
-        at: at(),
-        source,
-    })
 }
 
 #[cfg(test)]

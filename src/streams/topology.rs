@@ -2,7 +2,7 @@
 //! internal topics and the stores, and the processing of one consumed record into the
 //! records to write.
 //!
-//! The DSL ([`super::dsl`]) wires typed closures into a tree per source topic; this module
+//! The DSL (`dsl.rs`) wires typed closures into a tree per source topic; this module
 //! knows them only as byte-level entry points. Everything a record causes — output records,
 //! repartition records, changelog updates — is collected in its [`Context`] and returned to
 //! the caller, which writes them all and waits for their acknowledgements before it commits
