@@ -399,6 +399,11 @@ impl Instance {
                 );
                 false
             }
+            // Positions only grow: the next batch's commit covers this one's.
+            Err(e) if e.is_retriable() => {
+                tracing::warn!("commit failed ({e}): the next batch's commit covers it");
+                false
+            }
             Err(e) => return Err(StreamsError::client("committing offsets")(e)),
         };
         let mut stats = lock(&self.stats);
