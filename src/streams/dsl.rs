@@ -17,10 +17,10 @@ use crate::client::consumer::ConsumerRecord;
 use crate::client::partitioner::partition_for_key;
 
 use super::error::StreamsError;
-use super::serde::{Data, SerdeError};
+use super::serde::{from_record_bytes, to_record_bytes, Data, SerdeError};
 use super::store::{self, KeyValueStore, TableStore, Update};
 use super::topology::{Context, Output, Registry, SourceProcessor};
-use super::window::{window_key, TimeWindows, Windowed};
+use super::window::{window_key, SessionWindowed, SessionWindows, TimeWindows, Windowed};
 
 /// One step: takes a record (key, value, timestamp).
 type Step<K, V> = Box<dyn FnMut(&mut Context, K, V, i64) -> Result<(), StreamsError>>;
@@ -105,13 +105,13 @@ impl StreamsBuilder {
     }
 }
 
-/// Decodes `bytes` (empty when null) as the `what` (key or value) of the record `at`.
+/// Decodes `bytes` (`None`: null) as the `what` (key or value) of the record `at`.
 fn decode<T: Data>(
     bytes: Option<&[u8]>,
     what: &'static str,
     at: impl FnOnce() -> String,
 ) -> Result<T, StreamsError> {
-    T::from_bytes(bytes.unwrap_or_default()).map_err(|source: SerdeError| StreamsError::Decode {
+    from_record_bytes(bytes).map_err(|source: SerdeError| StreamsError::Decode {
         what,
         at: at(),
         source,
@@ -261,8 +261,8 @@ impl<K: Data, V: Data> KStream<K, V> {
             ctx.outputs.push(Output {
                 topic: topic.clone(),
                 partition: None,
-                key: Some(k.to_bytes()),
-                value: Some(v.to_bytes()),
+                key: to_record_bytes(&k),
+                value: to_record_bytes(&v),
                 timestamp: ts,
                 origin: None,
             });
@@ -287,8 +287,8 @@ impl<K: Data, V: Data> KStream<K, V> {
             ctx.outputs.push(Output {
                 topic: sink.clone(),
                 partition: None,
-                key: Some(k.to_bytes()),
-                value: Some(v.to_bytes()),
+                key: to_record_bytes(&k),
+                value: to_record_bytes(&v),
                 timestamp: ts,
                 origin: Some(origin),
             });
@@ -440,6 +440,16 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
     /// The same grouping, aggregated per time window.
     pub fn windowed_by(&self, windows: TimeWindows) -> WindowedStream<K, V> {
         WindowedStream {
+            grouped: KGroupedStream {
+                stream: self.stream.clone_handle(),
+            },
+            windows,
+        }
+    }
+
+    /// The same grouping, aggregated per session of activity.
+    pub fn session_windowed_by(&self, windows: SessionWindows) -> SessionWindowedStream<K, V> {
+        SessionWindowedStream {
             grouped: KGroupedStream {
                 stream: self.stream.clone_handle(),
             },
@@ -661,7 +671,7 @@ impl<K: Data, V: Data> WindowedStream<K, V> {
                     // A window closed: closed windows leave the store and the changelog
                     // (tombstones), and the new stream time is saved.
                     if windows.closes_between(before, now) {
-                        let closed = partition.remove_where(|window| {
+                        let closed = partition.remove_where(|window, _| {
                             window_start(window).is_some_and(|start| windows.is_closed(start, now))
                         });
                         for window in closed {
@@ -691,6 +701,218 @@ impl<K: Data, V: Data> WindowedStream<K, V> {
                         start,
                     };
                     forward(&target, ctx, windowed, value, ts)?;
+                }
+                Ok(())
+            }));
+        KTable {
+            stream: KStream {
+                registry: stream.registry.clone(),
+                down,
+                sources: stream.sources.clone(),
+                rekeyed: false,
+            },
+        }
+    }
+}
+
+/// A grouped stream cut into sessions; see [`super::window`] for the semantics. Its
+/// results are `Option`s: `None` (a null, a tombstone) for a session merged into another.
+pub struct SessionWindowedStream<K, V> {
+    grouped: KGroupedStream<K, V>,
+    windows: SessionWindows,
+}
+
+/// The changelog and store value of a session: its end, then its aggregate.
+fn session_value(end: i64, aggregate: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + aggregate.len());
+    out.extend_from_slice(&end.to_be_bytes());
+    out.extend_from_slice(aggregate);
+    out
+}
+
+/// A session's end and aggregate bytes, from its store value.
+fn split_session_value(value: &[u8]) -> Option<(i64, &[u8])> {
+    let (end, aggregate) = value.split_first_chunk::<8>()?;
+    Some((i64::from_be_bytes(*end), aggregate))
+}
+
+/// One session of a key in a store: its store key, start, end and aggregate bytes.
+type StoredSession = (Vec<u8>, i64, i64, Vec<u8>);
+
+impl<K: Data, V: Data> SessionWindowedStream<K, V> {
+    /// The number of records per key and session.
+    pub fn count(&self, name: &str) -> KTable<SessionWindowed<K>, Option<u64>> {
+        self.aggregate(name, || 0, |_, _, n| n + 1, |_, a, b| a + b)
+    }
+
+    /// The values of each key and session combined with `f(accumulated, new)`; merging
+    /// two sessions combines their values with `f` too.
+    pub fn reduce(
+        &self,
+        name: &str,
+        f: impl FnMut(V, V) -> V + 'static,
+    ) -> KTable<SessionWindowed<K>, Option<V>> {
+        let f = Rc::new(RefCell::new(f));
+        let merge = f.clone();
+        self.stateful(
+            name,
+            move |_, v, current| match current {
+                Some(acc) => (f.borrow_mut())(acc, v),
+                None => v,
+            },
+            move |_, a, b| (merge.borrow_mut())(a, b),
+        )
+    }
+
+    /// The values of each key and session folded into an aggregate from `init()`;
+    /// `merge(key, older, newer)` combines the aggregates of two sessions a record joins.
+    pub fn aggregate<A: Data>(
+        &self,
+        name: &str,
+        init: impl Fn() -> A + 'static,
+        mut f: impl FnMut(&K, V, A) -> A + 'static,
+        merge: impl FnMut(&K, A, A) -> A + 'static,
+    ) -> KTable<SessionWindowed<K>, Option<A>> {
+        self.stateful(
+            name,
+            move |k, v, current| f(k, v, current.unwrap_or_else(&init)),
+            merge,
+        )
+    }
+
+    fn stateful<A: Data>(
+        &self,
+        name: &str,
+        mut step: impl FnMut(&K, V, Option<A>) -> A + 'static,
+        mut merge: impl FnMut(&K, A, A) -> A + 'static,
+    ) -> KTable<SessionWindowed<K>, Option<A>> {
+        let (stream, store) = self.grouped.input(name);
+        let windows = self.windows;
+        let down = new_downstream();
+        let target = down.clone();
+        stream
+            .down
+            .borrow_mut()
+            .push(Box::new(move |ctx, k: K, v: V, ts| {
+                let origin = ctx.next_origin()?;
+                let key = k.to_bytes();
+                let mut prefix = key.clone();
+                prefix.push(b'@');
+                // (start, end, aggregate or None for a merged-away session) to forward.
+                let mut results: Vec<(i64, i64, Option<A>)> = Vec::new();
+                {
+                    let mut store = store.borrow_mut();
+                    let changelog = store.changelog.clone();
+                    let name = store.name.clone();
+                    let decode_aggregate = |bytes: &[u8]| {
+                        decode::<A>(Some(bytes), "value", || format!("store {name}"))
+                    };
+                    let partition = store.partition(ctx.partition);
+                    partition.stream_time = partition.stream_time.max(ts);
+                    let now = partition.stream_time;
+                    // This key's sessions (a longer key that starts with `key@` has no number
+                    // after the prefix and is skipped).
+                    let sessions: Vec<StoredSession> = partition
+                        .with_prefix(&prefix)
+                        .filter_map(|(stored, value)| {
+                            let start = std::str::from_utf8(&stored[prefix.len()..])
+                                .ok()?
+                                .parse()
+                                .ok()?;
+                            let (end, aggregate) = split_session_value(value)?;
+                            Some((stored.to_vec(), start, end, aggregate.to_vec()))
+                        })
+                        .collect();
+                    let keys: Vec<Vec<u8>> = sessions.iter().map(|s| s.0.clone()).collect();
+                    if windows.is_late(ts, now) {
+                        ctx.late += 1;
+                    } else if partition.applied_to_any(&keys, &origin) {
+                        // A replay: the session holding the record is written again.
+                        for (_, start, end, aggregate) in &sessions {
+                            if (*start..=*end).contains(&ts) {
+                                results.push((*start, *end, Some(decode_aggregate(aggregate)?)));
+                            }
+                        }
+                    } else {
+                        let merging: Vec<&StoredSession> = sessions
+                            .iter()
+                            .filter(|(_, start, end, _)| windows.reaches(*start, *end, ts))
+                            .collect();
+                        let (mut start, mut end, mut acc) = (ts, ts, None);
+                        for (_, s, e, aggregate) in &merging {
+                            start = start.min(*s);
+                            end = end.max(*e);
+                            let aggregate = decode_aggregate(aggregate)?;
+                            acc = Some(match acc {
+                                None => aggregate,
+                                Some(older) => merge(&k, older, aggregate),
+                            });
+                        }
+                        let next = step(&k, v, acc);
+                        let stored = window_key(&key, start);
+                        let merged: Vec<Vec<u8>> = merging.iter().map(|m| m.0.clone()).collect();
+                        let entry = partition.merge_into(
+                            &merged,
+                            stored.clone(),
+                            session_value(end, &next.to_bytes()),
+                            &origin,
+                        );
+                        for (old, s, e, _) in merging {
+                            if *old != stored {
+                                ctx.outputs.push(changelog_record(
+                                    &changelog,
+                                    ctx.partition,
+                                    old.clone(),
+                                    None,
+                                    ts,
+                                ));
+                            }
+                            if (*s, *e) != (start, end) {
+                                results.push((*s, *e, None));
+                            }
+                        }
+                        ctx.outputs.push(changelog_record(
+                            &changelog,
+                            ctx.partition,
+                            stored,
+                            Some(entry),
+                            ts,
+                        ));
+                        results.push((start, end, Some(next)));
+                    }
+                    // Sessions no record can reach any more leave the store and the changelog,
+                    // at most once per gap of stream time; the stream time is saved.
+                    if now >= partition.expired_at.saturating_add(windows.gap.max(1)) {
+                        partition.expired_at = now;
+                        let closed = partition.remove_where(|_, value| {
+                            split_session_value(value)
+                                .is_some_and(|(end, _)| windows.is_closed(end, now))
+                        });
+                        for stored in closed {
+                            ctx.outputs.push(changelog_record(
+                                &changelog,
+                                ctx.partition,
+                                stored,
+                                None,
+                                ts,
+                            ));
+                        }
+                        ctx.outputs.push(changelog_record(
+                            &changelog,
+                            ctx.partition,
+                            store::STREAM_TIME_KEY.to_vec(),
+                            Some(store::stream_time_value(now)),
+                            ts,
+                        ));
+                    }
+                }
+                for (start, end, value) in results {
+                    let session = SessionWindowed {
+                        key: k.clone(),
+                        start,
+                        end,
+                    };
+                    forward(&target, ctx, session, value, ts)?;
                 }
                 Ok(())
             }));
@@ -942,6 +1164,67 @@ mod tests {
         assert_eq!(counts["k/0"], "1");
         assert_eq!(counts["k/5000"], "2");
         assert_eq!(counts["k/10000"], "1");
+    }
+
+    #[test]
+    fn sessions_merge_when_a_record_bridges_the_gap() {
+        let mut driver = TestDriver::new("app", 1, |b| {
+            b.stream::<String, String>(&["in"])
+                .group_by_key()
+                .session_windowed_by(
+                    SessionWindows::with_inactivity_gap(Duration::from_secs(10))
+                        .grace(Duration::from_secs(10)),
+                )
+                .count("sessions")
+                .to("out");
+        })
+        .unwrap();
+        let record = |offset, timestamp| ConsumerRecord {
+            topic: "in".into(),
+            partition: 0,
+            offset,
+            timestamp,
+            key: Some(bytes::Bytes::from_static(b"k")),
+            value: Some(bytes::Bytes::new()),
+            headers: Vec::new(),
+        };
+        for (offset, ts) in [(0, 0), (1, 20_000), (2, 10_000)] {
+            driver.process(record(offset, ts)).unwrap();
+        }
+        // A replay of the bridging record is not counted again; its session is written
+        // again.
+        driver.process(record(2, 10_000)).unwrap();
+        for (offset, ts) in [(3, 100_000), (4, 50_000)] {
+            driver.process(record(offset, ts)).unwrap();
+        }
+        assert_eq!(driver.late_records(), 1);
+        let out: Vec<(String, Option<String>)> = driver
+            .output("out")
+            .into_iter()
+            .map(|(k, v)| (text(&k), v.map(|v| String::from_utf8(v).unwrap())))
+            .collect();
+        let expected = [
+            ("k@0-0", Some("1")),
+            ("k@20000-20000", Some("1")),
+            // 10 s reaches both: they merge, and the old sessions get tombstones.
+            ("k@0-0", None),
+            ("k@20000-20000", None),
+            ("k@0-20000", Some("3")),
+            ("k@0-20000", Some("3")),
+            ("k@100000-100000", Some("1")),
+        ];
+        let expected: Vec<(String, Option<String>)> = expected
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+            .collect();
+        assert_eq!(out, expected);
+        // Store tombstones: `k@20000` merged into `k@0`, then `k@0` closed at 100 s.
+        let tombstones = driver
+            .written()
+            .iter()
+            .filter(|o| &*o.topic == "app-sessions-changelog" && o.value.is_none())
+            .count();
+        assert_eq!(tombstones, 2);
     }
 
     #[test]

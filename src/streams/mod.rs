@@ -34,7 +34,7 @@
 //!   topics, stores, the records one input record causes.
 //! - [`store`]: per-partition state, its changelog format and the marks that keep a replayed
 //!   record from being applied twice.
-//! - [`window`]: tumbling and hopping windows, grace period, windowed keys.
+//! - [`window`]: tumbling, hopping and session windows, grace period, windowed keys.
 //! - [`runtime`]: the instance thread: group membership, at-least-once loop, restores.
 //! - [`driver`]: the same topology in memory, for tests.
 //!
@@ -50,8 +50,11 @@ pub mod topology;
 pub mod window;
 
 pub use driver::TestDriver;
-pub use dsl::{KGroupedStream, KStream, KTable, Predicate, StreamsBuilder, Table, WindowedStream};
+pub use dsl::{
+    KGroupedStream, KStream, KTable, Predicate, SessionWindowedStream, StreamsBuilder, Table,
+    WindowedStream,
+};
 pub use error::StreamsError;
 pub use runtime::{Streams, StreamsConfig, StreamsStats};
 pub use serde::{Data, Serde, SerdeError};
-pub use window::{TimeWindows, Windowed};
+pub use window::{SessionWindowed, SessionWindows, TimeWindows, Windowed};

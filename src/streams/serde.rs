@@ -8,8 +8,9 @@
 //! price is a few bytes and a parse per record.
 //!
 //! A null key or value (absent on the wire) reads as empty bytes: an empty `String`, an
-//! empty `Vec<u8>`, and an error for the numbers. Tables are the exception: there a null
-//! value is a tombstone and deletes the key before any `Serde` is asked.
+//! empty `Vec<u8>`, and an error for the numbers; an `Option<T>` reads it as `None` and
+//! writes `None` as null. Tables are the exception: there a null value is a tombstone and
+//! deletes the key before any `Serde` is asked.
 
 /// Conversion of one type to and from record bytes.
 pub trait Serde: Sized {
@@ -17,6 +18,49 @@ pub trait Serde: Sized {
     fn to_bytes(&self) -> Vec<u8>;
     /// The value `bytes` encode; an error says why they do not.
     fn from_bytes(bytes: &[u8]) -> Result<Self, SerdeError>;
+
+    /// Whether this value is written as null (no bytes at all): only `None` is.
+    fn is_null(&self) -> bool {
+        false
+    }
+
+    /// The value a null reads as: what empty bytes decode to, `None` for an `Option`.
+    fn from_null() -> Result<Self, SerdeError> {
+        Self::from_bytes(&[])
+    }
+}
+
+/// The bytes of `value` as a record key or value: `None` for a null.
+pub(crate) fn to_record_bytes<T: Serde>(value: &T) -> Option<Vec<u8>> {
+    (!value.is_null()).then(|| value.to_bytes())
+}
+
+/// A record key or value (`None`: null) decoded.
+pub(crate) fn from_record_bytes<T: Serde>(bytes: Option<&[u8]>) -> Result<T, SerdeError> {
+    match bytes {
+        Some(bytes) => T::from_bytes(bytes),
+        None => T::from_null(),
+    }
+}
+
+/// A value that may be null: `None` is written as a null value (a tombstone), and a null
+/// reads as `None`. Session windows write `None` for a session merged into another.
+impl<T: Serde> Serde for Option<T> {
+    fn to_bytes(&self) -> Vec<u8> {
+        self.as_ref().map(T::to_bytes).unwrap_or_default()
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<Self, SerdeError> {
+        T::from_bytes(bytes).map(Some)
+    }
+
+    fn is_null(&self) -> bool {
+        self.is_none()
+    }
+
+    fn from_null() -> Result<Self, SerdeError> {
+        Ok(None)
+    }
 }
 
 /// Bytes that do not decode as the expected type.
@@ -102,6 +146,16 @@ mod tests {
     fn strings_must_be_utf8() {
         assert_eq!(String::from_bytes(b"word"), Ok("word".to_string()));
         assert!(String::from_bytes(&[0xc3]).is_err());
+    }
+
+    #[test]
+    fn options_are_null_when_none() {
+        assert_eq!(to_record_bytes(&Some(5u64)), Some(b"5".to_vec()));
+        assert_eq!(to_record_bytes(&None::<u64>), None);
+        assert_eq!(from_record_bytes::<Option<u64>>(None), Ok(None));
+        assert_eq!(from_record_bytes::<Option<u64>>(Some(b"5")), Ok(Some(5)));
+        assert_eq!(from_record_bytes::<String>(None), Ok(String::new()));
+        assert!(from_record_bytes::<u64>(None).is_err());
     }
 
     #[test]

@@ -130,6 +130,18 @@ impl Entry {
             None => self.marks.push(origin.clone()),
         }
     }
+
+    /// Takes the marks of an entry merged into this one (the later mark per origin
+    /// partition).
+    fn absorb(&mut self, other: &Entry) {
+        for theirs in &other.marks {
+            match self.marks.iter_mut().find(|m| m.same_partition(theirs)) {
+                Some(mine) if mine.position() >= theirs.position() => {}
+                Some(mine) => *mine = theirs.clone(),
+                None => self.marks.push(theirs.clone()),
+            }
+        }
+    }
 }
 
 /// What an update did.
@@ -161,6 +173,8 @@ pub(crate) fn stream_time_value(stream_time: i64) -> Vec<u8> {
 pub(crate) struct PartitionStore {
     entries: BTreeMap<Vec<u8>, Entry>,
     pub(crate) stream_time: i64,
+    /// The stream time at which closed sessions were last removed.
+    pub(crate) expired_at: i64,
 }
 
 impl PartitionStore {
@@ -190,13 +204,59 @@ impl PartitionStore {
         })
     }
 
-    /// Removes and returns the keys for which `expired` holds.
-    pub(crate) fn remove_where(&mut self, mut expired: impl FnMut(&[u8]) -> bool) -> Vec<Vec<u8>> {
+    /// The entries whose key starts with `prefix`, in key order, as (key, value).
+    pub(crate) fn with_prefix<'a>(
+        &'a self,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        self.entries
+            .range(prefix.to_vec()..)
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, e)| (k.as_slice(), e.value.as_slice()))
+    }
+
+    /// Whether the record from `origin` has been applied to any of `keys` (entries of one
+    /// record key, such as its sessions).
+    pub(crate) fn applied_to_any(&self, keys: &[Vec<u8>], origin: &Origin) -> bool {
+        keys.iter()
+            .filter_map(|k| self.entries.get(k))
+            .any(|e| e.has_applied(origin))
+    }
+
+    /// Replaces the entries `merged` with one entry `key` = `value` that keeps their marks
+    /// and takes `origin`'s; returns its changelog value.
+    pub(crate) fn merge_into(
+        &mut self,
+        merged: &[Vec<u8>],
+        key: Vec<u8>,
+        value: Vec<u8>,
+        origin: &Origin,
+    ) -> Vec<u8> {
+        let mut entry = Entry {
+            value,
+            marks: Vec::new(),
+        };
+        for old in merged {
+            if let Some(old) = self.entries.remove(old) {
+                entry.absorb(&old);
+            }
+        }
+        entry.mark(origin);
+        let changelog = entry.encode();
+        self.entries.insert(key, entry);
+        changelog
+    }
+
+    /// Removes and returns the keys for which `expired(key, value)` holds.
+    pub(crate) fn remove_where(
+        &mut self,
+        mut expired: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Vec<Vec<u8>> {
         let gone: Vec<Vec<u8>> = self
             .entries
-            .keys()
-            .filter(|k| expired(k))
-            .cloned()
+            .iter()
+            .filter(|(k, e)| expired(k, &e.value))
+            .map(|(k, _)| k.clone())
             .collect();
         for key in &gone {
             self.entries.remove(key);
@@ -366,6 +426,21 @@ mod tests {
         ));
         restored.restore(b"k", None).unwrap();
         assert_eq!(restored.len(), 0);
+    }
+
+    #[test]
+    fn a_merged_entry_keeps_the_marks_of_both() {
+        let mut store = PartitionStore::default();
+        store.update(b"a", &origin(0, 4, 0), add_one).unwrap();
+        store.update(b"b", &origin(1, 9, 0), add_one).unwrap();
+        let merged = [b"a".to_vec(), b"b".to_vec()];
+        store.merge_into(&merged, b"c".to_vec(), vec![9], &origin(0, 5, 0));
+        let c = [b"c".to_vec()];
+        assert!(store.applied_to_any(&c, &origin(0, 5, 0)));
+        assert!(store.applied_to_any(&c, &origin(1, 9, 0)));
+        assert!(!store.applied_to_any(&c, &origin(1, 10, 0)));
+        assert!(!store.applied_to_any(&merged, &origin(0, 1, 0)));
+        assert_eq!(store.with_prefix(b"c").count(), 1);
     }
 
     #[test]

@@ -14,6 +14,12 @@
 //!
 //! **The key of a windowed result** is the record key's bytes, `@`, and the window start
 //! in decimal milliseconds: `apple@1700000040000`. [`Windowed`] reads it back.
+//!
+//! **Session windows** ([`SessionWindows`]) are not fixed: a key's records no more than
+//! `gap` apart form one session `[first, last]`; a record that reaches two sessions merges
+//! them. A merged-away session's result key gets a null value (a tombstone), and the
+//! merged session its aggregate, under `key@start-end` ([`SessionWindowed`]). A record is
+//! late when its timestamp is more than `grace` behind stream time.
 
 use std::time::Duration;
 
@@ -87,6 +93,89 @@ impl TimeWindows {
     /// Whether the window starting at `start` is closed at `stream_time`.
     pub fn is_closed(&self, start: i64, stream_time: i64) -> bool {
         start.saturating_add(self.size).saturating_add(self.grace) <= stream_time
+    }
+}
+
+/// Session windows: a key's records separated by less than an inactivity gap form one
+/// session; a record that bridges two sessions merges them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionWindows {
+    /// Longest pause between two records of one session, ms.
+    pub gap: i64,
+    /// How long after its last record a session still takes late records, ms.
+    pub grace: i64,
+}
+
+impl SessionWindows {
+    /// Sessions that end after `gap` without a record, no grace period.
+    pub fn with_inactivity_gap(gap: Duration) -> SessionWindows {
+        SessionWindows {
+            gap: millis(gap),
+            grace: 0,
+        }
+    }
+
+    /// The same sessions, taking records up to `grace` behind stream time.
+    pub fn grace(self, grace: Duration) -> SessionWindows {
+        SessionWindows {
+            grace: millis(grace),
+            ..self
+        }
+    }
+
+    /// Whether a record at `timestamp` is late at `stream_time`.
+    pub fn is_late(&self, timestamp: i64, stream_time: i64) -> bool {
+        timestamp.saturating_add(self.grace) < stream_time
+    }
+
+    /// Whether a record at `timestamp` belongs to (and extends) the session `[start, end]`.
+    pub fn reaches(&self, start: i64, end: i64, timestamp: i64) -> bool {
+        start.saturating_sub(self.gap) <= timestamp && timestamp <= end.saturating_add(self.gap)
+    }
+
+    /// Whether the session ending at `end` can no longer take a record at `stream_time`
+    /// (every record that could reach it would be late).
+    pub fn is_closed(&self, end: i64, stream_time: i64) -> bool {
+        end.saturating_add(self.gap).saturating_add(self.grace) < stream_time
+    }
+}
+
+/// A key within one session: the result key of a session-windowed aggregation, written
+/// `<key>@<start>-<end>` (decimal ms, both ends included).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionWindowed<K> {
+    /// The record key.
+    pub key: K,
+    /// The session's first record's timestamp, ms.
+    pub start: i64,
+    /// The session's last record's timestamp, ms.
+    pub end: i64,
+}
+
+impl<K: Serde> Serde for SessionWindowed<K> {
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = window_key(&self.key.to_bytes(), self.start);
+        out.push(b'-');
+        out.extend_from_slice(self.end.to_string().as_bytes());
+        out
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<Self, SerdeError> {
+        let bad = || SerdeError("a session key needs `@<start>-<end>`".into());
+        let at = bytes.iter().rposition(|b| *b == b'@').ok_or_else(bad)?;
+        let span = &bytes[at + 1..];
+        // The separator is the first '-' after the start's sign.
+        let dash = span
+            .iter()
+            .skip(1)
+            .position(|b| *b == b'-')
+            .map(|i| i + 1)
+            .ok_or_else(bad)?;
+        Ok(SessionWindowed {
+            key: K::from_bytes(&bytes[..at])?,
+            start: i64::from_bytes(&span[..dash])?,
+            end: i64::from_bytes(&span[dash + 1..])?,
+        })
     }
 }
 
@@ -170,6 +259,32 @@ mod tests {
         let w = TimeWindows::tumbling(Duration::from_secs(60)).grace(Duration::from_secs(10));
         assert!(!w.is_closed(0, 69_999));
         assert!(w.is_closed(0, 70_000));
+    }
+
+    #[test]
+    fn session_keys_read_back() {
+        for (start, end) in [(5, 10), (-20, -5), (-3, 4)] {
+            let k = SessionWindowed {
+                key: "user@x".to_string(),
+                start,
+                end,
+            };
+            assert_eq!(SessionWindowed::<String>::from_bytes(&k.to_bytes()), Ok(k));
+        }
+        assert!(SessionWindowed::<String>::from_bytes(b"k@5").is_err());
+    }
+
+    #[test]
+    fn sessions_take_records_within_the_gap() {
+        let s = SessionWindows::with_inactivity_gap(Duration::from_secs(10))
+            .grace(Duration::from_secs(5));
+        assert!(s.reaches(100_000, 120_000, 90_000));
+        assert!(s.reaches(100_000, 120_000, 130_000));
+        assert!(!s.reaches(100_000, 120_000, 130_001));
+        assert!(!s.is_late(95_000, 100_000));
+        assert!(s.is_late(94_999, 100_000));
+        assert!(!s.is_closed(100_000, 115_000));
+        assert!(s.is_closed(100_000, 115_001));
     }
 
     #[test]
