@@ -32,7 +32,7 @@
 //! - [`serde`]: how keys and values become bytes (decimal numbers, UTF-8, JSON).
 //! - [`topology`]: what a built topology is at run time: entry points per topic, internal
 //!   topics, stores, the records one input record causes.
-//! - [`store`]: per-partition state, its changelog format and the marks that keep a replayed
+//! - `store`: per-partition state, its changelog format and the marks that keep a replayed
 //!   record from being applied twice.
 //! - [`window`]: tumbling, hopping and session windows, grace period, windowed keys.
 //! - [`runtime`]: the instance thread: group membership, at-least-once loop, restores.

@@ -6,7 +6,7 @@
 //! and wait until every record sent is acknowledged, and only then commit the consumed
 //! offsets. A crash anywhere before the commit leaves the batch to be processed again: its
 //! outputs may appear twice, nothing is lost, and the stores' marks keep a replayed record
-//! from being applied to the state twice (see [`super::store`]).
+//! from being applied to the state twice (see `store.rs`).
 //!
 //! **Rebalances.** The consumer calls the rebalance listener inside `poll`; the listener
 //! only queues the change and the loop applies it after `poll` returns, before it

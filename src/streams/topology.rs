@@ -4,7 +4,7 @@
 //!
 //! The DSL (`dsl.rs`) wires typed closures into a tree per source topic; this module
 //! knows them only as byte-level entry points. Everything a record causes — output records,
-//! repartition records, changelog updates — is collected in its [`Context`] and returned to
+//! repartition records, changelog updates — is collected in its `Context` and returned to
 //! the caller, which writes them all and waits for their acknowledgements before it commits
 //! the input offset (at-least-once: output first, progress second).
 
