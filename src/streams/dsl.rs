@@ -1312,6 +1312,25 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_origin_header_is_an_error() {
+        let mut driver = TestDriver::new("wc", 1, word_count).unwrap();
+        let record = ConsumerRecord {
+            topic: "wc-counts-repartition".into(),
+            partition: 0,
+            offset: 0,
+            timestamp: 0,
+            key: Some(bytes::Bytes::from_static(b"w")),
+            value: Some(bytes::Bytes::new()),
+            headers: vec![(
+                bytes::Bytes::from_static(super::super::topology::ORIGIN_HEADER),
+                Some(bytes::Bytes::from_static(&[0, 9, b'x'])),
+            )],
+        };
+        let err = driver.process(record).unwrap_err().to_string();
+        assert!(err.contains("damaged") && err.contains("origin"), "{err}");
+    }
+
+    #[test]
     fn undecodable_records_stop_processing_with_their_position() {
         let mut driver = TestDriver::new("app", 1, |b| {
             b.stream::<String, u64>(&["in"]).to("out");

@@ -32,6 +32,10 @@ pub enum StreamsError {
     /// names).
     #[error("invalid topology: {0}")]
     Topology(String),
+    /// A changelog record or a repartition record's origin header does not parse: the
+    /// instance stops rather than build state from it.
+    #[error("damaged internal record: {0}")]
+    Corrupt(String),
     /// A record could not be written (output, repartition or changelog): the consumed
     /// offsets are not committed, and the records are processed again after a restart.
     #[error("writing to {topic}: {source}")]

@@ -514,7 +514,7 @@ impl Instance {
                     record.value.as_deref(),
                 )
                 .map_err(|e| {
-                    StreamsError::Topology(format!(
+                    StreamsError::Corrupt(format!(
                         "changelog record {topic}/{partition}@{}: {e}",
                         record.offset
                     ))

@@ -181,7 +181,7 @@ impl Registry {
         let origin = match from_header {
             Some(bytes) if self.repartition_topics.iter().any(|t| **t == *record.topic) => {
                 Origin::decode(bytes)
-                    .map_err(|e| StreamsError::Topology(format!("{at}: bad origin header: {e}")))?
+                    .map_err(|e| StreamsError::Corrupt(format!("{at}: bad origin header: {e}")))?
                     .0
             }
             _ => Origin {

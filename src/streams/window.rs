@@ -65,18 +65,21 @@ impl TimeWindows {
         }
     }
 
-    /// Starts of the windows that contain `timestamp`, oldest first.
+    /// Starts of the windows that contain `timestamp`, oldest first. Computed in 128 bits,
+    /// so a timestamp near either end of `i64` (any value can arrive in a record) cannot
+    /// overflow; windows whose start does not fit in `i64` are left out.
     pub fn starts_of(&self, timestamp: i64) -> impl Iterator<Item = i64> {
-        let (advance, size) = (self.advance, self.size);
+        let (advance, size) = (i128::from(self.advance), i128::from(self.size));
+        let timestamp = i128::from(timestamp);
         // The newest window containing the timestamp starts at the last multiple of
         // `advance` at or before it; older ones follow while they still reach it.
         let last = timestamp.div_euclid(advance) * advance;
-        let first = last - (self.size - 1).div_euclid(advance) * advance;
-        let end = last;
+        let first = last - (size - 1).div_euclid(advance) * advance;
         (0..)
             .map(move |i| first + i * advance)
-            .take_while(move |s| *s <= end)
+            .take_while(move |s| *s <= last)
             .filter(move |s| *s + size > timestamp)
+            .filter_map(|s| i64::try_from(s).ok())
     }
 
     /// Whether some window closes when stream time moves from `before` to `now`: windows
@@ -252,6 +255,21 @@ mod tests {
                 (ts - 20..=ts).filter(|s| s % 4 == 0 && ts < s + 10).count()
             );
         }
+    }
+
+    #[test]
+    fn extreme_timestamps_do_not_overflow() {
+        let w = TimeWindows::hopping(Duration::from_secs(60), Duration::from_secs(7));
+        assert!(starts(w, i64::MAX).iter().all(|s| *s <= i64::MAX));
+        // The windows of i64::MIN would start below it: there are none to count in.
+        assert!(starts(w, i64::MIN).iter().all(|s| *s == i64::MIN));
+        assert!(starts(w, 0).len() == 9);
+        // Window ends past i64::MAX saturate (such a window counts as closed at once).
+        assert!(w.is_closed(i64::MAX - 1, i64::MAX));
+        assert!(w.closes_between(i64::MIN, i64::MAX));
+        let s = SessionWindows::with_inactivity_gap(Duration::from_secs(1));
+        assert!(s.reaches(i64::MAX, i64::MAX, i64::MAX));
+        assert!(!s.is_late(i64::MIN, i64::MIN));
     }
 
     #[test]
