@@ -1,6 +1,7 @@
 //! `eventflow::streams` against a real broker: word count end to end, an instance killed
-//! mid-run and replaced by two (partitions and their state move), windows with late
-//! records, and a stream-table join with its co-partitioning check.
+//! mid-run and replaced by two, a second instance joining a running one (partitions and
+//! their state move in both), windows with late records, and a stream-table join with its
+//! co-partitioning check.
 
 mod common;
 
@@ -307,6 +308,37 @@ fn an_instance_killed_mid_run_is_replaced_and_counts_stay_exact() {
         .map(|(_, _, o)| *o)
         .sum();
     assert_eq!(committed, lines as i64);
+}
+
+#[test]
+fn a_second_instance_takes_partitions_and_their_state_while_the_first_runs() {
+    let broker = Broker::start(&[]);
+    let addr = broker.addr.to_string();
+    let mut admin = Client::connect(addr.as_str()).unwrap();
+    admin.create_topic("lines", 4, &[]).unwrap();
+    admin.create_topic("word-counts", 4, &[]).unwrap();
+    let expected = produce_lines(&addr, "lines", 40_000);
+
+    let instance = || {
+        let mut config = bounded("scale", &addr, Duration::from_secs(4));
+        config.fetch_max_bytes = 16 << 10;
+        word_count(config, "lines", "word-counts").unwrap()
+    };
+    let first = instance();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while first.stats().commits == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first instance made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The group moves half of the partitions: the first instance lets them go (its
+    // batches are flushed and committed), the second restores their stores.
+    let second = instance();
+    let (a, b) = (first.wait().unwrap(), second.wait().unwrap());
+    assert!(b.records > 0 && b.restored > 0, "{a:?} {b:?}");
+    assert_counts(&latest(&addr, "word-counts"), &expected);
 }
 
 #[test]
