@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::Broker;
 use eventflow::client::consumer::{Consumer, ConsumerConfig, StartAt};
 use eventflow::client::producer::{Producer, ProducerConfig, Record};
-use eventflow::client::Client;
+use eventflow::client::{Client, Credentials};
 use eventflow::protocol::api::offset_spec;
 use eventflow::streams::{
     Serde, Streams, StreamsConfig, StreamsError, StreamsStats, TimeWindows, Windowed,
@@ -23,8 +23,13 @@ use eventflow::streams::{
 const WORKER_ENV: &str = "EVENTFLOW_STREAMS_WORKER";
 
 fn producer(addr: &str) -> Producer {
+    producer_as(addr, None)
+}
+
+fn producer_as(addr: &str, credentials: Option<&Credentials>) -> Producer {
     Producer::new(ProducerConfig {
         bootstrap: addr.to_string(),
+        credentials: credentials.cloned(),
         ..ProducerConfig::default()
     })
     .unwrap()
@@ -40,7 +45,16 @@ fn line(i: u64) -> String {
 
 /// Produces lines `0..n` to `topic` (unkeyed) and returns each word's count.
 fn produce_lines(addr: &str, topic: &str, n: u64) -> HashMap<String, u64> {
-    let producer = producer(addr);
+    produce_lines_as(addr, None, topic, n)
+}
+
+fn produce_lines_as(
+    addr: &str,
+    credentials: Option<&Credentials>,
+    topic: &str,
+    n: u64,
+) -> HashMap<String, u64> {
+    let producer = producer_as(addr, credentials);
     let mut counts = HashMap::new();
     for i in 0..n {
         let line = line(i);
@@ -61,10 +75,20 @@ fn produce_lines(addr: &str, topic: &str, n: u64) -> HashMap<String, u64> {
 
 /// Every record of `topic` from its start to its end, as (key, value) text.
 fn read_all(addr: &str, topic: &str) -> Vec<(String, String)> {
-    let mut admin = Client::connect(addr).unwrap();
+    read_all_as(addr, None, topic)
+}
+
+fn read_all_as(
+    addr: &str,
+    credentials: Option<&Credentials>,
+    topic: &str,
+) -> Vec<(String, String)> {
+    let timeout = eventflow::client::DEFAULT_REQUEST_TIMEOUT;
+    let mut admin = Client::connect_as(addr, timeout, credentials).unwrap();
     let partitions = admin.describe_topic(topic).unwrap().partitions.len() as u32;
     let mut consumer = Consumer::new(ConsumerConfig {
         bootstrap: addr.to_string(),
+        credentials: credentials.cloned(),
         ..ConsumerConfig::default()
     })
     .unwrap();
@@ -339,6 +363,37 @@ fn a_second_instance_takes_partitions_and_their_state_while_the_first_runs() {
     let (a, b) = (first.wait().unwrap(), second.wait().unwrap());
     assert!(b.records > 0 && b.restored > 0, "{a:?} {b:?}");
     assert_counts(&latest(&addr, "word-counts"), &expected);
+}
+
+#[test]
+fn an_application_logs_in_to_a_broker_that_requires_it() {
+    let (broker, _secrets) = common::start_secured(&["--native-require-auth"]);
+    let addr = broker.addr.to_string();
+    let admin_login = Credentials::scram("admin", common::ADMIN_PASSWORD);
+    let timeout = eventflow::client::DEFAULT_REQUEST_TIMEOUT;
+    let mut admin = Client::connect_as(addr.as_str(), timeout, Some(&admin_login)).unwrap();
+    admin.create_topic("lines", 2, &[]).unwrap();
+    admin.create_topic("word-counts", 2, &[]).unwrap();
+    let expected = produce_lines_as(&addr, Some(&admin_login), "lines", 300);
+
+    let anonymous = word_count(
+        bounded("secured", &addr, Duration::from_secs(1)),
+        "lines",
+        "word-counts",
+    );
+    assert!(anonymous.is_err(), "an anonymous application is refused");
+
+    let mut config = bounded("secured", &addr, Duration::from_secs(2));
+    config.credentials = Some(admin_login.clone());
+    let stats = word_count(config, "lines", "word-counts")
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(stats.records, 300 * 7, "{stats:?}");
+    let counts: BTreeMap<String, String> = read_all_as(&addr, Some(&admin_login), "word-counts")
+        .into_iter()
+        .collect();
+    assert_counts(&counts, &expected);
 }
 
 #[test]

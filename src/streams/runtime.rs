@@ -29,7 +29,7 @@ use crate::client::consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartAt}
 use crate::client::group::{GroupConfig, OffsetReset, RebalanceListener};
 use crate::client::partitioner::partition_for_key;
 use crate::client::producer::{DeliveryFuture, Producer, ProducerConfig, Record};
-use crate::client::Client;
+use crate::client::{Client, ClientTls, Credentials};
 use crate::protocol::api::offset_spec;
 use crate::protocol::ErrorCode;
 
@@ -57,6 +57,10 @@ pub struct StreamsConfig {
     pub session_timeout: Duration,
     /// How often the instance heartbeats (and learns of rebalances).
     pub heartbeat_interval: Duration,
+    /// Who to log in as on a broker that requires authentication (`None`: anonymous).
+    pub credentials: Option<Credentials>,
+    /// Connect in TLS, trusting these CAs (`None`: plaintext).
+    pub tls: Option<ClientTls>,
     /// Stop by itself after this long without records (bounded runs: examples, tests);
     /// `None`: run until [`Streams::stop`].
     pub stop_when_idle: Option<Duration>,
@@ -73,6 +77,8 @@ impl StreamsConfig {
             fetch_max_bytes: 256 << 10,
             session_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(1),
+            credentials: None,
+            tls: None,
             stop_when_idle: None,
         }
     }
@@ -245,9 +251,16 @@ impl Instance {
             if r.user_topics.is_empty() {
                 return Err(StreamsError::Topology("the topology reads no topic".into()));
             }
-            let mut admin = Client::connect(config.bootstrap.as_str()).map_err(
-                StreamsError::client(format!("connecting to {}", config.bootstrap)),
-            )?;
+            let mut admin = Client::connect_secure(
+                config.bootstrap.as_str(),
+                crate::client::DEFAULT_REQUEST_TIMEOUT,
+                config.credentials.as_ref(),
+                config.tls.as_ref(),
+            )
+            .map_err(StreamsError::client(format!(
+                "connecting to {}",
+                config.bootstrap
+            )))?;
             let partitions = source_partitions(&mut admin, &r.user_topics)?;
             for table in &r.tables {
                 check_co_partitioned(&mut admin, &table.borrow(), partitions)?;
@@ -270,6 +283,8 @@ impl Instance {
             bootstrap: config.bootstrap.clone(),
             max_wait: config.poll_timeout,
             max_bytes: config.fetch_max_bytes,
+            credentials: config.credentials.clone(),
+            tls: config.tls.clone(),
             ..ConsumerConfig::default()
         };
         let connecting = |what: &str| {
@@ -278,6 +293,8 @@ impl Instance {
         let producer = Producer::new(ProducerConfig {
             bootstrap: config.bootstrap.clone(),
             linger: Duration::from_millis(2),
+            credentials: config.credentials.clone(),
+            tls: config.tls.clone(),
             ..ProducerConfig::default()
         })
         .map_err(connecting("producer"))?;
