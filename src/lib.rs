@@ -20,6 +20,8 @@
 //! - [`auth`]: the SASL mechanisms (PLAIN, SCRAM-SHA-256/512), shared by broker and client.
 //! - [`client`]: the client library — admin, producer, consumer — and what the `eventflow`
 //!   CLI is built on.
+//! - [`streams`]: stream processing from topics to topics with state (Kafka Streams' model),
+//!   a library over the client.
 //!
 //! The broker modules (`config`, `http_api`, `local`, `storage`, `shard`, `server`) need the `server`
 //! feature, on by default; without it the crate is the client library alone, with no
@@ -53,4 +55,5 @@ pub mod server;
 pub mod shard;
 #[cfg(feature = "server")]
 pub mod storage;
+pub mod streams;
 pub mod tls;
