@@ -62,7 +62,8 @@ impl PartitionLog {
         }
         self.expire_producers(now_ms);
         let config = self.config.borrow().clone();
-        if !config.cleanup.delete {
+        // A running compaction is swapping segment files; the next pass deletes.
+        if !config.cleanup.delete || self.compacting.get() {
             return Ok(0);
         }
         let removed: Vec<Segment> = {
