@@ -168,6 +168,23 @@ pub fn render(scrape: &Scrape<'_>) -> String {
     );
     let corrupt = shards.iter().map(|s| s.traffic.scrub_corrupt_batches).sum();
     w.sample("eventflow_scrub_corrupt_batches_total", &[], corrupt);
+    w.family(
+        "eventflow_compaction_runs_total",
+        "counter",
+        "Compaction passes run over partition logs (cleanup.policy=compact).",
+    );
+    let runs = shards.iter().map(|s| s.traffic.compactions).sum();
+    w.sample("eventflow_compaction_runs_total", &[], runs);
+    w.family(
+        "eventflow_compaction_bytes_removed_total",
+        "counter",
+        "Bytes compaction removed from sealed segments (overwritten records and old tombstones).",
+    );
+    let removed = shards
+        .iter()
+        .map(|s| s.traffic.compaction_bytes_removed)
+        .sum();
+    w.sample("eventflow_compaction_bytes_removed_total", &[], removed);
     w.out
 }
 
