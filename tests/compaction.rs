@@ -11,6 +11,9 @@ use common::{eventually, now_ms, read_all, Broker};
 use eventflow::protocol::api::Acks;
 use eventflow::protocol::batch::{self, BatchBuilder};
 
+/// A record read back: offset, key, value.
+type Read = (i64, String, Option<String>);
+
 const KEYS: usize = 20;
 
 /// Each key's newest record: offset and value (`None`: a tombstone).
@@ -60,7 +63,7 @@ fn produce(broker: &Broker, topic: &str, rounds: usize, pad: usize, filler: usiz
 }
 
 /// Every record of partition 0 from offset 0, through our client: (offset, key, value).
-fn records(broker: &Broker, topic: &str) -> Vec<(i64, String, Option<String>)> {
+fn records(broker: &Broker, topic: &str) -> Vec<Read> {
     let mut c = broker.client();
     let mut out = Vec::new();
     for one in read_all(&mut c, topic, 0, 0) {
@@ -77,7 +80,7 @@ fn records(broker: &Broker, topic: &str) -> Vec<(i64, String, Option<String>)> {
     out
 }
 
-fn newest_of(records: &[(i64, String, Option<String>)]) -> Newest {
+fn newest_of(records: &[Read]) -> Newest {
     records
         .iter()
         .map(|(o, k, v)| (k.clone(), (*o, v.clone())))
@@ -188,7 +191,7 @@ fn a_compacted_topic_keeps_each_keys_newest_value_for_both_protocols() {
             None
         },
     );
-    let got: Vec<(i64, String, Option<String>)> = got
+    let got: Vec<Read> = got
         .expect("compacted.py said nothing")
         .as_array()
         .unwrap()

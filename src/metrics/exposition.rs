@@ -560,6 +560,8 @@ mod tests {
                 quota_throttle: HistogramSnapshot::empty(super::super::histogram::LATENCY_NS),
                 connections: vec![],
                 scrub_corrupt_batches: 1,
+                compactions: 2,
+                compaction_bytes_removed: 4096,
             },
             partitions: vec![PartitionState {
                 topic: format!("t{id}"),
@@ -615,6 +617,8 @@ mod tests {
             "eventflow_consumer_group_lag{group=\"g\",topic=\"t0\",partition=\"0\"} 6\n"
         ));
         assert!(text.contains("eventflow_scrub_corrupt_batches_total 2\n"));
+        assert!(text.contains("eventflow_compaction_runs_total 4\n"));
+        assert!(text.contains("eventflow_compaction_bytes_removed_total 8192\n"));
         assert!(text.contains("# TYPE eventflow_share_group_locked_records gauge\n"));
     }
 }

@@ -602,10 +602,10 @@ pub fn retain_records(
     if kept.is_empty() {
         return Ok(Retained::None);
     }
-    let records_len: usize = kept.iter().map(|r| r.len()).sum();
+    let records_len: usize = kept.iter().map(ExactSizeIterator::len).sum();
     let mut out = BytesMut::with_capacity(BATCH_HEADER_LEN + records_len);
     out.put_bytes(0, BATCH_HEADER_LEN);
-    for range in kept.iter() {
+    for range in &kept {
         out.put_slice(&batch[range.clone()]);
     }
     let rewritten = BatchHeader {

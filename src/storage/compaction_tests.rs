@@ -14,6 +14,9 @@ use crate::protocol::batch::{self, BatchBuilder, ValidBatch};
 /// Each key's newest record: its offset and value (`None`: a tombstone).
 type Newest = BTreeMap<Vec<u8>, (i64, Option<Vec<u8>>)>;
 
+/// A record read back: offset, key, value.
+type Kept = (i64, Vec<u8>, Option<Vec<u8>>);
+
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 fn run<F: std::future::Future<Output = ()>>(test: F) {
@@ -72,7 +75,7 @@ async fn fill(log: &Rc<PartitionLog>, ts: i64) -> Newest {
 }
 
 /// Every record from the log start to the high watermark: (offset, key, value).
-async fn records(log: &PartitionLog) -> Vec<(i64, Vec<u8>, Option<Vec<u8>>)> {
+async fn records(log: &PartitionLog) -> Vec<Kept> {
     let mut out = Vec::new();
     let mut next = log.log_start_offset();
     while next < log.high_watermark() {
@@ -96,7 +99,7 @@ async fn records(log: &PartitionLog) -> Vec<(i64, Vec<u8>, Option<Vec<u8>>)> {
     out
 }
 
-fn newest_of(records: &[(i64, Vec<u8>, Option<Vec<u8>>)]) -> Newest {
+fn newest_of(records: &[Kept]) -> Newest {
     let mut newest = Newest::new();
     for (offset, key, value) in records {
         newest.insert(key.clone(), (*offset, value.clone()));
@@ -241,8 +244,8 @@ fn a_compaction_cut_short_at_any_file_operation_leaves_every_keys_newest_record(
             });
             drop(log);
             // The process died; then perhaps the power went too.
-            fault::with(|d| d.power_loss()).unwrap();
-            fault::with(|d| d.restart());
+            fault::with(fault::FaultDisk::power_loss).unwrap();
+            fault::with(fault::FaultDisk::restart);
 
             let log = Rc::new(
                 PartitionLog::open(dir.path().to_path_buf(), cfg)
