@@ -1641,13 +1641,18 @@ mod tests {
         assert!(decoded[..3].iter().all(Result::is_ok));
         assert!(decoded[3].is_err());
 
-        // Claim one fewer: the second record, now the last, does not end at the header's
-        // last offset delta.
+        // Claim one fewer: two records decode, and the third's bytes are left over.
         let mut too_few = batch.to_vec();
         too_few[57..61].copy_from_slice(&2i32.to_be_bytes());
         let decoded: Vec<_> = records(&too_few).unwrap().collect();
-        assert_eq!(decoded.len(), 2);
-        assert!(decoded[1].is_err());
+        assert_eq!(decoded.len(), 3);
+        assert!(decoded[..2].iter().all(Result::is_ok));
+        assert_eq!(
+            decoded[2],
+            Err(BatchError::InvalidRecord(
+                "bytes left over after the last record"
+            ))
+        );
 
         let mut negative = batch.to_vec();
         negative[57..61].copy_from_slice(&(-1i32).to_be_bytes());
