@@ -31,6 +31,9 @@
 //!    into place (`recovery::settle_compaction`). Either way a segment is the old one or
 //!    the new one, and both hold every key's newest record.
 //!
+//! Durability: under `--fsync interval` or `never` the pass first syncs the log up to the
+//! high watermark it maps, so no record removes an older one before it is durable itself.
+//!
 //! Idempotent producers: their state survives without their batches. Every roll writes a
 //! producer snapshot at the new active segment's base (`commit.rs`), and recovery starts
 //! from the newest snapshot and reads only the batches after it, all in the active segment,
@@ -52,6 +55,7 @@ use super::state::{sync_dir, PartitionLog};
 use crate::protocol::batch::{
     self, BatchHeader, Record, Retained, BATCH_HEADER_LEN, CONTROL_FLAG, TRANSACTIONAL_FLAG,
 };
+use crate::storage::config::FsyncPolicy;
 use crate::storage::disk;
 use crate::storage::error::StorageError;
 use crate::storage::index::{IndexPlanner, OffsetIndex, TimeIndex};
@@ -333,6 +337,12 @@ impl PartitionLog {
     ) -> Result<(HashMap<KeyDigest, i64>, i64), StorageError> {
         let mut newest: HashMap<KeyDigest, i64> = HashMap::new();
         let high_watermark = self.high_watermark.get();
+        if self.config.borrow().fsync != FsyncPolicy::Always {
+            // A record may remove older ones only once it is durable itself: else a power
+            // loss could take the newer record after the older one was compacted away.
+            // Everything below the high watermark is written; this makes it durable.
+            self.sync_dirty().await?;
+        }
         let mut offset = self.cleaned_to.get().max(self.log_start.get());
         while offset < high_watermark {
             if self.closed.get() {

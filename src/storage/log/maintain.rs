@@ -22,7 +22,7 @@ impl PartitionLog {
         self.sync_dirty().await
     }
 
-    async fn sync_dirty(&self) -> Result<(), StorageError> {
+    pub(super) async fn sync_dirty(&self) -> Result<(), StorageError> {
         let dirty: Vec<(i64, File, u64, File, File, SegmentFiles)> = self
             .segments
             .borrow_mut()
