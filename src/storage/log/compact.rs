@@ -362,8 +362,11 @@ impl PartitionLog {
                 if newest.len().saturating_add(count) > MAX_KEYS {
                     return Ok((newest, header.base_offset));
                 }
+                let bytes = &read.records[at..at + header.total_len()];
+                // A key damaged on its way from the disk could name another key's records
+                // as superseded: only CRC-valid batches enter the map.
+                batch::validate(bytes, usize::MAX).map_err(|e| self.corrupt_read(offset, &e))?;
                 if header.attributes & KEPT_WHOLE == 0 {
-                    let bytes = &read.records[at..at + header.total_len()];
                     let records =
                         batch::records(bytes).map_err(|e| self.corrupt_read(offset, &e))?;
                     for record in records {
