@@ -50,7 +50,7 @@ mod sim;
 mod users;
 
 pub use acls::{AclError, AclStore};
-pub use config::{FsyncPolicy, LogConfig};
+pub use config::{FsyncPolicy, LogConfig, Ratio};
 pub use disk::{init_sync_journal, SYNC_JOURNAL_ENV};
 pub use error::StorageError;
 pub use fence_file::Fence;

@@ -68,10 +68,6 @@ use crate::storage::segment::{
 /// 40 MiB per shard at most).
 pub(crate) const MAX_KEYS: usize = 1 << 20;
 
-/// Share of the sealed bytes not compacted yet that starts a pass: Kafka's default
-/// `min.cleanable.dirty.ratio`.
-const MIN_DIRTY_RATIO: f64 = 0.5;
-
 /// Bytes read or written at once.
 const IO_CHUNK: usize = 1 << 20;
 
@@ -189,10 +185,18 @@ struct Cleaned {
 
 impl PartitionLog {
     /// Whether a compaction pass is due: the policy includes `compact`, the log has no
-    /// fenced batch, and either the dirty sealed segments hold at least half the sealed
-    /// bytes or a tombstone the last pass kept may now go.
+    /// fenced batch, and either the dirty sealed segments hold at least
+    /// `min.cleanable.dirty.ratio` of the sealed bytes or a tombstone the last pass kept may
+    /// now go.
     pub fn compaction_due(&self, now_ms: i64) -> bool {
-        if self.closed.get() || !self.config.borrow().cleanup.compact {
+        let (compact, min_ratio) = {
+            let config = self.config.borrow();
+            (
+                config.cleanup.compact,
+                config.min_cleanable_dirty_ratio.get(),
+            )
+        };
+        if self.closed.get() || !compact {
             return false;
         }
         if !self.fences.borrow().is_empty() {
@@ -206,7 +210,7 @@ impl PartitionLog {
             .filter(|s| s.base_offset >= self.cleaned_to.get())
             .map(|s| s.size)
             .sum();
-        let ratio_due = dirty > 0 && dirty as f64 >= MIN_DIRTY_RATIO * total as f64;
+        let ratio_due = dirty > 0 && dirty as f64 >= min_ratio * total as f64;
         ratio_due || self.tombstones_due.get().is_some_and(|due| due <= now_ms)
     }
 
