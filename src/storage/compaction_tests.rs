@@ -161,6 +161,14 @@ fn compaction_keeps_each_keys_newest_record_at_its_offset_and_drops_old_tombston
         for (_, key, _) in after.iter().filter(|r| r.0 < active_from) {
             assert!(seen.insert(key.clone()), "{key:?} twice in sealed segments");
         }
+        // The scrubber finds every rewritten batch sound.
+        loop {
+            let step = log.scrub_step(1 << 16).await.unwrap();
+            assert!(step.corrupt.is_empty(), "{:?}", step.corrupt);
+            if step.pass_done {
+                break;
+            }
+        }
         // Nothing left to do until new data or a tombstone's time comes.
         assert!(!log.compaction_due(now));
 
@@ -275,5 +283,72 @@ fn a_compaction_cut_short_at_any_file_operation_leaves_every_keys_newest_record(
         }
         assert!(completed);
         assert!(undone > 0 && kept > 0, "undone {undone}, kept {kept}");
+    });
+}
+
+#[test]
+fn keyless_records_and_compressed_batches_stay_whole() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Rc::new(
+            PartitionLog::open(dir.path().to_path_buf(), config(FsyncPolicy::Never))
+                .await
+                .unwrap(),
+        );
+        let now = now_ms();
+        // A batch flagged as gzip-compressed: compaction cannot read its records, so it
+        // keeps it byte for byte (the broker never decompresses).
+        let mut builder = BatchBuilder::new();
+        builder.push(now, Some(b"key-0"), Some(b"compressed"), &[]);
+        let mut compressed = builder.finish();
+        compressed[21..23].copy_from_slice(&1i16.to_be_bytes());
+        let crc = crc32c::crc32c(&compressed[batch::CRC_START..]);
+        compressed[17..21].copy_from_slice(&crc.to_be_bytes());
+        let at = log
+            .append(vec![
+                ValidBatch::new(compressed.clone(), usize::MAX).unwrap()
+            ])
+            .await
+            .unwrap()
+            .base_offset;
+        batch::set_base_offset(&mut compressed, at);
+        let mut keyless = Vec::new();
+        for i in 0..40 {
+            let mut builder = BatchBuilder::new();
+            builder.push(now, None, Some(format!("keyless-{i}").as_bytes()), &[]);
+            builder.push(
+                now,
+                Some(b"key-0"),
+                Some(format!("value-{i}").as_bytes()),
+                &[],
+            );
+            let outcome = log
+                .append(vec![ValidBatch::new(builder.finish(), usize::MAX).unwrap()])
+                .await
+                .unwrap();
+            keyless.push(outcome.base_offset);
+        }
+        let stats = log.compact(now, CompactionPace::new(0)).await.unwrap();
+        assert!(stats.records_removed > 0);
+        let read = log.read(at, 1 << 20).await.unwrap();
+        assert_eq!(&read.records[..compressed.len()], &compressed[..]);
+        let mut found = Vec::new();
+        let mut next = at + 1;
+        while next < log.high_watermark() {
+            let read = log.read(next, 1 << 20).await.unwrap();
+            for item in batch::batches(&read.records) {
+                let (start, header) = item.unwrap();
+                for record in
+                    batch::records(&read.records[start..start + header.total_len()]).unwrap()
+                {
+                    let record = record.unwrap();
+                    if record.key.is_none() {
+                        found.push(record.offset);
+                    }
+                }
+                next = header.last_offset() + 1;
+            }
+        }
+        assert_eq!(found, keyless, "every record without a key is kept");
     });
 }
