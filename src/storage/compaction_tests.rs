@@ -352,3 +352,33 @@ fn keyless_records_and_compressed_batches_stay_whole() {
         assert_eq!(found, keyless, "every record without a key is kept");
     });
 }
+
+#[test]
+fn records_younger_than_the_compaction_lag_stay_until_it_passes() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            min_compaction_lag_ms: 10_000,
+            ..config(FsyncPolicy::Never)
+        };
+        let log = Rc::new(
+            PartitionLog::open(dir.path().to_path_buf(), cfg)
+                .await
+                .unwrap(),
+        );
+        let now = now_ms();
+        let expected = fill(&log, now).await;
+        let before = records(&log).await;
+        assert!(log.compaction_due(now));
+        let stats = log.compact(now, CompactionPace::new(0)).await.unwrap();
+        assert_eq!((stats.segments, stats.records_removed), (0, 0));
+        assert_eq!(records(&log).await, before);
+        // The same segments are not read again before the first record may go.
+        assert!(!log.compaction_due(now + 9_999));
+        let later = now + 10_000;
+        assert!(log.compaction_due(later));
+        let stats = log.compact(later, CompactionPace::new(0)).await.unwrap();
+        assert!(stats.records_removed > 0);
+        assert_eq!(newest_of(&records(&log).await), expected);
+    });
+}

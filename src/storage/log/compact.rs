@@ -132,8 +132,8 @@ struct Rules<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Decision {
     Keep,
-    /// Kept only because it is younger than `min.compaction.lag.ms`.
-    KeepYoung,
+    /// Kept only because it is younger than `min.compaction.lag.ms`, until this time.
+    KeepYoung(i64),
     /// A tombstone kept until this time.
     KeepTombstone(i64),
     Remove,
@@ -151,7 +151,7 @@ impl Rules<'_> {
             .is_none_or(|&offset| offset <= record.offset);
         if !newest {
             return if age < self.min_lag_ms {
-                Decision::KeepYoung
+                Decision::KeepYoung(record.timestamp.saturating_add(self.min_lag_ms))
             } else {
                 Decision::Remove
             };
@@ -178,8 +178,8 @@ struct Cleaned {
     planner: IndexPlanner,
     /// Something was removed: the segment is swapped for this.
     changed: bool,
-    /// A record older than its key's newest was kept for `min.compaction.lag.ms`.
-    kept_young: bool,
+    /// When the first record kept only for `min.compaction.lag.ms` may go, if any was.
+    young_due: Option<i64>,
     records_removed: u64,
 }
 
@@ -210,7 +210,9 @@ impl PartitionLog {
             .filter(|s| s.base_offset >= self.cleaned_to.get())
             .map(|s| s.size)
             .sum();
-        let ratio_due = dirty > 0 && dirty as f64 >= min_ratio * total as f64;
+        // Segments left dirty by records too young to go wait until the first may.
+        let waiting = self.young_due.get().is_some_and(|due| now_ms < due);
+        let ratio_due = !waiting && dirty > 0 && dirty as f64 >= min_ratio * total as f64;
         ratio_due || self.tombstones_due.get().is_some_and(|due| due <= now_ms)
     }
 
@@ -275,6 +277,7 @@ impl PartitionLog {
         let mut tombstones_due: Option<i64> = None;
         let mut clean_to: Option<i64> = None;
         let mut young_from: Option<i64> = None;
+        let mut young_due: Option<i64> = None;
         for &(base, next_base) in &cleanable {
             if self.closed.get() {
                 return Err(StorageError::Closed);
@@ -302,8 +305,9 @@ impl PartitionLog {
                     return Err(e);
                 }
             };
-            if cleaned.kept_young && young_from.is_none() {
-                young_from = Some(base);
+            if let Some(due) = cleaned.young_due {
+                young_from.get_or_insert(base);
+                young_due = Some(young_due.map_or(due, |d| d.min(due)));
             }
             clean_to = Some(next_base);
             if !cleaned.changed {
@@ -320,6 +324,7 @@ impl PartitionLog {
         }
         if clean_to.is_some() {
             self.tombstones_due.set(tombstones_due);
+            self.young_due.set(young_due);
         }
         if cleanable.is_empty() && newest.len() >= MAX_KEYS {
             warn!(
@@ -429,7 +434,7 @@ impl PartitionLog {
             time_index: TimeIndex::default(),
             planner: IndexPlanner::new(),
             changed: false,
-            kept_young: false,
+            young_due: None,
             records_removed: 0,
         };
         let mut pending = BytesMut::new();
@@ -475,8 +480,9 @@ impl PartitionLog {
                     let retained =
                         batch::retain_records(bytes, |record| match rules.decide(record) {
                             Decision::Keep => true,
-                            Decision::KeepYoung => {
-                                cleaned.kept_young = true;
+                            Decision::KeepYoung(due) => {
+                                cleaned.young_due =
+                                    Some(cleaned.young_due.map_or(due, |d| d.min(due)));
                                 true
                             }
                             Decision::KeepTombstone(due) => {

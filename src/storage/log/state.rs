@@ -79,6 +79,9 @@ pub struct PartitionLog {
     pub(super) cleaned_to: Cell<i64>,
     /// When the oldest tombstone the last compaction kept may go (`delete.retention.ms`).
     pub(super) tombstones_due: Cell<Option<i64>>,
+    /// When the oldest record the last compaction kept only for `min.compaction.lag.ms`
+    /// may go: until then a pass would find the same segments dirty again.
+    pub(super) young_due: Cell<Option<i64>>,
     /// A compaction is running: retention leaves the segments alone meanwhile.
     pub(super) compacting: Cell<bool>,
 }
@@ -173,6 +176,7 @@ impl PartitionLog {
             fences: RefCell::new(fences),
             cleaned_to: Cell::new(i64::MIN),
             tombstones_due: Cell::new(None),
+            young_due: Cell::new(None),
             compacting: Cell::new(false),
         })
     }
