@@ -60,6 +60,8 @@ pub struct BrokerConfig {
     /// Bytes per second each shard's scrubber re-reads from sealed segments to check their
     /// CRCs; 0 turns the scrubber off.
     pub scrub_bytes_per_sec: u64,
+    /// Bytes per second each shard's compaction reads plus writes (0: no limit).
+    pub compaction_bytes_per_sec: u64,
     /// Connections accepted at once, across all shards.
     pub max_connections: usize,
     /// Requests one connection may have in flight before the broker stops reading from it.
@@ -171,6 +173,7 @@ impl BrokerConfig {
             retention_bytes: None,
             retention_check: Duration::from_secs(30),
             scrub_bytes_per_sec: 0,
+            compaction_bytes_per_sec: 32 << 20,
             max_connections: 10_000,
             max_in_flight_per_connection: 128,
             max_queued_request_bytes: 32 << 20,

@@ -164,6 +164,11 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     scrub_bytes_per_sec: u64,
 
+    /// Bytes per second each shard's log compaction (topics with cleanup.policy=compact)
+    /// reads plus writes; 0: no limit. Passes are checked every --retention-check-secs.
+    #[arg(long, default_value_t = 32 << 20)]
+    compaction_bytes_per_sec: u64,
+
     /// Connections served at once, across all shards.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
@@ -500,6 +505,7 @@ fn config_from(args: Args, layered: &Layered) -> anyhow::Result<BrokerConfig> {
     config.retention_bytes = (bytes > 0).then_some(bytes as u64);
     config.retention_check = Duration::from_secs(args.retention_check_secs.max(1));
     config.scrub_bytes_per_sec = args.scrub_bytes_per_sec;
+    config.compaction_bytes_per_sec = args.compaction_bytes_per_sec;
     ensure(
         args.max_connections > 0 && args.max_in_flight > 0,
         l,

@@ -168,6 +168,23 @@ pub fn render(scrape: &Scrape<'_>) -> String {
     );
     let corrupt = shards.iter().map(|s| s.traffic.scrub_corrupt_batches).sum();
     w.sample("eventflow_scrub_corrupt_batches_total", &[], corrupt);
+    w.family(
+        "eventflow_compaction_runs_total",
+        "counter",
+        "Compaction passes run over partition logs (cleanup.policy=compact).",
+    );
+    let runs = shards.iter().map(|s| s.traffic.compactions).sum();
+    w.sample("eventflow_compaction_runs_total", &[], runs);
+    w.family(
+        "eventflow_compaction_bytes_removed_total",
+        "counter",
+        "Bytes compaction removed from sealed segments (overwritten records and old tombstones).",
+    );
+    let removed = shards
+        .iter()
+        .map(|s| s.traffic.compaction_bytes_removed)
+        .sum();
+    w.sample("eventflow_compaction_bytes_removed_total", &[], removed);
     w.out
 }
 
@@ -543,6 +560,8 @@ mod tests {
                 quota_throttle: HistogramSnapshot::empty(super::super::histogram::LATENCY_NS),
                 connections: vec![],
                 scrub_corrupt_batches: 1,
+                compactions: 2,
+                compaction_bytes_removed: 4096,
             },
             partitions: vec![PartitionState {
                 topic: format!("t{id}"),
@@ -598,6 +617,8 @@ mod tests {
             "eventflow_consumer_group_lag{group=\"g\",topic=\"t0\",partition=\"0\"} 6\n"
         ));
         assert!(text.contains("eventflow_scrub_corrupt_batches_total 2\n"));
+        assert!(text.contains("eventflow_compaction_runs_total 4\n"));
+        assert!(text.contains("eventflow_compaction_bytes_removed_total 8192\n"));
         assert!(text.contains("# TYPE eventflow_share_group_locked_records gauge\n"));
     }
 }

@@ -52,6 +52,8 @@ struct ShardCounters {
     quota_throttle: Histogram,
     connections: [ConnectionCounts; 3],
     scrub_corrupt: Cell<u64>,
+    compactions: Cell<u64>,
+    compaction_bytes_removed: Cell<u64>,
 }
 
 thread_local! {
@@ -64,6 +66,8 @@ thread_local! {
         quota_throttle: Histogram::new(LATENCY_NS),
         connections: Default::default(),
         scrub_corrupt: Cell::new(0),
+        compactions: Cell::new(0),
+        compaction_bytes_removed: Cell::new(0),
     };
 }
 
@@ -164,6 +168,15 @@ pub fn scrub_corrupt_batch() {
     SHARD.with(|s| bump(&s.scrub_corrupt));
 }
 
+/// Counts a compaction pass of a partition log and the bytes it removed.
+pub fn compaction(bytes_removed: u64) {
+    SHARD.with(|s| {
+        bump(&s.compactions);
+        s.compaction_bytes_removed
+            .set(s.compaction_bytes_removed.get() + bytes_removed);
+    });
+}
+
 /// Everything this thread counted so far.
 pub fn take() -> ShardTraffic {
     SHARD.with(|s| {
@@ -224,6 +237,8 @@ pub fn take() -> ShardTraffic {
                 })
                 .collect(),
             scrub_corrupt_batches: s.scrub_corrupt.get(),
+            compactions: s.compactions.get(),
+            compaction_bytes_removed: s.compaction_bytes_removed.get(),
         }
     })
 }

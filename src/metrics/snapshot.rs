@@ -47,6 +47,10 @@ pub struct ShardTraffic {
     pub connections: Vec<ListenerCounts>,
     /// Corrupt batches the scrubber found.
     pub scrub_corrupt_batches: u64,
+    /// Compaction passes run.
+    pub compactions: u64,
+    /// Bytes compaction removed from segments.
+    pub compaction_bytes_removed: u64,
 }
 
 /// Record traffic of a topic or one of its partitions.

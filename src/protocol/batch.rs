@@ -474,9 +474,10 @@ pub fn records(batch: &[u8]) -> Result<RecordIter<'_>, BatchError> {
 ///
 /// Yields exactly `records_count` records. If a record is malformed, or bytes are left over
 /// after the last one, it yields that error once and then stops. Offset deltas must rise
-/// strictly, stay within `0..=last_offset_delta`, and the last record's must be the header's
-/// `last_offset_delta`: a record is never handed out under an offset its batch does not
-/// cover.
+/// strictly and stay within `0..=last_offset_delta`: a record is never handed out under an
+/// offset its batch does not cover. They need not be dense, nor reach `last_offset_delta`:
+/// a batch that compaction rewrote keeps its offsets and lost some of its records
+/// ([`retain_records`]).
 #[derive(Debug, Clone)]
 pub struct RecordIter<'a> {
     cursor: Cursor<'a>,
@@ -518,11 +519,6 @@ impl<'a> RecordIter<'a> {
                 "record offset deltas do not rise",
             ));
         }
-        if self.remaining == 0 && delta != i64::from(self.last_offset_delta) {
-            return Err(BatchError::InvalidRecord(
-                "the last record's offset delta is not the batch's last offset delta",
-            ));
-        }
         self.previous_delta = Some(delta);
         Ok(record)
     }
@@ -561,6 +557,68 @@ impl<'a> Iterator for RecordIter<'a> {
 }
 
 impl std::iter::FusedIterator for RecordIter<'_> {}
+
+/// What [`retain_records`] made of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retained {
+    /// Every record stays: the batch is kept byte for byte.
+    All,
+    /// No record stays: the batch goes.
+    None,
+    /// Some records stay, in this rewritten batch.
+    Some(BytesMut),
+}
+
+/// Keeps the records of one uncompressed batch for which `keep` says yes, for log
+/// compaction. A rewritten batch keeps its header (base offset, last offset delta, so the
+/// offset after it is unchanged; timestamps; producer fields) but for its length and record
+/// count, and its records' bytes as they were (their offset and timestamp deltas are relative
+/// to the unchanged base); its CRC is computed again. Errors as [`records`] does, before
+/// anything is decided.
+pub fn retain_records(
+    batch: &[u8],
+    mut keep: impl FnMut(&Record<'_>) -> bool,
+) -> Result<Retained, BatchError> {
+    let mut iter = records(batch)?;
+    let header = BatchHeader::parse(batch)?;
+    let size = header.total_len();
+    // Where the iterator is in `batch`: records are read from a cursor over their bytes.
+    let at = |iter: &RecordIter<'_>| size - iter.cursor.remaining();
+    let mut kept: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut dropped = false;
+    loop {
+        let start = at(&iter);
+        let Some(record) = iter.next() else { break };
+        let record = record?;
+        if keep(&record) {
+            kept.push(start..at(&iter));
+        } else {
+            dropped = true;
+        }
+    }
+    if !dropped {
+        return Ok(Retained::All);
+    }
+    if kept.is_empty() {
+        return Ok(Retained::None);
+    }
+    let records_len: usize = kept.iter().map(ExactSizeIterator::len).sum();
+    let mut out = BytesMut::with_capacity(BATCH_HEADER_LEN + records_len);
+    out.put_bytes(0, BATCH_HEADER_LEN);
+    for range in &kept {
+        out.put_slice(&batch[range.clone()]);
+    }
+    let rewritten = BatchHeader {
+        batch_length: wire_len(out.len() - LENGTH_PREFIX),
+        crc: 0,
+        records_count: wire_len(kept.len()),
+        ..header
+    };
+    out[..BATCH_HEADER_LEN].copy_from_slice(&rewritten.encode());
+    let crc = crc32c::crc32c(&out[CRC_START..]);
+    out[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    Ok(Retained::Some(out))
+}
 
 /// Decodes the fields after a record's length prefix.
 fn decode_record_body<'a>(
@@ -1081,15 +1139,40 @@ mod tests {
                 "record offset delta is outside the batch's offsets"
             )]
         );
-        // A header whose last offset delta claims more records than the last one has.
-        let mut bad = batch.clone();
-        bad[field::LAST_OFFSET_DELTA + 3] = 5;
-        assert_eq!(
-            errors(&bad),
-            vec![BatchError::InvalidRecord(
-                "the last record's offset delta is not the batch's last offset delta"
-            )]
-        );
+        // A header whose last offset delta is past its last record's, as compaction leaves
+        // a batch whose last record it removed: the records keep their own offsets.
+        let mut compacted = batch.clone();
+        compacted[field::LAST_OFFSET_DELTA + 3] = 5;
+        assert!(errors(&compacted).is_empty());
+        let offsets: Vec<i64> = records(&compacted)
+            .unwrap()
+            .map(|r| r.unwrap().offset)
+            .collect();
+        assert_eq!(offsets, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn retain_records_keeps_offsets_and_recomputes_the_crc() {
+        let mut batch = sample_batch();
+        set_base_offset(&mut batch, 100);
+        assert_eq!(retain_records(&batch, |_| true).unwrap(), Retained::All);
+        assert_eq!(retain_records(&batch, |_| false).unwrap(), Retained::None);
+        // Drop the last record: the batch still ends at offset 102.
+        let Retained::Some(kept) = retain_records(&batch, |r| r.offset != 102).unwrap() else {
+            panic!("expected a rewritten batch");
+        };
+        let header = validate(&kept, usize::MAX).unwrap();
+        assert_eq!((header.base_offset, header.last_offset()), (100, 102));
+        assert_eq!(header.records_count, 2);
+        let kept_records = decode(&kept);
+        let original = decode(&batch);
+        assert_eq!(kept_records, original[..2].to_vec());
+        // Drop the first: the second keeps its offset and timestamp.
+        let Retained::Some(kept) = retain_records(&batch, |r| r.offset != 100).unwrap() else {
+            panic!("expected a rewritten batch");
+        };
+        validate(&kept, usize::MAX).unwrap();
+        assert_eq!(decode(&kept), original[1..].to_vec());
     }
 
     #[test]
@@ -1558,13 +1641,18 @@ mod tests {
         assert!(decoded[..3].iter().all(Result::is_ok));
         assert!(decoded[3].is_err());
 
-        // Claim one fewer: the second record, now the last, does not end at the header's
-        // last offset delta.
+        // Claim one fewer: two records decode, and the third's bytes are left over.
         let mut too_few = batch.to_vec();
         too_few[57..61].copy_from_slice(&2i32.to_be_bytes());
         let decoded: Vec<_> = records(&too_few).unwrap().collect();
-        assert_eq!(decoded.len(), 2);
-        assert!(decoded[1].is_err());
+        assert_eq!(decoded.len(), 3);
+        assert!(decoded[..2].iter().all(Result::is_ok));
+        assert_eq!(
+            decoded[2],
+            Err(BatchError::InvalidRecord(
+                "bytes left over after the last record"
+            ))
+        );
 
         let mut negative = batch.to_vec();
         negative[57..61].copy_from_slice(&(-1i32).to_be_bytes());

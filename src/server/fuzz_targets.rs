@@ -10,7 +10,7 @@ use super::group_coordinator::{offset_key, parse_offset_key};
 use super::internal_log;
 use super::native::split_batches;
 use crate::groups::share::SharePartition;
-use crate::protocol::batch::{self, BatchHeader, ValidBatch, CRC_START};
+use crate::protocol::batch::{self, BatchHeader, Retained, ValidBatch, CRC_START};
 
 /// Largest batch the targets accept (the broker's `--max-batch-bytes` is larger; inputs are
 /// far smaller).
@@ -75,7 +75,10 @@ fn check_valid_batch(batch: ValidBatch) {
 }
 
 /// Decodes the records of a batch whose header parsed; when all of them decode, their
-/// offsets rise within the batch and the last is the batch's last offset.
+/// offsets rise within the batch, up to at most the batch's last offset (compaction may
+/// have removed the records after them); and compaction's rewrite of the batch
+/// ([`batch::retain_records`]) keeps its offsets and the records it was told to keep, under a CRC
+/// that checks.
 fn check_records(batch: &[u8], header: &BatchHeader) {
     let Ok(records) = batch::records(batch) else {
         return;
@@ -95,7 +98,39 @@ fn check_records(batch: &[u8], header: &BatchHeader) {
     // A batch of no records (validation refuses one; readers may meet it) has no offsets.
     if let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) {
         assert!(first >= header.base_offset);
-        assert_eq!(last, header.last_offset());
+        assert!(last <= header.last_offset());
+    }
+    check_retained(batch, header, &offsets);
+}
+
+/// Compaction's rewrite of a valid batch whose records all decode (compaction checks a
+/// batch before it rewrites it), keeping every other record.
+fn check_retained(batch: &[u8], header: &BatchHeader, offsets: &[i64]) {
+    if batch::validate(&batch[..header.total_len().min(batch.len())], usize::MAX).is_err() {
+        return;
+    }
+    let kept: Vec<i64> = offsets.iter().copied().step_by(2).collect();
+    let keep = |r: &batch::Record<'_>| kept.contains(&r.offset);
+    match batch::retain_records(batch, keep).expect("the records decoded once") {
+        Retained::All => assert_eq!(kept.len(), offsets.len()),
+        Retained::None => assert!(kept.is_empty()),
+        Retained::Some(rewritten) => {
+            let h = batch::validate(&rewritten, usize::MAX).expect("a rewritten batch is valid");
+            assert_eq!(
+                (h.base_offset, h.last_offset_delta, h.base_timestamp),
+                (
+                    header.base_offset,
+                    header.last_offset_delta,
+                    header.base_timestamp
+                ),
+                "a rewritten batch keeps its offsets and timestamps"
+            );
+            let left: Vec<i64> = batch::records(&rewritten)
+                .expect("decodes")
+                .map(|r| r.expect("a kept record decodes").offset)
+                .collect();
+            assert_eq!(left, kept);
+        }
     }
 }
 

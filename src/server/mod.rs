@@ -573,6 +573,7 @@ async fn shard_main(
         compio::runtime::spawn(accept_loop(ctx.clone(), kafka, Listener::Kafka)).detach();
     }
     compio::runtime::spawn(maintenance(ctx.clone())).detach();
+    compio::runtime::spawn(compaction(ctx.clone())).detach();
     compio::runtime::spawn(expire_sessions(ctx.clone())).detach();
     if ctx.config.scrub_bytes_per_sec > 0 {
         compio::runtime::spawn(scrub(ctx.clone(), ctx.config.scrub_bytes_per_sec)).detach();
@@ -859,6 +860,33 @@ async fn scrub(ctx: Rc<ShardContext>, bytes_per_sec: u64) {
             let idle = compio::time::sleep(Duration::from_secs(1));
             if let Either::Right(()) = first(idle, ctx.shutdown.notified()).await {
                 return;
+            }
+        }
+    }
+}
+
+/// Log compaction (`cleanup.policy` with `compact`): every `--retention-check-secs`, each
+/// partition of this shard whose compaction is due (`PartitionLog::compaction_due`) gets one
+/// pass, at `--compaction-bytes-per-sec`. Its own task, so a long pass delays neither
+/// retention nor the interval fsync; the pass itself yields at every file operation and
+/// pacing sleep, so appends and fetches of the shard go on meanwhile.
+async fn compaction(ctx: Rc<ShardContext>) {
+    let pace = crate::storage::CompactionPace::new(ctx.config.compaction_bytes_per_sec);
+    loop {
+        let wait = compio::time::sleep(ctx.config.retention_check);
+        if let Either::Right(()) = first(wait, ctx.shutdown.notified()).await {
+            return;
+        }
+        for log in ctx.partitions.all_logs() {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            if ctx.is_shutting_down() || !log.compaction_due(now_ms) {
+                continue;
+            }
+            // The pass logs its own outcome.
+            if let Ok(stats) = log.compact(now_ms, pace).await {
+                crate::metrics::shard::compaction(stats.bytes_removed);
             }
         }
     }

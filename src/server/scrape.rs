@@ -86,6 +86,8 @@ mod tests {
                 quota_throttle: HistogramSnapshot::empty(LATENCY_NS),
                 connections: vec![],
                 scrub_corrupt_batches: 0,
+                compactions: 0,
+                compaction_bytes_removed: 0,
             },
             partitions: vec![],
             committed: vec![],

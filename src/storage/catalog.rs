@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
-use super::config::CleanupPolicy;
+use super::config::{CleanupPolicy, Ratio};
 use super::LogConfig;
 
 /// Prefix of a topic directory moved aside for deletion; no topic name may start with it.
@@ -296,9 +296,10 @@ pub fn validate_topic_name(name: &str) -> Result<(), CatalogError> {
 }
 
 /// The topic config keys this broker understands.
-pub const CONFIG_KEYS: [&str; 7] = [
+pub const CONFIG_KEYS: [&str; 8] = [
     "cleanup.policy",
     "delete.retention.ms",
+    "min.cleanable.dirty.ratio",
     "min.compaction.lag.ms",
     "retention.ms",
     "retention.bytes",
@@ -336,6 +337,7 @@ pub fn apply_config(config: &mut LogConfig, key: &str, value: &str) -> Result<()
     match key {
         "cleanup.policy" => config.cleanup = CleanupPolicy::parse(value)?,
         "delete.retention.ms" => config.delete_retention_ms = non_negative(value)?,
+        "min.cleanable.dirty.ratio" => config.min_cleanable_dirty_ratio = Ratio::parse(value)?,
         "min.compaction.lag.ms" => config.min_compaction_lag_ms = non_negative(value)?,
         "retention.ms" => {
             let v = int(value)?;
@@ -386,6 +388,10 @@ pub fn describe_config(config: &LogConfig) -> Vec<(String, String)> {
         (
             "delete.retention.ms".into(),
             config.delete_retention_ms.to_string(),
+        ),
+        (
+            "min.cleanable.dirty.ratio".into(),
+            config.min_cleanable_dirty_ratio.to_string(),
         ),
         (
             "min.compaction.lag.ms".into(),
@@ -480,6 +486,7 @@ mod tests {
             ("cleanup.policy", "shred"),
             ("cleanup.policy", ""),
             ("delete.retention.ms", "-5"),
+            ("min.cleanable.dirty.ratio", "2"),
             ("colour", "blue"),
         ] {
             assert!(

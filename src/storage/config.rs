@@ -69,6 +69,39 @@ impl std::fmt::Display for CleanupPolicy {
     }
 }
 
+/// A share from 0 to 1 (`min.cleanable.dirty.ratio`), kept in millionths so that a
+/// [`LogConfig`] stays `Eq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ratio(u32);
+
+impl Ratio {
+    /// One half: Kafka's default `min.cleanable.dirty.ratio`.
+    pub const HALF: Ratio = Ratio(500_000);
+
+    /// Parses a decimal from 0 to 1 (`0.5`, `1`, `0`).
+    pub fn parse(value: &str) -> Result<Ratio, String> {
+        let v: f64 = value
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{value}` is not a number"))?;
+        if !(0.0..=1.0).contains(&v) {
+            return Err(format!("`{value}` is not between 0 and 1"));
+        }
+        Ok(Ratio((v * 1e6).round() as u32))
+    }
+
+    /// The share as a float.
+    pub fn get(self) -> f64 {
+        f64::from(self.0) / 1e6
+    }
+}
+
+impl std::fmt::Display for Ratio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.get())
+    }
+}
+
 /// Settings of one partition log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -90,6 +123,9 @@ pub struct LogConfig {
     /// A record is not compacted away until it is at least this old, in milliseconds
     /// (`min.compaction.lag.ms`).
     pub min_compaction_lag_ms: u64,
+    /// A compaction pass starts once the sealed bytes not compacted yet are at least this
+    /// share of all sealed bytes (`min.cleanable.dirty.ratio`).
+    pub min_cleanable_dirty_ratio: Ratio,
     /// Roughly how many log bytes lie between two entries of the sparse offset index.
     pub index_interval_bytes: u32,
     /// Durability of appends.
@@ -116,6 +152,7 @@ impl Default for LogConfig {
             cleanup: CleanupPolicy::DELETE,
             delete_retention_ms: DAY_MS,
             min_compaction_lag_ms: 0,
+            min_cleanable_dirty_ratio: Ratio::HALF,
             index_interval_bytes: 4096,
             fsync: FsyncPolicy::Always,
             max_batch_bytes: 1 << 20,
@@ -126,7 +163,7 @@ impl Default for LogConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::CleanupPolicy;
+    use super::{CleanupPolicy, Ratio};
 
     #[test]
     fn cleanup_policy_parses_kafkas_spellings_and_prints_them_back() {
@@ -140,6 +177,16 @@ mod tests {
         }
         for bad in ["", "shred", "compact,", "delete;compact"] {
             assert!(CleanupPolicy::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ratios_parse_from_0_to_1_and_print_back() {
+        for (text, shown) in [("0.5", "0.5"), ("0", "0"), ("1", "1"), (" 0.25 ", "0.25")] {
+            assert_eq!(Ratio::parse(text).unwrap().to_string(), shown);
+        }
+        for bad in ["", "half", "-0.1", "1.5", "NaN"] {
+            assert!(Ratio::parse(bad).is_err(), "{bad:?}");
         }
     }
 }

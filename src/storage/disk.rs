@@ -228,6 +228,19 @@ pub(crate) async fn remove(path: &Path) -> Result<(), StorageError> {
     ignore_not_found(compio::fs::remove_file(path).await).map_err(|e| StorageError::io(path, e))
 }
 
+/// Renames the file `from` to `to`, replacing `to` if it exists: a crash leaves one name or
+/// the other (durable once the directory is synced).
+pub(crate) async fn rename(from: &Path, to: &Path) -> Result<(), StorageError> {
+    #[cfg(test)]
+    if fault::active() {
+        fault::with(|d| d.rename(from, to)).map_err(|e| StorageError::io(from, e))?;
+        return std::fs::rename(from, to).map_err(|e| StorageError::io(from, e));
+    }
+    compio::fs::rename(from, to)
+        .await
+        .map_err(|e| StorageError::io(from, e))
+}
+
 /// Makes the entries of directory `dir` (a new or removed file) durable.
 pub(crate) async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     #[cfg(test)]
@@ -357,6 +370,15 @@ pub(crate) fn remove_blocking(path: &Path) -> Result<bool, StorageError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(StorageError::io(path, e)),
     }
+}
+
+/// Renames the file `from` to `to`, replacing `to` (blocking).
+pub(crate) fn rename_blocking(from: &Path, to: &Path) -> Result<(), StorageError> {
+    #[cfg(test)]
+    if fault::active() {
+        fault::with(|d| d.rename(from, to)).map_err(|e| StorageError::io(from, e))?;
+    }
+    std::fs::rename(from, to).map_err(|e| StorageError::io(from, e))
 }
 
 /// Syncs the entries of directory `dir` (blocking).

@@ -341,6 +341,18 @@ impl FaultDisk {
         Ok(())
     }
 
+    /// Before the file `from` is renamed to `to` (durable at once, like every directory
+    /// entry here): `from`'s unsynced changes go with it, and the file `to` replaced is gone.
+    pub(crate) fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        self.begin()?;
+        let moved = self.undo.remove(from);
+        self.undo.remove(to);
+        if let Some(changes) = moved {
+            self.undo.insert(to.to_path_buf(), changes);
+        }
+        Ok(())
+    }
+
     /// Any other operation (a directory sync, a metadata read): it fails only after a crash.
     pub(crate) fn other(&mut self) -> io::Result<()> {
         self.begin()

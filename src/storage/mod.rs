@@ -50,15 +50,20 @@ mod sim;
 mod users;
 
 pub use acls::{AclError, AclStore};
-pub use config::{FsyncPolicy, LogConfig};
+pub use config::{FsyncPolicy, LogConfig, Ratio};
 pub use disk::{init_sync_journal, SYNC_JOURNAL_ENV};
 pub use error::StorageError;
 pub use fence_file::Fence;
-pub use log::{AppendOutcome, CorruptBatch, FileRange, PartitionLog, ReadOutcome, ScrubStep};
+pub use log::{
+    AppendOutcome, CompactionPace, CompactionStats, CorruptBatch, FileRange, PartitionLog,
+    ReadOutcome, ScrubStep,
+};
 pub use producer_ids::ProducerIds;
 pub use producers::ProducerError;
 pub use quotas::{QuotaChange, QuotaError, QuotaStore};
 pub use users::{UserError, UserTable, Users};
 
+#[cfg(test)]
+mod compaction_tests;
 #[cfg(test)]
 mod tests;

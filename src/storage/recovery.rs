@@ -1,9 +1,10 @@
 //! Bringing a partition directory back to a consistent log after a crash or a clean stop.
 //!
 //! The log files are the truth and the index files are hints. Invariant after recovery:
-//! every segment holds only whole batches with dense offsets starting at its base offset, the
-//! last segment holds only CRC-valid batches, and every index entry points at the start of a
-//! batch. A torn or corrupt tail is truncated (with a warning saying how much and why) and a
+//! every segment holds only whole batches with rising offsets from its base offset on (dense
+//! in the active segment; a sealed one that compaction rewrote has gaps where whole batches
+//! went), the last segment holds only CRC-valid batches, every index entry points at the start
+//! of a batch, and no compaction is left half swapped in ([`settle_compaction`]). A torn or corrupt tail is truncated (with a warning saying how much and why) and a
 //! damaged index is rebuilt from the log, so a bad batch is never served.
 //!
 //! This runs once per partition on the owning shard before it serves traffic, so it uses
@@ -65,6 +66,7 @@ pub(crate) fn recover_dir(
         }
     }
     logs.sort_unstable();
+    settle_compaction(dir)?;
 
     let marker = dir.join(CLEAN_STOP_MARKER);
     let clean_stop = disk::remove_blocking(&marker)?;
@@ -98,19 +100,78 @@ pub(crate) fn recover_dir(
                     ),
                 ));
             }
-            if prev.next_offset < base {
-                warn!(
-                    dir = %dir.display(),
-                    missing_from = prev.next_offset,
-                    missing_to = base - 1,
-                    "offsets missing between two segments"
-                );
-            }
         }
         segments.push(segment);
     }
     Ok(segments)
 }
+
+/// Finishes or undoes a compaction a crash interrupted (`log/compact.rs` writes a segment's
+/// cleaned files under [`CLEANED_SUFFIX`] names, syncs them, and renames the log first). A
+/// cleaned log still there means its rename never happened: the original log is whole, and
+/// every cleaned file of that segment is removed. Cleaned index files without a cleaned log
+/// belong to a log already renamed into place: they are complete (synced before that rename)
+/// and take their final names. Runs before the segments are listed, so what they list is
+/// either the old segment or the new one, never a mix.
+fn settle_compaction(dir: &Path) -> Result<(), StorageError> {
+    let mut cleaned: Vec<(i64, &'static str)> = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| StorageError::io(dir, e))? {
+        let entry = entry.map_err(|e| StorageError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name.strip_suffix(CLEANED_SUFFIX) else {
+            continue;
+        };
+        let Some((stem, suffix)) = rest.trim_end_matches('.').split_once('.') else {
+            continue;
+        };
+        let Some(base) = parse_base(stem) else {
+            continue;
+        };
+        for known in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            if suffix == known {
+                cleaned.push((base, known));
+            }
+        }
+    }
+    if cleaned.is_empty() {
+        return Ok(());
+    }
+    cleaned.sort_unstable();
+    for &(base, suffix) in &cleaned {
+        let files = SegmentFiles::new(dir, base);
+        let from = cleaned_path(&files, suffix);
+        let log_cleaned = cleaned.contains(&(base, LOG_SUFFIX));
+        if log_cleaned {
+            warn!(path = %from.display(), "removing a compaction's output that a stop cut short");
+            disk::remove_blocking(&from)?;
+        } else {
+            let to = match suffix {
+                INDEX_SUFFIX => &files.index,
+                _ => &files.time_index,
+            };
+            info!(path = %to.display(), "finishing a compaction that a stop cut short");
+            disk::rename_blocking(&from, to)?;
+        }
+    }
+    disk::sync_dir_blocking(dir)
+}
+
+/// Where compaction writes the cleaned file of `files` with `suffix` before its rename.
+pub(crate) fn cleaned_path(files: &SegmentFiles, suffix: &str) -> PathBuf {
+    let path = match suffix {
+        LOG_SUFFIX => &files.log,
+        INDEX_SUFFIX => &files.index,
+        _ => &files.time_index,
+    };
+    let mut name = path.as_os_str().to_owned();
+    name.push(".");
+    name.push(CLEANED_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// The suffix compaction adds to the files it writes until they replace a segment's.
+pub(crate) const CLEANED_SUFFIX: &str = "cleaned";
 
 /// Parses a 20-digit base offset file stem.
 fn parse_base(stem: &str) -> Option<i64> {
@@ -214,6 +275,7 @@ fn recover_segment(
         log_len,
         base,
         verify,
+        gaps: !is_last,
         batch_limit,
         interval,
     };
@@ -497,6 +559,10 @@ struct LogScan<'a> {
     base: i64,
     /// Check each batch's CRC and header fully, not just its framing.
     verify: bool,
+    /// A batch may start past the offset after the previous one: a sealed segment that
+    /// compaction rewrote lost whole batches (`log/compact.rs`). The active segment is never
+    /// compacted, so there a gap means a bad batch.
+    gaps: bool,
     batch_limit: usize,
     interval: u32,
 }
@@ -545,7 +611,7 @@ impl LogScan<'_> {
                     ),
                 ));
             }
-            if header.base_offset != next {
+            if header.base_offset < next || (header.base_offset > next && !self.gaps) {
                 return Ok(stop(
                     pos,
                     next,

@@ -20,6 +20,16 @@
 //! - **recovery is idempotent**: opening the recovered log again after another crash
 //!   finds the same log start, high watermark and bytes.
 //!
+//! A second set of seeds runs logs with `cleanup.policy=compact` (some also `delete`),
+//! tombstones among the records, and compaction passes in the random schedule, some cut
+//! short by a crash. There a batch may also read back as a compacted form of the one
+//! appended (same offsets and header fields, a subsequence of its records, byte for byte),
+//! or not at all, and offsets may have gaps; what must hold instead is **each key's newest
+//! record**: for every key, the newest record read is at or after the newest one
+//! acknowledged (the same record if at the same offset), or, if that one was a tombstone,
+//! the key may be gone altogether; and every acknowledged record without a key is read
+//! back.
+//!
 //! Everything runs on one thread in one `compio` runtime, with file operations done at once
 //! by the fault disk, so a seed replays exactly. A failing seed prints itself;
 //! `EVENTFLOW_SIM_SEED=<seed>` runs that one alone, `EVENTFLOW_SIM_SEEDS=<n>` runs seeds
@@ -29,8 +39,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::rc::{Rc, Weak};
 
+use super::config::CleanupPolicy;
 use super::fault::{self, FaultDisk, FaultRates, FaultStats, SimRng};
-use super::{FsyncPolicy, LogConfig, PartitionLog, StorageError};
+use super::{CompactionPace, FsyncPolicy, LogConfig, PartitionLog, StorageError};
 use crate::protocol::batch::{self, BatchBuilder, ValidBatch, BATCH_HEADER_LEN};
 
 /// The environment variable naming the one seed to run.
@@ -39,6 +50,8 @@ const SEED_ENV: &str = "EVENTFLOW_SIM_SEED";
 const SEEDS_ENV: &str = "EVENTFLOW_SIM_SEEDS";
 /// Seeds run by default (CI).
 const DEFAULT_SEEDS: u64 = 250;
+/// Seeds of compacted logs run by default (CI).
+const DEFAULT_COMPACTED_SEEDS: u64 = 100;
 
 /// What the simulation knows the log must hold.
 #[derive(Default)]
@@ -50,6 +63,9 @@ struct Model {
     unsynced: Vec<i64>,
     /// Every batch ever handed to append, with its base offset zeroed.
     known: HashSet<Vec<u8>>,
+    /// The same batches by their base timestamp, unique per batch (compacted logs: a batch
+    /// read back compacted is checked against the one it came from).
+    known_by_timestamp: BTreeMap<i64, Vec<u8>>,
     /// Batches appended so far (for unique values).
     appended: u64,
     /// The idempotent producer's next sequence number.
@@ -77,6 +93,8 @@ struct Sim {
     /// Log start and high watermark last seen while the log was open.
     seen: (i64, i64),
     steps: Vec<String>,
+    /// The log is compacted (`cleanup.policy` with `compact`).
+    compact: bool,
 }
 
 /// How the simulation failed.
@@ -155,15 +173,21 @@ impl Sim {
             value.resize(value.len() + len, (id % 251) as u8);
             let key = format!("key-{}", self.draw(5));
             let with_key = self.draw(4) != 0;
+            let tombstone = self.compact && with_key && self.draw(6) == 0;
             builder.push(
                 self.epoch_ms + id as i64,
                 with_key.then_some(key.as_bytes()),
-                Some(&value),
+                (!tombstone).then_some(value.as_slice()),
                 &[],
             );
         }
         let batch = ValidBatch::new(builder.finish(), usize::MAX).expect("a built batch is valid");
         self.model.known.insert(normalized(batch.as_bytes()));
+        if self.compact {
+            self.model
+                .known_by_timestamp
+                .insert(batch.header().base_timestamp, normalized(batch.as_bytes()));
+        }
         batch
     }
 
@@ -283,6 +307,10 @@ impl Sim {
                 "the batches end at {next}, the high watermark is {hw}"
             ));
         }
+        if self.compact {
+            self.check_newest_records(&all)?;
+            return Ok(all);
+        }
         for (base, bytes) in &self.model.acked {
             match seen_bases.get(base) {
                 Some(found) if found == bytes => {}
@@ -334,9 +362,14 @@ impl Sim {
                     ))
                 }
             };
+            // Compaction leaves gaps where whole batches went.
             let dense = match expect {
-                None => header.base_offset <= offset && header.last_offset() >= offset,
-                Some(next) => header.base_offset == next,
+                None => {
+                    (header.base_offset <= offset || self.compact) && header.last_offset() >= offset
+                }
+                Some(next) => {
+                    header.base_offset == next || (self.compact && header.base_offset > next)
+                }
             };
             if !dense {
                 if flipped {
@@ -353,7 +386,7 @@ impl Sim {
                 // carries no record data: a flip there cannot be detected by anyone.
                 content[LEADER_EPOCH].copy_from_slice(&(-1i32).to_be_bytes());
             }
-            if !self.model.known.contains(&content) {
+            if !self.model.known.contains(&content) && !self.compacted_from_known(&content) {
                 return Err(format!(
                     "a read at {offset} returned a CRC-valid batch at {} that was never appended",
                     header.base_offset
@@ -364,7 +397,7 @@ impl Sim {
                 if flipped {
                     acked[LEADER_EPOCH].copy_from_slice(&bytes[LEADER_EPOCH]);
                 }
-                if acked.as_slice() != bytes {
+                if acked.as_slice() != bytes && !(self.compact && compaction_of(bytes, &acked)) {
                     return Err(format!(
                         "the acknowledged batch at {} reads back different bytes",
                         header.base_offset
@@ -625,6 +658,7 @@ impl Sim {
                     if result.is_ok() { "ok" } else { "error" }
                 ));
             }
+            70..=72 if self.compact => self.compaction_step().await?,
             70..=76 => {
                 let log = Rc::clone(self.log()?);
                 arm(true);
@@ -711,6 +745,95 @@ impl Sim {
         }
     }
 
+    /// A compaction pass, with faults armed, at a clock up to 300 ms past the newest
+    /// batch's timestamp (so tombstones sometimes pass `delete.retention.ms`); one in three
+    /// is cut short by a crash.
+    async fn compaction_step(&mut self) -> SimResult {
+        let log = Rc::clone(self.log()?);
+        let now = self.epoch_ms + self.model.appended as i64 + self.draw(300) as i64;
+        let crash = self.draw(3) == 0;
+        if crash {
+            let after = 1 + self.draw(60);
+            fault::with(|d| d.crash_after(after));
+        }
+        arm(true);
+        let result = log.compact(now, CompactionPace::new(0)).await;
+        arm(false);
+        drop(log);
+        // Any error may come of the faults (the checks after the step see what it left).
+        self.note(format!("compact: {result:?}"));
+        if crash {
+            self.crash_then_recover().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether `content` (base offset zeroed) is a compacted form of a batch appended.
+    fn compacted_from_known(&self, content: &[u8]) -> bool {
+        self.compact
+            && batch::BatchHeader::parse(content).is_ok_and(|header| {
+                self.model
+                    .known_by_timestamp
+                    .get(&header.base_timestamp)
+                    .is_some_and(|original| compaction_of(content, original))
+            })
+    }
+
+    /// Compacted logs: each key's newest acknowledged record is read back, or one after it,
+    /// or the key is gone after a tombstone; every acknowledged record without a key is
+    /// read back. `all`: the batches read from the log start to the high watermark.
+    fn check_newest_records(&self, all: &[u8]) -> SimResult {
+        let mut read_newest: BTreeMap<Vec<u8>, (i64, Option<Vec<u8>>)> = BTreeMap::new();
+        let mut read_keyless = HashSet::new();
+        for_each_record(all, |offset, key, value| match key {
+            Some(key) => {
+                read_newest.insert(key.to_vec(), (offset, value.map(<[u8]>::to_vec)));
+            }
+            None => {
+                read_keyless.insert(offset);
+            }
+        })?;
+        let mut acked_newest: BTreeMap<Vec<u8>, (i64, Option<Vec<u8>>)> = BTreeMap::new();
+        let mut lost_keyless = None;
+        for bytes in self.model.acked.values() {
+            for_each_record(bytes, |offset, key, value| match key {
+                Some(key) => {
+                    acked_newest.insert(key.to_vec(), (offset, value.map(<[u8]>::to_vec)));
+                }
+                None if !read_keyless.contains(&offset) => lost_keyless = Some(offset),
+                None => {}
+            })?;
+        }
+        if let Some(offset) = lost_keyless {
+            return Err(format!(
+                "the acknowledged record without a key at {offset} is lost"
+            ));
+        }
+        for (key, (offset, value)) in &acked_newest {
+            let key_name = String::from_utf8_lossy(key);
+            match read_newest.get(key) {
+                Some((found, found_value)) if found == offset && found_value != value => {
+                    return Err(format!(
+                        "{key_name}'s newest record at {offset} reads back another value"
+                    ))
+                }
+                Some((found, _)) if found < offset => {
+                    return Err(format!(
+                    "{key_name}'s newest record is at {found}, the newest acknowledged at {offset}"
+                ))
+                }
+                Some(_) => {}
+                None if value.is_none() => {}
+                None => {
+                    return Err(format!(
+                        "{key_name} is gone, its newest acknowledged record at {offset} with it"
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn crash_then_recover(&mut self) -> SimResult {
         self.crash_now().await?;
         let power_loss = self.draw(3) != 0;
@@ -735,27 +858,81 @@ fn last_delta(bytes: &[u8]) -> i64 {
     batch::BatchHeader::parse(bytes).map_or(0, |h| i64::from(h.last_offset_delta))
 }
 
+/// Whether batch `got` is a compacted form of `original` (both with the same base offset):
+/// the same header but for length, record count and CRC, and its records a subsequence of
+/// the original's, byte for byte.
+fn compaction_of(got: &[u8], original: &[u8]) -> bool {
+    let (Ok(a), Ok(b)) = (
+        batch::BatchHeader::parse(got),
+        batch::BatchHeader::parse(original),
+    ) else {
+        return false;
+    };
+    let fields = |h: &batch::BatchHeader| {
+        (
+            h.base_offset,
+            h.last_offset_delta,
+            h.base_timestamp,
+            h.max_timestamp,
+            h.attributes,
+            h.producer_id,
+            h.producer_epoch,
+            h.base_sequence,
+        )
+    };
+    let (Ok(mut got), Ok(original)) = (batch::records(got), batch::records(original)) else {
+        return false;
+    };
+    let Ok(original) = original.collect::<Result<Vec<_>, _>>() else {
+        return false;
+    };
+    let mut rest = original.iter();
+    fields(&a) == fields(&b) && got.all(|r| r.is_ok_and(|r| rest.any(|o| *o == r)))
+}
+
+/// Calls `f(offset, key, value)` for every record of the whole batches in `bytes`.
+fn for_each_record(
+    bytes: &[u8],
+    mut f: impl FnMut(i64, Option<&[u8]>, Option<&[u8]>),
+) -> Result<(), String> {
+    for item in batch::batches(bytes) {
+        let (at, header) = item.map_err(|e| format!("a batch read back does not parse: {e}"))?;
+        let records = batch::records(&bytes[at..at + header.total_len()])
+            .map_err(|e| format!("a batch read back does not decode: {e}"))?;
+        for record in records {
+            let record = record.map_err(|e| format!("a record read back does not decode: {e}"))?;
+            f(record.offset, record.key, record.value);
+        }
+    }
+    Ok(())
+}
+
 /// Runs one seed; `Err` describes the first broken invariant and the steps before it.
 pub(super) fn run_seed(seed: u64) -> Result<(), String> {
-    run_traced(seed).map(drop)
+    run_traced(seed, false).map(drop)
+}
+
+/// Runs one seed of a compacted log.
+fn run_compacted_seed(seed: u64) -> Result<(), String> {
+    run_traced(seed, true).map(drop)
 }
 
 /// Runs one seed; on success, returns every step it took and what the disk did.
-fn run_traced(seed: u64) -> Result<(Vec<String>, FaultStats), String> {
+fn run_traced(seed: u64, compact: bool) -> Result<(Vec<String>, FaultStats), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut rng = SimRng::new(seed);
     let fault_rates = rates(&mut rng);
     fault::install(rng.next_u64(), fault_rates);
     let result = compio::runtime::Runtime::new()
         .map_err(|e| e.to_string())
-        .and_then(|runtime| runtime.block_on(simulate(&mut rng, dir.path())));
+        .and_then(|runtime| runtime.block_on(simulate(&mut rng, dir.path(), compact)));
     let stats = fault::with(|d| d.stats);
     fault::uninstall();
     result.map(|steps| (steps, stats))
 }
 
-async fn simulate(rng: &mut SimRng, dir: &Path) -> Result<Vec<String>, String> {
-    let config = LogConfig {
+async fn simulate(rng: &mut SimRng, dir: &Path, compact: bool) -> Result<Vec<String>, String> {
+    let mut config = LogConfig {
         segment_bytes: 1024 + rng.below(8 * 1024),
         segment_ms: None,
         retention_ms: None,
@@ -771,6 +948,15 @@ async fn simulate(rng: &mut SimRng, dir: &Path) -> Result<Vec<String>, String> {
         ..LogConfig::default()
     };
     let steps = 40 + rng.below(80);
+    if compact {
+        // Drawn after everything else, so the other seeds run as they always did.
+        config.cleanup = CleanupPolicy {
+            compact: true,
+            delete: rng.below(3) == 0,
+        };
+        config.delete_retention_ms = rng.below(200);
+        config.min_compaction_lag_ms = 0;
+    }
     let mut sim = Sim {
         config,
         epoch_ms: std::time::SystemTime::now()
@@ -781,6 +967,7 @@ async fn simulate(rng: &mut SimRng, dir: &Path) -> Result<Vec<String>, String> {
         log: None,
         seen: (0, 0),
         steps: Vec::new(),
+        compact,
     };
     let result = async {
         sim.recover().await?;
@@ -808,21 +995,21 @@ async fn simulate(rng: &mut SimRng, dir: &Path) -> Result<Vec<String>, String> {
         })
 }
 
-fn seeds_from_env() -> Vec<u64> {
+fn seeds_from_env(default: u64) -> Vec<u64> {
     if let Some(seed) = std::env::var(SEED_ENV).ok().and_then(|s| s.parse().ok()) {
         return vec![seed];
     }
     let count = std::env::var(SEEDS_ENV)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_SEEDS);
+        .unwrap_or(default);
     (0..count).collect()
 }
 
 #[test]
 fn simulated_partition_logs_keep_their_invariants() {
     let started = std::time::Instant::now();
-    let seeds = seeds_from_env();
+    let seeds = seeds_from_env(DEFAULT_SEEDS);
     let mut failed = Vec::new();
     for (i, &seed) in seeds.iter().enumerate() {
         if let Err(e) = run_seed(seed) {
@@ -846,12 +1033,31 @@ fn simulated_partition_logs_keep_their_invariants() {
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
 }
 
+#[test]
+fn simulated_compacted_logs_keep_each_keys_newest_record() {
+    let seeds = seeds_from_env(DEFAULT_COMPACTED_SEEDS);
+    let failed: Vec<u64> = seeds
+        .iter()
+        .copied()
+        .filter(|&seed| match run_compacted_seed(seed) {
+            Ok(()) => false,
+            Err(e) => {
+                eprintln!(
+                    "compacted simulation seed {seed} failed (rerun: {SEED_ENV}={seed}): {e}"
+                );
+                true
+            }
+        })
+        .collect();
+    assert!(failed.is_empty(), "failing compacted seeds: {failed:?}");
+}
+
 /// A seed replays exactly: the same steps, outcomes and disk operations.
 #[test]
 fn a_seed_replays_exactly() {
     for seed in [1, 2] {
-        let (steps, stats) = run_traced(seed).unwrap();
-        let (again, again_stats) = run_traced(seed).unwrap();
+        let (steps, stats) = run_traced(seed, false).unwrap();
+        let (again, again_stats) = run_traced(seed, false).unwrap();
         assert_eq!(steps, again);
         assert_eq!(
             (stats.ops, stats.injected, stats.flips, stats.undone),

@@ -33,6 +33,7 @@ const SOURCE_DEFAULT: i8 = 5;
 /// Kafka's config types (DescribeConfigsResponse `ConfigType`, v3+).
 const TYPE_INT: i8 = 3;
 const TYPE_LONG: i8 = 5;
+const TYPE_DOUBLE: i8 = 6;
 const TYPE_LIST: i8 = 7;
 
 /// Kafka's IncrementalAlterConfigs operations.
@@ -43,6 +44,7 @@ fn config_type(name: &str) -> i8 {
     match name {
         "segment.bytes" | "log.segment.bytes" => TYPE_INT,
         "cleanup.policy" | "log.cleanup.policy" => TYPE_LIST,
+        "min.cleanable.dirty.ratio" | "log.cleaner.min.cleanable.ratio" => TYPE_DOUBLE,
         _ => TYPE_LONG,
     }
 }
@@ -51,6 +53,7 @@ fn config_type(name: &str) -> i8 {
 fn broker_name(topic_key: &str) -> String {
     match topic_key {
         "segment.ms" => "log.roll.ms".to_string(),
+        "min.cleanable.dirty.ratio" => "log.cleaner.min.cleanable.ratio".to_string(),
         other => format!("log.{other}"),
     }
 }

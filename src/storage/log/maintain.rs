@@ -22,7 +22,7 @@ impl PartitionLog {
         self.sync_dirty().await
     }
 
-    async fn sync_dirty(&self) -> Result<(), StorageError> {
+    pub(super) async fn sync_dirty(&self) -> Result<(), StorageError> {
         let dirty: Vec<(i64, File, u64, File, File, SegmentFiles)> = self
             .segments
             .borrow_mut()
@@ -62,7 +62,8 @@ impl PartitionLog {
         }
         self.expire_producers(now_ms);
         let config = self.config.borrow().clone();
-        if !config.cleanup.delete {
+        // A running compaction is swapping segment files; the next pass deletes.
+        if !config.cleanup.delete || self.compacting.get() {
             return Ok(0);
         }
         let removed: Vec<Segment> = {

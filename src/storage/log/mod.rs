@@ -14,8 +14,9 @@
 //! round complete; batches queued meanwhile form the next round. The flush task is spawned (detached) rather than run inside one caller's future,
 //! so a producer that gives up waiting cannot cancel a write other producers depend on.
 //!
-//! Invariants: offsets are dense and never reused (the log start only moves forward by whole
-//! segments), readers see only bytes below the high watermark, and the bytes read are exactly
+//! Invariants: offsets are assigned densely and never reused (the log start only moves
+//! forward by whole segments; compaction leaves gaps in sealed segments but never moves or
+//! renumbers a batch), readers see only bytes below the high watermark, and the bytes read are exactly
 //! the bytes appended (with their assigned base offsets).
 //!
 //! Idempotent producers: the flush task checks their batches' sequence numbers and epochs
@@ -26,12 +27,13 @@
 //! The jobs live in one file each: `state.rs` (the struct, opening, accessors), `commit.rs`
 //! (append, the producer checks and the group-commit flush task), `read.rs` (reads, the
 //! readable-bytes estimate, timestamp lookup), `maintain.rs` (retention, sync, close,
-//! reconfiguration), `producers.rs` (producer-table snapshots and expiry), `scrub.rs` (the
+//! reconfiguration), `compact.rs` (log compaction of sealed segments), `producers.rs` (producer-table snapshots and expiry), `scrub.rs` (the
 //! background CRC check of sealed segments), `fence.rs` (the corrupt batches it found,
 //! which reads refuse to return) and `writer.rs` (the file writes of one
 //! group-commit chunk).
 
 mod commit;
+mod compact;
 mod fence;
 mod maintain;
 mod producers;
@@ -40,6 +42,7 @@ mod scrub;
 mod state;
 mod writer;
 
+pub use compact::{CompactionPace, CompactionStats};
 pub use read::{FileRange, ReadOutcome};
 pub use scrub::{CorruptBatch, ScrubStep};
 pub use state::{AppendOutcome, PartitionLog};

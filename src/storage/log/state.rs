@@ -73,6 +73,17 @@ pub struct PartitionLog {
     pub(super) scrub_at: Cell<(i64, u64, i64)>,
     /// Corrupt batches reads refuse to return, in log order (`fence.rs`).
     pub(super) fences: RefCell<Vec<Fence>>,
+    /// Sealed segments below this base offset hold at most one record per key, as of the
+    /// last compaction (`compact.rs`); the ones from it on are dirty. Not stored: after a
+    /// start the whole log counts as dirty once.
+    pub(super) cleaned_to: Cell<i64>,
+    /// When the oldest tombstone the last compaction kept may go (`delete.retention.ms`).
+    pub(super) tombstones_due: Cell<Option<i64>>,
+    /// When the oldest record the last compaction kept only for `min.compaction.lag.ms`
+    /// may go: until then a pass would find the same segments dirty again.
+    pub(super) young_due: Cell<Option<i64>>,
+    /// A compaction is running: retention leaves the segments alone meanwhile.
+    pub(super) compacting: Cell<bool>,
 }
 
 impl std::fmt::Debug for PartitionLog {
@@ -163,6 +174,10 @@ impl PartitionLog {
             dir_id,
             scrub_at: Cell::new((i64::MIN, 0, 0)),
             fences: RefCell::new(fences),
+            cleaned_to: Cell::new(i64::MIN),
+            tombstones_due: Cell::new(None),
+            young_due: Cell::new(None),
+            compacting: Cell::new(false),
         })
     }
 
