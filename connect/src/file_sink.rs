@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use eventflow::client::backoff::Backoff;
 use eventflow::client::consumer::Consumer;
 use eventflow::client::format::RecordFormat;
 use eventflow::client::group::{GroupConfig, OffsetReset};
@@ -169,6 +170,27 @@ impl FileSink {
         Ok(file)
     }
 
+    /// A consumer that joined `group`, subscribed to the topics.
+    fn join(&self, ctx: &ConnectorContext, group: &str) -> Result<Consumer, ClientError> {
+        let config = &self.config;
+        let mut consumer = Consumer::new(ctx.broker.consumer())?;
+        let session = Duration::from_millis(config.session_timeout_ms);
+        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        let group_config = GroupConfig {
+            session_timeout: session,
+            heartbeat_interval: (session / 5).max(Duration::from_millis(100)),
+            auto_commit: None,
+            reset: match config.start {
+                Start::Earliest => OffsetReset::Earliest,
+                Start::Latest => OffsetReset::Latest,
+            },
+            client_id: "eventflow-connect".into(),
+            ..GroupConfig::default()
+        };
+        consumer.subscribe(group, &topics, group_config)?;
+        Ok(consumer)
+    }
+
     /// Makes what was written durable, records it in the state file, then commits it to
     /// the group, in that order.
     fn commit(
@@ -198,25 +220,20 @@ impl Connector for FileSink {
             state_file::load(&ctx.state_file("sink.json"))?.unwrap_or_default();
         let file = self.open(ctx, &mut state)?;
         let mut out = BufWriter::with_capacity(64 << 10, file);
-        let mut consumer = Consumer::new(ctx.broker.consumer())?;
         let group = config.group.clone().unwrap_or_else(|| ctx.name.clone());
-        let session = Duration::from_millis(config.session_timeout_ms);
-        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-        let group_config = GroupConfig {
-            session_timeout: session,
-            heartbeat_interval: (session / 5).max(Duration::from_millis(100)),
-            auto_commit: None,
-            reset: match config.start {
-                Start::Earliest => OffsetReset::Earliest,
-                Start::Latest => OffsetReset::Latest,
-            },
-            client_id: "eventflow-connect".into(),
-            ..GroupConfig::default()
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut consumer = loop {
+            match self.join(ctx, &group) {
+                Ok(consumer) => break consumer,
+                Err(e) if e.is_retriable() => {
+                    tracing::warn!("{}: cannot join group {group}: {e}; trying again", ctx.name);
+                    if !ctx.sleep(backoff.next_delay()) {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot join group {group}")),
+            }
         };
-        consumer
-            .subscribe(&group, &topics, group_config)
-            .with_context(|| format!("cannot join group {group}"))?;
-        let mut last_commit = Instant::now();
         tracing::info!(
             "{}: writing {} to {} (group {group})",
             ctx.name,
@@ -224,6 +241,7 @@ impl Connector for FileSink {
             config.file.display()
         );
         let interval = Duration::from_millis(config.commit_interval_ms);
+        let mut last_commit = Instant::now();
         let mut written = 0u64;
         let mut last_report = Instant::now();
         let mut dirty = false;

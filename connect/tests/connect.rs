@@ -397,6 +397,39 @@ fn long_lines_are_dropped_and_bytes_kept() {
     assert!(log.contains("100 bytes, over max_line_bytes (64)"), "{log}");
 }
 
+/// A connector that fails is reported FAILED with its name, the others go on, and the
+/// runner's exit status says that one failed.
+#[test]
+fn a_failed_connector_does_not_stop_the_others() {
+    let broker = Broker::start();
+    broker.create_topic("works", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (source, sink) = (dir.path().join("in.txt"), dir.path().join("out.txt"));
+    append(&source, numbered(0..10));
+    let path = config(&broker, dir.path(), "works", (&source, ""), (&sink, ""));
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!(
+        "\n[[connector]]\nname = \"orphan\"\nkind = \"file-source\"\nfile = \"{}\"\ntopic = \"no-such-topic\"\n",
+        source.display()
+    ));
+    std::fs::write(&path, text).unwrap();
+    let runner = Runner::start(&path, &dir.path().join("connect.log"));
+    assert!(
+        eventually(WAIT, || runner.log().contains("connector orphan FAILED")),
+        "{}",
+        runner.log()
+    );
+    assert!(
+        eventually(WAIT, || lines_of(&sink) == numbered(0..10)),
+        "{}",
+        runner.log()
+    );
+    let log = runner.log();
+    assert!(log.contains("topic no-such-topic"), "{log}");
+    let status = runner.terminate();
+    assert_eq!(status.code(), Some(1));
+}
+
 /// Bad configs are refused before anything runs, naming the connector and the key.
 #[test]
 fn bad_configs_are_refused_clearly() {

@@ -375,6 +375,9 @@ impl FileSource {
                 *saved = Some(cp.clone());
                 stored.retain(|&at| at >= cp.position);
                 self.report(ctx, &cp);
+                if ctx.stopping() {
+                    return Ok(());
+                }
                 continue;
             }
             // At the end of the file.
