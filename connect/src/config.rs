@@ -5,7 +5,7 @@
 //! key, so a typo is an error at start-up rather than a setting silently left at its
 //! default. A connector table's `kind` picks the settings type its other keys are read
 //! into (one type per kind, in the kind's module); adding a kind is one variant of
-//! [`ConnectorSettings`] and one arm in [`ConnectorSettings::parse`].
+//! [`ConnectorSettings`] and its arms in `parse`, `build` and `kind`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -268,7 +268,8 @@ impl FileSource {
     }
 
     /// Line offsets at or after `cp.position` of this connector's records for `id`, from
-    /// `cp.offsets` to the end of every partition: the lines already stored.
+    /// `cp.offsets` to the end of every partition: the lines already stored. Also every
+    /// partition's end as it was read.
     fn stored_since(
         &self,
         ctx: &ConnectorContext,
@@ -276,13 +277,15 @@ impl FileSource {
         partitions: u32,
         cp: &Checkpoint,
         id_header: &str,
-    ) -> anyhow::Result<HashSet<u64>> {
+    ) -> anyhow::Result<(HashSet<u64>, BTreeMap<u32, i64>)> {
         let topic = &self.config.topic;
+        let mut all_ends = BTreeMap::new();
         let mut ends = BTreeMap::new();
         let mut consumer: Option<Consumer> = None;
         for p in 0..partitions {
             let earliest = admin.list_offset(topic, p, offset_spec::EARLIEST)?;
             let end = admin.list_offset(topic, p, offset_spec::LATEST)?;
+            all_ends.insert(p, end);
             let from = cp
                 .offsets
                 .get(&p)
@@ -303,7 +306,7 @@ impl FileSource {
         }
         let mut stored = HashSet::new();
         let Some(mut consumer) = consumer else {
-            return Ok(stored);
+            return Ok((stored, all_ends));
         };
         while !ends.is_empty() && !ctx.stopping() {
             for r in consumer.poll(Duration::from_millis(500))? {
@@ -317,7 +320,7 @@ impl FileSource {
             }
             ends.retain(|p, end| consumer.position(topic, *p).is_some_and(|at| at < *end));
         }
-        Ok(stored)
+        Ok((stored, all_ends))
     }
 
     /// Copies lines until asked to stop. Returns an error on a broker error (the caller
@@ -343,7 +346,8 @@ impl FileSource {
         let mut cp = self.starting_point(ctx, &mut admin, partitions, tail, saved.take())?;
         state_file::save(&state_path, &cp)?;
         *saved = Some(cp.clone());
-        let mut stored = self.stored_since(ctx, &mut admin, partitions, &cp, &tail.id_header)?;
+        let (mut stored, mut scanned_ends) =
+            self.stored_since(ctx, &mut admin, partitions, &cp, &tail.id_header)?;
         drop(admin);
         if ctx.stopping() {
             return Ok(());
@@ -371,9 +375,19 @@ impl FileSource {
             )?;
             if tail.reader.position() > cp.position {
                 self.acknowledge(&producer, deliveries, &mut cp, tail.reader.position())?;
+                stored.retain(|&at| at >= cp.position);
+                if stored.is_empty() {
+                    // Every line found by the check is behind: what this run sends lands
+                    // past the ends the check read, so the next check may start there
+                    // (partitions this source has not written to in a long time would
+                    // otherwise be read from old offsets).
+                    for (p, end) in std::mem::take(&mut scanned_ends) {
+                        let next = cp.offsets.entry(p).or_insert(end);
+                        *next = (*next).max(end);
+                    }
+                }
                 state_file::save(&state_path, &cp)?;
                 *saved = Some(cp.clone());
-                stored.retain(|&at| at >= cp.position);
                 self.report(ctx, &cp);
                 if ctx.stopping() {
                     return Ok(());
