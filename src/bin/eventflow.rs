@@ -519,10 +519,32 @@ fn connect(bootstrap: &str) -> Result<Client, eventflow::client::ClientError> {
 /// The connector runner's binary.
 const CONNECT_BINARY: &str = "eventflow-connect";
 
+impl Cli {
+    /// The TLS files of `--tls-ca`, `--tls-cert` and `--tls-key`, with the variables that
+    /// stand for them.
+    fn tls_paths(&self) -> Vec<(&'static str, PathBuf)> {
+        [
+            ("EVENTFLOW_TLS_CA", &self.tls_ca),
+            ("EVENTFLOW_TLS_CLIENT_CERT", &self.tls_cert),
+            ("EVENTFLOW_TLS_CLIENT_KEY", &self.tls_key),
+        ]
+        .into_iter()
+        .filter_map(|(var, path)| Some((var, path.clone()?)))
+        .collect()
+    }
+}
+
 /// Runs `eventflow-connect` with `args` in place of this process. It is its own binary
 /// (its connectors bring dependencies this one should not carry): the copy next to this
 /// executable is preferred, so a build's two binaries go together; else the first on PATH.
-fn connect_runner(args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
+///
+/// The global flags reach it as the variables they stand for (`--bootstrap` as
+/// EVENTFLOW_BOOTSTRAP, ...), which the runner uses where its config file is silent.
+fn connect_runner(
+    bootstrap: &str,
+    tls: &[(&'static str, PathBuf)],
+    args: &[std::ffi::OsString],
+) -> anyhow::Result<ExitCode> {
     let beside = std::env::current_exe()
         .ok()
         .and_then(|exe| Some(exe.parent()?.join(CONNECT_BINARY)))
@@ -540,8 +562,16 @@ fn connect_runner(args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
     };
     // In place of this process: signals (Ctrl-C, SIGTERM) reach the runner itself, and
     // its exit status is the command's.
-    let error =
-        std::os::unix::process::CommandExt::exec(std::process::Command::new(&binary).args(args));
+    let mut command = std::process::Command::new(&binary);
+    command.args(args).env("EVENTFLOW_BOOTSTRAP", bootstrap);
+    if let Some(login) = credentials() {
+        command
+            .env("EVENTFLOW_SASL_USER", &login.user)
+            .env("EVENTFLOW_SASL_MECHANISM", login.mechanism.to_string())
+            .env("EVENTFLOW_SASL_PASSWORD", &login.password);
+    }
+    command.envs(tls.iter().map(|(var, path)| (var, path)));
+    let error = std::os::unix::process::CommandExt::exec(&mut command);
     Err(error).with_context(|| format!("cannot run {}", binary.display()))
 }
 
@@ -583,6 +613,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let _ = REQUEST_TIMEOUT.set(Duration::from_millis(cli.request_timeout_ms));
     let _ = CREDENTIALS.set(credentials_from(&cli)?);
     let _ = TLS.set(tls_from(&cli)?);
+    let tls_paths = cli.tls_paths();
     match cli.command {
         Command::Topic(cmd) => topic(&cli.bootstrap, cmd),
         Command::Admin(AdminCommand::Verify { name }) => {
@@ -600,7 +631,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User(cmd) => user(&cli.bootstrap, cmd).map(|()| ExitCode::SUCCESS),
         Command::Acl(cmd) => acl(&cli.bootstrap, cmd).map(|()| ExitCode::SUCCESS),
         Command::Quota(cmd) => quota(&cli.bootstrap, cmd).map(|()| ExitCode::SUCCESS),
-        Command::Connect { args } => connect_runner(&args),
+        Command::Connect { args } => connect_runner(&cli.bootstrap, &tls_paths, &args),
     }
 }
 
