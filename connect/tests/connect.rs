@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use eventflow::client::{Client, Credentials};
 use eventflow::protocol::api::offset_spec;
 
 use common::{append, eventually, lines_of, numbered, workspace_binary, Broker, Runner};
@@ -436,6 +437,54 @@ fn a_failed_connector_does_not_stop_the_others() {
     assert!(log.contains("topic no-such-topic"), "{log}");
     let status = runner.terminate();
     assert_eq!(status.code(), Some(1));
+}
+
+/// On a broker that requires a login, the connectors log in as the config's user with
+/// the password from EVENTFLOW_SASL_PASSWORD, as the CLI does.
+#[test]
+fn connectors_log_in_like_the_cli() {
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("admin.password");
+    std::fs::write(&password_file, "s3cret-pass\n").unwrap();
+    let broker = Broker::start_with(&[
+        "--native-require-auth",
+        "--bootstrap-superuser",
+        "admin",
+        "--bootstrap-superuser-password-file",
+        password_file.to_str().unwrap(),
+    ]);
+    let login = Credentials::scram("admin", "s3cret-pass");
+    Client::connect_as(broker.addr.as_str(), Duration::from_secs(30), Some(&login))
+        .unwrap()
+        .create_topic("secured", 1, &[])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (source, sink) = (dir.path().join("in.txt"), dir.path().join("out.txt"));
+    append(&source, numbered(0..20));
+    let config = config(&broker, dir.path(), "secured", (&source, ""), (&sink, ""));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("sasl_user = \"admin\"\n{text}")).unwrap();
+    let runner = Runner::start_command(
+        Command::new(env!("CARGO_BIN_EXE_eventflow-connect"))
+            .arg(&config)
+            .env("EVENTFLOW_SASL_PASSWORD", "s3cret-pass"),
+        &dir.path().join("connect.log"),
+    );
+    assert!(
+        eventually(WAIT, || lines_of(&sink) == numbered(0..20)),
+        "{}",
+        runner.log()
+    );
+    assert!(runner.terminate().success());
+
+    // Without the login, the broker refuses both: they fail, and so does the run.
+    std::fs::write(&config, text).unwrap();
+    let runner = Runner::start(&config, &dir.path().join("anonymous.log"));
+    let status = runner.wait();
+    let log = std::fs::read_to_string(dir.path().join("anonymous.log")).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("connector local-file-source FAILED"), "{log}");
+    assert!(log.contains("connector local-file-sink FAILED"), "{log}");
 }
 
 /// Bad configs are refused before anything runs, naming the connector and the key.

@@ -44,6 +44,11 @@ impl Broker {
     /// `eventflowd --fsync always` on ephemeral loopback ports, groups that complete their
     /// first join at once.
     pub(crate) fn start() -> Broker {
+        Broker::start_with(&[])
+    }
+
+    /// [`Broker::start`] with more flags.
+    pub(crate) fn start_with(flags: &[&str]) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("broker.log")).unwrap();
         let mut child = Command::new(workspace_binary("eventflowd"))
@@ -64,6 +69,7 @@ impl Broker {
             ])
             .arg("--data-dir")
             .arg(dir.path().join("data"))
+            .args(flags)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -193,6 +199,11 @@ impl Runner {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Waits for the runner to exit on its own.
+    pub(crate) fn wait(mut self) -> ExitStatus {
+        wait_with_timeout(self.child.as_mut().unwrap(), Duration::from_secs(60))
     }
 }
 
