@@ -8,9 +8,10 @@
 //! sync, rename, directory sync) with the file's length and, per partition, the offset
 //! after the last record written, and only then commits those offsets to the group. On
 //! start it cuts the file back to the state's length (dropping lines written after the
-//! last state, which the broker still has) and skips any record below the state's offset
-//! of its partition: the group's committed offsets are never ahead of the state, so
-//! resuming from them re-reads at most what the state already covers. Without a state
+//! last state, which the broker still has), starts the partitions it is given at the
+//! state's offsets, and skips any record below the state's offset of its partition: the
+//! group's committed offsets (where partitions given later start) are never ahead of the
+//! state, so resuming from them re-reads at most what the state already covers. Without a state
 //! file (first start), the group's offsets, or `start`, say where to begin.
 //!
 //! A file found shorter than the state says was changed outside the sink (truncated or
@@ -170,8 +171,14 @@ impl FileSink {
         Ok(file)
     }
 
-    /// A consumer that joined `group`, subscribed to the topics.
-    fn join(&self, ctx: &ConnectorContext, group: &str) -> Result<Consumer, ClientError> {
+    /// A consumer that joined `group`, subscribed to the topics, its partitions at the
+    /// state's offsets (where the state has one): the group's offsets may lag, or be gone.
+    fn join(
+        &self,
+        ctx: &ConnectorContext,
+        group: &str,
+        state: &SinkState,
+    ) -> Result<Consumer, ClientError> {
         let config = &self.config;
         let mut consumer = Consumer::new(ctx.broker.consumer())?;
         let session = Duration::from_millis(config.session_timeout_ms);
@@ -188,6 +195,12 @@ impl FileSink {
             ..GroupConfig::default()
         };
         consumer.subscribe(group, &topics, group_config)?;
+        let (_, assigned) = consumer.group_assignment().unwrap_or_default();
+        for (topic, partition) in assigned {
+            if let Some(next) = state.next(&topic, partition) {
+                consumer.seek(&topic, partition, next)?;
+            }
+        }
         Ok(consumer)
     }
 
@@ -223,7 +236,7 @@ impl Connector for FileSink {
         let group = config.group.clone().unwrap_or_else(|| ctx.name.clone());
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut consumer = loop {
-            match self.join(ctx, &group) {
+            match self.join(ctx, &group, &state) {
                 Ok(consumer) => break consumer,
                 Err(e) if e.is_retriable() => {
                     tracing::warn!("{}: cannot join group {group}: {e}; trying again", ctx.name);

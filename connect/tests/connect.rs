@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use eventflow::client::producer::{Producer, ProducerConfig, Record};
 use eventflow::client::{Client, Credentials};
 use eventflow::protocol::api::offset_spec;
 
@@ -59,7 +60,8 @@ session_timeout_ms = 1000
 }
 
 /// Kafka's quickstart: test.txt → topic → test.sink.txt, lines appended while it runs,
-/// SIGTERM ends it with 0; a second run goes on where the first stopped.
+/// SIGTERM ends it with 0; a second run goes on where the first stopped, even with the
+/// sink's group deleted meanwhile.
 #[test]
 fn quickstart_copies_a_file_through_a_topic_into_a_file() {
     let broker = Broker::start();
@@ -101,8 +103,31 @@ fn quickstart_copies_a_file_through_a_topic_into_a_file() {
     );
     assert_eq!(lines_of(&sink), expected);
 
-    // Lines appended while it was down, and after it is back.
-    append(&source, numbered(100..150));
+    // Records produced while it was down, and lines appended after it is back; the sink's
+    // group is gone meanwhile and it would start at the end of the topic: its state says
+    // where it was.
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: broker.addr.clone(),
+        ..ProducerConfig::default()
+    })
+    .unwrap();
+    for line in numbered(100..150) {
+        producer
+            .send(Record {
+                topic: "connect-test",
+                value: Some(line.as_bytes()),
+                ..Record::default()
+            })
+            .unwrap();
+    }
+    producer.flush().unwrap();
+    broker.client().delete_group("local-file-sink").unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let latest = text.replace(
+        "topics = [\"connect-test\"]",
+        "topics = [\"connect-test\"]\nstart = \"latest\"",
+    );
+    std::fs::write(&config, latest).unwrap();
     let runner = Runner::start(&config, &log);
     append(&source, numbered(150..200));
     expected.extend(numbered(100..200));
