@@ -148,6 +148,16 @@ fn quickstart_copies_a_file_through_a_topic_into_a_file() {
 /// it; and a clear error where there is none.
 #[test]
 fn eventflow_connect_runs_the_runner() {
+    let help = Command::new(workspace_binary("eventflow"))
+        .args(["connect", "--help"])
+        .output()
+        .unwrap();
+    assert!(
+        help.status.success(),
+        "{} has no connect subcommand: is it an old build? {}",
+        workspace_binary("eventflow").display(),
+        String::from_utf8_lossy(&help.stderr)
+    );
     let broker = Broker::start();
     broker.create_topic("via-cli", 1);
     let dir = tempfile::tempdir().unwrap();
