@@ -16,6 +16,7 @@ use eventflow::auth::quota::{
 };
 use eventflow::auth::{Mechanism, ScramHash};
 use eventflow::client::consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartAt};
+use eventflow::client::format::RecordFormat;
 use eventflow::client::group::{GroupConfig, OffsetReset};
 use eventflow::client::producer::{Producer, ProducerConfig, Record};
 use eventflow::client::queue::{AckMode, ShareConsumer, ShareConsumerConfig};
@@ -103,6 +104,18 @@ enum Command {
     /// Set, remove and list client quotas (a superuser's commands).
     #[command(subcommand)]
     Quota(QuotaCommand),
+    /// Run connectors (file source, file sink) from a config file: runs the
+    /// `eventflow-connect` binary installed next to this one (docs/CONNECT.md).
+    Connect {
+        /// The config file, then any further arguments of eventflow-connect.
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CONFIG.toml"
+        )]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// The entity a quota command names: a user, a client id, or both; `<default>` names the
@@ -503,6 +516,65 @@ fn connect(bootstrap: &str) -> Result<Client, eventflow::client::ClientError> {
     )
 }
 
+/// The connector runner's binary.
+const CONNECT_BINARY: &str = "eventflow-connect";
+
+impl Cli {
+    /// The TLS files of `--tls-ca`, `--tls-cert` and `--tls-key`, with the variables that
+    /// stand for them.
+    fn tls_paths(&self) -> Vec<(&'static str, PathBuf)> {
+        [
+            ("EVENTFLOW_TLS_CA", &self.tls_ca),
+            ("EVENTFLOW_TLS_CLIENT_CERT", &self.tls_cert),
+            ("EVENTFLOW_TLS_CLIENT_KEY", &self.tls_key),
+        ]
+        .into_iter()
+        .filter_map(|(var, path)| Some((var, path.clone()?)))
+        .collect()
+    }
+}
+
+/// Runs `eventflow-connect` with `args` in place of this process. It is its own binary
+/// (its connectors bring dependencies this one should not carry): the copy next to this
+/// executable is preferred, so a build's two binaries go together; else the first on PATH.
+///
+/// The global flags reach it as the variables they stand for (`--bootstrap` as
+/// EVENTFLOW_BOOTSTRAP, ...), which the runner uses where its config file is silent.
+fn connect_runner(
+    bootstrap: &str,
+    tls: &[(&'static str, PathBuf)],
+    args: &[std::ffi::OsString],
+) -> anyhow::Result<ExitCode> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(CONNECT_BINARY)))
+        .filter(|path| path.is_file());
+    let on_path = || {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|dir| dir.join(CONNECT_BINARY))
+            .find(|path| path.is_file())
+    };
+    let Some(binary) = beside.or_else(on_path) else {
+        bail!(
+            "{CONNECT_BINARY} is not installed (neither next to this executable nor on PATH): \
+             build it with `cargo build -p eventflow-connect` (--release for the release build)"
+        );
+    };
+    // In place of this process: signals (Ctrl-C, SIGTERM) reach the runner itself, and
+    // its exit status is the command's.
+    let mut command = std::process::Command::new(&binary);
+    command.args(args).env("EVENTFLOW_BOOTSTRAP", bootstrap);
+    if let Some(login) = credentials() {
+        command
+            .env("EVENTFLOW_SASL_USER", &login.user)
+            .env("EVENTFLOW_SASL_MECHANISM", login.mechanism.to_string())
+            .env("EVENTFLOW_SASL_PASSWORD", &login.password);
+    }
+    command.envs(tls.iter().map(|(var, path)| (var, path)));
+    let error = std::os::unix::process::CommandExt::exec(&mut command);
+    Err(error).with_context(|| format!("cannot run {}", binary.display()))
+}
+
 /// The first line of `path`, or of the variable `var`.
 fn secret(path: Option<&PathBuf>, var: &str, what: &str) -> anyhow::Result<Option<String>> {
     if let Some(path) = path {
@@ -541,6 +613,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let _ = REQUEST_TIMEOUT.set(Duration::from_millis(cli.request_timeout_ms));
     let _ = CREDENTIALS.set(credentials_from(&cli)?);
     let _ = TLS.set(tls_from(&cli)?);
+    let tls_paths = cli.tls_paths();
     match cli.command {
         Command::Topic(cmd) => topic(&cli.bootstrap, cmd),
         Command::Admin(AdminCommand::Verify { name }) => {
@@ -558,6 +631,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User(cmd) => user(&cli.bootstrap, cmd).map(|()| ExitCode::SUCCESS),
         Command::Acl(cmd) => acl(&cli.bootstrap, cmd).map(|()| ExitCode::SUCCESS),
         Command::Quota(cmd) => quota(&cli.bootstrap, cmd).map(|()| ExitCode::SUCCESS),
+        Command::Connect { args } => connect_runner(&cli.bootstrap, &tls_paths, &args),
     }
 }
 
@@ -1226,7 +1300,7 @@ fn consume(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
 
 /// Prints records until --max-messages, --timeout-ms or Ctrl-C.
 struct Printer {
-    template: Vec<Piece>,
+    template: RecordFormat,
     json: bool,
     out: std::io::BufWriter<std::io::StdoutLock<'static>>,
     count: u64,
@@ -1279,7 +1353,7 @@ impl Printer {
             if self.json {
                 writeln!(self.out, "{}", to_json(r))?;
             } else {
-                write_formatted(&mut self.out, &self.template, r)?;
+                self.template.write(&mut self.out, r)?;
             }
             self.count += 1;
             printed += 1;
@@ -1498,72 +1572,9 @@ fn queue_describe(bootstrap: &str, group: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A parsed `--format` template.
-#[derive(Debug, PartialEq, Eq)]
-enum Piece {
-    Text(String),
-    Topic,
-    Partition,
-    Offset,
-    Timestamp,
-    Key,
-    Value,
-    Headers,
-}
-
-/// The directives `--format` knows, for the error that names an unknown one.
-const FORMAT_DIRECTIVES: &str = "%t %p %o %T %k %v %h %% \\n \\t";
-
-fn parse_format(format: &str) -> anyhow::Result<Vec<Piece>> {
-    let mut pieces = Vec::new();
-    let mut text = String::new();
-    let mut chars = format.chars().peekable();
-    while let Some(c) = chars.next() {
-        let field = match (c, chars.peek().copied()) {
-            ('%', Some(n)) => match n {
-                't' => Some(Piece::Topic),
-                'p' => Some(Piece::Partition),
-                'o' => Some(Piece::Offset),
-                'T' => Some(Piece::Timestamp),
-                'k' => Some(Piece::Key),
-                'v' => Some(Piece::Value),
-                'h' => Some(Piece::Headers),
-                '%' => {
-                    text.push('%');
-                    chars.next();
-                    continue;
-                }
-                other => {
-                    bail!("--format: unknown directive %{other} (known: {FORMAT_DIRECTIVES})")
-                }
-            },
-            ('\\', Some('n')) => {
-                text.push('\n');
-                chars.next();
-                continue;
-            }
-            ('\\', Some('t')) => {
-                text.push('\t');
-                chars.next();
-                continue;
-            }
-            _ => None,
-        };
-        match field {
-            Some(piece) => {
-                chars.next();
-                if !text.is_empty() {
-                    pieces.push(Piece::Text(std::mem::take(&mut text)));
-                }
-                pieces.push(piece);
-            }
-            None => text.push(c),
-        }
-    }
-    if !text.is_empty() {
-        pieces.push(Piece::Text(text));
-    }
-    Ok(pieces)
+/// The `--format` template, or an error that names the flag.
+fn parse_format(format: &str) -> anyhow::Result<RecordFormat> {
+    RecordFormat::parse(format).map_err(|e| anyhow!("--format: {e}"))
 }
 
 /// `1 record`, `2 records`.
@@ -1578,35 +1589,6 @@ fn counted_as(n: u64, one: &str, many: &str) -> String {
     } else {
         format!("{n} {many}")
     }
-}
-
-fn write_formatted(
-    out: &mut impl Write,
-    template: &[Piece],
-    r: &ConsumerRecord,
-) -> std::io::Result<()> {
-    for piece in template {
-        match piece {
-            Piece::Text(t) => out.write_all(t.as_bytes())?,
-            Piece::Topic => out.write_all(r.topic.as_bytes())?,
-            Piece::Partition => write!(out, "{}", r.partition)?,
-            Piece::Offset => write!(out, "{}", r.offset)?,
-            Piece::Timestamp => write!(out, "{}", r.timestamp)?,
-            Piece::Key => out.write_all(r.key.as_deref().unwrap_or_default())?,
-            Piece::Value => out.write_all(r.value.as_deref().unwrap_or_default())?,
-            Piece::Headers => {
-                for (i, (k, v)) in r.headers.iter().enumerate() {
-                    if i > 0 {
-                        out.write_all(b",")?;
-                    }
-                    out.write_all(k)?;
-                    out.write_all(b"=")?;
-                    out.write_all(v.as_deref().unwrap_or_default())?;
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 fn to_json(r: &ConsumerRecord) -> serde_json::Value {
@@ -1647,24 +1629,6 @@ mod tests {
                 Some(bytes::Bytes::from_static(b"x")),
             )],
         }
-    }
-
-    fn render(format: &str) -> String {
-        let mut out = Vec::new();
-        write_formatted(&mut out, &parse_format(format).unwrap(), &record()).unwrap();
-        String::from_utf8(out).unwrap()
-    }
-
-    #[test]
-    fn formats_like_kcat() {
-        assert_eq!(render("%v\\n"), "hello\n");
-        assert_eq!(
-            render("%k:%v@%p/%o %T [%h] %t 100%%"),
-            "k1:hello@2/41 1700000000000 [h=x] t 100%"
-        );
-        let unknown = parse_format("%v %z").err().unwrap().to_string();
-        assert!(unknown.contains("unknown directive %z"), "{unknown}");
-        assert_eq!(render("\\t%o"), "\t41");
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod accumulator;
 pub mod backoff;
 mod clock;
 pub mod consumer;
+pub mod format;
 pub mod group;
 pub mod partitioner;
 pub mod producer;
