@@ -788,3 +788,45 @@ impl Connector for Mirror {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> anyhow::Result<MirrorConfig> {
+        let config: MirrorConfig = toml::from_str(&format!(
+            "source = \"kafka://127.0.0.1:9092\"\ntarget = \"eventflow\"\ntopics = \"orders|pay.*\"\n{extra}"
+        ))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn the_pattern_matches_whole_names() {
+        let pattern = config("").unwrap().pattern().unwrap();
+        assert!(pattern.is_match("orders"));
+        assert!(pattern.is_match("payments"));
+        assert!(!pattern.is_match("orders-archive"));
+        assert!(!pattern.is_match("old-payments"));
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let error = |extra: &str| format!("{:#}", config(extra).unwrap_err());
+        assert!(error("source = \"x\"").contains("duplicate key"));
+        let same: MirrorConfig =
+            toml::from_str("source = \"eventflow\"\ntarget = \"eventflow\"\ntopics = \"t\"")
+                .unwrap();
+        assert!(format!("{:#}", same.check().unwrap_err()).contains("the same cluster"));
+        let bad_endpoint: MirrorConfig =
+            toml::from_str("source = \"kafka://\"\ntarget = \"eventflow\"\ntopics = \"t\"")
+                .unwrap();
+        assert!(format!("{:#}", bad_endpoint.check().unwrap_err()).contains("source"));
+        let bad_pattern: MirrorConfig =
+            toml::from_str("source = \"kafka://h:1\"\ntarget = \"eventflow\"\ntopics = \"(\"")
+                .unwrap();
+        assert!(format!("{:#}", bad_pattern.check().unwrap_err()).contains("topics"));
+        assert!(error("replication_factor = 0").contains("replication_factor"));
+        assert!(error("batch_records = 0").contains("batch_records"));
+    }
+}

@@ -613,3 +613,98 @@ impl Connector for PostgresSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn record(key: Option<&str>, value: Option<&str>) -> ConsumerRecord {
+        ConsumerRecord {
+            topic: Arc::from("t"),
+            partition: 0,
+            offset: 0,
+            timestamp: 0,
+            key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
+            value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+            headers: Vec::new(),
+        }
+    }
+
+    fn known() -> Vec<String> {
+        ["id", "owner", "balance"].map(String::from).into()
+    }
+
+    #[test]
+    fn objects_become_upserts_and_tombstones_deletes() {
+        let upsert = change_of(
+            &record(
+                Some("7"),
+                Some(r#"{"owner": "ann", "balance": 3, "id": 99}"#),
+            ),
+            "id",
+            None,
+            &known(),
+        )
+        .unwrap();
+        assert_eq!(
+            upsert,
+            Change::Upsert {
+                row: r#"{"balance":3,"id":"7","owner":"ann"}"#.into(),
+                columns: ["balance", "id", "owner"].map(String::from).into(),
+            }
+        );
+        let configured = ["owner".to_string()];
+        let only_owner = change_of(
+            &record(Some("7"), Some(r#"{"owner": "ann", "balance": 3}"#)),
+            "id",
+            Some(&configured),
+            &known(),
+        )
+        .unwrap();
+        assert_eq!(
+            only_owner,
+            Change::Upsert {
+                row: r#"{"id":"7","owner":"ann"}"#.into(),
+                columns: ["id", "owner"].map(String::from).into(),
+            }
+        );
+        assert_eq!(
+            change_of(&record(Some("7"), None), "id", None, &known()).unwrap(),
+            Change::Delete {
+                row: r#"{"id":"7"}"#.into()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_records_say_why() {
+        let why = |key: Option<&str>, value: Option<&str>, columns: Option<&[String]>| {
+            change_of(&record(key, value), "id", columns, &known()).unwrap_err()
+        };
+        assert!(why(Some("1"), Some("[1]"), None).contains("not a JSON object"));
+        assert!(why(Some("1"), Some("{"), None).contains("not JSON"));
+        assert!(why(None, Some("{}"), None).contains("no key"));
+        assert!(why(Some("1"), Some(r#"{"x": 1}"#), None).contains("no column `x`"));
+        let columns = ["balance".to_string()];
+        assert!(why(Some("1"), Some("{}"), Some(&columns)).contains("no field `balance`"));
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote("a\"b"), "\"a\"\"b\"");
+        let config: PostgresSinkConfig = toml::from_str(
+            r#"
+            connection = "host=localhost"
+            table = "shop.Accounts"
+            topics = ["t"]
+            "#,
+        )
+        .unwrap();
+        config.check().unwrap();
+        assert_eq!(PostgresSink::new(config).table, "\"shop\".\"Accounts\"");
+    }
+}

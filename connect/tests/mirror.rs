@@ -179,7 +179,8 @@ impl Tansu {
             let Some(message) = consumer.poll(Duration::from_millis(200)) else {
                 continue;
             };
-            let message = message.unwrap();
+            // librdkafka reports passing trouble (a broker slow to answer) and goes on.
+            let Ok(message) = message else { continue };
             records.push(Rec {
                 partition: message.partition() as u32,
                 timestamp: message.timestamp().to_millis().unwrap(),
