@@ -218,6 +218,27 @@ impl EventflowSource {
             assigned: BTreeSet::new(),
         })
     }
+
+    /// Moves every partition whose position the source no longer stores (retention
+    /// deleted those records) to its first stored offset, as librdkafka's
+    /// `auto.offset.reset = earliest` does on the Kafka side.
+    fn skip_to_log_start(&mut self) -> anyhow::Result<()> {
+        for (topic, partition) in &self.assigned {
+            let start = self
+                .admin
+                .list_offset(topic, *partition, offset_spec::EARLIEST)?;
+            let position = self.consumer.position(topic, *partition);
+            if position.is_some_and(|p| p < start) {
+                tracing::warn!(
+                    "{topic}/{partition}: records from {} to {start} were deleted before \
+                     they were copied; going on from {start}",
+                    position.unwrap_or_default()
+                );
+                self.consumer.seek(topic, *partition, start)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Source for EventflowSource {
@@ -251,9 +272,15 @@ impl Source for EventflowSource {
     fn poll(&mut self, timeout: Duration) -> anyhow::Result<Vec<MirrorRecord>> {
         // One poll is one step, bounded by the consumer's fetch size; never splitting it
         // keeps the consumer's position where the mirror's progress says.
-        Ok(self
-            .consumer
-            .poll(timeout)?
+        let records = match self.consumer.poll(timeout) {
+            Ok(records) => records,
+            Err(e) if e.code() == Some(ErrorCode::OffsetOutOfRange) => {
+                self.skip_to_log_start()?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(records
             .into_iter()
             .map(|r| MirrorRecord {
                 topic: r.topic.to_string(),

@@ -598,7 +598,7 @@ impl Connector for PostgresSink {
             }
             if written > 0 && last_report.elapsed() >= REPORT_EVERY {
                 tracing::info!(
-                    "{}: wrote {written} records in the last {} s ({} skipped in all)",
+                    "{}: took {written} records in the last {} s ({} skipped in all)",
                     ctx.name,
                     last_report.elapsed().as_secs(),
                     self.skipped
