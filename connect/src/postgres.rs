@@ -117,9 +117,13 @@ fn default_session_timeout_ms() -> u64 {
 impl PostgresSinkConfig {
     /// Checks the values serde cannot.
     pub(crate) fn check(&self) -> anyhow::Result<()> {
-        self.connection
+        let connection = self
+            .connection
             .parse::<postgres::Config>()
             .map_err(|e| anyhow!("connection: {e}"))?;
+        if connection.get_ssl_mode() == postgres::config::SslMode::Require {
+            bail!("connection: sslmode=require cannot be met: the sink connects without TLS");
+        }
         if self.table.is_empty() || self.table.split('.').count() > 2 {
             bail!("table must be `name` or `schema.name`");
         }
@@ -706,5 +710,14 @@ mod tests {
         .unwrap();
         config.check().unwrap();
         assert_eq!(PostgresSink::new(config).table, "\"shop\".\"Accounts\"");
+        let tls: PostgresSinkConfig = toml::from_str(
+            r#"
+            connection = "host=db sslmode=require"
+            table = "t"
+            topics = ["t"]
+            "#,
+        )
+        .unwrap();
+        assert!(tls.check().unwrap_err().to_string().contains("without TLS"));
     }
 }
