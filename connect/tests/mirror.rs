@@ -298,7 +298,7 @@ source = "{source}"
 target = "{target}"
 topics = "{topics}"
 refresh_interval_ms = 300
-batch_records = 100
+batch_records = 10
 replication_factor = 1
 "#,
             addr = broker.addr,
@@ -319,7 +319,7 @@ fn mirrors_a_kafka_cluster_into_eventflow() {
     let broker = Broker::start();
     tansu.create_topic("orders", 3);
     tansu.create_topic("audit", 1);
-    let orders: Vec<Rec> = (0..600).map(|i| rec(i, 3)).collect();
+    let orders: Vec<Rec> = (0..1000).map(|i| rec(i, 3)).collect();
     tansu.produce("orders", &orders[..200]);
     tansu.produce("audit", &[rec(0, 1)]);
     let dir = tempfile::tempdir().unwrap();
@@ -366,13 +366,23 @@ fn mirrors_a_kafka_cluster_into_eventflow() {
         by_partition(&payments)
     );
 
-    // Records produced while it is down, then kill -9 while it copies more.
-    tansu.produce("orders", &orders[200..400]);
+    // A backlog produced while it is down, kill -9 once part of it is copied (steps of
+    // `batch_records` records, each acknowledged and recorded), and more records after.
+    tansu.produce("orders", &orders[200..900]);
     let runner = Runner::start(&config, &log);
-    tansu.produce("orders", &orders[400..500]);
-    std::thread::sleep(Duration::from_millis(100));
+    let progress = dir.path().join("state").join("mirror.mirror.json");
+    assert!(
+        eventually_quick(WAIT, || copied("orders", &progress) > 300),
+        "{}",
+        runner.log()
+    );
     runner.kill9();
-    tansu.produce("orders", &orders[500..]);
+    let at_crash = copied("orders", &progress);
+    assert!(
+        at_crash < 900,
+        "the crash came after the backlog was copied ({at_crash})"
+    );
+    tansu.produce("orders", &orders[900..]);
     let runner = Runner::start(&config, &log);
     let sent = by_partition(&orders);
     assert!(
@@ -483,6 +493,30 @@ fn mirrors_eventflow_into_another_eventflowd_over_its_kafka_listener() {
         "{}",
         runner_log(&log)
     );
+}
+
+/// How many records of `topic` the mirror's state file says were copied (all its
+/// partitions start at offset 0 in these tests).
+fn copied(topic: &str, progress: &Path) -> i64 {
+    let Ok(text) = std::fs::read_to_string(progress) else {
+        return 0;
+    };
+    let state: BTreeMap<String, BTreeMap<String, i64>> = serde_json::from_str(&text).unwrap();
+    state
+        .get(topic)
+        .map_or(0, |partitions| partitions.values().sum())
+}
+
+/// [`eventually`], looking every millisecond: to act right after a state is reached.
+fn eventually_quick(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    f()
 }
 
 fn runner_log(log: &Path) -> String {
