@@ -448,9 +448,10 @@ fn upserts_deletes_and_loses_nothing_across_restarts() {
     assert!(status.success(), "exit {status}");
 }
 
-/// With `errors_tolerance = none` (the default) a record that lacks a configured column
-/// stops the connector, naming the record, and nothing of its batch is written; run again
-/// with `all`, the batch's good records are written and the bad one skipped.
+/// A missing table stops the connector. With `errors_tolerance = none` (the default) a
+/// record that lacks a configured column stops the connector, naming the record, and
+/// nothing of its batch is written; run again with `all`, the batch's good records are
+/// written and the bad one skipped.
 #[test]
 fn a_bad_record_stops_the_sink_by_default() {
     let Some(bin) = postgres_bin() else { return };
@@ -471,6 +472,21 @@ fn a_bad_record_stops_the_sink_by_default() {
     let columns = r#"columns = ["owner", "balance"]"#;
     let config_path = config(&broker, &pg, dir.path(), columns);
     let log = dir.path().join("connect.log");
+
+    // A table that does not exist stops the connector at once, with PostgreSQL's word.
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(
+        &config_path,
+        text.replace("\"accounts\"\ntopics", "\"ledger\"\ntopics"),
+    )
+    .unwrap();
+    assert!(!run_to_exit(&config_path, &log).success());
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log_text.contains("connector pg FAILED") && log_text.contains("\"ledger\" does not exist"),
+        "{log_text}"
+    );
+    std::fs::write(&config_path, text).unwrap();
     let status = run_to_exit(&config_path, &log);
     assert!(!status.success());
     let log_text = std::fs::read_to_string(&log).unwrap();
