@@ -712,7 +712,9 @@ impl Mirror {
                 }
                 Some(&have) if have < *partitions => {
                     return Err(anyhow::Error::new(Fatal(format!(
-                        "topic {topic} has {have} partitions on the target and {partitions}                          on the source: the mirror keeps partition numbers, so the target                          needs at least {partitions} (add partitions there, then restart)"
+                        "topic {topic} has {have} partitions on the target and {partitions} \
+                         on the source: the mirror keeps partition numbers, so the target \
+                         needs at least {partitions} (add partitions there, then restart)"
                     ))));
                 }
                 Some(_) => {}

@@ -519,6 +519,36 @@ fn eventually_quick(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// A target topic with fewer partitions than the source's stops the mirror with a message
+/// that says so (partition numbers are kept); nothing is copied into it.
+#[test]
+fn a_target_topic_with_fewer_partitions_stops_the_mirror() {
+    let source = Broker::start();
+    let target = Broker::start();
+    source.create_topic("narrow", 3);
+    target.create_topic("narrow", 1);
+    produce_native(&source, "narrow", &[rec(0, 3), rec(1, 3)]);
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = format!("kafka://{}", target.kafka_addr);
+    let config = config(&source, dir.path(), "eventflow", &kafka, "narrow");
+    let log = dir.path().join("connect.log");
+    let runner = Runner::start(&config, &log);
+    assert!(
+        eventually(WAIT, || runner.log().contains("failed connectors: mirror")),
+        "{}",
+        runner.log()
+    );
+    let text = runner.log();
+    assert!(
+        text.contains(
+            "topic narrow has 1 partitions on the target and 3 on the source: the mirror keeps \
+             partition numbers, so the target needs at least 3"
+        ),
+        "{text}"
+    );
+    assert!(eventflow_records(&target, "narrow").is_empty());
+}
+
 fn runner_log(log: &Path) -> String {
     std::fs::read_to_string(log).unwrap_or_default()
 }
