@@ -22,9 +22,10 @@
 //! **Bad records** (a value that is not a JSON object, a missing key, a configured column
 //! the object lacks, a field with no column, or a value PostgreSQL refuses for its column
 //! type or a constraint) follow `errors_tolerance`, as in Kafka Connect: `none` (the
-//! default) stops the connector with an error that names the record, before anything of
-//! its batch is committed, so it resumes at that record once the table or the data is
-//! fixed; `all` skips it, logging its topic, partition, offset and reason, and counts it.
+//! default) stops the connector with an error that names the record: its transaction is
+//! rolled back and the group's offsets stay before its poll, so a start after the table or
+//! the data is fixed writes it (replaying the poll's records before it, harmlessly); `all`
+//! skips it, logging its topic, partition, offset and reason, and counts it.
 //! When PostgreSQL refuses a batch, the sink writes it again with a savepoint per record
 //! to find the records at fault.
 
