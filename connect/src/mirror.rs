@@ -388,6 +388,7 @@ struct KafkaSource {
     consumer: BaseConsumer,
     /// Records per step, at most.
     max: usize,
+    assigned: BTreeSet<(String, u32)>,
 }
 
 impl KafkaSource {
@@ -401,7 +402,11 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             .create()
             .with_context(|| format!("a consumer of {KAFKA_SCHEME}{bootstrap}"))?;
-        Ok(KafkaSource { consumer, max })
+        Ok(KafkaSource {
+            consumer,
+            max,
+            assigned: BTreeSet::new(),
+        })
     }
 }
 
@@ -422,11 +427,18 @@ impl Source for KafkaSource {
     }
 
     fn assign(&mut self, positions: &BTreeMap<(String, u32), i64>) -> anyhow::Result<()> {
+        // Only the new partitions: assigning a partition again would drop what librdkafka
+        // fetched ahead for it and start its fetching over.
         let mut list = TopicPartitionList::new();
         for ((topic, partition), offset) in positions {
-            list.add_partition_offset(topic, *partition as i32, Offset::Offset(*offset))?;
+            if !self.assigned.contains(&(topic.clone(), *partition)) {
+                list.add_partition_offset(topic, *partition as i32, Offset::Offset(*offset))?;
+            }
         }
-        self.consumer.assign(&list)?;
+        if list.count() > 0 {
+            self.consumer.incremental_assign(&list)?;
+            self.assigned.extend(positions.keys().cloned());
+        }
         Ok(())
     }
 

@@ -519,6 +519,36 @@ fn eventually_quick(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// Kafka cluster → Kafka cluster, librdkafka on both sides: Tansu into eventflowd's Kafka
+/// listener, read back with the native client.
+#[test]
+fn mirrors_one_kafka_cluster_into_another() {
+    let Some(bin) = tansu_bin() else { return };
+    let tansu = Tansu::start(&bin);
+    let broker = Broker::start();
+    tansu.create_topic("ledger", 2);
+    let ledger: Vec<Rec> = (0..200).map(|i| rec(i, 2)).collect();
+    tansu.produce("ledger", &ledger);
+    let dir = tempfile::tempdir().unwrap();
+    let source = format!("kafka://{}", tansu.addr);
+    let target = format!("kafka://{}", broker.kafka_addr);
+    let config = config(&broker, dir.path(), &source, &target, "ledger");
+    let log = dir.path().join("connect.log");
+    let runner = Runner::start(&config, &log);
+    assert!(
+        eventually(WAIT, || eventflow_records(&broker, "ledger").len() >= 200),
+        "{}",
+        runner.log()
+    );
+    assert!(runner.terminate().success());
+    assert_eq!(
+        by_partition(&eventflow_records(&broker, "ledger")),
+        by_partition(&ledger),
+        "{}",
+        runner_log(&log)
+    );
+}
+
 /// A target topic with fewer partitions than the source's stops the mirror with a message
 /// that says so (partition numbers are kept); nothing is copied into it.
 #[test]
