@@ -19,7 +19,7 @@ use eventflow::client::{Client, ClientError, ClientTls, Credentials};
 use serde::Deserialize;
 
 use crate::connector::Connector;
-use crate::{file_sink, file_source};
+use crate::{file_sink, file_source, mirror, postgres};
 
 /// The file as written: the runner's keys, and the connector tables still raw (their
 /// keys depend on their kind).
@@ -71,10 +71,14 @@ pub enum ConnectorSettings {
     FileSource(file_source::FileSourceConfig),
     /// `kind = "file-sink"`.
     FileSink(file_sink::FileSinkConfig),
+    /// `kind = "postgres-sink"`.
+    PostgresSink(postgres::PostgresSinkConfig),
+    /// `kind = "mirror"`.
+    Mirror(mirror::MirrorConfig),
 }
 
 /// The kinds a `kind` key may name, for the error that names an unknown one.
-pub const KINDS: &str = "file-source, file-sink";
+pub const KINDS: &str = "file-source, file-sink, postgres-sink, mirror";
 
 impl ConnectorSettings {
     /// Reads `table` (the connector's keys but `name` and `kind`) as the settings of
@@ -103,6 +107,16 @@ impl ConnectorSettings {
                 config.check()?;
                 ConnectorSettings::FileSink(config)
             }
+            "postgres-sink" => {
+                let config: postgres::PostgresSinkConfig = read(table)?;
+                config.check()?;
+                ConnectorSettings::PostgresSink(config)
+            }
+            "mirror" => {
+                let config: mirror::MirrorConfig = read(table)?;
+                config.check()?;
+                ConnectorSettings::Mirror(config)
+            }
             other => bail!("unknown kind `{other}` (known: {KINDS})"),
         })
     }
@@ -112,6 +126,8 @@ impl ConnectorSettings {
         match self {
             ConnectorSettings::FileSource(c) => Box::new(file_source::FileSource::new(c.clone())),
             ConnectorSettings::FileSink(c) => Box::new(file_sink::FileSink::new(c.clone())),
+            ConnectorSettings::PostgresSink(c) => Box::new(postgres::PostgresSink::new(c.clone())),
+            ConnectorSettings::Mirror(c) => Box::new(mirror::Mirror::new(c.clone())),
         }
     }
 
@@ -120,6 +136,8 @@ impl ConnectorSettings {
         match self {
             ConnectorSettings::FileSource(_) => "file-source",
             ConnectorSettings::FileSink(_) => "file-sink",
+            ConnectorSettings::PostgresSink(_) => "postgres-sink",
+            ConnectorSettings::Mirror(_) => "mirror",
         }
     }
 }

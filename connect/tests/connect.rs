@@ -547,7 +547,7 @@ fn bad_configs_are_refused_clearly() {
     let source = "[[connector]]\nname = \"src\"\nkind = \"file-source\"\ntopic = \"t\"\n";
     refused(
         &source.replace("file-source", "ftp-source"),
-        "connector `src` (kind ftp-source): unknown kind `ftp-source` (known: file-source, file-sink)",
+        "connector `src` (kind ftp-source): unknown kind `ftp-source` (known: file-source, file-sink, postgres-sink, mirror)",
     );
     refused(
         &format!("{source}file = \"a\"\nbatch_size = 3\n"),

@@ -36,6 +36,9 @@ pub(crate) fn workspace_binary(name: &str) -> PathBuf {
 pub(crate) struct Broker {
     child: Child,
     pub(crate) addr: String,
+    /// Its Kafka listener (an ephemeral port on the same address).
+    #[allow(dead_code)] // Read by the mirror's tests only.
+    pub(crate) kafka_addr: String,
     /// The data directory, removed with the broker.
     _dir: tempfile::TempDir,
 }
@@ -82,14 +85,16 @@ impl Broker {
             line.starts_with("eventflowd ready"),
             "broker not ready: {line:?}"
         );
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("listen="))
-            .unwrap()
-            .to_string();
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap()
+                .to_string()
+        };
         Broker {
             child,
-            addr,
+            addr: field("listen="),
+            kafka_addr: field("kafka="),
             _dir: dir,
         }
     }
