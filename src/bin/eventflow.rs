@@ -323,8 +323,9 @@ enum TopicCommand {
         /// Number of partitions.
         #[arg(long, default_value_t = 1)]
         partitions: u32,
-        /// A config override `key=value` (retention.ms, retention.bytes, segment.bytes,
-        /// segment.ms); repeatable.
+        /// A config override `key=value` (cleanup.policy=delete|compact|compact,delete,
+        /// retention.ms, retention.bytes, segment.bytes, segment.ms, delete.retention.ms,
+        /// min.compaction.lag.ms, min.cleanable.dirty.ratio); repeatable.
         #[arg(long = "config", value_name = "KEY=VALUE")]
         configs: Vec<String>,
     },
@@ -339,7 +340,7 @@ enum TopicCommand {
     Alter {
         /// Topic name.
         name: String,
-        /// `key=value`; repeatable.
+        /// `key=value` (the keys `topic create --config` takes); repeatable.
         #[arg(long = "config", value_name = "KEY=VALUE", required = true)]
         configs: Vec<String>,
     },

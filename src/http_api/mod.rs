@@ -188,6 +188,10 @@ pub fn settings_of(config: &BrokerConfig) -> Vec<(String, String)> {
             "scrub_bytes_per_sec".into(),
             config.scrub_bytes_per_sec.to_string(),
         ),
+        (
+            "compaction_bytes_per_sec".into(),
+            config.compaction_bytes_per_sec.to_string(),
+        ),
         ("max_connections".into(), config.max_connections.to_string()),
         (
             "max_connections_per_ip".into(),
