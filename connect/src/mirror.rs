@@ -24,12 +24,9 @@
 //! both directions the same, and needs no write access to the source.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::future::Future;
-use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context as TaskContext, Poll, Wake, Waker};
-use std::thread::{self, Thread};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -39,6 +36,7 @@ use eventflow::client::producer::{Producer, ProducerConfig, Record};
 use eventflow::client::Client;
 use eventflow::protocol::api::offset_spec;
 use eventflow::protocol::ErrorCode;
+use futures_executor::block_on;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
@@ -633,28 +631,6 @@ impl Target for KafkaTarget {
             );
         }
         Ok(())
-    }
-}
-
-/// Runs a librdkafka future to completion on this thread: librdkafka's own threads
-/// complete it, and its timeouts bound it.
-fn block_on<F: Future>(future: F) -> F::Output {
-    struct Unpark(Thread);
-
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-
-    let waker = Waker::from(Arc::new(Unpark(thread::current())));
-    let mut cx = TaskContext::from_waker(&waker);
-    let mut future = pin!(future);
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-        thread::park();
     }
 }
 

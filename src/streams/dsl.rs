@@ -492,46 +492,10 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
                 let origin = ctx.next_origin()?;
                 let key = k.to_bytes();
                 let mut store = store.borrow_mut();
-                let changelog = store.changelog.clone();
-                let name = store.name.clone();
-                let at = &ctx.at;
-                let mut fresh = None;
-                let update = store
-                    .partition(ctx.partition)
-                    .update(&key, &origin, |current| {
-                        let current = current.map(A::from_bytes).transpose().map_err(|source| {
-                            StreamsError::Decode {
-                                what: "value",
-                                at: format!("store {name}, key of {at}"),
-                                source,
-                            }
-                        })?;
-                        let next = step(&k, v, current);
-                        let bytes = next.to_bytes();
-                        fresh = Some(next);
-                        Ok(bytes)
-                    })?;
+                let value = apply_step(&mut store, ctx, key, &origin, ts, "key", |current| {
+                    step(&k, v, current)
+                })?;
                 drop(store);
-                let value = match (update, fresh) {
-                    (
-                        Update::Applied {
-                            changelog: entry, ..
-                        },
-                        Some(value),
-                    ) => {
-                        ctx.outputs.push(changelog_record(
-                            &changelog,
-                            ctx.partition,
-                            key,
-                            Some(entry),
-                            ts,
-                        ));
-                        value
-                    }
-                    (Update::Applied { value, .. } | Update::Replayed { value }, _) => {
-                        decode(Some(&value), "value", || format!("store {name}"))?
-                    }
-                };
                 forward(&target, ctx, k, value, ts)
             }));
         KTable {
@@ -546,6 +510,60 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
 }
 
 /// A changelog record of a store partition.
+/// Applies one record to the value stored under `key` in `store`'s partition of
+/// `ctx` (the record's origin decides whether it was applied before: a replay changes
+/// nothing), queues the changelog update when it changed the store, and returns the value
+/// the key now has. `what` names the key in a decode error (`key`, `window 60000`).
+fn apply_step<A: Data>(
+    store: &mut KeyValueStore,
+    ctx: &mut Context,
+    key: Vec<u8>,
+    origin: &store::Origin,
+    timestamp: i64,
+    what: &str,
+    step: impl FnOnce(Option<A>) -> A,
+) -> Result<A, StreamsError> {
+    let name = store.name.clone();
+    let at = &ctx.at;
+    let mut fresh = None;
+    let update =
+        store
+            .partition(ctx.partition)
+            .update(&key, origin, |current| {
+                let current = current.map(A::from_bytes).transpose().map_err(|source| {
+                    StreamsError::Decode {
+                        what: "value",
+                        at: format!("store {name}, {what} of {at}"),
+                        source,
+                    }
+                })?;
+                let next = step(current);
+                let bytes = next.to_bytes();
+                fresh = Some(next);
+                Ok(bytes)
+            })?;
+    match (update, fresh) {
+        (
+            Update::Applied {
+                changelog: entry, ..
+            },
+            Some(value),
+        ) => {
+            ctx.outputs.push(changelog_record(
+                &store.changelog,
+                ctx.partition,
+                key,
+                Some(entry),
+                timestamp,
+            ));
+            Ok(value)
+        }
+        (Update::Applied { value, .. } | Update::Replayed { value }, _) => {
+            decode(Some(&value), "value", || format!("store {name}"))
+        }
+    }
+}
+
 fn changelog_record(
     changelog: &std::sync::Arc<str>,
     partition: u32,
@@ -619,7 +637,6 @@ impl<K: Data, V: Data> WindowedStream<K, V> {
                 {
                     let mut store = store.borrow_mut();
                     let changelog = store.changelog.clone();
-                    let name = store.name.clone();
                     let partition = store.partition(ctx.partition);
                     let before = partition.stream_time;
                     partition.stream_time = partition.stream_time.max(ts);
@@ -630,44 +647,18 @@ impl<K: Data, V: Data> WindowedStream<K, V> {
                             continue;
                         }
                         let window = window_key(&key, start);
-                        let at = &ctx.at;
-                        let mut fresh = None;
-                        let update = partition.update(&window, &origin, |current| {
-                            let current =
-                                current.map(A::from_bytes).transpose().map_err(|source| {
-                                    StreamsError::Decode {
-                                        what: "value",
-                                        at: format!("store {name}, window {start} of {at}"),
-                                        source,
-                                    }
-                                })?;
-                            let next = step(&k, v.clone(), current);
-                            let bytes = next.to_bytes();
-                            fresh = Some(next);
-                            Ok(bytes)
-                        })?;
-                        let value = match (update, fresh) {
-                            (
-                                Update::Applied {
-                                    changelog: entry, ..
-                                },
-                                Some(value),
-                            ) => {
-                                ctx.outputs.push(changelog_record(
-                                    &changelog,
-                                    ctx.partition,
-                                    window,
-                                    Some(entry),
-                                    ts,
-                                ));
-                                value
-                            }
-                            (Update::Applied { value, .. } | Update::Replayed { value }, _) => {
-                                decode(Some(&value), "value", || format!("store {name}"))?
-                            }
-                        };
+                        let value = apply_step(
+                            &mut store,
+                            ctx,
+                            window,
+                            &origin,
+                            ts,
+                            &format!("window {start}"),
+                            |current| step(&k, v.clone(), current),
+                        )?;
                         updates.push((start, value));
                     }
+                    let partition = store.partition(ctx.partition);
                     // A window closed: closed windows leave the store and the changelog
                     // (tombstones), and the new stream time is saved.
                     if windows.closes_between(before, now) {

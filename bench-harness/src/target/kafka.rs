@@ -17,15 +17,13 @@
 //! name for every record.) librdkafka copies each record into its queue.
 
 use std::ffi::{c_void, CString};
-use std::future::Future;
-use std::pin::pin;
 use std::ptr;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll, Wake, Waker};
-use std::thread::{self, Thread};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use futures_executor::block_on;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, FromClientConfig, FromClientConfigAndContext};
@@ -492,28 +490,6 @@ impl ConsumerWorker for KafkaConsumer {
             }
         }
         Ok(seen)
-    }
-}
-
-/// Runs an admin future to completion on this thread. The admin client's own thread
-/// completes it, and the request and operation timeouts in [`admin_options`] bound it.
-fn block_on<F: Future>(future: F) -> F::Output {
-    struct Unpark(Thread);
-
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-
-    let waker = Waker::from(Arc::new(Unpark(thread::current())));
-    let mut cx = TaskContext::from_waker(&waker);
-    let mut future = pin!(future);
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-        thread::park();
     }
 }
 
