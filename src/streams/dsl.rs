@@ -564,6 +564,33 @@ fn apply_step<A: Data>(
     }
 }
 
+/// Queues the changelog updates of windows or sessions that closed at stream time `now`:
+/// a tombstone for each of their `closed` keys, and the saved stream time.
+fn retire(
+    ctx: &mut Context,
+    changelog: &std::sync::Arc<str>,
+    closed: Vec<Vec<u8>>,
+    now: i64,
+    timestamp: i64,
+) {
+    for key in closed {
+        ctx.outputs.push(changelog_record(
+            changelog,
+            ctx.partition,
+            key,
+            None,
+            timestamp,
+        ));
+    }
+    ctx.outputs.push(changelog_record(
+        changelog,
+        ctx.partition,
+        store::STREAM_TIME_KEY.to_vec(),
+        Some(store::stream_time_value(now)),
+        timestamp,
+    ));
+}
+
 fn changelog_record(
     changelog: &std::sync::Arc<str>,
     partition: u32,
@@ -665,22 +692,7 @@ impl<K: Data, V: Data> WindowedStream<K, V> {
                         let closed = partition.remove_where(|window, _| {
                             window_start(window).is_some_and(|start| windows.is_closed(start, now))
                         });
-                        for window in closed {
-                            ctx.outputs.push(changelog_record(
-                                &changelog,
-                                ctx.partition,
-                                window,
-                                None,
-                                ts,
-                            ));
-                        }
-                        ctx.outputs.push(changelog_record(
-                            &changelog,
-                            ctx.partition,
-                            store::STREAM_TIME_KEY.to_vec(),
-                            Some(store::stream_time_value(now)),
-                            ts,
-                        ));
+                        retire(ctx, &changelog, closed, now, ts);
                     }
                 }
                 if late {
@@ -879,22 +891,7 @@ impl<K: Data, V: Data> SessionWindowedStream<K, V> {
                             split_session_value(value)
                                 .is_some_and(|(end, _)| windows.is_closed(end, now))
                         });
-                        for stored in closed {
-                            ctx.outputs.push(changelog_record(
-                                &changelog,
-                                ctx.partition,
-                                stored,
-                                None,
-                                ts,
-                            ));
-                        }
-                        ctx.outputs.push(changelog_record(
-                            &changelog,
-                            ctx.partition,
-                            store::STREAM_TIME_KEY.to_vec(),
-                            Some(store::stream_time_value(now)),
-                            ts,
-                        ));
+                        retire(ctx, &changelog, closed, now, ts);
                     }
                 }
                 for (start, end, value) in results {
