@@ -660,28 +660,6 @@ fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
     signal
 }
 
-/// Keeps the memory of freed request buffers in glibc's heap for the next request, instead
-/// of handing it back to the kernel. By default glibc serves an allocation above its mmap
-/// threshold (128 KiB at first) with a fresh mapping and trims the free top of a heap past
-/// its trim threshold: every large produce request's buffer then costs page faults and the
-/// kernel's zeroing of each page, on the shard's thread. With both thresholds raised, a
-/// shard reuses pages it already faulted in; what it keeps is bounded by the request budget
-/// (`--max-queued-bytes`), which bounds the buffers alive at once. Runs before the shard
-/// threads start, so every buffer they allocate follows it.
-fn keep_freed_buffers() {
-    // glibc's largest mmap threshold on 64-bit targets (`DEFAULT_MMAP_THRESHOLD_MAX`).
-    const MMAP_THRESHOLD: libc::c_int = 32 << 20;
-    const TRIM_THRESHOLD: libc::c_int = 256 << 20;
-    // SAFETY: mallopt only changes glibc's allocator tunables, under glibc's own lock.
-    let ok = unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-            && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-    };
-    if !ok {
-        tracing::warn!("the allocator refused its buffer-reuse settings (mallopt)");
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -709,7 +687,6 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let signals = block_stop_signals();
-    keep_freed_buffers();
     tracing::info!(
         listen = %config.listen,
         kafka_listen = ?config.kafka_listen,
