@@ -10,7 +10,8 @@ use eventflow_connect::config::RunnerConfig;
 use eventflow_connect::runner;
 
 /// Runs connectors: a file source follows a file into a topic, a file sink writes topics
-/// to a file.
+/// to a file, a postgres-sink upserts records into a table, and a mirror copies topics to
+/// or from a Kafka-protocol cluster.
 #[derive(Parser, Debug)]
 #[command(name = "eventflow-connect", version)]
 struct Args {
