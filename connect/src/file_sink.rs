@@ -38,10 +38,11 @@ use crate::state_file;
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// Where partitions without a committed offset start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Start {
-    /// The first record still stored.
+    /// The first record still stored (the default).
+    #[default]
     Earliest,
     /// Records produced from now on.
     Latest,
@@ -62,7 +63,7 @@ pub struct FileSinkConfig {
     #[serde(default)]
     pub group: Option<String>,
     /// Where partitions without a committed offset start: `earliest` or `latest`.
-    #[serde(default = "default_start")]
+    #[serde(default)]
     pub start: Start,
     /// How often the file is synced and the offsets committed, in ms.
     #[serde(default = "default_commit_interval_ms")]
@@ -77,15 +78,12 @@ fn default_format() -> String {
     "%v\\n".into()
 }
 
-fn default_start() -> Start {
-    Start::Earliest
-}
-
 fn default_commit_interval_ms() -> u64 {
     1_000
 }
 
-fn default_session_timeout_ms() -> u64 {
+/// The sinks' default group session timeout, in ms (`session_timeout_ms`).
+pub(crate) fn default_session_timeout_ms() -> u64 {
     10_000
 }
 

@@ -74,7 +74,7 @@ pub struct MirrorConfig {
     /// The topics to copy: a regular expression that must match the whole name.
     pub topics: String,
     /// Where partitions without progress start: `earliest` or `latest`.
-    #[serde(default = "default_start")]
+    #[serde(default)]
     pub start: Start,
     /// How often the source's topics are listed again, in ms.
     #[serde(default = "default_refresh_interval_ms")]
@@ -87,10 +87,6 @@ pub struct MirrorConfig {
     /// default).
     #[serde(default = "default_replication_factor")]
     pub replication_factor: i32,
-}
-
-fn default_start() -> Start {
-    Start::Earliest
 }
 
 fn default_refresh_interval_ms() -> u64 {

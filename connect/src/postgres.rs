@@ -48,10 +48,11 @@ use crate::file_sink::Start;
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// What to do with a record that cannot be written (Kafka Connect's `errors.tolerance`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ErrorTolerance {
-    /// Stop the connector, committing nothing of the record's batch.
+    /// Stop the connector, committing nothing of the record's batch (the default).
+    #[default]
     None,
     /// Skip the record, logged and counted.
     All,
@@ -82,16 +83,16 @@ pub struct PostgresSinkConfig {
     #[serde(default)]
     pub group: Option<String>,
     /// Where partitions without a committed offset start: `earliest` or `latest`.
-    #[serde(default = "default_start")]
+    #[serde(default)]
     pub start: Start,
     /// Records per transaction, at most.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     /// `none` (stop on a bad record) or `all` (skip it, logged and counted).
-    #[serde(default = "default_errors_tolerance")]
+    #[serde(default)]
     pub errors_tolerance: ErrorTolerance,
     /// The group's session timeout, in ms.
-    #[serde(default = "default_session_timeout_ms")]
+    #[serde(default = "crate::file_sink::default_session_timeout_ms")]
     pub session_timeout_ms: u64,
 }
 
@@ -99,20 +100,8 @@ fn default_key_column() -> String {
     "id".into()
 }
 
-fn default_start() -> Start {
-    Start::Earliest
-}
-
 fn default_batch_size() -> usize {
     500
-}
-
-fn default_errors_tolerance() -> ErrorTolerance {
-    ErrorTolerance::None
-}
-
-fn default_session_timeout_ms() -> u64 {
-    10_000
 }
 
 impl PostgresSinkConfig {
