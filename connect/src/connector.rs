@@ -7,7 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use eventflow::client::consumer::Consumer;
+use eventflow::client::group::{GroupConfig, OffsetReset};
+use eventflow::client::ClientError;
+
 use crate::config::BrokerSettings;
+use crate::file_sink::Start;
 
 /// One connector: copies data between the broker and the world until told to stop.
 pub trait Connector: Send {
@@ -62,6 +67,34 @@ impl ConnectorContext {
             std::thread::sleep(left.min(Duration::from_millis(50)));
         }
         false
+    }
+
+    /// A group consumer that joined `group` and subscribed to `topics`, with manual commits,
+    /// partitions without a committed offset starting at `start`, and heartbeats at a fifth
+    /// of the session timeout (at least every 100 ms): the sinks' way in.
+    pub fn join_group(
+        &self,
+        group: &str,
+        topics: &[String],
+        start: Start,
+        session_timeout_ms: u64,
+    ) -> Result<Consumer, ClientError> {
+        let mut consumer = Consumer::new(self.broker.consumer())?;
+        let session = Duration::from_millis(session_timeout_ms);
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let group_config = GroupConfig {
+            session_timeout: session,
+            heartbeat_interval: (session / 5).max(Duration::from_millis(100)),
+            auto_commit: None,
+            reset: match start {
+                Start::Earliest => OffsetReset::Earliest,
+                Start::Latest => OffsetReset::Latest,
+            },
+            client_id: "eventflow-connect".into(),
+            ..GroupConfig::default()
+        };
+        consumer.subscribe(group, &topics, group_config)?;
+        Ok(consumer)
     }
 
     /// The connector's state file: `<state_dir>/<name>.<suffix>`.

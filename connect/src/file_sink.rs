@@ -27,7 +27,6 @@ use anyhow::{bail, Context};
 use eventflow::client::backoff::Backoff;
 use eventflow::client::consumer::Consumer;
 use eventflow::client::format::RecordFormat;
-use eventflow::client::group::{GroupConfig, OffsetReset};
 use eventflow::client::ClientError;
 use serde::{Deserialize, Serialize};
 
@@ -178,21 +177,12 @@ impl FileSink {
         state: &SinkState,
     ) -> Result<Consumer, ClientError> {
         let config = &self.config;
-        let mut consumer = Consumer::new(ctx.broker.consumer())?;
-        let session = Duration::from_millis(config.session_timeout_ms);
-        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-        let group_config = GroupConfig {
-            session_timeout: session,
-            heartbeat_interval: (session / 5).max(Duration::from_millis(100)),
-            auto_commit: None,
-            reset: match config.start {
-                Start::Earliest => OffsetReset::Earliest,
-                Start::Latest => OffsetReset::Latest,
-            },
-            client_id: "eventflow-connect".into(),
-            ..GroupConfig::default()
-        };
-        consumer.subscribe(group, &topics, group_config)?;
+        let mut consumer = ctx.join_group(
+            group,
+            &config.topics,
+            config.start,
+            config.session_timeout_ms,
+        )?;
         let (_, assigned) = consumer.group_assignment().unwrap_or_default();
         for (topic, partition) in assigned {
             if let Some(next) = state.next(&topic, partition) {

@@ -36,7 +36,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use eventflow::client::backoff::Backoff;
 use eventflow::client::consumer::{Consumer, ConsumerRecord};
-use eventflow::client::group::{GroupConfig, OffsetReset};
 use eventflow::client::ClientError;
 use postgres::{NoTls, Statement};
 use serde::Deserialize;
@@ -517,22 +516,12 @@ impl PostgresSink {
     /// A consumer that joined `group`, subscribed to the topics.
     fn join(&self, ctx: &ConnectorContext, group: &str) -> Result<Consumer, ClientError> {
         let config = &self.config;
-        let mut consumer = Consumer::new(ctx.broker.consumer())?;
-        let session = Duration::from_millis(config.session_timeout_ms);
-        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-        let group_config = GroupConfig {
-            session_timeout: session,
-            heartbeat_interval: (session / 5).max(Duration::from_millis(100)),
-            auto_commit: None,
-            reset: match config.start {
-                Start::Earliest => OffsetReset::Earliest,
-                Start::Latest => OffsetReset::Latest,
-            },
-            client_id: "eventflow-connect".into(),
-            ..GroupConfig::default()
-        };
-        consumer.subscribe(group, &topics, group_config)?;
-        Ok(consumer)
+        ctx.join_group(
+            group,
+            &config.topics,
+            config.start,
+            config.session_timeout_ms,
+        )
     }
 }
 
