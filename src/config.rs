@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::Mechanism;
-use crate::storage::FsyncPolicy;
+use crate::storage::{FsyncPolicy, LogWrites};
 
 pub mod sources;
 
@@ -33,6 +33,8 @@ pub struct BrokerConfig {
     /// Extra time a partition's flusher waits to gather more batches into one write and one
     /// fdatasync.
     pub group_commit: Duration,
+    /// How appends reach the log files.
+    pub log_writes: LogWrites,
     /// Largest record batch accepted.
     pub max_batch_bytes: usize,
     /// Largest request frame accepted.
@@ -157,6 +159,7 @@ impl BrokerConfig {
             pin: true,
             fsync: FsyncPolicy::Always,
             group_commit: Duration::ZERO,
+            log_writes: LogWrites::Buffered,
             max_batch_bytes: 1 << 20,
             max_request_bytes: 16 << 20,
             ring_capacity: 1024,

@@ -13,6 +13,7 @@ use eventflow::config::sources::{self, FileText, Layered};
 use eventflow::config::{
     available_cores, format_cores, parse_cores, parse_fsync, AuthConfig, BrokerConfig, ListenerAuth,
 };
+use eventflow::storage::LogWrites;
 use eventflow::tls::{ServerTls, TlsListeners, TlsSettings};
 
 /// The Kafka listener's default port: Kafka's own, so Kafka tools work unconfigured.
@@ -112,6 +113,12 @@ struct Args {
     /// and one fdatasync.
     #[arg(long, default_value_t = 0)]
     group_commit_us: u64,
+
+    /// How appends reach the log files: `buffered` (through the page cache) or `direct`
+    /// (O_DIRECT from aligned buffers, with each partition's newest 4 MiB kept in memory for
+    /// reads). docs/PERFORMANCE.md compares them.
+    #[arg(long, default_value = "buffered")]
+    log_writes: String,
 
     /// Largest record batch accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
@@ -447,6 +454,8 @@ fn config_from(args: Args, layered: &Layered) -> anyhow::Result<BrokerConfig> {
     config.fsync = parse_fsync(&args.fsync)
         .map_err(|e| anyhow::anyhow!(l.blame(&["fsync"], format!("--fsync: {e}"))))?;
     config.group_commit = Duration::from_micros(args.group_commit_us);
+    config.log_writes = LogWrites::parse(&args.log_writes)
+        .map_err(|e| anyhow::anyhow!(l.blame(&["log_writes"], format!("--log-writes: {e}"))))?;
     ensure(
         args.max_batch_bytes >= 61,
         l,

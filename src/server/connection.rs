@@ -175,7 +175,11 @@ fn with_files(parts: Vec<Part>, mut files: impl Iterator<Item = FileRange>) -> V
         .filter_map(|part| match part {
             Part::Bytes(b) => Some(OutChunk::Bytes(b)),
             // Placeholders come in the order of the ranges that made them.
-            Part::External(_) => files.next().map(OutChunk::File),
+            // A range the log had in memory (`--log-writes direct`) goes as bytes.
+            Part::External(_) => files.next().map(|range| match range.cached {
+                Some(bytes) => OutChunk::Bytes(bytes),
+                None => OutChunk::File(range),
+            }),
         })
         .collect()
 }

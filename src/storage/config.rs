@@ -19,6 +19,40 @@ pub enum FsyncPolicy {
     Interval(Duration),
 }
 
+/// How appends reach a log file (`--log-writes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogWrites {
+    /// Through the page cache: the kernel copies each append into cached pages and writes
+    /// them back later (or at the `fdatasync`).
+    #[default]
+    Buffered,
+    /// With `O_DIRECT` from page-aligned buffers, the active segment's newest bytes kept in
+    /// a shard-local cache for reads (`storage::direct`).
+    Direct,
+}
+
+impl LogWrites {
+    /// Parses `buffered` or `direct`.
+    pub fn parse(value: &str) -> Result<LogWrites, String> {
+        match value {
+            "buffered" => Ok(LogWrites::Buffered),
+            "direct" => Ok(LogWrites::Direct),
+            other => Err(format!(
+                "`{other}` is not a write mode; use buffered or direct"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for LogWrites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogWrites::Buffered => "buffered",
+            LogWrites::Direct => "direct",
+        })
+    }
+}
+
 /// What a log does with its old records (Kafka's `cleanup.policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CleanupPolicy {
@@ -136,6 +170,8 @@ pub struct LogConfig {
     /// share its write and its fdatasync (`--group-commit-us`). Zero: flush at once; batches
     /// that arrive while a flush is running still wait for, and share, the next one.
     pub group_commit: std::time::Duration,
+    /// How appends reach the file (`--log-writes`).
+    pub writes: LogWrites,
 }
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
@@ -157,6 +193,7 @@ impl Default for LogConfig {
             fsync: FsyncPolicy::Always,
             max_batch_bytes: 1 << 20,
             group_commit: std::time::Duration::ZERO,
+            writes: LogWrites::Buffered,
         }
     }
 }

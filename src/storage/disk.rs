@@ -35,6 +35,7 @@ use compio::buf::{BufResult, IntoInner, IoBuf};
 use compio::fs::{File, OpenOptions};
 use compio::io::{AsyncReadAtExt, AsyncWriteAtExt};
 
+use super::direct::AlignedBuf;
 use super::error::StorageError;
 #[cfg(test)]
 use super::fault;
@@ -93,7 +94,8 @@ pub(crate) async fn open(path: &Path, create: bool) -> Result<File, StorageError
         .map_err(|e| StorageError::io(path, e))
 }
 
-/// Opens the existing file at `path` for `O_DIRECT` writes (preallocation's zeros).
+/// Opens the existing file at `path` for `O_DIRECT` writes (preallocation's zeros, and the
+/// appends of `--log-writes direct`).
 pub(crate) async fn open_direct(path: &Path) -> Result<File, StorageError> {
     #[cfg(test)]
     if fault::active() {
@@ -108,21 +110,42 @@ pub(crate) async fn open_direct(path: &Path) -> Result<File, StorageError> {
         .map_err(|e| StorageError::io(path, e))
 }
 
-/// Writes `chunk` (whole batches) at `at` of the log at `path`, in one gathered write.
+/// Writes `chunk` (whole batches) at `at` of the log at `path`, in one gathered write, and
+/// gives the buffers back.
 pub(crate) async fn write_log(
     file: &File,
     path: &Path,
     chunk: Vec<BytesMut>,
     at: u64,
-) -> Result<(), StorageError> {
+) -> Result<Vec<BytesMut>, StorageError> {
     #[cfg(test)]
     if fault::active() {
         let bytes: Vec<u8> = chunk.iter().flat_map(|b| b.iter().copied()).collect();
-        return fault_write(file, path, &bytes, at);
+        return fault_write(file, path, &bytes, at).map(|()| chunk);
     }
     let mut writer = file;
-    let BufResult(written, _chunk) = writer.write_vectored_all_at(chunk, at).await;
-    written.map_err(|e| StorageError::io(path, e))
+    let BufResult(written, chunk) = writer.write_vectored_all_at(chunk, at).await;
+    written.map_err(|e| StorageError::io(path, e))?;
+    Ok(chunk)
+}
+
+/// Writes `buf` (whole blocks: the partial block before a chunk, the chunk, zeros) at `at` of
+/// the log at `path`, opened with `O_DIRECT`, and gives the buffer back.
+pub(crate) async fn write_log_direct(
+    file: &File,
+    path: &Path,
+    buf: AlignedBuf,
+    at: u64,
+) -> Result<AlignedBuf, StorageError> {
+    #[cfg(test)]
+    if fault::active() {
+        fault_write(file, path, buf.as_ref(), at)?;
+        return Ok(buf);
+    }
+    let mut writer = file;
+    let BufResult(written, buf) = writer.write_all_at(buf, at).await;
+    written.map_err(|e| StorageError::io(path, e))?;
+    Ok(buf)
 }
 
 /// Writes all of `buf` at `at` of `file` (an index, a snapshot, preallocated zeros).

@@ -9,6 +9,7 @@
 //!   and rebuilds the idempotent producers' state from a snapshot and the batch headers.
 //! - `producers.rs`: what a partition knows of its idempotent producers, and the sequence
 //!   and epoch checks of their batches (pure data).
+//! - `direct.rs`: the aligned buffers and the tail cache of `--log-writes direct`.
 //! - `disk.rs`: every file operation of the log (writes, reads, syncs, length changes,
 //!   opens, removals), the seam where tests inject faults, and the sync journal durability
 //!   tests read ([`init_sync_journal`]).
@@ -29,6 +30,7 @@
 mod acls;
 pub mod catalog;
 mod config;
+mod direct;
 mod disk;
 mod error;
 #[cfg(test)]
@@ -50,7 +52,7 @@ mod sim;
 mod users;
 
 pub use acls::{AclError, AclStore};
-pub use config::{FsyncPolicy, LogConfig, Ratio};
+pub use config::{FsyncPolicy, LogConfig, LogWrites, Ratio};
 pub use disk::{init_sync_journal, SYNC_JOURNAL_ENV};
 pub use error::StorageError;
 pub use fence_file::Fence;

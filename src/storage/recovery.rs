@@ -323,7 +323,8 @@ fn recover_segment(
         let dropped = log_len - end.valid_end;
         if all_zero(&log, &files.log, end.valid_end, log_len)? {
             // Zeros written ahead of the appends under `--fsync always`
-            // (`segment::preallocate`), left by a crash or kill: expected, nothing lost.
+            // (`segment::preallocate`), or padding up to a block after the last `O_DIRECT`
+            // write (`storage::direct`), left by a crash or kill: expected, nothing lost.
             info!(
                 path = %files.log.display(),
                 trimmed_bytes = dropped,

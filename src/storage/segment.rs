@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use bytes::BytesMut;
 use compio::fs::File;
 
+use super::direct::{align_up, TailCache, DIRECT_ALIGN};
 use super::disk;
 use super::error::StorageError;
 use super::index::{IndexPlanner, OffsetIndex, TimeIndex};
@@ -49,9 +50,6 @@ const HEADER_SCAN_CHUNK: usize = 64 << 10;
 /// Smallest and largest run of zeros one preallocation writes (see [`preallocate`]).
 const PREALLOCATE_MIN: u64 = 64 << 10;
 const PREALLOCATE_MAX: u64 = 1 << 20;
-/// Alignment of `O_DIRECT` offsets, lengths and buffers: a page, enough for every device
-/// this runs on (the VMs here have 512-byte logical blocks).
-const DIRECT_ALIGN: u64 = 4096;
 /// Size of the shared zero buffer preallocation writes from.
 const ZEROS_LEN: usize = 1 << 20;
 
@@ -109,6 +107,15 @@ pub(crate) struct Segment {
     /// index file was removed (the next start rebuilds it from the log) and the warning
     /// logged, once.
     pub(crate) index_damaged: bool,
+    /// The log opened with `O_DIRECT`, under `--log-writes direct`: opened on the segment's
+    /// first append.
+    pub(crate) direct: Option<File>,
+    /// The newest bytes appended with `O_DIRECT`, which reads take from memory
+    /// (`storage::direct`). Empty under buffered writes and once the segment is sealed.
+    pub(crate) tail: TailCache,
+    /// Under `--log-writes direct`, reads have asked the kernel to read the log ahead into
+    /// the page cache up to here (`PartitionLog::prefetch`).
+    pub(crate) read_ahead_to: u64,
 }
 
 impl Segment {
@@ -142,6 +149,9 @@ impl Segment {
             preallocated: 0,
             preallocating: None,
             index_damaged: false,
+            direct: None,
+            tail: TailCache::default(),
+            read_ahead_to: 0,
         })
     }
 
@@ -176,6 +186,9 @@ impl Segment {
             preallocated: recovered.size,
             preallocating: None,
             index_damaged: false,
+            direct: None,
+            tail: TailCache::default(),
+            read_ahead_to: 0,
         })
     }
 
@@ -235,11 +248,6 @@ pub(crate) fn preallocate_span(end: u64) -> u64 {
     align_up(end.clamp(PREALLOCATE_MIN, PREALLOCATE_MAX))
 }
 
-/// `n` rounded up to the `O_DIRECT` alignment.
-pub(crate) fn align_up(n: u64) -> u64 {
-    n.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN
-}
-
 /// A page-aligned buffer of zeros, allocated once per process.
 fn zeros() -> &'static [u8] {
     static ZEROS: OnceLock<&'static [u8]> = OnceLock::new();
@@ -286,8 +294,9 @@ pub(crate) async fn preallocate(path: &Path, from: u64, to: u64) -> Result<(), S
 ///
 /// [`preallocate`]'s zeros bypass the page cache. An append that ends inside a page that the
 /// file holds but the cache does not makes the kernel read that page first (about 35 µs per
-/// round here), so the zeros are read ahead once they are written. This is only advice to
-/// the kernel: nothing waits for it, and a failure changes nothing.
+/// round here), so the zeros are read ahead once they are written. Reads of a log written
+/// with `O_DIRECT` ask for the bytes after them the same way (`storage::direct`). This is
+/// only advice to the kernel: nothing waits for it, and a failure changes nothing.
 pub(crate) fn read_ahead(path: &Path, from: u64, to: u64) {
     if !disk::real() {
         return;

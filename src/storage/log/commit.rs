@@ -15,10 +15,11 @@ use bytes::BytesMut;
 use tracing::{debug, warn};
 
 use super::state::{now_ms, sync_dir, AppendOutcome, PartitionLog, PendingAppend};
-use super::writer::{write_at, ChunkTarget, IndexWrites};
+use super::writer::{write_at, ChunkTarget, DirectTarget, IndexWrites};
 use crate::local::oneshot;
 use crate::protocol::batch::ValidBatch;
-use crate::storage::config::{FsyncPolicy, LogConfig};
+use crate::storage::config::{FsyncPolicy, LogConfig, LogWrites};
+use crate::storage::direct;
 use crate::storage::disk;
 use crate::storage::error::StorageError;
 use crate::storage::index::{OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
@@ -228,6 +229,10 @@ impl PartitionLog {
                 }
             }
 
+            let direct = match self.direct_target(&config).await {
+                Ok(direct) => direct,
+                Err(e) => return (committed, Some(e)),
+            };
             // Take a snapshot of the active segment; the flush task is its only writer.
             let (target, position, index_len, time_len, index_on_disk, time_on_disk) = {
                 let segments = self.segments.borrow();
@@ -242,6 +247,7 @@ impl PartitionLog {
                         index: active.index_file.clone(),
                         time_index: active.time_index_file.clone(),
                         planner: active.planner,
+                        direct,
                     },
                     active.size,
                     active.index.len(),
@@ -296,20 +302,24 @@ impl PartitionLog {
             };
 
             // Also when the policy is no longer `always`: a preallocation started under it
-            // may still be running.
-            self.wait_for_preallocation_below(end).await;
+            // may still be running. A direct write covers the whole block `end` falls in.
+            let direct = target.direct.as_ref().is_some_and(|d| d.head.is_some());
+            self.wait_for_preallocation_below(if direct { direct::align_up(end) } else { end })
+                .await;
             let always = config.fsync == FsyncPolicy::Always;
             let chunk: Vec<BytesMut> = buffers.by_ref().take(j - i).collect();
-            let written = target.write(chunk, position, index_writes, always).await;
-            if let Err(e) = written {
-                if let Some(active) = self.segments.borrow_mut().last_mut() {
-                    // The cut-back shortened the file below any preallocation.
-                    active.preallocated = active.preallocated.min(position);
+            let written = match target.write(chunk, position, index_writes, always).await {
+                Ok(written) => written,
+                Err(e) => {
+                    if let Some(active) = self.segments.borrow_mut().last_mut() {
+                        // The cut-back shortened the file below any preallocation.
+                        active.preallocated = active.preallocated.min(position);
+                    }
+                    return (committed, Some(e));
                 }
-                return (committed, Some(e));
-            }
+            };
             if always {
-                self.start_preallocation(end);
+                self.start_preallocation(end, direct);
             }
 
             let last_offset = metas[j - 1].last_offset;
@@ -319,6 +329,9 @@ impl PartitionLog {
                     Some(active) if active.base_offset == target.base_offset => {
                         active.size = end;
                         active.next_offset = last_offset + 1;
+                        if let Some((bytes, held)) = written {
+                            active.tail.push(position, bytes, held);
+                        }
                         active.planner = planner;
                         for entry in entries {
                             active.index.push(entry);
@@ -349,6 +362,59 @@ impl PartitionLog {
             i = j;
         }
         (committed, None)
+    }
+
+    /// What an append to the active segment needs under `--log-writes direct`: its
+    /// `O_DIRECT` handle (opened on first use) and the bytes from the block boundary before
+    /// its end up to the end, if the tail cache has them. `None`
+    /// under buffered writes, or when the file cannot be opened with `O_DIRECT`, which turns
+    /// direct writes off for the partition with a warning.
+    async fn direct_target(
+        &self,
+        config: &LogConfig,
+    ) -> Result<Option<DirectTarget>, StorageError> {
+        if config.writes != LogWrites::Direct || self.direct_off.get() {
+            return Ok(None);
+        }
+        let (base, path, opened, head) = {
+            let segments = self.segments.borrow();
+            let Some(active) = segments.last() else {
+                return Err(StorageError::Closed);
+            };
+            let from = direct::align_down(active.size);
+            let head = if from == active.size {
+                Some(bytes::Bytes::new())
+            } else {
+                active.tail.get(from, (active.size - from) as usize)
+            };
+            (
+                active.base_offset,
+                active.files.log.clone(),
+                active.direct.clone(),
+                head,
+            )
+        };
+        let file = match opened {
+            Some(file) => file,
+            None => match disk::open_direct(&path).await {
+                Ok(file) => {
+                    if let Some(mut segment) = self.segment_mut(base) {
+                        segment.direct = Some(file.clone());
+                    }
+                    file
+                }
+                Err(e) => {
+                    self.direct_off.set(true);
+                    warn!(
+                        dir = %self.dir.display(),
+                        error = %e,
+                        "cannot open the log with O_DIRECT; its appends go through the page cache"
+                    );
+                    return Ok(None);
+                }
+            },
+        };
+        Ok(Some(DirectTarget { file, head }))
     }
 
     /// Whether the batch `next` must start a new segment. An empty segment never rolls.
@@ -428,6 +494,9 @@ impl PartitionLog {
             active.preallocated = size;
             // The trim and the index writes still need a sync.
             active.dirty = true;
+            // No more appends: reads go to the file from here on.
+            active.tail.clear();
+            active.direct = None;
         }
         Ok(())
     }
@@ -492,7 +561,7 @@ impl PartitionLog {
     /// that (or overtook it), they start a span past the end instead, leaving a hole that
     /// appends fill the slow way. Either way the appends wait for a preallocation only if
     /// they outrun it by half a span or more.
-    fn start_preallocation(self: &Rc<Self>, end: u64) {
+    fn start_preallocation(self: &Rc<Self>, end: u64, direct: bool) {
         if self.preallocation_off.get() {
             return;
         }
@@ -506,9 +575,9 @@ impl PartitionLog {
                 return;
             }
             let from = if active.preallocated >= end + span / 2 {
-                segment::align_up(active.preallocated)
+                direct::align_up(active.preallocated)
             } else {
-                segment::align_up(end + span)
+                direct::align_up(end + span)
             };
             active.preallocating = Some(from);
             (
@@ -525,7 +594,10 @@ impl PartitionLog {
                 segment.preallocating = None;
                 if result.is_ok() {
                     segment.preallocated = segment.preallocated.max(to);
-                    segment::read_ahead(&path, from, to);
+                    // Direct appends overwrite whole blocks: they never read a page first.
+                    if !direct {
+                        segment::read_ahead(&path, from, to);
+                    }
                 }
             }
             if let Err(e) = result {

@@ -20,6 +20,8 @@ use tracing::warn;
 
 use super::state::PartitionLog;
 use crate::protocol::batch::{BatchHeader, BATCH_HEADER_LEN};
+use crate::storage::config::LogWrites;
+use crate::storage::direct;
 use crate::storage::error::StorageError;
 use crate::storage::segment;
 
@@ -44,6 +46,9 @@ pub struct FileRange {
     pub position: u64,
     /// Bytes to send.
     pub len: usize,
+    /// The range's bytes, when the log had them in memory (the active segment's tail
+    /// under `--log-writes direct`): sent as they are instead of from the file.
+    pub cached: Option<Bytes>,
 }
 
 impl FileRange {
@@ -51,6 +56,9 @@ impl FileRange {
     /// that cannot splice them (TLS encrypts in user space).
     pub async fn read_part(&self, skip: usize, len: usize) -> Result<BytesMut, StorageError> {
         let len = len.min(self.len.saturating_sub(skip));
+        if let Some(cached) = &self.cached {
+            return Ok(BytesMut::from(&cached[skip..skip + len]));
+        }
         crate::storage::disk::read_exact_at(
             &self.file,
             Path::new("a segment file"),
@@ -113,7 +121,9 @@ impl PartitionLog {
                     .max(at_least)
                     .max(BATCH_HEADER_LEN as u64)
                     .min(end - position);
-                let mut buf = segment::read_exact(&log, &path, position, want as usize).await?;
+                let mut buf = self
+                    .read_log(base, &log, &path, position, want as usize)
+                    .await?;
                 if let Some(claimed) = entry.take() {
                     if let Some(problem) = entry_problem(&buf, position, claimed, end) {
                         self.index_entry_damaged(base, claimed, position, &problem)
@@ -170,9 +180,62 @@ impl PartitionLog {
                 }
                 buf.truncate(stop);
                 let _skipped = buf.split_to(at);
-                return Ok(outcome(buf.freeze()));
+                return Ok(outcome(buf));
             }
         }
+    }
+
+    /// `len` bytes at `position` of segment `base`: from its tail cache if they are there
+    /// (`--log-writes direct`), else from the file.
+    async fn read_log(
+        &self,
+        base: i64,
+        log: &File,
+        path: &Path,
+        position: u64,
+        len: usize,
+    ) -> Result<Bytes, StorageError> {
+        if let Some(bytes) = self.cached(base, position, len) {
+            return Ok(bytes);
+        }
+        self.prefetch(base, position + len as u64);
+        Ok(segment::read_exact(log, path, position, len)
+            .await?
+            .freeze())
+    }
+
+    /// Under `--log-writes direct`, after a read of segment `base` up to `end` that the tail
+    /// cache did not serve: asks the kernel to read the next [`direct::PREFETCH_BYTES`] of the
+    /// log into the page cache, unless an earlier request already covers half of that.
+    fn prefetch(&self, base: i64, end: u64) {
+        if self.config.borrow().writes != LogWrites::Direct {
+            return;
+        }
+        let mut segments = self.segments.borrow_mut();
+        let i = segments.partition_point(|s| s.base_offset < base);
+        let Some(segment) = segments.get_mut(i).filter(|s| s.base_offset == base) else {
+            return;
+        };
+        if segment.read_ahead_to >= end + direct::PREFETCH_BYTES / 2 {
+            return;
+        }
+        let from = segment.read_ahead_to.max(end);
+        let to = (end + direct::PREFETCH_BYTES).min(segment.size);
+        if from < to {
+            segment.read_ahead_to = to;
+            segment::read_ahead(&segment.files.log, from, to);
+        }
+    }
+
+    /// `len` bytes at `position` of segment `base`, if its tail cache holds them.
+    fn cached(&self, base: i64, position: u64, len: usize) -> Option<Bytes> {
+        let segments = self.segments.borrow();
+        let i = segments.partition_point(|s| s.base_offset < base);
+        segments
+            .get(i)
+            .filter(|s| s.base_offset == base)?
+            .tail
+            .get(position, len)
     }
 
     /// The segment to read `offset` from: the one holding it, or (`after_base` set) the
@@ -327,7 +390,9 @@ impl PartitionLog {
                 // Headers only: a window of one index interval holds the target's header
                 // or lets us skip ahead by whole batches.
                 let want = (interval + BATCH_HEADER_LEN as u64).min(end - position);
-                let buf = segment::read_exact(&log, &path, position, want as usize).await?;
+                let buf = self
+                    .read_log(base, &log, &path, position, want as usize)
+                    .await?;
                 if let Some(claimed) = entry.take() {
                     if let Some(problem) = entry_problem(&buf, position, claimed, end) {
                         self.index_entry_damaged(base, claimed, position, &problem)
@@ -362,10 +427,15 @@ impl PartitionLog {
                     .fence_limit(base, start)
                     .map_or(end, |limit| limit.min(end));
                 let len = (max_bytes as u64).min(before_fence - start).max(first_len);
+                let cached = self.cached(base, start, len as usize);
+                if cached.is_none() {
+                    self.prefetch(base, start + len);
+                }
                 return done(Some(FileRange {
                     file: log,
                     position: start,
                     len: len as usize,
+                    cached,
                 }));
             }
         }

@@ -55,6 +55,9 @@ pub struct PartitionLog {
     pub(super) preallocated: Notify,
     /// Preallocation failed once (say, the file system refuses `O_DIRECT`); not tried again.
     pub(super) preallocation_off: Cell<bool>,
+    /// The log file could not be opened with `O_DIRECT` (say, on tmpfs): appends are
+    /// buffered whatever `--log-writes` says; not tried again.
+    pub(super) direct_off: Cell<bool>,
     /// The idempotent producers' state as of the high watermark: every batch written is
     /// recorded, none queued or being written is (the flush task records a chunk's batches
     /// once it is written; `commit.rs`).
@@ -168,6 +171,7 @@ impl PartitionLog {
             flushes: Cell::new(0),
             preallocated: Notify::new(),
             preallocation_off: Cell::new(false),
+            direct_off: Cell::new(false),
             producers: RefCell::new(producers),
             snapshots: RefCell::new(snapshots),
             unsnapshotted: Cell::new(0),

@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use compio::fs::File;
 use tracing::warn;
 
+use crate::storage::direct::AlignedBuf;
 use crate::storage::disk;
 use crate::storage::error::StorageError;
 use crate::storage::index::{
@@ -22,6 +23,20 @@ pub(super) struct ChunkTarget {
     pub(super) index: File,
     pub(super) time_index: File,
     pub(super) planner: IndexPlanner,
+    /// Set under `--log-writes direct`.
+    pub(super) direct: Option<DirectTarget>,
+}
+
+/// What an `O_DIRECT` write of a chunk needs besides the chunk.
+pub(super) struct DirectTarget {
+    /// The log opened with `O_DIRECT`.
+    pub(super) file: File,
+    /// The bytes of the log from the block boundary before the chunk's position up to it,
+    /// which the write repeats (`storage::direct`). `None` when the tail cache does not
+    /// hold them (after a start): that chunk is written through the page cache instead,
+    /// and cached, so the next one has them. They are never read back from the disk, where
+    /// a bad read would be written back over acknowledged bytes.
+    pub(super) head: Option<Bytes>,
 }
 
 /// Index entries to write with a chunk: the file images from the entries on disk on.
@@ -65,20 +80,55 @@ impl IndexWrites {
 }
 
 impl ChunkTarget {
-    /// Writes `chunk` at `position` in one gathered write, then the index entries alongside
-    /// (if `sync`) one `fdatasync` of the log. On failure, cuts every file back.
+    /// Writes `chunk` at `position` in one gathered write (one `O_DIRECT` write of an aligned
+    /// copy, under `--log-writes direct`), then the index entries alongside (if `sync`) one
+    /// `fdatasync` of the log. On failure, cuts every file back. Returns the chunk's bytes
+    /// under `--log-writes direct`, for the segment's tail cache, with the memory they hold.
     pub(super) async fn write(
         &self,
         chunk: Vec<BytesMut>,
         position: u64,
         index: IndexWrites,
         sync: bool,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Option<(Bytes, u64)>, StorageError> {
         let index_at = (index.index_at * OFFSET_ENTRY_LEN) as u64;
         let time_at = (index.time_at * TIME_ENTRY_LEN) as u64;
-        let end = position + chunk.iter().map(|b| b.len() as u64).sum::<u64>();
+        let len = chunk.iter().map(BytesMut::len).sum::<usize>();
+        let end = position + len as u64;
         let result = async {
-            disk::write_log(&self.log, &self.files.log, chunk, position).await?;
+            let written = match &self.direct {
+                None => {
+                    disk::write_log(&self.log, &self.files.log, chunk, position).await?;
+                    None
+                }
+                Some(DirectTarget { head: None, .. }) => {
+                    let chunk =
+                        disk::write_log(&self.log, &self.files.log, chunk, position).await?;
+                    // A copy: the batches are slices of whole request buffers, which the
+                    // cache must not keep alive.
+                    let mut bytes = BytesMut::with_capacity(len);
+                    for batch in &chunk {
+                        bytes.extend_from_slice(batch);
+                    }
+                    Some((bytes.freeze(), len as u64))
+                }
+                Some(DirectTarget {
+                    file,
+                    head: Some(head_bytes),
+                }) => {
+                    let head = head_bytes.len();
+                    let mut buf = AlignedBuf::with_capacity(head + len);
+                    buf.extend(head_bytes);
+                    for batch in chunk {
+                        buf.extend(&batch);
+                    }
+                    buf.pad();
+                    let at = position - head as u64;
+                    let buf = disk::write_log_direct(file, &self.files.log, buf, at).await?;
+                    let held = buf.as_ref().len() as u64;
+                    Some((buf.into_bytes().slice(head..head + len), held))
+                }
+            };
             // The index files are not synced per round, so their writes need not wait for
             // the log's sync, nor it for them.
             let IndexWrites { index, time, .. } = index;
@@ -93,7 +143,7 @@ impl ChunkTarget {
                 Ok(())
             };
             let (indexes, log_sync) = futures_util::future::join(indexes, log_sync).await;
-            indexes.and(log_sync)
+            indexes.and(log_sync).map(|()| written)
         }
         .await;
         if result.is_err() {

@@ -1,0 +1,277 @@
+//! The pieces of `--log-writes direct`: the page-aligned buffers a chunk is gathered into for
+//! an `O_DIRECT` write, and the shard-local cache of the active segment's newest bytes that
+//! reads are served from instead of the disk.
+//!
+//! **Why.** A buffered append costs the kernel a copy into page-cache pages, each of which
+//! it must first allocate, fault in and clear, and later write back (docs/PERFORMANCE.md has
+//! the profile). With `O_DIRECT` the device reads the bytes from our buffer, so the copy into
+//! the buffer is the only one, made on the shard's own core, and nothing piles up as dirty
+//! pages for writeback to stall on later.
+//!
+//! **How a chunk is written.** `O_DIRECT` needs offsets, lengths and buffer addresses
+//! aligned to the device's logical block ([`DIRECT_ALIGN`] covers every device here). A
+//! chunk starting at byte `p` is written from `align_down(p)`: the buffer holds first the
+//! bytes of the partial block before `p` (from the cache, or read back once after a start),
+//! then the chunk, then zeros up to the next block boundary. The file therefore ends in up
+//! to one block of zeros past the batches, exactly like the preallocated zeros of
+//! `--fsync always`, which recovery already trims and a roll or close cuts off.
+//!
+//! **Reads.** A direct write leaves nothing in the page cache, so the written buffer itself
+//! becomes the newest entry of the segment's [`TailCache`]; reads of the active segment's
+//! tail (the consumers that keep up) are copies from memory, and a fetch range that lies in
+//! one cached chunk is handed out as a slice of it, without a copy. Older bytes are read
+//! from the file as with buffered writes: the kernel reads them from the disk once, and the
+//! page cache keeps them for the next reader. A read there also asks the kernel to read
+//! [`PREFETCH_BYTES`] ahead (`posix_fadvise(WILLNEED)`), so a consumer working through a
+//! backlog is not served one disk read per fetch.
+
+use std::alloc::Layout;
+use std::collections::VecDeque;
+use std::ptr::NonNull;
+
+use bytes::{Bytes, BytesMut};
+
+/// Alignment of `O_DIRECT` offsets, lengths and buffers: a page, enough for every device
+/// this runs on (the VMs here have 512-byte logical blocks).
+pub(crate) const DIRECT_ALIGN: u64 = 4096;
+
+/// Bytes of the active segment kept in its [`TailCache`]: a consumer up to this far behind
+/// the producers reads from memory. Only partitions written with `--log-writes direct` hold
+/// one, and only their active segment.
+pub(crate) const TAIL_CACHE_BYTES: u64 = 4 << 20;
+
+/// How far ahead of a read of bytes outside the tail cache the kernel is asked to read the
+/// log into the page cache, and how close a read may come to the end of the last such
+/// request before the next one: a consumer reading a backlog finds its next fetches cached.
+pub(crate) const PREFETCH_BYTES: u64 = 16 << 20;
+
+/// `n` rounded down to the `O_DIRECT` alignment.
+pub(crate) fn align_down(n: u64) -> u64 {
+    n - n % DIRECT_ALIGN
+}
+
+/// `n` rounded up to the `O_DIRECT` alignment.
+pub(crate) fn align_up(n: u64) -> u64 {
+    n.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN
+}
+
+/// A heap buffer whose address and length are multiples of [`DIRECT_ALIGN`], filled once
+/// and then only read: by the device during the write, then by readers through the
+/// [`Bytes`] it becomes ([`AlignedBuf::into_bytes`]).
+pub(crate) struct AlignedBuf {
+    ptr: NonNull<u8>,
+    /// Bytes in use; always a multiple of `DIRECT_ALIGN` once [`AlignedBuf::pad`] ran.
+    len: usize,
+    layout: Layout,
+}
+
+// SAFETY: the buffer owns its allocation outright and has no interior mutability; moving it
+// to another thread (the kernel's I/O workers read it, `Bytes` may travel) is like moving a
+// `Vec<u8>`.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: `&AlignedBuf` only gives out `&[u8]`.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// An empty buffer with room for `capacity` bytes (rounded up to the alignment).
+    pub(crate) fn with_capacity(capacity: usize) -> AlignedBuf {
+        let size = align_up(capacity.max(1) as u64) as usize;
+        let layout =
+            Layout::from_size_align(size, DIRECT_ALIGN as usize).expect("aligned size is valid");
+        // SAFETY: the layout's size is at least one alignment, so non-zero.
+        let raw = unsafe { std::alloc::alloc(layout) };
+        let Some(ptr) = NonNull::new(raw) else {
+            std::alloc::handle_alloc_error(layout);
+        };
+        AlignedBuf {
+            ptr,
+            len: 0,
+            layout,
+        }
+    }
+
+    /// Appends `bytes`; the caller sized the buffer for everything it appends.
+    pub(crate) fn extend(&mut self, bytes: &[u8]) {
+        assert!(
+            self.len + bytes.len() <= self.layout.size(),
+            "aligned buffer overflow"
+        );
+        // SAFETY: the destination range is inside the allocation (checked above) and cannot
+        // overlap `bytes`, which the caller borrows from elsewhere.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.ptr.as_ptr().add(self.len),
+                bytes.len(),
+            );
+        }
+        self.len += bytes.len();
+    }
+
+    /// Zeros up to the next multiple of the alignment.
+    pub(crate) fn pad(&mut self) {
+        let end = align_up(self.len as u64) as usize;
+        // SAFETY: `end` is within the allocation, whose size is a multiple of the alignment
+        // at least `len`.
+        unsafe {
+            std::ptr::write_bytes(self.ptr.as_ptr().add(self.len), 0, end - self.len);
+        }
+        self.len = end;
+    }
+
+    /// The buffer, shared and read-only from here on.
+    pub(crate) fn into_bytes(self) -> Bytes {
+        Bytes::from_owner(self)
+    }
+}
+
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the first `len` bytes were all written by `extend` or `pad`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl compio::buf::IoBuf for AlignedBuf {
+    fn as_init(&self) -> &[u8] {
+        self.as_ref()
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `with_capacity` with this very layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// The newest bytes of an active segment written with `O_DIRECT`: contiguous chunks ending
+/// at the segment's size, at most about [`TAIL_CACHE_BYTES`] of them. Held by the segment, so
+/// a new segment (a roll, a compaction's replacement, a start) begins with an empty one.
+#[derive(Debug, Default)]
+pub(crate) struct TailCache {
+    /// Each chunk with the file position of its first byte and the bytes of memory it
+    /// holds, oldest first, without gaps.
+    chunks: VecDeque<(u64, Bytes, u64)>,
+    /// Memory the chunks hold: a chunk of a direct write holds its whole aligned buffer,
+    /// which for a small append is a block around a few bytes.
+    held: u64,
+}
+
+impl TailCache {
+    /// Adds the bytes written at `position`, which keep `held` bytes of memory alive. A
+    /// chunk that does not continue the cached ones (the cache is empty after a start)
+    /// replaces them.
+    pub(crate) fn push(&mut self, position: u64, bytes: Bytes, held: u64) {
+        if self.end() != Some(position) {
+            self.clear();
+        }
+        self.held += held;
+        self.chunks.push_back((position, bytes, held));
+        while self.held > TAIL_CACHE_BYTES && self.chunks.len() > 1 {
+            if let Some((_, _, old)) = self.chunks.pop_front() {
+                self.held -= old;
+            }
+        }
+    }
+
+    /// Drops every chunk (the segment is sealed).
+    pub(crate) fn clear(&mut self) {
+        self.chunks.clear();
+        self.held = 0;
+    }
+
+    /// The position after the last cached byte.
+    pub(crate) fn end(&self) -> Option<u64> {
+        self.chunks
+            .back()
+            .map(|(at, bytes, _)| at + bytes.len() as u64)
+    }
+
+    /// `[position, position + len)` if it is all cached: a slice of one chunk when it lies in
+    /// one (no copy), else a copy.
+    pub(crate) fn get(&self, position: u64, len: usize) -> Option<Bytes> {
+        let (&(start, _, _), end) = (self.chunks.front()?, self.end()?);
+        let stop = position.checked_add(len as u64)?;
+        if position < start || stop > end {
+            return None;
+        }
+        // The chunk holding `position`: the last one starting at or before it.
+        let first = self.chunks.partition_point(|(at, _, _)| *at <= position) - 1;
+        let (at, chunk, _) = &self.chunks[first];
+        let skip = (position - at) as usize;
+        if skip + len <= chunk.len() {
+            return Some(chunk.slice(skip..skip + len));
+        }
+        let mut out = BytesMut::with_capacity(len);
+        let mut want = len;
+        let mut skip = skip;
+        for (_, chunk, _) in self.chunks.range(first..) {
+            let take = (chunk.len() - skip).min(want);
+            out.extend_from_slice(&chunk[skip..skip + take]);
+            want -= take;
+            skip = 0;
+            if want == 0 {
+                break;
+            }
+        }
+        Some(out.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{align_down, align_up, AlignedBuf, TailCache, DIRECT_ALIGN, TAIL_CACHE_BYTES};
+    use bytes::Bytes;
+
+    #[test]
+    fn aligned_buffers_are_aligned_and_padded_with_zeros() {
+        let mut buf = AlignedBuf::with_capacity(5000);
+        buf.extend(b"abc");
+        buf.pad();
+        let bytes = buf.into_bytes();
+        assert_eq!(bytes.as_ptr() as usize % DIRECT_ALIGN as usize, 0);
+        assert_eq!(bytes.len(), DIRECT_ALIGN as usize);
+        assert_eq!(&bytes[..3], b"abc");
+        assert!(bytes[3..].iter().all(|&b| b == 0));
+        assert_eq!((align_down(4097), align_up(4097)), (4096, 8192));
+        assert_eq!((align_down(4096), align_up(4096)), (4096, 4096));
+    }
+
+    #[test]
+    fn the_tail_cache_serves_what_it_holds_and_nothing_else() {
+        let mut cache = TailCache::default();
+        assert_eq!(cache.get(0, 1), None);
+        cache.push(100, Bytes::from_static(b"hello "), 6);
+        cache.push(106, Bytes::from_static(b"world"), 5);
+        assert_eq!(cache.get(100, 5).as_deref(), Some(&b"hello"[..]));
+        assert_eq!(cache.get(104, 4).as_deref(), Some(&b"o wo"[..]));
+        assert_eq!(cache.get(106, 5).as_deref(), Some(&b"world"[..]));
+        assert_eq!(cache.get(99, 2), None, "before the cache");
+        assert_eq!(cache.get(107, 5), None, "past its end");
+        // A chunk that does not continue the cache replaces it.
+        cache.push(200, Bytes::from_static(b"new"), 3);
+        assert_eq!(cache.get(100, 1), None);
+        assert_eq!(cache.get(200, 3).as_deref(), Some(&b"new"[..]));
+    }
+
+    #[test]
+    fn the_tail_cache_keeps_about_its_budget_of_the_newest_bytes() {
+        let mut cache = TailCache::default();
+        let chunk = Bytes::from(vec![7u8; 1 << 20]);
+        for i in 0..10u64 {
+            cache.push(i << 20, chunk.clone(), 1 << 20);
+        }
+        assert!(cache.held <= TAIL_CACHE_BYTES);
+        assert_eq!(cache.end(), Some(10 << 20));
+        assert!(cache.get(9 << 20, 1 << 20).is_some());
+        assert!(cache.get(0, 1).is_none());
+        // Small appends are counted by the blocks they hold, not their few bytes.
+        let mut cache = TailCache::default();
+        for i in 0..10_000u64 {
+            cache.push(i * 100, Bytes::from(vec![1u8; 100]), 4096);
+        }
+        assert!(cache.held <= TAIL_CACHE_BYTES);
+        assert_eq!(cache.chunks.len(), (TAIL_CACHE_BYTES / 4096) as usize);
+    }
+}
