@@ -43,7 +43,7 @@ pub(crate) const TAIL_CACHE_BYTES: u64 = 4 << 20;
 /// How far ahead of a read of bytes outside the tail cache the kernel is asked to read the
 /// log into the page cache, and how close a read may come to the end of the last such
 /// request before the next one: a consumer reading a backlog finds its next fetches cached.
-pub(crate) const PREFETCH_BYTES: u64 = 16 << 20;
+pub(crate) const PREFETCH_BYTES: u64 = 64 << 20;
 
 /// `n` rounded down to the `O_DIRECT` alignment.
 pub(crate) fn align_down(n: u64) -> u64 {

@@ -302,7 +302,8 @@ pub(crate) fn read_ahead(path: &Path, from: u64, to: u64) {
         return;
     }
     let path = path.to_path_buf();
-    drop(compio::runtime::spawn_blocking(move || {
+    // Detached: dropping compio's handle would cancel the task before it ran.
+    compio::runtime::spawn_blocking(move || {
         if let Ok(file) = std::fs::File::open(&path) {
             // SAFETY: a plain syscall on a descriptor this closure owns.
             unsafe {
@@ -314,7 +315,8 @@ pub(crate) fn read_ahead(path: &Path, from: u64, to: u64) {
                 );
             }
         }
-    }));
+    })
+    .detach();
 }
 
 /// Reads exactly `len` bytes at `pos`, which the caller knows are written.
