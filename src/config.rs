@@ -159,7 +159,7 @@ impl BrokerConfig {
             pin: true,
             fsync: FsyncPolicy::Always,
             group_commit: Duration::ZERO,
-            log_writes: LogWrites::Buffered,
+            log_writes: LogWrites::Direct,
             max_batch_bytes: 1 << 20,
             max_request_bytes: 16 << 20,
             ring_capacity: 1024,

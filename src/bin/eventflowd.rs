@@ -114,10 +114,11 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     group_commit_us: u64,
 
-    /// How appends reach the log files: `buffered` (through the page cache) or `direct`
-    /// (O_DIRECT from aligned buffers, with each partition's newest 4 MiB kept in memory for
-    /// reads). docs/PERFORMANCE.md compares them.
-    #[arg(long, default_value = "buffered")]
+    /// How appends reach the log files: `direct` (O_DIRECT from aligned buffers, with each
+    /// partition's newest 4 MiB kept in memory for reads) or `buffered` (through the page
+    /// cache, which also keeps older data for consumers far behind). docs/PERFORMANCE.md
+    /// compares them.
+    #[arg(long, default_value = "direct")]
     log_writes: String,
 
     /// Largest record batch accepted, in bytes.

@@ -170,7 +170,8 @@ pub struct LogConfig {
     /// share its write and its fdatasync (`--group-commit-us`). Zero: flush at once; batches
     /// that arrive while a flush is running still wait for, and share, the next one.
     pub group_commit: std::time::Duration,
-    /// How appends reach the file (`--log-writes`).
+    /// How appends reach the file (`--log-writes`). Buffered in [`LogConfig::default`]; the
+    /// broker's own default, which it passes in, is direct.
     pub writes: LogWrites,
 }
 
