@@ -67,7 +67,7 @@ record() {
     # The ten hottest frames by self time, for the README.
     awk '{ n = $NF; $NF = ""; split($0, f, ";"); leaf = f[length(f)]; self[leaf] += n; total += n }
          END { for (k in self) printf "%6.2f%%  %s\n", 100 * self[k] / total, k }' \
-        "$data/$name.folded" | sort -rn | head -10 >"$out/$name.top.txt"
+        "$data/$name.folded" | sort -rn | sed -n 1,10p >"$out/$name.top.txt"
     echo "wrote $out/$name.svg"
 }
 

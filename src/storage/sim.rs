@@ -1051,43 +1051,37 @@ fn simulated_partition_logs_keep_their_invariants() {
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
 }
 
+/// Runs each of `seeds` with `run`, printing every failure with how to rerun it, and
+/// returns the seeds that failed.
+fn failing_seeds(kind: &str, seeds: &[u64], run: fn(u64) -> Result<(), String>) -> Vec<u64> {
+    seeds
+        .iter()
+        .copied()
+        .filter(|&seed| match run(seed) {
+            Ok(()) => false,
+            Err(e) => {
+                eprintln!("{kind} simulation seed {seed} failed (rerun: {SEED_ENV}={seed}): {e}");
+                true
+            }
+        })
+        .collect()
+}
+
 #[test]
 fn simulated_compacted_logs_keep_each_keys_newest_record() {
     let seeds = seeds_from_env(DEFAULT_COMPACTED_SEEDS);
-    let failed: Vec<u64> = seeds
-        .iter()
-        .copied()
-        .filter(|&seed| match run_compacted_seed(seed) {
-            Ok(()) => false,
-            Err(e) => {
-                eprintln!(
-                    "compacted simulation seed {seed} failed (rerun: {SEED_ENV}={seed}): {e}"
-                );
-                true
-            }
-        })
-        .collect();
+    let failed = failing_seeds("compacted", &seeds, run_compacted_seed);
     assert!(failed.is_empty(), "failing compacted seeds: {failed:?}");
 }
 
-/// A seed replays exactly: the same steps, outcomes and disk operations.
 #[test]
 fn simulated_direct_logs_keep_their_invariants() {
     let seeds = seeds_from_env(DEFAULT_DIRECT_SEEDS);
-    let failed: Vec<u64> = seeds
-        .iter()
-        .copied()
-        .filter(|&seed| match run_direct_seed(seed) {
-            Ok(()) => false,
-            Err(e) => {
-                eprintln!("direct simulation seed {seed} failed (rerun: {SEED_ENV}={seed}): {e}");
-                true
-            }
-        })
-        .collect();
-    assert!(failed.is_empty(), "failed seeds: {failed:?}");
+    let failed = failing_seeds("direct", &seeds, run_direct_seed);
+    assert!(failed.is_empty(), "failing direct seeds: {failed:?}");
 }
 
+/// A seed replays exactly: the same steps, outcomes and disk operations.
 #[test]
 fn a_seed_replays_exactly() {
     for seed in [1, 2] {
