@@ -203,10 +203,12 @@ fn direct_writes_keep_every_acknowledged_batch_and_read_back_on_every_path() {
         "--log-writes",
         "direct",
         "--segment-bytes",
-        "16384",
+        "131072",
     ]);
     broker.client().create_topic("direct", 2, &[]).unwrap();
-    let mut acked = produce_acked(&broker, "direct", 100);
+    // About 200 KB a partition: a sealed segment, whose reads of 64 KiB and more are made
+    // with O_DIRECT, and an active one that passes the 4 MiB tail cache by nothing.
+    let mut acked = produce_acked(&broker, "direct", 500);
     let check = |broker: &Broker, acked: &[Vec<String>]| {
         for (p, acked) in acked.iter().enumerate() {
             let p = p as u32;
@@ -234,7 +236,7 @@ fn direct_writes_keep_every_acknowledged_batch_and_read_back_on_every_path() {
     check(&broker, &acked);
     for p in 0..2 {
         let logs = broker.segment_files("direct", p, "log");
-        assert!(logs.len() > 2, "partition {p} rolled: {logs:?}");
+        assert!(logs.len() >= 2, "partition {p} rolled: {logs:?}");
     }
     broker.kill9();
     let journal = broker.journal.clone().unwrap();

@@ -595,10 +595,11 @@ impl Sim {
                 ))
             }
         };
-        let bytes =
-            super::disk::read_exact_at(&range.file, Path::new("range"), range.position, range.len)
-                .await
-                .map_err(|e| format!("reading the range at {offset}: {e}"))?;
+        // As a connection sends it: the bytes the log had in memory, else the file's.
+        let bytes = range
+            .read_part(0, range.len)
+            .await
+            .map_err(|e| format!("reading the range at {offset}: {e}"))?;
         let whole: usize = std::iter::successors(Some(0usize), |&at| {
             framed_len(&bytes[at..]).map(|len| at + len)
         })
