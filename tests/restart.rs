@@ -206,8 +206,8 @@ fn direct_writes_keep_every_acknowledged_batch_and_read_back_on_every_path() {
         "131072",
     ]);
     broker.client().create_topic("direct", 2, &[]).unwrap();
-    // About 200 KB a partition: a sealed segment, whose reads of 64 KiB and more are made
-    // with O_DIRECT, and an active one that passes the 4 MiB tail cache by nothing.
+    // About 200 KB a partition: a sealed segment, read from the file, and an active one
+    // held in the tail cache.
     let mut acked = produce_acked(&broker, "direct", 500);
     let check = |broker: &Broker, acked: &[Vec<String>]| {
         for (p, acked) in acked.iter().enumerate() {

@@ -20,10 +20,10 @@
 //! becomes the newest entry of the segment's [`TailCache`]; reads of the active segment's
 //! tail (the consumers that keep up) are copies from memory, and a fetch range that lies in
 //! one cached chunk is handed out as a slice of it, without a copy. Older bytes are read
-//! with `O_DIRECT` too, a fetch's whole window in one read into an aligned buffer (at least
-//! [`DIRECT_READ_MIN`]; smaller reads go through the page cache). On this machine kind a
-//! cold read through the page cache moves about 0.5 GB/s, where 1 MiB `O_DIRECT` reads move
-//! 1.5 GB/s: filling page-cache pages costs what it cost the writes.
+//! from the file as with buffered writes: the kernel reads them from the disk once, and the
+//! page cache keeps them for the next reader. A read there also asks the kernel to read
+//! [`PREFETCH_BYTES`] ahead (`posix_fadvise(WILLNEED)`), so a consumer working through a
+//! backlog is not served one disk read per fetch.
 
 use std::alloc::Layout;
 use std::collections::VecDeque;
@@ -40,10 +40,10 @@ pub(crate) const DIRECT_ALIGN: u64 = 4096;
 /// one, and only their active segment.
 pub(crate) const TAIL_CACHE_BYTES: u64 = 4 << 20;
 
-/// Reads of at least this many bytes that the tail cache cannot serve are made with
-/// `O_DIRECT`; smaller ones (batch headers) go through the page cache. Lower in unit tests,
-/// whose simulated segments are a few KiB, so that the simulation takes this path too.
-pub(crate) const DIRECT_READ_MIN: usize = if cfg!(test) { 512 } else { 64 << 10 };
+/// How far ahead of a read of bytes outside the tail cache the kernel is asked to read the
+/// log into the page cache, and how close a read may come to the end of the last such
+/// request before the next one: a consumer reading a backlog finds its next fetches cached.
+pub(crate) const PREFETCH_BYTES: u64 = 64 << 20;
 
 /// `n` rounded down to the `O_DIRECT` alignment.
 pub(crate) fn align_down(n: u64) -> u64 {
@@ -135,20 +135,6 @@ impl AsRef<[u8]> for AlignedBuf {
 impl compio::buf::IoBuf for AlignedBuf {
     fn as_init(&self) -> &[u8] {
         self.as_ref()
-    }
-}
-
-impl compio::buf::SetLen for AlignedBuf {
-    unsafe fn set_len(&mut self, len: usize) {
-        debug_assert!(len <= self.layout.size());
-        self.len = len;
-    }
-}
-
-impl compio::buf::IoBufMut for AlignedBuf {
-    fn as_uninit(&mut self) -> &mut [std::mem::MaybeUninit<u8>] {
-        // SAFETY: the allocation holds `layout.size()` bytes, each a valid `MaybeUninit`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast(), self.layout.size()) }
     }
 }
 

@@ -33,7 +33,7 @@ use std::sync::OnceLock;
 use bytes::BytesMut;
 use compio::buf::{BufResult, IntoInner, IoBuf};
 use compio::fs::{File, OpenOptions};
-use compio::io::{AsyncReadAt, AsyncReadAtExt, AsyncWriteAtExt};
+use compio::io::{AsyncReadAtExt, AsyncWriteAtExt};
 
 use super::direct::AlignedBuf;
 use super::error::StorageError;
@@ -94,8 +94,8 @@ pub(crate) async fn open(path: &Path, create: bool) -> Result<File, StorageError
         .map_err(|e| StorageError::io(path, e))
 }
 
-/// Opens the existing file at `path` for `O_DIRECT` writes and reads (preallocation's
-/// zeros, and the appends and reads of `--log-writes direct`).
+/// Opens the existing file at `path` for `O_DIRECT` writes (preallocation's zeros, and the
+/// appends of `--log-writes direct`).
 pub(crate) async fn open_direct(path: &Path) -> Result<File, StorageError> {
     #[cfg(test)]
     if fault::active() {
@@ -103,7 +103,6 @@ pub(crate) async fn open_direct(path: &Path) -> Result<File, StorageError> {
         return fault_open(path, false);
     }
     OpenOptions::new()
-        .read(true)
         .write(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)
@@ -146,40 +145,6 @@ pub(crate) async fn write_log_direct(
     let mut writer = file;
     let BufResult(written, buf) = writer.write_all_at(buf, at).await;
     written.map_err(|e| StorageError::io(path, e))?;
-    Ok(buf)
-}
-
-/// Reads up to `len` bytes at `at` of the log at `path`, opened with `O_DIRECT` (`at` and
-/// `len` aligned), into an aligned buffer: fewer where the file ends.
-pub(crate) async fn read_log_direct(
-    file: &File,
-    path: &Path,
-    at: u64,
-    len: usize,
-) -> Result<AlignedBuf, StorageError> {
-    let mut buf = AlignedBuf::with_capacity(len);
-    #[cfg(test)]
-    if fault::active() {
-        let std_file = as_std(file);
-        let file_len = std_file
-            .metadata()
-            .map_err(|e| StorageError::io(path, e))?
-            .len();
-        let mut bytes = vec![0; len.min(file_len.saturating_sub(at) as usize)];
-        fault::with(|d| d.read(&std_file, at, &mut bytes))
-            .map_err(|e| StorageError::io(path, e))?;
-        buf.extend(&bytes);
-        return Ok(buf);
-    }
-    let mut got = 0;
-    while got < len {
-        let BufResult(read, slice) = file.read_at(buf.slice(got..), at + got as u64).await;
-        buf = slice.into_inner();
-        match read.map_err(|e| StorageError::io(path, e))? {
-            0 => break,
-            n => got += n,
-        }
-    }
     Ok(buf)
 }
 

@@ -108,11 +108,14 @@ pub(crate) struct Segment {
     /// logged, once.
     pub(crate) index_damaged: bool,
     /// The log opened with `O_DIRECT`, under `--log-writes direct`: opened on the segment's
-    /// first append or large read.
+    /// first append.
     pub(crate) direct: Option<File>,
     /// The newest bytes appended with `O_DIRECT`, which reads take from memory
     /// (`storage::direct`). Empty under buffered writes and once the segment is sealed.
     pub(crate) tail: TailCache,
+    /// Under `--log-writes direct`, reads have asked the kernel to read the log ahead into
+    /// the page cache up to here (`PartitionLog::prefetch`).
+    pub(crate) read_ahead_to: u64,
 }
 
 impl Segment {
@@ -148,6 +151,7 @@ impl Segment {
             index_damaged: false,
             direct: None,
             tail: TailCache::default(),
+            read_ahead_to: 0,
         })
     }
 
@@ -184,6 +188,7 @@ impl Segment {
             index_damaged: false,
             direct: None,
             tail: TailCache::default(),
+            read_ahead_to: 0,
         })
     }
 
@@ -289,8 +294,9 @@ pub(crate) async fn preallocate(path: &Path, from: u64, to: u64) -> Result<(), S
 ///
 /// [`preallocate`]'s zeros bypass the page cache. An append that ends inside a page that the
 /// file holds but the cache does not makes the kernel read that page first (about 35 µs per
-/// round here), so the zeros are read ahead once they are written. This is only advice to
-/// the kernel: nothing waits for it, and a failure changes nothing.
+/// round here), so the zeros are read ahead once they are written. Reads of a log written
+/// with `O_DIRECT` ask for the bytes after them the same way (`storage::direct`). This is
+/// only advice to the kernel: nothing waits for it, and a failure changes nothing.
 pub(crate) fn read_ahead(path: &Path, from: u64, to: u64) {
     if !disk::real() {
         return;

@@ -496,6 +496,7 @@ impl PartitionLog {
             active.dirty = true;
             // No more appends: reads go to the file from here on.
             active.tail.clear();
+            active.direct = None;
         }
         Ok(())
     }

@@ -22,7 +22,6 @@ use super::state::PartitionLog;
 use crate::protocol::batch::{BatchHeader, BATCH_HEADER_LEN};
 use crate::storage::config::LogWrites;
 use crate::storage::direct;
-use crate::storage::disk;
 use crate::storage::error::StorageError;
 use crate::storage::segment;
 
@@ -187,8 +186,7 @@ impl PartitionLog {
     }
 
     /// `len` bytes at `position` of segment `base`: from its tail cache if they are there
-    /// (`--log-writes direct`), else from the file (with `O_DIRECT`, under direct writes,
-    /// when there are at least [`direct::DIRECT_READ_MIN`] of them).
+    /// (`--log-writes direct`), else from the file.
     async fn read_log(
         &self,
         base: i64,
@@ -200,71 +198,33 @@ impl PartitionLog {
         if let Some(bytes) = self.cached(base, position, len) {
             return Ok(bytes);
         }
-        if len >= direct::DIRECT_READ_MIN && self.reads_direct() {
-            if let Some(bytes) = self.read_direct(base, path, position, len).await? {
-                return Ok(bytes);
-            }
-        }
+        self.prefetch(base, position + len as u64);
         Ok(segment::read_exact(log, path, position, len)
             .await?
             .freeze())
     }
 
-    /// Whether large reads go to the file with `O_DIRECT` (`--log-writes direct`, unless
-    /// the file system refused it).
-    fn reads_direct(&self) -> bool {
-        self.config.borrow().writes == LogWrites::Direct && !self.direct_off.get()
-    }
-
-    /// `len` bytes at `position` of segment `base` with one `O_DIRECT` read of the blocks
-    /// around them, through the segment's `O_DIRECT` handle (opened on first use). `None`
-    /// when the file cannot be opened so, which turns direct I/O off for the partition.
-    async fn read_direct(
-        &self,
-        base: i64,
-        path: &Path,
-        position: u64,
-        len: usize,
-    ) -> Result<Option<Bytes>, StorageError> {
-        let opened = {
-            let segments = self.segments.borrow();
-            let i = segments.partition_point(|s| s.base_offset < base);
-            segments
-                .get(i)
-                .filter(|s| s.base_offset == base)
-                .and_then(|s| s.direct.clone())
-        };
-        let file = match opened {
-            Some(file) => file,
-            None => match disk::open_direct(path).await {
-                Ok(file) => {
-                    if let Some(mut segment) = self.segment_mut(base) {
-                        segment.direct.get_or_insert_with(|| file.clone());
-                    }
-                    file
-                }
-                Err(e) => {
-                    self.direct_off.set(true);
-                    warn!(
-                        dir = %self.dir.display(),
-                        error = %e,
-                        "cannot open the log with O_DIRECT; its reads and appends go through the page cache"
-                    );
-                    return Ok(None);
-                }
-            },
-        };
-        let from = direct::align_down(position);
-        let to = direct::align_up(position + len as u64);
-        let buf = disk::read_log_direct(&file, path, from, (to - from) as usize).await?;
-        let skip = (position - from) as usize;
-        if buf.as_ref().len() < skip + len {
-            return Err(StorageError::corrupt(
-                path,
-                format!("the file ends before byte {}", position + len as u64),
-            ));
+    /// Under `--log-writes direct`, after a read of segment `base` up to `end` that the tail
+    /// cache did not serve: asks the kernel to read the next [`direct::PREFETCH_BYTES`] of the
+    /// log into the page cache, unless an earlier request already covers half of that.
+    fn prefetch(&self, base: i64, end: u64) {
+        if self.config.borrow().writes != LogWrites::Direct {
+            return;
         }
-        Ok(Some(buf.into_bytes().slice(skip..skip + len)))
+        let mut segments = self.segments.borrow_mut();
+        let i = segments.partition_point(|s| s.base_offset < base);
+        let Some(segment) = segments.get_mut(i).filter(|s| s.base_offset == base) else {
+            return;
+        };
+        if segment.read_ahead_to >= end + direct::PREFETCH_BYTES / 2 {
+            return;
+        }
+        let from = segment.read_ahead_to.max(end);
+        let to = (end + direct::PREFETCH_BYTES).min(segment.size);
+        if from < to {
+            segment.read_ahead_to = to;
+            segment::read_ahead(&segment.files.log, from, to);
+        }
     }
 
     /// `len` bytes at `position` of segment `base`, if its tail cache holds them.
@@ -392,9 +352,6 @@ impl PartitionLog {
         offset: i64,
         max_bytes: usize,
     ) -> Result<(Option<FileRange>, i64, i64), StorageError> {
-        if self.reads_direct() {
-            return self.read_range_direct(offset, max_bytes).await;
-        }
         if self.closed.get() {
             return Err(StorageError::Closed);
         }
@@ -471,6 +428,9 @@ impl PartitionLog {
                     .map_or(end, |limit| limit.min(end));
                 let len = (max_bytes as u64).min(before_fence - start).max(first_len);
                 let cached = self.cached(base, start, len as usize);
+                if cached.is_none() {
+                    self.prefetch(base, start + len);
+                }
                 return done(Some(FileRange {
                     file: log,
                     position: start,
@@ -479,36 +439,6 @@ impl PartitionLog {
                 }));
             }
         }
-    }
-
-    /// [`PartitionLog::read_range`] under `--log-writes direct`: the file's pages are not in
-    /// the page cache, so there is nothing cheap to splice. The window is read as
-    /// [`PartitionLog::read`] reads it (from the tail cache, or with one `O_DIRECT` read) and
-    /// handed out as the range's bytes, whole batches only.
-    async fn read_range_direct(
-        &self,
-        offset: i64,
-        max_bytes: usize,
-    ) -> Result<(Option<FileRange>, i64, i64), StorageError> {
-        let ReadOutcome {
-            records,
-            high_watermark,
-            log_start_offset,
-        } = self.read(offset, max_bytes).await?;
-        let done = |range| Ok((range, high_watermark, log_start_offset));
-        if records.is_empty() {
-            return done(None);
-        }
-        // A handle to keep the type whole; with the bytes in hand it is never read.
-        let Some(start) = self.segment_from(offset, None) else {
-            return done(None);
-        };
-        done(Some(FileRange {
-            file: start.log,
-            position: 0,
-            len: records.len(),
-            cached: Some(records),
-        }))
     }
 
     /// Estimated bytes readable from `offset` up to the high watermark (it may count up to an
