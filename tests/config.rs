@@ -397,6 +397,16 @@ fn a_bad_file_names_the_line_and_the_key_and_the_broker_does_not_start() {
         bad.contains(&format!("bad.toml line 1, key `fsync`: {fsync_text}")),
         "{bad}\nvs the flag's: {fsync_text}"
     );
+    let writes_text = flag_error(&["--log-writes", "sideways"]);
+    assert!(
+        writes_text.contains("`sideways` is not a write mode; use buffered or direct"),
+        "{writes_text}"
+    );
+    let bad = refused("log_writes = \"sideways\"\n", &[]);
+    assert!(
+        bad.contains(&format!("bad.toml line 1, key `log_writes`: {writes_text}")),
+        "{bad}\nvs the flag's: {writes_text}"
+    );
     let bad = refused("max_batch_bytes = 10\n", &[]);
     assert!(
         bad.contains(

@@ -55,7 +55,7 @@ pub struct PartitionLog {
     pub(super) preallocated: Notify,
     /// Preallocation failed once (say, the file system refuses `O_DIRECT`); not tried again.
     pub(super) preallocation_off: Cell<bool>,
-    /// The log file could not be opened with `O_DIRECT` (say, on tmpfs): appends are
+    /// The log file could not be opened with `O_DIRECT` (a file system without it): appends are
     /// buffered whatever `--log-writes` says; not tried again.
     pub(super) direct_off: Cell<bool>,
     /// The idempotent producers' state as of the high watermark: every batch written is
