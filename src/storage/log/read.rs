@@ -220,7 +220,8 @@ impl PartitionLog {
             return;
         }
         let from = segment.read_ahead_to.max(end);
-        let to = (end + direct::PREFETCH_BYTES).min(segment.size);
+        // Never the block the next append rewrites: the tail cache serves it.
+        let to = (end + direct::PREFETCH_BYTES).min(direct::align_down(segment.size));
         if from < to {
             segment.read_ahead_to = to;
             segment::read_ahead(&segment.files.log, from, to);
