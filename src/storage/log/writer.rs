@@ -125,7 +125,7 @@ impl ChunkTarget {
                     buf.pad();
                     let at = position - head as u64;
                     let buf = disk::write_log_direct(file, &self.files.log, buf, at).await?;
-                    let held = buf.as_ref().len() as u64;
+                    let held = buf.capacity() as u64;
                     Some((buf.into_bytes().slice(head..head + len), held))
                 }
             };
