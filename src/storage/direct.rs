@@ -11,7 +11,9 @@
 //! **How a chunk is written.** `O_DIRECT` needs offsets, lengths and buffer addresses
 //! aligned to the device's logical block ([`DIRECT_ALIGN`] covers every device here). A
 //! chunk starting at byte `p` is written from `align_down(p)`: the buffer holds first the
-//! bytes of the partial block before `p` (from the cache, or read back once after a start),
+//! bytes of the partial block before `p` (always from the cache: they are never read back
+//! from the disk, where a bad read would be written over acknowledged bytes, so after a
+//! start a segment's chunks go through the page cache until the cache holds that block),
 //! then the chunk, then zeros up to the next block boundary. The file therefore ends in up
 //! to one block of zeros past the batches, exactly like the preallocated zeros of
 //! `--fsync always`, which recovery already trims and a roll or close cuts off.
