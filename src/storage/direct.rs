@@ -10,18 +10,20 @@
 //!
 //! **How a chunk is written.** `O_DIRECT` needs offsets, lengths and buffer addresses
 //! aligned to the device's logical block ([`DIRECT_ALIGN`] covers every device here). A
-//! chunk starting at byte `p` is written from `align_down(p)`: the buffer holds first the
+//! chunk starting at byte `p` is written from `align_down(p)`: the copy holds first the
 //! bytes of the partial block before `p` (always from the cache: they are never read back
 //! from the disk, where a bad read would be written over acknowledged bytes, so after a
 //! start a segment's chunks go through the page cache until the cache holds that block),
-//! then the chunk, then zeros up to the next block boundary. The file therefore ends in up
-//! to one block of zeros past the batches, exactly like the preallocated zeros of
-//! `--fsync always`, which recovery already trims and a roll or close cuts off.
+//! then the chunk, then zeros up to the next block boundary. The copy is made into
+//! [`WRITE_BLOCK`]-sized buffers from a per-thread pool ([`AlignedChunk`]) and written in one
+//! vectored write. The file therefore ends in up to one block of zeros past the batches,
+//! exactly like the preallocated zeros of `--fsync always`, which recovery already trims and
+//! a roll or close cuts off.
 //!
-//! **Reads.** A direct write leaves nothing in the page cache, so the written buffer itself
-//! becomes the newest entry of the segment's [`TailCache`]; reads of the active segment's
-//! tail (the consumers that keep up) are copies from memory, and a fetch range that lies in
-//! one cached chunk is handed out as a slice of it, without a copy. Older bytes are read
+//! **Reads.** A direct write leaves nothing in the page cache, so the written buffers
+//! themselves become the newest entries of the segment's [`TailCache`]; reads of the active
+//! segment's tail (the consumers that keep up) are served from memory: a fetch range that
+//! lies in one buffer as a slice of it, without a copy, a longer one as a copy. Older bytes are read
 //! from the file as with buffered writes: the kernel reads them from the disk once, and the
 //! page cache keeps them for the next reader. A read there also asks the kernel to read
 //! [`PREFETCH_BYTES`] ahead (`posix_fadvise(WILLNEED)`), so a consumer working through a
@@ -74,9 +76,26 @@ unsafe impl Send for AlignedBuf {}
 // SAFETY: `&AlignedBuf` only gives out `&[u8]`.
 unsafe impl Sync for AlignedBuf {}
 
+/// The largest aligned buffer: a chunk bigger than this is copied into several, all of this
+/// size but the last, and written with one vectored write ([`AlignedChunk`]).
+///
+/// One size for almost every buffer is what lets the pool below serve them. When each chunk
+/// took one buffer of its own power-of-two size (64 KiB to 64 MiB), the sizes of successive
+/// rounds varied, the pool seldom held the size asked for, and a direct produce run faulted
+/// in about 12,000 fresh pages per million 100-byte records (docs/PERFORMANCE.md).
+#[cfg(not(test))]
+pub(crate) const WRITE_BLOCK: usize = 1 << 20;
+/// Small in tests, so that the simulation's chunks span several buffers.
+#[cfg(test)]
+pub(crate) const WRITE_BLOCK: usize = DIRECT_ALIGN as usize;
+
 /// Smallest and largest buffer a thread keeps for reuse: sizes between are powers of two.
 const POOLED_MIN: usize = 64 << 10;
-const POOLED_MAX: usize = 64 << 20;
+const POOLED_MAX: usize = if WRITE_BLOCK > POOLED_MIN {
+    WRITE_BLOCK
+} else {
+    POOLED_MIN
+};
 /// Bytes of free buffers each thread keeps for reuse.
 const POOL_BYTES: usize = 16 << 20;
 
@@ -133,6 +152,11 @@ impl AlignedBuf {
     /// Bytes of memory the buffer holds.
     pub(crate) fn capacity(&self) -> usize {
         self.layout.size()
+    }
+
+    /// Bytes written into the buffer.
+    pub(crate) fn len(&self) -> usize {
+        self.len
     }
 
     /// Appends `bytes`; the caller sized the buffer for everything it appends.
@@ -207,6 +231,87 @@ impl Drop for AlignedBuf {
             // there) with this very layout, and freed once: it is in no pool.
             unsafe { std::alloc::dealloc(ptr.as_ptr(), layout) }
         }
+    }
+}
+
+/// The aligned copy of one chunk: [`WRITE_BLOCK`]-sized buffers, the last one smaller,
+/// filled in order, the last padded with zeros to the alignment. The device reads them in one
+/// vectored write; then each becomes a chunk of the segment's [`TailCache`].
+pub(crate) struct AlignedChunk {
+    bufs: Vec<AlignedBuf>,
+    /// The buffer being filled.
+    filling: usize,
+}
+
+impl AlignedChunk {
+    /// Room for `len` bytes and the zeros after them up to the alignment.
+    pub(crate) fn with_capacity(len: usize) -> AlignedChunk {
+        let total = align_up(len.max(1) as u64) as usize;
+        let (full, rest) = (total / WRITE_BLOCK, total % WRITE_BLOCK);
+        let mut bufs = Vec::with_capacity(full + usize::from(rest > 0));
+        bufs.extend((0..full).map(|_| AlignedBuf::with_capacity(WRITE_BLOCK)));
+        if rest > 0 {
+            bufs.push(AlignedBuf::with_capacity(rest));
+        }
+        AlignedChunk { bufs, filling: 0 }
+    }
+
+    /// Appends `bytes`; the caller sized the chunk for everything it appends.
+    pub(crate) fn extend(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            // Every buffer but the last holds exactly a block (a pooled buffer may be bigger
+            // when blocks are smaller than the pool's least size, as in tests).
+            let room = if self.filling + 1 < self.bufs.len() {
+                WRITE_BLOCK
+            } else {
+                self.bufs[self.filling].capacity()
+            };
+            let buf = &mut self.bufs[self.filling];
+            let take = (room - buf.len()).min(bytes.len());
+            if take == 0 {
+                self.filling += 1;
+                continue;
+            }
+            buf.extend(&bytes[..take]);
+            bytes = &bytes[take..];
+        }
+    }
+
+    /// Zeros up to the next multiple of the alignment after the last byte appended; the
+    /// buffers past it, if the caller appended less than it sized the chunk for, go.
+    pub(crate) fn pad(&mut self) {
+        self.bufs.truncate(self.filling + 1);
+        if let Some(last) = self.bufs.last_mut() {
+            last.pad();
+        }
+    }
+
+    /// The chunk's buffers, written at file position `at`, as tail-cache chunks: each with
+    /// the file position of its first byte and the memory it holds, cut to `[from, to)`.
+    pub(crate) fn into_cached(self, at: u64, from: u64, to: u64) -> Vec<(u64, Bytes, u64)> {
+        let mut position = at;
+        let mut cached = Vec::with_capacity(self.bufs.len());
+        for buf in self.bufs {
+            let (start, held) = (position, buf.capacity() as u64);
+            let end = start + buf.len() as u64;
+            position = end;
+            let (first, last) = (start.max(from), end.min(to));
+            if first < last {
+                let bytes = buf.into_bytes();
+                cached.push((
+                    first,
+                    bytes.slice((first - start) as usize..(last - start) as usize),
+                    held,
+                ));
+            }
+        }
+        cached
+    }
+}
+
+impl compio::buf::IoVectoredBuf for AlignedChunk {
+    fn iter_slice(&self) -> impl Iterator<Item = &[u8]> {
+        self.bufs.iter().map(AsRef::as_ref)
     }
 }
 
@@ -296,8 +401,12 @@ impl TailCache {
 
 #[cfg(test)]
 mod tests {
-    use super::{align_down, align_up, AlignedBuf, TailCache, DIRECT_ALIGN, TAIL_CACHE_BYTES};
+    use super::{
+        align_down, align_up, AlignedBuf, AlignedChunk, TailCache, DIRECT_ALIGN, TAIL_CACHE_BYTES,
+        WRITE_BLOCK,
+    };
     use bytes::Bytes;
+    use compio::buf::IoVectoredBuf;
 
     #[test]
     fn aligned_buffers_are_aligned_and_padded_with_zeros() {
@@ -311,6 +420,57 @@ mod tests {
         assert!(bytes[3..].iter().all(|&b| b == 0));
         assert_eq!((align_down(4097), align_up(4097)), (4096, 8192));
         assert_eq!((align_down(4096), align_up(4096)), (4096, 4096));
+    }
+
+    #[test]
+    fn a_chunk_fills_whole_blocks_in_order_and_is_cached_without_its_head_and_zeros() {
+        // A head of 100 bytes, then 2.5 blocks of batches: three buffers, the last padded.
+        let head = vec![1u8; 100];
+        let batches: Vec<u8> = (0..WRITE_BLOCK * 5 / 2).map(|i| (i % 251) as u8).collect();
+        let mut chunk = AlignedChunk::with_capacity(head.len() + batches.len());
+        chunk.extend(&head);
+        for piece in batches.chunks(70_001) {
+            chunk.extend(piece);
+        }
+        chunk.pad();
+        let lens: Vec<usize> = chunk.iter_slice().map(<[u8]>::len).collect();
+        let total = align_up((head.len() + batches.len()) as u64) as usize;
+        assert_eq!(lens, [WRITE_BLOCK, WRITE_BLOCK, total - 2 * WRITE_BLOCK]);
+        for slice in chunk.iter_slice() {
+            assert_eq!(slice.as_ptr() as usize % DIRECT_ALIGN as usize, 0);
+        }
+        let written: Vec<u8> = chunk.iter_slice().flatten().copied().collect();
+        assert_eq!(&written[..100], &head[..]);
+        assert_eq!(&written[100..100 + batches.len()], &batches[..]);
+        assert!(written[100 + batches.len()..].iter().all(|&b| b == 0));
+
+        // Written at file position 8192: the cache gets the batches alone, block by block.
+        let at = 8192;
+        let (from, to) = (at + 100, at + 100 + batches.len() as u64);
+        let cached = chunk.into_cached(at, from, to);
+        let starts: Vec<u64> = cached.iter().map(|(p, _, _)| *p).collect();
+        assert_eq!(
+            starts,
+            [from, at + WRITE_BLOCK as u64, at + 2 * WRITE_BLOCK as u64]
+        );
+        let mut cache = TailCache::default();
+        for (position, bytes, held) in cached {
+            cache.push(position, bytes, held);
+        }
+        assert_eq!(cache.end(), Some(to));
+        assert_eq!(
+            cache.get(from, batches.len()).as_deref(),
+            Some(&batches[..])
+        );
+    }
+
+    #[test]
+    fn freed_blocks_are_reused() {
+        let first = AlignedBuf::with_capacity(WRITE_BLOCK);
+        let address = first.as_ref().as_ptr();
+        drop(first);
+        let again = AlignedBuf::with_capacity(WRITE_BLOCK);
+        assert_eq!(again.as_ref().as_ptr(), address, "the pool's block");
     }
 
     #[test]

@@ -31,11 +31,13 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use bytes::BytesMut;
+#[cfg(test)]
+use compio::buf::IoVectoredBuf;
 use compio::buf::{BufResult, IntoInner, IoBuf};
 use compio::fs::{File, OpenOptions};
 use compio::io::{AsyncReadAtExt, AsyncWriteAtExt};
 
-use super::direct::AlignedBuf;
+use super::direct::AlignedChunk;
 use super::error::StorageError;
 #[cfg(test)]
 use super::fault;
@@ -129,23 +131,25 @@ pub(crate) async fn write_log(
     Ok(chunk)
 }
 
-/// Writes `buf` (whole blocks: the partial block before a chunk, the chunk, zeros) at `at` of
-/// the log at `path`, opened with `O_DIRECT`, and gives the buffer back.
+/// Writes `chunk` (whole blocks: the partial block before a chunk, the chunk, zeros) at `at`
+/// of the log at `path`, opened with `O_DIRECT`, in one vectored write, and gives the
+/// buffers back.
 pub(crate) async fn write_log_direct(
     file: &File,
     path: &Path,
-    buf: AlignedBuf,
+    chunk: AlignedChunk,
     at: u64,
-) -> Result<AlignedBuf, StorageError> {
+) -> Result<AlignedChunk, StorageError> {
     #[cfg(test)]
     if fault::active() {
-        fault_write(file, path, buf.as_ref(), at)?;
-        return Ok(buf);
+        let bytes: Vec<u8> = chunk.iter_slice().flatten().copied().collect();
+        fault_write(file, path, &bytes, at)?;
+        return Ok(chunk);
     }
     let mut writer = file;
-    let BufResult(written, buf) = writer.write_all_at(buf, at).await;
+    let BufResult(written, chunk) = writer.write_vectored_all_at(chunk, at).await;
     written.map_err(|e| StorageError::io(path, e))?;
-    Ok(buf)
+    Ok(chunk)
 }
 
 /// Writes all of `buf` at `at` of `file` (an index, a snapshot, preallocated zeros).

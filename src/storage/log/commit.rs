@@ -329,8 +329,8 @@ impl PartitionLog {
                     Some(active) if active.base_offset == target.base_offset => {
                         active.size = end;
                         active.next_offset = last_offset + 1;
-                        if let Some((bytes, held)) = written {
-                            active.tail.push(position, bytes, held);
+                        for (at, bytes, held) in written.into_iter().flatten() {
+                            active.tail.push(at, bytes, held);
                         }
                         active.planner = planner;
                         for entry in entries {

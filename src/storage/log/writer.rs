@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use compio::fs::File;
 use tracing::warn;
 
-use crate::storage::direct::AlignedBuf;
+use crate::storage::direct::AlignedChunk;
 use crate::storage::disk;
 use crate::storage::error::StorageError;
 use crate::storage::index::{
@@ -83,14 +83,15 @@ impl ChunkTarget {
     /// Writes `chunk` at `position` in one gathered write (one `O_DIRECT` write of an aligned
     /// copy, under `--log-writes direct`), then the index entries alongside (if `sync`) one
     /// `fdatasync` of the log. On failure, cuts every file back. Returns the chunk's bytes
-    /// under `--log-writes direct`, for the segment's tail cache, with the memory they hold.
+    /// under `--log-writes direct`, for the segment's tail cache: pieces, each with its file
+    /// position and the memory it holds.
     pub(super) async fn write(
         &self,
         chunk: Vec<BytesMut>,
         position: u64,
         index: IndexWrites,
         sync: bool,
-    ) -> Result<Option<(Bytes, u64)>, StorageError> {
+    ) -> Result<Option<Vec<(u64, Bytes, u64)>>, StorageError> {
         let index_at = (index.index_at * OFFSET_ENTRY_LEN) as u64;
         let time_at = (index.time_at * TIME_ENTRY_LEN) as u64;
         let len = chunk.iter().map(BytesMut::len).sum::<usize>();
@@ -110,23 +111,21 @@ impl ChunkTarget {
                     for batch in &chunk {
                         bytes.extend_from_slice(batch);
                     }
-                    Some((bytes.freeze(), len as u64))
+                    Some(vec![(position, bytes.freeze(), len as u64)])
                 }
                 Some(DirectTarget {
                     file,
                     head: Some(head_bytes),
                 }) => {
-                    let head = head_bytes.len();
-                    let mut buf = AlignedBuf::with_capacity(head + len);
-                    buf.extend(head_bytes);
+                    let at = position - head_bytes.len() as u64;
+                    let mut copy = AlignedChunk::with_capacity(head_bytes.len() + len);
+                    copy.extend(head_bytes);
                     for batch in chunk {
-                        buf.extend(&batch);
+                        copy.extend(&batch);
                     }
-                    buf.pad();
-                    let at = position - head as u64;
-                    let buf = disk::write_log_direct(file, &self.files.log, buf, at).await?;
-                    let held = buf.capacity() as u64;
-                    Some((buf.into_bytes().slice(head..head + len), held))
+                    copy.pad();
+                    let copy = disk::write_log_direct(file, &self.files.log, copy, at).await?;
+                    Some(copy.into_cached(at, position, end))
                 }
             };
             // The index files are not synced per round, so their writes need not wait for
