@@ -17,8 +17,7 @@
 //! `max_queued_request_bytes`: a frame's bytes are taken from that budget as soon as its
 //! length prefix arrives, before its body is buffered, and given back when its response is
 //! queued. So a shard holds at most that budget in requests, complete or partial, plus one
-//! small read ([`SMALL_READ`]) per connection, plus the free receive buffers its pool keeps
-//! for reuse, at most the budget again (`recv_buffers`). A client that announces a frame and trickles
+//! small read ([`SMALL_READ`]) per connection. A client that announces a frame and trickles
 //! it is closed after `request_read_timeout`; a silent one after `idle_timeout`.
 
 use std::cell::{Cell, RefCell};
@@ -41,7 +40,6 @@ use super::calls::ShareRelease;
 use super::context::{first, ShardContext};
 use super::kafka;
 use super::native::{self, Reply};
-use super::recv_buffers::{RecvBuf, RecvBuffers};
 use super::sasl::SaslSession;
 use super::tls::{self, TlsReader, TlsWriter};
 use crate::auth::acl::{Operation, ResourceType};
@@ -431,24 +429,16 @@ async fn read_loop(
     let max_payload = ctx.config.max_request_bytes;
     let max_in_flight = ctx.config.max_in_flight_per_connection.max(1);
     let read_timeout = ctx.config.request_read_timeout;
-    // Given back to the shard's pool when the connection ends (`RecvLease`).
-    let mut lease = RecvLease {
-        pool: &ctx.recv_buffers,
-        buf: RecvBuf::default(),
-    };
-    // The budget of the frame at the front of the receive buffer, taken when its length
-    // prefix arrived.
+    let mut buf = BytesMut::new();
+    // The budget of the frame at the front of `buf`, taken when its length prefix arrived.
     let mut reserved: Option<BudgetTaken> = None;
-    // When the frame at the front of the receive buffer must be complete (set while one is
-    // partial).
+    // When the frame at the front of `buf` must be complete (set while one is partial).
     let mut frame_deadline: Option<Instant> = None;
     loop {
         // Admit the frame whose prefix is here, then answer every complete frame buffered.
         loop {
             if reserved.is_none() {
-                if let Some(len) =
-                    frame::peek_frame_len(&lease.buf.bytes).filter(|&l| l <= max_payload)
-                {
+                if let Some(len) = frame::peek_frame_len(&buf).filter(|&l| l <= max_payload) {
                     let cost = LENGTH_PREFIX + len;
                     match first(ctx.request_budget.take(cost), ctx.shutdown.notified()).await {
                         Either::Left(()) => {}
@@ -462,15 +452,14 @@ async fn read_loop(
                     frame_deadline = Some(Instant::now() + read_timeout);
                 }
             }
-            match frame::split_frame(&mut lease.buf.bytes, max_payload) {
+            match frame::split_frame(&mut buf, max_payload) {
                 Ok(Some(payload)) => {
                     let Some(taken) = reserved.take() else {
                         // Unreachable: a complete frame's prefix was admitted above.
                         tracing::error!("a complete frame without its budget: closing");
                         return;
                     };
-                    frame_deadline =
-                        (!lease.buf.bytes.is_empty()).then(|| Instant::now() + read_timeout);
+                    frame_deadline = (!buf.is_empty()).then(|| Instant::now() + read_timeout);
                     let go_on = match protocol {
                         Protocol::Native => start_request(ctx, state, payload, taken, ends).await,
                         Protocol::Kafka => {
@@ -489,12 +478,11 @@ async fn read_loop(
                 }
                 Err(e) => {
                     // The stream cannot be resynchronised: answer, then close.
-                    let correlation_id =
-                        if lease.buf.bytes.len() >= LENGTH_PREFIX + REQUEST_HEADER_LEN {
-                            RequestHeader::peek_correlation_id(&lease.buf.bytes[LENGTH_PREFIX..])
-                        } else {
-                            0
-                        };
+                    let correlation_id = if buf.len() >= LENGTH_PREFIX + REQUEST_HEADER_LEN {
+                        RequestHeader::peek_correlation_id(&buf[LENGTH_PREFIX..])
+                    } else {
+                        0
+                    };
                     tracing::debug!("refusing frame: {e}");
                     state.push_bytes(encode_error_response(
                         correlation_id,
@@ -515,30 +503,19 @@ async fn read_loop(
         // Room for the rest of an admitted frame and a little more (the next prefix and small
         // requests); without an admitted frame, only that little: the bytes of a frame are
         // buffered once the budget holds them.
-        let rest = match (&reserved, frame::peek_frame_len(&lease.buf.bytes)) {
-            (Some(_), Some(len)) => (LENGTH_PREFIX + len).saturating_sub(lease.buf.bytes.len()),
+        let rest = match (&reserved, frame::peek_frame_len(&buf)) {
+            (Some(_), Some(len)) => (LENGTH_PREFIX + len).saturating_sub(buf.len()),
             _ => 0,
         };
         let wanted = rest + SMALL_READ;
-        if lease.buf.bytes.is_empty() && lease.buf.bytes.capacity() > wanted {
-            // Do not keep a large frame's allocation while waiting for the next one: the
-            // pool has it for whichever connection needs it first.
-            lease.give_back();
+        if buf.is_empty() && buf.capacity() > wanted {
+            // Do not keep a large frame's allocation alive while waiting for the next one.
+            buf = BytesMut::new();
         }
-        lease.room(wanted);
-        // The buffer is out of the lease while the read has it: one that a closed socket
-        // takes along is freed, not pooled as if it were still there.
-        let mut reading = std::mem::take(&mut lease.buf);
-        let filled = receive(
-            ctx,
-            &mut stream,
-            state,
-            std::mem::take(&mut reading.bytes),
-            wanted,
-            frame_deadline,
-        )
-        .await;
-        reading.bytes = match filled {
+        if buf.capacity() - buf.len() < wanted {
+            buf.reserve(wanted);
+        }
+        buf = match receive(ctx, &mut stream, state, buf, wanted, frame_deadline).await {
             Received::Bytes(filled) => filled,
             Received::Closed => return,
             Received::TimedOut(why) => {
@@ -546,7 +523,6 @@ async fn read_loop(
                 return;
             }
         };
-        lease.buf = reading;
         if frame_deadline.is_none() {
             frame_deadline = Some(Instant::now() + read_timeout);
         }
@@ -554,30 +530,6 @@ async fn read_loop(
         if ctx.is_shutting_down() {
             return;
         }
-    }
-}
-
-/// A connection's receive buffer, given back to the shard's pool when the connection ends.
-struct RecvLease<'a> {
-    pool: &'a RecvBuffers,
-    buf: RecvBuf,
-}
-
-impl RecvLease<'_> {
-    /// Makes room for `wanted` more bytes (`RecvBuffers::room`).
-    fn room(&mut self, wanted: usize) {
-        self.buf = self.pool.room(std::mem::take(&mut self.buf), wanted);
-    }
-
-    /// Hands the buffer to the pool and starts over with none.
-    fn give_back(&mut self) {
-        self.pool.give_back(std::mem::take(&mut self.buf));
-    }
-}
-
-impl Drop for RecvLease<'_> {
-    fn drop(&mut self) {
-        self.give_back();
     }
 }
 

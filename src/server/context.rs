@@ -25,7 +25,6 @@ use super::fetch_sessions::{FetchSessions, SessionLimits};
 use super::group_coordinator::GroupCoordinator;
 use super::partitions::{PartitionCall, PartitionRef, PartitionTable};
 use super::quotas::QuotaMeters;
-use super::recv_buffers::RecvBuffers;
 use super::rpc::{Envelope, Lost, MeshShard, Rpc, ShardCall};
 use super::scrape::ScrapeSlots;
 use super::share_coordinator::ShareCoordinator;
@@ -139,8 +138,6 @@ pub(crate) struct ShardContext {
     pub(crate) shares: ShareCoordinator,
     /// Bytes of request frames this shard's connections may hold at once.
     pub(crate) request_budget: Budget,
-    /// Free receive buffers for the shard's connections to reuse.
-    pub(crate) recv_buffers: RecvBuffers,
     /// The Kafka fetch sessions this shard's connections opened.
     pub(crate) fetch_sessions: RefCell<FetchSessions>,
     /// The rates of the clients this shard serves, against their quotas.
@@ -191,7 +188,6 @@ impl ShardContext {
             connection_closed: Notify::new(),
             // Requests up to a read chunk pass frames that wait for much of the budget.
             request_budget: Budget::with_passing(config_budget, REQUEST_BUDGET_PASSING),
-            recv_buffers: RecvBuffers::new(config_budget),
             fetch_sessions: RefCell::new(FetchSessions::new(
                 id,
                 shard_count,

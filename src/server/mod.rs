@@ -23,7 +23,6 @@ mod metrics;
 mod native;
 mod partitions;
 mod quotas;
-mod recv_buffers;
 mod rpc;
 mod sasl;
 mod scrape;
