@@ -309,9 +309,22 @@ impl AlignedChunk {
     }
 }
 
-impl compio::buf::IoVectoredBuf for AlignedChunk {
-    fn iter_slice(&self) -> impl Iterator<Item = &[u8]> {
+impl AlignedChunk {
+    /// The bytes of each buffer, in order: what the device writes.
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> impl Iterator<Item = &[u8]> {
         self.bufs.iter().map(AsRef::as_ref)
+    }
+
+    /// The buffers, to write (each one's address and length are aligned once padded).
+    pub(crate) fn into_bufs(self) -> Vec<AlignedBuf> {
+        self.bufs
+    }
+
+    /// The chunk the written buffers came from, to cache ([`AlignedChunk::into_cached`]).
+    pub(crate) fn from_bufs(bufs: Vec<AlignedBuf>) -> AlignedChunk {
+        let filling = bufs.len().saturating_sub(1);
+        AlignedChunk { bufs, filling }
     }
 }
 
@@ -406,7 +419,6 @@ mod tests {
         WRITE_BLOCK,
     };
     use bytes::Bytes;
-    use compio::buf::IoVectoredBuf;
 
     #[test]
     fn aligned_buffers_are_aligned_and_padded_with_zeros() {
@@ -433,13 +445,13 @@ mod tests {
             chunk.extend(piece);
         }
         chunk.pad();
-        let lens: Vec<usize> = chunk.iter_slice().map(<[u8]>::len).collect();
+        let lens: Vec<usize> = chunk.bytes().map(<[u8]>::len).collect();
         let total = align_up((head.len() + batches.len()) as u64) as usize;
         assert_eq!(lens, [WRITE_BLOCK, WRITE_BLOCK, total - 2 * WRITE_BLOCK]);
-        for slice in chunk.iter_slice() {
+        for slice in chunk.bytes() {
             assert_eq!(slice.as_ptr() as usize % DIRECT_ALIGN as usize, 0);
         }
-        let written: Vec<u8> = chunk.iter_slice().flatten().copied().collect();
+        let written: Vec<u8> = chunk.bytes().flatten().copied().collect();
         assert_eq!(&written[..100], &head[..]);
         assert_eq!(&written[100..100 + batches.len()], &batches[..]);
         assert!(written[100 + batches.len()..].iter().all(|&b| b == 0));
@@ -462,6 +474,33 @@ mod tests {
             cache.get(from, batches.len()).as_deref(),
             Some(&batches[..])
         );
+    }
+
+    #[test]
+    fn a_chunk_of_more_buffers_than_one_write_takes_is_written_whole() {
+        // 1,030 buffers (4 KiB blocks in tests): more than IOV_MAX, so two writes.
+        let batches: Vec<u8> = (0..WRITE_BLOCK * 1030 - 100)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let mut chunk = AlignedChunk::with_capacity(batches.len());
+        chunk.extend(&batches);
+        chunk.pad();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000000000000000000.log");
+        std::fs::write(&path, vec![9u8; DIRECT_ALIGN as usize]).unwrap();
+        let written = compio::runtime::Runtime::new().unwrap().block_on(async {
+            let file = crate::storage::disk::open_direct(&path).await.unwrap();
+            crate::storage::disk::write_log_direct(&file, &path, chunk, DIRECT_ALIGN)
+                .await
+                .unwrap()
+        });
+        let on_disk = std::fs::read(&path).unwrap();
+        let at = DIRECT_ALIGN as usize;
+        assert_eq!(&on_disk[at..at + batches.len()], &batches[..]);
+        assert!(on_disk[at + batches.len()..].iter().all(|&b| b == 0));
+        assert_eq!(on_disk[..at], vec![9u8; at][..], "nothing before the chunk");
+        let cached = written.into_cached(at as u64, at as u64, (at + batches.len()) as u64);
+        assert_eq!(cached.len(), 1030);
     }
 
     #[test]

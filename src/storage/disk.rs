@@ -31,8 +31,6 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use bytes::BytesMut;
-#[cfg(test)]
-use compio::buf::IoVectoredBuf;
 use compio::buf::{BufResult, IntoInner, IoBuf};
 use compio::fs::{File, OpenOptions};
 use compio::io::{AsyncReadAtExt, AsyncWriteAtExt};
@@ -142,14 +140,26 @@ pub(crate) async fn write_log_direct(
 ) -> Result<AlignedChunk, StorageError> {
     #[cfg(test)]
     if fault::active() {
-        let bytes: Vec<u8> = chunk.iter_slice().flatten().copied().collect();
+        let bytes: Vec<u8> = chunk.bytes().flatten().copied().collect();
         fault_write(file, path, &bytes, at)?;
         return Ok(chunk);
     }
+    // One write takes at most IOV_MAX (1024) buffers: a chunk of more than 1 GiB takes
+    // several, one after the other.
+    const IOV_MAX: usize = 1024;
     let mut writer = file;
-    let BufResult(written, chunk) = writer.write_vectored_all_at(chunk, at).await;
-    written.map_err(|e| StorageError::io(path, e))?;
-    Ok(chunk)
+    let (mut bufs, mut written_bufs) = (chunk.into_bufs(), Vec::new());
+    let mut position = at;
+    while !bufs.is_empty() {
+        let rest = bufs.split_off(bufs.len().min(IOV_MAX));
+        let len = bufs.iter().map(|b| b.as_ref().len() as u64).sum::<u64>();
+        let BufResult(written, group) = writer.write_vectored_all_at(bufs, position).await;
+        written.map_err(|e| StorageError::io(path, e))?;
+        written_bufs.extend(group);
+        position += len;
+        bufs = rest;
+    }
+    Ok(AlignedChunk::from_bufs(written_bufs))
 }
 
 /// Writes all of `buf` at `at` of `file` (an index, a snapshot, preallocated zeros).
