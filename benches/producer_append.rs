@@ -11,6 +11,10 @@
 //!   (`CLOCK_THREAD_CPUTIME_ID`), not wall-clock time: a thread waiting for a core is not
 //!   charged, a thread waiting for the lock or for cache lines the I/O thread took is.
 //!
+//! - `send_tagged_many/*`: the same through `Producer::send_tagged_many`, 64 records a call
+//!   (one lock and one clock reading per call), as the harness's full-rate producers send;
+//!   also the sending thread's CPU time per record.
+//!
 //! With `PRODUCER_APPEND_RECORDS=N` set, the binary instead runs each case once for exactly
 //! N records and exits, for instruction counts that do not depend on the machine's load:
 //!
@@ -165,6 +169,26 @@ fn send(producer: &Producer, key: Option<&[u8]>, tag: u64) {
     producer.send_tagged(record, tag).expect("send");
 }
 
+/// Records per `send_tagged_many` call.
+const SLICE: u64 = 64;
+
+/// Sends `SLICE` records from `first_tag` in one `send_tagged_many` call, keyed by their
+/// tags or not.
+fn send_slice(producer: &Producer, keyed: bool, first_tag: u64) {
+    let keys: [[u8; 8]; SLICE as usize] =
+        std::array::from_fn(|i| (first_tag + i as u64).to_be_bytes());
+    let records = keys.iter().enumerate().map(|(i, key)| {
+        let record = Record {
+            topic: TOPIC,
+            key: keyed.then_some(&key[..]),
+            value: Some(&VALUE),
+            ..Record::default()
+        };
+        (record, first_tag + i as u64)
+    });
+    producer.send_tagged_many(records).expect("send");
+}
+
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("producer_append");
     group.throughput(Throughput::Elements(1));
@@ -200,6 +224,23 @@ fn bench(c: &mut Criterion) {
             thread_cpu_time() - start
         });
     });
+    for (name, keyed) in [
+        ("send_tagged_many/unkeyed", false),
+        ("send_tagged_many/keyed", true),
+    ] {
+        // Criterion's iteration is one record: a call per `SLICE` of them.
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let calls = iters.div_ceil(SLICE);
+                let start = thread_cpu_time();
+                for _ in 0..calls {
+                    send_slice(&producer, keyed, tag);
+                    tag += SLICE;
+                }
+                (thread_cpu_time() - start).mul_f64(iters as f64 / (calls * SLICE) as f64)
+            });
+        });
+    }
     group.finish();
     producer.flush().expect("flush");
 }
@@ -246,6 +287,20 @@ fn count_send_tagged_keyed(producer: &Producer, n: u64) {
     }
 }
 
+#[inline(never)]
+fn count_send_tagged_many_unkeyed(producer: &Producer, n: u64) {
+    for first in (0..n).step_by(SLICE as usize) {
+        send_slice(producer, false, first);
+    }
+}
+
+#[inline(never)]
+fn count_send_tagged_many_keyed(producer: &Producer, n: u64) {
+    for first in (0..n).step_by(SLICE as usize) {
+        send_slice(producer, true, first);
+    }
+}
+
 fn main() {
     if let Some(n) = std::env::var("PRODUCER_APPEND_RECORDS")
         .ok()
@@ -256,6 +311,8 @@ fn main() {
         let producer = producer(stub_broker());
         count_send_tagged_unkeyed(&producer, n);
         count_send_tagged_keyed(&producer, n);
+        count_send_tagged_many_unkeyed(&producer, n);
+        count_send_tagged_many_keyed(&producer, n);
         producer.flush().expect("flush");
         return;
     }

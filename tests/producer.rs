@@ -344,6 +344,106 @@ fn tagged_sends_report_to_the_callback_once_each() {
 }
 
 #[test]
+fn send_tagged_many_queues_every_record_in_order_and_stops_at_a_bad_one() {
+    use eventflow::client::producer::SEND_MANY_CHUNK;
+    use std::sync::{Arc, Mutex};
+    let broker = Broker::start(&[]);
+    broker.client().create_topic("many", 3, &[]).unwrap();
+    let seen: Arc<Mutex<HashMap<u64, (u32, i64)>>> = Arc::default();
+    let sink = seen.clone();
+    let producer = Producer::with_callback(
+        config(&broker),
+        Arc::new(move |tag, outcome| {
+            let d = outcome.as_ref().expect("delivered");
+            let previous = sink.lock().unwrap().insert(tag, (d.partition, d.offset));
+            assert!(previous.is_none(), "tag {tag} reported twice");
+        }),
+    )
+    .unwrap();
+    // One call of many chunks, mixing keyed, unkeyed and fixed-partition records.
+    let total = 10 * SEND_MANY_CHUNK as u64 + 7;
+    let values: Vec<[u8; 8]> = (0..total).map(u64::to_be_bytes).collect();
+    let records = values.iter().enumerate().map(|(i, value)| {
+        let record = Record {
+            topic: "many",
+            key: (i % 3 == 1).then_some(&value[..]),
+            partition: (i % 3 == 2).then_some(2),
+            value: Some(&value[..]),
+            ..Record::default()
+        };
+        (record, i as u64)
+    });
+    producer.send_tagged_many(records).unwrap();
+    producer.flush().unwrap();
+    let seen_now = seen.lock().unwrap().clone();
+    assert_eq!(seen_now.len() as u64, total);
+    let mut found = 0;
+    for partition in 0..3 {
+        let mut last_tag = None;
+        for (offset, key, value) in stored(&broker, "many", partition) {
+            let tag = u64::from_be_bytes(value.clone().try_into().unwrap());
+            assert_eq!(seen_now[&tag], (partition, offset), "tag {tag}");
+            if tag % 3 == 1 {
+                assert_eq!(key, value, "a keyed record keeps its key");
+                assert_eq!(partition_for_key(&key, 3), partition);
+            }
+            if tag % 3 == 2 {
+                assert_eq!(partition, 2, "a fixed partition is kept");
+            }
+            // One producer, one connection: a partition's records are in the order sent.
+            assert!(last_tag < Some(tag), "tag {tag} after {last_tag:?}");
+            last_tag = Some(tag);
+            found += 1;
+        }
+    }
+    assert_eq!(found, total);
+
+    // A record for a partition the topic lacks stops the call there: the records before
+    // it are queued and delivered, it and the rest are not.
+    let value = b"v";
+    let slice = (0..5u64).map(|i| {
+        let record = Record {
+            topic: "many",
+            partition: Some(if i == 2 { 7 } else { 0 }),
+            value: Some(&value[..]),
+            ..Record::default()
+        };
+        (record, 1_000_000 + i)
+    });
+    let err = producer.send_tagged_many(slice).unwrap_err();
+    assert_eq!(err.queued, 2);
+    assert!(
+        matches!(&err.error, ClientError::Broker(e) if e.code == ErrorCode::UnknownTopicOrPartition),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("the 2 records before it were queued"),
+        "{err}"
+    );
+    producer.flush().unwrap();
+    let seen_now = seen.lock().unwrap().clone();
+    assert_eq!(seen_now.len() as u64, total + 2);
+    assert!(seen_now.contains_key(&1_000_001));
+    assert!(!seen_now.contains_key(&1_000_002) && !seen_now.contains_key(&1_000_003));
+
+    // An unknown topic fails its first record; a producer without a callback refuses.
+    let missing = std::iter::once((
+        Record {
+            topic: "no-such-topic",
+            value: Some(&value[..]),
+            ..Record::default()
+        },
+        9,
+    ));
+    let err = producer.send_tagged_many(missing.clone()).unwrap_err();
+    assert_eq!(err.queued, 0);
+    let plain = Producer::new(config(&broker)).unwrap();
+    let err = plain.send_tagged_many(missing).unwrap_err();
+    assert!(matches!(err.error, ClientError::Unexpected(_)), "{err}");
+}
+
+#[test]
 fn requests_stay_under_max_request_bytes() {
     // The broker refuses frames over 8 KiB; the producer holds 2,000 records (well over
     // 8 KiB in 1 KiB batches) until the flush and must spread them over several requests.

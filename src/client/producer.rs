@@ -218,6 +218,22 @@ impl Future for DeliveryFuture {
     }
 }
 
+/// Records [`Producer::send_tagged_many`] appends under one taking of the lock and one
+/// reading of the clock. At 100 bytes a record that is about 3 µs of appends: long enough
+/// to spread the lock's cost over many records, short enough that the I/O thread, which
+/// takes the lock to send closed batches, never waits long for it.
+pub const SEND_MANY_CHUNK: usize = 64;
+
+/// [`Producer::send_tagged_many`] stopped at a record it could not queue.
+#[derive(Debug, thiserror::Error)]
+#[error("{error} (the {queued} records before it were queued)")]
+pub struct SendManyError {
+    /// Records queued before the one that failed; their outcomes reach the callback.
+    pub queued: usize,
+    /// Why the next record was not queued.
+    pub error: ClientError,
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -353,9 +369,80 @@ impl Producer {
         self.enqueue(record, Token::Tagged(tag))
     }
 
-    fn enqueue(&self, record: Record<'_>, mut token: Token) -> Result<(), ClientError> {
+    /// Queues records whose outcomes go to the producer's callback, each with its tag, as
+    /// [`Producer::send_tagged`] does for one, but taking the producer's lock and reading
+    /// the clock once per [`SEND_MANY_CHUNK`] records instead of once per record (records
+    /// without a timestamp of their own share the chunk's). This is for a thread that
+    /// produces as fast as it can, as librdkafka's `rd_kafka_produce_batch` is: the lock
+    /// and the clock are most of what `send_tagged` costs beyond building the batch
+    /// (docs/PERFORMANCE.md). The lock is let go between chunks, so the I/O thread is never
+    /// held off longer than one chunk's appends, however many records come.
+    ///
+    /// On an error the records before the failing one are queued (their outcomes reach the
+    /// callback) and it and the rest are not: [`SendManyError::queued`] says how many.
+    pub fn send_tagged_many<'r>(
+        &self,
+        records: impl IntoIterator<Item = (Record<'r>, u64)>,
+    ) -> Result<(), SendManyError> {
+        if self.shared.callback.is_none() {
+            return Err(SendManyError {
+                queued: 0,
+                error: ClientError::Unexpected(
+                    "send_tagged_many needs a producer made with Producer::with_callback".into(),
+                ),
+            });
+        }
+        let mut records = records.into_iter().peekable();
+        let mut queued = 0;
+        while records.peek().is_some() {
+            let now = now_ms();
+            let mut state = lock(&self.shared.state);
+            let mut wake = false;
+            for (record, tag) in records.by_ref().take(SEND_MANY_CHUNK) {
+                let timestamp = record.timestamp.unwrap_or(now);
+                let outcome;
+                (state, outcome) =
+                    self.append_locked(state, &record, timestamp, Token::Tagged(tag));
+                match outcome {
+                    Ok(new_work) => wake |= new_work,
+                    Err(error) => {
+                        self.wake_io(&state, wake);
+                        return Err(SendManyError { queued, error });
+                    }
+                }
+                queued += 1;
+            }
+            self.wake_io(&state, wake);
+        }
+        Ok(())
+    }
+
+    fn enqueue(&self, record: Record<'_>, token: Token) -> Result<(), ClientError> {
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
-        let mut state = lock(&self.shared.state);
+        let state = lock(&self.shared.state);
+        let (state, outcome) = self.append_locked(state, &record, timestamp, token);
+        self.wake_io(&state, outcome?);
+        Ok(())
+    }
+
+    /// Wakes the I/O thread if it has something new to do and is waiting for it.
+    fn wake_io(&self, state: &State, new_work: bool) {
+        if new_work && state.io_waiting {
+            self.shared.work.notify_one();
+        }
+    }
+
+    /// Appends one record under the state's lock and hands the lock back: taken again if
+    /// it was let go, to ask the broker about a new topic or to wait for buffer space. The
+    /// outcome says whether the I/O thread has new work: a closed batch to send, or a new
+    /// batch whose linger deadline it must watch.
+    fn append_locked<'s>(
+        &'s self,
+        mut state: MutexGuard<'s, State>,
+        record: &Record<'_>,
+        timestamp: i64,
+        mut token: Token,
+    ) -> (MutexGuard<'s, State>, Result<bool, ClientError>) {
         let partitions = match state.last_partitions {
             Some(partitions) if state.last_topic == record.topic => partitions,
             _ => {
@@ -365,9 +452,12 @@ impl Producer {
                         // First record of this topic: ask the broker, without holding the
                         // lock.
                         drop(state);
-                        let partitions = self.topic(record.topic)?.owners.len() as u32;
+                        let topic = self.topic(record.topic);
                         state = lock(&self.shared.state);
-                        partitions
+                        match topic {
+                            Ok(info) => info.owners.len() as u32,
+                            Err(e) => return (state, Err(e)),
+                        }
                     }
                 };
                 record.topic.clone_into(&mut state.last_topic);
@@ -378,18 +468,18 @@ impl Producer {
         let partition = match (record.partition, record.key) {
             (Some(p), _) if p < partitions => p,
             (Some(p), _) => {
-                return Err(WireError::new(
+                let unknown = WireError::new(
                     ErrorCode::UnknownTopicOrPartition,
                     format!("topic `{}` has no partition {p}", record.topic),
-                )
-                .into())
+                );
+                return (state, Err(unknown.into()));
             }
             (None, Some(key)) => partition_for_key(key, partitions),
             (None, None) => state.sticky.partition(record.topic, partitions),
         };
         loop {
             if state.closed {
-                return Err(closed());
+                return (state, Err(closed()));
             }
             // The clock is read only for a new batch (its linger starts now).
             let mut opens_batch = false;
@@ -409,9 +499,7 @@ impl Producer {
             match appended {
                 Ok(closed_batches) => {
                     state.pending += 1;
-                    // Wake the I/O thread only when it has something new to do: a closed
-                    // batch to send, or a new batch whose linger deadline it must watch.
-                    let wake = opens_batch || !closed_batches.is_empty();
+                    let new_work = opens_batch || !closed_batches.is_empty();
                     if !closed_batches.is_empty() {
                         if record.key.is_none() && record.partition.is_none() {
                             state
@@ -424,10 +512,7 @@ impl Producer {
                             state.retry.push((Outgoing::new(b), now));
                         }
                     }
-                    if wake && state.io_waiting {
-                        self.shared.work.notify_one();
-                    }
-                    return Ok(());
+                    return (state, Ok(new_work));
                 }
                 Err((AppendError::BufferFull { .. }, back))
                     if self.shared.config.block_when_full =>
@@ -441,7 +526,7 @@ impl Producer {
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                 }
                 Err((e, _)) => {
-                    return Err(ClientError::Unexpected(e.to_string()));
+                    return (state, Err(ClientError::Unexpected(e.to_string())));
                 }
             }
         }
