@@ -16,7 +16,7 @@ use rand::{RngCore, SeedableRng};
 use crate::clock::{self, now_ns, Schedule};
 use crate::machine::{self, Machine};
 use crate::result::{new_histogram, series, BrokerUsage, Latency, RunResult, Sample, Throughput};
-use crate::target::{AckSink, ConsumerWorker, ProducerWorker, Target};
+use crate::target::{AckSink, ConsumerWorker, OutgoingRecord, ProducerWorker, Target};
 use crate::workload::{parse_cpus, Backlog, Keys, Stamp, Workload};
 
 /// What a run measures.
@@ -76,6 +76,13 @@ const TICK: Duration = Duration::from_millis(100);
 const SAMPLE_EVERY_NS: u64 = 1_000_000_000;
 /// Records a producer sends between updates of the shared counters.
 const REPORT_EVERY: u64 = 256;
+/// A closed-loop producer hands its client up to this many records at once
+/// (`ProducerWorker::send_many`), and at most `SLICE_BYTES` of values: a client with a call
+/// that queues many records pays its per-call costs once per slice. Open-loop producers
+/// send each record when it is due, and so does every producer with
+/// `EVENTFLOW_BENCH_NO_SLICES` set (to measure what slices change).
+const SLICE_RECORDS: usize = 64;
+const SLICE_BYTES: usize = 64 << 10;
 
 /// Counters every worker adds to; the monitor reads them.
 #[derive(Default)]
@@ -642,12 +649,25 @@ struct ProducerLoop<'a> {
 
 impl ProducerLoop<'_> {
     fn run(mut self) -> Result<ProducerOutcome> {
-        // The payload is made once; each send rewrites only its 24-byte stamp.
+        // The payload is made once; each send rewrites only its 24-byte stamp. A
+        // closed-loop producer hands records over a slice at a time (`send_many`), so it
+        // keeps one payload per record of a slice.
         let mut rng = SmallRng::seed_from_u64(0x5eed ^ u64::from(self.index));
         let mut payload = vec![0u8; self.message_size];
         rng.fill_bytes(&mut payload);
-        let mut delay = new_histogram();
         let open_loop = self.schedule.is_open_loop();
+        let slice_len = if open_loop || std::env::var_os("EVENTFLOW_BENCH_NO_SLICES").is_some() {
+            1
+        } else {
+            (SLICE_BYTES / self.message_size.max(1)).clamp(1, SLICE_RECORDS)
+        };
+        let mut slice = Slice {
+            payloads: vec![payload; slice_len],
+            keys: vec![None; slice_len],
+            tags: vec![0; slice_len],
+            len: 0,
+        };
+        let mut delay = new_histogram();
         let mut measured = 0u64;
         let mut k = 0u64;
         let mut unreported = 0u64;
@@ -678,33 +698,69 @@ impl ProducerLoop<'_> {
                 bound += REPORT_EVERY;
                 issued.store(bound, Ordering::Relaxed);
             }
+            let n = slice.len;
             Stamp {
                 intended_ns: intended,
                 sent_ns: sent,
                 producer: self.index,
                 seq: k,
             }
-            .write(&mut payload);
-            let key_bytes = match self.keys {
+            .write(&mut slice.payloads[n]);
+            slice.keys[n] = match self.keys {
                 Keys::None => None,
                 Keys::Random => Some(rng.next_u64().to_le_bytes()),
                 Keys::Seq => Some(k.to_le_bytes()),
             };
-            let tag = tag::encode(&self.schedule, k, intended, sent);
-            self.worker
-                .send(None, key_bytes.as_ref().map(|k| &k[..]), &payload, tag)
-                .with_context(|| format!("producer {} sending record {k}", self.index))?;
+            slice.tags[n] = tag::encode(&self.schedule, k, intended, sent);
+            slice.len += 1;
             k += 1;
+            if slice.len == slice_len {
+                self.send(&mut slice, k)?;
+            }
             unreported += 1;
             if unreported == REPORT_EVERY {
                 self.totals.sent.fetch_add(unreported, Ordering::Relaxed);
                 unreported = 0;
             }
         }
+        self.send(&mut slice, k)?;
         self.totals.sent.fetch_add(unreported, Ordering::Relaxed);
         self.worker.flush()?;
         Ok(ProducerOutcome { delay, sent: k })
     }
+
+    /// Sends the records stamped into `slice` (`k`: the sequence number after them).
+    fn send(&mut self, slice: &mut Slice, k: u64) -> Result<()> {
+        let records: Vec<OutgoingRecord<'_>> = (0..slice.len)
+            .map(|i| OutgoingRecord {
+                key: slice.keys[i].as_ref().map(|key| &key[..]),
+                value: &slice.payloads[i],
+                tag: slice.tags[i],
+            })
+            .collect();
+        let sent = match records.as_slice() {
+            [] => Ok(()),
+            [one] => self.worker.send(None, one.key, one.value, one.tag),
+            many => self.worker.send_many(many),
+        };
+        sent.with_context(|| {
+            format!(
+                "producer {} sending records {}..{k}",
+                self.index,
+                k - slice.len as u64
+            )
+        })?;
+        slice.len = 0;
+        Ok(())
+    }
+}
+
+/// Records a closed-loop producer has stamped and not yet handed to its client.
+struct Slice {
+    payloads: Vec<Vec<u8>>,
+    keys: Vec<Option<[u8; 8]>>,
+    tags: Vec<u64>,
+    len: usize,
 }
 
 fn consume_loop(

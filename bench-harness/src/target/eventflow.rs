@@ -17,7 +17,7 @@ use eventflow::client::{Client, ClientError, ClientTls, Credentials};
 use eventflow::protocol::api::{offset_spec, Acks};
 use eventflow::protocol::ErrorCode;
 
-use super::{AckSink, ConsumerWorker, ProducerWorker, Target};
+use super::{AckSink, ConsumerWorker, OutgoingRecord, ProducerWorker, Target};
 use crate::workload::{self, Workload};
 
 pub(super) struct Eventflow {
@@ -231,6 +231,12 @@ impl Target for Eventflow {
                 .into(),
             ),
             ("acks".into(), w.acks.as_str().into()),
+            (
+                "send".into(),
+                "send_tagged_many at full rate (one lock and clock reading per 64 records), \
+                 send_tagged on a schedule"
+                    .into(),
+            ),
             ("batch_bytes".into(), c.batch_bytes.to_string()),
             ("linger".into(), format!("{:?}", c.linger)),
             ("buffer_bytes".into(), c.buffer_bytes.to_string()),
@@ -262,6 +268,21 @@ impl ProducerWorker for EventflowProducer {
             ..Record::default()
         };
         self.producer.send_tagged(record, tag)?;
+        Ok(())
+    }
+
+    fn send_many(&mut self, records: &[OutgoingRecord<'_>]) -> Result<()> {
+        let topic = self.topic.as_str();
+        let records = records.iter().map(|r| {
+            let record = Record {
+                topic,
+                key: r.key,
+                value: Some(r.value),
+                ..Record::default()
+            };
+            (record, r.tag)
+        });
+        self.producer.send_tagged_many(records)?;
         Ok(())
     }
 

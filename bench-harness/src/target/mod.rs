@@ -56,8 +56,27 @@ pub trait ProducerWorker: Send {
         value: &[u8],
         tag: u64,
     ) -> Result<()>;
+    /// Queues several records (a closed-loop producer's slice), each like `send` with no
+    /// fixed partition. Clients with a call that queues many records at once override it;
+    /// the others send them one by one.
+    fn send_many(&mut self, records: &[OutgoingRecord<'_>]) -> Result<()> {
+        for r in records {
+            self.send(None, r.key, r.value, r.tag)?;
+        }
+        Ok(())
+    }
     /// Waits until every record sent so far has an outcome.
     fn flush(&mut self) -> Result<()>;
+}
+
+/// One record of a [`ProducerWorker::send_many`] slice.
+pub struct OutgoingRecord<'a> {
+    /// Key.
+    pub key: Option<&'a [u8]>,
+    /// Value (its stamp written).
+    pub value: &'a [u8],
+    /// What the [`AckSink`] receives with its outcome.
+    pub tag: u64,
 }
 
 /// One consumer client, used by one harness thread.
