@@ -933,12 +933,20 @@ impl Varints {
 
     /// Writes `value` as a varint just before the bytes written so far (once, into the
     /// room [`Varints::with_room_for_length`] kept).
+    ///
+    /// Written byte by byte in place: a prefix is one to five bytes, and copying it from a
+    /// scratch encoding went through a `memcpy` call for every record (9 % of a producing
+    /// client's samples in a profile, docs/PERFORMANCE.md).
     fn prepend_varint(&mut self, value: i32) {
-        let mut prefix = Varints::new();
-        prefix.put_varint(value);
-        let len = prefix.len();
+        let mut rest = u64::from(zigzag32(value));
+        let len = uvarint_len(rest);
         self.start -= len;
-        self.buf[self.start..self.start + len].copy_from_slice(prefix.bytes());
+        let prefix = &mut self.buf[self.start..self.start + len];
+        for (i, byte) in prefix.iter_mut().enumerate() {
+            let more = if i + 1 < len { 0x80 } else { 0 };
+            *byte = (rest as u8 & 0x7f) | more;
+            rest >>= 7;
+        }
     }
 }
 
@@ -1057,6 +1065,36 @@ mod tests {
     use proptest::prelude::*;
 
     const LIMIT: usize = 1 << 20;
+
+    #[test]
+    fn a_prepended_length_encodes_as_an_appended_one_at_every_width() {
+        // The largest value of each width from one to five bytes (once zigzagged), the
+        // next one up, and negatives.
+        let values = [
+            0,
+            63,
+            64,
+            8191,
+            8192,
+            1_048_575,
+            1_048_576,
+            134_217_727,
+            134_217_728,
+            i32::MAX,
+            -1,
+            i32::MIN,
+        ];
+        for value in values {
+            let mut appended = Varints::new();
+            appended.put_varint(value);
+            let mut prepended = Varints::with_room_for_length();
+            prepended.put_u8(0xab);
+            prepended.prepend_varint(value);
+            let (length, rest) = prepended.bytes().split_at(appended.len());
+            assert_eq!(length, appended.bytes(), "{value}");
+            assert_eq!(rest, [0xab], "{value}");
+        }
+    }
 
     type OwnedHeader = (Vec<u8>, Option<Vec<u8>>);
 
