@@ -219,7 +219,7 @@ impl Future for DeliveryFuture {
 }
 
 /// Records [`Producer::send_tagged_many`] appends under one taking of the lock and one
-/// reading of the clock. At 100 bytes a record that is about 3 µs of appends: long enough
+/// reading of the clock. At 100 bytes a record that is a few µs of appends: long enough
 /// to spread the lock's cost over many records, short enough that the I/O thread, which
 /// takes the lock to send closed batches, never waits long for it.
 pub const SEND_MANY_CHUNK: usize = 64;
@@ -374,8 +374,8 @@ impl Producer {
     /// the clock once per [`SEND_MANY_CHUNK`] records instead of once per record (records
     /// without a timestamp of their own share the chunk's). This is for a thread that
     /// produces as fast as it can, as librdkafka's `rd_kafka_produce_batch` is: the lock
-    /// and the clock are most of what `send_tagged` costs beyond building the batch
-    /// (docs/PERFORMANCE.md). The lock is let go between chunks, so the I/O thread is never
+    /// and the clock were the largest costs of `send_tagged` beyond building the batch in
+    /// its profile (docs/PERFORMANCE.md). The lock is let go between chunks, so the I/O thread is never
     /// held off longer than one chunk's appends, however many records come.
     ///
     /// On an error the records before the failing one are queued (their outcomes reach the
