@@ -141,14 +141,28 @@ fn parse_ready(line: &str) -> Option<String> {
 
 /// The durability eventflowd flags give acks=1/all, in words.
 pub fn eventflow_durability(flags: &str) -> String {
-    let words: Vec<&str> = flags.split_whitespace().collect();
-    let fsync = words
-        .iter()
-        .position(|w| *w == "--fsync")
-        .and_then(|i| words.get(i + 1).copied())
-        .or_else(|| words.iter().find_map(|w| w.strip_prefix("--fsync=")))
-        .unwrap_or("always");
+    let fsync = flag_value(flags, "--fsync").unwrap_or("always");
     format!("eventflowd --fsync {fsync}")
+}
+
+/// Whether eventflowd flags leave its log written with `O_DIRECT` (`--log-writes direct`,
+/// the default) rather than through the page cache (`buffered`).
+pub fn eventflow_writes_direct(flags: &str) -> bool {
+    flag_value(flags, "--log-writes").is_none_or(|writes| writes == "direct")
+}
+
+/// The value of `--name VALUE` or `--name=VALUE` among `flags`.
+fn flag_value<'f>(flags: &'f str, name: &str) -> Option<&'f str> {
+    let words: Vec<&str> = flags.split_whitespace().collect();
+    words
+        .iter()
+        .position(|w| *w == name)
+        .and_then(|i| words.get(i + 1).copied())
+        .or_else(|| {
+            words
+                .iter()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+        })
 }
 
 /// Whether a durability statement means "fsync before the acknowledgement".
@@ -201,6 +215,12 @@ mod tests {
             eventflow_durability("--fsync=interval=5"),
             "eventflowd --fsync interval=5"
         );
+        assert!(eventflow_writes_direct("--cores 2 --fsync never"));
+        assert!(eventflow_writes_direct("--log-writes direct"));
+        assert!(!eventflow_writes_direct("--cores 2 --log-writes buffered"));
+        assert!(!eventflow_writes_direct(
+            "--log-writes=buffered --fsync always"
+        ));
         assert!(fsyncs_before_ack("eventflowd --fsync always"));
         assert!(!fsyncs_before_ack("Kafka default: no fsync"));
         assert!(fsyncs_before_ack(

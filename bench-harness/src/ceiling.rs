@@ -101,11 +101,14 @@ impl Ceiling {
     }
 
     /// What bounds a run of `kind`: records pass loopback once, and are written to
-    /// (`produce`, `e2e`) or read from (`consume`) the page cache. A durable run is further
-    /// bound by fdatasync latency, which the reports show beside it.
-    pub fn bound(&self, kind: &str) -> Bound {
+    /// (`produce`, `e2e`) or read from (`consume`) the page cache, or written to the device
+    /// with `O_DIRECT` by a broker that owns its writes (`direct_writes`: eventflowd's
+    /// default). A durable run is further bound by fdatasync latency, which the reports
+    /// show beside it.
+    pub fn bound(&self, kind: &str, direct_writes: bool) -> Bound {
         let (name, disk) = match kind {
             "consume" => ("page-cache read", self.page_cache_read_mb_per_s),
+            _ if direct_writes => ("O_DIRECT write", self.direct_write_mb_per_s),
             _ => ("page-cache write", self.page_cache_write_mb_per_s),
         };
         if self.loopback_mb_per_s < disk {
@@ -297,10 +300,19 @@ mod tests {
     #[test]
     fn the_lower_of_loopback_and_the_cache_binds() {
         let c = ceiling();
-        assert_eq!(c.bound("produce").name, "page-cache write");
-        assert_eq!(c.bound("e2e").mb_per_s, 1500.0);
-        assert_eq!(c.bound("consume").name, "loopback");
-        assert_eq!(c.bound("consume").mb_per_s, 4000.0);
+        assert_eq!(c.bound("produce", false).name, "page-cache write");
+        assert_eq!(c.bound("e2e", false).mb_per_s, 1500.0);
+        assert_eq!(c.bound("consume", false).name, "loopback");
+        assert_eq!(c.bound("consume", false).mb_per_s, 4000.0);
+        // A broker writing with O_DIRECT is bound by the device, not the page cache.
+        assert_eq!(c.bound("produce", true).name, "O_DIRECT write");
+        assert_eq!(c.bound("e2e", true).mb_per_s, 2000.0);
+        assert_eq!(c.bound("consume", true).name, "loopback");
+        let slow_disk = Ceiling {
+            direct_write_mb_per_s: 370.0,
+            ..ceiling()
+        };
+        assert_eq!(slow_disk.bound("produce", true).mb_per_s, 370.0);
         assert!(c.table().contains("fdatasync after 4 KiB, p99"));
     }
 }

@@ -189,9 +189,12 @@ fn ceiling_section(md: &mut String, results: &[RunResult]) {
         md,
         "## This machine's ceilings\n\nMeasured by `eventflow-bench ceiling` before the runs, \
          on the data directory's filesystem ({}). Each result's MB/s (record values) is also given as \
-         a fraction of the ceiling that binds it: the lower of loopback and the page cache \
-         (written for produce and e2e, read for consume); a durable run's p99 is set beside \
-         fdatasync's.\n",
+         a fraction of the ceiling that binds it: the lower of loopback and the disk path, \
+         which is the page cache (written for produce and e2e, read for consume), or O_DIRECT \
+         write for produce and e2e on an `eventflowd` writing its log with O_DIRECT (its default, \
+         `--log-writes direct`; measured with one writer and 1 MiB writes, which a broker \
+         writing larger chunks from several shards can pass); a durable run's p99 is set \
+         beside fdatasync's.\n",
         c.filesystem
     );
     md.push_str("| Ceiling | |\n|---|--:|\n");
@@ -232,7 +235,13 @@ fn of_ceiling(t: &TargetRuns<'_>, kind: &str, mb: Option<f64>, p99_us: Option<u6
         return DASH.to_string();
     };
     let c = r.ceiling.as_ref().expect("found with a ceiling");
-    let bound = c.bound(kind);
+    // Eventflow's log writes bypass the page cache unless its flags say otherwise (a
+    // broker the harness did not start is taken to run the default).
+    let direct_writes = r.target_kind == "eventflow"
+        && r.broker_flags
+            .as_deref()
+            .is_none_or(crate::broker::eventflow_writes_direct);
+    let bound = c.bound(kind, direct_writes);
     let mut cell = match mb {
         Some(mb) if bound.mb_per_s > 0.0 => {
             format!("{:.0}% of {}", mb / bound.mb_per_s * 100.0, bound.name)
