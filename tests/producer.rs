@@ -294,22 +294,31 @@ fn acks_zero_and_one_deliver_too() {
     }));
 }
 
-#[test]
-fn tagged_sends_report_to_the_callback_once_each() {
-    use std::sync::{Arc, Mutex};
-    let broker = Broker::start(&[]);
-    broker.client().create_topic("tagged", 2, &[]).unwrap();
-    let seen: Arc<Mutex<HashMap<u64, (u32, i64)>>> = Arc::default();
+/// Where each tag's record was stored, as the delivery callback reported it.
+type Reported = std::sync::Arc<std::sync::Mutex<HashMap<u64, (u32, i64)>>>;
+
+/// A producer whose callback records each tag's partition and offset, and fails the test
+/// if a record fails or a tag is reported twice.
+fn recording_producer(broker: &Broker) -> (Producer, Reported) {
+    let seen = Reported::default();
     let sink = seen.clone();
     let producer = Producer::with_callback(
-        config(&broker),
-        Arc::new(move |tag, outcome| {
+        config(broker),
+        std::sync::Arc::new(move |tag, outcome| {
             let d = outcome.as_ref().expect("delivered");
             let previous = sink.lock().unwrap().insert(tag, (d.partition, d.offset));
             assert!(previous.is_none(), "tag {tag} reported twice");
         }),
     )
     .unwrap();
+    (producer, seen)
+}
+
+#[test]
+fn tagged_sends_report_to_the_callback_once_each() {
+    let broker = Broker::start(&[]);
+    broker.client().create_topic("tagged", 2, &[]).unwrap();
+    let (producer, seen) = recording_producer(&broker);
     for i in 0..1000u64 {
         let value = i.to_be_bytes();
         let record = Record {
@@ -346,20 +355,9 @@ fn tagged_sends_report_to_the_callback_once_each() {
 #[test]
 fn send_tagged_many_queues_every_record_in_order_and_stops_at_a_bad_one() {
     use eventflow::client::producer::SEND_MANY_CHUNK;
-    use std::sync::{Arc, Mutex};
     let broker = Broker::start(&[]);
     broker.client().create_topic("many", 3, &[]).unwrap();
-    let seen: Arc<Mutex<HashMap<u64, (u32, i64)>>> = Arc::default();
-    let sink = seen.clone();
-    let producer = Producer::with_callback(
-        config(&broker),
-        Arc::new(move |tag, outcome| {
-            let d = outcome.as_ref().expect("delivered");
-            let previous = sink.lock().unwrap().insert(tag, (d.partition, d.offset));
-            assert!(previous.is_none(), "tag {tag} reported twice");
-        }),
-    )
-    .unwrap();
+    let (producer, seen) = recording_producer(&broker);
     // One call of many chunks, mixing keyed, unkeyed and fixed-partition records.
     let total = 10 * SEND_MANY_CHUNK as u64 + 7;
     let values: Vec<[u8; 8]> = (0..total).map(u64::to_be_bytes).collect();
