@@ -367,7 +367,14 @@ fn compare_alternates_targets_and_writes_a_report() {
     assert!(results.iter().all(|r| r.ceiling.as_ref() == Some(&ceiling)));
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("## This machine's ceilings"), "{report}");
-    assert!(report.contains("% of page-cache write") || report.contains("% of loopback"));
+    // These brokers run the default `--log-writes direct`: their produce rows are read
+    // against the O_DIRECT write ceiling (or loopback where it is lower), never the page
+    // cache they do not write through.
+    assert!(
+        report.contains("% of O_DIRECT write") || report.contains("% of loopback"),
+        "{report}"
+    );
+    assert!(!report.contains("% of page-cache write"), "{report}");
 }
 
 /// `ceiling` with small sizes: every figure positive, the JSON parses, no file left behind.
