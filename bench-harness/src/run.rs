@@ -733,17 +733,22 @@ impl ProducerLoop<'_> {
 
     /// Sends the records stamped into `slice` (`k`: the sequence number after them).
     fn send(&mut self, slice: &mut Slice, k: u64) -> Result<()> {
-        let records: Vec<OutgoingRecord<'_>> = (0..slice.len)
-            .map(|i| OutgoingRecord {
-                key: slice.keys[i].as_ref().map(|key| &key[..]),
-                value: &slice.payloads[i],
-                tag: slice.tags[i],
-            })
-            .collect();
-        let sent = match records.as_slice() {
-            [] => Ok(()),
-            [one] => self.worker.send(None, one.key, one.value, one.tag),
-            many => self.worker.send_many(many),
+        let record = |i: usize| OutgoingRecord {
+            key: slice.keys[i].as_ref().map(|key| &key[..]),
+            value: &slice.payloads[i],
+            tag: slice.tags[i],
+        };
+        // A lone record (every open-loop send) goes without building a list.
+        let sent = match slice.len {
+            0 => Ok(()),
+            1 => {
+                let one = record(0);
+                self.worker.send(None, one.key, one.value, one.tag)
+            }
+            n => {
+                let many: Vec<OutgoingRecord<'_>> = (0..n).map(record).collect();
+                self.worker.send_many(&many)
+            }
         };
         sent.with_context(|| {
             format!(

@@ -116,9 +116,9 @@ thread_local! {
 }
 
 impl AlignedBuf {
-    /// An empty buffer with room for at least `capacity` bytes: a power of two from 64 KiB
-    /// to 64 MiB, reused from the thread's free ones when there is one, else the capacity
-    /// rounded up to the alignment.
+    /// An empty buffer with room for at least `capacity` bytes: up to [`WRITE_BLOCK`], a
+    /// power of two of at least 64 KiB, reused from the thread's free ones when there is one;
+    /// above it, the capacity rounded up to the alignment.
     pub(crate) fn with_capacity(capacity: usize) -> AlignedBuf {
         let size = align_up(capacity.max(1) as u64) as usize;
         let size = if size <= POOLED_MAX {
@@ -307,9 +307,7 @@ impl AlignedChunk {
         }
         cached
     }
-}
 
-impl AlignedChunk {
     /// The bytes of each buffer, in order: what the device writes.
     #[cfg(test)]
     pub(crate) fn bytes(&self) -> impl Iterator<Item = &[u8]> {
