@@ -262,6 +262,78 @@ fn direct_writes_keep_every_acknowledged_batch_and_read_back_on_every_path() {
     );
 }
 
+/// `--log-writes direct`: a reader far behind the producers is served from blocks the
+/// owning shard reads ahead with `O_DIRECT`. Every record comes back once and in order on
+/// the owner's port (the blocks' slices go out as they are) and through the other shard
+/// (the slices joined), across segment rolls, with fetches that end mid-block; and two
+/// readers at different places, which keep moving the one stream a segment has, each get
+/// exactly their own records.
+#[test]
+fn a_backlog_far_behind_the_tail_reads_back_whole_from_the_read_ahead() {
+    let broker = Broker::start(&[
+        "--cores",
+        "2",
+        "--fsync",
+        "never",
+        "--log-writes",
+        "direct",
+        "--segment-bytes",
+        "12582912",
+    ]);
+    let mut c = broker.client();
+    c.create_topic("backlog", 2, &[]).unwrap();
+    // About 30 MB in partition 0 (owned by shard 0): three segments, most of it well
+    // behind the 4 MiB tail cache.
+    let mut producer = broker.direct_client(0);
+    let mut expected = Vec::new();
+    for i in 0..300 {
+        let tag = format!("b{i}");
+        producer
+            .produce("backlog", 0, batch(&tag, 100, 1000, now_ms()), Acks::Leader)
+            .unwrap();
+        expected.extend((0..100).map(|r| format!("{tag}-{r}")));
+    }
+    assert!(broker.segment_files("backlog", 0, "log").len() >= 3);
+    let mut owner = broker.direct_client(0);
+    let mut other = broker.direct_client(1);
+    same(&stored_values(&mut owner, "backlog", 0), &expected, "owner");
+    same(&stored_values(&mut other, "backlog", 0), &expected, "other");
+
+    // Two readers taking turns, one from the start and one from the middle.
+    let mut offsets = [0i64, expected.len() as i64 / 2];
+    let mut got = [Vec::new(), Vec::new()];
+    while offsets[0] < expected.len() as i64 / 2 || offsets[1] < expected.len() as i64 {
+        for (reader, client) in [&mut owner, &mut other].into_iter().enumerate() {
+            let fetched = client
+                .fetch("backlog", 0, offsets[reader], 700_000, Duration::ZERO, 0)
+                .unwrap();
+            for b in eventflow::client::split_batches(&fetched.records) {
+                offsets[reader] = BatchHeader::parse(&b).unwrap().last_offset() + 1;
+                got[reader].extend(values(&b));
+            }
+        }
+    }
+    let half = expected.len() / 2;
+    same(
+        &got[0][..half.min(got[0].len())],
+        &expected[..half],
+        "first reader",
+    );
+    same(&got[1], &expected[half..], "second reader");
+    assert_eq!(broker.log_count("O_DIRECT"), 0, "{}", broker.log());
+}
+
+/// Asserts that `got` is `want`, naming the first place they differ (the lists are long).
+fn same(got: &[String], want: &[String], who: &str) {
+    let differ = got.iter().zip(want).position(|(g, w)| g != w);
+    assert!(
+        got.len() == want.len() && differ.is_none(),
+        "{who}: {} values against {}, first difference at {differ:?}",
+        got.len(),
+        want.len()
+    );
+}
+
 #[test]
 fn power_loss_under_fsync_never_loses_acknowledged_batches() {
     // The same workload as above: if this lost nothing, the power-loss test above would

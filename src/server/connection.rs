@@ -170,18 +170,23 @@ fn encode_reply(correlation_id: u32, reply: Reply) -> Vec<OutChunk> {
 
 /// The chunks of an encoded frame whose placeholders take the file ranges, in order.
 fn with_files(parts: Vec<Part>, mut files: impl Iterator<Item = FileRange>) -> Vec<OutChunk> {
-    parts
-        .into_iter()
-        .filter_map(|part| match part {
-            Part::Bytes(b) => Some(OutChunk::Bytes(b)),
+    let mut out = Vec::with_capacity(parts.len());
+    for part in parts {
+        match part {
+            Part::Bytes(b) => out.push(OutChunk::Bytes(b)),
             // Placeholders come in the order of the ranges that made them.
-            // A range the log had in memory (`--log-writes direct`) goes as bytes.
-            Part::External(_) => files.next().map(|range| match range.cached {
-                Some(bytes) => OutChunk::Bytes(bytes),
-                None => OutChunk::File(range),
-            }),
-        })
-        .collect()
+            // A range the log had in memory (`--log-writes direct`) goes as its pieces.
+            Part::External(_) => match files.next() {
+                Some(FileRange {
+                    cached: Some(pieces),
+                    ..
+                }) => out.extend(pieces.into_iter().map(OutChunk::Bytes)),
+                Some(range) => out.push(OutChunk::File(range)),
+                None => {}
+            },
+        }
+    }
+    out
 }
 
 /// A pipe for splicing file ranges to this connection's socket, made on first use.

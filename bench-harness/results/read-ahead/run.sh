@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Consuming a backlog that direct writes kept out of the page cache: the shard's own O_DIRECT
+# read-ahead into pooled blocks (storage::direct::ReadAhead) against the build before it,
+# which read such a backlog through the page cache with the kernel asked to read 64 MiB
+# ahead; and, for reference, the same backlog written with --log-writes buffered (left in
+# the page cache by its writes). Each run starts a fresh `eventflowd --cores 2 --fsync
+# never`, fills a backlog of MESSAGES 100-byte records (not timed) and measures consumers
+# reading it: one partition and one consumer, then two and two. The order of the variants
+# turns each round. Prints one line per run and the medians; results.txt is the committed
+# output.
+#
+#   BEFORE=dir-with-old-eventflowd AFTER=target/release bench-harness/results/read-ahead/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+BEFORE=${BEFORE:?the directory of the eventflowd build to compare against}
+AFTER=${AFTER:-target/release}
+BENCH=${BENCH:-target/release/eventflow-bench}
+ROUNDS=${ROUNDS:-4}
+MESSAGES=${MESSAGES:-10000000}
+SCRATCH=${SCRATCH:-target/read-ahead-runs}
+
+# One run: prints "variant partitions records_per_s harness_cpu_s broker_cpu_s_per_M
+# broker_peak_rss_mib".
+run() {
+    local variant=$1 partitions=$2
+    local bin=$AFTER flags=()
+    [[ $variant == before ]] && bin=$BEFORE
+    [[ $variant == buffered ]] && flags=(--log-writes buffered)
+    local dir="$SCRATCH/$variant"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    "$bin/eventflowd" --data-dir "$dir/data" --listen 127.0.0.1:0 --no-kafka --no-http \
+        --no-metrics --cores 2 --fsync never "${flags[@]}" >"$dir/log" 2>&1 &
+    local pid=$!
+    local addr=""
+    for _ in $(seq 100); do
+        addr=$(grep -o 'ready listen=[0-9.:]*' "$dir/log" | cut -d= -f2 || true)
+        [[ -n $addr ]] && break
+        sleep 0.1
+    done
+    timeout 300 "$BENCH" consume --target "eventflow://$addr" --create-topic \
+        --partitions "$partitions" --consumers "$partitions" --messages "$MESSAGES" \
+        --acks 1 --batch-bytes 1048576 --linger-us 1000 --broker-pid "$pid" >"$dir/out" 2>&1
+    kill "$pid"
+    wait "$pid" || true
+    awk -v v="$variant" -v p="$partitions" '
+        /^consumed/ { rate = $2 }
+        /^harness CPU/ { cpu = $3 }
+        /^broker CPU/ { broker = $3 }
+        /^broker peak RSS/ { rss = $4 }
+        END { print v, p, rate, cpu, broker, rss }' "$dir/out"
+    rm -rf "$dir"
+}
+
+mkdir -p "$SCRATCH"
+lines="$SCRATCH/lines.txt"
+: >"$lines"
+echo "variant partitions records_per_s harness_cpu_s broker_cpu_s_per_M broker_peak_rss_mib"
+for round in $(seq "$ROUNDS"); do
+    order=(before after buffered)
+    ((round % 2 == 0)) && order=(buffered after before)
+    for partitions in 1 2; do
+        for variant in "${order[@]}"; do
+            run "$variant" "$partitions" | tee -a "$lines"
+        done
+    done
+done
+echo
+echo "medians over $ROUNDS rounds, a backlog of $MESSAGES records of 100 B"
+python3 - "$lines" <<'PY'
+import statistics, sys
+def num(s):
+    m = {"k": 1e3, "M": 1e6}
+    return float(s[:-1]) * m[s[-1]] if s[-1] in m else float(s)
+runs = {}
+for line in open(sys.argv[1]):
+    v, p, rate, cpu, broker, rss = line.split()
+    runs.setdefault((int(p), v), []).append((num(rate), float(cpu), float(broker), float(rss)))
+print(f"{'partitions':>10}  {'variant':9}{'M records/s':>12}{'harness CPU s':>15}{'broker CPU s/M':>16}{'peak RSS MiB':>14}  each run (M records/s)")
+for (p, v), rs in sorted(runs.items()):
+    med = lambda i: statistics.median(r[i] for r in rs)
+    each = " / ".join(f"{r[0] / 1e6:.2f}" for r in rs)
+    print(f"{p:>10}  {v:9}{med(0) / 1e6:>12.2f}{med(1):>15.2f}{med(2):>16.3f}{med(3):>14.0f}  {each}")
+PY
