@@ -262,14 +262,13 @@ fn direct_writes_keep_every_acknowledged_batch_and_read_back_on_every_path() {
     );
 }
 
-/// `--log-writes direct`: a reader far behind the producers is served from blocks the
-/// owning shard reads ahead with `O_DIRECT`. Every record comes back once and in order on
-/// the owner's port (the blocks' slices go out as they are) and through the other shard
-/// (the slices joined), across segment rolls, with fetches that end mid-block; and two
-/// readers at different places, which keep moving the one stream a segment has, each get
-/// exactly their own records.
+/// `--log-writes direct`: a reader far behind the producers, past the tail cache, gets
+/// every record once and in order, on the owner's port (sealed segments spliced from the
+/// file, the active one's tail sent as the cache's pieces) and through the other shard,
+/// across segment rolls, with fetches that end mid-chunk; and two readers at different
+/// places of one partition, taking turns, each get exactly their own records.
 #[test]
-fn a_backlog_far_behind_the_tail_reads_back_whole_from_the_read_ahead() {
+fn a_backlog_far_behind_the_tail_cache_reads_back_whole_on_both_paths() {
     let broker = Broker::start(&[
         "--cores",
         "2",

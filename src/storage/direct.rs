@@ -30,17 +30,10 @@
 //! backlog is not served one disk read per fetch.
 
 use std::alloc::Layout;
-use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::path::Path;
 use std::ptr::NonNull;
-use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
-use compio::fs::File;
-
-use super::disk;
-use crate::local::Notify;
 
 /// Alignment of `O_DIRECT` offsets, lengths and buffers: a page, enough for every device
 /// this runs on (the VMs here have 512-byte logical blocks).
@@ -211,26 +204,6 @@ impl AsRef<[u8]> for AlignedBuf {
 impl compio::buf::IoBuf for AlignedBuf {
     fn as_init(&self) -> &[u8] {
         self.as_ref()
-    }
-}
-
-impl compio::buf::SetLen for AlignedBuf {
-    unsafe fn set_len(&mut self, len: usize) {
-        debug_assert!(len <= self.layout.size());
-        self.len = len;
-    }
-}
-
-impl compio::buf::IoBufMut for AlignedBuf {
-    fn as_uninit(&mut self) -> &mut [std::mem::MaybeUninit<u8>] {
-        // SAFETY: the whole allocation belongs to the buffer; `MaybeUninit` asks nothing of
-        // the bytes past `len`, which a read fills before `set_len` counts them.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.ptr.as_ptr().cast::<std::mem::MaybeUninit<u8>>(),
-                self.layout.size(),
-            )
-        }
     }
 }
 
@@ -413,354 +386,70 @@ impl TailCache {
     }
 
     /// `[position, position + len)` if it is all cached, as slices of the chunks it spans
-    /// (no copy).
+    /// (no copy): what a fetch sends, one `writev` piece per chunk.
     pub(crate) fn get_chunks(&self, position: u64, len: usize) -> Option<Vec<Bytes>> {
-        // The chunk holding `position`: the last one starting at or before it.
-        let first = self
-            .chunks
-            .partition_point(|(at, _, _)| *at <= position)
-            .checked_sub(1)?;
-        gather(
-            self.chunks
-                .range(first..)
-                .map(|(at, bytes, _)| (*at, Some(bytes))),
-            position,
-            len,
-        )
-    }
-}
-
-/// `[position, position + len)` out of `chunks` (each with the file position of its first
-/// byte, in order, the first one holding `position`): slices of the chunks it spans, without
-/// a copy. `None` if they do not hold all of it, or a chunk it needs is not there yet.
-fn gather<'a>(
-    mut chunks: impl Iterator<Item = (u64, Option<&'a Bytes>)>,
-    position: u64,
-    len: usize,
-) -> Option<Vec<Bytes>> {
-    let stop = position.checked_add(len as u64)?;
-    let mut out = Vec::new();
-    let mut next = position;
-    while next < stop {
-        let (at, bytes) = chunks.next()?;
-        let bytes = bytes?;
-        let end = at + bytes.len() as u64;
-        if at > next {
+        let (&(start, _, _), end) = (self.chunks.front()?, self.end()?);
+        let stop = position.checked_add(len as u64)?;
+        if position < start || stop > end {
             return None;
         }
-        if end <= next {
-            continue;
+        // The chunk holding `position`: the last one starting at or before it.
+        let first = self.chunks.partition_point(|(at, _, _)| *at <= position) - 1;
+        let mut pieces = Vec::new();
+        let mut next = position;
+        for (at, chunk, _) in self.chunks.range(first..) {
+            if next == stop {
+                break;
+            }
+            let to = stop.min(at + chunk.len() as u64);
+            pieces.push(chunk.slice((next - at) as usize..(to - at) as usize));
+            next = to;
         }
-        let to = stop.min(end);
-        out.push(bytes.slice((next - at) as usize..(to - at) as usize));
-        next = to;
+        Some(pieces)
     }
-    Some(out)
 }
 
-/// `chunks` as one piece: the chunk itself if there is one, else a copy.
-pub(crate) fn concat(mut chunks: Vec<Bytes>) -> Bytes {
-    match chunks.len() {
+/// A copy of `len` bytes from the `skip`th byte of `pieces` taken as one run of bytes (a
+/// TLS connection encrypts a cached range part by part).
+pub(crate) fn copy_range(pieces: &[Bytes], mut skip: usize, len: usize) -> BytesMut {
+    let mut out = BytesMut::with_capacity(len);
+    for piece in pieces {
+        if out.len() == len {
+            break;
+        }
+        if skip >= piece.len() {
+            skip -= piece.len();
+            continue;
+        }
+        let take = (piece.len() - skip).min(len - out.len());
+        out.extend_from_slice(&piece[skip..skip + take]);
+        skip = 0;
+    }
+    out
+}
+
+/// `pieces` as one: the piece itself if there is one, else a copy.
+pub(crate) fn concat(mut pieces: Vec<Bytes>) -> Bytes {
+    match pieces.len() {
         0 => Bytes::new(),
-        1 => chunks.pop().unwrap_or_default(),
+        1 => pieces.pop().unwrap_or_default(),
         _ => {
-            let mut out = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
-            for chunk in &chunks {
-                out.extend_from_slice(chunk);
+            let mut out = BytesMut::with_capacity(pieces.iter().map(Bytes::len).sum());
+            for piece in &pieces {
+                out.extend_from_slice(piece);
             }
             out.freeze()
         }
     }
 }
 
-/// How far past the end of a read that the tail cache did not serve the shard reads the
-/// segment ahead, with `O_DIRECT`, for the reader's next fetches ([`ReadAhead`]).
-pub(crate) const READ_AHEAD_BYTES: u64 = 16 << 20;
-
-/// Most bytes of read-ahead blocks one thread holds over all its segments. Past it a read
-/// falls back to asking the kernel to read ahead into the page cache ([`PREFETCH_BYTES`]).
-const READ_AHEAD_BUDGET: u64 = 64 << 20;
-
-thread_local! {
-    static READ_AHEAD_HELD: Cell<u64> = const { Cell::new(0) };
-}
-
-/// The blocks of a segment read ahead of a reader working through a backlog, under
-/// `--log-writes direct`.
-///
-/// **Why.** A log written with `O_DIRECT` is not in the page cache, so a consumer behind the
-/// tail cache reads from the device. Through the page cache that ran at about 0.5 GB/s here,
-/// where 1 MiB `O_DIRECT` reads of the same file moved 0.8–1.8 GB/s, and each fresh
-/// page-cache page also costs a fault and a clear. So a read outside the tail cache starts a
-/// stream of [`WRITE_BLOCK`]-sized `O_DIRECT` reads into the thread's pooled aligned buffers,
-/// kept [`READ_AHEAD_BYTES`] past the end of the last read. The next fetches are served from
-/// those blocks as slices (the writer sends them with `writev`); a fetch whose blocks are
-/// still in flight waits for them instead of reading the same bytes a second time.
-///
-/// Blocks behind the reader are dropped once a read past them is served, and a read outside
-/// the stream restarts it at that read's end: one stream per segment, for the reader that
-/// asked last. Only whole blocks below the segment's last partial block are read, which no
-/// append rewrites.
-#[derive(Clone, Default)]
-pub(crate) struct ReadAhead(Rc<Ahead>);
-
-#[derive(Default)]
-struct Ahead {
-    state: RefCell<AheadState>,
-    /// A block landed, or the stream restarted or failed.
-    landed: Notify,
-}
-
-#[derive(Default)]
-struct AheadState {
-    /// The log opened with `O_DIRECT` for reading, once opened.
-    file: Option<File>,
-    opening: bool,
-    /// An `O_DIRECT` open or read failed: the segment is read as before (page cache).
-    failed: bool,
-    /// Contiguous blocks, oldest first; `None` while its read is in flight.
-    blocks: VecDeque<(u64, u64, Option<Bytes>)>,
-    /// The position after the last block asked for (where the next one starts).
-    end: u64,
-    /// Blocks are wanted up to here.
-    want: u64,
-    /// Bumped at each restart: reads of an abandoned stream land nowhere.
-    generation: u64,
-    /// Bytes of the blocks held or in flight, counted in [`READ_AHEAD_HELD`].
-    held: u64,
-}
-
-impl AheadState {
-    /// The position of the stream's first block (asked for or not yet).
-    fn start(&self) -> u64 {
-        self.blocks.front().map_or(self.end, |(at, _, _)| *at)
-    }
-
-    fn pop_front(&mut self) {
-        if let Some((_, len, _)) = self.blocks.pop_front() {
-            self.release(len);
-        }
-    }
-
-    fn release(&mut self, len: u64) {
-        self.held -= len;
-        READ_AHEAD_HELD.with(|h| h.set(h.get().saturating_sub(len)));
-    }
-
-    fn restart(&mut self, at: u64) {
-        while !self.blocks.is_empty() {
-            self.pop_front();
-        }
-        self.generation = self.generation.wrapping_add(1);
-        self.end = at;
-        self.want = at;
-    }
-}
-
-impl Drop for AheadState {
-    fn drop(&mut self) {
-        let held = self.held;
-        READ_AHEAD_HELD.with(|h| h.set(h.get().saturating_sub(held)));
-    }
-}
-
-impl ReadAhead {
-    /// `[position, position + len)` as slices of the blocks, if they hold all of it. Drops
-    /// the blocks before `position`: the reader is past them.
-    pub(crate) fn get(&self, position: u64, len: usize) -> Option<Vec<Bytes>> {
-        let mut state = self.0.state.borrow_mut();
-        let first = state
-            .blocks
-            .partition_point(|(at, len, _)| at + len <= position);
-        let found = gather(
-            state
-                .blocks
-                .range(first..)
-                .map(|(at, _, bytes)| (*at, bytes.as_ref())),
-            position,
-            len,
-        )?;
-        for _ in 0..first {
-            state.pop_front();
-        }
-        Some(found)
-    }
-
-    /// Like [`ReadAhead::get`], but when the range lies in blocks still in flight, waits
-    /// for them. `None` at once if the stream does not cover the range.
-    pub(crate) async fn wait(&self, position: u64, len: usize) -> Option<Vec<Bytes>> {
-        loop {
-            if let Some(found) = self.get(position, len) {
-                return Some(found);
-            }
-            let landed = self.0.landed.notified();
-            {
-                let state = self.0.state.borrow();
-                // What the stream will hold: the blocks asked for, or while the file is
-                // still opening, the blocks it will ask for then.
-                let to = if state.opening { state.want } else { state.end };
-                if state.failed || position < state.start() || position + len as u64 > to {
-                    return None;
-                }
-            }
-            landed.await;
-        }
-    }
-
-    /// After a read of the segment (the log at `path`) up to `end`: keeps blocks asked for
-    /// up to [`READ_AHEAD_BYTES`] past it, but not past `limit` (an aligned position below
-    /// which the segment's bytes are final). Restarts the stream at `end` if the read lies
-    /// outside it. `false` if no read-ahead runs (a failed `O_DIRECT` read, or the thread's
-    /// budget is spent): the caller falls back to the kernel's.
-    pub(crate) fn advance(&self, path: &Path, end: u64, limit: u64) -> bool {
-        {
-            let mut state = self.0.state.borrow_mut();
-            if state.failed {
-                return false;
-            }
-            if end < state.start() || end > state.end.max(state.want) {
-                state.restart(align_down(end));
-                self.0.landed.notify_all();
-            }
-            let want = align_up(end + READ_AHEAD_BYTES).min(limit);
-            state.want = state.want.max(want);
-        }
-        top_up(&self.0, path);
-        let state = self.0.state.borrow();
-        // Running: blocks asked for, the file still opening, or nothing left to read.
-        !state.failed
-            && (!state.blocks.is_empty() || state.file.is_none() || state.end >= state.want)
-    }
-}
-
-/// Asks for blocks up to the stream's `want`, within the thread's budget: opens the file
-/// first if needed, then one read task per block.
-fn top_up(ahead: &Rc<Ahead>, path: &Path) {
-    let mut state = ahead.state.borrow_mut();
-    let Some(file) = state.file.clone() else {
-        if !state.opening && !state.failed {
-            state.opening = true;
-            let (ahead, path) = (ahead.clone(), path.to_path_buf());
-            compio::runtime::spawn(async move {
-                let opened = disk::open_direct_read(&path).await;
-                {
-                    let mut state = ahead.state.borrow_mut();
-                    state.opening = false;
-                    match opened {
-                        Ok(file) => state.file = Some(file),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "no O_DIRECT read-ahead for this segment");
-                            state.failed = true;
-                        }
-                    }
-                }
-                ahead.landed.notify_all();
-                top_up(&ahead, &path);
-            })
-            .detach();
-        }
-        return;
-    };
-    while state.end < state.want {
-        let at = state.end;
-        let len = (state.want - at).min(WRITE_BLOCK as u64);
-        if READ_AHEAD_HELD.with(Cell::get) + len > READ_AHEAD_BUDGET {
-            break;
-        }
-        READ_AHEAD_HELD.with(|h| h.set(h.get() + len));
-        state.held += len;
-        state.blocks.push_back((at, len, None));
-        state.end = at + len;
-        let (ahead, file, path) = (ahead.clone(), file.clone(), path.to_path_buf());
-        let generation = state.generation;
-        compio::runtime::spawn(async move {
-            let read = disk::read_direct(&file, &path, at, len as usize).await;
-            {
-                let mut state = ahead.state.borrow_mut();
-                if state.generation != generation {
-                    return;
-                }
-                match read {
-                    Ok(bytes) => {
-                        if let Some(block) = state.blocks.iter_mut().find(|b| b.0 == at) {
-                            block.2 = Some(bytes);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "O_DIRECT read-ahead failed; reading through the page cache");
-                        state.failed = true;
-                        let end = state.end;
-                        state.restart(end);
-                    }
-                }
-            }
-            ahead.landed.notify_all();
-        })
-        .detach();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::{
-        align_down, align_up, concat, AlignedBuf, AlignedChunk, ReadAhead, TailCache, DIRECT_ALIGN,
-        READ_AHEAD_HELD, TAIL_CACHE_BYTES, WRITE_BLOCK,
+        align_down, align_up, copy_range, AlignedBuf, AlignedChunk, TailCache, DIRECT_ALIGN,
+        TAIL_CACHE_BYTES, WRITE_BLOCK,
     };
     use bytes::Bytes;
-
-    #[test]
-    fn the_read_ahead_serves_the_file_from_blocks_and_follows_its_reader() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("00000000000000000000.log");
-        let block = DIRECT_ALIGN as usize;
-        // 64 blocks and a partial one, which is never read ahead.
-        let data: Vec<u8> = (0..64 * block + 1000).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
-        let limit = align_down(data.len() as u64);
-        let at = |from: usize, len: usize| &data[from..from + len];
-        compio::runtime::Runtime::new().unwrap().block_on(async {
-            let ahead = ReadAhead::default();
-            // A first read (served elsewhere) starts the stream at its end.
-            assert!(ahead.advance(&path, 5000, limit));
-            assert_eq!(ahead.wait(100, 4900).await, None, "before the stream");
-            // The next reads come from the blocks, across block boundaries, as slices.
-            assert!(ahead.advance(&path, 5000 + 3 * block as u64, limit));
-            let pieces = ahead.wait(5000, 3 * block).await.unwrap();
-            assert_eq!(pieces.len(), 4, "slices of the four blocks it spans");
-            assert_eq!(&concat(pieces)[..], at(5000, 3 * block));
-            let end = limit as usize;
-            assert!(ahead.advance(&path, end as u64, limit));
-            let from = 5000 + 3 * block;
-            let rest = concat(ahead.wait(from as u64, end - from).await.unwrap());
-            assert_eq!(&rest[..], at(from, end - from));
-            // The last partial block is not read: a later append rewrites it.
-            assert_eq!(ahead.wait(end as u64 - 10, 20).await, None);
-            // A reader far behind restarts the stream where its read ends.
-            assert!(ahead.advance(&path, 3 * block as u64 + 10, limit));
-            assert_eq!(ahead.wait(10, 3 * block).await, None, "before the restart");
-            let again = concat(ahead.wait(3 * block as u64 + 10, 2 * block).await.unwrap());
-            assert_eq!(&again[..], at(3 * block + 10, 2 * block));
-            // The blocks behind a served read are let go, and all of them with the stream
-            // (once no read of it is in flight: the last one is waited for here).
-            let held = || READ_AHEAD_HELD.with(std::cell::Cell::get);
-            assert_eq!(
-                held(),
-                limit - 3 * DIRECT_ALIGN,
-                "asked for up to the limit"
-            );
-            assert!(ahead.wait(limit - 100, 100).await.is_some());
-            assert_eq!(held(), DIRECT_ALIGN, "the blocks before the last one went");
-            drop(ahead);
-            assert_eq!(held(), 0);
-
-            // A log that cannot be opened with O_DIRECT: the caller is told to do without.
-            let missing = ReadAhead::default();
-            let gone = dir.path().join("missing.log");
-            assert!(missing.advance(&gone, 0, limit), "opening");
-            assert_eq!(missing.wait(0, 10).await, None);
-            assert!(!missing.advance(&gone, 10, limit), "failed");
-        });
-    }
 
     #[test]
     fn aligned_buffers_are_aligned_and_padded_with_zeros() {
@@ -865,6 +554,12 @@ mod tests {
         let pieces = cache.get_chunks(104, 4).unwrap();
         assert_eq!(pieces.len(), 2, "a slice of each chunk, no copy");
         assert_eq!((&pieces[0][..], &pieces[1][..]), (&b"o "[..], &b"wo"[..]));
+        assert_eq!(cache.get_chunks(100, 0), Some(Vec::new()));
+        let all = cache.get_chunks(100, 11).unwrap();
+        assert_eq!(&copy_range(&all, 0, 11)[..], b"hello world");
+        assert_eq!(&copy_range(&all, 4, 4)[..], b"o wo", "across the pieces");
+        assert_eq!(&copy_range(&all, 7, 4)[..], b"orld", "in the second");
+        assert_eq!(&copy_range(&all, 9, 10)[..], b"ld", "cut at the end");
         assert_eq!(cache.get(106, 5).as_deref(), Some(&b"world"[..]));
         assert_eq!(cache.get(99, 2), None, "before the cache");
         assert_eq!(cache.get(107, 5), None, "past its end");

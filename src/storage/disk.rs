@@ -30,12 +30,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use compio::buf::{BufResult, IntoInner, IoBuf};
 use compio::fs::{File, OpenOptions};
 use compio::io::{AsyncReadAtExt, AsyncWriteAtExt};
 
-use super::direct::{AlignedBuf, AlignedChunk};
+use super::direct::AlignedChunk;
 use super::error::StorageError;
 #[cfg(test)]
 use super::fault;
@@ -108,31 +108,6 @@ pub(crate) async fn open_direct(path: &Path) -> Result<File, StorageError> {
         .open(path)
         .await
         .map_err(|e| StorageError::io(path, e))
-}
-
-/// Opens the existing log at `path` for `O_DIRECT` reads (the read-ahead of
-/// `--log-writes direct`, `storage::direct::ReadAhead`).
-pub(crate) async fn open_direct_read(path: &Path) -> Result<File, StorageError> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .await
-        .map_err(|e| StorageError::io(path, e))
-}
-
-/// Reads exactly `len` bytes (a multiple of the alignment) at `at` (aligned) of a log opened
-/// with [`open_direct_read`], into a pooled aligned buffer.
-pub(crate) async fn read_direct(
-    file: &File,
-    path: &Path,
-    at: u64,
-    len: usize,
-) -> Result<Bytes, StorageError> {
-    let buf = AlignedBuf::with_capacity(len);
-    let BufResult(result, buf) = file.read_exact_at(buf.slice(..len), at).await;
-    result.map_err(|e| StorageError::io(path, e))?;
-    Ok(buf.into_inner().into_bytes())
 }
 
 /// Writes `chunk` (whole batches) at `at` of the log at `path`, in one gathered write, and

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use bytes::BytesMut;
 use compio::fs::File;
 
-use super::direct::{align_up, ReadAhead, TailCache, DIRECT_ALIGN};
+use super::direct::{align_up, TailCache, DIRECT_ALIGN};
 use super::disk;
 use super::error::StorageError;
 use super::index::{IndexPlanner, OffsetIndex, TimeIndex};
@@ -116,9 +116,6 @@ pub(crate) struct Segment {
     /// Under `--log-writes direct`, reads have asked the kernel to read the log ahead into
     /// the page cache up to here (`PartitionLog::prefetch`).
     pub(crate) read_ahead_to: u64,
-    /// Under `--log-writes direct`, the blocks read ahead with `O_DIRECT` for a reader
-    /// behind the tail cache (`storage::direct::ReadAhead`).
-    pub(crate) ahead: ReadAhead,
 }
 
 impl Segment {
@@ -155,7 +152,6 @@ impl Segment {
             direct: None,
             tail: TailCache::default(),
             read_ahead_to: 0,
-            ahead: ReadAhead::default(),
         })
     }
 
@@ -193,7 +189,6 @@ impl Segment {
             direct: None,
             tail: TailCache::default(),
             read_ahead_to: 0,
-            ahead: ReadAhead::default(),
         })
     }
 

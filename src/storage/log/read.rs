@@ -22,7 +22,6 @@ use super::state::PartitionLog;
 use crate::protocol::batch::{BatchHeader, BATCH_HEADER_LEN};
 use crate::storage::config::LogWrites;
 use crate::storage::direct;
-use crate::storage::disk;
 use crate::storage::error::StorageError;
 use crate::storage::segment;
 
@@ -47,9 +46,9 @@ pub struct FileRange {
     pub position: u64,
     /// Bytes to send.
     pub len: usize,
-    /// The range's bytes, when the log had them in memory (under `--log-writes direct`,
-    /// the active segment's tail or the blocks read ahead for a backlog), in pieces: sent
-    /// as they are instead of from the file.
+    /// The range's bytes, when the log had them in memory (the active segment's tail
+    /// under `--log-writes direct`), as slices of the cached chunks: sent as they are
+    /// instead of from the file, one `writev` piece each.
     pub cached: Option<Vec<Bytes>>,
 }
 
@@ -59,21 +58,7 @@ impl FileRange {
     pub async fn read_part(&self, skip: usize, len: usize) -> Result<BytesMut, StorageError> {
         let len = len.min(self.len.saturating_sub(skip));
         if let Some(cached) = &self.cached {
-            let mut out = BytesMut::with_capacity(len);
-            let mut skip = skip;
-            for piece in cached {
-                if out.len() == len {
-                    break;
-                }
-                if skip >= piece.len() {
-                    skip -= piece.len();
-                    continue;
-                }
-                let take = (piece.len() - skip).min(len - out.len());
-                out.extend_from_slice(&piece[skip..skip + take]);
-                skip = 0;
-            }
-            return Ok(out);
+            return Ok(direct::copy_range(cached, skip, len));
         }
         crate::storage::disk::read_exact_at(
             &self.file,
@@ -201,8 +186,8 @@ impl PartitionLog {
         }
     }
 
-    /// `len` bytes at `position` of segment `base`: from memory if it holds them
-    /// ([`PartitionLog::in_memory`]), else from the file.
+    /// `len` bytes at `position` of segment `base`: from its tail cache if they are there
+    /// (`--log-writes direct`), else from the file.
     async fn read_log(
         &self,
         base: i64,
@@ -211,44 +196,18 @@ impl PartitionLog {
         position: u64,
         len: usize,
     ) -> Result<Bytes, StorageError> {
-        if let Some(pieces) = self.in_memory(base, position, len).await {
+        if let Some(pieces) = self.cached(base, position, len) {
             return Ok(direct::concat(pieces));
         }
+        self.prefetch(base, position + len as u64);
         Ok(segment::read_exact(log, path, position, len)
             .await?
             .freeze())
     }
 
-    /// `len` bytes at `position` of segment `base`, if memory holds them (`--log-writes
-    /// direct`): its tail cache, or the blocks read ahead for a backlog, waiting for those
-    /// still in flight. A read the tail cache does not serve keeps the read-ahead going past
-    /// its end, or, where none can run, asks the kernel to read ahead.
-    async fn in_memory(&self, base: i64, position: u64, len: usize) -> Option<Vec<Bytes>> {
-        let (ahead, path, limit) = {
-            let segments = self.segments.borrow();
-            let i = segments.partition_point(|s| s.base_offset < base);
-            let segment = segments.get(i).filter(|s| s.base_offset == base)?;
-            if let Some(pieces) = segment.tail.get_chunks(position, len) {
-                return Some(pieces);
-            }
-            if self.config.borrow().writes != LogWrites::Direct || !disk::real() {
-                return None;
-            }
-            // Whole blocks below the last partial one: no append rewrites them.
-            let limit = direct::align_down(segment.size);
-            (segment.ahead.clone(), segment.files.log.clone(), limit)
-        };
-        let end = position + len as u64;
-        if !ahead.advance(&path, end, limit) {
-            self.prefetch(base, end);
-        }
-        ahead.wait(position, len).await
-    }
-
-    /// Under `--log-writes direct`, after a read of segment `base` up to `end` that memory
-    /// did not serve and no read-ahead of our own follows: asks the kernel to read the next
-    /// [`direct::PREFETCH_BYTES`] of the log into the page cache, unless an earlier request
-    /// already covers half of that.
+    /// Under `--log-writes direct`, after a read of segment `base` up to `end` that the tail
+    /// cache did not serve: asks the kernel to read the next [`direct::PREFETCH_BYTES`] of the
+    /// log into the page cache, unless an earlier request already covers half of that.
     fn prefetch(&self, base: i64, end: u64) {
         if self.config.borrow().writes != LogWrites::Direct {
             return;
@@ -268,6 +227,18 @@ impl PartitionLog {
             segment.read_ahead_to = to;
             segment::read_ahead(&segment.files.log, from, to);
         }
+    }
+
+    /// `len` bytes at `position` of segment `base`, if its tail cache holds them: slices of
+    /// the cached chunks the range spans.
+    fn cached(&self, base: i64, position: u64, len: usize) -> Option<Vec<Bytes>> {
+        let segments = self.segments.borrow();
+        let i = segments.partition_point(|s| s.base_offset < base);
+        segments
+            .get(i)
+            .filter(|s| s.base_offset == base)?
+            .tail
+            .get_chunks(position, len)
     }
 
     /// The segment to read `offset` from: the one holding it, or (`after_base` set) the
@@ -459,7 +430,10 @@ impl PartitionLog {
                     .fence_limit(base, start)
                     .map_or(end, |limit| limit.min(end));
                 let len = (max_bytes as u64).min(before_fence - start).max(first_len);
-                let cached = self.in_memory(base, start, len as usize).await;
+                let cached = self.cached(base, start, len as usize);
+                if cached.is_none() {
+                    self.prefetch(base, start + len);
+                }
                 return done(Some(FileRange {
                     file: log,
                     position: start,
