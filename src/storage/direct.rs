@@ -22,12 +22,15 @@
 //!
 //! **Reads.** A direct write leaves nothing in the page cache, so the written buffers
 //! themselves become the newest entries of the segment's [`TailCache`]; reads of the active
-//! segment's tail (the consumers that keep up) are served from memory: a fetch range that
-//! lies in one buffer as a slice of it, without a copy, a longer one as a copy. Older bytes are read
-//! from the file as with buffered writes: the kernel reads them from the disk once, and the
-//! page cache keeps them for the next reader. A read there also asks the kernel to read
-//! [`PREFETCH_BYTES`] ahead (`posix_fadvise(WILLNEED)`), so a consumer working through a
-//! backlog is not served one disk read per fetch.
+//! segment's tail (the consumers that keep up) are served from memory: a fetch range as
+//! slices of the buffers it spans, without a copy (a read through another shard, which needs
+//! one piece, copies a range that spans buffers). Older bytes are read from the file as with
+//! buffered writes: the kernel reads them from the disk once, and the page cache keeps them
+//! for the next reader. A read there also asks the kernel to read [`PREFETCH_BYTES`] ahead
+//! (`posix_fadvise(WILLNEED)`), so a consumer working through a backlog is not served one
+//! disk read per fetch. Reading such a backlog ahead ourselves, with `O_DIRECT` into pooled
+//! blocks, was measured against this and not kept: faster for one partition, slower for two
+//! (docs/PERFORMANCE.md, "Reading a backlog ahead").
 
 use std::alloc::Layout;
 use std::collections::VecDeque;
