@@ -9,11 +9,14 @@
 # turns each round. Prints one line per run and the medians; results.txt is the committed
 # output.
 #
-#   BEFORE=dir-with-old-eventflowd AFTER=target/release bench-harness/results/read-ahead/run.sh
+# The read-ahead was not kept: AFTER is a release build of 9d70784, BEFORE one of 2b83cd2.
+#
+#   BEFORE=dir-with-2b83cd2-eventflowd AFTER=dir-with-9d70784-eventflowd \
+#       bench-harness/results/read-ahead/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 BEFORE=${BEFORE:?the directory of the eventflowd build to compare against}
-AFTER=${AFTER:-target/release}
+AFTER=${AFTER:?the directory of the eventflowd build with the read-ahead}
 BENCH=${BENCH:-target/release/eventflow-bench}
 ROUNDS=${ROUNDS:-4}
 MESSAGES=${MESSAGES:-10000000}
