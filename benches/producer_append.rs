@@ -65,16 +65,19 @@ impl Batching {
     }
 
     fn append(&mut self, key: Option<&[u8]>) {
+        // One comparison of the topic's name (the accumulator's check of the topic used
+        // last), then its index, as the producer does.
+        let index = self.batches.topic_index(TOPIC);
         let partition = match key {
             Some(key) => partition_for_key(key, PARTITIONS),
-            None => self.sticky.partition(TOPIC, PARTITIONS),
+            None => self.sticky.partition_of(index, TOPIC, PARTITIONS),
         };
         self.tag += 1;
         let start = self.start;
         let closed = self
             .batches
-            .append(
-                TOPIC,
+            .append_at(
+                index,
                 partition,
                 TIMESTAMP,
                 key,

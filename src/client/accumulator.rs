@@ -121,8 +121,10 @@ impl<T> Accumulator<T> {
         self.buffered
     }
 
-    /// The index of `topic` in `topics`, added if new.
-    fn topic_index(&mut self, topic: &str) -> usize {
+    /// The index under which `topic`'s batches are kept, added if new. It stays the same for
+    /// the accumulator's life, so a caller that knows the topic has not changed since its
+    /// last record can pass the index to [`Accumulator::append_at`] and skip the lookup.
+    pub fn topic_index(&mut self, topic: &str) -> usize {
         if self.topics.get(self.last).is_some_and(|t| t.name == topic) {
             return self.last;
         }
@@ -159,12 +161,34 @@ impl<T> Accumulator<T> {
         token: T,
         now: impl FnOnce() -> Instant,
     ) -> Result<Vec<ReadyBatch<T>>, (AppendError, T)> {
+        let index = self.topic_index(topic);
+        self.append_at(index, partition, timestamp, key, value, headers, token, now)
+    }
+
+    /// [`Accumulator::append`] to the topic with index `index`, from
+    /// [`Accumulator::topic_index`] (the name is not compared again).
+    ///
+    /// # Panics
+    ///
+    /// If `index` is not one that `topic_index` returned.
+    #[allow(clippy::too_many_arguments)]
+    pub fn append_at(
+        &mut self,
+        index: usize,
+        partition: u32,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&[u8], Option<&[u8]>)],
+        token: T,
+        now: impl FnOnce() -> Instant,
+    ) -> Result<Vec<ReadyBatch<T>>, (AppendError, T)> {
         let mut estimate =
             RECORD_OVERHEAD + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
         for (k, v) in headers {
             estimate += 10 + k.len() + v.map_or(0, <[u8]>::len);
         }
-        let index = self.topic_index(topic);
+        self.last = index;
         let slot = partition as usize;
         let (batch_bytes, buffer_bytes) = (self.config.batch_bytes, self.config.buffer_bytes);
         let partitions = &mut self.topics[index].partitions;

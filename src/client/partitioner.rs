@@ -51,6 +51,9 @@ pub struct StickyPartitioner {
     /// `current`: a producer usually sends to one topic many times in a row.
     last_topic: String,
     last_partition: Option<u32>,
+    /// The caller's number for `last_topic`, when it gave one
+    /// ([`StickyPartitioner::partition_of`]).
+    last_id: Option<usize>,
     /// xorshift state: a different partition each time, no global RNG.
     state: u64,
 }
@@ -76,6 +79,7 @@ impl StickyPartitioner {
             current: FastMap::default(),
             last_topic: String::new(),
             last_partition: None,
+            last_id: None,
             state: seed | 1,
         }
     }
@@ -85,6 +89,20 @@ impl StickyPartitioner {
         self.state ^= self.state >> 7;
         self.state ^= self.state << 17;
         self.state
+    }
+
+    /// [`StickyPartitioner::partition`] for a caller that numbers its topics (`id`, always
+    /// the same for one topic name): when `id` is the topic asked for last, the name is
+    /// not compared again.
+    pub fn partition_of(&mut self, id: usize, topic: &str, partitions: u32) -> u32 {
+        if let Some(p) = self.last_partition {
+            if p < partitions.max(1) && self.last_id == Some(id) {
+                return p;
+            }
+        }
+        let p = self.partition(topic, partitions);
+        self.last_id = Some(id);
+        p
     }
 
     /// The partition for the next unkeyed record of `topic`.
@@ -103,7 +121,10 @@ impl StickyPartitioner {
                 p
             }
         };
-        topic.clone_into(&mut self.last_topic);
+        if self.last_topic != topic {
+            topic.clone_into(&mut self.last_topic);
+            self.last_id = None;
+        }
         self.last_partition = Some(p);
         p
     }
@@ -181,5 +202,29 @@ mod tests {
         assert_eq!(p.partition("t", 4), second);
         // A topic that shrank gets a partition it has.
         assert!(p.partition("t", 1) == 0);
+    }
+
+    #[test]
+    fn numbered_topics_stick_like_named_ones() {
+        // The same calls by name and by number, interleaved with keyed-less calls by name
+        // for another topic, give the same partitions as the names alone.
+        let (mut named, mut numbered) = (
+            StickyPartitioner::with_seed(9),
+            StickyPartitioner::with_seed(9),
+        );
+        let ids = |topic: &str| usize::from(topic == "b");
+        for step in 0..40u32 {
+            let topic = if step % 7 < 4 { "a" } else { "b" };
+            let got = numbered.partition_of(ids(topic), topic, 5);
+            assert_eq!(got, named.partition(topic, 5), "step {step}");
+            if step % 5 == 4 {
+                named.batch_closed(topic, got, 5);
+                numbered.batch_closed(topic, got, 5);
+            }
+            if step % 9 == 8 {
+                // A caller mixing both: the name call moves "last" without a number.
+                assert_eq!(numbered.partition("c", 5), named.partition("c", 5));
+            }
+        }
     }
 }

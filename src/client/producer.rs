@@ -246,10 +246,13 @@ struct State {
     batches: Accumulator<Token>,
     sticky: StickyPartitioner,
     topics: FastMap<String, Arc<TopicInfo>>,
-    /// The topic sent to last and its partition count (`None`: look it up in `topics`),
-    /// checked first: a producer usually sends to one topic many times in a row.
+    /// The topic sent to last, its partition count (`None`: look it up in `topics`) and its
+    /// index in `batches`, checked first: a producer usually sends to one topic many times
+    /// in a row. This is the one comparison of the topic's name a record costs; the
+    /// accumulator and the partitioner are handed the index.
     last_topic: String,
     last_partitions: Option<u32>,
+    last_index: usize,
     endpoints: Vec<ShardEndpoint>,
     /// Records handed to `send` and not yet completed.
     pending: usize,
@@ -323,6 +326,7 @@ impl Producer {
                 topics: FastMap::default(),
                 last_topic: String::new(),
                 last_partitions: None,
+                last_index: 0,
                 endpoints,
                 pending: 0,
                 flushing: 0,
@@ -443,8 +447,8 @@ impl Producer {
         timestamp: i64,
         mut token: Token,
     ) -> (MutexGuard<'s, State>, Result<bool, ClientError>) {
-        let partitions = match state.last_partitions {
-            Some(partitions) if state.last_topic == record.topic => partitions,
+        let (partitions, index) = match state.last_partitions {
+            Some(partitions) if state.last_topic == record.topic => (partitions, state.last_index),
             _ => {
                 let partitions = match state.topics.get(record.topic) {
                     Some(info) => info.owners.len() as u32,
@@ -462,7 +466,8 @@ impl Producer {
                 };
                 record.topic.clone_into(&mut state.last_topic);
                 state.last_partitions = Some(partitions);
-                partitions
+                state.last_index = state.batches.topic_index(record.topic);
+                (partitions, state.last_index)
             }
         };
         let partition = match (record.partition, record.key) {
@@ -475,7 +480,7 @@ impl Producer {
                 return (state, Err(unknown.into()));
             }
             (None, Some(key)) => partition_for_key(key, partitions),
-            (None, None) => state.sticky.partition(record.topic, partitions),
+            (None, None) => state.sticky.partition_of(index, record.topic, partitions),
         };
         loop {
             if state.closed {
@@ -483,8 +488,8 @@ impl Producer {
             }
             // The clock is read only for a new batch (its linger starts now).
             let mut opens_batch = false;
-            let appended = state.batches.append(
-                record.topic,
+            let appended = state.batches.append_at(
+                index,
                 partition,
                 timestamp,
                 record.key,
