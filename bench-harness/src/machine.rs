@@ -96,6 +96,39 @@ pub fn process_cpu_seconds(pid: &str) -> Option<f64> {
     Some((utime + stime) / ticks_per_second())
 }
 
+/// The machine's CPU time so far, all CPUs together, from the first line of /proc/stat:
+/// (stolen, total) in seconds. "Stolen" is time a virtual CPU had work but the hypervisor
+/// ran something else (another guest, or nothing, when the host caps the VM's share).
+pub fn cpu_steal_seconds() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    steal_of(stat.lines().next()?)
+}
+
+/// (steal, total) of a `cpu  user nice system idle iowait irq softirq steal ...` line.
+fn steal_of(line: &str) -> Option<(f64, f64)> {
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal; guest time is already in user.
+    let ticks: Vec<f64> = fields.take(8).map_while(|f| f.parse().ok()).collect();
+    if ticks.len() < 8 {
+        return None;
+    }
+    let hz = ticks_per_second();
+    Some((ticks[7] / hz, ticks.iter().sum::<f64>() / hz))
+}
+
+/// The share of the machine's CPU time stolen between two [`cpu_steal_seconds`] readings,
+/// in percent.
+pub fn steal_percent(start: (f64, f64), end: (f64, f64)) -> f64 {
+    let total = end.1 - start.1;
+    if total <= 0.0 {
+        return 0.0;
+    }
+    ((end.0 - start.0) / total * 100.0).max(0.0)
+}
+
 /// Resident set size of a process in KiB, from /proc/PID/status.
 pub fn process_rss_kib(pid: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -108,6 +141,24 @@ pub fn process_rss_kib(pid: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stolen_time_is_read_from_the_cpu_line() {
+        let hz = ticks_per_second();
+        let (steal, total) = steal_of("cpu  100 0 50 800 10 0 20 20 0 0").unwrap();
+        assert_eq!((steal * hz, total * hz), (20.0, 1000.0));
+        assert_eq!(
+            steal_of("cpu0 1 2 3 4 5 6 7 8"),
+            None,
+            "a single CPU's line"
+        );
+        assert_eq!(steal_of("cpu  1 2 3"), None, "an old kernel without steal");
+        // 10 of 200 ticks stolen between the readings.
+        let pct = steal_percent((20.0 / hz, 1000.0 / hz), (30.0 / hz, 1200.0 / hz));
+        assert!((pct - 5.0).abs() < 1e-9, "{pct}");
+        assert_eq!(steal_percent((1.0, 2.0), (1.0, 2.0)), 0.0);
+        assert!(cpu_steal_seconds().is_some(), "this machine's /proc/stat");
+    }
 
     #[test]
     fn reads_this_machine_and_process() {

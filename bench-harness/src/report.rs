@@ -403,6 +403,16 @@ fn target_row(
         }
         _ => vec![DASH.to_string(); 4],
     };
+    let stolen = t.runs.iter().filter_map(|r| r.steal_pct).reduce(f64::max);
+    if let Some(max) = stolen.filter(|max| *max >= 1.0) {
+        notes.push(format!(
+            "**{}:** the hypervisor stole up to {max:.1}% of the machine's CPU time during \
+             these runs (`steal` in /proc/stat); latency percentiles from p{:.0} up can hold \
+             its stalls.",
+            t.name,
+            (100.0 - max).max(0.0).floor()
+        ));
+    }
     let brokers: Vec<_> = t.runs.iter().filter_map(|r| r.broker).collect();
     let cpu = median(brokers.iter().map(|b| b.cpu_s_per_million).collect());
     let rss = median(brokers.iter().map(|b| b.rss_peak_kib as f64).collect());
@@ -532,6 +542,9 @@ fn usage(result: &RunResult) -> String {
             result.harness_cpu_s
         ),
     )];
+    if let Some(steal) = result.steal_pct {
+        facts.push(("CPU stolen", stolen(steal)));
+    }
     if let Some(b) = result.broker {
         let cpu = format!("{:.2} s per million records", b.cpu_s_per_million);
         facts.push(("broker CPU", cpu));
@@ -543,6 +556,19 @@ fn usage(result: &RunResult) -> String {
     };
     facts.push(("check", check));
     text::facts(&facts)
+}
+
+/// The hypervisor's share of the run's CPU time, and what it means for the percentiles.
+fn stolen(pct: f64) -> String {
+    if pct >= 1.0 {
+        format!(
+            "⚠ {pct:.1}% of the machine's CPU time (the host ran other work: latency \
+             percentiles from p{:.0} up can hold its stalls)",
+            (100.0 - pct).max(0.0).floor()
+        )
+    } else {
+        format!("{pct:.1}% of the machine's CPU time")
+    }
 }
 
 const DASH: &str = "–";
@@ -622,6 +648,7 @@ mod tests {
                 })
                 .collect(),
             harness_cpu_s: 4.0,
+            steal_pct: Some(6.5),
             broker: Some(BrokerUsage {
                 pid: 42,
                 cpu_s: 12.0,
@@ -691,6 +718,7 @@ mod tests {
         assert!(md.contains("| Commit | `abc123` |"));
         assert!(!md.contains("different commits"));
         assert!(md.contains("open-loop"));
+        assert!(md.contains("the hypervisor stole up to 6.5%"), "{md}");
 
         let row = row_of(&md, PRODUCE, "eventflow");
         assert!(
@@ -838,6 +866,11 @@ mod tests {
         assert!(summary.contains("300 µs"), "{summary}");
         assert!(summary.contains("1.50 s per million records"), "{summary}");
         assert!(summary.contains("512 MiB"), "{summary}");
+        assert!(
+            summary.contains("CPU stolen") && summary.contains("6.5% of the machine's CPU time"),
+            "{summary}"
+        );
+        assert!(summary.contains("from p93 up"), "{summary}");
         assert!(
             summary.contains("0 errors, 0 missing, 0 duplicates"),
             "{summary}"

@@ -70,6 +70,12 @@ pub struct RunResult {
     pub timeline: Vec<Sample>,
     /// The harness's own CPU time (user + system) over the measured phase, seconds.
     pub harness_cpu_s: f64,
+    /// Of the machine's CPU time over the measured phase, the percentage the hypervisor
+    /// stole (`steal` in /proc/stat): on a VM whose host caps its share, stalls of whole
+    /// milliseconds that land in every latency percentile they reach. `None` in results
+    /// saved before it was measured, or where /proc/stat has no steal.
+    #[serde(default)]
+    pub steal_pct: Option<f64>,
     /// Broker process usage, when its PID was given or the harness started it.
     pub broker: Option<BrokerUsage>,
     /// Sends or fetches that failed.
@@ -318,6 +324,7 @@ mod tests {
                 consumed_per_s: 0.0,
             }],
             harness_cpu_s: 0.5,
+            steal_pct: None,
             broker: None,
             errors: 0,
             first_error: None,

@@ -512,6 +512,7 @@ pub fn run(kind: Kind, w: &Workload, ctx: &RunContext<'_>) -> Result<RunResult> 
         latency,
         timeline: std::mem::take(&mut monitor.timeline),
         harness_cpu_s: monitor.harness_cpu_s(),
+        steal_pct: monitor.steal_pct(),
         broker,
         errors,
         first_error,
@@ -921,6 +922,9 @@ struct Monitor {
     measure_start_ns: u64,
     harness_cpu_start: f64,
     harness_cpu_end: f64,
+    /// The machine's (stolen, total) CPU seconds at the measured phase's start and end.
+    steal_start: Option<(f64, f64)>,
+    steal_end: Option<(f64, f64)>,
     broker_cpu_start: Option<f64>,
     broker_cpu_end: Option<f64>,
     rss_peak_kib: u64,
@@ -949,6 +953,8 @@ impl Monitor {
             measure_start_ns: u64::MAX,
             harness_cpu_start: 0.0,
             harness_cpu_end: 0.0,
+            steal_start: None,
+            steal_end: None,
             broker_cpu_start: None,
             broker_cpu_end: None,
             rss_peak_kib: 0,
@@ -979,6 +985,7 @@ impl Monitor {
         let now = now_ns();
         if self.harness_cpu_start.is_nan() && now >= self.measure_start_ns {
             self.harness_cpu_start = machine::process_cpu_seconds("self").unwrap_or(0.0);
+            self.steal_start = machine::cpu_steal_seconds();
             self.broker_cpu_start = self
                 .broker_pid
                 .as_deref()
@@ -1080,8 +1087,10 @@ impl Monitor {
 
     fn finish(&mut self) {
         self.harness_cpu_end = machine::process_cpu_seconds("self").unwrap_or(0.0);
+        self.steal_end = machine::cpu_steal_seconds();
         if self.harness_cpu_start.is_nan() {
             self.harness_cpu_start = self.harness_cpu_end;
+            self.steal_start = self.steal_end;
         }
         self.broker_cpu_end = self
             .broker_pid
@@ -1099,6 +1108,10 @@ impl Monitor {
 
     fn harness_cpu_s(&self) -> f64 {
         (self.harness_cpu_end - self.harness_cpu_start).max(0.0)
+    }
+
+    fn steal_pct(&self) -> Option<f64> {
+        Some(machine::steal_percent(self.steal_start?, self.steal_end?))
     }
 
     fn broker_usage(
