@@ -91,9 +91,11 @@ impl StickyPartitioner {
         self.state
     }
 
-    /// [`StickyPartitioner::partition`] for a caller that numbers its topics (`id`, always
-    /// the same for one topic name): when `id` is the topic asked for last, the name is
-    /// not compared again.
+    /// [`StickyPartitioner::partition`] for a caller that numbers its topics (`id`: one
+    /// number per topic name and one name per number, as [`Accumulator::topic_index`]
+    /// gives): when `id` is the topic asked for last, the name is not compared again.
+    ///
+    /// [`Accumulator::topic_index`]: super::accumulator::Accumulator::topic_index
     pub fn partition_of(&mut self, id: usize, topic: &str, partitions: u32) -> u32 {
         if let Some(p) = self.last_partition {
             if p < partitions.max(1) && self.last_id == Some(id) {
@@ -206,8 +208,8 @@ mod tests {
 
     #[test]
     fn numbered_topics_stick_like_named_ones() {
-        // The same calls by name and by number, interleaved with keyed-less calls by name
-        // for another topic, give the same partitions as the names alone.
+        // The same calls by name and by number, interleaved with calls by name alone for a
+        // third topic, give the same partitions as the names alone.
         let (mut named, mut numbered) = (
             StickyPartitioner::with_seed(9),
             StickyPartitioner::with_seed(9),
