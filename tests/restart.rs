@@ -302,6 +302,7 @@ fn a_backlog_far_behind_the_tail_cache_reads_back_whole_on_both_paths() {
     let mut offsets = [0i64, expected.len() as i64 / 2];
     let mut got = [Vec::new(), Vec::new()];
     while offsets[0] < expected.len() as i64 / 2 || offsets[1] < expected.len() as i64 {
+        let before = offsets;
         for (reader, client) in [&mut owner, &mut other].into_iter().enumerate() {
             let fetched = client
                 .fetch("backlog", 0, offsets[reader], 700_000, Duration::ZERO, 0)
@@ -311,6 +312,10 @@ fn a_backlog_far_behind_the_tail_cache_reads_back_whole_on_both_paths() {
                 got[reader].extend(values(&b));
             }
         }
+        assert_ne!(
+            offsets, before,
+            "a round of fetches below the end returned nothing"
+        );
     }
     let half = expected.len() / 2;
     same(

@@ -404,13 +404,13 @@ fn target_row(
         _ => vec![DASH.to_string(); 4],
     };
     let stolen = t.runs.iter().filter_map(|r| r.steal_pct).reduce(f64::max);
-    if let Some(max) = stolen.filter(|max| *max >= 1.0) {
+    if let Some(max) = stolen.filter(|max| *max >= STEAL_FLAGGED_PCT) {
         notes.push(format!(
             "**{}:** the hypervisor stole up to {max:.1}% of the machine's CPU time during \
              these runs (`steal` in /proc/stat); latency percentiles from p{:.0} up can hold \
              its stalls.",
             t.name,
-            (100.0 - max).max(0.0).floor()
+            stall_reach(max)
         ));
     }
     let brokers: Vec<_> = t.runs.iter().filter_map(|r| r.broker).collect();
@@ -558,13 +558,21 @@ fn usage(result: &RunResult) -> String {
     text::facts(&facts)
 }
 
+/// Stolen CPU time from which a run is flagged, in percent of the machine's.
+const STEAL_FLAGGED_PCT: f64 = 1.0;
+
+/// The lowest latency percentile that stalls taking `steal_pct` % of the time can reach.
+fn stall_reach(steal_pct: f64) -> f64 {
+    (100.0 - steal_pct).max(0.0).floor()
+}
+
 /// The hypervisor's share of the run's CPU time, and what it means for the percentiles.
 fn stolen(pct: f64) -> String {
-    if pct >= 1.0 {
+    if pct >= STEAL_FLAGGED_PCT {
         format!(
             "⚠ {pct:.1}% of the machine's CPU time (the host ran other work: latency \
              percentiles from p{:.0} up can hold its stalls)",
-            (100.0 - pct).max(0.0).floor()
+            stall_reach(pct)
         )
     } else {
         format!("{pct:.1}% of the machine's CPU time")
