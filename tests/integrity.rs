@@ -111,7 +111,13 @@ fn a_flipped_value_byte_in_a_sealed_segment_is_an_error_never_data() {
     fill(&broker, "seal", 30);
     assert!(broker.terminate().success());
     let dir = broker.data_dir.join("data").join("seal").join("0");
-    assert!(dir.join("clean-stop").exists(), "a clean stop is marked");
+    let run_file = broker.data_dir.join("data").join("meta").join("run");
+    let marker = std::fs::read(dir.join("clean-stop.run")).unwrap();
+    assert_eq!(
+        marker,
+        std::fs::read(&run_file).unwrap(),
+        "a clean stop is marked with its run"
+    );
 
     let logs = broker.segment_files("seal", 0, "log");
     assert!(logs.len() > 2, "segments rolled: {logs:?}");
@@ -121,7 +127,11 @@ fn a_flipped_value_byte_in_a_sealed_segment_is_an_error_never_data() {
     flip_value_byte(&logs[0], start);
 
     broker.restart();
-    assert!(!dir.join("clean-stop").exists(), "the marker is used once");
+    assert_ne!(
+        std::fs::read(&run_file).unwrap(),
+        marker,
+        "the marker names the previous run from the start on"
+    );
     let out = eventflow(
         &broker,
         &[
@@ -215,7 +225,7 @@ fn recovery_after_kill9_checks_the_whole_active_segment() {
     fill(&broker, "active", 100);
     broker.kill9();
     let dir = broker.data_dir.join("data").join("active").join("0");
-    assert!(!dir.join("clean-stop").exists(), "no clean stop");
+    assert!(!dir.join("clean-stop.run").exists(), "no clean stop");
 
     let log = broker.segment_files("active", 0, "log").pop().unwrap();
     let index = std::fs::read(broker.segment_files("active", 0, "index").pop().unwrap()).unwrap();
@@ -413,5 +423,51 @@ fn the_scrubber_finds_a_flipped_byte_in_a_sealed_segment() {
     assert!(
         !out.status.success() && stderr.contains(&fenced),
         "{stderr}"
+    );
+}
+
+#[test]
+fn a_kill9_after_a_clean_restart_is_an_unclean_stop() {
+    let mut broker = Broker::start(&["--cores", "2", "--fsync", "always"]);
+    fill(&broker, "again", 100);
+    assert!(broker.terminate().success());
+    let dir = broker.data_dir.join("data").join("again").join("0");
+    let marker = dir.join("clean-stop.run");
+    assert!(marker.exists(), "a clean stop is marked");
+
+    // The start after a clean stop removes no marker, and appends follow; then kill -9.
+    broker.restart();
+    let mut c = broker.client();
+    for i in 0..10 {
+        let b = batch(&format!("c{i}"), 10, 300, now_ms());
+        c.produce("again", 0, b, Acks::All).unwrap();
+    }
+    broker.kill9();
+    assert!(marker.exists(), "the first run's marker is still there");
+
+    // A damaged batch well before the last index entry: only the full check of an unclean
+    // stop reaches it, and it must.
+    let log = broker.segment_files("again", 0, "log").pop().unwrap();
+    let index = std::fs::read(broker.segment_files("again", 0, "index").pop().unwrap()).unwrap();
+    let last_entry = u32::from_be_bytes(index[index.len() - 4..].try_into().unwrap()) as usize;
+    let (start, damaged) = batch_starts(&log)[5];
+    assert!(
+        start < last_entry,
+        "the batch is before the last index entry"
+    );
+    flip_value_byte(&log, start);
+
+    broker.restart();
+    let log_text = broker.log();
+    assert!(
+        log_text.contains(&format!("the batch at byte {start}: batch crc mismatch")),
+        "{log_text}"
+    );
+    let mut c = broker.client();
+    assert_eq!(
+        c.list_offset("again", 0, eventflow::protocol::api::offset_spec::LATEST)
+            .unwrap(),
+        damaged,
+        "cut at the damaged batch"
     );
 }

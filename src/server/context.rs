@@ -38,11 +38,13 @@ use crate::protocol::{ErrorCode, WireError};
 use crate::shard::mesh::ShardLinks;
 use crate::shard::{owner_of, ShardId};
 use crate::storage::catalog::CatalogStore;
-use crate::storage::{AclStore, LogConfig, PartitionLog, ProducerIds, QuotaStore, Users};
+use crate::storage::{AclStore, LogConfig, PartitionLog, ProducerIds, QuotaStore, Runs, Users};
 
 /// State shared by every shard of one broker (nothing here is on the data path: the
 /// connection counters are touched at accept and close only).
 pub(crate) struct Global {
+    /// This run of the broker and the one before, for the logs' clean-stop markers.
+    pub(crate) runs: Runs,
     /// Set once when the broker is asked to stop.
     pub(crate) shutdown: AtomicBool,
     /// Shards that have closed all their connections.
@@ -68,11 +70,13 @@ pub(crate) struct Global {
 impl Global {
     pub(crate) fn new(
         shards: u16,
+        runs: Runs,
         users: Arc<Users>,
         acls: Arc<AclStore>,
         quotas: Arc<QuotaStore>,
     ) -> Self {
         Global {
+            runs,
             users,
             acls,
             quotas,
@@ -172,9 +176,16 @@ impl ShardContext {
                 shard_count,
                 config.data_dir.clone(),
                 log_defaults.clone(),
+                global.runs,
             ),
-            groups: GroupCoordinator::new(id, shard_count, config.clone(), catalog.clone()),
-            shares: ShareCoordinator::new(id, config.clone()),
+            groups: GroupCoordinator::new(
+                id,
+                shard_count,
+                config.clone(),
+                catalog.clone(),
+                global.runs,
+            ),
+            shares: ShareCoordinator::new(id, config.clone(), global.runs),
             config,
             log_defaults,
             catalog,

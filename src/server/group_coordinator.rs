@@ -34,6 +34,7 @@ use crate::protocol::api::*;
 use crate::protocol::{ErrorCode, WireError};
 use crate::shard::ShardId;
 use crate::storage::catalog::CatalogStore;
+use crate::storage::Runs;
 
 /// Buckets of groups (and offset logs). Fixed: changing it would lose every offset.
 pub(crate) const OFFSET_BUCKETS: u16 = 16;
@@ -147,6 +148,8 @@ pub(crate) struct GroupCoordinator {
     shard_count: u16,
     config: Arc<BrokerConfig>,
     catalog: Arc<CatalogStore>,
+    /// The broker's run, for the offset logs' clean-stop markers.
+    runs: Runs,
     groups: RefCell<Groups>,
     /// Groups of Kafka clients (the classic protocol).
     classic: RefCell<ClassicGroups>,
@@ -164,6 +167,7 @@ impl GroupCoordinator {
         shard_count: u16,
         config: Arc<BrokerConfig>,
         catalog: Arc<CatalogStore>,
+        runs: Runs,
     ) -> GroupCoordinator {
         let initial_delay = config.group_initial_rebalance_delay;
         GroupCoordinator {
@@ -171,6 +175,7 @@ impl GroupCoordinator {
             shard_count,
             config,
             catalog,
+            runs,
             groups: RefCell::new(Groups::with_boot_id(SESSION_LIMITS, boot_id())),
             classic: RefCell::new(ClassicGroups::new(SESSION_LIMITS, initial_delay, boot_id())),
             waiters: RefCell::new(HashMap::new()),
@@ -571,7 +576,7 @@ impl GroupCoordinator {
                     .join("meta")
                     .join("offsets")
                     .join(bucket.to_string());
-                let (log, live) = InternalLog::open(dir, self.config.fsync).await?;
+                let (log, live) = InternalLog::open(dir, self.config.fsync, self.runs).await?;
                 let mut offsets = self.offsets.borrow_mut();
                 for (key, value) in live {
                     if let (Some((group, topic, partition)), Ok(v)) =

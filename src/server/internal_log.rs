@@ -15,7 +15,7 @@ use bytes::Bytes;
 use super::partitions::storage_error;
 use crate::protocol::batch::{self, BatchBuilder, BatchError, ValidBatch};
 use crate::protocol::{ErrorCode, WireError};
-use crate::storage::{FsyncPolicy, LogConfig, PartitionLog};
+use crate::storage::{FsyncPolicy, LogConfig, PartitionLog, Runs};
 
 /// Appended bytes between two checkpoints.
 pub(crate) const CHECKPOINT_BYTES: u64 = 16 << 20;
@@ -34,10 +34,12 @@ pub(crate) struct InternalLog {
 }
 
 impl InternalLog {
-    /// Opens the log in `dir` and returns it with every live key's last value.
+    /// Opens the log in `dir` in the broker's run `runs`, and returns it with every live
+    /// key's last value.
     pub(crate) async fn open(
         dir: PathBuf,
         fsync: FsyncPolicy,
+        runs: Runs,
     ) -> Result<(InternalLog, HashMap<Bytes, Bytes>), WireError> {
         let config = LogConfig {
             segment_bytes: SEGMENT_BYTES,
@@ -52,7 +54,7 @@ impl InternalLog {
             },
             ..LogConfig::default()
         };
-        let log = PartitionLog::open(dir.clone(), config)
+        let log = PartitionLog::open_in_run(dir.clone(), config, 0, runs)
             .await
             .map_err(|e| storage(&dir, "opening", e))?;
         let log = Rc::new(log);

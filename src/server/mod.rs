@@ -54,7 +54,7 @@ use crate::shard::mesh::{mesh, MeshRemote, ShardLinks};
 use crate::shard::thread::{spawn_shard, ShardThreadConfig};
 use crate::shard::ShardId;
 use crate::storage::catalog::{CatalogStore, DELETED_PREFIX};
-use crate::storage::{AclStore, FsyncPolicy, ProducerIds, QuotaStore, UserError, Users};
+use crate::storage::{AclStore, FsyncPolicy, ProducerIds, QuotaStore, Runs, UserError, Users};
 use connection::{Protocol, Transport};
 use context::{first, Global, ShardContext};
 use rpc::Envelope;
@@ -204,6 +204,9 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     let acls = Arc::new(AclStore::open(&config.data_dir).map_err(|e| data_err(e.to_string()))?);
     let quotas = Arc::new(QuotaStore::open(&config.data_dir).map_err(|e| data_err(e.to_string()))?);
     remove_deleted_topics(&config.data_dir);
+    // Before any log is opened: what this run writes must not be read as part of the
+    // previous run's clean stop.
+    let runs = Runs::begin(&config.data_dir).map_err(|e| data_err(e.to_string()))?;
 
     let shards = config.shard_count();
     // Sockets: the shared port and the Kafka port (one SO_REUSEPORT socket per shard each)
@@ -277,7 +280,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     );
 
     let config = Arc::new(config);
-    let global = Arc::new(Global::new(shards, users, acls, quotas));
+    let global = Arc::new(Global::new(shards, runs, users, acls, quotas));
     let links = mesh::<Envelope<ShardContext>>(shards, config.ring_capacity);
     let remote = links[0].remote();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<ShardId, (ShardId, String)>>();

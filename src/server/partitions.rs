@@ -15,7 +15,7 @@ use crate::local::OnceMap;
 use crate::protocol::{ErrorCode, WireError};
 use crate::shard::{owner_of, ShardId};
 use crate::storage::catalog::TopicMeta;
-use crate::storage::{LogConfig, PartitionLog, ProducerError, StorageError};
+use crate::storage::{LogConfig, PartitionLog, ProducerError, Runs, StorageError};
 
 /// Identifies one partition of one incarnation of a topic.
 #[derive(Clone)]
@@ -50,6 +50,8 @@ pub(crate) struct PartitionTable {
     /// Logs by (topic id, partition). Topic ids are never reused, so a key names one
     /// partition of one incarnation.
     logs: OnceMap<(u64, u32), Rc<PartitionLog>>,
+    /// The broker's run, for the logs' clean-stop markers.
+    runs: Runs,
 }
 
 impl PartitionTable {
@@ -58,6 +60,7 @@ impl PartitionTable {
         shard_count: u16,
         data_dir: PathBuf,
         log_defaults: LogConfig,
+        runs: Runs,
     ) -> PartitionTable {
         PartitionTable {
             id,
@@ -66,6 +69,7 @@ impl PartitionTable {
             log_defaults,
             incarnations: RefCell::new(HashMap::new()),
             logs: OnceMap::new(),
+            runs,
         }
     }
 
@@ -170,7 +174,7 @@ impl PartitionTable {
             .get_or_open(&(at.topic.id, at.partition), || async {
                 let dir = self.partition_dir(name, at.partition);
                 let config = at.topic.log_config(&self.log_defaults);
-                match PartitionLog::open(dir, config).await {
+                match PartitionLog::open_in_run(dir, config, 0, self.runs).await {
                     Ok(log) => Ok(Rc::new(log)),
                     Err(e) => {
                         tracing::error!(topic = %name, partition = at.partition, "cannot open partition: {e}");

@@ -346,6 +346,7 @@ mod tests {
         let (_dir, users) = users();
         let global = Arc::new(Global::new(
             1,
+            crate::storage::Runs::default(),
             Arc::new(Users::open(_dir.path()).unwrap()),
             Arc::new(crate::storage::AclStore::open(_dir.path()).unwrap()),
             Arc::new(crate::storage::QuotaStore::open(_dir.path()).unwrap()),

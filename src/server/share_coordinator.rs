@@ -29,7 +29,7 @@ use crate::protocol::batch::{self, BatchBuilder, ValidBatch};
 use crate::protocol::{ErrorCode, WireError};
 use crate::shard::ShardId;
 use crate::storage::catalog::TopicMeta;
-use crate::storage::PartitionLog;
+use crate::storage::{PartitionLog, Runs};
 
 /// Most bytes one share fetch returns per partition.
 pub(crate) const MAX_SHARE_FETCH_BYTES: usize = 8 << 20;
@@ -61,6 +61,8 @@ struct ShareLog {
 pub(crate) struct ShareCoordinator {
     shard: ShardId,
     config: Arc<BrokerConfig>,
+    /// The broker's run, for the share logs' clean-stop markers.
+    runs: Runs,
     entries: RefCell<HashMap<ShareKey, ShareEntry>>,
     /// Share logs by (topic incarnation, partition).
     logs: OnceMap<(u64, u32), Rc<ShareLog>>,
@@ -102,10 +104,11 @@ pub(crate) struct ShareFetched {
 }
 
 impl ShareCoordinator {
-    pub(crate) fn new(shard: ShardId, config: Arc<BrokerConfig>) -> ShareCoordinator {
+    pub(crate) fn new(shard: ShardId, config: Arc<BrokerConfig>, runs: Runs) -> ShareCoordinator {
         ShareCoordinator {
             shard,
             config,
+            runs,
             entries: RefCell::new(HashMap::new()),
             logs: OnceMap::new(),
         }
@@ -451,7 +454,7 @@ impl ShareCoordinator {
                 let dir = self
                     .shares_dir(&at.topic.name, at.topic.id)
                     .join(at.partition.to_string());
-                let (log, live) = InternalLog::open(dir, self.config.fsync).await?;
+                let (log, live) = InternalLog::open(dir, self.config.fsync, self.runs).await?;
                 let mut states = HashMap::new();
                 for (group, value) in live {
                     let Ok(group) = std::str::from_utf8(&group) else {

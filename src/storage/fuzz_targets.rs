@@ -133,13 +133,15 @@ pub fn index_files(data: &[u8]) {
 
 /// A partition directory after a crash, as recovery finds it: one segment (base offset 0)
 /// whose `.log`, `.index` and `.timeindex` come from the input, with or without the clean
-/// stop marker. Input: a flags byte (bit 0: clean stop; bit 1: no index files), the offset
+/// stop marker. Input: a flags byte (bit 0: clean stop; bit 1: no index files; bit 2: the
+/// clean stop marked the way earlier versions did), the offset
 /// and time index lengths (u16 each), the two indexes, then the log. The files are written
 /// under `dir` (emptied first). After recovery the log holds whole batches with dense
 /// offsets from the base, CRC-valid when the stop was unclean; every index entry points at
 /// the start of the batch with its offset; and a second recovery changes nothing.
 pub fn recovery(data: &[u8], dir: &std::path::Path) {
-    use super::recovery::{recover_dir, CLEAN_STOP_MARKER};
+    use super::recovery::{recover_dir, CLEAN_STOP_MARKER, LEGACY_CLEAN_STOP_MARKER};
+    use super::runs::{self, Runs};
     use super::segment::SegmentFiles;
 
     let Some((&flags, rest)) = data.split_first() else {
@@ -162,12 +164,25 @@ pub fn recovery(data: &[u8], dir: &std::path::Path) {
         std::fs::write(&files.index, index_bytes).expect("writes the index");
         std::fs::write(&files.time_index, time_bytes).expect("writes the time index");
     }
+    // The start after the run that left the marker.
+    let runs = Runs {
+        previous: Some(7),
+        current: Some(8),
+    };
+    let mark = || {
+        let (name, bytes) = if flags & 4 == 0 {
+            (CLEAN_STOP_MARKER, runs::encode(7))
+        } else {
+            (LEGACY_CLEAN_STOP_MARKER, Vec::new())
+        };
+        std::fs::write(dir.join(name), bytes).expect("writes the marker");
+    };
     if clean_stop {
-        std::fs::write(dir.join(CLEAN_STOP_MARKER), b"").expect("writes the marker");
+        mark();
     }
 
     let config = LogConfig::default();
-    let Ok(segments) = recover_dir(dir, &config) else {
+    let Ok(segments) = recover_dir(dir, &config, runs) else {
         return;
     };
     let [segment] = &segments[..] else {
@@ -186,11 +201,12 @@ pub fn recovery(data: &[u8], dir: &std::path::Path) {
         check_recovered(&log, segment);
     }
 
-    // The marker went with the first recovery: put it back so the second sees the same stop.
+    // A legacy marker went with the first recovery: put it back so the second sees the same
+    // stop (a marker naming the previous run stays).
     if clean_stop {
-        std::fs::write(dir.join(CLEAN_STOP_MARKER), b"").expect("writes the marker");
+        mark();
     }
-    let again = recover_dir(dir, &config).expect("a recovered directory recovers");
+    let again = recover_dir(dir, &config, runs).expect("a recovered directory recovers");
     let [second] = &again[..] else {
         panic!("one segment recovered, then {}", again.len());
     };

@@ -46,6 +46,7 @@ mod producer_ids;
 mod producers;
 mod quotas;
 mod recovery;
+mod runs;
 mod segment;
 #[cfg(test)]
 mod sim;
@@ -63,6 +64,7 @@ pub use log::{
 pub use producer_ids::ProducerIds;
 pub use producers::ProducerError;
 pub use quotas::{QuotaChange, QuotaError, QuotaStore};
+pub use runs::Runs;
 pub use users::{UserError, UserTable, Users};
 
 #[cfg(test)]

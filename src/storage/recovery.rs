@@ -15,23 +15,29 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::config::LogConfig;
 use super::disk;
 use super::error::StorageError;
 use super::index::{IndexPlanner, OffsetIndex, TimeIndex};
 use super::producers::{ProducerBatch, ProducerTable, SNAPSHOT_SUFFIX};
+use super::runs::{self, Runs};
 use super::segment::{RecoveredSegment, SegmentFiles, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
 use crate::protocol::batch::{self, BatchHeader, BATCH_HEADER_LEN};
 
 /// The file a partition's log leaves in its directory when it closed with everything
-/// synced. Recovery removes it before anything else: present, the stop was clean and only
-/// the active segment's batches after its last index entry are CRC-checked (a clean close
-/// wrote and synced everything, so the check is a cheap formality); absent, the stop was
-/// unclean (kill -9, crash, power loss) and every batch of the active segment is
-/// CRC-checked, since any of them may hold bytes that never reached the disk whole.
-pub(crate) const CLEAN_STOP_MARKER: &str = "clean-stop";
+/// synced, naming the run it closed in ([`Runs`]). If it names the run just before this one
+/// the stop was clean, and only the active segment's batches after its last index entry are
+/// CRC-checked (a clean close wrote and synced everything, so the check is a cheap
+/// formality); otherwise the stop was unclean (kill -9, crash, power loss) and every batch
+/// of the active segment is CRC-checked, since any of them may hold bytes that never
+/// reached the disk whole.
+pub(crate) const CLEAN_STOP_MARKER: &str = "clean-stop.run";
+
+/// The empty marker of earlier versions, which a start had to remove (and make the removal
+/// durable) before anything was written. Still honoured, and removed that way.
+pub(crate) const LEGACY_CLEAN_STOP_MARKER: &str = "clean-stop";
 
 /// Read size of the recovery scan.
 const SCAN_CHUNK: usize = 1 << 20;
@@ -40,19 +46,30 @@ const SCAN_CHUNK: usize = 1 << 20;
 /// higher: a corrupt length field must not make recovery allocate a whole segment.
 const MIN_RECOVERY_BATCH_LIMIT: usize = 64 << 20;
 
-/// Finds, checks and repairs the segments of the partition in `dir` (created if missing).
-/// Returns them sorted by base offset; empty if the directory holds no log yet.
+/// Finds, checks and repairs the segments of the partition in `dir` (created if missing),
+/// opened in `runs`. Returns them sorted by base offset; empty if the directory holds no
+/// log yet.
 pub(crate) fn recover_dir(
     dir: &Path,
     config: &LogConfig,
+    runs: Runs,
 ) -> Result<Vec<RecoveredSegment>, StorageError> {
     fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
     let mut logs = Vec::new();
     let mut index_files = Vec::new();
+    let (mut marked, mut legacy_marked) = (false, false);
     for entry in fs::read_dir(dir).map_err(|e| StorageError::io(dir, e))? {
         let entry = entry.map_err(|e| StorageError::io(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
+        if name == CLEAN_STOP_MARKER {
+            marked = true;
+            continue;
+        }
+        if name == LEGACY_CLEAN_STOP_MARKER {
+            legacy_marked = true;
+            continue;
+        }
         let Some((stem, suffix)) = name.split_once('.') else {
             continue;
         };
@@ -66,15 +83,9 @@ pub(crate) fn recover_dir(
         }
     }
     logs.sort_unstable();
+    // Decided before anything is written (by the repairs below, or by appends).
+    let clean_stop = read_clean_stop(dir, marked, legacy_marked, runs)?;
     settle_compaction(dir)?;
-
-    let marker = dir.join(CLEAN_STOP_MARKER);
-    let clean_stop = disk::remove_blocking(&marker)?;
-    if clean_stop {
-        // Gone for good before anything is appended: a crash from now on must not look
-        // like a clean stop.
-        disk::sync_dir_blocking(dir)?;
-    }
 
     // Index files without their log are leftovers of a deletion cut short by a crash
     // (retention removes the log first).
@@ -104,6 +115,55 @@ pub(crate) fn recover_dir(
         segments.push(segment);
     }
     Ok(segments)
+}
+
+/// Whether the partition in `dir` stopped cleanly, from the markers its listing found.
+/// Of a marker only the removals that a crash from now on could misread are made (and made
+/// durable): a legacy one, and one naming this very run (the log closed and opens again
+/// within it). A marker naming an older run is left; no later run can take it for its
+/// previous one.
+fn read_clean_stop(
+    dir: &Path,
+    marked: bool,
+    legacy_marked: bool,
+    runs: Runs,
+) -> Result<bool, StorageError> {
+    let mut clean_stop = false;
+    let mut remove = Vec::new();
+    if legacy_marked {
+        clean_stop = true;
+        remove.push(dir.join(LEGACY_CLEAN_STOP_MARKER));
+    }
+    if marked {
+        let path = dir.join(CLEAN_STOP_MARKER);
+        let run = read_optional(&path)?.and_then(|bytes| runs::decode(&bytes));
+        if run.is_some() && run == runs.previous {
+            clean_stop = true;
+        } else if run.is_some() && run == runs.current {
+            remove.push(path);
+        }
+    }
+    for path in &remove {
+        disk::remove_blocking(path)?;
+    }
+    if !remove.is_empty() {
+        disk::sync_dir_blocking(dir)?;
+    }
+    Ok(clean_stop)
+}
+
+/// Removes the partition's clean-stop marker, durably, after an open that failed part-way:
+/// a failure to do so is logged, and the next try may trust the marker.
+pub(crate) fn forget_clean_stop(dir: &Path) {
+    let removed = disk::remove_blocking(&dir.join(CLEAN_STOP_MARKER));
+    let synced = match removed {
+        Ok(true) => disk::sync_dir_blocking(dir),
+        Ok(false) => return,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = synced {
+        warn!("cannot remove the clean-stop marker after a failed open: {e}");
+    }
 }
 
 /// Finishes or undoes a compaction a crash interrupted (`log/compact.rs` writes a segment's
@@ -358,13 +418,22 @@ fn recover_segment(
             // syncs too).
             disk::sync_blocking(&log, &files.log)?;
             disk::log_reset(&files.log, log_len);
+            info!(
+                path = %files.log.display(),
+                bytes = log_len,
+                next_offset = end.next_offset,
+                "recovered the active segment after an unclean stop"
+            );
+        } else {
+            // After a clean stop this is routine: one line per partition would bury the
+            // start's log under a thousand of them.
+            debug!(
+                path = %files.log.display(),
+                bytes = log_len,
+                next_offset = end.next_offset,
+                "recovered the active segment"
+            );
         }
-        info!(
-            path = %files.log.display(),
-            bytes = log_len,
-            next_offset = end.next_offset,
-            "recovered the active segment"
-        );
     }
 
     // Write back indexes that differ from the files.

@@ -41,7 +41,7 @@ use std::rc::{Rc, Weak};
 
 use super::config::{CleanupPolicy, LogWrites};
 use super::fault::{self, FaultDisk, FaultRates, FaultStats, SimRng};
-use super::{CompactionPace, FsyncPolicy, LogConfig, PartitionLog, StorageError};
+use super::{CompactionPace, FsyncPolicy, LogConfig, PartitionLog, Runs, StorageError};
 use crate::protocol::batch::{self, BatchBuilder, ValidBatch, BATCH_HEADER_LEN};
 
 /// The environment variable naming the one seed to run.
@@ -97,6 +97,10 @@ struct Sim {
     steps: Vec<String>,
     /// The log is compacted (`cleanup.policy` with `compact`).
     compact: bool,
+    /// The runs of the process that has the log open (or had it last): each open is a new
+    /// process, whose run follows the last one, like a broker's (`storage::runs`). So a
+    /// close's clean-stop marker is trusted by the next open only.
+    runs: Runs,
 }
 
 /// How the simulation failed.
@@ -147,6 +151,12 @@ impl Sim {
 
     fn draw(&mut self, n: u64) -> u64 {
         fault::with(|d| d.rng().below(n))
+    }
+
+    /// Opens the log as a new process would, in the run after the last one.
+    async fn open(&mut self) -> Result<PartitionLog, StorageError> {
+        self.runs = self.runs.next(self.runs.current.map_or(1, |id| id + 1));
+        PartitionLog::open_in_run(self.dir.clone(), self.config.clone(), 0, self.runs).await
     }
 
     /// Records a step, with the partition directory's temporary path left out, so that
@@ -208,7 +218,7 @@ impl Sim {
                 let after = 1 + self.draw(10);
                 fault::with(|d| d.crash_after(after));
             }
-            match PartitionLog::open(self.dir.clone(), self.config.clone()).await {
+            match self.open().await {
                 Ok(log) => {
                     arm(false);
                     fault::with(fault::FaultDisk::cancel_crash);
@@ -245,7 +255,8 @@ impl Sim {
         self.seen = (start, hw);
         self.crash_now().await?;
         fault::with(fault::FaultDisk::restart);
-        let again = PartitionLog::open(self.dir.clone(), self.config.clone())
+        let again = self
+            .open()
             .await
             .map_err(|e| format!("the second recovery failed: {e}"))?;
         let again = Rc::new(again);
@@ -987,6 +998,7 @@ async fn simulate(
         seen: (0, 0),
         steps: Vec::new(),
         compact,
+        runs: Runs::default(),
     };
     let result = async {
         sim.recover().await?;

@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use super::recovery;
+use super::runs::{self, Runs};
 use super::segment::SegmentFiles;
 use super::{FsyncPolicy, LogConfig, PartitionLog, StorageError};
 use crate::protocol::batch::{self, BatchBuilder, BatchHeader, ValidBatch};
@@ -37,6 +39,19 @@ async fn open_default(dir: &tempfile::TempDir) -> Rc<PartitionLog> {
 /// Opens (creating) a log in `dir` with `cfg`.
 async fn open_with(dir: &Path, cfg: LogConfig) -> Rc<PartitionLog> {
     Rc::new(PartitionLog::open(dir.to_path_buf(), cfg).await.unwrap())
+}
+
+/// Opens the log as the broker's run `run` would, the one after run `run - 1`.
+async fn open_in_run(dir: &Path, cfg: LogConfig, run: u64) -> Rc<PartitionLog> {
+    let runs = Runs {
+        previous: run.checked_sub(1),
+        current: Some(run),
+    };
+    Rc::new(
+        PartitionLog::open_in_run(dir.to_path_buf(), cfg, 0, runs)
+            .await
+            .unwrap(),
+    )
 }
 
 fn headers(records: &[u8]) -> Vec<BatchHeader> {
@@ -1164,7 +1179,8 @@ fn reads_skip_a_damaged_index_entry_and_the_index_is_rebuilt_at_the_next_open() 
             index_interval_bytes: 300,
             ..config()
         };
-        let log = open_with(dir.path(), cfg.clone()).await;
+        // In broker runs: a clean stop spares the index from the next start's checks.
+        let log = open_in_run(dir.path(), cfg.clone(), 1).await;
         append_batches(&log, 25, 0, 60).await;
         let expected = read_all(&log, 0).await;
         log.close().await.unwrap();
@@ -1177,7 +1193,7 @@ fn reads_skip_a_damaged_index_entry_and_the_index_is_rebuilt_at_the_next_open() 
         bytes[20..24].copy_from_slice(&(position + 1).to_be_bytes());
         std::fs::write(&index_path, &bytes).unwrap();
 
-        let log = open_with(dir.path(), cfg.clone()).await;
+        let log = open_in_run(dir.path(), cfg.clone(), 2).await;
         for h in headers(&expected) {
             for offset in [h.base_offset, h.last_offset()] {
                 let got = log.read(offset, 1).await.unwrap().records;
@@ -1193,7 +1209,7 @@ fn reads_skip_a_damaged_index_entry_and_the_index_is_rebuilt_at_the_next_open() 
         }
         assert!(!index_path.exists(), "removed for a rebuild");
         log.close().await.unwrap();
-        let log = open_with(dir.path(), cfg).await;
+        let log = open_in_run(dir.path(), cfg, 3).await;
         assert_eq!(read_all(&log, 0).await, expected);
         let rebuilt = std::fs::read(&index_path).unwrap();
         assert_eq!(&rebuilt[20..24], &position.to_be_bytes());
@@ -1297,5 +1313,102 @@ fn a_fenced_batch_is_never_read_and_the_rest_of_the_partition_is() {
         assert!(log.enforce_retention(0).await.unwrap() >= 2);
         assert!(log.fences().is_empty());
         assert!(!dir.path().join("fenced").exists());
+    });
+}
+
+/// Flips a record byte in batch `n` of the log file `path` (a CRC mismatch) and returns that
+/// batch's base offset.
+fn damage_batch(path: &Path, n: usize) -> i64 {
+    let mut data = std::fs::read(path).unwrap();
+    let (at, header) = batch::batches(&data).nth(n).unwrap().unwrap();
+    data[at + header.total_len() - 3] ^= 0x01;
+    std::fs::write(path, &data).unwrap();
+    header.base_offset
+}
+
+#[test]
+fn a_clean_stop_is_trusted_by_the_next_run_only() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            index_interval_bytes: 300,
+            ..config()
+        };
+        let segment = SegmentFiles::new(dir.path(), 0).log;
+        let marker = dir.path().join(recovery::CLEAN_STOP_MARKER);
+
+        // A clean stop in run 1 leaves a marker naming it; run 2 trusts it, so a batch
+        // damaged before the last index entry is not looked at (the scrubber's job).
+        let log = open_in_run(dir.path(), cfg.clone(), 1).await;
+        append_batches(&log, 25, 0, 60).await;
+        let end = log.high_watermark();
+        log.close().await.unwrap();
+        assert_eq!(std::fs::read(&marker).unwrap(), runs::encode(1));
+        let late = damage_batch(&segment, 20);
+        let log = open_in_run(dir.path(), cfg.clone(), 2).await;
+        assert_eq!(
+            log.high_watermark(),
+            end,
+            "trusted: nothing checked, nothing cut"
+        );
+        assert!(marker.exists(), "left in place: no start removes a marker");
+
+        // Run 2 appends and is killed. Its start removed nothing, yet run 3 sees an
+        // unclean stop (the marker names run 1) and checks, and cuts at, every batch.
+        append_batches(&log, 5, 100, 60).await;
+        drop(log);
+        let log = open_in_run(dir.path(), cfg.clone(), 3).await;
+        assert_eq!(log.high_watermark(), late, "cut at the damaged batch");
+
+        // Closed and opened again within run 3: its own marker is removed (durably), since
+        // run 4 would trust it.
+        log.close().await.unwrap();
+        assert_eq!(std::fs::read(&marker).unwrap(), runs::encode(3));
+        let log = open_in_run(dir.path(), cfg.clone(), 3).await;
+        assert!(!marker.exists(), "a marker of the running run is removed");
+        drop(log);
+        let earlier = damage_batch(&segment, 10);
+        let log = open_in_run(dir.path(), cfg.clone(), 4).await;
+        assert_eq!(log.high_watermark(), earlier, "unclean: checked and cut");
+        log.close().await.unwrap();
+
+        // Earlier versions' empty marker is honoured once, and removed.
+        std::fs::remove_file(&marker).unwrap();
+        let legacy = dir.path().join(recovery::LEGACY_CLEAN_STOP_MARKER);
+        std::fs::write(&legacy, b"").unwrap();
+        damage_batch(&segment, 2);
+        let log = open_in_run(dir.path(), cfg.clone(), 9).await;
+        assert_eq!(log.high_watermark(), earlier, "trusted");
+        assert!(!legacy.exists(), "removed before anything is written");
+        drop(log);
+
+        // A marker torn by a power loss names no run: unclean.
+        std::fs::write(&marker, [0u8; 17]).unwrap();
+        let log = open_in_run(dir.path(), cfg.clone(), 10).await;
+        assert!(log.high_watermark() < earlier, "checked and cut");
+        log.close().await.unwrap();
+
+        // An open that fails part-way takes the marker with it: the next try in the same
+        // run must not trust it.
+        let log = open_in_run(dir.path(), cfg.clone(), 11).await;
+        log.close().await.unwrap();
+        let blocker = SegmentFiles::new(dir.path(), 1_000_000).log;
+        std::fs::create_dir(&blocker).unwrap();
+        let runs = Runs {
+            previous: Some(11),
+            current: Some(12),
+        };
+        assert!(
+            PartitionLog::open_in_run(dir.path().to_path_buf(), cfg.clone(), 0, runs)
+                .await
+                .is_err()
+        );
+        assert!(!marker.exists(), "removed by the failed open");
+        std::fs::remove_dir(&blocker).unwrap();
+
+        // Outside a broker's runs a log trusts no marker and leaves none.
+        let log = open_with(dir.path(), cfg).await;
+        log.close().await.unwrap();
+        assert!(!marker.exists());
     });
 }

@@ -11,6 +11,7 @@ use crate::storage::config::LogConfig;
 use crate::storage::disk;
 use crate::storage::error::StorageError;
 use crate::storage::recovery;
+use crate::storage::runs;
 use crate::storage::segment::{Segment, SegmentFiles};
 
 impl PartitionLog {
@@ -149,18 +150,23 @@ impl PartitionLog {
         synced
     }
 
-    /// Leaves the clean-stop marker ([`recovery::CLEAN_STOP_MARKER`]) once everything is
-    /// synced, so the next start need not CRC-check the whole active segment. Not in a
-    /// directory that moved (a deleted topic's), and a failure only costs that check.
+    /// Leaves the clean-stop marker ([`recovery::CLEAN_STOP_MARKER`]), naming this run, once
+    /// everything is synced, so the next start need not CRC-check the whole active segment.
+    /// Not outside a broker's run, nor in a directory that moved (a deleted topic's), and a
+    /// failure only costs that check. The marker's bytes are not synced: torn or lost by a
+    /// power loss, they name no run and the next start checks more.
     async fn mark_clean_stop(&self) {
+        let Some(run) = self.run else {
+            return;
+        };
         let ours = std::fs::metadata(&self.dir).is_ok_and(|m| (m.dev(), m.ino()) == self.dir_id);
         if !ours {
             return;
         }
         let path = self.dir.join(recovery::CLEAN_STOP_MARKER);
         let written = async {
-            // An empty file, once, at shutdown: a blocking create is fine here.
-            disk::write_file_blocking(&path, b"", false)?;
+            // A small file, once, at shutdown: a blocking write is fine here.
+            disk::write_file_blocking(&path, &runs::encode(run), false)?;
             sync_dir(&self.dir).await
         };
         if let Err(e) = written.await {

@@ -17,6 +17,7 @@ use crate::storage::error::StorageError;
 use crate::storage::fence_file::{self, Fence};
 use crate::storage::producers::ProducerTable;
 use crate::storage::recovery;
+use crate::storage::runs::Runs;
 use crate::storage::segment::Segment;
 
 /// Where a successful append put the caller's batches.
@@ -70,6 +71,9 @@ pub struct PartitionLog {
     /// renamed away, and a topic created again under its name gets a new one at the old
     /// path, which a late snapshot must not land in (`producers.rs`).
     pub(super) dir_id: (u64, u64),
+    /// The run this log was opened in, which its clean-stop marker names (none for a log
+    /// opened outside a broker: it leaves no marker).
+    pub(super) run: Option<u64>,
     /// Where the scrubber goes on: the first sealed segment whose base offset is at least
     /// the first field, at the byte position in the second if it is that segment,
     /// and the offset the batch there should start at (`scrub.rs`).
@@ -125,7 +129,34 @@ impl PartitionLog {
         config: LogConfig,
         initial_offset: i64,
     ) -> Result<PartitionLog, StorageError> {
-        let recovered = recovery::recover_dir(&dir, &config)?;
+        Self::open_in_run(dir, config, initial_offset, Runs::default()).await
+    }
+
+    /// Like [`PartitionLog::open_at`], in a broker's run: a clean-stop marker the previous
+    /// run left spares recovery most of its checks, and a clean close leaves one naming this
+    /// run (`storage::runs`).
+    pub async fn open_in_run(
+        dir: PathBuf,
+        config: LogConfig,
+        initial_offset: i64,
+        runs: Runs,
+    ) -> Result<PartitionLog, StorageError> {
+        let opened = Self::recover_and_open(dir.clone(), config, initial_offset, runs).await;
+        if opened.is_err() {
+            // Recovery may have written before it failed, and the next try in this run
+            // would trust the marker all the same.
+            recovery::forget_clean_stop(&dir);
+        }
+        opened
+    }
+
+    async fn recover_and_open(
+        dir: PathBuf,
+        config: LogConfig,
+        initial_offset: i64,
+        runs: Runs,
+    ) -> Result<PartitionLog, StorageError> {
+        let recovered = recovery::recover_dir(&dir, &config, runs)?;
         let now = now_ms();
         let (producers, snapshots) = recovery::recover_producers(&dir, &recovered, now)?;
         let dir_id = std::fs::metadata(&dir)
@@ -176,6 +207,7 @@ impl PartitionLog {
             snapshots: RefCell::new(snapshots),
             unsnapshotted: Cell::new(0),
             dir_id,
+            run: runs.current,
             scrub_at: Cell::new((i64::MIN, 0, 0)),
             fences: RefCell::new(fences),
             cleaned_to: Cell::new(i64::MIN),
