@@ -26,9 +26,9 @@
 //! appended (same offsets and header fields, a subsequence of its records, byte for byte),
 //! or not at all, and offsets may have gaps; what must hold instead is **each key's newest
 //! record**: for every key, the newest record read is at or after the newest one
-//! acknowledged (the same record if at the same offset), or, if that one was a tombstone,
-//! the key may be gone altogether; and every acknowledged record without a key is read
-//! back.
+//! acknowledged (the same record if at the same offset), or, if that one was a tombstone
+//! or a later one was read (a tombstone never acknowledged that survived a crash), the key
+//! may be gone altogether; and every acknowledged record without a key is read back.
 //!
 //! Everything runs on one thread in one `compio` runtime, with file operations done at once
 //! by the fault disk, so a seed replays exactly. A failing seed prints itself;
@@ -76,6 +76,11 @@ struct Model {
     retry: Option<ValidBatch>,
     /// Its last acknowledged batch and where the log put it.
     last_acked: Option<(ValidBatch, i64)>,
+    /// Compacted logs: the newest tombstone of each key a read of the whole log found, below
+    /// the high watermark. A tombstone that was never acknowledged but survived a crash is
+    /// in the log like any record, and compaction may take the key's older records with it
+    /// and then, past `delete.retention.ms`, the key: the model must not call that a loss.
+    tombstones_read: BTreeMap<Vec<u8>, i64>,
 }
 
 /// Where a batch's partition leader epoch lies (the log leaves it at -1).
@@ -282,6 +287,8 @@ impl Sim {
         if start > hw {
             return Err(format!("log start {start} is past the high watermark {hw}"));
         }
+        // A recovery may have cut the log below tombstones read before it.
+        self.model.tombstones_read.retain(|_, offset| *offset < hw);
         let mut all = Vec::new();
         let mut next = start;
         let mut seen_bases = BTreeMap::new();
@@ -796,7 +803,7 @@ impl Sim {
     /// Compacted logs: each key's newest acknowledged record is read back, or one after it,
     /// or the key is gone after a tombstone; every acknowledged record without a key is
     /// read back. `all`: the batches read from the log start to the high watermark.
-    fn check_newest_records(&self, all: &[u8]) -> SimResult {
+    fn check_newest_records(&mut self, all: &[u8]) -> SimResult {
         let mut read_newest: BTreeMap<Vec<u8>, (i64, Option<Vec<u8>>)> = BTreeMap::new();
         let mut read_keyless = HashSet::new();
         for_each_record(all, |offset, key, value| match key {
@@ -823,6 +830,12 @@ impl Sim {
                 "the acknowledged record without a key at {offset} is lost"
             ));
         }
+        for (key, (offset, value)) in &read_newest {
+            if value.is_none() {
+                let newest = self.model.tombstones_read.entry(key.clone()).or_default();
+                *newest = (*newest).max(*offset);
+            }
+        }
         for (key, (offset, value)) in &acked_newest {
             let key_name = String::from_utf8_lossy(key);
             match read_newest.get(key) {
@@ -838,6 +851,11 @@ impl Sim {
                 }
                 Some(_) => {}
                 None if value.is_none() => {}
+                None if self
+                    .model
+                    .tombstones_read
+                    .get(key)
+                    .is_some_and(|tombstone| tombstone > offset) => {}
                 None => {
                     return Err(format!(
                         "{key_name} is gone, its newest acknowledged record at {offset} with it"
