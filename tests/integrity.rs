@@ -227,30 +227,10 @@ fn recovery_after_kill9_checks_the_whole_active_segment() {
     let dir = broker.data_dir.join("data").join("active").join("0");
     assert!(!dir.join("clean-stop.run").exists(), "no clean stop");
 
-    let log = broker.segment_files("active", 0, "log").pop().unwrap();
-    let index = std::fs::read(broker.segment_files("active", 0, "index").pop().unwrap()).unwrap();
-    assert!(!index.is_empty(), "index entries on disk");
-    let last_entry = u32::from_be_bytes(index[index.len() - 4..].try_into().unwrap()) as usize;
-    let (start, damaged) = batch_starts(&log)[5];
-    assert!(
-        start < last_entry,
-        "the batch is before the last index entry"
-    );
-    flip_value_byte(&log, start);
-
+    let (start, damaged) = damage_before_the_last_index_entry(&broker, "active");
     broker.restart();
-    let log_text = broker.log();
-    assert!(
-        log_text.contains("truncating the log tail")
-            && log_text.contains(&format!("the batch at byte {start}: batch crc mismatch")),
-        "{log_text}"
-    );
+    assert_cut_at(&broker, "active", start, damaged);
     let mut c = broker.client();
-    assert_eq!(
-        c.list_offset("active", 0, eventflow::protocol::api::offset_spec::LATEST)
-            .unwrap(),
-        damaged
-    );
     let out = eventflow(
         &broker,
         &[
@@ -447,8 +427,18 @@ fn a_kill9_after_a_clean_restart_is_an_unclean_stop() {
 
     // A damaged batch well before the last index entry: only the full check of an unclean
     // stop reaches it, and it must.
-    let log = broker.segment_files("again", 0, "log").pop().unwrap();
-    let index = std::fs::read(broker.segment_files("again", 0, "index").pop().unwrap()).unwrap();
+    let (start, damaged) = damage_before_the_last_index_entry(&broker, "again");
+    broker.restart();
+    assert_cut_at(&broker, "again", start, damaged);
+}
+
+/// Flips a value byte of the sixth batch of partition 0 of `topic`'s active segment, which
+/// must lie before the segment's last index entry on disk (where after a clean stop
+/// recovery does not look); returns the batch's byte position and base offset.
+fn damage_before_the_last_index_entry(broker: &Broker, topic: &str) -> (usize, i64) {
+    let log = broker.segment_files(topic, 0, "log").pop().unwrap();
+    let index = std::fs::read(broker.segment_files(topic, 0, "index").pop().unwrap()).unwrap();
+    assert!(!index.is_empty(), "index entries on disk");
     let last_entry = u32::from_be_bytes(index[index.len() - 4..].try_into().unwrap()) as usize;
     let (start, damaged) = batch_starts(&log)[5];
     assert!(
@@ -456,16 +446,21 @@ fn a_kill9_after_a_clean_restart_is_an_unclean_stop() {
         "the batch is before the last index entry"
     );
     flip_value_byte(&log, start);
+    (start, damaged)
+}
 
-    broker.restart();
+/// After a restart: recovery found the batch at byte `start` of partition 0 of `topic`
+/// damaged, and the log ends at its base offset `damaged`.
+fn assert_cut_at(broker: &Broker, topic: &str, start: usize, damaged: i64) {
     let log_text = broker.log();
     assert!(
-        log_text.contains(&format!("the batch at byte {start}: batch crc mismatch")),
+        log_text.contains("truncating the log tail")
+            && log_text.contains(&format!("the batch at byte {start}: batch crc mismatch")),
         "{log_text}"
     );
     let mut c = broker.client();
     assert_eq!(
-        c.list_offset("again", 0, eventflow::protocol::api::offset_spec::LATEST)
+        c.list_offset(topic, 0, eventflow::protocol::api::offset_spec::LATEST)
             .unwrap(),
         damaged,
         "cut at the damaged batch"
