@@ -25,11 +25,11 @@
 //! short by a crash. There a batch may also read back as a compacted form of the one
 //! appended (same offsets and header fields, a subsequence of its records, byte for byte),
 //! or not at all, and offsets may have gaps (the last ones below the high watermark too);
-//! what must hold instead is **each key's newest
-//! record**: for every key, the newest record read is at or after the newest one
-//! acknowledged (the same record if at the same offset), or, if that one was a tombstone
-//! or a later one was read (a tombstone never acknowledged that survived a crash), the key
-//! may be gone altogether; and every acknowledged record without a key is read back.
+//! what must hold instead is **each key's newest record**: for every key, the newest record
+//! read is at or after the newest one acknowledged (the same record if at the same
+//! offset), or, if that one was a tombstone or a later one was read (a tombstone never
+//! acknowledged that survived a crash), the key may be gone altogether; and every
+//! acknowledged record without a key is read back.
 //!
 //! Everything runs on one thread in one `compio` runtime, with file operations done at once
 //! by the fault disk, so a seed replays exactly. A failing seed prints itself;
