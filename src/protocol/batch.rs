@@ -15,6 +15,7 @@
 //! `sint64` do.
 
 use bytes::{BufMut, BytesMut};
+use std::mem::MaybeUninit;
 
 /// Length of the fixed batch header, up to the first record.
 pub const BATCH_HEADER_LEN: usize = 61;
@@ -734,43 +735,37 @@ impl BatchBuilder {
         }
         let timestamp_delta = timestamp.wrapping_sub(self.base_timestamp);
         let header_count = wire_len(headers.len());
-
-        // The fixed fields around the key and value are encoded on the stack first, so the
-        // record goes into the buffer in a few copies after one `reserve`. The length
-        // prefix comes first, so `head` leaves room for it in front.
-        let mut head = Varints::with_room_for_length();
-        head.put_u8(0); // record attributes: unused
-        head.put_varlong(timestamp_delta);
-        head.put_varint(self.count); // offset delta
-        head.put_nullable_len(key);
-        let mut middle = Varints::new();
-        middle.put_nullable_len(value);
-        middle.put_varint(header_count);
-        let (value_len, key_len) = (value.map_or(0, <[u8]>::len), key.map_or(0, <[u8]>::len));
         let mut headers_len = 0;
         for (header_key, header_value) in headers {
             headers_len += nullable_bytes_len(Some(header_key)) + nullable_bytes_len(*header_value);
         }
-        // The header count goes after the value: split `middle` there.
-        let value_len_field = middle.len() - varint_len(header_count);
-        let body_len = head.len() + key_len + middle.len() + value_len + headers_len;
-        head.prepend_varint(wire_len(body_len));
+        // The body's size if each of its six varints (attributes included) takes one byte,
+        // and the most its varints can add to that: 9 more bytes for the timestamp delta,
+        // 4 for each of the other four.
+        let least_body =
+            6 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len) + headers_len;
+        let most = 5 + least_body + 9 + 4 * 4; // the length itself takes at most 5
 
-        self.buf.reserve(head.len() + body_len);
-        self.buf.extend_from_slice(head.bytes());
-        if let Some(key) = key {
-            self.buf.extend_from_slice(key);
-        }
-        let (value_len_bytes, header_count_bytes) = middle.bytes().split_at(value_len_field);
-        self.buf.extend_from_slice(value_len_bytes);
-        if let Some(value) = value {
-            self.buf.extend_from_slice(value);
-        }
-        self.buf.extend_from_slice(header_count_bytes);
-        for (header_key, header_value) in headers {
-            put_nullable_bytes(&mut self.buf, Some(header_key));
-            put_nullable_bytes(&mut self.buf, *header_value);
-        }
+        // Written straight into the buffer after one `reserve`, without sizing every field
+        // first: each small field is a byte store or two, and only the key and value are
+        // copied. The length prefix goes in last, into room as wide as the least body's
+        // length takes; the body moves only in the rare case its varints widen the length.
+        append_in_place(&mut self.buf, most, |out| {
+            out.put_varint(wire_len(least_body)); // room for the length
+            let room = out.at;
+            out.put_u8(0); // record attributes: unused
+            out.put_varlong(timestamp_delta);
+            out.put_varint(self.count); // offset delta
+            out.put_nullable_bytes(key);
+            out.put_nullable_bytes(value);
+            out.put_varint(header_count);
+            for (header_key, header_value) in headers {
+                out.put_nullable_bytes(Some(header_key));
+                out.put_nullable_bytes(*header_value);
+            }
+            let body_len = out.at - room;
+            out.put_length_prefix(room, wire_len(body_len));
+        });
         self.count += 1;
     }
 
@@ -859,55 +854,84 @@ fn unzigzag64(value: u64) -> i64 {
     ((value >> 1) as i64) ^ -((value & 1) as i64)
 }
 
-/// Bytes taken by `value` as an unsigned LEB128 varint.
+/// Bytes taken by `value` as an unsigned LEB128 varint: its significant bits divided by 7,
+/// rounded up. `(bits * 9 + 64) / 64` is that quotient for every `bits` from 1 to 64 (checked
+/// by `varint_lengths_match_their_encoding`) in a multiply and a shift, where `div_ceil(7)`
+/// took a dozen instructions: `push` sizes six varints per record.
+#[inline]
 fn uvarint_len(value: u64) -> usize {
     let bits = 64 - (value | 1).leading_zeros() as usize;
-    bits.div_ceil(7)
+    (bits * 9 + 64) >> 6
 }
 
 fn varint_len(value: i32) -> usize {
     uvarint_len(u64::from(zigzag32(value)))
 }
 
-/// A record's small fields (varints and the attributes byte) encoded on the stack, with
-/// room kept in front for a length prefix.
-struct Varints {
-    buf: [u8; 40],
-    start: usize,
-    end: usize,
+fn nullable_bytes_len(bytes: Option<&[u8]>) -> usize {
+    match bytes {
+        None => varint_len(-1),
+        Some(bytes) => varint_len(wire_len(bytes.len())) + bytes.len(),
+    }
 }
 
-impl Varints {
-    /// Room for a varint length prefix (at most 5 bytes) in front.
-    const PREFIX_ROOM: usize = 5;
+/// Appends what `write` writes through its cursor, at most `most` bytes, to `buf`, in place
+/// in spare capacity reserved for them: no zero-fill first and no capacity check per field.
+///
+/// # Panics
+///
+/// If `write` writes past `most` bytes.
+fn append_in_place(buf: &mut BytesMut, most: usize, write: impl FnOnce(&mut InPlace<'_>)) {
+    buf.reserve(most);
+    let start = buf.len();
+    let mut out = InPlace {
+        dst: &mut buf.spare_capacity_mut()[..most],
+        at: 0,
+    };
+    write(&mut out);
+    let written = out.at;
+    // SAFETY: `dst[..at]` is initialised (`InPlace`'s invariant), and `at <= most`, within
+    // the capacity just reserved.
+    unsafe { buf.set_len(start + written) };
+}
 
-    fn new() -> Self {
-        Varints {
-            buf: [0; 40],
-            start: 0,
-            end: 0,
+/// A cursor that writes into the uninitialised spare capacity of a buffer, front to back.
+///
+/// Invariant: `dst[..at]` is initialised. Every method keeps it (writes land at `at` before
+/// it moves past them, and are bounds-checked against `dst`); code in this module changes
+/// the fields only through them.
+struct InPlace<'a> {
+    dst: &'a mut [MaybeUninit<u8>],
+    at: usize,
+}
+
+impl InPlace<'_> {
+    /// Writes `length` as a varint at the front, over the `room` bytes written there first
+    /// as a placeholder, and moves what follows them if the varint is narrower or wider.
+    fn put_length_prefix(&mut self, room: usize, length: i32) {
+        let width = varint_len(length);
+        if width != room {
+            // `dst[..at]` is initialised: the copy fills `dst[width..]` up to the new `at`
+            // from it, and whatever of `dst[..width]` it does not cover was written before.
+            self.dst.copy_within(room..self.at, width);
+            self.at = self.at - room + width;
         }
-    }
-
-    fn with_room_for_length() -> Self {
-        Varints {
-            buf: [0; 40],
-            start: Self::PREFIX_ROOM,
-            end: Self::PREFIX_ROOM,
+        let mut rest = u64::from(zigzag32(length));
+        for (i, byte) in self.dst[..width].iter_mut().enumerate() {
+            let more = if i + 1 < width { 0x80 } else { 0 };
+            byte.write((rest as u8 & 0x7f) | more);
+            rest >>= 7;
         }
-    }
-
-    fn len(&self) -> usize {
-        self.end - self.start
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
     }
 
     fn put_u8(&mut self, byte: u8) {
-        self.buf[self.end] = byte;
-        self.end += 1;
+        self.dst[self.at].write(byte);
+        self.at += 1;
+    }
+
+    fn put_slice(&mut self, bytes: &[u8]) {
+        self.dst[self.at..self.at + bytes.len()].write_copy_of_slice(bytes);
+        self.at += bytes.len();
     }
 
     fn put_uvarint(&mut self, mut value: u64) {
@@ -926,55 +950,15 @@ impl Varints {
         self.put_uvarint(zigzag64(value));
     }
 
-    /// The length field of a nullable byte string (-1 for null).
-    fn put_nullable_len(&mut self, bytes: Option<&[u8]>) {
-        self.put_varint(bytes.map_or(-1, |b| wire_len(b.len())));
-    }
-
-    /// Writes `value` as a varint just before the bytes written so far (once, into the
-    /// room [`Varints::with_room_for_length`] kept).
-    ///
-    /// Written byte by byte in place: a prefix is one to five bytes, and copying it from a
-    /// scratch encoding went through a `memcpy` call for every record (9 % of a producing
-    /// client's samples in a profile, docs/PERFORMANCE.md).
-    fn prepend_varint(&mut self, value: i32) {
-        let mut rest = u64::from(zigzag32(value));
-        let len = uvarint_len(rest);
-        self.start -= len;
-        let prefix = &mut self.buf[self.start..self.start + len];
-        for (i, byte) in prefix.iter_mut().enumerate() {
-            let more = if i + 1 < len { 0x80 } else { 0 };
-            *byte = (rest as u8 & 0x7f) | more;
-            rest >>= 7;
-        }
-    }
-}
-
-fn nullable_bytes_len(bytes: Option<&[u8]>) -> usize {
-    match bytes {
-        None => varint_len(-1),
-        Some(bytes) => varint_len(wire_len(bytes.len())) + bytes.len(),
-    }
-}
-
-fn put_uvarint(buf: &mut BytesMut, mut value: u64) {
-    while value >= 0x80 {
-        buf.put_u8((value as u8) | 0x80);
-        value >>= 7;
-    }
-    buf.put_u8(value as u8);
-}
-
-fn put_varint(buf: &mut BytesMut, value: i32) {
-    put_uvarint(buf, u64::from(zigzag32(value)));
-}
-
-fn put_nullable_bytes(buf: &mut BytesMut, bytes: Option<&[u8]>) {
-    match bytes {
-        None => put_varint(buf, -1),
-        Some(bytes) => {
-            put_varint(buf, wire_len(bytes.len()));
-            buf.put_slice(bytes);
+    /// A nullable byte string: its varint length (-1 for null), then its bytes.
+    #[inline]
+    fn put_nullable_bytes(&mut self, bytes: Option<&[u8]>) {
+        match bytes {
+            None => self.put_varint(-1),
+            Some(bytes) => {
+                self.put_varint(wire_len(bytes.len()));
+                self.put_slice(bytes);
+            }
         }
     }
 }
@@ -1067,32 +1051,41 @@ mod tests {
     const LIMIT: usize = 1 << 20;
 
     #[test]
-    fn a_prepended_length_encodes_as_an_appended_one_at_every_width() {
-        // The largest value of each width from one to five bytes (once zigzagged), the
-        // next one up, and negatives.
-        let values = [
-            0,
-            63,
-            64,
-            8191,
-            8192,
-            1_048_575,
-            1_048_576,
-            134_217_727,
-            134_217_728,
-            i32::MAX,
-            -1,
-            i32::MIN,
-        ];
-        for value in values {
-            let mut appended = Varints::new();
-            appended.put_varint(value);
-            let mut prepended = Varints::with_room_for_length();
-            prepended.put_u8(0xab);
-            prepended.prepend_varint(value);
-            let (length, rest) = prepended.bytes().split_at(appended.len());
-            assert_eq!(length, appended.bytes(), "{value}");
-            assert_eq!(rest, [0xab], "{value}");
+    fn records_round_trip_at_every_width_of_their_length_field() {
+        // Records whose body is just below and at each width's limit of the length varint
+        // (63/64 bytes take one/two bytes once zigzagged, and so on), with timestamp
+        // deltas of every width: the record's size is counted before it is written.
+        let mut records = Vec::new();
+        for limit in [64, 8192, 1_048_576] {
+            for value_len in limit - 12..limit + 3 {
+                records.push(OwnedRecord {
+                    timestamp: 1_000 + records.len() as i64 * 1_000_003,
+                    key: (value_len % 2 == 0).then(|| b"key".to_vec()),
+                    value: Some(vec![value_len as u8; value_len]),
+                    headers: Vec::new(),
+                });
+            }
+        }
+        records.push(OwnedRecord {
+            timestamp: i64::MAX,
+            key: None,
+            value: None,
+            headers: vec![(b"h".to_vec(), None), (Vec::new(), Some(vec![1; 200]))],
+        });
+        let batch = build(&records);
+        validate(&batch, usize::MAX).unwrap();
+        let decoded = decode(&batch);
+        assert_eq!(decoded.len(), records.len());
+        for (got, want) in decoded.iter().zip(&records) {
+            assert_eq!(got.timestamp, want.timestamp);
+            assert_eq!(got.key, want.key.as_deref());
+            assert_eq!(got.value, want.value.as_deref());
+            let headers: Vec<(&[u8], Option<&[u8]>)> = want
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_slice(), v.as_deref()))
+                .collect();
+            assert_eq!(got.headers, headers);
         }
     }
 
@@ -1232,20 +1225,56 @@ mod tests {
         ];
         for &(value, wire) in cases {
             let mut buf = BytesMut::new();
-            put_varint(&mut buf, value);
+            append_in_place(&mut buf, varint_len(value), |out| out.put_varint(value));
             assert_eq!(&buf[..], wire, "encoding {value}");
-            assert_eq!(varint_len(value), wire.len());
-            let mut varints = Varints::with_room_for_length();
-            varints.put_varint(value);
-            assert_eq!(varints.bytes(), wire, "encoding {value} on the stack");
             let mut cursor = Cursor::new(wire);
             assert_eq!(cursor.varint(), Ok(value));
             assert!(cursor.is_empty());
         }
-        let mut varints = Varints::new();
-        varints.put_varlong(i64::MIN);
-        assert_eq!(varints.len(), 10);
-        assert_eq!(Cursor::new(varints.bytes()).varlong(), Ok(i64::MIN));
+        let mut buf = BytesMut::new();
+        append_in_place(&mut buf, 10, |out| out.put_varlong(i64::MIN));
+        assert_eq!(Cursor::new(&buf).varlong(), Ok(i64::MIN));
+    }
+
+    #[test]
+    fn varint_lengths_match_their_encoding() {
+        for bits in 0..=64u32 {
+            // The smallest and largest values of `bits` significant bits.
+            let values = match bits {
+                0 => vec![0],
+                64 => vec![1 << 63, u64::MAX],
+                _ => vec![1 << (bits - 1), (1 << bits) - 1],
+            };
+            for value in values {
+                let mut buf = BytesMut::new();
+                append_in_place(&mut buf, 10, |out| {
+                    out.put_uvarint(value);
+                    while out.at < 10 {
+                        out.put_u8(0xff);
+                    }
+                });
+                let encoded = buf.iter().position(|b| b & 0x80 == 0).unwrap() + 1;
+                assert_eq!(uvarint_len(value), encoded, "{value:#x}");
+                assert_eq!(uvarint_len(value), (bits.max(1) as usize).div_ceil(7));
+            }
+        }
+    }
+
+    #[test]
+    fn a_length_prefix_wider_than_its_room_moves_what_follows() {
+        for body_len in [0, 1, 63, 64, 200, 8191, 8192] {
+            let body: Vec<u8> = (0..body_len).map(|i| i as u8).collect();
+            let mut buf = BytesMut::new();
+            append_in_place(&mut buf, 5 + body_len, |out| {
+                out.put_u8(0xee); // one byte of room, whatever the length needs
+                out.put_slice(&body);
+                out.put_length_prefix(1, wire_len(body_len));
+            });
+            let mut cursor = Cursor::new(&buf);
+            assert_eq!(cursor.varint(), Ok(wire_len(body_len)));
+            assert_eq!(cursor.take(body_len), Ok(&body[..]));
+            assert!(cursor.is_empty(), "{body_len}");
+        }
     }
 
     #[test]
