@@ -424,6 +424,22 @@ mod tests {
     }
 
     #[test]
+    fn a_large_record_after_small_ones_closes_both_batches_in_order() {
+        let mut acc = Accumulator::new(config(300, 1000, 1 << 20));
+        let now = Instant::now();
+        let small = acc
+            .append("t", 0, 1, None, Some(&[1u8; 100]), &[], 0, || now)
+            .unwrap();
+        assert!(small.is_empty());
+        let closed = acc
+            .append("t", 0, 1, None, Some(&[2u8; 400]), &[], 1, || now)
+            .unwrap();
+        let tokens: Vec<Vec<u32>> = closed.into_iter().map(|b| b.tokens).collect();
+        assert_eq!(tokens, vec![vec![0], vec![1]]);
+        assert!(acc.drain().is_empty());
+    }
+
+    #[test]
     fn linger_makes_partial_batches_ready() {
         let mut acc = Accumulator::new(config(1 << 20, 5, 1 << 20));
         let t0 = Instant::now();
