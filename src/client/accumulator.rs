@@ -239,7 +239,10 @@ impl<T> Accumulator<T> {
         let capacity = batch_bytes.min(1 << 20);
         let batch = self.topics[index].partitions[slot].get_or_insert_with(|| OpenBatch {
             builder: BatchBuilder::with_capacity(capacity),
-            tokens: Vec::new(),
+            // Room for as many records as fit if the rest are the size of this one, so the
+            // vector rarely grows while the batch fills (at most 4,096: a batch of tiny
+            // records grows it instead of holding memory for records that may not come).
+            tokens: Vec::with_capacity((capacity / estimate).clamp(1, 4096)),
             created: now(),
             accounted: 0,
         });
