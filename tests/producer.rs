@@ -441,6 +441,77 @@ fn send_tagged_many_queues_every_record_in_order_and_stops_at_a_bad_one() {
     assert!(matches!(err.error, ClientError::Unexpected(_)), "{err}");
 }
 
+/// One producer shared by threads that send slices to different topics, with a buffer small
+/// enough that sends wait for space mid-slice (letting go of the producer's lock there):
+/// every record lands in the topic it was sent to. A slice's records skip the comparison
+/// of the topic's name when it is the same string as the record before, so this is the
+/// case where a stale "same topic" would send records to another thread's topic.
+#[test]
+fn threads_sending_slices_to_different_topics_keep_them_apart() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let topics = ["left", "right", "centre"];
+    for topic in topics {
+        broker.client().create_topic(topic, 2, &[]).unwrap();
+    }
+    let producer = Producer::with_callback(
+        ProducerConfig {
+            buffer_bytes: 16 * 1024,
+            batch_bytes: 2 * 1024,
+            ..config(&broker)
+        },
+        std::sync::Arc::new(|_, outcome| {
+            outcome.as_ref().expect("delivered");
+        }),
+    )
+    .unwrap();
+    let per_thread = 3_000u64;
+    std::thread::scope(|scope| {
+        for (t, topic) in topics.iter().enumerate() {
+            let producer = &producer;
+            scope.spawn(move || {
+                // The third thread names its topic through a fresh string per slice, the
+                // others through the same one each time.
+                for first in (0..per_thread).step_by(100) {
+                    let owned = topic.to_string();
+                    let name: &str = if t == 2 { &owned } else { topic };
+                    let values: Vec<[u8; 9]> = (first..first + 100)
+                        .map(|i| {
+                            let mut v = [t as u8; 9];
+                            v[1..].copy_from_slice(&i.to_be_bytes());
+                            v
+                        })
+                        .collect();
+                    let records = values.iter().map(|value| {
+                        let record = Record {
+                            topic: name,
+                            value: Some(&value[..]),
+                            ..Record::default()
+                        };
+                        (record, 0)
+                    });
+                    producer.send_tagged_many(records).unwrap();
+                }
+            });
+        }
+    });
+    producer.flush().unwrap();
+    for (t, topic) in topics.iter().enumerate() {
+        let mut sent: Vec<u64> = Vec::new();
+        for partition in 0..2 {
+            for (_, _, value) in stored(&broker, topic, partition) {
+                assert_eq!(
+                    value[0], t as u8,
+                    "a record of thread {} in `{topic}`",
+                    value[0]
+                );
+                sent.push(u64::from_be_bytes(value[1..].try_into().unwrap()));
+            }
+        }
+        sent.sort_unstable();
+        assert_eq!(sent, (0..per_thread).collect::<Vec<_>>(), "`{topic}`");
+    }
+}
+
 #[test]
 fn requests_stay_under_max_request_bytes() {
     // The broker refuses frames over 8 KiB; the producer holds 2,000 records (well over

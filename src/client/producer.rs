@@ -253,6 +253,9 @@ struct State {
     last_topic: String,
     last_partitions: Option<u32>,
     last_index: usize,
+    /// How many times `last_topic` has been set: a caller that saw this count when it
+    /// appended to a topic knows the name is still `last_topic` while the count stands.
+    last_topic_changes: u64,
     endpoints: Vec<ShardEndpoint>,
     /// Records handed to `send` and not yet completed.
     pending: usize,
@@ -327,6 +330,7 @@ impl Producer {
                 last_topic: String::new(),
                 last_partitions: None,
                 last_index: 0,
+                last_topic_changes: 0,
                 endpoints,
                 pending: 0,
                 flushing: 0,
@@ -398,15 +402,26 @@ impl Producer {
         }
         let mut records = records.into_iter().peekable();
         let mut queued = 0;
+        // The topic of the record appended last in this call, as the address and length of
+        // its name, and the producer's count of topic changes just after. A record whose
+        // topic is the same string slice skips the comparison of the name while the count
+        // stands: the slice is borrowed for `'r`, past this call, so its bytes cannot have
+        // changed, and an unchanged count means no other send moved `last_topic` off it.
+        let mut previous: Option<(usize, usize, u64)> = None;
         while records.peek().is_some() {
             let now = now_ms();
             let mut state = lock(&self.shared.state);
             let mut wake = false;
             for (record, tag) in records.by_ref().take(SEND_MANY_CHUNK) {
                 let timestamp = record.timestamp.unwrap_or(now);
+                let name = (record.topic.as_ptr() as usize, record.topic.len());
+                let mut seen = previous
+                    .filter(|&(address, len, _)| (address, len) == name)
+                    .map(|(_, _, changes)| changes);
                 let outcome;
                 (state, outcome) =
-                    self.append_locked(state, &record, timestamp, Token::Tagged(tag));
+                    self.append_locked(state, &record, &mut seen, timestamp, Token::Tagged(tag));
+                previous = seen.map(|changes| (name.0, name.1, changes));
                 match outcome {
                     Ok(new_work) => wake |= new_work,
                     Err(error) => {
@@ -424,7 +439,7 @@ impl Producer {
     fn enqueue(&self, record: Record<'_>, token: Token) -> Result<(), ClientError> {
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
         let state = lock(&self.shared.state);
-        let (state, outcome) = self.append_locked(state, &record, timestamp, token);
+        let (state, outcome) = self.append_locked(state, &record, &mut None, timestamp, token);
         self.wake_io(&state, outcome?);
         Ok(())
     }
@@ -440,15 +455,27 @@ impl Producer {
     /// it was let go, to ask the broker about a new topic or to wait for buffer space. The
     /// outcome says whether the I/O thread has new work: a closed batch to send, or a new
     /// batch whose linger deadline it must watch.
+    ///
+    /// `seen`, on the way in: the producer's count of topic changes
+    /// (`State::last_topic_changes`) that this call gave back for an earlier record whose
+    /// topic name the caller knows to be this record's, if it knows one; while the count
+    /// stands, the name is not compared again. On the way out: the count with this record's
+    /// topic as `last_topic`, taken before the lock could be let go for buffer space (`None`
+    /// if the topic was not resolved).
     fn append_locked<'s>(
         &'s self,
         mut state: MutexGuard<'s, State>,
         record: &Record<'_>,
+        seen: &mut Option<u64>,
         timestamp: i64,
         mut token: Token,
     ) -> (MutexGuard<'s, State>, Result<bool, ClientError>) {
+        let known = *seen == Some(state.last_topic_changes);
+        *seen = None;
         let (partitions, index) = match state.last_partitions {
-            Some(partitions) if state.last_topic == record.topic => (partitions, state.last_index),
+            Some(partitions) if known || state.last_topic == record.topic => {
+                (partitions, state.last_index)
+            }
             _ => {
                 let partitions = match state.topics.get(record.topic) {
                     Some(info) => info.owners.len() as u32,
@@ -465,11 +492,13 @@ impl Producer {
                     }
                 };
                 record.topic.clone_into(&mut state.last_topic);
+                state.last_topic_changes += 1;
                 state.last_partitions = Some(partitions);
                 state.last_index = state.batches.topic_index(record.topic);
                 (partitions, state.last_index)
             }
         };
+        *seen = Some(state.last_topic_changes);
         let partition = match (record.partition, record.key) {
             (Some(p), _) if p < partitions => p,
             (Some(p), _) => {
