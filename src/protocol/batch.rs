@@ -951,7 +951,7 @@ impl InPlace<'_> {
     }
 
     /// A nullable byte string: its varint length (-1 for null), then its bytes.
-    #[inline]
+    #[inline(always)]
     fn put_nullable_bytes(&mut self, bytes: Option<&[u8]>) {
         match bytes {
             None => self.put_varint(-1),
