@@ -269,6 +269,9 @@ struct State {
     /// it only then: a `notify_one` is a futex syscall even when nobody waits, and an I/O
     /// thread that is awake sees the new batches before it waits again.
     io_waiting: bool,
+    /// Threads waiting on `progress` (for buffer space or a flush), counted under this
+    /// lock: a completed batch wakes them only if there are any, for the same reason.
+    progress_waiters: usize,
 }
 
 struct Shared {
@@ -337,6 +340,7 @@ impl Producer {
                 retry: Vec::new(),
                 closed: false,
                 io_waiting: false,
+                progress_waiters: 0,
             }),
             config,
             callback,
@@ -553,11 +557,7 @@ impl Producer {
                 {
                     token = back;
                     self.shared.work.notify_one();
-                    state = self
-                        .shared
-                        .progress
-                        .wait(state)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    state = self.wait_for_progress(state);
                 }
                 Err((e, _)) => {
                     return (state, Err(ClientError::Unexpected(e.to_string())));
@@ -573,14 +573,23 @@ impl Producer {
         state.flushing += 1;
         self.shared.work.notify_one();
         while state.pending > 0 && !state.closed {
-            state = self
-                .shared
-                .progress
-                .wait(state)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            state = self.wait_for_progress(state);
         }
         state.flushing -= 1;
         Ok(())
+    }
+
+    /// Waits until a batch completes (its records' bytes are released and counted off
+    /// `pending`).
+    fn wait_for_progress<'s>(&'s self, mut state: MutexGuard<'s, State>) -> MutexGuard<'s, State> {
+        state.progress_waiters += 1;
+        let mut state = self
+            .shared
+            .progress
+            .wait(state)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.progress_waiters -= 1;
+        state
     }
 
     /// Partition count of a topic (from metadata, fetched on first use).
@@ -975,7 +984,9 @@ fn finish(shared: &Arc<Shared>, batch: Outgoing, result: Result<Delivery, Client
     let mut state = lock(&shared.state);
     state.batches.release(batch.accounted);
     state.pending = state.pending.saturating_sub(n);
-    shared.progress.notify_all();
+    if state.progress_waiters > 0 {
+        shared.progress.notify_all();
+    }
 }
 
 /// A copy of an error for each record of a batch (`io::Error` is not `Clone`).
