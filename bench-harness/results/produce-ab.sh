@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Two variants of the producing side measured against each other, one producer thread at
+# full rate: each run starts a fresh `eventflowd --cores 2 --fsync never` and produces
+# MESSAGES 100-byte records with acks=1, to one partition and to two (one per shard); the
+# order of the two variants turns each round. Prints one line per run and the medians.
+#
+# A variant is a name, a harness binary and, optionally, environment settings for it:
+#
+#   A_NAME=new A_BENCH=target/release/eventflow-bench \
+#   B_NAME=old B_BENCH=/tmp/old/eventflow-bench B_ENV="SOME_VAR=1" \
+#       bench-harness/results/produce-ab.sh
+#
+# BROKER is the eventflowd binary both variants run against (target/release/eventflowd);
+# LABEL names the variant column (variant). send-slices/ and record-encoding/ call this.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BROKER=${BROKER:-target/release/eventflowd}
+A_NAME=${A_NAME:?the first variant's name} A_BENCH=${A_BENCH:?its harness binary}
+B_NAME=${B_NAME:?the second variant's name} B_BENCH=${B_BENCH:?its harness binary}
+A_ENV=${A_ENV:-} B_ENV=${B_ENV:-}
+LABEL=${LABEL:-variant}
+ROUNDS=${ROUNDS:-4}
+MESSAGES=${MESSAGES:-10000000}
+SCRATCH=${SCRATCH:-/tmp/produce-ab}
+
+# One run: prints "variant partitions records_per_s harness_cpu_s broker_cpu_s_per_M publish_p50".
+run() {
+    local variant=$1 partitions=$2 bench=$A_BENCH settings=$A_ENV
+    if [[ $variant == "$B_NAME" ]]; then
+        bench=$B_BENCH
+        settings=$B_ENV
+    fi
+    local dir="$SCRATCH/$variant"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    "$BROKER" --data-dir "$dir/data" --listen 127.0.0.1:0 --no-kafka --no-http \
+        --no-metrics --cores 2 --fsync never >"$dir/log" 2>&1 &
+    local pid=$!
+    local addr=""
+    for _ in $(seq 100); do
+        addr=$(grep -o 'ready listen=[0-9.:]*' "$dir/log" | cut -d= -f2 || true)
+        [[ -n $addr ]] && break
+        sleep 0.1
+    done
+    local env=()
+    [[ -n $settings ]] && read -r -a env <<<"$settings"
+    env "${env[@]}" "$bench" produce --target "eventflow://$addr" --create-topic \
+        --partitions "$partitions" --messages "$MESSAGES" --acks 1 --broker-pid "$pid" \
+        >"$dir/out" 2>&1
+    kill "$pid"
+    wait "$pid" || true
+    awk -v v="$variant" -v p="$partitions" '
+        /^produced/ { rate = $2 }
+        /^publish/ { p50 = $2 $3 }
+        /^harness CPU/ { cpu = $3 }
+        /^broker CPU/ { broker = $3 }
+        END { print v, p, rate, cpu, broker, p50 }' "$dir/out"
+    rm -rf "$dir"
+}
+
+mkdir -p "$SCRATCH"
+lines="$SCRATCH/lines.txt"
+: >"$lines"
+echo "$LABEL partitions records_per_s harness_cpu_s broker_cpu_s_per_M publish_p50"
+for round in $(seq "$ROUNDS"); do
+    order=("$A_NAME" "$B_NAME")
+    ((round % 2 == 0)) && order=("$B_NAME" "$A_NAME")
+    for partitions in 1 2; do
+        for variant in "${order[@]}"; do
+            run "$variant" "$partitions" | tee -a "$lines"
+        done
+    done
+done
+echo
+echo "medians over $ROUNDS rounds, $MESSAGES records of 100 B, one producer, acks=1"
+python3 - "$lines" "$LABEL" <<'PY'
+import statistics, sys
+def num(s):
+    m = {"k": 1e3, "M": 1e6}
+    return float(s[:-1]) * m[s[-1]] if s[-1] in m else float(s)
+runs = {}
+for line in open(sys.argv[1]):
+    v, p, rate, cpu, broker, p50 = line.split()
+    runs.setdefault((int(p), v), []).append((num(rate), float(cpu), float(broker)))
+print(f"{'partitions':>10}  {sys.argv[2]:8}{'M records/s':>12}{'harness CPU s':>15}{'broker CPU s/M':>16}  each run (M records/s)")
+for (p, v), rs in sorted(runs.items()):
+    med = lambda i: statistics.median(r[i] for r in rs)
+    each = " / ".join(f"{r[0] / 1e6:.2f}" for r in rs)
+    print(f"{p:>10}  {v:8}{med(0) / 1e6:>12.2f}{med(1):>15.2f}{med(2):>16.3f}  {each}")
+PY
