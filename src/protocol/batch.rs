@@ -739,8 +739,8 @@ impl BatchBuilder {
         for (header_key, header_value) in headers {
             headers_len += nullable_bytes_len(Some(header_key)) + nullable_bytes_len(*header_value);
         }
-        // The body's size if each of its six varints (attributes included) takes one byte,
-        // and the most its varints can add to that: 9 more bytes for the timestamp delta,
+        // The body's size if the attributes byte and each of its five varints take one byte,
+        // and the most the varints can add to that: 9 more bytes for the timestamp delta,
         // 4 for each of the other four.
         let least_body =
             6 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len) + headers_len;
