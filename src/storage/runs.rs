@@ -3,9 +3,10 @@
 //!
 //! A log that closes with everything synced leaves a clean-stop marker naming the run it
 //! closed in (`log/maintain.rs`). The next start trusts a marker only if it names the run
-//! just before it: a marker from any older run is stale, whatever happened since. So a start removes no markers and syncs nothing per partition (a crash
-//! after it cannot be mistaken for a clean stop, since the markers name a run that is no
-//! longer the previous one); it only makes the new run's id durable, once.
+//! just before it: a marker from any older run is stale, whatever happened since. So a
+//! start removes no markers and syncs nothing per partition (a crash after it cannot be
+//! mistaken for a clean stop, since the markers name a run that is no longer the previous
+//! one); it only makes the new run's id durable, once.
 
 use std::path::Path;
 
