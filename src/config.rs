@@ -33,6 +33,8 @@ pub struct BrokerConfig {
     /// Extra time a partition's flusher waits to gather more batches into one write and one
     /// fdatasync.
     pub group_commit: Duration,
+    /// Least time between the starts of two group-commit rounds of a partition.
+    pub group_commit_interval: Duration,
     /// How appends reach the log files.
     pub log_writes: LogWrites,
     /// Largest record batch accepted.
@@ -159,6 +161,7 @@ impl BrokerConfig {
             pin: true,
             fsync: FsyncPolicy::Always,
             group_commit: Duration::ZERO,
+            group_commit_interval: Duration::ZERO,
             log_writes: LogWrites::Direct,
             max_batch_bytes: 1 << 20,
             max_request_bytes: 16 << 20,

@@ -480,6 +480,47 @@ fn partition_labels_split_traffic_by_partition() {
     assert_eq!(total, 9.0);
 }
 
+#[test]
+fn paced_group_commit_rounds_gather_every_producers_batch() {
+    if !parser_available() {
+        return;
+    }
+    // Four producers, each sending three durable batches one after another, to a broker
+    // whose rounds start at least 300 ms apart: each round takes the batch every waiting
+    // producer has queued, so there are about as many rounds as batches per producer.
+    let interval = Duration::from_millis(300);
+    let broker = Broker::start(&["--cores", "1", "--group-commit-interval-us", "300000"]);
+    broker.client().create_topic("paced", 1, &[]).unwrap();
+    let clients: Vec<_> = (0..4).map(|_| broker.client()).collect();
+    let started = std::time::Instant::now();
+    let threads: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            std::thread::spawn(move || {
+                for _ in 0..3 {
+                    let batch = common::batch("p", 2, 10, common::now_ms());
+                    client.produce("paced", 0, batch, Acks::All).unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    // Every producer's third batch waited for at least two intervals after its first.
+    assert!(started.elapsed() >= 2 * interval, "{:?}", started.elapsed());
+    let s = scrape(&broker);
+    assert_eq!(
+        s.value("eventflow_group_commit_round_batches_sum", &[]),
+        12.0
+    );
+    let rounds = s.value("eventflow_group_commit_round_batches_count", &[]);
+    assert!(
+        (3.0..=5.0).contains(&rounds),
+        "{rounds} rounds for 12 batches"
+    );
+}
+
 /// The TCP ports process `pid` listens on, from /proc.
 fn listening_ports(pid: u32) -> BTreeSet<u16> {
     let inodes: BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))

@@ -157,6 +157,10 @@ pub fn settings_of(config: &BrokerConfig) -> Vec<(String, String)> {
             "group_commit_us".into(),
             config.group_commit.as_micros().to_string(),
         ),
+        (
+            "group_commit_interval_us".into(),
+            config.group_commit_interval.as_micros().to_string(),
+        ),
         ("log_writes".into(), config.log_writes.to_string()),
         ("max_batch_bytes".into(), config.max_batch_bytes.to_string()),
         (

@@ -326,6 +326,7 @@ pub(crate) fn log_defaults(config: &BrokerConfig) -> LogConfig {
         fsync: config.fsync,
         max_batch_bytes: config.max_batch_bytes,
         group_commit: config.group_commit,
+        group_commit_interval: config.group_commit_interval,
         writes: config.log_writes,
         ..LogConfig::default()
     }

@@ -170,6 +170,11 @@ pub struct LogConfig {
     /// share its write and its fdatasync (`--group-commit-us`). Zero: flush at once; batches
     /// that arrive while a flush is running still wait for, and share, the next one.
     pub group_commit: std::time::Duration,
+    /// Least time from the start of one group-commit round to the start of the next
+    /// (`--group-commit-interval-us`). Under steady load a round waits out the rest of it and
+    /// takes everything that arrived meanwhile, so the disk sees fewer, larger writes and
+    /// syncs; a round after a pause at least this long starts at once. Zero: no pacing.
+    pub group_commit_interval: std::time::Duration,
     /// How appends reach the file (`--log-writes`). Buffered in [`LogConfig::default`]; the
     /// broker's own default, which it passes in, is direct.
     pub writes: LogWrites,
@@ -194,6 +199,7 @@ impl Default for LogConfig {
             fsync: FsyncPolicy::Always,
             max_batch_bytes: 1 << 20,
             group_commit: std::time::Duration::ZERO,
+            group_commit_interval: std::time::Duration::ZERO,
             writes: LogWrites::Buffered,
         }
     }

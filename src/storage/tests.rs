@@ -240,6 +240,80 @@ fn concurrent_appends_get_dense_offsets_and_share_flushes() {
     });
 }
 
+/// Appends of 3 records made 5 ms apart, each by its own task, while the log is paced at
+/// `interval`; returns the group-commit rounds they took (after a first append alone).
+async fn staggered_rounds(interval: std::time::Duration) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_with(
+        dir.path(),
+        LogConfig {
+            group_commit_interval: interval,
+            ..config()
+        },
+    )
+    .await;
+    log.append(vec![make_batch(3, 0, 20)]).await.unwrap();
+    let before = log.flush_count();
+    let mut tasks = Vec::new();
+    for i in 1..=10 {
+        let log = Rc::clone(&log);
+        tasks.push(compio::runtime::spawn(async move {
+            log.append(vec![make_batch(3, i, 20)]).await.unwrap()
+        }));
+        compio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(log.high_watermark(), 33);
+    log.flush_count() - before
+}
+
+#[test]
+fn a_paced_log_gathers_what_arrives_within_the_interval_into_one_round() {
+    run(async {
+        // Unpaced, a write takes microseconds, so appends 5 ms apart each get a round.
+        let unpaced = staggered_rounds(std::time::Duration::ZERO).await;
+        assert!(unpaced > 2, "{unpaced} rounds without pacing");
+        // Paced at 1 s, the ten arrive within the interval after the first round: one more.
+        let paced = staggered_rounds(std::time::Duration::from_secs(1)).await;
+        assert_eq!(paced, 1);
+    });
+}
+
+#[test]
+fn a_paced_round_waits_out_the_interval_only_when_the_last_round_was_recent() {
+    run(async {
+        let interval = std::time::Duration::from_millis(400);
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_with(
+            dir.path(),
+            LogConfig {
+                group_commit_interval: interval,
+                ..config()
+            },
+        )
+        .await;
+        let timed = |ts| {
+            let log = Rc::clone(&log);
+            async move {
+                let started = std::time::Instant::now();
+                log.append(vec![make_batch(1, ts, 20)]).await.unwrap();
+                started.elapsed()
+            }
+        };
+        timed(0).await;
+        // Right after a round, the next one waits for the rest of the interval.
+        let soon = timed(1).await;
+        assert!(soon >= interval / 2, "waited {soon:?}");
+        // After a pause longer than the interval, a round starts at once.
+        compio::time::sleep(interval + interval / 4).await;
+        let after_pause = timed(2).await;
+        assert!(after_pause < interval, "waited {after_pause:?}");
+        assert_eq!(log.flush_count(), 3);
+    });
+}
+
 #[test]
 fn waiters_are_notified_when_the_high_watermark_moves() {
     run(async {

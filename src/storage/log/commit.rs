@@ -10,6 +10,7 @@
 //! leaves it as the log is.
 
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tracing::{debug, warn};
@@ -112,19 +113,35 @@ impl PartitionLog {
     /// The flush task: group-commit rounds until the queue is empty.
     async fn run_flusher(self: Rc<Self>) {
         loop {
-            let window = self.config.borrow().group_commit;
-            if !window.is_zero() {
-                compio::time::sleep(window).await;
+            let wait = self.wait_before_round(Instant::now());
+            if !wait.is_zero() {
+                compio::time::sleep(wait).await;
             }
             let work = std::mem::take(&mut *self.queue.borrow_mut());
             if work.is_empty() {
                 break;
             }
+            self.last_round.set(Some(Instant::now()));
             self.flushes.set(self.flushes.get() + 1);
             self.commit_round(work).await;
         }
         self.flushing.set(false);
         self.flush_idle.notify_all();
+    }
+
+    /// How long a round about to start at `now` waits first: the group-commit window, or
+    /// longer if the previous round started less than the interval ago. A round after a
+    /// pause of at least the interval waits only for the window.
+    pub(super) fn wait_before_round(&self, now: Instant) -> Duration {
+        let (window, interval) = {
+            let config = self.config.borrow();
+            (config.group_commit, config.group_commit_interval)
+        };
+        let paced = match self.last_round.get() {
+            Some(last) => (last + interval).saturating_duration_since(now),
+            None => Duration::ZERO,
+        };
+        window.max(paced)
     }
 
     /// One group-commit round.

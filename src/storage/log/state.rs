@@ -5,7 +5,7 @@
 use std::cell::{Cell, RefCell, RefMut};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::debug;
 
@@ -52,6 +52,9 @@ pub struct PartitionLog {
     pub(super) appended: Notify,
     /// Group-commit rounds run so far.
     pub(super) flushes: Cell<u64>,
+    /// When the last group-commit round started: the next one starts no sooner than
+    /// [`LogConfig::group_commit_interval`] after it.
+    pub(super) last_round: Cell<Option<Instant>>,
     /// Notified when a preallocation of the active segment ends.
     pub(super) preallocated: Notify,
     /// Preallocation failed once (say, the file system refuses `O_DIRECT`); not tried again.
@@ -200,6 +203,7 @@ impl PartitionLog {
             flush_idle: Notify::new(),
             appended: Notify::new(),
             flushes: Cell::new(0),
+            last_round: Cell::new(None),
             preallocated: Notify::new(),
             preallocation_off: Cell::new(false),
             direct_off: Cell::new(false),
