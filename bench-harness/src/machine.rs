@@ -129,6 +129,68 @@ pub fn steal_percent(start: (f64, f64), end: (f64, f64)) -> f64 {
     ((end.0 - start.0) / total * 100.0).max(0.0)
 }
 
+/// Requests the machine's disks have completed so far, from /proc/diskstats: every whole
+/// device (those in /sys/block) but loop, RAM and zram devices, summed.
+pub fn disk_requests() -> Option<DiskRequests> {
+    let stats = std::fs::read_to_string("/proc/diskstats").ok()?;
+    let mut total = DiskRequests::default();
+    for (name, requests) in stats.lines().filter_map(disk_requests_of) {
+        let virtual_device = ["loop", "ram", "zram"].iter().any(|p| name.starts_with(p));
+        if !virtual_device && Path::new("/sys/block").join(name).exists() {
+            total = total + requests;
+        }
+    }
+    Some(total)
+}
+
+/// Completed requests of one device, as /proc/diskstats counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct DiskRequests {
+    pub reads: f64,
+    pub writes: f64,
+    /// Cache flushes (what an fdatasync asks of a device with a volatile write cache);
+    /// 0 on kernels before 5.5, which do not count them.
+    pub flushes: f64,
+}
+
+impl std::ops::Add for DiskRequests {
+    type Output = DiskRequests;
+    fn add(self, o: DiskRequests) -> DiskRequests {
+        DiskRequests {
+            reads: self.reads + o.reads,
+            writes: self.writes + o.writes,
+            flushes: self.flushes + o.flushes,
+        }
+    }
+}
+
+impl DiskRequests {
+    /// Requests per second between two readings `seconds` apart.
+    pub fn rate(start: DiskRequests, end: DiskRequests, seconds: f64) -> DiskRequests {
+        let per_s = |a: f64, b: f64| ((b - a) / seconds.max(1e-9)).max(0.0);
+        DiskRequests {
+            reads: per_s(start.reads, end.reads),
+            writes: per_s(start.writes, end.writes),
+            flushes: per_s(start.flushes, end.flushes),
+        }
+    }
+}
+
+/// (device name, requests) of a /proc/diskstats line: `major minor name` and then reads
+/// completed (1st), writes completed (5th) and, since Linux 5.5, flushes completed (16th).
+fn disk_requests_of(line: &str) -> Option<(&str, DiskRequests)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let count = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    Some((
+        fields.get(2)?,
+        DiskRequests {
+            reads: count(3)?,
+            writes: count(7)?,
+            flushes: count(18).unwrap_or(0.0),
+        },
+    ))
+}
+
 /// Resident set size of a process in KiB, from /proc/PID/status.
 pub fn process_rss_kib(pid: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -158,6 +220,38 @@ mod tests {
         assert!((pct - 5.0).abs() < 1e-9, "{pct}");
         assert_eq!(steal_percent((1.0, 2.0), (1.0, 2.0)), 0.0);
         assert!(cpu_steal_seconds().is_some(), "this machine's /proc/stat");
+    }
+
+    #[test]
+    fn disk_requests_are_read_from_diskstats() {
+        let line = " 254       0 vda 3867642 122271 448712162 6794731 8518012 1046212 1268564952 \
+                    16199671 0 2601804 24275541 1356447 101 1145409328 638848 2845755 642289";
+        let (name, r) = disk_requests_of(line).unwrap();
+        assert_eq!(name, "vda");
+        assert_eq!(
+            (r.reads, r.writes, r.flushes),
+            (3867642.0, 8518012.0, 2845755.0)
+        );
+        // A kernel before 5.5: no discard or flush fields.
+        let old = "   8       0 sda 100 0 800 10 50 0 400 5 0 15 15";
+        let (_, r) = disk_requests_of(old).unwrap();
+        assert_eq!((r.reads, r.writes, r.flushes), (100.0, 50.0, 0.0));
+        assert_eq!(disk_requests_of("   8 0 sda"), None);
+        let rate = DiskRequests::rate(
+            DiskRequests {
+                reads: 10.0,
+                writes: 100.0,
+                flushes: 40.0,
+            },
+            DiskRequests {
+                reads: 10.0,
+                writes: 300.0,
+                flushes: 140.0,
+            },
+            2.0,
+        );
+        assert_eq!((rate.reads, rate.writes, rate.flushes), (0.0, 100.0, 50.0));
+        assert!(disk_requests().is_some(), "this machine's /proc/diskstats");
     }
 
     #[test]

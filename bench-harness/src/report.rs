@@ -405,10 +405,24 @@ fn target_row(
     };
     let stolen = t.runs.iter().filter_map(|r| r.steal_pct).reduce(f64::max);
     if let Some(max) = stolen.filter(|max| *max >= STEAL_FLAGGED_PCT) {
+        let requests = t
+            .runs
+            .iter()
+            .filter_map(|r| r.disk_requests_per_s)
+            .map(|d| d.reads + d.writes + d.flushes)
+            .reduce(f64::max)
+            .map(|n| {
+                format!(
+                    " The disks completed up to {n:.0} requests per second in them: on a VM \
+                     whose host charges its disk emulation to the VM, fewer, larger requests \
+                     steal less (docs/PERFORMANCE.md)."
+                )
+            })
+            .unwrap_or_default();
         notes.push(format!(
             "**{}:** the hypervisor stole up to {max:.1}% of the machine's CPU time during \
              these runs (`steal` in /proc/stat); latency percentiles from p{:.0} up can hold \
-             its stalls.",
+             its stalls.{requests}",
             t.name,
             stall_reach(max)
         ));
@@ -545,6 +559,15 @@ fn usage(result: &RunResult) -> String {
     if let Some(steal) = result.steal_pct {
         facts.push(("CPU stolen", stolen(steal)));
     }
+    if let Some(d) = result.disk_requests_per_s {
+        let rates = format!(
+            "{} reads, {} writes, {} flushes per second (/proc/diskstats)",
+            d.reads.round(),
+            d.writes.round(),
+            d.flushes.round()
+        );
+        facts.push(("disk requests", rates));
+    }
     if let Some(b) = result.broker {
         let cpu = format!("{:.2} s per million records", b.cpu_s_per_million);
         facts.push(("broker CPU", cpu));
@@ -570,7 +593,7 @@ fn stall_reach(steal_pct: f64) -> f64 {
 fn stolen(pct: f64) -> String {
     if pct >= STEAL_FLAGGED_PCT {
         format!(
-            "⚠ {pct:.1}% of the machine's CPU time (the host ran other work: latency \
+            "⚠ {pct:.1}% of the machine's CPU time (the host held the VM's CPUs back: latency \
              percentiles from p{:.0} up can hold its stalls)",
             stall_reach(pct)
         )
@@ -657,6 +680,11 @@ mod tests {
                 .collect(),
             harness_cpu_s: 4.0,
             steal_pct: Some(6.5),
+            disk_requests_per_s: Some(crate::machine::DiskRequests {
+                reads: 2.0,
+                writes: 7123.4,
+                flushes: 3561.0,
+            }),
             broker: Some(BrokerUsage {
                 pid: 42,
                 cpu_s: 12.0,
@@ -727,6 +755,7 @@ mod tests {
         assert!(!md.contains("different commits"));
         assert!(md.contains("open-loop"));
         assert!(md.contains("the hypervisor stole up to 6.5%"), "{md}");
+        assert!(md.contains("up to 10686 requests per second"), "{md}");
 
         let row = row_of(&md, PRODUCE, "eventflow");
         assert!(
@@ -879,6 +908,10 @@ mod tests {
             "{summary}"
         );
         assert!(summary.contains("from p93 up"), "{summary}");
+        assert!(
+            summary.contains("2 reads, 7123 writes, 3561 flushes per second"),
+            "{summary}"
+        );
         assert!(
             summary.contains("0 errors, 0 missing, 0 duplicates"),
             "{summary}"

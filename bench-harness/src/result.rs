@@ -76,6 +76,12 @@ pub struct RunResult {
     /// saved before it was measured, or where /proc/stat has no steal.
     #[serde(default)]
     pub steal_pct: Option<f64>,
+    /// Requests per second the machine's disks completed over the measured phase
+    /// (/proc/diskstats). On VMs whose host charges its disk emulation to the VM's CPU,
+    /// many small requests come with stolen time (docs/PERFORMANCE.md). `None` in results
+    /// saved before it was measured.
+    #[serde(default)]
+    pub disk_requests_per_s: Option<crate::machine::DiskRequests>,
     /// Broker process usage, when its PID was given or the harness started it.
     pub broker: Option<BrokerUsage>,
     /// Sends or fetches that failed.
@@ -325,6 +331,7 @@ mod tests {
             }],
             harness_cpu_s: 0.5,
             steal_pct: None,
+            disk_requests_per_s: None,
             broker: None,
             errors: 0,
             first_error: None,

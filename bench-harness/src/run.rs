@@ -513,6 +513,7 @@ pub fn run(kind: Kind, w: &Workload, ctx: &RunContext<'_>) -> Result<RunResult> 
         timeline: std::mem::take(&mut monitor.timeline),
         harness_cpu_s: monitor.harness_cpu_s(),
         steal_pct: monitor.steal_pct(),
+        disk_requests_per_s: monitor.disk_requests_per_s(),
         broker,
         errors,
         first_error,
@@ -925,6 +926,9 @@ struct Monitor {
     /// The machine's (stolen, total) CPU seconds at the measured phase's start and end.
     steal_start: Option<(f64, f64)>,
     steal_end: Option<(f64, f64)>,
+    /// The machine's disk requests at the measured phase's start and end, and when.
+    disk_start: Option<(machine::DiskRequests, u64)>,
+    disk_end: Option<(machine::DiskRequests, u64)>,
     broker_cpu_start: Option<f64>,
     broker_cpu_end: Option<f64>,
     rss_peak_kib: u64,
@@ -955,6 +959,8 @@ impl Monitor {
             harness_cpu_end: 0.0,
             steal_start: None,
             steal_end: None,
+            disk_start: None,
+            disk_end: None,
             broker_cpu_start: None,
             broker_cpu_end: None,
             rss_peak_kib: 0,
@@ -986,6 +992,7 @@ impl Monitor {
         if self.harness_cpu_start.is_nan() && now >= self.measure_start_ns {
             self.harness_cpu_start = machine::process_cpu_seconds("self").unwrap_or(0.0);
             self.steal_start = machine::cpu_steal_seconds();
+            self.disk_start = machine::disk_requests().map(|d| (d, now));
             self.broker_cpu_start = self
                 .broker_pid
                 .as_deref()
@@ -1088,9 +1095,11 @@ impl Monitor {
     fn finish(&mut self) {
         self.harness_cpu_end = machine::process_cpu_seconds("self").unwrap_or(0.0);
         self.steal_end = machine::cpu_steal_seconds();
+        self.disk_end = machine::disk_requests().map(|d| (d, now_ns()));
         if self.harness_cpu_start.is_nan() {
             self.harness_cpu_start = self.harness_cpu_end;
             self.steal_start = self.steal_end;
+            self.disk_start = self.disk_end;
         }
         self.broker_cpu_end = self
             .broker_pid
@@ -1112,6 +1121,11 @@ impl Monitor {
 
     fn steal_pct(&self) -> Option<f64> {
         Some(machine::steal_percent(self.steal_start?, self.steal_end?))
+    }
+
+    fn disk_requests_per_s(&self) -> Option<machine::DiskRequests> {
+        let ((start, t0), (end, t1)) = (self.disk_start?, self.disk_end?);
+        (t1 > t0).then(|| machine::DiskRequests::rate(start, end, (t1 - t0) as f64 / 1e9))
     }
 
     fn broker_usage(
