@@ -50,6 +50,9 @@ const HEADER_SCAN_CHUNK: usize = 64 << 10;
 /// Smallest and largest run of zeros one preallocation writes (see [`preallocate`]).
 const PREALLOCATE_MIN: u64 = 64 << 10;
 const PREALLOCATE_MAX: u64 = 1 << 20;
+/// With paced rounds, a preallocation covers at most this many rounds of the size of the
+/// last one (within the bounds above); the next starts when less than two spans are left.
+const PREALLOCATE_ROUNDS: u64 = 8;
 /// Size of the shared zero buffer preallocation writes from.
 const ZEROS_LEN: usize = 1 << 20;
 
@@ -244,8 +247,18 @@ impl Segment {
 /// How much to keep preallocated past the end `end` of a segment's batches: the segment's
 /// own size, between 64 KiB and 1 MiB, so a cold partition costs little disk and a busy one
 /// seldom reaches the end of its preallocation.
-pub(crate) fn preallocate_span(end: u64) -> u64 {
-    align_up(end.clamp(PREALLOCATE_MIN, PREALLOCATE_MAX))
+///
+/// When rounds are paced (`--group-commit-interval-us`), `paced_round` is the size of the
+/// round just written, and the span is at most [`PREALLOCATE_ROUNDS`] such rounds: the
+/// device flush after a span also writes its zeros back, and on the VMs here a 1 MiB span
+/// made the next round's fdatasync take 1.1–1.4 ms instead of about 80 µs; paced rounds
+/// leave the device the time for the more frequent small spans. Unpaced, small spans cost
+/// more than they save: each one's sync commits the file's new size, and at the rate of
+/// unpaced rounds those commits held the rounds up (docs/PERFORMANCE.md, "Why the durable
+/// latency target is not met here").
+pub(crate) fn preallocate_span(end: u64, paced_round: Option<u64>) -> u64 {
+    let rounds = paced_round.map_or(u64::MAX, |r| r.saturating_mul(PREALLOCATE_ROUNDS));
+    align_up(end.min(rounds).clamp(PREALLOCATE_MIN, PREALLOCATE_MAX))
 }
 
 /// A page-aligned buffer of zeros, allocated once per process.
@@ -358,4 +371,24 @@ pub(crate) async fn scan_headers(
         pos += at as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_preallocation_span_follows_the_segment_and_paced_rounds_within_bounds() {
+        // A young segment: its own size, at least 64 KiB.
+        assert_eq!(preallocate_span(10_000, None), 64 << 10);
+        assert_eq!(preallocate_span(300 << 10, None), 300 << 10);
+        assert_eq!(preallocate_span(300 << 10, Some(1 << 20)), 300 << 10);
+        // A large segment: 1 MiB unpaced; eight rounds when paced, in whole blocks.
+        assert_eq!(preallocate_span(100 << 20, None), 1 << 20);
+        assert_eq!(preallocate_span(100 << 20, Some(20_000)), align_up(160_000));
+        assert_eq!(preallocate_span(100 << 20, Some(1_000)), 64 << 10);
+        // Large paced rounds: at most 1 MiB.
+        assert_eq!(preallocate_span(100 << 20, Some(1 << 20)), 1 << 20);
+        assert_eq!(preallocate_span(u64::MAX / 2, Some(u64::MAX)), 1 << 20);
+    }
 }

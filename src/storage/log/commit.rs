@@ -336,7 +336,8 @@ impl PartitionLog {
                 }
             };
             if always {
-                self.start_preallocation(end, direct);
+                let paced = !config.group_commit_interval.is_zero();
+                self.start_preallocation(end, paced.then_some(end - position), direct);
             }
 
             let last_offset = metas[j - 1].last_offset;
@@ -573,12 +574,14 @@ impl PartitionLog {
     }
 
     /// Under `--fsync always`, starts writing a span of zeros ahead of the active segment's
-    /// end `end` when less than two spans are left (see [`segment::preallocate`]). The zeros
+    /// end `end` when less than two spans are left (see [`segment::preallocate_span`], which
+    /// takes the size of the round just written when rounds are paced, and
+    /// [`segment::preallocate`]). The zeros
     /// continue where the last preallocation ended; if the appends came within half a span of
     /// that (or overtook it), they start a span past the end instead, leaving a hole that
     /// appends fill the slow way. Either way the appends wait for a preallocation only if
     /// they outrun it by half a span or more.
-    fn start_preallocation(self: &Rc<Self>, end: u64, direct: bool) {
+    fn start_preallocation(self: &Rc<Self>, end: u64, paced_round: Option<u64>, direct: bool) {
         if self.preallocation_off.get() {
             return;
         }
@@ -587,7 +590,7 @@ impl PartitionLog {
             let Some(active) = segments.last_mut() else {
                 return;
             };
-            let span = segment::preallocate_span(end);
+            let span = segment::preallocate_span(end, paced_round);
             if active.preallocating.is_some() || active.preallocated >= end + 2 * span {
                 return;
             }
