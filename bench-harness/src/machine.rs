@@ -149,7 +149,8 @@ pub struct DiskRequests {
     pub reads: f64,
     pub writes: f64,
     /// Cache flushes (what an fdatasync asks of a device with a volatile write cache);
-    /// 0 on kernels before 5.5, which do not count them.
+    /// 0 on kernels before 5.5, which do not count them. The kernel counts an fdatasync's
+    /// flush among the writes as well (as the empty write that asks for it).
     pub flushes: f64,
 }
 

@@ -561,7 +561,8 @@ fn usage(result: &RunResult) -> String {
     }
     if let Some(d) = result.disk_requests_per_s {
         let rates = format!(
-            "{} reads, {} writes, {} flushes per second (/proc/diskstats)",
+            "{} reads, {} writes, {} flushes per second (/proc/diskstats, which counts a \
+             flush among the writes too)",
             d.reads.round(),
             d.writes.round(),
             d.flushes.round()
