@@ -3,8 +3,8 @@
 # starts a fresh `eventflowd --cores 2 --fsync FSYNC --group-commit-interval-us I` on a
 # data directory under SCRATCH and runs one harness plan against it; the order of the
 # intervals turns each round. Besides the harness's figures, each line has the disk
-# writes per second the device of SCRATCH completed during the run (/proc/diskstats;
-# flushes are counted apart there and not shown) and the CPU time stolen by the host.
+# writes per second the device of SCRATCH completed during the run (/proc/diskstats,
+# which counts each flush among them) and the CPU time stolen by the host.
 #
 #   bench-harness/results/group-commit-interval/run.sh            # durable e2e, 0 vs 600 µs
 #   FSYNC=never INTERVALS="0 300 600" bench-harness/results/group-commit-interval/run.sh
