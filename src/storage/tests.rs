@@ -240,18 +240,19 @@ fn concurrent_appends_get_dense_offsets_and_share_flushes() {
     });
 }
 
+/// The tests' config with group-commit rounds paced `interval` apart.
+fn paced(interval: std::time::Duration) -> LogConfig {
+    LogConfig {
+        group_commit_interval: interval,
+        ..config()
+    }
+}
+
 /// Appends of 3 records made 5 ms apart, each by its own task, while the log is paced at
 /// `interval`; returns the group-commit rounds they took (after a first append alone).
 async fn staggered_rounds(interval: std::time::Duration) -> u64 {
     let dir = tempfile::tempdir().unwrap();
-    let log = open_with(
-        dir.path(),
-        LogConfig {
-            group_commit_interval: interval,
-            ..config()
-        },
-    )
-    .await;
+    let log = open_with(dir.path(), paced(interval)).await;
     log.append(vec![make_batch(3, 0, 20)]).await.unwrap();
     let before = log.flush_count();
     let mut tasks = Vec::new();
@@ -286,14 +287,7 @@ fn a_paced_round_waits_out_the_interval_only_when_the_last_round_was_recent() {
     run(async {
         let interval = std::time::Duration::from_millis(400);
         let dir = tempfile::tempdir().unwrap();
-        let log = open_with(
-            dir.path(),
-            LogConfig {
-                group_commit_interval: interval,
-                ..config()
-            },
-        )
-        .await;
+        let log = open_with(dir.path(), paced(interval)).await;
         let timed = |ts| {
             let log = Rc::clone(&log);
             async move {

@@ -132,7 +132,7 @@ impl PartitionLog {
     /// How long a round about to start at `now` waits first: the group-commit window, or
     /// longer if the previous round started less than the interval ago. A round after a
     /// pause of at least the interval waits only for the window.
-    pub(super) fn wait_before_round(&self, now: Instant) -> Duration {
+    fn wait_before_round(&self, now: Instant) -> Duration {
         let (window, interval) = {
             let config = self.config.borrow();
             (config.group_commit, config.group_commit_interval)
