@@ -22,6 +22,8 @@ LABEL=${LABEL:-variant}
 ROUNDS=${ROUNDS:-4}
 MESSAGES=${MESSAGES:-10000000}
 SCRATCH=${SCRATCH:-/tmp/produce-ab}
+# shellcheck source=broker.sh
+source bench-harness/results/broker.sh
 
 # One run: prints "variant partitions records_per_s harness_cpu_s broker_cpu_s_per_M publish_p50".
 run() {
@@ -33,22 +35,13 @@ run() {
     local dir="$SCRATCH/$variant"
     rm -rf "$dir"
     mkdir -p "$dir"
-    "$BROKER" --data-dir "$dir/data" --listen 127.0.0.1:0 --no-kafka --no-http \
-        --no-metrics --cores 2 --fsync never >"$dir/log" 2>&1 &
-    local pid=$!
-    local addr=""
-    for _ in $(seq 100); do
-        addr=$(grep -o 'ready listen=[0-9.:]*' "$dir/log" | cut -d= -f2 || true)
-        [[ -n $addr ]] && break
-        sleep 0.1
-    done
+    start_broker "$dir" --fsync never
     local env=()
     [[ -n $settings ]] && read -r -a env <<<"$settings"
-    env "${env[@]}" "$bench" produce --target "eventflow://$addr" --create-topic \
-        --partitions "$partitions" --messages "$MESSAGES" --acks 1 --broker-pid "$pid" \
+    env "${env[@]}" "$bench" produce --target "eventflow://$broker_addr" --create-topic \
+        --partitions "$partitions" --messages "$MESSAGES" --acks 1 --broker-pid "$broker_pid" \
         >"$dir/out" 2>&1
-    kill "$pid"
-    wait "$pid" || true
+    stop_broker
     awk -v v="$variant" -v p="$partitions" '
         /^produced/ { rate = $2 }
         /^publish/ { p50 = $2 $3 }

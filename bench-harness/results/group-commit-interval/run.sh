@@ -22,6 +22,8 @@ read -r -a INTERVALS <<<"${INTERVALS:-0 600}"
 ROUNDS=${ROUNDS:-4}
 MESSAGES=${MESSAGES:-5000000}
 SCRATCH=${SCRATCH:-/tmp/group-commit-interval}
+# shellcheck source=../broker.sh
+source bench-harness/results/broker.sh
 mkdir -p "$SCRATCH"
 device=$(basename "$(df --output=source "$SCRATCH" | tail -1)")
 
@@ -36,16 +38,7 @@ run() {
     local interval=$1 dir="$SCRATCH/run"
     rm -rf "$dir"
     mkdir -p "$dir"
-    "$BROKER" --data-dir "$dir/data" --listen 127.0.0.1:0 --no-kafka --no-http \
-        --no-metrics --cores 2 --fsync "$FSYNC" --group-commit-interval-us "$interval" \
-        >"$dir/log" 2>&1 &
-    local pid=$!
-    local addr=""
-    for _ in $(seq 100); do
-        addr=$(grep -o 'ready listen=[0-9.:]*' "$dir/log" | cut -d= -f2 || true)
-        [[ -n $addr ]] && break
-        sleep 0.1
-    done
+    start_broker "$dir" --fsync "$FSYNC" --group-commit-interval-us "$interval"
     local plan=(produce --partitions 1 --messages "$MESSAGES")
     local line=publish
     if [[ $PLAN == e2e ]]; then
@@ -55,12 +48,11 @@ run() {
     local before after start end
     before=$(counters)
     start=$(date +%s.%N)
-    "$BENCH" "${plan[@]}" --target "eventflow://$addr" --create-topic --acks all \
-        --broker-pid "$pid" --quiet >"$dir/out" 2>&1
+    "$BENCH" "${plan[@]}" --target "eventflow://$broker_addr" --create-topic --acks all \
+        --broker-pid "$broker_pid" --quiet >"$dir/out" 2>&1
     end=$(date +%s.%N)
     after=$(counters)
-    kill "$pid"
-    wait "$pid" || true
+    stop_broker
     echo "$before $after $start $end" | awk -v i="$interval" -v line="$line" -v out="$dir/out" '
         {
             steal = ($5 - $2) * 100 / ($6 - $3)
