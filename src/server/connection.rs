@@ -340,6 +340,10 @@ pub(crate) async fn serve(
     };
     let writer_task = compio::runtime::spawn(write_loop(writer, state.clone()));
     read_loop(&ctx, reader, &state, protocol, ends).await;
+    // The connection no longer waits to authenticate: its place among the unauthenticated
+    // ones is free before the writer closes the socket, so the client that sees the close
+    // can connect again within the bound.
+    state.sasl.borrow_mut().release_slot();
     state.closing.set(true);
     state.outbox_ready.notify_all();
     let _ = writer_task.await;

@@ -139,6 +139,13 @@ impl SaslSession {
         }
     }
 
+    /// Gives up the connection's place among the unauthenticated ones: the broker is
+    /// closing it. Called before the socket closes, so a client that sees the close may
+    /// take the place at once.
+    pub(crate) fn release_slot(&mut self) {
+        self.slot = None;
+    }
+
     /// When the connection must be closed unless it has authenticated.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.deadline
@@ -427,5 +434,15 @@ mod tests {
         assert!(UnauthenticatedSlot::take(&global, 1).is_none());
         drop(session);
         assert_eq!(global.unauthenticated.load(Ordering::SeqCst), 0);
+
+        // A connection being closed gives its place up before it is dropped.
+        let session = RefCell::new(SaslSession::required(
+            Instant::now(),
+            UnauthenticatedSlot::take(&global, 1).unwrap(),
+        ));
+        assert!(UnauthenticatedSlot::take(&global, 1).is_none());
+        session.borrow_mut().release_slot();
+        assert_eq!(global.unauthenticated.load(Ordering::SeqCst), 0);
+        assert!(!session.borrow().admits_requests());
     }
 }
