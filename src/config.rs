@@ -35,6 +35,8 @@ pub struct BrokerConfig {
     pub group_commit: Duration,
     /// Least time between the starts of two group-commit rounds of a partition.
     pub group_commit_interval: Duration,
+    /// Bytes of each directly written partition's newest log kept in memory for reads.
+    pub tail_cache_bytes: u64,
     /// How appends reach the log files.
     pub log_writes: LogWrites,
     /// Largest record batch accepted.
@@ -162,6 +164,7 @@ impl BrokerConfig {
             fsync: FsyncPolicy::Always,
             group_commit: Duration::ZERO,
             group_commit_interval: Duration::ZERO,
+            tail_cache_bytes: crate::storage::DEFAULT_TAIL_CACHE_BYTES,
             log_writes: LogWrites::Direct,
             max_batch_bytes: 1 << 20,
             max_request_bytes: 16 << 20,

@@ -414,6 +414,11 @@ fn a_bad_file_names_the_line_and_the_key_and_the_broker_does_not_start() {
         ),
         "{bad}"
     );
+    let too_big = flag_error(&["--tail-cache-mb", "2000000"]);
+    assert!(
+        too_big.contains("--tail-cache-mb must be at most 1048576 (1 TiB)"),
+        "{too_big}"
+    );
 
     // The same for a variable: its name, then the flag's message.
     let bad = refused("", &[("EVENTFLOW_MAX_QUEUED_BYTES", "lots")]);

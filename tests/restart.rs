@@ -327,6 +327,86 @@ fn a_backlog_far_behind_the_tail_cache_reads_back_whole_on_both_paths() {
     assert_eq!(broker.log_count("O_DIRECT"), 0, "{}", broker.log());
 }
 
+/// `--tail-cache-mb`: a partition's newest bytes stay in memory across segment rolls, up
+/// to the budget, so a reader that far behind is served from memory and one further behind
+/// reads the older part from the files; `eventflow_log_read_bytes_total` tells the two
+/// apart, and both return exactly what was written.
+#[test]
+fn a_larger_tail_cache_serves_a_backlog_across_segment_rolls_from_memory() {
+    let broker = Broker::start(&[
+        "--cores",
+        "2",
+        "--fsync",
+        "never",
+        "--log-writes",
+        "direct",
+        "--segment-bytes",
+        "4194304",
+        "--tail-cache-mb",
+        "32",
+    ]);
+    broker.client().create_topic("cached", 2, &[]).unwrap();
+    let read_bytes = |source: &str| -> u64 {
+        let name = format!("eventflow_log_read_bytes_total{{source=\"{source}\"}}");
+        let text = common::http::get(broker.metrics.expect("metrics"), "/metrics").text();
+        text.lines()
+            .find_map(|line| line.strip_prefix(&name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    };
+    let owner_shard = eventflow::shard::owner_of("cached", 0, 2) as usize;
+    let mut producer = broker.direct_client(owner_shard);
+    let mut expected = Vec::new();
+    // Batches of about 10 KB: a 1 MiB fetch that ends inside one reads it again, which
+    // counts its bytes twice, so small batches keep the byte counts close to the log's.
+    let mut produce = |from: usize, to: usize, expected: &mut Vec<String>| {
+        for i in from..to {
+            let tag = format!("c{i}");
+            producer
+                .produce("cached", 0, batch(&tag, 10, 1000, now_ms()), Acks::Leader)
+                .unwrap();
+            expected.extend((0..10).map(|r| format!("{tag}-{r}")));
+        }
+    };
+    // About 20 MB: five segments, all within the 32 MiB budget.
+    produce(0, 2000, &mut expected);
+    assert!(broker.segment_files("cached", 0, "log").len() >= 5);
+    // On the owner's port (ranges sent as slices of the cache) and through the other
+    // shard (copies).
+    let mut owner = broker.direct_client(owner_shard);
+    let mut other = broker.direct_client(1 - owner_shard);
+    let (memory, file) = (read_bytes("memory"), read_bytes("file"));
+    same(
+        &stored_values(&mut other, "cached", 0),
+        &expected,
+        "within the budget, through the other shard",
+    );
+    same(
+        &stored_values(&mut owner, "cached", 0),
+        &expected,
+        "within the budget",
+    );
+    let read_from_memory = read_bytes("memory") - memory;
+    assert!(read_from_memory >= 40_000_000, "{read_from_memory} bytes");
+    assert_eq!(read_bytes("file"), file, "nothing read from the files");
+
+    // About 40 MB in all: the oldest 8 MB or so are past the budget and come from the files.
+    produce(2000, 4000, &mut expected);
+    let (memory, file) = (read_bytes("memory"), read_bytes("file"));
+    same(
+        &stored_values(&mut owner, "cached", 0),
+        &expected,
+        "past the budget",
+    );
+    let (from_memory, from_file) = (read_bytes("memory") - memory, read_bytes("file") - file);
+    assert!(from_file >= 4_000_000, "{from_file} bytes from the files");
+    assert!(from_memory >= 28_000_000, "{from_memory} bytes from memory");
+    assert!(
+        from_memory <= 34 << 20,
+        "{from_memory} bytes from memory: more than the budget was kept"
+    );
+    assert_eq!(broker.log_count("O_DIRECT"), 0, "{}", broker.log());
+}
+
 /// Asserts that `got` is `want`, naming the first place they differ (the lists are long).
 fn same(got: &[String], want: &[String], who: &str) {
     let differ = got.iter().zip(want).position(|(g, w)| g != w);

@@ -123,11 +123,18 @@ struct Args {
     group_commit_interval_us: u64,
 
     /// How appends reach the log files: `direct` (O_DIRECT from aligned buffers, with each
-    /// partition's newest 4 MiB kept in memory for reads) or `buffered` (through the page
-    /// cache, which also keeps older data for consumers far behind). docs/PERFORMANCE.md
-    /// compares them.
+    /// partition's newest `--tail-cache-mb` kept in memory for reads) or `buffered` (through
+    /// the page cache, which also keeps older data for consumers far behind).
+    /// docs/PERFORMANCE.md compares them.
     #[arg(long, default_value = "direct")]
     log_writes: String,
+
+    /// Under `--log-writes direct`: MiB of each written partition's newest log kept in the
+    /// shard's memory, across segment rolls, so that consumers up to that far behind the
+    /// producers read from memory instead of the disk. Memory: up to this much per partition
+    /// written. 0 keeps only the newest write's buffers.
+    #[arg(long, default_value_t = 4)]
+    tail_cache_mb: u64,
 
     /// Largest record batch accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
@@ -304,6 +311,10 @@ struct Args {
     tls_listeners: String,
 }
 
+/// Largest `--tail-cache-mb`: 1 TiB per partition, far past any machine's memory, so the
+/// byte count cannot overflow.
+const MAX_TAIL_CACHE_MB: u64 = 1 << 20;
+
 /// The environment variable that holds `--bootstrap-superuser`'s password.
 const BOOTSTRAP_PASSWORD_ENV: &str = "EVENTFLOW_BOOTSTRAP_SUPERUSER_PASSWORD";
 
@@ -466,6 +477,13 @@ fn config_from(args: Args, layered: &Layered) -> anyhow::Result<BrokerConfig> {
     config.group_commit_interval = Duration::from_micros(args.group_commit_interval_us);
     config.log_writes = LogWrites::parse(&args.log_writes)
         .map_err(|e| anyhow::anyhow!(l.blame(&["log_writes"], format!("--log-writes: {e}"))))?;
+    ensure(
+        args.tail_cache_mb <= MAX_TAIL_CACHE_MB,
+        l,
+        &["tail_cache_mb"],
+        format!("--tail-cache-mb must be at most {MAX_TAIL_CACHE_MB} (1 TiB)"),
+    )?;
+    config.tail_cache_bytes = args.tail_cache_mb << 20;
     ensure(
         args.max_batch_bytes >= 61,
         l,

@@ -162,6 +162,10 @@ pub fn settings_of(config: &BrokerConfig) -> Vec<(String, String)> {
             config.group_commit_interval.as_micros().to_string(),
         ),
         ("log_writes".into(), config.log_writes.to_string()),
+        (
+            "tail_cache_mb".into(),
+            (config.tail_cache_bytes >> 20).to_string(),
+        ),
         ("max_batch_bytes".into(), config.max_batch_bytes.to_string()),
         (
             "max_request_bytes".into(),

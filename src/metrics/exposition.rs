@@ -185,6 +185,28 @@ pub fn render(scrape: &Scrape<'_>) -> String {
         .map(|s| s.traffic.compaction_bytes_removed)
         .sum();
     w.sample("eventflow_compaction_bytes_removed_total", &[], removed);
+    w.family(
+        "eventflow_log_read_bytes_total",
+        "counter",
+        "Bytes of partition logs read for fetch responses, by source: memory (the tail cache \
+         of --log-writes direct, --tail-cache-mb) or file (the page cache, else the disk).",
+    );
+    for (source, bytes) in [
+        (
+            "memory",
+            shards.iter().map(|s| s.traffic.log_read_memory_bytes).sum(),
+        ),
+        (
+            "file",
+            shards.iter().map(|s| s.traffic.log_read_file_bytes).sum(),
+        ),
+    ] {
+        w.sample(
+            "eventflow_log_read_bytes_total",
+            &[("source", source)],
+            bytes,
+        );
+    }
     w.out
 }
 
@@ -562,6 +584,8 @@ mod tests {
                 scrub_corrupt_batches: 1,
                 compactions: 2,
                 compaction_bytes_removed: 4096,
+                log_read_memory_bytes: 300,
+                log_read_file_bytes: 20,
             },
             partitions: vec![PartitionState {
                 topic: format!("t{id}"),
@@ -619,6 +643,8 @@ mod tests {
         assert!(text.contains("eventflow_scrub_corrupt_batches_total 2\n"));
         assert!(text.contains("eventflow_compaction_runs_total 4\n"));
         assert!(text.contains("eventflow_compaction_bytes_removed_total 8192\n"));
+        assert!(text.contains("eventflow_log_read_bytes_total{source=\"memory\"} 600\n"));
+        assert!(text.contains("eventflow_log_read_bytes_total{source=\"file\"} 40\n"));
         assert!(text.contains("# TYPE eventflow_share_group_locked_records gauge\n"));
     }
 }

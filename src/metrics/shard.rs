@@ -54,6 +54,9 @@ struct ShardCounters {
     scrub_corrupt: Cell<u64>,
     compactions: Cell<u64>,
     compaction_bytes_removed: Cell<u64>,
+    /// Bytes of log ranges read for sending: from a tail cache, and from a segment file.
+    log_read_memory: Cell<u64>,
+    log_read_file: Cell<u64>,
 }
 
 thread_local! {
@@ -68,6 +71,8 @@ thread_local! {
         scrub_corrupt: Cell::new(0),
         compactions: Cell::new(0),
         compaction_bytes_removed: Cell::new(0),
+        log_read_memory: Cell::new(0),
+        log_read_file: Cell::new(0),
     };
 }
 
@@ -177,6 +182,19 @@ pub fn compaction(bytes_removed: u64) {
     });
 }
 
+/// Counts `bytes` of a partition log read for a client (a fetch's records), from the tail
+/// cache in memory or else from the segment file.
+pub fn log_range_read(bytes: u64, from_memory: bool) {
+    SHARD.with(|s| {
+        let cell = if from_memory {
+            &s.log_read_memory
+        } else {
+            &s.log_read_file
+        };
+        cell.set(cell.get() + bytes);
+    });
+}
+
 /// Everything this thread counted so far.
 pub fn take() -> ShardTraffic {
     SHARD.with(|s| {
@@ -238,6 +256,8 @@ pub fn take() -> ShardTraffic {
                 .collect(),
             scrub_corrupt_batches: s.scrub_corrupt.get(),
             compactions: s.compactions.get(),
+            log_read_memory_bytes: s.log_read_memory.get(),
+            log_read_file_bytes: s.log_read_file.get(),
             compaction_bytes_removed: s.compaction_bytes_removed.get(),
         }
     })

@@ -51,6 +51,10 @@ pub struct ShardTraffic {
     pub compactions: u64,
     /// Bytes compaction removed from segments.
     pub compaction_bytes_removed: u64,
+    /// Bytes of log ranges read for fetches from the tail cache.
+    pub log_read_memory_bytes: u64,
+    /// Bytes of log ranges read for fetches from segment files.
+    pub log_read_file_bytes: u64,
 }
 
 /// Record traffic of a topic or one of its partitions.

@@ -88,6 +88,8 @@ mod tests {
                 scrub_corrupt_batches: 0,
                 compactions: 0,
                 compaction_bytes_removed: 0,
+                log_read_memory_bytes: 0,
+                log_read_file_bytes: 0,
             },
             partitions: vec![],
             committed: vec![],

@@ -178,6 +178,9 @@ pub struct LogConfig {
     /// How appends reach the file (`--log-writes`). Buffered in [`LogConfig::default`]; the
     /// broker's own default, which it passes in, is direct.
     pub writes: LogWrites,
+    /// Under direct writes, how many bytes of the partition's newest log its segments keep in
+    /// memory for reads (`--tail-cache-mb`); the newest write's buffer stays even if larger.
+    pub tail_cache_bytes: u64,
 }
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
@@ -201,6 +204,7 @@ impl Default for LogConfig {
             group_commit: std::time::Duration::ZERO,
             group_commit_interval: std::time::Duration::ZERO,
             writes: LogWrites::Buffered,
+            tail_cache_bytes: crate::storage::DEFAULT_TAIL_CACHE_BYTES,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The pieces of `--log-writes direct`: the page-aligned buffers a chunk is gathered into for
-//! an `O_DIRECT` write, and the shard-local cache of the active segment's newest bytes that
-//! reads are served from instead of the disk.
+//! an `O_DIRECT` write, and the shard-local cache of a partition's newest bytes that reads
+//! are served from instead of the disk.
 //!
 //! **Why.** A buffered append costs the kernel a copy into page-cache pages, each of which
 //! it must first allocate, fault in and clear, and later write back (docs/PERFORMANCE.md has
@@ -21,8 +21,9 @@
 //! a roll or close cuts off.
 //!
 //! **Reads.** A direct write leaves nothing in the page cache, so the written buffers
-//! themselves become the newest entries of the segment's [`TailCache`]; reads of the active
-//! segment's tail (the consumers that keep up) are served from memory: a fetch range as
+//! themselves become the newest entries of the segment's [`TailCache`]; reads of the
+//! partition's newest `--tail-cache-mb` (the consumers that keep up, or are behind by less
+//! than that, across segment rolls) are served from memory: a fetch range as
 //! slices of the buffers it spans, without a copy (a read through another shard, which needs
 //! one piece, copies a range that spans buffers). Older bytes are read from the file as with
 //! buffered writes: the kernel reads them from the disk once, and the page cache keeps them
@@ -42,10 +43,10 @@ use bytes::{Bytes, BytesMut};
 /// this runs on (the VMs here have 512-byte logical blocks).
 pub(crate) const DIRECT_ALIGN: u64 = 4096;
 
-/// Bytes of the active segment kept in its [`TailCache`]: a consumer up to this far behind
-/// the producers reads from memory. Only partitions written with `--log-writes direct` hold
-/// one, and only their active segment.
-pub(crate) const TAIL_CACHE_BYTES: u64 = 4 << 20;
+/// Bytes of a partition's newest log kept in its segments' [`TailCache`]s unless
+/// `--tail-cache-mb` says otherwise: a consumer up to this far behind the producers reads
+/// from memory. Only partitions written with `--log-writes direct` hold any.
+pub(crate) const DEFAULT_TAIL_CACHE_BYTES: u64 = 4 << 20;
 
 /// How far ahead of a read of bytes outside the tail cache the kernel is asked to read the
 /// log into the page cache, and how close a read may come to the end of the last such
@@ -339,9 +340,11 @@ impl Drop for Pool {
     }
 }
 
-/// The newest bytes of an active segment written with `O_DIRECT`: contiguous chunks ending
-/// at the segment's size, at most about [`TAIL_CACHE_BYTES`] of them. Held by the segment, so
-/// a new segment (a roll, a compaction's replacement, a start) begins with an empty one.
+/// The newest bytes of a segment written with `O_DIRECT`: contiguous chunks ending at the
+/// segment's size. Held by the segment, so a new segment (a roll, a compaction's
+/// replacement, a start) begins with an empty one; a sealed segment keeps its chunks until
+/// [`trim_tail_caches`] drops them for newer ones, so a consumer just behind a roll still
+/// reads from memory.
 #[derive(Debug, Default)]
 pub(crate) struct TailCache {
     /// Each chunk with the file position of its first byte and the bytes of memory it
@@ -355,24 +358,44 @@ pub(crate) struct TailCache {
 impl TailCache {
     /// Adds the bytes written at `position`, which keep `held` bytes of memory alive. A
     /// chunk that does not continue the cached ones (the cache is empty after a start)
-    /// replaces them.
+    /// replaces them. The partition's budget is kept by [`trim_tail_caches`] afterwards.
+    ///
+    /// A small write's bytes sit in a pooled buffer several times their size (64 KiB at
+    /// least): such a chunk is kept as a copy of its bytes instead, so the budget holds data
+    /// rather than padding and the buffer goes back to the pool at once.
     pub(crate) fn push(&mut self, position: u64, bytes: Bytes, held: u64) {
         if self.end() != Some(position) {
             self.clear();
         }
+        let len = bytes.len() as u64;
+        let (bytes, held) = if held > 2 * len {
+            (Bytes::copy_from_slice(&bytes), len)
+        } else {
+            (bytes, held)
+        };
         self.held += held;
         self.chunks.push_back((position, bytes, held));
-        while self.held > TAIL_CACHE_BYTES && self.chunks.len() > 1 {
-            if let Some((_, _, old)) = self.chunks.pop_front() {
-                self.held -= old;
-            }
-        }
     }
 
-    /// Drops every chunk (the segment is sealed).
+    /// Drops every chunk.
     pub(crate) fn clear(&mut self) {
         self.chunks.clear();
         self.held = 0;
+    }
+
+    /// Memory the chunks hold.
+    pub(crate) fn held(&self) -> u64 {
+        self.held
+    }
+
+    /// Drops the oldest chunk, keeping at least `keep` chunks; returns the memory freed.
+    fn drop_oldest(&mut self, keep: usize) -> Option<u64> {
+        if self.chunks.len() <= keep {
+            return None;
+        }
+        let (_, _, held) = self.chunks.pop_front()?;
+        self.held -= held;
+        Some(held)
     }
 
     /// The position after the last cached byte.
@@ -409,6 +432,32 @@ impl TailCache {
             next = to;
         }
         Some(pieces)
+    }
+}
+
+/// Drops the oldest cached chunks of a partition's segments (`items`, oldest first, each
+/// with its cache from `cache`) until they hold at most `budget` bytes (`--tail-cache-mb`).
+/// The last segment (the active one) keeps its newest chunk whatever the budget: the next
+/// direct write repeats the partial block at its end from there.
+pub(crate) fn trim_tail_caches<T>(
+    items: &mut [T],
+    cache: impl Fn(&mut T) -> &mut TailCache,
+    budget: u64,
+) {
+    let mut held: u64 = items.iter_mut().map(|item| cache(item).held).sum();
+    let last = items.len().saturating_sub(1);
+    for (i, item) in items.iter_mut().enumerate() {
+        if held <= budget {
+            return;
+        }
+        let tail = cache(item);
+        let keep = usize::from(i == last);
+        while held > budget {
+            let Some(freed) = tail.drop_oldest(keep) else {
+                break;
+            };
+            held -= freed;
+        }
     }
 }
 
@@ -449,8 +498,8 @@ pub(crate) fn concat(mut pieces: Vec<Bytes>) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::{
-        align_down, align_up, copy_range, AlignedBuf, AlignedChunk, TailCache, DIRECT_ALIGN,
-        TAIL_CACHE_BYTES, WRITE_BLOCK,
+        align_down, align_up, copy_range, trim_tail_caches, AlignedBuf, AlignedChunk, TailCache,
+        DEFAULT_TAIL_CACHE_BYTES, DIRECT_ALIGN, WRITE_BLOCK,
     };
     use bytes::Bytes;
 
@@ -574,21 +623,76 @@ mod tests {
 
     #[test]
     fn the_tail_cache_keeps_about_its_budget_of_the_newest_bytes() {
+        let budget = DEFAULT_TAIL_CACHE_BYTES;
         let mut cache = TailCache::default();
         let chunk = Bytes::from(vec![7u8; 1 << 20]);
         for i in 0..10u64 {
             cache.push(i << 20, chunk.clone(), 1 << 20);
+            trim_tail_caches(std::slice::from_mut(&mut cache), |c| c, budget);
         }
-        assert!(cache.held <= TAIL_CACHE_BYTES);
+        assert!(cache.held <= budget);
         assert_eq!(cache.end(), Some(10 << 20));
         assert!(cache.get(9 << 20, 1 << 20).is_some());
         assert!(cache.get(0, 1).is_none());
-        // Small appends are counted by the blocks they hold, not their few bytes.
+        // A small append in a much larger buffer is kept as a copy of its bytes, and counted
+        // by them; one that fills most of its buffer is kept in it, counted by the buffer.
+        let mut cache = TailCache::default();
+        let buffer = Bytes::from(vec![1u8; 4096]);
+        for i in 0..100_000u64 {
+            cache.push(i * 100, buffer.slice(..100), 4096);
+            trim_tail_caches(std::slice::from_mut(&mut cache), |c| c, budget);
+        }
+        assert_eq!(cache.held, 100 * cache.chunks.len() as u64);
+        assert_eq!(cache.chunks.len(), (budget / 100) as usize);
+        assert!(
+            cache
+                .chunks
+                .iter()
+                .all(|(_, b, _)| b.as_ptr() != buffer.as_ptr()),
+            "copies, not slices of the buffer"
+        );
         let mut cache = TailCache::default();
         for i in 0..10_000u64 {
-            cache.push(i * 100, Bytes::from(vec![1u8; 100]), 4096);
+            cache.push(i * 3000, buffer.slice(..3000), 4096);
+            trim_tail_caches(std::slice::from_mut(&mut cache), |c| c, budget);
         }
-        assert!(cache.held <= TAIL_CACHE_BYTES);
-        assert_eq!(cache.chunks.len(), (TAIL_CACHE_BYTES / 4096) as usize);
+        assert_eq!(cache.chunks.len(), (budget / 4096) as usize);
+        assert!(cache
+            .chunks
+            .iter()
+            .all(|(_, b, _)| b.as_ptr() == buffer.as_ptr()));
+        // A chunk larger than the budget stays: the next write repeats its last block.
+        trim_tail_caches(std::slice::from_mut(&mut cache), |c| c, 0);
+        assert_eq!(cache.chunks.len(), 1);
+    }
+
+    #[test]
+    fn a_partitions_budget_spans_its_segments_and_drops_the_oldest_first() {
+        let chunk = |fill| Bytes::from(vec![fill; 1000]);
+        // A sealed segment's cache with three chunks, then the active one's with two.
+        let mut caches = [TailCache::default(), TailCache::default()];
+        for i in 0..3u64 {
+            caches[0].push(i * 1000, chunk(1), 1000);
+        }
+        for i in 0..2u64 {
+            caches[1].push(i * 1000, chunk(2), 1000);
+        }
+        let held = |caches: &[TailCache; 2]| (caches[0].held(), caches[1].held());
+        trim_tail_caches(&mut caches, |c| c, 5000);
+        assert_eq!(held(&caches), (3000, 2000), "within budget");
+        // Over by 1,500: the sealed segment's two oldest chunks go.
+        caches[1].push(2000, chunk(2), 1500);
+        trim_tail_caches(&mut caches, |c| c, 5000);
+        assert_eq!(held(&caches), (1000, 3500));
+        assert!(caches[0].get(0, 1).is_none());
+        assert_eq!(caches[0].get(2000, 1000), Some(chunk(1)));
+        // Then the active segment's oldest, once the sealed one is empty.
+        trim_tail_caches(&mut caches, |c| c, 2500);
+        assert_eq!(held(&caches), (0, 2500));
+        assert!(caches[1].get(0, 1).is_none());
+        assert!(caches[1].get(1000, 2000).is_some());
+        // Its newest chunk stays even over budget.
+        trim_tail_caches(&mut caches, |c| c, 0);
+        assert_eq!(held(&caches), (0, 1500));
     }
 }

@@ -70,18 +70,5 @@ for round in $(seq "$ROUNDS"); do
 done
 echo
 echo "medians over $ROUNDS rounds, a backlog of $MESSAGES records of 100 B"
-python3 - "$lines" <<'PY'
-import statistics, sys
-def num(s):
-    m = {"k": 1e3, "M": 1e6}
-    return float(s[:-1]) * m[s[-1]] if s[-1] in m else float(s)
-runs = {}
-for line in open(sys.argv[1]):
-    v, p, rate, cpu, broker, rss = line.split()
-    runs.setdefault((int(p), v), []).append((num(rate), float(cpu), float(broker), float(rss)))
-print(f"{'partitions':>10}  {'variant':9}{'M records/s':>12}{'harness CPU s':>15}{'broker CPU s/M':>16}{'peak RSS MiB':>14}  each run (M records/s)")
-for (p, v), rs in sorted(runs.items()):
-    med = lambda i: statistics.median(r[i] for r in rs)
-    each = " / ".join(f"{r[0] / 1e6:.2f}" for r in rs)
-    print(f"{p:>10}  {v:9}{med(0) / 1e6:>12.2f}{med(1):>15.2f}{med(2):>16.3f}{med(3):>14.0f}  {each}")
-PY
+python3 bench-harness/results/medians.py "$lines" variant "harness CPU s:.2f" \
+    "broker CPU s/M:.3f" "peak RSS MiB:.0f"

@@ -341,6 +341,7 @@ impl PartitionLog {
             }
 
             let last_offset = metas[j - 1].last_offset;
+            let cached = written.is_some();
             {
                 let mut segments = self.segments.borrow_mut();
                 match segments.last_mut() {
@@ -366,6 +367,13 @@ impl PartitionLog {
                         active.dirty = true;
                     }
                     _ => return (committed, Some(StorageError::Closed)),
+                }
+                if cached {
+                    direct::trim_tail_caches(
+                        &mut segments,
+                        |s| &mut s.tail,
+                        config.tail_cache_bytes,
+                    );
                 }
             }
             {
@@ -512,8 +520,8 @@ impl PartitionLog {
             active.preallocated = size;
             // The trim and the index writes still need a sync.
             active.dirty = true;
-            // No more appends: reads go to the file from here on.
-            active.tail.clear();
+            // No more appends. The tail cache stays for the readers just behind the roll,
+            // until newer chunks take its budget.
             active.direct = None;
         }
         Ok(())

@@ -357,7 +357,7 @@ impl PartitionLog {
             if self.closed.get() {
                 return Err(StorageError::Closed);
             }
-            let read = self.read(offset, IO_CHUNK).await?;
+            let read = self.read_batches(offset, IO_CHUNK, false).await?;
             if read.records.is_empty() {
                 break;
             }

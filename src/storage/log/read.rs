@@ -75,6 +75,18 @@ impl PartitionLog {
     /// unless the first batch alone is bigger (then it is returned whole). At most one segment
     /// per call; only batches below the high watermark.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadOutcome, StorageError> {
+        self.read_batches(offset, max_bytes, true).await
+    }
+
+    /// [`PartitionLog::read`], counting the bytes returned in the shard's metrics by where
+    /// they were read (`eventflow_log_read_bytes_total`) if `counted`: reads for clients are,
+    /// the broker's own passes over the log (compaction) are not.
+    pub(super) async fn read_batches(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        counted: bool,
+    ) -> Result<ReadOutcome, StorageError> {
         if self.closed.get() {
             return Err(StorageError::Closed);
         }
@@ -122,7 +134,7 @@ impl PartitionLog {
                     .max(at_least)
                     .max(BATCH_HEADER_LEN as u64)
                     .min(end - position);
-                let mut buf = self
+                let (mut buf, from_memory) = self
                     .read_log(base, &log, &path, position, want as usize)
                     .await?;
                 if let Some(claimed) = entry.take() {
@@ -181,13 +193,16 @@ impl PartitionLog {
                 }
                 buf.truncate(stop);
                 let _skipped = buf.split_to(at);
+                if counted {
+                    crate::metrics::shard::log_range_read(buf.len() as u64, from_memory);
+                }
                 return Ok(outcome(buf));
             }
         }
     }
 
     /// `len` bytes at `position` of segment `base`: from its tail cache if they are there
-    /// (`--log-writes direct`), else from the file.
+    /// (`--log-writes direct`), else from the file; and whether they came from the cache.
     async fn read_log(
         &self,
         base: i64,
@@ -195,14 +210,13 @@ impl PartitionLog {
         path: &Path,
         position: u64,
         len: usize,
-    ) -> Result<Bytes, StorageError> {
+    ) -> Result<(Bytes, bool), StorageError> {
         if let Some(pieces) = self.cached(base, position, len) {
-            return Ok(direct::concat(pieces));
+            return Ok((direct::concat(pieces), true));
         }
         self.prefetch(base, position + len as u64);
-        Ok(segment::read_exact(log, path, position, len)
-            .await?
-            .freeze())
+        let read = segment::read_exact(log, path, position, len).await?;
+        Ok((read.freeze(), false))
     }
 
     /// Under `--log-writes direct`, after a read of segment `base` up to `end` that the tail
@@ -393,7 +407,7 @@ impl PartitionLog {
                 // Headers only: a window of one index interval holds the target's header
                 // or lets us skip ahead by whole batches.
                 let want = (interval + BATCH_HEADER_LEN as u64).min(end - position);
-                let buf = self
+                let (buf, _) = self
                     .read_log(base, &log, &path, position, want as usize)
                     .await?;
                 if let Some(claimed) = entry.take() {
@@ -434,6 +448,7 @@ impl PartitionLog {
                 if cached.is_none() {
                     self.prefetch(base, start + len);
                 }
+                crate::metrics::shard::log_range_read(len, cached.is_some());
                 return done(Some(FileRange {
                     file: log,
                     position: start,

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Consuming a backlog under --log-writes direct with the default tail cache (4 MiB per
+# partition: a backlog behind it is read from the disk) against one large enough to hold the
+# whole backlog (--tail-cache-mb CACHE_MB), and, for reference, --log-writes buffered (the
+# backlog left in the page cache by its writes). Each run starts a fresh `eventflowd
+# --cores 2 --fsync never` on a data directory under SCRATCH, fills a backlog of MESSAGES
+# 100-byte records (not timed) and measures consumers reading it: one partition and one
+# consumer, then two and two. The order of the variants turns each round. Prints one line
+# per run and the medians; results.txt is the committed output.
+#
+#   bench-harness/results/tail-cache/run.sh
+#   ROUNDS=2 MESSAGES=5000000 CACHE_MB=1024 bench-harness/results/tail-cache/run.sh
+#
+# BROKER and BENCH default to the release builds.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+BROKER=${BROKER:-target/release/eventflowd}
+BENCH=${BENCH:-target/release/eventflow-bench}
+ROUNDS=${ROUNDS:-3}
+MESSAGES=${MESSAGES:-10000000}
+CACHE_MB=${CACHE_MB:-2048}
+SCRATCH=${SCRATCH:-/tmp/tail-cache}
+# shellcheck source=../broker.sh
+source bench-harness/results/broker.sh
+
+# One run: prints "variant partitions records_per_s harness_cpu_s broker_cpu_s_per_M
+# broker_peak_rss_mib".
+run() {
+    local variant=$1 partitions=$2 flags=()
+    case $variant in
+        direct-4) flags=(--log-writes direct) ;;
+        direct-big) flags=(--log-writes direct --tail-cache-mb "$CACHE_MB") ;;
+        buffered) flags=(--log-writes buffered) ;;
+    esac
+    local dir="$SCRATCH/run"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    start_broker "$dir" --fsync never "${flags[@]}"
+    timeout 300 "$BENCH" consume --target "eventflow://$broker_addr" --create-topic \
+        --partitions "$partitions" --consumers "$partitions" --messages "$MESSAGES" \
+        --acks 1 --batch-bytes 1048576 --linger-us 1000 --broker-pid "$broker_pid" \
+        >"$dir/out" 2>&1
+    stop_broker
+    awk -v v="$variant" -v p="$partitions" '
+        /^consumed/ { rate = $2 }
+        /^harness CPU/ { cpu = $3 }
+        /^broker CPU/ { broker = $3 }
+        /^broker peak RSS/ { rss = $4 }
+        END { print v, p, rate, cpu, broker, rss }' "$dir/out"
+    rm -rf "$dir"
+}
+
+mkdir -p "$SCRATCH"
+lines="$SCRATCH/lines.txt"
+: >"$lines"
+echo "variant partitions records_per_s harness_cpu_s broker_cpu_s_per_M broker_peak_rss_mib"
+for round in $(seq "$ROUNDS"); do
+    order=(direct-4 direct-big buffered)
+    ((round % 2 == 0)) && order=(buffered direct-big direct-4)
+    for partitions in 1 2; do
+        for variant in "${order[@]}"; do
+            run "$variant" "$partitions" | tee -a "$lines"
+        done
+    done
+done
+echo
+echo "medians over $ROUNDS rounds, a backlog of $MESSAGES records of 100 B, direct-big: --tail-cache-mb $CACHE_MB"
+python3 bench-harness/results/medians.py "$lines" variant "harness CPU s:.2f" \
+    "broker CPU s/M:.3f" "peak RSS MiB:.0f"
