@@ -45,7 +45,7 @@ run() {
         /^consumed/ { rate = $2 }
         /^harness CPU/ { cpu = $3 }
         /^broker CPU/ { broker = $3 }
-        /^broker peak RSS/ { rss = $4 }
+        /^broker peak RSS/ { rss = $4; if ($5 == "GiB") rss *= 1024 }
         END { print v, p, rate, cpu, broker, rss }' "$dir/out"
     rm -rf "$dir"
 }
