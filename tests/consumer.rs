@@ -252,7 +252,18 @@ fn cut_short_batches_still_deliver_every_record_once() {
 
     let mut c = consumer(&broker, |config| config.max_bytes = 3000);
     c.assign("cut", &[0, 1], StartAt::Earliest).unwrap();
-    let records = poll_exactly(&mut c, 600);
+    // A poll takes at most one response per connection (the next fetch goes out before a
+    // response is decoded, so the next response is often there already): here at most two
+    // connections' 3,000 bytes, which hold no more than three batches of ten records each.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut records = Vec::new();
+    while records.len() < 600 && Instant::now() < deadline {
+        let polled = c.poll(Duration::from_secs(1)).expect("poll");
+        assert!(polled.len() <= 60, "{} records from one poll", polled.len());
+        records.extend(polled);
+    }
+    records.extend(c.poll(Duration::from_millis(200)).expect("poll"));
+    assert_eq!(records.len(), 600);
     for p in 0..2u32 {
         let mine: Vec<&ConsumerRecord> = records.iter().filter(|r| r.partition == p).collect();
         let got: Vec<i64> = mine.iter().map(|r| r.offset).collect();
@@ -264,6 +275,52 @@ fn cut_short_batches_still_deliver_every_record_once() {
             );
         }
     }
+}
+
+/// The consumer sends a connection's next fetch before it decodes the last response, so
+/// the next response is often there while a poll is still decoding: it is left for the
+/// next poll, and one poll returns at most one response's worth per connection.
+#[test]
+fn a_poll_returns_at_most_one_response_per_connection() {
+    let broker = Broker::start(&["--cores", "1"]);
+    broker.client().create_topic("polls", 1, &[]).unwrap();
+    let mut admin = broker.client();
+    // 200 batches of 250 records of 100 bytes: about 5.5 MB.
+    for round in 0..200 {
+        admin
+            .produce(
+                "polls",
+                0,
+                batch(&format!("p{round}"), 250, 100, now_ms()),
+                Acks::Leader,
+            )
+            .unwrap();
+    }
+    let max_bytes = 256 << 10;
+    let mut c = consumer(&broker, |config| config.max_bytes = max_bytes);
+    c.assign("polls", &[0], StartAt::Earliest).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut next, mut polls) = (0i64, 0);
+    while next < 50_000 {
+        assert!(Instant::now() < deadline, "at {next} of 50,000 records");
+        let polled = c.poll(Duration::from_secs(1)).expect("poll");
+        // A response holds at most max_bytes (its first batch whole): the record values
+        // are less than that plus one batch of 25 KB.
+        let values: usize = polled
+            .iter()
+            .map(|r| r.value.as_ref().map_or(0, bytes::Bytes::len))
+            .sum();
+        assert!(
+            values <= max_bytes as usize + 25_000,
+            "{values} bytes of values from one poll"
+        );
+        for r in &polled {
+            assert_eq!(r.offset, next);
+            next += 1;
+        }
+        polls += 1;
+    }
+    assert!(polls >= 20, "{polls} polls for 5.5 MB of 256 KiB responses");
 }
 
 #[test]

@@ -15,11 +15,16 @@
 //! `max_wait`/`min_bytes`, so an idle consumer waits on the broker, never in a loop. Memory is
 //! bounded by one response of at most `max_bytes` (plus one batch) per connection.
 //!
-//! **Pipelining.** [`Consumer::poll`] decodes a response, moves the positions past its last
-//! complete batch and sends the connection's next fetch *before* it returns the records, so
-//! the broker works while the application does. A response is only ever applied to a
-//! partition whose position is still the offset it was fetched from: a [`Consumer::seek`]
-//! made meanwhile makes it stale and it is dropped.
+//! **Pipelining.** When a response arrives, [`Consumer::poll`] moves the positions past its
+//! last complete batches, read from the batch headers alone, and sends the connection's next
+//! fetch *before* it decodes the records, so the broker and the connection's worker work
+//! while the consumer decodes and the application processes. A poll takes at most one
+//! response per connection: a next response that is already there waits for the next poll,
+//! so one poll never returns more than a response's worth per connection. A response is
+//! only ever applied to a partition whose position is still the offset it was fetched from
+//! and that no error holds: a [`Consumer::seek`] made meanwhile makes it stale, and so does
+//! a damaged batch in the response before it (decoding stops there and sets the position
+//! back), and it is dropped.
 //!
 //! **What comes back.** The first batch of a fetch may start below the position: those
 //! records are skipped. The last batch may be cut short: it is dropped and fetched again
@@ -207,6 +212,9 @@ pub struct Consumer {
     /// Kept so the reply channel never disconnects; workers get clones.
     replies_tx: Sender<Reply>,
     replies: Receiver<Reply>,
+    /// Replies received but left for the next poll: a connection's next response, which
+    /// came while the poll was still decoding the one before (see [`Consumer::poll`]).
+    held_back: VecDeque<Reply>,
     next_token: u64,
     /// Errors not returned yet, with the partition they stopped (if any).
     errors: VecDeque<(Option<PartitionKey>, ClientError)>,
@@ -269,6 +277,7 @@ impl Consumer {
             connections: HashMap::new(),
             replies_tx,
             replies,
+            held_back: VecDeque::new(),
             next_token: 1,
             errors: VecDeque::new(),
             membership: None,
@@ -620,16 +629,39 @@ impl Consumer {
                 Some(at) => wait.min(at.saturating_duration_since(Instant::now())),
                 None => wait,
             };
-            let reply = match self.replies.recv_timeout(wait) {
-                Ok(reply) => reply,
-                Err(RecvTimeoutError::Timeout) if wait < remaining => continue,
-                Err(RecvTimeoutError::Timeout) => return Ok(records),
-                Err(RecvTimeoutError::Disconnected) => {
-                    unreachable!("the consumer holds a sender of its reply channel")
-                }
+            let reply = match self.held_back.pop_front() {
+                Some(reply) => reply,
+                None => match self.replies.recv_timeout(wait) {
+                    Ok(reply) => reply,
+                    Err(RecvTimeoutError::Timeout) if wait < remaining => continue,
+                    Err(RecvTimeoutError::Timeout) => return Ok(records),
+                    Err(RecvTimeoutError::Disconnected) => {
+                        unreachable!("the consumer holds a sender of its reply channel")
+                    }
+                },
             };
+            // Then whatever else is here, one reply per connection: a connection's next
+            // fetch goes out before its last response is decoded, so its next response
+            // can be here already; it waits for the next poll, which then returns at once.
+            let mut handled = vec![reply.token];
             self.handle(reply, &mut records);
-            while let Ok(reply) = self.replies.try_recv() {
+            loop {
+                let (reply, held) = match self.held_back.pop_front() {
+                    Some(reply) => (reply, true),
+                    None => match self.replies.try_recv() {
+                        Ok(reply) => (reply, false),
+                        Err(_) => break,
+                    },
+                };
+                if handled.contains(&reply.token) {
+                    if held {
+                        self.held_back.push_front(reply);
+                    } else {
+                        self.held_back.push_back(reply);
+                    }
+                    break;
+                }
+                handled.push(reply.token);
                 self.handle(reply, &mut records);
             }
             if !records.is_empty() {
@@ -859,7 +891,15 @@ impl Consumer {
                 if self.down.remove(&endpoint).is_some() {
                     tracing::info!("fetching from {endpoint} again");
                 }
-                self.apply(response, &fetched, out);
+                // The next fetch goes out before this one is decoded, from the positions
+                // its batch headers give: the broker and the connection's worker then work
+                // while this thread decodes.
+                let current = self.advance_past(&response, &fetched);
+                if let Err(err) = self.fetch(&endpoint) {
+                    self.errors.push_back((None, err));
+                }
+                self.apply(response, &fetched, &current, out);
+                return;
             }
             Ok(Ok(other)) => self.errors.push_back((
                 None,
@@ -871,32 +911,65 @@ impl Consumer {
         }
     }
 
-    /// Applies a fetch response to the partitions still at the offsets it was fetched from.
+    /// Marks which partition entries of `response` (in order, across topics) are for
+    /// partitions still at the offsets they were fetched from and not held by an error, and
+    /// moves each such entry's partition, if it came without an error, past the whole
+    /// batches it holds, by their headers alone ([`decode_fetched`] then normally ends
+    /// there too; where it stops earlier, at a damaged batch, it sets the position back and
+    /// holds the partition, and the fetch sent meanwhile is not applied).
+    fn advance_past(&mut self, response: &FetchResponse, fetched: &[Fetched]) -> Vec<bool> {
+        let mut current = Vec::new();
+        for topic in &response.topics {
+            let mut states = self.assignment.get_mut(&*topic.topic);
+            for p in &topic.partitions {
+                let requested = fetched
+                    .iter()
+                    .find(|(t, partition, _)| **t == *topic.topic && *partition == p.partition);
+                let state = states.as_mut().and_then(|s| s.get_mut(&p.partition));
+                let (Some((_, _, offset)), Some(state)) = (requested, state) else {
+                    current.push(false);
+                    continue;
+                };
+                // Seeked while the fetch was on the wire, or held by an error that the
+                // response to an earlier fetch brought.
+                let is_current = state.position == *offset && !state.paused;
+                if is_current && p.error == ErrorCode::None {
+                    state.position = end_of_whole_batches(*offset, &p.records);
+                }
+                current.push(is_current);
+            }
+        }
+        current
+    }
+
+    /// Applies a fetch response to the partitions [`Self::advance_past`] found current.
     fn apply(
         &mut self,
         response: FetchResponse,
         fetched: &[Fetched],
+        current: &[bool],
         out: &mut Vec<ConsumerRecord>,
     ) {
+        let mut current = current.iter();
         for topic in response.topics {
-            let Some((name, states)) = self
+            let mut assigned = self
                 .assignment
                 .iter_mut()
-                .find(|(name, _)| ***name == *topic.topic)
-            else {
-                continue;
-            };
+                .find(|(name, _)| ***name == *topic.topic);
             for p in topic.partitions {
+                if current.next() != Some(&true) {
+                    continue;
+                }
                 let requested = fetched
                     .iter()
                     .find(|(t, partition, _)| **t == *topic.topic && *partition == p.partition);
+                let Some((name, states)) = assigned.as_mut() else {
+                    continue;
+                };
                 let (Some((_, _, offset)), Some(state)) = (requested, states.get_mut(&p.partition))
                 else {
                     continue;
                 };
-                if state.position != *offset {
-                    continue; // seeked while the fetch was on the wire
-                }
                 if p.error != ErrorCode::None {
                     state.paused = true;
                     if let (ErrorCode::CorruptBatch, Some((_, last))) =
@@ -927,7 +1000,7 @@ impl Consumer {
                 let (position, err) = decode_fetched(
                     name,
                     p.partition,
-                    state.position,
+                    *offset,
                     &p.records,
                     self.config.check_crcs,
                     out,
@@ -986,6 +1059,21 @@ fn fetch_request(partitions: &[Fetched], config: &ConsumerConfig) -> Request {
         max_bytes: config.max_bytes,
         topics,
     })
+}
+
+/// The offset after the last whole batch in one partition's fetched bytes that ends at or
+/// after `position`, from the batch headers alone: where [`decode_fetched`] ends when every
+/// batch decodes (`position` itself when none is whole).
+fn end_of_whole_batches(mut position: i64, records: &Bytes) -> i64 {
+    for item in batch::batches(records) {
+        let Ok((_, header)) = item else {
+            break;
+        };
+        if header.last_offset() >= position {
+            position = header.last_offset() + 1;
+        }
+    }
+    position
 }
 
 /// Decodes the records at or after `position` in the complete batches of one partition's
@@ -1191,6 +1279,37 @@ mod tests {
             assert_eq!(decode(0, &short, true), (6, vec![0, 1, 2, 3, 4, 5], false));
         }
         assert_eq!(decode(0, &Bytes::new(), true), (0, vec![], false));
+    }
+
+    #[test]
+    fn the_header_scan_ends_where_decoding_ends_unless_a_batch_is_damaged() {
+        let bytes = log(&[3, 3, 3]);
+        // Whole batches, a cut-short last one, a position inside a batch, nothing whole.
+        for (position, records) in [
+            (0, bytes.clone()),
+            (0, bytes.slice(..bytes.len() - 30)),
+            (4, bytes.clone()),
+            (9, Bytes::new()),
+            (0, bytes.slice(..20)),
+        ] {
+            let (decoded_to, _, failed) = decode(position, &records, true);
+            assert!(!failed || records.len() == 20);
+            assert_eq!(
+                end_of_whole_batches(position, &records),
+                decoded_to,
+                "from {position}, {} bytes",
+                records.len()
+            );
+        }
+        // A damaged record: the scan (headers only) goes past it, decoding stops there,
+        // so the consumer's position goes back and the fetch sent from the scan's end is
+        // not applied.
+        let mut bad = bytes.to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        let bad = Bytes::from(bad);
+        assert_eq!(end_of_whole_batches(0, &bad), 9);
+        assert_eq!(decode(0, &bad, true), (6, vec![0, 1, 2, 3, 4, 5], true));
     }
 
     #[test]

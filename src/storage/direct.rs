@@ -444,7 +444,7 @@ pub(crate) fn trim_tail_caches<T>(
     cache: impl Fn(&mut T) -> &mut TailCache,
     budget: u64,
 ) {
-    let mut held: u64 = items.iter_mut().map(|item| cache(item).held).sum();
+    let mut held: u64 = items.iter_mut().map(|item| cache(item).held()).sum();
     let last = items.len().saturating_sub(1);
     for (i, item) in items.iter_mut().enumerate() {
         if held <= budget {

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The client's consumer sending its next fetch before it decodes the last response, against
+# the build before (which sent it after): two harness binaries against one broker build.
+# Each run starts a fresh `eventflowd --cores 2 --fsync never --tail-cache-mb C`, fills a
+# backlog of MESSAGES 100-byte records (not timed) and measures consumers reading it: with
+# a 2 GiB tail cache (the backlog read from memory) one and two partitions, and with the
+# default 4 MiB (read from the disk) one partition. The order of the two turns each round.
+# Prints one line per run and the medians; results.txt is the committed output.
+#
+#   BEFORE=/tmp/old/eventflow-bench AFTER=target/release/eventflow-bench \
+#       bench-harness/results/consumer-pipelining/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+BROKER=${BROKER:-target/release/eventflowd}
+BEFORE=${BEFORE:?the harness binary built before the change}
+AFTER=${AFTER:-target/release/eventflow-bench}
+ROUNDS=${ROUNDS:-4}
+MESSAGES=${MESSAGES:-10000000}
+SCRATCH=${SCRATCH:-/tmp/consumer-pipelining}
+# shellcheck source=../broker.sh
+source bench-harness/results/broker.sh
+
+# One run: prints "variant-cCACHE partitions records_per_s harness_cpu_s broker_cpu_s_per_M".
+run() {
+    local variant=$1 cache=$2 partitions=$3 bench=$BEFORE
+    [[ $variant == after ]] && bench=$AFTER
+    local dir="$SCRATCH/run"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    start_broker "$dir" --fsync never --tail-cache-mb "$cache"
+    timeout 300 "$bench" consume --target "eventflow://$broker_addr" --create-topic \
+        --partitions "$partitions" --consumers "$partitions" --messages "$MESSAGES" \
+        --acks 1 --batch-bytes 1048576 --linger-us 1000 --broker-pid "$broker_pid" \
+        >"$dir/out" 2>&1
+    stop_broker
+    awk -v v="$variant-c$cache" -v p="$partitions" '
+        /^consumed/ { rate = $2 }
+        /^harness CPU/ { cpu = $3 }
+        /^broker CPU/ { broker = $3 }
+        END { print v, p, rate, cpu, broker }' "$dir/out"
+    rm -rf "$dir"
+}
+
+mkdir -p "$SCRATCH"
+lines="$SCRATCH/lines.txt"
+: >"$lines"
+echo "variant partitions records_per_s harness_cpu_s broker_cpu_s_per_M"
+for round in $(seq "$ROUNDS"); do
+    order=(before after)
+    ((round % 2 == 0)) && order=(after before)
+    for case in "2048 1" "2048 2" "4 1"; do
+        read -r cache partitions <<<"$case"
+        for variant in "${order[@]}"; do
+            run "$variant" "$cache" "$partitions" | tee -a "$lines"
+        done
+    done
+done
+echo
+echo "medians over $ROUNDS rounds, a backlog of $MESSAGES records of 100 B; -cN: --tail-cache-mb N"
+python3 bench-harness/results/medians.py "$lines" variant "harness CPU s:.2f" \
+    "broker CPU s/M:.3f"
