@@ -62,7 +62,7 @@ impl InternalLog {
         let mut offset = log.log_start_offset();
         while offset < log.high_watermark() {
             let read = log
-                .read(offset, REPLAY_READ_BYTES)
+                .read_batches(offset, REPLAY_READ_BYTES, false)
                 .await
                 .map_err(|e| storage(&dir, "replaying", e))?;
             if read.records.is_empty() {

@@ -204,7 +204,7 @@ impl Default for LogConfig {
             group_commit: std::time::Duration::ZERO,
             group_commit_interval: std::time::Duration::ZERO,
             writes: LogWrites::Buffered,
-            tail_cache_bytes: crate::storage::DEFAULT_TAIL_CACHE_BYTES,
+            tail_cache_bytes: super::direct::DEFAULT_TAIL_CACHE_BYTES,
         }
     }
 }

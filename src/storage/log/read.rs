@@ -80,8 +80,9 @@ impl PartitionLog {
 
     /// [`PartitionLog::read`], counting the bytes returned in the shard's metrics by where
     /// they were read (`eventflow_log_read_bytes_total`) if `counted`: reads for clients are,
-    /// the broker's own passes over the log (compaction) are not.
-    pub(super) async fn read_batches(
+    /// the broker's own passes over a log (compaction, the replay of an internal log at
+    /// start) are not.
+    pub(crate) async fn read_batches(
         &self,
         offset: i64,
         max_bytes: usize,
