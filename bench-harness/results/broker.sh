@@ -1,4 +1,5 @@
-# Sourced by the result scripts: a fresh eventflowd on loopback for one run.
+# Sourced by the result scripts: a fresh eventflowd on loopback for one run, and a backlog
+# consumed against it.
 #
 # start_broker DIR ARGS... starts "$BROKER" --data-dir DIR/data --listen 127.0.0.1:0
 # --no-kafka --no-http --no-metrics --cores 2 ARGS..., logging to DIR/log, and waits for
@@ -31,4 +32,28 @@ stop_broker() {
     kill "$broker_pid" 2>/dev/null || true
     wait "$broker_pid" 2>/dev/null || true
     trap - EXIT
+}
+
+# consume_backlog BENCH PARTITIONS OUT: the harness binary BENCH, against the broker
+# start_broker started, fills a backlog of $MESSAGES 100-byte records over PARTITIONS
+# partitions (not timed) and measures PARTITIONS consumers reading it; its report goes to
+# OUT. Bounded: it is stopped after 300 s.
+consume_backlog() {
+    local bench=$1 partitions=$2 out=$3
+    timeout 300 "$bench" consume --target "eventflow://$broker_addr" --create-topic \
+        --partitions "$partitions" --consumers "$partitions" --messages "$MESSAGES" \
+        --acks 1 --batch-bytes 1048576 --linger-us 1000 --broker-pid "$broker_pid" \
+        >"$out" 2>&1
+}
+
+# consume_figures VARIANT PARTITIONS OUT: one line from the consume report in OUT,
+# "VARIANT PARTITIONS records_per_s harness_cpu_s broker_cpu_s_per_M broker_peak_rss_mib"
+# (the report prints its RSS in MiB or GiB), as medians.py reads it.
+consume_figures() {
+    awk -v v="$1" -v p="$2" '
+        /^consumed/ { rate = $2 }
+        /^harness CPU/ { cpu = $3 }
+        /^broker CPU/ { broker = $3 }
+        /^broker peak RSS/ { rss = $4; if ($5 == "GiB") rss *= 1024 }
+        END { print v, p, rate, cpu, broker, rss }' "$3"
 }

@@ -20,7 +20,8 @@ SCRATCH=${SCRATCH:-/tmp/consumer-pipelining}
 # shellcheck source=../broker.sh
 source bench-harness/results/broker.sh
 
-# One run: prints "variant-cCACHE partitions records_per_s harness_cpu_s broker_cpu_s_per_M".
+# One run: prints "variant-cCACHE partitions records_per_s harness_cpu_s broker_cpu_s_per_M
+# broker_peak_rss_mib".
 run() {
     local variant=$1 cache=$2 partitions=$3 bench=$BEFORE
     [[ $variant == after ]] && bench=$AFTER
@@ -28,23 +29,16 @@ run() {
     rm -rf "$dir"
     mkdir -p "$dir"
     start_broker "$dir" --fsync never --tail-cache-mb "$cache"
-    timeout 300 "$bench" consume --target "eventflow://$broker_addr" --create-topic \
-        --partitions "$partitions" --consumers "$partitions" --messages "$MESSAGES" \
-        --acks 1 --batch-bytes 1048576 --linger-us 1000 --broker-pid "$broker_pid" \
-        >"$dir/out" 2>&1
+    consume_backlog "$bench" "$partitions" "$dir/out"
     stop_broker
-    awk -v v="$variant-c$cache" -v p="$partitions" '
-        /^consumed/ { rate = $2 }
-        /^harness CPU/ { cpu = $3 }
-        /^broker CPU/ { broker = $3 }
-        END { print v, p, rate, cpu, broker }' "$dir/out"
+    consume_figures "$variant-c$cache" "$partitions" "$dir/out"
     rm -rf "$dir"
 }
 
 mkdir -p "$SCRATCH"
 lines="$SCRATCH/lines.txt"
 : >"$lines"
-echo "variant partitions records_per_s harness_cpu_s broker_cpu_s_per_M"
+echo "variant partitions records_per_s harness_cpu_s broker_cpu_s_per_M broker_peak_rss_mib"
 for round in $(seq "$ROUNDS"); do
     order=(before after)
     ((round % 2 == 0)) && order=(after before)

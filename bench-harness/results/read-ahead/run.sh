@@ -21,6 +21,8 @@ BENCH=${BENCH:-target/release/eventflow-bench}
 ROUNDS=${ROUNDS:-4}
 MESSAGES=${MESSAGES:-10000000}
 SCRATCH=${SCRATCH:-target/read-ahead-runs}
+# shellcheck source=../broker.sh
+source bench-harness/results/broker.sh
 
 # One run: prints "variant partitions records_per_s harness_cpu_s broker_cpu_s_per_M
 # broker_peak_rss_mib".
@@ -32,26 +34,10 @@ run() {
     local dir="$SCRATCH/$variant"
     rm -rf "$dir"
     mkdir -p "$dir"
-    "$bin/eventflowd" --data-dir "$dir/data" --listen 127.0.0.1:0 --no-kafka --no-http \
-        --no-metrics --cores 2 --fsync never "${flags[@]}" >"$dir/log" 2>&1 &
-    local pid=$!
-    local addr=""
-    for _ in $(seq 100); do
-        addr=$(grep -o 'ready listen=[0-9.:]*' "$dir/log" | cut -d= -f2 || true)
-        [[ -n $addr ]] && break
-        sleep 0.1
-    done
-    timeout 300 "$BENCH" consume --target "eventflow://$addr" --create-topic \
-        --partitions "$partitions" --consumers "$partitions" --messages "$MESSAGES" \
-        --acks 1 --batch-bytes 1048576 --linger-us 1000 --broker-pid "$pid" >"$dir/out" 2>&1
-    kill "$pid"
-    wait "$pid" || true
-    awk -v v="$variant" -v p="$partitions" '
-        /^consumed/ { rate = $2 }
-        /^harness CPU/ { cpu = $3 }
-        /^broker CPU/ { broker = $3 }
-        /^broker peak RSS/ { rss = $4 }
-        END { print v, p, rate, cpu, broker, rss }' "$dir/out"
+    BROKER="$bin/eventflowd" start_broker "$dir" --fsync never "${flags[@]}"
+    consume_backlog "$BENCH" "$partitions" "$dir/out"
+    stop_broker
+    consume_figures "$variant" "$partitions" "$dir/out"
     rm -rf "$dir"
 }
 

@@ -36,17 +36,9 @@ run() {
     rm -rf "$dir"
     mkdir -p "$dir"
     start_broker "$dir" --fsync never "${flags[@]}"
-    timeout 300 "$BENCH" consume --target "eventflow://$broker_addr" --create-topic \
-        --partitions "$partitions" --consumers "$partitions" --messages "$MESSAGES" \
-        --acks 1 --batch-bytes 1048576 --linger-us 1000 --broker-pid "$broker_pid" \
-        >"$dir/out" 2>&1
+    consume_backlog "$BENCH" "$partitions" "$dir/out"
     stop_broker
-    awk -v v="$variant" -v p="$partitions" '
-        /^consumed/ { rate = $2 }
-        /^harness CPU/ { cpu = $3 }
-        /^broker CPU/ { broker = $3 }
-        /^broker peak RSS/ { rss = $4; if ($5 == "GiB") rss *= 1024 }
-        END { print v, p, rate, cpu, broker, rss }' "$dir/out"
+    consume_figures "$variant" "$partitions" "$dir/out"
     rm -rf "$dir"
 }
 
