@@ -369,8 +369,15 @@ impl PartitionLog {
                     _ => return (committed, Some(StorageError::Closed)),
                 }
                 if cached {
+                    // Only the newest segments hold chunks (compaction's `swap_in` keeps it
+                    // so): the run of them before the active one, and the active one.
+                    let active = segments.len() - 1;
+                    let first = segments[..active]
+                        .iter()
+                        .rposition(|s| s.tail.held() == 0)
+                        .map_or(0, |i| i + 1);
                     direct::trim_tail_caches(
-                        &mut segments,
+                        &mut segments[first..],
                         |s| &mut s.tail,
                         config.tail_cache_bytes,
                     );

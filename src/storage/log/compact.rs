@@ -605,9 +605,15 @@ impl PartitionLog {
         let segment = Segment::open(&self.dir, recovered, created_ms).await?;
         {
             let mut segments = self.segments.borrow_mut();
-            if let Some(slot) = segments.iter_mut().find(|s| s.base_offset == base) {
+            if let Some(at) = segments.iter().position(|s| s.base_offset == base) {
                 // Reads that hold the old log's handle go on reading the old file.
-                *slot = segment;
+                segments[at] = segment;
+                // The new segment's tail cache is empty; the older ones' chunks go too
+                // (they would be the next to go anyway), so the segments that hold chunks
+                // stay the newest ones, which is all the appends' trim looks at.
+                for older in &mut segments[..at] {
+                    older.tail.clear();
+                }
             }
         }
         if self.scrub_at.get().0 == base {
