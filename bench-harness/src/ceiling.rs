@@ -1,6 +1,7 @@
 //! `ceiling`: what this machine can do at most, measured in the same run as the brokers, so
 //! that a figure from one machine can be read against another's by its fraction of the bound
-//! that limits it (a produce run with `--fsync never` cannot beat the page cache or loopback).
+//! that limits it (a produce run with `--fsync never` cannot beat the page cache or loopback,
+//! a consume run that reads its backlog from the disk cannot beat the disk's reads).
 //!
 //! Every measurement is bounded in bytes and in time, and the files it writes are removed
 //! before it returns. Bandwidths are in 10^6 bytes per second, as the reports' MB/s.
@@ -8,7 +9,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -36,7 +37,7 @@ pub struct Limits {
     /// Bytes written (and read back) through the page cache; kept under the kernel's
     /// writeback threshold so that it measures the cache, not the disk.
     pub cache_bytes: u64,
-    /// Bytes written with O_DIRECT.
+    /// Bytes written with O_DIRECT, then read back with O_DIRECT.
     pub direct_bytes: u64,
     /// 4 KiB append + fdatasync rounds.
     pub sync_rounds: u32,
@@ -69,11 +70,24 @@ pub struct Ceiling {
     pub page_cache_read_mb_per_s: f64,
     /// O_DIRECT 1 MiB writes from an aligned buffer, then one fdatasync, MB/s.
     pub direct_write_mb_per_s: f64,
+    /// O_DIRECT 1 MiB reads of what those writes wrote, one at a time, MB/s: the device's
+    /// own reads, which a backlog no cache holds is read at. 0 in results saved before it
+    /// was measured.
+    #[serde(default)]
+    pub direct_read_mb_per_s: f64,
     /// Latency of fdatasync after a 4 KiB append, µs.
     pub fdatasync_p50_us: f64,
     pub fdatasync_p99_us: f64,
     /// Filesystem type of the directory measured.
     pub filesystem: String,
+}
+
+/// Where a run's log bytes went or came from: memory (the page cache, or a broker's own
+/// cache) or the device itself (a log written with `O_DIRECT`, a backlog read from disk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Medium {
+    Memory,
+    Device,
 }
 
 /// The figure that bounds a run's throughput, and the name it goes by in reports.
@@ -89,11 +103,13 @@ impl Ceiling {
             .with_context(|| format!("creating {}", limits.dir.display()))?;
         let (page_cache_write_mb_per_s, page_cache_read_mb_per_s) = page_cache(limits)?;
         let (fdatasync_p50_us, fdatasync_p99_us) = fdatasync(limits)?;
+        let (direct_write_mb_per_s, direct_read_mb_per_s) = direct(limits)?;
         Ok(Ceiling {
             loopback_mb_per_s: loopback(limits.loopback_time)?,
             page_cache_write_mb_per_s,
             page_cache_read_mb_per_s,
-            direct_write_mb_per_s: direct_write(limits)?,
+            direct_write_mb_per_s,
+            direct_read_mb_per_s,
             fdatasync_p50_us,
             fdatasync_p99_us,
             filesystem: crate::machine::filesystem_of(&limits.dir),
@@ -101,14 +117,19 @@ impl Ceiling {
     }
 
     /// What bounds a run of `kind`: records pass loopback once, and are written to
-    /// (`produce`, `e2e`) or read from (`consume`) the page cache, or written to the device
-    /// with `O_DIRECT` by a broker that owns its writes (`direct_writes`: eventflowd's
-    /// default). A durable run is further bound by fdatasync latency, which the reports
-    /// show beside it.
-    pub fn bound(&self, kind: &str, direct_writes: bool) -> Bound {
+    /// (`produce`, `e2e`) or read from (`consume`) `medium`: the page cache, or the device,
+    /// which a broker that owns its writes writes to with `O_DIRECT` (eventflowd's default)
+    /// and a backlog no cache holds is read from. A durable run is further bound by
+    /// fdatasync latency, which the reports show beside it. Results saved before the
+    /// device's reads were measured are read against the page cache.
+    pub fn bound(&self, kind: &str, medium: Medium) -> Bound {
+        let device = medium == Medium::Device;
         let (name, disk) = match kind {
+            "consume" if device && self.direct_read_mb_per_s > 0.0 => {
+                ("O_DIRECT read", self.direct_read_mb_per_s)
+            }
             "consume" => ("page-cache read", self.page_cache_read_mb_per_s),
-            _ if direct_writes => ("O_DIRECT write", self.direct_write_mb_per_s),
+            _ if device => ("O_DIRECT write", self.direct_write_mb_per_s),
             _ => ("page-cache write", self.page_cache_write_mb_per_s),
         };
         if self.loopback_mb_per_s < disk {
@@ -131,6 +152,7 @@ impl Ceiling {
             ("page-cache write", mb(self.page_cache_write_mb_per_s)),
             ("page-cache read", mb(self.page_cache_read_mb_per_s)),
             ("O_DIRECT write", mb(self.direct_write_mb_per_s)),
+            ("O_DIRECT read", mb(self.direct_read_mb_per_s)),
             (
                 "fdatasync after 4 KiB, p50",
                 format!("{:.0} µs", self.fdatasync_p50_us),
@@ -234,10 +256,12 @@ fn page_cache(limits: &Limits) -> Result<(f64, f64)> {
 }
 
 /// O_DIRECT 1 MiB writes from an aligned buffer, and one fdatasync at the end (the writes
-/// bypass the cache, the sync makes the file's size durable).
-fn direct_write(limits: &Limits) -> Result<f64> {
+/// bypass the cache, the sync makes the file's size durable); then O_DIRECT 1 MiB reads of
+/// what was written, which no cache holds. (write, read) in MB/s.
+fn direct(limits: &Limits) -> Result<(f64, f64)> {
     let scratch = Scratch::new(&limits.dir, "direct");
     let mut file = OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .custom_flags(libc::O_DIRECT)
@@ -255,7 +279,19 @@ fn direct_write(limits: &Limits) -> Result<f64> {
         written += CHUNK as u64;
     }
     file.sync_data()?;
-    Ok(mb_per_s(written, start.elapsed()))
+    let write = mb_per_s(written, start.elapsed());
+    let start = Instant::now();
+    let mut read = 0u64;
+    while read < written && start.elapsed() < limits.max_time {
+        let n = file
+            .read_at(buf, read)
+            .with_context(|| format!("O_DIRECT read of {}", scratch.0.display()))?;
+        if n == 0 {
+            break;
+        }
+        read += n as u64;
+    }
+    Ok((write, mb_per_s(read, start.elapsed())))
 }
 
 /// `sync_rounds` rounds of a 4 KiB append and fdatasync: p50 and p99 latency in µs.
@@ -291,6 +327,7 @@ mod tests {
             page_cache_write_mb_per_s: 1500.0,
             page_cache_read_mb_per_s: 7000.0,
             direct_write_mb_per_s: 2000.0,
+            direct_read_mb_per_s: 900.0,
             fdatasync_p50_us: 300.0,
             fdatasync_p99_us: 600.0,
             filesystem: "ext4".into(),
@@ -298,21 +335,31 @@ mod tests {
     }
 
     #[test]
-    fn the_lower_of_loopback_and_the_cache_binds() {
+    fn the_lower_of_loopback_and_the_medium_binds() {
+        use Medium::{Device, Memory};
         let c = ceiling();
-        assert_eq!(c.bound("produce", false).name, "page-cache write");
-        assert_eq!(c.bound("e2e", false).mb_per_s, 1500.0);
-        assert_eq!(c.bound("consume", false).name, "loopback");
-        assert_eq!(c.bound("consume", false).mb_per_s, 4000.0);
+        assert_eq!(c.bound("produce", Memory).name, "page-cache write");
+        assert_eq!(c.bound("e2e", Memory).mb_per_s, 1500.0);
+        assert_eq!(c.bound("consume", Memory).name, "loopback");
+        assert_eq!(c.bound("consume", Memory).mb_per_s, 4000.0);
         // A broker writing with O_DIRECT is bound by the device, not the page cache.
-        assert_eq!(c.bound("produce", true).name, "O_DIRECT write");
-        assert_eq!(c.bound("e2e", true).mb_per_s, 2000.0);
-        assert_eq!(c.bound("consume", true).name, "loopback");
+        assert_eq!(c.bound("produce", Device).name, "O_DIRECT write");
+        assert_eq!(c.bound("e2e", Device).mb_per_s, 2000.0);
+        // A backlog read from the device is bound by its reads.
+        assert_eq!(c.bound("consume", Device).name, "O_DIRECT read");
+        assert_eq!(c.bound("consume", Device).mb_per_s, 900.0);
         let slow_disk = Ceiling {
             direct_write_mb_per_s: 370.0,
             ..ceiling()
         };
-        assert_eq!(slow_disk.bound("produce", true).mb_per_s, 370.0);
+        assert_eq!(slow_disk.bound("produce", Device).mb_per_s, 370.0);
+        // Saved before the device's reads were measured: read against the page cache.
+        let old = Ceiling {
+            direct_read_mb_per_s: 0.0,
+            ..ceiling()
+        };
+        assert_eq!(old.bound("consume", Device).name, "loopback");
         assert!(c.table().contains("fdatasync after 4 KiB, p99"));
+        assert!(c.table().contains("O_DIRECT read"));
     }
 }

@@ -152,6 +152,10 @@ pub struct DiskRequests {
     /// 0 on kernels before 5.5, which do not count them. The kernel counts an fdatasync's
     /// flush among the writes as well (as the empty write that asks for it).
     pub flushes: f64,
+    /// Bytes read (sectors read × 512): whether a consume run read its backlog from the
+    /// device or from memory. 0 in results saved before it was measured.
+    #[serde(default)]
+    pub read_bytes: f64,
 }
 
 impl std::ops::Add for DiskRequests {
@@ -161,24 +165,27 @@ impl std::ops::Add for DiskRequests {
             reads: self.reads + o.reads,
             writes: self.writes + o.writes,
             flushes: self.flushes + o.flushes,
+            read_bytes: self.read_bytes + o.read_bytes,
         }
     }
 }
 
 impl DiskRequests {
-    /// Requests per second between two readings `seconds` apart.
+    /// Requests (and bytes read) per second between two readings `seconds` apart.
     pub fn rate(start: DiskRequests, end: DiskRequests, seconds: f64) -> DiskRequests {
         let per_s = |a: f64, b: f64| ((b - a) / seconds.max(1e-9)).max(0.0);
         DiskRequests {
             reads: per_s(start.reads, end.reads),
             writes: per_s(start.writes, end.writes),
             flushes: per_s(start.flushes, end.flushes),
+            read_bytes: per_s(start.read_bytes, end.read_bytes),
         }
     }
 }
 
 /// (device name, requests) of a /proc/diskstats line: `major minor name` and then reads
-/// completed (1st), writes completed (5th) and, since Linux 5.5, flushes completed (16th).
+/// completed (1st), sectors read (3rd, always 512 bytes), writes completed (5th) and, since
+/// Linux 5.5, flushes completed (16th).
 fn disk_requests_of(line: &str) -> Option<(&str, DiskRequests)> {
     let fields: Vec<&str> = line.split_whitespace().collect();
     let count = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
@@ -188,6 +195,7 @@ fn disk_requests_of(line: &str) -> Option<(&str, DiskRequests)> {
             reads: count(3)?,
             writes: count(7)?,
             flushes: count(18).unwrap_or(0.0),
+            read_bytes: count(5)? * 512.0,
         },
     ))
 }
@@ -230,8 +238,8 @@ mod tests {
         let (name, r) = disk_requests_of(line).unwrap();
         assert_eq!(name, "vda");
         assert_eq!(
-            (r.reads, r.writes, r.flushes),
-            (3867642.0, 8518012.0, 2845755.0)
+            (r.reads, r.writes, r.flushes, r.read_bytes),
+            (3867642.0, 8518012.0, 2845755.0, 448712162.0 * 512.0)
         );
         // A kernel before 5.5: no discard or flush fields.
         let old = "   8       0 sda 100 0 800 10 50 0 400 5 0 15 15";
@@ -243,15 +251,20 @@ mod tests {
                 reads: 10.0,
                 writes: 100.0,
                 flushes: 40.0,
+                read_bytes: 4096.0,
             },
             DiskRequests {
                 reads: 10.0,
                 writes: 300.0,
                 flushes: 140.0,
+                read_bytes: 4096.0,
             },
             2.0,
         );
-        assert_eq!((rate.reads, rate.writes, rate.flushes), (0.0, 100.0, 50.0));
+        assert_eq!(
+            (rate.reads, rate.writes, rate.flushes, rate.read_bytes),
+            (0.0, 100.0, 50.0, 0.0)
+        );
         assert!(disk_requests().is_some(), "this machine's /proc/diskstats");
     }
 

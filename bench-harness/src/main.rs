@@ -45,7 +45,7 @@ enum Command {
     /// Redraw the report and charts from saved results.
     Report(ReportArgs),
     /// Measure this machine's ceilings: loopback TCP, page-cache write and read, O_DIRECT
-    /// write, fdatasync latency (a few seconds; its files are removed).
+    /// write and read, fdatasync latency (a few seconds; its files are removed).
     Ceiling(CeilingArgs),
 }
 
@@ -63,7 +63,7 @@ struct CeilingArgs {
     /// MiB written and read back through the page cache.
     #[arg(long, default_value_t = 256)]
     cache_mib: u64,
-    /// MiB written with O_DIRECT.
+    /// MiB written with O_DIRECT, then read back with O_DIRECT.
     #[arg(long, default_value_t = 128)]
     direct_mib: u64,
     /// Rounds of a 4 KiB append and fdatasync.

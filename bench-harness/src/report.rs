@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::ceiling::Medium;
 use crate::result::{series, RunResult, Skipped};
 use crate::target::librdkafka;
 use crate::workload::human_count;
@@ -193,8 +194,9 @@ fn ceiling_section(md: &mut String, results: &[RunResult]) {
          which is the page cache (written for produce and e2e, read for consume), or O_DIRECT \
          write for produce and e2e on an `eventflowd` writing its log with O_DIRECT (its default, \
          `--log-writes direct`; measured with one writer and 1 MiB writes, which a broker \
-         writing larger chunks from several shards can pass); a durable run's p99 is set \
-         beside fdatasync's.\n",
+         writing larger chunks from several shards can pass), or O_DIRECT read for a consume \
+         run whose backlog came from the device (the disks read at least half as many bytes \
+         as it consumed, /proc/diskstats); a durable run's p99 is set beside fdatasync's.\n",
         c.filesystem
     );
     md.push_str("| Ceiling | |\n|---|--:|\n");
@@ -216,6 +218,10 @@ fn ceiling_section(md: &mut String, results: &[RunResult]) {
             format!("{:.0} MB/s", c.direct_write_mb_per_s),
         ),
         (
+            "O_DIRECT read",
+            format!("{:.0} MB/s", c.direct_read_mb_per_s),
+        ),
+        (
             "fdatasync after a 4 KiB append, p50",
             text::latency(c.fdatasync_p50_us as u64),
         ),
@@ -235,13 +241,7 @@ fn of_ceiling(t: &TargetRuns<'_>, kind: &str, mb: Option<f64>, p99_us: Option<u6
         return DASH.to_string();
     };
     let c = r.ceiling.as_ref().expect("found with a ceiling");
-    // Eventflow's log writes bypass the page cache unless its flags say otherwise (a
-    // broker the harness did not start is taken to run the default).
-    let direct_writes = r.target_kind == "eventflow"
-        && r.broker_flags
-            .as_deref()
-            .is_none_or(crate::broker::eventflow_writes_direct);
-    let bound = c.bound(kind, direct_writes);
+    let bound = c.bound(kind, medium(t, kind));
     let mut cell = match mb {
         Some(mb) if bound.mb_per_s > 0.0 => {
             format!("{:.0}% of {}", mb / bound.mb_per_s * 100.0, bound.name)
@@ -258,6 +258,33 @@ fn of_ceiling(t: &TargetRuns<'_>, kind: &str, mb: Option<f64>, p99_us: Option<u6
         }
     }
     cell
+}
+
+/// Where the runs' log bytes went or came from. Eventflow's log writes bypass the page
+/// cache unless its flags say otherwise (a broker the harness did not start is taken to run
+/// the default). A consume run read from the device when the disks read at least half the
+/// bytes it consumed, as most of the runs did; it read from memory (a cache) otherwise.
+fn medium(t: &TargetRuns<'_>, kind: &str) -> Medium {
+    let from_device = |r: &RunResult| {
+        let (Some(disk), Some(consumed)) = (r.disk_requests_per_s, r.consumed.as_ref()) else {
+            return false;
+        };
+        consumed.mb_per_s > 0.0 && disk.read_bytes >= consumed.mb_per_s * 1e6 / 2.0
+    };
+    let device = match kind {
+        "consume" => t.runs.iter().filter(|r| from_device(r)).count() * 2 > t.runs.len(),
+        _ => t.runs.first().is_some_and(|r| {
+            r.target_kind == "eventflow"
+                && r.broker_flags
+                    .as_deref()
+                    .is_none_or(crate::broker::eventflow_writes_direct)
+        }),
+    };
+    if device {
+        Medium::Device
+    } else {
+        Medium::Memory
+    }
 }
 
 /// Durability and client settings per target: what a throughput figure was bought with.
@@ -562,9 +589,10 @@ fn usage(result: &RunResult) -> String {
     }
     if let Some(d) = result.disk_requests_per_s {
         let rates = format!(
-            "{} reads, {} writes, {} flushes per second (/proc/diskstats, which counts a \
-             flush among the writes too)",
+            "{} reads ({:.0} MB/s), {} writes, {} flushes per second (/proc/diskstats, which \
+             counts a flush among the writes too)",
             d.reads.round(),
+            d.read_bytes / 1e6,
             d.writes.round(),
             d.flushes.round()
         );
@@ -686,6 +714,7 @@ mod tests {
                 reads: 2.0,
                 writes: 7123.4,
                 flushes: 3561.0,
+                read_bytes: 8192.0,
             }),
             broker: Some(BrokerUsage {
                 pid: 42,
@@ -781,6 +810,43 @@ mod tests {
         assert_eq!(md.matches(ratio).count(), 2, "{md}");
         assert!(md.contains("`publish_intended`"));
         assert!(md.contains("`e2e` from the rounds' histograms merged"));
+    }
+
+    #[test]
+    fn a_consume_row_is_read_against_where_its_backlog_came_from() {
+        const CONSUME: &str = "consume 100B p1 x1/1";
+        let ceiling = crate::ceiling::Ceiling {
+            loopback_mb_per_s: 8000.0,
+            page_cache_write_mb_per_s: 1500.0,
+            page_cache_read_mb_per_s: 7000.0,
+            direct_write_mb_per_s: 2000.0,
+            direct_read_mb_per_s: 900.0,
+            fdatasync_p50_us: 300.0,
+            fdatasync_p99_us: 600.0,
+            filesystem: "ext4".into(),
+        };
+        // 2M records/s of 100 B: 200 MB/s consumed.
+        let runs = |device_read_bytes: f64| -> Vec<RunResult> {
+            (0..3)
+                .map(|round| {
+                    let mut r = run("consume", CONSUME, "eventflow", round, 2e6);
+                    r.ceiling = Some(ceiling.clone());
+                    if let Some(d) = r.disk_requests_per_s.as_mut() {
+                        d.read_bytes = device_read_bytes;
+                    }
+                    r
+                })
+                .collect()
+        };
+        // The disks read about what was consumed: the device's reads bind.
+        let md = render_markdown("t", &runs(220e6), &[]);
+        let row = row_of(&md, CONSUME, "eventflow");
+        assert!(row.contains("| 22% of O_DIRECT read |"), "{row}");
+        // They read next to nothing: the backlog came from memory.
+        let md = render_markdown("t", &runs(8192.0), &[]);
+        let row = row_of(&md, CONSUME, "eventflow");
+        assert!(row.contains("| 3% of page-cache read |"), "{row}");
+        assert!(md.contains("| O_DIRECT read | 900 MB/s |"), "{md}");
     }
 
     #[test]
@@ -911,7 +977,7 @@ mod tests {
         );
         assert!(summary.contains("from p93 up"), "{summary}");
         assert!(
-            summary.contains("2 reads, 7123 writes, 3561 flushes per second"),
+            summary.contains("2 reads (0 MB/s), 7123 writes, 3561 flushes per second"),
             "{summary}"
         );
         assert!(

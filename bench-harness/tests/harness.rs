@@ -402,6 +402,7 @@ fn ceiling_measures_every_figure_and_cleans_up() {
         ("page-cache write", c.page_cache_write_mb_per_s),
         ("page-cache read", c.page_cache_read_mb_per_s),
         ("O_DIRECT write", c.direct_write_mb_per_s),
+        ("O_DIRECT read", c.direct_read_mb_per_s),
         ("fdatasync p50", c.fdatasync_p50_us),
         ("fdatasync p99", c.fdatasync_p99_us),
     ] {
