@@ -37,6 +37,8 @@ pub struct BrokerConfig {
     pub group_commit_interval: Duration,
     /// Bytes of each directly written partition's newest log kept in memory for reads.
     pub tail_cache_bytes: u64,
+    /// Bytes the tail caches of one shard's partitions keep together.
+    pub shard_tail_cache_bytes: u64,
     /// How appends reach the log files.
     pub log_writes: LogWrites,
     /// Largest record batch accepted.
@@ -165,6 +167,7 @@ impl BrokerConfig {
             group_commit: Duration::ZERO,
             group_commit_interval: Duration::ZERO,
             tail_cache_bytes: crate::storage::DEFAULT_TAIL_CACHE_BYTES,
+            shard_tail_cache_bytes: crate::storage::DEFAULT_SHARD_TAIL_CACHE_BYTES,
             log_writes: LogWrites::Direct,
             max_batch_bytes: 1 << 20,
             max_request_bytes: 16 << 20,

@@ -419,6 +419,14 @@ fn a_bad_file_names_the_line_and_the_key_and_the_broker_does_not_start() {
         too_big.contains("--tail-cache-mb must be at most 1048576 (1 TiB)"),
         "{too_big}"
     );
+    let bad = refused("tail_cache_shard_mb = 2000000\n", &[]);
+    assert!(
+        bad.contains(
+            "bad.toml line 1, key `tail_cache_shard_mb`: --tail-cache-shard-mb must be at \
+             most 1048576 (1 TiB)"
+        ),
+        "{bad}"
+    );
 
     // The same for a variable: its name, then the flag's message.
     let bad = refused("", &[("EVENTFLOW_MAX_QUEUED_BYTES", "lots")]);

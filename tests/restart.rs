@@ -346,13 +346,7 @@ fn a_larger_tail_cache_serves_a_backlog_across_segment_rolls_from_memory() {
         "32",
     ]);
     broker.client().create_topic("cached", 2, &[]).unwrap();
-    let read_bytes = |source: &str| -> u64 {
-        let name = format!("eventflow_log_read_bytes_total{{source=\"{source}\"}}");
-        let text = common::http::get(broker.metrics.expect("metrics"), "/metrics").text();
-        text.lines()
-            .find_map(|line| line.strip_prefix(&name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-    };
+    let read_bytes = |source: &str| read_bytes(&broker, source);
     let owner_shard = eventflow::shard::owner_of("cached", 0, 2) as usize;
     let mut producer = broker.direct_client(owner_shard);
     let mut expected = Vec::new();
@@ -403,6 +397,109 @@ fn a_larger_tail_cache_serves_a_backlog_across_segment_rolls_from_memory() {
     assert!(
         from_memory <= 34 << 20,
         "{from_memory} bytes from memory: more than the budget was kept"
+    );
+    assert_eq!(broker.log_count("O_DIRECT"), 0, "{}", broker.log());
+}
+
+/// The value of the sample `name` (with its labels) in the broker's /metrics.
+fn metric(broker: &Broker, name: &str) -> u64 {
+    let text = common::http::get(broker.metrics.expect("metrics"), "/metrics").text();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+/// Bytes fetches have read from `memory` (the tail caches) or the `file`s.
+fn read_bytes(broker: &Broker, source: &str) -> u64 {
+    metric(
+        broker,
+        &format!("eventflow_log_read_bytes_total{{source=\"{source}\"}}"),
+    )
+}
+
+/// `--tail-cache-shard-mb`: the tail caches of all the partitions a shard owns share its
+/// budget, the oldest bytes going first whichever partition holds them: a partition written
+/// after another keeps its backlog in memory, and the earlier one's oldest part is read
+/// from the files; the caches' memory (`eventflow_tail_cache_bytes`) stays within the
+/// budget, and every record comes back as written.
+#[test]
+fn a_shards_partitions_share_its_tail_cache_budget_and_the_oldest_bytes_go_first() {
+    let broker = Broker::start(&[
+        "--cores",
+        "2",
+        "--fsync",
+        "never",
+        "--log-writes",
+        "direct",
+        "--segment-bytes",
+        "4194304",
+        // Each partition's own budget would hold its 8 MB; the shard's holds 12 MiB of the
+        // two partitions' 16 MB.
+        "--tail-cache-mb",
+        "10",
+        "--tail-cache-shard-mb",
+        "12",
+    ]);
+    broker.client().create_topic("shared", 4, &[]).unwrap();
+    // Two partitions of one shard.
+    let owner = |p| eventflow::shard::owner_of("shared", p, 2);
+    let (a, b) = (0..4u32)
+        .flat_map(|a| (a + 1..4).map(move |b| (a, b)))
+        .find(|&(a, b)| owner(a) == owner(b))
+        .expect("four partitions on two shards: two share one");
+    let shard = owner(a) as usize;
+    let cached = || {
+        metric(
+            &broker,
+            &format!("eventflow_tail_cache_bytes{{shard=\"{shard}\"}}"),
+        )
+    };
+    let limit = format!("eventflow_tail_cache_limit_bytes{{shard=\"{shard}\"}}");
+    assert_eq!(metric(&broker, &limit), 12 << 20);
+
+    let mut producer = broker.direct_client(shard);
+    // About 8 MB into a partition in batches of about 10 KB.
+    let mut produce = |partition: u32| -> Vec<String> {
+        let mut expected = Vec::new();
+        for i in 0..800 {
+            let tag = format!("p{partition}-{i}");
+            producer
+                .produce(
+                    "shared",
+                    partition,
+                    batch(&tag, 10, 1000, now_ms()),
+                    Acks::Leader,
+                )
+                .unwrap();
+            expected.extend((0..10).map(|r| format!("{tag}-{r}")));
+        }
+        expected
+    };
+    let expected_a = produce(a);
+    assert!(cached() >= 7_000_000, "{} bytes cached", cached());
+    let expected_b = produce(b);
+    // 16 MB written, 12 MiB kept (and each partition's newest write, a copy of 10 KB).
+    let held = cached();
+    assert!(
+        (11_000_000..=(12 << 20) + 100_000).contains(&held),
+        "{held} bytes cached"
+    );
+
+    let mut reader = broker.direct_client(shard);
+    let (memory, file) = (read_bytes(&broker, "memory"), read_bytes(&broker, "file"));
+    same(&stored_values(&mut reader, "shared", b), &expected_b, "b");
+    assert_eq!(
+        read_bytes(&broker, "file"),
+        file,
+        "b, written last, is read from memory alone"
+    );
+    assert!(read_bytes(&broker, "memory") - memory >= 7_000_000);
+    let file = read_bytes(&broker, "file");
+    same(&stored_values(&mut reader, "shared", a), &expected_a, "a");
+    let from_file = read_bytes(&broker, "file") - file;
+    assert!(
+        from_file >= 3_000_000,
+        "{from_file} bytes of a from the files: its oldest chunks should have gone"
     );
     assert_eq!(broker.log_count("O_DIRECT"), 0, "{}", broker.log());
 }

@@ -50,10 +50,16 @@ consume_backlog() {
 # "VARIANT PARTITIONS records_per_s harness_cpu_s broker_cpu_s_per_M broker_peak_rss_mib"
 # (the report prints its RSS in MiB or GiB), as medians.py reads it.
 consume_figures() {
-    awk -v v="$1" -v p="$2" '
-        /^consumed/ { rate = $2 }
+    report_figures consumed "$@"
+}
+
+# report_figures produced|consumed VARIANT PARTITIONS OUT: the same from a produce report
+# (its records produced) or a consume report (its records consumed).
+report_figures() {
+    awk -v kind="$1" -v v="$2" -v p="$3" '
+        $1 == kind { rate = $2 }
         /^harness CPU/ { cpu = $3 }
         /^broker CPU/ { broker = $3 }
         /^broker peak RSS/ { rss = $4; if ($5 == "GiB") rss *= 1024 }
-        END { print v, p, rate, cpu, broker, rss }' "$3"
+        END { print v, p, rate, cpu, broker, rss }' "$4"
 }

@@ -132,9 +132,17 @@ struct Args {
     /// Under `--log-writes direct`: MiB of each written partition's newest log kept in the
     /// shard's memory, across segment rolls, so that consumers up to that far behind the
     /// producers read from memory instead of the disk. Memory: up to this much per partition
-    /// written. 0 keeps only the newest write's buffers.
+    /// written, within `--tail-cache-shard-mb` per shard. 0 keeps only the newest write's
+    /// buffers.
     #[arg(long, default_value_t = 4)]
     tail_cache_mb: u64,
+
+    /// Under `--log-writes direct`: MiB that the tail caches of all the partitions a shard
+    /// owns keep together; past it, the oldest cached bytes go first, whichever partition
+    /// they belong to. Bounds the caches' memory by the cores, not the partitions (each
+    /// partition's newest write stays beyond it). Never less than `--tail-cache-mb`.
+    #[arg(long, default_value_t = 256)]
+    tail_cache_shard_mb: u64,
 
     /// Largest record batch accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
@@ -311,8 +319,8 @@ struct Args {
     tls_listeners: String,
 }
 
-/// Largest `--tail-cache-mb`: 1 TiB per partition, far past any machine's memory, so the
-/// byte count cannot overflow.
+/// Largest `--tail-cache-mb` and `--tail-cache-shard-mb`: 1 TiB, far past any machine's
+/// memory, so the byte count cannot overflow.
 const MAX_TAIL_CACHE_MB: u64 = 1 << 20;
 
 /// The environment variable that holds `--bootstrap-superuser`'s password.
@@ -484,6 +492,13 @@ fn config_from(args: Args, layered: &Layered) -> anyhow::Result<BrokerConfig> {
         format!("--tail-cache-mb must be at most {MAX_TAIL_CACHE_MB} (1 TiB)"),
     )?;
     config.tail_cache_bytes = args.tail_cache_mb << 20;
+    ensure(
+        args.tail_cache_shard_mb <= MAX_TAIL_CACHE_MB,
+        l,
+        &["tail_cache_shard_mb"],
+        format!("--tail-cache-shard-mb must be at most {MAX_TAIL_CACHE_MB} (1 TiB)"),
+    )?;
+    config.shard_tail_cache_bytes = args.tail_cache_shard_mb << 20;
     ensure(
         args.max_batch_bytes >= 61,
         l,

@@ -166,6 +166,10 @@ pub fn settings_of(config: &BrokerConfig) -> Vec<(String, String)> {
             "tail_cache_mb".into(),
             (config.tail_cache_bytes >> 20).to_string(),
         ),
+        (
+            "tail_cache_shard_mb".into(),
+            (config.shard_tail_cache_bytes >> 20).to_string(),
+        ),
         ("max_batch_bytes".into(), config.max_batch_bytes.to_string()),
         (
             "max_request_bytes".into(),

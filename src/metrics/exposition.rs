@@ -161,6 +161,20 @@ pub fn render(scrape: &Scrape<'_>) -> String {
         "Slots of the rings towards a shard, over all senders (--ring-capacity each).",
         |s| s.ring_capacity,
     );
+    w.per_shard(
+        shards,
+        "eventflow_tail_cache_bytes",
+        "Memory the tail caches of a shard's partitions hold: their newest log, written with \
+         --log-writes direct, that fetches read from memory.",
+        |s| s.tail_cache_bytes,
+    );
+    w.per_shard(
+        shards,
+        "eventflow_tail_cache_limit_bytes",
+        "What a shard's tail caches may hold together (--tail-cache-shard-mb, at least \
+         --tail-cache-mb); each active segment's newest write stays beyond it.",
+        |s| s.tail_cache_limit,
+    );
     w.family(
         "eventflow_scrub_corrupt_batches_total",
         "counter",
@@ -609,6 +623,8 @@ mod tests {
             queued_limit: 1,
             ring_queued: 0,
             ring_capacity: 2,
+            tail_cache_bytes: 3 << 20,
+            tail_cache_limit: 256 << 20,
         }
     }
 
@@ -641,6 +657,8 @@ mod tests {
             "eventflow_consumer_group_lag{group=\"g\",topic=\"t0\",partition=\"0\"} 6\n"
         ));
         assert!(text.contains("eventflow_scrub_corrupt_batches_total 2\n"));
+        assert!(text.contains("eventflow_tail_cache_bytes{shard=\"1\"} 3145728\n"));
+        assert!(text.contains("eventflow_tail_cache_limit_bytes{shard=\"0\"} 268435456\n"));
         assert!(text.contains("eventflow_compaction_runs_total 4\n"));
         assert!(text.contains("eventflow_compaction_bytes_removed_total 8192\n"));
         assert!(text.contains("eventflow_log_read_bytes_total{source=\"memory\"} 600\n"));

@@ -24,6 +24,11 @@ pub struct ShardSnapshot {
     pub ring_queued: u64,
     /// Slots of the rings towards this shard, over all senders.
     pub ring_capacity: u64,
+    /// Memory the tail caches of the shard's partitions hold (`--log-writes direct`).
+    pub tail_cache_bytes: u64,
+    /// What they may hold together (`--tail-cache-shard-mb`), beyond which only each active
+    /// segment's newest write stays.
+    pub tail_cache_limit: u64,
 }
 
 /// A shard's counters.

@@ -329,6 +329,7 @@ pub(crate) fn log_defaults(config: &BrokerConfig) -> LogConfig {
         group_commit_interval: config.group_commit_interval,
         writes: config.log_writes,
         tail_cache_bytes: config.tail_cache_bytes,
+        shard_tail_cache_bytes: config.shard_tail_cache_bytes,
         ..LogConfig::default()
     }
 }

@@ -61,6 +61,11 @@ pub(crate) fn snapshot(ctx: &ShardContext) -> ShardSnapshot {
         queued_limit: limit as u64,
         ring_queued: ring_queued as u64,
         ring_capacity: ring_capacity as u64,
+        tail_cache_bytes: crate::storage::shard_tail_cache_bytes(),
+        tail_cache_limit: ctx
+            .config
+            .shard_tail_cache_bytes
+            .max(ctx.config.tail_cache_bytes),
     }
 }
 

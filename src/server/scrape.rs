@@ -98,6 +98,8 @@ mod tests {
             queued_limit: 0,
             ring_queued: 0,
             ring_capacity: 0,
+            tail_cache_bytes: 0,
+            tail_cache_limit: 0,
         }
     }
 

@@ -181,6 +181,11 @@ pub struct LogConfig {
     /// Under direct writes, how many bytes of the partition's newest log its segments keep in
     /// memory for reads (`--tail-cache-mb`); the newest write's buffer stays even if larger.
     pub tail_cache_bytes: u64,
+    /// Under direct writes, how many bytes the tail caches of all the partitions of a shard
+    /// keep together (`--tail-cache-shard-mb`), the oldest chunks going first whichever
+    /// partition they belong to; never less than `tail_cache_bytes`
+    /// ([`LogConfig::shard_tail_cache_budget`]).
+    pub shard_tail_cache_bytes: u64,
 }
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
@@ -205,7 +210,16 @@ impl Default for LogConfig {
             group_commit_interval: std::time::Duration::ZERO,
             writes: LogWrites::Buffered,
             tail_cache_bytes: super::direct::DEFAULT_TAIL_CACHE_BYTES,
+            shard_tail_cache_bytes: super::direct::DEFAULT_SHARD_TAIL_CACHE_BYTES,
         }
+    }
+}
+
+impl LogConfig {
+    /// What a shard's tail caches may hold together: the shard's budget, but at least one
+    /// partition's, so a single partition always gets its whole `--tail-cache-mb`.
+    pub fn shard_tail_cache_budget(&self) -> u64 {
+        self.shard_tail_cache_bytes.max(self.tail_cache_bytes)
     }
 }
 

@@ -23,7 +23,8 @@
 //! **Reads.** A direct write leaves nothing in the page cache, so the written buffers
 //! themselves become the newest entries of the segment's [`TailCache`]; reads of the
 //! partition's newest `--tail-cache-mb` (the consumers that keep up, or are behind by less
-//! than that, across segment rolls) are served from memory: a fetch range as
+//! than that, across segment rolls), within the shard's `--tail-cache-shard-mb` for all its
+//! partitions ([`trim_shard_tail_caches`]), are served from memory: a fetch range as
 //! slices of the buffers it spans, without a copy (a read through another shard, which needs
 //! one piece, copies a range that spans buffers). Older bytes are read from the file as with
 //! buffered writes: the kernel reads them from the disk once, and the page cache keeps them
@@ -34,8 +35,10 @@
 //! (docs/PERFORMANCE.md, "Reading a backlog ahead").
 
 use std::alloc::Layout;
-use std::collections::VecDeque;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
 use std::ptr::NonNull;
+use std::rc::{Rc, Weak};
 
 use bytes::{Bytes, BytesMut};
 
@@ -47,6 +50,11 @@ pub(crate) const DIRECT_ALIGN: u64 = 4096;
 /// `--tail-cache-mb` says otherwise: a consumer up to this far behind the producers reads
 /// from memory. Only partitions written with `--log-writes direct` hold any.
 pub(crate) const DEFAULT_TAIL_CACHE_BYTES: u64 = 4 << 20;
+
+/// Bytes all of a shard's tail caches hold together unless `--tail-cache-shard-mb` says
+/// otherwise: with many partitions written, the oldest of their chunks go first, so the
+/// broker's memory is bounded by its cores, not by its partitions.
+pub(crate) const DEFAULT_SHARD_TAIL_CACHE_BYTES: u64 = 256 << 20;
 
 /// How far ahead of a read of bytes outside the tail cache the kernel is asked to read the
 /// log into the page cache, and how close a read may come to the end of the last such
@@ -343,66 +351,196 @@ impl Drop for Pool {
 /// The newest bytes of a segment written with `O_DIRECT`: contiguous chunks ending at the
 /// segment's size. Held by the segment, so a new segment (a roll, a compaction's
 /// replacement, a start) begins with an empty one; a sealed segment keeps its chunks until
-/// [`trim_tail_caches`] drops them for newer ones, so a consumer just behind a roll still
-/// reads from memory.
+/// [`trim_tail_caches`] drops them for newer ones of its partition, or
+/// [`trim_shard_tail_caches`] for newer ones of the shard, so a consumer just behind a roll
+/// still reads from memory.
+///
+/// The chunks are shared with the shard's registry of caches ([`ShardTails`]), which may
+/// drop the oldest of them on behalf of another partition: a cache belongs to the thread
+/// that made it (`Rc`), as the shard's partitions do.
 #[derive(Debug, Default)]
-pub(crate) struct TailCache {
-    /// Each chunk with the file position of its first byte and the bytes of memory it
-    /// holds, oldest first, without gaps.
-    chunks: VecDeque<(u64, Bytes, u64)>,
+pub(crate) struct TailCache(Rc<RefCell<Chunks>>);
+
+#[derive(Debug, Default)]
+pub(crate) struct Chunks {
+    /// Oldest first, without gaps.
+    chunks: VecDeque<Chunk>,
     /// Memory the chunks hold: a chunk of a direct write holds its whole aligned buffer,
     /// which for a small append is a block around a few bytes.
     held: u64,
+    /// The segment is no longer the active one: its newest chunk is not needed for the next
+    /// write, so the shard may drop it like any other.
+    sealed: bool,
+}
+
+#[derive(Debug)]
+struct Chunk {
+    /// File position of the first byte.
+    at: u64,
+    bytes: Bytes,
+    /// Memory it keeps alive.
+    held: u64,
+    /// Its place in the shard's order of cached chunks: older chunks have smaller stamps.
+    stamp: u64,
+}
+
+impl Chunks {
+    /// The stamp the shard's registry knows this cache by: its oldest chunk's, if the shard
+    /// may drop that chunk (an active segment's only chunk it may not).
+    fn key(&self) -> Option<u64> {
+        let front = self.chunks.front()?;
+        (self.sealed || self.chunks.len() > 1).then_some(front.stamp)
+    }
+
+    /// The position after the last cached byte.
+    fn end(&self) -> Option<u64> {
+        self.chunks.back().map(|k| k.at + k.bytes.len() as u64)
+    }
+}
+
+impl Drop for Chunks {
+    fn drop(&mut self) {
+        // A segment removed (retention, a deleted topic, compaction) gives its memory back.
+        let (key, held) = (self.key(), self.held);
+        ShardTails::update(|tails| {
+            tails.held = tails.held.saturating_sub(held);
+            if let Some(key) = key {
+                tails.oldest.remove(&key);
+            }
+        });
+    }
+}
+
+/// The tail caches of one shard together: the memory they hold, and the caches whose oldest
+/// chunk the shard may drop, ordered by that chunk's age, so that the shard's budget
+/// (`--tail-cache-shard-mb`) drops the oldest chunks of all its partitions first.
+#[derive(Default)]
+struct ShardTails {
+    held: u64,
+    /// Each cache with a chunk the shard may drop, under the stamp of its oldest chunk.
+    oldest: BTreeMap<u64, Weak<RefCell<Chunks>>>,
+    next_stamp: u64,
+}
+
+thread_local! {
+    static SHARD_TAILS: RefCell<ShardTails> = RefCell::new(ShardTails::default());
+}
+
+impl ShardTails {
+    /// Runs `f` on this thread's registry. Nothing happens while the thread is exiting.
+    fn update<R: Default>(f: impl FnOnce(&mut ShardTails) -> R) -> R {
+        SHARD_TAILS
+            .try_with(|tails| tails.try_borrow_mut().map(|mut t| f(&mut t)).ok())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+}
+
+/// Memory held by the tail caches of this thread's (the shard's) partitions.
+pub(crate) fn shard_tail_cache_bytes() -> u64 {
+    ShardTails::update(|tails| tails.held)
 }
 
 impl TailCache {
+    /// Runs `change` on the chunks, then tells the shard's registry what changed: the
+    /// memory held, and the cache's place among those with a chunk the shard may drop.
+    fn change<R>(&self, change: impl FnOnce(&mut Chunks, &mut dyn FnMut() -> u64) -> R) -> R {
+        let mut chunks = self.0.borrow_mut();
+        let (key, held) = (chunks.key(), chunks.held);
+        let mut stamp = || {
+            ShardTails::update(|tails| {
+                tails.next_stamp += 1;
+                tails.next_stamp
+            })
+        };
+        let out = change(&mut chunks, &mut stamp);
+        let (new_key, new_held) = (chunks.key(), chunks.held);
+        drop(chunks);
+        ShardTails::update(|tails| {
+            tails.held = (tails.held + new_held).saturating_sub(held);
+            if key != new_key {
+                if let Some(key) = key {
+                    tails.oldest.remove(&key);
+                }
+                if let Some(new_key) = new_key {
+                    tails.oldest.insert(new_key, Rc::downgrade(&self.0));
+                }
+            }
+        });
+        out
+    }
+
     /// Adds the bytes written at `position`, which keep `held` bytes of memory alive. A
     /// chunk that does not continue the cached ones (the cache is empty after a start)
-    /// replaces them. The partition's budget is kept by [`trim_tail_caches`] afterwards.
+    /// replaces them. The partition's and the shard's budgets are kept by
+    /// [`trim_tail_caches`] and [`trim_shard_tail_caches`] afterwards.
     ///
     /// A small write's bytes sit in a pooled buffer several times their size (64 KiB at
     /// least): such a chunk is kept as a copy of its bytes instead, so the budget holds data
     /// rather than padding and the buffer goes back to the pool at once.
     pub(crate) fn push(&mut self, position: u64, bytes: Bytes, held: u64) {
-        if self.end() != Some(position) {
-            self.clear();
-        }
-        let len = bytes.len() as u64;
-        let (bytes, held) = if held > 2 * len {
-            (Bytes::copy_from_slice(&bytes), len)
-        } else {
-            (bytes, held)
-        };
-        self.held += held;
-        self.chunks.push_back((position, bytes, held));
+        self.change(|c, stamp| {
+            if c.end() != Some(position) {
+                c.chunks.clear();
+                c.held = 0;
+            }
+            let len = bytes.len() as u64;
+            let (bytes, held) = if held > 2 * len {
+                (Bytes::copy_from_slice(&bytes), len)
+            } else {
+                (bytes, held)
+            };
+            c.held += held;
+            c.chunks.push_back(Chunk {
+                at: position,
+                bytes,
+                held,
+                stamp: stamp(),
+            });
+        });
     }
 
     /// Drops every chunk.
     pub(crate) fn clear(&mut self) {
-        self.chunks.clear();
-        self.held = 0;
+        self.change(|c, _| {
+            c.chunks.clear();
+            c.held = 0;
+        });
+    }
+
+    /// Marks the segment as no longer the active one (a roll): its newest chunk may go too.
+    pub(crate) fn seal(&mut self) {
+        self.change(|c, _| c.sealed = true);
     }
 
     /// Memory the chunks hold.
     pub(crate) fn held(&self) -> u64 {
-        self.held
+        self.0.borrow().held
+    }
+
+    /// How many chunks it holds.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.borrow().chunks.len()
     }
 
     /// Drops the oldest chunk, keeping at least `keep` chunks; returns the memory freed.
     fn drop_oldest(&mut self, keep: usize) -> Option<u64> {
-        if self.chunks.len() <= keep {
-            return None;
-        }
-        let (_, _, held) = self.chunks.pop_front()?;
-        self.held -= held;
-        Some(held)
+        self.change(|c, _| {
+            if c.chunks.len() <= keep {
+                return None;
+            }
+            let chunk = c.chunks.pop_front()?;
+            c.held -= chunk.held;
+            Some(chunk.held)
+        })
     }
 
     /// The position after the last cached byte.
-    pub(crate) fn end(&self) -> Option<u64> {
-        self.chunks
-            .back()
-            .map(|(at, bytes, _)| at + bytes.len() as u64)
+    #[cfg(test)]
+    fn end(&self) -> Option<u64> {
+        self.0.borrow().end()
     }
 
     /// `[position, position + len)` if it is all cached, as one piece: a slice of one chunk
@@ -414,21 +552,22 @@ impl TailCache {
     /// `[position, position + len)` if it is all cached, as slices of the chunks it spans
     /// (no copy): what a fetch sends, one `writev` piece per chunk.
     pub(crate) fn get_chunks(&self, position: u64, len: usize) -> Option<Vec<Bytes>> {
-        let (&(start, _, _), end) = (self.chunks.front()?, self.end()?);
+        let c = self.0.borrow();
+        let (start, end) = (c.chunks.front()?.at, c.end()?);
         let stop = position.checked_add(len as u64)?;
         if position < start || stop > end {
             return None;
         }
         // The chunk holding `position`: the last one starting at or before it.
-        let first = self.chunks.partition_point(|(at, _, _)| *at <= position) - 1;
+        let first = c.chunks.partition_point(|k| k.at <= position) - 1;
         let mut pieces = Vec::new();
         let mut next = position;
-        for (at, chunk, _) in self.chunks.range(first..) {
+        for k in c.chunks.range(first..) {
             if next == stop {
                 break;
             }
-            let to = stop.min(at + chunk.len() as u64);
-            pieces.push(chunk.slice((next - at) as usize..(to - at) as usize));
+            let to = stop.min(k.at + k.bytes.len() as u64);
+            pieces.push(k.bytes.slice((next - k.at) as usize..(to - k.at) as usize));
             next = to;
         }
         Some(pieces)
@@ -457,6 +596,40 @@ pub(crate) fn trim_tail_caches<T>(
                 break;
             };
             held -= freed;
+        }
+    }
+}
+
+/// Drops the oldest chunks of all the shard's tail caches, whichever partition they belong
+/// to, until together they hold at most `budget` bytes (`--tail-cache-shard-mb`). Each
+/// active segment keeps its newest chunk, as in [`trim_tail_caches`], so the caches may
+/// hold more than the budget by those.
+pub(crate) fn trim_shard_tail_caches(budget: u64) {
+    loop {
+        let oldest = ShardTails::update(|tails| {
+            if tails.held <= budget {
+                return None;
+            }
+            let (&key, weak) = tails.oldest.first_key_value()?;
+            let cache = weak.upgrade();
+            if cache.is_none() {
+                // Not reached (a cache leaves the registry as it goes), but a stale entry
+                // must not stop the trim.
+                tails.oldest.remove(&key);
+            }
+            Some(cache)
+        });
+        match oldest {
+            None => return,
+            Some(None) => continue,
+            Some(Some(cache)) => {
+                let mut cache = TailCache(cache);
+                let keep = usize::from(!cache.0.borrow().sealed);
+                if cache.drop_oldest(keep).is_none() {
+                    // Not reached: the registry lists only caches with a chunk to drop.
+                    return;
+                }
+            }
         }
     }
 }
@@ -498,8 +671,9 @@ pub(crate) fn concat(mut pieces: Vec<Bytes>) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::{
-        align_down, align_up, copy_range, trim_tail_caches, AlignedBuf, AlignedChunk, TailCache,
-        DEFAULT_TAIL_CACHE_BYTES, DIRECT_ALIGN, WRITE_BLOCK,
+        align_down, align_up, copy_range, shard_tail_cache_bytes, trim_shard_tail_caches,
+        trim_tail_caches, AlignedBuf, AlignedChunk, TailCache, DEFAULT_TAIL_CACHE_BYTES,
+        DIRECT_ALIGN, WRITE_BLOCK,
     };
     use bytes::Bytes;
 
@@ -630,7 +804,7 @@ mod tests {
             cache.push(i << 20, chunk.clone(), 1 << 20);
             trim_tail_caches(std::slice::from_mut(&mut cache), |c| c, budget);
         }
-        assert!(cache.held <= budget);
+        assert!(cache.held() <= budget);
         assert_eq!(cache.end(), Some(10 << 20));
         assert!(cache.get(9 << 20, 1 << 20).is_some());
         assert!(cache.get(0, 1).is_none());
@@ -642,13 +816,15 @@ mod tests {
             cache.push(i * 100, buffer.slice(..100), 4096);
             trim_tail_caches(std::slice::from_mut(&mut cache), |c| c, budget);
         }
-        assert_eq!(cache.held, 100 * cache.chunks.len() as u64);
-        assert_eq!(cache.chunks.len(), (budget / 100) as usize);
+        assert_eq!(cache.held(), 100 * cache.len() as u64);
+        assert_eq!(cache.len(), (budget / 100) as usize);
         assert!(
             cache
+                .0
+                .borrow()
                 .chunks
                 .iter()
-                .all(|(_, b, _)| b.as_ptr() != buffer.as_ptr()),
+                .all(|k| k.bytes.as_ptr() != buffer.as_ptr()),
             "copies, not slices of the buffer"
         );
         let mut cache = TailCache::default();
@@ -656,14 +832,16 @@ mod tests {
             cache.push(i * 3000, buffer.slice(..3000), 4096);
             trim_tail_caches(std::slice::from_mut(&mut cache), |c| c, budget);
         }
-        assert_eq!(cache.chunks.len(), (budget / 4096) as usize);
+        assert_eq!(cache.len(), (budget / 4096) as usize);
         assert!(cache
+            .0
+            .borrow()
             .chunks
             .iter()
-            .all(|(_, b, _)| b.as_ptr() == buffer.as_ptr()));
+            .all(|k| k.bytes.as_ptr() == buffer.as_ptr()));
         // A chunk larger than the budget stays: the next write repeats its last block.
         trim_tail_caches(std::slice::from_mut(&mut cache), |c| c, 0);
-        assert_eq!(cache.chunks.len(), 1);
+        assert_eq!(cache.len(), 1);
     }
 
     #[test]
@@ -694,5 +872,58 @@ mod tests {
         // Its newest chunk stays even over budget.
         trim_tail_caches(&mut caches, |c| c, 0);
         assert_eq!(held(&caches), (0, 1500));
+    }
+
+    #[test]
+    fn a_shards_budget_drops_the_oldest_chunks_of_all_its_partitions_first() {
+        // A thread of its own: the registry is the thread's (the shard's).
+        std::thread::spawn(|| {
+            let chunk = |fill| Bytes::from(vec![fill; 1000]);
+            // Partition a writes three chunks, then b three, then a one more.
+            let (mut a, mut b) = (TailCache::default(), TailCache::default());
+            for i in 0..3u64 {
+                a.push(i * 1000, chunk(1), 1000);
+            }
+            for i in 0..3u64 {
+                b.push(i * 1000, chunk(2), 1000);
+            }
+            a.push(3000, chunk(1), 1000);
+            assert_eq!(shard_tail_cache_bytes(), 7000);
+            trim_shard_tail_caches(7000);
+            assert_eq!((a.len(), b.len()), (4, 3), "within budget");
+            // a's three older chunks are the oldest of the shard, then b's.
+            trim_shard_tail_caches(4500);
+            assert_eq!((a.len(), b.len()), (1, 3));
+            assert_eq!(a.get(3000, 1000), Some(chunk(1)), "a's newest stays");
+            trim_shard_tail_caches(2000);
+            assert_eq!((a.len(), b.len()), (1, 1));
+            assert_eq!(shard_tail_cache_bytes(), 2000);
+            // Each active segment keeps its newest chunk, whatever the budget...
+            trim_shard_tail_caches(0);
+            assert_eq!((a.len(), b.len()), (1, 1));
+            // ...until it is sealed (a roll); then the older of the two goes first.
+            b.seal();
+            a.seal();
+            trim_shard_tail_caches(1000);
+            assert_eq!((a.len(), b.len()), (1, 0), "b's chunk was the older");
+            // A segment that goes gives its memory back.
+            b.push(0, chunk(3), 1000);
+            b.push(1000, chunk(3), 1000);
+            assert_eq!(shard_tail_cache_bytes(), 3000);
+            drop(a);
+            assert_eq!(shard_tail_cache_bytes(), 2000);
+            trim_shard_tail_caches(0);
+            assert_eq!(b.len(), 0, "b is sealed: nothing of it need stay");
+            assert_eq!(shard_tail_cache_bytes(), 0);
+            // A replaced cache (a chunk that does not continue it) counts the new one only.
+            let mut c = TailCache::default();
+            c.push(0, chunk(4), 1000);
+            c.push(5000, chunk(4), 600);
+            assert_eq!(shard_tail_cache_bytes(), 600);
+            c.clear();
+            assert_eq!(shard_tail_cache_bytes(), 0);
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -54,7 +54,9 @@ mod users;
 
 pub use acls::{AclError, AclStore};
 pub use config::{FsyncPolicy, LogConfig, LogWrites, Ratio};
-pub(crate) use direct::DEFAULT_TAIL_CACHE_BYTES;
+pub(crate) use direct::{
+    shard_tail_cache_bytes, DEFAULT_SHARD_TAIL_CACHE_BYTES, DEFAULT_TAIL_CACHE_BYTES,
+};
 pub use disk::{init_sync_journal, SYNC_JOURNAL_ENV};
 pub use error::StorageError;
 pub use fence_file::Fence;

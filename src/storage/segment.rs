@@ -115,7 +115,8 @@ pub(crate) struct Segment {
     pub(crate) direct: Option<File>,
     /// The newest bytes appended with `O_DIRECT`, which reads take from memory
     /// (`storage::direct`). Empty under buffered writes; a sealed segment keeps what the
-    /// partition's `--tail-cache-mb` still holds of it.
+    /// partition's `--tail-cache-mb` and the shard's `--tail-cache-shard-mb` still hold of
+    /// it.
     pub(crate) tail: TailCache,
     /// Under `--log-writes direct`, reads have asked the kernel to read the log ahead into
     /// the page cache up to here (`PartitionLog::prefetch`).

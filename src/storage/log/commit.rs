@@ -381,6 +381,8 @@ impl PartitionLog {
                         |s| &mut s.tail,
                         config.tail_cache_bytes,
                     );
+                    drop(segments);
+                    direct::trim_shard_tail_caches(config.shard_tail_cache_budget());
                 }
             }
             {
@@ -487,7 +489,12 @@ impl PartitionLog {
             sync_dir(&self.dir).await?;
         }
         debug!(dir = %self.dir.display(), base_offset, "rolled a new segment");
-        self.segments.borrow_mut().push(segment);
+        let mut segments = self.segments.borrow_mut();
+        if let Some(sealed) = segments.last_mut() {
+            // The next write no longer needs its newest chunk: the shard may drop it.
+            sealed.tail.seal();
+        }
+        segments.push(segment);
         Ok(())
     }
 
