@@ -361,8 +361,9 @@ impl Drop for Pool {
 #[derive(Debug, Default)]
 pub(crate) struct TailCache(Rc<RefCell<Chunks>>);
 
+/// What a [`TailCache`] holds, shared with the shard's registry.
 #[derive(Debug, Default)]
-pub(crate) struct Chunks {
+struct Chunks {
     /// Oldest first, without gaps.
     chunks: VecDeque<Chunk>,
     /// Memory the chunks hold: a chunk of a direct write holds its whole aligned buffer,
@@ -925,5 +926,128 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    /// What a shard's caches should hold after a run of operations, kept the plain way:
+    /// per cache, its chunks' (stamp, memory held) and whether it is sealed.
+    #[derive(Default, Clone)]
+    struct Model {
+        chunks: Vec<(u64, u64)>,
+        sealed: bool,
+        end: u64,
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A write of `len` bytes in a buffer of `held` at the cache's end (or past it,
+        /// which replaces what the cache held).
+        Push {
+            cache: usize,
+            len: u64,
+            held: u64,
+            gap: bool,
+        },
+        Seal(usize),
+        Clear(usize),
+        /// The segment goes (retention, compaction) and a new one takes its place.
+        Replace(usize),
+        TrimShard(u64),
+        TrimPartition(usize, u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (0..4usize, 1..3000u64, 0..3u64, proptest::bool::weighted(0.05)).prop_map(
+                |(cache, len, factor, gap)| Op::Push {
+                    cache,
+                    len,
+                    held: len + factor * len,
+                    gap,
+                }
+            ),
+            1 => (0..4usize).prop_map(Op::Seal),
+            1 => (0..4usize).prop_map(Op::Clear),
+            1 => (0..4usize).prop_map(Op::Replace),
+            3 => (0..20_000u64).prop_map(Op::TrimShard),
+            1 => (0..4usize, 0..8000u64).prop_map(|(c, b)| Op::TrimPartition(c, b)),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The shard's registry against a plain model: the memory it counts is what the
+        /// caches hold, and its trim drops exactly the oldest chunks that may go, across
+        /// caches, never an active segment's newest.
+        #[test]
+        fn the_shards_trim_drops_what_a_plain_model_does(ops in proptest::collection::vec(op(), 1..120)) {
+            assert_eq!(shard_tail_cache_bytes(), 0, "a case starts with no caches");
+            let mut caches: Vec<TailCache> = (0..4).map(|_| TailCache::default()).collect();
+            let mut model: Vec<Model> = vec![Model::default(); 4];
+            let mut stamp = 0u64;
+            for op in ops {
+                match op {
+                    Op::Push { cache, len, held, gap } => {
+                        let at = model[cache].end + u64::from(gap);
+                        caches[cache].push(at, Bytes::from(vec![0u8; len as usize]), held);
+                        let m = &mut model[cache];
+                        if gap || m.chunks.is_empty() {
+                            m.chunks.clear();
+                        }
+                        stamp += 1;
+                        // A chunk in a buffer over twice its size is kept as a copy.
+                        m.chunks.push((stamp, if held > 2 * len { len } else { held }));
+                        m.end = at + len;
+                    }
+                    Op::Seal(cache) => {
+                        caches[cache].seal();
+                        model[cache].sealed = true;
+                    }
+                    Op::Clear(cache) => {
+                        caches[cache].clear();
+                        model[cache].chunks.clear();
+                    }
+                    Op::Replace(cache) => {
+                        caches[cache] = TailCache::default();
+                        model[cache] = Model::default();
+                    }
+                    Op::TrimShard(budget) => {
+                        trim_shard_tail_caches(budget);
+                        loop {
+                            let total: u64 =
+                                model.iter().flat_map(|m| &m.chunks).map(|c| c.1).sum();
+                            let oldest = model
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, m)| m.sealed || m.chunks.len() > 1)
+                                .filter_map(|(i, m)| Some((m.chunks.first()?.0, i)))
+                                .min();
+                            match oldest {
+                                Some((_, i)) if total > budget => {
+                                    model[i].chunks.remove(0);
+                                }
+                                _ => break,
+                            }
+                        }
+                    }
+                    Op::TrimPartition(cache, budget) => {
+                        trim_tail_caches(std::slice::from_mut(&mut caches[cache]), |c| c, budget);
+                        let m = &mut model[cache];
+                        while m.chunks.iter().map(|c| c.1).sum::<u64>() > budget
+                            && m.chunks.len() > 1
+                        {
+                            m.chunks.remove(0);
+                        }
+                    }
+                }
+                let want: Vec<usize> = model.iter().map(|m| m.chunks.len()).collect();
+                let got: Vec<usize> = caches.iter().map(TailCache::len).collect();
+                proptest::prop_assert_eq!(got, want);
+                let held: u64 = model.iter().flat_map(|m| &m.chunks).map(|c| c.1).sum();
+                proptest::prop_assert_eq!(shard_tail_cache_bytes(), held);
+                proptest::prop_assert_eq!(caches.iter().map(TailCache::held).sum::<u64>(), held);
+            }
+            drop(caches);
+            proptest::prop_assert_eq!(shard_tail_cache_bytes(), 0, "dropped caches gave it all back");
+        }
     }
 }
