@@ -25,7 +25,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use io_uring::{opcode, squeue, types, IoUring};
 
 const FILE_LEN: u64 = 64 << 20;
@@ -118,6 +119,15 @@ impl Target {
     fn fd(&self) -> types::Fd {
         types::Fd(self.file.as_raw_fd())
     }
+
+    /// A `writev` of `buf` at the next offset, with `rw_flags` (`RWF_*`, 0 for none).
+    fn writev(&mut self, iov: &libc::iovec, rw_flags: i32) -> squeue::Entry {
+        let at = self.offset(iov.iov_len);
+        opcode::Writev::new(self.fd(), iov, 1)
+            .offset(at)
+            .rw_flags(rw_flags)
+            .build()
+    }
 }
 
 impl Drop for Target {
@@ -146,13 +156,18 @@ fn submit(ring: &mut IoUring, entries: &[squeue::Entry], expect: usize) {
     }
 }
 
-fn direct_write(c: &mut Criterion) {
-    let mut ring = IoUring::new(8).expect("io_uring");
-    let mut target = Target::new();
-    let mut group = c.benchmark_group("direct_write");
+/// A ring, a file to write and a group of benches measured alike.
+fn setup<'c>(c: &'c mut Criterion, name: &str) -> (IoUring, Target, BenchmarkGroup<'c, WallTime>) {
+    let ring = IoUring::new(8).expect("io_uring");
+    let mut group = c.benchmark_group(name);
     group
         .sample_size(50)
         .measurement_time(Duration::from_secs(4));
+    (ring, Target::new(), group)
+}
+
+fn direct_write(c: &mut Criterion) {
+    let (mut ring, mut target, mut group) = setup(c, "direct_write");
     for (len, name) in [(64usize << 10, "64KiB"), (1 << 20, "1MiB")] {
         let buf = Aligned::new(len);
         let iov = [buf.iovec()];
@@ -160,13 +175,7 @@ fn direct_write(c: &mut Criterion) {
         unsafe { ring.submitter().register_buffers(&iov) }.expect("registering the buffer");
         group.throughput(Throughput::Bytes(len as u64));
         group.bench_function(format!("{name}/writev"), |b| {
-            b.iter(|| {
-                let at = target.offset(len);
-                let write = opcode::Writev::new(target.fd(), iov.as_ptr(), 1)
-                    .offset(at)
-                    .build();
-                submit(&mut ring, &[write], len);
-            });
+            b.iter(|| submit(&mut ring, &[target.writev(&iov[0], 0)], len));
         });
         group.bench_function(format!("{name}/write_fixed"), |b| {
             b.iter(|| {
@@ -185,15 +194,10 @@ fn direct_write(c: &mut Criterion) {
 }
 
 fn durable_round(c: &mut Criterion) {
-    let mut ring = IoUring::new(8).expect("io_uring");
-    let mut target = Target::new();
-    let mut group = c.benchmark_group("durable_round");
-    group
-        .sample_size(50)
-        .measurement_time(Duration::from_secs(4));
+    let (mut ring, mut target, mut group) = setup(c, "durable_round");
     for (len, name) in [(8usize << 10, "8KiB"), (64 << 10, "64KiB")] {
         let buf = Aligned::new(len);
-        let iov = [buf.iovec()];
+        let iov = buf.iovec();
         let sync = |fd| {
             opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
@@ -202,33 +206,18 @@ fn durable_round(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(len as u64));
         group.bench_function(format!("{name}/two_submissions"), |b| {
             b.iter(|| {
-                let at = target.offset(len);
-                let write = opcode::Writev::new(target.fd(), iov.as_ptr(), 1)
-                    .offset(at)
-                    .build();
-                submit(&mut ring, &[write], len);
+                submit(&mut ring, &[target.writev(&iov, 0)], len);
                 submit(&mut ring, &[sync(target.fd())], len);
             });
         });
         group.bench_function(format!("{name}/linked"), |b| {
             b.iter(|| {
-                let at = target.offset(len);
-                let write = opcode::Writev::new(target.fd(), iov.as_ptr(), 1)
-                    .offset(at)
-                    .build()
-                    .flags(squeue::Flags::IO_LINK);
+                let write = target.writev(&iov, 0).flags(squeue::Flags::IO_LINK);
                 submit(&mut ring, &[write, sync(target.fd())], len);
             });
         });
         group.bench_function(format!("{name}/dsync"), |b| {
-            b.iter(|| {
-                let at = target.offset(len);
-                let write = opcode::Writev::new(target.fd(), iov.as_ptr(), 1)
-                    .offset(at)
-                    .rw_flags(libc::RWF_DSYNC)
-                    .build();
-                submit(&mut ring, &[write], len);
-            });
+            b.iter(|| submit(&mut ring, &[target.writev(&iov, libc::RWF_DSYNC)], len));
         });
     }
     group.finish();

@@ -63,3 +63,36 @@ report_figures() {
         /^broker peak RSS/ { rss = $4; if ($5 == "GiB") rss *= 1024 }
         END { print v, p, rate, cpu, broker, rss }' "$4"
 }
+
+# alternate CASE... -- VARIANT...: $ROUNDS rounds of `run VARIANT CASE` (the case's words
+# as separate arguments; an empty case passes none) for every case and, within it, every
+# variant, the variants' order reversed every other round so that drift touches each
+# alike. Each run's line is printed and kept in $SCRATCH/lines.txt, whose path is left in
+# `lines` for medians.py.
+alternate() {
+    local cases=() variants=() order=() round case variant i
+    while [[ $1 != -- ]]; do
+        cases+=("$1")
+        shift
+    done
+    shift
+    variants=("$@")
+    mkdir -p "$SCRATCH"
+    lines="$SCRATCH/lines.txt"
+    : >"$lines"
+    for round in $(seq "$ROUNDS"); do
+        order=("${variants[@]}")
+        if ((round % 2 == 0)); then
+            order=()
+            for ((i = ${#variants[@]} - 1; i >= 0; i--)); do
+                order+=("${variants[i]}")
+            done
+        fi
+        for case in "${cases[@]}"; do
+            for variant in "${order[@]}"; do
+                # shellcheck disable=SC2086 # a case is words on purpose
+                run "$variant" $case | tee -a "$lines"
+            done
+        done
+    done
+}

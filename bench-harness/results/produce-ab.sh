@@ -51,19 +51,8 @@ run() {
     rm -rf "$dir"
 }
 
-mkdir -p "$SCRATCH"
-lines="$SCRATCH/lines.txt"
-: >"$lines"
 echo "$LABEL partitions records_per_s harness_cpu_s broker_cpu_s_per_M publish_p50"
-for round in $(seq "$ROUNDS"); do
-    order=("$A_NAME" "$B_NAME")
-    ((round % 2 == 0)) && order=("$B_NAME" "$A_NAME")
-    for partitions in 1 2; do
-        for variant in "${order[@]}"; do
-            run "$variant" "$partitions" | tee -a "$lines"
-        done
-    done
-done
+alternate 1 2 -- "$A_NAME" "$B_NAME"
 echo
 echo "medians over $ROUNDS rounds, $MESSAGES records of 100 B, one producer, acks=1"
 python3 bench-harness/results/medians.py "$lines" "$LABEL" "harness CPU s:.2f" \

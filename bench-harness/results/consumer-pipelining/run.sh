@@ -35,20 +35,9 @@ run() {
     rm -rf "$dir"
 }
 
-mkdir -p "$SCRATCH"
-lines="$SCRATCH/lines.txt"
-: >"$lines"
 echo "variant partitions records_per_s harness_cpu_s broker_cpu_s_per_M broker_peak_rss_mib"
-for round in $(seq "$ROUNDS"); do
-    order=(before after)
-    ((round % 2 == 0)) && order=(after before)
-    for case in "2048 1" "2048 2" "4 1"; do
-        read -r cache partitions <<<"$case"
-        for variant in "${order[@]}"; do
-            run "$variant" "$cache" "$partitions" | tee -a "$lines"
-        done
-    done
-done
+# Cases: "CACHE_MB PARTITIONS".
+alternate "2048 1" "2048 2" "4 1" -- before after
 echo
 echo "medians over $ROUNDS rounds, a backlog of $MESSAGES records of 100 B; -cN: --tail-cache-mb N"
 python3 bench-harness/results/medians.py "$lines" variant "harness CPU s:.2f" \

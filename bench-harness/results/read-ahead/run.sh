@@ -41,19 +41,8 @@ run() {
     rm -rf "$dir"
 }
 
-mkdir -p "$SCRATCH"
-lines="$SCRATCH/lines.txt"
-: >"$lines"
 echo "variant partitions records_per_s harness_cpu_s broker_cpu_s_per_M broker_peak_rss_mib"
-for round in $(seq "$ROUNDS"); do
-    order=(before after buffered)
-    ((round % 2 == 0)) && order=(buffered after before)
-    for partitions in 1 2; do
-        for variant in "${order[@]}"; do
-            run "$variant" "$partitions" | tee -a "$lines"
-        done
-    done
-done
+alternate 1 2 -- before after buffered
 echo
 echo "medians over $ROUNDS rounds, a backlog of $MESSAGES records of 100 B"
 python3 bench-harness/results/medians.py "$lines" variant "harness CPU s:.2f" \

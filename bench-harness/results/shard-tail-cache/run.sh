@@ -43,17 +43,8 @@ run() {
     rm -rf "$dir"
 }
 
-mkdir -p "$SCRATCH"
-lines="$SCRATCH/lines.txt"
-: >"$lines"
 echo "variant partitions records_per_s harness_cpu_s broker_cpu_s_per_M broker_peak_rss_mib"
-for round in $(seq "$ROUNDS"); do
-    order=(before after)
-    ((round % 2 == 0)) && order=(after before)
-    for variant in "${order[@]}"; do
-        run "$variant" | tee -a "$lines"
-    done
-done
+alternate "" -- before after
 echo
 echo "medians over $ROUNDS rounds, $MESSAGES records of 100 B over $PARTITIONS partitions, --tail-cache-mb $CACHE_MB"
 python3 bench-harness/results/medians.py "$lines" variant "harness CPU s:.2f" \

@@ -42,19 +42,8 @@ run() {
     rm -rf "$dir"
 }
 
-mkdir -p "$SCRATCH"
-lines="$SCRATCH/lines.txt"
-: >"$lines"
 echo "variant partitions records_per_s harness_cpu_s broker_cpu_s_per_M broker_peak_rss_mib"
-for round in $(seq "$ROUNDS"); do
-    order=(direct-4 direct-big buffered)
-    ((round % 2 == 0)) && order=(buffered direct-big direct-4)
-    for partitions in 1 2; do
-        for variant in "${order[@]}"; do
-            run "$variant" "$partitions" | tee -a "$lines"
-        done
-    done
-done
+alternate 1 2 -- direct-4 direct-big buffered
 echo
 echo "medians over $ROUNDS rounds, a backlog of $MESSAGES records of 100 B, direct-big: --tail-cache-mb $CACHE_MB"
 python3 bench-harness/results/medians.py "$lines" variant "harness CPU s:.2f" \
