@@ -1,7 +1,7 @@
 //! `eventflow-bench`: load generator for Eventflow and Kafka. See `--help` of each
 //! subcommand, the README's harness section and `tuning/`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -47,6 +47,9 @@ enum Command {
     /// Measure this machine's ceilings: loopback TCP, page-cache write and read, O_DIRECT
     /// write and read, fdatasync latency (a few seconds; its files are removed).
     Ceiling(CeilingArgs),
+    /// Check saved results against the performance targets in docs/PERFORMANCE.md
+    /// (bench-harness/targets.sh runs the comparisons they read).
+    Targets(TargetsArgs),
 }
 
 #[derive(Args)]
@@ -193,6 +196,19 @@ struct ReportArgs {
     title: Option<String>,
 }
 
+#[derive(Args)]
+struct TargetsArgs {
+    /// results.json files, or directories holding one (what `compare` writes).
+    #[arg(required = true)]
+    results: Vec<PathBuf>,
+    /// Also write the table to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Exit with status 1 when a goal that was measured is not met.
+    #[arg(long)]
+    strict: bool,
+}
+
 fn main() -> ExitCode {
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
@@ -212,6 +228,7 @@ fn real_main() -> Result<()> {
         Command::Sweep(args) => sweep_cmd(args),
         Command::Report(args) => report_cmd(args),
         Command::Ceiling(args) => ceiling_cmd(&args),
+        Command::Targets(args) => targets_cmd(&args),
     }
 }
 
@@ -321,6 +338,27 @@ fn sweep_cmd(args: SweepArgs) -> Result<()> {
     Ok(())
 }
 
+fn targets_cmd(args: &TargetsArgs) -> Result<()> {
+    let mut results = Vec::new();
+    for given in &args.results {
+        results.extend(result::load(&results_path(given).0)?);
+    }
+    let checks = report::targets::check(&results);
+    let table = report::targets::markdown(&checks);
+    print!("{table}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &table).with_context(|| format!("writing {}", out.display()))?;
+    }
+    let missed = checks
+        .iter()
+        .filter(|c| c.verdict == report::targets::Verdict::NotMet)
+        .count();
+    if args.strict && missed > 0 {
+        bail!("{missed} of the measured goals not met");
+    }
+    Ok(())
+}
+
 fn ceiling_cmd(args: &CeilingArgs) -> Result<()> {
     let limits = Limits {
         loopback_time: args.loopback_time,
@@ -338,16 +376,20 @@ fn ceiling_cmd(args: &CeilingArgs) -> Result<()> {
     Ok(())
 }
 
-fn report_cmd(args: ReportArgs) -> Result<()> {
-    let (json, dir) = if args.results.is_dir() {
-        (args.results.join("results.json"), args.results.clone())
+/// A results.json and its directory, from either.
+fn results_path(given: &Path) -> (PathBuf, PathBuf) {
+    if given.is_dir() {
+        (given.join("results.json"), given.to_path_buf())
     } else {
-        let dir = args
-            .results
+        let dir = given
             .parent()
             .map_or_else(|| PathBuf::from("."), PathBuf::from);
-        (args.results.clone(), dir)
-    };
+        (given.to_path_buf(), dir)
+    }
+}
+
+fn report_cmd(args: ReportArgs) -> Result<()> {
+    let (json, dir) = results_path(&args.results);
     let results = result::load(&json)?;
     let skipped = result::load_skipped(&dir)?;
     let out = args.out.unwrap_or(dir);

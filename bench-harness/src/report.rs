@@ -8,6 +8,7 @@
 
 mod charts;
 mod summary;
+pub mod targets;
 mod text;
 
 use std::fmt::Write as _;

@@ -310,8 +310,19 @@ duration = "500ms"
 "#;
 
 fn compare_in(dir: &Path, targets: &str, extra: &[&str]) -> PathBuf {
+    compare_plan(
+        dir,
+        TINY_PLAN,
+        targets,
+        &[&["--rounds", "2"], extra].concat(),
+    )
+}
+
+/// `compare --name tiny` of the plan `plan` into `dir`; returns its results directory.
+fn compare_plan(dir: &Path, plan: &str, targets: &str, extra: &[&str]) -> PathBuf {
+    let plan_text = plan;
     let plan = dir.join("plan.toml");
-    std::fs::write(&plan, TINY_PLAN).unwrap();
+    std::fs::write(&plan, plan_text).unwrap();
     let mut cmd = bench();
     cmd.args([
         "compare",
@@ -321,8 +332,6 @@ fn compare_in(dir: &Path, targets: &str, extra: &[&str]) -> PathBuf {
         targets,
         "--plan",
         plan.to_str().unwrap(),
-        "--rounds",
-        "2",
         "--quiet",
         "--results-dir",
         dir.to_str().unwrap(),
@@ -375,6 +384,78 @@ fn compare_alternates_targets_and_writes_a_report() {
         "{report}"
     );
     assert!(!report.contains("% of page-cache write"), "{report}");
+}
+
+/// `targets` reads a comparison's results the way a user checks a machine: the goal whose
+/// run is there is judged, the others say they were not measured, and `--strict` fails
+/// only on a goal measured and missed.
+#[test]
+fn targets_judges_the_goals_a_comparison_measured() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let plan = r#"
+[defaults]
+create_topic = true
+message_size = 100
+[[run]]
+kind = "consume"
+partitions = 1
+consumers = 1
+messages = 20000
+"#;
+    let out = compare_plan(dir.path(), plan, &broker.url(), &["--rounds", "1"]);
+    let table = dir.path().join("targets.md");
+    let stdout = output_ok(bench().args([
+        "targets",
+        out.to_str().unwrap(),
+        "--out",
+        table.to_str().unwrap(),
+    ]));
+    assert_eq!(std::fs::read_to_string(&table).unwrap(), stdout);
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| eventflow |"))
+        .collect();
+    assert_eq!(rows.len(), 5, "{stdout}");
+    // 20,000 records are read far below 10 M records/s, against a ceiling of this run.
+    let consume = rows
+        .iter()
+        .find(|r| r.contains("consume 100 B"))
+        .expect("a consume row");
+    assert!(
+        consume.ends_with("| no |") && consume.contains("% of "),
+        "{consume}"
+    );
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.ends_with("| not measured |"))
+            .count(),
+        4,
+        "{stdout}"
+    );
+
+    let strict = bench()
+        .args(["targets", out.to_str().unwrap(), "--strict"])
+        .output()
+        .unwrap();
+    assert!(!strict.status.success());
+    let stderr = String::from_utf8_lossy(&strict.stderr);
+    assert!(
+        stderr.contains("1 of the measured goals not met"),
+        "{stderr}"
+    );
+
+    // A directory without results is named, not a panic.
+    let missing = bench()
+        .args(["targets", dir.path().join("nothing").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("nothing"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
 }
 
 /// `ceiling` with small sizes: every figure positive, the JSON parses, no file left behind.
