@@ -29,7 +29,7 @@ DURABLE_FLAGS=${DURABLE_FLAGS:-}
 RESULTS=${RESULTS:-target/bench-results/targets}
 SCRATCH=${SCRATCH:-target/bench-data}
 if [[ -z ${BIN_DIR:-} ]]; then
-    cargo build --release --bin eventflowd -p eventflow-bench
+    cargo build --release -p eventflow -p eventflow-bench --bin eventflowd --bin eventflow-bench
     BIN_DIR=target/release
 fi
 

@@ -27,7 +27,7 @@ if ! command -v inferno-flamegraph >/dev/null; then
 fi
 
 if [[ -z ${BIN_DIR:-} ]]; then
-    cargo build --release --bin eventflowd -p eventflow-bench
+    cargo build --release -p eventflow -p eventflow-bench --bin eventflowd --bin eventflow-bench
     BIN_DIR=target/release
 fi
 

@@ -253,9 +253,10 @@ fn durable(runs: &[&RunResult]) -> Outcome {
     let bound = DURABLE_P99_BUDGET_US + sync_p99;
     let stolen = median(runs.runs.iter().filter_map(|r| r.steal_pct).collect());
     let mut measured = format!(
-        "p99 {} over {} rounds, against 1 ms + {} = {} ({:.2}×)",
+        "p99 {} over {} round{}, against 1 ms + {} = {} ({:.2}×)",
         text::latency(p99),
         runs.runs.len(),
+        if runs.runs.len() == 1 { "" } else { "s" },
         text::latency(sync_p99 as u64),
         text::latency(bound as u64),
         p99 as f64 / bound
