@@ -352,6 +352,76 @@ fn tagged_sends_report_to_the_callback_once_each() {
     ));
 }
 
+/// A batch callback hears each tagged record once, a run at a time, with the offset of the
+/// run's first record: a plain `send` among them ends a run, and its future gets its own
+/// offset.
+#[test]
+fn tagged_sends_report_to_a_batch_callback_a_run_at_a_time() {
+    let broker = Broker::start(&[]);
+    broker.client().create_topic("runs", 2, &[]).unwrap();
+    let seen = Reported::default();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (sink, counter) = (seen.clone(), calls.clone());
+    let producer = Producer::with_batch_callback(
+        ProducerConfig {
+            linger: Duration::from_millis(20),
+            ..config(&broker)
+        },
+        std::sync::Arc::new(move |tags: &[u64], outcome| {
+            let first = outcome.as_ref().expect("delivered");
+            assert!(!tags.is_empty(), "an empty run was reported");
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut seen = sink.lock().unwrap();
+            for (i, &tag) in tags.iter().enumerate() {
+                let place = (first.partition, first.offset + i as i64);
+                assert!(
+                    seen.insert(tag, place).is_none(),
+                    "tag {tag} reported twice"
+                );
+            }
+        }),
+    )
+    .unwrap();
+    let mut futures = Vec::new();
+    for i in 0..1000u64 {
+        let value = i.to_be_bytes();
+        let record = Record {
+            topic: "runs",
+            partition: Some((i % 2) as u32),
+            value: Some(&value),
+            ..Record::default()
+        };
+        if i % 100 == 51 {
+            futures.push((i, producer.send(record).unwrap()));
+        } else {
+            producer.send_tagged(record, i).unwrap();
+        }
+    }
+    producer.flush().unwrap();
+    let futures: HashMap<u64, (u32, i64)> = futures
+        .into_iter()
+        .map(|(i, f)| {
+            let d = f.wait().expect("delivered");
+            (i, (d.partition, d.offset))
+        })
+        .collect();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len() + futures.len(), 1000);
+    // Each record's reported place, from a run's first offset or its own future, holds
+    // that record's value.
+    for partition in 0..2 {
+        for (offset, _, value) in stored(&broker, "runs", partition) {
+            let i = u64::from_be_bytes(value.try_into().unwrap());
+            let reported = seen.get(&i).or_else(|| futures.get(&i));
+            assert_eq!(reported, Some(&(partition, offset)), "record {i}");
+        }
+    }
+    // Runs, not records: far fewer calls than records (a future that did not end its run
+    // would have shifted the offsets checked above).
+    let calls = calls.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((2..100).contains(&calls), "{calls} calls");
+}
+
 #[test]
 fn send_tagged_many_queues_every_record_in_order_and_stops_at_a_bad_one() {
     use eventflow::client::producer::SEND_MANY_CHUNK;

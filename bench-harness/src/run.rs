@@ -221,29 +221,72 @@ struct SinkState {
 
 impl AckSink for ProducerSink {
     fn acked(&self, tag: u64, error: Option<&dyn std::fmt::Display>) {
-        let now = now_ns();
+        self.acked_many(std::slice::from_ref(&tag), error);
+    }
+
+    /// One clock reading, one count and one lock for the whole run: a batch's records were
+    /// acknowledged at one instant.
+    fn acked_many(&self, tags: &[u64], error: Option<&dyn std::fmt::Display>) {
         if let Some(e) = error {
-            self.totals.error(|| format!("delivery failed: {e}"));
+            for _ in tags {
+                self.totals.error(|| format!("delivery failed: {e}"));
+            }
             return;
         }
-        self.totals.acked.fetch_add(1, Ordering::Relaxed);
+        let now = now_ns();
+        self.totals
+            .acked
+            .fetch_add(tags.len() as u64, Ordering::Relaxed);
         let Some(timing) = self.timing.get() else {
             return;
         };
         let schedule = Schedule::new(timing.start_ns, self.rate);
-        let (intended, sent) = tag::decode(&schedule, tag);
-        if !timing.window.contains(intended) {
-            return;
-        }
         let mut s = self
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        s.publish.saturating_record(now.saturating_sub(sent) / 1000);
-        s.publish_intended
-            .saturating_record(now.saturating_sub(intended) / 1000);
-        s.acked_measured += 1;
-        s.last_ack_ns = s.last_ack_ns.max(now);
+        let s = &mut *s;
+        let before = s.acked_measured;
+        // Records sent within one microsecond of each other have one latency: a run of
+        // them is one histogram update.
+        let (mut publish, mut publish_intended) = (Repeats::default(), Repeats::default());
+        for &tag in tags {
+            let (intended, sent) = tag::decode(&schedule, tag);
+            if timing.window.contains(intended) {
+                publish.add(&mut s.publish, now.saturating_sub(sent) / 1000);
+                publish_intended.add(&mut s.publish_intended, now.saturating_sub(intended) / 1000);
+                s.acked_measured += 1;
+            }
+        }
+        publish.flush(&mut s.publish);
+        publish_intended.flush(&mut s.publish_intended);
+        if s.acked_measured > before {
+            s.last_ack_ns = s.last_ack_ns.max(now);
+        }
+    }
+}
+
+/// Equal values in a row, recorded into a histogram with one call.
+#[derive(Default)]
+struct Repeats {
+    value: u64,
+    count: u64,
+}
+
+impl Repeats {
+    fn add(&mut self, histogram: &mut Histogram<u64>, value: u64) {
+        if self.count > 0 && value != self.value {
+            self.flush(histogram);
+        }
+        self.value = value;
+        self.count += 1;
+    }
+
+    fn flush(&mut self, histogram: &mut Histogram<u64>) {
+        if self.count > 0 {
+            histogram.saturating_record_n(self.value, self.count);
+            self.count = 0;
+        }
     }
 }
 
@@ -1153,6 +1196,22 @@ impl Monitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeats_record_what_one_call_per_value_records() {
+        let values = [5u64, 5, 5, 7, 7, 5, 9, 9, 9, 9, 1, 1_000_000];
+        let mut one_by_one = new_histogram();
+        let mut grouped = new_histogram();
+        let mut repeats = Repeats::default();
+        for &v in &values {
+            one_by_one.saturating_record(v);
+            repeats.add(&mut grouped, v);
+        }
+        repeats.flush(&mut grouped);
+        repeats.flush(&mut grouped); // a second flush adds nothing
+        assert_eq!(grouped, one_by_one);
+        assert_eq!(grouped.len(), values.len() as u64);
+    }
 
     #[test]
     fn tags_carry_send_times() {

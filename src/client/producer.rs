@@ -173,6 +173,21 @@ impl Slot {
 /// the record's tag and its outcome. It should return quickly: the next responses wait.
 pub type DeliveryCallback = Arc<dyn Fn(u64, &DeliveryResult) + Send + Sync>;
 
+/// Called with the outcomes of records sent with [`Producer::send_tagged`] a run at a time,
+/// on a producer thread: the tags of consecutive records of one batch, in the order they
+/// were sent, and the outcome of the first. On success record `i` of the run was stored in
+/// the same partition at the first's offset plus `i` (with acks=0 every offset is -1); on
+/// failure each failed with that error. One call per batch when every record of it was
+/// tagged: the per-record work of [`DeliveryCallback`] (a call, and whatever the callee
+/// reads or locks for it) is then paid once per batch.
+pub type BatchDeliveryCallback = Arc<dyn Fn(&[u64], &DeliveryResult) + Send + Sync>;
+
+/// Where the outcomes of tagged records go.
+enum Callback {
+    PerRecord(DeliveryCallback),
+    PerRun(BatchDeliveryCallback),
+}
+
 /// How a record's outcome is reported: through its future, or to the producer's callback
 /// with the caller's tag (no allocation per record).
 enum Token {
@@ -277,7 +292,7 @@ struct State {
 struct Shared {
     config: ProducerConfig,
     /// Receives the outcomes of tagged records.
-    callback: Option<DeliveryCallback>,
+    callback: Option<Callback>,
     state: Mutex<State>,
     /// The I/O thread waits here for work.
     work: Condvar,
@@ -306,13 +321,19 @@ impl Producer {
         config: ProducerConfig,
         callback: DeliveryCallback,
     ) -> Result<Producer, ClientError> {
-        Producer::start(config, Some(callback))
+        Producer::start(config, Some(Callback::PerRecord(callback)))
     }
 
-    fn start(
+    /// Like [`Producer::with_callback`], with the outcomes of tagged records delivered a run
+    /// of a batch at a time ([`BatchDeliveryCallback`]).
+    pub fn with_batch_callback(
         config: ProducerConfig,
-        callback: Option<DeliveryCallback>,
+        callback: BatchDeliveryCallback,
     ) -> Result<Producer, ClientError> {
+        Producer::start(config, Some(Callback::PerRun(callback)))
+    }
+
+    fn start(config: ProducerConfig, callback: Option<Callback>) -> Result<Producer, ClientError> {
         let mut admin = Client::connect_secure(
             config.bootstrap.as_str(),
             config.request_timeout,
@@ -963,24 +984,44 @@ fn send_batches(
 /// Completes every record of a batch: offsets `base + index` on success.
 fn finish(shared: &Arc<Shared>, batch: Outgoing, result: Result<Delivery, ClientError>) {
     let n = batch.tokens.len();
+    let outcome_at = |i: usize| match &result {
+        Ok(d) if d.offset >= 0 => Ok(Delivery {
+            partition: d.partition,
+            offset: d.offset + i as i64,
+        }),
+        Ok(d) => Ok(*d),
+        Err(e) => Err(replicate(e)),
+    };
+    // A run of tagged records goes to a per-run callback when a future or the end of the
+    // batch ends it.
+    let mut run: Vec<u64> = Vec::new();
+    let mut run_start = 0;
+    let end_run = |run: &mut Vec<u64>, start: usize| {
+        if let (Some(Callback::PerRun(callback)), false) = (&shared.callback, run.is_empty()) {
+            callback(run, &outcome_at(start));
+            run.clear();
+        }
+    };
     for (i, token) in batch.tokens.into_iter().enumerate() {
-        let outcome = match &result {
-            Ok(d) if d.offset >= 0 => Ok(Delivery {
-                partition: d.partition,
-                offset: d.offset + i as i64,
-            }),
-            Ok(d) => Ok(*d),
-            Err(e) => Err(replicate(e)),
-        };
         match token {
-            Token::Future(slot) => slot.complete(outcome),
-            Token::Tagged(tag) => {
-                if let Some(callback) = &shared.callback {
-                    callback(tag, &outcome);
-                }
+            Token::Future(slot) => {
+                end_run(&mut run, run_start);
+                slot.complete(outcome_at(i));
             }
+            Token::Tagged(tag) => match &shared.callback {
+                Some(Callback::PerRecord(callback)) => callback(tag, &outcome_at(i)),
+                Some(Callback::PerRun(_)) => {
+                    if run.is_empty() {
+                        run_start = i;
+                        run.reserve(n - i);
+                    }
+                    run.push(tag);
+                }
+                None => {}
+            },
         }
     }
+    end_run(&mut run, run_start);
     let mut state = lock(&shared.state);
     state.batches.release(batch.accounted);
     state.pending = state.pending.saturating_sub(n);

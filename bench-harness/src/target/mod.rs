@@ -43,6 +43,15 @@ fn check_partitions(w: &Workload, have: usize) -> Result<()> {
 pub trait AckSink: Send + Sync {
     /// The record sent with `tag` was acknowledged (`error` is `None`) or failed.
     fn acked(&self, tag: u64, error: Option<&dyn fmt::Display>);
+
+    /// The records sent with `tags` were all acknowledged at once (`error` is `None`) or
+    /// all failed, as a client that completes a batch at a time reports them. The default
+    /// reports each alone.
+    fn acked_many(&self, tags: &[u64], error: Option<&dyn fmt::Display>) {
+        for &tag in tags {
+            self.acked(tag, error);
+        }
+    }
 }
 
 /// One producer client, used by one harness thread.
