@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 
 use super::summary::{median, TargetRuns};
 use super::{medium, text};
+use crate::ceiling::Bound;
 use crate::result::{series, RunResult};
 
 /// A produce run at least this long counts as "past the writeback threshold".
@@ -67,7 +68,7 @@ pub fn check(results: &[RunResult]) -> Vec<Check> {
         for (goal, (measured, verdict)) in [
             (GOAL_STEADY, steady(&long)),
             (GOAL_REPEAT, repeat(&runs)),
-            (GOAL_DURABLE, durable(&runs)),
+            (GOAL_DURABLE, durable(kind, &runs)),
             (GOAL_CONSUME, consume(kind, &runs)),
             (GOAL_LARGE, large_records(kind, &runs)),
         ] {
@@ -219,31 +220,48 @@ fn repeat(runs: &[&RunResult]) -> Outcome {
     )
 }
 
-fn durable(runs: &[&RunResult]) -> Outcome {
-    let e2e: Vec<&RunResult> = runs
-        .iter()
-        .copied()
-        .filter(|r| {
-            r.kind == "e2e"
-                && r.workload.rate == DURABLE_RATE
-                && crate::broker::fsyncs_before_ack(&r.durability)
-        })
-        .collect();
-    if e2e.is_empty() {
+/// The runs among `runs` that `keep` selects, grouped as the report groups them.
+fn select<'a>(
+    kind: &'a str,
+    runs: &[&'a RunResult],
+    keep: impl Fn(&RunResult) -> bool,
+) -> TargetRuns<'a> {
+    TargetRuns {
+        name: kind,
+        index: 0,
+        runs: runs.iter().copied().filter(|r| keep(r)).collect(),
+    }
+}
+
+/// The median of `figure` over the runs that have it.
+fn median_of(runs: &TargetRuns<'_>, figure: impl Fn(&RunResult) -> Option<f64>) -> Option<f64> {
+    median(runs.runs.iter().filter_map(|r| figure(r)).collect())
+}
+
+/// `mb` MB/s as a share of the ceiling that binds `work` runs like these (where their bytes
+/// went or came from), and that ceiling; `None` without a ceiling or a figure for it.
+fn share_of_bound(runs: &TargetRuns<'_>, work: &str, mb: f64) -> Option<(f64, Bound)> {
+    let ceiling = runs.runs.iter().find_map(|r| r.ceiling.as_ref())?;
+    let bound = ceiling.bound(work, medium(runs, work));
+    (bound.mb_per_s > 0.0).then(|| (mb / bound.mb_per_s, bound))
+}
+
+fn durable(kind: &str, runs: &[&RunResult]) -> Outcome {
+    let runs = select(kind, runs, |r| {
+        r.kind == "e2e"
+            && r.workload.rate == DURABLE_RATE
+            && crate::broker::fsyncs_before_ack(&r.durability)
+    });
+    if runs.runs.is_empty() {
         return not_measured("no e2e run at 200 k records/s with an fdatasync before the ack");
     }
-    let Some(sync_p99) = median(
-        e2e.iter()
-            .filter_map(|r| r.ceiling.as_ref().map(|c| c.fdatasync_p99_us))
+    let Some(sync_p99) = median_of(&runs, |r| {
+        r.ceiling
+            .as_ref()
+            .map(|c| c.fdatasync_p99_us)
             .filter(|us| *us > 0.0)
-            .collect(),
-    ) else {
+    }) else {
         return not_measured("the e2e runs carry no ceiling (run them with `compare`)");
-    };
-    let runs = TargetRuns {
-        name: "",
-        index: 0,
-        runs: e2e,
     };
     let p99 = match runs.merged_latency(series::E2E) {
         Some(Ok(h)) => h.value_at_quantile(0.99),
@@ -251,61 +269,38 @@ fn durable(runs: &[&RunResult]) -> Outcome {
         None => return not_measured("the e2e runs have no e2e latency"),
     };
     let bound = DURABLE_P99_BUDGET_US + sync_p99;
-    let stolen = median(runs.runs.iter().filter_map(|r| r.steal_pct).collect());
+    let rounds = runs.runs.len();
     let mut measured = format!(
-        "p99 {} over {} round{}, against 1 ms + {} = {} ({:.2}×)",
+        "p99 {} over {rounds} round{}, against 1 ms + {} = {} ({:.2}×)",
         text::latency(p99),
-        runs.runs.len(),
-        if runs.runs.len() == 1 { "" } else { "s" },
+        if rounds == 1 { "" } else { "s" },
         text::latency(sync_p99 as u64),
         text::latency(bound as u64),
         p99 as f64 / bound
     );
-    if let Some(stolen) = stolen {
+    if let Some(stolen) = median_of(&runs, |r| r.steal_pct) {
         let _ = write!(measured, "; CPU stolen {stolen:.1} %");
     }
     (measured, met(p99 as f64 <= bound))
 }
 
 fn consume(kind: &str, runs: &[&RunResult]) -> Outcome {
-    let reads: Vec<&RunResult> = runs
-        .iter()
-        .copied()
-        .filter(|r| {
-            r.kind == "consume"
-                && (90..=128).contains(&r.workload.message_size)
-                && r.workload.partitions == 1
-                && r.workload.consumers == 1
-        })
-        .collect();
-    let runs = TargetRuns {
-        name: kind,
-        index: 0,
-        runs: reads,
-    };
-    let Some(rate) = median(
-        runs.runs
-            .iter()
-            .filter_map(|r| r.consumed.map(|t| t.msgs_per_s))
-            .collect(),
-    ) else {
+    let runs = select(kind, runs, |r| {
+        r.kind == "consume"
+            && (90..=128).contains(&r.workload.message_size)
+            && r.workload.partitions == 1
+            && r.workload.consumers == 1
+    });
+    let Some(rate) = median_of(&runs, |r| r.consumed.map(|t| t.msgs_per_s)) else {
         return not_measured("no consume run of 100 B records from one partition");
     };
     let mut measured = format!("{:.2} M records/s", rate / 1e6);
-    let mb = median(
-        runs.runs
-            .iter()
-            .filter_map(|r| r.consumed.map(|t| t.mb_per_s))
-            .collect(),
-    );
-    if let (Some(c), Some(mb)) = (runs.runs.iter().find_map(|r| r.ceiling.as_ref()), mb) {
-        let bound = c.bound("consume", medium(&runs, "consume"));
-        if bound.mb_per_s > 0.0 {
+    if let Some(mb) = median_of(&runs, |r| r.consumed.map(|t| t.mb_per_s)) {
+        if let Some((share, bound)) = share_of_bound(&runs, "consume", mb) {
             let _ = write!(
                 measured,
-                " ({:.0} MB/s, {:.0} % of {} at {:.0} MB/s)",
-                mb,
-                mb / bound.mb_per_s * 100.0,
+                " ({mb:.0} MB/s, {:.0} % of {} at {:.0} MB/s)",
+                share * 100.0,
                 bound.name,
                 bound.mb_per_s
             );
@@ -315,32 +310,15 @@ fn consume(kind: &str, runs: &[&RunResult]) -> Outcome {
 }
 
 fn large_records(kind: &str, runs: &[&RunResult]) -> Outcome {
-    let large: Vec<&RunResult> = runs
-        .iter()
-        .copied()
-        .filter(|r| r.kind == "produce" && r.workload.message_size == 1024)
-        .collect();
-    let runs = TargetRuns {
-        name: kind,
-        index: 0,
-        runs: large,
-    };
-    let Some(mb) = median(
-        runs.runs
-            .iter()
-            .filter_map(|r| r.produced.map(|t| t.mb_per_s))
-            .collect(),
-    ) else {
+    let runs = select(kind, runs, |r| {
+        r.kind == "produce" && r.workload.message_size == 1024
+    });
+    let Some(mb) = median_of(&runs, |r| r.produced.map(|t| t.mb_per_s)) else {
         return not_measured("no produce run of 1 KiB records");
     };
-    let Some(c) = runs.runs.iter().find_map(|r| r.ceiling.as_ref()) else {
+    let Some((share, bound)) = share_of_bound(&runs, "produce", mb) else {
         return not_measured("the 1 KiB runs carry no ceiling (run them with `compare`)");
     };
-    let bound = c.bound("produce", medium(&runs, "produce"));
-    if bound.mb_per_s <= 0.0 {
-        return not_measured("the ceiling has no figure for this run's medium");
-    }
-    let share = mb / bound.mb_per_s;
     (
         format!(
             "{mb:.0} MB/s, {:.0} % of {} at {:.0} MB/s",
